@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
+from django.contrib.auth.forms import UserCreationForm
+
+from accounts.models import AccessToken, AuditEvent, User
+from accounts.services import audit_record
+
+
+class BaasUserCreationForm(UserCreationForm):
+    class Meta(UserCreationForm.Meta):
+        model = User
+        fields = ("username", "email", "display_name", "role")
+
+
+@admin.register(User)
+class UserAdmin(DjangoUserAdmin):
+    add_form = BaasUserCreationForm
+    list_display = ["username", "email", "display_name", "role", "is_active", "date_joined"]
+    list_filter = ["role", "is_active", "is_superuser"]
+    search_fields = ["username", "email", "display_name"]
+    ordering = ["username"]
+    readonly_fields = ["last_login", "date_joined"]
+    fieldsets = [
+        (None, {"fields": ["username", "password"]}),
+        ("Profile", {"fields": ["display_name", "email"]}),
+        ("Role", {"fields": ["role", "is_active", "is_superuser"]}),
+        ("Dates", {"fields": ["last_login", "date_joined"]}),
+    ]
+    add_fieldsets = [
+        (
+            None,
+            {
+                "classes": ["wide"],
+                "fields": ["username", "email", "display_name", "role", "password1", "password2"],
+            },
+        )
+    ]
+    filter_horizontal = []
+
+    def save_model(self, request, obj, form, change) -> None:
+        if change and "role" in form.changed_data:
+            audit_record(
+                actor=request.user,
+                action="user.role",
+                target=obj,
+                old=form.initial.get("role"),
+                new=obj.role,
+            )
+        super().save_model(request, obj, form, change)
+
+
+@admin.register(AccessToken)
+class AccessTokenAdmin(admin.ModelAdmin):
+    list_display = ["name", "user", "hint", "created_at", "expires_at", "last_used_at"]
+    list_filter = ["expires_at"]
+    search_fields = ["name", "user__username"]
+    readonly_fields = ["user", "name", "hint", "created_at", "expires_at", "last_used_at"]
+    fields = readonly_fields
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False  # a token's secret is shown once, through the API or dashboard
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "actor", "action", "target_type", "target_id"]
+    list_filter = ["action", "target_type"]
+    search_fields = ["actor__username", "target_id", "action"]
+    readonly_fields = ["created_at", "actor", "action", "target_type", "target_id", "data"]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False

@@ -1,0 +1,48 @@
+"""Reads for users and tokens, with the permission checks they need."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
+from django.http import Http404
+from rest_framework.exceptions import ValidationError
+
+from accounts import rules
+from accounts.models import AccessToken, User, username_validator
+
+
+def username_check(username: str) -> str:
+    """400 for a name that cannot be a username."""
+    try:
+        username_validator(username)
+    except DjangoValidationError as exc:
+        raise ValidationError({"username": exc.messages}) from exc
+    return username
+
+
+def user_list() -> QuerySet[User]:
+    return User.objects.filter(is_active=True).order_by("username")
+
+
+def user_get_managed(*, actor: Any, username: str) -> User:
+    """The user named ``username`` if ``actor`` may manage them; 404 otherwise.
+
+    404 rather than 403, so nobody learns more than the public user list says.
+    """
+    user = User.objects.filter(username=username_check(username)).first()
+    if user is None or not rules.can_manage_user(actor, user):
+        raise Http404("No such user, or not yours to manage.")
+    return user
+
+
+def token_list(*, user: User) -> QuerySet[AccessToken]:
+    return AccessToken.objects.filter(user=user)
+
+
+def token_get(*, user: User, token_id: int) -> AccessToken:
+    token = AccessToken.objects.filter(user=user, pk=token_id).first()
+    if token is None:
+        raise Http404("No such token.")
+    return token

@@ -1,0 +1,171 @@
+"""The catalogue: images, their versions on disk, and setups of pinned versions."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+
+# A block device or partition: /dev/sda, /dev/sda2, /dev/nvme0n1p2, /dev/disk/by-id/…
+TARGET_DISK_RE = re.compile(r"^/dev/[A-Za-z0-9][A-Za-z0-9_.:+-]*(/[A-Za-z0-9][A-Za-z0-9_.:+-]*)*\Z")
+
+
+def validate_target_disk(value: str) -> None:
+    """One home for the rule: serializers, admin forms and ``clean()`` all call it."""
+    if not TARGET_DISK_RE.match(value or "") or "/../" in f"{value}/" or len(value) > 255:
+        raise ValidationError(
+            f"'{value}' is not a disk: use a device path such as /dev/sda or /dev/nvme0n1p2.",
+            code="invalid_disk",
+        )
+
+
+class ImageType(models.TextChoices):
+    SINGLE = "single", "Single"
+    BOOT = "boot", "Boot"
+    SYSTEM = "system", "System"
+    USER_DATA = "user_data", "User data"
+    TEMPORAL = "temporal", "Temporal"
+    CUSTOM_INIT = "custom_init", "Custom init"
+
+
+class FileStandard(models.TextChoices):
+    RAW = "raw", "Raw"
+    QCOW2 = "qcow2", "QCOW2"
+
+
+class Compression(models.TextChoices):
+    NONE = "none", "None"
+    GZIP = "gzip", "gzip"
+    ZSTD = "zstd", "zstd"
+
+
+class TransferProtocol(models.TextChoices):
+    HTTP = "http", "HTTP"
+
+
+class Image(models.Model):
+    """An image; its type, format and target hold for every version."""
+
+    uuid = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="images"
+    )
+    description = models.TextField(blank=True)
+    type = models.CharField(max_length=16, choices=ImageType.choices, default=ImageType.SINGLE)
+    file_standard = models.CharField(
+        max_length=8, choices=FileStandard.choices, default=FileStandard.RAW
+    )
+    compression = models.CharField(
+        max_length=8, choices=Compression.choices, default=Compression.NONE
+    )
+    target_disk = models.CharField(
+        max_length=255, default="/dev/sda", validators=[validate_target_disk]
+    )
+    transfer_protocol = models.CharField(
+        max_length=8, choices=TransferProtocol.choices, default=TransferProtocol.HTTP
+    )
+    associated_images = models.ManyToManyField("self", symmetrical=False, blank=True)
+    maintainers = models.ManyToManyField(
+        settings.AUTH_USER_MODEL,
+        blank=True,
+        related_name="maintained_images",
+        help_text="Moderators who may change this system image.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "created_at"]
+        indexes = [models.Index(fields=["owner", "name"]), models.Index(fields=["type"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.uuid})"
+
+
+class Version(models.Model):
+    """Version ``number`` of an image, stored at ``<root>/<image uuid>/<number>.img[.zst|.gz]``.
+
+    ``size`` and ``sha256`` describe the raw (uncompressed) bytes; ``stored_size``
+    and ``stored_compression`` the file as it is on disk now.
+    """
+
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    size = models.PositiveBigIntegerField(help_text="Logical size of the raw image in bytes")
+    sha256 = models.CharField(max_length=64, help_text="SHA-256 of the raw bytes")
+    stored_size = models.PositiveBigIntegerField(help_text="Bytes allocated on disk")
+    stored_compression = models.CharField(
+        max_length=8, choices=Compression.choices, default=Compression.NONE
+    )
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    note = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["image", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["image", "number"], name="catalogue_version_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.image.name} v{self.number}"
+
+
+class ImageSetup(models.Model):
+    """A named list of images pinned at versions, flashed together."""
+
+    uuid = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="image_setups"
+    )
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "created_at"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ImageFrozen(models.Model):
+    """One image pinned at one version inside a setup.
+
+    ``target_disk`` overrides the image's own when set; ``sync`` uploads the
+    disk back as the image's next version after use.
+    """
+
+    setup = models.ForeignKey(ImageSetup, on_delete=models.CASCADE, related_name="frozen_images")
+    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="frozen_in")
+    version = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="frozen_in")
+    sync = models.BooleanField(default=False)
+    target_disk = models.CharField(max_length=255, blank=True, validators=[validate_target_disk])
+
+    class Meta:
+        ordering = ["setup", "id"]
+        constraints = [
+            models.UniqueConstraint(fields=["setup", "image"], name="catalogue_frozen_image_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.setup}: {self.image.name} v{self.version.number}"
+
+    @property
+    def disk(self) -> str:
+        return self.target_disk or self.image.target_disk
+
+    def clean(self) -> None:
+        if self.version_id and self.image_id and self.version.image_id != self.image_id:
+            raise ValidationError({"version": "This version belongs to another image."})

@@ -1,0 +1,98 @@
+"""Shared fixtures: API clients per role, a private image root per test."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.cache import cache
+from django.core.management import call_command
+from rest_framework.test import APIClient
+
+from accounts.models import Role
+from accounts.services import token_create
+from tests.accounts.factories import UserFactory
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _static_files(django_db_blocker):
+    """Static files collected once, as in production (whitenoise serves them)."""
+    call_command("collectstatic", "--noinput", verbosity=0)
+
+
+@pytest.fixture(autouse=True)
+def _fast_passwords(settings):
+    # The production hasher is slow on purpose; tests create many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def _disk_root(settings, tmp_path_factory):
+    root = tmp_path_factory.mktemp("disk")
+    settings.BAAS_DISK_ROOT = root
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _clear_cache():
+    cache.clear()  # throttles count in the cache
+    yield
+    cache.clear()
+
+
+@pytest.fixture
+def disk_root(settings):
+    return settings.BAAS_DISK_ROOT
+
+
+def client_for(user) -> APIClient:
+    """An API client authenticated the way scripts are: a bearer token."""
+    client = APIClient()
+    if user is not None:
+        _, secret = token_create(actor=user, user=user, name="tests")
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def user(db):
+    return UserFactory(role=Role.USER)
+
+
+@pytest.fixture
+def other_user(db):
+    return UserFactory(role=Role.USER)
+
+
+@pytest.fixture
+def moderator(db):
+    return UserFactory(role=Role.MODERATOR)
+
+
+@pytest.fixture
+def administrator(db):
+    return UserFactory(role=Role.ADMINISTRATOR)
+
+
+@pytest.fixture
+def anon_client():
+    return APIClient()
+
+
+@pytest.fixture
+def user_client(user):
+    return client_for(user)
+
+
+@pytest.fixture
+def other_client(other_user):
+    return client_for(other_user)
+
+
+@pytest.fixture
+def moderator_client(moderator):
+    return client_for(moderator)
+
+
+@pytest.fixture
+def admin_client_api(administrator):
+    return client_for(administrator)
