@@ -1,0 +1,250 @@
+"""Where image bytes live: ``<root>/<image uuid>/<n>.img[.zst|.gz]``.
+
+One small interface — open for write, commit, open for read, delete, usage —
+so a second backend can be added without touching views or services. The local
+filesystem backend writes every version the same way: into a temporary
+``.part`` file in the image's own directory (the same filesystem, so nothing is
+ever copied twice), leaving zero blocks as holes, then ``fsync`` and an atomic
+link into place that never overwrites an existing version. Only after that may
+the caller create the database row.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from django.conf import settings
+
+# Holes are detected at this granularity: the page and ext4 block size.
+BLOCK = 4096
+ZERO_BLOCK = bytes(BLOCK)
+ZERO_CHUNK = bytes(1 << 20)
+SUFFIXES = {"none": ".img", "gzip": ".img.gz", "zstd": ".img.zst"}
+PART_SUFFIX = ".part"
+
+
+class StorageError(Exception):
+    """Something went wrong with the image store."""
+
+
+class StorageFull(StorageError):
+    """The image root has no space left (ENOSPC or EDQUOT)."""
+
+
+class VersionExists(StorageError):
+    """A file is already stored for this version; it is never overwritten."""
+
+
+def is_disk_full(exc: OSError) -> bool:
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    path: Path
+    size: int  # bytes in the file (logical, holes included)
+    allocated: int  # bytes actually allocated on disk
+
+
+def _stored(path: Path) -> StoredFile:
+    st = path.stat()
+    return StoredFile(path=path, size=st.st_size, allocated=st.st_blocks * 512)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PendingFile:
+    """A version being written. ``commit()`` puts it in place; ``abort()`` removes it.
+
+    Used as a context manager, it aborts on any exception, so an interrupted
+    write leaves nothing behind but, after a crash, a ``.part`` file that
+    ``purge_stale`` removes.
+    """
+
+    def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, sparse: bool = True):
+        self.storage = storage
+        self.image_uuid = image_uuid
+        self.sparse = sparse
+        directory = storage.image_dir(image_uuid)
+        directory.mkdir(exist_ok=True)
+        self.path = directory / f".{uuid.uuid4().hex}{PART_SUFFIX}"
+        self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        self.position = 0  # logical bytes received, holes included
+        self._carry = b""  # an unaligned tail not yet written
+        self._done = False
+
+    def __enter__(self) -> PendingFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._done:
+            self.abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append ``data``; all-zero blocks become holes when writing sparse.
+
+        Holes are found at BLOCK boundaries of the file, whatever the chunk
+        sizes: an unaligned tail waits in ``_carry`` for the next chunk.
+        """
+        self.position += len(data)
+        try:
+            if not self.sparse:
+                self._write_all(memoryview(data))
+                return
+            if self._carry or isinstance(data, memoryview):
+                data = self._carry + bytes(data)
+            cut = len(data) - len(data) % BLOCK
+            self._carry = data[cut:]
+            self._write_sparse(data if cut == len(data) else data[:cut])
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+
+    def _write_all(self, view: memoryview) -> None:
+        while view:
+            written = self._file.write(view)
+            view = view[written:]
+
+    def _write_sparse(self, data: bytes | bytearray) -> None:
+        # Fast paths first, all in C: an all-zero chunk, then a chunk with no
+        # run of BLOCK zeros anywhere. Only mixed chunks are walked block by block.
+        size = len(data)
+        if size <= len(ZERO_CHUNK) and data == ZERO_CHUNK[:size] and size % BLOCK == 0:
+            self._file.seek(size, os.SEEK_CUR)
+            return
+        if data.find(ZERO_BLOCK) < 0:
+            self._write_all(memoryview(data))
+            return
+        view = memoryview(data)
+        start = 0  # the start of the current run of data blocks
+        for offset in range(0, size - BLOCK + 1, BLOCK):
+            if data[offset : offset + BLOCK] == ZERO_BLOCK:
+                if offset > start:
+                    self._write_all(view[start:offset])
+                self._file.seek(BLOCK, os.SEEK_CUR)
+                start = offset + BLOCK
+        if start < size:
+            self._write_all(view[start:])
+
+    def commit(self, number: int, compression: str = "none") -> StoredFile:
+        """Make the file version ``number``: durable, complete, in place. Never overwrites."""
+        final = self.storage.version_path(self.image_uuid, number, compression)
+        try:
+            self._write_all(memoryview(self._carry))
+            # Trailing holes: the size must be the logical size, not the last byte written.
+            self._file.truncate(self.position)
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.link(self.path, final)
+        except FileExistsError as exc:
+            self.abort()
+            raise VersionExists(f"{final.name} already exists") from exc
+        except OSError as exc:
+            self.abort()
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+        os.unlink(self.path)
+        _fsync_dir(final.parent)
+        self._done = True
+        return _stored(final)
+
+    def abort(self) -> None:
+        self._done = True
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+
+class LocalStorage:
+    """Images on a local (or shared, POSIX) filesystem under ``root``."""
+
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    def image_dir(self, image_uuid: uuid.UUID | str) -> Path:
+        # uuid.UUID() both validates and normalises: no path is built from raw input.
+        return self.root / str(uuid.UUID(str(image_uuid)))
+
+    def version_path(self, image_uuid: uuid.UUID | str, number: int, compression: str) -> Path:
+        if not isinstance(number, int) or number < 0:
+            raise ValueError(f"bad version number {number!r}")
+        return self.image_dir(image_uuid) / f"{number}{SUFFIXES[compression]}"
+
+    def open_write(self, image_uuid: uuid.UUID, *, sparse: bool = True) -> PendingFile:
+        """A new pending file for ``image_uuid``. Raises StorageError if the root is missing."""
+        if not self.root.is_dir():
+            raise StorageError(f"The image root {self.root} does not exist.")
+        try:
+            return PendingFile(self, image_uuid, sparse=sparse)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+
+    def create_sparse(self, image_uuid: uuid.UUID, number: int, size: int) -> StoredFile:
+        """An empty raw version of ``size`` bytes: instant, no blocks allocated."""
+        with self.open_write(image_uuid) as pending:
+            pending.position = size
+            return pending.commit(number)
+
+    def open_read(self, image_uuid: uuid.UUID, number: int, compression: str) -> BinaryIO:
+        return open(self.version_path(image_uuid, number, compression), "rb")
+
+    def stat(self, image_uuid: uuid.UUID, number: int, compression: str) -> StoredFile:
+        return _stored(self.version_path(image_uuid, number, compression))
+
+    def delete_version(self, image_uuid: uuid.UUID, number: int, compression: str) -> None:
+        self.version_path(image_uuid, number, compression).unlink(missing_ok=True)
+
+    def delete_image(self, image_uuid: uuid.UUID) -> None:
+        shutil.rmtree(self.image_dir(image_uuid), ignore_errors=True)
+
+    def usage(self, image_uuid: uuid.UUID | None = None) -> int:
+        """Bytes allocated on disk, for one image or the whole root."""
+        top = self.image_dir(image_uuid) if image_uuid else self.root
+        return sum(path.stat().st_blocks * 512 for path in _files(top))
+
+    def free_bytes(self) -> int:
+        return shutil.disk_usage(self.root).free
+
+    def purge_stale(self, older_than_seconds: float) -> list[Path]:
+        """Remove ``.part`` files left by writes that died (server killed mid-upload)."""
+        cutoff = time.time() - older_than_seconds
+        removed = []
+        for path in self.root.glob(f"*/.*{PART_SUFFIX}"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+        return removed
+
+
+def _files(top: Path) -> Iterator[Path]:
+    if not top.exists():
+        return
+    for dirpath, _dirs, names in os.walk(top):
+        for name in names:
+            yield Path(dirpath) / name
+
+
+def get_storage() -> LocalStorage:
+    """The configured image store (``BAAS_DISK_ROOT``)."""
+    return LocalStorage(settings.BAAS_DISK_ROOT)
