@@ -22,6 +22,19 @@ def validate_target_disk(value: str) -> None:
         )
 
 
+# A name appears in /api/user/<name>/images/<image name>: one path segment, printable.
+IMAGE_NAME_RE = re.compile(r"^[^/\x00-\x1f\x7f]+\Z")
+
+
+def validate_image_name(value: str) -> None:
+    """One home for the rule: serializers, admin forms and ``clean()`` all call it."""
+    if not IMAGE_NAME_RE.match(value or "") or not value.strip():
+        raise ValidationError(
+            "An image name is printable text without '/', and not only spaces.",
+            code="invalid_name",
+        )
+
+
 class ImageType(models.TextChoices):
     SINGLE = "single", "Single"
     BOOT = "boot", "Boot"
@@ -50,7 +63,7 @@ class Image(models.Model):
     """An image; its type, format and target hold for every version."""
 
     uuid = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[validate_image_name])
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="images"
     )
@@ -89,14 +102,22 @@ class Image(models.Model):
 class Version(models.Model):
     """Version ``number`` of an image, stored at ``<root>/<image uuid>/<number>.img[.zst|.gz]``.
 
-    ``size`` and ``sha256`` describe the raw (uncompressed) bytes; ``stored_size``
-    and ``stored_compression`` the file as it is on disk now.
+    ``size`` and ``sha256`` describe the raw (uncompressed) bytes — for a qcow2
+    image, the qcow2 file itself — and ``virtual_size`` the disk it fills once
+    written (qcow2's virtual size; equal to ``size`` for raw). ``stored_size``
+    and ``stored_compression`` describe the file as it is on disk now.
     """
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
     size = models.PositiveBigIntegerField(help_text="Logical size of the raw image in bytes")
     sha256 = models.CharField(max_length=64, help_text="SHA-256 of the raw bytes")
+    virtual_size = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Bytes the image fills on a disk: the virtual size of a qcow2 image, "
+        "the size of a raw one (empty if unknown)",
+    )
     stored_size = models.PositiveBigIntegerField(help_text="Bytes allocated on disk")
     stored_compression = models.CharField(
         max_length=8, choices=Compression.choices, default=Compression.NONE
