@@ -143,3 +143,83 @@ class IsModerator(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return is_moderator(request.user)
+
+
+# --- Image setups ---------------------------------------------------------------
+# From the original API table: a user's setups are created by the user or an
+# administrator, and read, changed and deleted by the user, moderators (who look
+# after the shared machines) and administrators. Which images a setup may hold is
+# decided by its *owner's* rights (``can_read_image``/``can_write_image``), never
+# by whoever edits it, so a moderator or administrator cannot smuggle an image
+# into a setup whose owner could not read it.
+
+
+def can_create_setup_for(actor: Any, owner: Any) -> bool:
+    """Create a setup owned by ``owner``: the owner themselves or an administrator."""
+    return is_authenticated(actor) and (actor.pk == owner.pk or actor.is_administrator)
+
+
+def can_manage_setups_of(actor: Any, owner: Any) -> bool:
+    """List, read, change and delete ``owner``'s setups: the owner, moderators, administrators."""
+    return is_authenticated(actor) and (actor.pk == owner.pk or is_moderator(actor))
+
+
+def can_use_setup(user: Any, setup: Any) -> bool:
+    """Flash a setup onto a machine: its owner or an administrator.
+
+    Not moderators: a setup may hold its owner's private images, which only
+    the owner and administrators may read.
+    """
+    return is_authenticated(user) and (setup.owner_id == user.pk or user.is_administrator)
+
+
+# --- Machines, leases and deployments ---------------------------------------------
+
+
+def can_read_machines(user: Any) -> bool:
+    """Every signed-in user sees the machines, their state and who holds them."""
+    return is_authenticated(user)
+
+
+def can_manage_machines(user: Any) -> bool:
+    """Register, change and remove machines, and read their power settings."""
+    return is_administrator(user)
+
+
+def can_lease_machine(user: Any) -> bool:
+    """Whether a machine is free to lease is the services' business; any user may ask."""
+    return is_authenticated(user)
+
+
+def can_end_lease(user: Any, lease: Any) -> bool:
+    """Release a lease: its holder or an administrator."""
+    return is_authenticated(user) and (lease.user_id == user.pk or user.is_administrator)
+
+
+def can_deploy_on(user: Any, lease: Any | None) -> bool:
+    """Queue deployments on a machine: the holder of its active lease, or an administrator."""
+    if not is_authenticated(user):
+        return False
+    return user.is_administrator or (lease is not None and lease.user_id == user.pk)
+
+
+def can_read_deployment(user: Any, deployment: Any) -> bool:
+    """A deployment is its requester's, and every administrator's."""
+    return is_authenticated(user) and (
+        deployment.requested_by_id == user.pk or user.is_administrator
+    )
+
+
+def can_cancel_deployment(user: Any, deployment: Any) -> bool:
+    return can_read_deployment(user, deployment)
+
+
+class CanManageMachines(BasePermission):
+    """Reads for every signed-in user; writes for administrators."""
+
+    message = "Only administrators may register, change or remove machines."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if request.method in ("GET", "HEAD", "OPTIONS"):
+            return can_read_machines(request.user)
+        return can_manage_machines(request.user)

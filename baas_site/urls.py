@@ -25,4 +25,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
     path("api/", include(api_urlpatterns)),
+    path("api/", include("catalogue.urls")),
+    path("api/", include("flashing.urls")),
 ]

@@ -1,0 +1,215 @@
+"""Writes for image setups: create, rename, delete, and pin images into them.
+
+The rules for what a setup may hold live in ``frozen_image_check``, called by
+the API (through ``setup_image_add``) and the admin inline form alike:
+
+* only images the setup's *owner* may read;
+* a version of that image that exists;
+* ``sync`` only on images the owner may write, and always on for user data;
+* no image twice, and no two images on the same disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+
+from accounts import rules
+from accounts.models import User
+from accounts.services import audit_record
+from catalogue.models import (
+    Image,
+    ImageFrozen,
+    ImageSetup,
+    ImageType,
+    Version,
+    validate_target_disk,
+)
+
+CONFLICT = "conflict"
+# Deployment states (flashing.models) in which a setup is still needed.
+_WAITING = ["queued", "booting", "syncing", "writing", "verifying"]
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This conflicts with the current state."
+    default_code = CONFLICT
+
+
+def raise_api_error(exc: DjangoValidationError) -> None:
+    """A model-level ``ValidationError`` as the API answer: 409 for conflicts, else 400."""
+    errors = exc.error_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.error_list}
+    for items in errors.values():
+        for error in items:
+            if error.code == CONFLICT:
+                raise Conflict(next(iter(error)))
+    raise ValidationError({field: [m for e in items for m in e] for field, items in errors.items()})
+
+
+def _conflict(field: str, message: str) -> DjangoValidationError:
+    return DjangoValidationError({field: DjangoValidationError(message, code=CONFLICT)})
+
+
+def _check_rights(owner: Any, image: Image, sync: bool) -> None:
+    if not rules.can_read_image(owner, image):
+        raise DjangoValidationError({"image": f"No such image, or {owner} may not read it."})
+    if sync and not rules.can_write_image(owner, image):
+        message = f"Only images {owner} may write can be synced back."
+        if image.type == ImageType.USER_DATA:
+            message = (
+                f"User data images are always synced back, and {owner} may not write this one."
+            )
+        raise DjangoValidationError({"sync": message})
+
+
+def _check_disk(setup: ImageSetup, image: Image, disk: str, exclude_pk: int | None) -> None:
+    others = setup.frozen_images.exclude(pk=exclude_pk).select_related("image")
+    for other in others:
+        if other.image_id == image.pk:
+            raise _conflict("image", f'"{image.name}" is already in setup "{setup.name}".')
+        if other.disk == disk:
+            raise _conflict(
+                "target_disk",
+                f'"{other.image.name}" is already written to {disk} in setup "{setup.name}"; '
+                "choose another target disk.",
+            )
+
+
+def effective_sync(image: Image, sync: bool) -> bool:
+    """User data images are always synced back."""
+    return True if image.type == ImageType.USER_DATA else sync
+
+
+def frozen_image_check(
+    *,
+    setup: ImageSetup,
+    image: Image,
+    version: Version | None,
+    sync: bool,
+    target_disk: str = "",
+    exclude_pk: int | None = None,
+) -> None:
+    """Raise Django's ``ValidationError`` unless ``image`` at ``version`` may join ``setup``.
+
+    Conflicts with the setup's other images carry the code ``"conflict"``.
+    ``exclude_pk`` is the row being edited, if any. ``sync`` is taken as given:
+    pass it through ``effective_sync`` first.
+    """
+    _check_rights(setup.owner, image, sync)
+    if version is None or version.image_id != image.pk:
+        raise DjangoValidationError({"version": f'"{image.name}" has no such version.'})
+    if target_disk:
+        try:
+            validate_target_disk(target_disk)
+        except DjangoValidationError as exc:
+            raise DjangoValidationError({"target_disk": exc.messages}) from exc
+    _check_disk(setup, image, target_disk or image.target_disk, exclude_pk)
+
+
+@transaction.atomic
+def setup_create(*, actor: Any, owner: User, name: str, description: str = "") -> ImageSetup:
+    """Create an empty setup for ``owner`` (the caller has checked ``can_create_setup_for``)."""
+    setup = ImageSetup(owner=owner, name=name, description=description)
+    setup.full_clean()
+    setup.save()
+    audit_record(actor=actor, action="setup.create", target=setup, name=name, owner=owner.username)
+    return setup
+
+
+@transaction.atomic
+def setup_update(*, actor: Any, setup: ImageSetup, **fields: Any) -> ImageSetup:
+    """Change a setup's ``name`` and ``description``."""
+    for name, value in fields.items():
+        setattr(setup, name, value)
+    setup.full_clean()
+    setup.save()
+    audit_record(actor=actor, action="setup.update", target=setup, fields=sorted(fields))
+    return setup
+
+
+def _check_deletable(setup: ImageSetup) -> None:
+    # Reverse relations from the flashing app, read by name to keep catalogue
+    # free of a flashing import: a default setup, or one still waiting in a
+    # machine's queue, is not deleted behind the administrators' back.
+    machines = [m.name for m in setup.default_for_machines.all()]
+    if machines:
+        raise Conflict(f"This setup is the default setup of {', '.join(machines)}.")
+    waiting = setup.deployments.filter(state__in=_WAITING).values_list("id", flat=True)
+    if waiting:
+        ids = ", ".join(f"#{pk}" for pk in waiting)
+        raise Conflict(f"Deployments {ids} of this setup are queued or running; cancel them first.")
+
+
+@transaction.atomic
+def setup_delete(*, actor: Any, setup: ImageSetup) -> None:
+    """Delete a setup, unless it is a machine's default or waits in a queue (409)."""
+    _check_deletable(setup)
+    audit_record(actor=actor, action="setup.delete", target=setup, name=setup.name)
+    setup.delete()
+
+
+def _lock(setup: ImageSetup) -> ImageSetup:
+    """Lock the setup row, so two concurrent additions cannot both take a disk."""
+    ImageSetup.objects.select_for_update().filter(pk=setup.pk).first()
+    return setup
+
+
+@transaction.atomic
+def setup_image_add(
+    *,
+    actor: Any,
+    setup: ImageSetup,
+    image: Image | None,
+    version_number: int,
+    sync: bool = False,
+    target_disk: str = "",
+) -> ImageFrozen:
+    """Pin ``image`` at ``version_number`` into ``setup``; 400 or 409 when a rule forbids it.
+
+    ``image`` is None when the caller found no image by that UUID: it answers
+    the same as an image the owner may not read.
+    """
+    _lock(setup)
+    if image is None:
+        raise ValidationError({"image": [f"No such image, or {setup.owner} may not read it."]})
+    version = image.versions.filter(number=version_number).first()
+    sync = effective_sync(image, sync)
+    try:
+        frozen_image_check(
+            setup=setup, image=image, version=version, sync=sync, target_disk=target_disk
+        )
+    except DjangoValidationError as exc:
+        raise_api_error(exc)
+    frozen = ImageFrozen.objects.create(
+        setup=setup, image=image, version=version, sync=sync, target_disk=target_disk
+    )
+    audit_record(
+        actor=actor,
+        action="setup.image_add",
+        target=setup,
+        image=str(image.pk),
+        version=version_number,
+        sync=sync,
+        disk=frozen.disk,
+    )
+    setup.save(update_fields=["updated_at"])
+    return frozen
+
+
+@transaction.atomic
+def setup_image_remove(*, actor: Any, setup: ImageSetup, frozen: ImageFrozen) -> None:
+    """Take a pinned image out of its setup."""
+    audit_record(
+        actor=actor,
+        action="setup.image_remove",
+        target=setup,
+        image=str(frozen.image_id),
+        version=frozen.version.number,
+    )
+    frozen.delete()
+    setup.save(update_fields=["updated_at"])
