@@ -25,7 +25,7 @@ class UserAdmin(DjangoUserAdmin):
     fieldsets = [
         (None, {"fields": ["username", "password"]}),
         ("Profile", {"fields": ["display_name", "email"]}),
-        ("Role", {"fields": ["role", "is_active", "is_superuser"]}),
+        ("Access", {"fields": ["role", "is_active", "is_superuser"]}),
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
     add_fieldsets = [

@@ -1,0 +1,57 @@
+"""Signing in and out, and Django admin, in a real browser."""
+
+from __future__ import annotations
+
+import pytest
+
+from accounts.models import Role, User
+from tests.accounts.factories import PASSWORD, UserFactory
+from tests.browser.conftest import sign_in
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_user_signs_in_sees_the_home_page_and_signs_out(page, screenshot):
+    person = UserFactory(role=Role.USER, display_name="Ada Lovelace")
+    page.goto("/")
+    assert "/accounts/login/" in page.url
+    screenshot(page, "login")
+    sign_in(page, person.username, PASSWORD)
+    assert page.get_by_role("heading", name="Welcome, Ada Lovelace").is_visible()
+    screenshot(page, "home")
+    page.get_by_role("button", name=f"Sign out {person.username}").click()
+    page.wait_for_url("**/accounts/login/")
+
+
+def test_a_wrong_password_shows_an_error(page):
+    person = UserFactory(role=Role.USER)
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(person.username)
+    page.get_by_label("Password").fill("wrong")
+    page.get_by_role("button", name="Sign in").click()
+    assert page.get_by_role("alert").is_visible()
+    assert "/accounts/login/" in page.url
+
+
+def test_a_user_cannot_reach_admin(page):
+    person = UserFactory(role=Role.MODERATOR)
+    sign_in(page, person.username, PASSWORD)
+    assert page.get_by_role("link", name="Admin", exact=True).count() == 0
+    page.goto("/admin/")
+    assert "/admin/login/" in page.url
+    assert page.get_by_text("not authorized to access this page").is_visible()
+
+
+def test_an_administrator_changes_a_users_role_in_admin(page, screenshot):
+    admin = UserFactory(role=Role.ADMINISTRATOR)
+    target = UserFactory(role=Role.USER, username="grace")
+    sign_in(page, admin.username, PASSWORD)
+    page.get_by_role("link", name="Admin", exact=True).click()
+    screenshot(page, "admin-index")
+    page.goto("/admin/accounts/user/")
+    page.get_by_role("link", name="grace").click()
+    page.get_by_label("Role").select_option("moderator")
+    page.get_by_role("button", name="Save", exact=True).click()
+    assert page.get_by_text("was changed successfully").is_visible()
+    target.refresh_from_db()
+    assert User.objects.get(pk=target.pk).role == Role.MODERATOR
