@@ -1,0 +1,1 @@
+"""REST API of the flashing app; see the modules of this package."""

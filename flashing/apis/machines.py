@@ -1,0 +1,88 @@
+"""Machines: everyone signed in reads them; administrators register, change and remove them.
+
+A machine is addressed by any of its MAC addresses, in any common form
+(``aa:bb:cc:dd:ee:ff``, ``AA-BB-…``, ``aabb.ccdd.eeff``, ``aabbccddeeff``).
+"""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import rules
+from flashing import selectors
+from flashing.apis.serializers import MachineInputSerializer, MachineOutputSerializer
+from flashing.models import Architecture, MachineState
+from flashing.services import machines as services
+
+
+def _machine_response(request: Request, mac: str, code: int = status.HTTP_200_OK) -> Response:
+    machine = selectors.machine_get(mac=mac)
+    return Response(MachineOutputSerializer(machine, context={"request": request}).data, code)
+
+
+class MachineListApi(APIView):
+    permission_classes = [rules.CanManageMachines]
+
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("state", str, enum=MachineState.values),
+            OpenApiParameter("architecture", str, enum=Architecture.values),
+        ],
+        responses=MachineOutputSerializer(many=True),
+    )
+    def get(self, request: Request) -> Response:
+        machines = selectors.machine_list(
+            state=request.query_params.get("state"),
+            architecture=request.query_params.get("architecture"),
+        )
+        return Response(
+            MachineOutputSerializer(machines, many=True, context={"request": request}).data
+        )
+
+
+class MachineCreateApi(APIView):
+    permission_classes = [rules.IsAdministrator]
+
+    @extend_schema(request=MachineInputSerializer, responses={201: MachineOutputSerializer})
+    def post(self, request: Request) -> Response:
+        data = MachineInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        state = values.pop("state", None)
+        machine = services.machine_create(actor=request.user, **values)
+        if state is not None:
+            services.machine_update(actor=request.user, machine=machine, state=state)
+        return _machine_response(request, values["mac_addresses"][0], status.HTTP_201_CREATED)
+
+
+class MachineDetailApi(APIView):
+    permission_classes = [rules.CanManageMachines]
+
+    @extend_schema(responses=MachineOutputSerializer)
+    def get(self, request: Request, mac: str) -> Response:
+        return _machine_response(request, mac)
+
+    @extend_schema(request=MachineInputSerializer, responses=MachineOutputSerializer)
+    def put(self, request: Request, mac: str) -> Response:
+        return self._update(request, mac, partial=False)
+
+    @extend_schema(request=MachineInputSerializer(partial=True), responses=MachineOutputSerializer)
+    def patch(self, request: Request, mac: str) -> Response:
+        return self._update(request, mac, partial=True)
+
+    def _update(self, request: Request, mac: str, *, partial: bool) -> Response:
+        machine = selectors.machine_get(mac=mac)
+        data = MachineInputSerializer(data=request.data, partial=partial)
+        data.is_valid(raise_exception=True)
+        services.machine_update(actor=request.user, machine=machine, **data.validated_data)
+        macs = data.validated_data.get("mac_addresses")
+        return _machine_response(request, macs[0] if macs else mac)
+
+    @extend_schema(responses={204: None})
+    def delete(self, request: Request, mac: str) -> Response:
+        services.machine_delete(actor=request.user, machine=selectors.machine_get(mac=mac))
+        return Response(status=status.HTTP_204_NO_CONTENT)

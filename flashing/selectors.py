@@ -1,0 +1,130 @@
+"""Reads for machines, leases and deployments, prefetched so lists cost a fixed few queries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.http import Http404
+from rest_framework.exceptions import ValidationError
+
+from accounts import rules
+from flashing.models import (
+    Deployment,
+    DeploymentState,
+    DiskContent,
+    Lease,
+    MacAddress,
+    Machine,
+    normalize_mac,
+)
+
+
+def mac_check(mac: str) -> str:
+    """A MAC from a URL, normalised; 400 when it is not one."""
+    try:
+        return normalize_mac(mac)
+    except DjangoValidationError as exc:
+        raise ValidationError({"mac": exc.messages}) from exc
+
+
+def machine_list(*, state: str | None = None, architecture: str | None = None) -> QuerySet[Machine]:
+    """Machines with their MACs, disks, disk contents and active lease: six queries in all.
+
+    The active lease is in ``machine.active_leases`` (a list of at most one).
+    """
+    machines = Machine.objects.select_related("default_setup").prefetch_related(
+        Prefetch("mac_addresses", queryset=MacAddress.objects.order_by("id")),
+        "disks",
+        Prefetch(
+            "disk_contents", queryset=DiskContent.objects.select_related("image").order_by("disk")
+        ),
+        Prefetch(
+            "leases",
+            queryset=Lease.objects.filter(ended_at=None).select_related("user"),
+            to_attr="active_leases",
+        ),
+    )
+    if state:
+        machines = machines.filter(state=state)
+    if architecture:
+        machines = machines.filter(architecture=architecture)
+    return machines.order_by("name")
+
+
+def machine_get(*, mac: str) -> Machine:
+    """The machine with this MAC address (any common form); 400 if malformed, 404 if unknown."""
+    address = mac_check(mac)
+    machine = machine_list().filter(mac_addresses__address=address).first()
+    if machine is None:
+        raise Http404(f"No machine has the MAC address {address}.")
+    return machine
+
+
+def lease_active(*, machine: Machine) -> Lease | None:
+    """The machine's lease that has not ended (it may be past its end until beat ends it)."""
+    if hasattr(machine, "active_leases"):
+        return machine.active_leases[0] if machine.active_leases else None
+    return Lease.objects.select_related("user").filter(machine=machine, ended_at=None).first()
+
+
+def _queue_position() -> Subquery:
+    """1 for the next deployment of its machine, 2 for the one after, … (queued ones only)."""
+    ahead = (
+        Deployment.objects.filter(machine=OuterRef("machine"), state=DeploymentState.QUEUED)
+        .filter(
+            Q(created_at__lt=OuterRef("created_at"))
+            | Q(created_at=OuterRef("created_at"), id__lte=OuterRef("id"))
+        )
+        .order_by()
+        .values("machine")
+        .annotate(n=Count("id"))
+        .values("n")
+    )
+    return Subquery(ahead)
+
+
+def deployment_queryset() -> QuerySet[Deployment]:
+    return (
+        Deployment.objects.select_related("machine", "setup", "requested_by")
+        .prefetch_related(
+            Prefetch("machine__mac_addresses", queryset=MacAddress.objects.order_by("id")),
+            "images",
+        )
+        .annotate(position=_queue_position())
+    )
+
+
+def deployment_list(
+    *, user: Any, machine: Machine | None = None, state: str | None = None
+) -> QuerySet[Deployment]:
+    """The deployments ``user`` requested (all of them for administrators), newest first."""
+    deployments = deployment_queryset()
+    if not rules.is_administrator(user):
+        deployments = deployments.filter(requested_by=user)
+    if machine is not None:
+        deployments = deployments.filter(machine=machine)
+    if state:
+        deployments = deployments.filter(state=state)
+    return deployments.order_by("-created_at", "-id")
+
+
+def deployment_get(*, user: Any, deployment_id: int) -> Deployment:
+    """One deployment with its event log, if ``user`` may read it; 404 otherwise."""
+    deployment = (
+        deployment_queryset().prefetch_related("events__actor").filter(pk=deployment_id).first()
+    )
+    if deployment is None or not rules.can_read_deployment(user, deployment):
+        raise Http404("No such deployment, or not yours.")
+    return deployment
+
+
+def deployment_next(*, machine: Machine) -> Deployment | None:
+    """The machine's next deployment: the oldest queued one (first in, first out)."""
+    return (
+        deployment_queryset()
+        .filter(machine=machine, state=DeploymentState.QUEUED)
+        .order_by("created_at", "id")
+        .first()
+    )

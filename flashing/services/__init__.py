@@ -1,0 +1,1 @@
+"""Writes for machines, leases and deployments; see the modules of this package."""

@@ -1,0 +1,51 @@
+"""What the flashing services share: the 409 error and the event log."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import Model
+from rest_framework import status
+from rest_framework.exceptions import APIException
+
+from accounts.services import audit_record
+from flashing.models import Deployment, DeploymentEvent, Machine
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "This conflicts with the machine's current state."
+    default_code = "conflict"
+
+
+def actor_or_none(actor: Any) -> Any:
+    """The user behind a change, or None for BAAS itself (beat, the pipeline)."""
+    return actor if getattr(actor, "pk", None) else None
+
+
+def event_record(
+    *, deployment: Deployment, actor: Any, action: str, message: str = "", **data: Any
+) -> DeploymentEvent:
+    """Log ``action`` in the deployment's event log and in the audit log."""
+    audit_record(actor=actor, action=f"deployment.{action}", target=deployment, **data)
+    return DeploymentEvent.objects.create(
+        deployment=deployment,
+        actor=actor_or_none(actor),
+        action=action,
+        state=deployment.state,
+        message=message,
+    )
+
+
+def lock(model: type[Model], pk: Any) -> Any:
+    """The row, locked until the end of the transaction (``select_for_update``)."""
+    return model.objects.select_for_update().get(pk=pk)
+
+
+def lock_machine(machine: Machine) -> Machine:
+    """Every change to a machine's lease or queue locks the machine row first.
+
+    One lock, always the first one taken, so two requests for the same machine
+    are serialised and never deadlock.
+    """
+    return lock(Machine, machine.pk)

@@ -1,0 +1,167 @@
+"""Writes for deployments: queue a setup on a machine, cancel it, move it along.
+
+The queue is first in, first out per machine. Nothing here flashes: the
+pipeline of the flashing issue takes the next queued deployment
+(``flashing.selectors.deployment_next``), calls ``deployment_plan_sync`` and
+then ``deployment_set_state`` as it goes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from rest_framework.exceptions import PermissionDenied, ValidationError
+
+from accounts import rules
+from catalogue.models import ImageSetup
+from flashing.models import (
+    FINAL_STATES,
+    OUT_OF_SERVICE,
+    RUNNING_STATES,
+    Deployment,
+    DeploymentImage,
+    DeploymentState,
+    DiskContent,
+    Machine,
+)
+from flashing.services.common import Conflict, event_record, lock, lock_machine
+from flashing.services.leases import lease_current
+from flashing.services.machines import disk_contents_record, machine_settle_state
+from flashing.services.queue import finish_deployment, queue_deployment
+
+# Where each state may go next (besides failed, which any running state may reach).
+TRANSITIONS: dict[str, tuple[str, ...]] = {
+    DeploymentState.QUEUED: (DeploymentState.BOOTING, DeploymentState.CANCELLED),
+    DeploymentState.BOOTING: (DeploymentState.SYNCING, DeploymentState.WRITING),
+    DeploymentState.SYNCING: (DeploymentState.WRITING, DeploymentState.DONE),
+    DeploymentState.WRITING: (DeploymentState.VERIFYING,),
+    DeploymentState.VERIFYING: (DeploymentState.WRITING, DeploymentState.DONE),
+}
+
+
+def _check_machine(machine: Machine) -> None:
+    if machine.state in OUT_OF_SERVICE:
+        raise Conflict(f"{machine.name} is out of service ({machine.state}).")
+    if not machine.managed:
+        raise Conflict(f"{machine.name} is not managed by BAAS, so it cannot be flashed.")
+
+
+def _check_setup(machine: Machine, setup: ImageSetup) -> None:
+    """The setup fits the machine's disks, and its owner may still read every image."""
+    frozen = list(setup.frozen_images.all())
+    if not frozen:
+        raise ValidationError({"setup": [f'Setup "{setup.name}" has no images to flash.']})
+    disks = {d.path: d.size for d in machine.disks.all()}
+    for item in frozen:
+        if not rules.can_read_image(setup.owner, item.image):
+            raise Conflict(f'{setup.owner} may no longer read "{item.image.name}" of this setup.')
+        if disks and item.disk not in disks:
+            known = ", ".join(sorted(disks))
+            raise ValidationError(
+                {"setup": [f"{machine.name} has no disk {item.disk} (it has {known})."]}
+            )
+        if disks and item.version.size > disks[item.disk]:
+            raise ValidationError(
+                {"setup": [f'"{item.image.name}" does not fit on {machine.name}:{item.disk}.']}
+            )
+
+
+@transaction.atomic
+def deployment_enqueue(
+    *, actor: Any, machine: Machine, setup: ImageSetup, sync: bool = False
+) -> Deployment:
+    """Queue ``setup`` on ``machine``, behind the deployments already queued.
+
+    Preconditions: ``rules.can_use_setup(actor, setup)`` (the caller checked).
+    403 unless ``actor`` holds the machine's lease or is an administrator; 409
+    when the machine is out of service or unmanaged; 400 when the setup is
+    empty or does not fit the machine's disks.
+    """
+    machine = lock_machine(machine)
+    lease = lease_current(machine=machine)
+    if not rules.can_deploy_on(actor, lease):
+        raise PermissionDenied(
+            "Only the holder of this machine's lease, or an administrator, may queue on it."
+        )
+    _check_machine(machine)
+    _check_setup(machine, setup)
+    held = lease if lease is not None and lease.user_id == actor.pk else None
+    return queue_deployment(actor=actor, machine=machine, setup=setup, sync=sync, lease=held)
+
+
+@transaction.atomic
+def deployment_cancel(*, actor: Any, deployment: Deployment) -> Deployment:
+    """Cancel a queued deployment; 409 once it has started or finished."""
+    lock_machine(deployment.machine)
+    deployment = lock(Deployment, deployment.pk)
+    if deployment.state != DeploymentState.QUEUED:
+        raise Conflict(
+            f"Deployment #{deployment.pk} is {deployment.state}; "
+            "only queued deployments can be cancelled."
+        )
+    finish_deployment(deployment, DeploymentState.CANCELLED, actor, f"Cancelled by {actor}.")
+    return deployment
+
+
+@transaction.atomic
+def deployment_plan_sync(*, deployment: Deployment) -> list[DeploymentImage]:
+    """Plan what to bring back: the machine's sync images as they are on its disks now.
+
+    For the pipeline, when a deployment with ``sync`` starts (not when it is
+    queued: a deployment ahead of it may change what is on the disks).
+    Idempotent: planning again replaces the plan.
+    """
+    deployment.images.filter(direction=DeploymentImage.Direction.SYNC).delete()
+    if not deployment.sync:
+        return []
+    on_disks = DiskContent.objects.filter(
+        machine=deployment.machine, sync=True, image__isnull=False
+    ).select_related("version")
+    return DeploymentImage.objects.bulk_create(
+        DeploymentImage(
+            deployment=deployment,
+            direction=DeploymentImage.Direction.SYNC,
+            image_id=item.image_id,
+            version=item.version,
+            version_number=item.version_number,
+            disk=item.disk,
+            sync=True,
+            bytes_total=item.version.size if item.version else 0,
+        )
+        for item in on_disks
+    )
+
+
+def _check_transition(deployment: Deployment, state: str) -> None:
+    allowed = TRANSITIONS.get(deployment.state, ())
+    running_to_failed = deployment.state in RUNNING_STATES and state == DeploymentState.FAILED
+    if state not in allowed and not running_to_failed:
+        raise Conflict(f"Deployment #{deployment.pk} cannot go from {deployment.state} to {state}.")
+
+
+@transaction.atomic
+def deployment_set_state(
+    *, actor: Any, deployment: Deployment, state: str, message: str = ""
+) -> Deployment:
+    """Move a deployment to ``state`` (see ``TRANSITIONS``), for the flashing pipeline.
+
+    Records the event, the timestamps and the failure reason (``message``),
+    what is on the disks once done, and keeps the machine's state consistent.
+    """
+    machine = lock_machine(deployment.machine)
+    deployment = lock(Deployment, deployment.pk)
+    _check_transition(deployment, state)
+    if state in FINAL_STATES:
+        deployment.failure_reason = message if state == DeploymentState.FAILED else ""
+        finish_deployment(deployment, state, actor, message)
+    else:
+        deployment.state = state
+        deployment.started_at = deployment.started_at or timezone.now()
+        deployment.save(update_fields=["state", "started_at", "updated_at"])
+        event_record(deployment=deployment, actor=actor, action=state, message=message)
+    if state == DeploymentState.DONE:
+        disk_contents_record(deployment=deployment)
+    machine_settle_state(actor=actor, machine=machine)
+    return deployment

@@ -1,0 +1,214 @@
+"""Writes for machines: register, change, remove, and keep their state consistent."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from accounts.services import audit_record
+from catalogue.models import ImageSetup
+from flashing.models import (
+    OUT_OF_SERVICE,
+    RUNNING_STATES,
+    SECRET_MASK,
+    Deployment,
+    DeploymentImage,
+    DiskContent,
+    Lease,
+    MacAddress,
+    Machine,
+    MachineDisk,
+    MachineState,
+    is_secret_setting,
+)
+from flashing.services.common import Conflict, lock_machine
+
+# Fields an administrator sets directly.
+PLAIN_FIELDS = ("name", "architecture", "managed", "power_driver", "description")
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    path: str
+    size: int
+
+
+def power_settings_merge(old: dict | None, new: dict) -> dict:
+    """``new``, where a secret sent back as ``SECRET_MASK`` keeps its stored value.
+
+    Clients and the admin form only ever see masked secrets; sending the mask
+    back means "unchanged".
+    """
+    old = old or {}
+    return {
+        name: old.get(name, "") if is_secret_setting(name) and value == SECRET_MASK else value
+        for name, value in new.items()
+    }
+
+
+def _check_unique(*, name: str | None, macs: list[str] | None, exclude: int | None) -> None:
+    others = Machine.objects.exclude(pk=exclude)
+    if name is not None and others.filter(name=name).exists():
+        raise Conflict(f'A machine named "{name}" is already registered.')
+    taken = MacAddress.objects.filter(address__in=macs or []).exclude(machine_id=exclude)
+    for mac in taken.select_related("machine")[:1]:
+        raise Conflict(f"MAC address {mac.address} already belongs to {mac.machine.name}.")
+
+
+def _set_macs(machine: Machine, macs: list[str]) -> None:
+    machine.mac_addresses.exclude(address__in=macs).delete()
+    existing = set(machine.mac_addresses.values_list("address", flat=True))
+    MacAddress.objects.bulk_create(
+        [MacAddress(machine=machine, address=mac) for mac in macs if mac not in existing]
+    )
+
+
+def _set_disks(machine: Machine, disks: list[DiskSpec]) -> None:
+    machine.disks.all().delete()
+    MachineDisk.objects.bulk_create(
+        [MachineDisk(machine=machine, path=d.path, size=d.size) for d in disks]
+    )
+
+
+def _apply(machine: Machine, fields: dict[str, Any]) -> None:
+    for name in PLAIN_FIELDS:
+        if name in fields:
+            setattr(machine, name, fields[name])
+    if "power_settings" in fields:
+        machine.power_settings = power_settings_merge(
+            machine.power_settings, fields["power_settings"]
+        )
+    if "default_setup" in fields:
+        machine.default_setup = fields["default_setup"]
+
+
+def _save_related(machine: Machine, fields: dict[str, Any]) -> None:
+    try:
+        with transaction.atomic():
+            machine.full_clean(exclude=["default_setup"])
+            machine.save()
+            if "mac_addresses" in fields:
+                _set_macs(machine, fields["mac_addresses"])
+            if "disks" in fields:
+                _set_disks(machine, fields["disks"])
+    except IntegrityError as exc:  # a concurrent registration took the name or a MAC
+        raise Conflict("The name or a MAC address was registered at the same time.") from exc
+
+
+@transaction.atomic
+def machine_create(
+    *,
+    actor: Any,
+    name: str,
+    mac_addresses: list[str],
+    disks: list[DiskSpec] = (),
+    default_setup: ImageSetup | None = None,
+    **fields: Any,
+) -> Machine:
+    """Register a machine. MACs are normalised already (``normalize_mac``); 409 if taken."""
+    _check_unique(name=name, macs=mac_addresses, exclude=None)
+    machine = Machine()
+    values = {
+        **fields,
+        "name": name,
+        "mac_addresses": mac_addresses,
+        "disks": list(disks),
+        "default_setup": default_setup,
+    }
+    _apply(machine, values)
+    _save_related(machine, values)
+    audit_record(actor=actor, action="machine.create", target=machine, name=name)
+    return machine
+
+
+@transaction.atomic
+def machine_update(*, actor: Any, machine: Machine, **fields: Any) -> Machine:
+    """Change the given fields; ``mac_addresses`` and ``disks``, when given, replace the lists.
+
+    ``state`` may be set to ``maintenance`` or ``error`` (out of service), or
+    back to ``available``, which settles to what the leases and queue say.
+    """
+    machine = lock_machine(machine)
+    _check_unique(name=fields.get("name"), macs=fields.get("mac_addresses"), exclude=machine.pk)
+    _apply(machine, fields)
+    _save_related(machine, fields)
+    audit_record(actor=actor, action="machine.update", target=machine, fields=sorted(fields))
+    if "state" in fields:
+        machine_set_state(actor=actor, machine=machine, state=fields["state"])
+    return machine
+
+
+@transaction.atomic
+def machine_delete(*, actor: Any, machine: Machine) -> None:
+    """Remove a machine with its leases and history; 409 while a deployment runs on it."""
+    machine = lock_machine(machine)
+    if machine.deployments.filter(state__in=RUNNING_STATES).exists():
+        raise Conflict(f"A deployment is running on {machine.name}; wait for it or cancel it.")
+    audit_record(actor=actor, action="machine.delete", target=machine, name=machine.name)
+    machine.delete()
+
+
+def _settled_state(machine: Machine) -> str:
+    if machine.deployments.filter(state__in=RUNNING_STATES).exists():
+        return MachineState.DEPLOYING
+    if Lease.objects.filter(machine=machine, ended_at__isnull=True).exists():
+        return MachineState.LEASED
+    return MachineState.AVAILABLE
+
+
+def _change_state(actor: Any, machine: Machine, state: str) -> None:
+    if state == machine.state:
+        return
+    old, machine.state = machine.state, state
+    machine.save(update_fields=["state", "updated_at"])
+    audit_record(actor=actor, action="machine.state", target=machine, old=old, new=state)
+
+
+def machine_settle_state(*, actor: Any, machine: Machine) -> Machine:
+    """Set ``state`` from the facts: deploying, leased or available.
+
+    Out-of-service machines (error, maintenance) stay so until an
+    administrator puts them back. Call inside the transaction that changed a
+    lease or a deployment, with the machine locked.
+    """
+    if machine.state not in OUT_OF_SERVICE:
+        _change_state(actor, machine, _settled_state(machine))
+    return machine
+
+
+def machine_set_state(*, actor: Any, machine: Machine, state: str) -> Machine:
+    """An administrator takes a machine out of service, or puts it back (``available``)."""
+    if state in OUT_OF_SERVICE:
+        _change_state(actor, machine, state)
+    else:
+        _change_state(actor, machine, _settled_state(machine))
+    return machine
+
+
+@transaction.atomic
+def disk_contents_record(*, deployment: Deployment) -> list[DiskContent]:
+    """Record what a successful deployment wrote: one row per disk, replacing the old one.
+
+    For the flashing pipeline, when a deployment is done.
+    """
+    rows = []
+    now = timezone.now()
+    writes = deployment.images.filter(direction=DeploymentImage.Direction.WRITE)
+    for item in writes:
+        row, _ = DiskContent.objects.update_or_create(
+            machine=deployment.machine,
+            disk=item.disk,
+            defaults={
+                "image": item.image,
+                "version": item.version,
+                "version_number": item.version_number,
+                "sync": item.sync,
+                "deployment": deployment,
+                "written_at": now,
+            },
+        )
+        rows.append(row)
+    return rows

@@ -1,0 +1,116 @@
+"""The queue itself: put a deployment in it, or take queued ones out.
+
+Shared by the deployment and lease services; every function expects the
+machine row to be locked by its caller (``common.lock_machine``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.utils import timezone
+
+from catalogue.models import ImageSetup
+from flashing.models import (
+    Deployment,
+    DeploymentImage,
+    DeploymentKind,
+    DeploymentState,
+    DiskContent,
+    Lease,
+    Machine,
+)
+from flashing.services.common import actor_or_none, event_record
+
+
+def _snapshot(deployment: Deployment, setup: ImageSetup | None) -> None:
+    """Copy the setup's images into the deployment, so later edits don't change it."""
+    if setup is None:
+        return
+    DeploymentImage.objects.bulk_create(
+        DeploymentImage(
+            deployment=deployment,
+            image=item.image,
+            version=item.version,
+            version_number=item.version.number,
+            disk=item.disk,
+            sync=item.sync,
+            bytes_total=item.version.size,
+        )
+        for item in setup.frozen_images.all()
+    )
+
+
+def queue_deployment(
+    *,
+    actor: Any,
+    machine: Machine,
+    setup: ImageSetup | None,
+    sync: bool,
+    lease: Lease | None,
+    kind: str = DeploymentKind.USER,
+    message: str = "",
+) -> Deployment:
+    """Put a deployment at the end of the machine's queue, with its images and first event.
+
+    A reset belongs to BAAS, not to whoever ended the lease: it has no
+    ``requested_by``, so only administrators may cancel it.
+    """
+    requested_by = actor_or_none(actor) if kind == DeploymentKind.USER else None
+    deployment = Deployment.objects.create(
+        machine=machine,
+        setup=setup,
+        lease=lease,
+        requested_by=requested_by,
+        kind=kind,
+        sync=sync,
+    )
+    _snapshot(deployment, setup)
+    event_record(
+        deployment=deployment,
+        actor=actor,
+        action="queued",
+        message=message,
+        machine=machine.name,
+        setup=str(setup.pk) if setup else None,
+        sync=sync,
+    )
+    return deployment
+
+
+def deployment_queue_reset(*, actor: Any, machine: Machine, message: str) -> Deployment | None:
+    """Queue the reset that follows a lease: bring sync images back, flash the default setup.
+
+    Nothing is queued for an unmanaged machine, nor for one with no default
+    setup and nothing to bring back. The machine is locked by the caller.
+    """
+    setup = machine.default_setup
+    has_sync = DiskContent.objects.filter(machine=machine, sync=True, image__isnull=False).exists()
+    if not machine.managed or (setup is None and not has_sync):
+        return None
+    return queue_deployment(
+        actor=actor,
+        machine=machine,
+        setup=setup,
+        sync=True,
+        lease=None,
+        kind=DeploymentKind.RESET,
+        message=message,
+    )
+
+
+def finish_deployment(deployment: Deployment, state: str, actor: Any, message: str) -> None:
+    """Put a deployment in a final state, with its event. The caller set ``failure_reason``."""
+    deployment.state = state
+    deployment.finished_at = timezone.now()
+    deployment.save(update_fields=["state", "finished_at", "updated_at", "failure_reason"])
+    event_record(deployment=deployment, actor=actor, action=state, message=message)
+
+
+def deployments_cancel_queued(*, actor: Any, lease: Lease, message: str) -> list[int]:
+    """Cancel the queued deployments of ``lease``; the machine is locked by the caller."""
+    cancelled = []
+    for deployment in lease.deployments.filter(state=DeploymentState.QUEUED):
+        finish_deployment(deployment, DeploymentState.CANCELLED, actor, message)
+        cancelled.append(deployment.pk)
+    return cancelled
