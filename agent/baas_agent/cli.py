@@ -1,0 +1,219 @@
+"""``baas-agent``: check in, follow the instructions, report the result.
+
+Usage::
+
+    baas-agent [--server URL] [--mac MAC] [--token TOKEN]
+               [--disk /dev/sda=/path/to/file ...] [--kernel-cmdline /proc/cmdline]
+
+Server, MAC and token default to the kernel command line parameters
+``baas.server``, ``baas.mac`` and ``baas.token`` (docs/agent-protocol.md §1).
+
+Exit status: 0 when the deployment is done; 1 when it failed (the failure and
+its reason were reported to the server when it could be reached); 2 for bad
+arguments or a refused check-in (nothing to report to); 130 when interrupted
+(reported as a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar
+
+from baas_agent import __version__
+from baas_agent.client import ApiError, Client
+from baas_agent.compress import CompressionError
+from baas_agent.disks import DiskError, DiskMap
+from baas_agent.flash import (
+    FlashError,
+    InstructionError,
+    Reporter,
+    SyncInstruction,
+    WriteInstruction,
+    sync_image,
+    write_image,
+)
+from baas_agent.log import FORMAT, LogShipper
+
+log = logging.getLogger("baas_agent")
+T = TypeVar("T")
+EXPECTED = (FlashError, DiskError, CompressionError, ApiError, OSError, ValueError)
+PARAMETERS = {"baas.server": "server", "baas.mac": "mac", "baas.token": "token"}
+
+
+class Interrupted(Exception):
+    """SIGTERM or Ctrl-C."""
+
+
+def kernel_parameters(text: str) -> dict[str, str]:
+    """``server``/``mac``/``token`` from ``baas.*=…`` words of a kernel command line."""
+    try:
+        words = shlex.split(text)
+    except ValueError:
+        words = text.split()
+    found = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        if sep and key in PARAMETERS:
+            found[PARAMETERS[key]] = value
+    return found
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="baas-agent",
+        description="The BAAS management agent: syncs user data back, flashes images.",
+    )
+    parser.add_argument("--server", help="the BAAS server URL (else baas.server=)")
+    parser.add_argument("--mac", help="this machine's boot MAC address (else baas.mac=)")
+    parser.add_argument("--token", help="the one-time boot token (else baas.token=)")
+    parser.add_argument(
+        "--disk",
+        action="append",
+        default=[],
+        metavar="DEVICE=TARGET",
+        help="write DEVICE's images to TARGET (a file or device); repeatable. "
+        "With any mapping, unmapped devices are refused.",
+    )
+    parser.add_argument(
+        "--kernel-cmdline",
+        type=Path,
+        default=Path("/proc/cmdline"),
+        metavar="PATH",
+        help="where to read baas.* parameters (default: /proc/cmdline)",
+    )
+    parser.add_argument("--retries", type=int, default=5, help="retries of a failed call")
+    parser.add_argument("--timeout", type=float, default=60.0, help="network timeout, seconds")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"baas-agent {__version__}")
+    return parser.parse_args(argv)
+
+
+def resolve_identity(args: argparse.Namespace) -> dict[str, str]:
+    """Server, MAC and token: arguments first, then the kernel command line."""
+    found: dict[str, str] = {}
+    if not (args.server and args.mac and args.token):
+        try:
+            found = kernel_parameters(args.kernel_cmdline.read_text())
+        except OSError as exc:
+            log.debug("no kernel command line at %s: %s", args.kernel_cmdline, exc)
+    identity = {key: getattr(args, key) or found.get(key) for key in PARAMETERS.values()}
+    missing = [key for key, value in identity.items() if not value]
+    if missing:
+        raise ValueError(
+            f"missing {', '.join(missing)}: give --{' --'.join(missing)} or "
+            f"baas.{'= baas.'.join(missing)}= on the kernel command line"
+        )
+    return identity  # type: ignore[return-value]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=FORMAT)
+    try:
+        identity = resolve_identity(args)
+        disks = DiskMap.parse(args.disk)
+        client = Client(
+            identity["server"], identity["token"], timeout=args.timeout, retries=args.retries
+        )
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
+    return run(client, mac=identity["mac"], disks=disks)
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted(f"the agent was stopped by signal {signum}")
+
+
+def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None = None) -> int:
+    """The whole deployment with ``client`` holding the boot token. Returns the exit status."""
+    try:
+        answer = client.post_json("/api/agent/checkin", {"mac": mac, "agent_version": __version__})
+        client.token = _checked_in(answer)
+    except (ApiError, InstructionError) as exc:
+        log.error("check-in refused: %s", exc)
+        return 2
+    except Interrupted as exc:
+        log.error("%s", exc)
+        return 130
+    shipper = LogShipper(client)
+    log.addHandler(shipper)
+    log.info("checked in: deployment %s, agent %s", answer.get("deployment"), __version__)
+    try:
+        return _deploy(client, disks, reporter or Reporter(client))
+    finally:
+        log.removeHandler(shipper)
+        shipper.close()
+
+
+def _checked_in(answer: Any) -> str:
+    if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
+        raise InstructionError(f"the check-in answer holds no token: {answer!r}")
+    return answer["token"]
+
+
+def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> int:
+    try:
+        syncs, writes = _instructions(client.get_json("/api/agent/instructions"))
+        synced = [
+            entry
+            for sync in syncs
+            if (entry := _step(sync.label(), lambda s=sync: sync_image(client, s, disks, reporter)))
+        ]
+        written = [
+            _step(item.label(), lambda w=item: write_image(client, w, disks, reporter))
+            for item in writes
+        ]
+        client.post_json(
+            "/api/agent/result", {"state": "done", "written": written, "synced": synced}
+        )
+    except Interrupted as exc:
+        return _fail(client, str(exc), 130)
+    except EXPECTED as exc:
+        return _fail(client, str(exc), 1)
+    except Exception as exc:
+        log.exception("internal error")
+        return _fail(client, f"internal agent error: {type(exc).__name__}: {exc}", 1)
+    log.info("done: %d image(s) written, %d synced", len(written), len(synced))
+    return 0
+
+
+def _instructions(data: Any) -> tuple[list[SyncInstruction], list[WriteInstruction]]:
+    if not isinstance(data, dict):
+        raise InstructionError(f"the instructions are not an object: {data!r}")
+    syncs = [SyncInstruction.from_json(item) for item in data.get("sync") or []]
+    writes = [WriteInstruction.from_json(item) for item in data.get("write") or []]
+    log.info("instructions: %d to sync, %d to write", len(syncs), len(writes))
+    return syncs, writes
+
+
+def _step(label: str, action: Callable[[], T]) -> T:
+    """Run one image's step; a failure's reason names the image."""
+    try:
+        return action()
+    except FlashError:
+        raise
+    except EXPECTED as exc:
+        raise FlashError(f"{label}: {exc}") from exc
+
+
+def _fail(client: Client, reason: str, status: int) -> int:
+    log.error("failed: %s", reason)
+    try:
+        client.post_json("/api/agent/result", {"state": "failed", "reason": reason})
+    except ApiError as exc:
+        log.error("could not report the failure: %s", exc)
+    return status
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

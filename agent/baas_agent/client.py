@@ -1,0 +1,359 @@
+"""A tiny HTTP client for the agent protocol, on ``http.client`` only.
+
+Contracts:
+
+- Every call carries ``Authorization: Bearer <token>`` — but only to the
+  server's own origin, so an absolute URL elsewhere never sees the token.
+- 5xx answers, 409, 429 and connection errors are retried with exponential
+  back-off (``retries`` times); any other 4xx is final. Both end in
+  :class:`ApiError` with the server's message.
+- :meth:`Client.upload` streams a request body made by a factory (called again
+  for each attempt), chunked when its length is unknown.
+- :meth:`Client.download` streams a body and resumes a broken transfer with
+  ``Range: bytes=<received>-`` and ``If-Range: <ETag>``, checking the 206
+  ``Content-Range``: the bytes it yields are exactly the file's, once.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, TypeVar
+from urllib.parse import urlsplit
+
+from baas_agent import __version__
+
+CHUNK = 1 << 20
+USER_AGENT = f"baas-agent/{__version__}"
+RETRYABLE_STATUSES = frozenset({409, 429})
+NETWORK_ERRORS = (OSError, http.client.HTTPException)
+CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Body = Iterable[bytes] | IO[bytes]
+
+
+class ApiError(Exception):
+    """A call failed for good: a final 4xx answer, or retries exhausted."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class DownloadError(ApiError):
+    """A download cannot continue: the file changed, or the server broke the protocol."""
+
+
+class TransientError(Exception):
+    """A failure worth retrying (5xx, 409, 429, a broken connection)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _BodyError(Exception):
+    """The request body's own source failed (not the network): never retried."""
+
+
+def error_message(payload: bytes) -> str:
+    """The human message of an error answer: JSON ``detail``/``message``/``error``, else text."""
+    try:
+        data = json.loads(payload)
+    except ValueError:
+        return payload[:300].decode("utf-8", "replace").strip() or "(empty answer)"
+    if isinstance(data, dict):
+        for key in ("detail", "message", "error", "reason"):
+            if key in data:
+                return str(data[key])
+    return json.dumps(data)[:300]
+
+
+def check_status(status: int, payload: bytes) -> None:
+    """Raise TransientError or ApiError unless ``status`` is a success."""
+    if status < 300:
+        return
+    message = f"HTTP {status}: {error_message(payload)}"
+    if status >= 500 or status in RETRYABLE_STATUSES:
+        raise TransientError(message, status)
+    raise ApiError(message, status)
+
+
+@dataclass
+class _Transfer:
+    """What a download knows about its file so far."""
+
+    received: int = 0
+    total: int | None = None
+    etag: str | None = None  # strong ETags only: If-Range forbids weak ones
+    last_modified: str | None = None
+
+    def validator(self) -> str | None:
+        return self.etag or self.last_modified
+
+    def complete(self) -> bool:
+        return self.total is None or self.received == self.total
+
+
+class Client:
+    """Talks to one BAAS server. Not thread-safe; cheap to create."""
+
+    def __init__(
+        self,
+        server: str,
+        token: str | None = None,
+        *,
+        timeout: float = 60.0,
+        retries: int = 5,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        parts = urlsplit(server)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"the server URL must be http(s)://host[:port], not {server!r}")
+        self.base = server.rstrip("/")
+        self.origin = (parts.scheme, parts.netloc)
+        self.token = token
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.sleep = sleep
+
+    # -- plumbing ---------------------------------------------------------
+
+    def url(self, path: str) -> str:
+        """``path`` relative to the server URL; absolute URLs are kept."""
+        if urlsplit(path).scheme:
+            return path
+        if not path.startswith("/"):
+            raise ValueError(f"a server path must start with '/': {path!r}")
+        return self.base + path
+
+    def _connection(self, url: str) -> tuple[http.client.HTTPConnection, str, dict[str, str]]:
+        parts = urlsplit(url)
+        cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = cls(parts.netloc, timeout=self.timeout, blocksize=CHUNK)
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        headers = {"User-Agent": USER_AGENT, "Connection": "close"}
+        if self.token and (parts.scheme, parts.netloc) == self.origin:
+            headers["Authorization"] = f"Bearer {self.token}"
+        return conn, target, headers
+
+    def _retrying(self, what: str, attempt: Callable[[], T], retries: int | None = None) -> T:
+        retries = self.retries if retries is None else retries
+        for n in range(retries + 1):
+            try:
+                return attempt()
+            except TransientError as exc:
+                if n == retries:
+                    raise ApiError(
+                        f"{what}: {exc} (gave up after {n + 1} attempts)", exc.status
+                    ) from exc
+                delay = min(self.backoff * 2**n, self.max_backoff)
+                log.warning("%s: %s; retrying in %.1f s", what, exc, delay)
+                self.sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _exchange(
+        self, method: str, url: str, body: Body | bytes | None, headers: dict[str, str]
+    ) -> Any:
+        """One request, its whole (small) answer parsed as JSON. Raises per check_status."""
+        conn, target, base = self._connection(url)
+        try:
+            try:
+                conn.request(method, target, body=body, headers={**base, **headers})
+            except NETWORK_ERRORS as exc:
+                # The server may have answered early (401, 413) and closed: read that.
+                resp = self._early_response(conn, exc)
+            else:
+                resp = conn.getresponse()
+            payload = resp.read()
+        except NETWORK_ERRORS as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        except _BodyError as exc:
+            raise exc.__cause__ from None  # type: ignore[misc]
+        finally:
+            conn.close()
+        check_status(resp.status, payload)
+        return json.loads(payload) if payload.strip() else None
+
+    @staticmethod
+    def _early_response(
+        conn: http.client.HTTPConnection, exc: BaseException
+    ) -> http.client.HTTPResponse:
+        try:
+            return conn.getresponse()
+        except NETWORK_ERRORS:
+            raise exc from None
+
+    # -- JSON calls -------------------------------------------------------
+
+    def call(self, method: str, path: str, body: Any = None, *, retries: int | None = None) -> Any:
+        """A JSON request with retries; returns the parsed answer (None when empty)."""
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        url = self.url(path)
+        return self._retrying(
+            f"{method} {path}", lambda: self._exchange(method, url, data, headers), retries
+        )
+
+    def get_json(self, path: str) -> Any:
+        return self.call("GET", path)
+
+    def post_json(self, path: str, body: Any) -> Any:
+        return self.call("POST", path, body)
+
+    # -- streaming --------------------------------------------------------
+
+    def upload(
+        self,
+        path: str,
+        body: Callable[[], Body],
+        *,
+        headers: dict[str, str],
+        length: int | None = None,
+        method: str = "POST",
+    ) -> Any:
+        """Stream ``body()`` as the request body; returns the JSON answer.
+
+        ``body`` is a factory: each attempt gets a fresh stream. Without
+        ``length`` the body goes chunked (``Transfer-Encoding: chunked``).
+        An exception from the body's own source is raised as is, never retried.
+        """
+        url = self.url(path)
+        sent = {"Accept": "application/json", **headers}
+        if length is not None:
+            sent["Content-Length"] = str(length)
+
+        def attempt() -> Any:
+            return self._exchange(method, url, _guarded(body()), sent)
+
+        return self._retrying(f"{method} {path}", attempt)
+
+    def download(
+        self, path: str, *, expected_size: int | None = None, chunk_size: int = CHUNK
+    ) -> Iterator[bytes]:
+        """Yield the body of ``GET path``, resuming broken transfers.
+
+        A broken connection (reset, timeout, early close) resumes at the bytes
+        received so far with ``Range``/``If-Range``; each resume that makes no
+        progress counts against ``retries``. Raises DownloadError if the file
+        changed meanwhile, if the size differs from ``expected_size``, or if a
+        206 answer does not start where asked.
+        """
+        url = self.url(path)
+        transfer = _Transfer(total=expected_size)
+        failures = 0
+        while True:
+            try:
+                for chunk in self._download_part(url, transfer, chunk_size):
+                    failures = 0
+                    yield chunk
+                if not transfer.complete():
+                    raise TransientError(
+                        f"connection closed at {transfer.received} of {transfer.total} bytes"
+                    )
+                return
+            except (TransientError, *NETWORK_ERRORS) as exc:
+                failures += 1
+                if failures > self.retries:
+                    raise DownloadError(f"GET {path}: {exc} (gave up)") from exc
+                delay = min(self.backoff * 2 ** (failures - 1), self.max_backoff)
+                log.warning(
+                    "GET %s broken at byte %d (%s); resuming in %.1f s",
+                    path,
+                    transfer.received,
+                    exc,
+                    delay,
+                )
+                self.sleep(delay)
+
+    def _download_part(self, url: str, transfer: _Transfer, chunk_size: int) -> Iterator[bytes]:
+        conn, target, headers = self._connection(url)
+        if transfer.received:
+            headers["Range"] = f"bytes={transfer.received}-"
+            if transfer.validator():
+                headers["If-Range"] = transfer.validator() or ""
+        try:
+            conn.request("GET", target, headers=headers)
+            resp = conn.getresponse()
+            if resp.status not in (200, 206):
+                check_status(resp.status, resp.read())
+                raise DownloadError(f"GET {url}: unexpected HTTP {resp.status}", resp.status)
+            skip = self._accept(resp, transfer)
+            yield from _body(resp, transfer, chunk_size, skip)
+        finally:
+            conn.close()
+
+    @staticmethod
+    def _accept(resp: http.client.HTTPResponse, transfer: _Transfer) -> int:
+        """Check an answer against what was received; returns bytes to skip."""
+        if resp.status == 206:
+            _check_content_range(resp.getheader("Content-Range"), transfer)
+            return 0
+        length = resp.getheader("Content-Length")
+        size = int(length) if length is not None else None
+        etag = resp.getheader("ETag")
+        etag = None if etag is None or etag.startswith("W/") else etag
+        if transfer.received == 0:
+            if transfer.total is not None and size is not None and size != transfer.total:
+                raise DownloadError(f"the server sends {size} bytes, {transfer.total} expected")
+            transfer.total = size if size is not None else transfer.total
+            transfer.etag = etag
+            transfer.last_modified = resp.getheader("Last-Modified")
+            return 0
+        # A 200 to a Range request: ranges unsupported, or If-Range saw a new file.
+        if (etag, resp.getheader("Last-Modified")) != (transfer.etag, transfer.last_modified):
+            raise DownloadError("the file changed on the server during the download")
+        return transfer.received
+
+
+def _check_content_range(header: str | None, transfer: _Transfer) -> None:
+    match = CONTENT_RANGE.fullmatch((header or "").strip())
+    if not match:
+        raise DownloadError(f"a 206 answer with a bad Content-Range: {header!r}")
+    start, total = int(match[1]), match[3]
+    if start != transfer.received:
+        raise DownloadError(f"asked to resume at byte {transfer.received}, got {header}")
+    if total != "*" and transfer.total is not None and int(total) != transfer.total:
+        raise DownloadError(f"the file's size changed: {header}, {transfer.total} expected")
+
+
+def _body(
+    resp: http.client.HTTPResponse, transfer: _Transfer, chunk_size: int, skip: int
+) -> Iterator[bytes]:
+    while skip:
+        dropped = len(resp.read(min(skip, chunk_size)))
+        if not dropped:
+            return
+        skip -= dropped
+    while chunk := resp.read(chunk_size):
+        transfer.received += len(chunk)
+        if transfer.total is not None and transfer.received > transfer.total:
+            raise DownloadError(f"the server sent more than the {transfer.total} bytes announced")
+        yield chunk
+
+
+def _guarded(body: Body) -> Body:
+    """Tag exceptions raised by the body's own source so they are not retried."""
+    if not isinstance(body, Iterable) or hasattr(body, "read"):
+        return body
+    return _guarded_iter(body)
+
+
+def _guarded_iter(body: Iterable[bytes]) -> Iterator[bytes]:
+    try:
+        yield from body
+    except Exception as exc:
+        raise _BodyError() from exc

@@ -1,0 +1,377 @@
+"""Disks: where an instruction's device path goes, a sparse-aware writer, a fast reader.
+
+Contracts:
+
+- :class:`DiskMap` maps the server's device paths (``/dev/sda``) to targets:
+  ``--disk /dev/sda=/path/to/file``. Without any mapping a device path is its
+  own target; with mappings, only mapped devices are touched (a test run must
+  never write to the host's real ``/dev/sda``).
+- :class:`SparseWriter` lays an image of ``size`` bytes onto a target. All-zero
+  4 KiB blocks are never written as zeros: a regular file becomes exactly
+  ``size`` bytes of holes first and only data blocks are written; on a block
+  device zero ranges are zeroed by the device itself (see :class:`Zeroer`).
+  ``close()`` fsyncs.
+- :func:`read_target` streams the first ``size`` bytes of a target without
+  reading holes from disk (SEEK_DATA/SEEK_HOLE on files; 4 MiB sequential
+  reads on block devices); :func:`hash_target` is its SHA-256.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import functools
+import hashlib
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+BLOCK = 4096  # the unit of holes: page and ext4 block size
+CHUNK = 1 << 20  # the writer's unit (decompressed chunks)
+READ_CHUNK = 4 << 20  # sequential reads
+ZERO_BLOCK = bytes(BLOCK)
+ZERO_CHUNK = bytes(CHUNK)
+ZERO_VIEW = memoryview(ZERO_CHUNK)  # hole bytes fed to hashes, 1 MiB at a time
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range, the device's fastest way
+UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENODEV, errno.ENOSYS})
+
+Progress = Callable[[int], None]
+
+
+class DiskError(Exception):
+    """A target cannot be used: unmapped, missing, too small, short, unreadable."""
+
+
+# -- the device map ------------------------------------------------------------
+
+
+class DiskMap:
+    """The server's device paths → local targets (files or block devices)."""
+
+    def __init__(self, mapping: dict[str, str] | None = None) -> None:
+        self.mapping = dict(mapping or {})
+
+    @classmethod
+    def parse(cls, specs: Iterable[str]) -> DiskMap:
+        """From ``DEVICE=TARGET`` strings (``--disk /dev/sda=/tmp/a.img``)."""
+        mapping: dict[str, str] = {}
+        for spec in specs:
+            device, sep, target = spec.partition("=")
+            if not sep or not device or not target:
+                raise ValueError(f"a disk mapping is DEVICE=TARGET, not {spec!r}")
+            mapping[device] = target
+        return cls(mapping)
+
+    def target(self, device: str) -> Path:
+        """Where ``device`` is. Raises DiskError for an unmapped device when mapping."""
+        if self.mapping:
+            if device not in self.mapping:
+                raise DiskError(f"{device} is not one of the mapped disks {sorted(self.mapping)}")
+            return Path(self.mapping[device])
+        if not device.startswith("/"):
+            raise DiskError(f"a disk must be an absolute path, not {device!r}")
+        return Path(device)
+
+
+def is_block_device(path: Path) -> bool:
+    try:
+        return stat.S_ISBLK(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def target_size(path: Path) -> int | None:
+    """Bytes on the target (a file's length, a device's capacity); None if missing."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return os.lseek(fd, 0, os.SEEK_END)
+    finally:
+        os.close(fd)
+
+
+# -- zero detection ----------------------------------------------------------------
+
+
+def data_runs(chunk: bytes) -> list[tuple[int, int]]:
+    """``[start, end)`` runs of ``chunk`` that are not all-zero 4 KiB blocks.
+
+    Blocks are aligned to the chunk's start; a short final block is data
+    unless it is all zeros. Fast paths run in C: an all-zero chunk, then a
+    chunk with no 4 KiB of zeros anywhere; only mixed chunks are walked.
+    """
+    size = len(chunk)
+    if chunk == (ZERO_CHUNK if size == CHUNK else bytes(size)):
+        return []
+    first = chunk.find(ZERO_BLOCK)
+    if first < 0:
+        tail = size % BLOCK
+        if tail and chunk[size - tail :] == bytes(tail):
+            return [(0, size - tail)] if size > tail else []
+        return [(0, size)]
+    runs: list[tuple[int, int]] = []
+    start = first - first % BLOCK  # every block before holds data
+    data_from = 0
+    for offset in range(start, size, BLOCK):
+        block = chunk[offset : offset + BLOCK]
+        if block == ZERO_BLOCK or (len(block) < BLOCK and block == bytes(len(block))):
+            if offset > data_from:
+                runs.append((data_from, offset))
+            data_from = offset + len(block)
+    if data_from < size:
+        runs.append((data_from, size))
+    return runs
+
+
+# -- writing -------------------------------------------------------------------------
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
+class Zeroer:
+    """Zeroes byte ranges of a block device without sending zeros, if it can.
+
+    In order: ``fallocate(PUNCH_HOLE|KEEP_SIZE)`` (Linux ≥ 4.9: the device
+    unmaps or write-zeroes the range, reads return zeros, never falls back to
+    writing), then the ``BLKZEROOUT`` ioctl (the kernel zeroes the range the
+    device's fastest way), and only when the device supports neither, plain
+    writes of zeros. ``BLKDISCARD`` is not used: after it, reads need not
+    return zeros. The first method that works is kept.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.methods: list[Callable[[int, int], None]] = [
+            self._punch_hole,
+            self._zeroout,
+            self._write_zeros,
+        ]
+
+    @property
+    def method(self) -> str:
+        return self.methods[0].__name__.lstrip("_")
+
+    def zero(self, offset: int, length: int) -> None:
+        while True:
+            try:
+                self.methods[0](offset, length)
+                return
+            except OSError as exc:
+                if exc.errno not in UNSUPPORTED or len(self.methods) == 1:
+                    raise
+                self.methods.pop(0)
+
+    def _punch_hole(self, offset: int, length: int) -> None:
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        if _libc_fallocate(self.fd, mode, offset, length) != 0:
+            code = ctypes.get_errno()
+            raise OSError(code, os.strerror(code))
+
+    def _zeroout(self, offset: int, length: int) -> None:
+        fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+
+    def _write_zeros(self, offset: int, length: int) -> None:
+        end = offset + length
+        while offset < end:
+            size = min(CHUNK, end - offset)
+            _pwrite_all(self.fd, ZERO_VIEW[:size], offset)
+            offset += size
+
+
+@functools.cache
+def _fallocate() -> Callable[[int, int, int, int], int]:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    function = libc.fallocate
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _libc_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
+    return _fallocate()(fd, mode, offset, length)
+
+
+class SparseWriter:
+    """Writes an image of exactly ``size`` bytes onto ``path``, zero blocks as holes.
+
+    Feed it the raw image in order with :meth:`write` (every chunk but the last
+    a multiple of 4 KiB), then :meth:`close`, which checks that ``size`` bytes
+    came and fsyncs. A regular file target (created if missing) is truncated to
+    nothing and then to ``size``; a block device must hold at least ``size``
+    bytes and is opened exclusively (the kernel refuses a mounted one).
+    ``block_device`` overrides the detection (tests use it on files).
+    """
+
+    def __init__(self, path: Path, size: int, *, block_device: bool | None = None) -> None:
+        self.path = path
+        self.size = size
+        self.block_device = is_block_device(path) if block_device is None else block_device
+        self.position = 0
+        self._zero_from: int | None = None  # a pending zero range (block devices)
+        self.fd = self._open()
+        self.zeroer = Zeroer(self.fd) if self.block_device else None
+
+    def _open(self) -> int:
+        if self.block_device:
+            flags = os.O_WRONLY | os.O_CLOEXEC | (os.O_EXCL if is_block_device(self.path) else 0)
+            fd = os.open(self.path, flags)
+            capacity = os.lseek(fd, 0, os.SEEK_END)
+            if capacity < self.size:
+                os.close(fd)
+                raise DiskError(f"{self.path} holds {capacity} bytes, the image {self.size}")
+            return fd
+        if str(self.path).startswith("/dev/"):
+            raise DiskError(f"{self.path} is not a block device")
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        os.ftruncate(fd, 0)  # drop every old block: what is not written stays a hole
+        os.ftruncate(fd, self.size)
+        return fd
+
+    def __enter__(self) -> SparseWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def write(self, chunk: bytes) -> None:
+        """Lay ``chunk`` at the current position: data blocks written, zero blocks not."""
+        if self.position % BLOCK:
+            raise ValueError("only the last chunk may end off a 4 KiB boundary")
+        if self.position + len(chunk) > self.size:
+            raise DiskError(f"the image is longer than its size, {self.size} bytes")
+        view = memoryview(chunk)
+        done = 0
+        for start, end in data_runs(chunk):
+            self._zeros(self.position + done, start - done)
+            self._flush_zeros(self.position + start)
+            _pwrite_all(self.fd, view[start:end], self.position + start)
+            done = end
+        self._zeros(self.position + done, len(chunk) - done)
+        self.position += len(chunk)
+
+    def _zeros(self, offset: int, length: int) -> None:
+        # Files are holes already; on a device, contiguous zero runs merge into one call.
+        if length and self.zeroer is not None and self._zero_from is None:
+            self._zero_from = offset
+
+    def _flush_zeros(self, end: int) -> None:
+        """Zero the pending range up to ``end`` (where data starts, or the image ends)."""
+        if self._zero_from is None or self.zeroer is None:
+            return
+        start, self._zero_from = self._zero_from, None
+        aligned = start + (end - start) // BLOCK * BLOCK
+        if aligned > start:
+            self.zeroer.zero(start, aligned - start)
+        if end > aligned:  # a short final block: a few bytes, just write them
+            _pwrite_all(self.fd, ZERO_VIEW[: end - aligned], aligned)
+
+    def close(self) -> None:
+        """Finish: the last zero range, a length check, fsync. Raises DiskError if short."""
+        try:
+            self._flush_zeros(self.position)
+            if self.position != self.size:
+                raise DiskError(f"the image ended at byte {self.position} of {self.size}")
+            os.fsync(self.fd)
+        finally:
+            self.__exit__()
+
+
+# -- reading -------------------------------------------------------------------------
+
+
+def read_target(
+    path: Path, size: int, *, block_device: bool | None = None
+) -> Iterator[bytes | memoryview]:
+    """The first ``size`` bytes of ``path``, in chunks of at most 4 MiB.
+
+    Holes of a regular file are not read: they come as views of a shared zero
+    buffer, 1 MiB at a time. Chunks may be views of a reused buffer: use each
+    before asking for the next. Raises DiskError if the target is shorter.
+    """
+    if block_device is None:
+        block_device = is_block_device(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise DiskError(f"{path} does not exist") from exc
+    try:
+        available = os.lseek(fd, 0, os.SEEK_END)
+        if available < size:
+            raise DiskError(f"{path} holds {available} bytes, fewer than {size}")
+        if block_device:
+            yield from _read_range(fd, 0, size)
+        else:
+            yield from _read_sparse(fd, size)
+    finally:
+        os.close(fd)
+
+
+def _read_sparse(fd: int, size: int) -> Iterator[bytes | memoryview]:
+    position = 0
+    while position < size:
+        try:
+            data = min(os.lseek(fd, position, os.SEEK_DATA), size)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # only a hole up to the end
+                data = size
+            elif exc.errno in UNSUPPORTED:  # no SEEK_DATA here: read it all
+                yield from _read_range(fd, position, size)
+                return
+            else:
+                raise
+        yield from _zeros(data - position)
+        if data >= size:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
+        yield from _read_range(fd, data, hole)
+        position = hole
+
+
+def _zeros(length: int) -> Iterator[memoryview]:
+    while length > 0:
+        size = min(length, CHUNK)
+        yield ZERO_VIEW[:size]
+        length -= size
+
+
+def _read_range(fd: int, start: int, end: int) -> Iterator[memoryview]:
+    buffer = bytearray(READ_CHUNK)
+    view = memoryview(buffer)
+    position = start
+    while position < end:
+        got = os.preadv(fd, [view[: min(READ_CHUNK, end - position)]], position)
+        if got == 0:
+            raise DiskError(f"unexpected end of the target at byte {position}")
+        yield view[:got]
+        position += got
+
+
+def hash_target(
+    path: Path, size: int, *, progress: Progress | None = None, block_device: bool | None = None
+) -> str:
+    """Hex SHA-256 of the first ``size`` bytes of ``path`` (holes hashed as zeros)."""
+    digest = hashlib.sha256()
+    done = 0
+    for chunk in read_target(path, size, block_device=block_device):
+        digest.update(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(done)
+    return digest.hexdigest()

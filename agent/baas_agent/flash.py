@@ -1,0 +1,317 @@
+"""Write one image onto a disk, or sync one disk back as an image's next version.
+
+Contracts:
+
+- :func:`write_image` leaves the target holding exactly the image, verified by
+  reading it back, or raises :class:`FlashError`: an image whose SHA-256 does
+  not match is never reported as written. A target that already holds the
+  image (checked by hashing it, not assumed) is not rewritten.
+- :func:`sync_image` uploads a disk only when its SHA-256 differs from what was
+  flashed, zstd-compressed and with a ``Content-Digest`` of the raw bytes;
+  returns the new version, or None when the disk is unchanged.
+- Progress goes to the server at most once a second per image.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from baas_agent.client import ApiError, Client
+from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
+from baas_agent.disks import DiskMap, SparseWriter, hash_target, read_target, target_size
+
+log = logging.getLogger(__name__)
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+class FlashError(Exception):
+    """A step failed; the message is the reason reported to the server."""
+
+
+class InstructionError(FlashError):
+    """The server's instructions are malformed."""
+
+
+def _field(data: dict[str, Any], name: str, kind: type) -> Any:
+    value = data.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InstructionError(f"instruction field {name!r} is missing or not {kind.__name__}")
+    return value
+
+
+def _sha256(data: dict[str, Any]) -> str:
+    value = _field(data, "sha256", str).lower()
+    if not SHA256_HEX.fullmatch(value):
+        raise InstructionError(f"instruction field 'sha256' is not a SHA-256: {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class WriteInstruction:
+    image: str
+    version: int
+    disk: str
+    url: str
+    size: int
+    sha256: str
+    compression: str
+    stored_size: int | None = None
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> WriteInstruction:
+        compression = data.get("compression", "none")
+        if compression not in COMPRESSIONS:
+            raise InstructionError(f"unknown compression {compression!r}")
+        stored = data.get("stored_size")
+        return cls(
+            image=_field(data, "image", str),
+            version=_field(data, "version", int),
+            disk=_field(data, "disk", str),
+            url=_field(data, "url", str),
+            size=_field(data, "size", int),
+            sha256=_sha256(data),
+            compression=compression,
+            stored_size=stored if isinstance(stored, int) else None,
+        )
+
+    def label(self) -> str:
+        return f"image {self.image} v{self.version} on {self.disk}"
+
+
+@dataclass(frozen=True)
+class SyncInstruction:
+    image: str
+    disk: str
+    version: int
+    size: int
+    sha256: str
+    upload_url: str
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SyncInstruction:
+        return cls(
+            image=_field(data, "image", str),
+            disk=_field(data, "disk", str),
+            version=_field(data, "version", int),
+            size=_field(data, "size", int),
+            sha256=_sha256(data),
+            upload_url=_field(data, "upload_url", str),
+        )
+
+    def label(self) -> str:
+        return f"image {self.image} (flashed v{self.version}) from {self.disk}"
+
+
+class Reporter:
+    """Posts ``/api/agent/progress``, at most once per ``interval`` per image.
+
+    Progress is best effort: a failed post is logged and forgotten, never
+    retried, so a slow server cannot stall a flash.
+    """
+
+    def __init__(
+        self,
+        client: Client | None,
+        *,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+
+    def __call__(self, image: str, phase: str, done: int, total: int) -> None:
+        now = self.clock()
+        last = self._last.get(image)
+        if last is not None and now - last < self.interval:
+            return
+        self._last[image] = now
+        if self.client is None:
+            return
+        body = {"image": image, "phase": phase, "bytes_done": done, "bytes_total": total}
+        try:
+            self.client.call("POST", "/api/agent/progress", body, retries=0)
+        except ApiError as exc:
+            log.debug("progress not sent: %s", exc)
+
+    def phase(self, image: str, phase: str, total: int) -> Callable[[int], None]:
+        """A ``done -> None`` callback for one image and phase."""
+        return lambda done: self(image, phase, done, total)
+
+
+class ThreadedHasher:
+    """SHA-256 on a worker thread: hashlib drops the GIL, so hashing overlaps
+    decompression and writing. Feed it immutable ``bytes`` only."""
+
+    def __init__(self, depth: int = 8) -> None:
+        self._digest = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._digest.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def finish(self) -> hashlib._Hash:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        return self._digest
+
+    def __enter__(self) -> ThreadedHasher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.finish()
+
+
+# -- write ---------------------------------------------------------------------------
+
+
+def holds_image(target: Path, size: int, sha256: str, progress: Callable[[int], None]) -> bool:
+    """Whether ``target`` holds exactly these ``size`` bytes (hashed, not assumed).
+
+    A file target must be exactly ``size`` bytes long; a block device at least.
+    """
+    available = target_size(target)
+    if available is None or available < size:
+        return False
+    if available != size and target.is_file():
+        return False
+    return hash_target(target, size, progress=progress) == sha256
+
+
+def write_image(
+    client: Client, instruction: WriteInstruction, disks: DiskMap, report: Reporter
+) -> dict[str, Any]:
+    """Flash one image; returns its ``written`` entry for the result."""
+    target = disks.target(instruction.disk)
+    image, size = instruction.image, instruction.size
+    if holds_image(target, size, instruction.sha256, report.phase(image, "verifying", size)):
+        log.info("%s: already there (SHA-256 checked), not rewritten", instruction.label())
+        return _written(instruction)
+    log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
+    started = time.monotonic()
+    streamed = _stream_to(client, instruction, target, report.phase(image, "writing", size))
+    if streamed != instruction.sha256:
+        raise FlashError(
+            f"SHA-256 mismatch in the download of {instruction.label()}: "
+            f"expected {instruction.sha256}, got {streamed}"
+        )
+    written = hash_target(target, size, progress=report.phase(image, "verifying", size))
+    if written != instruction.sha256:
+        raise FlashError(
+            f"SHA-256 mismatch on {instruction.disk} after writing {instruction.label()}: "
+            f"expected {instruction.sha256}, read back {written}"
+        )
+    log.info("%s: written and verified in %.1f s", instruction.label(), time.monotonic() - started)
+    return _written(instruction)
+
+
+def _stream_to(
+    client: Client, instruction: WriteInstruction, target: Path, progress: Callable[[int], None]
+) -> str:
+    """Download, decompress and write sparse; returns the SHA-256 of the raw stream."""
+    download = client.download(instruction.url, expected_size=instruction.stored_size)
+    with ThreadedHasher() as hasher, SparseWriter(target, instruction.size) as writer:
+        for chunk in decompressed(download, instruction.compression):
+            writer.write(chunk)
+            hasher.update(chunk)
+            progress(writer.position)
+        writer.close()
+        return hasher.finish().hexdigest()
+
+
+def _written(instruction: WriteInstruction) -> dict[str, Any]:
+    return {
+        "image": instruction.image,
+        "version": instruction.version,
+        "disk": instruction.disk,
+        "sha256": instruction.sha256,
+    }
+
+
+# -- sync ----------------------------------------------------------------------------
+
+
+def content_digest(digest: hashlib._Hash) -> str:
+    """The RFC 9530 ``Content-Digest`` value of a SHA-256."""
+    return f"sha-256=:{base64.b64encode(digest.digest()).decode()}:"
+
+
+def sync_image(
+    client: Client, instruction: SyncInstruction, disks: DiskMap, report: Reporter
+) -> dict[str, Any] | None:
+    """Upload the disk as the image's next version unless unchanged; returns ``synced`` entry.
+
+    Two passes over the disk: one hashes it (the unchanged check and the
+    Content-Digest at once), the second streams it compressed.
+    """
+    target = disks.target(instruction.disk)
+    image, size = instruction.image, instruction.size
+    digest = hashlib.sha256()
+    verifying = report.phase(image, "verifying", size)
+    for done, chunk in _counted(read_target(target, size)):
+        digest.update(chunk)
+        verifying(done)
+    if digest.hexdigest() == instruction.sha256:
+        log.info("%s: skipped, the disk is unchanged", instruction.label())
+        return None
+    log.info("%s: changed, uploading %d bytes compressed", instruction.label(), size)
+    syncing = report.phase(image, "syncing", size)
+
+    def body() -> Iterator[bytes]:
+        return zstd_compressed(_reporting(read_target(target, size), syncing))
+
+    answer = client.upload(
+        instruction.upload_url,
+        body,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "Content-Encoding": "zstd",
+            "Content-Digest": content_digest(digest),
+        },
+    )
+    return _synced(instruction, answer, digest.hexdigest())
+
+
+def _synced(instruction: SyncInstruction, answer: Any, sha256: str) -> dict[str, Any]:
+    if not isinstance(answer, dict) or not isinstance(answer.get("version"), int):
+        raise FlashError(f"the upload of {instruction.label()} got no version back: {answer!r}")
+    if answer.get("sha256", sha256) != sha256:
+        raise FlashError(
+            f"the server recorded SHA-256 {answer['sha256']} for {instruction.label()}, "
+            f"the disk has {sha256}"
+        )
+    log.info("%s: uploaded as version %d", instruction.label(), answer["version"])
+    return {"image": instruction.image, "version": answer["version"]}
+
+
+def _counted(chunks: Iterable[bytes | memoryview]) -> Iterator[tuple[int, bytes | memoryview]]:
+    done = 0
+    for chunk in chunks:
+        done += len(chunk)
+        yield done, chunk
+
+
+def _reporting(
+    chunks: Iterable[bytes | memoryview], progress: Callable[[int], None]
+) -> Iterator[bytes | memoryview]:
+    for done, chunk in _counted(chunks):
+        yield chunk
+        progress(done)

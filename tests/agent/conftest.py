@@ -1,0 +1,93 @@
+"""Fixtures for the agent's tests: images, nginx, a cutting proxy, a fake BAAS.
+
+None of these needs a database; the agent imports nothing from Django.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent.servers import CuttingProxy, FakeBaas, Nginx
+
+MiB = 1 << 20
+
+
+def make_image(path: Path, size: int, extents: list[tuple[int, int]], seed: int = 1) -> Path:
+    """A sparse file of ``size`` bytes: random data at ``(offset, length)``, holes elsewhere."""
+    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not a secret
+    with path.open("wb") as file:
+        file.truncate(size)
+        for offset, length in extents:
+            file.seek(offset)
+            file.write(rng.randbytes(length))
+    return path
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def data_extents(path: Path) -> list[tuple[int, int]]:
+    """``(start, end)`` of a file's data regions, as SEEK_DATA/SEEK_HOLE see them."""
+    extents = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size, position = os.fstat(fd).st_size, 0
+        while position < size:
+            try:
+                start = os.lseek(fd, position, os.SEEK_DATA)
+            except OSError:
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            extents.append((start, end))
+            position = end
+    finally:
+        os.close(fd)
+    return extents
+
+
+@pytest.fixture
+def image(tmp_path: Path) -> Path:
+    """16 MiB: data at the start, unaligned data in the middle, a hole, data at the end."""
+    return make_image(
+        tmp_path / "image.raw",
+        16 * MiB,
+        [(0, 3 * MiB + 4096), (5 * MiB + 1000, 10_000), (9 * MiB, 8192), (15 * MiB, MiB)],
+    )
+
+
+@pytest.fixture
+def nginx(tmp_path: Path) -> Iterator[Nginx]:
+    root = tmp_path / "www"
+    work = tmp_path / "nginx"
+    root.mkdir()
+    work.mkdir()
+    server = Nginx(root, work)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy_factory() -> Iterator:
+    proxies: list[CuttingProxy] = []
+
+    def make(upstream: int, **kwargs) -> CuttingProxy:
+        proxy = CuttingProxy(upstream, **kwargs)
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.close()
+
+
+@pytest.fixture
+def baas() -> Iterator[FakeBaas]:
+    server = FakeBaas().start()
+    yield server
+    server.stop()

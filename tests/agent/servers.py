@@ -1,0 +1,358 @@
+"""Real HTTP servers on loopback for the agent's tests.
+
+- :class:`Nginx`: Debian's nginx serving a directory (ranges, strong ETags, If-Range),
+  with an access log of the Range headers it saw.
+- :class:`CuttingProxy`: a TCP proxy in front of it that breaks the first
+  answers after N bytes — by closing the connection, or by stalling it.
+- :class:`FakeBaas`: the agent's side of the protocol in miniature, enough to
+  run the whole agent against; the real server's end-to-end tests come later.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zstandard
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_listening(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+NGINX_CONF = """\
+daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    log_format ranges '$request_uri $status "$http_range" "$http_if_range" $body_bytes_sent';
+    access_log {dir}/access.log ranges;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+"""
+
+
+class Nginx:
+    """nginx as a subprocess serving ``root`` on a free loopback port."""
+
+    def __init__(self, root: Path, workdir: Path) -> None:
+        if not os.access(NGINX, os.X_OK):
+            pytest.skip("nginx is not installed (apt-get install nginx)")
+        self.root = root
+        self.workdir = workdir
+        self.port = free_port()
+        conf = workdir / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(dir=workdir, port=self.port, root=root))
+        self.proc = subprocess.Popen(
+            [NGINX, "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "error.log")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_listening(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def access_log(self) -> list[str]:
+        path = self.workdir / "access.log"
+        return path.read_text().splitlines() if path.exists() else []
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class CuttingProxy:
+    """Forwards loopback TCP to ``upstream``, breaking the first ``cuts`` answers.
+
+    Each broken answer carries ``after`` bytes (headers included) and then the
+    connection is closed (``mode="close"``) or left silent (``mode="stall"``,
+    for the client's timeout to find).
+    """
+
+    def __init__(self, upstream: int, *, after: int, cuts: int = 1, mode: str = "close") -> None:
+        self.upstream = upstream
+        self.after = after
+        self.cuts = cuts
+        self.mode = mode
+        self.connections = 0
+        self._server = socket.create_server(("127.0.0.1", 0))
+        self.port = self._server.getsockname()[1]
+        self._stalled: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            self.connections += 1
+            limit = self.after if self.connections <= self.cuts else None
+            upstream = socket.create_connection(("127.0.0.1", self.upstream))
+            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, limit), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while data := source.recv(65536):
+                if limit is not None and sent + len(data) >= limit:
+                    sink.sendall(data[: limit - sent])
+                    self._break(source, sink)
+                    return
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for sock in (source, sink):
+            _close(sock)
+
+    def _break(self, source: socket.socket, sink: socket.socket) -> None:
+        _close(source)
+        if self.mode == "stall":
+            self._stalled.append(sink)  # open and silent until the proxy closes
+        else:
+            _close(sink)
+
+    def close(self) -> None:
+        _close(self._server)
+        for sock in self._stalled:
+            _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
+
+
+# -- a miniature BAAS --------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class FakeBaas:
+    """The server side of docs/agent-protocol.md, in memory, for tests.
+
+    ``files`` maps URL paths to stored files (served with single ranges, a
+    strong ETag and If-Range); ``cut_after`` breaks the first file answer
+    after that many body bytes. Uploads are decoded (zstd), checked against
+    their Content-Digest and kept in ``uploads``.
+    """
+
+    instructions: dict[str, Any] = field(default_factory=lambda: {"sync": [], "write": []})
+    files: dict[str, Path] = field(default_factory=dict)
+    boot_token: str = "boot-token"
+    deployment_token: str = "deployment-token"
+    cut_after: int | None = None
+    checked_in: bool = False
+    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
+    progress: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    results: list[dict[str, Any]] = field(default_factory=list)
+    uploads: list[dict[str, Any]] = field(default_factory=list)
+
+    def start(self) -> FakeBaas:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.baas = self  # type: ignore[attr-defined]
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def gets(self, path: str) -> list[dict[str, str]]:
+        return [headers for method, p, headers in self.requests if method == "GET" and p == path]
+
+
+class Handler(BaseHTTPRequestHandler):
+    """Serves one FakeBaas (``self.server.baas``)."""
+
+    @property
+    def baas(self) -> FakeBaas:
+        return self.server.baas  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def _json(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        expected = f"Bearer {self.baas.deployment_token}"
+        if self.headers.get("Authorization") != expected:
+            self._json(401, {"detail": "Invalid token."})
+            return False
+        return True
+
+    def do_GET(self) -> None:
+        self.baas.requests.append(("GET", self.path, dict(self.headers)))
+        if not self._authorized():
+            return
+        if self.path == "/api/agent/instructions":
+            self._json(200, {"deployment": 42, **self.baas.instructions})
+        elif self.path in self.baas.files:
+            self._serve(self.baas.files[self.path])
+        else:
+            self._json(404, {"detail": "Not found."})
+
+    def _serve(self, path: Path) -> None:
+        stat = path.stat()
+        etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
+        start = 0
+        wanted = self.headers.get("Range")
+        if wanted and self.headers.get("If-Range", etag) == etag:
+            start = int(wanted.removeprefix("bytes=").rstrip("-"))
+        self.send_response(206 if start else 200)
+        self.send_header("ETag", etag)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(stat.st_size - start))
+        if start:
+            self.send_header("Content-Range", f"bytes {start}-{stat.st_size - 1}/{stat.st_size}")
+        self.end_headers()
+        limit, self.baas.cut_after = self.baas.cut_after, None
+        with path.open("rb") as file:
+            file.seek(start)
+            sent = 0
+            while chunk := file.read(1 << 20):
+                if limit is not None and sent + len(chunk) > limit:
+                    self.wfile.write(chunk[: limit - sent])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self.wfile.write(chunk)
+                sent += len(chunk)
+
+    def do_POST(self) -> None:
+        self.baas.requests.append(("POST", self.path, dict(self.headers)))
+        if self.path == "/api/agent/checkin":
+            self._checkin(json.loads(self._body()))
+            return
+        if not self._authorized():
+            return
+        body = self._body()
+        if self.path == "/api/agent/progress":
+            self.baas.progress.append(json.loads(body))
+            self._json(200, {})
+        elif self.path == "/api/log":
+            self.baas.logs.extend(json.loads(body)["lines"])
+            self._json(200, {})
+        elif self.path == "/api/agent/result":
+            self.baas.results.append(json.loads(body))
+            self._json(200, {})
+        else:
+            self._upload(body)
+
+    def _checkin(self, body: dict[str, Any]) -> None:
+        if (
+            self.baas.checked_in
+            or self.headers.get("Authorization") != f"Bearer {self.baas.boot_token}"
+        ):
+            self._json(401, {"detail": "Invalid token."})
+            return
+        self.baas.checked_in = True
+        self._json(200, {"token": self.baas.deployment_token, "deployment": 42, "mac": body["mac"]})
+
+    def _upload(self, body: bytes) -> None:
+        entry = next(
+            (s for s in self.baas.instructions["sync"] if s["upload_url"] == self.path), None
+        )
+        if entry is None:
+            self._json(404, {"detail": "Not found."})
+            return
+        raw = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        digest = hashlib.sha256(raw)
+        claimed = self.headers.get("Content-Digest", "")
+        if claimed != f"sha-256=:{base64.b64encode(digest.digest()).decode()}:":
+            self._json(400, {"detail": "Content-Digest does not match."})
+            return
+        version = entry["version"] + 1 + len(self.baas.uploads)
+        self.baas.uploads.append({"path": self.path, "raw": raw, "headers": dict(self.headers)})
+        self._json(201, {"version": version, "size": len(raw), "sha256": digest.hexdigest()})
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            return _dechunk(self.rfile)
+        return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+
+def _dechunk(rfile: Any) -> bytes:
+    parts = []
+    while True:
+        size = int(rfile.readline().split(b";")[0], 16)
+        if size == 0:
+            while rfile.readline() not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return b"".join(parts)
+        parts.append(rfile.read(size))
+        rfile.readline()
