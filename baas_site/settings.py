@@ -182,6 +182,12 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several fields are named "state"; each choice set gets its own name.
+    "ENUM_NAME_OVERRIDES": {
+        "MachineStateEnum": "flashing.models.MachineState",
+        "MachineServiceStateEnum": "flashing.models.SERVICE_STATES",
+        "DeploymentStateEnum": "flashing.models.DeploymentState",
+    },
 }
 
 # --- Celery ----------------------------------------------------------------------

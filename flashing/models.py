@@ -80,6 +80,12 @@ class MachineState(models.TextChoices):
 
 # States in which nobody may lease or flash the machine.
 OUT_OF_SERVICE = (MachineState.ERROR, MachineState.MAINTENANCE)
+# The states administrators set by hand: out of service, or back (to what the facts say).
+SERVICE_STATES = [
+    (MachineState.AVAILABLE.value, "Back in service"),
+    (MachineState.MAINTENANCE.value, MachineState.MAINTENANCE.label),
+    (MachineState.ERROR.value, MachineState.ERROR.label),
+]
 
 
 class PowerDriver(models.TextChoices):

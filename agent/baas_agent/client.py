@@ -190,6 +190,8 @@ class Client:
     def _early_response(
         conn: http.client.HTTPConnection, exc: BaseException
     ) -> http.client.HTTPResponse:
+        if conn.sock is None:  # never connected: nothing to read
+            raise exc
         try:
             return conn.getresponse()
         except NETWORK_ERRORS:
@@ -302,6 +304,9 @@ class Client:
         if resp.status == 206:
             _check_content_range(resp.getheader("Content-Range"), transfer)
             return 0
+        if resp.length is None and not resp.chunked and transfer.total is None:
+            # Only a closed connection would end this body: truncation could not be told.
+            raise TransientError("an answer without Content-Length (headers cut short?)")
         length = resp.getheader("Content-Length")
         size = int(length) if length is not None else None
         etag = resp.getheader("ETag")

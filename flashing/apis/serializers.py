@@ -12,6 +12,7 @@ from rest_framework import serializers
 from accounts import rules
 from catalogue.models import ImageSetup, validate_target_disk
 from flashing.models import (
+    SERVICE_STATES,
     Architecture,
     Deployment,
     DeploymentEvent,
@@ -20,7 +21,6 @@ from flashing.models import (
     DiskContent,
     Lease,
     Machine,
-    MachineState,
     PowerDriver,
     mask_power_settings,
     normalize_mac,
@@ -60,7 +60,7 @@ class MachineInputSerializer(serializers.Serializer):
     default_setup = serializers.UUIDField(allow_null=True, default=None)
     description = serializers.CharField(allow_blank=True, default="")
     state = serializers.ChoiceField(
-        choices=[MachineState.AVAILABLE, MachineState.MAINTENANCE, MachineState.ERROR],
+        choices=SERVICE_STATES,
         required=False,
         help_text="Take the machine out of service, or put it back (available).",
     )

@@ -31,6 +31,15 @@ import zstandard
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A threading HTTP server that does not print the tracebacks of broken requests."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -211,9 +220,8 @@ class FakeBaas:
     uploads: list[dict[str, Any]] = field(default_factory=list)
 
     def start(self) -> FakeBaas:
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.baas = self  # type: ignore[attr-defined]
-        self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         return self
 
