@@ -10,13 +10,14 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.shortcuts import redirect
 from rest_framework.exceptions import APIException
 
 from accounts.models import Role, User
+from accounts.services import audit_record
 from catalogue.models import Image, ImageFrozen, ImageSetup, Version
 from catalogue.services import images as image_services
 from catalogue.services.setups import effective_sync, frozen_image_check
@@ -141,13 +142,16 @@ class VersionAdmin(admin.ModelAdmin):
 
 
 # --- Image setups ---------------------------------------------------------------------
-# Reconstructed by the images engineer after overwriting this file by mistake; the
-# setups engineer owns this section. Every pinning rule is services.setups'
-# ``frozen_image_check``, the same the API applies.
+# Owned by the setups engineer. Every pinning rule is services.setups'
+# ``frozen_image_check``, the same the API applies, judged against the setup
+# being saved (its owner from the form, even before a new setup exists).
 
 
 class FrozenImageFormSet(BaseInlineFormSet):
     """The setup's rows together: no image twice, no two images on one disk."""
+
+    def get_form_kwargs(self, index: int | None) -> dict:
+        return {**super().get_form_kwargs(index), "setup": self.instance}
 
     def clean(self) -> None:
         super().clean()
@@ -168,20 +172,27 @@ class FrozenImageFormSet(BaseInlineFormSet):
 
 
 class FrozenImageForm(forms.ModelForm):
+    """One pinned image; ``setup`` is the formset's parent, saved or not."""
+
     class Meta:
         model = ImageFrozen
         fields = ["image", "version", "sync", "target_disk"]
 
+    def __init__(self, *args, setup: ImageSetup | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.setup = setup
+
     def clean(self) -> dict:
         data = super().clean()
-        image, setup = data.get("image"), self.instance.setup if self.instance.setup_id else None
-        setup = setup or getattr(self, "parent_setup", None)
-        if image is None or setup is None or setup.pk is None:
+        image = data.get("image")
+        if image is None or self.setup is None or data.get("DELETE"):
             return data
+        if getattr(self.setup, "owner_id", None) is None:
+            return data  # the setup form reports the missing owner
         data["sync"] = effective_sync(image, data.get("sync", False))
         self.instance.sync = data["sync"]
         frozen_image_check(
-            setup=setup,
+            setup=self.setup,
             image=image,
             version=data.get("version"),
             sync=data["sync"],
@@ -199,18 +210,26 @@ class FrozenImageInline(admin.TabularInline):
     raw_id_fields = ["image", "version"]
     extra = 0
 
-    def get_formset(self, request: HttpRequest, obj: ImageSetup | None = None, **kwargs):
-        formset = super().get_formset(request, obj, **kwargs)
-        formset.form = type("BoundFrozenImageForm", (formset.form,), {"parent_setup": obj})
-        return formset
-
 
 @admin.register(ImageSetup)
 class ImageSetupAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "created_at", "updated_at"]
-    search_fields = ["name", "uuid", "owner__username"]
+    list_display = ["name", "owner", "image_count", "created_at", "updated_at"]
+    list_filter = ["created_at"]
+    search_fields = ["name", "uuid", "owner__username", "description"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
     readonly_fields = ["uuid", "created_at", "updated_at"]
     fields = ["uuid", "name", "owner", "description", "created_at", "updated_at"]
     inlines = [FrozenImageInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ImageSetup]:
+        return super().get_queryset(request).annotate(n_images=Count("frozen_images"))
+
+    @admin.display(description="Images", ordering="n_images")
+    def image_count(self, setup: ImageSetup) -> int:
+        return setup.n_images
+
+    def save_model(self, request: HttpRequest, obj: ImageSetup, form, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        action = "setup.update" if change else "setup.create"
+        audit_record(actor=request.user, action=action, target=obj, via="admin")

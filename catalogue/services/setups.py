@@ -68,7 +68,9 @@ def _check_rights(owner: Any, image: Image, sync: bool) -> None:
 
 
 def _check_disk(setup: ImageSetup, image: Image, disk: str, exclude_pk: int | None) -> None:
-    others = setup.frozen_images.exclude(pk=exclude_pk).select_related("image")
+    # By id, not the reverse manager: a setup not saved yet (admin add form) has none.
+    others = ImageFrozen.objects.filter(setup_id=setup.pk).exclude(pk=exclude_pk)
+    others = others.select_related("image")
     for other in others:
         if other.image_id == image.pk:
             raise _conflict("image", f'"{image.name}" is already in setup "{setup.name}".')

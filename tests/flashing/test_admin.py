@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from catalogue.models import ImageType
+from catalogue.models import ImageSetup, ImageType
 from flashing.models import Deployment, Lease, Machine, MachineState
 from tests.catalogue.factories import (
     ImageFactory,
@@ -211,3 +211,21 @@ def test_the_setup_admin_forces_sync_on_user_data(admin_web, user):
     frozen = setup.frozen_images.get()
     assert (frozen.sync, frozen.disk) == (True, "/dev/sdb")
     assert not Lease.objects.exists()
+
+
+def test_a_new_setup_added_in_the_admin_gets_the_same_rules(admin_web, user, other_user):
+    theirs = VersionFactory(image=ImageFactory(owner=other_user), number=0)
+    data = {
+        "name": "new",
+        "owner": user.pk,
+        "description": "",
+        **inline("frozen_images", [{"image": theirs.image.pk, "version": theirs.pk}]),
+    }
+    response = admin_web.post("/admin/catalogue/imagesetup/add/", data)
+    assert response.status_code == 200
+    assert "may not read it" in response.content.decode()
+    assert not ImageSetup.objects.filter(name="new").exists()
+    own = VersionFactory(image=ImageFactory(owner=user), number=0)
+    data.update({"frozen_images-0-image": own.image.pk, "frozen_images-0-version": own.pk})
+    assert admin_web.post("/admin/catalogue/imagesetup/add/", data).status_code == 302
+    assert ImageSetup.objects.get(name="new").frozen_images.get().version == own
