@@ -217,6 +217,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Periodic jobs, defined here in code; each app adds its own entries.
 CELERY_BEAT_SCHEDULE = {
     "tokens-purge-expired": {"task": "accounts.tokens_purge_expired", "schedule": 3600.0},
+    # Removes the .part files of uploads a crash cut short.
+    "catalogue-purge-stale-uploads": {"task": "catalogue.purge_stale_uploads", "schedule": 3600.0},
     # Ends leases past their end: frees the machine and queues its reset.
     "leases-expire": {"task": "flashing.leases_expire", "schedule": 60.0},
 }
@@ -225,6 +227,8 @@ CELERY_BEAT_SCHEDULE = {
 BAAS_DISK_ROOT = Path(env.str("BAAS_DISK_ROOT", default=str(VAR_DIR / "disk")))
 BAAS_NEW_IMAGE_SIZE = env.int("BAAS_NEW_IMAGE_SIZE", default=6 * 1024**3)
 BAAS_MAX_IMAGE_SIZE = env.int("BAAS_MAX_IMAGE_SIZE", default=64 * 1024**3)
+# An upload's .part file untouched for this long belongs to a dead upload.
+BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=24 * 3600)
 # Leases: length when a user asks for none, and the longest a lease may last
 # from its start, extensions included. Set by the administrators of the
 # deployment, like every other limit here.

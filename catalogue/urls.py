@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import path
 
 from catalogue.apis import downloads, setups
+from catalogue.apis.images import urlpatterns as image_urlpatterns
 
 setup_urlpatterns = [
     path("user/<str:username>/image_setup", setups.SetupCreateApi.as_view(), name="setup-create"),
@@ -36,6 +37,7 @@ download_urlpatterns = [
 ]
 
 urlpatterns = [
+    *image_urlpatterns,
     *setup_urlpatterns,
     *download_urlpatterns,
 ]

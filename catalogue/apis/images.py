@@ -1,0 +1,334 @@
+"""REST API for images and their versions (paths from the original BAAS, under ``/api/``).
+
+Views are thin: an input serializer, one selector or service call, an output
+serializer. Who may do what is decided by ``accounts.rules`` (in the
+selectors and services); unknown images, and images the caller may not read,
+answer 404; malformed UUIDs 400.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.urls import path
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import generics, serializers, status
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts import rules
+from accounts.models import User
+from accounts.selectors import user_get_managed
+from catalogue.apis import uploads
+from catalogue.models import (
+    Compression,
+    FileStandard,
+    Image,
+    ImageType,
+    TransferProtocol,
+    Version,
+    validate_image_name,
+    validate_target_disk,
+)
+from catalogue.selectors import images as selectors
+from catalogue.services import images as services
+
+# --- Serializers ---------------------------------------------------------------------
+
+
+class VersionOutputSerializer(serializers.ModelSerializer):
+    compression = serializers.CharField(
+        source="stored_compression", help_text="How the file is stored now"
+    )
+    uploaded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+
+    class Meta:
+        model = Version
+        fields = [
+            "number",
+            "size",
+            "virtual_size",
+            "sha256",
+            "stored_size",
+            "compression",
+            "uploaded_by",
+            "created_at",
+            "note",
+        ]
+
+
+class VersionUploadedSerializer(VersionOutputSerializer):
+    version = serializers.IntegerField(source="number", help_text="The new version's number")
+    image = serializers.UUIDField(source="image_id")
+
+    class Meta(VersionOutputSerializer.Meta):
+        fields = ["version", "image", *VersionOutputSerializer.Meta.fields]
+
+
+class ImageOutputSerializer(serializers.ModelSerializer):
+    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    maintainers = serializers.SlugRelatedField(slug_field="username", many=True, read_only=True)
+    associated_images = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    versions = VersionOutputSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Image
+        fields = [
+            "uuid",
+            "name",
+            "owner",
+            "description",
+            "type",
+            "file_standard",
+            "compression",
+            "target_disk",
+            "transfer_protocol",
+            "associated_images",
+            "maintainers",
+            "created_at",
+            "updated_at",
+            "versions",
+        ]
+
+
+class ImageCreateInputSerializer(serializers.Serializer):
+    name = serializers.CharField(max_length=200, validators=[validate_image_name])
+    type = serializers.ChoiceField(choices=ImageType.choices, default=ImageType.SINGLE)
+    file_standard = serializers.ChoiceField(choices=FileStandard.choices, default=FileStandard.RAW)
+    compression = serializers.ChoiceField(choices=Compression.choices, default=Compression.NONE)
+    target_disk = serializers.CharField(
+        max_length=255, default="/dev/sda", validators=[validate_target_disk]
+    )
+    transfer_protocol = serializers.ChoiceField(
+        choices=TransferProtocol.choices, default=TransferProtocol.HTTP
+    )
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class ImageUpdateInputSerializer(serializers.Serializer):
+    """Every field is optional: what is left out stays as it is (for PUT and PATCH alike)."""
+
+    name = serializers.CharField(max_length=200, required=False, validators=[validate_image_name])
+    description = serializers.CharField(required=False, allow_blank=True)
+    type = serializers.ChoiceField(choices=ImageType.choices, required=False)
+    file_standard = serializers.ChoiceField(
+        choices=FileStandard.choices, required=False, help_text="Fixed at creation"
+    )
+    compression = serializers.ChoiceField(choices=Compression.choices, required=False)
+    target_disk = serializers.CharField(
+        max_length=255, required=False, validators=[validate_target_disk]
+    )
+    transfer_protocol = serializers.ChoiceField(choices=TransferProtocol.choices, required=False)
+    associated_images = serializers.ListField(
+        child=serializers.UUIDField(), required=False, help_text="UUIDs of images you may read"
+    )
+    maintainers = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Usernames of moderators (administrators only)",
+    )
+
+    def validate_associated_images(self, value: list) -> list[Image]:
+        found = {image.pk: image for image in Image.objects.filter(pk__in=value)}
+        missing = [str(pk) for pk in value if pk not in found]
+        if missing:
+            raise serializers.ValidationError(f"No such image: {', '.join(missing)}.")
+        return list(found.values())
+
+    def validate_maintainers(self, value: list[str]) -> list[User]:
+        found = {user.username: user for user in User.objects.filter(username__in=value)}
+        missing = [name for name in value if name not in found]
+        if missing:
+            raise serializers.ValidationError(f"No such user: {', '.join(missing)}.")
+        return list(found.values())
+
+
+class UploadFormSerializer(serializers.Serializer):
+    file = serializers.FileField(help_text="The image; .zst or .gz names are decompressed")
+    sha256 = serializers.CharField(required=False, help_text="Expected SHA-256 (hex)")
+    note = serializers.CharField(required=False, max_length=500)
+
+
+FILTERS = [
+    OpenApiParameter("type", str, enum=ImageType.values, description="Only images of this type"),
+    OpenApiParameter("name", str, description="Only images with exactly this name"),
+]
+LIST_FILTERS = [
+    *FILTERS,
+    OpenApiParameter("search", str, description="Only images whose name contains this"),
+    OpenApiParameter("owner", str, description="Only images owned by this username"),
+]
+UPLOAD_HEADERS = [
+    OpenApiParameter(
+        "Content-Digest",
+        str,
+        OpenApiParameter.HEADER,
+        description="RFC 9530: sha-256=:<base64>: of the bytes sent or of the raw image",
+    ),
+    OpenApiParameter(
+        "Content-Encoding", str, OpenApiParameter.HEADER, enum=["zstd", "gzip", "identity"]
+    ),
+]
+UPLOAD_SCHEMA = extend_schema(
+    summary="Upload the next version",
+    description="The body is the image (raw, or zstd/gzip compressed), or a multipart "
+    "form with the field 'file'. Answers with the new version; nothing is stored on error.",
+    request={
+        "multipart/form-data": UploadFormSerializer,
+        "application/octet-stream": OpenApiTypes.BINARY,
+        "application/zstd": OpenApiTypes.BINARY,
+        "application/gzip": OpenApiTypes.BINARY,
+    },
+    parameters=UPLOAD_HEADERS,
+    responses={201: VersionUploadedSerializer},
+)
+ERROR = inline_serializer("Error", {"detail": serializers.CharField()})
+
+
+def _image_response(image: Image, status_code: int = status.HTTP_200_OK) -> Response:
+    return Response(ImageOutputSerializer(image).data, status=status_code)
+
+
+def _filters(request: Request, names: list[OpenApiParameter]) -> dict[str, Any]:
+    return {p.name: request.query_params.get(p.name) for p in names}
+
+
+# --- Views -------------------------------------------------------------------------------
+
+
+class ImageCreateApi(APIView):
+    """Create an image owned by ``username``: the user themselves or an administrator."""
+
+    @extend_schema(
+        request=ImageCreateInputSerializer,
+        responses={201: ImageOutputSerializer, 403: ERROR, 404: ERROR},
+    )
+    def post(self, request: Request, username: str) -> Response:
+        owner = user_get_managed(actor=request.user, username=username)
+        data = ImageCreateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        image = services.image_create(actor=request.user, owner=owner, **data.validated_data)
+        image = selectors.image_queryset().get(pk=image.pk)
+        return _image_response(image, status.HTTP_201_CREATED)
+
+
+class UserImageListApi(APIView):
+    """A user's images: the user themselves or an administrator."""
+
+    @extend_schema(parameters=FILTERS, responses=ImageOutputSerializer(many=True))
+    def get(self, request: Request, username: str) -> Response:
+        owner = user_get_managed(actor=request.user, username=username)
+        images = selectors.image_list_owned(owner=owner, **_filters(request, FILTERS))
+        return Response(ImageOutputSerializer(images, many=True).data)
+
+
+class UserImagesByNameApi(APIView):
+    """A user's images with this name (names are not unique)."""
+
+    @extend_schema(
+        operation_id="user_images_by_name",
+        parameters=FILTERS[:1],
+        responses=ImageOutputSerializer(many=True),
+    )
+    def get(self, request: Request, username: str, image_name: str) -> Response:
+        owner = user_get_managed(actor=request.user, username=username)
+        images = selectors.image_list_owned(
+            owner=owner, name=image_name, type=request.query_params.get("type")
+        )
+        return Response(ImageOutputSerializer(images, many=True).data)
+
+
+class ImageListApi(generics.ListAPIView):
+    """Every image the caller may read: their own, system images, those they maintain."""
+
+    serializer_class = ImageOutputSerializer
+
+    def get_queryset(self):
+        return selectors.image_list_readable(
+            actor=self.request.user, **_filters(self.request, LIST_FILTERS)
+        )
+
+    @extend_schema(parameters=LIST_FILTERS)
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
+
+
+class ImageDetailApi(APIView):
+    """Read, change, delete an image, and upload its next version (POST, or a binary PUT)."""
+
+    def initialize_request(self, request, *args, **kwargs):
+        drf_request = super().initialize_request(request, *args, **kwargs)
+        if uploads.is_upload(request):
+            uploads.prepare_streaming(drf_request)
+        return drf_request
+
+    @extend_schema(responses={200: ImageOutputSerializer, 400: ERROR, 404: ERROR})
+    def get(self, request: Request, image_id: str) -> Response:
+        return _image_response(selectors.image_get_readable(actor=request.user, image_id=image_id))
+
+    @UPLOAD_SCHEMA
+    def post(self, request: Request, image_id: str) -> Response:
+        image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
+        if not rules.can_write_image(request.user, image):
+            raise PermissionDenied("You may read this image but not upload to it.")
+        version = uploads.upload_version(request, image)
+        return Response(VersionUploadedSerializer(version).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Change metadata (JSON), or upload the next version (binary body, as curl -T)",
+        request={
+            "application/json": ImageUpdateInputSerializer,
+            "application/octet-stream": OpenApiTypes.BINARY,
+        },
+        parameters=UPLOAD_HEADERS,
+        responses={200: ImageOutputSerializer, 201: VersionUploadedSerializer, 403: ERROR},
+    )
+    def put(self, request: Request, image_id: str) -> Response:
+        if uploads.is_upload(request._request):
+            return self.post(request, image_id)
+        return self.patch(request, image_id)
+
+    @extend_schema(
+        request=ImageUpdateInputSerializer, responses={200: ImageOutputSerializer, 403: ERROR}
+    )
+    def patch(self, request: Request, image_id: str) -> Response:
+        image = selectors.image_get_readable(actor=request.user, image_id=image_id)
+        data = ImageUpdateInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.image_update(actor=request.user, image=image, **data.validated_data)
+        return _image_response(selectors.image_queryset().get(pk=image.pk))
+
+    @extend_schema(responses={204: None, 403: ERROR, 409: ERROR})
+    def delete(self, request: Request, image_id: str) -> Response:
+        image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
+        services.image_delete(actor=request.user, image=image)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class VersionListApi(APIView):
+    """An image's versions, oldest first."""
+
+    @extend_schema(responses={200: VersionOutputSerializer(many=True), 404: ERROR})
+    def get(self, request: Request, image_id: str) -> Response:
+        image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
+        versions = selectors.version_list(image=image)
+        return Response(VersionOutputSerializer(versions, many=True).data)
+
+
+# The image segment takes any text: the views answer 400 for a malformed UUID.
+# ``image/<id>/versions`` comes before the downloads' ``image/<id>/<int>``.
+urlpatterns = [
+    path("user/<str:username>/image", ImageCreateApi.as_view(), name="user-image-create"),
+    path("user/<str:username>/images", UserImageListApi.as_view(), name="user-images"),
+    path(
+        "user/<str:username>/images/<str:image_name>",
+        UserImagesByNameApi.as_view(),
+        name="user-images-by-name",
+    ),
+    path("images", ImageListApi.as_view(), name="image-list"),
+    path("image/<str:image_id>", ImageDetailApi.as_view(), name="image-detail"),
+    path("image/<str:image_id>/versions", VersionListApi.as_view(), name="image-versions"),
+]

@@ -1,0 +1,279 @@
+"""The HTTP side of uploads: the request body read as it streams, never buffered.
+
+Django would parse a multipart body into temporary files (on another
+filesystem) and a form body into memory. Upload requests therefore skip
+Django's parsing entirely (``prepare_streaming``): the body is read here in
+1 MiB chunks — straight from the WSGI input, honouring ``Content-Length`` —
+and each chunk goes to a :class:`~catalogue.services.uploads.VersionReceiver`.
+A multipart body goes through Django's ``MultiPartParser`` with an upload
+handler that hands each chunk of the ``file`` field on the same way.
+
+Accepted forms:
+
+* ``multipart/form-data`` with the field ``file`` (``curl -F file=@disk.img``)
+  and optionally ``sha256`` (hex);
+* any other body as the image itself (``curl -T disk.img`` — a PUT —, or
+  ``curl --data-binary @disk.img -H 'Content-Type: application/octet-stream'``).
+
+Compression is taken from ``Content-Encoding`` (zstd, gzip), a
+``Content-Type`` of ``application/zstd``/``application/gzip``, a file name
+ending in ``.zst``/``.gz``, or else recognised from the first bytes. The
+expected digest comes from ``Content-Digest``/``Repr-Digest``
+(``sha-256=:<base64>:``, RFC 9530) or the form field ``sha256``; it may be
+the digest of the bytes as sent or of the raw image.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
+from django.core.files.uploadhandler import FileUploadHandler, SkipFile
+from django.http import HttpRequest, QueryDict, UnreadablePostError
+from django.http.multipartparser import MultiPartParser, MultiPartParserError
+from django.utils.datastructures import MultiValueDict
+from rest_framework.exceptions import UnsupportedMediaType
+from rest_framework.request import Request
+
+from catalogue.exceptions import BadUpload, ClientDisconnected, LengthRequired, UploadTooLarge
+from catalogue.models import Image, Version
+from catalogue.services.uploads import VersionReceiver, version_upload
+from catalogue.streaming import CHUNK
+
+# Room for multipart boundaries and fields, and for compression that does not compress.
+ENVELOPE = 1 << 20
+CONTENT_ENCODINGS = {"zstd": "zstd", "gzip": "gzip", "x-gzip": "gzip", "identity": "none"}
+CONTENT_TYPES = {
+    "application/zstd": "zstd",
+    "application/x-zstd": "zstd",
+    "application/gzip": "gzip",
+    "application/x-gzip": "gzip",
+}
+FILE_SUFFIXES = {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip"}
+# Bodies of a PUT that are an image, not JSON metadata.
+BINARY_TYPES = {"", "application/octet-stream", *CONTENT_TYPES}
+SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}\Z")
+DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9_.*-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*$")
+
+
+# --- Which requests ----------------------------------------------------------------
+
+
+def _media_type(request: HttpRequest) -> str:
+    return request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+
+
+def is_upload(request: HttpRequest) -> bool:
+    """POST to an image always uploads; a PUT does when its body is binary, not metadata."""
+    if request.method == "POST":
+        return True
+    return request.method == "PUT" and (
+        _media_type(request) in BINARY_TYPES or "HTTP_CONTENT_ENCODING" in request.META
+    )
+
+
+def prepare_streaming(request: Request) -> Request:
+    """Stop Django and DRF from parsing this body (the CSRF check reads ``request.POST``).
+
+    With empty POST data, a session-authenticated upload must carry its CSRF
+    token in the ``X-CSRFToken`` header, which is how the dashboard sends it.
+    """
+    empty, no_files = QueryDict(), MultiValueDict()
+    request._request._post, request._request._files = empty, no_files
+    request._data, request._files, request._full_data = empty, no_files, empty
+    return request
+
+
+# --- Reading the body ----------------------------------------------------------------
+
+
+class BodyReader:
+    """The request body, read in chunks; a short body raises ClientDisconnected.
+
+    With ``Content-Length``, exactly that many bytes are read (Django's
+    ``LimitedStream``). Without one, a server that decodes chunked bodies
+    (gunicorn sets ``wsgi.input_terminated``) is read to its end; other
+    servers would hang, so that is 411.
+    """
+
+    def __init__(self, request: HttpRequest):
+        self.length = _content_length(request.META)
+        if self.length is None and not request.META.get("wsgi.input_terminated"):
+            raise LengthRequired()
+        self._source = request if self.length is not None else request.META["wsgi.input"]
+        self.received = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        size = CHUNK if size is None or size < 0 else size
+        if self.length is not None:
+            size = min(size, self.length - self.received)
+            if size <= 0:
+                return b""
+        try:
+            data = self._source.read(size)
+        except (OSError, UnreadablePostError) as exc:
+            raise ClientDisconnected() from exc
+        if not data and self.length is not None:
+            raise ClientDisconnected()
+        self.received += len(data)
+        return data
+
+
+def _content_length(meta: dict[str, Any]) -> int | None:
+    value = meta.get("CONTENT_LENGTH")
+    if value in (None, ""):
+        return None
+    try:
+        length = int(value)
+    except ValueError:
+        raise BadUpload("Content-Length is not a number.") from None
+    if length < 0:
+        raise BadUpload("Content-Length is negative.")
+    return length
+
+
+# --- Headers ----------------------------------------------------------------------
+
+
+def declared_encoding(meta: dict[str, Any]) -> str | None:
+    """The compression the headers declare; None when they say nothing. 415 if unsupported."""
+    codings = [c.strip().lower() for c in meta.get("HTTP_CONTENT_ENCODING", "").split(",")]
+    codings = [c for c in codings if c]
+    if codings:
+        known = [CONTENT_ENCODINGS.get(c) for c in codings]
+        real = [c for c in known if c != "none"]
+        if None in known or len(real) > 1:
+            raise UnsupportedMediaType(
+                meta["HTTP_CONTENT_ENCODING"],
+                detail=f"Content-Encoding {meta['HTTP_CONTENT_ENCODING']!r} is not supported: "
+                "send zstd, gzip, or the raw image.",
+            )
+        return real[0] if real else "none"
+    return CONTENT_TYPES.get(meta.get("CONTENT_TYPE", "").split(";")[0].strip().lower())
+
+
+def file_encoding(file_name: str | None, content_type: str | None) -> str | None:
+    """The compression a multipart file's name or type declares; None when they say nothing."""
+    name = (file_name or "").lower()
+    for suffix, encoding in FILE_SUFFIXES.items():
+        if name.endswith(suffix):
+            return encoding
+    return CONTENT_TYPES.get((content_type or "").split(";")[0].strip().lower())
+
+
+def header_digest(meta: dict[str, Any]) -> str | None:
+    """The hex SHA-256 from ``Content-Digest`` (or ``Repr-Digest``), RFC 9530; 400 if malformed.
+
+    Other algorithms in the header are ignored, as the RFC allows.
+    """
+    for key in ("HTTP_CONTENT_DIGEST", "HTTP_REPR_DIGEST"):
+        for member in meta.get(key, "").split(","):
+            if not member.strip():
+                continue
+            match = DIGEST_MEMBER.match(member)
+            if match is None:
+                raise BadUpload(f"Malformed {key[5:].replace('_', '-').title()}: {member.strip()}")
+            if match[1].lower() == "sha-256":
+                return _sha256_from_base64(match[2])
+    return None
+
+
+def _sha256_from_base64(value: str) -> str:
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except binascii.Error:
+        digest = b""
+    if len(digest) != 32:
+        raise BadUpload("The sha-256 digest must be 32 bytes in base64, between colons.")
+    return digest.hex()
+
+
+def form_digest(value: str | None) -> str | None:
+    if not value:
+        return None
+    if not SHA256_HEX.match(value.strip()):
+        raise BadUpload("sha256: give the SHA-256 as 64 hexadecimal digits.")
+    return value.strip().lower()
+
+
+# --- Multipart -------------------------------------------------------------------------
+
+
+class ReceiverUploadHandler(FileUploadHandler):
+    """Hands the chunks of the multipart field ``file`` to a receiver; skips other files."""
+
+    chunk_size = CHUNK
+
+    def __init__(self, receiver: VersionReceiver):
+        super().__init__()
+        self.receiver = receiver
+        self.seen = False
+
+    def new_file(self, field_name, file_name, content_type, content_length, *args, **kwargs):
+        if field_name != "file" or self.seen:
+            raise SkipFile()
+        self.seen = True
+        self.receiver.declare_encoding(file_encoding(file_name, content_type))
+
+    def receive_data_chunk(self, raw_data: bytes, start: int) -> None:
+        self.receiver.write(raw_data)
+        return None
+
+    def file_complete(self, file_size: int) -> None:
+        return None
+
+
+def _receive_multipart(request: HttpRequest, body: BodyReader, receiver: VersionReceiver) -> dict:
+    handler = ReceiverUploadHandler(receiver)
+    meta = request.META
+    if body.length is None:  # chunked: the parser only needs to know the body is not empty
+        meta = {**meta, "CONTENT_LENGTH": str(settings.BAAS_MAX_IMAGE_SIZE)}
+    try:
+        fields, _files = MultiPartParser(meta, body, [handler], request.encoding).parse()
+    except (MultiPartParserError, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent) as exc:
+        raise BadUpload(f"The multipart body is malformed: {exc}") from exc
+    if not handler.seen:
+        raise BadUpload("Send the image in the multipart field 'file' (curl -F file=@disk.img).")
+    return {"sha256": form_digest(fields.get("sha256")), "note": fields.get("note", "")[:500]}
+
+
+def _receive_raw(request: HttpRequest, body: BodyReader, receiver: VersionReceiver) -> dict:
+    receiver.declare_encoding(declared_encoding(request.META))
+    while data := body.read(CHUNK):
+        receiver.write(data)
+    return {"sha256": None, "note": ""}
+
+
+# --- The whole upload ------------------------------------------------------------------
+
+
+def upload_version(request: Request, image: Image) -> Version:
+    """Stream the request's body into ``image``'s next version and return it.
+
+    The caller has checked that the user may write the image. Raises the
+    catalogue's API errors (400, 411, 413, 415, 507); nothing is stored then.
+    """
+    django_request = request._request
+    max_size = settings.BAAS_MAX_IMAGE_SIZE
+    body = BodyReader(django_request)
+    if body.length is not None and body.length > max_size + max_size // 128 + ENVELOPE:
+        raise UploadTooLarge(
+            f"The upload ({body.length} bytes) is larger than the {max_size}-byte limit."
+        )
+    expected = header_digest(django_request.META)
+    with VersionReceiver(image=image, max_size=max_size) as receiver:
+        if _media_type(django_request) == "multipart/form-data":
+            fields = _receive_multipart(django_request, body, receiver)
+        else:
+            fields = _receive_raw(django_request, body, receiver)
+        return version_upload(
+            actor=request.user,
+            image=image,
+            receiver=receiver,
+            expected_sha256=expected or fields["sha256"],
+            note=fields["note"],
+        )

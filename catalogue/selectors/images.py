@@ -1,0 +1,102 @@
+"""Reads for images and versions, with the permission checks and prefetching they need.
+
+Who may read what is ``accounts.rules.can_read_image``; the querysets here
+express the same rule in SQL (own, system, maintained; everything for
+administrators), so lists never load what they would then hide.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.db.models import Prefetch, Q, QuerySet
+from django.http import Http404
+from rest_framework.exceptions import ValidationError
+
+from accounts import rules
+from accounts.models import User
+from catalogue.models import Image, ImageType, Version
+
+
+def image_uuid_check(value: str) -> uuid.UUID:
+    """400 for a path segment that is not a UUID."""
+    try:
+        return uuid.UUID(value)
+    except (ValueError, AttributeError, TypeError):
+        raise ValidationError({"uuid": f"'{value}' is not an image UUID."}) from None
+
+
+def image_queryset() -> QuerySet[Image]:
+    """Images with everything their API representation shows, in a constant number of queries."""
+    return Image.objects.select_related("owner").prefetch_related(
+        Prefetch(
+            "versions",
+            queryset=Version.objects.select_related("uploaded_by").order_by("number"),
+        ),
+        Prefetch("maintainers", queryset=User.objects.only("pk", "username", "role")),
+        Prefetch("associated_images", queryset=Image.objects.only("uuid")),
+    )
+
+
+def _readable_q(actor: Any) -> Q:
+    """``rules.can_read_image`` as a filter. Callers ensure ``actor`` is signed in."""
+    if actor.is_administrator:
+        return Q()
+    readable = Q(type=ImageType.SYSTEM) | Q(owner=actor)
+    if rules.is_moderator(actor):
+        maintained = Image.maintainers.through.objects.filter(user=actor).values("image_id")
+        readable |= Q(pk__in=maintained)
+    return readable
+
+
+def _filtered(
+    images: QuerySet[Image],
+    *,
+    type: str | None = None,
+    name: str | None = None,
+    search: str | None = None,
+    owner: str | None = None,
+) -> QuerySet[Image]:
+    if type:
+        if type not in ImageType.values:
+            raise ValidationError(
+                {"type": f"'{type}' is not one of {', '.join(ImageType.values)}."}
+            )
+        images = images.filter(type=type)
+    if name:
+        images = images.filter(name=name)
+    if search:
+        images = images.filter(name__icontains=search)
+    if owner:
+        images = images.filter(owner__username=owner)
+    return images
+
+
+def image_list_readable(*, actor: Any, **filters: str | None) -> QuerySet[Image]:
+    """Every image ``actor`` may read, filtered by ``type``, ``name``, ``search``, ``owner``."""
+    if not rules.is_authenticated(actor):
+        return Image.objects.none()
+    return _filtered(image_queryset().filter(_readable_q(actor)), **filters)
+
+
+def image_list_owned(*, owner: User, **filters: str | None) -> QuerySet[Image]:
+    """``owner``'s images; the caller has checked the actor may see them."""
+    return _filtered(image_queryset().filter(owner=owner), **filters)
+
+
+def image_get_readable(*, actor: Any, image_id: str, full: bool = True) -> Image:
+    """The image ``image_id`` if ``actor`` may read it: 400 for a malformed UUID, else 404.
+
+    404 also for other users' private images, so nobody learns they exist.
+    ``full`` prefetches what the image's representation shows.
+    """
+    images = image_queryset() if full else Image.objects.all()
+    image = images.filter(pk=image_uuid_check(image_id)).first()
+    if image is None or not rules.can_read_image(actor, image):
+        raise Http404("No such image.")
+    return image
+
+
+def version_list(*, image: Image) -> QuerySet[Version]:
+    return Version.objects.filter(image=image).select_related("uploaded_by").order_by("number")

@@ -1,0 +1,322 @@
+"""Writes for images: create (with its empty version 0), update, delete.
+
+Every decision about who may do what is a predicate of ``accounts.rules``.
+Files are written before the rows that describe them, and removed only after
+the rows are gone for good (``transaction.on_commit``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
+from django.db.models import ProtectedError
+from rest_framework.exceptions import PermissionDenied, ValidationError
+
+from accounts import rules
+from accounts.models import User
+from accounts.services import audit_record
+from catalogue.exceptions import ImageConflict
+from catalogue.models import (
+    Compression,
+    FileStandard,
+    Image,
+    ImageType,
+    TransferProtocol,
+    Version,
+)
+from catalogue.selectors.setups import describe_setups, setups_pinning
+from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
+
+EMPTY_NOTE = "Empty image, created with the image."
+QEMU_IMG = "qemu-img"
+# SHA-256 of N zero bytes, for sizes where computing it would be slow (6 GiB: ~4 s).
+# Checked by tests/catalogue/test_images_api.py against a real computation.
+KNOWN_ZEROS_SHA256 = {
+    6 * 1024**3: "5c32c2b28999325bc5ad39d6530bcb46fbdf1f86375a991b7269764c50b0d109",
+}
+_zeros_sha256_memo: dict[int, str] = dict(KNOWN_ZEROS_SHA256)
+_zeros_sha256_lock = threading.Lock()
+
+# Fields image_update changes by plain assignment.
+SIMPLE_FIELDS = ("name", "description", "compression", "target_disk", "transfer_protocol")
+
+
+def _compression_hooks():
+    # Imported late: the compression service imports the Celery tasks module.
+    from catalogue.services import compression
+
+    return compression
+
+
+# --- The empty image's checksum ---------------------------------------------------
+
+
+def zeros_sha256(size: int) -> str:
+    """The SHA-256 of ``size`` zero bytes; computed at most once per size and process.
+
+    The default new-image size is precomputed; other sizes are looked up among
+    the empty versions 0 already recorded (so one slow computation serves every
+    process), and computed only if none exists yet.
+    """
+    with _zeros_sha256_lock:
+        if size not in _zeros_sha256_memo:
+            recorded = (
+                Version.objects.filter(number=0, size=size, note=EMPTY_NOTE)
+                .filter(image__file_standard=FileStandard.RAW)
+                .values_list("sha256", flat=True)
+                .first()
+            )
+            _zeros_sha256_memo[size] = recorded or compute_zeros_sha256(size)
+        return _zeros_sha256_memo[size]
+
+
+def compute_zeros_sha256(size: int) -> str:
+    """Hash ``size`` zero bytes, streaming one shared 1 MiB buffer (~1.3 GB/s)."""
+    digest = hashlib.sha256()
+    full, rest = divmod(size, len(ZERO_CHUNK))
+    for _ in range(full):
+        digest.update(ZERO_CHUNK)
+    digest.update(memoryview(ZERO_CHUNK)[:rest])
+    return digest.hexdigest()
+
+
+# --- Create -------------------------------------------------------------------------
+
+
+def image_create(
+    *,
+    actor: Any,
+    owner: User,
+    name: str,
+    type: str = ImageType.SINGLE,
+    file_standard: str = FileStandard.RAW,
+    compression: str = Compression.NONE,
+    target_disk: str = "/dev/sda",
+    transfer_protocol: str = TransferProtocol.HTTP,
+    description: str = "",
+) -> Image:
+    """Create an image owned by ``owner`` with its empty version 0 of BAAS_NEW_IMAGE_SIZE.
+
+    The caller has checked that ``actor`` may act for ``owner``; this checks
+    that ``actor`` may create an image of this type. Raises PermissionDenied
+    or DRF ValidationError.
+    """
+    image = Image(
+        owner=owner,
+        name=name,
+        type=type,
+        file_standard=file_standard,
+        compression=compression,
+        target_disk=target_disk,
+        transfer_protocol=transfer_protocol,
+        description=description,
+    )
+    return image_create_from(actor=actor, image=image)
+
+
+def image_create_from(*, actor: Any, image: Image) -> Image:
+    """Save a new, unsaved ``image`` and store its empty version 0 (also used by the admin)."""
+    if not rules.can_create_image(actor, image.type):
+        raise PermissionDenied("Only moderators and administrators create system images.")
+    _full_clean(image)
+    size = settings.BAAS_NEW_IMAGE_SIZE
+    try:
+        with transaction.atomic():
+            image.save(force_insert=True)
+            version = _store_empty_version(image, size, actor)
+            audit_record(
+                actor=actor, action="image.create", target=image, name=image.name, type=image.type
+            )
+            _compression_hooks().compression_schedule_for_version(version)
+    except BaseException:
+        get_storage().delete_image(image.uuid)
+        raise
+    return image
+
+
+def _store_empty_version(image: Image, size: int, actor: Any) -> Version:
+    if image.file_standard == FileStandard.QCOW2:
+        stored, sha256 = _store_empty_qcow2(image.uuid, size)
+    else:
+        stored, sha256 = get_storage().create_sparse(image.uuid, 0, size), zeros_sha256(size)
+    return Version.objects.create(
+        image=image,
+        number=0,
+        size=stored.size,
+        virtual_size=size,
+        sha256=sha256,
+        stored_size=stored.allocated,
+        stored_compression=Compression.NONE,
+        uploaded_by=actor if getattr(actor, "pk", None) else None,
+        note=EMPTY_NOTE,
+    )
+
+
+def _store_empty_qcow2(image_uuid: uuid.UUID, size: int) -> tuple[StoredFile, str]:
+    """An empty qcow2 file of virtual size ``size`` (a few hundred KiB), made by qemu-img.
+
+    qemu-img writes a scratch ``.part`` file in the image's directory (the
+    stale-upload purge removes it after a crash), which is then stored as
+    version 0 like any upload.
+    """
+    storage = get_storage()
+    directory = storage.image_dir(image_uuid)
+    directory.mkdir(exist_ok=True)
+    scratch = directory / f".{uuid.uuid4().hex}.qcow2{PART_SUFFIX}"
+    try:
+        subprocess.run(  # noqa: S603 - fixed program, our own path and an int
+            [QEMU_IMG, "create", "-q", "-f", "qcow2", str(scratch), str(size)],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        digest = hashlib.sha256()
+        with open(scratch, "rb") as source, storage.open_write(image_uuid) as pending:
+            while chunk := source.read(len(ZERO_CHUNK)):
+                digest.update(chunk)
+                pending.write(chunk)
+            return pending.commit(0), digest.hexdigest()
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+# --- Update -------------------------------------------------------------------------
+
+
+def image_update(
+    *,
+    actor: Any,
+    image: Image,
+    associated_images: Iterable[Image] | None = None,
+    maintainers: Iterable[User] | None = None,
+    **fields: Any,
+) -> Image:
+    """Change an image's metadata; only the fields given change.
+
+    Type changes follow ``rules.can_change_image_type``, maintainers only
+    administrators assign (and only moderators can be maintainers); the file
+    standard is fixed at creation. A changed compression schedules the
+    rewriting of every version. Raises PermissionDenied or ValidationError.
+    """
+    if not rules.can_write_image(actor, image):
+        raise PermissionDenied("You may read this image but not change it.")
+    _check_type_change(actor, image, fields.pop("type", None))
+    _check_file_standard(image, fields.pop("file_standard", None))
+    old_compression = image.compression
+    for name in SIMPLE_FIELDS:
+        if name in fields:
+            setattr(image, name, fields.pop(name))
+    if fields:
+        raise TypeError(f"image_update() got unexpected fields {sorted(fields)}")
+    _full_clean(image)
+    with transaction.atomic():
+        image.save()
+        changed = _set_relations(actor, image, associated_images, maintainers)
+        audit_record(actor=actor, action="image.update", target=image, changed=changed)
+        if image.compression != old_compression:
+            _compression_hooks().compression_schedule_for_image(image)
+    return image
+
+
+def _check_type_change(actor: Any, image: Image, new_type: str | None) -> None:
+    if new_type is None or new_type == image.type:
+        return
+    if not rules.can_change_image_type(actor, image.type, new_type):
+        raise PermissionDenied("Only moderators and administrators make or unmake system images.")
+    image.type = new_type
+
+
+def _check_file_standard(image: Image, new_standard: str | None) -> None:
+    if new_standard is not None and new_standard != image.file_standard:
+        raise ValidationError(
+            {
+                "file_standard": "The file standard is fixed when an image is created: "
+                "create a new image for a different one."
+            }
+        )
+
+
+def _set_relations(
+    actor: Any,
+    image: Image,
+    associated: Iterable[Image] | None,
+    maintainers: Iterable[User] | None,
+) -> list[str]:
+    changed = []
+    if associated is not None:
+        image.associated_images.set(_check_associated(actor, image, list(associated)))
+        changed.append("associated_images")
+    if maintainers is not None:
+        image.maintainers.set(_check_maintainers(actor, list(maintainers)))
+        changed.append("maintainers")
+    return changed
+
+
+def _check_associated(actor: Any, image: Image, others: list[Image]) -> list[Image]:
+    for other in others:
+        if other.pk == image.pk:
+            raise ValidationError(
+                {"associated_images": "An image cannot be associated with itself."}
+            )
+        if not rules.can_read_image(actor, other):
+            raise ValidationError({"associated_images": f"No such image: {other.pk}."})
+    return others
+
+
+def _check_maintainers(actor: Any, users: list[User]) -> list[User]:
+    if not rules.can_assign_maintainers(actor):
+        raise PermissionDenied("Only administrators assign maintainers.")
+    for user in users:
+        if not rules.is_moderator(user):
+            message = f"{user.username} is not a moderator; only moderators maintain images."
+            raise ValidationError({"maintainers": message})
+    return users
+
+
+def _full_clean(image: Image) -> None:
+    try:
+        image.full_clean()
+    except DjangoValidationError as exc:
+        raise ValidationError(exc.message_dict) from exc
+
+
+# --- Delete -------------------------------------------------------------------------
+
+
+def image_delete(*, actor: Any, image: Image) -> None:
+    """Delete an image, its versions, and (after the commit) its files.
+
+    Refused with 409 while a setup pins any of its versions, naming the setups.
+    Raises PermissionDenied if ``actor`` may not delete it.
+    """
+    if not rules.can_delete_image(actor, image):
+        raise PermissionDenied("Only the image's owner or an administrator may delete it.")
+    image_uuid = image.uuid
+    with transaction.atomic():
+        Image.objects.select_for_update().filter(pk=image_uuid).first()
+        _check_not_pinned(image)
+        audit_record(actor=actor, action="image.delete", target=image, name=image.name)
+        try:
+            image.delete()
+        except ProtectedError as exc:
+            raise ImageConflict(
+                f"The image {image.name} is still in use and cannot be deleted."
+            ) from exc
+        transaction.on_commit(lambda: get_storage().delete_image(image_uuid))
+
+
+def _check_not_pinned(image: Image) -> None:
+    setups = setups_pinning(image=image)
+    if setups.exists():
+        raise ImageConflict(
+            f'The image "{image.name}" is pinned in the setup(s) {describe_setups(setups)}: '
+            "remove it from them before deleting it."
+        )

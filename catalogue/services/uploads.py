@@ -1,0 +1,351 @@
+"""Uploading a new version: stream, check, hash, then commit under the next number.
+
+The HTTP layer (``catalogue.apis.uploads``) feeds the bytes as they arrive into
+a :class:`VersionReceiver`, which
+
+* decodes them if they come compressed (zstd or gzip, declared or recognised
+  by their magic), in pieces of at most 1 MiB whatever the ratio;
+* hashes the raw bytes (SHA-256) on a thread of its own, beside the I/O;
+* refuses, as soon as it knows, data that is not the image's file standard
+  (a qcow2 image takes only qcow2 data, without a backing file; a raw image
+  never qcow2 data) and data larger than BAAS_MAX_IMAGE_SIZE;
+* writes into a pending file in the image's directory: the upload's own
+  compressed bytes when they are in the image's compression, else the raw
+  bytes, sparse. A compression job rewrites the latter later.
+
+:func:`version_upload` then checks the expected digest, fsyncs, and — under a
+lock on the image row — picks the next number, puts the file in place and
+creates the row. Any failure before that leaves nothing but a ``.part`` file
+that is removed at once (or, after a crash, by the stale-upload purge).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.db.models import Max
+from rest_framework.exceptions import PermissionDenied
+
+from accounts import rules
+from accounts.services import audit_record
+from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
+from catalogue.models import Compression, FileStandard, Image, Version
+from catalogue.storage import (
+    SUFFIXES,
+    PendingFile,
+    StorageFull,
+    StoredFile,
+    get_storage,
+    is_disk_full,
+)
+from catalogue.streaming import (
+    DECODERS,
+    QCOW2_HEADER,
+    BackgroundHasher,
+    DecodeError,
+    qcow2_header,
+    sniff_encoding,
+)
+
+QEMU_IMG = "qemu-img"
+HEAD_BYTES = QCOW2_HEADER.size  # enough to recognise compression and read a qcow2 header
+# qemu-img check: 0 clean, 3 only leaked clusters (harmless); anything else is a broken image.
+QEMU_CHECK_OK = (0, 3)
+
+
+@dataclass(frozen=True)
+class ReceivedUpload:
+    """What arrived: raw ``size`` and ``sha256``, and the SHA-256 of the bytes as sent."""
+
+    size: int
+    sha256: str
+    wire_sha256: str
+    encoding: str
+    stored_compression: str
+    virtual_size: int
+
+
+class VersionReceiver:
+    """Receives the bytes of one upload to ``image``. Use it as a context manager.
+
+    ``declare_encoding`` may be called before the first ``write``; without it
+    the encoding is recognised from the first bytes. ``finish`` ends the
+    stream; :func:`version_upload` commits it. Leaving the ``with`` block any
+    other way removes everything written.
+    """
+
+    def __init__(self, *, image: Image, max_size: int):
+        self.image = image
+        self.max_size = max_size
+        self.encoding: str | None = None
+        self.pending: PendingFile | None = None
+        self.size = 0
+        self._head = b""  # wire bytes held back until the encoding is known
+        self._raw_head = b""  # first raw bytes, until the file standard is checked
+        self._standard_checked = False
+        self._virtual_size = 0
+        self._decoder: Any = None
+        self._hasher: BackgroundHasher | None = None
+        self._wire_hash = hashlib.sha256()
+        self._store_compressed = False
+        self._done = False
+
+    def __enter__(self) -> VersionReceiver:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self._done:
+            self.abort()
+
+    # --- Receiving ---------------------------------------------------------------
+
+    def declare_encoding(self, encoding: str | None) -> None:
+        """``none``, ``gzip`` or ``zstd`` as the client declared it; None to recognise it."""
+        self.encoding = encoding
+
+    def write(self, data: bytes) -> None:
+        """Take the next bytes as sent. Raises BadUpload, UploadTooLarge, InsufficientStorage."""
+        if self._decoder is None:
+            self._head += data
+            if len(self._head) < HEAD_BYTES:
+                return
+            data, self._head = self._head, b""
+            self._start(data)
+        self._receive(data)
+
+    def _start(self, head: bytes) -> None:
+        if self.encoding is None:
+            self.encoding = sniff_encoding(head)
+        self._store_compressed = self.encoding not in (None, Compression.NONE) and (
+            self.encoding == self.image.compression
+        )
+        self._hasher = BackgroundHasher()
+        self._decoder = DECODERS[self.encoding](self._on_raw)
+        self.pending = _storage_call(
+            get_storage().open_write, self.image.uuid, sparse=not self._store_compressed
+        )
+
+    def _receive(self, data: bytes) -> None:
+        if self.encoding != Compression.NONE:
+            self._wire_hash.update(data)
+            if self._store_compressed:
+                _storage_call(self.pending.write, data)
+        try:
+            self._decoder.write(data)
+        except DecodeError as exc:
+            raise BadUpload(f"{exc} Nothing was stored.") from exc
+
+    def _on_raw(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_size:
+            raise UploadTooLarge(
+                f"The image is larger than the {self.max_size}-byte limit; nothing was stored."
+            )
+        if not self._standard_checked:
+            self._raw_head += data[:HEAD_BYTES]
+            if len(self._raw_head) >= HEAD_BYTES:
+                self._check_standard()
+        self._hasher.update(data)
+        if not self._store_compressed:
+            _storage_call(self.pending.write, data)
+
+    def _check_standard(self) -> None:
+        """A qcow2 image takes qcow2 data without a backing file; a raw one never qcow2."""
+        self._standard_checked = True
+        header = qcow2_header(self._raw_head)
+        if self.image.file_standard == FileStandard.QCOW2:
+            if header is None:
+                raise BadUpload("This is a qcow2 image, but the data is not qcow2 (no QFI magic).")
+            if header.backing_file_offset:
+                raise BadUpload("qcow2 files with a backing file are not accepted; flatten it.")
+            self._virtual_size = header.virtual_size
+        elif header is not None:
+            raise BadUpload(
+                "This is a raw image, but the data is a qcow2 file: convert it with "
+                "'qemu-img convert -O raw', or create a qcow2 image."
+            )
+
+    # --- Ending ------------------------------------------------------------------
+
+    def finish(self) -> ReceivedUpload:
+        """All bytes arrived: flush the decoder, run the last checks, return what arrived."""
+        if self._decoder is None:
+            if not self._head:
+                raise BadUpload("The upload is empty.")
+            head, self._head = self._head, b""
+            self._start(head)
+            self._receive(head)
+        try:
+            self._decoder.finish()
+        except DecodeError as exc:
+            raise BadUpload(f"{exc} Nothing was stored.") from exc
+        if not self._standard_checked:
+            self._check_standard()
+        sha256 = self._hasher.hexdigest()
+        if self.image.file_standard == FileStandard.QCOW2 and not self._store_compressed:
+            self._virtual_size = self._qemu_check()
+        return ReceivedUpload(
+            size=self.size,
+            sha256=sha256,
+            wire_sha256=self._wire_hash.hexdigest() if self.encoding != "none" else sha256,
+            encoding=self.encoding,
+            stored_compression=self.encoding if self._store_compressed else Compression.NONE,
+            virtual_size=self._virtual_size if self._virtual_size else self.size,
+        )
+
+    def _qemu_check(self) -> int:
+        """qemu-img's verdict on the pending qcow2 file: its virtual size, or BadUpload."""
+        # Trailing holes are only in the file's length after commit: extend it now.
+        os.truncate(self.pending.path, self.pending.position)
+        info = _qemu_img("info", "--output=json", "-f", "qcow2", str(self.pending.path))
+        if info.returncode != 0:
+            raise BadUpload(f"qemu-img cannot read this qcow2 file: {_stderr(info)}")
+        check = _qemu_img("check", "-q", "-f", "qcow2", str(self.pending.path))
+        if check.returncode not in QEMU_CHECK_OK:
+            raise BadUpload(f"qemu-img check finds this qcow2 file broken: {_stderr(check)}")
+        details = json.loads(info.stdout)
+        if details.get("backing-filename") or details.get("format-specific", {}).get(
+            "data", {}
+        ).get("data-file"):
+            raise BadUpload("qcow2 files that refer to other files are not accepted; flatten it.")
+        return int(details["virtual-size"])
+
+    def commit(self, number: int, compression: str) -> StoredFile:
+        stored = _storage_call(self.pending.commit, number, compression)
+        self._done = True
+        return stored
+
+    def abort(self) -> None:
+        self._done = True
+        if self._hasher is not None:
+            self._hasher.close()
+        if self.pending is not None:
+            self.pending.abort()
+
+
+def _storage_call(function, *args, **kwargs):
+    try:
+        return function(*args, **kwargs)
+    except StorageFull as exc:
+        raise InsufficientStorage() from exc
+
+
+def _qemu_img(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(  # noqa: S603 - a fixed program on our own file
+        [QEMU_IMG, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+def _stderr(result: subprocess.CompletedProcess) -> str:
+    lines = (result.stderr or result.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
+# --- Committing -----------------------------------------------------------------------
+
+
+def version_upload(
+    *,
+    actor: Any,
+    image: Image,
+    receiver: VersionReceiver,
+    expected_sha256: str | None = None,
+    note: str = "",
+) -> Version:
+    """Finish ``receiver`` and store it as ``image``'s next version; return the version.
+
+    ``expected_sha256`` (hex), when given, must equal the SHA-256 of the raw
+    image or of the bytes as sent, else BadUpload and nothing is stored. Two
+    uploads to one image get distinct, consecutive numbers: the number is
+    chosen and the file put in place under a lock on the image's row.
+    Raises PermissionDenied if ``actor`` may not write the image.
+    """
+    if not rules.can_write_image(actor, image):
+        raise PermissionDenied("You may read this image but not upload to it.")
+    received = receiver.finish()
+    _check_digest(received, expected_sha256)
+    _fsync_path(receiver.pending.path)  # the slow part of durability, outside the lock
+    placed: StoredFile | None = None
+    try:
+        with transaction.atomic():
+            locked = Image.objects.select_for_update().get(pk=image.pk)
+            number = _next_free_number(locked)
+            placed = receiver.commit(number, received.stored_compression)
+            version = _version_row(locked, number, received, placed, actor, note)
+    except BaseException:
+        if placed is not None:  # the row never became visible: neither may the file
+            placed.path.unlink(missing_ok=True)
+        raise
+    return version
+
+
+def _check_digest(received: ReceivedUpload, expected: str | None) -> None:
+    if expected and expected.lower() not in (received.sha256, received.wire_sha256):
+        raise BadUpload(
+            f"SHA-256 mismatch: you sent {expected.lower()}, the server received "
+            f"{received.sha256}. Nothing was stored; upload again."
+        )
+
+
+def _fsync_path(path) -> None:
+    """fsync through a descriptor of our own: Linux flushes the file's pages whoever wrote them."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if is_disk_full(exc):  # delayed allocation may only fail now
+            raise InsufficientStorage() from exc
+        raise
+    finally:
+        os.close(fd)
+
+
+def _next_free_number(image: Image) -> int:
+    """max + 1 (never 0: that is the empty image), past any file a crash left without a row."""
+    latest = Version.objects.filter(image=image).aggregate(latest=Max("number"))["latest"] or 0
+    number = latest + 1
+    storage = get_storage()
+    while any(storage.version_path(image.uuid, number, c).exists() for c in SUFFIXES):
+        number += 1
+    return number
+
+
+def _version_row(
+    image: Image,
+    number: int,
+    received: ReceivedUpload,
+    placed: StoredFile,
+    actor: Any,
+    note: str,
+) -> Version:
+    version = Version.objects.create(
+        image=image,
+        number=number,
+        size=received.size,
+        virtual_size=received.virtual_size,
+        sha256=received.sha256,
+        stored_size=placed.allocated,
+        stored_compression=received.stored_compression,
+        uploaded_by=actor if getattr(actor, "pk", None) else None,
+        note=note,
+    )
+    audit_record(
+        actor=actor,
+        action="version.upload",
+        target=version,
+        image=str(image.uuid),
+        number=number,
+        size=received.size,
+        sha256=received.sha256,
+        encoding=received.encoding,
+    )
+    from catalogue.services.compression import compression_schedule_for_version
+
+    compression_schedule_for_version(version)
+    return version

@@ -1,0 +1,274 @@
+"""Building blocks for streaming uploads: hashing beside I/O, bounded decoders, qcow2 headers.
+
+Nothing here holds more than a few chunks in memory, whatever the input: a
+decoder hands its raw output on in pieces of at most ``CHUNK`` bytes, so a
+small compressed "bomb" cannot expand in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import struct
+import threading
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import zstandard
+
+CHUNK = 1 << 20
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+GZIP_MAGIC = b"\x1f\x8b"
+QCOW2_MAGIC = b"QFI\xfb"
+# qcow2 header: magic, version, backing file offset, backing file size, cluster bits, size.
+QCOW2_HEADER = struct.Struct(">4sIQIIQ")
+
+Sink = Callable[[bytes], None]
+
+
+class DecodeError(ValueError):
+    """The uploaded bytes are not valid in the encoding they claim."""
+
+
+# --- Hashing ----------------------------------------------------------------------
+
+
+class BackgroundHasher:
+    """SHA-256 computed on a thread of its own, so it overlaps reading and writing.
+
+    hashlib releases the GIL for large updates, as do socket reads and file
+    writes: the three proceed in parallel. At most ``depth`` chunks wait.
+    ``update`` must receive immutable ``bytes``.
+    """
+
+    def __init__(self, depth: int = 8):
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+        self._digest: str | None = None
+
+    def _run(self) -> None:
+        while (data := self._queue.get()) is not None:
+            self._hash.update(data)
+
+    def update(self, data: bytes) -> None:
+        self._queue.put(data)
+
+    def hexdigest(self) -> str:
+        """Wait for every queued chunk, then return the digest. Ends the thread."""
+        if self._digest is None:
+            self._queue.put(None)
+            self._thread.join()
+            self._digest = self._hash.hexdigest()
+        return self._digest
+
+    def close(self) -> None:
+        """Stop the thread without caring for the result (an aborted upload)."""
+        if self._thread.is_alive():
+            self.hexdigest()
+
+
+# --- Decoders -----------------------------------------------------------------------
+
+
+class IdentityDecoder:
+    """Passes bytes through unchanged."""
+
+    def __init__(self, sink: Sink):
+        self._sink = sink
+
+    def write(self, data: bytes) -> None:
+        self._sink(data)
+
+    def finish(self) -> None:
+        return None
+
+
+class GzipDecoder:
+    """gzip, one member or several concatenated (as pigz writes), with bounded output."""
+
+    def __init__(self, sink: Sink):
+        self._sink = sink
+        self._inflate = zlib.decompressobj(wbits=31)
+        self._seen_member = False
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._write(data)
+        except zlib.error as exc:
+            raise DecodeError(f"The gzip data is corrupt: {exc}") from exc
+
+    def _write(self, data: bytes) -> None:
+        while data:
+            if self._inflate.eof:  # what follows a member is the next member
+                self._inflate = zlib.decompressobj(wbits=31)
+            self._seen_member = True
+            out = self._inflate.decompress(data, CHUNK)
+            if out:
+                self._sink(out)
+            data = self._inflate.unused_data if self._inflate.eof else self._inflate.unconsumed_tail
+
+    def finish(self) -> None:
+        while not self._inflate.eof and (out := self._inflate.decompress(b"", CHUNK)):
+            self._sink(out)
+        if not self._seen_member or not self._inflate.eof:
+            raise DecodeError("The gzip data ends in the middle of a member: is it complete?")
+
+
+class _SinkWriter:
+    """The file-like object zstandard's stream writer pushes its output into."""
+
+    def __init__(self, sink: Sink):
+        self._sink = sink
+
+    def write(self, data: bytes) -> int:
+        self._sink(bytes(data))
+        return len(data)
+
+
+class ZstdDecoder:
+    """zstd, any number of frames, with output pushed on in pieces of at most CHUNK.
+
+    zstandard's streaming writer bounds memory but cannot tell whether the
+    input ended inside a frame, so a :class:`ZstdFrameTracker` follows the
+    frame structure alongside it.
+    """
+
+    def __init__(self, sink: Sink):
+        self._writer = zstandard.ZstdDecompressor().stream_writer(
+            _SinkWriter(sink), write_size=CHUNK, closefd=False
+        )
+        self._frames = ZstdFrameTracker()
+
+    def write(self, data: bytes) -> None:
+        self._frames.feed(data)
+        try:
+            self._writer.write(data)
+        except zstandard.ZstdError as exc:
+            raise DecodeError(f"The zstd data is corrupt: {exc}") from exc
+
+    def finish(self) -> None:
+        if not self._frames.complete:
+            raise DecodeError("The zstd data ends in the middle of a frame: is it complete?")
+
+
+class ZstdFrameTracker:
+    """Follows the zstd frame format (RFC 8878) over a stream, skipping block contents.
+
+    ``complete`` is true when the bytes fed so far end exactly after a whole
+    frame. It reads only headers — a few bytes per 128 KiB block — so it costs
+    nothing next to decoding.
+    """
+
+    def __init__(self):
+        self._frames = 0
+        self._state = "magic"
+        self._need = 4  # bytes of the current field still to collect
+        self._field = b""
+        self._skip = 0  # bytes of content still to pass over
+        self._checksum = False
+
+    @property
+    def complete(self) -> bool:
+        return self._frames > 0 and self._state == "magic" and not self._field and not self._skip
+
+    def feed(self, data: bytes) -> None:
+        pos = 0
+        while pos < len(data):
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+                continue
+            take = min(self._need - len(self._field), len(data) - pos)
+            self._field += data[pos : pos + take]
+            pos += take
+            if len(self._field) == self._need:
+                field, self._field = self._field, b""
+                self._on_field(field)
+
+    def _expect(self, state: str, need: int) -> None:
+        self._state, self._need = state, need
+
+    def _on_field(self, field: bytes) -> None:
+        handler = getattr(self, f"_on_{self._state}")
+        handler(field)
+
+    def _on_magic(self, field: bytes) -> None:
+        if field == ZSTD_MAGIC:
+            self._expect("descriptor", 1)
+        elif field[1:] == b"\x2a\x4d\x18" and field[0] & 0xF0 == 0x50:
+            self._expect("skippable_size", 4)
+        else:
+            raise DecodeError("This is not zstd data (no frame magic where a frame begins).")
+
+    def _on_skippable_size(self, field: bytes) -> None:
+        self._skip = int.from_bytes(field, "little")
+        self._frames += 1
+        self._expect("magic", 4)
+
+    def _on_descriptor(self, field: bytes) -> None:
+        descriptor = field[0]
+        single_segment = bool(descriptor & 0x20)
+        self._checksum = bool(descriptor & 0x04)
+        dictionary = (0, 1, 2, 4)[descriptor & 0x03]
+        content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        self._skip = (0 if single_segment else 1) + dictionary + content_size
+        self._expect("block", 3)
+
+    def _on_block(self, field: bytes) -> None:
+        header = int.from_bytes(field, "little")
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise DecodeError("The zstd data is corrupt: a reserved block type.")
+        self._skip = 1 if kind == 1 else size
+        if not last:
+            self._expect("block", 3)
+        elif self._checksum:
+            self._expect("checksum", 4)
+        else:
+            self._end_frame()
+
+    def _on_checksum(self, field: bytes) -> None:
+        self._end_frame()
+
+    def _end_frame(self) -> None:
+        self._frames += 1
+        self._expect("magic", 4)
+
+
+DECODERS = {"none": IdentityDecoder, "gzip": GzipDecoder, "zstd": ZstdDecoder}
+
+
+def sniff_encoding(head: bytes) -> str:
+    """``zstd``/``gzip`` if ``head`` starts like one (a disk image never does), else ``none``."""
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    return "none"
+
+
+# --- qcow2 ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Qcow2Header:
+    version: int
+    backing_file_offset: int
+    virtual_size: int
+
+
+def qcow2_header(head: bytes) -> Qcow2Header | None:
+    """The header fields of a qcow2 file from its first bytes, or None if it is not qcow2.
+
+    ``head`` must hold at least ``QCOW2_HEADER.size`` bytes unless the file is shorter.
+    """
+    if not head.startswith(QCOW2_MAGIC):
+        return None
+    if len(head) < QCOW2_HEADER.size:
+        return Qcow2Header(version=0, backing_file_offset=0, virtual_size=0)
+    _magic, version, backing, _bsize, _cbits, size = QCOW2_HEADER.unpack_from(head)
+    return Qcow2Header(version=version, backing_file_offset=backing, virtual_size=size)
