@@ -149,10 +149,17 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     log.addHandler(shipper)
     log.info("checked in: deployment %s, agent %s", answer.get("deployment"), __version__)
     try:
-        return _deploy(client, disks, reporter or Reporter(client))
+        result, status = _deploy(client, disks, reporter or Reporter(client))
     finally:
+        # The lines go first: once the result is in, the deployment is over.
         log.removeHandler(shipper)
         shipper.close()
+    try:
+        client.post_json("/api/agent/result", result)
+    except ApiError as exc:
+        log.error("could not report the result: %s", exc)
+        return 1
+    return status
 
 
 def _checked_in(answer: Any) -> str:
@@ -161,7 +168,8 @@ def _checked_in(answer: Any) -> str:
     return answer["token"]
 
 
-def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> int:
+def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[str, Any], int]:
+    """Sync, then write; returns the result to report and the exit status."""
     try:
         syncs, writes = _instructions(client.get_json("/api/agent/instructions"))
         synced = [
@@ -173,18 +181,20 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> int:
             _step(item.label(), lambda w=item: write_image(client, w, disks, reporter))
             for item in writes
         ]
-        client.post_json(
-            "/api/agent/result", {"state": "done", "written": written, "synced": synced}
-        )
     except Interrupted as exc:
-        return _fail(client, str(exc), 130)
+        return _failed(str(exc)), 130
     except EXPECTED as exc:
-        return _fail(client, str(exc), 1)
+        return _failed(str(exc)), 1
     except Exception as exc:
         log.exception("internal error")
-        return _fail(client, f"internal agent error: {type(exc).__name__}: {exc}", 1)
+        return _failed(f"internal agent error: {type(exc).__name__}: {exc}"), 1
     log.info("done: %d image(s) written, %d synced", len(written), len(synced))
-    return 0
+    return {"state": "done", "written": written, "synced": synced}, 0
+
+
+def _failed(reason: str) -> dict[str, Any]:
+    log.error("failed: %s", reason)
+    return {"state": "failed", "reason": reason}
 
 
 def _instructions(data: Any) -> tuple[list[SyncInstruction], list[WriteInstruction]]:
@@ -204,15 +214,6 @@ def _step(label: str, action: Callable[[], T]) -> T:
         raise
     except EXPECTED as exc:
         raise FlashError(f"{label}: {exc}") from exc
-
-
-def _fail(client: Client, reason: str, status: int) -> int:
-    log.error("failed: %s", reason)
-    try:
-        client.post_json("/api/agent/result", {"state": "failed", "reason": reason})
-    except ApiError as exc:
-        log.error("could not report the failure: %s", exc)
-    return status
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,148 @@
+"""The whole agent: check-in, instructions, sync, write, result — against the fake BAAS."""
+
+from __future__ import annotations
+
+import hashlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from baas_agent import __version__
+from baas_agent.cli import kernel_parameters, main
+
+from tests.agent.conftest import MiB, make_image
+from tests.agent.servers import FakeBaas
+from tests.agent.test_flash import IMAGE, store
+
+USER_DATA = "5d1e7c8a-1111-4a2b-8c3d-000000000002"
+MAC = "52:54:00:12:34:56"
+AGENT = Path(sys.executable).with_name("baas-agent")
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers():
+    # main() installs its own SIGTERM/SIGINT handlers; pytest needs its own back.
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@pytest.fixture
+def deployment(baas, image, tmp_path):
+    """One changed user data disk to sync (sdb), then one image to write (sda)."""
+    sda, sdb = tmp_path / "sda.img", tmp_path / "sdb.img"
+    make_image(sdb, 4 * MiB, [(MiB, 3000)], seed=7)
+    baas.instructions = {
+        "sync": [
+            {
+                "image": USER_DATA,
+                "disk": "/dev/sdb",
+                "version": 3,
+                "size": 4 * MiB,
+                "sha256": hashlib.sha256(b"what was flashed").hexdigest(),
+                "upload_url": f"/api/image/{USER_DATA}",
+            }
+        ],
+        "write": [store(baas, image, "zstd", tmp_path)],
+    }
+    return sda, sdb
+
+
+def agent_args(baas: FakeBaas, sda: Path, sdb: Path) -> list[str]:
+    return [
+        *("--server", baas.url, "--mac", MAC, "--token", baas.boot_token),
+        *("--disk", f"/dev/sda={sda}", "--disk", f"/dev/sdb={sdb}"),
+        *("--kernel-cmdline", "/nonexistent", "--retries", "1"),
+    ]
+
+
+def test_kernel_parameters_come_from_the_command_line():
+    line = (
+        "BOOT_IMAGE=/vmlinuz quiet baas.server=http://10.0.2.2:8000"
+        ' baas.mac=52:54:00:aa:bb:cc baas.token="t o"\n'
+    )
+    assert kernel_parameters(line) == {
+        "server": "http://10.0.2.2:8000",
+        "mac": "52:54:00:aa:bb:cc",
+        "token": "t o",
+    }
+
+
+def test_a_deployment_syncs_then_writes_then_reports_done(baas, deployment, image):
+    sda, sdb = deployment
+    assert main(agent_args(baas, sda, sdb)) == 0
+    assert sda.read_bytes() == image.read_bytes()
+    assert baas.uploads[0]["raw"] == sdb.read_bytes()
+    (result,) = baas.results
+    write = baas.instructions["write"][0]
+    assert result == {
+        "state": "done",
+        "written": [{"image": IMAGE, "version": 4, "disk": "/dev/sda", "sha256": write["sha256"]}],
+        "synced": [{"image": USER_DATA, "version": 4}],
+    }
+    checkin = next(h for m, p, h in baas.requests if p == "/api/agent/checkin")
+    assert checkin["Authorization"] == f"Bearer {baas.boot_token}"
+    paths = [path for _, path, _ in baas.requests if not path.startswith("/api/agent/progress")]
+    assert paths[:3] == ["/api/agent/checkin", "/api/agent/instructions", f"/api/image/{USER_DATA}"]
+    assert paths[-2:] == ["/api/log", "/api/agent/result"]  # the last lines, then the result
+    assert any("uploaded as version 4" in line for line in baas.logs)
+    assert any("written and verified" in line for line in baas.logs)
+
+
+def test_a_wrong_sha256_fails_the_deployment_with_a_clear_reason(baas, deployment):
+    sda, sdb = deployment
+    baas.instructions["write"][0]["sha256"] = "0" * 64
+    assert main(agent_args(baas, sda, sdb)) == 1
+    (result,) = baas.results
+    assert result["state"] == "failed"
+    assert "SHA-256 mismatch" in result["reason"] and IMAGE in result["reason"]
+    assert "written" not in result
+
+
+def test_an_unmapped_disk_fails_without_touching_anything(baas, deployment):
+    sda, sdb = deployment
+    baas.instructions["write"][0]["disk"] = "/dev/sdz"
+    assert main(agent_args(baas, sda, sdb)) == 1
+    assert "/dev/sdz is not one of the mapped disks" in baas.results[0]["reason"]
+    assert not sda.exists()
+
+
+def test_a_refused_check_in_ends_with_status_2(baas, deployment):
+    sda, sdb = deployment
+    args = agent_args(baas, sda, sdb)
+    args[args.index(baas.boot_token)] = "a guessed token"
+    assert main(args) == 2
+    assert baas.results == []
+
+
+def test_missing_settings_are_named(tmp_path, caplog):
+    assert main(["--kernel-cmdline", str(tmp_path / "none"), "--server", "http://x"]) == 2
+    assert "missing mac, token: give --mac --token or baas.mac= baas.token=" in caplog.text
+
+
+def test_the_installed_command_reads_the_kernel_command_line(baas, deployment, tmp_path, image):
+    sda, sdb = deployment
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"quiet baas.server={baas.url} baas.mac={MAC} baas.token={baas.boot_token}")
+    done = subprocess.run(
+        [
+            str(AGENT),
+            *("--kernel-cmdline", str(cmdline)),
+            *("--disk", f"/dev/sda={sda}", "--disk", f"/dev/sdb={sdb}"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert baas.results[0]["state"] == "done"
+    assert sda.read_bytes() == image.read_bytes()
+    assert f"agent {__version__}" in done.stderr
+
+
+def test_the_installed_command_has_help():
+    done = subprocess.run([str(AGENT), "--help"], capture_output=True, text=True, check=True)
+    assert "--disk DEVICE=TARGET" in done.stdout
