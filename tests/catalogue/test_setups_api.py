@@ -372,3 +372,16 @@ def test_setups_pinning_names_the_setups_that_pin_a_version_or_its_image(system_
     assert list(setups_pinning(image=system_image)) == [a]
     with pytest.raises(TypeError):
         setups_pinning()
+
+
+def test_a_setup_waiting_in_a_machines_queue_is_not_deleted(user_client, setup):
+    from flashing.models import Deployment
+    from tests.flashing.factories import MachineFactory
+
+    deployment = Deployment.objects.create(machine=MachineFactory(), setup=setup)
+    response = user_client.delete(setup_url(setup.owner, setup))
+    assert response.status_code == 409
+    assert f"#{deployment.pk}" in response.json()["detail"]
+    deployment.state = "done"
+    deployment.save()
+    assert user_client.delete(setup_url(setup.owner, setup)).status_code == 204
