@@ -274,19 +274,24 @@ def sync_image(
         return None
     log.info("%s: changed, uploading %d bytes compressed", instruction.label(), size)
     syncing = report.phase(image, "syncing", size)
+    headers = {"Content-Type": "application/octet-stream", "Content-Digest": content_digest(digest)}
 
-    def body() -> Iterator[bytes]:
+    def compressed() -> Iterator[bytes]:
         return zstd_compressed(_reporting(read_target(target, size), syncing))
 
-    answer = client.upload(
-        instruction.upload_url,
-        body,
-        headers={
-            "Content-Type": "application/octet-stream",
-            "Content-Encoding": "zstd",
-            "Content-Digest": content_digest(digest),
-        },
-    )
+    def raw() -> Iterator[bytes | memoryview]:
+        return _reporting(read_target(target, size), syncing)
+
+    try:
+        answer = client.upload(
+            instruction.upload_url, compressed, headers={**headers, "Content-Encoding": "zstd"}
+        )
+    except ApiError as exc:
+        if exc.status != 411:
+            raise
+        # A server that cannot take a chunked body (no Content-Length): the raw size is known.
+        log.warning("%s: chunked upload refused, sending it uncompressed", instruction.label())
+        answer = client.upload(instruction.upload_url, raw, headers=headers, length=size)
     return _synced(instruction, answer, digest.hexdigest())
 
 

@@ -212,6 +212,7 @@ class FakeBaas:
     boot_token: str = "boot-token"
     deployment_token: str = "deployment-token"
     cut_after: int | None = None
+    refuse_chunked: bool = False  # answer 411, as Django's development server must
     checked_in: bool = False
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
@@ -332,13 +333,18 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"token": self.baas.deployment_token, "deployment": 42, "mac": body["mac"]})
 
     def _upload(self, body: bytes) -> None:
+        if self.baas.refuse_chunked and "Content-Length" not in self.headers:
+            self._json(411, {"detail": "Length required."})
+            return
         entry = next(
             (s for s in self.baas.instructions["sync"] if s["upload_url"] == self.path), None
         )
         if entry is None:
             self._json(404, {"detail": "Not found."})
             return
-        raw = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+        raw = body
+        if self.headers.get("Content-Encoding") == "zstd":
+            raw = zstandard.ZstdDecompressor().decompressobj().decompress(body)
         digest = hashlib.sha256(raw)
         claimed = self.headers.get("Content-Digest", "")
         if claimed != f"sha-256=:{base64.b64encode(digest.digest()).decode()}:":

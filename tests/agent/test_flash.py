@@ -231,3 +231,16 @@ def test_a_server_that_records_another_digest_fails_the_sync(baas, disk, disks, 
     )
     with pytest.raises(FlashError, match="recorded SHA-256"):
         sync_image(client, SyncInstruction.from_json(instruction), disks, Reporter(None))
+
+
+def test_a_server_refusing_chunked_bodies_gets_the_disk_raw_with_its_length(baas, disk, disks):
+    baas.refuse_chunked = True
+    make_image(disk, 3 * MiB, [(MiB, 777)])
+    instruction = sync_instruction(baas, disk, hashlib.sha256(b"old").hexdigest())
+    client = agent_client(baas)
+    entry = sync_image(client, SyncInstruction.from_json(instruction), disks, Reporter(None))
+    assert entry == {"image": IMAGE, "version": 4}
+    (upload,) = baas.uploads
+    assert upload["raw"] == disk.read_bytes()
+    assert upload["headers"]["Content-Length"] == str(3 * MiB)
+    assert "Content-Encoding" not in upload["headers"]
