@@ -27,8 +27,14 @@ class _Image(Protocol):
     maintainers: Any
 
 
+def is_agent(user: Any) -> bool:
+    """The management agent of one deployment (``flashing.authentication.AgentPrincipal``)."""
+    return bool(getattr(user, "is_agent", False))
+
+
 def is_authenticated(user: Any) -> bool:
-    return bool(user and user.is_authenticated and user.is_active)
+    """A signed-in person. Agents are not: only the image rules below let them in."""
+    return bool(user and user.is_authenticated and user.is_active) and not is_agent(user)
 
 
 def is_administrator(user: Any) -> bool:
@@ -80,7 +86,12 @@ def can_create_image(user: Any, image_type: str) -> bool:
 
 
 def can_read_image(user: Any, image: _Image) -> bool:
-    """System images are shared with every signed-in user; others are private."""
+    """System images are shared with every signed-in user; others are private.
+
+    An agent reads only the images of its deployment (to write, or to bring back).
+    """
+    if is_agent(user):
+        return image.pk in user.images("write") or image.pk in user.images("sync")
     if not is_authenticated(user):
         return False
     return (
@@ -95,8 +106,11 @@ def can_write_image(user: Any, image: _Image) -> bool:
     """Change metadata and upload versions.
 
     A system image changes only through administrators, its assigned
-    moderators, or an owner who is a moderator.
+    moderators, or an owner who is a moderator. An agent uploads only its
+    deployment's sync images.
     """
+    if is_agent(user):
+        return image.pk in user.images("sync")
     if not is_authenticated(user):
         return False
     if user.is_administrator:

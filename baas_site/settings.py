@@ -162,6 +162,8 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 # --- REST API ------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        # First: it takes only agent tokens (by their prefix) and passes on the rest.
+        "flashing.authentication.AgentTokenAuthentication",
         "accounts.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
@@ -221,6 +223,12 @@ CELERY_BEAT_SCHEDULE = {
     "catalogue-purge-stale-uploads": {"task": "catalogue.purge_stale_uploads", "schedule": 3600.0},
     # Ends leases past their end: frees the machine and queues its reset.
     "leases-expire": {"task": "flashing.leases_expire", "schedule": 60.0},
+    # Fails or retries deployments whose agent never checked in or went silent,
+    # and starts queued deployments whose start was lost (a crash, a broker outage).
+    "deployments-watchdog": {
+        "task": "flashing.deployments_watchdog",
+        "schedule": float(env.int("BAAS_WATCHDOG_INTERVAL", default=30)),
+    },
 }
 
 # --- BAAS ------------------------------------------------------------------------
@@ -234,6 +242,22 @@ BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=24 * 36
 # deployment, like every other limit here.
 BAAS_LEASE_DEFAULT_HOURS = env.int("BAAS_LEASE_DEFAULT_HOURS", default=8)
 BAAS_LEASE_MAX_HOURS = env.int("BAAS_LEASE_MAX_HOURS", default=72)
+# Flashing. The URL machines and agents reach BAAS at (empty: the boot script
+# uses the URL the machine asked on, power drivers http://127.0.0.1:8000).
+BAAS_PUBLIC_URL = env.str("BAAS_PUBLIC_URL", default="").rstrip("/")
+# The management OS (python -m mgmt_os.build writes vmlinuz and initrd.img
+# here); empty URLs mean "served by BAAS from BAAS_MGMT_OS_DIR".
+BAAS_MGMT_OS_DIR = Path(env.str("BAAS_MGMT_OS_DIR", default=str(VAR_DIR / "mgmt-os")))
+BAAS_MGMT_KERNEL_URL = env.str("BAAS_MGMT_KERNEL_URL", default="")
+BAAS_MGMT_INITRD_URL = env.str("BAAS_MGMT_INITRD_URL", default="")
+BAAS_MGMT_CMDLINE = env.str("BAAS_MGMT_CMDLINE", default="console=tty0 console=ttyS0,115200")
+# Seconds a booting machine has to check in, and an agent may stay silent;
+# then the deployment is retried up to BAAS_DEPLOY_RETRIES times, then failed.
+BAAS_BOOT_TIMEOUT = env.int("BAAS_BOOT_TIMEOUT", default=600)
+BAAS_PROGRESS_TIMEOUT = env.int("BAAS_PROGRESS_TIMEOUT", default=300)
+BAAS_DEPLOY_RETRIES = env.int("BAAS_DEPLOY_RETRIES", default=2)
+# The longest a power driver call (ipmitool, a Redfish request, a command) may take.
+BAAS_POWER_TIMEOUT = env.int("BAAS_POWER_TIMEOUT", default=120)
 
 LOGGING = {
     "version": 1,

@@ -27,6 +27,7 @@ from flashing.models import (
     Machine,
     MachineDisk,
     MachineState,
+    UnknownMac,
     mask_power_settings,
 )
 from flashing.services.common import Conflict
@@ -200,7 +201,17 @@ class LeaseAdmin(admin.ModelAdmin):
 class DeploymentImageInline(admin.TabularInline):
     model = DeploymentImage
     extra = 0
-    fields = ["direction", "image", "version_number", "disk", "sync", "bytes_done", "bytes_total"]
+    fields = [
+        "direction",
+        "image",
+        "version_number",
+        "disk",
+        "sync",
+        "phase",
+        "bytes_done",
+        "bytes_total",
+        "rate",
+    ]
     readonly_fields = fields
     can_delete = False
 
@@ -246,3 +257,15 @@ class DeploymentAdmin(admin.ModelAdmin):
             except Conflict as exc:  # it started meanwhile
                 self.message_user(request, str(exc.detail), messages.WARNING)
         self.message_user(request, f"Cancelled {cancelled} deployment(s).", messages.SUCCESS)
+
+
+@admin.register(UnknownMac)
+class UnknownMacAdmin(admin.ModelAdmin):
+    """MACs that asked for a boot script but belong to no machine: register them as machines."""
+
+    list_display = ["address", "seen_count", "first_seen_at", "last_seen_at", "last_ip"]
+    search_fields = ["address", "last_ip"]
+    readonly_fields = ["address", "seen_count", "first_seen_at", "last_seen_at", "last_ip"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False

@@ -322,6 +322,14 @@ class Deployment(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # The pipeline's bookkeeping (flashing.services.pipeline): which boot attempt
+    # runs, when its power-on was asked for, whether the power driver was called
+    # for it (at most once per attempt), and when the agent last spoke.
+    attempt = models.PositiveSmallIntegerField(default=0)
+    booted_at = models.DateTimeField(null=True, blank=True)
+    powered_attempt = models.PositiveSmallIntegerField(default=0)
+    checked_in_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["created_at", "id"]
@@ -354,6 +362,9 @@ class DeploymentImage(models.Model):
     sync = models.BooleanField(default=False, help_text="Brought back after use")
     bytes_done = models.PositiveBigIntegerField(default=0)
     bytes_total = models.PositiveBigIntegerField(default=0)
+    phase = models.CharField(max_length=16, blank=True, help_text="The agent's last phase")
+    rate = models.FloatField(default=0.0, help_text="Bytes per second, from the last reports")
+    progress_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["deployment", "id"]
@@ -379,3 +390,55 @@ class DeploymentEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action}"
+
+
+class AgentTokenKind(models.TextChoices):
+    BOOT = "boot", "One-time boot token"
+    AGENT = "agent", "Deployment-bound agent token"
+
+
+class AgentToken(models.Model):
+    """A credential of the management agent; only its SHA-256 is stored.
+
+    A *boot* token is minted for one boot attempt (in the iPXE script or the
+    ``command`` power driver's environment) and accepted once, at check-in,
+    where it is exchanged for an *agent* token bound to the deployment. Both
+    die with the deployment, or when a newer attempt revokes them.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="tokens")
+    kind = models.CharField(max_length=8, choices=AgentTokenKind.choices)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    attempt = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["deployment", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.kind} token of deployment #{self.deployment_id}"
+
+
+class UnknownMac(models.Model):
+    """A MAC address that asked for a boot script but belongs to no machine."""
+
+    address = models.CharField(max_length=17, unique=True)
+    first_seen_at = models.DateTimeField(auto_now_add=True)
+    last_seen_at = models.DateTimeField()
+    seen_count = models.PositiveIntegerField(default=1)
+    last_ip = models.GenericIPAddressField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        verbose_name = "unknown MAC address"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(address__regex=MAC_RE), name="flashing_unknown_mac_normalised"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.address

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, re_path
 
-from flashing.apis import deployments, leases, machines
+from flashing.apis import agent, boot, deployments, leases, machines
 
 urlpatterns = [
     path("machines", machines.MachineListApi.as_view(), name="machine-list"),
@@ -23,4 +23,11 @@ urlpatterns = [
         deployments.DeploymentCancelApi.as_view(),
         name="deployment-cancel",
     ),
+    path("boot/mgmt/<str:name>", boot.ManagementOsFileApi.as_view(), name="boot-mgmt-file"),
+    re_path(r"^boot/(?P<mac>[^/]+)\.ipxe$", boot.BootScriptApi.as_view(), name="boot-script"),
+    path("agent/checkin", agent.AgentCheckinApi.as_view(), name="agent-checkin"),
+    path("agent/instructions", agent.AgentInstructionsApi.as_view(), name="agent-instructions"),
+    path("agent/progress", agent.AgentProgressApi.as_view(), name="agent-progress"),
+    path("agent/result", agent.AgentResultApi.as_view(), name="agent-result"),
+    path("log", agent.AgentLogApi.as_view(), name="agent-log"),
 ]

@@ -185,7 +185,19 @@ class DeploymentImageSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = DeploymentImage
-        fields = ["direction", "image", "version", "disk", "sync", "bytes_done", "bytes_total"]
+        fields = [
+            "direction",
+            "image",
+            "version",
+            "disk",
+            "sync",
+            "phase",
+            "bytes_done",
+            "bytes_total",
+            "rate",
+            "progress_at",
+        ]
+        extra_kwargs = {"rate": {"help_text": "Bytes per second, between the last two reports"}}
 
 
 class DeploymentEventSerializer(serializers.ModelSerializer):
@@ -224,6 +236,9 @@ class DeploymentOutputSerializer(serializers.ModelSerializer):
             "updated_at",
             "started_at",
             "finished_at",
+            "attempt",
+            "checked_in_at",
+            "heartbeat_at",
         ]
 
     @extend_schema_field(OpenApiTypes.STR)

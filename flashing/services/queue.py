@@ -75,6 +75,10 @@ def queue_deployment(
         setup=str(setup.pk) if setup else None,
         sync=sync,
     )
+    # The pipeline starts it once committed, if it is the machine's next.
+    from flashing.services.pipeline import machine_kick
+
+    machine_kick(machine_id=machine.pk)
     return deployment
 
 

@@ -1,0 +1,155 @@
+"""The agent's API (docs/agent-protocol.md): check-in, instructions, progress, log, result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework import serializers, status
+from rest_framework.permissions import BasePermission
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from flashing.authentication import AgentTokenAuthentication, is_agent
+from flashing.services import agent as services
+
+
+class IsAgent(BasePermission):
+    message = "Only the management agent, with its token, may do this."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return is_agent(request.user)
+
+
+class AgentApi(APIView):
+    authentication_classes = [AgentTokenAuthentication]
+    permission_classes = [IsAgent]
+
+
+class CheckinInputSerializer(serializers.Serializer):
+    mac = serializers.CharField(max_length=40)
+    agent_version = serializers.CharField(max_length=40, required=False, default="")
+
+
+class CheckinOutputSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="The deployment token: the credential from now on")
+    deployment = serializers.IntegerField()
+
+
+class SyncEntrySerializer(serializers.Serializer):
+    image = serializers.UUIDField()
+    disk = serializers.CharField()
+    version = serializers.IntegerField(help_text="The version flashed on the disk")
+    size = serializers.IntegerField()
+    sha256 = serializers.CharField(help_text="SHA-256 of the version flashed: unchanged if equal")
+    upload_url = serializers.CharField()
+
+
+class WriteEntrySerializer(serializers.Serializer):
+    image = serializers.UUIDField()
+    version = serializers.IntegerField()
+    disk = serializers.CharField()
+    url = serializers.CharField()
+    size = serializers.IntegerField(help_text="Raw bytes")
+    stored_size = serializers.IntegerField(allow_null=True, help_text="Bytes at url")
+    sha256 = serializers.CharField(help_text="SHA-256 of the raw bytes")
+    compression = serializers.ChoiceField(choices=["none", "gzip", "zstd"])
+
+
+class InstructionsSerializer(serializers.Serializer):
+    deployment = serializers.IntegerField()
+    sync = SyncEntrySerializer(many=True)
+    write = WriteEntrySerializer(many=True)
+
+
+class ProgressInputSerializer(serializers.Serializer):
+    image = serializers.UUIDField()
+    phase = serializers.ChoiceField(choices=["syncing", "writing", "verifying"])
+    bytes_done = serializers.IntegerField(min_value=0)
+    bytes_total = serializers.IntegerField(min_value=0)
+
+
+class LogInputSerializer(serializers.Serializer):
+    lines = serializers.ListField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False), max_length=1000
+    )
+
+
+class WrittenSerializer(serializers.Serializer):
+    image = serializers.UUIDField()
+    version = serializers.IntegerField()
+    disk = serializers.CharField()
+    sha256 = serializers.CharField()
+
+
+class SyncedSerializer(serializers.Serializer):
+    image = serializers.UUIDField()
+    version = serializers.IntegerField()
+
+
+class ResultInputSerializer(serializers.Serializer):
+    state = serializers.ChoiceField(choices=["done", "failed"])
+    written = WrittenSerializer(many=True, required=False, default=list)
+    synced = SyncedSerializer(many=True, required=False, default=list)
+    reason = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class AcceptedSerializer(serializers.Serializer):
+    state = serializers.CharField(help_text="The deployment's state now")
+
+
+class AgentCheckinApi(AgentApi):
+    @extend_schema(
+        tags=["agent"],
+        request=CheckinInputSerializer,
+        responses={200: CheckinOutputSerializer},
+        description="Exchange the one-time boot token (Authorization) for a deployment token. "
+        "A used boot token answers 401.",
+    )
+    def post(self, request: Request) -> Response:
+        data = CheckinInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        secret, deployment = services.agent_checkin(principal=request.user, **data.validated_data)
+        return Response({"token": secret, "deployment": deployment.pk})
+
+
+class AgentInstructionsApi(AgentApi):
+    @extend_schema(tags=["agent"], responses=InstructionsSerializer)
+    def get(self, request: Request) -> Response:
+        return Response(services.agent_instructions(principal=request.user))
+
+
+class AgentProgressApi(AgentApi):
+    @extend_schema(tags=["agent"], request=ProgressInputSerializer, responses={204: None})
+    def post(self, request: Request) -> Response:
+        data = ProgressInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = {**data.validated_data, "image": str(data.validated_data["image"])}
+        services.agent_progress(principal=request.user, **values)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AgentLogApi(AgentApi):
+    @extend_schema(tags=["agent"], request=LogInputSerializer, responses={204: None})
+    def post(self, request: Request) -> Response:
+        data = LogInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        services.agent_log(principal=request.user, lines=data.validated_data["lines"])
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class AgentResultApi(AgentApi):
+    @extend_schema(tags=["agent"], request=ResultInputSerializer, responses=AcceptedSerializer)
+    def post(self, request: Request) -> Response:
+        data = ResultInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        deployment = services.agent_result(
+            principal=request.user,
+            state=values["state"],
+            written=[{**item, "image": str(item["image"])} for item in values["written"]],
+            synced=[{**item, "image": str(item["image"])} for item in values["synced"]],
+            reason=values["reason"],
+        )
+        return Response({"state": deployment.state})

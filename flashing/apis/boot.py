@@ -1,0 +1,59 @@
+"""Network boot: ``GET /api/boot/<mac>.ipxe`` and the management OS files (no authentication)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import FileResponse, Http404, HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.views import APIView
+
+from flashing.services.boot import boot_script
+
+MGMT_FILES = {"vmlinuz": "application/octet-stream", "initrd.img": "application/octet-stream"}
+
+
+class BootScriptApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["boot"],
+        auth=[],
+        responses={200: OpenApiResponse(OpenApiTypes.STR, description="An iPXE script")},
+        description="The iPXE script for a machine booting from the network: the management "
+        "OS (with a one-time token) while a deployment runs on it, else its local disk. "
+        "Unknown MACs boot from their disk and are recorded for the administrators.",
+    )
+    def get(self, request: Request, mac: str) -> HttpResponse:
+        server = settings.BAAS_PUBLIC_URL or request.build_absolute_uri("/").rstrip("/")
+        script = boot_script(mac=mac, server=server, ip=request.META.get("REMOTE_ADDR"))
+        response = HttpResponse(script, content_type="text/plain; charset=utf-8")
+        response["Cache-Control"] = "no-store"
+        return response
+
+
+class ManagementOsFileApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["boot"],
+        auth=[],
+        responses={
+            200: OpenApiResponse(OpenApiTypes.BINARY, description="vmlinuz or initrd.img"),
+            404: OpenApiResponse(description="Not built: python -m mgmt_os.build"),
+        },
+        description="The management OS kernel and initrd, built by `python -m mgmt_os.build`.",
+    )
+    def get(self, request: Request, name: str) -> FileResponse:
+        if name not in MGMT_FILES:
+            raise Http404("No such file.")
+        path = settings.BAAS_MGMT_OS_DIR / name
+        try:
+            handle = path.open("rb")
+        except OSError:
+            raise Http404(f"{name} is not built: run python -m mgmt_os.build.") from None
+        return FileResponse(handle, content_type=MGMT_FILES[name])

@@ -1,0 +1,116 @@
+"""``Authorization: Bearer baasboot_…`` / ``baasagent_…``: the management agent.
+
+``request.user`` becomes an :class:`AgentPrincipal` bound to one deployment:
+signed in, but no ``User`` (no ``pk``), no role, and let through only to the
+agent's own routes and the image upload and download routes, where
+``accounts.rules`` decides per image (its deployment's images only).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import exceptions
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
+from rest_framework.request import Request
+
+from flashing.models import AgentToken, AgentTokenKind, Deployment, DeploymentImage
+from flashing.services.tokens import is_agent_secret, token_find
+
+# (route name, method) an agent token may use; everything else is refused.
+AGENT_ROUTES = {
+    ("agent-checkin", "POST"),
+    ("agent-instructions", "GET"),
+    ("agent-progress", "POST"),
+    ("agent-log", "POST"),
+    ("agent-result", "POST"),
+    ("image-detail", "POST"),
+    ("image-download", "GET"),
+    ("image-download", "HEAD"),
+    ("image-download-latest", "GET"),
+    ("image-download-latest", "HEAD"),
+}
+
+
+@dataclass
+class AgentPrincipal:
+    """The agent of one deployment. Duck-types the parts of a user that checks read."""
+
+    token: AgentToken
+    deployment: Deployment
+    is_authenticated: bool = True
+    is_active: bool = True
+    is_anonymous: bool = False
+    is_administrator: bool = False
+    is_moderator: bool = False
+    is_staff: bool = False
+    is_superuser: bool = False
+    is_agent: bool = True
+    _images: dict[str, set[Any]] | None = field(default=None, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.token.kind
+
+    @property
+    def username(self) -> str:
+        return f"agent of deployment #{self.deployment.pk}"
+
+    def __str__(self) -> str:
+        return self.username
+
+    def images(self, direction: str) -> set[Any]:
+        """UUIDs of the deployment's images to write (``write``) or bring back (``sync``)."""
+        if self._images is None:
+            found: dict[str, set[Any]] = {"write": set(), "sync": set()}
+            rows = DeploymentImage.objects.filter(deployment=self.deployment, image__isnull=False)
+            for direction_, image_id in rows.values_list("direction", "image_id"):
+                found[direction_].add(image_id)
+            self._images = found
+        return self._images[direction]
+
+
+class AgentTokenAuthentication(BaseAuthentication):
+    """Agent tokens only; any other bearer token is left to the next class."""
+
+    def authenticate(self, request: Request) -> tuple[AgentPrincipal, AgentToken] | None:
+        parts = get_authorization_header(request).split()
+        if len(parts) != 2 or parts[0].lower() != b"bearer":
+            return None
+        secret = parts[1].decode("ascii", errors="replace")
+        if not is_agent_secret(secret):
+            return None
+        token = token_find(secret)
+        if token is None:
+            raise exceptions.AuthenticationFailed(
+                "Invalid, used or revoked agent token, or its deployment is over."
+            )
+        match = getattr(request._request, "resolver_match", None)
+        route = (getattr(match, "url_name", None), request.method)
+        if route not in AGENT_ROUTES:
+            raise exceptions.PermissionDenied("An agent token is good only for the agent's calls.")
+        if token.kind == AgentTokenKind.BOOT and route[0] != "agent-checkin":
+            raise exceptions.AuthenticationFailed("A boot token is good only for the check-in.")
+        return AgentPrincipal(token=token, deployment=token.deployment), token
+
+    def authenticate_header(self, request: Request) -> str:
+        return 'Bearer realm="agent"'
+
+
+def is_agent(user: Any) -> bool:
+    return isinstance(user, AgentPrincipal)
+
+
+class AgentTokenScheme(OpenApiAuthenticationExtension):
+    target_class = "flashing.authentication.AgentTokenAuthentication"
+    name = "agentAuth"
+
+    def get_security_definition(self, auto_schema: Any) -> dict[str, str]:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "The management agent: a one-time boot token (check-in), "
+            "then the deployment-bound token it was exchanged for.",
+        }

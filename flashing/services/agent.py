@@ -1,0 +1,322 @@
+"""The agent's calls (docs/agent-protocol.md): check in, instructions, progress, log, result.
+
+Every call is made by an ``AgentPrincipal`` (flashing.authentication) bound to
+one deployment; every call that changes something locks the machine, then the
+deployment, like the other deployment services.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
+
+from catalogue.models import Version
+from catalogue.storage import get_storage
+from flashing.models import (
+    RUNNING_STATES,
+    AgentTokenKind,
+    Deployment,
+    DeploymentEvent,
+    DeploymentImage,
+    DeploymentState,
+    DiskContent,
+    normalize_mac,
+)
+from flashing.services.common import Conflict, event_record, lock, lock_machine
+from flashing.services.deployments import TRANSITIONS, deployment_set_state
+from flashing.services.pipeline import deployment_fail, machine_kick
+from flashing.services.tokens import token_consume, token_mint, tokens_revoke
+
+W, S = DeploymentImage.Direction.WRITE, DeploymentImage.Direction.SYNC
+MAX_LOG_LINES = 500
+MAX_LINE = 2000
+# 64 zeros: no disk hashes to it, so a sync whose flashed version is gone always uploads.
+UNKNOWN_SHA256 = "0" * 64
+
+
+def _locked(principal: Any) -> Deployment:
+    """The principal's deployment, machine then deployment locked; 409 once it is over."""
+    deployment = principal.deployment
+    lock_machine(deployment.machine)
+    deployment = lock(Deployment, deployment.pk)
+    if deployment.state not in RUNNING_STATES or deployment.attempt != principal.token.attempt:
+        raise AuthenticationFailed(f"Deployment #{deployment.pk} is over for this agent.")
+    return deployment
+
+
+# --- Check-in --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def agent_checkin(*, principal: Any, mac: str, agent_version: str) -> tuple[str, Deployment]:
+    """Exchange the one-time boot token for an agent token bound to the deployment.
+
+    401 for a token that is not a boot token or was used already; 403 when the
+    MAC is not the deployment's machine's. A newer check-in (the machine
+    rebooted) revokes the agent tokens of older ones.
+    """
+    if principal.kind != AgentTokenKind.BOOT:
+        raise AuthenticationFailed("Check in with the one-time boot token.")
+    deployment = _locked(principal)
+    macs = set(deployment.machine.mac_addresses.values_list("address", flat=True))
+    try:
+        mac = normalize_mac(mac)
+    except Exception:
+        raise ValidationError({"mac": [f"'{mac}' is not a MAC address."]}) from None
+    if mac not in macs:
+        raise PermissionDenied(f"{mac} is not a MAC address of {deployment.machine.name}.")
+    if not token_consume(token=principal.token):
+        raise AuthenticationFailed("This boot token was used already.")
+    tokens_revoke(deployment=deployment, kind=AgentTokenKind.AGENT)
+    secret = token_mint(deployment=deployment, kind=AgentTokenKind.AGENT)
+    now = timezone.now()
+    deployment.checked_in_at = deployment.heartbeat_at = now
+    deployment.save(update_fields=["checked_in_at", "heartbeat_at", "updated_at"])
+    event_record(
+        deployment=deployment,
+        actor=None,
+        action="checked_in",
+        message=f"Agent {agent_version or '?'} checked in from {mac} "
+        f"(attempt {deployment.attempt}).",
+    )
+    return secret, deployment
+
+
+# --- Instructions --------------------------------------------------------------------
+
+
+def _stored_size(version: Version) -> int | None:
+    path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _sync_entry(row: DeploymentImage) -> dict[str, Any]:
+    version = row.version
+    return {
+        "image": str(row.image_id),
+        "disk": row.disk,
+        "version": row.version_number,
+        "size": version.size if version else row.bytes_total,
+        "sha256": version.sha256 if version else UNKNOWN_SHA256,
+        "upload_url": f"/api/image/{row.image_id}",
+    }
+
+
+def _write_entry(row: DeploymentImage) -> dict[str, Any]:
+    version = row.version
+    if version is None or row.image_id is None:
+        raise Conflict(f"Version {row.version_number} of an image of this setup was deleted.")
+    return {
+        "image": str(row.image_id),
+        "version": version.number,
+        "disk": row.disk,
+        "url": f"/api/image/{row.image_id}/{version.number}",
+        "size": version.size,
+        "stored_size": _stored_size(version),
+        "sha256": version.sha256,
+        "compression": version.stored_compression,
+    }
+
+
+def agent_instructions(*, principal: Any) -> dict[str, Any]:
+    """The images to bring back (in order), then those to write; a deleted version fails it."""
+    deployment = principal.deployment
+    rows = list(deployment.images.select_related("version").order_by("id"))
+    try:
+        return {
+            "deployment": deployment.pk,
+            "sync": [_sync_entry(row) for row in rows if row.direction == S and row.image_id],
+            "write": [_write_entry(row) for row in rows if row.direction == W],
+        }
+    except Conflict as exc:
+        deployment_fail(actor=None, deployment=deployment, reason=str(exc.detail))
+        raise
+
+
+# --- Progress ------------------------------------------------------------------------
+
+RANK = {
+    DeploymentState.BOOTING: 0,
+    DeploymentState.SYNCING: 1,
+    DeploymentState.WRITING: 2,
+    DeploymentState.VERIFYING: 3,
+}
+
+
+def _row_for(deployment: Deployment, image: str, phase: str) -> DeploymentImage:
+    """The progress row: sync rows while bringing back, write rows afterwards.
+
+    An image both brought back and written is ambiguous while verifying (the
+    agent hashes either way); before the deployment reaches ``writing`` the
+    sync row is meant.
+    """
+    rows = {row.direction: row for row in deployment.images.filter(image_id=image)}
+    if not rows:
+        raise ValidationError({"image": [f"Image {image} is not part of this deployment."]})
+    before_writing = RANK.get(deployment.state, 0) < RANK[DeploymentState.WRITING]
+    wants_sync = phase == "syncing" or (phase == "verifying" and before_writing)
+    return rows.get(S if wants_sync else W) or next(iter(rows.values()))
+
+
+def _walk(deployment: Deployment, target: str, message: str = "") -> Deployment:
+    """Move forward to ``target`` through the allowed transitions; never backwards."""
+    for _ in range(4):
+        if deployment.state == target:
+            break
+        allowed = TRANSITIONS.get(deployment.state, ())
+        if target in allowed:
+            step = target
+        elif DeploymentState.WRITING in allowed and target in (
+            DeploymentState.VERIFYING,
+            DeploymentState.DONE,
+        ):
+            step = DeploymentState.WRITING
+        elif DeploymentState.VERIFYING in allowed and target == DeploymentState.DONE:
+            step = DeploymentState.VERIFYING
+        else:
+            break
+        deployment = deployment_set_state(
+            actor=None, deployment=deployment, state=step, message=message if step == target else ""
+        )
+    return deployment
+
+
+def _target_state(row: DeploymentImage, phase: str) -> str:
+    if row.direction == S:
+        return DeploymentState.SYNCING
+    return DeploymentState.VERIFYING if phase == "verifying" else DeploymentState.WRITING
+
+
+def _update_row(row: DeploymentImage, phase: str, done: int, total: int, now: datetime) -> None:
+    if row.progress_at is not None and row.phase == phase and done >= row.bytes_done:
+        seconds = (now - row.progress_at).total_seconds()
+        if seconds > 0:
+            row.rate = (done - row.bytes_done) / seconds
+    else:
+        row.rate = 0.0
+    row.phase, row.bytes_done, row.progress_at = phase, done, now
+    row.bytes_total = total or row.bytes_total
+    row.save(update_fields=["phase", "bytes_done", "bytes_total", "rate", "progress_at"])
+
+
+@transaction.atomic
+def agent_progress(
+    *, principal: Any, image: str, phase: str, bytes_done: int, bytes_total: int
+) -> DeploymentImage:
+    """Record an image's bytes done and the rate; move the deployment's state along."""
+    deployment = _locked(principal)
+    row = _row_for(deployment, image, phase)
+    now = timezone.now()
+    _update_row(row, phase, bytes_done, bytes_total, now)
+    deployment.heartbeat_at = now
+    deployment.save(update_fields=["heartbeat_at", "updated_at"])
+    target = _target_state(row, phase)
+    if RANK[target] >= RANK.get(deployment.state, 0) or target == DeploymentState.WRITING:
+        _walk(deployment, target)
+    return row
+
+
+# --- Log -----------------------------------------------------------------------------
+
+
+@transaction.atomic
+def agent_log(*, principal: Any, lines: list[str]) -> int:
+    """Keep the agent's log lines in the deployment's event log (``action=agent``)."""
+    deployment = _locked(principal)
+    deployment.heartbeat_at = timezone.now()
+    deployment.save(update_fields=["heartbeat_at", "updated_at"])
+    events = [
+        DeploymentEvent(
+            deployment=deployment, action="agent", state=deployment.state, message=line[:MAX_LINE]
+        )
+        for line in lines[:MAX_LOG_LINES]
+    ]
+    DeploymentEvent.objects.bulk_create(events)
+    return len(events)
+
+
+# --- Result --------------------------------------------------------------------------
+
+
+def _check_written(deployment: Deployment, written: list[dict[str, Any]]) -> str | None:
+    """Why the reported writes do not match the plan, or None when every image is there."""
+    reported = {
+        (str(item.get("image")), item.get("version"), item.get("disk")): item.get("sha256")
+        for item in written
+    }
+    rows = deployment.images.filter(direction=W).select_related("version")
+    for row in rows:
+        key = (str(row.image_id), row.version_number, row.disk)
+        if key not in reported:
+            label = f"image {row.image_id} v{row.version_number} on {row.disk}"
+            return f"the agent did not report {label}"
+        if row.version is None or reported[key] != row.version.sha256:
+            return (
+                f"the agent reported SHA-256 {reported[key]} for image {row.image_id} "
+                f"v{row.version_number} on {row.disk}, which is not that version's"
+            )
+    return None
+
+
+def _record_synced(deployment: Deployment, synced: list[dict[str, Any]]) -> None:
+    """Note each version brought back; a disk not rewritten now holds that version."""
+    written_disks = set(deployment.images.filter(direction=W).values_list("disk", flat=True))
+    for item in synced:
+        version = Version.objects.filter(
+            image_id=item.get("image"), number=item.get("version")
+        ).first()
+        row = deployment.images.filter(direction=S, image_id=item.get("image")).first()
+        if version is None or row is None:
+            continue
+        event_record(
+            deployment=deployment,
+            actor=None,
+            action="synced",
+            message=f"{row.disk} came back as version {version.number} of image "
+            f"{version.image_id} (SHA-256 {version.sha256}).",
+        )
+        if row.disk not in written_disks:
+            DiskContent.objects.filter(machine=deployment.machine, disk=row.disk).update(
+                version=version, version_number=version.number, written_at=timezone.now()
+            )
+
+
+@transaction.atomic
+def agent_result(
+    *,
+    principal: Any,
+    state: str,
+    written: list[dict[str, Any]],
+    synced: list[dict[str, Any]],
+    reason: str,
+) -> Deployment:
+    """Finish the deployment: ``done`` records what is on the disks, ``failed`` the reason.
+
+    A ``done`` whose writes do not match the plan (an image missing, another
+    SHA-256) is recorded as ``failed``: nothing unverified is ever recorded as
+    written.
+    """
+    deployment = _locked(principal)
+    _record_synced(deployment, synced)
+    if state == DeploymentState.DONE:
+        mismatch = _check_written(deployment, written)
+        if mismatch is None:
+            deployment.images.filter(direction=W).update(bytes_done=F("bytes_total"), phase="done")
+            deployment = _walk(deployment, DeploymentState.DONE, "The agent reported success.")
+            if deployment.state == DeploymentState.DONE:
+                tokens_revoke(deployment=deployment)
+                machine_kick(machine_id=deployment.machine_id)
+                return deployment
+            mismatch = f"the deployment could not go from {deployment.state} to done"
+        reason = f"The agent reported success, but {mismatch}."
+    return deployment_fail(
+        actor=None, deployment=deployment, reason=reason or "The agent reported a failure."
+    )

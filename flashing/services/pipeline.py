@@ -1,0 +1,321 @@
+"""The flashing pipeline: start a machine's next deployment, power it, watch it, finish it.
+
+Every step takes IDs, locks the rows it changes and checks that it still
+applies, so a step run twice (a task delivered again after a worker crash)
+changes nothing the second time. The state lives in the database; a worker
+restart loses nothing: the watchdog (Celery beat) finds deployments whose
+power-on or agent went missing and retries them, a bounded number of times,
+or fails them with a reason.
+
+Attempts: each start or retry of a deployment is an *attempt* (``attempt``
+1, 2, …). A new attempt revokes the previous attempt's tokens, so an agent
+of an abandoned attempt can no longer report anything.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from flashing.models import (
+    OUT_OF_SERVICE,
+    RUNNING_STATES,
+    Deployment,
+    DeploymentImage,
+    DeploymentState,
+    DiskContent,
+    Machine,
+)
+from flashing.power import BootParams, PowerError, driver_for
+from flashing.services.common import event_record, lock, lock_machine
+from flashing.services.deployments import deployment_plan_sync, deployment_set_state
+from flashing.services.tokens import token_mint, tokens_revoke
+
+log = logging.getLogger(__name__)
+# A power task not done this long after its attempt began was lost: send it again.
+POWER_GRACE = timedelta(seconds=30)
+
+
+# --- Firing tasks after commit ------------------------------------------------------
+
+
+def _send(task_name: str, **kwargs: Any) -> None:
+    """Send a task; a broker outage is logged, not raised: the watchdog catches up."""
+    from flashing import tasks
+
+    try:
+        getattr(tasks, task_name).apply_async(kwargs=kwargs)
+    except Exception:  # the request that committed must not fail for it
+        log.exception("could not send %s(%s); the watchdog will catch up", task_name, kwargs)
+
+
+def on_commit_send(task_name: str, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: _send(task_name, **kwargs))
+
+
+def machine_kick(*, machine_id: int) -> None:
+    """After commit, start the machine's next deployment if nothing runs on it."""
+    on_commit_send("machine_advance_task", machine_id=machine_id)
+
+
+# --- Settings per machine -------------------------------------------------------------
+
+
+def timeouts(machine: Machine) -> tuple[int, int]:
+    """(boot, progress) timeouts in seconds; a machine's power settings may override them."""
+    values = machine.power_settings or {}
+    boot = int(values.get("boot_timeout") or settings.BAAS_BOOT_TIMEOUT)
+    progress = int(values.get("progress_timeout") or settings.BAAS_PROGRESS_TIMEOUT)
+    return boot, progress
+
+
+def public_url() -> str:
+    return settings.BAAS_PUBLIC_URL or "http://127.0.0.1:8000"
+
+
+def attempts_allowed() -> int:
+    return 1 + max(settings.BAAS_DEPLOY_RETRIES, 0)
+
+
+# --- Start ---------------------------------------------------------------------------
+
+
+def _begin_attempt(deployment: Deployment, now: datetime) -> None:
+    """A new attempt: fresh bookkeeping, old tokens revoked, progress reset."""
+    deployment.attempt += 1
+    deployment.booted_at = now
+    deployment.checked_in_at = None
+    deployment.heartbeat_at = None
+    deployment.save(
+        update_fields=["attempt", "booted_at", "checked_in_at", "heartbeat_at", "updated_at"]
+    )
+    tokens_revoke(deployment=deployment)
+    deployment.images.update(bytes_done=0, phase="", rate=0.0, progress_at=None)
+
+
+@transaction.atomic
+def machine_start_next(*, machine_id: int) -> Deployment | None:
+    """Start the machine's next queued deployment (FIFO) unless one runs already.
+
+    Returns the started deployment, or None when nothing was started (one runs,
+    none is queued, the machine is out of service or unmanaged). Its power-on
+    is sent after commit.
+    """
+    machine = lock(Machine, machine_id)
+    if machine.state in OUT_OF_SERVICE or not machine.managed:
+        return None
+    if machine.deployments.filter(state__in=RUNNING_STATES).exists():
+        return None
+    queued = machine.deployments.filter(state=DeploymentState.QUEUED)
+    deployment = queued.order_by("created_at", "id").first()
+    if deployment is None:
+        return None
+    deployment_plan_sync(deployment=deployment)
+    _begin_attempt(deployment, timezone.now())
+    deployment = deployment_set_state(
+        actor=None,
+        deployment=deployment,
+        state=DeploymentState.BOOTING,
+        message=f"Attempt 1 of {attempts_allowed()}: booting {machine.name} into the "
+        f"management OS ({machine.power_driver} power driver).",
+    )
+    on_commit_send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
+    return deployment
+
+
+def machine_advance(*, machine_id: int) -> str:
+    """After a deployment ends (or one is queued): start the next, or boot the machine's system.
+
+    Booting into the system happens only when nothing runs and nothing waits.
+    """
+    if machine_start_next(machine_id=machine_id) is not None:
+        return "started"
+    machine = Machine.objects.get(pk=machine_id)
+    if machine.deployments.filter(state__in=[*RUNNING_STATES, DeploymentState.QUEUED]).exists():
+        return "busy"
+    last = machine.deployments.exclude(finished_at=None).order_by("-finished_at").first()
+    if last is None or last.finished_at is None or not machine.managed:
+        return "idle"
+    if last.state == DeploymentState.CANCELLED or last.events.filter(action="system").exists():
+        return "idle"  # never started, or its machine was booted into its system already
+    _power_system(machine, last)
+    return "system"
+
+
+def _power_system(machine: Machine, deployment: Deployment) -> None:
+    event_record(deployment=deployment, actor=None, action="system", message="Booting the system.")
+    try:
+        message = driver_for(machine).boot_disk(machine)
+    except PowerError as exc:
+        message = f"Could not boot {machine.name} into its system: {exc}"
+    event_record(deployment=deployment, actor=None, action="power", message=message)
+
+
+# --- Power on into the management OS --------------------------------------------------
+
+
+def _claim_power(deployment_id: int, attempt: int) -> tuple[Deployment, BootParams | None] | None:
+    """Mark the attempt's power-on as done (at most once) and mint its boot token."""
+    with transaction.atomic():
+        deployment = lock(Deployment, deployment_id)
+        if (
+            deployment.state != DeploymentState.BOOTING
+            or deployment.attempt != attempt
+            or deployment.powered_attempt >= attempt
+        ):
+            return None
+        deployment.powered_attempt = attempt
+        deployment.save(update_fields=["powered_attempt", "updated_at"])
+        machine = deployment.machine
+        params = None
+        if driver_for(machine).wants_token:
+            mac = machine.mac_addresses.order_by("id").values_list("address", flat=True).first()
+            secret = token_mint(deployment=deployment, kind="boot")
+            params = BootParams(public_url(), mac or "", secret, deployment.pk)
+        return deployment, params
+
+
+def deployment_power(*, deployment_id: int, attempt: int) -> str:
+    """Ask the power driver to boot the machine into the management OS, once per attempt."""
+    try:
+        claimed = _claim_power(deployment_id, attempt)
+    except PowerError as exc:  # an unknown driver
+        deployment_retry_or_fail(deployment_id=deployment_id, attempt=attempt, reason=str(exc))
+        return "failed"
+    if claimed is None:
+        return "skipped"
+    deployment, params = claimed
+    machine = deployment.machine
+    try:
+        message = driver_for(machine).boot_management(machine, params)
+    except PowerError as exc:
+        deployment_retry_or_fail(deployment_id=deployment_id, attempt=attempt, reason=str(exc))
+        return "failed"
+    event_record(deployment=deployment, actor=None, action="power", message=message)
+    return "powered"
+
+
+# --- Retry, fail, finish ---------------------------------------------------------------
+
+
+def _forget_overwritten(deployment: Deployment) -> None:
+    """A flash that did not finish leaves its disks unknown: forget what was recorded there."""
+    if not deployment.events.filter(action=DeploymentState.WRITING).exists():
+        return
+    disks = deployment.images.filter(direction=DeploymentImage.Direction.WRITE).values("disk")
+    forgotten = DiskContent.objects.filter(machine=deployment.machine, disk__in=disks)
+    names = sorted(forgotten.values_list("disk", flat=True))
+    if names:
+        forgotten.delete()
+        event_record(
+            deployment=deployment,
+            actor=None,
+            action="disks_unknown",
+            message=f"What is on {', '.join(names)} is unknown now: the flash did not finish.",
+        )
+
+
+def deployment_fail(*, actor: Any, deployment: Deployment, reason: str) -> Deployment:
+    """Fail a running deployment with ``reason``; the machine moves on after commit."""
+    with transaction.atomic():
+        deployment = deployment_set_state(
+            actor=actor, deployment=deployment, state=DeploymentState.FAILED, message=reason
+        )
+        _forget_overwritten(deployment)
+        tokens_revoke(deployment=deployment)
+        machine_kick(machine_id=deployment.machine_id)
+    return deployment
+
+
+@transaction.atomic
+def deployment_retry_or_fail(*, deployment_id: int, attempt: int, reason: str) -> str:
+    """The attempt ``attempt`` failed: start the next one, or fail the deployment.
+
+    A retry puts the deployment back to ``booting`` whatever state it reached
+    (outside ``TRANSITIONS``, which describe one attempt). Nothing happens if
+    the deployment moved on meanwhile (finished, or another attempt began).
+    """
+    deployment = Deployment.objects.select_related("machine").get(pk=deployment_id)
+    lock_machine(deployment.machine)
+    deployment = lock(Deployment, deployment_id)
+    if deployment.state not in RUNNING_STATES or deployment.attempt != attempt:
+        return "stale"
+    if attempt >= attempts_allowed():
+        deployment_fail(
+            actor=None,
+            deployment=deployment,
+            reason=f"Failed after {attempt} attempt(s); the last one: {reason}",
+        )
+        return "failed"
+    _begin_attempt(deployment, timezone.now())
+    deployment.state = DeploymentState.BOOTING
+    deployment.save(update_fields=["state", "updated_at"])
+    event_record(
+        deployment=deployment,
+        actor=None,
+        action="retry",
+        message=f"Attempt {attempt} failed: {reason}. Attempt {deployment.attempt} of "
+        f"{attempts_allowed()}: booting the management OS again.",
+    )
+    on_commit_send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
+    return "retried"
+
+
+# --- Watchdog ---------------------------------------------------------------------------
+
+
+def _overdue(deployment: Deployment, now: datetime) -> str | None:
+    """Why the deployment's attempt is lost, or None while it is fine."""
+    boot, progress = timeouts(deployment.machine)
+    if deployment.checked_in_at is None:
+        started = deployment.booted_at or deployment.updated_at
+        if now - started > timedelta(seconds=boot):
+            return f"the machine did not check in within {boot} s of its power-on"
+        return None
+    last = deployment.heartbeat_at or deployment.checked_in_at
+    if now - last > timedelta(seconds=progress):
+        return f"the agent went silent: no progress for {progress} s"
+    return None
+
+
+def _watch_running(now: datetime) -> dict[str, int]:
+    counts = {"retried": 0, "failed": 0, "repowered": 0}
+    running = Deployment.objects.filter(state__in=RUNNING_STATES).select_related("machine")
+    for deployment in running:
+        reason = _overdue(deployment, now)
+        if reason is not None:
+            outcome = deployment_retry_or_fail(
+                deployment_id=deployment.pk, attempt=deployment.attempt, reason=reason
+            )
+            counts[outcome] = counts.get(outcome, 0) + 1
+        elif (
+            deployment.powered_attempt < deployment.attempt
+            and deployment.booted_at is not None
+            and now - deployment.booted_at > POWER_GRACE
+        ):
+            # Its power task was lost (a worker crash, a broker outage): send it again.
+            _send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
+            counts["repowered"] += 1
+    return counts
+
+
+def deployments_watchdog(*, now: datetime | None = None) -> dict[str, int]:
+    """Retry or fail lost attempts; start queued deployments whose start was lost."""
+    now = now or timezone.now()
+    counts = _watch_running(now)
+    waiting = (
+        Machine.objects.filter(deployments__state=DeploymentState.QUEUED, managed=True)
+        .exclude(state__in=OUT_OF_SERVICE)
+        .exclude(deployments__state__in=RUNNING_STATES)
+        .values_list("pk", flat=True)
+        .distinct()
+    )
+    counts["started"] = sum(
+        1 for machine_id in list(waiting) if machine_start_next(machine_id=machine_id)
+    )
+    return counts
