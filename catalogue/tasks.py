@@ -5,8 +5,56 @@ from __future__ import annotations
 import logging
 
 from celery import shared_task
+from django.db import InterfaceError, OperationalError
+
+from catalogue.services import compression
+from catalogue.storage import StorageFull
 
 logger = logging.getLogger(__name__)
+
+# --- Compression ----------------------------------------------------------------
+
+# Worth another try later: the database or disk may recover, a race settles.
+COMPRESSION_TRANSIENT = (
+    OperationalError,
+    InterfaceError,
+    StorageFull,
+    compression.ConcurrentChange,
+)
+
+
+@shared_task(
+    name="catalogue.version_compress",
+    acks_late=True,
+    autoretry_for=COMPRESSION_TRANSIENT,
+    retry_backoff=15,
+    retry_backoff_max=900,
+    retry_jitter=True,
+    max_retries=8,
+)
+def version_compress_task(version_id: int) -> str:
+    """Store one version with its image's compression; running it twice does nothing more.
+
+    A corrupt version (bytes not matching its SHA-256) fails without retries
+    and without touching the stored file.
+    """
+    outcome = compression.version_compress(version_id=version_id)
+    if outcome is None:
+        return "gone"
+    return f"{outcome.stored_compression}{' (changed)' if outcome.changed else ''}"
+
+
+@shared_task(
+    name="catalogue.image_recompress",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=15,
+    max_retries=8,
+)
+def image_recompress_task(image_uuid: str) -> int:
+    """Queue a compression job for each version stored otherwise than its image says."""
+    return len(compression.image_recompress(image_uuid=image_uuid))
+
 
 # --- Stale uploads --------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ from accounts.models import Role
 from accounts.services import token_create
 from tests.accounts.factories import UserFactory
 
+pytest_plugins = ["tests.celery_worker"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _static_files(django_db_blocker):

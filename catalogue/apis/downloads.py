@@ -1,0 +1,225 @@
+"""Downloading a version's bytes: ``GET /api/image/<uuid>/latest`` and ``…/<n>``.
+
+The bytes go out as stored (``<n>.img``, ``.img.zst`` or ``.img.gz``) through
+Django's FileResponse, which under gunicorn becomes ``wsgi.file_wrapper`` and
+a zero-copy ``sendfile``; single byte ranges (``Range``, ``If-Range``) answer
+206 so ``curl -C -`` resumes. ``?decompress=1`` streams the raw image decoded
+on the fly (ranges work there too, by decoding and skipping up to the start).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from django.http import FileResponse, HttpResponse, HttpResponseBase
+from django.utils.http import content_disposition_header
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from catalogue.services import delivery
+from catalogue.services.delivery import ByteRange, RangeNotSatisfiable, Representation
+
+
+class DownloadQuerySerializer(serializers.Serializer):
+    decompress = serializers.BooleanField(
+        default=False,
+        help_text="Send the raw image, decoded on the fly, instead of the file as stored.",
+    )
+
+
+class ErrorOutputSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+class ImageFileResponse(FileResponse):
+    # Used only where sendfile is not (another server, a decoder): big reads.
+    block_size = 1 << 20
+
+
+def _binary(description: str) -> OpenApiResponse:
+    return OpenApiResponse(OpenApiTypes.BINARY, description=description)
+
+
+def _header(name: str, description: str, codes: list[int]) -> OpenApiParameter:
+    return OpenApiParameter(
+        name, str, OpenApiParameter.HEADER, description=description, response=codes
+    )
+
+
+DOWNLOAD_DESCRIPTION = (
+    "The version's bytes as stored (raw, zstd or gzip; see Content-Type and the file name), "
+    "or the raw image with ?decompress=1. Single byte ranges answer 206, so `curl -C -` "
+    "resumes; a Range that starts past the end answers 416. The raw image's SHA-256 is in "
+    "BAAS-Raw-Digest (and Repr-Digest when the body is raw)."
+)
+_WHOLE = "The whole file: as stored, or raw with ?decompress=1."
+_PART = "One byte range of it, as asked by Range (and If-Range)."
+_ERROR = OpenApiResponse(ErrorOutputSerializer)
+DOWNLOAD_SCHEMA: dict[str, Any] = {
+    "tags": ["images"],
+    "parameters": [
+        DownloadQuerySerializer,
+        OpenApiParameter("image_uuid", OpenApiTypes.UUID, OpenApiParameter.PATH),
+        _header("Range", "One range: bytes=a-b, bytes=a- or bytes=-n. Several: 200.", []),
+        _header("If-Range", "Honour Range only while the ETag is still this one.", []),
+        _header("If-None-Match", "Answer 304 while the ETag is still this one.", []),
+        _header("ETag", "Strong: the raw SHA-256 (+ compression and size).", [200, 206, 304]),
+        _header("Content-Range", "bytes a-b/size (206), bytes */size (416)", [206, 416]),
+        _header("Accept-Ranges", "bytes", [200, 206]),
+        _header("Content-Disposition", "attachment; filename=<name>-v<n>.img[.zst]", [200, 206]),
+        _header("Repr-Digest", "sha-256=:…: of a raw representation (RFC 9530)", [200, 206]),
+        _header("Content-Digest", "sha-256=:…: when the body is the raw image", [200]),
+        _header("BAAS-Raw-Digest", "sha-256=:…: of the raw image, however it is sent", [200, 206]),
+        _header("BAAS-Raw-Size", "Size in bytes of the raw image", [200, 206]),
+    ],
+    "responses": {
+        (200, "application/octet-stream"): _binary(_WHOLE),
+        (200, "application/zstd"): _binary(_WHOLE),
+        (200, "application/gzip"): _binary(_WHOLE),
+        (206, "application/octet-stream"): _binary(_PART),
+        (206, "application/zstd"): _binary(_PART),
+        (206, "application/gzip"): _binary(_PART),
+        304: OpenApiResponse(description="Not modified: the ETag still matches."),
+        400: _ERROR,
+        401: _ERROR,
+        404: OpenApiResponse(ErrorOutputSerializer, description="Unknown, or not yours."),
+        416: OpenApiResponse(ErrorOutputSerializer, description="The range starts past the end."),
+    },
+}
+
+
+class _DownloadApi(APIView):
+    """Shared by the two routes; the bytes bypass DRF's renderers, errors are JSON."""
+
+    renderer_classes = [JSONRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # "Accept: application/octet-stream" must not turn into 406: errors fall back to JSON.
+        return super().perform_content_negotiation(request, force=True)
+
+    def download(self, request: Request, image_uuid: str, version: str) -> HttpResponseBase:
+        image_id = _parse_uuid(image_uuid)
+        query = DownloadQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        found = delivery.version_for_download(
+            user=request.user, image_uuid=image_id, version=version
+        )
+        representation = delivery.representation_open(
+            found, decompress=query.validated_data["decompress"]
+        )
+        try:
+            return _respond(request, representation)
+        except BaseException:
+            representation.close()
+            raise
+
+
+class LatestVersionDownloadApi(_DownloadApi):
+    @extend_schema(
+        operation_id="image_latest_download",
+        summary="Download the latest version",
+        description=DOWNLOAD_DESCRIPTION,
+        **DOWNLOAD_SCHEMA,
+    )
+    def get(self, request: Request, image_uuid: str) -> HttpResponseBase:
+        return self.download(request, image_uuid, "latest")
+
+
+class VersionDownloadApi(_DownloadApi):
+    @extend_schema(
+        operation_id="image_version_download",
+        summary="Download a version",
+        description=DOWNLOAD_DESCRIPTION,
+        **DOWNLOAD_SCHEMA,
+    )
+    def get(self, request: Request, image_uuid: str, number: int) -> HttpResponseBase:
+        return self.download(request, image_uuid, str(number))
+
+
+def _parse_uuid(value: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ValidationError({"image_uuid": f"'{value}' is not a valid UUID."}) from None
+
+
+def _respond(request: Request, representation: Representation) -> HttpResponseBase:
+    """The answer for an open representation; it owns (and eventually closes) the stream."""
+    etag = delivery.etag_for(representation)
+    if delivery.etag_matches(request.headers.get("If-None-Match"), etag):
+        representation.close()
+        return _not_modified(etag)
+    try:
+        byte_range = delivery.range_select(
+            request.headers.get("Range"), request.headers.get("If-Range"), representation.size, etag
+        )
+    except RangeNotSatisfiable:
+        representation.close()
+        return _not_satisfiable(representation.size)
+    response = _body_response(request, representation, byte_range)
+    for name, value in _headers(representation, etag, byte_range).items():
+        response[name] = value
+    return response
+
+
+def _body_response(
+    request: Request, representation: Representation, byte_range: ByteRange | None
+) -> HttpResponseBase:
+    code = status.HTTP_206_PARTIAL_CONTENT if byte_range else status.HTTP_200_OK
+    content_type = delivery.content_type_for(representation)
+    if request.method == "HEAD":
+        representation.close()
+        return HttpResponse(status=code, content_type=content_type)
+    reader = delivery.RangeReader(representation, byte_range)
+    return ImageFileResponse(reader, status=code, content_type=content_type)
+
+
+def _headers(
+    representation: Representation, etag: str, byte_range: ByteRange | None
+) -> dict[str, str]:
+    version = representation.version
+    raw_digest = delivery.sha256_field(version.sha256)
+    length = byte_range.length if byte_range else representation.size
+    is_raw = representation.compression == "none"
+    headers = {
+        "Content-Length": str(length),
+        "ETag": etag,
+        "Accept-Ranges": "bytes",
+        "Cache-Control": "private, no-cache",
+        "Content-Disposition": content_disposition_header(
+            True, delivery.filename_for(representation)
+        ),
+        "Content-Location": f"/api/image/{version.image_id}/{version.number}",
+        "BAAS-Raw-Digest": raw_digest,
+        "BAAS-Raw-Size": str(version.size),
+    }
+    if is_raw:
+        headers["Repr-Digest"] = raw_digest
+        if length == representation.size:
+            headers["Content-Digest"] = raw_digest
+    if byte_range:
+        headers["Content-Range"] = (
+            f"bytes {byte_range.start}-{byte_range.end}/{representation.size}"
+        )
+    return headers
+
+
+def _not_modified(etag: str) -> HttpResponse:
+    response = HttpResponse(status=status.HTTP_304_NOT_MODIFIED)
+    response["ETag"] = etag
+    return response
+
+
+def _not_satisfiable(size: int) -> Response:
+    return Response(
+        {"detail": f"The range starts past the end of the file ({size} bytes)."},
+        status=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
+        headers={"Content-Range": f"bytes */{size}"},
+    )

@@ -1,0 +1,317 @@
+"""Versions stored with their image's compression, swapped in without a pause.
+
+A version is usable the moment its upload ends, whatever its compression; a
+Celery job then rewrites its file to the image's compression (zstd
+multi-threaded, gzip, or back to a sparse raw file) and swaps the new file in:
+
+1. the stored file is streamed through its decoder, hashed, re-encoded and
+   written to a new pending file (``<n>.img.zst``, ``<n>.img.gz`` or ``<n>.img``);
+2. the raw size and SHA-256 must equal the version row's, or nothing is swapped;
+3. the new file is committed (fsync, link into place), then the row is updated
+   under a row lock, only if it did not change meanwhile;
+4. only after that commit is the old file unlinked, again under the row lock.
+   A download that opened the old file keeps its descriptor and completes.
+
+Every step may be repeated: a crash between 3 and the row update leaves a
+committed file that the next run verifies and adopts; a crash before the
+commit leaves a ``.part`` file for the stale-upload purge; a crash after the
+row update leaves the old file, which the next (no-op) run removes.
+
+Others call :func:`compression_schedule_for_version` after storing a version
+and :func:`compression_schedule_for_image` after changing an image's
+compression; both fire Celery tasks once the current transaction commits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import uuid
+import zlib
+from dataclasses import dataclass
+from functools import partial
+from typing import BinaryIO, Protocol
+
+import zstandard
+from django.db import transaction
+
+from catalogue.models import Compression, Image, Version
+from catalogue.storage import StoredFile, VersionExists, get_storage
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+ZSTD_LEVEL = 3  # zstd's default: far faster than gzip at a better ratio
+GZIP_LEVEL = 6  # zlib's default
+# How often one run follows an image whose compression keeps changing under it.
+MAX_ROUNDS = 3
+DECODE_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError)
+
+
+class CompressionError(Exception):
+    """A version could not be rewritten."""
+
+
+class VersionCorrupt(CompressionError):
+    """The stored bytes do not decode to the version's raw size and SHA-256.
+
+    Nothing is swapped; retrying cannot help, so the task fails loudly.
+    """
+
+
+class ConcurrentChange(CompressionError):
+    """The version or its files changed while we worked; running again will settle it."""
+
+
+# --- Codecs -------------------------------------------------------------------
+
+
+class Encoder(Protocol):
+    def compress(self, data: bytes, /) -> bytes: ...
+
+    def flush(self) -> bytes: ...
+
+
+class _Identity:
+    """The "none" encoder: raw bytes pass through (and become holes where zero)."""
+
+    def compress(self, data: bytes, /) -> bytes:
+        return data
+
+    def flush(self) -> bytes:
+        return b""
+
+
+class _GzipReader(gzip.GzipFile):
+    """A gzip reader that also closes the file it reads, like zstd's stream reader."""
+
+    def close(self) -> None:
+        source = self.fileobj
+        try:
+            super().close()
+        finally:
+            if source is not None:
+                source.close()
+
+
+def raw_reader(stored: BinaryIO, compression: str) -> BinaryIO:
+    """A reader of the raw image bytes inside ``stored``, a file in ``compression``.
+
+    Closing the reader closes ``stored``. Reads stream: at most ``CHUNK`` of
+    compressed input is held at a time. Corrupt input raises one of
+    ``DECODE_ERRORS`` while reading.
+    """
+    if compression == Compression.ZSTD:
+        dctx = zstandard.ZstdDecompressor()
+        return dctx.stream_reader(stored, read_size=CHUNK, read_across_frames=True)  # type: ignore[return-value]
+    if compression == Compression.GZIP:
+        return _GzipReader(fileobj=stored, mode="rb")  # type: ignore[return-value]
+    return stored
+
+
+def encoder_for(compression: str, raw_size: int | None = None) -> Encoder:
+    """A streaming encoder to ``compression``.
+
+    zstd uses every core (``threads=-1``: the output does not depend on the
+    number of workers), records ``raw_size`` in the frame when given, and
+    writes a frame checksum; gzip output carries no timestamp, so the same
+    input always gives the same bytes.
+    """
+    if compression == Compression.ZSTD:
+        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True)
+        return cctx.compressobj(size=-1 if raw_size is None else raw_size)
+    if compression == Compression.GZIP:
+        return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return _Identity()
+
+
+# --- The job ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompressionOutcome:
+    version_id: int
+    stored_compression: str
+    changed: bool
+
+
+def version_compress(*, version_id: int) -> CompressionOutcome | None:
+    """Store version ``version_id`` with its image's compression; idempotent.
+
+    Returns None when the version no longer exists, else what is stored now and
+    whether this run changed it. Raises VersionCorrupt (nothing swapped) when
+    the stored bytes do not match the row, ConcurrentChange when the row or
+    its files changed under us, and StorageFull when the disk is full; the
+    caller may simply run it again after any of the last two.
+    """
+    changed = False
+    for _ in range(MAX_ROUNDS):
+        version = Version.objects.select_related("image").filter(pk=version_id).first()
+        if version is None:
+            return None
+        target = version.image.compression
+        if version.stored_compression == target:
+            _remove_leftovers(version)
+            return CompressionOutcome(version_id, target, changed)
+        stored = _target_file(version, target)
+        _swap(version, target, stored)
+        changed = True
+    raise ConcurrentChange(f"The compression of version {version_id} keeps changing.")
+
+
+def image_recompress(*, image_uuid: uuid.UUID | str) -> list[int]:
+    """Queue a compression job for every version of the image stored otherwise.
+
+    Returns the ids of the queued versions (empty for an unknown image).
+    """
+    image = Image.objects.filter(pk=image_uuid).first()
+    if image is None:
+        return []
+    pending = list(
+        image.versions.exclude(stored_compression=image.compression).values_list("pk", flat=True)
+    )
+    for version_id in pending:
+        _fire_version_task(version_id)
+    return pending
+
+
+# --- Hooks for other services ---------------------------------------------------
+
+
+def compression_schedule_for_version(version: Version) -> bool:
+    """Call after a version's row is created: compress it in the background if needed.
+
+    The task is sent once the current transaction commits (so the worker sees
+    the row). Returns whether a job was scheduled.
+    """
+    if version.stored_compression == version.image.compression:
+        return False
+    _fire_version_task(version.pk)
+    return True
+
+
+def compression_schedule_for_image(image: Image) -> None:
+    """Call after an image's compression changed: rewrite every version to match.
+
+    The task is sent once the current transaction commits.
+    """
+    from catalogue.tasks import image_recompress_task
+
+    image_id = str(image.pk)
+    transaction.on_commit(lambda: image_recompress_task.delay(image_id))
+
+
+def _fire_version_task(version_id: int) -> None:
+    from catalogue.tasks import version_compress_task
+
+    transaction.on_commit(lambda: version_compress_task.delay(version_id))
+
+
+# --- Steps ----------------------------------------------------------------------
+
+
+def _target_file(version: Version, target: str) -> StoredFile:
+    """The version's bytes committed in ``target``: a past run's file if it verifies, else new."""
+    storage = get_storage()
+    path = storage.version_path(version.image_id, version.number, target)
+    if path.exists():
+        try:
+            _verify(path.open("rb"), target, version)
+            return storage.stat(version.image_id, version.number, target)
+        except VersionCorrupt:
+            logger.warning("Discarding %s: it does not match version %s", path, version.pk)
+            _delete_unless_referenced(version.pk, version.image_id, version.number, target)
+    return _rewrite(version, target)
+
+
+def _rewrite(version: Version, target: str) -> StoredFile:
+    """Transcode the stored file to ``target``, verified, and commit it beside the old one."""
+    storage = get_storage()
+    source = _open_stored(version)
+    sparse = target == Compression.NONE
+    with (
+        raw_reader(source, version.stored_compression) as raw,
+        storage.open_write(version.image_id, sparse=sparse) as pending,
+    ):
+        _transcode(raw, encoder_for(target, version.size), pending.write, version)
+        try:
+            return pending.commit(version.number, target)
+        except VersionExists:
+            # A concurrent run committed the same verified bytes first.
+            return storage.stat(version.image_id, version.number, target)
+
+
+def _open_stored(version: Version) -> BinaryIO:
+    storage = get_storage()
+    try:
+        return storage.open_read(version.image_id, version.number, version.stored_compression)
+    except FileNotFoundError as exc:
+        raise ConcurrentChange(f"The file of version {version.pk} was replaced meanwhile.") from exc
+
+
+def _verify(stored: BinaryIO, compression: str, version: Version) -> None:
+    """Decode ``stored`` fully and check it against the row; raise VersionCorrupt if not."""
+    with raw_reader(stored, compression) as raw:
+        _transcode(raw, _Identity(), lambda data: None, version)
+
+
+def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version) -> None:
+    """Stream ``raw`` through ``encoder`` into ``write``, checking size and SHA-256 on the way."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        while chunk := raw.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            if out := encoder.compress(chunk):
+                write(out)
+        write(encoder.flush())
+    except DECODE_ERRORS as exc:
+        raise VersionCorrupt(f"Version {version.pk} does not decode: {exc}") from exc
+    if size != version.size or digest.hexdigest() != version.sha256:
+        raise VersionCorrupt(
+            f"Version {version.pk} holds {size} bytes with SHA-256 {digest.hexdigest()}, "
+            f"not {version.size} bytes with {version.sha256}; left as it is."
+        )
+
+
+def _swap(version: Version, target: str, stored: StoredFile) -> None:
+    """Point the row at the new file if it is as we read it; unlink the old file after commit."""
+    old = version.stored_compression
+    with transaction.atomic():
+        row = Version.objects.select_for_update().filter(pk=version.pk).first()
+        if row is None or row.stored_compression == target:
+            return  # deleted, or a concurrent run swapped the same file in
+        if row.stored_compression != old or row.sha256 != version.sha256:
+            raise ConcurrentChange(f"Version {version.pk} changed while it was being compressed.")
+        if not stored.path.exists():
+            raise ConcurrentChange(f"{stored.path} was removed before the swap.")
+        Version.objects.filter(pk=row.pk).update(
+            stored_compression=target, stored_size=stored.allocated
+        )
+        transaction.on_commit(
+            partial(_delete_unless_referenced, row.pk, version.image_id, version.number, old)
+        )
+    logger.info("Version %s is now stored as %s (%s bytes)", version.pk, target, stored.allocated)
+
+
+def _remove_leftovers(version: Version) -> None:
+    """Unlink files of the version in other compressions, left by a crash after a swap."""
+    storage = get_storage()
+    for compression in Compression.values:
+        if compression == version.stored_compression:
+            continue
+        if storage.version_path(version.image_id, version.number, compression).exists():
+            _delete_unless_referenced(version.pk, version.image_id, version.number, compression)
+
+
+def _delete_unless_referenced(
+    version_id: int, image_uuid: uuid.UUID, number: int, compression: str
+) -> None:
+    """Unlink one file of a version unless its row (locked meanwhile) points at it."""
+    with transaction.atomic():
+        row = Version.objects.select_for_update().filter(pk=version_id).first()
+        if row is not None and row.stored_compression == compression:
+            return
+        get_storage().delete_version(image_uuid, number, compression)
