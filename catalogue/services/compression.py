@@ -24,6 +24,7 @@ compression; both fire Celery tasks once the current transaction commits.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import logging
@@ -31,6 +32,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 import zstandard
@@ -154,7 +156,12 @@ def version_compress(*, version_id: int) -> CompressionOutcome | None:
         if version.stored_compression == target:
             _remove_leftovers(version)
             return CompressionOutcome(version_id, target, changed)
-        stored = _target_file(version, target)
+        try:
+            stored = _target_file(version, target)
+        except (OSError, ConcurrentChange):
+            if not Version.objects.filter(pk=version_id).exists():
+                return None  # deleted with its image while we worked
+            raise
         _swap(version, target, stored)
         changed = True
     raise ConcurrentChange(f"The compression of version {version_id} keeps changing.")
@@ -281,8 +288,11 @@ def _swap(version: Version, target: str, stored: StoredFile) -> None:
     old = version.stored_compression
     with transaction.atomic():
         row = Version.objects.select_for_update().filter(pk=version.pk).first()
-        if row is None or row.stored_compression == target:
-            return  # deleted, or a concurrent run swapped the same file in
+        if row is None:
+            _discard_orphan(stored.path, version.image_id)
+            return
+        if row.stored_compression == target:
+            return  # a concurrent run swapped the same file in
         if row.stored_compression != old or row.sha256 != version.sha256:
             raise ConcurrentChange(f"Version {version.pk} changed while it was being compressed.")
         if not stored.path.exists():
@@ -294,6 +304,14 @@ def _swap(version: Version, target: str, stored: StoredFile) -> None:
             partial(_delete_unless_referenced, row.pk, version.image_id, version.number, old)
         )
     logger.info("Version %s is now stored as %s (%s bytes)", version.pk, target, stored.allocated)
+
+
+def _discard_orphan(path: Path, image_uuid: uuid.UUID) -> None:
+    """Remove a file written for a version deleted meanwhile, and its image's directory if gone."""
+    path.unlink(missing_ok=True)
+    if not Image.objects.filter(pk=image_uuid).exists():
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()  # only if empty: never a directory another row uses
 
 
 def _remove_leftovers(version: Version) -> None:
