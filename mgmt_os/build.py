@@ -189,11 +189,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def tree_sha256(root: Path, pattern: str = "*") -> str:
+def tree_sha256(root: Path) -> str:
     """A digest of the files under ``root`` (paths and contents), caches excluded."""
     digest = hashlib.sha256()
-    for path in sorted(root.rglob(pattern)):
-        if "__pycache__" in path.parts or not path.is_file():
+    for path in sorted(root.rglob("*")):
+        if "__pycache__" in path.parts or not path.is_file() or path.suffix == ".pyc":
             continue
         digest.update(path.relative_to(root).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
@@ -607,6 +607,9 @@ def write_initrd(root: Path, target: Path, mtime: int) -> None:
 def gather_inputs(kernel: str, modules: tuple[str, ...], agent_dir: Path) -> Inputs:
     if run(["dpkg", "--print-architecture"]).stdout.strip() != "amd64":
         raise BuildError("the management OS is built on an amd64 Debian host")
+    for needed in ("baas_agent/__init__.py", "pyproject.toml"):
+        if not (agent_dir / needed).is_file():
+            raise BuildError(f"no agent at {agent_dir} (missing {needed})")
     kernel_package, packages = resolve_packages(kernel)
     init_digest = hashlib.sha256(
         (HERE / "init.sh").read_bytes() + b"\0" + (HERE / "udhcpc.sh").read_bytes()
@@ -616,7 +619,10 @@ def gather_inputs(kernel: str, modules: tuple[str, ...], agent_dir: Path) -> Inp
         packages=dict(sorted(packages.items())),
         modules=modules,
         init_sha256=init_digest,
-        agent_sha256=tree_sha256(agent_dir / "baas_agent", "*.py"),
+        agent_sha256=hashlib.sha256(
+            tree_sha256(agent_dir / "baas_agent").encode()
+            + sha256_file(agent_dir / "pyproject.toml").encode()
+        ).hexdigest(),
         build_sha256=sha256_file(Path(__file__)),
     )
 
