@@ -219,8 +219,9 @@ def apt_show(names: Iterable[str]) -> dict[str, dict[str, str]]:
     missing = [name for name in names if name not in found]
     if missing:
         raise BuildError(
-            f"apt knows no candidate for {', '.join(missing)} ({result.stderr.strip()}). "
-            "Run `apt-get update` (Debian 12 bookworm sources) and try again."
+            f"apt knows no candidate for {', '.join(missing)}"
+            + (f" ({result.stderr.strip()})" if result.stderr.strip() else "")
+            + ". Run `apt-get update` (Debian 12 bookworm sources) and try again."
         )
     return found
 
