@@ -37,7 +37,8 @@ from flashing.services.deployments import deployment_plan_sync, deployment_set_s
 from flashing.services.tokens import token_mint, tokens_revoke
 
 log = logging.getLogger(__name__)
-# A power task not done this long after its attempt began was lost: send it again.
+# A power task not done this long after its attempt began was lost: send it again
+# (sooner for machines with a short boot timeout).
 POWER_GRACE = timedelta(seconds=30)
 
 
@@ -283,6 +284,10 @@ def _overdue(deployment: Deployment, now: datetime) -> str | None:
     return None
 
 
+def _power_grace(machine: Machine) -> timedelta:
+    return min(POWER_GRACE, timedelta(seconds=timeouts(machine)[0] / 4))
+
+
 def _watch_running(now: datetime) -> dict[str, int]:
     counts = {"retried": 0, "failed": 0, "repowered": 0}
     running = Deployment.objects.filter(state__in=RUNNING_STATES).select_related("machine")
@@ -296,7 +301,7 @@ def _watch_running(now: datetime) -> dict[str, int]:
         elif (
             deployment.powered_attempt < deployment.attempt
             and deployment.booted_at is not None
-            and now - deployment.booted_at > POWER_GRACE
+            and now - deployment.booted_at > _power_grace(deployment.machine)
         ):
             # Its power task was lost (a worker crash, a broker outage): send it again.
             _send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
