@@ -11,6 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from catalogue.models import Compression
 from flashing.authentication import AgentTokenAuthentication, is_agent
 from flashing.services import agent as services
 
@@ -54,7 +55,7 @@ class WriteEntrySerializer(serializers.Serializer):
     size = serializers.IntegerField(help_text="Raw bytes")
     stored_size = serializers.IntegerField(allow_null=True, help_text="Bytes at url")
     sha256 = serializers.CharField(help_text="SHA-256 of the raw bytes")
-    compression = serializers.ChoiceField(choices=["none", "gzip", "zstd"])
+    compression = serializers.ChoiceField(choices=Compression.choices)
 
 
 class InstructionsSerializer(serializers.Serializer):
