@@ -27,4 +27,6 @@ urlpatterns = [
     path("api/", include(api_urlpatterns)),
     path("api/", include("catalogue.urls")),
     path("api/", include("flashing.urls")),
+    path("", include("catalogue.urls_pages")),
+    path("", include("accounts.urls_pages")),
 ]

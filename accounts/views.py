@@ -1,0 +1,41 @@
+"""Dashboard pages for personal access tokens: create (the secret is shown once), list, revoke."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_POST
+
+from accounts import selectors, services
+from accounts.forms import TokenCreateForm
+
+
+@never_cache  # the page that shows a new secret must not be kept by any cache
+@login_required
+def token_list(request: HttpRequest) -> HttpResponse:
+    form = TokenCreateForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        token, secret = services.token_create(
+            actor=request.user,
+            user=request.user,
+            name=form.cleaned_data["name"],
+            expires_at=form.expires_at(),
+        )
+        form = TokenCreateForm()
+        context = {"form": form, "new_token": token, "secret": secret}
+    else:
+        context = {"form": form}
+    context["tokens"] = selectors.token_list(user=request.user)
+    return render(request, "accounts/tokens.html", context)
+
+
+@login_required
+@require_POST
+def token_revoke(request: HttpRequest, token_id: int) -> HttpResponse:
+    token = selectors.token_get(user=request.user, token_id=token_id)
+    services.token_revoke(actor=request.user, token=token)
+    messages.success(request, f'Token "{token.name}" revoked: it no longer works.')
+    return redirect("tokens")

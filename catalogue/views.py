@@ -1,0 +1,257 @@
+"""Dashboard pages for images and setups.
+
+Views are thin, like the API's: a form parses the input, one selector or
+service call does the work, and a service's refusal (400, 403, 409) is shown
+on the form or the page. Who may do what is ``accounts.rules``; images a user
+may not read answer 404, as in the API.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.core.paginator import Paginator
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+from rest_framework import exceptions as api_errors
+
+from accounts import rules
+from catalogue.exceptions import ImageConflict
+from catalogue.forms import (
+    FrozenImageForm,
+    ImageCreateForm,
+    ImageEditForm,
+    ImageFilterForm,
+    SetupForm,
+    add_service_errors,
+)
+from catalogue.models import Image, ImageSetup
+from catalogue.selectors import images as image_selectors
+from catalogue.selectors import setups as setup_selectors
+from catalogue.services import images as image_services
+from catalogue.services import setups as setup_services
+
+PAGE_SIZE = 20
+# What services raise when they refuse: bad input (400) or not allowed (403).
+REFUSALS = (api_errors.ValidationError, api_errors.PermissionDenied)
+
+
+# --- Images ---------------------------------------------------------------------------
+
+
+def with_latest(images: Iterable[Image]) -> list[Image]:
+    """``images`` with ``latest``, their newest version, from the prefetched versions."""
+    images = list(images)
+    for image in images:
+        image.latest = max(image.versions.all(), key=lambda v: v.number, default=None)
+    return images
+
+
+def _readable(request: HttpRequest, image_id: uuid.UUID, *, full: bool = True) -> Image:
+    return image_selectors.image_get_readable(actor=request.user, image_id=str(image_id), full=full)
+
+
+@login_required
+def image_list(request: HttpRequest) -> HttpResponse:
+    filters = ImageFilterForm(request.GET)
+    values = filters.cleaned_data if filters.is_valid() else {}
+    images = image_selectors.image_list_readable(
+        actor=request.user, **{name: value or None for name, value in values.items()}
+    )
+    page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
+    page.object_list = with_latest(page.object_list)
+    query = request.GET.copy()
+    query.pop("page", None)
+    context = {"filters": filters, "page": page, "query": query.urlencode()}
+    return render(request, "catalogue/image_list.html", context)
+
+
+@login_required
+def image_create(request: HttpRequest) -> HttpResponse:
+    form = ImageCreateForm(request.POST or None, user=request.user)
+    if request.method == "POST" and form.is_valid():
+        try:
+            image = image_services.image_create(
+                actor=request.user, owner=request.user, **form.cleaned_data
+            )
+        except REFUSALS as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f'Image "{image.name}" created with an empty version 0.')
+            return redirect("image", image_id=image.pk)
+    return render(request, "catalogue/image_form.html", {"form": form, "creating": True})
+
+
+@login_required
+def image_detail(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
+    image = _readable(request, image_id)
+    context = {
+        "image": image,
+        "versions": sorted(image.versions.all(), key=lambda v: -v.number),
+        "can_write": rules.can_write_image(request.user, image),
+        "can_delete": rules.can_delete_image(request.user, image),
+        "max_size": settings.BAAS_MAX_IMAGE_SIZE,
+    }
+    return render(request, "catalogue/image_detail.html", context)
+
+
+@login_required
+def image_edit(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
+    image = _readable(request, image_id)
+    if not rules.can_write_image(request.user, image):
+        raise PermissionDenied("You may read this image but not change it.")
+    name = image.name
+    form = ImageEditForm(
+        request.POST or None,
+        user=request.user,
+        current_type=image.type,
+        initial=ImageEditForm.initial_for(image),
+    )
+    if request.method == "POST" and form.is_valid():
+        try:
+            image_services.image_update(actor=request.user, image=image, **form.cleaned_data)
+        except REFUSALS as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, f'Image "{image.name}" saved.')
+            return redirect("image", image_id=image.pk)
+    context = {"form": form, "image": image, "name": name, "creating": False}
+    return render(request, "catalogue/image_form.html", context)
+
+
+@login_required
+def image_delete(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
+    image = _readable(request, image_id, full=False)
+    if not rules.can_delete_image(request.user, image):
+        raise PermissionDenied("Only the image's owner or an administrator may delete it.")
+    error = ""
+    if request.method == "POST":
+        try:
+            image_services.image_delete(actor=request.user, image=image)
+        except ImageConflict as exc:
+            error = str(exc.detail)
+        else:
+            messages.success(request, f'Image "{image.name}" and all its versions deleted.')
+            return redirect("images")
+    context = {"image": image, "error": error}
+    return render(request, "catalogue/image_delete.html", context, status=409 if error else 200)
+
+
+# --- Setups ---------------------------------------------------------------------------
+# The pages show the signed-in user's own setups; moderators and administrators
+# reach other people's through the API and Django admin.
+
+
+def _my_setup(request: HttpRequest, setup_id: uuid.UUID) -> ImageSetup:
+    return setup_selectors.setup_get(owner=request.user, setup_uuid=setup_id)
+
+
+def _save_setup(form: SetupForm, save: Any) -> ImageSetup | None:
+    """Run ``save`` (a setup service call); its model errors go on ``form``."""
+    try:
+        return save()
+    except DjangoValidationError as exc:
+        form.add_error(None, exc)
+    return None
+
+
+@login_required
+def setup_list(request: HttpRequest) -> HttpResponse:
+    setups = setup_selectors.setup_list(owner=request.user)
+    return render(request, "catalogue/setup_list.html", {"setups": setups})
+
+
+@login_required
+def setup_create(request: HttpRequest) -> HttpResponse:
+    form = SetupForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        setup = _save_setup(
+            form,
+            lambda: setup_services.setup_create(
+                actor=request.user, owner=request.user, **form.cleaned_data
+            ),
+        )
+        if setup is not None:
+            messages.success(request, f'Setup "{setup.name}" created: now add its images.')
+            return redirect("setup", setup_id=setup.pk)
+    return render(request, "catalogue/setup_form.html", {"form": form, "creating": True})
+
+
+@login_required
+def setup_detail(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
+    setup = _my_setup(request, setup_id)
+    images = image_selectors.image_list_readable(actor=setup.owner)
+    form = FrozenImageForm(request.POST or None, images=images)
+    if request.method == "POST" and form.is_valid():
+        image_id, number = form.cleaned_data["version"]
+        try:
+            setup_services.setup_image_add(
+                actor=request.user,
+                setup=setup,
+                image=Image.objects.filter(pk=image_id).first(),
+                version_number=number,
+                sync=form.cleaned_data["sync"],
+                target_disk=form.cleaned_data["target_disk"],
+            )
+        except api_errors.APIException as exc:
+            add_service_errors(form, exc)
+        else:
+            messages.success(request, "Image added to the setup.")
+            return redirect("setup", setup_id=setup.pk)
+    return render(request, "catalogue/setup_detail.html", {"setup": setup, "form": form})
+
+
+@login_required
+def setup_edit(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
+    setup = _my_setup(request, setup_id)
+    name = setup.name
+    initial = {"name": setup.name, "description": setup.description}
+    form = SetupForm(request.POST or None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        saved = _save_setup(
+            form,
+            lambda: setup_services.setup_update(
+                actor=request.user, setup=setup, **form.cleaned_data
+            ),
+        )
+        if saved is not None:
+            messages.success(request, f'Setup "{saved.name}" saved.')
+            return redirect("setup", setup_id=setup.pk)
+    context = {"form": form, "setup": setup, "name": name, "creating": False}
+    return render(request, "catalogue/setup_form.html", context)
+
+
+@login_required
+def setup_delete(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
+    setup = _my_setup(request, setup_id)
+    error = ""
+    if request.method == "POST":
+        try:
+            setup_services.setup_delete(actor=request.user, setup=setup)
+        except setup_services.Conflict as exc:
+            error = str(exc.detail)
+        else:
+            messages.success(request, f'Setup "{setup.name}" deleted.')
+            return redirect("setups")
+    context = {"setup": setup, "error": error}
+    return render(request, "catalogue/setup_delete.html", context, status=409 if error else 200)
+
+
+@login_required
+@require_POST
+def setup_image_remove(
+    request: HttpRequest, setup_id: uuid.UUID, image_id: uuid.UUID
+) -> HttpResponse:
+    setup = _my_setup(request, setup_id)
+    frozen = setup_selectors.frozen_get(setup=setup, image_uuid=image_id)
+    setup_services.setup_image_remove(actor=request.user, setup=setup, frozen=frozen)
+    messages.success(request, f'"{frozen.image.name}" removed from the setup.')
+    return redirect("setup", setup_id=setup.pk)
