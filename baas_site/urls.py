@@ -29,4 +29,5 @@ urlpatterns = [
     path("api/", include("flashing.urls")),
     path("", include("catalogue.urls_pages")),
     path("", include("accounts.urls_pages")),
+    path("", include("flashing.urls_pages")),
 ]

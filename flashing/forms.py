@@ -1,0 +1,67 @@
+"""Forms of the machine pages: lease or extend, deploy a setup.
+
+They validate what a person typed; the services decide whether it may happen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.db.models import QuerySet
+
+from accounts import rules
+from catalogue.models import ImageSetup
+from flashing.services.leases import lease_limits
+
+
+def setups_usable(user: Any) -> QuerySet[ImageSetup]:
+    """``rules.can_use_setup`` as a query: one's own setups, every setup for administrators."""
+    setups = ImageSetup.objects.select_related("owner").order_by("owner__username", "name")
+    if rules.is_administrator(user):
+        return setups
+    if not rules.is_authenticated(user):
+        return setups.none()
+    return setups.filter(owner=user)
+
+
+class LeaseForm(forms.Form):
+    """Lease a free machine, or extend the lease one holds, by ``hours``."""
+
+    hours = forms.IntegerField(label="Hours")  # bounds from the settings, below
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        default, maximum = lease_limits()
+        self.fields["hours"] = forms.IntegerField(
+            label="Hours",
+            min_value=1,
+            max_value=maximum,
+            initial=default,
+            help_text=f"A lease lasts at most {maximum} hours in all.",
+        )
+
+
+class SetupChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: ImageSetup) -> str:
+        return f"{obj.name} ({obj.owner.username})"
+
+
+class DeployForm(forms.Form):
+    """Queue one of the setups ``user`` may flash."""
+
+    setup = SetupChoiceField(
+        queryset=ImageSetup.objects.none(),
+        label="Setup",
+        empty_label=None,
+        to_field_name="uuid",
+    )
+    sync = forms.BooleanField(
+        required=False,
+        label="Bring the machine's user data back first",
+        help_text="Uploads the disks marked for sync as new versions before writing.",
+    )
+
+    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["setup"].queryset = setups_usable(user)
