@@ -1,3 +1,5 @@
+"""Django admin for users, tokens and the audit log: administrators only."""
+
 from __future__ import annotations
 
 from django.contrib import admin
@@ -6,6 +8,7 @@ from django.contrib.auth.forms import UserCreationForm
 
 from accounts.models import AccessToken, AuditEvent, User
 from accounts.services import audit_record
+from baas_site.admin import AdministratorsOnly
 
 
 class BaasUserCreationForm(UserCreationForm):
@@ -15,7 +18,7 @@ class BaasUserCreationForm(UserCreationForm):
 
 
 @admin.register(User)
-class UserAdmin(DjangoUserAdmin):
+class UserAdmin(AdministratorsOnly, DjangoUserAdmin):
     add_form = BaasUserCreationForm
     list_display = ["username", "email", "display_name", "role", "is_active", "date_joined"]
     list_filter = ["role", "is_active", "is_superuser"]
@@ -52,7 +55,7 @@ class UserAdmin(DjangoUserAdmin):
 
 
 @admin.register(AccessToken)
-class AccessTokenAdmin(admin.ModelAdmin):
+class AccessTokenAdmin(AdministratorsOnly, admin.ModelAdmin):
     list_display = ["name", "user", "hint", "created_at", "expires_at", "last_used_at"]
     list_filter = ["expires_at"]
     search_fields = ["name", "user__username"]
@@ -64,7 +67,7 @@ class AccessTokenAdmin(admin.ModelAdmin):
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(AdministratorsOnly, admin.ModelAdmin):
     list_display = ["created_at", "actor", "action", "target_type", "target_id"]
     list_filter = ["action", "target_type"]
     search_fields = ["actor__username", "target_id", "action"]

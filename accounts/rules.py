@@ -47,7 +47,23 @@ def is_moderator(user: Any) -> bool:
 
 
 def can_use_admin(user: Any) -> bool:
+    """Django admin: administrators see everything, moderators their system images only."""
+    return is_moderator(user)
+
+
+def can_admin_everything(user: Any) -> bool:
+    """Every admin page but the images: users, tokens, setups, machines, the queue."""
     return is_administrator(user)
+
+
+def can_admin_image(user: Any, image: _Image | None = None) -> bool:
+    """See an image in the admin: every image for administrators, for moderators only the
+    system images assigned to them (``image=None`` asks about the list as a whole)."""
+    if is_administrator(user):
+        return True
+    if image is None:
+        return is_moderator(user)
+    return image.type == SYSTEM and is_maintainer(user, image)
 
 
 # --- Users and tokens ---------------------------------------------------------

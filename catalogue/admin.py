@@ -1,8 +1,13 @@
-"""Django admin for images and versions (administrators only, as all of the admin).
+"""Django admin for images, versions and setups.
 
 Images are created, changed and deleted through the same services as the API,
 so version 0, the audit log, the compression jobs and the setup checks all
 apply. Checksums and sizes describe files on disk: they are read-only.
+
+Administrators see everything. Moderators see only the system images assigned
+to them, with their versions (``rules.can_admin_image``), and change what
+``rules.can_write_image`` lets them; owners, types, maintainers and associated
+images stay the administrators' business. Setups are for administrators only.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from django.http import HttpRequest
 from django.shortcuts import redirect
 from rest_framework.exceptions import APIException
 
+from accounts import rules
 from accounts.models import Role, User
 from accounts.services import audit_record
-from catalogue.models import Image, ImageFrozen, ImageSetup, Version
+from baas_site.admin import AdministratorsOnly
+from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Version
 from catalogue.services import images as image_services
+from catalogue.services.compression import compression_schedule_for_image
 from catalogue.services.setups import effective_sync, frozen_image_check
 
 VERSION_FIELDS = [
@@ -49,11 +57,58 @@ class VersionInline(admin.TabularInline):
     def has_add_permission(self, request: HttpRequest, obj: Image | None = None) -> bool:
         return False
 
+    def has_view_permission(self, request: HttpRequest, obj: Image | None = None) -> bool:
+        return rules.can_admin_image(request.user, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Image | None = None) -> bool:
+        return False  # only the note changes, on the version's own page
+
+    def has_delete_permission(self, request: HttpRequest, obj: Image | None = None) -> bool:
+        return False
+
+
+def maintained_system_images(user: object) -> QuerySet[Image]:
+    """The images a moderator sees in the admin: the system images assigned to them."""
+    return Image.objects.filter(type=ImageType.SYSTEM, maintainers=user)
+
+
+class ImagePermissions:
+    """``rules.can_admin_image`` for a ``ModelAdmin`` whose rows belong to an image."""
+
+    def image_of(self, obj: object) -> Image:
+        return obj
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return rules.can_admin_image(request.user)
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return rules.can_admin_image(request.user, None if obj is None else self.image_of(obj))
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        if obj is None:
+            return rules.can_admin_image(request.user)
+        image = self.image_of(obj)
+        return rules.can_admin_image(request.user, image) and rules.can_write_image(
+            request.user, image
+        )
+
+
+# Moderators change an image's description, compression and flashing defaults only.
+ADMINISTRATORS_FIELDS = ["owner", "type", "maintainers", "associated_images"]
+
 
 @admin.register(Image)
-class ImageAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "type", "file_standard", "compression", "created_at"]
-    list_filter = ["type", "file_standard", "compression"]
+class ImageAdmin(ImagePermissions, admin.ModelAdmin):
+    list_display = [
+        "name",
+        "owner",
+        "type",
+        "file_standard",
+        "compression",
+        "version_count",
+        "created_at",
+    ]
+    list_filter = ["type", "file_standard", "compression", "transfer_protocol"]
     search_fields = ["name", "uuid", "owner__username"]
     list_select_related = ["owner"]
     readonly_fields = ["uuid", "created_at", "updated_at"]
@@ -67,11 +122,47 @@ class ImageAdmin(admin.ModelAdmin):
         ("Maintainers", {"fields": ["maintainers"]}),
         ("Dates", {"fields": ["created_at", "updated_at"]}),
     ]
-    actions = ["delete_selected_images"]
+    actions = ["recompress", "delete_selected_images"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
+        images = super().get_queryset(request).annotate(n_versions=Count("versions"))
+        if rules.is_administrator(request.user):
+            return images
+        return images.filter(pk__in=maintained_system_images(request.user).values("pk"))
+
+    @admin.display(description="Versions", ordering="n_versions")
+    def version_count(self, image: Image) -> int:
+        return image.n_versions
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # Moderators create system images in the dashboard or the API.
+        return rules.is_administrator(request.user)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Image | None = None) -> bool:
+        if obj is None:
+            return rules.is_administrator(request.user)
+        return rules.can_admin_image(request.user, obj) and rules.can_delete_image(
+            request.user, obj
+        )
 
     def get_readonly_fields(self, request: HttpRequest, obj: Image | None = None) -> list[str]:
         fixed = ["file_standard"] if obj is not None else []
+        if not rules.is_administrator(request.user):
+            fixed += ADMINISTRATORS_FIELDS
         return [*self.readonly_fields, *fixed]
+
+    @admin.action(
+        description="Recompress every version to the image's compression", permissions=["change"]
+    )
+    def recompress(self, request: HttpRequest, queryset: QuerySet[Image]) -> None:
+        scheduled = 0
+        for image in queryset:
+            if rules.can_write_image(request.user, image):
+                compression_schedule_for_image(image)
+                scheduled += 1
+        self.message_user(
+            request, f"Recompression scheduled for {scheduled} image(s).", messages.SUCCESS
+        )
 
     def get_actions(self, request: HttpRequest):
         actions = super().get_actions(request)
@@ -124,15 +215,32 @@ EDITABLE = ["name", "description", "type", "compression", "target_disk", "transf
 
 
 @admin.register(Version)
-class VersionAdmin(admin.ModelAdmin):
+class VersionAdmin(ImagePermissions, admin.ModelAdmin):
     """Versions, read-only but for the note."""
 
-    list_display = ["image", "number", "size", "stored_size", "stored_compression", "created_at"]
-    list_filter = ["stored_compression"]
+    list_display = [
+        "image",
+        "number",
+        "size",
+        "stored_size",
+        "stored_compression",
+        "uploaded_by",
+        "created_at",
+    ]
+    list_filter = ["stored_compression", "image__type"]
     search_fields = ["image__name", "image__uuid", "sha256"]
-    list_select_related = ["image"]
+    list_select_related = ["image", "uploaded_by"]
     readonly_fields = [f for f in VERSION_FIELDS if f != "note"] + ["image"]
     fields = ["image", *VERSION_FIELDS]
+
+    def image_of(self, obj: object) -> Image:
+        return obj.image
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Version]:
+        versions = super().get_queryset(request)
+        if rules.is_administrator(request.user):
+            return versions
+        return versions.filter(image__in=maintained_system_images(request.user).values("pk"))
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -202,7 +310,7 @@ class FrozenImageForm(forms.ModelForm):
         return data
 
 
-class FrozenImageInline(admin.TabularInline):
+class FrozenImageInline(AdministratorsOnly, admin.TabularInline):
     model = ImageFrozen
     form = FrozenImageForm
     formset = FrozenImageFormSet
@@ -212,7 +320,7 @@ class FrozenImageInline(admin.TabularInline):
 
 
 @admin.register(ImageSetup)
-class ImageSetupAdmin(admin.ModelAdmin):
+class ImageSetupAdmin(AdministratorsOnly, admin.ModelAdmin):
     list_display = ["name", "owner", "image_count", "created_at", "updated_at"]
     list_filter = ["created_at"]
     search_fields = ["name", "uuid", "owner__username", "description"]

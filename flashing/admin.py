@@ -3,6 +3,7 @@
 Power-setting secrets are masked in lists and in the change form; sending the
 mask back keeps the stored secret. States change only through actions that
 call the services, so leases, queues and machine states stay consistent.
+Administrators only (``baas_site.admin.AdministratorsOnly``).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch, QuerySet, Sum
 from django.http import HttpRequest
+from rest_framework.exceptions import APIException
 
 from accounts.services import audit_record
+from baas_site.admin import AdministratorsOnly
 from flashing.models import (
     Deployment,
     DeploymentEvent,
@@ -31,9 +34,19 @@ from flashing.models import (
     mask_power_settings,
 )
 from flashing.services.common import Conflict
-from flashing.services.deployments import deployment_cancel
+from flashing.services.deployments import deployment_cancel, deployment_enqueue
 from flashing.services.leases import lease_end
 from flashing.services.machines import machine_set_state, power_settings_merge
+
+
+def _reason(exc: APIException) -> str:
+    """A service error as one sentence: the messages of a ValidationError, joined."""
+    detail = exc.detail
+    if isinstance(detail, dict):
+        detail = [m for messages_ in detail.values() for m in messages_]
+    if isinstance(detail, list):
+        return " ".join(str(m) for m in detail)
+    return str(detail)
 
 
 class MacAddressInline(admin.TabularInline):
@@ -91,7 +104,7 @@ class MachineForm(forms.ModelForm):
 
 
 @admin.register(Machine)
-class MachineAdmin(admin.ModelAdmin):
+class MachineAdmin(AdministratorsOnly, admin.ModelAdmin):
     form = MachineForm
     list_display = [
         "name",
@@ -176,7 +189,7 @@ class ActiveLeaseFilter(admin.SimpleListFilter):
 
 
 @admin.register(Lease)
-class LeaseAdmin(admin.ModelAdmin):
+class LeaseAdmin(AdministratorsOnly, admin.ModelAdmin):
     """Leases are taken through the API; administrators end them here."""
 
     list_display = ["machine", "user", "starts_at", "ends_at", "ended_at", "end_reason"]
@@ -231,15 +244,41 @@ class DeploymentEventInline(admin.TabularInline):
 
 
 @admin.register(Deployment)
-class DeploymentAdmin(admin.ModelAdmin):
+class DeploymentAdmin(AdministratorsOnly, admin.ModelAdmin):
     """The queue, read-only: deployments change state through the services only."""
 
-    list_display = ["id", "machine", "setup", "requested_by", "kind", "sync", "state", "created_at"]
-    list_filter = ["state", "kind", "machine"]
+    list_display = [
+        "id",
+        "machine",
+        "setup",
+        "requested_by",
+        "kind",
+        "sync",
+        "state",
+        "progress",
+        "created_at",
+        "finished_at",
+    ]
+    list_filter = ["state", "kind", "sync", "machine"]
     search_fields = ["machine__name", "requested_by__username", "setup__name", "failure_reason"]
     list_select_related = ["machine", "setup", "requested_by"]
+    date_hierarchy = "created_at"
     inlines = [DeploymentImageInline, DeploymentEventInline]
-    actions = ["cancel_selected"]
+    actions = ["cancel_selected", "requeue_selected"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(done_bytes=Sum("images__bytes_done"), total_bytes=Sum("images__bytes_total"))
+        )
+
+    @admin.display(description="Progress")
+    def progress(self, deployment: Deployment) -> str:
+        total = getattr(deployment, "total_bytes", None) or 0
+        if not total:
+            return "—"
+        return f"{100 * (deployment.done_bytes or 0) // total} %"
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return [f.name for f in Deployment._meta.fields]
@@ -258,9 +297,32 @@ class DeploymentAdmin(admin.ModelAdmin):
                 self.message_user(request, str(exc.detail), messages.WARNING)
         self.message_user(request, f"Cancelled {cancelled} deployment(s).", messages.SUCCESS)
 
+    @admin.action(description="Queue the selected finished deployments again")
+    def requeue_selected(self, request: HttpRequest, queryset: QuerySet[Deployment]) -> None:
+        """A new deployment of the same setup on the same machine, at the end of its queue."""
+        queued = 0
+        finished = queryset.filter(state__in=[DeploymentState.FAILED, DeploymentState.CANCELLED])
+        for deployment in finished.select_related("machine", "setup"):
+            if deployment.setup is None:
+                self.message_user(
+                    request, f"#{deployment.pk} has no setup to queue again.", messages.WARNING
+                )
+                continue
+            try:
+                deployment_enqueue(
+                    actor=request.user,
+                    machine=deployment.machine,
+                    setup=deployment.setup,
+                    sync=deployment.sync,
+                )
+                queued += 1
+            except APIException as exc:
+                self.message_user(request, f"#{deployment.pk}: {_reason(exc)}", messages.WARNING)
+        self.message_user(request, f"Queued {queued} deployment(s) again.", messages.SUCCESS)
+
 
 @admin.register(UnknownMac)
-class UnknownMacAdmin(admin.ModelAdmin):
+class UnknownMacAdmin(AdministratorsOnly, admin.ModelAdmin):
     """MACs that asked for a boot script but belong to no machine: register them as machines."""
 
     list_display = ["address", "seen_count", "first_seen_at", "last_seen_at", "last_ip"]

@@ -12,30 +12,80 @@ pytestmark = pytest.mark.django_db
     ("role", "superuser", "allowed"),
     [
         (Role.USER, False, False),
-        (Role.MODERATOR, False, False),
+        (Role.MODERATOR, False, True),
         (Role.ADMINISTRATOR, False, True),
         (Role.USER, True, True),
     ],
 )
-def test_only_administrators_reach_django_admin(client, role, superuser, allowed):
+def test_administrators_and_moderators_reach_django_admin(client, role, superuser, allowed):
     person = UserFactory(role=role, is_superuser=superuser)
     assert client.login(username=person.username, password=PASSWORD)
     response = client.get("/admin/")
     if allowed:
         assert response.status_code == 200
-        assert client.get("/admin/accounts/user/").status_code == 200
     else:
         assert response.status_code == 302
         assert "/admin/login/" in response["Location"]
 
 
-def test_the_admin_login_form_refuses_non_administrators(client):
-    person = UserFactory(role=Role.MODERATOR)
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/admin/accounts/user/",
+        "/admin/accounts/accesstoken/",
+        "/admin/accounts/auditevent/",
+        "/admin/auth/group/",
+        "/admin/catalogue/imagesetup/",
+        "/admin/flashing/machine/",
+        "/admin/flashing/lease/",
+        "/admin/flashing/deployment/",
+        "/admin/flashing/unknownmac/",
+    ],
+)
+def test_moderators_see_no_users_tokens_setups_or_machines(client, url):
+    moderator = UserFactory(role=Role.MODERATOR)
+    client.force_login(moderator)
+    assert client.get(url).status_code == 403
+    administrator = UserFactory(role=Role.ADMINISTRATOR)
+    client.force_login(administrator)
+    assert client.get(url).status_code == 200
+
+
+def test_a_moderators_admin_index_lists_only_images_and_versions(client):
+    client.force_login(UserFactory(role=Role.MODERATOR))
+    page = client.get("/admin/").content.decode()
+    assert 'href="/admin/catalogue/image/"' in page
+    assert 'href="/admin/catalogue/version/"' in page
+    for hidden in ("accounts/user", "flashing/machine", "catalogue/imagesetup", "auth/group"):
+        assert f"/admin/{hidden}/" not in page, hidden
+
+
+def test_a_moderator_granted_django_permissions_still_sees_no_users(client):
+    from django.contrib.auth.models import Permission
+
+    moderator = UserFactory(role=Role.MODERATOR)
+    moderator.user_permissions.add(*Permission.objects.filter(codename__endswith="_user"))
+    client.force_login(moderator)
+    assert client.get("/admin/accounts/user/").status_code == 403
+
+
+def test_the_admin_login_form_refuses_plain_users(client):
+    person = UserFactory(role=Role.USER)
     response = client.post(
         "/admin/login/?next=/admin/", {"username": person.username, "password": PASSWORD}
     )
     assert response.status_code == 200  # the form again, with an error
+    assert "Please enter the correct username and password" in response.content.decode()
     assert client.get("/admin/").status_code == 302
+
+
+def test_the_admin_login_form_lets_moderators_in(client):
+    person = UserFactory(role=Role.MODERATOR)
+    response = client.post(
+        "/admin/login/?next=/admin/", {"username": person.username, "password": PASSWORD}
+    )
+    assert response.status_code == 302
+    assert client.get("/admin/").status_code == 200
 
 
 def test_an_administrator_changes_a_role_in_admin(client):

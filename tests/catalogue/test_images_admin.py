@@ -77,3 +77,131 @@ def test_the_admin_deletes_an_image_and_its_files(
     assert response.status_code == 302
     assert not Image.objects.exists()
     assert not get_storage().image_dir(version.image.uuid).exists()
+
+
+# --- Moderators: only the system images assigned to them ------------------------------------
+
+
+@pytest.fixture
+def moderator_web(client_factory, moderator):
+    return client_factory(moderator)
+
+
+@pytest.fixture
+def client_factory():
+    from django.test import Client
+
+    def make(person):
+        client = Client()
+        client.force_login(person)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def assigned(moderator, administrator):
+    image = ImageFactory(owner=administrator, name="debian-assigned", type=ImageType.SYSTEM)
+    image.maintainers.add(moderator)
+    VersionFactory(image=image, number=0)
+    return image
+
+
+@pytest.fixture
+def not_assigned(administrator, user):
+    return [
+        ImageFactory(owner=administrator, name="ubuntu-unassigned", type=ImageType.SYSTEM),
+        ImageFactory(owner=user, name="private-kernel"),
+    ]
+
+
+def test_a_moderator_lists_only_the_system_images_assigned_to_them(
+    moderator_web, assigned, not_assigned
+):
+    page = moderator_web.get("/admin/catalogue/image/").content.decode()
+    assert "debian-assigned" in page
+    assert "ubuntu-unassigned" not in page and "private-kernel" not in page
+    versions = moderator_web.get("/admin/catalogue/version/").content.decode()
+    assert "debian-assigned" in versions and "private-kernel" not in versions
+
+
+def test_a_moderator_cannot_open_other_images(moderator_web, assigned, not_assigned):
+    for image in not_assigned:
+        response = moderator_web.get(f"/admin/catalogue/image/{image.uuid}/change/")
+        assert response.status_code == 302  # "doesn't exist", back to the index
+    version = VersionFactory(image=not_assigned[1], number=0)
+    assert moderator_web.get(f"/admin/catalogue/version/{version.pk}/change/").status_code == 302
+
+
+def test_a_moderator_changes_an_assigned_image_but_not_its_owner_or_maintainers(
+    moderator_web, assigned, moderator, administrator, other_user
+):
+    page = moderator_web.get(f"/admin/catalogue/image/{assigned.uuid}/change/").content.decode()
+    assert assigned.versions.get().sha256 in page  # the versions, read-only
+    assert 'name="description"' in page
+    assert 'name="owner"' not in page and 'name="maintainers"' not in page
+    assert 'name="type"' not in page
+    response = moderator_web.post(
+        f"/admin/catalogue/image/{assigned.uuid}/change/",
+        {
+            "name": "debian-assigned",
+            "description": "Debian 13 with the lab's kernel",
+            "compression": "none",
+            "target_disk": "/dev/sda",
+            "transfer_protocol": "http",
+            "owner": other_user.pk,  # ignored: read-only for moderators
+            "type": ImageType.SINGLE,
+            "maintainers": [],
+            "versions-TOTAL_FORMS": "1",
+            "versions-INITIAL_FORMS": "1",
+            "versions-MIN_NUM_FORMS": "0",
+            "versions-MAX_NUM_FORMS": "1000",
+            "versions-0-id": assigned.versions.get().pk,
+            "versions-0-image": assigned.uuid,
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[-3000:]
+    assigned.refresh_from_db()
+    assert assigned.description == "Debian 13 with the lab's kernel"
+    assert (assigned.owner, assigned.type) == (administrator, ImageType.SYSTEM)
+    assert list(assigned.maintainers.all()) == [moderator]
+
+
+def test_a_moderator_neither_adds_nor_deletes_images_they_do_not_own(moderator_web, assigned):
+    assert moderator_web.get("/admin/catalogue/image/add/").status_code == 403
+    assert moderator_web.get(f"/admin/catalogue/image/{assigned.uuid}/delete/").status_code == 403
+    page = moderator_web.get("/admin/catalogue/image/").content.decode()
+    assert "delete_selected_images" not in page and "recompress" in page
+
+
+def test_an_administrator_sees_every_image(admin_web, assigned, not_assigned):
+    page = admin_web.get("/admin/catalogue/image/").content.decode()
+    for name in ("debian-assigned", "ubuntu-unassigned", "private-kernel"):
+        assert name in page
+
+
+def test_the_recompress_action_schedules_each_image(admin_web, user, monkeypatch):
+    images = [ImageFactory(owner=user, compression="zstd") for _ in range(2)]
+    scheduled = []
+    monkeypatch.setattr(
+        "catalogue.admin.compression_schedule_for_image", lambda image: scheduled.append(image.pk)
+    )
+    response = admin_web.post(
+        "/admin/catalogue/image/",
+        {"action": "recompress", "_selected_action": [str(i.pk) for i in images]},
+        follow=True,
+    )
+    assert sorted(scheduled) == sorted(i.pk for i in images)
+    assert "Recompression scheduled for 2 image(s)." in response.content.decode()
+
+
+def test_a_moderator_recompresses_only_assigned_images(moderator_web, assigned, monkeypatch):
+    scheduled = []
+    monkeypatch.setattr(
+        "catalogue.admin.compression_schedule_for_image", lambda image: scheduled.append(image.pk)
+    )
+    moderator_web.post(
+        "/admin/catalogue/image/",
+        {"action": "recompress", "_selected_action": [str(assigned.pk)]},
+    )
+    assert scheduled == [assigned.pk]

@@ -8,6 +8,7 @@ from catalogue.models import ImageSetup, ImageType
 from flashing.models import Deployment, Lease, Machine, MachineState
 from tests.catalogue.factories import (
     ImageFactory,
+    ImageFrozenFactory,
     ImageSetupFactory,
     VersionFactory,
 )
@@ -229,3 +230,62 @@ def test_a_new_setup_added_in_the_admin_gets_the_same_rules(admin_web, user, oth
     data.update({"frozen_images-0-image": own.image.pk, "frozen_images-0-version": own.pk})
     assert admin_web.post("/admin/catalogue/imagesetup/add/", data).status_code == 302
     assert ImageSetup.objects.get(name="new").frozen_images.get().version == own
+
+
+def make_setup(owner, disk="/dev/sda"):
+    setup = ImageSetupFactory(owner=owner)
+    image = ImageFactory(owner=owner, target_disk=disk)
+    ImageFrozenFactory(setup=setup, version=VersionFactory(image=image, number=0))
+    return setup
+
+
+def test_the_requeue_action_queues_a_failed_deployment_again(admin_web, machine, user):
+    setup = make_setup(user)
+    failed = Deployment.objects.create(
+        machine=machine, requested_by=user, setup=setup, sync=True, state="failed"
+    )
+    response = admin_web.post(
+        "/admin/flashing/deployment/",
+        {"action": "requeue_selected", "_selected_action": [failed.pk]},
+        follow=True,
+    )
+    assert "Queued 1 deployment(s) again." in response.content.decode()
+    again = Deployment.objects.exclude(pk=failed.pk).get()
+    assert (again.machine, again.setup, again.sync, again.state) == (machine, setup, True, "queued")
+    assert again.images.count() == 1
+
+
+def test_the_requeue_action_says_why_it_cannot(admin_web, machine, user):
+    wrong = make_setup(user, disk="/dev/nvme0n1")
+    done = Deployment.objects.create(machine=machine, requested_by=user, setup=wrong, state="done")
+    failed = Deployment.objects.create(
+        machine=machine, requested_by=user, setup=wrong, state="failed"
+    )
+    reset = Deployment.objects.create(machine=machine, setup=None, kind="reset", state="failed")
+    response = admin_web.post(
+        "/admin/flashing/deployment/",
+        {"action": "requeue_selected", "_selected_action": [done.pk, failed.pk, reset.pk]},
+        follow=True,
+    )
+    page = response.content.decode()
+    assert f"#{failed.pk}: bmc-node has no disk /dev/nvme0n1" in page
+    assert f"#{reset.pk} has no setup to queue again." in page
+    assert "Queued 0 deployment(s) again." in page
+    assert Deployment.objects.count() == 3
+
+
+def test_the_deployment_list_shows_progress(admin_web, machine, user):
+    deployment = Deployment.objects.create(machine=machine, requested_by=user, state="writing")
+    image = ImageFactory(owner=user)
+    deployment.images.create(
+        image=image, version_number=0, disk="/dev/sda", bytes_done=25, bytes_total=100
+    )
+    page = admin_web.get("/admin/flashing/deployment/").content.decode()
+    assert "25 %" in page
+
+
+def test_the_machine_page_has_mac_disk_and_content_inlines(admin_web, machine):
+    page = admin_web.get(f"/admin/flashing/machine/{machine.pk}/change/").content.decode()
+    for prefix in ("mac_addresses-0-address", "disks-0-path"):
+        assert f'name="{prefix}"' in page
+    assert "disk_contents" in page
