@@ -12,6 +12,10 @@ from django.views.decorators.http import require_POST
 from accounts import selectors, services
 from accounts.forms import TokenCreateForm
 
+# The new secret waits in the session for the one page that shows it (post,
+# redirect, get: reloading that page neither creates a second token nor shows it again).
+SESSION_NEW = "accounts.new_token"
+
 
 @never_cache  # the page that shows a new secret must not be kept by any cache
 @login_required
@@ -24,11 +28,13 @@ def token_list(request: HttpRequest) -> HttpResponse:
             name=form.cleaned_data["name"],
             expires_at=form.expires_at(),
         )
-        form = TokenCreateForm()
-        context = {"form": form, "new_token": token, "secret": secret}
-    else:
-        context = {"form": form}
-    context["tokens"] = selectors.token_list(user=request.user)
+        request.session[SESSION_NEW] = {"name": token.name, "secret": secret}
+        return redirect("tokens")
+    context = {
+        "form": form,
+        "new_token": request.session.pop(SESSION_NEW, None),
+        "tokens": selectors.token_list(user=request.user),
+    }
     return render(request, "accounts/tokens.html", context)
 
 

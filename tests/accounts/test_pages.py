@@ -33,14 +33,15 @@ def test_anonymous_visitors_are_sent_to_sign_in(client, user):
 
 
 def test_a_new_token_is_shown_once_and_only_its_digest_is_kept(signed_in, user):
-    response = signed_in.post(reverse("tokens"), {"name": "laptop"})
-    assert response.status_code == 200
-    secret = response.context["secret"]
+    response = signed_in.post(reverse("tokens"), {"name": "laptop"}, follow=True)
+    assert response.redirect_chain == [(reverse("tokens"), 302)]
+    secret = response.context["new_token"]["secret"]
     token = AccessToken.objects.get(user=user, name="laptop")
     assert token.digest == token_digest(secret)
     assert secret.encode() in response.content
     assert "no-store" in response["Cache-Control"]
     again = signed_in.get(reverse("tokens"))
+    assert AccessToken.objects.filter(user=user).count() == 1
     assert secret.encode() not in again.content
     assert token.hint.encode() in again.content
 

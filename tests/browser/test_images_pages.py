@@ -1,0 +1,158 @@
+"""The image and setup pages in a real browser: create, upload with progress, download, errors."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+from playwright.sync_api import expect
+
+from catalogue.models import Image, ImageFrozen, ImageSetup, Version
+from tests.accounts.factories import PASSWORD, UserFactory
+from tests.browser.conftest import sign_in
+from tests.catalogue.factories import ImageFactory, VersionFactory
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def person():
+    return UserFactory(username="ada", display_name="Ada Lovelace")
+
+
+def _upload(page, path, sha256: str = "") -> None:
+    page.get_by_label("Image file").set_input_files(str(path))
+    if sha256:
+        page.get_by_label("Expected SHA-256").fill(sha256)
+    page.get_by_role("button", name="Upload", exact=True).click()
+
+
+def test_a_user_creates_an_image_uploads_a_version_and_downloads_it(
+    page, person, screenshot, tmp_path
+):
+    sign_in(page, person.username, PASSWORD)
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Images").click()
+    page.get_by_role("link", name="New image").click()
+    screenshot(page, "image-new")
+    page.get_by_label("Name").fill("my-kernel")
+    page.get_by_label("Type").select_option(label="Boot")
+    page.get_by_label("Target disk").fill("/dev/vda")
+    page.get_by_role("button", name="Create image").click()
+    expect(page.get_by_role("heading", name="my-kernel", level=1)).to_be_visible()
+    image = Image.objects.get(name="my-kernel", owner=person)
+    assert page.url.endswith(f"/images/{image.pk}/")
+
+    content = os.urandom(3 * MiB + 12345)
+    path = tmp_path / "disk.img"
+    path.write_bytes(content)
+    _upload(page, path)
+    bar = page.get_by_role("progressbar")
+    expect(page.get_by_role("status").filter(has_text="Version 1 uploaded")).to_be_visible()
+    expect(bar).to_have_js_property("value", 100)
+    row = page.get_by_role("row").filter(has_text="v1")
+    expect(row).to_contain_text(hashlib.sha256(content).hexdigest())
+    expect(row).to_contain_text("3.0\xa0MB")
+    version = Version.objects.get(image=image, number=1)
+    assert (version.size, version.uploaded_by) == (len(content), person)
+    screenshot(page, "image-detail")
+
+    with page.expect_download() as info:
+        page.get_by_role("link", name="Download version 1").click()
+    assert info.value.suggested_filename.startswith("my-kernel-v1")
+    with open(info.value.path(), "rb") as downloaded:
+        assert downloaded.read() == content
+
+    page.get_by_role("link", name="Images", exact=True).first.click()
+    expect(page.get_by_role("link", name="my-kernel")).to_be_visible()
+    screenshot(page, "images")
+
+
+def test_upload_errors_from_the_api_are_shown(page, person, settings, tmp_path):
+    image = ImageFactory(owner=person, name="raw-disk")
+    VersionFactory(image=image, number=0)
+    sign_in(page, person.username, PASSWORD)
+    page.goto(f"/images/{image.pk}/")
+    alert = page.locator("#upload-error")
+
+    qcow2 = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(qcow2), "1M"], check=True)
+    _upload(page, qcow2)
+    expect(alert).to_contain_text("The upload was refused: This is a raw image")
+    expect(alert).to_be_focused()
+
+    data = tmp_path / "data.img"
+    data.write_bytes(b"x" * MiB)
+    _upload(page, data, sha256="0" * 64)
+    expect(alert).to_contain_text("SHA-256")
+    expect(alert).to_contain_text("Nothing was stored")
+
+    settings.BAAS_MAX_IMAGE_SIZE = MiB
+    page.reload()
+    big = tmp_path / "big.img"
+    big.write_bytes(b"y" * (MiB + 4096))
+    _upload(page, big)
+    expect(alert).to_contain_text("The file is too large:")
+    assert list(image.versions.values_list("number", flat=True)) == [0]
+
+
+def test_a_user_builds_a_setup_and_cannot_delete_a_pinned_image(page, person, screenshot):
+    image = ImageFactory(owner=person, name="debian", target_disk="/dev/sda")
+    for number in (0, 1):
+        VersionFactory(image=image, number=number)
+    data = ImageFactory(owner=person, name="home", type="user_data", target_disk="/dev/sdb")
+    VersionFactory(image=data, number=0)
+    sign_in(page, person.username, PASSWORD)
+    page.get_by_role("link", name="Setups").click()
+    page.get_by_role("link", name="New setup").click()
+    page.get_by_label("Name").fill("kernel-lab")
+    page.get_by_role("button", name="Create setup").click()
+    expect(page.get_by_role("heading", name="kernel-lab")).to_be_visible()
+
+    picker = page.get_by_label("Image and version")
+    picker.select_option(value=f"{image.pk}:0")
+    page.get_by_label("Target disk").fill("/dev/nvme0n1")
+    page.get_by_role("button", name="Add to setup").click()
+    picker.select_option(value=f"{data.pk}:0")
+    page.get_by_role("button", name="Add to setup").click()
+    expect(page.get_by_role("row").filter(has_text="home")).to_contain_text("/dev/sdb")
+    expect(page.get_by_role("row").filter(has_text="debian")).to_contain_text("/dev/nvme0n1")
+
+    picker.select_option(value=f"{image.pk}:1")
+    page.get_by_role("button", name="Add to setup").click()
+    expect(page.get_by_role("alert")).to_contain_text("already in setup")
+    screenshot(page, "setup-detail")
+
+    setup = ImageSetup.objects.get(name="kernel-lab", owner=person)
+    pinned = {f.image.name: (f.version.number, f.sync, f.disk) for f in setup.frozen_images.all()}
+    assert pinned == {"debian": (0, False, "/dev/nvme0n1"), "home": (0, True, "/dev/sdb")}
+
+    page.get_by_role("link", name="debian").click()
+    page.get_by_role("link", name="Delete").click()
+    page.get_by_role("button", name="Delete the image").click()
+    expect(page.get_by_role("alert")).to_contain_text('pinned in the setup(s) "kernel-lab"')
+    assert Image.objects.filter(pk=image.pk).exists()
+
+    page.goto(f"/setups/{setup.pk}/")
+    page.get_by_role("button", name="Remove debian from the setup").click()
+    expect(page.get_by_role("status").filter(has_text="removed")).to_be_visible()
+    assert not ImageFrozen.objects.filter(setup=setup, image=image).exists()
+    page.goto(f"/images/{image.pk}/delete/")
+    page.get_by_role("button", name="Delete the image").click()
+    expect(page.get_by_role("status").filter(has_text="deleted")).to_be_visible()
+    assert not Image.objects.filter(pk=image.pk).exists()
+
+
+def test_the_pages_fit_a_phone(page, person, screenshot):
+    image = ImageFactory(owner=person, name="phone-test")
+    VersionFactory(image=image, number=0)
+    sign_in(page, person.username, PASSWORD)
+    page.set_viewport_size({"width": 390, "height": 844})
+    for url, name in [("/", "home-phone"), (f"/images/{image.pk}/", "image-detail-phone")]:
+        page.goto(url)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{url} scrolls sideways ({width}px)"
+        screenshot(page, name)
