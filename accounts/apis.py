@@ -23,7 +23,21 @@ class UserOutputSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = User
-        fields = ["username", "name", "email", "role", "is_administrator", "date_joined"]
+        fields = [
+            "username",
+            "name",
+            "email",
+            "role",
+            "is_administrator",
+            "storage_quota",
+            "date_joined",
+        ]
+        extra_kwargs = {
+            "storage_quota": {
+                "help_text": "Bytes on disk the user's images may take (null: no limit); "
+                "GET /api/user/<name>/usage shows what they use"
+            }
+        }
 
 
 class UserPublicSerializer(serializers.ModelSerializer):
@@ -57,6 +71,12 @@ class UserUpdateInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=150, required=False, source="display_name")
     role = serializers.ChoiceField(choices=Role.choices, required=False)
     password = serializers.CharField(required=False, write_only=True, min_length=8)
+    storage_quota = serializers.IntegerField(
+        required=False,
+        allow_null=True,
+        min_value=0,
+        help_text="Bytes on disk the user's images may take; null: no limit (administrators only)",
+    )
 
     def validate_email(self, value: str) -> str:
         others = User.objects.filter(email__iexact=value).exclude(pk=self.context["user"].pk)

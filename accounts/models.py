@@ -59,6 +59,12 @@ class User(AbstractBaseUser, PermissionsMixin):
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.USER)
     is_active = models.BooleanField(default=True)
     date_joined = models.DateTimeField(default=timezone.now)
+    storage_quota = models.PositiveBigIntegerField(
+        null=True,
+        blank=True,
+        help_text="Bytes on disk this user's images may take (empty: no limit). "
+        "Set by administrators; uploads beyond it are refused with 413.",
+    )
 
     objects = BaasUserManager()
 

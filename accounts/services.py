@@ -57,6 +57,7 @@ def user_update(*, actor: Any, user: User, **fields: Any) -> User:
             raise PermissionDenied("Only administrators change roles.")
         audit_record(actor=actor, action="user.role", target=user, old=user.role, new=new_role)
         user.role = new_role
+    _quota_change(actor, user, fields)
     for name, value in fields.items():
         setattr(user, name, value)
     if password:
@@ -65,6 +66,19 @@ def user_update(*, actor: Any, user: User, **fields: Any) -> User:
     user.save()
     audit_record(actor=actor, action="user.update", target=user, fields=sorted(fields))
     return user
+
+
+def _quota_change(actor: Any, user: User, fields: dict[str, Any]) -> None:
+    """Only administrators set storage quotas; each change is recorded."""
+    if "storage_quota" not in fields:
+        return
+    new = fields.pop("storage_quota")
+    if new == user.storage_quota:
+        return
+    if not rules.is_administrator(actor):
+        raise PermissionDenied("Only administrators set storage quotas.")
+    audit_record(actor=actor, action="user.quota", target=user, old=user.storage_quota, new=new)
+    user.storage_quota = new
 
 
 @transaction.atomic

@@ -229,6 +229,16 @@ CELERY_BEAT_SCHEDULE = {
         "task": "flashing.deployments_watchdog",
         "schedule": float(env.int("BAAS_WATCHDOG_INTERVAL", default=30)),
     },
+    # Deletes expired temporal images (not while a deployment needs them).
+    "catalogue-temporal-expire": {
+        "task": "catalogue.temporal_expire",
+        "schedule": float(env.int("BAAS_TEMPORAL_EXPIRE_INTERVAL", default=300)),
+    },
+    # Deletes versions beyond each image's keep_versions (also run after each upload).
+    "catalogue-versions-prune": {
+        "task": "catalogue.versions_prune",
+        "schedule": float(env.int("BAAS_VERSIONS_PRUNE_INTERVAL", default=3600)),
+    },
 }
 
 # --- BAAS ------------------------------------------------------------------------
@@ -237,6 +247,12 @@ BAAS_NEW_IMAGE_SIZE = env.int("BAAS_NEW_IMAGE_SIZE", default=6 * 1024**3)
 BAAS_MAX_IMAGE_SIZE = env.int("BAAS_MAX_IMAGE_SIZE", default=64 * 1024**3)
 # An upload's .part file untouched for this long belongs to a dead upload.
 BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=24 * 3600)
+# Temporal images: kept this many days after they are made temporal, and at
+# most BAAS_TEMPORAL_MAX_DAYS from now when their owners extend them. Set by
+# the administrators of the deployment. Per-user storage quotas and per-image
+# version retention are set in the admin (User.storage_quota, Image.keep_versions).
+BAAS_TEMPORAL_DEFAULT_DAYS = env.int("BAAS_TEMPORAL_DEFAULT_DAYS", default=14)
+BAAS_TEMPORAL_MAX_DAYS = env.int("BAAS_TEMPORAL_MAX_DAYS", default=90)
 # Leases: length when a user asks for none, and the longest a lease may last
 # from its start, extensions included. Set by the administrators of the
 # deployment, like every other limit here.

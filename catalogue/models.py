@@ -7,6 +7,7 @@ import uuid
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 
 # A block device or partition: /dev/sda, /dev/sda2, /dev/nvme0n1p2, /dev/disk/by-id/…
@@ -88,12 +89,30 @@ class Image(models.Model):
         related_name="maintained_images",
         help_text="Moderators who may change this system image.",
     )
+    # Lifecycle (catalogue.services.lifecycle): when a temporal image is deleted,
+    # and how many of the latest versions any image keeps.
+    expires_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Temporal images only: deleted, with their files, after this moment.",
+    )
+    keep_versions = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Keep only this many of the latest versions (empty: keep every version). "
+        "Versions pinned by a setup or on a machine's disk are always kept.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["name", "created_at"]
-        indexes = [models.Index(fields=["owner", "name"]), models.Index(fields=["type"])]
+        indexes = [
+            models.Index(fields=["owner", "name"]),
+            models.Index(fields=["type"]),
+            models.Index(fields=["expires_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.uuid})"

@@ -74,3 +74,47 @@ def purge_stale_uploads_task() -> int:
     for path in removed:
         logger.warning("Removed the stale upload %s", path)
     return len(removed)
+
+
+# --- Lifecycle: temporal images and version retention -------------------------------------
+
+
+@shared_task(
+    name="catalogue.temporal_expire",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=15,
+    max_retries=3,
+)
+def temporal_expire_task() -> dict:
+    """Delete expired temporal images and their files, but not while a deployment needs them.
+
+    Run by beat every BAAS_TEMPORAL_EXPIRE_INTERVAL seconds; idempotent.
+    """
+    from catalogue.services import lifecycle
+
+    report = lifecycle.temporal_expire()
+    for image_uuid in report.waiting:
+        logger.info("Expired temporal image %s waits for a deployment to finish", image_uuid)
+    return {"deleted": report.deleted, "waiting": report.waiting, "unpinned": report.unpinned}
+
+
+@shared_task(
+    name="catalogue.versions_prune",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=15,
+    max_retries=3,
+)
+def versions_prune_task(image_uuid: str | None = None) -> dict:
+    """Delete versions beyond an image's ``keep_versions`` (every image when none is given).
+
+    Fired after each upload commits, and by beat every BAAS_VERSIONS_PRUNE_INTERVAL
+    seconds for every image; idempotent.
+    """
+    from catalogue.services import lifecycle
+
+    if image_uuid is None:
+        return lifecycle.versions_prune_all()
+    numbers = lifecycle.versions_prune(image_uuid=image_uuid)
+    return {image_uuid: numbers} if numbers else {}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from catalogue.apis import downloads, setups
+from catalogue.apis import downloads, setups, usage
 from catalogue.apis.images import urlpatterns as image_urlpatterns
 
 setup_urlpatterns = [
@@ -37,6 +37,7 @@ download_urlpatterns = [
 ]
 
 urlpatterns = [
+    path("user/<str:username>/usage", usage.UserUsageApi.as_view(), name="user-usage"),
     *image_urlpatterns,
     *setup_urlpatterns,
     *download_urlpatterns,

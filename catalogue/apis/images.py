@@ -12,7 +12,12 @@ from typing import Any
 
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    extend_schema,
+    extend_schema_field,
+    inline_serializer,
+)
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import PermissionDenied
 from rest_framework.request import Request
@@ -35,6 +40,7 @@ from catalogue.models import (
 )
 from catalogue.selectors import images as selectors
 from catalogue.services import images as services
+from catalogue.services import lifecycle
 
 # --- Serializers ---------------------------------------------------------------------
 
@@ -73,6 +79,13 @@ class ImageOutputSerializer(serializers.ModelSerializer):
     maintainers = serializers.SlugRelatedField(slug_field="username", many=True, read_only=True)
     associated_images = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     versions = VersionOutputSerializer(many=True, read_only=True)
+    shared = serializers.SerializerMethodField(
+        help_text="A system image: the shared base every signed-in user may build on "
+        "(changed only by its assigned moderators and administrators)"
+    )
+    storage_used = serializers.SerializerMethodField(
+        help_text="Bytes this image's versions take on disk (holes and compression counted)"
+    )
 
     class Meta:
         model = Image
@@ -82,16 +95,34 @@ class ImageOutputSerializer(serializers.ModelSerializer):
             "owner",
             "description",
             "type",
+            "shared",
             "file_standard",
             "compression",
             "target_disk",
             "transfer_protocol",
             "associated_images",
             "maintainers",
+            "expires_at",
+            "keep_versions",
+            "storage_used",
             "created_at",
             "updated_at",
             "versions",
         ]
+        extra_kwargs = {
+            "expires_at": {
+                "help_text": "Temporal images: deleted with their files after this moment "
+                "(POST …/extend to keep them longer); null for every other type"
+            },
+        }
+
+    def get_shared(self, image: Image) -> bool:
+        return image.type == ImageType.SYSTEM
+
+    @extend_schema_field(OpenApiTypes.INT64)
+    def get_storage_used(self, image: Image) -> int:
+        # The versions are prefetched (selectors.image_queryset): no query per image.
+        return sum(version.stored_size for version in image.versions.all())
 
 
 class ImageCreateInputSerializer(serializers.Serializer):
@@ -106,6 +137,13 @@ class ImageCreateInputSerializer(serializers.Serializer):
         choices=TransferProtocol.choices, default=TransferProtocol.HTTP
     )
     description = serializers.CharField(required=False, allow_blank=True, default="")
+    keep_versions = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Keep only this many of the latest versions (null: every version)",
+    )
 
 
 class ImageUpdateInputSerializer(serializers.Serializer):
@@ -122,6 +160,13 @@ class ImageUpdateInputSerializer(serializers.Serializer):
         max_length=255, required=False, validators=[validate_target_disk]
     )
     transfer_protocol = serializers.ChoiceField(choices=TransferProtocol.choices, required=False)
+    keep_versions = serializers.IntegerField(
+        min_value=1,
+        required=False,
+        allow_null=True,
+        help_text="Keep only this many of the latest versions (null: every version); "
+        "versions pinned by a setup or on a machine's disk are always kept",
+    )
     associated_images = serializers.ListField(
         child=serializers.UUIDField(), required=False, help_text="UUIDs of images you may read"
     )
@@ -144,6 +189,14 @@ class ImageUpdateInputSerializer(serializers.Serializer):
         if missing:
             raise serializers.ValidationError(f"No such user: {', '.join(missing)}.")
         return list(found.values())
+
+
+class ImageExtendInputSerializer(serializers.Serializer):
+    days = serializers.IntegerField(
+        min_value=1,
+        help_text="Days added to the current expiry (or to now, if it has passed); the result "
+        "may be at most BAAS_TEMPORAL_MAX_DAYS days from now",
+    )
 
 
 class UploadFormSerializer(serializers.Serializer):
@@ -274,6 +327,7 @@ class ImageDetailApi(APIView):
         image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
         if not rules.can_write_image(request.user, image):
             raise PermissionDenied("You may read this image but not upload to it.")
+        _quota_check_up_front(request, image)
         version = uploads.upload_version(request, image)
         return Response(VersionUploadedSerializer(version).data, status=status.HTTP_201_CREATED)
 
@@ -308,6 +362,33 @@ class ImageDetailApi(APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
+def _quota_check_up_front(request: Request, image: Image) -> None:
+    """413 before reading a byte when the body is longer than the owner's quota leaves."""
+    guard = lifecycle.quota_guard_for(image)
+    if guard is not None:
+        length = request.META.get("CONTENT_LENGTH")
+        guard.check_length(int(length) if length and length.isdigit() else None)
+
+
+class ImageExtendApi(APIView):
+    """Keep a temporal image longer: whoever may change the image, within the maximum."""
+
+    @extend_schema(
+        summary="Extend a temporal image's retention",
+        description="Adds `days` to the image's `expires_at` (counted from now if it has "
+        "passed). The new expiry may be at most BAAS_TEMPORAL_MAX_DAYS days from now, else "
+        "400 says how many days are left; 409 for an image that is not temporal.",
+        request=ImageExtendInputSerializer,
+        responses={200: ImageOutputSerializer, 400: ERROR, 403: ERROR, 404: ERROR, 409: ERROR},
+    )
+    def post(self, request: Request, image_id: str) -> Response:
+        image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
+        data = ImageExtendInputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        lifecycle.image_extend(actor=request.user, image=image, days=data.validated_data["days"])
+        return _image_response(selectors.image_queryset().get(pk=image.pk))
+
+
 class VersionListApi(APIView):
     """An image's versions, oldest first."""
 
@@ -331,4 +412,5 @@ urlpatterns = [
     path("images", ImageListApi.as_view(), name="image-list"),
     path("image/<str:image_id>", ImageDetailApi.as_view(), name="image-detail"),
     path("image/<str:image_id>/versions", VersionListApi.as_view(), name="image-versions"),
+    path("image/<str:image_id>/extend", ImageExtendApi.as_view(), name="image-extend"),
 ]

@@ -46,7 +46,14 @@ _zeros_sha256_memo: dict[int, str] = dict(KNOWN_ZEROS_SHA256)
 _zeros_sha256_lock = threading.Lock()
 
 # Fields image_update changes by plain assignment.
-SIMPLE_FIELDS = ("name", "description", "compression", "target_disk", "transfer_protocol")
+SIMPLE_FIELDS = (
+    "name",
+    "description",
+    "compression",
+    "target_disk",
+    "transfer_protocol",
+    "keep_versions",
+)
 
 
 def _compression_hooks():
@@ -54,6 +61,12 @@ def _compression_hooks():
     from catalogue.services import compression
 
     return compression
+
+
+def _lifecycle():
+    from catalogue.services import lifecycle
+
+    return lifecycle
 
 
 # --- The empty image's checksum ---------------------------------------------------
@@ -102,6 +115,7 @@ def image_create(
     target_disk: str = "/dev/sda",
     transfer_protocol: str = TransferProtocol.HTTP,
     description: str = "",
+    keep_versions: int | None = None,
 ) -> Image:
     """Create an image owned by ``owner`` with its empty version 0 of BAAS_NEW_IMAGE_SIZE.
 
@@ -118,6 +132,7 @@ def image_create(
         target_disk=target_disk,
         transfer_protocol=transfer_protocol,
         description=description,
+        keep_versions=keep_versions,
     )
     return image_create_from(actor=actor, image=image)
 
@@ -126,6 +141,7 @@ def image_create_from(*, actor: Any, image: Image) -> Image:
     """Save a new, unsaved ``image`` and store its empty version 0 (also used by the admin)."""
     if not rules.can_create_image(actor, image.type):
         raise PermissionDenied("Only moderators and administrators create system images.")
+    _lifecycle().image_expiry_apply(image)
     _full_clean(image)
     size = settings.BAAS_NEW_IMAGE_SIZE
     try:
@@ -208,6 +224,7 @@ def image_update(
     """
     if not rules.can_write_image(actor, image):
         raise PermissionDenied("You may read this image but not change it.")
+    old_type, old_keep = image.type, image.keep_versions
     _check_type_change(actor, image, fields.pop("type", None))
     _check_file_standard(image, fields.pop("file_standard", None))
     old_compression = image.compression
@@ -216,6 +233,7 @@ def image_update(
             setattr(image, name, fields.pop(name))
     if fields:
         raise TypeError(f"image_update() got unexpected fields {sorted(fields)}")
+    _lifecycle().image_expiry_apply(image, old_type=old_type)
     _full_clean(image)
     with transaction.atomic():
         image.save()
@@ -223,6 +241,8 @@ def image_update(
         audit_record(actor=actor, action="image.update", target=image, changed=changed)
         if image.compression != old_compression:
             _compression_hooks().compression_schedule_for_image(image)
+        if image.keep_versions != old_keep:
+            _lifecycle().versions_prune_schedule(image)
     return image
 
 

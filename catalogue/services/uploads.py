@@ -8,7 +8,8 @@ a :class:`VersionReceiver`, which
 * hashes the raw bytes (SHA-256) on a thread of its own, beside the I/O;
 * refuses, as soon as it knows, data that is not the image's file standard
   (a qcow2 image takes only qcow2 data, without a backing file; a raw image
-  never qcow2 data) and data larger than BAAS_MAX_IMAGE_SIZE;
+  never qcow2 data), data larger than BAAS_MAX_IMAGE_SIZE, and data that
+  would take its owner past their storage quota (``lifecycle.QuotaGuard``);
 * writes into a pending file in the image's directory: the upload's own
   compressed bytes when they are in the image's compression, else the raw
   bytes, sparse. A compression job rewrites the latter later.
@@ -36,6 +37,7 @@ from accounts import rules
 from accounts.services import audit_record
 from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
 from catalogue.models import Compression, FileStandard, Image, Version
+from catalogue.services.lifecycle import quota_guard_for, versions_prune_schedule
 from catalogue.storage import (
     SUFFIXES,
     PendingFile,
@@ -95,6 +97,7 @@ class VersionReceiver:
         self._wire_hash = hashlib.sha256()
         self._store_compressed = False
         self._done = False
+        self._quota = quota_guard_for(image)  # None: the owner has no quota
 
     def __enter__(self) -> VersionReceiver:
         return self
@@ -118,6 +121,12 @@ class VersionReceiver:
             data, self._head = self._head, b""
             self._start(data)
         self._receive(data)
+        self._check_quota()
+
+    def _check_quota(self) -> None:
+        """413 as soon as the pending file takes more on disk than the owner's quota leaves."""
+        if self._quota is not None and self.pending is not None:
+            self._quota.check_stored(self.pending.path)
 
     def _start(self, head: bytes) -> None:
         if self.encoding is None:
@@ -187,6 +196,7 @@ class VersionReceiver:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
         if not self._standard_checked:
             self._check_standard()
+        self._check_quota()
         sha256 = self._hasher.hexdigest()
         if self.image.file_standard == FileStandard.QCOW2 and not self._store_compressed:
             self._virtual_size = self._qemu_check()
@@ -348,4 +358,5 @@ def _version_row(
     from catalogue.services.compression import compression_schedule_for_version
 
     compression_schedule_for_version(version)
+    versions_prune_schedule(image)
     return version
