@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from accounts.models import Role, User
+from catalogue.models import ImageType
 from tests.accounts.factories import PASSWORD, UserFactory
 from tests.browser.conftest import sign_in
+from tests.catalogue.factories import ImageFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -34,7 +37,7 @@ def test_a_wrong_password_shows_an_error(page):
 
 
 def test_a_user_cannot_reach_admin(page):
-    person = UserFactory(role=Role.MODERATOR)
+    person = UserFactory(role=Role.USER)
     sign_in(page, person.username, PASSWORD)
     assert page.get_by_role("link", name="Admin", exact=True).count() == 0
     page.goto("/admin/")
@@ -55,3 +58,29 @@ def test_an_administrator_changes_a_users_role_in_admin(page, screenshot):
     assert page.get_by_text("was changed successfully").is_visible()
     target.refresh_from_db()
     assert User.objects.get(pk=target.pk).role == Role.MODERATOR
+
+
+def test_a_moderator_sees_only_their_system_images_in_admin(page, screenshot):
+    moderator = UserFactory(role=Role.MODERATOR)
+    owner = UserFactory(role=Role.ADMINISTRATOR)
+    mine = ImageFactory(owner=owner, name="debian-maintained", type=ImageType.SYSTEM)
+    mine.maintainers.add(moderator)
+    ImageFactory(owner=owner, name="ubuntu-someone-elses", type=ImageType.SYSTEM)
+    ImageFactory(owner=owner, name="private-kernel")
+    sign_in(page, moderator.username, PASSWORD)
+    page.goto("/admin/")
+    assert page.get_by_role("link", name="Users").count() == 0
+    assert page.get_by_role("link", name="Machines").count() == 0
+    page.get_by_role("link", name="Images", exact=True).click()
+    page.wait_for_url("**/admin/catalogue/image/")
+    expect(page.get_by_role("link", name="debian-maintained")).to_be_visible()
+    expect(page.get_by_text("ubuntu-someone-elses")).to_have_count(0)
+    expect(page.get_by_text("private-kernel")).to_have_count(0)
+    screenshot(page, "admin-moderator-images")
+    page.get_by_role("link", name="debian-maintained").click()
+    page.get_by_label("Description").fill("The lab's Debian")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.get_by_text("was changed successfully")).to_be_visible()
+    mine.refresh_from_db()
+    assert mine.description == "The lab's Debian"
+    assert page.goto("/admin/accounts/user/").status == 403
