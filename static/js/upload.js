@@ -30,8 +30,9 @@
     507: "The server is out of space"
   };
 
+  // Powers of 1024 with the same names as the page's sizes (Django's filesizeformat).
   function size(bytes) {
-    var units = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    var units = ["bytes", "KB", "MB", "GB", "TB"];
     var i = 0;
     while (bytes >= 1024 && i < units.length - 1) { bytes /= 1024; i += 1; }
     return (i === 0 ? bytes : bytes.toFixed(1)) + " " + units[i];
