@@ -243,6 +243,8 @@ def image_update(
             _compression_hooks().compression_schedule_for_image(image)
         if image.keep_versions != old_keep:
             _lifecycle().versions_prune_schedule(image)
+        if image.type != old_type:
+            _lifecycle().user_data_pins_sync(image)
     return image
 
 

@@ -1,5 +1,9 @@
 """What each image's lifecycle means: temporal expiry, version retention, storage quotas.
 
+**User data images** are always synced back: new pins through
+``setups.effective_sync``, pins made before an image became user data through
+:func:`user_data_pins_sync`.
+
 **Temporal images** carry ``expires_at``: BAAS_TEMPORAL_DEFAULT_DAYS after they
 become temporal (at creation, or when their type changes), at most
 BAAS_TEMPORAL_MAX_DAYS from now when an owner extends them
@@ -57,6 +61,23 @@ from catalogue.storage import get_storage
 logger = logging.getLogger(__name__)
 
 GiB = 1024**3
+
+
+# --- User data images -------------------------------------------------------------------------
+
+
+def user_data_pins_sync(image: Image) -> int:
+    """An image that became user data is synced back from every setup that pins it.
+
+    ``setups.effective_sync`` turns sync on for new pins; this turns it on for
+    pins made before the type changed, wherever the setup's owner may write
+    the image (the others could never bring it back). Returns how many changed.
+    """
+    if image.type != ImageType.USER_DATA:
+        return 0
+    frozen = ImageFrozen.objects.filter(image=image, sync=False).select_related("setup__owner")
+    ids = [item.pk for item in frozen if rules.can_write_image(item.setup.owner, image)]
+    return ImageFrozen.objects.filter(pk__in=ids).update(sync=True)
 
 
 # --- Temporal images ------------------------------------------------------------------------
