@@ -106,6 +106,8 @@ def test_a_user_builds_a_setup_and_cannot_delete_a_pinned_image(page, person, sc
     data = ImageFactory(owner=person, name="home", type="user_data", target_disk="/dev/sdb")
     VersionFactory(image=data, number=0)
     sign_in(page, person.username, PASSWORD)
+    expect(page.get_by_role("region", name="My images")).to_contain_text("debian")
+    screenshot(page, "home-mine")
     page.get_by_role("link", name="Setups").click()
     page.get_by_role("link", name="New setup").click()
     page.get_by_label("Name").fill("kernel-lab")
@@ -156,3 +158,36 @@ def test_the_pages_fit_a_phone(page, person, screenshot):
         width = page.evaluate("document.documentElement.scrollWidth")
         assert width <= 390, f"{url} scrolls sideways ({width}px)"
         screenshot(page, name)
+
+
+def test_a_file_dropped_on_the_drop_zone_is_uploaded(page, person):
+    image = ImageFactory(owner=person, name="dropped")
+    VersionFactory(image=image, number=0)
+    sign_in(page, person.username, PASSWORD)
+    page.goto(f"/images/{image.pk}/")
+    drop = page.evaluate_handle(
+        """() => {
+            const data = new DataTransfer();
+            data.items.add(new File([new Uint8Array(256 * 1024).fill(7)], "dropped.img"));
+            return data;
+        }"""
+    )
+    page.locator("#dropzone").dispatch_event("drop", {"dataTransfer": drop})
+    expect(page.get_by_role("status").filter(has_text="Version 1 uploaded")).to_be_visible()
+    expect(page.get_by_role("row").filter(has_text="v1")).to_contain_text("256.0\xa0KB")
+    assert (
+        Version.objects.get(image=image, number=1).sha256
+        == hashlib.sha256(bytes([7]) * 256 * 1024).hexdigest()
+    )
+
+
+def test_an_image_is_created_with_the_keyboard_alone(page, person):
+    sign_in(page, person.username, PASSWORD)
+    page.goto("/images/new/")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.get_by_label("Name").focus()
+    page.keyboard.type("typed")
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="typed", level=1)).to_be_visible()
+    assert Image.objects.filter(name="typed", owner=person).exists()
