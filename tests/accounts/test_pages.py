@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -105,3 +107,22 @@ def test_home_shows_my_images_setups_leases_and_unfinished_deployments(signed_in
     assert "old-one" not in html
     assert f'href="/deployments/{running.pk}/"' in html
     assert html.count('href="/deployments/') == 1
+
+
+def test_home_needs_the_same_queries_however_much_i_have(signed_in, user):
+    def count() -> int:
+        with CaptureQueriesContext(connection) as queries:
+            assert signed_in.get(reverse("home")).status_code == 200
+        return len(queries)
+
+    def add_some() -> None:
+        VersionFactory(image=ImageFactory(owner=user), number=0)
+        setup = ImageSetupFactory(owner=user)
+        lease = LeaseFactory(user=user)
+        DeploymentFactory(machine=lease.machine, setup=setup, requested_by=user)
+
+    add_some()
+    few = count()
+    for _ in range(5):
+        add_some()
+    assert count() == few
