@@ -93,6 +93,7 @@ class PowerDriver(models.TextChoices):
     IPMI = "ipmi", "IPMI (ipmitool)"
     REDFISH = "redfish", "Redfish"
     COMMAND = "command", "Command"
+    QEMU = "qemu", "QEMU virtual machine"
 
 
 class Machine(models.Model):

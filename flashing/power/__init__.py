@@ -10,8 +10,9 @@ with a message a person can act on:
 * ``power_off(machine)``.
 
 Drivers: ``manual`` (a person does it), ``command`` (a configured shell
-command), ``ipmi`` (``ipmitool``), ``redfish`` (HTTP). Settings come from
-``Machine.power_settings``.
+command), ``ipmi`` (``ipmitool``), ``redfish`` (HTTP), ``qemu`` (a virtual
+machine on the worker's host, for labs without hardware and for the tests).
+Settings come from ``Machine.power_settings``.
 """
 
 from __future__ import annotations
@@ -54,13 +55,14 @@ class Driver(Protocol):
 
 
 def driver_for(machine: Machine) -> Driver:
-    from flashing.power import command, ipmi, manual, redfish
+    from flashing.power import command, ipmi, manual, qemu, redfish
 
     drivers: dict[str, type] = {
         PowerDriver.MANUAL: manual.ManualDriver,
         PowerDriver.COMMAND: command.CommandDriver,
         PowerDriver.IPMI: ipmi.IpmiDriver,
         PowerDriver.REDFISH: redfish.RedfishDriver,
+        PowerDriver.QEMU: qemu.QemuDriver,
     }
     try:
         return drivers[machine.power_driver]()

@@ -1,0 +1,142 @@
+"""End to end with a real boot: a QEMU VM network-boots, is flashed, runs what was flashed.
+
+The machine is a virtual machine (``qemu`` power driver) with two virtio
+disks as files. Its firmware's iPXE asks the live server what to boot: the
+management OS (Debian kernel + initramfs running the real agent) while a
+deployment runs, else its local disk, whose bootloader (SYSLINUX) starts the
+flashed system. A real Celery worker on Redis and PostgreSQL run the pipeline.
+Software emulation (no KVM): about a minute for the first test.
+
+QEMU's user network shows the host as 10.0.2.2; the VM reaches the live
+server (bound to 127.0.0.1) there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import uuid
+
+import pytest
+
+from catalogue.models import ImageType, Version
+from catalogue.storage import get_storage
+from flashing.models import DiskContent
+from tests.flashing.e2e import MiB, sha256_of, wait_for
+from tests.flashing.vm import VmRig, ext4_image, ext4_read, mgmt_os, system_disk
+
+pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+FLASH_TIMEOUT = 180.0  # seconds under software emulation; about 40 s are typical
+BOOT_TIMEOUT = 120.0
+
+
+@pytest.fixture(scope="module")
+def management_os() -> dict:
+    return mgmt_os()
+
+
+@pytest.fixture
+def vm_rig(celery_worker, live_server, tmp_path, administrator, settings, management_os):
+    """The rig, with the live server reachable from the VM at 10.0.2.2."""
+    from rest_framework.test import APIClient
+
+    server = live_server.url.replace("localhost", "10.0.2.2").replace("127.0.0.1", "10.0.2.2")
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "10.0.2.2"]
+    settings.BAAS_PUBLIC_URL = server  # what the boot script tells the agent
+    client = APIClient()
+    client.force_authenticate(administrator)
+    rig = VmRig(server, tmp_path, administrator, client)
+    try:
+        yield rig
+    finally:
+        rig.settle()  # the worker's last power action first: it could start the VM again
+        rig.stop_agents()
+
+
+def lease(rig: VmRig) -> None:
+    response = rig.client.post(f"/api/machine/{rig.machine.mac}/lease", {}, format="json")
+    assert response.status_code == 201, response.content
+
+
+def test_a_vm_network_boots_is_flashed_and_runs_what_was_flashed(vm_rig, tmp_path):
+    rig = vm_rig
+    marker = uuid.uuid4().hex[:12]
+    proof = f"results of experiment {marker}"
+    system_file, data_file = tmp_path / "system.img", tmp_path / "data.img"
+    system_disk(system_file, tmp_path, size=32 * MiB, marker=marker, proof=proof)
+    ext4_image(data_file, tmp_path, size=16 * MiB, files={"README": "user data v0\n"})
+
+    rig.register("vm1", "52:54:00:ba:a5:01", server=rig.server, boot_timeout=120)
+    lease(rig)
+    system = rig.image(ImageType.SYSTEM, "/dev/vda", system_file.read_bytes())
+    data = rig.image(ImageType.USER_DATA, "/dev/vdb", data_file.read_bytes())
+
+    # 1. Flash both disks: network boot, management OS, agent, verification.
+    started = time.monotonic()
+    first = rig.wait(rig.deploy(rig.setup(system, data)), timeout=FLASH_TIMEOUT)
+    flashed_in = time.monotonic() - started
+    assert first.state == "done", first.failure_reason
+    assert rig.vm_pid() is not None
+    for version in (system, data):
+        disk = rig.disk(version.image.target_disk)
+        assert sha256_of(disk, version.size) == version.sha256
+    recorded = DiskContent.objects.filter(machine=rig.machine).order_by("disk")
+    assert [(c.disk, c.image_id, c.version_number) for c in recorded] == [
+        ("/dev/vda", system.image_id, 0),
+        ("/dev/vdb", data.image_id, 0),
+    ]
+    console = rig.console()
+    assert "BAAS-MGMT: drivers loaded; disks: vda vdb" in console, console[-3000:]
+    assert "BAAS-MGMT: agent exited 0" in console or "BAAS-MGMT: init started" in console
+    events = rig.detail(first.pk)["events"]
+    assert any(e["action"] == "power" and "QEMU: started" in e["message"] for e in events)
+    assert any(e["action"] == "boot_script" for e in events)  # it asked the server over iPXE
+
+    # 2. The VM reboots into the flashed system, which runs and writes to its user data disk.
+    wait_for(lambda: first.events.filter(action="system").exists(), "the system boot", 30)
+    booted_in = rig.wait_console(f"BAAS-SYSTEM: {marker} wrote /proof.txt", timeout=BOOT_TIMEOUT)
+    assert f"BAAS-SYSTEM: {marker} running" in rig.console()
+    on_disk = ext4_read(rig.disk("/dev/vdb"), "proof.txt")
+    assert proof in on_disk
+
+    # 3. The next deployment brings the user data disk back first, as version 1.
+    changed = sha256_of(rig.disk("/dev/vdb"), data.size)
+    assert changed != data.sha256
+    started = time.monotonic()
+    second = rig.wait(rig.deploy(rig.setup(system), sync=True), timeout=FLASH_TIMEOUT)
+    synced_in = time.monotonic() - started
+    assert second.state == "done", second.failure_reason
+    back = Version.objects.get(image=data.image, number=1)
+    assert (back.sha256, back.size) == (changed, data.size)
+    stored = get_storage().version_path(data.image.uuid, 1, data.image.compression)
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == back.sha256
+    assert proof in ext4_read(stored, "proof.txt")
+    assert ext4_read(stored, "README") == "user data v0\n"
+    events = rig.detail(second.pk)["events"]
+    assert any(e["action"] == "synced" for e in events), events
+    # The system image was on /dev/vda already, verified by reading it: not written again.
+    assert sha256_of(rig.disk("/dev/vda"), system.size) == system.sha256
+    print(
+        f"\nflash {flashed_in:.1f} s, boot into the system {booted_in:.1f} s, "
+        f"sync + re-flash {synced_in:.1f} s"
+    )
+
+
+def test_a_vm_that_never_checks_in_fails_after_its_boot_timeout(vm_rig):
+    rig = vm_rig
+    # Its iPXE asks a port where nothing listens: it never gets the management OS.
+    rig.register("vm2", "52:54:00:ba:a5:02", server="http://10.0.2.2:9", boot_timeout=8)
+    lease(rig)
+    version = rig.image(ImageType.SINGLE, "/dev/vda", bytes(MiB))
+    started = time.monotonic()
+    deployment = rig.wait(rig.deploy(rig.setup(version)), timeout=90)
+    elapsed = time.monotonic() - started
+    assert deployment.state == "failed"
+    assert "did not check in within 8 s" in deployment.failure_reason, deployment.failure_reason
+    assert elapsed >= 8
+    events = rig.detail(deployment.pk)["events"]
+    assert any(e["action"] == "power" and "QEMU: started" in e["message"] for e in events)
+    assert any("did not check in within 8 s" in e["message"] for e in events)
+    assert not any(e["action"] == "boot_script" for e in events)
+    assert not DiskContent.objects.filter(machine=rig.machine).exists()
