@@ -163,6 +163,7 @@ class VersionReceiver:
         self._hasher.update(data)
         if not self._store_compressed:
             _storage_call(self.pending.write, data)
+            self._check_quota()  # per decoded piece: a small body may unpack to gigabytes
 
     def _check_standard(self) -> None:
         """A qcow2 image takes qcow2 data without a backing file; a raw one never qcow2."""
