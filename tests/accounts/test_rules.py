@@ -95,7 +95,7 @@ def test_a_user_who_owns_a_system_image_still_cannot_change_it(people):
     [
         ("anonymous", False, False, False, False, False),
         ("user", False, True, False, False, False),
-        ("moderator", True, True, False, False, False),
+        ("moderator", True, True, True, False, False),
         ("administrator", True, True, True, True, True),
         ("superuser", True, True, True, True, True),
     ],
@@ -108,9 +108,10 @@ def test_role_abilities(
     assert rules.can_create_image(actor, ImageType.SINGLE) is create_single
     assert rules.can_change_image_type(actor, ImageType.SINGLE, ImageType.SYSTEM) is create_system
     assert rules.can_use_admin(actor) is admin
+    assert rules.can_admin_everything(actor) is change_roles
     assert rules.can_change_role(actor) is change_roles
     assert rules.can_create_user(actor) is create_users
-    assert rules.can_assign_maintainers(actor) is admin
+    assert rules.can_assign_maintainers(actor) is change_roles
 
 
 @pytest.mark.parametrize("role", ["user", "moderator", "administrator"])
