@@ -326,6 +326,7 @@ class UnknownMacAdmin(AdministratorsOnly, admin.ModelAdmin):
     """MACs that asked for a boot script but belong to no machine: register them as machines."""
 
     list_display = ["address", "seen_count", "first_seen_at", "last_seen_at", "last_ip"]
+    list_filter = ["last_seen_at"]
     search_fields = ["address", "last_ip"]
     readonly_fields = ["address", "seen_count", "first_seen_at", "last_seen_at", "last_ip"]
 
