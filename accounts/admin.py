@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserCreationForm
+from django.db.models import Sum
+from django.template.defaultfilters import filesizeformat
 
 from accounts.models import AccessToken, AuditEvent, User
 from accounts.services import audit_record
@@ -20,7 +22,16 @@ class BaasUserCreationForm(UserCreationForm):
 @admin.register(User)
 class UserAdmin(AdministratorsOnly, DjangoUserAdmin):
     add_form = BaasUserCreationForm
-    list_display = ["username", "email", "display_name", "role", "is_active", "date_joined"]
+    list_display = [
+        "username",
+        "email",
+        "display_name",
+        "role",
+        "is_active",
+        "storage_used",
+        "storage_quota_display",
+        "date_joined",
+    ]
     list_filter = ["role", "is_active", "is_superuser"]
     search_fields = ["username", "email", "display_name"]
     ordering = ["username"]
@@ -29,6 +40,7 @@ class UserAdmin(AdministratorsOnly, DjangoUserAdmin):
         (None, {"fields": ["username", "password"]}),
         ("Profile", {"fields": ["display_name", "email"]}),
         ("Access", {"fields": ["role", "is_active", "is_superuser"]}),
+        ("Storage", {"fields": ["storage_quota"]}),
         ("Dates", {"fields": ["last_login", "date_joined"]}),
     ]
     add_fieldsets = [
@@ -42,7 +54,29 @@ class UserAdmin(AdministratorsOnly, DjangoUserAdmin):
     ]
     filter_horizontal = []
 
+    def get_queryset(self, request):
+        # The bytes on disk of every version of the user's images (catalogue.Version.stored_size).
+        return (
+            super().get_queryset(request).annotate(bytes_used=Sum("images__versions__stored_size"))
+        )
+
+    @admin.display(description="Storage used", ordering="bytes_used")
+    def storage_used(self, user: User) -> str:
+        return filesizeformat(user.bytes_used or 0)
+
+    @admin.display(description="Quota", ordering="storage_quota")
+    def storage_quota_display(self, user: User) -> str:
+        return "—" if user.storage_quota is None else filesizeformat(user.storage_quota)
+
     def save_model(self, request, obj, form, change) -> None:
+        if change and "storage_quota" in form.changed_data:
+            audit_record(
+                actor=request.user,
+                action="user.quota",
+                target=obj,
+                old=form.initial.get("storage_quota"),
+                new=obj.storage_quota,
+            )
         if change and "role" in form.changed_data:
             audit_record(
                 actor=request.user,

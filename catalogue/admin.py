@@ -15,10 +15,11 @@ from __future__ import annotations
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, QuerySet, Sum
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.shortcuts import redirect
+from django.template.defaultfilters import filesizeformat
 from rest_framework.exceptions import APIException
 
 from accounts import rules
@@ -106,12 +107,14 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
         "file_standard",
         "compression",
         "version_count",
+        "storage_used",
+        "expires_at",
         "created_at",
     ]
     list_filter = ["type", "file_standard", "compression", "transfer_protocol"]
     search_fields = ["name", "uuid", "owner__username"]
     list_select_related = ["owner"]
-    readonly_fields = ["uuid", "created_at", "updated_at"]
+    readonly_fields = ["uuid", "expires_at", "created_at", "updated_at"]
     filter_horizontal = ["maintainers", "associated_images"]
     raw_id_fields = ["owner"]
     inlines = [VersionInline]
@@ -120,12 +123,17 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
         ("Storage", {"fields": ["file_standard", "compression"]}),
         ("Flashing", {"fields": ["target_disk", "transfer_protocol", "associated_images"]}),
         ("Maintainers", {"fields": ["maintainers"]}),
+        ("Lifecycle", {"fields": ["expires_at", "keep_versions"]}),
         ("Dates", {"fields": ["created_at", "updated_at"]}),
     ]
     actions = ["recompress", "delete_selected_images"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
-        images = super().get_queryset(request).annotate(n_versions=Count("versions"))
+        images = (
+            super()
+            .get_queryset(request)
+            .annotate(n_versions=Count("versions"), bytes_used=Sum("versions__stored_size"))
+        )
         if rules.is_administrator(request.user):
             return images
         return images.filter(pk__in=maintained_system_images(request.user).values("pk"))
@@ -133,6 +141,10 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
     @admin.display(description="Versions", ordering="n_versions")
     def version_count(self, image: Image) -> int:
         return image.n_versions
+
+    @admin.display(description="Storage used", ordering="bytes_used")
+    def storage_used(self, image: Image) -> str:
+        return filesizeformat(image.bytes_used or 0)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Moderators create system images in the dashboard or the API.
@@ -211,7 +223,15 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
             self.message_user(request, f"Deleted {deleted} image(s).", messages.SUCCESS)
 
 
-EDITABLE = ["name", "description", "type", "compression", "target_disk", "transfer_protocol"]
+EDITABLE = [
+    "name",
+    "description",
+    "type",
+    "compression",
+    "target_disk",
+    "transfer_protocol",
+    "keep_versions",
+]
 
 
 @admin.register(Version)
