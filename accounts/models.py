@@ -91,8 +91,11 @@ class User(AbstractBaseUser, PermissionsMixin):
 
     @property
     def is_staff(self) -> bool:
-        """Django admin's notion of staff: administrators only."""
-        return self.is_active and self.is_administrator
+        """Django admin's notion of staff: who may enter admin (``rules.can_use_admin``).
+
+        Moderators enter it too, limited there to the system images assigned to them.
+        """
+        return self.is_active and (self.is_administrator or self.is_moderator)
 
     def has_perm(self, perm: str, obj: object = None) -> bool:
         return (self.is_active and self.is_administrator) or super().has_perm(perm, obj)

@@ -119,3 +119,12 @@ def test_dashboard_sign_in_and_out(client):
     assert person.username in client.get("/").content.decode()
     client.post("/accounts/logout/")
     assert client.get("/").status_code == 302
+
+
+@pytest.mark.parametrize(
+    ("role", "shown"), [(Role.USER, False), (Role.MODERATOR, True), (Role.ADMINISTRATOR, True)]
+)
+def test_the_admin_link_is_shown_to_those_who_may_enter(client, role, shown):
+    person = UserFactory(role=role)
+    assert client.login(username=person.username, password=PASSWORD)
+    assert ('href="/admin/"' in client.get("/").content.decode()) is shown
