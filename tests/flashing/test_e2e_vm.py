@@ -44,6 +44,8 @@ def vm_rig(celery_worker, live_server, tmp_path, administrator, settings, manage
     server = live_server.url.replace("localhost", "10.0.2.2").replace("127.0.0.1", "10.0.2.2")
     settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "10.0.2.2"]
     settings.BAAS_PUBLIC_URL = server  # what the boot script tells the agent
+    # A VM without a display: the serial console only (VGA output is slow under emulation).
+    settings.BAAS_MGMT_CMDLINE = "console=ttyS0,115200"
     client = APIClient()
     client.force_authenticate(administrator)
     rig = VmRig(server, tmp_path, administrator, client)
@@ -64,8 +66,8 @@ def test_a_vm_network_boots_is_flashed_and_runs_what_was_flashed(vm_rig, tmp_pat
     marker = uuid.uuid4().hex[:12]
     proof = f"results of experiment {marker}"
     system_file, data_file = tmp_path / "system.img", tmp_path / "data.img"
-    system_disk(system_file, tmp_path, size=32 * MiB, marker=marker, proof=proof)
-    ext4_image(data_file, tmp_path, size=16 * MiB, files={"README": "user data v0\n"})
+    system_disk(system_file, tmp_path, size=24 * MiB, marker=marker, proof=proof)
+    ext4_image(data_file, tmp_path, size=8 * MiB, files={"README": "user data v0\n"})
 
     rig.register("vm1", "52:54:00:ba:a5:01", server=rig.server, boot_timeout=120)
     lease(rig)
@@ -119,8 +121,9 @@ def test_a_vm_network_boots_is_flashed_and_runs_what_was_flashed(vm_rig, tmp_pat
     assert sha256_of(rig.disk("/dev/vda"), system.size) == system.sha256
     print(
         f"\nflash {flashed_in:.1f} s, boot into the system {booted_in:.1f} s, "
-        f"sync + re-flash {synced_in:.1f} s"
+        f"sync + re-flash {synced_in:.1f} s\n{rig.timeline()}"
     )
+    print("\n".join(line for line in rig.console().splitlines() if "BAAS-" in line))
 
 
 def test_a_vm_that_never_checks_in_fails_after_its_boot_timeout(vm_rig):

@@ -32,8 +32,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from flashing.models import Machine, MachineDisk
+from flashing.models import FINAL_STATES, Deployment, DeploymentEvent, Machine, MachineDisk
 from flashing.power import qemu
+from flashing.tasks import deployments_watchdog_task
 from mgmt_os import build as mgmt_build
 from tests.flashing.e2e import Rig
 
@@ -228,8 +229,32 @@ class VmRig(Rig):
         path = qemu.serial_log(self.machine)
         return path.read_text(errors="replace").replace("\r", "") if path.exists() else ""
 
-    def agent_logs(self) -> str:  # what Rig.wait shows on a timeout
-        return self.console()
+    def timeline(self) -> str:
+        """Every event of the machine's deployments, timed from the first."""
+        events = DeploymentEvent.objects.filter(deployment__machine=self.machine)
+        events = list(events.order_by("created_at", "id"))
+        if not events:
+            return ""
+        start = events[0].created_at
+        return "\n".join(
+            f"  {(e.created_at - start).total_seconds():6.1f} s  #{e.deployment_id} "
+            f"{e.action}: {e.message[:150]}"
+            for e in events
+        )
+
+    def wait(self, deployment_id: int, *, until=FINAL_STATES, timeout: float = 25.0) -> Deployment:
+        """Rig.wait, polling less often: QEMU needs the CPU more than the test does."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            deployment = Deployment.objects.get(pk=deployment_id)
+            if deployment.state in until:
+                return deployment
+            deployments_watchdog_task.delay()  # as beat would, more often
+            time.sleep(1.0)
+        pytest.fail(
+            f"deployment #{deployment_id} is {deployment.state} after {timeout} s, not "
+            f"{list(until)}:\n{self.timeline()}\nconsole:\n{self.console()[-4000:]}"
+        )
 
     def vm_pid(self) -> int | None:
         return qemu.running_pid(self.machine)
