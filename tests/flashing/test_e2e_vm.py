@@ -5,7 +5,8 @@ disks as files. Its firmware's iPXE asks the live server what to boot: the
 management OS (Debian kernel + initramfs running the real agent) while a
 deployment runs, else its local disk, whose bootloader (SYSLINUX) starts the
 flashed system. A real Celery worker on Redis and PostgreSQL run the pipeline.
-Software emulation (no KVM): about a minute for the first test.
+Software emulation (no KVM): about 2.5 minutes for the first test and 30 s for
+the second on a busy two-CPU host (the test prints a timeline of each phase).
 
 QEMU's user network shows the host as 10.0.2.2; the VM reaches the live
 server (bound to 127.0.0.1) there.
@@ -27,7 +28,7 @@ from tests.flashing.vm import VmRig, ext4_image, ext4_read, mgmt_os, system_disk
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
-FLASH_TIMEOUT = 180.0  # seconds under software emulation; about 40 s are typical
+FLASH_TIMEOUT = 180.0  # seconds under software emulation; about 60 s on a busy host
 BOOT_TIMEOUT = 120.0
 
 
@@ -90,7 +91,7 @@ def test_a_vm_network_boots_is_flashed_and_runs_what_was_flashed(vm_rig, tmp_pat
     ]
     console = rig.console()
     assert "BAAS-MGMT: drivers loaded; disks: vda vdb" in console, console[-3000:]
-    assert "BAAS-MGMT: agent exited 0" in console or "BAAS-MGMT: init started" in console
+    assert "BAAS-MGMT: starting agent: baas-agent --server " + rig.server in console
     events = rig.detail(first.pk)["events"]
     assert any(e["action"] == "power" and "QEMU: started" in e["message"] for e in events)
     assert any(e["action"] == "boot_script" for e in events)  # it asked the server over iPXE
@@ -118,6 +119,7 @@ def test_a_vm_network_boots_is_flashed_and_runs_what_was_flashed(vm_rig, tmp_pat
     events = rig.detail(second.pk)["events"]
     assert any(e["action"] == "synced" for e in events), events
     # The system image was on /dev/vda already, verified by reading it: not written again.
+    assert any(e["action"] == "agent" and "not rewritten" in e["message"] for e in events)
     assert sha256_of(rig.disk("/dev/vda"), system.size) == system.sha256
     print(
         f"\nflash {flashed_in:.1f} s, boot into the system {booted_in:.1f} s, "
