@@ -5,8 +5,9 @@ disks as files. Its firmware's iPXE asks the live server what to boot: the
 management OS (Debian kernel + initramfs running the real agent) while a
 deployment runs, else its local disk, whose bootloader (SYSLINUX) starts the
 flashed system. A real Celery worker on Redis and PostgreSQL run the pipeline.
-Software emulation (no KVM): about 2.5 minutes for the first test and 30 s for
-the second on a busy two-CPU host (the test prints a timeline of each phase).
+Software emulation (no KVM) on two CPUs: about 75 s for the first test (2.5
+minutes when the host is busy) and 30 s for the second; the first prints a
+timeline of its phases.
 
 QEMU's user network shows the host as 10.0.2.2; the VM reaches the live
 server (bound to 127.0.0.1) there.
