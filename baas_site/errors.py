@@ -21,6 +21,20 @@ def _first_message(detail: Any) -> str:
     return str(detail)
 
 
+def error_messages(detail: Any) -> list[str]:
+    """Every message in a DRF error ``detail`` (a string, list or dict of them), flattened."""
+    if isinstance(detail, list | tuple):
+        return [m for item in detail for m in error_messages(item)]
+    if isinstance(detail, dict):
+        return [m for value in detail.values() for m in error_messages(value)]
+    return [str(detail)]
+
+
+def error_text(exc: exceptions.APIException) -> str:
+    """A service's refusal as sentences for a page or an admin message."""
+    return " ".join(error_messages(exc.detail))
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """DRF's handler, with validation errors summarised in ``detail``.
 

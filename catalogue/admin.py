@@ -26,6 +26,7 @@ from accounts import rules
 from accounts.models import Role, User
 from accounts.services import audit_record
 from baas_site.admin import AdministratorsOnly
+from baas_site.errors import error_text
 from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Version
 from catalogue.services import images as image_services
 from catalogue.services.compression import compression_schedule_for_image
@@ -207,7 +208,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
         try:
             return super().delete_view(request, object_id, extra_context)
         except APIException as exc:
-            self.message_user(request, str(exc.detail), messages.ERROR)
+            self.message_user(request, error_text(exc), messages.ERROR)
             return redirect("admin:catalogue_image_change", object_id)
 
     @admin.action(description="Delete the selected images and their files", permissions=["delete"])
@@ -218,7 +219,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
                 image_services.image_delete(actor=request.user, image=image)
                 deleted += 1
             except APIException as exc:
-                self.message_user(request, str(exc.detail), messages.ERROR)
+                self.message_user(request, error_text(exc), messages.ERROR)
         if deleted:
             self.message_user(request, f"Deleted {deleted} image(s).", messages.SUCCESS)
 

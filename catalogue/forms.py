@@ -17,6 +17,7 @@ from django.template.defaultfilters import filesizeformat
 from rest_framework.exceptions import APIException
 
 from accounts import rules
+from baas_site.errors import error_messages
 from catalogue.models import (
     Compression,
     FileStandard,
@@ -34,20 +35,12 @@ def add_service_errors(form: forms.Form, exc: APIException) -> None:
     """Show a service's refusal (DRF ValidationError, PermissionDenied, 409) on ``form``."""
     detail = exc.detail
     if not isinstance(detail, dict):
-        form.add_error(None, _messages(detail))
+        form.add_error(None, error_messages(detail))
         return
     for field, messages in detail.items():
         target = field if field in form.fields else None
         prefix = "" if target or field in ("non_field_errors", "detail") else f"{field}: "
-        form.add_error(target, [prefix + m for m in _messages(messages)])
-
-
-def _messages(detail: Any) -> list[str]:
-    if isinstance(detail, list | tuple):
-        return [m for item in detail for m in _messages(item)]
-    if isinstance(detail, dict):
-        return [m for value in detail.values() for m in _messages(value)]
-    return [str(detail)]
+        form.add_error(target, [prefix + m for m in error_messages(messages)])
 
 
 class ImageFilterForm(forms.Form):

@@ -24,6 +24,7 @@ from django.views.decorators.http import require_POST
 from rest_framework import exceptions as api_errors
 
 from accounts import rules
+from baas_site.errors import error_text
 from catalogue.exceptions import ImageConflict
 from catalogue.forms import (
     FrozenImageForm,
@@ -137,7 +138,7 @@ def image_delete(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
         try:
             image_services.image_delete(actor=request.user, image=image)
         except ImageConflict as exc:
-            error = str(exc.detail)
+            error = error_text(exc)
         else:
             messages.success(request, f'Image "{image.name}" and all its versions deleted.')
             return redirect("images")
@@ -237,7 +238,7 @@ def setup_delete(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
         try:
             setup_services.setup_delete(actor=request.user, setup=setup)
         except setup_services.Conflict as exc:
-            error = str(exc.detail)
+            error = error_text(exc)
         else:
             messages.success(request, f'Setup "{setup.name}" deleted.')
             return redirect("setups")

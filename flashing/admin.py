@@ -19,6 +19,7 @@ from rest_framework.exceptions import APIException
 
 from accounts.services import audit_record
 from baas_site.admin import AdministratorsOnly
+from baas_site.errors import error_text
 from flashing.models import (
     Deployment,
     DeploymentEvent,
@@ -37,16 +38,6 @@ from flashing.services.common import Conflict
 from flashing.services.deployments import deployment_cancel, deployment_enqueue
 from flashing.services.leases import lease_end
 from flashing.services.machines import machine_set_state, power_settings_merge
-
-
-def _reason(exc: APIException) -> str:
-    """A service error as one sentence: the messages of a ValidationError, joined."""
-    detail = exc.detail
-    if isinstance(detail, dict):
-        detail = [m for messages_ in detail.values() for m in messages_]
-    if isinstance(detail, list):
-        return " ".join(str(m) for m in detail)
-    return str(detail)
 
 
 class MacAddressInline(admin.TabularInline):
@@ -294,7 +285,7 @@ class DeploymentAdmin(AdministratorsOnly, admin.ModelAdmin):
                 deployment_cancel(actor=request.user, deployment=deployment)
                 cancelled += 1
             except Conflict as exc:  # it started meanwhile
-                self.message_user(request, str(exc.detail), messages.WARNING)
+                self.message_user(request, error_text(exc), messages.WARNING)
         self.message_user(request, f"Cancelled {cancelled} deployment(s).", messages.SUCCESS)
 
     @admin.action(description="Queue the selected finished deployments again")
@@ -317,7 +308,7 @@ class DeploymentAdmin(AdministratorsOnly, admin.ModelAdmin):
                 )
                 queued += 1
             except APIException as exc:
-                self.message_user(request, f"#{deployment.pk}: {_reason(exc)}", messages.WARNING)
+                self.message_user(request, f"#{deployment.pk}: {error_text(exc)}", messages.WARNING)
         self.message_user(request, f"Queued {queued} deployment(s) again.", messages.SUCCESS)
 
 

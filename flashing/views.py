@@ -21,6 +21,7 @@ from rest_framework.exceptions import APIException
 from rest_framework.exceptions import ValidationError as ApiValidationError
 
 from accounts import rules
+from baas_site.errors import error_text
 from flashing import selectors
 from flashing.forms import DeployForm, LeaseForm
 from flashing.models import (
@@ -33,16 +34,6 @@ from flashing.models import (
 )
 from flashing.services import deployments as deployment_services
 from flashing.services import leases as lease_services
-
-
-def _reason(exc: APIException) -> str:
-    """A service error as sentences a person can act on."""
-    detail = exc.detail
-    if isinstance(detail, dict):
-        detail = [m for field in detail.values() for m in field]
-    if isinstance(detail, list):
-        return " ".join(str(m) for m in detail)
-    return str(detail)
 
 
 def _machine(mac: str) -> Machine:
@@ -139,7 +130,7 @@ def machine_lease(request: HttpRequest, mac: str) -> HttpResponse:
             user=request.user, machine=machine, hours=form.cleaned_data["hours"]
         )
     except APIException as exc:
-        messages.error(request, _reason(exc))
+        messages.error(request, error_text(exc))
         return _back(machine)
     verb = "Leased" if created else "Extended your lease of"
     messages.success(request, f"{verb} {machine.name} until {lease.ends_at:%Y-%m-%d %H:%M %Z}.")
@@ -177,7 +168,7 @@ def machine_deploy(request: HttpRequest, mac: str) -> HttpResponse:
             sync=form.cleaned_data["sync"],
         )
     except APIException as exc:
-        messages.error(request, _reason(exc))
+        messages.error(request, error_text(exc))
         return _back(machine)
     messages.success(request, f"Deployment #{deployment.pk} is queued on {machine.name}.")
     return redirect("machines:deployment", deployment_id=deployment.pk)
@@ -223,5 +214,5 @@ def deployment_cancel(request: HttpRequest, deployment_id: int) -> HttpResponse:
         deployment_services.deployment_cancel(actor=request.user, deployment=deployment)
         messages.success(request, f"Deployment #{deployment.pk} is cancelled.")
     except APIException as exc:
-        messages.error(request, _reason(exc))
+        messages.error(request, error_text(exc))
     return redirect("machines:deployment", deployment_id=deployment.pk)
