@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
+from flashing.models import MachineState
 from tests.flashing.e2e import make_rig
+from tests.flashing.factories import LeaseFactory, MachineFactory
+
+
+@pytest.fixture
+def machine(user):
+    """A machine leased by ``user``."""
+    machine = MachineFactory(state=MachineState.LEASED)
+    LeaseFactory(machine=machine, user=user)
+    return machine
 
 
 @pytest.fixture

@@ -16,16 +16,8 @@ from tests.catalogue.factories import (
     ImageSetupFactory,
     VersionFactory,
 )
-from tests.flashing.factories import LeaseFactory, MachineFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def machine(user):
-    machine = MachineFactory(state=MachineState.LEASED)
-    LeaseFactory(machine=machine, user=user)
-    return machine
 
 
 @pytest.fixture

@@ -14,16 +14,9 @@ from tests.catalogue.factories import (
     ImageSetupFactory,
     VersionFactory,
 )
-from tests.flashing.factories import LeaseFactory, MachineDiskFactory, MachineFactory
+from tests.flashing.factories import MachineDiskFactory, MachineFactory
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def machine(user):
-    machine = MachineFactory(state=MachineState.LEASED)
-    LeaseFactory(machine=machine, user=user)
-    return machine
 
 
 def make_setup(owner, disks=("/dev/sda",), image_type=ImageType.SINGLE, content=None):
