@@ -596,7 +596,7 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
             f"worker VmHWM; master+workers RSS peak {tree / MiB:.0f} MiB",
             {"worker_hwm": hwm, "tree_rss_peak": tree}),
         _blocks_row("stored blocks, raw upload", raw_blocks, data, cp_blocks, True),
-        _blocks_row("stored blocks, zstd upload", zst_blocks, data, cp_blocks, True),
+        _blocks_row("stored blocks, zstd upload", zst_blocks, data, cp_blocks, False),
     ]  # fmt: skip
     return rows, keep_uuid
 
