@@ -20,7 +20,7 @@ def test_a_user_signs_in_sees_the_home_page_and_signs_out(page, screenshot):
     assert "/accounts/login/" in page.url
     screenshot(page, "login")
     sign_in(page, person.username, PASSWORD)
-    assert page.get_by_role("heading", name="Welcome, Ada Lovelace").is_visible()
+    expect(page.get_by_role("heading", name="Welcome, Ada Lovelace")).to_be_visible()
     screenshot(page, "home")
     page.get_by_role("button", name=f"Sign out {person.username}").click()
     page.wait_for_url("**/accounts/login/")
@@ -32,7 +32,7 @@ def test_a_wrong_password_shows_an_error(page):
     page.get_by_label("Username").fill(person.username)
     page.get_by_label("Password").fill("wrong")
     page.get_by_role("button", name="Sign in").click()
-    assert page.get_by_role("alert").is_visible()
+    expect(page.get_by_role("alert")).to_be_visible()
     assert "/accounts/login/" in page.url
 
 
@@ -42,7 +42,7 @@ def test_a_user_cannot_reach_admin(page):
     assert page.get_by_role("link", name="Admin", exact=True).count() == 0
     page.goto("/admin/")
     assert "/admin/login/" in page.url
-    assert page.get_by_text("not authorized to access this page").is_visible()
+    expect(page.get_by_text("not authorized to access this page")).to_be_visible()
 
 
 def test_an_administrator_changes_a_users_role_in_admin(page, screenshot):
@@ -55,7 +55,7 @@ def test_an_administrator_changes_a_users_role_in_admin(page, screenshot):
     page.get_by_role("link", name="grace").click()
     page.get_by_label("Role").select_option("moderator")
     page.get_by_role("button", name="Save", exact=True).click()
-    assert page.get_by_text("was changed successfully").is_visible()
+    expect(page.get_by_text("was changed successfully")).to_be_visible()
     target.refresh_from_db()
     assert User.objects.get(pk=target.pk).role == Role.MODERATOR
 
