@@ -1,0 +1,574 @@
+"""Flash benchmark: the agent writes a 6 GiB zstd image onto a file disk, against bmaptool and dd.
+
+Everything is measured in the same run on the same disk, interleaved round by
+round (median of ``--repeat``), with absolute seconds and MB/s beside every
+ratio. The BAAS figure is a **full deployment**: a throwaway BAAS (gunicorn,
+SQLite, DEBUG off; ``bench/catalogue.py``'s ``Baas``) holds the image as a
+zstd-stored version, a machine with the ``command`` power driver has a setup
+of that image; for each run a deployment is queued, started and powered
+(untimed: the power command only writes down the one-time boot token), then
+the real ``baas-agent`` process is timed from its start to its exit: check-in,
+instructions, download from gunicorn, decompress, sparse write, fsync, verify,
+progress, log lines, result.
+
+    .venv/bin/python bench/flash.py [--workdir DIR] [--size 6G] [--data 600M]
+        [--repeat 3] [--seed 1] [--json out.json] [--keep] [--no-profile]
+
+Baselines (same compressed file, same target directory): ``bmaptool copy
+--bmap`` of the ``.zst``, ``bmaptool copy --bmap`` of the raw image, and
+``zstd -dc | dd bs=4M iflag=fullblock conv=fsync`` (plus ``conv=sparse,fsync``
+for information). It exits 0 once it has measured; a missed target prints FAIL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from catalogue import (  # the generator and the throwaway BAAS of catalogue.py
+    PYTHON,
+    REPO,
+    Baas,
+    TestImage,
+    load_average,
+    log,
+    mb_s,
+    parse_size,
+    read_through,
+    run,
+    test_image,
+)
+
+AGENT = REPO / ".venv" / "bin" / "baas-agent"
+MAC = "52:54:00:be:ec:01"
+DISK = "/dev/sda"
+NAME = "bench-flash"
+
+SETUP_CODE = """\
+import json, os, shutil
+from pathlib import Path
+from django.contrib.auth import get_user_model
+from catalogue.models import Image, ImageFrozen, ImageSetup, Version
+from catalogue.storage import get_storage
+from flashing.models import MacAddress, Machine, MachineDisk
+spec = json.loads(os.environ["BENCH_SPEC"])
+owner = get_user_model().objects.get(username="bench")
+image = Image.objects.create(name=spec["name"], owner=owner, compression="zstd",
+                             target_disk=spec["disk"])
+path = get_storage().version_path(image.uuid, 0, "zstd")
+path.parent.mkdir(parents=True, exist_ok=True)
+try:
+    os.link(spec["zst"], path)
+except OSError:
+    shutil.copyfile(spec["zst"], path)
+version = Version.objects.create(
+    image=image, number=0, size=spec["size"], sha256=spec["sha256"], virtual_size=spec["size"],
+    stored_size=path.stat().st_blocks * 512, stored_compression="zstd", uploaded_by=owner)
+setup = ImageSetup.objects.create(name=spec["name"], owner=owner)
+ImageFrozen.objects.create(setup=setup, image=image, version=version, sync=False)
+machine = Machine.objects.create(name=spec["name"], power_driver="command", power_settings={
+    "command": spec["command"], "boot_timeout": 3600, "progress_timeout": 3600})
+MacAddress.objects.create(machine=machine, address=spec["mac"])
+MachineDisk.objects.create(machine=machine, path=spec["disk"], size=spec["size"])
+print("IMAGE=" + str(image.uuid))
+print("STORED=" + str(path))
+"""
+
+DEPLOY_CODE = """\
+import os
+from catalogue.models import ImageSetup
+from flashing.models import Machine
+from flashing.services.pipeline import deployment_power, machine_start_next
+from flashing.services.queue import queue_deployment
+name = os.environ["BENCH_NAME"]
+machine = Machine.objects.get(name=name)
+queue_deployment(actor=None, machine=machine, setup=ImageSetup.objects.get(name=name),
+                 sync=False, lease=None)
+deployment = machine_start_next(machine_id=machine.pk)
+print("POWER=" + deployment_power(deployment_id=deployment.pk, attempt=deployment.attempt))
+print("DEPLOYMENT=" + str(deployment.pk))
+"""
+
+STATES_CODE = """\
+import json, os
+from flashing.models import Deployment
+rows = Deployment.objects.filter(machine__name=os.environ["BENCH_NAME"]).order_by("id")
+print("STATES=" + json.dumps([[d.pk, d.state, d.failure_reason] for d in rows]))
+"""
+
+
+# --- Rows and targets -------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    key: str
+    name: str
+    seconds: list[float] = field(default_factory=list)
+    allocated: int | None = None  # bytes allocated on the target after the run
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        values = sorted(self.seconds)
+        return values[len(values) // 2] if values else float("nan")
+
+
+@dataclass
+class Target:
+    name: str
+    ratio: float
+    op: str  # "<=" or ">="
+    limit: float
+    aim: bool = False
+
+    @property
+    def passed(self) -> bool:
+        return self.ratio <= self.limit if self.op == "<=" else self.ratio >= self.limit
+
+
+# --- The BAAS side ------------------------------------------------------------------------
+
+
+def shell(baas: Baas, code: str, extra: dict[str, str]) -> dict[str, str]:
+    """``manage.py shell -c`` in the BAAS environment; returns its ``KEY=value`` lines."""
+    out = run(
+        [str(PYTHON), "manage.py", "shell", "-c", code], cwd=baas.repo, env={**baas.env, **extra}
+    )
+    return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
+
+
+class Deployments:
+    """The bench machine, its setup of the test image, and one deployment per agent run."""
+
+    def __init__(self, baas: Baas, image: TestImage, run_dir: Path):
+        self.baas = baas
+        self.run_dir = run_dir
+        self.token_file = run_dir / "boot-token"
+        self.count = 0
+        command = f"printf '%s' \"$BAAS_TOKEN\" > {self.token_file}"
+        spec = {
+            "name": NAME,
+            "disk": DISK,
+            "mac": MAC,
+            "zst": str(image.zst),
+            "size": image.size,
+            "sha256": image.sha256,
+            "command": command,
+        }
+        found = shell(baas, SETUP_CODE, {"BENCH_SPEC": json.dumps(spec)})
+        self.image_uuid = found["IMAGE"]
+        self.stored = Path(found["STORED"])
+
+    def start(self) -> str:
+        """Queue, start and power a deployment (untimed); returns its one-time boot token."""
+        self.token_file.unlink(missing_ok=True)
+        found = shell(self.baas, DEPLOY_CODE, {"BENCH_NAME": NAME})
+        if found.get("POWER") != "powered" or not self.token_file.exists():
+            raise SystemExit(f"the deployment was not powered: {found}")
+        return self.token_file.read_text().strip()
+
+    def agent_command(self, token: str, target: Path) -> list[str]:
+        return [
+            str(AGENT),
+            "--server",
+            self.baas.url(""),
+            "--mac",
+            MAC,
+            "--token",
+            token,
+            "--disk",
+            f"{DISK}={target}",
+            "--kernel-cmdline",
+            "/dev/null",
+        ]
+
+    def flash(self, target: Path, *, profile: Path | None = None) -> tuple[float, str]:
+        """One deployment: the agent process timed from start to exit. (seconds, its log)."""
+        token = self.start()
+        self.count += 1
+        log_path = self.run_dir / f"agent-{self.count}.log"
+        command = self.agent_command(token, target)
+        if profile is not None:
+            command = [str(PYTHON), "-m", "cProfile", "-o", str(profile), "-m", "baas_agent"]
+            command += self.agent_command(token, target)[1:]
+        os.sync()
+        with open(log_path, "wb") as out:
+            start = time.perf_counter()
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                code = proc.wait(timeout=3600)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            seconds = time.perf_counter() - start
+        text = log_path.read_text(errors="replace")
+        if code != 0:
+            raise SystemExit(f"the agent exited with {code}:\n{text[-3000:]}")
+        return seconds, text
+
+    def states(self) -> list:
+        return json.loads(shell(self.baas, STATES_CODE, {"BENCH_NAME": NAME})["STATES"])
+
+
+# --- Baselines ------------------------------------------------------------------------------
+
+
+def timed_cmd(cmd: list[str] | str, *, shell_: bool = False) -> float:
+    os.sync()
+    start = time.perf_counter()
+    if shell_:
+        subprocess.run(["bash", "-o", "pipefail", "-c", cmd], check=True, capture_output=True)
+    else:
+        subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def fresh(path: Path) -> Path:
+    path.unlink(missing_ok=True)
+    return path
+
+
+def allocated(path: Path) -> int:
+    return path.stat().st_blocks * 512
+
+
+def check_target(path: Path, image: TestImage, what: str) -> None:
+    """The target holds the image (SHA-256 with holes read as zeros, untimed)."""
+    from baas_agent.disks import hash_target
+
+    size = path.stat().st_size
+    if size != image.size:
+        raise SystemExit(f"{what}: the target is {size} bytes, not {image.size}")
+    if hash_target(path, image.size) != image.sha256:
+        raise SystemExit(f"{what}: the target does not hold the image")
+
+
+# --- Phases and profile ------------------------------------------------------------------------
+
+
+def _drain(chunks) -> None:
+    for _ in chunks:
+        pass
+
+
+def _local_chunks(path: Path):
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            yield chunk
+
+
+def _zero_scan(path: Path) -> None:
+    from baas_agent.compress import decompressed
+    from baas_agent.disks import data_runs
+
+    for chunk in decompressed(_local_chunks(path), "zstd"):
+        data_runs(chunk)
+
+
+def _sha_stream(path: Path) -> None:
+    import hashlib
+
+    from baas_agent.compress import decompressed
+
+    digest = hashlib.sha256()
+    for chunk in decompressed(_local_chunks(path), "zstd"):
+        digest.update(chunk)
+
+
+def _write(chunks, target: Path, size: int) -> None:
+    from baas_agent.compress import decompressed
+    from baas_agent.disks import SparseWriter
+
+    with SparseWriter(fresh(target), size) as writer:
+        for chunk in decompressed(chunks, "zstd"):
+            writer.write(chunk)
+        writer.close()
+
+
+def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path) -> dict:
+    """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
+    from baas_agent.client import Client
+    from baas_agent.compress import decompressed
+    from baas_agent.disks import hash_target
+
+    client = Client(baas.url(""), baas.token)
+    url = f"/api/image/{deployments.image_uuid}/0"
+    stored = deployments.stored.stat().st_size
+    zst = image.zst
+    steps = {
+        "download (HTTP from gunicorn only)": lambda: _drain(client.download(url)),
+        "decompress (local .zst, zstandard)": lambda: _drain(
+            decompressed(_local_chunks(zst), "zstd")
+        ),
+        "decompress + zero-block scan": lambda: _zero_scan(zst),
+        "decompress + SHA-256 of the raw stream (inline)": lambda: _sha_stream(zst),
+        "download + decompress + sparse write + fsync (no hash)": lambda: _write(
+            client.download(url, expected_size=stored), target, image.size
+        ),
+        "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
+    }
+    out: dict[str, float] = {}
+    for name, function in steps.items():
+        os.sync()
+        start = time.perf_counter()
+        function()
+        out[name] = time.perf_counter() - start
+        log(f"  phase {name}: {out[name]:.2f} s")
+    target.unlink(missing_ok=True)
+    return out
+
+
+def profile_summary(path: Path, top: int = 12) -> list[str]:
+    stats = pstats.Stats(str(path))
+    stats.sort_stats("tottime")
+    width = stats.total_tt or 1.0
+    rows = []
+    for func, (_cc, calls, tottime, cumtime, _callers) in sorted(
+        stats.stats.items(), key=lambda item: item[1][2], reverse=True
+    )[:top]:
+        where = f"{Path(func[0]).name}:{func[1]}({func[2]})"
+        rows.append(
+            f"{tottime:7.2f} s {100 * tottime / width:5.1f} %  cum {cumtime:7.2f} s  "
+            f"{calls:>8} calls  {where}"
+        )
+    return rows
+
+
+# --- Main -------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", type=Path, help="default: a new directory in /var/tmp")
+    parser.add_argument("--size", default="6G")
+    parser.add_argument("--data", default="600M")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--keep", action="store_true", help="keep test data, BAAS and targets")
+    parser.add_argument("--no-profile", action="store_true", help="skip phases and cProfile")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in ("zstd", "bmaptool", "dd"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    made_workdir = args.workdir is None
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="baas-bench-flash-", dir="/var/tmp"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    run_dir = workdir / f"run-{os.getpid()}"
+    run_dir.mkdir()
+    size, data = parse_size(args.size), parse_size(args.data)
+    baas: Baas | None = None
+    image: TestImage | None = None
+    try:
+        image = test_image(workdir / "data", size, data, args.seed)
+        baas = Baas(run_dir, size)
+        baas.env["BAAS_PUBLIC_URL"] = baas.url("")
+        log(f"BAAS in {run_dir} ({baas.database}), gunicorn on {baas.url('')}")
+        baas.setup()
+        baas.start()
+        results = measure(baas, image, run_dir, args)
+        report(results, image, args)
+    finally:
+        if baas is not None:
+            baas.stop()
+        if args.keep:
+            log(f"kept {workdir}")
+        else:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if made_workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+            elif image is not None:
+                for path in (image.raw, image.zst, image.raw.with_suffix(".json")):
+                    path.unlink(missing_ok=True)
+    return 0
+
+
+def measure(baas: Baas, image: TestImage, run_dir: Path, args: argparse.Namespace) -> dict:
+    deployments = Deployments(baas, image, run_dir)
+    bmap = run_dir / "disk.bmap"
+    start = time.perf_counter()
+    run(["bmaptool", "create", "-o", str(bmap), str(image.raw)])
+    bmap_create = time.perf_counter() - start
+    log(f"bmaptool create: {bmap_create:.2f} s (once, untimed in the copies)")
+    target = run_dir / "target.img"
+    rows = {
+        "baas": Row("baas", "BAAS agent: full deployment (fresh target)"),
+        "reflash": Row("reflash", "BAAS agent: re-flash, image already on disk"),
+        "bmap_zst": Row("bmap_zst", "bmaptool copy --bmap image.zst"),
+        "bmap_raw": Row("bmap_raw", "bmaptool copy --bmap image (raw, local)"),
+        "dd": Row("dd", "zstd -dc | dd bs=4M iflag=fullblock conv=fsync"),
+        "dd_sparse": Row("dd_sparse", "zstd -dc | dd bs=4M iflag=fullblock conv=sparse,fsync"),
+    }
+    zst, raw = str(image.zst), str(image.raw)
+    baselines = {
+        "bmap_zst": ["bmaptool", "copy", "--bmap", str(bmap), zst, str(target)],
+        "bmap_raw": ["bmaptool", "copy", "--bmap", str(bmap), raw, str(target)],
+        "dd": f"zstd -dc {zst} | dd of={target} bs=4M iflag=fullblock conv=fsync status=none",
+        "dd_sparse": f"zstd -dc {zst} | dd of={target} bs=4M iflag=fullblock "
+        "conv=sparse,fsync status=none",
+    }
+    log("warming the page cache: the .zst, the raw image, the stored version (one read each)")
+    for path in (image.zst, image.raw, deployments.stored):
+        read_through(path)
+    loads = [load_average()]
+    log(f"load average {loads[0]}")
+    agent_logs: list[str] = []
+    for round_ in range(args.repeat):
+        log(f"round {round_ + 1}/{args.repeat} (load {load_average()})")
+        agent_logs.append(one_round(deployments, target, image, baselines, rows, round_ == 0))
+        loads.append(load_average())
+    states = deployments.states()
+    bad = [s for s in states if s[1] != "done"]
+    if bad:
+        raise SystemExit(f"deployments not done: {bad}")
+    log(f"{len(states)} deployments, all done on the server")
+    extra: dict = {"bmap_create_s": bmap_create, "loads": loads, "deployments": len(states)}
+    if not args.no_profile:
+        log("phases of the write path, in-process, one run each:")
+        extra["phases_s"] = phases(baas, deployments, image, run_dir / "phase.img")
+        extra.update(profile_agent(deployments, target, run_dir))
+        loads.append(load_average())
+    fresh(target)
+    return {"rows": rows, "extra": extra, "agent_log": agent_logs[-1][-1500:]}
+
+
+def one_round(
+    deployments: Deployments,
+    target: Path,
+    image: TestImage,
+    baselines: dict,
+    rows: dict[str, Row],
+    check: bool,
+) -> str:
+    """BAAS full flash, BAAS re-flash, then each baseline; returns the full flash's log."""
+    seconds, text = deployments.flash(fresh(target))
+    if "already there" in text:
+        raise SystemExit("a fresh target was reported as already holding the image")
+    rows["baas"].seconds.append(seconds)
+    rows["baas"].allocated = allocated(target)
+    if check:
+        check_target(target, image, "BAAS")
+    log(f"  BAAS full flash   {seconds:7.2f} s")
+    seconds, again = deployments.flash(target)
+    if "already there" not in again:
+        raise SystemExit(f"the re-flash rewrote the image:\n{again[-2000:]}")
+    rows["reflash"].seconds.append(seconds)
+    rows["reflash"].allocated = allocated(target)
+    log(f"  BAAS re-flash     {seconds:7.2f} s")
+    for key, cmd in baselines.items():
+        fresh(target)
+        seconds = timed_cmd(cmd, shell_=isinstance(cmd, str))
+        rows[key].seconds.append(seconds)
+        rows[key].allocated = allocated(target)
+        if check:
+            check_target(target, image, key)
+        log(f"  {key:<17} {seconds:7.2f} s")
+    return text
+
+
+def profile_agent(deployments: Deployments, target: Path, run_dir: Path) -> dict:
+    """The agent under cProfile: a full flash onto a fresh target, then a re-flash."""
+    out = {}
+    fresh(target)
+    for what in ("full", "reflash"):
+        path = run_dir / f"{what}.prof"
+        seconds, _ = deployments.flash(target, profile=path)
+        out[f"profile_{what}"] = {"seconds": seconds, "top": profile_summary(path)}
+        log(f"cProfile of the agent, {what} ({seconds:.1f} s under the profiler)")
+    return out
+
+
+def targets(rows: dict[str, Row]) -> list[Target]:
+    m = {key: row.median for key, row in rows.items()}
+    return [
+        Target("BAAS / bmaptool copy (compressed)", m["baas"] / m["bmap_zst"], "<=", 1.0),
+        Target("BAAS / bmaptool copy (raw, local)", m["baas"] / m["bmap_raw"], "<=", 1.5, True),
+        Target("(zstd -dc | dd) / BAAS", m["dd"] / m["baas"], ">=", 5.0),
+        Target("re-flash / full flash", m["reflash"] / m["baas"], "<=", 0.2),
+    ]
+
+
+def report(results: dict, image: TestImage, args: argparse.Namespace) -> None:
+    rows: dict[str, Row] = results["rows"]
+    extra = results["extra"]
+    print()
+    print(
+        f"Image: {image.size / 2**30:.1f} GiB raw ({image.size / 1e9:.2f} GB), "
+        f"{image.data / 2**20:.0f} MiB of non-zero 4 KiB blocks in {image.extents} extents, "
+        f"zstd -T0 -3: {image.zst_size / 2**20:.0f} MiB. Seed {image.seed}."
+    )
+    print(
+        "BAAS: full deployment through a throwaway BAAS (gunicorn + SQLite), the real "
+        "baas-agent process timed from start to exit."
+    )
+    print(
+        f"Cache: warm (each input read once before timing, nothing dropped); os.sync() "
+        f"before each timing. Median of {args.repeat}, interleaved rounds."
+    )
+    print(f"Load average (1/5/15 min) before and after each round: {' | '.join(extra['loads'])}")
+    print()
+    print(f"{'measurement':<55} {'median s':>9} {'MB/s':>8} {'alloc MiB':>10}  runs")
+    for row in rows.values():
+        runs = " ".join(f"{s:.2f}" for s in row.seconds)
+        alloc = f"{row.allocated / 2**20:.0f}" if row.allocated is not None else "-"
+        print(
+            f"{row.name:<55} {row.median:9.2f} {mb_s(image.size, row.median):8.0f} "
+            f"{alloc:>10}  {runs}"
+        )
+    print(f"(MB/s: raw image size / time; bmaptool create, once: {extra['bmap_create_s']:.2f} s)")
+    print()
+    checks = targets(rows)
+    for check in checks:
+        verdict = "PASS" if check.passed else "FAIL  <<<"
+        aim = " (aim)" if check.aim else ""
+        print(
+            f"{check.name:<40} {check.ratio:7.2f}  target {check.op} {check.limit}{aim}  {verdict}"
+        )
+    if "phases_s" in extra:
+        print()
+        print("Phases of the agent's write path (in-process, one run each, warm cache):")
+        for name, seconds in extra["phases_s"].items():
+            print(f"  {seconds:7.2f} s  {mb_s(image.size, seconds):6.0f} MB/s  {name}")
+        print("(A full flash hashes its stream on a second thread, which cProfile does not show.)")
+        for what in ("full", "reflash"):
+            prof = extra[f"profile_{what}"]
+            head = f"cProfile of baas-agent, {what} ({prof['seconds']:.1f} s under the profiler)"
+            print(f"{head}, main thread only, top by tottime:")
+            for line in prof["top"]:
+                print(f"  {line}")
+    if args.json:
+        payload = {
+            "image": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(image).items()},
+            "rows": {
+                key: {**asdict(row), "median": row.median, "mb_s": mb_s(image.size, row.median)}
+                for key, row in rows.items()
+            },
+            "targets": [{**asdict(t), "passed": t.passed} for t in checks],
+            "extra": extra,
+            "method": "full deployment via throwaway BAAS + baas-agent process",
+        }
+        args.json.write_text(json.dumps(payload, indent=2))
+        log(f"figures written to {args.json}")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
