@@ -133,7 +133,7 @@ def test_a_disk_that_differs_by_one_byte_is_rewritten(baas, image, tmp_path, dis
 def test_a_corrupt_download_is_never_reported_as_written(baas, image, tmp_path, disk, disks):
     instruction = store(baas, image, "zstd", tmp_path)
     instruction["sha256"] = hashlib.sha256(b"another image").hexdigest()
-    with pytest.raises(FlashError, match="SHA-256 mismatch in the download"):
+    with pytest.raises(FlashError, match="SHA-256 mismatch on /dev/sda after writing"):
         write_image(
             agent_client(baas), WriteInstruction.from_json(instruction), disks, Reporter(None)
         )
