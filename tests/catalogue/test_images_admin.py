@@ -180,28 +180,46 @@ def test_an_administrator_sees_every_image(admin_web, assigned, not_assigned):
         assert name in page
 
 
-def test_the_recompress_action_schedules_each_image(admin_web, user, monkeypatch):
+@pytest.fixture
+def recompress(django_capture_on_commit_callbacks):
+    """Post the admin's recompress action; the tasks it sends on commit run in-process."""
+    from baas_site.celery import app
+
+    def post(client, images):
+        data = {"action": "recompress", "_selected_action": [str(i.pk) for i in images]}
+        app.conf.task_always_eager = True
+        try:
+            with django_capture_on_commit_callbacks(execute=True):
+                return client.post("/admin/catalogue/image/", data, follow=True)
+        finally:
+            app.conf.task_always_eager = False
+
+    return post
+
+
+def stored_as(image) -> set[str]:
+    """The stored compression of each of ``image``'s versions, and their files on disk."""
+    files = {p.name for p in get_storage().image_dir(image.uuid).iterdir()}
+    return {v.stored_compression for v in image.versions.all()} | files
+
+
+def test_the_recompress_action_recompresses_each_image(admin_web, user, recompress):
     images = [ImageFactory(owner=user, compression="zstd") for _ in range(2)]
-    scheduled = []
-    monkeypatch.setattr(
-        "catalogue.admin.compression_schedule_for_image", lambda image: scheduled.append(image.pk)
-    )
-    response = admin_web.post(
-        "/admin/catalogue/image/",
-        {"action": "recompress", "_selected_action": [str(i.pk) for i in images]},
-        follow=True,
-    )
-    assert sorted(scheduled) == sorted(i.pk for i in images)
+    for image in images:
+        VersionFactory(image=image, number=0)
+    response = recompress(admin_web, images)
     assert "Recompression scheduled for 2 image(s)." in response.content.decode()
+    for image in images:
+        assert stored_as(image) == {"zstd", "0.img.zst"}
 
 
-def test_a_moderator_recompresses_only_assigned_images(moderator_web, assigned, monkeypatch):
-    scheduled = []
-    monkeypatch.setattr(
-        "catalogue.admin.compression_schedule_for_image", lambda image: scheduled.append(image.pk)
-    )
-    moderator_web.post(
-        "/admin/catalogue/image/",
-        {"action": "recompress", "_selected_action": [str(assigned.pk)]},
-    )
-    assert scheduled == [assigned.pk]
+def test_a_moderator_recompresses_only_assigned_images(
+    moderator_web, assigned, administrator, recompress
+):
+    other = ImageFactory(owner=administrator, name="ubuntu-unassigned", type=ImageType.SYSTEM)
+    VersionFactory(image=other, number=0)
+    for image in (assigned, other):
+        Image.objects.filter(pk=image.pk).update(compression="zstd")
+    recompress(moderator_web, [assigned, other])
+    assert stored_as(assigned) == {"zstd", "0.img.zst"}
+    assert stored_as(other) == {"none", "0.img"}
