@@ -32,6 +32,7 @@ ZERO_CHUNK = bytes(1 << 20)
 WRITEBACK_EVERY = 32 << 20
 SYNC_FILE_RANGE_WRITE = 2
 SUFFIXES = {"none": ".img", "gzip": ".img.gz", "zstd": ".img.zst"}
+MAP_SUFFIX = ".map.json"  # a version's data map (catalogue.datamap), beside its file
 PART_SUFFIX = ".part"
 
 
@@ -258,6 +259,40 @@ class LocalStorage:
 
     def delete_version(self, image_uuid: uuid.UUID, number: int, compression: str) -> None:
         self.version_path(image_uuid, number, compression).unlink(missing_ok=True)
+
+    def map_path(self, image_uuid: uuid.UUID | str, number: int) -> Path:
+        if not isinstance(number, int) or number < 0:
+            raise ValueError(f"bad version number {number!r}")
+        return self.image_dir(image_uuid) / f"{number}{MAP_SUFFIX}"
+
+    def map_write(self, image_uuid: uuid.UUID | str, number: int, payload: bytes) -> None:
+        """Store a version's data map: written aside, fsynced, renamed into place.
+
+        A map is derived from the version's bytes, so a newer one replaces an
+        older one (a map left by a crashed upload under the same number).
+        """
+        final = self.map_path(image_uuid, number)
+        part = final.parent / f".{uuid.uuid4().hex}{PART_SUFFIX}"
+        try:
+            with open(part, "xb") as file:
+                file.write(payload)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(part, final)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+
+    def map_read(self, image_uuid: uuid.UUID | str, number: int) -> bytes | None:
+        try:
+            return self.map_path(image_uuid, number).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete_map(self, image_uuid: uuid.UUID | str, number: int) -> None:
+        self.map_path(image_uuid, number).unlink(missing_ok=True)
 
     def delete_image(self, image_uuid: uuid.UUID) -> None:
         shutil.rmtree(self.image_dir(image_uuid), ignore_errors=True)

@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from catalogue.services import compression
+from catalogue.services import compression, datamaps
 from catalogue.storage import StorageFull
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,21 @@ def version_compress_task(version_id: int) -> str:
 def image_recompress_task(image_uuid: str) -> int:
     """Queue a compression job for each version stored otherwise than its image says."""
     return len(compression.image_recompress(image_uuid=image_uuid))
+
+
+@shared_task(
+    name="catalogue.version_map",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError, StorageFull),
+    retry_backoff=15,
+    max_retries=8,
+)
+def version_map_task(version_id: int) -> str:
+    """Build a version's data map from its stored file (nothing if it has one)."""
+    datamap = datamaps.version_map_build(version_id=version_id)
+    if datamap is None:
+        return "gone"
+    return f"{len(datamap.ranges)} ranges, {datamap.data_bytes} data bytes"
 
 
 # --- Stale uploads --------------------------------------------------------------------

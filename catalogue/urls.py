@@ -34,6 +34,11 @@ download_urlpatterns = [
         downloads.VersionDownloadApi.as_view(),
         name="image-download",
     ),
+    path(
+        "image/<str:image_uuid>/<int:number>/map",
+        downloads.VersionMapApi.as_view(),
+        name="image-version-map",
+    ),
 ]
 
 urlpatterns = [

@@ -31,6 +31,7 @@ AGENT_ROUTES = {
     ("image-download", "HEAD"),
     ("image-download-latest", "GET"),
     ("image-download-latest", "HEAD"),
+    ("image-version-map", "GET"),
 }
 
 

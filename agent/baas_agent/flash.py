@@ -3,9 +3,10 @@
 Contracts:
 
 - :func:`write_image` leaves the target holding exactly the image, verified by
-  reading it back, or raises :class:`FlashError`: an image whose SHA-256 does
-  not match is never reported as written. A target that already holds the
-  image (checked by hashing it, not assumed) is not rewritten.
+  reading it back, or raises :class:`FlashError`: an image whose bytes do not
+  match is never reported as written. A target that already holds the image
+  (checked, not assumed) is not rewritten. With the version's data map
+  (:mod:`baas_agent.datamap`) both checks read and hash only the data.
 - :func:`sync_image` uploads a disk only when its SHA-256 differs from what was
   flashed, zstd-compressed and with a ``Content-Digest`` of the raw bytes;
   returns the new version, or None when the disk is unchanged.
@@ -26,7 +27,15 @@ from typing import Any
 
 from baas_agent.client import ApiError, Client
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
-from baas_agent.disks import DiskMap, SparseWriter, hash_target, read_target, target_size
+from baas_agent.datamap import DataMap, mismatch
+from baas_agent.disks import (
+    DiskMap,
+    SparseWriter,
+    hash_target,
+    is_block_device,
+    read_target,
+    target_size,
+)
 
 log = logging.getLogger(__name__)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -54,6 +63,13 @@ def _sha256(data: dict[str, Any]) -> str:
     return value
 
 
+def _optional_str(data: dict[str, Any], name: str) -> str | None:
+    value = data.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InstructionError(f"instruction field {name!r} is not str")
+    return value
+
+
 @dataclass(frozen=True)
 class WriteInstruction:
     image: str
@@ -64,6 +80,7 @@ class WriteInstruction:
     sha256: str
     compression: str
     stored_size: int | None = None
+    map_url: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WriteInstruction:
@@ -80,6 +97,7 @@ class WriteInstruction:
             sha256=_sha256(data),
             compression=compression,
             stored_size=stored if isinstance(stored, int) else None,
+            map_url=_optional_str(data, "map_url"),
         )
 
     def label(self) -> str:
@@ -94,6 +112,7 @@ class SyncInstruction:
     size: int
     sha256: str
     upload_url: str
+    map_url: str | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SyncInstruction:
@@ -104,6 +123,7 @@ class SyncInstruction:
             size=_field(data, "size", int),
             sha256=_sha256(data),
             upload_url=_field(data, "upload_url", str),
+            map_url=_optional_str(data, "map_url"),
         )
 
     def label(self) -> str:
@@ -156,34 +176,70 @@ def holds_image(target: Path, size: int, sha256: str, progress: Callable[[int], 
 
     A file target must be exactly ``size`` bytes long; a block device at least.
     """
+    if not _fits(target, size):
+        return False
+    return hash_target(target, size, progress=progress) == sha256
+
+
+def _fits(target: Path, size: int) -> bool:
+    """A file target of exactly ``size`` bytes, or a block device of at least that."""
     available = target_size(target)
     if available is None or available < size:
         return False
-    if available != size and target.is_file():
-        return False
-    return hash_target(target, size, progress=progress) == sha256
+    return available == size or not target.is_file()
+
+
+def fetch_map(client: Client, url: str | None, size: int, sha256: str) -> DataMap | None:
+    """The version's data map, or None (then the whole image is hashed instead)."""
+    if url is None:
+        return None
+    try:
+        return DataMap.from_json(client.get_json(url), size=size, sha256=sha256)
+    except ApiError as exc:
+        log.info("no data map at %s (%s): checking the whole image instead", url, exc)
+    except ValueError as exc:
+        log.warning("the data map at %s is unusable (%s): checking the whole image", url, exc)
+    return None
+
+
+def _check(
+    target: Path, size: int, sha256: str, datamap: DataMap | None, progress: Callable[[int], None]
+) -> str | None:
+    """None if ``target`` holds the image, else what differs (by the map when there is one)."""
+    if datamap is not None:
+        return mismatch(target, datamap, progress=progress, sparse=not is_block_device(target))
+    written = hash_target(target, size, progress=progress)
+    if written != sha256:
+        return f"expected SHA-256 {sha256}, read back {written}"
+    return None
 
 
 def write_image(
     client: Client, instruction: WriteInstruction, disks: DiskMap, report: Reporter
 ) -> dict[str, Any]:
-    """Flash one image; returns its ``written`` entry for the result."""
+    """Flash one image; returns its ``written`` entry for the result.
+
+    With the version's data map, only data is written, read back and hashed
+    (ranges in parallel), and zeros are checked where the disk holds data;
+    without it, the whole image is hashed.
+    """
     target = disks.target(instruction.disk)
-    image, size = instruction.image, instruction.size
-    if holds_image(target, size, instruction.sha256, report.phase(image, "verifying", size)):
-        log.info("%s: already there (SHA-256 checked), not rewritten", instruction.label())
+    image, size, sha256 = instruction.image, instruction.size, instruction.sha256
+    datamap = fetch_map(client, instruction.map_url, size, sha256)
+    verifying = report.phase(image, "verifying", size)
+    if _fits(target, size) and _check(target, size, sha256, datamap, verifying) is None:
+        log.info("%s: already there (checked), not rewritten", instruction.label())
         return _written(instruction)
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
     started = time.monotonic()
-    # One check of record: the SHA-256 of what is on the disk afterwards. It catches a
-    # corrupt download as surely as hashing the stream would, and the whole-image hash
-    # is the costliest step of a flash, so it is done once, not twice.
+    # One check of record: what is on the disk afterwards. It catches a corrupt
+    # download as surely as hashing the stream would, and hashing is the costliest
+    # step of a flash, so it is done once, not twice.
     _stream_to(client, instruction, target, report.phase(image, "writing", size))
-    written = hash_target(target, size, progress=report.phase(image, "verifying", size))
-    if written != instruction.sha256:
+    reason = _check(target, size, sha256, datamap, verifying)
+    if reason is not None:
         raise FlashError(
-            f"SHA-256 mismatch on {instruction.disk} after writing {instruction.label()}: "
-            f"expected {instruction.sha256}, read back {written}"
+            f"SHA-256 mismatch on {instruction.disk} after writing {instruction.label()}: {reason}"
         )
     log.info("%s: written and verified in %.1f s", instruction.label(), time.monotonic() - started)
     return _written(instruction)
@@ -223,13 +279,18 @@ def sync_image(
 ) -> dict[str, Any] | None:
     """Upload the disk as the image's next version unless unchanged; returns ``synced`` entry.
 
-    Two passes over the disk: one hashes it (the unchanged check and the
-    Content-Digest at once), the second streams it compressed.
+    The unchanged check reads only data when the flashed version's data map
+    is there. A changed disk takes two passes: one hashes it (for the
+    Content-Digest), the second streams it compressed.
     """
     target = disks.target(instruction.disk)
     image, size = instruction.image, instruction.size
-    digest = hashlib.sha256()
     verifying = report.phase(image, "verifying", size)
+    datamap = fetch_map(client, instruction.map_url, size, instruction.sha256)
+    if datamap is not None and _check(target, size, instruction.sha256, datamap, verifying) is None:
+        log.info("%s: skipped, the disk is unchanged (by its data map)", instruction.label())
+        return None
+    digest = hashlib.sha256()
     for done, chunk in _counted(read_target(target, size)):
         digest.update(chunk)
         verifying(done)

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalogue.services import delivery
+from catalogue.services import datamaps, delivery
 from catalogue.services.delivery import ByteRange, RangeNotSatisfiable, Representation
 
 
@@ -223,3 +223,46 @@ def _not_satisfiable(size: int) -> Response:
         status=status.HTTP_416_REQUESTED_RANGE_NOT_SATISFIABLE,
         headers={"Content-Range": f"bytes */{size}"},
     )
+
+
+class DataMapOutputSerializer(serializers.Serializer):
+    format = serializers.CharField(help_text="baas-datamap/1")
+    block_size = serializers.IntegerField()
+    size = serializers.IntegerField(help_text="Bytes in the raw image.")
+    sha256 = serializers.CharField(help_text="SHA-256 of the whole raw image.")
+    data_bytes = serializers.IntegerField(help_text="Bytes inside the ranges.")
+    ranges = serializers.ListField(
+        child=serializers.ListField(),
+        help_text="[start, end, sha256] of each range holding data; everything else is zeros.",
+    )
+
+
+class VersionMapApi(APIView):
+    """Where a version's data is, with a SHA-256 per range (what agents verify)."""
+
+    @extend_schema(
+        operation_id="image_version_map",
+        summary="A version's data map",
+        description=(
+            "The ranges of the raw image that hold data (4 KiB blocks that are not all zeros), "
+            "each with the SHA-256 of its bytes; every byte outside them is zero. Agents use it "
+            "to write, verify and compare only the data. 404 while it is being built (it is "
+            "built at upload; older versions get theirs in the background)."
+        ),
+        tags=["images"],
+        parameters=[OpenApiParameter("image_uuid", OpenApiTypes.UUID, OpenApiParameter.PATH)],
+        responses={200: DataMapOutputSerializer, 400: _ERROR, 401: _ERROR, 404: _ERROR},
+    )
+    def get(self, request: Request, image_uuid: str, number: int) -> HttpResponseBase:
+        found = delivery.version_for_download(
+            user=request.user, image_uuid=_parse_uuid(image_uuid), version=str(number)
+        )
+        datamap = datamaps.version_map(found)
+        if datamap is None:
+            datamaps.version_map_schedule(found)
+            return Response(
+                {"detail": "This version's data map is being built; ask again in a minute."},
+                status=status.HTTP_404_NOT_FOUND,
+                headers={"Retry-After": "60"},
+            )
+        return HttpResponse(datamap.dumps(), content_type="application/json")

@@ -23,6 +23,7 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
+from catalogue.datamap import empty_map
 from catalogue.exceptions import ImageConflict
 from catalogue.models import (
     Compression,
@@ -67,6 +68,12 @@ def _lifecycle():
     from catalogue.services import lifecycle
 
     return lifecycle
+
+
+def _datamaps():
+    from catalogue.services import datamaps
+
+    return datamaps
 
 
 # --- The empty image's checksum ---------------------------------------------------
@@ -163,7 +170,7 @@ def _store_empty_version(image: Image, size: int, actor: Any) -> Version:
         stored, sha256 = _store_empty_qcow2(image.uuid, size)
     else:
         stored, sha256 = get_storage().create_sparse(image.uuid, 0, size), zeros_sha256(size)
-    return Version.objects.create(
+    version = Version.objects.create(
         image=image,
         number=0,
         size=stored.size,
@@ -174,6 +181,12 @@ def _store_empty_version(image: Image, size: int, actor: Any) -> Version:
         uploaded_by=actor if getattr(actor, "pk", None) else None,
         note=EMPTY_NOTE,
     )
+    datamaps = _datamaps()
+    if image.file_standard == FileStandard.QCOW2:
+        datamaps.version_map_schedule(version)  # a few hundred KiB of qcow2 metadata
+    else:
+        datamaps.version_map_store(version, empty_map(stored.size, sha256))
+    return version
 
 
 def _store_empty_qcow2(image_uuid: uuid.UUID, size: int) -> tuple[StoredFile, str]:

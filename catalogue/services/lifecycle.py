@@ -258,6 +258,7 @@ def _delete_files(image_uuid: uuid.UUID, numbers: list[int]) -> None:
     for number in numbers:
         for compression in Compression.values:
             storage.delete_version(image_uuid, number, compression)
+        storage.delete_map(image_uuid, number)
 
 
 def versions_prune_all() -> dict[str, list[int]]:

@@ -5,7 +5,8 @@ a :class:`VersionReceiver`, which
 
 * decodes them if they come compressed (zstd or gzip, declared or recognised
   by their magic), in pieces of at most 1 MiB whatever the ratio;
-* hashes the raw bytes (SHA-256) on a thread of its own, beside the I/O;
+* hashes the raw bytes (SHA-256) on a thread of its own, beside the I/O, and
+  maps where their data is (``catalogue.datamap``, stored beside the version);
 * refuses, as soon as it knows, data that is not the image's file standard
   (a qcow2 image takes only qcow2 data, without a backing file; a raw image
   never qcow2 data), data larger than BAAS_MAX_IMAGE_SIZE, and data that
@@ -35,8 +36,10 @@ from rest_framework.exceptions import PermissionDenied
 
 from accounts import rules
 from accounts.services import audit_record
+from catalogue.datamap import DataMap, DataMapper
 from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
 from catalogue.models import Compression, FileStandard, Image, Version
+from catalogue.services.datamaps import version_map_store
 from catalogue.services.lifecycle import quota_guard_for, versions_prune_schedule
 from catalogue.storage import (
     SUFFIXES,
@@ -71,6 +74,7 @@ class ReceivedUpload:
     encoding: str
     stored_compression: str
     virtual_size: int
+    datamap: DataMap
 
 
 class VersionReceiver:
@@ -95,6 +99,7 @@ class VersionReceiver:
         self._decoder: Any = None
         self._hasher: BackgroundHasher | None = None
         self._wire_hash = hashlib.sha256()
+        self._mapper = DataMapper()
         self._store_compressed = False
         self._done = False
         self._quota = quota_guard_for(image)  # None: the owner has no quota
@@ -161,6 +166,7 @@ class VersionReceiver:
             if len(self._raw_head) >= HEAD_BYTES:
                 self._check_standard()
         self._hasher.update(data)
+        self._mapper.update(data)
         if not self._store_compressed:
             _storage_call(self.pending.write, data)
             self._check_quota()  # per decoded piece: a small body may unpack to gigabytes
@@ -208,6 +214,7 @@ class VersionReceiver:
             encoding=self.encoding,
             stored_compression=self.encoding if self._store_compressed else Compression.NONE,
             virtual_size=self._virtual_size if self._virtual_size else self.size,
+            datamap=self._mapper.finish(sha256),
         )
 
     def _qemu_check(self) -> int:
@@ -289,6 +296,7 @@ def version_upload(
             number = _next_free_number(locked)
             placed = receiver.commit(number, received.stored_compression)
             version = _version_row(locked, number, received, placed, actor, note)
+            _storage_call(version_map_store, version, received.datamap)
     except BaseException:
         if placed is not None:  # the row never became visible: neither may the file
             placed.path.unlink(missing_ok=True)

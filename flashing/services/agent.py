@@ -107,6 +107,7 @@ def _sync_entry(row: DeploymentImage) -> dict[str, Any]:
         "size": version.size if version else row.bytes_total,
         "sha256": version.sha256 if version else UNKNOWN_SHA256,
         "upload_url": f"/api/image/{row.image_id}",
+        **({"map_url": _map_url(version)} if version else {}),
     }
 
 
@@ -123,7 +124,13 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         "stored_size": _stored_size(version),
         "sha256": version.sha256,
         "compression": version.stored_compression,
+        "map_url": _map_url(version),
     }
+
+
+def _map_url(version: Version) -> str:
+    """Where the version's data map is (catalogue.datamap): the agent verifies only data."""
+    return f"/api/image/{version.image_id}/{version.number}/map"
 
 
 def agent_instructions(*, principal: Any) -> dict[str, Any]:

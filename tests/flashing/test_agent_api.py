@@ -8,6 +8,7 @@ import pytest
 from rest_framework.test import APIClient
 
 from catalogue.models import ImageType
+from catalogue.services.datamaps import version_map_build
 from flashing.models import AgentToken, Deployment, DiskContent, MachineState, UnknownMac
 from flashing.services.pipeline import machine_start_next
 from tests.catalogue.factories import (
@@ -167,7 +168,20 @@ def test_instructions_list_the_images_to_write(machine, deployment):
             "stored_size": version.size,
             "sha256": version.sha256,
             "compression": "none",
+            "map_url": f"/api/image/{version.image_id}/0/map",
         }
+
+
+def test_the_agent_reads_the_data_maps_of_its_deployments_images_only(machine, deployment, user):
+    agent = checked_in(machine)
+    item = deployment.images.select_related("version").first()
+    version_map_build(version_id=item.version.pk)
+    served = agent.get(f"/api/image/{item.image_id}/0/map")
+    assert served.status_code == 200
+    assert served.json()["sha256"] == item.version.sha256
+    foreign = VersionFactory(image=ImageFactory(owner=user, type=ImageType.SYSTEM), number=0)
+    version_map_build(version_id=foreign.pk)
+    assert agent.get(f"/api/image/{foreign.image_id}/0/map").status_code == 404
 
 
 # --- Progress, log, result -------------------------------------------------------------------

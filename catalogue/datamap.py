@@ -1,0 +1,175 @@
+"""A version's data map: where its non-zero bytes are, with a SHA-256 per range.
+
+A raw disk image is mostly zeros (a 6 GiB disk holding a few hundred MiB of
+files). The map lists the ranges that hold data — 4 KiB blocks that are not
+all zeros, merged, and cut every ``RANGE_MAX`` bytes — each with the SHA-256
+of its bytes; every byte outside them is zero. Like a bmap file, it lets the
+agent write, verify and compare only the data: a disk holds the version
+exactly when every range hashes right and everything else reads as zeros,
+and the ranges hash in parallel, where the whole-image SHA-256 is one long
+sequential pass over the zeros too.
+
+The map is built from the raw bytes as they stream by (:class:`DataMapper`),
+at upload, and stored beside the version (``<n>.map.json``). It carries the
+version's size and whole-image SHA-256, so a map never describes other bytes
+than the version it is served for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+BLOCK = 4096
+RANGE_MAX = 16 << 20  # a range is cut here, so big files hash in parallel
+FORMAT = "baas-datamap/1"
+_ZEROS = bytes(1 << 20)
+_ZERO_BLOCK = bytes(BLOCK)
+
+
+@dataclass(frozen=True)
+class DataMap:
+    size: int
+    sha256: str
+    ranges: tuple[tuple[int, int, str], ...]  # [start, end) and the SHA-256 of those bytes
+
+    @property
+    def data_bytes(self) -> int:
+        return sum(end - start for start, end, _ in self.ranges)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT,
+            "block_size": BLOCK,
+            "size": self.size,
+            "sha256": self.sha256,
+            "data_bytes": self.data_bytes,
+            "ranges": [list(item) for item in self.ranges],
+        }
+
+    def dumps(self) -> bytes:
+        return json.dumps(self.as_json(), separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes) -> DataMap:
+        """Parse a stored map. Raises ValueError if it is not one."""
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError("not a BAAS data map")
+        ranges = tuple((int(s), int(e), str(h)) for s, e, h in data["ranges"])
+        return cls(size=int(data["size"]), sha256=str(data["sha256"]), ranges=ranges)
+
+
+class DataMapper:
+    """Builds the data map of a raw image fed in order with :meth:`update`.
+
+    Blocks are 4 KiB from the image's start, whatever the sizes of the pieces
+    fed; a short last block is data unless it is all zeros. :meth:`skip` takes
+    a run known to be zeros (a hole of a sparse file) without looking at it.
+    """
+
+    def __init__(self) -> None:
+        self.size = 0  # bytes fed
+        self._carry = b""  # the start of a block not complete yet
+        self._ranges: list[tuple[int, int, str]] = []
+        self._open: tuple[int, Any] | None = None  # (start, hash) of the range being built
+        self._end = 0  # where the open range ends
+
+    def update(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        if not view:
+            return
+        offset = self.size - len(self._carry)  # the image offset of the carry's first byte
+        self.size += len(view)
+        if self._carry:
+            take = BLOCK - len(self._carry)
+            self._carry += bytes(view[:take])
+            view = view[take:]
+            if len(self._carry) < BLOCK:
+                return
+            self._scan(self._carry, offset)
+            offset += BLOCK
+            self._carry = b""
+        whole = len(view) // BLOCK * BLOCK
+        if whole:
+            self._scan(view[:whole], offset)
+        self._carry = bytes(view[whole:])
+
+    def skip(self, length: int) -> None:
+        """``length`` zero bytes, at a block boundary (a hole)."""
+        if self._carry or self.size % BLOCK:
+            raise ValueError("a hole must start at a block boundary")
+        self.size += length
+
+    def finish(self, sha256: str) -> DataMap:
+        """The map, given the whole image's SHA-256 (computed alongside)."""
+        if self._carry and self._carry.strip(b"\0"):
+            self._data(memoryview(self._carry), self.size - len(self._carry))
+        self._carry = b""
+        self._close()
+        return DataMap(size=self.size, sha256=sha256, ranges=tuple(self._ranges))
+
+    def _scan(self, view: bytes | memoryview, offset: int) -> None:
+        """Map whole blocks: data runs are hashed into ranges, zero blocks end them.
+
+        In C but for one turn per run of zero blocks: an all-zero piece is one
+        comparison; ``find`` jumps over data that holds no block of zeros.
+        """
+        size = len(view)
+        if size <= len(_ZEROS) and _ZEROS.startswith(view):
+            self._close()
+            return
+        data = view if isinstance(view, bytes) else view.obj if _whole(view) else bytes(view)
+        position = 0
+        while position < size:
+            found = data.find(_ZERO_BLOCK, position, size)
+            if found < 0:
+                self._data(memoryview(data)[position:size], offset + position)
+                return
+            hole = found + (-found) % BLOCK  # the first block boundary at or after it
+            zeros = hole
+            while zeros < size and _ZEROS.startswith(memoryview(data)[zeros : zeros + BLOCK]):
+                zeros += BLOCK
+            if zeros == hole:  # zeros straddling blocks: not a zero block
+                if hole >= size:
+                    self._data(memoryview(data)[position:size], offset + position)
+                    return
+                continue_at = hole + BLOCK
+                self._data(memoryview(data)[position:continue_at], offset + position)
+                position = continue_at
+                continue
+            if hole > position:
+                self._data(memoryview(data)[position:hole], offset + position)
+            self._close()
+            position = zeros
+
+    def _data(self, view: memoryview, offset: int) -> None:
+        while view:
+            if self._open is None or self._end != offset or self._end - self._open[0] >= RANGE_MAX:
+                self._close()
+                self._open = (offset, hashlib.sha256())
+                self._end = offset
+            room = RANGE_MAX - (self._end - self._open[0])
+            piece = view[:room]
+            self._open[1].update(piece)
+            self._end += len(piece)
+            offset += len(piece)
+            view = view[len(piece) :]
+
+    def _close(self) -> None:
+        if self._open is not None:
+            start, digest = self._open
+            self._ranges.append((start, self._end, digest.hexdigest()))
+            self._open = None
+
+
+def _whole(view: memoryview) -> bool:
+    """Whether ``view`` covers all of a bytes object (so it can be searched in place)."""
+    return isinstance(view.obj, bytes) and len(view.obj) == view.nbytes
+
+
+def empty_map(size: int, sha256: str) -> DataMap:
+    """The map of ``size`` zero bytes."""
+    return DataMap(size=size, sha256=sha256, ranges=())

@@ -1,0 +1,138 @@
+"""Data maps of versions (``catalogue.datamap``): store, read, build.
+
+An upload builds its version's map while the bytes stream by; version 0 of a
+raw image has an empty one. For a version without a map (stored before maps
+existed, or whose map was lost) :func:`version_map_schedule` queues a job that
+builds it from the stored file: a raw file is read hole by hole (only its data
+is read), a compressed one is decoded as a stream.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+from typing import BinaryIO
+
+from django.db import transaction
+
+from catalogue.datamap import BLOCK, DataMap, DataMapper
+from catalogue.models import Compression, Version
+from catalogue.services.compression import raw_reader
+from catalogue.storage import get_storage
+
+logger = logging.getLogger(__name__)
+READ = 1 << 20
+
+
+class MapMismatch(Exception):
+    """The stored bytes are not the version's size: the map is not stored."""
+
+
+def version_map_store(version: Version, datamap: DataMap) -> None:
+    """Store ``datamap`` as ``version``'s map (it must describe that version)."""
+    if datamap.size != version.size or datamap.sha256 != version.sha256:
+        raise MapMismatch(f"the map is of other bytes than version {version.pk}")
+    get_storage().map_write(version.image_id, version.number, datamap.dumps())
+
+
+def version_map(version: Version) -> DataMap | None:
+    """The version's map, or None if it has none (or one of other bytes)."""
+    raw = get_storage().map_read(version.image_id, version.number)
+    if raw is None:
+        return None
+    try:
+        datamap = DataMap.loads(raw)
+    except (ValueError, KeyError, TypeError):
+        logger.warning("The data map of version %s is unreadable; rebuilding it", version.pk)
+        return None
+    if datamap.size != version.size or datamap.sha256 != version.sha256:
+        logger.warning("The data map of version %s is of other bytes; rebuilding it", version.pk)
+        return None
+    return datamap
+
+
+def version_map_schedule(version: Version) -> None:
+    """Build the version's map in the background, once the current transaction commits."""
+    from catalogue.tasks import version_map_task
+
+    version_id = version.pk
+    transaction.on_commit(lambda: version_map_task.delay(version_id))
+
+
+def version_map_build(*, version_id: int) -> DataMap | None:
+    """Build and store the map of a version from its stored file; None if it is gone.
+
+    Running it again rebuilds the same map. Raises MapMismatch if the stored
+    bytes are not the version's size.
+    """
+    version = Version.objects.filter(pk=version_id).first()
+    if version is None:
+        return None
+    existing = version_map(version)
+    if existing is not None:
+        return existing
+    storage = get_storage()
+    try:
+        stored = storage.open_read(version.image_id, version.number, version.stored_compression)
+    except FileNotFoundError:
+        return None  # deleted, or swapped by compression meanwhile: a later run finds it
+    mapper = DataMapper()
+    with stored:
+        if version.stored_compression == Compression.NONE:
+            _map_sparse_file(stored, mapper)
+        else:
+            with raw_reader(stored, version.stored_compression) as raw:
+                while chunk := raw.read(READ):
+                    mapper.update(chunk)
+    if mapper.size != version.size:
+        raise MapMismatch(
+            f"version {version.pk} is {version.size} bytes, its file holds {mapper.size}"
+        )
+    datamap = mapper.finish(version.sha256)
+    version_map_store(version, datamap)
+    logger.info(
+        "Data map of version %s: %d ranges, %d data bytes",
+        version.pk,
+        len(datamap.ranges),
+        datamap.data_bytes,
+    )
+    return datamap
+
+
+def _map_sparse_file(file: BinaryIO, mapper: DataMapper) -> None:
+    """Feed a raw file: holes are skipped without reading, data is read and scanned."""
+    fd = file.fileno()
+    size = os.fstat(fd).st_size
+    position = 0
+    while position < size:
+        try:
+            data = os.lseek(fd, position, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:
+                data = size  # a hole to the end
+            elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
+                data = position  # no SEEK_DATA on this filesystem: read everything
+                _map_range(fd, position, size, mapper)
+                return
+            else:
+                raise
+        data -= data % BLOCK  # holes start on blocks; data found inside one is read whole
+        if data > position:
+            mapper.skip(data - position)
+            position = data
+        if position >= size:
+            break
+        hole = os.lseek(fd, position, os.SEEK_HOLE)
+        hole = min(size, hole + (-hole) % BLOCK)
+        _map_range(fd, position, hole, mapper)
+        position = hole
+
+
+def _map_range(fd: int, position: int, end: int, mapper: DataMapper) -> None:
+    while position < end:
+        chunk = os.pread(fd, min(READ, end - position), position)
+        if not chunk:
+            raise MapMismatch(f"the file ended at byte {position} of {end}")
+        mapper.update(chunk)
+        position += len(chunk)

@@ -1,0 +1,221 @@
+"""The agent's data maps: checking a disk against one, and flashing with it.
+
+The maps are made by the server's own builder (``catalogue.datamap``, which
+imports nothing from Django), so both ends agree on the format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from baas_agent.client import Client
+from baas_agent.datamap import DataMap, mismatch
+from baas_agent.disks import DiskMap
+from baas_agent.flash import (
+    FlashError,
+    Reporter,
+    SyncInstruction,
+    WriteInstruction,
+    sync_image,
+    write_image,
+)
+
+from catalogue.datamap import DataMapper
+from tests.agent.conftest import MiB
+from tests.agent.servers import FakeBaas
+
+IMAGE = "5d1c3e9a-0b4f-4c2e-8f0a-6b7d9e1f2a3c"
+URL = f"/api/image/{IMAGE}/4"
+
+
+def map_of(path: Path) -> dict:
+    mapper = DataMapper()
+    with path.open("rb") as file:
+        while chunk := file.read(MiB):
+            mapper.update(chunk)
+    return mapper.finish(hashlib.sha256(path.read_bytes()).hexdigest()).as_json()
+
+
+def parsed(path: Path) -> DataMap:
+    data = map_of(path)
+    return DataMap.from_json(data, size=data["size"], sha256=data["sha256"])
+
+
+def serve(baas: FakeBaas, image: Path, tmp_path: Path, *, stored: Path | None = None) -> dict:
+    """Version 4 on the fake server, zstd, with its map; returns the write instruction."""
+    source = stored or image
+    packed = tmp_path / "stored.zst"
+    packed.write_bytes(
+        subprocess.run(
+            ["zstd", "-q", "-c"], input=source.read_bytes(), capture_output=True, check=True
+        ).stdout
+    )
+    map_file = tmp_path / "map.json"
+    map_file.write_text(json.dumps(map_of(image)))
+    baas.files[URL] = packed
+    baas.files[f"{URL}/map"] = map_file
+    return {
+        "image": IMAGE,
+        "version": 4,
+        "disk": "/dev/sda",
+        "url": URL,
+        "map_url": f"{URL}/map",
+        "size": image.stat().st_size,
+        "stored_size": packed.stat().st_size,
+        "sha256": hashlib.sha256(image.read_bytes()).hexdigest(),
+        "compression": "zstd",
+    }
+
+
+def client_of(baas: FakeBaas) -> Client:
+    return Client(baas.url, baas.deployment_token, timeout=5, sleep=lambda _: None)
+
+
+@pytest.fixture
+def disk(tmp_path) -> Path:
+    return tmp_path / "sda.img"
+
+
+@pytest.fixture
+def disks(disk) -> DiskMap:
+    return DiskMap({"/dev/sda": str(disk)})
+
+
+# --- Checking a disk against a map -----------------------------------------------------------
+
+
+def test_a_copy_of_the_image_matches_its_map(image, tmp_path):
+    copy = tmp_path / "copy.img"
+    copy.write_bytes(image.read_bytes())  # no holes at all: the gaps are read and found zero
+    datamap = parsed(image)
+    assert datamap.ranges and datamap.data_bytes < image.stat().st_size // 2
+    progress: list[int] = []
+    assert mismatch(image, datamap, progress=progress.append) is None
+    assert mismatch(copy, datamap, sparse=False, workers=1) is None
+    assert progress[-1] == image.stat().st_size
+
+
+def test_one_changed_byte_in_the_data_is_found(image, tmp_path):
+    datamap = parsed(image)
+    changed = bytearray(image.read_bytes())
+    changed[9 * MiB + 100] ^= 0xFF
+    copy = tmp_path / "copy.img"
+    copy.write_bytes(changed)
+    assert "SHA-256 mismatch" in mismatch(copy, datamap)
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_data_where_the_image_has_zeros_is_found(image, tmp_path, sparse):
+    datamap = parsed(image)
+    copy = tmp_path / "copy.img"
+    copy.write_bytes(image.read_bytes())
+    with copy.open("r+b") as file:
+        file.seek(12 * MiB + 5)  # inside the hole between 9 MiB and 15 MiB
+        file.write(b"\x01")
+    assert "should be zeros" in mismatch(copy, datamap, sparse=sparse)
+
+
+def test_a_short_or_missing_disk_does_not_match(image, tmp_path):
+    datamap = parsed(image)
+    short = tmp_path / "short.img"
+    short.write_bytes(image.read_bytes()[: 8 * MiB])
+    assert "fewer than" in mismatch(short, datamap)
+    assert "does not exist" in mismatch(tmp_path / "nothing.img", datamap)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"format": "bmap"},
+        {"size": 1},
+        {"sha256": "0" * 64},
+        {"block_size": 512},
+        {"ranges": [[4096, 0, "0" * 64]]},
+        {"ranges": [[1, 4096, "0" * 64]]},
+        {"ranges": [[0, 8192, "0" * 64], [4096, 12288, "0" * 64]]},
+        {"ranges": [[0, 4096, "not hex"]]},
+        {"ranges": [[0, 17 * MiB, "0" * 64]]},
+    ],
+)
+def test_a_malformed_map_or_one_of_other_bytes_is_refused(image, change):
+    data = map_of(image)
+    size, sha256 = data["size"], data["sha256"]
+    with pytest.raises(ValueError):
+        DataMap.from_json({**data, **change}, size=size, sha256=sha256)
+
+
+# --- Flashing with a map -------------------------------------------------------------------
+
+
+def test_with_a_map_an_image_is_written_and_verified(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    disk.write_bytes(os.urandom(2 * MiB))
+    client = client_of(baas)
+    write_image(client, WriteInstruction.from_json(instruction), disks, Reporter(client))
+    assert disk.read_bytes() == image.read_bytes()
+    assert len(baas.gets(f"{URL}/map")) == 1
+    assert baas.progress[0]["phase"] == "writing"
+
+
+def test_with_a_map_an_image_already_there_is_not_downloaded(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    disk.write_bytes(image.read_bytes())
+    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    assert baas.gets(URL) == []
+
+
+@pytest.mark.parametrize("where", [9 * MiB + 7, 12 * MiB], ids=["in data", "in zeros"])
+def test_a_download_that_differs_from_its_map_is_never_reported_written(
+    baas, image, tmp_path, disk, disks, where
+):
+    other = tmp_path / "other.img"
+    changed = bytearray(image.read_bytes())
+    changed[where] ^= 0x5A
+    other.write_bytes(changed)
+    instruction = serve(baas, image, tmp_path, stored=other)
+    with pytest.raises(FlashError, match="mismatch on /dev/sda after writing"):
+        write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+
+
+def test_without_a_map_the_whole_image_is_hashed(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    del baas.files[f"{URL}/map"]  # the server answers 404: not built yet
+    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    assert disk.read_bytes() == image.read_bytes()
+    assert len(baas.gets(f"{URL}/map")) == 1
+
+
+def sync_entry(baas: FakeBaas, flashed: Path, tmp_path: Path) -> dict:
+    instruction = serve(baas, flashed, tmp_path)
+    entry = {
+        key: instruction[key] for key in ("image", "disk", "version", "size", "sha256", "map_url")
+    }
+    entry["upload_url"] = f"/api/image/{IMAGE}"
+    baas.instructions["sync"] = [entry]
+    return entry
+
+
+def test_an_unchanged_disk_is_recognised_by_its_map(baas, image, tmp_path, disk, disks):
+    entry = sync_entry(baas, image, tmp_path)
+    disk.write_bytes(image.read_bytes())
+    client = client_of(baas)
+    assert sync_image(client, SyncInstruction.from_json(entry), disks, Reporter(None)) is None
+    assert baas.uploads == []
+
+
+def test_a_disk_changed_in_its_zeros_is_uploaded(baas, image, tmp_path, disk, disks):
+    entry = sync_entry(baas, image, tmp_path)
+    disk.write_bytes(image.read_bytes())
+    with disk.open("r+b") as file:
+        file.seek(13 * MiB)
+        file.write(b"results")
+    client = client_of(baas)
+    synced = sync_image(client, SyncInstruction.from_json(entry), disks, Reporter(None))
+    assert synced == {"image": IMAGE, "version": 5}
+    (upload,) = baas.uploads
+    assert upload["raw"] == disk.read_bytes()

@@ -1,0 +1,165 @@
+"""Data maps: built at upload, served to readers, rebuilt for versions without one."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+import zstandard
+
+from catalogue.datamap import BLOCK, RANGE_MAX, DataMapper
+from catalogue.models import Compression, ImageType, Version
+from catalogue.services.compression import version_compress
+from catalogue.services.datamaps import MapMismatch, version_map, version_map_build
+from catalogue.services.lifecycle import versions_prune
+from catalogue.storage import get_storage
+from tests.catalogue.factories import ImageFactory, VersionFactory
+
+MiB = 1 << 20
+
+
+@pytest.fixture(autouse=True)
+def _small_new_images(settings):
+    settings.BAAS_NEW_IMAGE_SIZE = 4 * MiB
+
+
+def disk_image() -> bytes:
+    """Data, a zero run, a lone block, zeros that do not fill a block, an unaligned tail."""
+    return (
+        os.urandom(RANGE_MAX + 3 * BLOCK)  # one run longer than a range: cut in two
+        + bytes(3 * MiB)
+        + os.urandom(BLOCK)
+        + bytes(BLOCK - 1)
+        + b"\x01"  # a block that is almost all zeros is data
+        + bytes(2 * MiB)
+        + b"tail"
+    )
+
+
+def expected_ranges(data: bytes) -> list[list]:
+    """The map's ranges, block by block, the slow and obvious way."""
+    runs: list[list[int]] = []
+    for offset in range(0, len(data), BLOCK):
+        if data[offset : offset + BLOCK].strip(b"\0"):
+            if runs and runs[-1][1] == offset and offset - runs[-1][0] < RANGE_MAX:
+                runs[-1][1] = min(offset + BLOCK, len(data))
+            else:
+                runs.append([offset, min(offset + BLOCK, len(data))])
+    return [[s, e, hashlib.sha256(data[s:e]).hexdigest()] for s, e in runs]
+
+
+def upload(client, image, body: bytes, **headers):
+    response = client.generic(
+        "POST",
+        f"/api/image/{image.uuid}",
+        body,
+        content_type="application/octet-stream",
+        **headers,
+    )
+    assert response.status_code == 201, response.content
+    return response.json()
+
+
+def get_map(client, image, number):
+    return client.get(f"/api/image/{image.uuid}/{number}/map")
+
+
+@pytest.mark.parametrize("encoding", ["none", "zstd"])
+def test_an_upload_maps_its_data_and_serves_the_map(user, user_client, encoding):
+    image = ImageFactory(owner=user)
+    data = disk_image()
+    body = data if encoding == "none" else zstandard.ZstdCompressor().compress(data)
+    headers = {} if encoding == "none" else {"HTTP_CONTENT_ENCODING": "zstd"}
+    number = upload(user_client, image, body, **headers)["version"]
+
+    response = get_map(user_client, image, number)
+
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    served = response.json()
+    assert served["ranges"] == expected_ranges(data)
+    assert len(served["ranges"]) == 4  # the long run was cut at RANGE_MAX
+    assert (served["size"], served["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
+    assert served["data_bytes"] == sum(e - s for s, e, _ in served["ranges"])
+    assert (served["format"], served["block_size"]) == ("baas-datamap/1", BLOCK)
+
+
+def test_the_empty_version_0_has_an_empty_map(user, user_client):
+    response = user_client.post(
+        f"/api/user/{user.username}/image", {"name": "fresh"}, format="json"
+    )
+    image_uuid = response.json()["uuid"]
+    served = user_client.get(f"/api/image/{image_uuid}/0/map").json()
+    assert (served["size"], served["ranges"], served["data_bytes"]) == (4 * MiB, [], 0)
+    assert served["sha256"] == hashlib.sha256(bytes(4 * MiB)).hexdigest()
+
+
+def test_the_map_follows_the_images_read_rules(user, other_user, other_client, anon_client):
+    private = VersionFactory(image=ImageFactory(owner=user), number=0)
+    shared = VersionFactory(image=ImageFactory(owner=user, type=ImageType.SYSTEM), number=0)
+    version_map_build(version_id=private.pk)
+    version_map_build(version_id=shared.pk)
+    assert get_map(other_client, private.image, 0).status_code == 404
+    assert get_map(anon_client, private.image, 0).status_code == 401
+    assert get_map(other_client, shared.image, 0).status_code == 200
+    assert get_map(other_client, shared.image, 7).status_code == 404
+    assert other_client.get("/api/image/not-a-uuid/0/map").status_code == 400
+
+
+@pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD, Compression.GZIP])
+def test_a_version_without_a_map_gets_one_built_from_its_file(
+    user, user_client, django_capture_on_commit_callbacks, compression
+):
+    image = ImageFactory(owner=user, compression=compression)
+    data = disk_image()
+    number = upload(user_client, image, data)["version"]
+    version = Version.objects.get(image=image, number=number)
+    with django_capture_on_commit_callbacks(execute=True):
+        version_compress(version_id=version.pk)  # stored as the image says
+    version.refresh_from_db()
+    assert version.stored_compression == compression
+    storage = get_storage()
+    built_at_upload = storage.map_read(image.uuid, number)
+    storage.delete_map(image.uuid, number)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        missing = get_map(user_client, image, number)
+    assert missing.status_code == 404
+    assert missing["Retry-After"] == "60"
+    assert len(callbacks) == 1  # the build is queued once the request commits
+
+    version_map_build(version_id=version.pk)
+    assert storage.map_read(image.uuid, number) == built_at_upload
+    assert get_map(user_client, image, number).json()["ranges"] == expected_ranges(data)
+
+
+def test_a_map_of_other_bytes_is_never_served(user, user_client):
+    image = ImageFactory(owner=user)
+    number = upload(user_client, image, disk_image())["version"]
+    version = Version.objects.get(image=image, number=number)
+    mapper = DataMapper()
+    mapper.update(b"another image")
+    get_storage().map_write(image.uuid, number, mapper.finish("0" * 64).dumps())
+    assert version_map(version) is None
+    assert get_map(user_client, image, number).status_code == 404
+
+
+def test_a_file_of_the_wrong_size_gets_no_map(user):
+    version = VersionFactory(image=ImageFactory(owner=user), number=0, content=b"x" * 5000)
+    Version.objects.filter(pk=version.pk).update(size=4096)
+    with pytest.raises(MapMismatch, match="its file holds 5000"):
+        version_map_build(version_id=version.pk)
+    assert get_storage().map_read(version.image_id, 0) is None
+
+
+def test_pruned_versions_lose_their_maps(user, user_client, django_capture_on_commit_callbacks):
+    image = ImageFactory(owner=user, keep_versions=1)
+    for _ in range(2):
+        upload(user_client, image, disk_image())
+    storage = get_storage()
+    with django_capture_on_commit_callbacks(execute=True):
+        pruned = versions_prune(image_uuid=image.uuid)
+    assert pruned == [1]
+    assert not storage.map_path(image.uuid, 1).exists()
+    assert storage.map_path(image.uuid, 2).exists()
