@@ -76,6 +76,9 @@ except OSError:
 version = Version.objects.create(
     image=image, number=0, size=spec["size"], sha256=spec["sha256"], virtual_size=spec["size"],
     stored_size=path.stat().st_blocks * 512, stored_compression="zstd", uploaded_by=owner)
+# As an upload would have: the version's data map (built from the stored file, untimed).
+from catalogue.services.datamaps import version_map_build
+version_map_build(version_id=version.pk)
 setup = ImageSetup.objects.create(name=spec["name"], owner=owner)
 ImageFrozen.objects.create(setup=setup, image=image, version=version, sync=False)
 machine = Machine.objects.create(name=spec["name"], power_driver="command", power_settings={
@@ -303,6 +306,7 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client
     from baas_agent.compress import decompressed
+    from baas_agent.datamap import DataMap, mismatch
     from baas_agent.disks import hash_target
 
     client = Client(baas.url(""), baas.token)
@@ -320,7 +324,11 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
             client.download(url, expected_size=stored), target, image.size
         ),
         "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
+        "verify: data map (ranges hashed in parallel, holes skipped)": lambda: mismatch(
+            target, datamap
+        ),
     }
+    datamap = DataMap.from_json(client.get_json(f"{url}/map"), size=image.size, sha256=image.sha256)
     out: dict[str, float] = {}
     for name, function in steps.items():
         os.sync()

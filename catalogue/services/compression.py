@@ -38,7 +38,9 @@ from typing import BinaryIO, Protocol
 import zstandard
 from django.db import transaction
 
+from catalogue.datamap import DataMap
 from catalogue.models import Compression, Image, Version
+from catalogue.seekable import FramedZstdEncoder
 from catalogue.storage import StoredFile, VersionExists, get_storage
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,10 @@ class VersionCorrupt(CompressionError):
 
     Nothing is swapped; retrying cannot help, so the task fails loudly.
     """
+
+
+class MapMismatch(CompressionError):
+    """The version's data map does not describe its bytes."""
 
 
 class ConcurrentChange(CompressionError):
@@ -112,14 +118,20 @@ def raw_reader(stored: BinaryIO, compression: str) -> BinaryIO:
     return stored
 
 
-def encoder_for(compression: str, raw_size: int | None = None) -> Encoder:
+def encoder_for(
+    compression: str, raw_size: int | None = None, datamap: DataMap | None = None
+) -> Encoder:
     """A streaming encoder to ``compression``.
 
     zstd uses every core (``threads=-1``: the output does not depend on the
     number of workers), records ``raw_size`` in the frame when given, and
-    writes a frame checksum; gzip output carries no timestamp, so the same
+    writes a frame checksum; with the version's data map it writes one frame
+    per range and a seek table (``catalogue.seekable``), so that agents can
+    be sent the data alone. gzip output carries no timestamp, so the same
     input always gives the same bytes.
     """
+    if compression == Compression.ZSTD and datamap is not None:
+        return FramedZstdEncoder(datamap, ZSTD_LEVEL)
     if compression == Compression.ZSTD:
         cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True)
         return cctx.compressobj(size=-1 if raw_size is None else raw_size)
@@ -235,13 +247,19 @@ def _target_file(version: Version, target: str) -> StoredFile:
 def _rewrite(version: Version, target: str) -> StoredFile:
     """Transcode the stored file to ``target``, verified, and commit it beside the old one."""
     storage = get_storage()
+    datamap = _datamap_for(version) if target == Compression.ZSTD else None
     source = _open_stored(version)
     sparse = target == Compression.NONE
     with (
         raw_reader(source, version.stored_compression) as raw,
         storage.open_write(version.image_id, sparse=sparse) as pending,
     ):
-        _transcode(raw, encoder_for(target, version.size), pending.write, version)
+        try:
+            _transcode(raw, encoder_for(target, version.size, datamap), pending.write, version)
+        except MapMismatch as exc:
+            # The map is not of these bytes: drop it (a job rebuilds it), retry unframed.
+            storage.delete_map(version.image_id, version.number)
+            raise ConcurrentChange(f"Version {version.pk}: {exc}") from exc
         try:
             return pending.commit(version.number, target)
         except VersionExists:
@@ -263,6 +281,15 @@ def _verify(stored: BinaryIO, compression: str, version: Version) -> None:
         _transcode(raw, _Identity(), lambda data: None, version)
 
 
+def _datamap_for(version: Version) -> DataMap | None:
+    from catalogue.services.datamaps import version_map, version_map_schedule
+
+    datamap = version_map(version)
+    if datamap is None:
+        version_map_schedule(version)  # the next compression of it will be framed
+    return datamap
+
+
 def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version) -> None:
     """Stream ``raw`` through ``encoder`` into ``write``, checking size and SHA-256 on the way."""
     digest = hashlib.sha256()
@@ -276,6 +303,10 @@ def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version) -> None
         write(encoder.flush())
     except DECODE_ERRORS as exc:
         raise VersionCorrupt(f"Version {version.pk} does not decode: {exc}") from exc
+    except ValueError as exc:
+        if isinstance(encoder, FramedZstdEncoder):
+            raise MapMismatch(str(exc)) from exc
+        raise
     if size != version.size or digest.hexdigest() != version.sha256:
         raise VersionCorrupt(
             f"Version {version.pk} holds {size} bytes with SHA-256 {digest.hexdigest()}, "

@@ -12,8 +12,8 @@ a :class:`VersionReceiver`, which
   never qcow2 data), data larger than BAAS_MAX_IMAGE_SIZE, and data that
   would take its owner past their storage quota (``lifecycle.QuotaGuard``);
 * writes into a pending file in the image's directory: the upload's own
-  compressed bytes when they are in the image's compression, else the raw
-  bytes, sparse. A compression job rewrites the latter later.
+  gzip bytes for a gzip image, else the raw bytes, sparse. A compression job
+  rewrites the latter later (zstd in frames of the version's data map).
 
 :func:`version_upload` then checks the expected digest, fsyncs, and — under a
 lock on the image row — picks the next number, puts the file in place and
@@ -136,9 +136,9 @@ class VersionReceiver:
     def _start(self, head: bytes) -> None:
         if self.encoding is None:
             self.encoding = sniff_encoding(head)
-        self._store_compressed = self.encoding not in (None, Compression.NONE) and (
-            self.encoding == self.image.compression
-        )
+        # gzip comes stored as sent; zstd is stored raw first, for the compression job
+        # to write it in frames of its data map (catalogue.seekable).
+        self._store_compressed = self.encoding == Compression.GZIP == self.image.compression
         self._hasher = BackgroundHasher()
         self._decoder = DECODERS[self.encoding](self._on_raw)
         self.pending = _storage_call(

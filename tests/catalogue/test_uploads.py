@@ -16,6 +16,9 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts.models import AuditEvent
 from catalogue.models import Compression, FileStandard, Version
+from catalogue.seekable import data_frames, read_seek_table
+from catalogue.services.compression import version_compress
+from catalogue.services.datamaps import version_map
 from catalogue.storage import BLOCK, get_storage
 from catalogue.tasks import purge_stale_uploads_task
 from tests.catalogue.factories import ImageFactory
@@ -115,15 +118,43 @@ def test_a_zstd_upload_is_stored_raw_for_an_uncompressed_image(user_client, imag
     assert path.stat().st_blocks * 512 < 3 * MiB
 
 
-def test_a_zstd_upload_to_a_zstd_image_is_stored_as_sent(user_client, user):
+def test_a_gzip_upload_to_a_gzip_image_is_stored_as_sent(user_client, user):
+    image = ImageFactory(owner=user, compression=Compression.GZIP)
+    data = disk_image()
+    packed = gzip.compress(data)
+    response = post_raw(user_client, image, packed, HTTP_CONTENT_ENCODING="gzip")
+    assert response.status_code == 201, response.json()
+    assert response.json()["compression"] == "gzip"
+    assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
+    assert get_storage().version_path(image.uuid, 1, "gzip").read_bytes() == packed
+
+
+def test_a_zstd_upload_to_a_zstd_image_is_usable_at_once_then_stored_in_frames(
+    user_client, user, django_capture_on_commit_callbacks
+):
     image = ImageFactory(owner=user, compression=Compression.ZSTD)
     data = disk_image()
     packed = zstandard.ZstdCompressor().compress(data)
     response = post_raw(user_client, image, packed, content_type="application/zstd")
     assert response.status_code == 201, response.json()
-    assert response.json()["compression"] == "zstd"
     assert response.json()["sha256"] == hashlib.sha256(data).hexdigest()
-    assert get_storage().version_path(image.uuid, 1, "zstd").read_bytes() == packed
+    raw = get_storage().version_path(image.uuid, 1, "none")
+    assert raw.read_bytes() == data  # stored raw and sparse, downloadable right away
+    assert raw.stat().st_blocks * 512 < 3 * MiB
+
+    with django_capture_on_commit_callbacks(execute=True):
+        version_compress(version_id=Version.objects.get(image=image, number=1).pk)
+
+    stored = get_storage().version_path(image.uuid, 1, "zstd")
+    unpacked = subprocess.run(["zstd", "-dc", str(stored)], capture_output=True, check=True)
+    assert unpacked.stdout == data  # plain zstd to any decoder
+    with stored.open("rb") as file:
+        frames = read_seek_table(file.fileno())
+    datamap = version_map(Version.objects.get(image=image, number=1))
+    assert [(f.start, f.start + f.size) for f in data_frames(frames, datamap)] == [
+        (start, end) for start, end, _ in datamap.ranges
+    ]
+    assert not raw.exists()
 
 
 def test_a_gz_file_name_in_a_form_is_decompressed(user_client, image):

@@ -172,7 +172,8 @@ def test_a_full_disk_answers_507_and_keeps_nothing(tiny_disk, user):
     assert response.status_code == 507
     assert "full" in response.json()["detail"]
     assert not Version.objects.filter(image=image, number__gt=0).exists()
-    assert sorted(p.name for p in get_storage().image_dir(image.uuid).iterdir()) == ["0.img"]
+    names = sorted(p.name for p in get_storage().image_dir(image.uuid).iterdir())
+    assert names == ["0.img", "0.map.json"]  # version 0 and its (empty) data map, nothing more
     assert os.statvfs(tiny_disk).f_bfree == before.f_bfree  # every block given back
     small = client.generic(
         "POST", f"/api/image/{image.uuid}", os.urandom(MiB), "application/octet-stream"
