@@ -39,6 +39,11 @@ download_urlpatterns = [
         downloads.VersionMapApi.as_view(),
         name="image-version-map",
     ),
+    path(
+        "image/<str:image_uuid>/<int:number>/data",
+        downloads.VersionDataApi.as_view(),
+        name="image-version-data",
+    ),
 ]
 
 urlpatterns = [

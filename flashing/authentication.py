@@ -32,6 +32,7 @@ AGENT_ROUTES = {
     ("image-download-latest", "GET"),
     ("image-download-latest", "HEAD"),
     ("image-version-map", "GET"),
+    ("image-version-data", "GET"),
 }
 
 

@@ -94,6 +94,7 @@ class _Transfer:
     total: int | None = None
     etag: str | None = None  # strong ETags only: If-Range forbids weak ones
     last_modified: str | None = None
+    info: dict[str, str] | None = None  # the caller's, to learn the first answer's headers
 
     def validator(self) -> str | None:
         return self.etag or self.last_modified
@@ -244,7 +245,12 @@ class Client:
         return self._retrying(f"{method} {path}", attempt)
 
     def download(
-        self, path: str, *, expected_size: int | None = None, chunk_size: int = CHUNK
+        self,
+        path: str,
+        *,
+        expected_size: int | None = None,
+        chunk_size: int = CHUNK,
+        info: dict[str, str] | None = None,
     ) -> Iterator[bytes]:
         """Yield the body of ``GET path``, resuming broken transfers.
 
@@ -252,10 +258,11 @@ class Client:
         received so far with ``Range``/``If-Range``; each resume that makes no
         progress counts against ``retries``. Raises DownloadError if the file
         changed meanwhile, if the size differs from ``expected_size``, or if a
-        206 answer does not start where asked.
+        206 answer does not start where asked. ``info``, when given, receives
+        the first answer's ``content-type`` before the first bytes are yielded.
         """
         url = self.url(path)
-        transfer = _Transfer(total=expected_size)
+        transfer = _Transfer(total=expected_size, info=info)
         failures = 0
         while True:
             try:
@@ -317,6 +324,8 @@ class Client:
             transfer.total = size if size is not None else transfer.total
             transfer.etag = etag
             transfer.last_modified = resp.getheader("Last-Modified")
+            if transfer.info is not None:
+                transfer.info["content-type"] = resp.getheader("Content-Type") or ""
             return 0
         # A 200 to a Range request: ranges unsupported, or If-Range saw a new file.
         if (etag, resp.getheader("Last-Modified")) != (transfer.etag, transfer.last_modified):

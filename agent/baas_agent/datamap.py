@@ -109,43 +109,87 @@ def mismatch(
     ``progress`` gets the bytes checked so far (ranges and gaps alike).
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        available = _size(path)
     except FileNotFoundError:
         return f"{path} does not exist"
+    if available < datamap.size:
+        return f"{path} holds {available} bytes, fewer than {datamap.size}"
+    with Verifier(path, datamap, workers=workers, sparse=sparse) as verifier:
+        for index in range(len(datamap.ranges)):
+            verifier.check_range(index)
+        verifier.check_gaps()
+        return verifier.result(progress)
+
+
+def _size(path: Path) -> int:
+    """A file's length or a device's capacity."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        available = os.lseek(fd, 0, os.SEEK_END)
-        if available < datamap.size:
-            return f"{path} holds {available} bytes, fewer than {datamap.size}"
-        checks: list[_Check] = [_RangeCheck(fd, s, e, digest) for s, e, digest in datamap.ranges]
-        checks += [_ZerosCheck(fd, start, end, sparse) for start, end in datamap.gaps()]
-        checks.sort(key=lambda check: check.offset)  # in disk order, as far as threads allow
-        return _run(checks, workers or default_workers(), progress)
+        return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
 
 
-def _run(checks: list[_Check], workers: int, progress: Progress | None) -> str | None:
-    done = 0
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="verify") as pool:
-        pending: dict[Future[str | None], int] = {
-            pool.submit(check): check.end - check.offset for check in checks
-        }
-        while pending:
-            finished, _ = wait(pending, return_when=FIRST_EXCEPTION, timeout=0.5)
+class Verifier:
+    """Checks a disk against a map on a pool of threads, part by part, as parts are ready.
+
+    A writer calls :meth:`check_range` as each range is on the disk, so hashing
+    runs beside the download and decompression; :meth:`result` waits for
+    everything asked and returns the first difference found, or None.
+    """
+
+    def __init__(
+        self, path: Path, datamap: DataMap, *, workers: int | None = None, sparse: bool = True
+    ) -> None:
+        self.datamap = datamap
+        self.sparse = sparse
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.pool = ThreadPoolExecutor(
+            max_workers=workers or default_workers(), thread_name_prefix="verify"
+        )
+        self.pending: dict[Future[str | None], int] = {}
+
+    def __enter__(self) -> Verifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_range(self, index: int) -> None:
+        start, end, digest = self.datamap.ranges[index]
+        self._submit(_RangeCheck(self.fd, start, end, digest))
+
+    def check_gaps(self) -> None:
+        for start, end in self.datamap.gaps():
+            self._submit(_ZerosCheck(self.fd, start, end, self.sparse))
+
+    def _submit(self, check: _Check) -> None:
+        self.pending[self.pool.submit(check)] = check.end - check.offset
+
+    def result(self, progress: Progress | None = None) -> str | None:
+        done = 0
+        while self.pending:
+            finished, _ = wait(self.pending, return_when=FIRST_EXCEPTION, timeout=0.5)
             for future in finished:
-                length = pending.pop(future)
+                length = self.pending.pop(future)
                 try:
                     reason = future.result()
                 except OSError as exc:
                     reason = f"reading the disk failed: {exc}"
                 if reason is not None:
-                    for other in pending:
-                        other.cancel()
                     return reason
                 done += length
             if progress is not None and finished:
                 progress(done)
-    return None
+        return None
+
+    def close(self) -> None:
+        for future in self.pending:
+            future.cancel()
+        self.pool.shutdown(wait=True)
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 _buffers = threading.local()

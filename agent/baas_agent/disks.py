@@ -375,3 +375,72 @@ def hash_target(
         if progress is not None:
             progress(done)
     return digest.hexdigest()
+
+
+class RangeWriter(SparseWriter):
+    """Lays an image onto a target from the bytes of its data ranges alone, in order.
+
+    ``ranges`` are the image's ``[start, end)`` data ranges (its data map);
+    every other byte of the image is zero. :meth:`write` takes the next bytes
+    of the ranges concatenated, in pieces of any size; nothing is scanned for
+    zeros. A regular file is all holes but the ranges; on a block device the
+    gaps are zeroed by the device (see :class:`Zeroer`). ``on_range(index)``
+    is called as each range is complete. ``close()`` checks that exactly the
+    ranges' bytes came, and fsyncs.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        size: int,
+        ranges: list[tuple[int, int]],
+        *,
+        block_device: bool | None = None,
+        on_range: Callable[[int], None] | None = None,
+    ) -> None:
+        super().__init__(path, size, block_device=block_device)
+        self.ranges = ranges
+        self.on_range = on_range
+        self.index = 0
+        self.received = 0  # bytes of the ranges so far
+        self.position = ranges[0][0] if ranges else size
+        self._gap(0, self.position)
+
+    def write(self, chunk: bytes | memoryview) -> None:
+        view = memoryview(chunk).cast("B")
+        while view:
+            if self.index >= len(self.ranges):
+                raise DiskError("more data came than the image's ranges hold")
+            end = self.ranges[self.index][1]
+            take = min(len(view), end - self.position)
+            _pwrite_all(self.fd, view[:take], self.position)
+            view = view[take:]
+            self.position += take
+            self.received += take
+            if self.position == end:
+                self._range_done()
+
+    def _range_done(self) -> None:
+        if self.on_range is not None:
+            self.on_range(self.index)
+        self.index += 1
+        end = self.ranges[self.index - 1][1]
+        self.position = self.ranges[self.index][0] if self.index < len(self.ranges) else self.size
+        self._gap(end, self.position)
+
+    def _gap(self, start: int, end: int) -> None:
+        """Zeros from ``start`` to ``end``: holes already on a file; zeroed on a device."""
+        if end > start and self.zeroer is not None:
+            self._zero_from = start
+            self._flush_zeros(end)
+
+    def close(self) -> None:
+        try:
+            if self.index != len(self.ranges):
+                raise DiskError(
+                    f"the data ended after {self.received} bytes, in range {self.index + 1} "
+                    f"of {len(self.ranges)}"
+                )
+            os.fsync(self.fd)
+        finally:
+            self.__exit__()

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalogue.services import datamaps, delivery
+from catalogue.services import datamaps, datastream, delivery
 from catalogue.services.delivery import ByteRange, RangeNotSatisfiable, Representation
 
 
@@ -266,3 +266,71 @@ class VersionMapApi(APIView):
                 headers={"Retry-After": "60"},
             )
         return HttpResponse(datamap.dumps(), content_type="application/json")
+
+
+class VersionDataApi(APIView):
+    """The bytes of a version's data ranges alone, in order (what agents write)."""
+
+    renderer_classes = [JSONRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        return super().perform_content_negotiation(request, force=True)
+
+    @extend_schema(
+        operation_id="image_version_data",
+        summary="A version's data, without its zeros",
+        description=(
+            "The bytes of the version's data map ranges, concatenated in order: a zstd stream "
+            "(Content-Type application/zstd) when the version is stored zstd in frames, else the "
+            "raw bytes. With the map, that is the whole image: every other byte is zero. Single "
+            "byte ranges answer 206. 404 when the version has no such stream (stored gzip, or its "
+            "map or frames are still being made): download the whole version instead."
+        ),
+        tags=["images"],
+        parameters=[
+            OpenApiParameter("image_uuid", OpenApiTypes.UUID, OpenApiParameter.PATH),
+            _header("Range", "One range: bytes=a-b, bytes=a- or bytes=-n.", []),
+            _header("If-Range", "Honour Range only while the ETag is still this one.", []),
+        ],
+        responses={
+            (200, "application/zstd"): _binary("The data ranges, zstd-compressed."),
+            (200, "application/octet-stream"): _binary("The data ranges, raw."),
+            (206, "application/zstd"): _binary(_PART),
+            (206, "application/octet-stream"): _binary(_PART),
+            400: _ERROR,
+            401: _ERROR,
+            404: _ERROR,
+            416: _ERROR,
+        },
+    )
+    def get(self, request: Request, image_uuid: str, number: int) -> HttpResponseBase:
+        found = delivery.version_for_download(
+            user=request.user, image_uuid=_parse_uuid(image_uuid), version=str(number)
+        )
+        stream = datastream.data_stream_open(found)
+        if stream is None:
+            return Response(
+                {"detail": "This version has no data stream (yet): download the whole version."},
+                status=status.HTTP_404_NOT_FOUND,
+            )
+        etag = stream.etag()
+        try:
+            byte_range = delivery.range_select(
+                request.headers.get("Range"), request.headers.get("If-Range"), stream.size, etag
+            )
+        except RangeNotSatisfiable:
+            stream.close()
+            return _not_satisfiable(stream.size)
+        code = status.HTTP_206_PARTIAL_CONTENT if byte_range else status.HTTP_200_OK
+        response = ImageFileResponse(
+            datastream.PiecesReader(stream, byte_range),
+            status=code,
+            content_type=delivery.CONTENT_TYPES[stream.compression],
+        )
+        response["Content-Length"] = str(byte_range.length if byte_range else stream.size)
+        response["ETag"] = etag
+        response["Accept-Ranges"] = "bytes"
+        response["Cache-Control"] = "private, no-cache"
+        if byte_range:
+            response["Content-Range"] = f"bytes {byte_range.start}-{byte_range.end}/{stream.size}"
+        return response

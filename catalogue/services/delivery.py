@@ -99,7 +99,7 @@ def representation_open(version: Version, *, decompress: bool) -> Representation
     reading the row and opening it, the row is read again. Raises Http404 if
     the version disappeared meanwhile.
     """
-    stored = _open_stored(version)
+    stored = open_stored(version)
     compression = version.stored_compression
     if decompress and compression != Compression.NONE:
         stream = raw_reader(stored, compression)
@@ -108,7 +108,7 @@ def representation_open(version: Version, *, decompress: bool) -> Representation
     return Representation(version, stored, size, compression, seekable=True)
 
 
-def _open_stored(version: Version) -> BinaryIO:
+def open_stored(version: Version) -> BinaryIO:
     storage = get_storage()
     for _ in range(OPEN_ATTEMPTS):
         try:

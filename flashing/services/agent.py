@@ -125,6 +125,7 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         "sha256": version.sha256,
         "compression": version.stored_compression,
         "map_url": _map_url(version),
+        "data_url": f"/api/image/{version.image_id}/{version.number}/data",
     }
 
 

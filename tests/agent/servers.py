@@ -203,8 +203,9 @@ class FakeBaas:
 
     ``files`` maps URL paths to stored files (served with single ranges, a
     strong ETag and If-Range); ``cut_after`` breaks the first file answer
-    after that many body bytes. Uploads are decoded (zstd), checked against
-    their Content-Digest and kept in ``uploads``.
+    (for ``cut_path``, if set) after that many body bytes. Uploads are
+    decoded (zstd), checked against their Content-Digest and kept in
+    ``uploads``.
     """
 
     instructions: dict[str, Any] = field(default_factory=lambda: {"sync": [], "write": []})
@@ -212,6 +213,7 @@ class FakeBaas:
     boot_token: str = "boot-token"
     deployment_token: str = "deployment-token"
     cut_after: int | None = None
+    cut_path: str | None = None  # cut only the answer for this path (else the first file)
     refuse_chunked: bool = False  # answer 411, as Django's development server must
     checked_in: bool = False
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
@@ -284,11 +286,15 @@ class Handler(BaseHTTPRequestHandler):
         self.send_response(206 if start else 200)
         self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes")
+        zstd = path.suffix == ".zst"
+        self.send_header("Content-Type", "application/zstd" if zstd else "application/octet-stream")
         self.send_header("Content-Length", str(stat.st_size - start))
         if start:
             self.send_header("Content-Range", f"bytes {start}-{stat.st_size - 1}/{stat.st_size}")
         self.end_headers()
-        limit, self.baas.cut_after = self.baas.cut_after, None
+        limit = None
+        if self.baas.cut_path in (None, self.path):
+            limit, self.baas.cut_after = self.baas.cut_after, None
         with path.open("rb") as file:
             file.seek(start)
             sent = 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from baas_agent.client import Client
 from baas_agent.datamap import DataMap, mismatch
-from baas_agent.disks import DiskMap
+from baas_agent.disks import DiskMap, RangeWriter
 from baas_agent.flash import (
     FlashError,
     Reporter,
@@ -26,6 +26,7 @@ from baas_agent.flash import (
 )
 
 from catalogue.datamap import DataMapper
+from catalogue.seekable import FramedZstdEncoder, data_frames, read_seek_table
 from tests.agent.conftest import MiB
 from tests.agent.servers import FakeBaas
 
@@ -219,3 +220,94 @@ def test_a_disk_changed_in_its_zeros_is_uploaded(baas, image, tmp_path, disk, di
     assert synced == {"image": IMAGE, "version": 5}
     (upload,) = baas.uploads
     assert upload["raw"] == disk.read_bytes()
+
+
+# --- The data stream: only the ranges travel ---------------------------------------------
+
+
+def serve_data(baas: FakeBaas, instruction: dict, image: Path, tmp_path: Path, *, zstd: bool):
+    """The data stream of ``image`` as the server makes it: its data frames, or raw ranges."""
+    raw = image.read_bytes()
+    mapped = map_of(image)
+    datamap = DataMapper()
+    datamap.update(raw)
+    datamap = datamap.finish(mapped["sha256"])
+    if zstd:
+        framed = tmp_path / "framed.zst"
+        encoder = FramedZstdEncoder(datamap, 3)
+        framed.write_bytes(encoder.compress(raw) + encoder.flush())
+        with framed.open("rb") as file:
+            frames = data_frames(read_seek_table(file.fileno()), datamap)
+            stream = b"".join(os.pread(file.fileno(), f.length, f.offset) for f in frames)
+        path = tmp_path / "data.zst"
+    else:
+        stream = b"".join(raw[start:end] for start, end, _ in datamap.ranges)
+        path = tmp_path / "data.raw"
+    path.write_bytes(stream)
+    baas.files[f"{URL}/data"] = path
+    instruction["data_url"] = f"{URL}/data"
+    return path
+
+
+@pytest.mark.parametrize("zstd", [True, False], ids=["zstd frames", "raw ranges"])
+def test_only_the_data_travels_and_is_verified(baas, image, tmp_path, disk, disks, zstd):
+    instruction = serve(baas, image, tmp_path)
+    stream = serve_data(baas, instruction, image, tmp_path, zstd=zstd)
+    disk.write_bytes(os.urandom(3 * MiB))
+    client = client_of(baas)
+    write_image(client, WriteInstruction.from_json(instruction), disks, Reporter(client))
+    assert disk.read_bytes() == image.read_bytes()
+    assert baas.gets(URL) == []  # the whole file was never asked for
+    assert len(baas.gets(f"{URL}/data")) == 1
+    assert stream.stat().st_size < 6 * MiB  # 16 MiB image, its data alone
+
+
+def test_a_broken_data_stream_resumes(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    serve_data(baas, instruction, image, tmp_path, zstd=True)
+    baas.cut_after, baas.cut_path = 100_000, f"{URL}/data"
+    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    assert disk.read_bytes() == image.read_bytes()
+    ranges = [headers.get("Range") for headers in baas.gets(f"{URL}/data")]
+    assert ranges == [None, "bytes=100000-"]
+
+
+def test_a_data_stream_of_other_bytes_is_never_reported_written(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    stream = serve_data(baas, instruction, image, tmp_path, zstd=False)
+    changed = bytearray(stream.read_bytes())
+    changed[MiB] ^= 1
+    stream.write_bytes(changed)
+    with pytest.raises(FlashError, match="differ from the image"):
+        write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+
+
+def test_a_data_stream_shorter_than_the_map_fails(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    stream = serve_data(baas, instruction, image, tmp_path, zstd=False)
+    stream.write_bytes(stream.read_bytes()[:-10])
+    with pytest.raises(Exception, match="the data ended after"):
+        write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+
+
+def test_without_a_data_stream_the_whole_file_is_downloaded(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    instruction["data_url"] = f"{URL}/data"  # the server answers 404: stored gzip, say
+    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    assert disk.read_bytes() == image.read_bytes()
+    assert len(baas.gets(URL)) == 1
+
+
+def test_on_a_block_device_the_gaps_are_zeroed(image, tmp_path):
+    target = tmp_path / "device.img"
+    target.write_bytes(b"\xff" * image.stat().st_size)  # old contents everywhere
+    raw = image.read_bytes()
+    ranges = [(start, end) for start, end, _ in parsed(image).ranges]
+    done: list[int] = []
+    writer = RangeWriter(target, len(raw), ranges, block_device=True, on_range=done.append)
+    with writer:
+        for start, end in ranges:
+            writer.write(raw[start:end])
+        writer.close()
+    assert target.read_bytes() == raw
+    assert done == list(range(len(ranges)))

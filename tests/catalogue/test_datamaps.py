@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 
 import pytest
@@ -163,3 +164,81 @@ def test_pruned_versions_lose_their_maps(user, user_client, django_capture_on_co
     assert pruned == [1]
     assert not storage.map_path(image.uuid, 1).exists()
     assert storage.map_path(image.uuid, 2).exists()
+
+
+# --- The data stream ---------------------------------------------------------------------
+
+
+def data_of(data: bytes) -> bytes:
+    return b"".join(data[s:e] for s, e, _ in expected_ranges(data))
+
+
+def stored_as(user, user_client, compression, capture) -> tuple:
+    image = ImageFactory(owner=user, compression=compression)
+    data = disk_image()
+    number = upload(user_client, image, data)["version"]
+    with capture(execute=True):
+        version_compress(version_id=Version.objects.get(image=image, number=number).pk)
+    return image, number, data
+
+
+def body_of(response) -> bytes:
+    """The streamed body, read to the end (which closes the file)."""
+    return b"".join(response.streaming_content)
+
+
+def test_a_raw_version_streams_its_ranges_and_resumes(user, user_client):
+    image = ImageFactory(owner=user)
+    data = disk_image()
+    number = upload(user_client, image, data)["version"]
+    url = f"/api/image/{image.uuid}/{number}/data"
+
+    whole = user_client.get(url)
+
+    assert whole.status_code == 200
+    assert whole["Content-Type"] == "application/octet-stream"
+    assert body_of(whole) == data_of(data)
+    assert int(whole["Content-Length"]) == len(data_of(data))
+    etag = whole["ETag"]
+    part = user_client.get(url, HTTP_RANGE="bytes=70000-", HTTP_IF_RANGE=etag)
+    assert part.status_code == 206
+    assert body_of(part) == data_of(data)[70000:]
+    assert part["Content-Range"] == f"bytes 70000-{len(data_of(data)) - 1}/{len(data_of(data))}"
+    stale = user_client.get(url, HTTP_RANGE="bytes=70000-", HTTP_IF_RANGE='"old"')
+    assert stale.status_code == 200
+    assert body_of(stale) == data_of(data)
+
+
+def test_a_zstd_version_streams_its_data_frames(
+    user, user_client, django_capture_on_commit_callbacks
+):
+    image, number, data = stored_as(
+        user, user_client, Compression.ZSTD, django_capture_on_commit_callbacks
+    )
+    response = user_client.get(f"/api/image/{image.uuid}/{number}/data")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/zstd"
+    packed = body_of(response)
+    assert len(packed) < len(data_of(data)) + 4096  # no zeros travel
+    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(packed), read_across_frames=True)
+    assert reader.read() == data_of(data)
+
+
+def test_a_gzip_version_or_one_without_a_map_has_no_data_stream(
+    user, user_client, django_capture_on_commit_callbacks
+):
+    image, number, _ = stored_as(
+        user, user_client, Compression.GZIP, django_capture_on_commit_callbacks
+    )
+    assert user_client.get(f"/api/image/{image.uuid}/{number}/data").status_code == 404
+    raw = ImageFactory(owner=user)
+    VersionFactory(image=raw, number=0)  # stored without a map
+    assert user_client.get(f"/api/image/{raw.uuid}/0/data").status_code == 404
+
+
+def test_the_data_stream_follows_the_images_read_rules(user, other_client, anon_client):
+    version = VersionFactory(image=ImageFactory(owner=user), number=0)
+    version_map_build(version_id=version.pk)
+    url = f"/api/image/{version.image_id}/0/data"
+    assert other_client.get(url).status_code == 404
+    assert anon_client.get(url).status_code == 401

@@ -23,6 +23,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Version
+from catalogue.services.compression import version_compress
+from catalogue.services.datamaps import version_map_build
 from flashing.models import FINAL_STATES, Deployment, Machine, MachineDisk
 from flashing.tasks import deployments_watchdog_task
 from tests.catalogue.factories import write_version
@@ -109,14 +111,31 @@ class Rig:
             time.sleep(0.05)
         time.sleep(0.5)  # the watchdog tasks sent last
 
-    def image(self, image_type: str, disk: str, content: bytes) -> Version:
+    def image(
+        self,
+        image_type: str,
+        disk: str,
+        content: bytes,
+        *,
+        compression: str = "none",
+        mapped: bool = True,
+    ) -> Version:
+        """Version 0 of a new image, as an upload leaves it: with its data map (unless
+        ``mapped`` is false), then stored in ``compression`` by the compression job."""
         image = Image.objects.create(
             name=f"{image_type}-{disk.rsplit('/', 1)[1]}",
             owner=self.admin,
             type=image_type,
             target_disk=disk,
+            compression=compression,
         )
-        return write_version(image, 0, content)
+        version = write_version(image, 0, content)
+        if mapped:
+            version_map_build(version_id=version.pk)
+        if compression != "none":
+            version_compress(version_id=version.pk)
+            version.refresh_from_db()
+        return version
 
     def setup(self, *versions: Version) -> ImageSetup:
         setup = ImageSetup.objects.create(

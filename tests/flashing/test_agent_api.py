@@ -169,19 +169,26 @@ def test_instructions_list_the_images_to_write(machine, deployment):
             "sha256": version.sha256,
             "compression": "none",
             "map_url": f"/api/image/{version.image_id}/0/map",
+            "data_url": f"/api/image/{version.image_id}/0/data",
         }
 
 
-def test_the_agent_reads_the_data_maps_of_its_deployments_images_only(machine, deployment, user):
+def test_the_agent_reads_the_maps_and_data_of_its_deployments_images_only(
+    machine, deployment, user
+):
     agent = checked_in(machine)
     item = deployment.images.select_related("version").first()
     version_map_build(version_id=item.version.pk)
     served = agent.get(f"/api/image/{item.image_id}/0/map")
     assert served.status_code == 200
     assert served.json()["sha256"] == item.version.sha256
+    data = agent.get(f"/api/image/{item.image_id}/0/data")
+    assert data.status_code == 200
+    assert b"".join(data.streaming_content)  # read to the end, which closes the file
     foreign = VersionFactory(image=ImageFactory(owner=user, type=ImageType.SYSTEM), number=0)
     version_map_build(version_id=foreign.pk)
     assert agent.get(f"/api/image/{foreign.image_id}/0/map").status_code == 404
+    assert agent.get(f"/api/image/{foreign.image_id}/0/data").status_code == 404
 
 
 # --- Progress, log, result -------------------------------------------------------------------

@@ -35,6 +35,27 @@ def test_one_image_is_flashed_verified_and_recorded(rig):
     assert rig.machine.state == "available"
 
 
+@pytest.mark.parametrize(
+    ("compression", "mapped", "logged"),
+    [
+        ("zstd", True, "writing its"),  # only the data frames travel
+        ("gzip", True, "no data stream"),  # the whole file, checked by the map
+        ("none", False, "checking the whole image"),  # no map: the whole image is hashed
+    ],
+)
+def test_each_way_to_send_an_image_writes_the_same_disk(rig, compression, mapped, logged):
+    version = rig.image(
+        ImageType.SINGLE, "/dev/sda", image_bytes(9), compression=compression, mapped=mapped
+    )
+    assert version.stored_compression == compression
+    deployment = rig.wait(rig.deploy(rig.setup(version)))
+    assert deployment.state == "done", deployment.failure_reason
+    disk = rig.disk("/dev/sda")
+    assert sha256_of(disk, version.size) == version.sha256
+    assert disk.stat().st_blocks * 512 < version.size
+    assert logged in rig.agent_logs()
+
+
 def test_a_setup_of_three_images_lands_on_three_disks(rig):
     versions = [
         rig.image(ImageType.SYSTEM, "/dev/sda", image_bytes(2, 4 * MiB)),

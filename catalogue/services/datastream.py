@@ -1,0 +1,104 @@
+"""A version's data alone: the bytes of its data map's ranges, in order.
+
+What an agent needs to flash a mostly empty disk image is its data, not its
+zeros. For a version stored raw the data stream is the ranges' bytes read
+from the file; for one stored zstd in frames (``catalogue.seekable``) it is
+the frames that hold the ranges, which concatenated are one zstd stream of
+the ranges in order. Either way it is read straight from the stored file, by
+offset, so a compression job swapping the file afterwards does not disturb a
+transfer in progress; single byte ranges let a broken transfer resume.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from catalogue.models import Compression, Version
+from catalogue.seekable import data_frames, read_seek_table
+from catalogue.services.datamaps import version_map, version_map_schedule
+from catalogue.services.delivery import ByteRange, open_stored
+
+READ = 1 << 20
+
+
+@dataclass
+class DataStream:
+    version: Version
+    file: BinaryIO
+    pieces: list[tuple[int, int]]  # (offset in the file, length), in order
+    compression: str  # how the bytes are encoded: none or zstd
+
+    @property
+    def size(self) -> int:
+        return sum(length for _, length in self.pieces)
+
+    def etag(self) -> str:
+        return f'"{self.version.sha256}.data.{self.compression}.{self.size}"'
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def data_stream_open(version: Version) -> DataStream | None:
+    """The version's data stream, or None when it has none (yet).
+
+    None when the version has no data map (one is then built in the
+    background), or is stored gzip-compressed or zstd without frames (an
+    agent then downloads the whole file).
+    """
+    datamap = version_map(version)
+    if datamap is None:
+        version_map_schedule(version)
+        return None
+    stored = open_stored(version)
+    if version.stored_compression == Compression.NONE:
+        pieces = [(start, end - start) for start, end, _ in datamap.ranges]
+        return DataStream(version, stored, pieces, Compression.NONE)
+    if version.stored_compression == Compression.ZSTD:
+        frames = read_seek_table(stored.fileno())
+        chosen = data_frames(frames, datamap) if frames is not None else None
+        if chosen is not None:
+            pieces = [(frame.offset, frame.length) for frame in chosen]
+            return DataStream(version, stored, pieces, Compression.ZSTD)
+    stored.close()
+    return None
+
+
+class PiecesReader:
+    """A file-like reader of ``byte_range`` (or all) of the concatenated pieces."""
+
+    def __init__(self, stream: DataStream, byte_range: ByteRange | None):
+        self.stream = stream
+        start = byte_range.start if byte_range else 0
+        self.remaining = byte_range.length if byte_range else stream.size
+        self._pieces = list(self._from(start))
+
+    def _from(self, start: int):
+        """The (offset, length) still to send, beginning ``start`` bytes into the stream."""
+        for offset, length in self.stream.pieces:
+            if start >= length:
+                start -= length
+                continue
+            yield offset + start, length - start
+            start = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self.remaining <= 0 or not self._pieces:
+            return b""
+        wanted = READ if size is None or size < 0 else size
+        offset, length = self._pieces[0]
+        take = min(wanted, length, self.remaining)
+        data = os.pread(self.stream.file.fileno(), take, offset)
+        if len(data) < take:
+            raise OSError(f"the stored file of version {self.stream.version.pk} is short")
+        if take == length:
+            self._pieces.pop(0)
+        else:
+            self._pieces[0] = (offset + take, length - take)
+        self.remaining -= take
+        return data
+
+    def close(self) -> None:
+        self.stream.close()
