@@ -318,16 +318,6 @@ def _write_ranges(chunks, target: Path, size: int, datamap) -> None:
         writer.close()
 
 
-def _write(chunks, target: Path, size: int) -> None:
-    from baas_agent.compress import decompressed
-    from baas_agent.disks import SparseWriter
-
-    with SparseWriter(fresh(target), size) as writer:
-        for chunk in decompressed(chunks, "zstd"):
-            writer.write(chunk)
-        writer.close()
-
-
 def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path) -> dict:
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client
