@@ -63,6 +63,24 @@ class AgentPrincipal:
     def __str__(self) -> str:
         return self.username
 
+    def upload_note(self, image_id: Any) -> str:
+        """The note of a version this agent brings back: where it came from.
+
+        It also makes a retried upload recognisable (catalogue.services.uploads):
+        the same bytes with the same note are the same version.
+        """
+        disk = (
+            DeploymentImage.objects.filter(
+                deployment=self.deployment, image_id=image_id, direction="sync"
+            )
+            .values_list("disk", flat=True)
+            .first()
+        )
+        machine = self.deployment.machine.name
+        return (
+            f"Synced back from {disk or 'a disk'} of {machine} by deployment #{self.deployment.pk}."
+        )
+
     def images(self, direction: str) -> set[Any]:
         """UUIDs of the deployment's images to write (``write``) or bring back (``sync``)."""
         if self._images is None:

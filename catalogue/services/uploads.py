@@ -281,11 +281,15 @@ def version_upload(
     ``expected_sha256`` (hex), when given, must equal the SHA-256 of the raw
     image or of the bytes as sent, else BadUpload and nothing is stored. Two
     uploads to one image get distinct, consecutive numbers: the number is
-    chosen and the file put in place under a lock on the image's row.
+    chosen and the file put in place under a lock on the image's row. An
+    agent's upload is noted with where it came from, and a retry of it (same
+    bytes, same deployment) returns the version already made.
     Raises PermissionDenied if ``actor`` may not write the image.
     """
     if not rules.can_write_image(actor, image):
         raise PermissionDenied("You may read this image but not upload to it.")
+    if rules.is_agent(actor):
+        note = actor.upload_note(image.pk)
     received = receiver.finish()
     _check_digest(received, expected_sha256)
     _fsync_path(receiver.pending.path)  # the slow part of durability, outside the lock
@@ -293,6 +297,9 @@ def version_upload(
     try:
         with transaction.atomic():
             locked = Image.objects.select_for_update().get(pk=image.pk)
+            if rules.is_agent(actor) and (same := _same_sync(locked, received, note)):
+                receiver.abort()
+                return same
             number = _next_free_number(locked)
             placed = receiver.commit(number, received.stored_compression)
             version = _version_row(locked, number, received, placed, actor, note)
@@ -302,6 +309,15 @@ def version_upload(
             placed.path.unlink(missing_ok=True)
         raise
     return version
+
+
+def _same_sync(image: Image, received: ReceivedUpload, note: str) -> Version | None:
+    """The version an agent already uploaded with these bytes, if this is a retry.
+
+    An agent whose answer was lost (the connection broke after the commit)
+    sends the same disk again: it gets the version it made, not a duplicate.
+    """
+    return Version.objects.filter(image=image, sha256=received.sha256, note=note).first()
 
 
 def _check_digest(received: ReceivedUpload, expected: str | None) -> None:

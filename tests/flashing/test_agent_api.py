@@ -7,9 +7,17 @@ import re
 import pytest
 from rest_framework.test import APIClient
 
-from catalogue.models import ImageType
+from catalogue.models import ImageType, Version
 from catalogue.services.datamaps import version_map_build
-from flashing.models import AgentToken, Deployment, DiskContent, MachineState, UnknownMac
+from catalogue.storage import get_storage
+from flashing.models import (
+    AgentToken,
+    Deployment,
+    DeploymentImage,
+    DiskContent,
+    MachineState,
+    UnknownMac,
+)
 from flashing.services.pipeline import machine_start_next
 from tests.catalogue.factories import (
     ImageFactory,
@@ -276,3 +284,32 @@ def test_a_failure_is_recorded_with_its_reason(machine, deployment):
     deployment.refresh_from_db()
     assert (deployment.state, deployment.failure_reason) == ("failed", "disk on fire")
     assert Deployment.objects.get(pk=deployment.pk).machine.state == MachineState.LEASED
+
+
+def test_a_retried_sync_upload_gets_the_version_it_made(machine, deployment):
+    item = deployment.images.get(disk="/dev/sdb")
+    DeploymentImage.objects.create(
+        deployment=deployment,
+        direction=DeploymentImage.Direction.SYNC,
+        image=item.image,
+        version=item.version,
+        version_number=0,
+        disk="/dev/sdb",
+        sync=True,
+    )
+    agent = checked_in(machine)
+    url = f"/api/image/{item.image_id}"
+    changed = b"results" * 3000
+
+    first = agent.generic("POST", url, changed, content_type="application/octet-stream")
+    again = agent.generic("POST", url, changed, content_type="application/octet-stream")
+    other = agent.generic("POST", url, changed + b"!", content_type="application/octet-stream")
+
+    assert (first.status_code, again.status_code, other.status_code) == (201, 201, 201)
+    assert first.json()["version"] == again.json()["version"] == 1  # the answer was lost: a retry
+    assert other.json()["version"] == 2
+    note = Version.objects.get(image=item.image, number=1).note
+    assert note == f"Synced back from /dev/sdb of {machine.name} by deployment #{deployment.pk}."
+    assert sorted(get_storage().image_dir(item.image_id).glob("*.img")) == [
+        get_storage().version_path(item.image_id, n, "none") for n in (0, 1, 2)
+    ]
