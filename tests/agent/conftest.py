@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from baas_agent.client import Client
+from baas_agent.disks import DiskMap
 
 from tests.agent.servers import CuttingProxy, FakeBaas, Nginx
 
@@ -49,6 +51,22 @@ def data_extents(path: Path) -> list[tuple[int, int]]:
     finally:
         os.close(fd)
     return extents
+
+
+def agent_client(baas: FakeBaas) -> Client:
+    """The agent's client for the fake BAAS: short timeouts, retries without sleeping."""
+    return Client(baas.url, baas.deployment_token, timeout=5, sleep=lambda _: None)
+
+
+@pytest.fixture
+def disk(tmp_path: Path) -> Path:
+    return tmp_path / "sda.img"
+
+
+@pytest.fixture
+def disks(disk: Path) -> DiskMap:
+    """The server's /dev/sda is the test's file ``disk``."""
+    return DiskMap({"/dev/sda": str(disk)})
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from baas_agent.client import Client
 from baas_agent.datamap import DataMap, mismatch
 from baas_agent.disks import DiskMap, RangeWriter
 from baas_agent.flash import (
@@ -27,7 +26,7 @@ from baas_agent.flash import (
 
 from catalogue.datamap import DataMapper
 from catalogue.seekable import FramedZstdEncoder, data_frames, read_seek_table
-from tests.agent.conftest import MiB
+from tests.agent.conftest import MiB, agent_client
 from tests.agent.servers import FakeBaas
 
 IMAGE = "5d1c3e9a-0b4f-4c2e-8f0a-6b7d9e1f2a3c"
@@ -73,18 +72,10 @@ def serve(baas: FakeBaas, image: Path, tmp_path: Path, *, stored: Path | None = 
     }
 
 
-def client_of(baas: FakeBaas) -> Client:
-    return Client(baas.url, baas.deployment_token, timeout=5, sleep=lambda _: None)
-
-
-@pytest.fixture
-def disk(tmp_path) -> Path:
-    return tmp_path / "sda.img"
-
-
-@pytest.fixture
-def disks(disk) -> DiskMap:
-    return DiskMap({"/dev/sda": str(disk)})
+def flash(baas: FakeBaas, instruction: dict, disks: DiskMap) -> dict:
+    return write_image(
+        agent_client(baas), WriteInstruction.from_json(instruction), disks, Reporter(None)
+    )
 
 
 # --- Checking a disk against a map -----------------------------------------------------------
@@ -156,7 +147,7 @@ def test_a_malformed_map_or_one_of_other_bytes_is_refused(image, change):
 def test_with_a_map_an_image_is_written_and_verified(baas, image, tmp_path, disk, disks):
     instruction = serve(baas, image, tmp_path)
     disk.write_bytes(os.urandom(2 * MiB))
-    client = client_of(baas)
+    client = agent_client(baas)
     write_image(client, WriteInstruction.from_json(instruction), disks, Reporter(client))
     assert disk.read_bytes() == image.read_bytes()
     assert len(baas.gets(f"{URL}/map")) == 1
@@ -166,7 +157,7 @@ def test_with_a_map_an_image_is_written_and_verified(baas, image, tmp_path, disk
 def test_with_a_map_an_image_already_there_is_not_downloaded(baas, image, tmp_path, disk, disks):
     instruction = serve(baas, image, tmp_path)
     disk.write_bytes(image.read_bytes())
-    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    flash(baas, instruction, disks)
     assert baas.gets(URL) == []
 
 
@@ -180,13 +171,15 @@ def test_a_download_that_differs_from_its_map_is_never_reported_written(
     other.write_bytes(changed)
     instruction = serve(baas, image, tmp_path, stored=other)
     with pytest.raises(FlashError, match="mismatch on /dev/sda after writing"):
-        write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+        write_image(
+            agent_client(baas), WriteInstruction.from_json(instruction), disks, Reporter(None)
+        )
 
 
 def test_without_a_map_the_whole_image_is_hashed(baas, image, tmp_path, disk, disks):
     instruction = serve(baas, image, tmp_path)
     del baas.files[f"{URL}/map"]  # the server answers 404: not built yet
-    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    flash(baas, instruction, disks)
     assert disk.read_bytes() == image.read_bytes()
     assert len(baas.gets(f"{URL}/map")) == 1
 
@@ -204,7 +197,7 @@ def sync_entry(baas: FakeBaas, flashed: Path, tmp_path: Path) -> dict:
 def test_an_unchanged_disk_is_recognised_by_its_map(baas, image, tmp_path, disk, disks):
     entry = sync_entry(baas, image, tmp_path)
     disk.write_bytes(image.read_bytes())
-    client = client_of(baas)
+    client = agent_client(baas)
     assert sync_image(client, SyncInstruction.from_json(entry), disks, Reporter(None)) is None
     assert baas.uploads == []
 
@@ -215,7 +208,7 @@ def test_a_disk_changed_in_its_zeros_is_uploaded(baas, image, tmp_path, disk, di
     with disk.open("r+b") as file:
         file.seek(13 * MiB)
         file.write(b"results")
-    client = client_of(baas)
+    client = agent_client(baas)
     synced = sync_image(client, SyncInstruction.from_json(entry), disks, Reporter(None))
     assert synced == {"image": IMAGE, "version": 5}
     (upload,) = baas.uploads
@@ -254,7 +247,7 @@ def test_only_the_data_travels_and_is_verified(baas, image, tmp_path, disk, disk
     instruction = serve(baas, image, tmp_path)
     stream = serve_data(baas, instruction, image, tmp_path, zstd=zstd)
     disk.write_bytes(os.urandom(3 * MiB))
-    client = client_of(baas)
+    client = agent_client(baas)
     write_image(client, WriteInstruction.from_json(instruction), disks, Reporter(client))
     assert disk.read_bytes() == image.read_bytes()
     assert baas.gets(URL) == []  # the whole file was never asked for
@@ -266,7 +259,7 @@ def test_a_broken_data_stream_resumes(baas, image, tmp_path, disk, disks):
     instruction = serve(baas, image, tmp_path)
     serve_data(baas, instruction, image, tmp_path, zstd=True)
     baas.cut_after, baas.cut_path = 100_000, f"{URL}/data"
-    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    flash(baas, instruction, disks)
     assert disk.read_bytes() == image.read_bytes()
     ranges = [headers.get("Range") for headers in baas.gets(f"{URL}/data")]
     assert ranges == [None, "bytes=100000-"]
@@ -279,7 +272,9 @@ def test_a_data_stream_of_other_bytes_is_never_reported_written(baas, image, tmp
     changed[MiB] ^= 1
     stream.write_bytes(changed)
     with pytest.raises(FlashError, match="differ from the image"):
-        write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+        write_image(
+            agent_client(baas), WriteInstruction.from_json(instruction), disks, Reporter(None)
+        )
 
 
 def test_a_data_stream_shorter_than_the_map_fails(baas, image, tmp_path, disk, disks):
@@ -287,13 +282,15 @@ def test_a_data_stream_shorter_than_the_map_fails(baas, image, tmp_path, disk, d
     stream = serve_data(baas, instruction, image, tmp_path, zstd=False)
     stream.write_bytes(stream.read_bytes()[:-10])
     with pytest.raises(Exception, match="the data ended after"):
-        write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+        write_image(
+            agent_client(baas), WriteInstruction.from_json(instruction), disks, Reporter(None)
+        )
 
 
 def test_without_a_data_stream_the_whole_file_is_downloaded(baas, image, tmp_path, disk, disks):
     instruction = serve(baas, image, tmp_path)
     instruction["data_url"] = f"{URL}/data"  # the server answers 404: stored gzip, say
-    write_image(client_of(baas), WriteInstruction.from_json(instruction), disks, Reporter(None))
+    flash(baas, instruction, disks)
     assert disk.read_bytes() == image.read_bytes()
     assert len(baas.gets(URL)) == 1
 

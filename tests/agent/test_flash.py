@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from baas_agent import compress
 from baas_agent.client import Client
-from baas_agent.disks import DiskMap
 from baas_agent.flash import (
     FlashError,
     InstructionError,
@@ -23,7 +22,7 @@ from baas_agent.flash import (
     write_image,
 )
 
-from tests.agent.conftest import MiB, allocated, data_extents, make_image
+from tests.agent.conftest import MiB, agent_client, allocated, data_extents, make_image
 from tests.agent.servers import FakeBaas, sha256_file
 
 IMAGE = "0b0e5c52-7a4e-4f57-9f4e-2f1d9c1a3b00"
@@ -53,20 +52,6 @@ def store(baas: FakeBaas, image: Path, compression: str, tmp_path: Path) -> dict
         "sha256": hashlib.sha256(raw).hexdigest(),
         "compression": compression,
     }
-
-
-def agent_client(baas: FakeBaas) -> Client:
-    return Client(baas.url, baas.deployment_token, timeout=5, sleep=lambda _: None)
-
-
-@pytest.fixture
-def disk(tmp_path) -> Path:
-    return tmp_path / "sda.img"
-
-
-@pytest.fixture
-def disks(disk) -> DiskMap:
-    return DiskMap({"/dev/sda": str(disk)})
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip", "none"])
