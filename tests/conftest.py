@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from django.core.cache import cache
 from django.core.management import call_command
@@ -9,6 +11,7 @@ from rest_framework.test import APIClient
 
 from accounts.models import Role
 from accounts.services import token_create
+from catalogue.storage import MAP_SUFFIX, get_storage
 from tests.accounts.factories import UserFactory
 
 pytest_plugins = ["tests.celery_worker"]
@@ -43,6 +46,19 @@ def _clear_cache():
 @pytest.fixture
 def disk_root(settings):
     return settings.BAAS_DISK_ROOT
+
+
+def version_files(image) -> list[Path]:
+    """The files of ``image``'s versions on disk, without the small data maps beside them."""
+    directory = get_storage().image_dir(image.uuid)
+    if not directory.exists():
+        return []
+    return sorted(p for p in directory.iterdir() if not p.name.endswith(MAP_SUFFIX))
+
+
+def allocated(image) -> int:
+    """What ``du`` says of ``image``'s version files: the bytes allocated to them."""
+    return sum(p.stat().st_blocks * 512 for p in version_files(image))
 
 
 def client_for(user) -> APIClient:

@@ -17,13 +17,13 @@ from accounts.services import token_create
 from catalogue.models import Version
 from catalogue.storage import get_storage
 from tests.catalogue.factories import ImageFactory, VersionFactory
-from tests.conftest import client_for
+from tests.conftest import allocated, client_for
 
 MiB = 1 << 20
 
 
 def on_disk(image) -> int:
-    return sum(p.stat().st_blocks * 512 for p in get_storage().image_dir(image.uuid).iterdir())
+    return allocated(image)
 
 
 # --- Who sets it ------------------------------------------------------------------------------

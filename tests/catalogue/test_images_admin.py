@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from catalogue.models import Image, ImageType, Version
-from catalogue.storage import MAP_SUFFIX, get_storage
+from catalogue.storage import get_storage
 from tests.catalogue.factories import ImageFactory, ImageFrozenFactory, VersionFactory
+from tests.conftest import version_files
 
 pytestmark = pytest.mark.django_db
 
@@ -199,8 +200,7 @@ def recompress(django_capture_on_commit_callbacks):
 
 def stored_as(image) -> set[str]:
     """The stored compression of each of ``image``'s versions, and their files on disk."""
-    directory = get_storage().image_dir(image.uuid)
-    files = {p.name for p in directory.iterdir() if not p.name.endswith(MAP_SUFFIX)}
+    files = {p.name for p in version_files(image)}
     return {v.stored_compression for v in image.versions.all()} | files
 
 

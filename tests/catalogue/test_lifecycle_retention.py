@@ -20,7 +20,7 @@ from tests.catalogue.factories import (
     ImageSetupFactory,
     VersionFactory,
 )
-from tests.conftest import client_for
+from tests.conftest import client_for, version_files
 from tests.flashing.factories import DeploymentFactory, MachineFactory
 
 
@@ -36,7 +36,7 @@ def numbers(image: Image) -> list[int]:
 
 
 def files(image: Image) -> list[str]:
-    return sorted(p.name for p in get_storage().image_dir(image.uuid).iterdir())
+    return [p.name for p in version_files(image)]
 
 
 @pytest.fixture

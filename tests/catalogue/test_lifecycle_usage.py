@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from catalogue.storage import MAP_SUFFIX, get_storage
 from tests.catalogue.factories import ImageFactory, VersionFactory
+from tests.conftest import allocated
 
 pytestmark = pytest.mark.django_db
 
@@ -16,10 +16,7 @@ MiB = 1 << 20
 
 
 def on_disk(image) -> int:
-    """What ``du`` would say of the image's version files (not of their small data maps)."""
-    directory = get_storage().image_dir(image.uuid)
-    files = [p for p in directory.iterdir() if not p.name.endswith(MAP_SUFFIX)]
-    return sum(p.stat().st_blocks * 512 for p in files)
+    return allocated(image)
 
 
 @pytest.fixture
