@@ -234,6 +234,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalogue.temporal_expire",
         "schedule": float(env.int("BAAS_TEMPORAL_EXPIRE_INTERVAL", default=300)),
     },
+    # Maps the versions that have no data map yet (stored before maps existed).
+    "catalogue-versions-map-missing": {
+        "task": "catalogue.versions_map_missing",
+        "schedule": 3600.0,
+    },
     # Deletes versions beyond each image's keep_versions (also run after each upload).
     "catalogue-versions-prune": {
         "task": "catalogue.versions_prune",

@@ -71,6 +71,12 @@ def version_map_task(version_id: int) -> str:
     return f"{len(datamap.ranges)} ranges, {datamap.data_bytes} data bytes"
 
 
+@shared_task(name="catalogue.versions_map_missing", acks_late=True)
+def versions_map_missing_task() -> int:
+    """Queue map builds for versions without a data map (stored before maps existed)."""
+    return len(datamaps.versions_map_missing())
+
+
 # --- Stale uploads --------------------------------------------------------------------
 
 

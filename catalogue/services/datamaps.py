@@ -60,6 +60,28 @@ def version_map_schedule(version: Version) -> None:
     transaction.on_commit(lambda: version_map_task.delay(version_id))
 
 
+def versions_map_missing(*, limit: int = 100) -> list[int]:
+    """Queue a map build for up to ``limit`` versions that have no map file; their ids.
+
+    Run periodically, it maps the versions stored before maps existed (and any
+    whose map was lost) without waiting for an agent to ask.
+    """
+    storage = get_storage()
+    missing = []
+    for version_id, image_id, number in Version.objects.order_by("pk").values_list(
+        "pk", "image_id", "number"
+    ):
+        if not storage.map_path(image_id, number).exists():
+            missing.append(version_id)
+            if len(missing) >= limit:
+                break
+    from catalogue.tasks import version_map_task
+
+    for version_id in missing:
+        version_map_task.delay(version_id)
+    return missing
+
+
 def version_map_build(*, version_id: int) -> DataMap | None:
     """Build and store the map of a version from its stored file; None if it is gone.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 
 import pytest
 import zstandard
@@ -12,7 +13,12 @@ import zstandard
 from catalogue.datamap import BLOCK, RANGE_MAX, DataMapper
 from catalogue.models import Compression, ImageType, Version
 from catalogue.services.compression import version_compress
-from catalogue.services.datamaps import MapMismatch, version_map, version_map_build
+from catalogue.services.datamaps import (
+    MapMismatch,
+    version_map,
+    version_map_build,
+    versions_map_missing,
+)
 from catalogue.services.lifecycle import versions_prune
 from catalogue.storage import get_storage
 from tests.catalogue.factories import ImageFactory, VersionFactory
@@ -242,3 +248,22 @@ def test_the_data_stream_follows_the_images_read_rules(user, other_client, anon_
     url = f"/api/image/{version.image_id}/0/data"
     assert other_client.get(url).status_code == 404
     assert anon_client.get(url).status_code == 401
+
+
+@pytest.mark.worker
+def test_the_worker_maps_versions_that_have_no_map(celery_worker):
+    image = ImageFactory(compression=Compression.ZSTD)
+    contents = [disk_image() for _ in range(2)]
+    versions = [VersionFactory(image=image, number=n, content=c) for n, c in enumerate(contents)]
+    storage = get_storage()
+
+    queued = versions_map_missing()  # what the hourly task runs: the builds go to the worker
+
+    assert queued == [v.pk for v in versions]
+    deadline = time.monotonic() + 30
+    while not all(storage.map_path(image.uuid, v.number).exists() for v in versions):
+        assert time.monotonic() < deadline, celery_worker.log()
+        time.sleep(0.1)
+    for version, content in zip(versions, contents, strict=True):
+        assert version_map(version).ranges == tuple(tuple(r) for r in expected_ranges(content))
+    assert versions_map_missing() == []  # nothing left to do
