@@ -267,3 +267,15 @@ def test_the_worker_maps_versions_that_have_no_map(celery_worker):
     for version, content in zip(versions, contents, strict=True):
         assert version_map(version).ranges == tuple(tuple(r) for r in expected_ranges(content))
     assert versions_map_missing() == []  # nothing left to do
+
+
+def test_a_framed_zst_downloaded_uploads_back_as_the_same_image(
+    user, user_client, django_capture_on_commit_callbacks
+):
+    image, number, data = stored_as(
+        user, user_client, Compression.ZSTD, django_capture_on_commit_callbacks
+    )
+    download = user_client.get(f"/api/image/{image.uuid}/{number}")
+    assert download["Content-Type"] == "application/zstd"
+    again = upload(user_client, image, body_of(download), HTTP_CONTENT_ENCODING="zstd")
+    assert (again["version"], again["sha256"]) == (number + 1, hashlib.sha256(data).hexdigest())
