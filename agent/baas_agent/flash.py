@@ -175,16 +175,6 @@ class Reporter:
 # -- write ---------------------------------------------------------------------------
 
 
-def holds_image(target: Path, size: int, sha256: str, progress: Callable[[int], None]) -> bool:
-    """Whether ``target`` holds exactly these ``size`` bytes (hashed, not assumed).
-
-    A file target must be exactly ``size`` bytes long; a block device at least.
-    """
-    if not _fits(target, size):
-        return False
-    return hash_target(target, size, progress=progress) == sha256
-
-
 def _fits(target: Path, size: int) -> bool:
     """A file target of exactly ``size`` bytes, or a block device of at least that."""
     available = target_size(target)
