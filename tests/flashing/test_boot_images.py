@@ -11,8 +11,12 @@ from catalogue.models import ImageType
 from flashing.models import AgentToken, Deployment, DiskContent, MachineDisk
 from flashing.services.leases import lease_end
 from flashing.services.pipeline import machine_advance, machine_start_next
-from tests.catalogue.factories import ImageFactory, ImageFrozenFactory, ImageSetupFactory
-from tests.catalogue.factories import write_version
+from tests.catalogue.factories import (
+    ImageFactory,
+    ImageFrozenFactory,
+    ImageSetupFactory,
+    write_version,
+)
 from tests.catalogue.filesystems import INITRD, KERNEL, boot_files, ext4_image, fat_image
 from tests.flashing.test_agent_api import checked_in
 
