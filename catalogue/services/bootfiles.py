@@ -265,12 +265,12 @@ def cache_dir(image_uuid: uuid.UUID | str, sha256: str) -> Path:
 
 
 def boot_files_extract(
-    *, image_uuid: uuid.UUID | str, sha256: str, raw: Path | None = None, version=None
+    *, image_uuid: uuid.UUID | str, sha256: str, path: Path, compression: str
 ) -> BootFiles:
     """The boot files of one boot image content, extracted now unless cached.
 
-    Pass the raw filesystem image as ``raw`` (a file on disk), or a stored
-    ``version`` (decompressed to a scratch file when stored compressed).
+    ``path`` is the image's file as stored (in ``compression``; decompressed
+    to a scratch file first when compressed), ``sha256`` its raw bytes'.
     Raises BootImageError when it is not a boot partition BAAS can boot.
     """
     final = cache_dir(image_uuid, sha256)
@@ -279,7 +279,7 @@ def boot_files_extract(
     final.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".extract-", dir=final.parent))
     try:
-        source = raw if raw is not None else _raw_file(version, scratch)
+        source = _raw_file(path, compression, scratch)
         files = scratch / "files"
         files.mkdir()
         _extract(source, _boot_filesystem(source), files, settings.BAAS_BOOT_IMAGE_MAX_SIZE)
@@ -297,7 +297,13 @@ def boot_files_for(version: Version) -> BootFiles:
     """The boot files of a stored version of a boot image (see ``boot_files_extract``)."""
     if version.size > settings.BAAS_BOOT_IMAGE_MAX_SIZE:
         raise BootImageError(_too_large(version.size))
-    return boot_files_extract(image_uuid=version.image_id, sha256=version.sha256, version=version)
+    compression = version.stored_compression
+    return boot_files_extract(
+        image_uuid=version.image_id,
+        sha256=version.sha256,
+        path=get_storage().version_path(version.image_id, version.number, compression),
+        compression=compression,
+    )
 
 
 def _too_large(size: int) -> str:
@@ -318,15 +324,16 @@ def _boot_filesystem(path: Path) -> str:
     return kind
 
 
-def _raw_file(version: Version, scratch: Path) -> Path:
-    """The version's raw bytes as a file: the stored file itself, or decompressed (sparse)."""
-    storage = get_storage()
-    if version.stored_compression == Compression.NONE:
-        return storage.version_path(version.image_id, version.number, Compression.NONE)
+def _raw_file(path: Path, compression: str, scratch: Path) -> Path:
+    """The raw bytes of a stored file as a file: itself, or decompressed (sparse) in scratch."""
+    from catalogue.services.compression import raw_reader
+
+    if compression == Compression.NONE:
+        return path
     target = scratch / "raw.img"
     limit = settings.BAAS_BOOT_IMAGE_MAX_SIZE
     written = 0
-    with _raw_open(version) as raw, target.open("wb") as out:
+    with raw_reader(path.open("rb"), compression) as raw, target.open("wb") as out:
         while chunk := raw.read(CHUNK):
             written += len(chunk)
             if written > limit:
