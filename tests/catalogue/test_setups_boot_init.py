@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from catalogue.models import ImageFrozen, ImageType
-from tests.catalogue.factories import ImageFactory, ImageSetupFactory, VersionFactory, write_version
+from tests.catalogue.factories import (
+    ImageFactory,
+    ImageFrozenFactory,
+    ImageSetupFactory,
+    VersionFactory,
+    write_version,
+)
 from tests.catalogue.filesystems import boot_files, ext4_image, fat_image
 from tests.catalogue.test_setups_api import pin
 
@@ -126,3 +132,14 @@ def test_a_deleted_boot_image_leaves_no_extracted_files(
     with django_capture_on_commit_callbacks(execute=True):
         assert user_client.delete(f"/api/image/{boot.uuid}").status_code == 204
     assert not cached.parent.exists()
+
+
+def test_the_setup_page_says_where_each_image_goes(client, setup, user, tmp_path):
+    from django.urls import reverse
+
+    ImageFrozenFactory(setup=setup, version=boot_image(user, tmp_path).versions.get())
+    ImageFrozenFactory(setup=setup, version=init_image(user, tmp_path).versions.get())
+    client.force_login(user)
+    page = client.get(reverse("setup", kwargs={"setup_id": setup.pk})).content.decode()
+    assert "none: booted over the network" in page
+    assert '<code>/dev/sdb</code> <span class="muted">(written last)</span>' in page

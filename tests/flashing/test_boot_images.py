@@ -223,3 +223,17 @@ def test_an_image_for_a_disk_the_machine_lacks_is_still_refused(user_client, use
             f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json"
         )
         assert response.status_code == status, (disk, response.content)
+
+
+def test_the_deployment_page_says_the_boot_image_is_booted_not_written(
+    client, user_client, user, machine, boot_content
+):
+    from django.urls import reverse
+
+    setup = ImageSetupFactory(owner=user)
+    boot = pinned(setup, ImageType.BOOT, "/dev/sda", boot_content)
+    deployment = deploy(user_client, machine, setup)
+    client.force_login(user)
+    url = reverse("machines:deployment", kwargs={"deployment_id": deployment.pk})
+    page = client.get(url).content.decode()
+    assert f"Boot {boot.image.name} v1 over the network (a boot image)" in page
