@@ -1,6 +1,6 @@
 """Power drivers: how BAAS boots a machine into the management OS or its own system.
 
-Each driver is a small class with three calls, each raising :class:`PowerError`
+Each driver is a small class with four calls, each raising :class:`PowerError`
 with a message a person can act on:
 
 * ``boot_management(machine, params)`` — network boot (PXE) into the management
