@@ -98,11 +98,18 @@ def _tool(name: str) -> str:
     return path
 
 
+def _tool_env() -> dict[str, str]:
+    # mtools refuses filesystems whose geometry looks odd unless told to skip the check.
+    return {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
+
+
 def _run(args: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
-    return subprocess.run(  # noqa: S603 - fixed programs, our own file, names we chose
-        args, capture_output=True, timeout=TOOL_TIMEOUT, check=False, env=env
-    )
+    try:
+        return subprocess.run(  # noqa: S603 - fixed programs, our own file, names we chose
+            args, capture_output=True, timeout=TOOL_TIMEOUT, check=False, env=_tool_env()
+        )
+    except subprocess.TimeoutExpired:
+        raise BootImageError(f"Reading the boot image took over {TOOL_TIMEOUT} s.") from None
 
 
 class _Fat:
@@ -117,7 +124,7 @@ class _Fat:
             return {}
         names = {}
         for line in done.stdout.decode("utf-8", "replace").splitlines():
-            name = line.rstrip("\n").rsplit("/", 1)[-1]
+            name = line.rsplit("/", 1)[-1]
             if name and not line.endswith("/"):  # directories end with "/"
                 names[name.lower()] = None
         return names
@@ -154,9 +161,8 @@ class _Ext:
 
 def _copy_out(command: list[str], target: Path, limit: int, expected: int | None) -> int:
     """Stream a tool's output into ``target``, at most ``limit`` bytes; the bytes copied."""
-    env = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "LC_ALL": "C"}
     with subprocess.Popen(  # noqa: S603 - fixed programs, our own file, names we chose
-        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
+        command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=_tool_env()
     ) as process:
         timer = threading.Timer(TOOL_TIMEOUT, process.kill)
         timer.start()
