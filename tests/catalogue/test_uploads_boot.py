@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import shutil
+
 import pytest
-import zstandard
 
 from catalogue.models import ImageType, Version
-from catalogue.services.bootfiles import cache_dir
+from catalogue.services.bootfiles import boot_files_for, cache_dir
+from catalogue.services.compression import version_compress
 from tests.catalogue.factories import ImageFactory
 from tests.catalogue.filesystems import INITRD, KERNEL, boot_files, ext4_image, fat_image
 from tests.catalogue.test_uploads import files_of, post_raw
@@ -31,13 +34,23 @@ def test_a_boot_partition_is_stored_and_its_files_extracted(user_client, boot, m
 
 
 def test_a_compressed_boot_partition_is_checked_too(user_client, user, tmp_path):
-    boot = ImageFactory(owner=user, type=ImageType.BOOT, compression="zstd")
+    boot = ImageFactory(owner=user, type=ImageType.BOOT, compression="gzip")
     content = fat_image(tmp_path / "boot.img", boot_files("boot/")).read_bytes()
-    response = post_raw(
-        user_client, boot, zstandard.compress(content), HTTP_CONTENT_ENCODING="zstd"
-    )
+    response = post_raw(user_client, boot, gzip.compress(content), HTTP_CONTENT_ENCODING="gzip")
     assert response.status_code == 201, response.content
-    assert "1.img.zst" in files_of(boot)  # stored as it came, compressed
+    assert "1.img.gz" in files_of(boot)  # stored as it came, compressed
+
+
+def test_a_version_the_compression_job_rewrote_is_still_read(user_client, user, tmp_path):
+    boot = ImageFactory(owner=user, type=ImageType.BOOT, compression="zstd")
+    content = ext4_image(tmp_path / "boot.img", boot_files()).read_bytes()
+    assert post_raw(user_client, boot, content).status_code == 201
+    version = Version.objects.get(image=boot)
+    version_compress(version_id=version.pk)
+    version.refresh_from_db()
+    assert version.stored_compression == "zstd"
+    shutil.rmtree(cache_dir(boot.uuid, version.sha256))
+    assert boot_files_for(version).kernel.read_bytes() == KERNEL
 
 
 @pytest.mark.parametrize(
