@@ -16,6 +16,8 @@ from tests.catalogue.filesystems import (
     fat_image,
     fat_label,
     fat_read,
+    run,
+    tool,
 )
 from tests.flashing.e2e import image_bytes, sha256_of, wait_for
 
@@ -77,3 +79,23 @@ def test_a_setup_of_a_boot_image_only_is_done_without_the_agent(rig, tmp_path):
     assert "console=ttyS0,115200 quiet baas.test=1" in script
     base = re.search(r"^kernel (\S+)/vmlinuz ", script, re.MULTILINE).group(1)
     assert get(f"{base}/vmlinuz") == KERNEL
+
+
+def test_the_next_deployment_writes_the_custom_init_image_afresh(rig, tmp_path):
+    init_fs = fat_image(tmp_path / "init.img", {"run.d/10-hello": HELLO}, label="BAASINIT")
+    init = rig.image(ImageType.CUSTOM_INIT, "/dev/sdc", init_fs.read_bytes())
+    setup = rig.setup(init)
+    first = rig.wait(rig.deploy(setup))
+    assert first.state == "done", first.failure_reason
+    # The system booted; its first-boot hook recorded on the filesystem what ran.
+    disk = rig.disk("/dev/sdc")
+    record = tmp_path / "ran"
+    record.write_text("10-hello started 2026-01-01T00:00:00Z\n10-hello exit 0\n")
+    run(tool("mmd"), "-i", disk, "::/.baas-init")
+    run(tool("mcopy"), "-i", disk, record, "::/.baas-init/ran")
+    assert sha256_of(disk, init.size) != init.sha256
+    second = rig.wait(rig.deploy(setup))
+    assert second.state == "done", second.failure_reason
+    # Written again, without the record: its programs run once more, once per deployment.
+    assert sha256_of(disk, init.size) == init.sha256
+    assert rig.agent_logs().count(f"image {init.image_id} v0 on /dev/sdc: writing") == 2
