@@ -98,4 +98,4 @@ def test_the_next_deployment_writes_the_custom_init_image_afresh(rig, tmp_path):
     assert second.state == "done", second.failure_reason
     # Written again, without the record: its programs run once more, once per deployment.
     assert sha256_of(disk, init.size) == init.sha256
-    assert rig.agent_logs().count(f"image {init.image_id} v0 on /dev/sdc: writing") == 2
+    assert rig.agent_logs().count(f"image {init.image_id} v0 on /dev/sdc: written and") == 2
