@@ -57,9 +57,12 @@ def disk_of(path: str, disks: Iterable[str]) -> str | None:
     ``/dev/sda3`` is on ``/dev/sda``, ``/dev/nvme0n1p2`` on ``/dev/nvme0n1`` (a
     disk whose name ends in a digit numbers its partitions after a ``p``).
     """
+    disks = list(disks)
+    if path in disks:
+        return path
     for disk in disks:
-        rest = path[len(disk) :] if path.startswith(disk) else None
-        if rest == "" or (rest and re.fullmatch(r"p\d+" if disk[-1].isdigit() else r"\d+", rest)):
+        rest = path[len(disk) :] if path.startswith(disk) else ""
+        if rest and re.fullmatch(r"p\d+" if disk[-1].isdigit() else r"\d+", rest):
             return disk
     return None
 
