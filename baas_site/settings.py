@@ -272,6 +272,10 @@ BAAS_MGMT_OS_DIR = Path(env.str("BAAS_MGMT_OS_DIR", default=str(VAR_DIR / "mgmt-
 BAAS_MGMT_KERNEL_URL = env.str("BAAS_MGMT_KERNEL_URL", default="")
 BAAS_MGMT_INITRD_URL = env.str("BAAS_MGMT_INITRD_URL", default="")
 BAAS_MGMT_CMDLINE = env.str("BAAS_MGMT_CMDLINE", default="console=tty0 console=ttyS0,115200")
+# Boot images (catalogue.services.bootfiles): where their kernel, initrd and command
+# line are extracted to (a cache, per host), and the largest boot image read.
+BAAS_BOOT_CACHE_DIR = Path(env.str("BAAS_BOOT_CACHE_DIR", default=str(VAR_DIR / "boot-cache")))
+BAAS_BOOT_IMAGE_MAX_SIZE = env.int("BAAS_BOOT_IMAGE_MAX_SIZE", default=1024**3)
 # Seconds a booting machine has to check in, and an agent may stay silent;
 # then the deployment is retried up to BAAS_DEPLOY_RETRIES times, then failed.
 BAAS_BOOT_TIMEOUT = env.int("BAAS_BOOT_TIMEOUT", default=600)

@@ -24,6 +24,11 @@ urlpatterns = [
         name="deployment-cancel",
     ),
     path("boot/mgmt/<str:name>", boot.ManagementOsFileApi.as_view(), name="boot-mgmt-file"),
+    path(
+        "boot/image/<int:deployment_id>/<str:secret>/<str:name>",
+        boot.BootImageFileApi.as_view(),
+        name="boot-image-file",
+    ),
     re_path(r"^boot/(?P<mac>[^/]+)\.ipxe$", boot.BootScriptApi.as_view(), name="boot-script"),
     path("agent/checkin", agent.AgentCheckinApi.as_view(), name="agent-checkin"),
     path("agent/instructions", agent.AgentInstructionsApi.as_view(), name="agent-instructions"),

@@ -22,6 +22,7 @@ from rest_framework.exceptions import ValidationError as ApiValidationError
 
 from accounts import rules
 from baas_site.errors import error_text
+from catalogue.models import ImageType
 from flashing import selectors
 from flashing.forms import DeployForm, LeaseForm
 from flashing.models import (
@@ -181,6 +182,8 @@ def _image_label(item: DeploymentImage) -> str:
     name = item.image.name if item.image else "a deleted image"
     if item.direction == DeploymentImage.Direction.SYNC:
         return f"Bring back {item.disk} as {name}"
+    if item.image and item.image.type == ImageType.BOOT:
+        return f"Boot {name} v{item.version_number} over the network (a boot image)"
     return f"Write {name} v{item.version_number} to {item.disk}"
 
 

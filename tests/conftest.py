@@ -37,6 +37,11 @@ def _disk_root(settings, tmp_path_factory):
 
 
 @pytest.fixture(autouse=True)
+def _boot_cache(settings, tmp_path_factory):
+    settings.BAAS_BOOT_CACHE_DIR = tmp_path_factory.mktemp("boot-cache")
+
+
+@pytest.fixture(autouse=True)
 def _clear_cache():
     cache.clear()  # throttles count in the cache
     yield

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from baas_agent import __version__
+from baas_agent import __version__, partitions
 from baas_agent.client import ApiError, Client
 from baas_agent.compress import CompressionError
 from baas_agent.disks import DiskError, DiskMap
@@ -178,7 +178,7 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[st
             if (entry := _step(sync.label(), lambda s=sync: sync_image(client, s, disks, reporter)))
         ]
         written = [
-            _step(item.label(), lambda w=item: write_image(client, w, disks, reporter))
+            _step(item.label(), lambda w=item: _write(client, w, disks, reporter))
             for item in writes
         ]
     except Interrupted as exc:
@@ -190,6 +190,17 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[st
         return _failed(f"internal agent error: {type(exc).__name__}: {exc}"), 1
     log.info("done: %d image(s) written, %d synced", len(written), len(synced))
     return {"state": "done", "written": written, "synced": synced}, 0
+
+
+def _write(
+    client: Client, item: WriteInstruction, disks: DiskMap, reporter: Reporter
+) -> dict[str, Any]:
+    """Write one image; a partition of a disk written before it is written once it appears."""
+    target = disks.target(item.disk)
+    partitions.wait_for(target)
+    entry = write_image(client, item, disks, reporter)
+    partitions.reread(target)
+    return entry
 
 
 def _failed(reason: str) -> dict[str, Any]:

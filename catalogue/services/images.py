@@ -34,6 +34,7 @@ from catalogue.models import (
     Version,
 )
 from catalogue.selectors.setups import describe_setups, setups_pinning
+from catalogue.services.bootfiles import boot_cache_forget
 from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
 
 EMPTY_NOTE = "Empty image, created with the image."
@@ -266,6 +267,14 @@ def _check_type_change(actor: Any, image: Image, new_type: str | None) -> None:
         return
     if not rules.can_change_image_type(actor, image.type, new_type):
         raise PermissionDenied("Only moderators and administrators make or unmake system images.")
+    special = {ImageType.BOOT, ImageType.CUSTOM_INIT} & {image.type, new_type}
+    setups = setups_pinning(image=image)
+    if special and setups.exists():
+        # A setup's rules (one boot image, nothing written for it, …) depend on the type.
+        raise ImageConflict(
+            f'The image "{image.name}" is pinned in the setup(s) {describe_setups(setups)}: '
+            f"remove it from them before making it a {new_type} image instead of {image.type}."
+        )
     image.type = new_type
 
 
@@ -346,6 +355,7 @@ def image_delete(*, actor: Any, image: Image) -> None:
                 f"The image {image.name} is still in use and cannot be deleted."
             ) from exc
         transaction.on_commit(lambda: get_storage().delete_image(image_uuid))
+        transaction.on_commit(lambda: boot_cache_forget(image_uuid=image_uuid))
 
 
 def _check_not_pinned(image: Image) -> None:

@@ -6,7 +6,12 @@ the API (through ``setup_image_add``) and the admin inline form alike:
 * only images the setup's *owner* may read;
 * a version of that image that exists;
 * ``sync`` only on images the owner may write, and always on for user data;
-* no image twice, and no two images on the same disk.
+* no image twice, and no two images on the same disk;
+* at most one boot image, a version of it BAAS can boot (a boot partition
+  with a kernel: ``catalogue.services.bootfiles``), never synced back, and on
+  no disk (it is served over the network, not written);
+* at most one custom init image, a version of it that is a filesystem (FAT,
+  ext or ISO 9660) the flashed system's first-boot hook can find.
 """
 
 from __future__ import annotations
@@ -22,12 +27,19 @@ from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
 from catalogue.models import (
+    FileStandard,
     Image,
     ImageFrozen,
     ImageSetup,
     ImageType,
     Version,
     validate_target_disk,
+)
+from catalogue.services.bootfiles import (
+    BootImageError,
+    boot_files_for,
+    filesystem_kind,
+    version_head,
 )
 
 CONFLICT = "conflict"
@@ -74,12 +86,69 @@ def _check_disk(setup: ImageSetup, image: Image, disk: str, exclude_pk: int | No
     for other in others:
         if other.image_id == image.pk:
             raise _conflict("image", f'"{image.name}" is already in setup "{setup.name}".')
-        if other.disk == disk:
+        # A boot image takes no disk: it is served over the network.
+        on_disks = ImageType.BOOT not in (image.type, other.image.type)
+        if on_disks and other.disk == disk:
             raise _conflict(
                 "target_disk",
                 f'"{other.image.name}" is already written to {disk} in setup "{setup.name}"; '
                 "choose another target disk.",
             )
+
+
+ONE_OF = {ImageType.BOOT: "boot image", ImageType.CUSTOM_INIT: "custom init image"}
+
+
+def _check_one_of_type(setup: ImageSetup, image: Image, exclude_pk: int | None) -> None:
+    """A setup boots at most one boot image and runs at most one custom init image."""
+    if image.type not in ONE_OF:
+        return
+    others = ImageFrozen.objects.filter(setup_id=setup.pk, image__type=image.type)
+    other = others.exclude(pk=exclude_pk).exclude(image=image).select_related("image").first()
+    if other is not None:
+        kind = ONE_OF[image.type]
+        raise DjangoValidationError(
+            {
+                "image": f'Setup "{setup.name}" already has the {kind} "{other.image.name}": '
+                f"a setup holds at most one {kind}. Remove that one first."
+            }
+        )
+
+
+def _check_boot_version(image: Image, version: Version, sync: bool) -> None:
+    if sync:
+        raise DjangoValidationError(
+            {
+                "sync": "A boot image is served to the machine over the network, never "
+                "written to its disks: there is nothing to sync back."
+            }
+        )
+    if image.file_standard != FileStandard.RAW:
+        raise DjangoValidationError(
+            {"image": "A boot image is a raw boot partition; this one is qcow2."}
+        )
+    try:
+        boot_files_for(version)
+    except (BootImageError, OSError) as exc:
+        raise DjangoValidationError(
+            {"version": f'Version {version.number} of "{image.name}" cannot be booted: {exc}'}
+        ) from exc
+
+
+def _check_custom_init_version(image: Image, version: Version) -> None:
+    try:
+        kind = filesystem_kind(version_head(version))
+    except OSError:
+        kind = None
+    if kind is None or image.file_standard != FileStandard.RAW:
+        raise DjangoValidationError(
+            {
+                "version": f'Version {version.number} of the custom init image "{image.name}" '
+                "is not a filesystem the system can find at its first boot: make it a FAT, "
+                "ext or ISO 9660 filesystem labelled CIDATA (cloud-init) or BAASINIT (BAAS's "
+                "first-boot hook)."
+            }
+        )
 
 
 def effective_sync(image: Image, sync: bool) -> bool:
@@ -111,6 +180,11 @@ def frozen_image_check(
         except DjangoValidationError as exc:
             raise DjangoValidationError({"target_disk": exc.messages}) from exc
     _check_disk(setup, image, target_disk or image.target_disk, exclude_pk)
+    _check_one_of_type(setup, image, exclude_pk)
+    if image.type == ImageType.BOOT:
+        _check_boot_version(image, version, sync)
+    elif image.type == ImageType.CUSTOM_INIT:
+        _check_custom_init_version(image, version)
 
 
 @transaction.atomic

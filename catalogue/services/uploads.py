@@ -30,6 +30,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
 from rest_framework.exceptions import PermissionDenied
@@ -38,7 +39,8 @@ from accounts import rules
 from accounts.services import audit_record
 from catalogue.datamap import DataMap, DataMapper
 from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
-from catalogue.models import Compression, FileStandard, Image, Version
+from catalogue.models import Compression, FileStandard, Image, ImageType, Version
+from catalogue.services.bootfiles import BootImageError, boot_files_extract
 from catalogue.services.datamaps import version_map_store
 from catalogue.services.lifecycle import quota_guard_for, versions_prune_schedule
 from catalogue.storage import (
@@ -302,6 +304,7 @@ def version_upload(
                 return same
             number = _next_free_number(locked)
             placed = receiver.commit(number, received.stored_compression)
+            _check_boot_image(locked, placed, received)
             version = _version_row(locked, number, received, placed, actor, note)
             _storage_call(version_map_store, version, received.datamap)
     except BaseException:
@@ -318,6 +321,32 @@ def _same_sync(image: Image, received: ReceivedUpload, note: str) -> Version | N
     sends the same disk again: it gets the version it made, not a duplicate.
     """
     return Version.objects.filter(image=image, sha256=received.sha256, note=note).first()
+
+
+def _check_boot_image(image: Image, placed: StoredFile, received: ReceivedUpload) -> None:
+    """A boot image takes only a boot partition BAAS can boot (whose files are extracted now).
+
+    Checked on the complete file in its place, before its row exists: a refusal
+    removes it like any failed upload.
+    """
+    if image.type != ImageType.BOOT:
+        return
+    if image.file_standard != FileStandard.RAW:
+        raise BadUpload("A boot image is a raw boot partition, not qcow2; nothing was stored.")
+    try:
+        if received.size > settings.BAAS_BOOT_IMAGE_MAX_SIZE:
+            raise BootImageError(
+                "A boot image is a small boot partition: at most "
+                f"{settings.BAAS_BOOT_IMAGE_MAX_SIZE} bytes, not {received.size}."
+            )
+        boot_files_extract(
+            image_uuid=image.uuid,
+            sha256=received.sha256,
+            path=placed.path,
+            compression=received.stored_compression,
+        )
+    except BootImageError as exc:
+        raise BadUpload(f"{exc} Nothing was stored.") from exc
 
 
 def _check_digest(received: ReceivedUpload, expected: str | None) -> None:

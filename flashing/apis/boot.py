@@ -10,7 +10,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from flashing.services.boot import boot_script
+from flashing.services.boot import boot_image_file, boot_script
 
 MGMT_FILES = {"vmlinuz": "application/octet-stream", "initrd.img": "application/octet-stream"}
 
@@ -57,3 +57,26 @@ class ManagementOsFileApi(APIView):
         except OSError:
             raise Http404(f"{name} is not built: run python -m mgmt_os.build.") from None
         return FileResponse(handle, content_type=MGMT_FILES[name])
+
+
+class BootImageFileApi(APIView):
+    authentication_classes: list = []
+    permission_classes = [AllowAny]
+
+    @extend_schema(
+        tags=["boot"],
+        auth=[],
+        responses={
+            200: OpenApiResponse(OpenApiTypes.BINARY, description="vmlinuz or initrd.img"),
+            404: OpenApiResponse(description="Wrong secret, or not this machine's boot now"),
+        },
+        description="The kernel or initrd of the boot image a machine boots, as named in its "
+        "iPXE script. The URL carries a secret of the deployment that put the boot image on "
+        "the machine; it works while that deployment is the machine's last one and its lease "
+        "holds.",
+    )
+    def get(self, request: Request, deployment_id: int, secret: str, name: str) -> FileResponse:
+        path = boot_image_file(deployment_id=deployment_id, secret=secret, name=name)
+        response = FileResponse(path.open("rb"), content_type="application/octet-stream")
+        response["Cache-Control"] = "no-store"
+        return response

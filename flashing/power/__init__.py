@@ -1,12 +1,14 @@
 """Power drivers: how BAAS boots a machine into the management OS or its own system.
 
-Each driver is a small class with three calls, each raising :class:`PowerError`
+Each driver is a small class with four calls, each raising :class:`PowerError`
 with a message a person can act on:
 
 * ``boot_management(machine, params)`` — network boot (PXE) into the management
   OS; ``params`` carries what the iPXE script would (server URL, MAC, a fresh
   one-time token, deployment id);
 * ``boot_disk(machine)`` — boot the machine's own system from its local disk;
+* ``boot_network(machine)`` — network boot without the management OS: iPXE
+  asks BAAS and gets the boot image of the machine's last deployment;
 * ``power_off(machine)``.
 
 Drivers: ``manual`` (a person does it), ``command`` (a configured shell
@@ -50,6 +52,8 @@ class Driver(Protocol):
     def boot_management(self, machine: Machine, params: BootParams | None) -> str: ...
 
     def boot_disk(self, machine: Machine) -> str: ...
+
+    def boot_network(self, machine: Machine) -> str: ...
 
     def power_off(self, machine: Machine) -> str: ...
 

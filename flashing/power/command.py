@@ -1,8 +1,9 @@
 """``command``: run configured shell commands.
 
 Settings: ``command`` boots the management OS (required), ``disk_command``
-boots the machine's own system, ``off_command`` powers it off (both optional:
-without them nothing is done). The management command sees ``BAAS_SERVER``,
+boots the machine's own system, ``network_command`` network-boots it into its
+boot image (without the management OS), ``off_command`` powers it off (the
+last three optional: without them nothing is done). The management command sees ``BAAS_SERVER``,
 ``BAAS_MAC``, ``BAAS_TOKEN`` (a fresh one-time token) and ``BAAS_DEPLOYMENT``
 in its environment — enough to start a ``baas-agent`` on a VM or, in tests,
 as a local process. A command that starts something long-running must put it
@@ -61,6 +62,12 @@ class CommandDriver:
         if not command:
             return f"{machine.name} has no disk_command: left as it is."
         return f"Ran the disk_command of {machine.name}. {run(machine, command, {})}".strip()
+
+    def boot_network(self, machine: Machine) -> str:
+        command = setting(machine, "network_command", required=False)
+        if not command:
+            return f"{machine.name} has no network_command: left as it is."
+        return f"Ran the network_command of {machine.name}. {run(machine, command, {})}".strip()
 
     def power_off(self, machine: Machine) -> str:
         command = setting(machine, "off_command", required=False)

@@ -66,5 +66,9 @@ class IpmiDriver:
         ipmitool(machine, "chassis", "bootdev", "disk")
         return f"IPMI: next boot from the disk; {_restart(machine)}"
 
+    def boot_network(self, machine: Machine) -> str:
+        ipmitool(machine, "chassis", "bootdev", "pxe")
+        return f"IPMI: next boot from the network (its boot image); {_restart(machine)}"
+
     def power_off(self, machine: Machine) -> str:
         return ipmitool(machine, "chassis", "power", "off")

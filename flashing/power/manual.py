@@ -18,5 +18,11 @@ class ManualDriver:
     def boot_disk(self, machine: Machine) -> str:
         return f"Waiting for a person to boot {machine.name} from its local disk."
 
+    def boot_network(self, machine: Machine) -> str:
+        return (
+            f"Waiting for a person to network-boot {machine.name} "
+            "(PXE: it then gets its boot image)."
+        )
+
     def power_off(self, machine: Machine) -> str:
         return f"Waiting for a person to power {machine.name} off."

@@ -326,5 +326,8 @@ class QemuDriver:
     def boot_disk(self, machine: Machine) -> str:
         return _boot(machine)
 
+    def boot_network(self, machine: Machine) -> str:
+        return _boot(machine)
+
     def power_off(self, machine: Machine) -> str:
         return _stop(machine)

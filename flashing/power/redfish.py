@@ -80,6 +80,9 @@ class RedfishDriver:
     def boot_disk(self, machine: Machine) -> str:
         return Redfish(machine).boot("Hdd")
 
+    def boot_network(self, machine: Machine) -> str:
+        return Redfish(machine).boot("Pxe")
+
     def power_off(self, machine: Machine) -> str:
         client = Redfish(machine)
         system = client.system()

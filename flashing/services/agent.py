@@ -15,7 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
 
-from catalogue.models import Version
+from catalogue.models import ImageType, Version
 from catalogue.storage import get_storage
 from flashing.models import (
     RUNNING_STATES,
@@ -27,7 +27,7 @@ from flashing.models import (
     DiskContent,
     normalize_mac,
 )
-from flashing.services.common import Conflict, event_record, lock, lock_machine
+from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
 from flashing.services.deployments import TRANSITIONS, deployment_set_state
 from flashing.services.pipeline import deployment_fail, machine_kick
 from flashing.services.tokens import token_consume, token_mint, tokens_revoke
@@ -134,15 +134,25 @@ def _map_url(version: Version) -> str:
     return f"/api/image/{version.image_id}/{version.number}/map"
 
 
+def _write_order(row: DeploymentImage) -> bool:
+    # A custom init image goes last: a system image on the disk that holds its
+    # partition (/dev/sda around /dev/sda3) would overwrite it otherwise.
+    return row.image is not None and row.image.type == ImageType.CUSTOM_INIT
+
+
 def agent_instructions(*, principal: Any) -> dict[str, Any]:
-    """The images to bring back (in order), then those to write; a deleted version fails it."""
+    """The images to bring back (in order), then those to write; a deleted version fails it.
+
+    A boot image is not written (it is served over the network, not put on a disk).
+    """
     deployment = principal.deployment
     rows = list(deployment.images.select_related("version").order_by("id"))
+    writes = sorted(disk_writes(deployment).select_related("version", "image"), key=_write_order)
     try:
         return {
             "deployment": deployment.pk,
             "sync": [_sync_entry(row) for row in rows if row.direction == S and row.image_id],
-            "write": [_write_entry(row) for row in rows if row.direction == W],
+            "write": [_write_entry(row) for row in writes],
         }
     except Conflict as exc:
         deployment_fail(actor=None, deployment=deployment, reason=str(exc.detail))
@@ -260,8 +270,7 @@ def _check_written(deployment: Deployment, written: list[dict[str, Any]]) -> str
         (str(item.get("image")), item.get("version"), item.get("disk")): item.get("sha256")
         for item in written
     }
-    rows = deployment.images.filter(direction=W).select_related("version")
-    for row in rows:
+    for row in disk_writes(deployment).select_related("version"):
         key = (str(row.image_id), row.version_number, row.disk)
         if key not in reported:
             label = f"image {row.image_id} v{row.version_number} on {row.disk}"
@@ -276,7 +285,7 @@ def _check_written(deployment: Deployment, written: list[dict[str, Any]]) -> str
 
 def _record_synced(deployment: Deployment, synced: list[dict[str, Any]]) -> None:
     """Note each version brought back; a disk not rewritten now holds that version."""
-    written_disks = set(deployment.images.filter(direction=W).values_list("disk", flat=True))
+    written_disks = set(disk_writes(deployment).values_list("disk", flat=True))
     for item in synced:
         version = Version.objects.filter(
             image_id=item.get("image"), number=item.get("version")

@@ -1,15 +1,16 @@
-"""What the flashing services share: the 409 error and the event log."""
+"""What the flashing services share: the 409 error, the event log, which images go on disks."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Model
+from django.db.models import Model, QuerySet
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
 from accounts.services import audit_record
-from flashing.models import Deployment, DeploymentEvent, Machine
+from catalogue.models import ImageType
+from flashing.models import Deployment, DeploymentEvent, DeploymentImage, Machine
 
 
 class Conflict(APIException):
@@ -49,3 +50,22 @@ def lock_machine(machine: Machine) -> Machine:
     are serialised and never deadlock.
     """
     return lock(Machine, machine.pk)
+
+
+def disk_writes(deployment: Deployment) -> QuerySet[DeploymentImage]:
+    """The images a deployment writes onto the machine's disks.
+
+    Every image to write but a boot image, which is served to the machine over
+    the network (``flashing.services.boot``) and written nowhere.
+    """
+    return deployment.images.filter(direction=DeploymentImage.Direction.WRITE).exclude(
+        image__type=ImageType.BOOT
+    )
+
+
+def boot_image_row(deployment: Deployment) -> DeploymentImage | None:
+    """The deployment's boot image, if its setup names one."""
+    rows = deployment.images.filter(
+        direction=DeploymentImage.Direction.WRITE, image__type=ImageType.BOOT
+    )
+    return rows.select_related("image", "version").first()

@@ -8,6 +8,8 @@ then ``deployment_set_state`` as it goes.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
@@ -15,7 +17,7 @@ from django.utils import timezone
 from rest_framework.exceptions import PermissionDenied, ValidationError
 
 from accounts import rules
-from catalogue.models import ImageSetup
+from catalogue.models import ImageSetup, ImageType
 from flashing.models import (
     FINAL_STATES,
     OUT_OF_SERVICE,
@@ -26,12 +28,13 @@ from flashing.models import (
     DiskContent,
     Machine,
 )
-from flashing.services.common import Conflict, event_record, lock, lock_machine
+from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
 from flashing.services.leases import lease_current
 from flashing.services.machines import disk_contents_record, machine_settle_state
 from flashing.services.queue import finish_deployment, queue_deployment
 
-# Where each state may go next (besides failed, which any running state may reach).
+# Where each state may go next (besides failed, which any running state may reach, and
+# done, which a queued deployment with nothing for the management OS to do goes to).
 TRANSITIONS: dict[str, tuple[str, ...]] = {
     DeploymentState.QUEUED: (DeploymentState.BOOTING, DeploymentState.CANCELLED),
     DeploymentState.BOOTING: (DeploymentState.SYNCING, DeploymentState.WRITING),
@@ -48,8 +51,28 @@ def _check_machine(machine: Machine) -> None:
         raise Conflict(f"{machine.name} is not managed by BAAS, so it cannot be flashed.")
 
 
+def disk_of(path: str, disks: Iterable[str]) -> str | None:
+    """The registered disk that ``path`` is, or holds as a partition, else None.
+
+    ``/dev/sda3`` is on ``/dev/sda``, ``/dev/nvme0n1p2`` on ``/dev/nvme0n1`` (a
+    disk whose name ends in a digit numbers its partitions after a ``p``).
+    """
+    disks = list(disks)
+    if path in disks:
+        return path
+    for disk in disks:
+        rest = path[len(disk) :] if path.startswith(disk) else ""
+        if rest and re.fullmatch(r"p\d+" if disk[-1].isdigit() else r"\d+", rest):
+            return disk
+    return None
+
+
 def _check_setup(machine: Machine, setup: ImageSetup) -> None:
-    """The setup fits the machine's disks, and its owner may still read every image."""
+    """The setup fits the machine's disks, and its owner may still read every image.
+
+    A boot image takes no disk (it is served over the network); an image may
+    go to a partition of a registered disk (a custom init image on /dev/sda3).
+    """
     frozen = list(setup.frozen_images.all())
     if not frozen:
         raise ValidationError({"setup": [f'Setup "{setup.name}" has no images to flash.']})
@@ -57,12 +80,15 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
     for item in frozen:
         if not rules.can_read_image(setup.owner, item.image):
             raise Conflict(f'{setup.owner} may no longer read "{item.image.name}" of this setup.')
-        if disks and item.disk not in disks:
+        if not disks or item.image.type == ImageType.BOOT:
+            continue
+        disk = disk_of(item.disk, disks)
+        if disk is None:
             known = ", ".join(sorted(disks))
             raise ValidationError(
                 {"setup": [f"{machine.name} has no disk {item.disk} (it has {known})."]}
             )
-        if disks and item.version.size > disks[item.disk]:
+        if item.version.size > disks[disk]:
             raise ValidationError(
                 {"setup": [f'"{item.image.name}" does not fit on {machine.name}:{item.disk}.']}
             )
@@ -134,10 +160,21 @@ def deployment_plan_sync(*, deployment: Deployment) -> list[DeploymentImage]:
     )
 
 
+def deployment_needs_management_os(deployment: Deployment) -> bool:
+    """Whether the agent has work: disks to write or bring back (a boot image is neither)."""
+    syncs = deployment.images.filter(direction=DeploymentImage.Direction.SYNC)
+    return syncs.exists() or disk_writes(deployment).exists()
+
+
 def _check_transition(deployment: Deployment, state: str) -> None:
     allowed = TRANSITIONS.get(deployment.state, ())
     running_to_failed = deployment.state in RUNNING_STATES and state == DeploymentState.FAILED
-    if state not in allowed and not running_to_failed:
+    straight_to_done = (
+        deployment.state == DeploymentState.QUEUED
+        and state == DeploymentState.DONE
+        and not deployment_needs_management_os(deployment)
+    )
+    if state not in allowed and not running_to_failed and not straight_to_done:
         raise Conflict(f"Deployment #{deployment.pk} cannot go from {deployment.state} to {state}.")
 
 

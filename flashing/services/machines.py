@@ -15,7 +15,6 @@ from flashing.models import (
     RUNNING_STATES,
     SECRET_MASK,
     Deployment,
-    DeploymentImage,
     DiskContent,
     Lease,
     MacAddress,
@@ -24,7 +23,7 @@ from flashing.models import (
     MachineState,
     is_secret_setting,
 )
-from flashing.services.common import Conflict, lock_machine
+from flashing.services.common import Conflict, disk_writes, lock_machine
 
 # Fields an administrator sets directly.
 PLAIN_FIELDS = ("name", "architecture", "managed", "power_driver", "description")
@@ -196,8 +195,7 @@ def disk_contents_record(*, deployment: Deployment) -> list[DiskContent]:
     """
     rows = []
     now = timezone.now()
-    writes = deployment.images.filter(direction=DeploymentImage.Direction.WRITE)
-    for item in writes:
+    for item in disk_writes(deployment):
         row, _ = DiskContent.objects.update_or_create(
             machine=deployment.machine,
             disk=item.disk,

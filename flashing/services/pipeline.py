@@ -20,20 +20,30 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from flashing.models import (
     OUT_OF_SERVICE,
     RUNNING_STATES,
     Deployment,
-    DeploymentImage,
     DeploymentState,
     DiskContent,
     Machine,
 )
 from flashing.power import BootParams, PowerError, driver_for
-from flashing.services.common import event_record, lock, lock_machine
-from flashing.services.deployments import deployment_plan_sync, deployment_set_state
+from flashing.services.common import (
+    boot_image_row,
+    disk_writes,
+    event_record,
+    lock,
+    lock_machine,
+)
+from flashing.services.deployments import (
+    deployment_needs_management_os,
+    deployment_plan_sync,
+    deployment_set_state,
+)
 from flashing.services.tokens import token_mint, tokens_revoke
 
 log = logging.getLogger(__name__)
@@ -117,6 +127,8 @@ def machine_start_next(*, machine_id: int) -> Deployment | None:
     if deployment is None:
         return None
     deployment_plan_sync(deployment=deployment)
+    if not deployment_needs_management_os(deployment):
+        return _done_without_management_os(deployment)
     _begin_attempt(deployment, timezone.now())
     deployment = deployment_set_state(
         actor=None,
@@ -126,6 +138,28 @@ def machine_start_next(*, machine_id: int) -> Deployment | None:
         f"management OS ({machine.power_driver} power driver).",
     )
     on_commit_send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
+    return deployment
+
+
+def _done_without_management_os(deployment: Deployment) -> Deployment:
+    """Nothing to write or bring back (a setup of a boot image only): done at once.
+
+    The machine then boots its boot image (or its disk) straight away, without
+    spending a minute in the management OS.
+    """
+    deployment.started_at = timezone.now()
+    deployment.save(update_fields=["started_at", "updated_at"])
+    deployment.images.update(bytes_done=F("bytes_total"), phase="done")
+    boot = boot_image_row(deployment)
+    what = f'its boot image "{boot.image.name}" v{boot.version_number}' if boot else "its disk"
+    deployment = deployment_set_state(
+        actor=None,
+        deployment=deployment,
+        state=DeploymentState.DONE,
+        message=f"Nothing to write or bring back: {deployment.machine.name} boots {what} "
+        "without the management OS.",
+    )
+    machine_kick(machine_id=deployment.machine_id)
     return deployment
 
 
@@ -149,9 +183,13 @@ def machine_advance(*, machine_id: int) -> str:
 
 
 def _power_system(machine: Machine, deployment: Deployment) -> None:
-    event_record(deployment=deployment, actor=None, action="system", message="Booting the system.")
+    """Boot what was deployed: its boot image over the network, else the local disk."""
+    boot = boot_image_row(deployment)
+    what = f'the boot image "{boot.image.name}" v{boot.version_number}' if boot else "the system"
+    event_record(deployment=deployment, actor=None, action="system", message=f"Booting {what}.")
     try:
-        message = driver_for(machine).boot_disk(machine)
+        driver = driver_for(machine)
+        message = driver.boot_network(machine) if boot else driver.boot_disk(machine)
     except PowerError as exc:
         message = f"Could not boot {machine.name} into its system: {exc}"
     event_record(deployment=deployment, actor=None, action="power", message=message)
@@ -208,7 +246,7 @@ def _forget_overwritten(deployment: Deployment) -> None:
     """A flash that did not finish leaves its disks unknown: forget what was recorded there."""
     if not deployment.events.filter(action=DeploymentState.WRITING).exists():
         return
-    disks = deployment.images.filter(direction=DeploymentImage.Direction.WRITE).values("disk")
+    disks = disk_writes(deployment).values("disk")
     forgotten = DiskContent.objects.filter(machine=deployment.machine, disk__in=disks)
     names = sorted(forgotten.values_list("disk", flat=True))
     if names:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 
 import pytest
@@ -13,6 +12,7 @@ from catalogue.models import Image, ImageFrozen, ImageSetup, Version
 from tests.accounts.factories import PASSWORD, UserFactory
 from tests.browser.conftest import sign_in
 from tests.catalogue.factories import ImageFactory, VersionFactory
+from tests.catalogue.filesystems import boot_files, fat_image
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -46,9 +46,9 @@ def test_a_user_creates_an_image_uploads_a_version_and_downloads_it(
     image = Image.objects.get(name="my-kernel", owner=person)
     assert page.url.endswith(f"/images/{image.pk}/")
 
-    content = os.urandom(3 * MiB + 12345)
-    path = tmp_path / "disk.img"
-    path.write_bytes(content)
+    # A boot image takes a boot partition: a FAT filesystem holding a kernel.
+    path = fat_image(tmp_path / "disk.img", boot_files(), size=3 * MiB)
+    content = path.read_bytes()
     _upload(page, path)
     bar = page.get_by_role("progressbar")
     expect(page.get_by_role("status").filter(has_text="Version 1 uploaded")).to_be_visible()

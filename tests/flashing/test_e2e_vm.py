@@ -7,7 +7,9 @@ deployment runs, else its local disk, whose bootloader (SYSLINUX) starts the
 flashed system. A real Celery worker on Redis and PostgreSQL run the pipeline.
 Software emulation (no KVM) on two CPUs: about 75 s for the first test (2.5
 minutes when the host is busy) and 30 s for the second; the first prints a
-timeline of its phases.
+timeline of its phases. The third boots a boot image (kernel, initrd and
+command line served by BAAS) without the management OS: about 16 s from the
+deployment to the image's /init.
 
 QEMU's user network shows the host as 10.0.2.2; the VM reaches the live
 server (bound to 127.0.0.1) there.
@@ -24,8 +26,17 @@ import pytest
 from catalogue.models import ImageType, Version
 from catalogue.storage import get_storage
 from flashing.models import DiskContent
+from tests.catalogue.filesystems import fat_image
 from tests.flashing.e2e import MiB, sha256_of, wait_for
-from tests.flashing.vm import VmRig, ext4_image, ext4_read, mgmt_os, system_disk
+from tests.flashing.vm import (
+    MGMT_OUT,
+    VmRig,
+    ext4_image,
+    ext4_read,
+    mgmt_os,
+    system_disk,
+    system_initrd,
+)
 
 pytestmark = [pytest.mark.worker, pytest.mark.django_db(transaction=True)]
 
@@ -146,3 +157,45 @@ def test_a_vm_that_never_checks_in_fails_after_its_boot_timeout(vm_rig):
     assert any("did not check in within 8 s" in e["message"] for e in events)
     assert not any(e["action"] == "boot_script" for e in events)
     assert not DiskContent.objects.filter(machine=rig.machine).exists()
+
+
+# The boot image's /init: proves on the console which kernel, initrd and command line booted.
+BOOT_IMAGE_INIT = """#!/bin/busybox sh
+/bin/busybox mkdir -p /proc /sbin /usr/bin /usr/sbin
+/bin/busybox --install -s
+mount -t proc proc /proc
+echo "BAAS-BOOTIMAGE: {marker} running, kernel $(uname -r), cmdline $(cat /proc/cmdline)"
+while :; do sleep 3600; done
+"""
+
+
+def test_a_vm_boots_a_boot_image_over_ipxe_without_the_management_os(vm_rig, tmp_path):
+    rig = vm_rig
+    marker = uuid.uuid4().hex[:12]
+    initrd = tmp_path / "boot-initrd.img"
+    system_initrd(initrd, tmp_path, BOOT_IMAGE_INIT.format(marker=marker))
+    files = {
+        "boot/vmlinuz": (MGMT_OUT / "vmlinuz").read_bytes(),
+        "boot/initrd.img": initrd.read_bytes(),
+        "boot/cmdline": f"console=ttyS0,115200 panic=10\nbaas.experiment={marker}\n".encode(),
+    }
+    boot = fat_image(tmp_path / "boot.img", files, label="BOOT", size=64 * MiB)
+
+    rig.register("vm3", "52:54:00:ba:a5:03", server=rig.server, boot_timeout=120)
+    lease(rig)
+    version = rig.image(ImageType.BOOT, "/dev/vda", boot.read_bytes())
+    started = time.monotonic()
+    deployment = rig.wait(rig.deploy(rig.setup(version)), timeout=30)
+    assert deployment.state == "done", deployment.failure_reason
+    booted_in = rig.wait_console(f"BAAS-BOOTIMAGE: {marker} running", timeout=BOOT_TIMEOUT)
+    console = rig.console()
+    assert f"initrd.img console=ttyS0,115200 panic=10 baas.experiment={marker}\n" in console
+    assert "BAAS-MGMT" not in console  # the management OS never ran
+    assert not DiskContent.objects.filter(machine=rig.machine).exists()  # nothing written
+    events = rig.detail(deployment.pk)["events"]
+    assert [e["action"] for e in events][:2] == ["queued", "done"]
+    assert any(e["action"] == "boot_image" for e in events)  # iPXE asked for it
+    print(
+        f"\npower-on to the boot image's /init: {time.monotonic() - started:.1f} s "
+        f"(console wait {booted_in:.1f} s)"
+    )

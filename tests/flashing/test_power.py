@@ -106,3 +106,28 @@ def test_redfish_overrides_the_boot_once_and_resets():
         ("POST", "/redfish/v1/Systems/1/Actions/ComputerSystem.Reset", {"ResetType": "On"}),
     ]
     assert all(auth == "Basic YWRtaW46cHc=" for *_, auth in FakeBmc.requests)
+
+
+def test_booting_a_boot_image_is_a_network_boot_without_the_management_os(tmp_path, monkeypatch):
+    calls = tmp_path / "calls"
+    tool = tmp_path / "ipmitool"
+    tool.write_text(f'#!/bin/sh\necho "$*" >> {calls}\necho "Chassis Power is off"\n')
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    ipmi = MachineFactory(power_driver="ipmi", power_settings={"host": "10.0.0.9"})
+    assert "next boot from the network" in driver_for(ipmi).boot_network(ipmi)
+    assert [line.split(" -E ")[1] for line in calls.read_text().splitlines()] == [
+        "chassis bootdev pxe",
+        "chassis power status",
+        "chassis power on",
+    ]
+    command = MachineFactory(
+        power_driver="command",
+        power_settings={"command": "false", "network_command": f"echo net >{tmp_path / 'net'}"},
+    )
+    driver_for(command).boot_network(command)
+    assert (tmp_path / "net").read_text() == "net\n"
+    plain = MachineFactory(power_driver="command", power_settings={"command": "false"})
+    assert "has no network_command" in driver_for(plain).boot_network(plain)
+    manual = MachineFactory(power_driver="manual")
+    assert "its boot image" in driver_for(manual).boot_network(manual)
