@@ -177,6 +177,10 @@ class ZstdFrames:
         self._step: Callable[[bytes], None] = self._magic
         self._checksum = False
         self.frames = 0
+        self.offset = 0  # stream bytes seen
+        self.ends: list[int] = []  # where each frame (skippable ones too) ended in the stream
+        self._counted = 0  # frames (and skippable frames) whose end is in ``ends``
+        self._skippable = 0
 
     def watch(self, source: Iterable[bytes]) -> Iterator[bytes]:
         for data in source:
@@ -193,14 +197,21 @@ class ZstdFrames:
                 taken = min(self._skip, size - pos)
                 self._skip -= taken
                 pos += taken
-                continue
-            taken = min(self._want - len(self._buf), size - pos)
-            self._buf += data[pos : pos + taken]
-            pos += taken
-            if len(self._buf) == self._want:
-                header = bytes(self._buf)
-                self._buf.clear()
-                self._step(header)
+            else:
+                taken = min(self._want - len(self._buf), size - pos)
+                self._buf += data[pos : pos + taken]
+                pos += taken
+                if len(self._buf) == self._want:
+                    header = bytes(self._buf)
+                    self._buf.clear()
+                    self._step(header)
+            if self.frames + self._skippable > self._counted and self._between_frames():
+                self._counted = self.frames + self._skippable
+                self.ends.append(self.offset + pos)
+        self.offset += size
+
+    def _between_frames(self) -> bool:
+        return self._step == self._magic and not self._buf and not self._skip
 
     def _expect(self, want: int, step: Callable[[bytes], None], skip: int = 0) -> None:
         self._want, self._step, self._skip = want, step, skip
@@ -210,9 +221,13 @@ class ZstdFrames:
         if magic == self.MAGIC:
             self._expect(1, self._descriptor)
         elif magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame
-            self._expect(4, lambda size: self._expect(4, self._magic, _le(size)))
+            self._expect(4, self._skippable_size)
         else:
             raise CompressionError("corrupt zstd stream: bad frame magic")
+
+    def _skippable_size(self, header: bytes) -> None:
+        self._skippable += 1
+        self._expect(4, self._magic, _le(header))
 
     def _descriptor(self, header: bytes) -> None:
         fhd = header[0]
@@ -242,6 +257,27 @@ class ZstdFrames:
     def _end(self, _checksum: bytes) -> None:
         self.frames += 1
         self._expect(4, self._magic)
+
+
+def zstd_frames(source: Iterable[bytes]) -> Iterator[bytes]:
+    """The frames of a zstd stream, one ``bytes`` each, as they complete.
+
+    Only headers are parsed (:class:`ZstdFrames`); a stream that ends inside
+    a frame raises CompressionError. Skippable frames are yielded too.
+    """
+    walker = ZstdFrames()
+    pending = bytearray()
+    start = 0  # the stream offset of pending[0]
+    for data in source:
+        walker.feed(data)
+        pending += data
+        while walker.ends and walker.ends[0] <= start + len(pending):
+            end = walker.ends.pop(0)
+            yield bytes(pending[: end - start])
+            del pending[: end - start]
+            start = end
+    if pending or not walker.complete():
+        raise CompressionError("truncated zstd stream")
 
 
 def _le(data: bytes) -> int:

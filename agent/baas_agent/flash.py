@@ -38,6 +38,7 @@ from baas_agent.disks import (
     read_target,
     target_size,
 )
+from baas_agent.landing import can_land, land
 
 log = logging.getLogger(__name__)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -259,8 +260,10 @@ def _write_data(
 
     Returns None when the disk holds the image, what differs otherwise, or
     NO_DATA_STREAM when the server has no data stream for this version.
-    Each range is hashed back from the disk on a pool of threads as soon as it
-    is written, beside the download; the gaps are checked for zeros at the end.
+    Ranges are decompressed, written, read back and hashed on a pool of
+    threads beside the download (:mod:`baas_agent.landing`); without the
+    zstandard module the stream is decompressed in order and each range is
+    hashed back as it is written. The gaps are checked for zeros at the end.
     """
     info: dict[str, str] = {}
     chunks = client.download(str(instruction.data_url), info=info)
@@ -273,12 +276,15 @@ def _write_data(
         return NO_DATA_STREAM
     encoding = "zstd" if info.get("content-type") == "application/zstd" else "none"
     log.info("%s: writing its %d data bytes", instruction.label(), datamap.data_bytes)
+    stream = itertools.chain([first], chunks)
+    if can_land(encoding):  # range by range, on every core
+        return land(stream, encoding, target, datamap, progress=writing)
     block_device = is_block_device(target)
     ranges = [(start, end) for start, end, _ in datamap.ranges]
     writer = RangeWriter(target, instruction.size, ranges)
     with writer, Verifier(target, datamap, sparse=not block_device) as verifier:
         writer.on_range = verifier.check_range
-        for chunk in decompressed(itertools.chain([first], chunks), encoding):
+        for chunk in decompressed(stream, encoding):
             writer.write(chunk)
             writing(writer.position)
         writer.close()

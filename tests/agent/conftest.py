@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,6 +79,29 @@ def image(tmp_path: Path) -> Path:
         16 * MiB,
         [(0, 3 * MiB + 4096), (5 * MiB + 1000, 10_000), (9 * MiB, 8192), (15 * MiB, MiB)],
     )
+
+
+def fill_with_garbage(path: Path, size: int) -> None:
+    with path.open("wb") as file:
+        for _ in range(size // MiB):
+            file.write(os.urandom(MiB))
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A real block device: a loop device over a 16 MiB file (root only)."""
+    backing = tmp_path / "backing.img"
+    fill_with_garbage(backing, 16 * MiB)
+    if os.geteuid() != 0 or not shutil.which("losetup"):
+        pytest.skip("needs root and losetup")
+    done = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"no loop device here: {done.stderr.strip()}")
+    device = Path(done.stdout.strip())
+    yield device, backing
+    subprocess.run(["losetup", "--detach", str(device)], check=False)
 
 
 @pytest.fixture

@@ -13,8 +13,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from baas_agent import flash as flash_module
 from baas_agent.datamap import DataMap, mismatch
-from baas_agent.disks import DiskMap, RangeWriter
+from baas_agent.disks import DiskError, DiskMap, RangeWriter
 from baas_agent.flash import (
     FlashError,
     Reporter,
@@ -23,6 +24,7 @@ from baas_agent.flash import (
     sync_image,
     write_image,
 )
+from baas_agent.landing import land
 
 from catalogue.datamap import DataMapper
 from catalogue.seekable import FramedZstdEncoder, data_frames, read_seek_table
@@ -242,8 +244,17 @@ def serve_data(baas: FakeBaas, instruction: dict, image: Path, tmp_path: Path, *
     return path
 
 
+@pytest.fixture(params=["parallel", "in order"])
+def landing(request, monkeypatch):
+    """Both ways to write a data stream: ranges landed on a pool, or decompressed in order
+    (an agent without the zstandard module)."""
+    if request.param == "in order":
+        monkeypatch.setattr(flash_module, "can_land", lambda encoding: False)
+    return request.param
+
+
 @pytest.mark.parametrize("zstd", [True, False], ids=["zstd frames", "raw ranges"])
-def test_only_the_data_travels_and_is_verified(baas, image, tmp_path, disk, disks, zstd):
+def test_only_the_data_travels_and_is_verified(baas, image, tmp_path, disk, disks, zstd, landing):
     instruction = serve(baas, image, tmp_path)
     stream = serve_data(baas, instruction, image, tmp_path, zstd=zstd)
     disk.write_bytes(os.urandom(3 * MiB))
@@ -255,7 +266,7 @@ def test_only_the_data_travels_and_is_verified(baas, image, tmp_path, disk, disk
     assert stream.stat().st_size < 6 * MiB  # 16 MiB image, its data alone
 
 
-def test_a_broken_data_stream_resumes(baas, image, tmp_path, disk, disks):
+def test_a_broken_data_stream_resumes(baas, image, tmp_path, disk, disks, landing):
     instruction = serve(baas, image, tmp_path)
     serve_data(baas, instruction, image, tmp_path, zstd=True)
     baas.cut_after, baas.cut_path = 100_000, f"{URL}/data"
@@ -265,7 +276,9 @@ def test_a_broken_data_stream_resumes(baas, image, tmp_path, disk, disks):
     assert ranges == [None, "bytes=100000-"]
 
 
-def test_a_data_stream_of_other_bytes_is_never_reported_written(baas, image, tmp_path, disk, disks):
+def test_a_data_stream_of_other_bytes_is_never_reported_written(
+    baas, image, tmp_path, disk, disks, landing
+):
     instruction = serve(baas, image, tmp_path)
     stream = serve_data(baas, instruction, image, tmp_path, zstd=False)
     changed = bytearray(stream.read_bytes())
@@ -277,11 +290,11 @@ def test_a_data_stream_of_other_bytes_is_never_reported_written(baas, image, tmp
         )
 
 
-def test_a_data_stream_shorter_than_the_map_fails(baas, image, tmp_path, disk, disks):
+def test_a_data_stream_shorter_than_the_map_fails(baas, image, tmp_path, disk, disks, landing):
     instruction = serve(baas, image, tmp_path)
     stream = serve_data(baas, instruction, image, tmp_path, zstd=False)
     stream.write_bytes(stream.read_bytes()[:-10])
-    with pytest.raises(Exception, match="the data ended after"):
+    with pytest.raises(DiskError, match="ended"):
         write_image(
             agent_client(baas), WriteInstruction.from_json(instruction), disks, Reporter(None)
         )
@@ -308,3 +321,15 @@ def test_on_a_block_device_the_gaps_are_zeroed(image, tmp_path):
         writer.close()
     assert target.read_bytes() == raw
     assert done == list(range(len(ranges)))
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("zstd", [True, False], ids=["zstd frames", "raw ranges"])
+def test_a_data_stream_lands_on_a_real_block_device(image, tmp_path, loop_device, zstd):
+    device, backing = loop_device  # 16 MiB of random bytes: the gaps must become zeros
+    datamap = parsed(image)
+    stream = serve_data(FakeBaas(), {}, image, tmp_path, zstd=zstd).read_bytes()
+    chunks = [stream[i : i + 65_537] for i in range(0, len(stream), 65_537)]
+    assert land(chunks, "zstd" if zstd else "none", device, datamap, workers=2) is None
+    assert backing.read_bytes() == image.read_bytes()
+    assert mismatch(device, datamap, sparse=False) is None

@@ -5,8 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,7 +19,7 @@ from baas_agent.disks import (
     read_target,
 )
 
-from tests.agent.conftest import MiB, allocated, data_extents, make_image
+from tests.agent.conftest import MiB, allocated, data_extents, fill_with_garbage, make_image
 
 
 def chunks_of(path: Path, size: int = MiB):
@@ -37,12 +35,6 @@ def write_image(source: Path, target: Path, **kwargs) -> SparseWriter:
             writer.write(chunk)
         writer.close()
     return writer
-
-
-def fill_with_garbage(path: Path, size: int) -> None:
-    with path.open("wb") as file:
-        for _ in range(size // MiB):
-            file.write(os.urandom(MiB))
 
 
 def test_a_disk_map_sends_devices_to_their_targets():
@@ -177,23 +169,6 @@ def test_the_hasher_reads_no_holes_from_disk(image, monkeypatch):
     assert sum(read) <= allocated(image)
     assert done[-1] == 16 * MiB
     assert all(len(chunk) <= 4 * MiB for chunk in read_target(image, 16 * MiB))
-
-
-@pytest.fixture
-def loop_device(tmp_path):
-    """A real block device: a loop device over a 16 MiB file (root only)."""
-    backing = tmp_path / "backing.img"
-    fill_with_garbage(backing, 16 * MiB)
-    if os.geteuid() != 0 or not shutil.which("losetup"):
-        pytest.skip("needs root and losetup")
-    done = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"no loop device here: {done.stderr.strip()}")
-    device = Path(done.stdout.strip())
-    yield device, backing
-    subprocess.run(["losetup", "--detach", str(device)], check=False)
 
 
 @pytest.mark.root
