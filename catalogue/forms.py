@@ -19,10 +19,12 @@ from rest_framework.exceptions import APIException
 from accounts import rules
 from baas_site.errors import error_messages
 from catalogue.models import (
+    MOUNT_HELP,
     Compression,
     FileStandard,
     Image,
     ImageType,
+    Mount,
     TransferProtocol,
     validate_image_name,
     validate_target_disk,
@@ -108,7 +110,7 @@ class SetupForm(forms.Form):
 
 
 class FrozenImageForm(forms.Form):
-    """Pick one version of one image (``<image uuid>:<number>``), its sync flag and disk."""
+    """Pick one version of one image (``<image uuid>:<number>``), its sync flag, disk and mount."""
 
     version = forms.ChoiceField(label="Image and version")
     sync = forms.BooleanField(
@@ -122,6 +124,12 @@ class FrozenImageForm(forms.Form):
         max_length=255,
         validators=[validate_target_disk],
         help_text="Leave empty to use the image's own target disk.",
+    )
+    mount = forms.ChoiceField(
+        choices=Mount.choices,
+        initial=Mount.FLASH,
+        label="How the machine gets it",
+        help_text=MOUNT_HELP,
     )
 
     def __init__(self, *args: Any, images: Iterable[Image], **kwargs: Any):
