@@ -310,6 +310,7 @@ class FrozenImageForm(forms.ModelForm):
     def __init__(self, *args, setup: ImageSetup | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.setup = setup
+        self.fields["mount"].required = False  # not given: the model's default, flashed
 
     def clean(self) -> dict:
         data = super().clean()

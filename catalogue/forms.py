@@ -128,6 +128,7 @@ class FrozenImageForm(forms.Form):
     mount = forms.ChoiceField(
         choices=Mount.choices,
         initial=Mount.FLASH,
+        required=False,  # as in the API: not given means flashed
         label="How the machine gets it",
         help_text=MOUNT_HELP,
     )
@@ -138,6 +139,9 @@ class FrozenImageForm(forms.Form):
             (f"{image.name} ({image.owner.username}, {image.get_type_display()})", _options(image))
             for image in images
         ]
+
+    def clean_mount(self) -> str:
+        return self.cleaned_data["mount"] or Mount.FLASH
 
     def clean_version(self) -> tuple[uuid.UUID, int]:
         image_id, _, number = self.cleaned_data["version"].partition(":")

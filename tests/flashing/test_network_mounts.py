@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import random
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
+from django.urls import reverse
 
 from catalogue.models import Compression, ImageType, Mount, Version
 from catalogue.services.compression import version_compress
@@ -48,7 +50,7 @@ def sha256(data: bytes) -> str:
 
 def nbd_read(url: str, tmp_path: Path) -> bytes:
     """The export's bytes, as a client sees them."""
-    out = tmp_path / f"read-{random.randrange(1 << 30)}.raw"
+    out = tmp_path / f"read-{uuid.uuid4().hex}.raw"
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(out)], check=True)
     data = out.read_bytes()
     out.unlink()
@@ -75,7 +77,7 @@ def nbd_settings(settings, tmp_path):
     settings.BAAS_NBD_DIR = tmp_path / "nbd"
     settings.BAAS_NBD_BIND = "127.0.0.1"
     settings.BAAS_NBD_HOST = ""
-    first = random.randrange(20000, 60000, 100)
+    first = random.randrange(20000, 60000, 100)  # noqa: S311 - parallel runs, other ports
     settings.BAAS_NBD_PORTS = f"{first}-{first + 99}"
     yield settings
     # A failed test must not leave servers behind.
@@ -351,3 +353,36 @@ def test_a_port_in_use_is_skipped(
         assert network_mount_start(mount_id=mount.pk) == "ready"
     mount.refresh_from_db()
     assert mount.port != first
+
+
+# --- What users see ----------------------------------------------------------------------
+
+
+def test_the_deployment_shows_its_mount_to_its_user_only(served, user, user_client, other_client):
+    answer = user_client.get(f"/api/deployment/{served.deployment_id}").json()
+
+    assert answer["network_mounts"] == [
+        {
+            "image": str(served.image_id),
+            "version": 0,
+            "disk": "/dev/sdb",
+            "state": "ready",
+            "url": mount_url(served),
+            "error": "",
+            "result_version": None,
+            "ended_at": None,
+        }
+    ]
+    assert other_client.get(f"/api/deployment/{served.deployment_id}").status_code == 404
+
+
+def test_the_deployment_page_explains_the_mount(served, client, user):
+    client.force_login(user)
+
+    page = client.get(
+        reverse("machines:deployment", kwargs={"deployment_id": served.deployment_id})
+    ).content.decode()
+
+    assert mount_url(served) in page
+    assert "Serve " in page and "over the network as /dev/sdb" in page
+    assert "boots sooner" in page and "next version" in page
