@@ -7,10 +7,7 @@ them through a real Celery worker.
 
 from __future__ import annotations
 
-import hashlib
 import random
-import subprocess
-import uuid
 from pathlib import Path
 
 import pytest
@@ -32,44 +29,10 @@ from flashing.services.mounts import (
 from flashing.services.pipeline import deployment_fail, machine_start_next
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
 from tests.flashing.factories import LeaseFactory, MachineFactory
+from tests.flashing.nbd_client import MiB, content, nbd_reachable, nbd_read, nbd_write, sha256
 from tests.flashing.test_agent_api import checked_in
 
 pytestmark = pytest.mark.django_db
-MiB = 1 << 20
-
-
-def content(seed: int, size: int = 3 * MiB) -> bytes:
-    """Blocks of data between runs of zeros, like a real disk."""
-    block = hashlib.sha256(str(seed).encode()).digest() * (64 * 1024 // 32)
-    return b"".join(block if i % 3 else bytes(len(block)) for i in range(size // len(block)))
-
-
-def sha256(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def nbd_read(url: str, tmp_path: Path) -> bytes:
-    """The export's bytes, as a client sees them."""
-    out = tmp_path / f"read-{uuid.uuid4().hex}.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url, str(out)], check=True)
-    data = out.read_bytes()
-    out.unlink()
-    return data
-
-
-def nbd_write(url: str, pattern: int, offset: int, length: int) -> None:
-    command = f"write -P {pattern:#x} {offset} {length}"
-    result = subprocess.run(
-        ["qemu-io", "-f", "raw", "-c", command, url], capture_output=True, text=True, check=True
-    )
-    assert "wrote" in result.stdout, result.stdout + result.stderr
-
-
-def nbd_reachable(url: str) -> bool:
-    result = subprocess.run(
-        ["qemu-img", "info", "-f", "raw", url], capture_output=True, text=True, timeout=30
-    )
-    return result.returncode == 0
 
 
 @pytest.fixture(autouse=True)
