@@ -427,13 +427,19 @@ class NetworkMount(models.Model):
         related_name="network_mounts",
         help_text="The mount ends with this lease (or when the next deployment starts).",
     )
-    image = models.ForeignKey(Image, on_delete=models.PROTECT, related_name="network_mounts")
+    # Kept while the mount is live (retention and image deletion check for it);
+    # afterwards the history survives the image's deletion, like DeploymentImage.
+    image = models.ForeignKey(
+        Image, null=True, on_delete=models.SET_NULL, related_name="network_mounts"
+    )
     version = models.ForeignKey(
         Version,
-        on_delete=models.PROTECT,
+        null=True,
+        on_delete=models.SET_NULL,
         related_name="network_mounts",
         help_text="The pinned version: the read-only base of the overlay.",
     )
+    version_number = models.PositiveIntegerField()
     disk = models.CharField(max_length=255, validators=[validate_target_disk])
     export_name = models.CharField(max_length=64, unique=True, editable=False)
     host = models.CharField(max_length=255, blank=True, help_text="Where the server runs")
@@ -463,7 +469,7 @@ class NetworkMount(models.Model):
         indexes = [models.Index(fields=["state"])]
 
     def __str__(self) -> str:
-        return f"{self.image_id} v{self.version.number} → deployment #{self.deployment_id}"
+        return f"{self.image_id} v{self.version_number} → deployment #{self.deployment_id}"
 
 
 class AgentTokenKind(models.TextChoices):

@@ -117,7 +117,6 @@ def deployment_get(*, user: Any, deployment_id: int) -> Deployment:
         .prefetch_related(
             "events__actor",
             "network_mounts__image",
-            "network_mounts__version",
             "network_mounts__result_version",
         )
         .filter(pk=deployment_id)

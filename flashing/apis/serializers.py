@@ -258,8 +258,8 @@ class DeploymentOutputSerializer(serializers.ModelSerializer):
 
 
 class NetworkMountSerializer(serializers.ModelSerializer):
-    image = serializers.UUIDField(source="image_id")
-    version = serializers.IntegerField(source="version.number")
+    image = serializers.UUIDField(source="image_id", allow_null=True)
+    version = serializers.IntegerField(source="version_number")
     url = serializers.SerializerMethodField()
     result_version = serializers.IntegerField(
         source="result_version.number",

@@ -100,11 +100,11 @@ def mount_url(mount: NetworkMount) -> str | None:
 
 def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
     """The ``mounts`` of the agent's instructions: this deployment's network mounts only."""
-    mounts = deployment.network_mounts.select_related("version").order_by("id")
+    mounts = deployment.network_mounts.order_by("id")
     return [
         {
             "image": str(mount.image_id),
-            "version": mount.version.number,
+            "version": mount.version_number,
             "disk": mount.disk,
             "state": mount.state,
             "url": mount_url(mount),
@@ -143,7 +143,8 @@ def _event(mount: NetworkMount, message: str) -> None:
 
 
 def _label(mount: NetworkMount) -> str:
-    return f'the network mount of "{mount.image.name}" v{mount.version.number} ({mount.disk})'
+    name = mount.image.name if mount.image else "a deleted image"
+    return f'the network mount of "{name}" v{mount.version_number} ({mount.disk})'
 
 
 # --- Starting and ending (in the caller's transaction) ------------------------------------
@@ -175,6 +176,7 @@ def network_mounts_plan(*, deployment: Deployment) -> list[NetworkMount]:
             lease=lease,
             image=row.image,
             version=row.version,
+            version_number=row.version_number,
             disk=row.disk,
             export_name=secrets.token_urlsafe(24),
         )
@@ -256,6 +258,8 @@ def _start_locked(mount_id: int, directory: Path) -> str:
     overlay = directory / nbd.OVERLAY
     if mount.state == READY and nbd.server_alive(pid=mount.pid, overlay=overlay):
         return "running"
+    if mount.version is None or mount.image is None:
+        raise nbd.NbdError(f"Version {mount.version_number} of the image was deleted.")
     base = nbd.materialise_base(directory=directory, version=mount.version)
     overlay = nbd.create_overlay(
         directory=directory, base=base, base_format=mount.image.file_standard
@@ -328,8 +332,8 @@ def _start_failed(mount_id: int, reason: str) -> str:
 def network_mount_finish(*, mount_id: int) -> str:
     """Stop the export, store the changes as the next version, remove the files; idempotent.
 
-    Returns ``stored``, ``unchanged``, ``skipped`` (not ending), or ``failed``
-    (recorded, the files kept; try again).
+    Returns ``stored``, ``unchanged``, ``image_deleted``, ``skipped`` (not
+    ending), or ``failed`` (recorded, the files kept; try again).
     """
     mount = NetworkMount.objects.filter(pk=mount_id).first()
     if mount is None or mount.state != ENDING:
@@ -354,6 +358,8 @@ def _finish_locked(mount_id: int, directory: Path) -> str:
     nbd.server_stop(pid=mount.pid, overlay=overlay)
     if mount.result_version_id is not None:
         outcome = "stored"  # a past run stored it, then failed to clean up
+    elif mount.image is None or mount.version is None:
+        outcome = "image_deleted"  # refused while the mount is live: only a forced removal
     elif overlay.exists() and nbd.overlay_changed(overlay):
         outcome = _store_changes(mount, directory, overlay)
     else:
@@ -406,7 +412,7 @@ def _uploader(mount: NetworkMount) -> Any:
 def _note(mount: NetworkMount) -> str:
     lease = f", lease #{mount.lease_id}" if mount.lease_id else ""
     return (
-        f"Changes made over the network to v{mount.version.number} by "
+        f"Changes made over the network to v{mount.version_number} by "
         f"{mount.deployment.machine.name} (deployment #{mount.deployment_id}{lease}), "
         "stored when the network mount ended."
     )
@@ -422,6 +428,8 @@ def _ended(mount_id: int, outcome: str) -> None:
     if mount.result_version_id is not None:
         result = mount.result_version
         what = f"its changes are version {result.number} (SHA-256 {result.sha256})"
+    elif outcome == "image_deleted":
+        what = "its image or pinned version was deleted, so its changes were dropped"
     else:
         what = "nothing changed, so no version was made"
     _event(mount, f"Ended {_label(mount)}: {what}. Its export and files are gone.")

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from django.urls import reverse
 
-from catalogue.models import Compression, ImageType, Mount, Version
+from catalogue.models import Compression, ImageFrozen, ImageType, Mount, Version
 from catalogue.services.compression import version_compress
+from catalogue.services.lifecycle import versions_prune
 from catalogue.services.setups import setup_image_add
 from flashing import nbd
 from flashing.models import Deployment, DeploymentEvent, NetworkMount, NetworkMountState
@@ -349,3 +350,29 @@ def test_the_deployment_page_explains_the_mount(served, client, user):
     assert mount_url(served) in page
     assert "Serve " in page and "over the network as /dev/sdb" in page
     assert "boots sooner" in page and "next version" in page
+
+
+# --- What a live mount keeps -----------------------------------------------------------------
+
+
+def test_a_live_mount_keeps_its_version_and_its_image(
+    served, user_data, user, user_client, machine, django_capture_on_commit_callbacks
+):
+    image = user_data.image
+    ImageFrozen.objects.filter(image=image).delete()  # no setup pins it any more
+    write_version(image, 1, content(6, MiB))
+    image.keep_versions = 1
+    image.save()
+
+    assert versions_prune(image_uuid=image.pk) == []
+    refused = user_client.delete(f"/api/image/{image.pk}")
+    assert refused.status_code == 409
+    assert "mounted over the network" in refused.json()["detail"]
+
+    end_lease(user, machine, django_capture_on_commit_callbacks)
+    assert network_mount_finish(mount_id=served.pk) == "unchanged"
+    Deployment.objects.filter(pk=served.deployment_id).update(state="done")
+    assert versions_prune(image_uuid=image.pk) == [0]
+    assert user_client.delete(f"/api/image/{image.pk}").status_code == 204
+    served.refresh_from_db()
+    assert (served.image, served.version_number) == (None, 0)  # the history stays
