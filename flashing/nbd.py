@@ -54,6 +54,10 @@ class PortInUse(NbdError):
     """Another process listens on the port: try the next one."""
 
 
+class MountBusy(NbdError):
+    """Another step of the same mount holds its lock: that step does the work."""
+
+
 def _run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     try:
         result = subprocess.run(  # noqa: S603 - fixed programs on our own files
@@ -73,12 +77,16 @@ def _failure(result: subprocess.CompletedProcess) -> str:
 def mount_lock(directory: Path) -> Iterator[None]:
     """Serialise the steps of one mount (start, restart, end) on this host.
 
-    The lock file sits beside the mount's directory, so the directory can be
-    removed while the lock is held.
+    Raises MountBusy at once when another step holds it, rather than keeping
+    a worker waiting. The lock file sits beside the mount's directory, so the
+    directory can be removed while the lock is held.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
     with open(directory.with_suffix(".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise MountBusy(f"Another step of the mount in {directory} is running.") from exc
         try:
             yield
         finally:
@@ -99,7 +107,7 @@ def materialise_base(*, directory: Path, version: Version) -> Path:
     path = local.version_path(version.image_id, version.number, Compression.NONE)
     if path.exists():
         return path
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the overlay holds user data
     if version.stored_compression == Compression.NONE and _link_stored(version, path):
         return path
     with _open_stored(version) as stored, raw_reader(stored, version.stored_compression) as raw:
@@ -236,6 +244,14 @@ def server_start(*, directory: Path, overlay: Path, bind: str, port: int, export
         return int(pid_file.read_text().strip())
     except (OSError, ValueError) as exc:
         raise NbdError(f"qemu-nbd started but left no pid file: {exc}") from exc
+
+
+def recorded_pid(directory: Path) -> int | None:
+    """The pid qemu-nbd wrote when it started, if any (a crash may have lost it elsewhere)."""
+    try:
+        return int((directory / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def server_alive(*, pid: int | None, overlay: Path) -> bool:

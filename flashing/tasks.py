@@ -66,7 +66,7 @@ def network_mount_start_task(self, mount_id: int) -> str:
 def network_mount_finish_task(self, mount_id: int) -> str:
     """Stop a network mount's export and store its changes as the next version; retried."""
     outcome = network_mount_finish(mount_id=mount_id)
-    if outcome == "failed" and self.request.retries < self.max_retries:
+    if outcome in ("failed", "busy") and self.request.retries < self.max_retries:
         raise self.retry(countdown=MOUNT_RETRY_SECONDS)
     return outcome
 

@@ -238,7 +238,9 @@ def network_mount_start(*, mount_id: int) -> str:
     """Serve the mount (or serve it again, if its server died); idempotent.
 
     Returns ``ready``, ``restarted``, ``running`` (nothing to do), ``skipped``
-    (the mount is ending or over), or ``failed`` (recorded; try again).
+    (the mount is ending or over), ``busy`` (another step is at work on it),
+    or ``failed`` (recorded; try again). A worker on another host than the
+    mount's fails without counting towards giving up.
     """
     mount = NetworkMount.objects.filter(pk=mount_id).first()
     if mount is None or mount.state not in SERVED:
@@ -247,8 +249,10 @@ def network_mount_start(*, mount_id: int) -> str:
         directory = _claim_directory(mount)
         with nbd.mount_lock(directory):
             return _start_locked(mount_id, directory)
+    except nbd.MountBusy:
+        return "busy"  # the step holding the lock serves it
     except (nbd.NbdError, OSError) as exc:
-        return _start_failed(mount_id, str(exc))
+        return _start_failed(mount_id, str(exc), counts=not isinstance(exc, WrongHost))
 
 
 def _start_locked(mount_id: int, directory: Path) -> str:
@@ -260,6 +264,8 @@ def _start_locked(mount_id: int, directory: Path) -> str:
         return "running"
     if mount.version is None or mount.image is None:
         raise nbd.NbdError(f"Version {mount.version_number} of the image was deleted.")
+    # A server whose start was not recorded (a crash) holds the overlay's lock: stop it.
+    nbd.server_stop(pid=nbd.recorded_pid(directory), overlay=overlay)
     base = nbd.materialise_base(directory=directory, version=mount.version)
     overlay = nbd.create_overlay(
         directory=directory, base=base, base_format=mount.image.file_standard
@@ -314,9 +320,10 @@ def _started(mount_id: int, pid: int, port: int) -> str:
 
 
 @transaction.atomic
-def _start_failed(mount_id: int, reason: str) -> str:
+def _start_failed(mount_id: int, reason: str, *, counts: bool = True) -> str:
+    """Record a failed start; after START_ATTEMPTS counted ones, the mount is given up."""
     mount = lock(NetworkMount, mount_id)
-    mount.attempts += 1
+    mount.attempts += 1 if counts else 0
     mount.error = reason
     mount.save(update_fields=["attempts", "error", "updated_at"])
     if mount.state in SERVED and mount.attempts >= START_ATTEMPTS:
@@ -333,7 +340,8 @@ def network_mount_finish(*, mount_id: int) -> str:
     """Stop the export, store the changes as the next version, remove the files; idempotent.
 
     Returns ``stored``, ``unchanged``, ``image_deleted``, ``skipped`` (not
-    ending), or ``failed`` (recorded, the files kept; try again).
+    ending), ``busy`` (its start is still at work; try again soon), or
+    ``failed`` (recorded, the files kept; try again).
     """
     mount = NetworkMount.objects.filter(pk=mount_id).first()
     if mount is None or mount.state != ENDING:
@@ -342,6 +350,8 @@ def network_mount_finish(*, mount_id: int) -> str:
         directory = _claim_directory(mount)
         with nbd.mount_lock(directory):
             return _finish_locked(mount_id, directory)
+    except nbd.MountBusy:
+        return "busy"  # its start is still at work: try again soon
     except (nbd.NbdError, APIException, OSError) as exc:
         reason = str(exc.detail) if isinstance(exc, APIException) else str(exc)
         _finish_failed(mount_id, reason)
@@ -356,6 +366,7 @@ def _finish_locked(mount_id: int, directory: Path) -> str:
         return "skipped"
     overlay = directory / nbd.OVERLAY
     nbd.server_stop(pid=mount.pid, overlay=overlay)
+    nbd.server_stop(pid=nbd.recorded_pid(directory), overlay=overlay)  # one a crash hid
     if mount.result_version_id is not None:
         outcome = "stored"  # a past run stored it, then failed to clean up
     elif mount.image is None or mount.version is None:

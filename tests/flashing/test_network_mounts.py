@@ -376,3 +376,45 @@ def test_a_live_mount_keeps_its_version_and_its_image(
     assert user_client.delete(f"/api/image/{image.pk}").status_code == 204
     served.refresh_from_db()
     assert (served.image, served.version_number) == (None, 0)  # the history stays
+
+
+# --- Crashes ------------------------------------------------------------------------------
+
+
+def test_a_server_whose_start_was_not_recorded_is_replaced_not_doubled(served, tmp_path):
+    overlay = Path(served.directory) / nbd.OVERLAY
+    lost = served.pid
+    nbd_write(mount_url(served), 0x33, 0, 4096)
+    # As if the worker died between starting the server and recording it.
+    NetworkMount.objects.filter(pk=served.pk).update(pid=None, state="starting", ready_at=None)
+
+    assert network_mount_start(mount_id=served.pk) == "ready"
+
+    served.refresh_from_db()
+    assert served.pid != lost and not nbd.server_alive(pid=lost, overlay=overlay)
+    assert nbd_read(mount_url(served), tmp_path)[:4096] == b"\x33" * 4096  # the same overlay
+
+
+def test_ending_stops_a_server_only_its_pid_file_knows(
+    served, user, machine, django_capture_on_commit_callbacks
+):
+    url = mount_url(served)
+    NetworkMount.objects.filter(pk=served.pk).update(pid=None)
+
+    end_lease(user, machine, django_capture_on_commit_callbacks)
+
+    assert network_mount_finish(mount_id=served.pk) == "unchanged"
+    assert not nbd_reachable(url)
+
+
+def test_a_step_of_a_mount_at_work_makes_the_others_wait(
+    served, user, machine, django_capture_on_commit_callbacks
+):
+    end_lease(user, machine, django_capture_on_commit_callbacks)
+
+    with nbd.mount_lock(Path(served.directory)):
+        assert network_mount_finish(mount_id=served.pk) == "busy"
+        served.refresh_from_db()
+        assert served.state == NetworkMountState.ENDING and served.attempts == 0
+
+    assert network_mount_finish(mount_id=served.pk) == "unchanged"

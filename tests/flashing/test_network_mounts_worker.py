@@ -75,3 +75,29 @@ def test_the_worker_serves_the_mount_and_stores_its_changes_at_lease_end(
     assert mount.result_version == new
     assert not nbd_reachable(url)
     assert not Path(mount.directory).exists()
+
+
+def test_the_export_outlives_the_worker_that_started_it(
+    celery_worker, start_worker, stop_servers, user, user_client, machine, tmp_path
+):
+    image = ImageFactory(owner=user, type=ImageType.USER_DATA, target_disk="/dev/sdb")
+    write_version(image, 0, content(8))
+    setup = ImageSetupFactory(owner=user)
+    setup_image_add(
+        actor=user, setup=setup, image=image, version_number=0, sync=True, mount=Mount.NETWORK
+    )
+    first = start_worker()
+    user_client.post(f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json")
+    url = mount_url(wait_for_mount(NetworkMountState.READY))
+
+    first.process.kill()  # no warm shutdown: as if the host's worker crashed
+    first.process.wait()
+    assert nbd_read(url, tmp_path) == content(8)
+    nbd_write(url, 0xEE, 0, MiB)
+
+    start_worker()
+    assert user_client.delete(f"/api/machine/{machine.mac}/lease").status_code in (200, 204)
+    mount = wait_for_mount(NetworkMountState.DONE)
+
+    assert mount.result_version.sha256 == sha256(b"\xee" * MiB + content(8)[MiB:])
+    assert not nbd_reachable(url)
