@@ -189,6 +189,7 @@ SPECTACULAR_SETTINGS = {
         "MachineStateEnum": "flashing.models.MachineState",
         "MachineServiceStateEnum": "flashing.models.SERVICE_STATES",
         "DeploymentStateEnum": "flashing.models.DeploymentState",
+        "NetworkMountStateEnum": "flashing.models.NetworkMountState",
     },
 }
 
