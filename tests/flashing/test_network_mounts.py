@@ -418,3 +418,13 @@ def test_a_step_of_a_mount_at_work_makes_the_others_wait(
         assert served.state == NetworkMountState.ENDING and served.attempts == 0
 
     assert network_mount_finish(mount_id=served.pk) == "unchanged"
+
+
+def test_a_machine_with_a_live_mount_is_not_deleted(served, admin_client_api, machine):
+    Deployment.objects.filter(pk=served.deployment_id).update(state="done")
+
+    response = admin_client_api.delete(f"/api/machine/{machine.mac}")
+
+    assert response.status_code == 409
+    assert "mounted over the network" in response.json()["detail"]
+    assert NetworkMount.objects.filter(pk=served.pk).exists()
