@@ -302,6 +302,10 @@ BAAS_NBD_HOST = env.str("BAAS_NBD_HOST", default="")
 BAAS_NBD_PORTS = env.str("BAAS_NBD_PORTS", default="10809-10999")
 BAAS_NBD_DIR = Path(env.str("BAAS_NBD_DIR", default=str(VAR_DIR / "nbd")))
 BAAS_NBD_QUEUE = env.str("BAAS_NBD_QUEUE", default="")
+# Require TLS with a pre-shared key of each mount's own (given to its machine
+# only): without the key nobody connects or even learns the export's name.
+# Clients must support NBD over TLS-PSK (qemu-nbd, qemu-img, libnbd's nbdcopy).
+BAAS_NBD_TLS_PSK = env.bool("BAAS_NBD_TLS_PSK", default=False)
 
 LOGGING = {
     "version": 1,

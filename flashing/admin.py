@@ -349,8 +349,10 @@ class NetworkMountAdmin(AdministratorsOnly, admin.ModelAdmin):
     list_select_related = ["image", "version", "deployment", "result_version"]
     actions = ["end_selected", "retry_selected"]
 
+    exclude = ["tls_psk"]  # a secret of the machine's
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
-        return [f.name for f in NetworkMount._meta.fields]
+        return [f.name for f in NetworkMount._meta.fields if f.name != "tls_psk"]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -442,6 +442,9 @@ class NetworkMount(models.Model):
     version_number = models.PositiveIntegerField()
     disk = models.CharField(max_length=255, validators=[validate_target_disk])
     export_name = models.CharField(max_length=64, unique=True, editable=False)
+    tls_psk = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="TLS pre-shared key (hex), if required"
+    )
     host = models.CharField(max_length=255, blank=True, help_text="Where the server runs")
     port = models.PositiveIntegerField(null=True, blank=True)
     directory = models.CharField(max_length=1000, blank=True, help_text="Base and overlay")

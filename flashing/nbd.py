@@ -39,6 +39,9 @@ QEMU_IMG = "qemu-img"
 QEMU_NBD = "qemu-nbd"
 OVERLAY = "overlay.qcow2"
 PID_FILE = "qemu-nbd.pid"
+TLS_DIR = "tls"
+# The PSK identity clients give; the key itself is each mount's own.
+TLS_PSK_IDENTITY = "baas"
 MERGED = "merged.img"
 CHUNK = 1 << 20
 STOP_TIMEOUT = 30.0
@@ -221,17 +224,22 @@ def file_sha256(path: Path) -> tuple[int, str]:
 # --- The server --------------------------------------------------------------------
 
 
-def server_start(*, directory: Path, overlay: Path, bind: str, port: int, export_name: str) -> int:
+def server_start(
+    *, directory: Path, overlay: Path, bind: str, port: int, export_name: str, tls_psk: str = ""
+) -> int:
     """Start ``qemu-nbd`` exporting the overlay; returns its pid once it listens.
 
-    Raises PortInUse when the port is taken, NbdError for anything else.
-    ``--persistent`` keeps it serving when the machine disconnects (a reboot).
+    With ``tls_psk`` (hex), clients must negotiate TLS with that pre-shared
+    key (identity ``TLS_PSK_IDENTITY``) before anything else, listing exports
+    included. Raises PortInUse when the port is taken, NbdError for anything
+    else. ``--persistent`` keeps it serving when the machine disconnects (a reboot).
     """
     pid_file = directory / PID_FILE
     pid_file.unlink(missing_ok=True)
     result = _run(
         *(QEMU_NBD, "--fork", f"--pid-file={pid_file}", "--persistent", "--shared=2"),
         *(f"--bind={bind}", f"--port={port}", f"--export-name={export_name}"),
+        *_tls_args(directory, tls_psk),
         *("--format=qcow2", "--cache=writeback", "--discard=unmap", str(overlay)),
         timeout=60,
     )
@@ -244,6 +252,19 @@ def server_start(*, directory: Path, overlay: Path, bind: str, port: int, export
         return int(pid_file.read_text().strip())
     except (OSError, ValueError) as exc:
         raise NbdError(f"qemu-nbd started but left no pid file: {exc}") from exc
+
+
+def _tls_args(directory: Path, tls_psk: str) -> list[str]:
+    """qemu-nbd's options requiring TLS with ``tls_psk``, its key file written 0600."""
+    if not tls_psk:
+        return []
+    keys = directory / TLS_DIR
+    keys.mkdir(mode=0o700, exist_ok=True)
+    key_file = keys / "keys.psk"
+    key_file.touch(mode=0o600)
+    key_file.write_text(f"{TLS_PSK_IDENTITY}:{tls_psk}\n")
+    where = str(keys).replace(",", ",,")  # qemu's option syntax: a comma is doubled
+    return [f"--object=tls-creds-psk,id=tls0,endpoint=server,dir={where}", "--tls-creds=tls0"]
 
 
 def recorded_pid(directory: Path) -> int | None:

@@ -223,12 +223,13 @@ def _log_mounts(mounts: list[Any]) -> None:
     for mount in mounts:
         if isinstance(mount, dict):
             log.info(
-                "network mount: image %s v%s as %s at %s (%s)",
+                "network mount: image %s v%s as %s at %s (%s%s)",
                 mount.get("image"),
                 mount.get("version"),
                 mount.get("disk"),
                 mount.get("url") or "no URL yet",
                 mount.get("state"),
+                ", TLS with a pre-shared key" if mount.get("tls") else "",
             )
 
 

@@ -59,6 +59,11 @@ class WriteEntrySerializer(serializers.Serializer):
     compression = serializers.ChoiceField(choices=Compression.choices)
 
 
+class MountTlsSerializer(serializers.Serializer):
+    identity = serializers.CharField(help_text="The PSK identity (user name) to give")
+    psk = serializers.CharField(help_text="The pre-shared key, hex")
+
+
 class MountEntrySerializer(serializers.Serializer):
     image = serializers.UUIDField()
     version = serializers.IntegerField(help_text="The pinned version the export starts from")
@@ -66,6 +71,9 @@ class MountEntrySerializer(serializers.Serializer):
     state = serializers.ChoiceField(choices=NetworkMountState.choices)
     url = serializers.CharField(
         allow_null=True, help_text="nbd://host:port/export while served (state ready), else null"
+    )
+    tls = MountTlsSerializer(
+        allow_null=True, help_text="TLS with this pre-shared key is required (null: plain NBD)"
     )
 
 

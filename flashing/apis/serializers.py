@@ -28,7 +28,7 @@ from flashing.models import (
 )
 from flashing.selectors import lease_active
 from flashing.services.machines import DiskSpec
-from flashing.services.mounts import mount_url
+from flashing.services.mounts import mount_tls, mount_url
 
 # --- Machines ----------------------------------------------------------------------
 
@@ -261,6 +261,7 @@ class NetworkMountSerializer(serializers.ModelSerializer):
     image = serializers.UUIDField(source="image_id", allow_null=True)
     version = serializers.IntegerField(source="version_number")
     url = serializers.SerializerMethodField()
+    tls = serializers.SerializerMethodField()
     result_version = serializers.IntegerField(
         source="result_version.number",
         default=None,
@@ -269,13 +270,34 @@ class NetworkMountSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = NetworkMount
-        fields = ["image", "version", "disk", "state", "url", "error", "result_version", "ended_at"]
+        fields = [
+            "image",
+            "version",
+            "disk",
+            "state",
+            "url",
+            "tls",
+            "error",
+            "result_version",
+            "ended_at",
+        ]
 
     @extend_schema_field(
         {"type": "string", "nullable": True, "description": "nbd://host:port/export while served"}
     )
     def get_url(self, mount: NetworkMount) -> str | None:
         return mount_url(mount)
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"identity": {"type": "string"}, "psk": {"type": "string"}},
+            "description": "TLS with this pre-shared key is required (null: plain NBD)",
+        }
+    )
+    def get_tls(self, mount: NetworkMount) -> dict[str, str] | None:
+        return mount_tls(mount)
 
 
 class DeploymentDetailSerializer(DeploymentOutputSerializer):

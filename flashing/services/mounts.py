@@ -98,6 +98,13 @@ def mount_url(mount: NetworkMount) -> str | None:
     return f"nbd://{host}:{mount.port}/{mount.export_name}"
 
 
+def mount_tls(mount: NetworkMount) -> dict[str, str] | None:
+    """The TLS pre-shared key a client needs (None when the export is plain NBD)."""
+    if not mount.tls_psk:
+        return None
+    return {"identity": nbd.TLS_PSK_IDENTITY, "psk": mount.tls_psk}
+
+
 def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
     """The ``mounts`` of the agent's instructions: this deployment's network mounts only."""
     mounts = deployment.network_mounts.order_by("id")
@@ -108,6 +115,7 @@ def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
             "disk": mount.disk,
             "state": mount.state,
             "url": mount_url(mount),
+            "tls": mount_tls(mount),
         }
         for mount in mounts
     ]
@@ -179,6 +187,7 @@ def network_mounts_plan(*, deployment: Deployment) -> list[NetworkMount]:
             version_number=row.version_number,
             disk=row.disk,
             export_name=secrets.token_urlsafe(24),
+            tls_psk=secrets.token_hex(32) if settings.BAAS_NBD_TLS_PSK else "",
         )
         _event(mount, f"Starting the export for {_label(mount)}: nothing is written to the disk.")
         _on_commit_send("network_mount_start_task", mount_id=mount.pk)
@@ -293,6 +302,7 @@ def _listen(mount: NetworkMount, directory: Path, overlay: Path) -> tuple[int, i
                 bind=bind,
                 port=port,
                 export_name=mount.export_name,
+                tls_psk=mount.tls_psk,
             )
         except nbd.PortInUse:
             continue

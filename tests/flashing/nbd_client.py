@@ -42,3 +42,25 @@ def nbd_reachable(url: str) -> bool:
         ["qemu-img", "info", "-f", "raw", url], capture_output=True, text=True, timeout=30
     )
     return result.returncode == 0
+
+
+def nbd_read_tls(url: str, identity: str, psk: str, tmp_path: Path) -> bytes:
+    """The export's bytes through TLS with a pre-shared key, as a client that has it sees them."""
+    keys = tmp_path / f"psk-{uuid.uuid4().hex}"
+    keys.mkdir()
+    (keys / "keys.psk").write_text(f"{identity}:{psk}\n")
+    host_port, export = url.removeprefix("nbd://").split("/", 1)
+    host, port = host_port.rsplit(":", 1)
+    out = keys / "read.raw"
+    subprocess.run(
+        [
+            *("qemu-img", "convert", "-O", "raw"),
+            f"--object=tls-creds-psk,id=tls0,endpoint=client,dir={keys},username={identity}",
+            "--image-opts",
+            f"driver=nbd,host={host},port={port},export={export},tls-creds=tls0",
+            str(out),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return out.read_bytes()

@@ -8,6 +8,7 @@ them through a real Celery worker.
 from __future__ import annotations
 
 import random
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,15 @@ from flashing.services.mounts import (
 from flashing.services.pipeline import deployment_fail, machine_start_next
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
 from tests.flashing.factories import LeaseFactory, MachineFactory
-from tests.flashing.nbd_client import MiB, content, nbd_reachable, nbd_read, nbd_write, sha256
+from tests.flashing.nbd_client import (
+    MiB,
+    content,
+    nbd_reachable,
+    nbd_read,
+    nbd_read_tls,
+    nbd_write,
+    sha256,
+)
 from tests.flashing.test_agent_api import checked_in
 
 pytestmark = pytest.mark.django_db
@@ -134,6 +143,7 @@ def test_it_is_not_written_by_the_agent_and_only_its_own_agent_gets_the_url(
             "disk": "/dev/sdb",
             "state": "ready",
             "url": mount_url(served),
+            "tls": None,
         }
     ]
     assert served.export_name not in str(theirs)
@@ -332,6 +342,7 @@ def test_the_deployment_shows_its_mount_to_its_user_only(served, user, user_clie
             "disk": "/dev/sdb",
             "state": "ready",
             "url": mount_url(served),
+            "tls": None,
             "error": "",
             "result_version": None,
             "ended_at": None,
@@ -428,3 +439,28 @@ def test_a_machine_with_a_live_mount_is_not_deleted(served, admin_client_api, ma
     assert response.status_code == 409
     assert "mounted over the network" in response.json()["detail"]
     assert NetworkMount.objects.filter(pk=served.pk).exists()
+
+
+# --- TLS -------------------------------------------------------------------------------------
+
+
+def test_with_tls_only_a_client_with_the_mounts_key_connects(
+    user, machine, user_data, settings, tmp_path, django_capture_on_commit_callbacks
+):
+    settings.BAAS_NBD_TLS_PSK = True
+    deployment = started(
+        user, machine, network_setup(user, user_data), django_capture_on_commit_callbacks
+    )
+    mount = NetworkMount.objects.get(deployment=deployment)
+    assert network_mount_start(mount_id=mount.pk) == "ready"
+    mount.refresh_from_db()
+    url = mount_url(mount)
+
+    (entry,) = checked_in(machine).get("/api/agent/instructions").json()["mounts"]
+
+    assert entry["tls"] == {"identity": "baas", "psk": mount.tls_psk}
+    assert len(mount.tls_psk) == 64
+    assert not nbd_reachable(url)  # plain NBD is refused
+    assert nbd_read_tls(url, "baas", mount.tls_psk, tmp_path) == content(1)
+    with pytest.raises(subprocess.CalledProcessError):
+        nbd_read_tls(url, "baas", "00" * 32, tmp_path)
