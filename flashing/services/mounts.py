@@ -494,6 +494,15 @@ def network_mounts_retry(*, mounts: QuerySet[NetworkMount]) -> int:
     return len(live)
 
 
+def _backoff(attempts: int) -> timedelta:
+    """How long a starting or ending mount waits before its step is sent again.
+
+    Doubles with each failure (up to about two hours), so a mount whose
+    changes cannot be stored yet (a full quota) does not flood its event log.
+    """
+    return STALE * 2 ** min(attempts, 6)
+
+
 def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
     """End the mounts that are over; check the served ones; resend lost starts and ends."""
     now = now or timezone.now()
@@ -507,7 +516,7 @@ def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
         if mount.state == READY:
             _send("network_mount_start_task", mount_id=mount.pk)  # restarts a dead server
             counts["checked"] += 1
-        elif now - mount.updated_at > STALE:
+        elif now - mount.updated_at > _backoff(mount.attempts):
             step = "finish" if mount.state == ENDING else "start"
             _send(f"network_mount_{step}_task", mount_id=mount.pk)
             counts["resent"] += 1
