@@ -8,15 +8,18 @@ stores the machine's changes as the next version.
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 
 from catalogue.models import ImageType, Mount, Version
 from catalogue.services.setups import setup_image_add
 from flashing import nbd
 from flashing.models import NetworkMount, NetworkMountState
 from flashing.services.mounts import mount_url
+from flashing.tasks import network_mounts_reconcile_task
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
 from tests.flashing.nbd_client import (
     MiB,
@@ -101,3 +104,25 @@ def test_the_export_outlives_the_worker_that_started_it(
 
     assert mount.result_version.sha256 == sha256(b"\xee" * MiB + content(8)[MiB:])
     assert not nbd_reachable(url)
+
+
+def test_the_beat_sends_a_lost_end_again(
+    celery_worker, stop_servers, user, user_client, machine, tmp_path
+):
+    image = ImageFactory(owner=user, type=ImageType.USER_DATA, target_disk="/dev/sdb")
+    write_version(image, 0, content(9))
+    setup = ImageSetupFactory(owner=user)
+    setup_image_add(
+        actor=user, setup=setup, image=image, version_number=0, sync=True, mount=Mount.NETWORK
+    )
+    user_client.post(f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json")
+    mount = wait_for_mount(NetworkMountState.READY)
+    nbd_write(mount_url(mount), 0x77, 0, 4096)
+    # The lease ended, but the task that should have ended the mount was lost.
+    long_ago = timezone.now() - timedelta(hours=1)
+    NetworkMount.objects.filter(pk=mount.pk).update(state="ending", updated_at=long_ago)
+
+    network_mounts_reconcile_task.delay()
+
+    mount = wait_for_mount(NetworkMountState.DONE)
+    assert mount.result_version.sha256 == sha256(b"\x77" * 4096 + content(9)[4096:])
