@@ -92,11 +92,17 @@ def end_lease(user, machine, django_capture_on_commit_callbacks) -> None:
         lease_end(actor=user, lease=machine.leases.get(ended_at=None))
 
 
+def system_version(user, seed: int = 3):
+    """A system image flashed onto /dev/sda: its deployment goes through the management OS."""
+    return write_version(ImageFactory(owner=user, target_disk="/dev/sda"), 0, content(seed, MiB))
+
+
 @pytest.fixture
 def served(user, machine, user_data, django_capture_on_commit_callbacks):
-    """A deployment of a setup with ``user_data`` network-mounted, its export started."""
-    setup = network_setup(user, user_data)
+    """A deployment flashing a system and network-mounting ``user_data``, its export started."""
+    setup = network_setup(user, user_data, system_version(user))
     deployment = started(user, machine, setup, django_capture_on_commit_callbacks)
+    assert deployment.state == "booting"
     mount = NetworkMount.objects.get(deployment=deployment)
     assert network_mount_start(mount_id=mount.pk) == "ready"
     mount.refresh_from_db()
@@ -126,16 +132,17 @@ def test_it_is_not_written_by_the_agent_and_only_its_own_agent_gets_the_url(
     other_machine = MachineFactory()
     LeaseFactory(machine=other_machine, user=user)
     other_version = write_version(
-        ImageFactory(owner=user, type=ImageType.USER_DATA), 0, content(2, MiB)
+        ImageFactory(owner=user, type=ImageType.USER_DATA, target_disk="/dev/sdb"),
+        0,
+        content(2, MiB),
     )
-    started(
-        user, other_machine, network_setup(user, other_version), django_capture_on_commit_callbacks
-    )
+    setup = network_setup(user, other_version, system_version(user, 4))
+    started(user, other_machine, setup, django_capture_on_commit_callbacks)
 
     mine = checked_in(machine).get("/api/agent/instructions").json()
     theirs = checked_in(other_machine).get("/api/agent/instructions").json()
 
-    assert mine["write"] == [] and mine["sync"] == []
+    assert str(user_data.image_id) not in str(mine["write"]) and mine["sync"] == []
     assert mine["mounts"] == [
         {
             "image": str(user_data.image_id),
@@ -149,6 +156,20 @@ def test_it_is_not_written_by_the_agent_and_only_its_own_agent_gets_the_url(
     assert served.export_name not in str(theirs)
     assert [m["image"] for m in theirs["mounts"]] == [str(other_version.image_id)]
     assert theirs["mounts"][0]["url"] is None  # not started yet: no URL
+
+
+def test_a_setup_of_network_mounts_only_skips_the_management_os(
+    user, machine, user_data, tmp_path, django_capture_on_commit_callbacks
+):
+    deployment = started(
+        user, machine, network_setup(user, user_data), django_capture_on_commit_callbacks
+    )
+
+    assert deployment.state == "done"  # nothing to write: the machine boots at once
+    mount = NetworkMount.objects.get(deployment=deployment)
+    assert network_mount_start(mount_id=mount.pk) == "ready"
+    mount.refresh_from_db()
+    assert nbd_read(mount_url(mount), tmp_path) == content(1)
 
 
 def test_a_flashed_image_of_the_same_setup_is_still_written(
@@ -448,9 +469,8 @@ def test_with_tls_only_a_client_with_the_mounts_key_connects(
     user, machine, user_data, settings, tmp_path, django_capture_on_commit_callbacks
 ):
     settings.BAAS_NBD_TLS_PSK = True
-    deployment = started(
-        user, machine, network_setup(user, user_data), django_capture_on_commit_callbacks
-    )
+    setup = network_setup(user, user_data, system_version(user))
+    deployment = started(user, machine, setup, django_capture_on_commit_callbacks)
     mount = NetworkMount.objects.get(deployment=deployment)
     assert network_mount_start(mount_id=mount.pk) == "ready"
     mount.refresh_from_db()
