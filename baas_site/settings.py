@@ -189,6 +189,7 @@ SPECTACULAR_SETTINGS = {
         "MachineStateEnum": "flashing.models.MachineState",
         "MachineServiceStateEnum": "flashing.models.SERVICE_STATES",
         "DeploymentStateEnum": "flashing.models.DeploymentState",
+        "NetworkMountStateEnum": "flashing.models.NetworkMountState",
     },
 }
 
@@ -239,6 +240,12 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalogue.versions_map_missing",
         "schedule": 3600.0,
     },
+    # Ends network mounts whose lease or deployment is over, restarts exports that
+    # died, and retries mounts whose start or end did not finish.
+    "network-mounts-reconcile": {
+        "task": "flashing.network_mounts_reconcile",
+        "schedule": float(env.int("BAAS_NBD_RECONCILE_INTERVAL", default=60)),
+    },
     # Deletes versions beyond each image's keep_versions (also run after each upload).
     "catalogue-versions-prune": {
         "task": "catalogue.versions_prune",
@@ -283,6 +290,22 @@ BAAS_PROGRESS_TIMEOUT = env.int("BAAS_PROGRESS_TIMEOUT", default=300)
 BAAS_DEPLOY_RETRIES = env.int("BAAS_DEPLOY_RETRIES", default=2)
 # The longest a power driver call (ipmitool, a Redfish request, a command) may take.
 BAAS_POWER_TIMEOUT = env.int("BAAS_POWER_TIMEOUT", default=120)
+# Network mounts of user data images (flashing.services.mounts): qemu-nbd exports
+# on BAAS_NBD_BIND, one port of BAAS_NBD_PORTS ("first-last") each. NBD has no
+# authentication: bind to the lab network's address only (the default exports
+# nothing beyond this host). Machines connect to BAAS_NBD_HOST (empty: the bind
+# address, or BAAS_PUBLIC_URL's host when bound to every address). Base copies
+# and overlays live in BAAS_NBD_DIR on the host whose workers take the
+# BAAS_NBD_QUEUE queue (empty: the default queue, for a single worker host).
+BAAS_NBD_BIND = env.str("BAAS_NBD_BIND", default="127.0.0.1")
+BAAS_NBD_HOST = env.str("BAAS_NBD_HOST", default="")
+BAAS_NBD_PORTS = env.str("BAAS_NBD_PORTS", default="10809-10999")
+BAAS_NBD_DIR = Path(env.str("BAAS_NBD_DIR", default=str(VAR_DIR / "nbd")))
+BAAS_NBD_QUEUE = env.str("BAAS_NBD_QUEUE", default="")
+# Require TLS with a pre-shared key of each mount's own (given to its machine
+# only): without the key nobody connects or even learns the export's name.
+# Clients must support NBD over TLS-PSK (qemu-nbd, qemu-img, libnbd's nbdcopy).
+BAAS_NBD_TLS_PSK = env.bool("BAAS_NBD_TLS_PSK", default=False)
 
 LOGGING = {
     "version": 1,

@@ -27,7 +27,7 @@ from accounts.models import Role, User
 from accounts.services import audit_record
 from baas_site.admin import AdministratorsOnly
 from baas_site.errors import error_text
-from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Version
+from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Mount, Version
 from catalogue.services import images as image_services
 from catalogue.services.compression import compression_schedule_for_image
 from catalogue.services.setups import effective_sync, frozen_image_check
@@ -305,11 +305,12 @@ class FrozenImageForm(forms.ModelForm):
 
     class Meta:
         model = ImageFrozen
-        fields = ["image", "version", "sync", "target_disk"]
+        fields = ["image", "version", "sync", "target_disk", "mount"]
 
     def __init__(self, *args, setup: ImageSetup | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.setup = setup
+        self.fields["mount"].required = False  # not given: the model's default, flashed
 
     def clean(self) -> dict:
         data = super().clean()
@@ -326,6 +327,7 @@ class FrozenImageForm(forms.ModelForm):
             version=data.get("version"),
             sync=data["sync"],
             target_disk=data.get("target_disk", ""),
+            mount=data.get("mount") or Mount.FLASH,
             exclude_pk=self.instance.pk,
         )
         return data
@@ -335,7 +337,7 @@ class FrozenImageInline(AdministratorsOnly, admin.TabularInline):
     model = ImageFrozen
     form = FrozenImageForm
     formset = FrozenImageFormSet
-    fields = ["image", "version", "sync", "target_disk"]
+    fields = ["image", "version", "sync", "target_disk", "mount"]
     raw_id_fields = ["image", "version"]
     extra = 0
 

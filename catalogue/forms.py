@@ -19,10 +19,12 @@ from rest_framework.exceptions import APIException
 from accounts import rules
 from baas_site.errors import error_messages
 from catalogue.models import (
+    MOUNT_HELP,
     Compression,
     FileStandard,
     Image,
     ImageType,
+    Mount,
     TransferProtocol,
     validate_image_name,
     validate_target_disk,
@@ -108,7 +110,7 @@ class SetupForm(forms.Form):
 
 
 class FrozenImageForm(forms.Form):
-    """Pick one version of one image (``<image uuid>:<number>``), its sync flag and disk."""
+    """Pick one version of one image (``<image uuid>:<number>``), its sync flag, disk and mount."""
 
     version = forms.ChoiceField(label="Image and version")
     sync = forms.BooleanField(
@@ -123,6 +125,13 @@ class FrozenImageForm(forms.Form):
         validators=[validate_target_disk],
         help_text="Leave empty to use the image's own target disk.",
     )
+    mount = forms.ChoiceField(
+        choices=Mount.choices,
+        initial=Mount.FLASH,
+        required=False,  # as in the API: not given means flashed
+        label="How the machine gets it",
+        help_text=MOUNT_HELP,
+    )
 
     def __init__(self, *args: Any, images: Iterable[Image], **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -130,6 +139,9 @@ class FrozenImageForm(forms.Form):
             (f"{image.name} ({image.owner.username}, {image.get_type_display()})", _options(image))
             for image in images
         ]
+
+    def clean_mount(self) -> str:
+        return self.cleaned_data["mount"] or Mount.FLASH
 
     def clean_version(self) -> tuple[uuid.UUID, int]:
         image_id, _, number = self.cleaned_data["version"].partition(":")

@@ -60,6 +60,23 @@ class TransferProtocol(models.TextChoices):
     HTTP = "http", "HTTP"
 
 
+class Mount(models.TextChoices):
+    """How a setup puts an image on a machine: written to its disk, or served over the network."""
+
+    FLASH = "flash", "Flashed onto the disk"
+    NETWORK = "network", "Mounted over the network (NBD)"
+
+
+# Shown wherever a user chooses how an image is mounted (setup page, API schema, admin).
+MOUNT_HELP = (
+    "User data images only. Flashed: written to the machine's disk before it boots, "
+    "read back after use. Mounted over the network: nothing is written, so the machine "
+    "boots sooner, but every read and write crosses the network (slower than a local disk); "
+    "the server keeps the changes and stores them as the image's next version when the "
+    "lease ends."
+)
+
+
 class Image(models.Model):
     """An image; its type, format and target hold for every version."""
 
@@ -184,7 +201,9 @@ class ImageFrozen(models.Model):
     """One image pinned at one version inside a setup.
 
     ``target_disk`` overrides the image's own when set; ``sync`` uploads the
-    disk back as the image's next version after use.
+    disk back as the image's next version after use. ``mount`` says whether the
+    image is flashed onto the disk or served to the machine over the network
+    (user data images only; ``flashing.services.mounts``).
     """
 
     setup = models.ForeignKey(ImageSetup, on_delete=models.CASCADE, related_name="frozen_images")
@@ -192,6 +211,9 @@ class ImageFrozen(models.Model):
     version = models.ForeignKey(Version, on_delete=models.PROTECT, related_name="frozen_in")
     sync = models.BooleanField(default=False)
     target_disk = models.CharField(max_length=255, blank=True, validators=[validate_target_disk])
+    mount = models.CharField(
+        max_length=8, choices=Mount.choices, default=Mount.FLASH, help_text=MOUNT_HELP
+    )
 
     class Meta:
         ordering = ["setup", "id"]
@@ -206,6 +228,27 @@ class ImageFrozen(models.Model):
     def disk(self) -> str:
         return self.target_disk or self.image.target_disk
 
+    @property
+    def is_network_mount(self) -> bool:
+        return self.mount == Mount.NETWORK
+
     def clean(self) -> None:
         if self.version_id and self.image_id and self.version.image_id != self.image_id:
             raise ValidationError({"version": "This version belongs to another image."})
+        if self.image_id:
+            validate_mount(self.image.type, self.mount)
+
+
+def validate_mount(image_type: str, mount: str) -> None:
+    """One home for the rule: only user data images may be mounted over the network."""
+    if mount not in Mount.values:
+        choices = ", ".join(f"'{value}'" for value in Mount.values)
+        message = f"'{mount}' is not a way to mount an image: use {choices}."
+        raise ValidationError({"mount": message})
+    if mount == Mount.NETWORK and image_type != ImageType.USER_DATA:
+        raise ValidationError(
+            {
+                "mount": "Only user data images can be mounted over the network; "
+                "this one is flashed onto the disk."
+            }
+        )

@@ -201,6 +201,7 @@ def setup_detail(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
                 version_number=number,
                 sync=form.cleaned_data["sync"],
                 target_disk=form.cleaned_data["target_disk"],
+                mount=form.cleaned_data["mount"],
             )
         except api_errors.APIException as exc:
             add_service_errors(form, exc)

@@ -31,6 +31,7 @@ from flashing.models import (
     Machine,
     MachineDisk,
     MachineState,
+    NetworkMount,
     UnknownMac,
     mask_power_settings,
 )
@@ -38,6 +39,7 @@ from flashing.services.common import Conflict
 from flashing.services.deployments import deployment_cancel, deployment_enqueue
 from flashing.services.leases import lease_end
 from flashing.services.machines import machine_set_state, power_settings_merge
+from flashing.services.mounts import network_mount_end, network_mounts_retry
 
 
 class MacAddressInline(admin.TabularInline):
@@ -323,3 +325,45 @@ class UnknownMacAdmin(AdministratorsOnly, admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(NetworkMount)
+class NetworkMountAdmin(AdministratorsOnly, admin.ModelAdmin):
+    """Network mounts, read-only: they start and end through the services and the beat."""
+
+    list_display = [
+        "id",
+        "image",
+        "version",
+        "deployment",
+        "state",
+        "host",
+        "port",
+        "attempts",
+        "result_version",
+        "created_at",
+        "ended_at",
+    ]
+    list_filter = ["state", "host"]
+    search_fields = ["image__name", "deployment__machine__name", "error"]
+    list_select_related = ["image", "version", "deployment", "result_version"]
+    actions = ["end_selected", "retry_selected"]
+
+    exclude = ["tls_psk"]  # a secret of the machine's
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        return [f.name for f in NetworkMount._meta.fields if f.name != "tls_psk"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    @admin.action(description="End the selected mounts now (their changes are stored)")
+    def end_selected(self, request: HttpRequest, queryset: QuerySet[NetworkMount]) -> None:
+        why = f"Ended by {request.user} in the admin."
+        ended = sum(1 for mount in queryset if network_mount_end(mount=mount, why=why))
+        self.message_user(request, f"Ending {ended} mount(s).", messages.SUCCESS)
+
+    @admin.action(description="Retry the step the selected mounts are stuck in")
+    def retry_selected(self, request: HttpRequest, queryset: QuerySet[NetworkMount]) -> None:
+        retried = network_mounts_retry(mounts=queryset)
+        self.message_user(request, f"Retrying {retried} mount(s).", messages.SUCCESS)

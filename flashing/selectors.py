@@ -113,7 +113,14 @@ def deployment_list(
 def deployment_get(*, user: Any, deployment_id: int) -> Deployment:
     """One deployment with its event log, if ``user`` may read it; 404 otherwise."""
     deployment = (
-        deployment_queryset().prefetch_related("events__actor").filter(pk=deployment_id).first()
+        deployment_queryset()
+        .prefetch_related(
+            "events__actor",
+            "network_mounts__image",
+            "network_mounts__result_version",
+        )
+        .filter(pk=deployment_id)
+        .first()
     )
     if deployment is None or not rules.can_read_deployment(user, deployment):
         raise Http404("No such deployment, or not yours.")

@@ -13,10 +13,18 @@ from celery import shared_task
 from django.utils import timezone
 
 from flashing.services.leases import leases_expire
+from flashing.services.mounts import (
+    network_mount_finish,
+    network_mount_start,
+    network_mounts_reconcile,
+)
 from flashing.services.pipeline import deployment_power, deployments_watchdog, machine_advance
 from flashing.services.tokens import tokens_purge
 
 LIMITS = {"acks_late": True, "soft_time_limit": 240, "time_limit": 300}
+# Network mounts decompress and upload whole images: the global (long) limits apply.
+MOUNT_RETRIES = {"acks_late": True, "bind": True, "max_retries": 4}
+MOUNT_RETRY_SECONDS = 30
 
 
 @shared_task(name="flashing.leases_expire", **LIMITS)
@@ -43,3 +51,27 @@ def deployments_watchdog_task() -> dict[str, int]:
     counts = deployments_watchdog(now=timezone.now())
     tokens_purge(before=timezone.now() - timedelta(days=7))
     return counts
+
+
+@shared_task(name="flashing.network_mount_start", **MOUNT_RETRIES)
+def network_mount_start_task(self, mount_id: int) -> str:
+    """Serve a network mount over NBD, or serve it again if its server died; retried on failure."""
+    outcome = network_mount_start(mount_id=mount_id)
+    if outcome == "failed" and self.request.retries < self.max_retries:
+        raise self.retry(countdown=MOUNT_RETRY_SECONDS)
+    return outcome
+
+
+@shared_task(name="flashing.network_mount_finish", **MOUNT_RETRIES)
+def network_mount_finish_task(self, mount_id: int) -> str:
+    """Stop a network mount's export and store its changes as the next version; retried."""
+    outcome = network_mount_finish(mount_id=mount_id)
+    if outcome in ("failed", "busy") and self.request.retries < self.max_retries:
+        raise self.retry(countdown=MOUNT_RETRY_SECONDS)
+    return outcome
+
+
+@shared_task(name="flashing.network_mounts_reconcile", **LIMITS)
+def network_mounts_reconcile_task() -> dict[str, int]:
+    """End mounts that are over, restart dead exports, resend lost steps (beat)."""
+    return network_mounts_reconcile(now=timezone.now())

@@ -35,6 +35,7 @@ from flashing.models import (
 )
 from flashing.services import deployments as deployment_services
 from flashing.services import leases as lease_services
+from flashing.services.mounts import mount_url
 
 
 def _machine(mac: str) -> Machine:
@@ -182,6 +183,8 @@ def _image_label(item: DeploymentImage) -> str:
     name = item.image.name if item.image else "a deleted image"
     if item.direction == DeploymentImage.Direction.SYNC:
         return f"Bring back {item.disk} as {name}"
+    if item.direction == DeploymentImage.Direction.MOUNT:
+        return f"Serve {name} v{item.version_number} over the network as {item.disk}"
     if item.image and item.image.type == ImageType.BOOT:
         return f"Boot {name} v{item.version_number} over the network (a boot image)"
     return f"Write {name} v{item.version_number} to {item.disk}"
@@ -200,6 +203,7 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
         "image_names": labels,
         "state_labels": dict(DeploymentState.choices),
         "events": list(deployment.events.all()),
+        "mounts": [(mount, mount_url(mount)) for mount in deployment.network_mounts.all()],
         "finished": deployment.state in FINAL_STATES,
         "can_cancel": deployment.state == DeploymentState.QUEUED
         and rules.can_cancel_deployment(request.user, deployment),

@@ -89,6 +89,8 @@ def _worker_env(disk_root: Path) -> dict[str, str]:
         DATABASE_URL=database_url(django_settings.DATABASES["default"]),
         CELERY_BROKER_URL=REDIS_URL,
         BAAS_DISK_ROOT=str(disk_root),
+        # Network mounts' base copies and overlays, beside the image root.
+        BAAS_NBD_DIR=str(disk_root.with_name(f"{disk_root.name}-nbd")),
         PYTHONUNBUFFERED="1",
     )
     return env

@@ -214,7 +214,23 @@ def _instructions(data: Any) -> tuple[list[SyncInstruction], list[WriteInstructi
     syncs = [SyncInstruction.from_json(item) for item in data.get("sync") or []]
     writes = [WriteInstruction.from_json(item) for item in data.get("write") or []]
     log.info("instructions: %d to sync, %d to write", len(syncs), len(writes))
+    _log_mounts(data.get("mounts") or [])
     return syncs, writes
+
+
+def _log_mounts(mounts: list[Any]) -> None:
+    """Network mounts are the system's to attach (the agent writes nothing for them): logged."""
+    for mount in mounts:
+        if isinstance(mount, dict):
+            log.info(
+                "network mount: image %s v%s as %s at %s (%s%s)",
+                mount.get("image"),
+                mount.get("version"),
+                mount.get("disk"),
+                mount.get("url") or "no URL yet",
+                mount.get("state"),
+                ", TLS with a pre-shared key" if mount.get("tls") else "",
+            )
 
 
 def _step(label: str, action: Callable[[], T]) -> T:

@@ -13,7 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from catalogue.models import Image, ImageFrozen, ImageSetup
+from catalogue.models import MOUNT_HELP, Image, ImageFrozen, ImageSetup, Mount
 from catalogue.selectors import setups as selectors
 from catalogue.services import setups as services
 
@@ -36,6 +36,7 @@ class FrozenImageOutputSerializer(serializers.ModelSerializer):
             "sync",
             "target_disk",
             "disk",
+            "mount",
         ]
 
 
@@ -70,6 +71,9 @@ class FrozenImageInputSerializer(serializers.Serializer):
         default="",
         allow_blank=True,
         help_text="Overrides the image's target disk.",
+    )
+    mount = serializers.ChoiceField(
+        choices=Mount.choices, default=Mount.FLASH, help_text=MOUNT_HELP
     )
 
 
@@ -155,6 +159,7 @@ class SetupImagesApi(APIView):
             version_number=values["version"],
             sync=values["sync"],
             target_disk=values["target_disk"],
+            mount=values["mount"],
         )
         return Response(FrozenImageOutputSerializer(frozen).data, status=status.HTTP_201_CREATED)
 

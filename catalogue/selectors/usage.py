@@ -89,7 +89,8 @@ def versions_kept_of(*, image: Image) -> set[int]:
     """Ids of ``image``'s versions that must not be pruned.
 
     Pinned by a setup, on a machine's disk now (flashing's record of disk
-    contents), or written or brought back by a queued or running deployment.
+    contents), written or brought back by a queued or running deployment, or
+    the base of a network mount that is not over.
     """
     disk_content = apps.get_model("flashing", "DiskContent")
     pinned = ImageFrozen.objects.filter(image=image).values_list("version_id", flat=True)
@@ -101,4 +102,11 @@ def versions_kept_of(*, image: Image) -> set[int]:
         .filter(version__image=image)
         .values_list("version_id", flat=True)
     )
-    return set(pinned) | set(on_disk) | set(deploying)
+    mounted = network_mounts_live().filter(image=image).values_list("version_id", flat=True)
+    return set(pinned) | set(on_disk) | set(deploying) | set(mounted)
+
+
+def network_mounts_live() -> QuerySet:
+    """Flashing's network mounts that are not over (their image and version are in use)."""
+    network_mount = apps.get_model("flashing", "NetworkMount")
+    return network_mount.objects.filter(state__in=["starting", "ready", "ending"])

@@ -34,6 +34,7 @@ from catalogue.models import (
     Version,
 )
 from catalogue.selectors.setups import describe_setups, setups_pinning
+from catalogue.selectors.usage import network_mounts_live
 from catalogue.services.bootfiles import boot_cache_forget
 from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
 
@@ -338,7 +339,8 @@ def _full_clean(image: Image) -> None:
 def image_delete(*, actor: Any, image: Image) -> None:
     """Delete an image, its versions, and (after the commit) its files.
 
-    Refused with 409 while a setup pins any of its versions, naming the setups.
+    Refused with 409 while a setup pins any of its versions, naming the setups,
+    and while a machine has it mounted over the network.
     Raises PermissionDenied if ``actor`` may not delete it.
     """
     if not rules.can_delete_image(actor, image):
@@ -364,4 +366,9 @@ def _check_not_pinned(image: Image) -> None:
         raise ImageConflict(
             f'The image "{image.name}" is pinned in the setup(s) {describe_setups(setups)}: '
             "remove it from them before deleting it."
+        )
+    if network_mounts_live().filter(image=image).exists():
+        raise ImageConflict(
+            f'The image "{image.name}" is mounted over the network by a machine; it can be '
+            "deleted once that lease ends and its changes are stored."
         )

@@ -6,6 +6,7 @@ the API (through ``setup_image_add``) and the admin inline form alike:
 * only images the setup's *owner* may read;
 * a version of that image that exists;
 * ``sync`` only on images the owner may write, and always on for user data;
+* ``mount="network"`` (served over NBD instead of flashed) only for user data;
 * no image twice, and no two images on the same disk;
 * at most one boot image, a version of it BAAS can boot (a boot partition
   with a kernel: ``catalogue.services.bootfiles``), never synced back, and on
@@ -32,7 +33,9 @@ from catalogue.models import (
     ImageFrozen,
     ImageSetup,
     ImageType,
+    Mount,
     Version,
+    validate_mount,
     validate_target_disk,
 )
 from catalogue.services.bootfiles import (
@@ -163,6 +166,7 @@ def frozen_image_check(
     version: Version | None,
     sync: bool,
     target_disk: str = "",
+    mount: str = Mount.FLASH,
     exclude_pk: int | None = None,
 ) -> None:
     """Raise Django's ``ValidationError`` unless ``image`` at ``version`` may join ``setup``.
@@ -172,6 +176,7 @@ def frozen_image_check(
     pass it through ``effective_sync`` first.
     """
     _check_rights(setup.owner, image, sync)
+    validate_mount(image.type, mount)
     if version is None or version.image_id != image.pk:
         raise DjangoValidationError({"version": f'"{image.name}" has no such version.'})
     if target_disk:
@@ -244,6 +249,7 @@ def setup_image_add(
     version_number: int,
     sync: bool = False,
     target_disk: str = "",
+    mount: str = Mount.FLASH,
 ) -> ImageFrozen:
     """Pin ``image`` at ``version_number`` into ``setup``; 400 or 409 when a rule forbids it.
 
@@ -257,12 +263,17 @@ def setup_image_add(
     sync = effective_sync(image, sync)
     try:
         frozen_image_check(
-            setup=setup, image=image, version=version, sync=sync, target_disk=target_disk
+            setup=setup,
+            image=image,
+            version=version,
+            sync=sync,
+            target_disk=target_disk,
+            mount=mount,
         )
     except DjangoValidationError as exc:
         raise_api_error(exc)
     frozen = ImageFrozen.objects.create(
-        setup=setup, image=image, version=version, sync=sync, target_disk=target_disk
+        setup=setup, image=image, version=version, sync=sync, target_disk=target_disk, mount=mount
     )
     audit_record(
         actor=actor,
@@ -272,6 +283,7 @@ def setup_image_add(
         version=version_number,
         sync=sync,
         disk=frozen.disk,
+        mount=mount,
     )
     setup.save(update_fields=["updated_at"])
     return frozen

@@ -13,6 +13,7 @@ from rest_framework.views import APIView
 
 from catalogue.models import Compression
 from flashing.authentication import AgentTokenAuthentication, is_agent
+from flashing.models import NetworkMountState
 from flashing.services import agent as services
 
 
@@ -58,10 +59,31 @@ class WriteEntrySerializer(serializers.Serializer):
     compression = serializers.ChoiceField(choices=Compression.choices)
 
 
+class MountTlsSerializer(serializers.Serializer):
+    identity = serializers.CharField(help_text="The PSK identity (user name) to give")
+    psk = serializers.CharField(help_text="The pre-shared key, hex")
+
+
+class MountEntrySerializer(serializers.Serializer):
+    image = serializers.UUIDField()
+    version = serializers.IntegerField(help_text="The pinned version the export starts from")
+    disk = serializers.CharField(help_text="The disk the system expects this image as")
+    state = serializers.ChoiceField(choices=NetworkMountState.choices)
+    url = serializers.CharField(
+        allow_null=True, help_text="nbd://host:port/export while served (state ready), else null"
+    )
+    tls = MountTlsSerializer(
+        allow_null=True, help_text="TLS with this pre-shared key is required (null: plain NBD)"
+    )
+
+
 class InstructionsSerializer(serializers.Serializer):
     deployment = serializers.IntegerField()
     sync = SyncEntrySerializer(many=True)
     write = WriteEntrySerializer(many=True)
+    mounts = MountEntrySerializer(
+        many=True, help_text="User data images served over the network (NBD): not written"
+    )
 
 
 class ProgressInputSerializer(serializers.Serializer):

@@ -21,12 +21,14 @@ from flashing.models import (
     DiskContent,
     Lease,
     Machine,
+    NetworkMount,
     PowerDriver,
     mask_power_settings,
     normalize_mac,
 )
 from flashing.selectors import lease_active
 from flashing.services.machines import DiskSpec
+from flashing.services.mounts import mount_tls, mount_url
 
 # --- Machines ----------------------------------------------------------------------
 
@@ -255,8 +257,57 @@ class DeploymentOutputSerializer(serializers.ModelSerializer):
         return getattr(deployment, "position", None)
 
 
+class NetworkMountSerializer(serializers.ModelSerializer):
+    image = serializers.UUIDField(source="image_id", allow_null=True)
+    version = serializers.IntegerField(source="version_number")
+    url = serializers.SerializerMethodField()
+    tls = serializers.SerializerMethodField()
+    result_version = serializers.IntegerField(
+        source="result_version.number",
+        default=None,
+        help_text="The version its changes became, once ended (null: none, or unchanged)",
+    )
+
+    class Meta:
+        model = NetworkMount
+        fields = [
+            "image",
+            "version",
+            "disk",
+            "state",
+            "url",
+            "tls",
+            "error",
+            "result_version",
+            "ended_at",
+        ]
+
+    @extend_schema_field(
+        {"type": "string", "nullable": True, "description": "nbd://host:port/export while served"}
+    )
+    def get_url(self, mount: NetworkMount) -> str | None:
+        return mount_url(mount)
+
+    @extend_schema_field(
+        {
+            "type": "object",
+            "nullable": True,
+            "properties": {"identity": {"type": "string"}, "psk": {"type": "string"}},
+            "description": "TLS with this pre-shared key is required (null: plain NBD)",
+        }
+    )
+    def get_tls(self, mount: NetworkMount) -> dict[str, str] | None:
+        return mount_tls(mount)
+
+
 class DeploymentDetailSerializer(DeploymentOutputSerializer):
     events = DeploymentEventSerializer(many=True, read_only=True)
+    network_mounts = NetworkMountSerializer(
+        many=True,
+        read_only=True,
+        help_text="User data images served over the network instead of flashed: faster boot, "
+        "slower access; their changes become new versions when the lease ends.",
+    )
 
     class Meta(DeploymentOutputSerializer.Meta):
-        fields = [*DeploymentOutputSerializer.Meta.fields, "events"]
+        fields = [*DeploymentOutputSerializer.Meta.fields, "network_mounts", "events"]

@@ -29,6 +29,7 @@ from flashing.models import (
 )
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
 from flashing.services.deployments import TRANSITIONS, deployment_set_state
+from flashing.services.mounts import mount_entries
 from flashing.services.pipeline import deployment_fail, machine_kick
 from flashing.services.tokens import token_consume, token_mint, tokens_revoke
 
@@ -153,6 +154,7 @@ def agent_instructions(*, principal: Any) -> dict[str, Any]:
             "deployment": deployment.pk,
             "sync": [_sync_entry(row) for row in rows if row.direction == S and row.image_id],
             "write": [_write_entry(row) for row in writes],
+            "mounts": mount_entries(deployment=deployment),
         }
     except Conflict as exc:
         deployment_fail(actor=None, deployment=deployment, reason=str(exc.detail))

@@ -80,8 +80,8 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
     for item in frozen:
         if not rules.can_read_image(setup.owner, item.image):
             raise Conflict(f'{setup.owner} may no longer read "{item.image.name}" of this setup.')
-        if not disks or item.image.type == ImageType.BOOT:
-            continue
+        if not disks or item.image.type == ImageType.BOOT or item.is_network_mount:
+            continue  # served over the network: it takes no disk of the machine
         disk = disk_of(item.disk, disks)
         if disk is None:
             known = ", ".join(sorted(disks))

@@ -5,8 +5,8 @@ when not given); the same call by the holder extends it, as long as the whole
 lease stays within ``BAAS_LEASE_MAX_HOURS`` of its start. When a lease ends —
 released, or expired and found by ``leases_expire`` (Celery beat) or by the
 next request on the machine — its queued deployments are cancelled, a reset
-is queued (sync images back, default setup flashed) and the machine is free
-for the next user.
+is queued (sync images back, default setup flashed), its network mounts end
+(their changes stored as new versions) and the machine is free for the next user.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from accounts.services import audit_record
 from flashing.models import OUT_OF_SERVICE, Lease, LeaseEndReason, Machine
 from flashing.services.common import Conflict, actor_or_none, lock, lock_machine
 from flashing.services.machines import machine_settle_state
+from flashing.services.mounts import network_mounts_end
 from flashing.services.queue import deployment_queue_reset, deployments_cancel_queued
 
 
@@ -106,6 +107,7 @@ def _end(*, actor: Any, machine: Machine, lease: Lease, reason: str, now: dateti
     audit_record(actor=actor, action=f"lease.{reason}", target=lease, machine=machine.name)
     why = f"{lease.user}'s lease ended ({reason})."
     deployments_cancel_queued(actor=actor, lease=lease, message=why)
+    network_mounts_end(lease=lease, why=why)
     deployment_queue_reset(actor=actor, machine=machine, message=f"Reset: {why}")
     machine_settle_state(actor=actor, machine=machine)
 

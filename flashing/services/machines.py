@@ -11,6 +11,7 @@ from django.utils import timezone
 from accounts.services import audit_record
 from catalogue.models import ImageSetup
 from flashing.models import (
+    LIVE_MOUNT_STATES,
     OUT_OF_SERVICE,
     RUNNING_STATES,
     SECRET_MASK,
@@ -21,6 +22,7 @@ from flashing.models import (
     Machine,
     MachineDisk,
     MachineState,
+    NetworkMount,
     is_secret_setting,
 )
 from flashing.services.common import Conflict, disk_writes, lock_machine
@@ -142,10 +144,17 @@ def machine_update(*, actor: Any, machine: Machine, **fields: Any) -> Machine:
 
 @transaction.atomic
 def machine_delete(*, actor: Any, machine: Machine) -> None:
-    """Remove a machine with its leases and history; 409 while a deployment runs on it."""
+    """Remove a machine with its leases and history; 409 while a deployment runs on it,
+    or while one of its network mounts is served or storing its changes."""
     machine = lock_machine(machine)
     if machine.deployments.filter(state__in=RUNNING_STATES).exists():
         raise Conflict(f"A deployment is running on {machine.name}; wait for it or cancel it.")
+    mounts = NetworkMount.objects.filter(deployment__machine=machine, state__in=LIVE_MOUNT_STATES)
+    if mounts.exists():
+        raise Conflict(
+            f"{machine.name} has a user data image mounted over the network; end its lease "
+            "and let its changes be stored first."
+        )
     audit_record(actor=actor, action="machine.delete", target=machine, name=machine.name)
     machine.delete()
 

@@ -44,6 +44,7 @@ from flashing.services.deployments import (
     deployment_plan_sync,
     deployment_set_state,
 )
+from flashing.services.mounts import network_mounts_plan
 from flashing.services.tokens import token_mint, tokens_revoke
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ def machine_start_next(*, machine_id: int) -> Deployment | None:
     if deployment is None:
         return None
     deployment_plan_sync(deployment=deployment)
+    network_mounts_plan(deployment=deployment)
     if not deployment_needs_management_os(deployment):
         return _done_without_management_os(deployment)
     _begin_attempt(deployment, timezone.now())

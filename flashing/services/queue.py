@@ -10,7 +10,7 @@ from typing import Any
 
 from django.utils import timezone
 
-from catalogue.models import ImageSetup
+from catalogue.models import ImageFrozen, ImageSetup
 from flashing.models import (
     Deployment,
     DeploymentImage,
@@ -23,6 +23,13 @@ from flashing.models import (
 from flashing.services.common import actor_or_none, event_record
 
 
+def _direction(item: ImageFrozen) -> str:
+    """Network-mounted images are served over NBD (``services.mounts``), never written."""
+    if item.is_network_mount:
+        return DeploymentImage.Direction.MOUNT
+    return DeploymentImage.Direction.WRITE
+
+
 def _snapshot(deployment: Deployment, setup: ImageSetup | None) -> None:
     """Copy the setup's images into the deployment, so later edits don't change it."""
     if setup is None:
@@ -30,6 +37,7 @@ def _snapshot(deployment: Deployment, setup: ImageSetup | None) -> None:
     DeploymentImage.objects.bulk_create(
         DeploymentImage(
             deployment=deployment,
+            direction=_direction(item),
             image=item.image,
             version=item.version,
             version_number=item.version.number,

@@ -102,6 +102,19 @@ def test_a_wrong_sha256_fails_the_deployment_with_a_clear_reason(baas, deploymen
     assert "written" not in result
 
 
+def test_network_mounts_are_logged_and_nothing_is_written_for_them(baas, deployment):
+    sda, sdb = deployment
+    url = "nbd://10.0.2.1:10809/Zm9vYmFy"
+    baas.instructions["mounts"] = [
+        {"image": USER_DATA, "version": 2, "disk": "/dev/sdc", "state": "ready", "url": url}
+    ]
+    assert main(agent_args(baas, sda, sdb)) == 0
+    (result,) = baas.results
+    assert result["state"] == "done"
+    assert [w["disk"] for w in result["written"]] == ["/dev/sda"]
+    assert any(url in line and "/dev/sdc" in line for line in baas.logs)
+
+
 def test_an_unmapped_disk_fails_without_touching_anything(baas, deployment):
     sda, sdb = deployment
     baas.instructions["write"][0]["disk"] = "/dev/sdz"

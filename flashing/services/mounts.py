@@ -1,0 +1,523 @@
+"""Network mounts of user data images: served to a machine over NBD instead of flashed.
+
+A setup entry with ``mount="network"`` (user data images only) is not written
+by the agent. When its deployment starts, :func:`network_mounts_plan` creates a
+``NetworkMount`` and a task starts the export on the NBD host: ``qemu-nbd``
+serving a private qcow2 overlay over a read-only copy of the pinned version
+(``flashing.nbd``). The agent's instructions carry its ``nbd://`` URL
+(:func:`mount_entries`), to that deployment's agent only.
+
+The mount ends when its lease ends, when the next deployment starts on the
+machine, or when its own deployment fails or never starts. Then a task stops
+the export and, if the machine changed anything, stores base and overlay,
+merged, as the image's next version through the catalogue's upload path
+(sparse, SHA-256, quota, audit), noting where it came from. The overlay is
+removed only once that version's row exists. Every step is idempotent and
+serialised per mount (``nbd.mount_lock``); a failure is recorded on the row
+and in the deployment's events, and retried (by the task, then by the
+reconcile beat, :func:`network_mounts_reconcile`).
+
+For users, the trade-off: the machine boots sooner (nothing is written to its
+disk), but every access crosses the network, and the changes become a version
+only when the mount ends. NBD has no authentication, and a server lists its
+export's name to whoever asks: bind the exports to the lab network only
+(``BAAS_NBD_BIND``) and firewall the ports.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import socket
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import QuerySet
+from django.utils import timezone
+from rest_framework.exceptions import APIException
+
+from accounts import rules
+from catalogue.models import Compression, Version
+from catalogue.services.uploads import VersionReceiver, version_upload
+from flashing import nbd
+from flashing.models import (
+    LIVE_MOUNT_STATES,
+    Deployment,
+    DeploymentImage,
+    DeploymentState,
+    Lease,
+    NetworkMount,
+    NetworkMountState,
+)
+from flashing.services.common import event_record, lock
+
+log = logging.getLogger(__name__)
+
+STARTING, READY = NetworkMountState.STARTING, NetworkMountState.READY
+ENDING, DONE, FAILED = NetworkMountState.ENDING, NetworkMountState.DONE, NetworkMountState.FAILED
+SERVED = (STARTING, READY)
+# Failed starts (or restarts) of an export before the mount is given up and ended.
+START_ATTEMPTS = 5
+# A starting or ending mount untouched this long lost its task: the beat sends it again.
+STALE = timedelta(minutes=2)
+
+
+class WrongHost(nbd.NbdError):
+    """The mount's files and server are on another host than this worker."""
+
+
+# --- Where machines connect ------------------------------------------------------------
+
+
+def nbd_ports() -> list[int]:
+    """The ports of ``BAAS_NBD_PORTS`` ("first-last", or one port)."""
+    first, _, last = settings.BAAS_NBD_PORTS.partition("-")
+    return list(range(int(first), int(last or first) + 1))
+
+
+def nbd_host() -> str:
+    """The address machines connect to: BAAS_NBD_HOST, else the bind address."""
+    if settings.BAAS_NBD_HOST:
+        return settings.BAAS_NBD_HOST
+    bind = settings.BAAS_NBD_BIND
+    if bind in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding to it
+        return urlsplit(settings.BAAS_PUBLIC_URL).hostname or socket.getfqdn()
+    return bind
+
+
+def mount_url(mount: NetworkMount) -> str | None:
+    """``nbd://host:port/export`` while the export is served, else None."""
+    if mount.state != READY or not mount.port:
+        return None
+    host = nbd_host()
+    host = f"[{host}]" if ":" in host else host
+    return f"nbd://{host}:{mount.port}/{mount.export_name}"
+
+
+def mount_tls(mount: NetworkMount) -> dict[str, str] | None:
+    """The TLS pre-shared key a client needs (None when the export is plain NBD)."""
+    if not mount.tls_psk:
+        return None
+    return {"identity": nbd.TLS_PSK_IDENTITY, "psk": mount.tls_psk}
+
+
+def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
+    """The ``mounts`` of the agent's instructions: this deployment's network mounts only."""
+    mounts = deployment.network_mounts.order_by("id")
+    return [
+        {
+            "image": str(mount.image_id),
+            "version": mount.version_number,
+            "disk": mount.disk,
+            "state": mount.state,
+            "url": mount_url(mount),
+            "tls": mount_tls(mount),
+        }
+        for mount in mounts
+    ]
+
+
+# --- Sending the tasks -------------------------------------------------------------------
+
+
+def _send(task_name: str, **kwargs: Any) -> None:
+    """Send a mount task to the NBD host's queue; a broker outage is left to the beat."""
+    from flashing import tasks
+
+    try:
+        getattr(tasks, task_name).apply_async(kwargs=kwargs, queue=settings.BAAS_NBD_QUEUE or None)
+    except Exception:  # the transaction that committed must not fail for it
+        log.exception("could not send %s(%s); the reconcile beat will catch up", task_name, kwargs)
+
+
+def _on_commit_send(task_name: str, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: _send(task_name, **kwargs))
+
+
+def _event(mount: NetworkMount, message: str) -> None:
+    event_record(
+        deployment=mount.deployment,
+        actor=None,
+        action="network_mount",
+        message=message,
+        mount=mount.pk,
+        image=str(mount.image_id),
+        state=mount.state,
+    )
+
+
+def _label(mount: NetworkMount) -> str:
+    name = mount.image.name if mount.image else "a deleted image"
+    return f'the network mount of "{name}" v{mount.version_number} ({mount.disk})'
+
+
+# --- Starting and ending (in the caller's transaction) ------------------------------------
+
+
+def network_mounts_plan(*, deployment: Deployment) -> list[NetworkMount]:
+    """At a deployment's start: end the machine's earlier mounts, create this one's.
+
+    For the pipeline, in its transaction, the machine row locked. Idempotent:
+    an image already mounted for this deployment is not mounted twice.
+    """
+    earlier = NetworkMount.objects.filter(deployment__machine_id=deployment.machine_id)
+    _end_where(
+        earlier.exclude(deployment=deployment),
+        f"Deployment #{deployment.pk} started on {deployment.machine.name}.",
+    )
+    mounted = set(deployment.network_mounts.values_list("image_id", flat=True))
+    lease = (
+        deployment.lease
+        or Lease.objects.filter(machine_id=deployment.machine_id, ended_at=None).first()
+    )
+    rows = deployment.images.filter(direction=DeploymentImage.Direction.MOUNT)
+    created = []
+    for row in rows.exclude(image=None).exclude(version=None).select_related("image", "version"):
+        if row.image_id in mounted:
+            continue
+        mount = NetworkMount.objects.create(
+            deployment=deployment,
+            lease=lease,
+            image=row.image,
+            version=row.version,
+            version_number=row.version_number,
+            disk=row.disk,
+            export_name=secrets.token_urlsafe(24),
+            tls_psk=secrets.token_hex(32) if settings.BAAS_NBD_TLS_PSK else "",
+        )
+        _event(mount, f"Starting the export for {_label(mount)}: nothing is written to the disk.")
+        _on_commit_send("network_mount_start_task", mount_id=mount.pk)
+        created.append(mount)
+    return created
+
+
+def network_mounts_end(*, lease: Lease, why: str) -> int:
+    """End the mounts of ``lease`` (stop, store the changes) once the transaction commits."""
+    return _end_where(NetworkMount.objects.filter(lease=lease), why)
+
+
+def network_mount_end(*, mount: NetworkMount, why: str) -> bool:
+    """End one mount now (an administrator, or the beat); False if it was ending or ended."""
+    with transaction.atomic():
+        mount = lock(NetworkMount, mount.pk)
+        if mount.state not in SERVED:
+            return False
+        _begin_end(mount, why)
+    return True
+
+
+def _end_where(mounts: QuerySet[NetworkMount], why: str) -> int:
+    ending = list(mounts.select_for_update().filter(state__in=SERVED))
+    for mount in ending:
+        _begin_end(mount, why)
+    return len(ending)
+
+
+def _begin_end(mount: NetworkMount, why: str) -> None:
+    mount.state = ENDING
+    mount.save(update_fields=["state", "updated_at"])
+    _event(mount, f"{why} Ending {_label(mount)}: its changes become the next version.")
+    _on_commit_send("network_mount_finish_task", mount_id=mount.pk)
+
+
+# --- The export (a task, on the NBD host) -----------------------------------------------
+
+
+def _claim_directory(mount: NetworkMount) -> Path:
+    """The mount's directory on this host; the first step to run here claims it."""
+    here = socket.gethostname()
+    if not mount.host:
+        directory = Path(settings.BAAS_NBD_DIR) / mount.export_name
+        unclaimed = NetworkMount.objects.filter(pk=mount.pk, host="")
+        unclaimed.update(host=here, directory=str(directory))
+        mount.refresh_from_db(fields=["host", "directory"])
+    if mount.host != here:
+        raise WrongHost(
+            f"The export runs on {mount.host}, not on {here}: let only {mount.host}'s "
+            "workers take the network mount queue (BAAS_NBD_QUEUE)."
+        )
+    return Path(mount.directory)
+
+
+def network_mount_start(*, mount_id: int) -> str:
+    """Serve the mount (or serve it again, if its server died); idempotent.
+
+    Returns ``ready``, ``restarted``, ``running`` (nothing to do), ``skipped``
+    (the mount is ending or over), ``busy`` (another step is at work on it),
+    or ``failed`` (recorded; try again). A worker on another host than the
+    mount's fails without counting towards giving up.
+    """
+    mount = NetworkMount.objects.filter(pk=mount_id).first()
+    if mount is None or mount.state not in SERVED:
+        return "skipped"
+    try:
+        directory = _claim_directory(mount)
+        with nbd.mount_lock(directory):
+            return _start_locked(mount_id, directory)
+    except nbd.MountBusy:
+        return "busy"  # the step holding the lock serves it
+    except (nbd.NbdError, OSError) as exc:
+        return _start_failed(mount_id, str(exc), counts=not isinstance(exc, WrongHost))
+
+
+def _start_locked(mount_id: int, directory: Path) -> str:
+    mount = NetworkMount.objects.select_related("image", "version").get(pk=mount_id)
+    if mount.state not in SERVED:
+        return "skipped"
+    overlay = directory / nbd.OVERLAY
+    if mount.state == READY and nbd.server_alive(pid=mount.pid, overlay=overlay):
+        return "running"
+    if mount.version is None or mount.image is None:
+        raise nbd.NbdError(f"Version {mount.version_number} of the image was deleted.")
+    # A server whose start was not recorded (a crash) holds the overlay's lock: stop it.
+    nbd.server_stop(pid=nbd.recorded_pid(directory), overlay=overlay)
+    base = nbd.materialise_base(directory=directory, version=mount.version)
+    overlay = nbd.create_overlay(
+        directory=directory, base=base, base_format=mount.image.file_standard
+    )
+    pid, port = _listen(mount, directory, overlay)
+    return _started(mount_id, pid, port)
+
+
+def _listen(mount: NetworkMount, directory: Path, overlay: Path) -> tuple[int, int]:
+    """Start the server on the mount's port if it had one, else on the first free one."""
+    taken = set(
+        NetworkMount.objects.filter(state__in=LIVE_MOUNT_STATES, host=mount.host)
+        .exclude(pk=mount.pk)
+        .exclude(port=None)
+        .values_list("port", flat=True)
+    )
+    ports = [mount.port] if mount.port else []
+    ports += [port for port in nbd_ports() if port not in taken and port != mount.port]
+    bind = settings.BAAS_NBD_BIND
+    for port in ports:
+        try:
+            pid = nbd.server_start(
+                directory=directory,
+                overlay=overlay,
+                bind=bind,
+                port=port,
+                export_name=mount.export_name,
+                tls_psk=mount.tls_psk,
+            )
+        except nbd.PortInUse:
+            continue
+        return pid, port
+    raise nbd.NbdError(f"No free port in {settings.BAAS_NBD_PORTS} on {bind}.")
+
+
+@transaction.atomic
+def _started(mount_id: int, pid: int, port: int) -> str:
+    mount = lock(NetworkMount, mount_id)
+    restarted = mount.ready_at is not None
+    moved = restarted and mount.port != port
+    mount.pid, mount.port, mount.error, mount.attempts = pid, port, "", 0
+    if mount.state == STARTING:
+        mount.state = READY
+    mount.ready_at = mount.ready_at or timezone.now()
+    mount.save(
+        update_fields=["pid", "port", "error", "attempts", "state", "ready_at", "updated_at"]
+    )
+    if mount.state == READY:
+        verb = "Served again" if restarted else "Served"
+        where = f" on a new port ({port}): the machine must connect again" if moved else ""
+        _event(mount, f"{verb}{where}: {_label(mount)} is at {mount_url(mount)}.")
+    return "restarted" if restarted else "ready"
+
+
+@transaction.atomic
+def _start_failed(mount_id: int, reason: str, *, counts: bool = True) -> str:
+    """Record a failed start; after START_ATTEMPTS counted ones, the mount is given up."""
+    mount = lock(NetworkMount, mount_id)
+    mount.attempts += 1 if counts else 0
+    mount.error = reason
+    mount.save(update_fields=["attempts", "error", "updated_at"])
+    if mount.state in SERVED and mount.attempts >= START_ATTEMPTS:
+        _begin_end(mount, f"The export failed {mount.attempts} times; the last time: {reason}")
+        return "given_up"
+    _event(mount, f"Could not serve {_label(mount)} (attempt {mount.attempts}): {reason}")
+    return "failed"
+
+
+# --- Ending (a task, on the NBD host) ----------------------------------------------------
+
+
+def network_mount_finish(*, mount_id: int) -> str:
+    """Stop the export, store the changes as the next version, remove the files; idempotent.
+
+    Returns ``stored``, ``unchanged``, ``image_deleted``, ``skipped`` (not
+    ending), ``busy`` (its start is still at work; try again soon), or
+    ``failed`` (recorded, the files kept; try again).
+    """
+    mount = NetworkMount.objects.filter(pk=mount_id).first()
+    if mount is None or mount.state != ENDING:
+        return "skipped"
+    try:
+        directory = _claim_directory(mount)
+        with nbd.mount_lock(directory):
+            return _finish_locked(mount_id, directory)
+    except nbd.MountBusy:
+        return "busy"  # its start is still at work: try again soon
+    except (nbd.NbdError, APIException, OSError) as exc:
+        reason = str(exc.detail) if isinstance(exc, APIException) else str(exc)
+        _finish_failed(mount_id, reason)
+        return "failed"
+
+
+def _finish_locked(mount_id: int, directory: Path) -> str:
+    mount = NetworkMount.objects.select_related(
+        "image", "version", "deployment__machine", "deployment__requested_by", "lease__user"
+    ).get(pk=mount_id)
+    if mount.state != ENDING:
+        return "skipped"
+    overlay = directory / nbd.OVERLAY
+    nbd.server_stop(pid=mount.pid, overlay=overlay)
+    nbd.server_stop(pid=nbd.recorded_pid(directory), overlay=overlay)  # one a crash hid
+    if mount.result_version_id is not None:
+        outcome = "stored"  # a past run stored it, then failed to clean up
+    elif mount.image is None or mount.version is None:
+        outcome = "image_deleted"  # refused while the mount is live: only a forced removal
+    elif overlay.exists() and nbd.overlay_changed(overlay):
+        outcome = _store_changes(mount, directory, overlay)
+    else:
+        outcome = "unchanged"
+    nbd.remove_files(directory)
+    _ended(mount_id, outcome)
+    directory.with_suffix(".lock").unlink(missing_ok=True)
+    return outcome
+
+
+def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
+    standard = mount.image.file_standard
+    merged = nbd.merge(directory=directory, overlay=overlay, file_standard=standard)
+    size, sha256 = nbd.file_sha256(merged)
+    if (size, sha256) == (mount.version.size, mount.version.sha256):
+        return "unchanged"  # written over with the same bytes
+    with transaction.atomic():
+        locked = lock(NetworkMount, mount.pk)
+        if locked.result_version_id is None:
+            locked.result_version = _upload(mount, merged, sha256)
+            locked.save(update_fields=["result_version", "updated_at"])
+    return "stored"
+
+
+def _upload(mount: NetworkMount, merged: Path, sha256: str) -> Version:
+    """The merged file through the catalogue's upload path: the next version, or an error."""
+    receiver = VersionReceiver(image=mount.image, max_size=settings.BAAS_MAX_IMAGE_SIZE)
+    with open(merged, "rb") as source, receiver:
+        receiver.declare_encoding(Compression.NONE)
+        while chunk := source.read(nbd.CHUNK):
+            receiver.write(chunk)
+        return version_upload(
+            actor=_uploader(mount),
+            image=mount.image,
+            receiver=receiver,
+            expected_sha256=sha256,
+            note=_note(mount),
+        )
+
+
+def _uploader(mount: NetworkMount) -> Any:
+    """Whose work it is: who deployed it, else the lease holder, else the image's owner."""
+    candidates = [mount.deployment.requested_by, mount.lease.user if mount.lease else None]
+    for user in candidates:
+        if user is not None and rules.can_write_image(user, mount.image):
+            return user
+    return mount.image.owner
+
+
+def _note(mount: NetworkMount) -> str:
+    lease = f", lease #{mount.lease_id}" if mount.lease_id else ""
+    return (
+        f"Changes made over the network to v{mount.version_number} by "
+        f"{mount.deployment.machine.name} (deployment #{mount.deployment_id}{lease}), "
+        "stored when the network mount ended."
+    )
+
+
+@transaction.atomic
+def _ended(mount_id: int, outcome: str) -> None:
+    mount = lock(NetworkMount, mount_id)
+    mount.state = DONE if mount.ready_at else FAILED
+    mount.ended_at = timezone.now()
+    mount.pid = None
+    mount.save(update_fields=["state", "ended_at", "pid", "updated_at"])
+    if mount.result_version_id is not None:
+        result = mount.result_version
+        what = f"its changes are version {result.number} (SHA-256 {result.sha256})"
+    elif outcome == "image_deleted":
+        what = "its image or pinned version was deleted, so its changes were dropped"
+    else:
+        what = "nothing changed, so no version was made"
+    _event(mount, f"Ended {_label(mount)}: {what}. Its export and files are gone.")
+
+
+@transaction.atomic
+def _finish_failed(mount_id: int, reason: str) -> None:
+    mount = lock(NetworkMount, mount_id)
+    mount.attempts += 1
+    mount.error = reason
+    mount.save(update_fields=["attempts", "error", "updated_at"])
+    _event(
+        mount,
+        f"Could not end {_label(mount)} (attempt {mount.attempts}): {reason}. "
+        "Its overlay is kept, with every change; retrying.",
+    )
+
+
+# --- The beat ---------------------------------------------------------------------------
+
+
+def _why_over(mount: NetworkMount) -> str | None:
+    """Why a served mount should end now, or None while its machine may use it."""
+    if mount.lease is not None and mount.lease.ended_at is not None:
+        return f"{mount.lease.user}'s lease ended."
+    deployment = mount.deployment
+    if deployment.state in (DeploymentState.FAILED, DeploymentState.CANCELLED):
+        return f"Deployment #{deployment.pk} is {deployment.state}."
+    later = Deployment.objects.filter(machine_id=deployment.machine_id, pk__gt=deployment.pk)
+    if later.exclude(started_at=None).exists():
+        return f"A later deployment started on {deployment.machine.name}."
+    return None
+
+
+def network_mounts_retry(*, mounts: QuerySet[NetworkMount]) -> int:
+    """Send the step each live mount is in again (an administrator's retry); returns how many."""
+    live = list(mounts.filter(state__in=LIVE_MOUNT_STATES).values_list("pk", "state"))
+    for pk, state in live:
+        step = "finish" if state == ENDING else "start"
+        _send(f"network_mount_{step}_task", mount_id=pk)
+    return len(live)
+
+
+def _backoff(attempts: int) -> timedelta:
+    """How long a starting or ending mount waits before its step is sent again.
+
+    Doubles with each failure (up to about two hours), so a mount whose
+    changes cannot be stored yet (a full quota) does not flood its event log.
+    """
+    return STALE * 2 ** min(attempts, 6)
+
+
+def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
+    """End the mounts that are over; check the served ones; resend lost starts and ends."""
+    now = now or timezone.now()
+    counts = {"ended": 0, "checked": 0, "resent": 0}
+    served = NetworkMount.objects.filter(state__in=SERVED)
+    for mount in served.select_related("lease__user", "deployment__machine"):
+        why = _why_over(mount)
+        if why is not None and network_mount_end(mount=mount, why=why):
+            counts["ended"] += 1
+    for mount in NetworkMount.objects.filter(state__in=LIVE_MOUNT_STATES):
+        if mount.state == READY:
+            _send("network_mount_start_task", mount_id=mount.pk)  # restarts a dead server
+            counts["checked"] += 1
+        elif now - mount.updated_at > _backoff(mount.attempts):
+            step = "finish" if mount.state == ENDING else "start"
+            _send(f"network_mount_{step}_task", mount_id=mount.pk)
+            counts["resent"] += 1
+    return counts
