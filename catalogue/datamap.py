@@ -3,7 +3,9 @@
 A raw disk image is mostly zeros (a 6 GiB disk holding a few hundred MiB of
 files). The map lists the ranges that hold data — 4 KiB blocks that are not
 all zeros, merged, and cut every ``RANGE_MAX`` bytes — each with the SHA-256
-of its bytes; every byte outside them is zero. Like a bmap file, it lets the
+of its bytes (and its BLAKE3, a check as safe and ten times faster, for
+agents asking whether a disk still holds the image); every byte outside them
+is zero. Like a bmap file, it lets the
 agent write, verify and compare only the data: a disk holds the version
 exactly when every range hashes right and everything else reads as zeros,
 and the ranges hash in parallel, where the whole-image SHA-256 is one long
@@ -22,6 +24,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import blake3 as blake3_module
+
 BLOCK = 4096
 RANGE_MAX = 16 << 20  # a range is cut here, so big files hash in parallel
 FORMAT = "baas-datamap/1"
@@ -34,6 +38,9 @@ class DataMap:
     size: int
     sha256: str
     ranges: tuple[tuple[int, int, str], ...]  # [start, end) and the SHA-256 of those bytes
+    # The BLAKE3 of each range too: as safe a check, ten times faster to compute,
+    # for agents that only need to know whether a disk still holds the image.
+    blake3: tuple[str, ...] | None = None
 
     @property
     def data_bytes(self) -> int:
@@ -47,6 +54,7 @@ class DataMap:
             "sha256": self.sha256,
             "data_bytes": self.data_bytes,
             "ranges": [list(item) for item in self.ranges],
+            **({"blake3": list(self.blake3)} if self.blake3 is not None else {}),
         }
 
     def dumps(self) -> bytes:
@@ -59,7 +67,15 @@ class DataMap:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("not a BAAS data map")
         ranges = tuple((int(s), int(e), str(h)) for s, e, h in data["ranges"])
-        return cls(size=int(data["size"]), sha256=str(data["sha256"]), ranges=ranges)
+        fast = data.get("blake3")
+        if fast is not None and len(fast) != len(ranges):
+            raise ValueError("the map's BLAKE3 list does not match its ranges")
+        return cls(
+            size=int(data["size"]),
+            sha256=str(data["sha256"]),
+            ranges=ranges,
+            blake3=tuple(str(h) for h in fast) if fast is not None else None,
+        )
 
 
 class DataMapper:
@@ -74,7 +90,8 @@ class DataMapper:
         self.size = 0  # bytes fed
         self._carry = b""  # the start of a block not complete yet
         self._ranges: list[tuple[int, int, str]] = []
-        self._open: tuple[int, Any] | None = None  # (start, hash) of the range being built
+        self._fast: list[str] = []  # the BLAKE3 of each finished range
+        self._open: tuple[int, Any, Any] | None = None  # start, SHA-256, BLAKE3 of the open range
         self._end = 0  # where the open range ends
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
@@ -109,7 +126,9 @@ class DataMapper:
             self._data(memoryview(self._carry), self.size - len(self._carry))
         self._carry = b""
         self._close()
-        return DataMap(size=self.size, sha256=sha256, ranges=tuple(self._ranges))
+        return DataMap(
+            size=self.size, sha256=sha256, ranges=tuple(self._ranges), blake3=tuple(self._fast)
+        )
 
     def _scan(self, view: bytes | memoryview, offset: int) -> None:
         """Map whole blocks: data runs are hashed into ranges, zero blocks end them.
@@ -149,19 +168,21 @@ class DataMapper:
         while view:
             if self._open is None or self._end != offset or self._end - self._open[0] >= RANGE_MAX:
                 self._close()
-                self._open = (offset, hashlib.sha256())
+                self._open = (offset, hashlib.sha256(), blake3_module.blake3())
                 self._end = offset
             room = RANGE_MAX - (self._end - self._open[0])
             piece = view[:room]
             self._open[1].update(piece)
+            self._open[2].update(piece)
             self._end += len(piece)
             offset += len(piece)
             view = view[len(piece) :]
 
     def _close(self) -> None:
         if self._open is not None:
-            start, digest = self._open
+            start, digest, fast = self._open
             self._ranges.append((start, self._end, digest.hexdigest()))
+            self._fast.append(fast.hexdigest())
             self._open = None
 
 
@@ -172,4 +193,4 @@ def _whole(view: memoryview) -> bool:
 
 def empty_map(size: int, sha256: str) -> DataMap:
     """The map of ``size`` zero bytes."""
-    return DataMap(size=size, sha256=sha256, ranges=())
+    return DataMap(size=size, sha256=sha256, ranges=(), blake3=())

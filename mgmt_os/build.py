@@ -138,6 +138,7 @@ PYTHON_CHECK_IMPORTS = (
     "uuid",
     "zlib",
     "zstandard",  # absent: the agent falls back to the zstd binary
+    "concurrent.futures",
 )
 
 

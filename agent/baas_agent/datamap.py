@@ -38,6 +38,11 @@ ZERO_CHUNK = bytes(1 << 20)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MAX_WORKERS = 8
 
+try:
+    import blake3 as blake3_module
+except ImportError:  # pragma: no cover - exercised by forcing the fallback
+    blake3_module = None  # type: ignore[assignment]
+
 Progress = Callable[[int], None]
 
 
@@ -46,6 +51,7 @@ class DataMap:
     size: int
     sha256: str
     ranges: tuple[tuple[int, int, str], ...]
+    blake3: tuple[str, ...] | None = None  # each range's BLAKE3, when the server gives it
 
     @property
     def data_bytes(self) -> int:
@@ -60,24 +66,24 @@ class DataMap:
             raise ValueError("the map describes other bytes than the instruction's image")
         if data.get("block_size") != BLOCK:
             raise ValueError(f"unsupported block size {data.get('block_size')!r}")
-        ranges = data.get("ranges")
-        if not isinstance(ranges, list):
-            raise ValueError("the map has no list of ranges")
-        checked: list[tuple[int, int, str]] = []
-        previous_end = 0
-        for item in ranges:
-            if not (isinstance(item, list) and len(item) == 3):
-                raise ValueError(f"a range is [start, end, sha256], not {item!r}")
-            start, end, digest = item
-            if not (isinstance(start, int) and isinstance(end, int) and isinstance(digest, str)):
-                raise ValueError(f"a range is [start, end, sha256], not {item!r}")
-            if start < previous_end or end <= start or end > size or start % BLOCK:
-                raise ValueError(f"the range {start}-{end} is out of order or out of the image")
-            if not SHA256_HEX.fullmatch(digest):
-                raise ValueError(f"the range {start}-{end} has no SHA-256")
-            checked.append((start, end, digest))
-            previous_end = end
-        return cls(size=size, sha256=sha256, ranges=tuple(checked))
+        checked = _ranges(data.get("ranges"), size)
+        fast = data.get("blake3")
+        if fast is not None and (
+            not isinstance(fast, list)
+            or len(fast) != len(checked)
+            or not all(isinstance(h, str) and SHA256_HEX.fullmatch(h) for h in fast)
+        ):
+            raise ValueError("the map's BLAKE3 list does not match its ranges")
+        return cls(
+            size=size,
+            sha256=sha256,
+            ranges=tuple(checked),
+            blake3=tuple(fast) if fast is not None else None,
+        )
+
+    def can_check_fast(self) -> bool:
+        """Whether ranges can be checked by BLAKE3 (the map has it, and so does this agent)."""
+        return self.blake3 is not None and blake3_module is not None
 
     def gaps(self) -> Iterator[tuple[int, int]]:
         """The ``[start, end)`` runs between ranges: zeros in the image."""
@@ -88,6 +94,27 @@ class DataMap:
             position = end
         if position < self.size:
             yield position, self.size
+
+
+def _ranges(ranges: Any, size: int) -> list[tuple[int, int, str]]:
+    """The map's ranges, checked: sorted, apart, inside the image, on blocks, with SHA-256s."""
+    if not isinstance(ranges, list):
+        raise ValueError("the map has no list of ranges")
+    checked: list[tuple[int, int, str]] = []
+    previous_end = 0
+    for item in ranges:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ValueError(f"a range is [start, end, sha256], not {item!r}")
+        start, end, digest = item
+        if not (isinstance(start, int) and isinstance(end, int) and isinstance(digest, str)):
+            raise ValueError(f"a range is [start, end, sha256], not {item!r}")
+        if start < previous_end or end <= start or end > size or start % BLOCK:
+            raise ValueError(f"the range {start}-{end} is out of order or out of the image")
+        if not SHA256_HEX.fullmatch(digest):
+            raise ValueError(f"the range {start}-{end} has no SHA-256")
+        checked.append((start, end, digest))
+        previous_end = end
+    return checked
 
 
 def default_workers() -> int:
@@ -101,12 +128,14 @@ def mismatch(
     progress: Progress | None = None,
     workers: int | None = None,
     sparse: bool = True,
+    fast: bool = False,
 ) -> str | None:
     """None if ``path`` starts with exactly the mapped image, else what differs.
 
-    Every range is hashed and compared; every gap is checked to be zeros —
-    on a file (``sparse``), only where SEEK_DATA finds data, holes being zeros.
-    ``progress`` gets the bytes checked so far (ranges and gaps alike).
+    Every range is hashed and compared — by BLAKE3 when ``fast`` and the map
+    and this agent allow it, else by SHA-256; every gap is checked to be
+    zeros — on a file (``sparse``), only where SEEK_DATA finds data, holes
+    being zeros. ``progress`` gets the bytes checked so far.
     """
     try:
         available = _size(path)
@@ -116,7 +145,7 @@ def mismatch(
         return f"{path} holds {available} bytes, fewer than {datamap.size}"
     with Verifier(path, datamap, workers=workers, sparse=sparse) as verifier:
         for index in range(len(datamap.ranges)):
-            verifier.check_range(index)
+            verifier.check_range(index, fast=fast)
         verifier.check_gaps()
         return verifier.result(progress)
 
@@ -155,9 +184,14 @@ class Verifier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def check_range(self, index: int) -> None:
+    def check_range(self, index: int, *, fast: bool = False) -> None:
         start, end, digest = self.datamap.ranges[index]
-        self._submit(_RangeCheck(self.fd, start, end, digest))
+        if fast and self.datamap.can_check_fast():
+            assert self.datamap.blake3 is not None
+            check = _RangeCheck(self.fd, start, end, self.datamap.blake3[index], "BLAKE3")
+        else:
+            check = _RangeCheck(self.fd, start, end, digest, "SHA-256")
+        self._submit(check)
 
     def check_gaps(self) -> None:
         for start, end in self.datamap.gaps():
@@ -225,16 +259,19 @@ class _Check:
 class _RangeCheck(_Check):
     """Hash ``[start, end)`` and compare it with the map's SHA-256."""
 
-    def __init__(self, fd: int, start: int, end: int, digest: str) -> None:
+    def __init__(self, fd: int, start: int, end: int, digest: str, algorithm: str) -> None:
         super().__init__(fd, start, end)
         self.digest = digest
+        self.algorithm = algorithm
 
     def __call__(self) -> str | None:
-        sha = hashlib.sha256()
+        hasher = blake3_module.blake3() if self.algorithm == "BLAKE3" else hashlib.sha256()
         for chunk in self._read(self.offset, self.end):
-            sha.update(chunk)
-        if sha.hexdigest() != self.digest:
-            return f"bytes {self.offset}-{self.end} differ from the image (SHA-256 mismatch)"
+            hasher.update(chunk)
+        if hasher.hexdigest() != self.digest:
+            return (
+                f"bytes {self.offset}-{self.end} differ from the image ({self.algorithm} mismatch)"
+            )
         return None
 
 

@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from baas_agent import datamap as datamap_module
 from baas_agent import flash as flash_module
 from baas_agent.datamap import DataMap, mismatch
 from baas_agent.disks import DiskError, DiskMap, RangeWriter
@@ -333,3 +334,39 @@ def test_a_data_stream_lands_on_a_real_block_device(image, tmp_path, loop_device
     assert land(chunks, "zstd" if zstd else "none", device, datamap, workers=2) is None
     assert backing.read_bytes() == image.read_bytes()
     assert mismatch(device, datamap, sparse=False) is None
+
+
+# --- The fast check: BLAKE3 for "is it still there?" -------------------------------------
+
+
+def test_the_fast_check_finds_a_changed_byte_by_blake3(image, tmp_path):
+    datamap = parsed(image)
+    assert datamap.blake3 is not None and datamap.can_check_fast()
+    changed = bytearray(image.read_bytes())
+    changed[15 * MiB + 3] ^= 1
+    copy = tmp_path / "copy.img"
+    copy.write_bytes(changed)
+    assert "BLAKE3 mismatch" in mismatch(copy, datamap, fast=True)
+    assert mismatch(image, datamap, fast=True) is None
+
+
+def test_without_the_blake3_module_the_fast_check_is_sha256(image, tmp_path, monkeypatch):
+    monkeypatch.setattr(datamap_module, "blake3_module", None)
+    datamap = parsed(image)
+    copy = tmp_path / "copy.img"
+    changed = bytearray(image.read_bytes())
+    changed[0] ^= 1
+    copy.write_bytes(changed)
+    assert not datamap.can_check_fast()
+    assert "SHA-256 mismatch" in mismatch(copy, datamap, fast=True)
+
+
+def test_a_disk_is_only_left_alone_when_its_blake3_matches(baas, image, tmp_path, disk, disks):
+    instruction = serve(baas, image, tmp_path)
+    served = json.loads(baas.files[f"{URL}/map"].read_text())
+    served["blake3"][0] = "0" * 64  # the disk holds the image, but the fast check says no
+    baas.files[f"{URL}/map"].write_text(json.dumps(served))
+    disk.write_bytes(image.read_bytes())
+    flash(baas, instruction, disks)  # rewritten, then verified by SHA-256: it passes
+    assert len(baas.gets(URL)) == 1
+    assert disk.read_bytes() == image.read_bytes()

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import zstandard
+from blake3 import blake3
 
 from catalogue.datamap import BLOCK, RANGE_MAX, DataMapper
 from catalogue.models import Compression, ImageType, Version
@@ -90,6 +91,7 @@ def test_an_upload_maps_its_data_and_serves_the_map(user, user_client, encoding)
     assert (served["size"], served["sha256"]) == (len(data), hashlib.sha256(data).hexdigest())
     assert served["data_bytes"] == sum(e - s for s, e, _ in served["ranges"])
     assert (served["format"], served["block_size"]) == ("baas-datamap/1", BLOCK)
+    assert served["blake3"] == [blake3(data[s:e]).hexdigest() for s, e, _ in served["ranges"]]
 
 
 def test_the_empty_version_0_has_an_empty_map(user, user_client):
