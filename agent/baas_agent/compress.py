@@ -266,17 +266,18 @@ def zstd_frames(source: Iterable[bytes]) -> Iterator[bytes]:
     a frame raises CompressionError. Skippable frames are yielded too.
     """
     walker = ZstdFrames()
-    pending = bytearray()
-    start = 0  # the stream offset of pending[0]
+    parts: list[bytes | memoryview] = []  # what came of the current frame so far
     for data in source:
         walker.feed(data)
-        pending += data
-        while walker.ends and walker.ends[0] <= start + len(pending):
+        parts.append(data)
+        while walker.ends:
             end = walker.ends.pop(0)
-            yield bytes(pending[: end - start])
-            del pending[: end - start]
-            start = end
-    if pending or not walker.complete():
+            cut = end - (walker.offset - len(data))  # where the frame ends in ``data``
+            frame = b"".join([*parts[:-1], memoryview(data)[:cut]])
+            data = memoryview(data)[cut:]
+            parts = [data] if len(data) else []
+            yield frame
+    if parts or not walker.complete():
         raise CompressionError("truncated zstd stream")
 
 

@@ -5,8 +5,8 @@ ranges, in order: raw, or one zstd frame per range. Ranges are independent,
 so each is *landed* on a pool of threads — decompressed, written at its
 offset, read back from the disk and hashed against the map — while the
 download goes on; ``zstandard`` and ``hashlib`` release the GIL, so the pool
-keeps every core busy. At most a few ranges are in memory at a time (each is
-at most 16 MiB), whatever the image's size.
+keeps every core busy. At most two ranges per thread (and two more) are in
+memory at a time, each at most 16 MiB, whatever the image's size.
 
 Contract: :func:`land` returns None when every range is on the disk and
 matches its SHA-256, every other byte of the image reads as zero and the
@@ -90,7 +90,7 @@ def _land_all(
                     raise DiskError("the data stream holds more than the image's ranges")
                 task = pool.submit(_land_one, fd, read_fd, ranges[index], payload, encoding)
                 inflight.append((task, ranges[index][1]))
-                while len(inflight) > workers + 1:  # bounded memory: a few ranges at a time
+                while len(inflight) >= 2 * workers + 2:  # bounded memory: a few ranges each
                     if reason := _done(inflight.popleft(), progress):
                         return reason
                 landed = index + 1
