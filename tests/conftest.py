@@ -97,6 +97,20 @@ def administrator(db):
 
 
 @pytest.fixture
+def signed_in(client, user):
+    """Django's test client, signed in as ``user`` (for pages)."""
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def admin_web(client, administrator):
+    """Django's test client, signed in as an administrator (for pages and the admin)."""
+    client.force_login(administrator)
+    return client
+
+
+@pytest.fixture
 def anon_client():
     return APIClient()
 

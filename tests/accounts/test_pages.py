@@ -19,12 +19,6 @@ from tests.flashing.factories import DeploymentFactory, LeaseFactory, MachineFac
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def signed_in(client, user):
-    client.force_login(user)
-    return client
-
-
 def test_anonymous_visitors_are_sent_to_sign_in(client, user):
     token, _ = token_create(actor=user, user=user, name="t")
     for url in (reverse("home"), reverse("tokens")):

@@ -17,12 +17,6 @@ MiB = 1 << 20
 
 
 @pytest.fixture
-def admin_web(client, administrator):
-    client.force_login(administrator)
-    return client
-
-
-@pytest.fixture
 def stored(user):
     image = ImageFactory(owner=user, name="kernel")
     VersionFactory(image=image, number=0, content=os.urandom(3 * MiB))

@@ -16,12 +16,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def signed_in(client, user):
-    client.force_login(user)
-    return client
-
-
-@pytest.fixture
 def own_image(user):
     image = ImageFactory(owner=user, name="debian-12")
     VersionFactory(image=image, number=0, content=b"\0" * 4096)

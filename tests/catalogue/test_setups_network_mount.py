@@ -13,12 +13,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_web(client, administrator):
-    client.force_login(administrator)
-    return client
-
-
-@pytest.fixture
 def setup(user):
     return ImageSetupFactory(owner=user, name="lab")
 

@@ -18,12 +18,6 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def admin_web(client, administrator):
-    client.force_login(administrator)
-    return client
-
-
-@pytest.fixture
 def machine(db):
     machine = MachineFactory(
         name="bmc-node",
