@@ -31,8 +31,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from django.http import Http404
+
 from catalogue.models import Compression, Version
 from catalogue.services.compression import raw_reader
+from catalogue.services.delivery import open_stored
 from catalogue.storage import LocalStorage, VersionExists, get_storage
 
 QEMU_IMG = "qemu-img"
@@ -135,15 +138,13 @@ def _link_stored(version: Version, path: Path) -> bool:
 
 
 def _open_stored(version: Version):
-    """The stored file; if a compression job swapped it meanwhile, the row is read again."""
-    for _ in range(3):
-        try:
-            return get_storage().open_read(
-                version.image_id, version.number, version.stored_compression
-            )
-        except FileNotFoundError:
-            version.refresh_from_db(fields=["stored_compression"])
-    raise NbdError(f"The file of version {version.number} of image {version.image_id} is gone.")
+    """The stored file (read again from the row if a compression job swapped it)."""
+    try:
+        return open_stored(version)
+    except (Http404, FileNotFoundError) as exc:
+        raise NbdError(
+            f"The file of version {version.number} of image {version.image_id} is gone."
+        ) from exc
 
 
 def _copy_checked(raw, local: LocalStorage, version: Version) -> None:
@@ -208,17 +209,6 @@ def merge(*, directory: Path, overlay: Path, file_standard: str) -> Path:
         os.fsync(handle.fileno())
     os.rename(part, merged)
     return merged
-
-
-def file_sha256(path: Path) -> tuple[int, str]:
-    """(size, SHA-256) of a file, read in pieces."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 # --- The server --------------------------------------------------------------------

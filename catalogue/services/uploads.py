@@ -277,6 +277,7 @@ def version_upload(
     receiver: VersionReceiver,
     expected_sha256: str | None = None,
     note: str = "",
+    same_as: Version | None = None,
 ) -> Version:
     """Finish ``receiver`` and store it as ``image``'s next version; return the version.
 
@@ -285,7 +286,8 @@ def version_upload(
     uploads to one image get distinct, consecutive numbers: the number is
     chosen and the file put in place under a lock on the image's row. An
     agent's upload is noted with where it came from, and a retry of it (same
-    bytes, same deployment) returns the version already made.
+    bytes, same deployment) returns the version already made. Bytes identical
+    to ``same_as`` store nothing and return ``same_as``.
     Raises PermissionDenied if ``actor`` may not write the image.
     """
     if not rules.can_write_image(actor, image):
@@ -294,6 +296,9 @@ def version_upload(
         note = actor.upload_note(image.pk)
     received = receiver.finish()
     _check_digest(received, expected_sha256)
+    if same_as is not None and (received.size, received.sha256) == (same_as.size, same_as.sha256):
+        receiver.abort()  # the very bytes of that version: nothing new to store
+        return same_as
     _fsync_path(receiver.pending.path)  # the slow part of durability, outside the lock
     placed: StoredFile | None = None
     try:

@@ -394,19 +394,20 @@ def _finish_locked(mount_id: int, directory: Path) -> str:
 def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
     standard = mount.image.file_standard
     merged = nbd.merge(directory=directory, overlay=overlay, file_standard=standard)
-    size, sha256 = nbd.file_sha256(merged)
-    if (size, sha256) == (mount.version.size, mount.version.sha256):
-        return "unchanged"  # written over with the same bytes
     with transaction.atomic():
         locked = lock(NetworkMount, mount.pk)
         if locked.result_version_id is None:
-            locked.result_version = _upload(mount, merged, sha256)
+            version = _upload(mount, merged)
+            if version.pk == mount.version_id:
+                return "unchanged"  # written over with the same bytes
+            locked.result_version = version
             locked.save(update_fields=["result_version", "updated_at"])
     return "stored"
 
 
-def _upload(mount: NetworkMount, merged: Path, sha256: str) -> Version:
-    """The merged file through the catalogue's upload path: the next version, or an error."""
+def _upload(mount: NetworkMount, merged: Path) -> Version:
+    """The merged file through the catalogue's upload path: the next version, the pinned one
+    if the bytes are the same, or an error."""
     receiver = VersionReceiver(image=mount.image, max_size=settings.BAAS_MAX_IMAGE_SIZE)
     with open(merged, "rb") as source, receiver:
         receiver.declare_encoding(Compression.NONE)
@@ -416,8 +417,8 @@ def _upload(mount: NetworkMount, merged: Path, sha256: str) -> Version:
             actor=_uploader(mount),
             image=mount.image,
             receiver=receiver,
-            expected_sha256=sha256,
             note=_note(mount),
+            same_as=mount.version,
         )
 
 
