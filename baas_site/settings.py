@@ -240,6 +240,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalogue.versions_map_missing",
         "schedule": 3600.0,
     },
+    # Records the SHA-256 of large uploads whose background job was lost.
+    "catalogue-versions-digest-missing": {
+        "task": "catalogue.versions_digest_missing",
+        "schedule": 900.0,
+    },
     # Ends network mounts whose lease or deployment is over, restarts exports that
     # died, and retries mounts whose start or end did not finish.
     "network-mounts-reconcile": {
@@ -257,6 +262,11 @@ CELERY_BEAT_SCHEDULE = {
 BAAS_DISK_ROOT = Path(env.str("BAAS_DISK_ROOT", default=str(VAR_DIR / "disk")))
 BAAS_NEW_IMAGE_SIZE = env.int("BAAS_NEW_IMAGE_SIZE", default=6 * 1024**3)
 BAAS_MAX_IMAGE_SIZE = env.int("BAAS_MAX_IMAGE_SIZE", default=64 * 1024**3)
+# An upload hashes the whole raw image (SHA-256, zeros included) while it streams
+# up to this many raw bytes; past it, the answer comes once the data is stored and
+# checked, and a background job records the SHA-256 (catalogue.services.digests).
+# Uploads that send or ask for a digest are always hashed while they stream.
+BAAS_UPLOAD_INLINE_SHA256_MAX = env.int("BAAS_UPLOAD_INLINE_SHA256_MAX", default=1024**3)
 # An upload's .part file untouched for this long belongs to a dead upload.
 BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=24 * 3600)
 # Temporal images: kept this many days after they are made temporal, and at

@@ -16,6 +16,7 @@ It always exits 0 once it has measured; a missed target is printed as FAIL.
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import hashlib
 import http.client
@@ -410,11 +411,32 @@ class Baas:
     def delete_image(self, uuid: str) -> None:
         self.request("DELETE", f"/api/image/{uuid}")
 
+    def digest_job(self, uuid: str, number: int) -> tuple[float, str]:
+        """Run the job that records a large upload's SHA-256; (seconds inside it, digest)."""
+        code = (
+            "import time\n"
+            "from catalogue.models import Version\n"
+            "from catalogue.services.digests import version_digest_complete\n"
+            f"v = Version.objects.get(image_id={uuid!r}, number={number})\n"
+            "t = time.monotonic()\n"
+            "digest = version_digest_complete(version_id=v.pk)\n"
+            "print(f'DIGEST={time.monotonic() - t:.3f} {digest}')\n"
+        )
+        out = run([str(PYTHON), "manage.py", "shell", "-c", code], cwd=self.repo, env=self.env)
+        line = next(line[7:] for line in out.stdout.splitlines() if line.startswith("DIGEST="))
+        seconds, digest = line.split()
+        return float(seconds), digest
+
     def version_file(self, uuid: str, number: int) -> Path:
         return self.disk / uuid / f"{number}.img"
 
-    def upload(self, uuid: str, path: Path, encoding: str | None) -> tuple[float, dict]:
-        """``curl -T`` the file as the body of POST /api/image/<uuid>; (seconds, answer)."""
+    def upload(
+        self, uuid: str, path: Path, encoding: str | None, digest: str | None = None
+    ) -> tuple[float, dict]:
+        """``curl -T`` the file as the body of POST /api/image/<uuid>; (seconds, answer).
+
+        ``digest``: the raw image's SHA-256, sent as Content-Digest (the server then
+        hashes the whole image before it answers)."""
         answer = self.var / "upload-answer.json"
         cmd = [
             "curl", "-sS", "-X", "POST", "-T", str(path), "-o", str(answer),
@@ -425,6 +447,9 @@ class Baas:
         ]  # fmt: skip
         if encoding:
             cmd += ["-H", f"Content-Encoding: {encoding}"]
+        if digest:
+            value = base64.b64encode(bytes.fromhex(digest)).decode()
+            cmd += ["-H", f"Content-Digest: sha-256=:{value}:"]
         seconds, out = timed(lambda: run([*cmd, self.url(f"/api/image/{uuid}")]))
         body = json.loads(answer.read_text() or "{}")
         if out.stdout.strip() != "201":
@@ -545,16 +570,25 @@ def baseline_copy(image: TestImage, workdir: Path) -> tuple[float, int]:
     return seconds, blocks
 
 
-def upload_once(baas: Baas, image: TestImage, encoding: str | None, name: str) -> dict:
+def upload_once(
+    baas: Baas, image: TestImage, encoding: str | None, name: str, digest: bool = False
+) -> dict:
+    """One timed upload to a new image. A SHA-256 the answer leaves to the job is then
+    recorded by running that job (untimed by the upload, timed on its own) and checked."""
     created = baas.create_image(name)
     sync_all()
     path = image.zst if encoding else image.raw
-    seconds, answer = baas.upload(created["uuid"], path, encoding)
-    if answer.get("sha256") != image.sha256 or answer.get("size") != image.size:
-        raise SystemExit(f"the server stored something else: {answer}")
+    sent = image.sha256 if digest else None
+    seconds, answer = baas.upload(created["uuid"], path, encoding, sent)
+    job = None
+    recorded = answer.get("sha256")
+    if recorded is None and answer.get("version") is not None:
+        job, recorded = baas.digest_job(created["uuid"], answer["version"])
+    if recorded != image.sha256 or answer.get("size") != image.size:
+        raise SystemExit(f"the server stored something else: {answer}, SHA-256 {recorded}")
     stored = baas.version_file(created["uuid"], answer["version"])
     return {"uuid": created["uuid"], "seconds": seconds, "allocated": allocated(stored),
-            "path": stored}  # fmt: skip
+            "path": stored, "job": job}  # fmt: skip
 
 
 def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> tuple[list, str]:
@@ -562,6 +596,7 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
     read_through(image.raw)
     read_through(image.zst)
     cp_t, zst_t, raw_t, cp_blocks, zst_blocks, raw_blocks = [], [], [], [], [], []
+    jobs, digest_t = [], []
     keep_uuid = ""
     with MemorySampler(baas.proc.pid) as memory:
         for i in range(repeat):
@@ -573,17 +608,24 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
             zst_t.append(zst["seconds"])
             zst_blocks.append(zst["allocated"])
             baas.delete_image(zst["uuid"])
-            log(f"  upload zstd: {zst['seconds']:.2f} s")
+            jobs.append(zst["job"])
+            log(f"  upload zstd: {zst['seconds']:.2f} s (then the SHA-256 job: {zst['job']} s)")
             raw = upload_once(baas, image, None, f"bench-raw-{i}")
             raw_t.append(raw["seconds"])
             raw_blocks.append(raw["allocated"])
-            log(f"  upload raw:  {raw['seconds']:.2f} s")
+            jobs.append(raw["job"])
+            log(f"  upload raw:  {raw['seconds']:.2f} s (then the SHA-256 job: {raw['job']} s)")
+            signed = upload_once(baas, image, None, f"bench-digest-{i}", digest=True)
+            digest_t.append(signed["seconds"])
+            baas.delete_image(signed["uuid"])
+            log(f"  upload raw with Content-Digest: {signed['seconds']:.2f} s")
             if keep_uuid:
                 baas.delete_image(keep_uuid)
             keep_uuid = raw["uuid"]
         hwm = max(memory.worker_hwm(), memory.peak_worker)
         tree = memory.peak_tree
-    cp, zs, rw = median(cp_t), median(zst_t), median(raw_t)
+    cp, zs, rw, dg = median(cp_t), median(zst_t), median(raw_t), median(digest_t)
+    job = median([j for j in jobs if j is not None]) if any(j is not None for j in jobs) else None
     data = image.data
     rows = [
         Row("upload zstd vs cp+sync", zs, cp, zs / cp, "<= 1.25", zs / cp <= 1.25,
@@ -592,6 +634,12 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
         Row("upload raw vs cp+sync", rw, cp, rw / cp, "<= 2.0", rw / cp <= 2.0,
             f"{mb_s(image.size, rw):.0f} MB/s raw over the wire",
             {"baas": raw_t, "baseline": cp_t}),
+        Row("upload raw + Content-Digest vs cp+sync", dg, cp, dg / cp, "-", None,
+            "the server hashes all of the image (zeros too) before it answers",
+            {"baas": digest_t, "baseline": cp_t}),
+        Row("SHA-256 job after an upload (s)", job, None, None, "-", None,
+            "records the whole-image SHA-256 the answer left to it; not part of the upload",
+            {"job": jobs}),
         Row("server peak memory (MiB)", hwm / MiB, None, None, "< 150 MiB", hwm < 150 * MiB,
             f"worker VmHWM; master+workers RSS peak {tree / MiB:.0f} MiB",
             {"worker_hwm": hwm, "tree_rss_peak": tree}),

@@ -51,7 +51,7 @@ class DataMap:
             "format": FORMAT,
             "block_size": BLOCK,
             "size": self.size,
-            "sha256": self.sha256,
+            "sha256": self.sha256 or None,  # None: a job computes it (a large upload)
             "data_bytes": self.data_bytes,
             "ranges": [list(item) for item in self.ranges],
             **({"blake3": list(self.blake3)} if self.blake3 is not None else {}),
@@ -72,7 +72,7 @@ class DataMap:
             raise ValueError("the map's BLAKE3 list does not match its ranges")
         return cls(
             size=int(data["size"]),
-            sha256=str(data["sha256"]),
+            sha256=str(data["sha256"] or ""),
             ranges=ranges,
             blake3=tuple(str(h) for h in fast) if fast is not None else None,
         )

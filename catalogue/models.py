@@ -147,7 +147,13 @@ class Version(models.Model):
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="versions")
     number = models.PositiveIntegerField()
     size = models.PositiveBigIntegerField(help_text="Logical size of the raw image in bytes")
-    sha256 = models.CharField(max_length=64, help_text="SHA-256 of the raw bytes")
+    sha256 = models.CharField(
+        max_length=64,
+        blank=True,
+        db_index=True,
+        help_text="SHA-256 of the raw bytes; empty for the seconds a background job takes "
+        "to compute it after a large upload",
+    )
     virtual_size = models.PositiveBigIntegerField(
         null=True,
         blank=True,

@@ -189,6 +189,16 @@ class PendingFile:
             search = max(zeros, hole + BLOCK)
         self._write_all(view[written:end])
 
+    def flush(self) -> None:
+        """Write the unaligned tail held back; call it only once every byte was written."""
+        try:
+            self._write_all(memoryview(self._carry))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+        self._carry = b""
+
     def commit(self, number: int, compression: str = "none") -> StoredFile:
         """Make the file version ``number``: durable, complete, in place. Never overwrites."""
         final = self.storage.version_path(self.image_uuid, number, compression)

@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 from django.db import InterfaceError, OperationalError
 
-from catalogue.services import compression, datamaps
+from catalogue.services import compression, datamaps, digests
 from catalogue.storage import StorageFull
 
 logger = logging.getLogger(__name__)
@@ -75,6 +75,32 @@ def version_map_task(version_id: int) -> str:
 def versions_map_missing_task() -> int:
     """Queue map builds for versions without a data map (stored before maps existed)."""
     return len(datamaps.versions_map_missing())
+
+
+# --- Whole-image SHA-256 left to later by large uploads --------------------------------
+
+
+@shared_task(
+    name="catalogue.version_digest",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError),
+    retry_backoff=15,
+    max_retries=8,
+)
+def version_digest_task(version_id: int) -> str:
+    """Record the SHA-256 of a version whose upload left it to later, then compress it.
+
+    A stored file that no longer matches its upload's data map fails without
+    retries and keeps no digest.
+    """
+    digest = digests.version_digest_complete(version_id=version_id)
+    return digest or "gone"
+
+
+@shared_task(name="catalogue.versions_digest_missing", acks_late=True)
+def versions_digest_missing_task() -> int:
+    """Queue the digest job of versions still without a SHA-256 (their job was lost)."""
+    return len(digests.versions_digest_missing())
 
 
 # --- Stale uploads --------------------------------------------------------------------

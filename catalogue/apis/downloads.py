@@ -23,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from catalogue.apis.fields import DigestField
 from catalogue.services import datamaps, datastream, delivery
 from catalogue.services.delivery import ByteRange, RangeNotSatisfiable, Representation
 
@@ -185,7 +186,6 @@ def _headers(
     representation: Representation, etag: str, byte_range: ByteRange | None
 ) -> dict[str, str]:
     version = representation.version
-    raw_digest = delivery.sha256_field(version.sha256)
     length = byte_range.length if byte_range else representation.size
     is_raw = representation.compression == "none"
     headers = {
@@ -197,10 +197,12 @@ def _headers(
             True, delivery.filename_for(representation)
         ),
         "Content-Location": f"/api/image/{version.image_id}/{version.number}",
-        "BAAS-Raw-Digest": raw_digest,
         "BAAS-Raw-Size": str(version.size),
     }
-    if is_raw:
+    if version.sha256:  # else a job computes it, seconds after a large upload
+        headers["BAAS-Raw-Digest"] = delivery.sha256_field(version.sha256)
+    if is_raw and version.sha256:
+        raw_digest = headers["BAAS-Raw-Digest"]
         headers["Repr-Digest"] = raw_digest
         if length == representation.size:
             headers["Content-Digest"] = raw_digest
@@ -229,7 +231,7 @@ class DataMapOutputSerializer(serializers.Serializer):
     format = serializers.CharField(help_text="baas-datamap/1")
     block_size = serializers.IntegerField()
     size = serializers.IntegerField(help_text="Bytes in the raw image.")
-    sha256 = serializers.CharField(help_text="SHA-256 of the whole raw image.")
+    sha256 = DigestField(help_text="SHA-256 of the whole raw image (null while it is computed).")
     data_bytes = serializers.IntegerField(help_text="Bytes inside the ranges.")
     ranges = serializers.ListField(
         child=serializers.ListField(),

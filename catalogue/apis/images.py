@@ -28,6 +28,7 @@ from accounts import rules
 from accounts.models import User
 from accounts.selectors import user_get_managed
 from catalogue.apis import uploads
+from catalogue.apis.fields import DigestField
 from catalogue.models import (
     Compression,
     FileStandard,
@@ -41,11 +42,16 @@ from catalogue.models import (
 from catalogue.selectors import images as selectors
 from catalogue.services import images as services
 from catalogue.services import lifecycle
+from catalogue.services.delivery import sha256_field
 
 # --- Serializers ---------------------------------------------------------------------
 
 
 class VersionOutputSerializer(serializers.ModelSerializer):
+    sha256 = DigestField(
+        help_text="SHA-256 of the raw image; null for a few seconds after a large upload, "
+        "until the background job that computes it has run"
+    )
     compression = serializers.CharField(
         source="stored_compression", help_text="How the file is stored now"
     )
@@ -222,13 +228,23 @@ UPLOAD_HEADERS = [
         description="RFC 9530: sha-256=:<base64>: of the bytes sent or of the raw image",
     ),
     OpenApiParameter(
+        "Want-Repr-Digest",
+        str,
+        OpenApiParameter.HEADER,
+        description="RFC 9530: sha-256=1 to have the whole-image SHA-256 in the answer "
+        "(and its Repr-Digest header) even for a large upload",
+    ),
+    OpenApiParameter(
         "Content-Encoding", str, OpenApiParameter.HEADER, enum=["zstd", "gzip", "identity"]
     ),
 ]
 UPLOAD_SCHEMA = extend_schema(
     summary="Upload the next version",
     description="The body is the image (raw, or zstd/gzip compressed), or a multipart "
-    "form with the field 'file'. Answers with the new version; nothing is stored on error.",
+    "form with the field 'file'. Answers with the new version; nothing is stored on error. "
+    "The answer to an upload larger than BAAS_UPLOAD_INLINE_SHA256_MAX (1 GiB by default) "
+    "comes as soon as its data is stored, with sha256 null: a background job records it "
+    "seconds later. Send Content-Digest or Want-Repr-Digest to wait for it instead.",
     request={
         "multipart/form-data": UploadFormSerializer,
         "application/octet-stream": OpenApiTypes.BINARY,
@@ -329,7 +345,12 @@ class ImageDetailApi(APIView):
             raise PermissionDenied("You may read this image but not upload to it.")
         _quota_check_up_front(request, image)
         version = uploads.upload_version(request, image)
-        return Response(VersionUploadedSerializer(version).data, status=status.HTTP_201_CREATED)
+        headers = {"Location": f"/api/image/{version.image_id}/{version.number}"}
+        if version.sha256:  # RFC 9530: the digest of the image now stored
+            headers["Repr-Digest"] = sha256_field(version.sha256)
+        return Response(
+            VersionUploadedSerializer(version).data, status=status.HTTP_201_CREATED, headers=headers
+        )
 
     @extend_schema(
         summary="Change metadata (JSON), or upload the next version (binary body, as curl -T)",

@@ -21,6 +21,12 @@ ending in ``.zst``/``.gz``, or else recognised from the first bytes. The
 expected digest comes from ``Content-Digest``/``Repr-Digest``
 (``sha-256=:<base64>:``, RFC 9530) or the form field ``sha256``; it may be
 the digest of the bytes as sent or of the raw image.
+
+The whole-image SHA-256 of an upload larger than
+``BAAS_UPLOAD_INLINE_SHA256_MAX`` is recorded by a background job after the
+answer (``catalogue.services.digests``), unless the client sent a digest or
+asked for one (``Want-Repr-Digest: sha-256=1``, RFC 9530): then the answer
+waits for it and carries it in ``Repr-Digest``.
 """
 
 from __future__ import annotations
@@ -42,8 +48,9 @@ from django.utils.datastructures import MultiValueDict
 from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
 
+from accounts import rules
 from catalogue.exceptions import BadUpload, ClientDisconnected, LengthRequired, UploadTooLarge
-from catalogue.models import Image, Version
+from catalogue.models import Image, ImageType, Version
 from catalogue.services.uploads import VersionReceiver, version_upload
 from catalogue.streaming import CHUNK
 
@@ -254,6 +261,16 @@ def header_digest(meta: dict[str, Any]) -> str | None:
     return None
 
 
+def wants_digest(meta: dict[str, Any]) -> bool:
+    """Whether ``Want-Repr-Digest``/``Want-Content-Digest`` asks for sha-256 (RFC 9530)."""
+    for key in ("HTTP_WANT_REPR_DIGEST", "HTTP_WANT_CONTENT_DIGEST"):
+        for member in meta.get(key, "").split(","):
+            name, _, preference = member.strip().partition("=")
+            if name.strip().lower() == "sha-256" and preference.strip() != "0":
+                return True
+    return False
+
+
 def _sha256_from_base64(value: str) -> str:
     try:
         digest = base64.b64decode(value, validate=True)
@@ -337,8 +354,18 @@ def upload_version(request: Request, image: Image) -> Version:
             f"The upload ({body.length} bytes) is larger than the {max_size}-byte limit."
         )
     expected = header_digest(django_request.META)
-    with VersionReceiver(image=image, max_size=max_size) as receiver:
-        if _media_type(django_request) == "multipart/form-data":
+    multipart = _media_type(django_request) == "multipart/form-data"
+    digest_now = (
+        bool(expected)
+        or wants_digest(django_request.META)
+        or rules.is_agent(request.user)
+        or image.type == ImageType.BOOT
+    )
+    receiver = VersionReceiver(
+        image=image, max_size=max_size, digest=digest_now, wire_digest=bool(expected) or multipart
+    )
+    with receiver:
+        if multipart:
             fields = _receive_multipart(django_request, body, receiver)
         else:
             fields = _receive_raw(django_request, body, receiver)

@@ -164,6 +164,12 @@ def version_compress(*, version_id: int) -> CompressionOutcome | None:
         version = Version.objects.select_related("image").filter(pk=version_id).first()
         if version is None:
             return None
+        if not version.sha256:  # a large upload's, not recorded yet: what the output is checked by
+            from catalogue.services.digests import version_digest_complete
+
+            if version_digest_complete(version_id=version_id) is None:
+                return None
+            continue
         target = version.image.compression
         if version.stored_compression == target:
             _remove_leftovers(version)

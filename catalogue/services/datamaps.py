@@ -12,7 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from django.db import transaction
 
@@ -100,13 +100,7 @@ def version_map_build(*, version_id: int) -> DataMap | None:
     except FileNotFoundError:
         return None  # deleted, or swapped by compression meanwhile: a later run finds it
     mapper = DataMapper()
-    with stored:
-        if version.stored_compression == Compression.NONE:
-            _map_sparse_file(stored, mapper)
-        else:
-            with raw_reader(stored, version.stored_compression) as raw:
-                while chunk := raw.read(READ):
-                    mapper.update(chunk)
+    scan_stored(stored, version.stored_compression, mapper)
     if mapper.size != version.size:
         raise MapMismatch(
             f"version {version.pk} is {version.size} bytes, its file holds {mapper.size}"
@@ -122,7 +116,26 @@ def version_map_build(*, version_id: int) -> DataMap | None:
     return datamap
 
 
-def _map_sparse_file(file: BinaryIO, mapper: DataMapper) -> None:
+class Scanner(Protocol):
+    """What a stored file's raw bytes are fed to: a DataMapper, or a tee of it."""
+
+    def update(self, data: bytes) -> None: ...
+
+    def skip(self, length: int) -> None: ...
+
+
+def scan_stored(stored: BinaryIO, compression: str, mapper: Scanner) -> None:
+    """Feed the raw bytes of ``stored`` (a file in ``compression``) to ``mapper``; close it."""
+    with stored:
+        if compression == Compression.NONE:
+            scan_sparse_file(stored, mapper)
+        else:
+            with raw_reader(stored, compression) as raw:
+                while chunk := raw.read(READ):
+                    mapper.update(chunk)
+
+
+def scan_sparse_file(file: BinaryIO, mapper: Scanner) -> None:
     """Feed a raw file: holes are skipped without reading, data is read and scanned."""
     fd = file.fileno()
     size = os.fstat(fd).st_size
@@ -151,7 +164,7 @@ def _map_sparse_file(file: BinaryIO, mapper: DataMapper) -> None:
         position = hole
 
 
-def _map_range(fd: int, position: int, end: int, mapper: DataMapper) -> None:
+def _map_range(fd: int, position: int, end: int, mapper: Scanner) -> None:
     while position < end:
         chunk = os.pread(fd, min(READ, end - position), position)
         if not chunk:

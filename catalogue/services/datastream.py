@@ -18,7 +18,7 @@ from typing import BinaryIO
 from catalogue.models import Compression, Version
 from catalogue.seekable import data_frames, read_seek_table
 from catalogue.services.datamaps import version_map, version_map_schedule
-from catalogue.services.delivery import ByteRange, open_stored
+from catalogue.services.delivery import ByteRange, open_stored, version_tag
 
 READ = 1 << 20
 
@@ -35,7 +35,7 @@ class DataStream:
         return sum(length for _, length in self.pieces)
 
     def etag(self) -> str:
-        return f'"{self.version.sha256}.data.{self.compression}.{self.size}"'
+        return f'"{version_tag(self.version)}.data.{self.compression}.{self.size}"'
 
     def close(self) -> None:
         self.file.close()

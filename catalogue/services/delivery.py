@@ -132,10 +132,16 @@ def etag_for(representation: Representation) -> str:
     Two compressed files of the same raw bytes may differ (another library
     version, a recompression), so their size is part of the tag too.
     """
-    version = representation.version
+    tag = version_tag(representation.version)
     if representation.compression == Compression.NONE:
-        return f'"{version.sha256}"'
-    return f'"{version.sha256}.{representation.compression}.{representation.size}"'
+        return f'"{tag}"'
+    return f'"{tag}.{representation.compression}.{representation.size}"'
+
+
+def version_tag(version: Version) -> str:
+    """What names a version's raw bytes in ETags: its SHA-256, or while a job computes it
+    (a large upload's, for seconds) its row's id, which no other version ever gets."""
+    return version.sha256 or f"version-{version.pk}"
 
 
 def sha256_field(hexdigest: str) -> str:

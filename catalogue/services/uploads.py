@@ -5,8 +5,12 @@ a :class:`VersionReceiver`, which
 
 * decodes them if they come compressed (zstd or gzip, declared or recognised
   by their magic), in pieces of at most 1 MiB whatever the ratio;
-* hashes the raw bytes (SHA-256) on a thread of its own, beside the I/O, and
-  maps where their data is (``catalogue.datamap``, stored beside the version);
+* maps where the raw bytes' data is (``catalogue.datamap``, stored beside the
+  version: every range of data with its SHA-256, the upload's own check);
+* hashes the whole raw image (SHA-256) on a thread of its own, beside the
+  I/O — up to ``BAAS_UPLOAD_INLINE_SHA256_MAX`` raw bytes, or all of it when
+  the client sends or asks for a digest; past that the answer comes without
+  waiting for it and a job records it (``catalogue.services.digests``);
 * refuses, as soon as it knows, data that is not the image's file standard
   (a qcow2 image takes only qcow2 data, without a backing file; a raw image
   never qcow2 data), data larger than BAAS_MAX_IMAGE_SIZE, and data that
@@ -23,7 +27,6 @@ that is removed at once (or, after a crash, by the stale-upload purge).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -42,6 +45,7 @@ from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
 from catalogue.models import Compression, FileStandard, Image, ImageType, Version
 from catalogue.services.bootfiles import BootImageError, boot_files_extract
 from catalogue.services.datamaps import version_map_store
+from catalogue.services.digests import file_digest, version_digest_ensure, version_digest_schedule
 from catalogue.services.lifecycle import quota_guard_for, versions_prune_schedule
 from catalogue.storage import (
     SUFFIXES,
@@ -68,7 +72,11 @@ QEMU_CHECK_OK = (0, 3)
 
 @dataclass(frozen=True)
 class ReceivedUpload:
-    """What arrived: raw ``size`` and ``sha256``, and the SHA-256 of the bytes as sent."""
+    """What arrived: raw ``size`` and ``sha256``, and the SHA-256 of the bytes as sent.
+
+    ``sha256`` is empty when it was left to the digest job; ``wire_sha256``
+    when the bytes as sent were not hashed (nobody could ask for it).
+    """
 
     size: int
     sha256: str
@@ -86,9 +94,16 @@ class VersionReceiver:
     the encoding is recognised from the first bytes. ``finish`` ends the
     stream; :func:`version_upload` commits it. Leaving the ``with`` block any
     other way removes everything written.
+
+    ``digest``: hash the whole raw image while it streams, however large (a
+    digest was sent or asked for); else only up to BAAS_UPLOAD_INLINE_SHA256_MAX.
+    ``wire_digest``: hash the bytes as sent, for a digest that may still come
+    (a multipart field after the file) and may be of the compressed bytes.
     """
 
-    def __init__(self, *, image: Image, max_size: int):
+    def __init__(
+        self, *, image: Image, max_size: int, digest: bool = False, wire_digest: bool = True
+    ):
         self.image = image
         self.max_size = max_size
         self.encoding: str | None = None
@@ -100,7 +115,9 @@ class VersionReceiver:
         self._virtual_size = 0
         self._decoder: Any = None
         self._hasher: BackgroundHasher | None = None
-        self._wire_hash = hashlib.sha256()
+        self._wire_hasher: BackgroundHasher | None = None
+        self._wire_digest = wire_digest
+        self._digest_limit = None if digest else settings.BAAS_UPLOAD_INLINE_SHA256_MAX
         self._mapper = DataMapper()
         self._store_compressed = False
         self._done = False
@@ -142,6 +159,8 @@ class VersionReceiver:
         # to write it in frames of its data map (catalogue.seekable).
         self._store_compressed = self.encoding == Compression.GZIP == self.image.compression
         self._hasher = BackgroundHasher()
+        if self._wire_digest and self.encoding != Compression.NONE:
+            self._wire_hasher = BackgroundHasher()
         self._decoder = DECODERS[self.encoding](self._on_raw)
         self.pending = _storage_call(
             get_storage().open_write, self.image.uuid, sparse=not self._store_compressed
@@ -149,7 +168,8 @@ class VersionReceiver:
 
     def _receive(self, data: bytes) -> None:
         if self.encoding != Compression.NONE:
-            self._wire_hash.update(data)
+            if self._wire_hasher is not None:
+                self._wire_hasher.update(data)
             if self._store_compressed:
                 _storage_call(self.pending.write, data)
         try:
@@ -167,7 +187,12 @@ class VersionReceiver:
             self._raw_head += data[:HEAD_BYTES]
             if len(self._raw_head) >= HEAD_BYTES:
                 self._check_standard()
-        self._hasher.update(data)
+        if self._hasher is not None:
+            if self._digest_limit is not None and self.size > self._digest_limit:
+                self._hasher.close()  # too large to wait for: left to the digest job
+                self._hasher = None
+            else:
+                self._hasher.update(data)
         self._mapper.update(data)
         if not self._store_compressed:
             _storage_call(self.pending.write, data)
@@ -191,8 +216,12 @@ class VersionReceiver:
 
     # --- Ending ------------------------------------------------------------------
 
-    def finish(self) -> ReceivedUpload:
-        """All bytes arrived: flush the decoder, run the last checks, return what arrived."""
+    def finish(self, *, need_digest: bool = False) -> ReceivedUpload:
+        """All bytes arrived: flush the decoder, run the last checks, return what arrived.
+
+        ``need_digest``: the SHA-256 is needed now; if it was left to later, the
+        pending file is read back for it.
+        """
         if self._decoder is None:
             if not self._head:
                 raise BadUpload("The upload is empty.")
@@ -206,18 +235,27 @@ class VersionReceiver:
         if not self._standard_checked:
             self._check_standard()
         self._check_quota()
-        sha256 = self._hasher.hexdigest()
+        sha256 = self._hasher.hexdigest() if self._hasher is not None else ""
+        wire_sha256 = self._wire_hasher.hexdigest() if self._wire_hasher is not None else ""
+        if need_digest and not sha256:
+            sha256 = self._pending_digest()
         if self.image.file_standard == FileStandard.QCOW2 and not self._store_compressed:
             self._virtual_size = self._qemu_check()
         return ReceivedUpload(
             size=self.size,
             sha256=sha256,
-            wire_sha256=self._wire_hash.hexdigest() if self.encoding != "none" else sha256,
+            wire_sha256=wire_sha256 if self.encoding != Compression.NONE else sha256,
             encoding=self.encoding,
             stored_compression=self.encoding if self._store_compressed else Compression.NONE,
             virtual_size=self._virtual_size if self._virtual_size else self.size,
             datamap=self._mapper.finish(sha256),
         )
+
+    def _pending_digest(self) -> str:
+        """The SHA-256 of the raw image in the pending file (read back: mostly cached)."""
+        _storage_call(self.pending.flush)
+        compression = self.encoding if self._store_compressed else Compression.NONE
+        return file_digest(self.pending.path, compression, self.size).sha256
 
     def _qemu_check(self) -> int:
         """qemu-img's verdict on the pending qcow2 file: its virtual size, or BadUpload."""
@@ -243,8 +281,9 @@ class VersionReceiver:
 
     def abort(self) -> None:
         self._done = True
-        if self._hasher is not None:
-            self._hasher.close()
+        for hasher in (self._hasher, self._wire_hasher):
+            if hasher is not None:
+                hasher.close()
         if self.pending is not None:
             self.pending.abort()
 
@@ -294,8 +333,11 @@ def version_upload(
         raise PermissionDenied("You may read this image but not upload to it.")
     if rules.is_agent(actor):
         note = actor.upload_note(image.pk)
-    received = receiver.finish()
+    needed_now = bool(expected_sha256) or same_as is not None or rules.is_agent(actor)
+    received = receiver.finish(need_digest=needed_now or image.type == ImageType.BOOT)
     _check_digest(received, expected_sha256)
+    if same_as is not None:
+        version_digest_ensure(same_as)
     if same_as is not None and (received.size, received.sha256) == (same_as.size, same_as.sha256):
         receiver.abort()  # the very bytes of that version: nothing new to store
         return same_as
@@ -416,6 +458,9 @@ def _version_row(
     )
     from catalogue.services.compression import compression_schedule_for_version
 
-    compression_schedule_for_version(version)
+    if version.sha256:
+        compression_schedule_for_version(version)
+    else:  # the digest job compresses it once the SHA-256 is recorded
+        version_digest_schedule(version)
     versions_prune_schedule(image)
     return version

@@ -16,6 +16,8 @@ from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
 
 from catalogue.models import ImageType, Version
+from catalogue.services.compression import VersionCorrupt
+from catalogue.services.digests import version_digest_ensure
 from catalogue.storage import get_storage
 from flashing.models import (
     RUNNING_STATES,
@@ -114,8 +116,15 @@ def _sync_entry(row: DeploymentImage) -> dict[str, Any]:
 
 def _write_entry(row: DeploymentImage) -> dict[str, Any]:
     version = row.version
+    deleted = f"Version {row.version_number} of an image of this setup was deleted."
     if version is None or row.image_id is None:
-        raise Conflict(f"Version {row.version_number} of an image of this setup was deleted.")
+        raise Conflict(deleted)
+    try:  # computed before the start, unless the deployment was started another way
+        version_digest_ensure(version)
+    except Version.DoesNotExist as exc:
+        raise Conflict(deleted) from exc
+    except VersionCorrupt as exc:
+        raise Conflict(str(exc)) from exc
     return {
         "image": str(row.image_id),
         "version": version.number,

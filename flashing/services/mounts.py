@@ -42,6 +42,8 @@ from rest_framework.exceptions import APIException
 
 from accounts import rules
 from catalogue.models import Compression, Version
+from catalogue.services.compression import VersionCorrupt
+from catalogue.services.digests import version_digest_ensure
 from catalogue.services.uploads import VersionReceiver, version_upload
 from flashing import nbd
 from flashing.models import (
@@ -275,6 +277,10 @@ def _start_locked(mount_id: int, directory: Path) -> str:
         raise nbd.NbdError(f"Version {mount.version_number} of the image was deleted.")
     # A server whose start was not recorded (a crash) holds the overlay's lock: stop it.
     nbd.server_stop(pid=nbd.recorded_pid(directory), overlay=overlay)
+    try:  # a base just uploaded may not have its SHA-256 yet: it is what the end compares
+        version_digest_ensure(mount.version)
+    except VersionCorrupt as exc:
+        raise nbd.NbdError(str(exc)) from exc
     base = nbd.materialise_base(directory=directory, version=mount.version)
     overlay = nbd.create_overlay(
         directory=directory, base=base, base_format=mount.image.file_standard
@@ -408,7 +414,9 @@ def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
 def _upload(mount: NetworkMount, merged: Path) -> Version:
     """The merged file through the catalogue's upload path: the next version, the pinned one
     if the bytes are the same, or an error."""
-    receiver = VersionReceiver(image=mount.image, max_size=settings.BAAS_MAX_IMAGE_SIZE)
+    receiver = VersionReceiver(
+        image=mount.image, max_size=settings.BAAS_MAX_IMAGE_SIZE, digest=True, wire_digest=False
+    )
     with open(merged, "rb") as source, receiver:
         receiver.declare_encoding(Compression.NONE)
         while chunk := source.read(nbd.CHUNK):

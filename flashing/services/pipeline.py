@@ -23,6 +23,9 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from catalogue.models import Version
+from catalogue.services.compression import VersionCorrupt
+from catalogue.services.digests import version_digest_ensure
 from flashing.models import (
     OUT_OF_SERVICE,
     RUNNING_STATES,
@@ -170,6 +173,7 @@ def machine_advance(*, machine_id: int) -> str:
 
     Booting into the system happens only when nothing runs and nothing waits.
     """
+    _digests_of_next(machine_id)
     if machine_start_next(machine_id=machine_id) is not None:
         return "started"
     machine = Machine.objects.get(pk=machine_id)
@@ -182,6 +186,24 @@ def machine_advance(*, machine_id: int) -> str:
         return "idle"  # never started, or its machine was booted into its system already
     _power_system(machine, last)
     return "system"
+
+
+def _digests_of_next(machine_id: int) -> None:
+    """Compute now, outside any lock, the SHA-256 that a large upload left to a background
+    job, for every version the machine's next deployment writes: agents check against it.
+
+    A version whose file no longer matches its upload is left to fail that deployment.
+    """
+    queued = Deployment.objects.filter(machine_id=machine_id, state=DeploymentState.QUEUED)
+    deployment = queued.order_by("created_at", "id").first()
+    if deployment is None:
+        return
+    pending = Version.objects.filter(sha256="", pk__in=deployment.images.values("version"))
+    for version in pending:
+        try:
+            version_digest_ensure(version)
+        except (Version.DoesNotExist, VersionCorrupt) as exc:
+            log.error("Version %s of deployment #%s: %s", version.pk, deployment.pk, exc)
 
 
 def _power_system(machine: Machine, deployment: Deployment) -> None:

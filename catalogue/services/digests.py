@@ -1,0 +1,173 @@
+"""Whole-image SHA-256 of versions whose upload left it to a background job.
+
+The SHA-256 of a version's raw bytes is its identity (download digests and
+ETags, what agents report, what retried syncs are matched by). Computing it
+costs one pass over the whole logical image, zeros included: for a 6 GiB
+image that holds 600 MiB of data, several times the cost of storing the data.
+So an upload past ``BAAS_UPLOAD_INLINE_SHA256_MAX`` raw bytes answers as soon
+as its data is stored and checked against the data map taken while it
+streamed (every range with its own SHA-256); the row's ``sha256`` stays empty
+until :func:`version_digest_complete` — a Celery job queued by the upload —
+has read the stored file back, checked it against that map, and recorded
+the digest. Uploads that send or ask for a digest, agents' uploads and boot
+images are hashed while they stream, as before.
+
+Whatever needs the digest before the job ran calls :func:`version_digest_ensure`
+(flashing before it starts a deployment, compression, network mounts), which
+computes it on the spot. Running the job twice records the same digest once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from django.db import transaction
+
+from catalogue.datamap import DataMap, DataMapper
+from catalogue.models import Compression, Version
+from catalogue.services.compression import VersionCorrupt
+from catalogue.services.datamaps import scan_stored, version_map, version_map_store
+from catalogue.storage import get_storage
+from catalogue.streaming import CHUNK, BackgroundHasher
+
+logger = logging.getLogger(__name__)
+ZEROS = memoryview(bytes(CHUNK))
+
+
+class DigestingMapper:
+    """A DataMapper that also hashes every byte, holes included, on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.mapper = DataMapper()
+        self._hasher = BackgroundHasher()
+
+    @property
+    def size(self) -> int:
+        return self.mapper.size
+
+    def update(self, data: bytes) -> None:
+        self.mapper.update(data)
+        self._hasher.update(data)
+
+    def skip(self, length: int) -> None:
+        self.mapper.skip(length)
+        while length > 0:
+            piece = min(length, CHUNK)
+            self._hasher.update(ZEROS[:piece])  # type: ignore[arg-type]  # read-only view
+            length -= piece
+
+    def finish(self) -> DataMap:
+        """The map, carrying the SHA-256 of all the bytes fed."""
+        return self.mapper.finish(self._hasher.hexdigest())
+
+    def close(self) -> None:
+        self._hasher.close()
+
+
+def file_digest(path: Path, compression: str, size: int) -> DataMap:
+    """The data map and SHA-256 of ``size`` raw bytes stored at ``path`` in ``compression``.
+
+    A raw file shorter than ``size`` ends in zeros (an upload not yet put in
+    place has no trailing holes). VersionCorrupt if the file holds more.
+    """
+    scanner = DigestingMapper()
+    try:
+        scan_stored(open(path, "rb"), compression, scanner)  # noqa: SIM115 - closed by scan_stored
+        if scanner.size > size:
+            raise VersionCorrupt(f"{path} holds {scanner.size} raw bytes, not {size}")
+        if compression == Compression.NONE and scanner.size < size:
+            scanner.skip(size - scanner.size)  # trailing holes: they start on a block
+        return scanner.finish()
+    finally:
+        scanner.close()
+
+
+def version_digest_schedule(version: Version) -> None:
+    """Compute the version's SHA-256 in the background once the transaction commits."""
+    from catalogue.tasks import version_digest_task
+
+    version_id = version.pk
+    transaction.on_commit(lambda: version_digest_task.delay(version_id))
+
+
+def version_digest_complete(*, version_id: int) -> str | None:
+    """Record the SHA-256 of a version stored without one; return it (None if it is gone).
+
+    Reads the stored file back and checks it against the data map its upload
+    took: a file that changed on disk since raises VersionCorrupt and is left
+    without a digest. Then queues the compression the upload left to later.
+    """
+    version = Version.objects.select_related("image").filter(pk=version_id).first()
+    if version is None:
+        return None
+    if version.sha256:
+        return version.sha256
+    uploaded = version_map(version)
+    path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
+    try:
+        found = file_digest(path, version.stored_compression, version.size)
+    except FileNotFoundError:
+        if not Version.objects.filter(pk=version_id).exists():
+            return None
+        raise
+    if found.size != version.size:
+        raise VersionCorrupt(
+            f"Version {version.pk} is {version.size} bytes, its file holds {found.size}."
+        )
+    if uploaded is not None and _data_differs(uploaded, found):
+        raise VersionCorrupt(
+            f"The stored file of version {version.pk} no longer holds the data its upload "
+            "sent (its data map differs); it keeps no SHA-256."
+        )
+    return _record(version, found)
+
+
+def _data_differs(uploaded: DataMap, found: DataMap) -> bool:
+    return uploaded.ranges != found.ranges or (
+        uploaded.blake3 is not None and found.blake3 is not None and uploaded.blake3 != found.blake3
+    )
+
+
+def _record(version: Version, found: DataMap) -> str | None:
+    from catalogue.services.compression import compression_schedule_for_version
+
+    with transaction.atomic():
+        row = Version.objects.select_for_update().select_related("image").filter(pk=version.pk)
+        row = row.first()
+        if row is None:
+            return None
+        if row.sha256:
+            return row.sha256  # a concurrent run recorded it
+        row.sha256 = found.sha256
+        row.save(update_fields=["sha256"])
+        version_map_store(row, found)
+        compression_schedule_for_version(row)
+    logger.info("SHA-256 of version %s: %s", row.pk, row.sha256)
+    return row.sha256
+
+
+def version_digest_ensure(version: Version) -> str:
+    """The version's SHA-256, computed now if its upload left it to later; sets it on ``version``.
+
+    Raises Version.DoesNotExist if the version was deleted meanwhile, VersionCorrupt
+    if its stored file no longer holds what was uploaded.
+    """
+    if not version.sha256:
+        digest = version_digest_complete(version_id=version.pk)
+        if digest is None:
+            raise Version.DoesNotExist(f"Version {version.pk} was deleted.")
+        version.sha256 = digest
+    return version.sha256
+
+
+def versions_digest_missing(*, limit: int = 100) -> list[int]:
+    """Queue the digest job of up to ``limit`` versions still without one (a job was lost)."""
+    from catalogue.tasks import version_digest_task
+
+    missing = list(
+        Version.objects.filter(sha256="").order_by("pk").values_list("pk", flat=True)[:limit]
+    )
+    for version_id in missing:
+        version_digest_task.delay(version_id)
+    return missing
