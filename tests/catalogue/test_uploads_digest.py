@@ -53,7 +53,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-
 # --- The answer ----------------------------------------------------------------------
 
 
