@@ -15,12 +15,18 @@ The map is built from the raw bytes as they stream by (:class:`DataMapper`),
 at upload, and stored beside the version (``<n>.map.json``). It carries the
 version's size and whole-image SHA-256, so a map never describes other bytes
 than the version it is served for.
+
+A large upload's map is taken with the BLAKE3 of each range only: its
+SHA-256s (a range's, and the whole image's) are computed with the version's
+digest by a background job (``catalogue.services.digests``), which rewrites
+the map. Until then both are null, and the map is not handed to agents.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,7 +59,7 @@ class DataMap:
             "size": self.size,
             "sha256": self.sha256 or None,  # None: a job computes it (a large upload)
             "data_bytes": self.data_bytes,
-            "ranges": [list(item) for item in self.ranges],
+            "ranges": [[start, end, digest or None] for start, end, digest in self.ranges],
             **({"blake3": list(self.blake3)} if self.blake3 is not None else {}),
         }
 
@@ -66,7 +72,7 @@ class DataMap:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("not a BAAS data map")
-        ranges = tuple((int(s), int(e), str(h)) for s, e, h in data["ranges"])
+        ranges = tuple((int(s), int(e), str(h or "")) for s, e, h in data["ranges"])
         fast = data.get("blake3")
         if fast is not None and len(fast) != len(ranges):
             raise ValueError("the map's BLAKE3 list does not match its ranges")
@@ -84,9 +90,17 @@ class DataMapper:
     Blocks are 4 KiB from the image's start, whatever the sizes of the pieces
     fed; a short last block is data unless it is all zeros. :meth:`skip` takes
     a run known to be zeros (a hole of a sparse file) without looking at it.
+
+    ``on_data(piece, offset)``, if given, receives every piece of data found,
+    in order, with its offset in the image: a sparse writer needs no scan of
+    its own. The last piece may only come with :meth:`finish`.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self, on_data: Callable[[memoryview, int], None] | None = None, *, sha256: bool = True
+    ) -> None:
+        self._on_data = on_data
+        self._sha256 = sha256  # False: BLAKE3 only (the SHA-256s come later)
         self.size = 0  # bytes fed
         self._carry = b""  # the start of a block not complete yet
         self._ranges: list[tuple[int, int, str]] = []
@@ -168,12 +182,19 @@ class DataMapper:
         while view:
             if self._open is None or self._end != offset or self._end - self._open[0] >= RANGE_MAX:
                 self._close()
-                self._open = (offset, hashlib.sha256(), blake3_module.blake3())
+                self._open = (
+                    offset,
+                    hashlib.sha256() if self._sha256 else None,
+                    blake3_module.blake3(),
+                )
                 self._end = offset
             room = RANGE_MAX - (self._end - self._open[0])
             piece = view[:room]
-            self._open[1].update(piece)
+            if self._open[1] is not None:
+                self._open[1].update(piece)
             self._open[2].update(piece)
+            if self._on_data is not None:
+                self._on_data(piece, offset)
             self._end += len(piece)
             offset += len(piece)
             view = view[len(piece) :]
@@ -181,7 +202,7 @@ class DataMapper:
     def _close(self) -> None:
         if self._open is not None:
             start, digest, fast = self._open
-            self._ranges.append((start, self._end, digest.hexdigest()))
+            self._ranges.append((start, self._end, digest.hexdigest() if digest else ""))
             self._fast.append(fast.hexdigest())
             self._open = None
 

@@ -189,6 +189,25 @@ class PendingFile:
             search = max(zeros, hole + BLOCK)
         self._write_all(view[written:end])
 
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        """Write ``data`` at ``offset``, at or past everything written so far: what is
+        skipped stays a hole. For a writer told where the data is (a DataMapper's
+        ``on_data``); do not mix with :meth:`write`."""
+        if offset < self.position:
+            raise ValueError(f"write at {offset}, before the {self.position} bytes written")
+        try:
+            self._file.seek(offset)
+            self._write_all(memoryview(data))
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+        self.position = offset + len(data)
+
+    def extend_to(self, size: int) -> None:
+        """The logical size is ``size``: what follows the last write is a hole."""
+        self.position = max(self.position, size)
+
     def flush(self) -> None:
         """Write the unaligned tail held back; call it only once every byte was written."""
         try:

@@ -362,7 +362,12 @@ def upload_version(request: Request, image: Image) -> Version:
         or image.type == ImageType.BOOT
     )
     receiver = VersionReceiver(
-        image=image, max_size=max_size, digest=digest_now, wire_digest=bool(expected) or multipart
+        image=image,
+        max_size=max_size,
+        digest=digest_now,
+        wire_digest=bool(expected) or multipart,
+        # Compressed or in a form, the image is still at least about as large as the body.
+        raw_at_least=max(0, (body.length or 0) - ENVELOPE) * 99 // 100,
     )
     with receiver:
         if multipart:

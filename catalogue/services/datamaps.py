@@ -144,8 +144,9 @@ def scan_sparse_file(file: BinaryIO, mapper: Scanner) -> None:
         try:
             data = os.lseek(fd, position, os.SEEK_DATA)
         except OSError as exc:
-            if exc.errno == errno.ENXIO:
-                data = size  # a hole to the end
+            if exc.errno == errno.ENXIO:  # a hole to the end (which may end mid-block)
+                mapper.skip(size - position)
+                return
             elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
                 data = position  # no SEEK_DATA on this filesystem: read everything
                 _map_range(fd, position, size, mapper)

@@ -27,12 +27,14 @@ that is removed at once (or, after a crash, by the stale-upload purge).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
+import zstandard
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
@@ -59,6 +61,7 @@ from catalogue.streaming import (
     DECODERS,
     QCOW2_HEADER,
     BackgroundHasher,
+    BackgroundWorker,
     DecodeError,
     qcow2_header,
     sniff_encoding,
@@ -99,10 +102,21 @@ class VersionReceiver:
     digest was sent or asked for); else only up to BAAS_UPLOAD_INLINE_SHA256_MAX.
     ``wire_digest``: hash the bytes as sent, for a digest that may still come
     (a multipart field after the file) and may be of the compressed bytes.
+    ``raw_at_least``: a lower bound of the raw size, from the request's length:
+    past the inline limit, the whole-image hash is not even started.
+
+    The request's thread reads and decodes; mapping and writing the raw bytes
+    run on a thread of their own, so the two overlap on two cores.
     """
 
     def __init__(
-        self, *, image: Image, max_size: int, digest: bool = False, wire_digest: bool = True
+        self,
+        *,
+        image: Image,
+        max_size: int,
+        digest: bool = False,
+        wire_digest: bool = True,
+        raw_at_least: int = 0,
     ):
         self.image = image
         self.max_size = max_size
@@ -118,6 +132,8 @@ class VersionReceiver:
         self._wire_hasher: BackgroundHasher | None = None
         self._wire_digest = wire_digest
         self._digest_limit = None if digest else settings.BAAS_UPLOAD_INLINE_SHA256_MAX
+        self._raw_at_least = raw_at_least
+        self._mapping: BackgroundWorker | None = None
         self._mapper = DataMapper()
         self._store_compressed = False
         self._done = False
@@ -158,13 +174,31 @@ class VersionReceiver:
         # gzip comes stored as sent; zstd is stored raw first, for the compression job
         # to write it in frames of its data map (catalogue.seekable).
         self._store_compressed = self.encoding == Compression.GZIP == self.image.compression
-        self._hasher = BackgroundHasher()
+        if not self._too_large_to_hash(head):
+            self._hasher = BackgroundHasher()
         if self._wire_digest and self.encoding != Compression.NONE:
             self._wire_hasher = BackgroundHasher()
         self._decoder = DECODERS[self.encoding](self._on_raw)
+        # The map's scan for zero blocks also tells the sparse writer where the data is.
+        # Without the whole-image hash now, the ranges' SHA-256s wait for the digest job.
+        self._mapper = DataMapper(
+            on_data=None if self._store_compressed else self._write_data,
+            sha256=self._hasher is not None,
+        )
+        self._mapping = BackgroundWorker(self._map, name="map", depth=16)
         self.pending = _storage_call(
             get_storage().open_write, self.image.uuid, sparse=not self._store_compressed
         )
+
+    def _too_large_to_hash(self, head: bytes) -> bool:
+        """Whether the image is known to exceed the inline hashing limit from the start."""
+        if self._digest_limit is None:
+            return False
+        declared = 0
+        if self.encoding == Compression.ZSTD:  # the frame's content size, checked when decoded
+            with contextlib.suppress(zstandard.ZstdError):
+                declared = zstandard.frame_content_size(head)
+        return max(self._raw_at_least, declared) > self._digest_limit
 
     def _receive(self, data: bytes) -> None:
         if self.encoding != Compression.NONE:
@@ -193,10 +227,16 @@ class VersionReceiver:
                 self._hasher = None
             else:
                 self._hasher.update(data)
+        self._mapping.put(data)
+
+    def _map(self, data: bytes) -> None:
+        """On the mapping thread: find the data, hash it by range, write it sparse."""
         self._mapper.update(data)
         if not self._store_compressed:
-            _storage_call(self.pending.write, data)
             self._check_quota()  # per decoded piece: a small body may unpack to gigabytes
+
+    def _write_data(self, piece: memoryview, offset: int) -> None:
+        _storage_call(self.pending.write_at, piece, offset)
 
     def _check_standard(self) -> None:
         """A qcow2 image takes qcow2 data without a backing file; a raw one never qcow2."""
@@ -232,13 +272,18 @@ class VersionReceiver:
             self._decoder.finish()
         except DecodeError as exc:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
+        self._mapping.join()
+        mapped = self._mapper.finish("")  # writes the last piece of data
+        if not self._store_compressed:
+            self.pending.extend_to(self.size)  # trailing zeros: a hole
         if not self._standard_checked:
             self._check_standard()
         self._check_quota()
         sha256 = self._hasher.hexdigest() if self._hasher is not None else ""
         wire_sha256 = self._wire_hasher.hexdigest() if self._wire_hasher is not None else ""
         if need_digest and not sha256:
-            sha256 = self._pending_digest()
+            mapped = self._pending_digest()
+            sha256 = mapped.sha256
         if self.image.file_standard == FileStandard.QCOW2 and not self._store_compressed:
             self._virtual_size = self._qemu_check()
         return ReceivedUpload(
@@ -248,14 +293,14 @@ class VersionReceiver:
             encoding=self.encoding,
             stored_compression=self.encoding if self._store_compressed else Compression.NONE,
             virtual_size=self._virtual_size if self._virtual_size else self.size,
-            datamap=self._mapper.finish(sha256),
+            datamap=replace(mapped, sha256=sha256),
         )
 
-    def _pending_digest(self) -> str:
-        """The SHA-256 of the raw image in the pending file (read back: mostly cached)."""
+    def _pending_digest(self) -> DataMap:
+        """The map and SHA-256 of the raw image in the pending file (read back: mostly cached)."""
         _storage_call(self.pending.flush)
         compression = self.encoding if self._store_compressed else Compression.NONE
-        return file_digest(self.pending.path, compression, self.size).sha256
+        return file_digest(self.pending.path, compression, self.size)
 
     def _qemu_check(self) -> int:
         """qemu-img's verdict on the pending qcow2 file: its virtual size, or BadUpload."""
@@ -281,9 +326,9 @@ class VersionReceiver:
 
     def abort(self) -> None:
         self._done = True
-        for hasher in (self._hasher, self._wire_hasher):
-            if hasher is not None:
-                hasher.close()
+        for worker in (self._mapping, self._hasher, self._wire_hasher):
+            if worker is not None:
+                worker.close()
         if self.pending is not None:
             self.pending.abort()
 

@@ -76,6 +76,10 @@ def test_a_large_upload_is_stored_and_answered_without_its_sha256(
     datamap = version_map(version)
     assert datamap is not None and datamap.data_bytes < 3 * MiB  # the upload's own check
     assert len(callbacks) >= 1  # the digest job, sent once the row is committed
+    served = user_client.get(f"/api/image/{image.uuid}/1/map").json()
+    assert served["sha256"] is None  # the SHA-256s, whole and per range, are the job's
+    assert {digest for _, _, digest in served["ranges"]} == {None}
+    assert len(served["blake3"]) == len(served["ranges"]) >= 1  # the upload's own check
 
     listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
     assert [v["sha256"] for v in listed if v["number"] == 1] == [None]
@@ -96,6 +100,8 @@ def test_the_digest_job_records_the_sha256_in_the_row_and_the_map(
     assert version_map(version).sha256 == sha(data)
     answer = user_client.get(f"/api/image/{image.uuid}/1/map").json()
     assert answer["sha256"] == sha(data)
+    for start, end, digest in answer["ranges"]:
+        assert digest == sha(data[start:end])
     listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
     assert [v["sha256"] for v in listed if v["number"] == 1] == [sha(data)]
     # Running it again changes nothing.
