@@ -20,7 +20,7 @@ from django.db.models import Count, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import User
-from catalogue.models import Image, ImageFrozen, Version
+from catalogue.models import Image, ImageFrozen, ImageType, Version
 
 # Deployment states (flashing.models) in which a deployment still needs its images.
 ACTIVE_DEPLOYMENT_STATES = ("queued", "booting", "syncing", "writing", "verifying")
@@ -89,8 +89,9 @@ def versions_kept_of(*, image: Image) -> set[int]:
     """Ids of ``image``'s versions that must not be pruned.
 
     Pinned by a setup, on a machine's disk now (flashing's record of disk
-    contents), written or brought back by a queued or running deployment, or
-    the base of a network mount that is not over.
+    contents), written or brought back by a queued or running deployment, the
+    base of a network mount that is not over, or the boot image a machine
+    boots over the network now.
     """
     disk_content = apps.get_model("flashing", "DiskContent")
     pinned = ImageFrozen.objects.filter(image=image).values_list("version_id", flat=True)
@@ -103,7 +104,27 @@ def versions_kept_of(*, image: Image) -> set[int]:
         .values_list("version_id", flat=True)
     )
     mounted = network_mounts_live().filter(image=image).values_list("version_id", flat=True)
-    return set(pinned) | set(on_disk) | set(deploying) | set(mounted)
+    return set(pinned) | set(on_disk) | set(deploying) | set(mounted) | _booted_now(image)
+
+
+def _booted_now(image: Image) -> set[int]:
+    """Ids of ``image``'s versions that a machine boots over the network now (boot images)."""
+    if image.type != ImageType.BOOT:
+        return set()
+    from flashing.services.boot import boot_image_current  # flashing builds on the catalogue
+
+    deployment_image = apps.get_model("flashing", "DeploymentImage")
+    machines = (
+        deployment_image.objects.filter(version__image=image, deployment__state="done")
+        .values_list("deployment__machine_id", flat=True)
+        .distinct()
+    )
+    booted = set()
+    for machine_id in machines:
+        current = boot_image_current(machine_id=machine_id)
+        if current is not None and current[1].version_id is not None:
+            booted.add(current[1].version_id)
+    return booted
 
 
 def network_mounts_live() -> QuerySet:

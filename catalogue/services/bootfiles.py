@@ -29,6 +29,7 @@ import subprocess
 import tempfile
 import threading
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -352,6 +353,13 @@ def _raw_file(path: Path, compression: str, scratch: Path) -> Path:
     return target
 
 
-def boot_cache_forget(*, image_uuid: uuid.UUID | str) -> None:
-    """Remove an image's extracted boot files (when the image is deleted)."""
-    shutil.rmtree(Path(settings.BAAS_BOOT_CACHE_DIR) / str(uuid.UUID(str(image_uuid))), True)
+def boot_cache_forget(*, image_uuid: uuid.UUID | str, sha256s: Iterable[str] | None = None) -> None:
+    """Remove an image's extracted boot files: all of them (the image was deleted), or
+    those of the contents ``sha256s`` (versions deleted) that no version left holds."""
+    if sha256s is None:
+        shutil.rmtree(Path(settings.BAAS_BOOT_CACHE_DIR) / str(uuid.UUID(str(image_uuid))), True)
+        return
+    left = set(Version.objects.filter(image_id=image_uuid).values_list("sha256", flat=True))
+    for sha256 in set(sha256s) - left:
+        if sha256:
+            shutil.rmtree(cache_dir(image_uuid, sha256), True)

@@ -56,6 +56,7 @@ from catalogue.selectors.usage import (
     user_storage_used,
     versions_kept_of,
 )
+from catalogue.services.bootfiles import boot_cache_forget
 from catalogue.storage import get_storage
 
 logger = logging.getLogger(__name__)
@@ -235,7 +236,7 @@ def _prune(image_uuid: uuid.UUID | str) -> list[int]:
     image = Image.objects.select_for_update().filter(pk=image_uuid).first()
     if image is None or image.keep_versions is None:
         return []
-    newest_first = list(image.versions.order_by("-number").only("pk", "number"))
+    newest_first = list(image.versions.order_by("-number").only("pk", "number", "sha256"))
     kept = versions_kept_of(image=image)
     doomed = [v for v in newest_first[image.keep_versions :] if v.pk not in kept]
     if not doomed:
@@ -250,6 +251,9 @@ def _prune(image_uuid: uuid.UUID | str) -> list[int]:
         keep_versions=image.keep_versions,
     )
     transaction.on_commit(partial(_delete_files, image.pk, numbers))
+    if image.type == ImageType.BOOT:  # their kernels and initrds, extracted for network boot
+        sha256s = [v.sha256 for v in doomed]
+        transaction.on_commit(partial(boot_cache_forget, image_uuid=image.pk, sha256s=sha256s))
     return numbers
 
 

@@ -8,6 +8,8 @@ import pytest
 from rest_framework.test import APIClient
 
 from catalogue.models import ImageType
+from catalogue.services.bootfiles import cache_dir
+from catalogue.services.lifecycle import versions_prune
 from flashing.models import AgentToken, Deployment, DiskContent, MachineDisk
 from flashing.services.leases import lease_end
 from flashing.services.pipeline import machine_advance, machine_start_next
@@ -237,3 +239,31 @@ def test_the_deployment_page_says_the_boot_image_is_booted_not_written(
     url = reverse("machines:deployment", kwargs={"deployment_id": deployment.pk})
     page = client.get(url).content.decode()
     assert f"Boot {boot.image.name} v1 over the network (a boot image)" in page
+
+
+def test_retention_keeps_the_boot_image_a_machine_boots_then_drops_it_and_its_files(
+    user_client, user, machine, boot_content, tmp_path, django_capture_on_commit_callbacks
+):
+    setup = ImageSetupFactory(owner=user)
+    booted = pinned(setup, ImageType.BOOT, "/dev/sda", boot_content)
+    deploy(user_client, machine, setup)
+    machine_start_next(machine_id=machine.pk)  # boot only: done at once
+    base = KERNEL_RE.search(script_of(machine)).group(1)
+    assert fetch(f"{base}/vmlinuz") == (200, KERNEL)
+    cached = cache_dir(booted.image_id, booted.sha256)
+    assert cached.is_dir()
+    image = booted.image
+    newer_files = {**boot_files("boot/"), "boot/cmdline": b"quiet\n"}
+    newer = fat_image(tmp_path / "newer.img", newer_files).read_bytes()
+    write_version(image, 2, newer)
+    setup.delete()  # unpinned: only the machine booting it holds it now
+    image.keep_versions = 1
+    image.save()
+
+    assert versions_prune(image_uuid=image.pk) == []
+    assert fetch(f"{base}/vmlinuz") == (200, KERNEL)  # the machine can still boot
+
+    lease_end(actor=user, lease=machine.leases.get())
+    with django_capture_on_commit_callbacks(execute=True):
+        assert versions_prune(image_uuid=image.pk) == [1]
+    assert not cached.exists()  # its extracted kernel and initrd go with it
