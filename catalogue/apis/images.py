@@ -171,7 +171,8 @@ class ImageUpdateInputSerializer(serializers.Serializer):
         required=False,
         allow_null=True,
         help_text="Keep only this many of the latest versions (null: every version); "
-        "versions pinned by a setup or on a machine's disk are always kept",
+        "versions pinned by a setup, on a machine's disk, being deployed or network-mounted, "
+        "or booted over the network by a machine are always kept",
     )
     associated_images = serializers.ListField(
         child=serializers.UUIDField(), required=False, help_text="UUIDs of images you may read"
