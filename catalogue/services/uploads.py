@@ -185,7 +185,7 @@ class VersionReceiver:
             on_data=None if self._store_compressed else self._write_data,
             sha256=self._hasher is not None,
         )
-        self._mapping = BackgroundWorker(self._map, name="map", depth=16)
+        self._mapping = BackgroundWorker(self._map, name="map", depth=8)
         self.pending = _storage_call(
             get_storage().open_write, self.image.uuid, sparse=not self._store_compressed
         )
