@@ -154,6 +154,12 @@ class Version(models.Model):
         help_text="SHA-256 of the raw bytes; empty for the seconds a background job takes "
         "to compute it after a large upload",
     )
+    damaged = models.CharField(
+        max_length=500,
+        blank=True,
+        help_text="Why the stored file cannot be trusted: it no longer holds what was "
+        "uploaded (empty: it can)",
+    )
     virtual_size = models.PositiveBigIntegerField(
         null=True,
         blank=True,

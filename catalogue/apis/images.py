@@ -64,6 +64,7 @@ class VersionOutputSerializer(serializers.ModelSerializer):
             "size",
             "virtual_size",
             "sha256",
+            "damaged",
             "stored_size",
             "compression",
             "uploaded_by",

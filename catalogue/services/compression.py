@@ -180,9 +180,19 @@ def version_compress(*, version_id: int) -> CompressionOutcome | None:
             if not Version.objects.filter(pk=version_id).exists():
                 return None  # deleted with its image while we worked
             raise
+        except VersionCorrupt as exc:
+            raise version_damaged(version, str(exc)) from exc
         _swap(version, target, stored)
         changed = True
     raise ConcurrentChange(f"The compression of version {version_id} keeps changing.")
+
+
+def version_damaged(version: Version, reason: str) -> VersionCorrupt:
+    """Record that the version's stored file cannot be trusted (shown with the version);
+    return the error to raise."""
+    Version.objects.filter(pk=version.pk).update(damaged=reason[:500])
+    logger.error("Version %s of image %s is damaged: %s", version.pk, version.image_id, reason)
+    return VersionCorrupt(reason)
 
 
 def image_recompress(*, image_uuid: uuid.UUID | str) -> list[int]:

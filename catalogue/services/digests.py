@@ -26,7 +26,7 @@ from django.db import transaction
 
 from catalogue.datamap import DataMap, DataMapper
 from catalogue.models import Compression, Version
-from catalogue.services.compression import VersionCorrupt
+from catalogue.services.compression import VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
 from catalogue.storage import get_storage
 from catalogue.streaming import CHUNK, BackgroundHasher
@@ -103,6 +103,8 @@ def version_digest_complete(*, version_id: int) -> str | None:
         return None
     if version.sha256:
         return version.sha256
+    if version.damaged:
+        raise VersionCorrupt(version.damaged)
     uploaded = version_map(version)
     path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
     try:
@@ -112,15 +114,21 @@ def version_digest_complete(*, version_id: int) -> str | None:
             return None
         raise
     if found.size != version.size:
-        raise VersionCorrupt(
-            f"Version {version.pk} is {version.size} bytes, its file holds {found.size}."
+        _damaged(
+            version, f"Version {version.number} is {version.size} bytes, its file {found.size}."
         )
     if uploaded is not None and _data_differs(uploaded, found):
-        raise VersionCorrupt(
-            f"The stored file of version {version.pk} no longer holds the data its upload "
-            "sent (its data map differs); it keeps no SHA-256."
+        _damaged(
+            version,
+            f"The stored file of version {version.number} no longer holds the data its upload "
+            "sent (its data map differs); upload it again.",
         )
     return _record(version, found)
+
+
+def _damaged(version: Version, reason: str) -> None:
+    """Record why the version cannot be trusted (shown with it, never hashed again); raise."""
+    raise version_damaged(version, reason)
 
 
 def _data_differs(uploaded: DataMap, found: DataMap) -> bool:
@@ -166,11 +174,14 @@ def version_digest_ensure(version: Version) -> str:
 
 
 def versions_digest_missing(*, limit: int = 100) -> list[int]:
-    """Queue the digest job of up to ``limit`` versions still without one (a job was lost)."""
+    """Queue the digest job of up to ``limit`` versions still without one (a job was lost);
+    not of damaged ones, whose file will not get better."""
     from catalogue.tasks import version_digest_task
 
     missing = list(
-        Version.objects.filter(sha256="").order_by("pk").values_list("pk", flat=True)[:limit]
+        Version.objects.filter(sha256="", damaged="")
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
     )
     for version_id in missing:
         version_digest_task.delay(version_id)

@@ -151,6 +151,7 @@ def test_it_refuses_to_swap_a_version_whose_bytes_do_not_match_its_sha256(compre
     version.refresh_from_db()
     assert version.stored_compression == Compression.NONE
     assert files_of(version) == {"0.img"}  # untouched, and no .part left behind
+    assert "SHA-256" in version.damaged  # and shown as damaged with the version
 
 
 @pytest.mark.django_db

@@ -241,7 +241,7 @@ def test_ensure_computes_it_on_the_spot(user_client, image, django_capture_on_co
     assert version.sha256 == sha(data)
 
 
-def test_a_file_changed_on_disk_before_the_job_gets_no_digest(user_client, image):
+def test_a_file_changed_on_disk_before_the_job_is_shown_damaged(user_client, image, signed_in):
     data = disk_image()
     post_raw(user_client, image, data)
     version = Version.objects.get(image=image, number=1)
@@ -258,6 +258,13 @@ def test_a_file_changed_on_disk_before_the_job_gets_no_digest(user_client, image
         version_digest_ensure(version)
     version.refresh_from_db()
     assert version.sha256 == ""
+    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
+    (shown,) = [v for v in listed if v["number"] == 1]
+    assert shown["sha256"] is None
+    assert "no longer holds the data its upload sent" in shown["damaged"]
+    assert versions_digest_missing() == []  # its file will not get better: not hashed again
+    page = signed_in.get(f"/images/{image.uuid}/")
+    assert "Damaged: " in page.content.decode()
 
 
 def test_the_beat_job_queues_the_versions_still_without_a_digest(user_client, image):
