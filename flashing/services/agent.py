@@ -119,6 +119,8 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
     deleted = f"Version {row.version_number} of an image of this setup was deleted."
     if version is None or row.image_id is None:
         raise Conflict(deleted)
+    if version.damaged:
+        raise Conflict(f"Image {version.image_id} v{version.number} is damaged: {version.damaged}")
     try:  # computed before the start, unless the deployment was started another way
         version_digest_ensure(version)
     except Version.DoesNotExist as exc:

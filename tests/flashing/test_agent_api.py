@@ -382,3 +382,18 @@ def test_a_version_changed_on_disk_before_its_sha256_fails_the_deployment(
     assert "no longer holds the data its upload sent" in answer.json()["detail"]
     deployment.refresh_from_db()
     assert deployment.state == "failed"
+
+
+def test_a_damaged_version_is_not_handed_to_an_agent(user_client, user, machine, setup):
+    response = user_client.post(
+        f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json"
+    )
+    assert response.status_code == 201
+    version = setup.frozen_images.first().version
+    Version.objects.filter(pk=version.pk).update(damaged="Its file was cut short.")
+    deployment = machine_start_next(machine_id=machine.pk)
+    answer = checked_in(machine).get("/api/agent/instructions")
+    assert answer.status_code == 409
+    assert "is damaged: Its file was cut short." in answer.json()["detail"]
+    deployment.refresh_from_db()
+    assert deployment.state == "failed"
