@@ -76,9 +76,8 @@ class BackgroundWorker:
             self._thread.join()
 
     def _raise(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        if self._error is not None:  # and again on every later call: nothing more is done
+            raise self._error
 
 
 _END = object()
