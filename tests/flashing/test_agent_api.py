@@ -376,12 +376,18 @@ def test_a_version_changed_on_disk_before_its_sha256_fails_the_deployment(
     path = get_storage().version_path(pending_version.image_id, 1, "none")
     with open(path, "r+b") as file:
         file.write(b"X")
+    assert_started_then_failed(machine, "no longer holds the data its upload sent")
+
+
+def assert_started_then_failed(machine, reason: str) -> None:
+    """The deployment starts, its agent asks for instructions: 409, and it failed for ``reason``."""
     deployment = machine_start_next(machine_id=machine.pk)
     answer = checked_in(machine).get("/api/agent/instructions")
     assert answer.status_code == 409
-    assert "no longer holds the data its upload sent" in answer.json()["detail"]
+    assert reason in answer.json()["detail"]
     deployment.refresh_from_db()
     assert deployment.state == "failed"
+    assert reason in deployment.failure_reason
 
 
 def test_a_damaged_version_is_not_handed_to_an_agent(user_client, user, machine, setup):
@@ -391,9 +397,4 @@ def test_a_damaged_version_is_not_handed_to_an_agent(user_client, user, machine,
     assert response.status_code == 201
     version = setup.frozen_images.first().version
     Version.objects.filter(pk=version.pk).update(damaged="Its file was cut short.")
-    deployment = machine_start_next(machine_id=machine.pk)
-    answer = checked_in(machine).get("/api/agent/instructions")
-    assert answer.status_code == 409
-    assert "is damaged: Its file was cut short." in answer.json()["detail"]
-    deployment.refresh_from_db()
-    assert deployment.state == "failed"
+    assert_started_then_failed(machine, "is damaged: Its file was cut short.")
