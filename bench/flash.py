@@ -307,17 +307,6 @@ def _write_ranges(chunks, target: Path, size: int, datamap) -> None:
         writer.close()
 
 
-def _write_ranges(chunks, target: Path, size: int, datamap) -> None:
-    from baas_agent.compress import decompressed
-    from baas_agent.disks import RangeWriter
-
-    ranges = [(start, end) for start, end, _ in datamap.ranges]
-    with RangeWriter(fresh(target), size, ranges) as writer:
-        for chunk in decompressed(chunks, "zstd"):
-            writer.write(chunk)
-        writer.close()
-
-
 def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path) -> dict:
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client

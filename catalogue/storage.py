@@ -208,16 +208,6 @@ class PendingFile:
         """The logical size is ``size``: what follows the last write is a hole."""
         self.position = max(self.position, size)
 
-    def flush(self) -> None:
-        """Write the unaligned tail held back; call it only once every byte was written."""
-        try:
-            self._write_all(memoryview(self._carry))
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise StorageFull("No space left in the image store.") from exc
-            raise
-        self._carry = b""
-
     def commit(self, number: int, compression: str = "none") -> StoredFile:
         """Make the file version ``number``: durable, complete, in place. Never overwrites."""
         final = self.storage.version_path(self.image_uuid, number, compression)

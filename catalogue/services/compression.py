@@ -33,7 +33,7 @@ import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import zstandard
 from django.db import transaction
@@ -164,12 +164,6 @@ def version_compress(*, version_id: int) -> CompressionOutcome | None:
         version = Version.objects.select_related("image").filter(pk=version_id).first()
         if version is None:
             return None
-        if not version.sha256:  # a large upload's, not recorded yet: what the output is checked by
-            from catalogue.services.digests import version_digest_complete
-
-            if version_digest_complete(version_id=version_id) is None:
-                return None
-            continue
         target = version.image.compression
         if version.stored_compression == target:
             _remove_leftovers(version)
@@ -262,25 +256,45 @@ def _target_file(version: Version, target: str) -> StoredFile:
 
 def _rewrite(version: Version, target: str) -> StoredFile:
     """Transcode the stored file to ``target``, verified, and commit it beside the old one."""
+    from catalogue.services.digests import DigestingMapper
+
     storage = get_storage()
     datamap = _datamap_for(version) if target == Compression.ZSTD else None
     source = _open_stored(version)
     sparse = target == Compression.NONE
+    # A large upload's SHA-256 is not recorded yet: this pass computes it, on the way.
+    scanner = DigestingMapper() if not version.sha256 else None
     with (
         raw_reader(source, version.stored_compression) as raw,
         storage.open_write(version.image_id, sparse=sparse) as pending,
+        contextlib.closing(scanner) if scanner else contextlib.nullcontext(),
     ):
+        encoder = encoder_for(target, version.size, datamap)
         try:
-            _transcode(raw, encoder_for(target, version.size, datamap), pending.write, version)
+            _transcode(raw, encoder, pending.write, version, scanner)
         except MapMismatch as exc:
             # The map is not of these bytes: drop it (a job rebuilds it), retry unframed.
             storage.delete_map(version.image_id, version.number)
             raise ConcurrentChange(f"Version {version.pk}: {exc}") from exc
+        if scanner is not None:
+            _record_digest(version, scanner)
         try:
             return pending.commit(version.number, target)
         except VersionExists:
             # A concurrent run committed the same verified bytes first.
             return storage.stat(version.image_id, version.number, target)
+
+
+def _record_digest(version: Version, scanner: Any) -> None:
+    """Record the SHA-256 this pass computed, checked against the upload's map (or raise
+    VersionCorrupt, the version recorded as damaged); set it on ``version``."""
+    from catalogue.services.datamaps import version_map
+    from catalogue.services.digests import version_digest_record
+
+    digest = version_digest_record(version, scanner.finish(), version_map(version), compress=False)
+    if digest is None:
+        raise ConcurrentChange(f"Version {version.pk} was deleted while it was compressed.")
+    version.sha256 = digest
 
 
 def _open_stored(version: Version) -> BinaryIO:
@@ -306,13 +320,20 @@ def _datamap_for(version: Version) -> DataMap | None:
     return datamap
 
 
-def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version) -> None:
-    """Stream ``raw`` through ``encoder`` into ``write``, checking size and SHA-256 on the way."""
+def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version, scanner=None) -> None:
+    """Stream ``raw`` through ``encoder`` into ``write``, checking size and SHA-256 on the way.
+
+    With a ``scanner`` (a version without its SHA-256 yet), the bytes are fed to it
+    instead, and the caller checks and records what it found.
+    """
     digest = hashlib.sha256()
     size = 0
     try:
         while chunk := raw.read(CHUNK):
-            digest.update(chunk)
+            if scanner is None:
+                digest.update(chunk)
+            else:
+                scanner.update(chunk)
             size += len(chunk)
             if out := encoder.compress(chunk):
                 write(out)
@@ -323,7 +344,7 @@ def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version) -> None
         if isinstance(encoder, FramedZstdEncoder):
             raise MapMismatch(str(exc)) from exc
         raise
-    if size != version.size or digest.hexdigest() != version.sha256:
+    if scanner is None and (size != version.size or digest.hexdigest() != version.sha256):
         raise VersionCorrupt(
             f"Version {version.pk} holds {size} bytes with SHA-256 {digest.hexdigest()}, "
             f"not {version.size} bytes with {version.sha256}; left as it is."

@@ -9,7 +9,8 @@ as its data is stored and checked against the data map taken while it
 streamed (every range with its own SHA-256); the row's ``sha256`` stays empty
 until :func:`version_digest_complete` — a Celery job queued by the upload —
 has read the stored file back, checked it against that map, and recorded
-the digest. Uploads that send or ask for a digest, agents' uploads and boot
+the digest. For an image stored compressed, the compression job does it in
+the same pass as it compresses. Uploads that send or ask for a digest, agents' uploads and boot
 images are hashed while they stream, as before.
 
 Whatever needs the digest before the job ran calls :func:`version_digest_ensure`
@@ -113,22 +114,27 @@ def version_digest_complete(*, version_id: int) -> str | None:
         if not Version.objects.filter(pk=version_id).exists():
             return None
         raise
+    return version_digest_record(version, found, uploaded)
+
+
+def version_digest_record(
+    version: Version, found: DataMap, uploaded: DataMap | None, *, compress: bool = True
+) -> str | None:
+    """Record ``found`` — the map and SHA-256 of the version's stored bytes, read back — as
+    the version's, once checked against the map its upload took (``uploaded``); return the
+    digest (None if the version is gone). Raises VersionCorrupt, the version recorded as
+    damaged, if the bytes are not what was uploaded. ``compress``: then queue the
+    compression the upload left to later (not for the compression job's own pass)."""
     if found.size != version.size:
-        _damaged(
-            version, f"Version {version.number} is {version.size} bytes, its file {found.size}."
-        )
+        reason = f"Version {version.number} is {version.size} bytes, its file {found.size}."
+        raise version_damaged(version, reason)
     if uploaded is not None and _data_differs(uploaded, found):
-        _damaged(
+        raise version_damaged(
             version,
             f"The stored file of version {version.number} no longer holds the data its upload "
             "sent (its data map differs); upload it again.",
         )
-    return _record(version, found)
-
-
-def _damaged(version: Version, reason: str) -> None:
-    """Record why the version cannot be trusted (shown with it, never hashed again); raise."""
-    raise version_damaged(version, reason)
+    return _record(version, found, compress=compress)
 
 
 def _data_differs(uploaded: DataMap, found: DataMap) -> bool:
@@ -141,7 +147,7 @@ def _data_differs(uploaded: DataMap, found: DataMap) -> bool:
     return any(a[2] and a[2] != b[2] for a, b in zip(uploaded.ranges, found.ranges, strict=True))
 
 
-def _record(version: Version, found: DataMap) -> str | None:
+def _record(version: Version, found: DataMap, *, compress: bool) -> str | None:
     from catalogue.services.compression import compression_schedule_for_version
 
     with transaction.atomic():
@@ -154,7 +160,8 @@ def _record(version: Version, found: DataMap) -> str | None:
         row.sha256 = found.sha256
         row.save(update_fields=["sha256"])
         version_map_store(row, found)
-        compression_schedule_for_version(row)
+        if compress:
+            compression_schedule_for_version(row)
     logger.info("SHA-256 of version %s: %s", row.pk, row.sha256)
     return row.sha256
 

@@ -298,7 +298,6 @@ class VersionReceiver:
 
     def _pending_digest(self) -> DataMap:
         """The map and SHA-256 of the raw image in the pending file (read back: mostly cached)."""
-        _storage_call(self.pending.flush)
         compression = self.encoding if self._store_compressed else Compression.NONE
         return file_digest(self.pending.path, compression, self.size)
 
@@ -503,9 +502,9 @@ def _version_row(
     )
     from catalogue.services.compression import compression_schedule_for_version
 
-    if version.sha256:
-        compression_schedule_for_version(version)
-    else:  # the digest job compresses it once the SHA-256 is recorded
+    # A compression job computes a large upload's SHA-256 in its own pass over the bytes;
+    # without one to run, the digest job does.
+    if not compression_schedule_for_version(version) and not version.sha256:
         version_digest_schedule(version)
     versions_prune_schedule(image)
     return version

@@ -308,3 +308,19 @@ def test_a_worker_records_the_digest_then_compresses(celery_worker, live_server,
     unpacked = subprocess.run(["zstd", "-dc", str(stored)], capture_output=True, check=True)
     assert unpacked.stdout == data
     assert version_map(version).sha256 == sha(data)
+
+
+def test_compression_finds_a_file_changed_before_its_digest_damaged(user_client, user):
+    image = ImageFactory(owner=user, compression=Compression.GZIP)
+    post_raw(user_client, image, disk_image())
+    version = Version.objects.get(image=image, number=1)
+    with open(get_storage().version_path(image.uuid, 1, "none"), "r+b") as file:
+        file.write(b"X")
+
+    with pytest.raises(VersionCorrupt):
+        version_compress(version_id=version.pk)
+
+    version.refresh_from_db()
+    assert (version.sha256, version.stored_compression) == ("", Compression.NONE)
+    assert "no longer holds the data its upload sent" in version.damaged
+    assert not get_storage().version_path(image.uuid, 1, "gzip").exists()

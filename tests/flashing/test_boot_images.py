@@ -58,6 +58,15 @@ def fetch(url: str) -> tuple[int, bytes]:
     return response.status_code, body
 
 
+def booting(client, user, machine, boot_content):
+    """A setup of a boot image alone, deployed (done at once): (setup, version, URL base)."""
+    setup = ImageSetupFactory(owner=user)
+    version = pinned(setup, ImageType.BOOT, "/dev/sda", boot_content)
+    deploy(client, machine, setup)
+    machine_start_next(machine_id=machine.pk)
+    return setup, version, KERNEL_RE.search(script_of(machine)).group(1)
+
+
 def flash_done(machine, deployment) -> dict:
     """Start the deployment and let an agent write what it is told; the instructions."""
     machine_start_next(machine_id=machine.pk)
@@ -156,11 +165,7 @@ def test_a_setup_of_a_boot_image_only_never_boots_the_management_os(
 def test_the_boot_image_is_booted_only_while_the_lease_holds(
     user_client, user, machine, boot_content
 ):
-    setup = ImageSetupFactory(owner=user)
-    pinned(setup, ImageType.BOOT, "/dev/sda", boot_content)
-    deploy(user_client, machine, setup)
-    machine_start_next(machine_id=machine.pk)
-    base = KERNEL_RE.search(script_of(machine)).group(1)
+    base = booting(user_client, user, machine, boot_content)[2]
     lease_end(actor=user, lease=machine.leases.get())
     assert "sanboot --no-describe --drive 0x80" in script_of(machine)
     assert fetch(f"{base}/vmlinuz")[0] == 404
@@ -169,11 +174,7 @@ def test_the_boot_image_is_booted_only_while_the_lease_holds(
 def test_a_later_deployment_without_a_boot_image_boots_the_disk_again(
     user_client, user, machine, boot_content
 ):
-    setup = ImageSetupFactory(owner=user)
-    pinned(setup, ImageType.BOOT, "/dev/sda", boot_content)
-    deploy(user_client, machine, setup)
-    machine_start_next(machine_id=machine.pk)
-    base = KERNEL_RE.search(script_of(machine)).group(1)
+    base = booting(user_client, user, machine, boot_content)[2]
     plain = ImageSetupFactory(owner=user)
     pinned(plain, ImageType.SINGLE, "/dev/sda", b"disk" * 1024)
     later = deploy(user_client, machine, plain)
@@ -244,11 +245,7 @@ def test_the_deployment_page_says_the_boot_image_is_booted_not_written(
 def test_retention_keeps_the_boot_image_a_machine_boots_then_drops_it_and_its_files(
     user_client, user, machine, boot_content, tmp_path, django_capture_on_commit_callbacks
 ):
-    setup = ImageSetupFactory(owner=user)
-    booted = pinned(setup, ImageType.BOOT, "/dev/sda", boot_content)
-    deploy(user_client, machine, setup)
-    machine_start_next(machine_id=machine.pk)  # boot only: done at once
-    base = KERNEL_RE.search(script_of(machine)).group(1)
+    setup, booted, base = booting(user_client, user, machine, boot_content)
     assert fetch(f"{base}/vmlinuz") == (200, KERNEL)
     cached = cache_dir(booted.image_id, booted.sha256)
     assert cached.is_dir()
