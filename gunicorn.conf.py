@@ -41,3 +41,13 @@ def post_fork(server, worker):
         libc.mallopt(-8, MALLOC_ARENA_MAX)  # M_ARENA_MAX
     except (OSError, AttributeError):  # not glibc: nothing to tune
         pass
+
+
+def post_worker_init(worker):
+    # What the worker loaded (Django, the project, their modules) lives as long as
+    # it does: out of the garbage collector's sight, a full collection no longer
+    # walks it all, stopping every request's threads while an upload streams.
+    import gc
+
+    gc.collect()
+    gc.freeze()

@@ -47,6 +47,10 @@ class DataMap:
     # The BLAKE3 of each range too: as safe a check, ten times faster to compute,
     # for agents that only need to know whether a disk still holds the image.
     blake3: tuple[str, ...] | None = None
+    # A large zstd upload's frame checksums, still to be checked by the job that reads
+    # the version back: [start, end) of the raw bytes each covers, and the low 32 bits
+    # of their XXH64, as the frame carried it. Gone from the map once checked.
+    zstd_checksums: tuple[tuple[int, int, int], ...] | None = None
 
     @property
     def data_bytes(self) -> int:
@@ -61,6 +65,11 @@ class DataMap:
             "data_bytes": self.data_bytes,
             "ranges": [[start, end, digest or None] for start, end, digest in self.ranges],
             **({"blake3": list(self.blake3)} if self.blake3 is not None else {}),
+            **(
+                {"zstd_checksums": [[s, e, f"{v:08x}"] for s, e, v in self.zstd_checksums]}
+                if self.zstd_checksums
+                else {}
+            ),
         }
 
     def dumps(self) -> bytes:
@@ -81,6 +90,10 @@ class DataMap:
             sha256=str(data["sha256"] or ""),
             ranges=ranges,
             blake3=tuple(str(h) for h in fast) if fast is not None else None,
+            zstd_checksums=tuple(
+                (int(s), int(e), int(v, 16)) for s, e, v in data.get("zstd_checksums") or ()
+            )
+            or None,
         )
 
 
@@ -129,10 +142,17 @@ class DataMapper:
         self._carry = bytes(view[whole:])
 
     def skip(self, length: int) -> None:
-        """``length`` zero bytes, at a block boundary (a hole)."""
-        if self._carry or self.size % BLOCK:
-            raise ValueError("a hole must start at a block boundary")
-        self.size += length
+        """``length`` zero bytes (a hole), not looked at but where they share a block with data."""
+        if self._carry:  # the block in progress is finished with zeros
+            head = min(length, BLOCK - len(self._carry))
+            self.update(bytes(head))
+            length -= head
+        if length <= 0:
+            return
+        whole = length // BLOCK * BLOCK
+        self.size += whole
+        if length > whole:
+            self.update(bytes(length - whole))
 
     def finish(self, sha256: str) -> DataMap:
         """The map, given the whole image's SHA-256 (computed alongside)."""

@@ -17,7 +17,10 @@ from dataclasses import dataclass
 
 import zstandard
 
+from catalogue import zstdblocks
+
 CHUNK = 1 << 20
+ZEROS = memoryview(bytes(CHUNK))  # read-only zeros, to hash a hole without allocating
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 QCOW2_MAGIC = b"QFI\xfb"
@@ -280,7 +283,53 @@ class ZstdFrameTracker:
         self._expect("magic", 4)
 
 
+class HoleZstdDecoder:
+    """zstd decoded block by block: blocks of zeros reach ``on_hole`` as lengths only.
+
+    See :mod:`catalogue.zstdblocks`; the errors are :class:`DecodeError`s here.
+    """
+
+    def __init__(self, sink: Sink, on_hole: Callable[[int], None], *, checksum: bool = True):
+        self._decoder = zstdblocks.BlockZstdDecoder(sink, on_hole, checksum=checksum)
+
+    @property
+    def checksums(self) -> tuple[tuple[int, int, int], ...]:
+        """The frame checksums left to check (``checksum=False``), see BlockZstdDecoder."""
+        return tuple(self._decoder.checksums)
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._decoder.write(data)
+        except zstdblocks.ZstdBlockError as exc:
+            raise DecodeError(str(exc)) from exc
+
+    def finish(self) -> None:
+        try:
+            self._decoder.finish()
+        except zstdblocks.ZstdBlockError as exc:
+            raise DecodeError(str(exc)) from exc
+
+
 DECODERS = {"none": IdentityDecoder, "gzip": GzipDecoder, "zstd": ZstdDecoder}
+
+
+def decoder_for(
+    encoding: str,
+    sink: Sink,
+    on_hole: Callable[[int], None] | None = None,
+    *,
+    checksum: bool = True,
+):
+    """A decoder of ``encoding`` pushing raw bytes into ``sink``.
+
+    With ``on_hole``, zstd's blocks of zeros reach it as lengths instead of
+    zero bytes reaching ``sink`` (where libzstd's block API is available);
+    ``checksum=False`` then leaves the frames' checksums to the caller (its
+    ``checksums``).
+    """
+    if encoding == "zstd" and on_hole is not None and zstdblocks.available():
+        return HoleZstdDecoder(sink, on_hole, checksum=checksum)
+    return DECODERS[encoding](sink)
 
 
 def sniff_encoding(head: bytes) -> str:

@@ -262,8 +262,9 @@ def _rewrite(version: Version, target: str) -> StoredFile:
     datamap = _datamap_for(version) if target == Compression.ZSTD else None
     source = _open_stored(version)
     sparse = target == Compression.NONE
-    # A large upload's SHA-256 is not recorded yet: this pass computes it, on the way.
-    scanner = DigestingMapper() if not version.sha256 else None
+    # A large upload's SHA-256 is not recorded yet: this pass computes it, on the way
+    # (and checks the frame checksums of a zstd upload, which wait for it too).
+    scanner = DigestingMapper(_zstd_checksums(version)) if not version.sha256 else None
     with (
         raw_reader(source, version.stored_compression) as raw,
         storage.open_write(version.image_id, sparse=sparse) as pending,
@@ -283,6 +284,13 @@ def _rewrite(version: Version, target: str) -> StoredFile:
         except VersionExists:
             # A concurrent run committed the same verified bytes first.
             return storage.stat(version.image_id, version.number, target)
+
+
+def _zstd_checksums(version: Version) -> tuple[tuple[int, int, int], ...] | None:
+    from catalogue.services.datamaps import version_map
+
+    uploaded = version_map(version)
+    return uploaded.zstd_checksums if uploaded is not None else None
 
 
 def _record_digest(version: Version, scanner: Any) -> None:

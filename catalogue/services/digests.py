@@ -21,8 +21,10 @@ computes it on the spot. Running the job twice records the same digest once.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
+import xxhash
 from django.db import transaction
 
 from catalogue.datamap import DataMap, DataMapper
@@ -30,18 +32,73 @@ from catalogue.models import Compression, Version
 from catalogue.services.compression import VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
 from catalogue.storage import get_storage
-from catalogue.streaming import CHUNK, BackgroundHasher
+from catalogue.streaming import CHUNK, ZEROS, BackgroundHasher, BackgroundWorker
 
 logger = logging.getLogger(__name__)
-ZEROS = memoryview(bytes(CHUNK))
+
+
+class FrameChecksums:
+    """The zstd content checksums of raw ranges (XXH64, low 32 bits), fed the raw bytes
+    in order; ``ranges`` are ``(start, end, expected)``, sorted and not overlapping."""
+
+    def __init__(self, ranges: tuple[tuple[int, int, int], ...]):
+        self._ranges = list(ranges)
+        self._next = 0  # the first range not finished
+        self._position = 0
+        self._hash = xxhash.xxh64()
+        self.found: list[tuple[int, int, int]] = []
+
+    def update(self, data: bytes | memoryview) -> None:
+        view = memoryview(data)
+        while view and self._next < len(self._ranges):
+            start, end, _ = self._ranges[self._next]
+            if self._position < start:  # bytes no frame covers (none, in a zstd stream)
+                step = min(len(view), start - self._position)
+            else:
+                step = min(len(view), end - self._position)
+                self._hash.update(view[:step])
+            view = view[step:]
+            self._position += step
+            self._close_ended()
+        self._position += len(view)
+
+    def skip(self, length: int) -> None:
+        while length > 0:
+            piece = min(length, CHUNK)
+            self.update(ZEROS[:piece])
+            length -= piece
+
+    def finish(self) -> tuple[tuple[int, int, int], ...]:
+        """What the bytes fed hash to, per range (a range not reached: -1)."""
+        self._close_ended()
+        found = self.found + [(s, e, -1) for s, e, _ in self._ranges[len(self.found) :]]
+        return tuple(found)
+
+    def _close_ended(self) -> None:
+        while self._next < len(self._ranges):
+            start, end, _ = self._ranges[self._next]
+            if self._position < end:
+                return
+            self.found.append((start, end, self._hash.intdigest() & 0xFFFFFFFF))
+            self._hash.reset()
+            self._next += 1
 
 
 class DigestingMapper:
-    """A DataMapper that also hashes every byte, holes included, on a thread of its own."""
+    """A DataMapper that also hashes every byte, holes included, on a thread of its own.
 
-    def __init__(self) -> None:
+    ``zstd_checksums``: the frame checksums a large zstd upload left to check
+    (``DataMap.zstd_checksums``); the map returned by :meth:`finish` carries
+    what the bytes hash to instead, for the caller to compare.
+    """
+
+    def __init__(self, zstd_checksums: tuple[tuple[int, int, int], ...] | None = None) -> None:
         self.mapper = DataMapper()
         self._hasher = BackgroundHasher()
+        self._checksums = FrameChecksums(zstd_checksums) if zstd_checksums else None
+        self._checking = (
+            BackgroundWorker(self._check, name="xxh64") if self._checksums is not None else None
+        )
 
     @property
     def size(self) -> int:
@@ -50,29 +107,51 @@ class DigestingMapper:
     def update(self, data: bytes) -> None:
         self.mapper.update(data)
         self._hasher.update(data)
+        if self._checking is not None:
+            self._checking.put(data)
 
     def skip(self, length: int) -> None:
         self.mapper.skip(length)
+        if self._checking is not None:
+            self._checking.put(length)
         while length > 0:
             piece = min(length, CHUNK)
             self._hasher.update(ZEROS[:piece])  # type: ignore[arg-type]  # read-only view
             length -= piece
 
+    def _check(self, item: bytes | int) -> None:
+        if isinstance(item, int):
+            self._checksums.skip(item)
+        else:
+            self._checksums.update(item)
+
     def finish(self) -> DataMap:
-        """The map, carrying the SHA-256 of all the bytes fed."""
-        return self.mapper.finish(self._hasher.hexdigest())
+        """The map, carrying the SHA-256 of all the bytes fed (and their frame checksums)."""
+        found = self.mapper.finish(self._hasher.hexdigest())
+        if self._checking is None:
+            return found
+        self._checking.join()
+        return replace(found, zstd_checksums=self._checksums.finish())
 
     def close(self) -> None:
         self._hasher.close()
+        if self._checking is not None:
+            self._checking.close()
 
 
-def file_digest(path: Path, compression: str, size: int) -> DataMap:
-    """The data map and SHA-256 of ``size`` raw bytes stored at ``path`` in ``compression``.
+def file_digest(
+    path: Path,
+    compression: str,
+    size: int,
+    zstd_checksums: tuple[tuple[int, int, int], ...] | None = None,
+) -> DataMap:
+    """The data map and SHA-256 of ``size`` raw bytes stored at ``path`` in ``compression``
+    (and the frame checksums of ``zstd_checksums``' ranges, see :class:`DigestingMapper`).
 
     A raw file shorter than ``size`` ends in zeros (an upload not yet put in
     place has no trailing holes). VersionCorrupt if the file holds more.
     """
-    scanner = DigestingMapper()
+    scanner = DigestingMapper(zstd_checksums)
     try:
         scan_stored(open(path, "rb"), compression, scanner)  # noqa: SIM115 - closed by scan_stored
         if scanner.size > size:
@@ -109,7 +188,12 @@ def version_digest_complete(*, version_id: int) -> str | None:
     uploaded = version_map(version)
     path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
     try:
-        found = file_digest(path, version.stored_compression, version.size)
+        found = file_digest(
+            path,
+            version.stored_compression,
+            version.size,
+            uploaded.zstd_checksums if uploaded is not None else None,
+        )
     except FileNotFoundError:
         if not Version.objects.filter(pk=version_id).exists():
             return None
@@ -134,7 +218,13 @@ def version_digest_record(
             f"The stored file of version {version.number} no longer holds the data its upload "
             "sent (its data map differs); upload it again.",
         )
-    return _record(version, found, compress=compress)
+    if uploaded is not None and uploaded.zstd_checksums != found.zstd_checksums:
+        raise version_damaged(
+            version,
+            f"Version {version.number} does not hold what its zstd upload was compressed "
+            "from (a frame checksum differs): the upload was damaged on the way; upload it again.",
+        )
+    return _record(version, replace(found, zstd_checksums=None), compress=compress)
 
 
 def _data_differs(uploaded: DataMap, found: DataMap) -> bool:

@@ -58,11 +58,13 @@ from catalogue.storage import (
     is_disk_full,
 )
 from catalogue.streaming import (
-    DECODERS,
+    CHUNK,
     QCOW2_HEADER,
+    ZEROS,
     BackgroundHasher,
     BackgroundWorker,
     DecodeError,
+    decoder_for,
     qcow2_header,
     sniff_encoding,
 )
@@ -134,6 +136,7 @@ class VersionReceiver:
         self._digest_limit = None if digest else settings.BAAS_UPLOAD_INLINE_SHA256_MAX
         self._raw_at_least = raw_at_least
         self._mapping: BackgroundWorker | None = None
+        self._hole = 0  # zeros decoded as a hole since the last data, not handed on yet
         self._mapper = DataMapper()
         self._store_compressed = False
         self._done = False
@@ -178,7 +181,11 @@ class VersionReceiver:
             self._hasher = BackgroundHasher()
         if self._wire_digest and self.encoding != Compression.NONE:
             self._wire_hasher = BackgroundHasher()
-        self._decoder = DECODERS[self.encoding](self._on_raw)
+        # Not hashing it all now, the decoder leaves the frame checksums (XXH64 of every
+        # byte, zeros included) to the job that hashes it all later, and skips the zeros.
+        self._decoder = decoder_for(
+            self.encoding, self._on_raw, self._on_hole, checksum=self._hasher is not None
+        )
         # The map's scan for zero blocks also tells the sparse writer where the data is.
         # Without the whole-image hash now, the ranges' SHA-256s wait for the digest job.
         self._mapper = DataMapper(
@@ -212,25 +219,47 @@ class VersionReceiver:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
 
     def _on_raw(self, data: bytes) -> None:
-        self.size += len(data)
+        if self._hole:
+            self._flush_hole()
+        self._count(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._mapping.put(data)
+
+    def _on_hole(self, length: int) -> None:
+        """``length`` zero bytes that the decoder did not write out (a zstd block of zeros)."""
+        self._hole += length
+        self._count(ZEROS[: min(length, HEAD_BYTES)], length)
+
+    def _flush_hole(self) -> None:
+        """Hand the zeros since the last data on: one hole, however many blocks made it."""
+        length, self._hole = self._hole, 0
+        if self._hasher is not None:
+            for start in range(0, length, CHUNK):
+                self._hasher.update(ZEROS[: min(CHUNK, length - start)])
+        self._mapping.put(length)
+
+    def _count(self, head: bytes | memoryview, length: int | None = None) -> None:
+        """Count raw bytes that arrived: the size limit, the file standard, the hash limit."""
+        self.size += len(head) if length is None else length
         if self.size > self.max_size:
             raise UploadTooLarge(
                 f"The image is larger than the {self.max_size}-byte limit; nothing was stored."
             )
         if not self._standard_checked:
-            self._raw_head += data[:HEAD_BYTES]
+            self._raw_head += bytes(head[:HEAD_BYTES])
             if len(self._raw_head) >= HEAD_BYTES:
                 self._check_standard()
-        if self._hasher is not None:
-            if self._digest_limit is not None and self.size > self._digest_limit:
-                self._hasher.close()  # too large to wait for: left to the digest job
-                self._hasher = None
-            else:
-                self._hasher.update(data)
-        self._mapping.put(data)
+        limit = self._digest_limit
+        if self._hasher is not None and limit is not None and self.size > limit:
+            self._hasher.close()  # too large to wait for: left to the digest job
+            self._hasher = None
 
-    def _map(self, data: bytes) -> None:
+    def _map(self, data: bytes | int) -> None:
         """On the mapping thread: find the data, hash it by range, write it sparse."""
+        if isinstance(data, int):
+            self._mapper.skip(data)
+            return
         self._mapper.update(data)
         if not self._store_compressed:
             self._check_quota()  # per decoded piece: a small body may unpack to gigabytes
@@ -272,6 +301,8 @@ class VersionReceiver:
             self._decoder.finish()
         except DecodeError as exc:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
+        if self._hole:
+            self._flush_hole()
         self._mapping.join()
         mapped = self._mapper.finish("")  # writes the last piece of data
         if not self._store_compressed:
@@ -281,9 +312,15 @@ class VersionReceiver:
         self._check_quota()
         sha256 = self._hasher.hexdigest() if self._hasher is not None else ""
         wire_sha256 = self._wire_hasher.hexdigest() if self._wire_hasher is not None else ""
+        checksums = getattr(self._decoder, "checksums", None) or None
         if need_digest and not sha256:
-            mapped = self._pending_digest()
-            sha256 = mapped.sha256
+            mapped = self._pending_digest(checksums)
+            if mapped.zstd_checksums != checksums:
+                raise BadUpload(
+                    "The zstd data does not decode to what it was compressed from (a frame "
+                    "checksum differs): it was damaged on the way. Nothing was stored."
+                )
+            sha256, checksums = mapped.sha256, None
         if self.image.file_standard == FileStandard.QCOW2 and not self._store_compressed:
             self._virtual_size = self._qemu_check()
         return ReceivedUpload(
@@ -293,13 +330,14 @@ class VersionReceiver:
             encoding=self.encoding,
             stored_compression=self.encoding if self._store_compressed else Compression.NONE,
             virtual_size=self._virtual_size if self._virtual_size else self.size,
-            datamap=replace(mapped, sha256=sha256),
+            datamap=replace(mapped, sha256=sha256, zstd_checksums=checksums),
         )
 
-    def _pending_digest(self) -> DataMap:
-        """The map and SHA-256 of the raw image in the pending file (read back: mostly cached)."""
+    def _pending_digest(self, zstd_checksums) -> DataMap:
+        """The map and SHA-256 of the raw image in the pending file (read back: mostly cached),
+        with what the ranges of ``zstd_checksums`` hash to."""
         compression = self.encoding if self._store_compressed else Compression.NONE
-        return file_digest(self.pending.path, compression, self.size)
+        return file_digest(self.pending.path, compression, self.size, zstd_checksums)
 
     def _qemu_check(self) -> int:
         """qemu-img's verdict on the pending qcow2 file: its virtual size, or BadUpload."""

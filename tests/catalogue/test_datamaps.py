@@ -281,3 +281,24 @@ def test_a_framed_zst_downloaded_uploads_back_as_the_same_image(
     assert download["Content-Type"] == "application/zstd"
     again = upload(user_client, image, body_of(download), HTTP_CONTENT_ENCODING="zstd")
     assert (again["version"], again["sha256"]) == (number + 1, hashlib.sha256(data).hexdigest())
+
+
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        [b"x" * 100, 10_000, b"y"],  # a hole that starts and ends inside blocks
+        [BLOCK, b"z" * (BLOCK + 1), 3 * BLOCK - 1, b"w" * 7, 5],  # holes on and off boundaries
+        [b"a" * BLOCK, 1, b"b"],  # one zero byte between data: all one block of data
+    ],
+)
+def test_a_hole_maps_as_its_zeros_would_wherever_it_falls(pieces):
+    """Zeros told as a length (a decoder's hole) map exactly like zero bytes fed."""
+    skipping, feeding = DataMapper(), DataMapper()
+    for piece in pieces:
+        if isinstance(piece, int):
+            skipping.skip(piece)
+            feeding.update(bytes(piece))
+        else:
+            skipping.update(piece)
+            feeding.update(piece)
+    assert skipping.finish("") == feeding.finish("")

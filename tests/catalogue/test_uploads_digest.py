@@ -324,3 +324,89 @@ def test_compression_finds_a_file_changed_before_its_digest_damaged(user_client,
     assert (version.sha256, version.stored_compression) == ("", Compression.NONE)
     assert "no longer holds the data its upload sent" in version.damaged
     assert not get_storage().version_path(image.uuid, 1, "gzip").exists()
+
+
+# --- zstd uploads: zeros skipped, frame checksums left to the job ---------------------------
+
+
+def damaged_zstd(data: bytes) -> bytes:
+    """``data`` as zstd (one frame, with its checksum), one byte flipped inside a raw
+    block: it still decodes, to other bytes, which only the checksum tells."""
+    packed = bytearray(zstandard.ZstdCompressor(write_checksum=True).compress(data))
+    packed[len(packed) // 4] ^= 1  # random data: stored in raw blocks
+    return bytes(packed)
+
+
+def sparse_disk() -> bytes:
+    """Random data around a run of zeros much longer than zstd's window."""
+    return os.urandom(MiB) + bytes(12 * MiB) + os.urandom(MiB // 2) + bytes(BLOCK)
+
+
+def test_a_large_zstd_upload_is_stored_sparse_and_its_checksums_wait_for_the_job(
+    user_client, image, django_capture_on_commit_callbacks
+):
+    data = sparse_disk()
+    packed = zstandard.ZstdCompressor(write_checksum=True).compress(data)
+    response = post_raw(user_client, image, packed, HTTP_CONTENT_ENCODING="zstd")
+    assert response.status_code == 201, response.json()
+    assert (response.json()["size"], response.json()["sha256"]) == (len(data), None)
+    path = get_storage().version_path(image.uuid, 1, "none")
+    assert path.read_bytes() == data
+    assert path.stat().st_blocks * 512 <= 2 * MiB  # the zeros were never written
+    version = Version.objects.get(image=image, number=1)
+    (checksum,) = version_map(version).zstd_checksums
+    assert checksum[:2] == (0, len(data))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        assert version_digest_complete(version_id=version.pk) == sha(data)
+    version.refresh_from_db()
+    assert version_map(version).zstd_checksums is None  # checked, and gone from the map
+    assert "zstd_checksums" not in user_client.get(f"/api/image/{image.uuid}/1/map").json()
+
+
+def test_a_zstd_upload_damaged_on_the_way_is_found_damaged_by_the_job(user_client, image):
+    data = sparse_disk()
+    response = post_raw(user_client, image, damaged_zstd(data), HTTP_CONTENT_ENCODING="zstd")
+    assert response.status_code == 201, response.json()  # decodes: the checksum is the job's
+    version = Version.objects.get(image=image, number=1)
+
+    with pytest.raises(VersionCorrupt, match="frame checksum differs"):
+        version_digest_complete(version_id=version.pk)
+    version.refresh_from_db()
+    assert version.sha256 == "" and "damaged on the way" in version.damaged
+    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
+    assert "damaged on the way" in next(v for v in listed if v["number"] == 1)["damaged"]
+
+
+def test_compression_checks_the_checksums_of_a_zstd_upload_in_its_pass(user_client, user):
+    image = ImageFactory(owner=user, compression=Compression.ZSTD)
+    response = post_raw(
+        user_client, image, damaged_zstd(sparse_disk()), HTTP_CONTENT_ENCODING="zstd"
+    )
+    assert response.status_code == 201, response.json()
+    version = Version.objects.get(image=image, number=1)
+
+    with pytest.raises(VersionCorrupt, match="frame checksum differs"):
+        version_compress(version_id=version.pk)
+    version.refresh_from_db()
+    assert "damaged on the way" in version.damaged
+    assert stored_as(version, Compression.NONE)  # left as it is
+    assert not get_storage().version_path(image.uuid, 1, "zstd").exists()
+
+
+def test_a_damaged_zstd_upload_that_must_be_hashed_now_is_refused(user_client, image, settings):
+    data = sparse_disk()
+    # Hashed while it streams (small): libzstd checks the checksum at once.
+    settings.BAAS_UPLOAD_INLINE_SHA256_MAX = 64 * MiB
+    response = post_raw(user_client, image, damaged_zstd(data), HTTP_CONTENT_ENCODING="zstd")
+    assert response.status_code == 400
+    assert "checksum" in response.json()["detail"]
+    assert_nothing_stored(image)
+    # Large, but its digest comes after the file: read back, then checked, before commit.
+    settings.BAAS_UPLOAD_INLINE_SHA256_MAX = MiB
+    response = post_form(
+        user_client, image, damaged_zstd(data), name="disk.img.zst", sha256=sha(data)
+    )
+    assert response.status_code == 400
+    assert "frame checksum differs" in response.json()["detail"]
+    assert_nothing_stored(image)

@@ -1,0 +1,477 @@
+"""zstd decoded block by block, so that blocks of zeros come out as holes.
+
+A disk image is mostly zeros, and a zstd encoder stores a block of one
+repeated byte as an RLE block: four bytes for up to 128 KiB. A stream
+decoder still writes every one of those zeros out, and whoever takes its
+output reads them all again to find that they are zeros: for a 6 GiB image
+holding 600 MiB of data, 5.4 GiB written and scanned for nothing, more time
+than the data itself takes.
+
+:class:`BlockZstdDecoder` drives libzstd's block-level ("bufferless") API,
+through ctypes, the way libzstd's own stream decoder does:
+
+* every block is decoded by libzstd into a ring buffer of the frame's window
+  size (later blocks copy from it), with the ring's size and wrapping rule
+  the stream decoder's own, so that every check it makes is made here too:
+  block structure, window, the frame's content size and checksum;
+* a block that is an RLE block of zero bytes reaches ``on_hole(length)``,
+  with its length only;
+* the output of every other block reaches ``sink(bytes)``, consecutive
+  blocks together, in pieces of at most ``CHUNK`` bytes.
+
+Any number of frames, and skippable frames, are accepted, as ``zstd -d``
+accepts them. The ring takes at most ``MAX_WINDOW`` plus two blocks however
+large the output: a small "bomb" cannot expand in memory.
+
+``checksum=False`` leaves the frames' content checksums (XXH64 of every
+output byte, zeros included: a third of this decoder's time on a mostly
+empty image) unchecked, for a caller that checks the content in another
+way.
+
+The shared library is the system's ``libzstd.so.1`` (Debian's ``libzstd1``,
+which the ``zstd`` tool depends on); :func:`available` tells whether it was
+found.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import mmap
+import re
+import weakref
+from collections.abc import Callable
+
+CHUNK = 1 << 20
+BLOCK_MAX = 128 << 10
+MAX_WINDOW = 1 << 27  # libzstd's default limit for stream decoding (ZSTD_WINDOWLOG_LIMIT_DEFAULT)
+_WILDCOPY = 2 * 32  # libzstd's WILDCOPY_OVERLENGTH, twice, as its stream decoder sizes its ring
+_FORCE_IGNORE_CHECKSUM = 1002  # ZSTD_d_forceIgnoreChecksum (ZSTD_d_experimentalParam3)
+_CONTENT_SIZE_UNKNOWN = (1 << 64) - 1  # ZSTD_CONTENTSIZE_UNKNOWN
+_MAGIC = b"\x28\xb5\x2f\xfd"
+_SINGLE_SEGMENT = 0x20  # in a frame header's descriptor
+_RLE = 1  # block type in a block header
+
+
+class ZstdBlockError(ValueError):
+    """The input is not valid zstd, or needs more than this decoder allows."""
+
+
+class _FrameHeader(ctypes.Structure):
+    """ZSTD_frameHeader (zstd.h), with room to spare for fields added later."""
+
+    _fields_ = [
+        ("frameContentSize", ctypes.c_ulonglong),
+        ("windowSize", ctypes.c_ulonglong),
+        ("blockSizeMax", ctypes.c_uint),
+        ("frameType", ctypes.c_int),
+        ("headerSize", ctypes.c_uint),
+        ("dictID", ctypes.c_uint),
+        ("checksumFlag", ctypes.c_uint),
+        ("_reserved", ctypes.c_uint * 8),
+    ]
+
+
+@functools.cache
+def _libzstd() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
+    """libzstd twice: calls that let other threads run while they work (decoding a block),
+    and calls that keep the GIL (the quick ones: not worth handing it over and back)."""
+    for name in ("libzstd.so.1", ctypes.util.find_library("zstd")):
+        if not name:
+            continue
+        try:
+            released, kept = ctypes.CDLL(name), ctypes.PyDLL(name)
+        except OSError:
+            continue
+        return (released, kept) if _declare(released) and _declare(kept) else None
+    return None
+
+
+def _declare(lib: ctypes.CDLL) -> bool:
+    """Declare the functions used; False if this libzstd lacks any, or is too old."""
+    size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
+    signatures = {
+        "ZSTD_versionNumber": (ctypes.c_uint, []),
+        "ZSTD_createDCtx": (ptr, []),
+        "ZSTD_freeDCtx": (size_t, [ptr]),
+        "ZSTD_DCtx_setParameter": (size_t, [ptr, ctypes.c_int, ctypes.c_int]),
+        "ZSTD_decompressBegin": (size_t, [ptr]),
+        "ZSTD_nextSrcSizeToDecompress": (size_t, [ptr]),
+        "ZSTD_decompressContinue": (size_t, [ptr, ptr, size_t, ptr, size_t]),
+        "ZSTD_insertBlock": (size_t, [ptr, ptr, size_t]),
+        "ZSTD_getFrameHeader": (size_t, [ctypes.POINTER(_FrameHeader), ptr, size_t]),
+        "ZSTD_isError": (ctypes.c_uint, [size_t]),
+        "ZSTD_getErrorName": (ctypes.c_char_p, [size_t]),
+    }
+    try:
+        for name, (restype, argtypes) in signatures.items():
+            function = getattr(lib, name)
+            function.restype, function.argtypes = restype, argtypes
+    except AttributeError:
+        return False
+    return lib.ZSTD_versionNumber() >= 10407  # ZSTD_d_forceIgnoreChecksum came with 1.4.7
+
+
+def available() -> bool:
+    """Whether libzstd's block-level API could be loaded."""
+    return _libzstd() is not None
+
+
+class BlockZstdDecoder:
+    """Decodes zstd pushed in with :meth:`write`; zero blocks reach ``on_hole``.
+
+    :meth:`finish` checks that the input ended after a whole frame. Errors
+    raise :class:`ZstdBlockError` with the reason.
+
+    With ``checksum=False``, the content checksums are not checked here but
+    listed in :attr:`checksums` — ``(start, end, xxh64_low32)`` per frame, the
+    raw bytes ``[start, end)`` it covers — for the caller to check; and a long
+    run of zero blocks is not even given to libzstd, but for the zeros a later
+    block may copy from (the last window's worth, and then some): the frame
+    is given to libzstd with the header's content size left out, and its
+    size is checked here instead.
+    """
+
+    def __init__(
+        self,
+        sink: Callable[[bytes], None],
+        on_hole: Callable[[int], None],
+        *,
+        checksum: bool = True,
+    ):
+        libs = _libzstd()
+        if libs is None:
+            raise RuntimeError("libzstd's block-level API is not available here")
+        self._lib, self._quick = libs
+        lib = self._quick
+        self._sink = sink
+        self._on_hole = on_hole
+        self._dctx = lib.ZSTD_createDCtx()
+        if not self._dctx:
+            raise MemoryError("ZSTD_createDCtx")
+        self._free = weakref.finalize(self, lib.ZSTD_freeDCtx, self._dctx)
+        self._verify = checksum
+        if not checksum:
+            self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _FORCE_IGNORE_CHECKSUM, 1))
+        self.checksums: list[tuple[int, int, int]] = []
+        self.size = 0  # raw bytes decoded so far, holes included
+        self._frames = 0
+        self._state = self._on_start
+        self._need = 5  # bytes the state takes next
+        self._carry = b""  # the start of those bytes, from an earlier write
+        self._frame = _Frame()
+        self._ring: ctypes.Array | None = None
+        self._zeros: tuple[mmap.mmap, ctypes.c_char] | None = None
+        self._ring_address = 0
+        self._ring_size = 0
+        self._at = 0  # where the next block is decoded in the ring
+        self._pending = 0  # where the decoded bytes not yet handed on start in the ring
+
+    # --- Input ---------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            data = bytes(data)
+        position, end = 0, len(data)
+        if self._carry:
+            position = self._need - len(self._carry)
+            self._carry += data[:position]
+            if len(self._carry) < self._need:
+                return
+            piece, self._carry = self._carry, b""
+            self._feed(piece, 0)
+        while True:
+            if self._frame.drops and self._state == self._on_block_header:
+                position = self._zero_run(data, position)
+            if end - position < self._need:
+                break
+            taken = self._need
+            self._feed(data, position)
+            position += taken
+        if self._state == self._on_skip and position < end:  # skippable content
+            self._need -= end - position
+            position = end
+        self._carry = data[position:]
+
+    def finish(self) -> None:
+        """The input ended: hand on what is left; ZstdBlockError unless a frame just ended."""
+        self._flush()
+        if self._carry or self._state != self._on_start or not self._frames:
+            raise ZstdBlockError("The zstd data ends in the middle of a frame: is it complete?")
+        self.close()
+
+    def close(self) -> None:
+        """Free libzstd's context (also done when the decoder is collected)."""
+        self._free()
+        self._ring = None
+
+    # --- The frame format, piece by piece (RFC 8878) -----------------------------------
+
+    def _feed(self, data: bytes, position: int) -> None:
+        """The state takes ``self._need`` bytes of ``data`` at ``position``."""
+        self._state(data, position, self._need)
+
+    def _on_start(self, data: bytes, position: int, size: int) -> None:
+        magic = data[position : position + 4]
+        if magic == _MAGIC:
+            descriptor = data[position + 4]
+            self._frame = _Frame(start=self.size, prefix=data[position : position + 5])
+            self._expect(self._on_header, _header_size(descriptor) - 5)
+        elif magic[1:] == b"\x2a\x4d\x18" and magic[0] & 0xF0 == 0x50:
+            self._frame = _Frame(prefix=data[position + 4 : position + 5])
+            self._expect(self._on_skip_size, 3)
+        else:
+            raise ZstdBlockError("This is not zstd data (no frame magic where a frame begins).")
+
+    def _on_skip_size(self, data: bytes, position: int, size: int) -> None:
+        length = int.from_bytes(self._frame.prefix + data[position : position + 3], "little")
+        self._expect(self._on_skip, length)
+        if not length:
+            self._end_skippable()
+
+    def _on_skip(self, data: bytes, position: int, size: int) -> None:
+        self._end_skippable()
+
+    def _end_skippable(self) -> None:
+        self._frames += 1
+        self._expect(self._on_start, 5)
+
+    def _on_header(self, data: bytes, position: int, size: int) -> None:
+        frame = self._frame
+        header = frame.prefix + data[position : position + size]
+        info = _FrameHeader()
+        self._check(self._quick.ZSTD_getFrameHeader(ctypes.byref(info), header, len(header)))
+        if info.windowSize > MAX_WINDOW:
+            raise ZstdBlockError(
+                f"The zstd data needs a {info.windowSize >> 20} MiB window; at most "
+                f"{MAX_WINDOW >> 20} MiB is accepted (compress without --long, or with "
+                "--long=27 or less)."
+            )
+        frame.content_size = info.frameContentSize
+        frame.checksum = bool(info.checksumFlag)
+        frame.window = info.windowSize
+        frame.block_max = info.blockSizeMax
+        descriptor = header[4]
+        # Blocks may be left out only where libzstd neither checks the content size (left
+        # out of the header it is given) nor the checksum, and a window is declared.
+        frame.drops = not self._verify and not descriptor & _SINGLE_SEGMENT
+        if frame.drops:
+            header = _without_content_size(header)
+        self._check(self._quick.ZSTD_decompressBegin(self._dctx))
+        self._continue(header[:5])
+        self._continue(header[5:])
+        self._make_ring(info, frame.drops)
+        frame.zero_blocks = _zero_blocks(frame.block_max)
+        self._expect(self._on_block_header, 3)
+
+    def _zero_run(self, data: bytes, position: int) -> int:
+        """Take the whole zero blocks that start at ``position`` at once; return where they end.
+
+        Most of a disk image is zstd blocks of 128 KiB of zeros, 4 bytes each:
+        a run of them is one hole, found by one regular expression.
+        """
+        frame = self._frame
+        found = frame.zero_blocks.match(data, position)
+        if found is None:
+            return position
+        blocks = (found.end() - position) // 4
+        length = blocks * frame.block_max
+        self._flush()
+        self.size += length
+        self._on_hole(length)
+        frame.held_bytes += length
+        if frame.held_bytes < frame.window:
+            frame.held.extend([data[position : position + 3]] * blocks)
+        else:  # a window of zeros at least: what libzstd needs is known
+            frame.held.clear()
+        return found.end()
+
+    def _on_block_header(self, data: bytes, position: int, size: int) -> None:
+        header = data[position : position + 3]
+        value = int.from_bytes(header, "little")
+        kind, length = (value >> 1) & 3, value >> 3
+        if length > self._frame.block_max:
+            raise ZstdBlockError("The zstd data is corrupt: a block larger than its frame allows.")
+        self._frame.block = (header, bool(value & 1), kind, length)
+        body = 1 if kind == _RLE else length
+        self._expect(self._on_block, body)
+        if not body:
+            self._on_block(b"", 0, 0)
+
+    def _on_block(self, data: bytes, position: int, size: int) -> None:
+        frame = self._frame
+        header, last, kind, length = frame.block
+        zeros = kind == _RLE and data[position] == 0
+        if zeros:
+            self._flush()
+            self.size += length
+            self._on_hole(length)
+            if frame.drops and not last:
+                frame.held_bytes += length
+                if frame.held_bytes < frame.window:
+                    frame.held.append(header)
+                else:  # a window of zeros at least: what libzstd needs is known
+                    frame.held.clear()
+                self._expect(self._on_block_header, 3)
+                return
+        if frame.held_bytes:
+            self._release()
+        self._continue(header)
+        if size:
+            self._decode(data, position, size, handed_on=not zeros)
+        if not last:
+            self._expect(self._on_block_header, 3)
+        elif frame.checksum:
+            self._expect(self._on_checksum, 4)
+        else:
+            self._end_frame()
+
+    def _on_checksum(self, data: bytes, position: int, size: int) -> None:
+        field = data[position : position + 4]
+        self._continue(field)
+        if not self._verify:
+            self.checksums.append((self._frame.start, self.size, int.from_bytes(field, "little")))
+        self._end_frame()
+
+    def _end_frame(self) -> None:
+        frame = self._frame
+        if self._quick.ZSTD_nextSrcSizeToDecompress(self._dctx) != 0:
+            raise ZstdBlockError("The zstd data is corrupt: a frame does not end where it should.")
+        decoded = self.size - frame.start
+        if frame.drops and frame.content_size not in (_CONTENT_SIZE_UNKNOWN, decoded):
+            raise ZstdBlockError(
+                f"The zstd data is corrupt: a frame holds {decoded} bytes, "
+                f"its header says {frame.content_size}."
+            )
+        self._flush()
+        self._frames += 1
+        self._ring, self._ring_address, self._ring_size = None, 0, 0
+        self._at = self._pending = 0
+        self._expect(self._on_start, 5)
+
+    def _expect(self, state: Callable[[bytes, int, int], None], need: int) -> None:
+        self._state, self._need = state, need
+
+    # --- Decoding ------------------------------------------------------------------
+
+    def _release(self) -> None:
+        """Give libzstd the zeros held back, before the block that follows them.
+
+        A run shorter than the window is given block by block. A longer one is
+        given as history only (ZSTD_insertBlock): a window of zeros, in pages
+        that are never written, and the ring starts over after them.
+        """
+        frame = self._frame
+        if frame.held_bytes >= frame.window:
+            length = min(frame.held_bytes, frame.window + 2 * frame.block_max)
+            self._flush()
+            self._quick.ZSTD_insertBlock(self._dctx, self._zero_pages(length), length)
+            self._at = self._pending = 0
+        else:
+            for header in frame.held:
+                self._continue(header)
+                self._decode(b"\0", 0, 1, handed_on=False)
+        frame.held.clear()
+        frame.held_bytes = 0
+
+    def _zero_pages(self, length: int) -> int:
+        """The address of ``length`` zero bytes that stay zero (anonymous pages, not touched)."""
+        if self._zeros is None or len(self._zeros[0]) < length:
+            pages = mmap.mmap(-1, length)
+            self._zeros = (pages, ctypes.c_char.from_buffer(pages))
+        return ctypes.addressof(self._zeros[1])
+
+    def _make_ring(self, info: _FrameHeader, drops: bool) -> None:
+        """The ring libzstd's stream decoder would use (ZSTD_decodingBufferSize_min)."""
+        content = _CONTENT_SIZE_UNKNOWN if drops else info.frameContentSize
+        size = info.windowSize + info.blockSizeMax + BLOCK_MAX + _WILDCOPY
+        self._frame.wraps = content > size  # and then back to the start as it does
+        self._ring_size = max(min(size, content), 1)
+        self._ring = (ctypes.c_char * self._ring_size)()
+        self._ring_address = ctypes.addressof(self._ring)
+        self._at = self._pending = 0
+
+    def _continue(self, piece: bytes) -> None:
+        """Give libzstd a piece that decodes to nothing (a header, a checksum)."""
+        self._check(self._quick.ZSTD_decompressContinue(self._dctx, None, 0, piece, len(piece)))
+
+    def _decode(self, data: bytes, position: int, size: int, *, handed_on: bool) -> None:
+        """Give libzstd a piece of a block, decoded into the ring; hand its output on or not."""
+        frame = self._frame
+        if frame.wraps and self._at + frame.block_max > self._ring_size:
+            self._flush()
+            self._at = self._pending = 0
+        address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value + position
+        out = self._check(
+            self._lib.ZSTD_decompressContinue(
+                self._dctx,
+                self._ring_address + self._at,
+                self._ring_size - self._at,
+                address,
+                size,
+            )
+        )
+        if not handed_on:
+            self._flush()
+            self._at += out
+            self._pending = self._at
+            return
+        self._at += out
+        self.size += out
+        if self._at - self._pending >= CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Hand on the decoded bytes not handed on yet."""
+        if self._at > self._pending:
+            self._sink(
+                ctypes.string_at(self._ring_address + self._pending, self._at - self._pending)
+            )
+        self._pending = self._at
+
+    def _check(self, code: int) -> int:
+        if self._quick.ZSTD_isError(code):
+            reason = self._quick.ZSTD_getErrorName(code).decode()
+            raise ZstdBlockError(f"The zstd data is corrupt: {reason}.")
+        return code
+
+
+class _Frame:
+    """What is known of the frame being decoded."""
+
+    def __init__(self, start: int = 0, prefix: bytes = b""):
+        self.start = start  # its first raw byte
+        self.prefix = prefix  # the header's first bytes, until the rest comes
+        self.content_size = _CONTENT_SIZE_UNKNOWN
+        self.checksum = False
+        self.window = 0
+        self.block_max = BLOCK_MAX
+        self.wraps = True
+        self.drops = False
+        self.block: tuple[bytes, bool, int, int] = (b"", False, 0, 0)
+        self.zero_blocks = _zero_blocks(BLOCK_MAX)
+        self.held: list[bytes] = []  # zero blocks not given to libzstd yet, while few
+        self.held_bytes = 0  # the zeros since the last block given to libzstd
+
+
+@functools.cache
+def _zero_blocks(size: int) -> re.Pattern[bytes]:
+    """Matches a run of zstd RLE blocks of ``size`` zero bytes, not the last of their frame."""
+    block = ((size << 3) | (_RLE << 1)).to_bytes(3, "little") + b"\0"
+    return re.compile(b"(?:%s)+" % re.escape(block))
+
+
+def _header_size(descriptor: int) -> int:
+    """A zstd frame header's size in bytes, magic included, from its descriptor."""
+    single_segment = descriptor & _SINGLE_SEGMENT
+    dictionary = (0, 1, 2, 4)[descriptor & 3]
+    content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+    return 4 + 1 + (0 if single_segment else 1) + dictionary + content_size
+
+
+def _without_content_size(header: bytes) -> bytes:
+    """The same frame header (with a window descriptor) but without its content size."""
+    descriptor = header[4]
+    dictionary = (0, 1, 2, 4)[descriptor & 3]
+    return header[:4] + bytes([descriptor & 0x3F]) + header[5 : 6 + dictionary]
