@@ -463,17 +463,7 @@ class Baas:
         return seconds, body
 
     def _sendfile(self, target: str, path: Path, headers: dict) -> tuple[int, dict]:
-        with socket.create_connection(("127.0.0.1", self.port), timeout=600) as sock:
-            head = [f"POST {target} HTTP/1.1", f"Host: 127.0.0.1:{self.port}",
-                    f"Content-Length: {path.stat().st_size}", "Connection: close",
-                    *(f"{name}: {value}" for name, value in headers.items())]  # fmt: skip
-            sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
-            with open(path, "rb") as file:
-                sock.sendfile(file)
-            response = http.client.HTTPResponse(sock)
-            response.begin()
-            text = response.read()
-            return response.status, json.loads(text or b"{}")
+        return send_file(self.port, target, path, headers)
 
     def _curl(self, target: str, path: Path, headers: dict) -> tuple[int, dict]:
         answer = self.var / "upload-answer.json"
@@ -508,6 +498,81 @@ http {{
     }}
 }}
 """
+
+
+def send_file(port: int, target: str, path: Path, headers: dict) -> tuple[int, dict]:
+    """POST ``path`` as the body with sendfile(2); (status, JSON answer)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=600) as sock:
+        head = [f"POST {target} HTTP/1.1", f"Host: 127.0.0.1:{port}",
+                f"Content-Length: {path.stat().st_size}", "Connection: close",
+                *(f"{name}: {value}" for name, value in headers.items())]  # fmt: skip
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        with open(path, "rb") as file:
+            sock.sendfile(file)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        text = response.read()
+        return response.status, json.loads(text or b"{}")
+
+
+# An HTTP server that takes a request's body off its socket and throws it away, the
+# least any server must do: what moving the bytes over loopback TCP costs, alone.
+SINK_SERVER = """
+import socket, sys
+server = socket.create_server(("127.0.0.1", int(sys.argv[1])))
+buffer = memoryview(bytearray(1 << 20))
+
+def serve(connection):
+    head = b""
+    while b"\\r\\n\\r\\n" not in head:
+        more = connection.recv(65536)
+        if not more:  # a connection that only checked the server is up
+            return
+        head += more
+    head, body = head.split(b"\\r\\n\\r\\n", 1)
+    length = next(int(line.split(b":")[1]) for line in head.split(b"\\r\\n")
+                  if line.lower().startswith(b"content-length:"))
+    left = length - len(body)
+    while left > 0:
+        got = connection.recv_into(buffer, min(left, len(buffer)))
+        if not got:
+            return
+        left -= got
+    connection.sendall(b"HTTP/1.1 201 Created\\r\\nContent-Length: 2\\r\\n\\r\\n{}")
+
+while True:
+    connection, _ = server.accept()
+    with connection:
+        serve(connection)
+"""
+
+
+class Sink:
+    """:data:`SINK_SERVER` in a process of its own."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([str(PYTHON), "-c", SINK_SERVER, str(self.port)])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
+                return
+            time.sleep(0.1)
+        raise SystemExit("the sink server did not start")
+
+    def upload(self, path: Path) -> float:
+        seconds, (status, _) = timed(lambda: send_file(self.port, "/", path, {}))
+        if status != 201:
+            raise SystemExit(f"the sink answered {status}")
+        return seconds
+
+    def close(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 class Nginx:
@@ -629,9 +694,11 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
     read_through(image.raw)
     read_through(image.zst)
     cp_t, zst_t, raw_t, cp_blocks, zst_blocks, raw_blocks = [], [], [], [], [], []
-    jobs, digest_t, curl_t, unzstd_t = [], [], [], []
+    jobs, digest_t, curl_t, unzstd_t, sink_t = [], [], [], [], []
     keep_uuid = ""
-    with MemorySampler(baas.proc.pid) as memory:
+    sink = Sink()
+    sink.start()
+    with MemorySampler(baas.proc.pid) as memory, contextlib.closing(sink):
         for i in range(repeat):
             seconds, blocks = baseline_copy(image, workdir)
             cp_t.append(seconds)
@@ -659,13 +726,16 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
             unzstd_t.append(timed(lambda: run(["sh", "-c", 'zstd -dc "$1" >/dev/null', "-",
                                                 str(image.zst)]))[0])  # fmt: skip
             log(f"  zstd -dc > /dev/null: {unzstd_t[-1]:.2f} s")
+            sync_all()
+            sink_t.append(sink.upload(image.raw))
+            log(f"  raw body to a server that discards it: {sink_t[-1]:.2f} s")
             if keep_uuid:
                 baas.delete_image(keep_uuid)
             keep_uuid = raw["uuid"]
         hwm = max(memory.worker_hwm(), memory.peak_worker)
         tree = memory.peak_tree
     cp, zs, rw, dg = median(cp_t), median(zst_t), median(raw_t), median(digest_t)
-    cu, uz = median(curl_t), median(unzstd_t)
+    cu, uz, sk = median(curl_t), median(unzstd_t), median(sink_t)
     job = median([j for j in jobs if j is not None]) if any(j is not None for j in jobs) else None
     data = image.data
     rows = [
@@ -675,6 +745,12 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
         Row("upload raw vs cp+sync", rw, cp, rw / cp, "<= 2.0", rw / cp <= 2.0,
             f"{mb_s(image.size, rw):.0f} MB/s raw over the wire",
             {"baas": raw_t, "baseline": cp_t}),
+        Row("  raw body to a sink vs cp+sync", sk, cp, sk / cp, "-", None,
+            "loopback TCP alone: the same request to a server that only discards the body",
+            {"sink": sink_t, "baseline": cp_t}),
+        Row("  upload raw vs the sink", rw, sk, rw / sk, "-", None,
+            "what BAAS adds to moving the bytes (mapping, writing, checking)",
+            {"baas": raw_t, "sink": sink_t}),
         Row("  zstd -dc > /dev/null vs cp+sync", uz, cp, uz / cp, "-", None,
             "decoding the upload alone, which the server must do to check it",
             {"zstd": unzstd_t, "baseline": cp_t}),

@@ -246,7 +246,9 @@ UPLOAD_SCHEMA = extend_schema(
     "form with the field 'file'. Answers with the new version; nothing is stored on error. "
     "The answer to an upload larger than BAAS_UPLOAD_INLINE_SHA256_MAX (1 GiB by default) "
     "comes as soon as its data is stored, with sha256 null: a background job records it "
-    "seconds later. Send Content-Digest or Want-Repr-Digest to wait for it instead.",
+    "seconds later, and checks a zstd upload's frame checksums in the same pass (the "
+    "version shows damaged if they differ). Send Content-Digest or Want-Repr-Digest to "
+    "wait for both instead.",
     request={
         "multipart/form-data": UploadFormSerializer,
         "application/octet-stream": OpenApiTypes.BINARY,

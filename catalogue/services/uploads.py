@@ -4,7 +4,11 @@ The HTTP layer (``catalogue.apis.uploads``) feeds the bytes as they arrive into
 a :class:`VersionReceiver`, which
 
 * decodes them if they come compressed (zstd or gzip, declared or recognised
-  by their magic), in pieces of at most 1 MiB whatever the ratio;
+  by their magic), in pieces of at most 1 MiB whatever the ratio; zstd block
+  by block (``catalogue.zstdblocks``), its blocks of zeros reaching the map
+  and the sparse writer as holes, never as bytes. Its frame checksums are
+  checked at once when the whole image is hashed now, else left to the job
+  that hashes it (stored in the map until then);
 * maps where the raw bytes' data is (``catalogue.datamap``, stored beside the
   version: every range of data with its SHA-256, the upload's own check);
 * hashes the whole raw image (SHA-256) on a thread of its own, beside the
