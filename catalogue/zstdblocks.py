@@ -402,6 +402,8 @@ class BlockZstdDecoder:
         if frame.wraps and self._at + frame.block_max > self._ring_size:
             self._flush()
             self._at = self._pending = 0
+        elif self._at - self._pending + frame.block_max > CHUNK:
+            self._flush()  # the pieces handed on stay within CHUNK
         address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value + position
         out = self._check(
             self._lib.ZSTD_decompressContinue(
