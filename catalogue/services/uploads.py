@@ -223,6 +223,11 @@ class VersionReceiver:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
 
     def _on_raw(self, data: bytes) -> None:
+        if len(data) <= CHUNK and ZEROS.obj.startswith(data):
+            # A piece of zeros, checked while it is still in the cache from the socket:
+            # the mapping thread gets its length, not the bytes to read again.
+            self._on_hole(len(data))
+            return
         if self._hole:
             self._flush_hole()
         self._count(data)
