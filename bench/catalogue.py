@@ -500,6 +500,16 @@ http {{
 """
 
 
+def listening(port: int, seconds: float) -> bool:
+    """Whether something accepts connections on the loopback ``port`` within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port)):
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def send_file(port: int, target: str, path: Path, headers: dict) -> tuple[int, dict]:
     """POST ``path`` as the body with sendfile(2); (status, JSON answer)."""
     with socket.create_connection(("127.0.0.1", port), timeout=600) as sock:
@@ -556,12 +566,8 @@ class Sink:
 
     def start(self) -> None:
         self.proc = subprocess.Popen([str(PYTHON), "-c", SINK_SERVER, str(self.port)])
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.1)
-        raise SystemExit("the sink server did not start")
+        if not listening(self.port, 10):
+            raise SystemExit("the sink server did not start")
 
     def upload(self, path: Path) -> float:
         seconds, (status, _) = timed(lambda: send_file(self.port, "/", path, {}))
@@ -590,12 +596,8 @@ class Nginx:
             ["nginx", "-p", str(self.prefix), "-c", str(conf), "-g", "daemon off;"],
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port)):
-                return
-            time.sleep(0.1)
-        raise SystemExit(f"nginx did not start; see {self.prefix}/error.log")
+        if not listening(self.port, 10):
+            raise SystemExit(f"nginx did not start; see {self.prefix}/error.log")
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
