@@ -161,7 +161,7 @@ class BlockZstdDecoder:
         self._need = 5  # bytes the state takes next
         self._carry = b""  # the start of those bytes, from an earlier write
         self._frame = _Frame()
-        self._ring: ctypes.Array | None = None
+        self._ring: tuple[mmap.mmap, ctypes.c_char] | None = None
         self._zeros: tuple[mmap.mmap, ctypes.c_char] | None = None
         self._ring_address = 0
         self._ring_size = 0
@@ -204,7 +204,7 @@ class BlockZstdDecoder:
     def close(self) -> None:
         """Free libzstd's context (also done when the decoder is collected)."""
         self._free()
-        self._ring = None
+        self._ring = self._zeros = None
 
     # --- The frame format, piece by piece (RFC 8878) -----------------------------------
 
@@ -346,8 +346,7 @@ class BlockZstdDecoder:
             )
         self._flush()
         self._frames += 1
-        self._ring, self._ring_address, self._ring_size = None, 0, 0
-        self._at = self._pending = 0
+        self._at = self._pending = 0  # the ring stays, for the next frame
         self._expect(self._on_start, 5)
 
     def _expect(self, state: Callable[[bytes, int, int], None], need: int) -> None:
@@ -378,8 +377,7 @@ class BlockZstdDecoder:
     def _zero_pages(self, length: int) -> int:
         """The address of ``length`` zero bytes that stay zero (anonymous pages, not touched)."""
         if self._zeros is None or len(self._zeros[0]) < length:
-            pages = mmap.mmap(-1, length)
-            self._zeros = (pages, ctypes.c_char.from_buffer(pages))
+            self._zeros = _pages(length)
         return ctypes.addressof(self._zeros[1])
 
     def _make_ring(self, info: _FrameHeader, drops: bool) -> None:
@@ -388,8 +386,9 @@ class BlockZstdDecoder:
         size = info.windowSize + info.blockSizeMax + BLOCK_MAX + _WILDCOPY
         self._frame.wraps = content > size  # and then back to the start as it does
         self._ring_size = max(min(size, content), 1)
-        self._ring = (ctypes.c_char * self._ring_size)()
-        self._ring_address = ctypes.addressof(self._ring)
+        if self._ring is None or len(self._ring[0]) < self._ring_size:
+            self._ring = _pages(self._ring_size)  # memory only as it is written
+        self._ring_address = ctypes.addressof(self._ring[1])
         self._at = self._pending = 0
 
     def _continue(self, piece: bytes) -> None:
@@ -455,6 +454,13 @@ class _Frame:
         self.zero_blocks = _zero_blocks(BLOCK_MAX)
         self.held: list[bytes] = []  # zero blocks not given to libzstd yet, while few
         self.held_bytes = 0  # the zeros since the last block given to libzstd
+
+
+def _pages(length: int) -> tuple[mmap.mmap, ctypes.c_char]:
+    """``length`` bytes of anonymous memory (zeros; pages are taken as they are written),
+    and a ctypes view of it for its address."""
+    pages = mmap.mmap(-1, length)
+    return pages, ctypes.c_char.from_buffer(pages)
 
 
 @functools.cache
