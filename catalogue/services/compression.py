@@ -185,7 +185,13 @@ def version_damaged(version: Version, reason: str) -> VersionCorrupt:
     """Record that the version's stored file cannot be trusted (shown with the version);
     return the error to raise."""
     Version.objects.filter(pk=version.pk).update(damaged=reason[:500])
-    logger.error("Version %s of image %s is damaged: %s", version.pk, version.image_id, reason)
+    logger.error(
+        "Version %s (id %s) of image %s is damaged: %s",
+        version.number,
+        version.pk,
+        version.image_id,
+        reason,
+    )
     return VersionCorrupt(reason)
 
 
