@@ -236,7 +236,8 @@ class VersionReceiver:
         self._mapping.put(data)
 
     def _on_hole(self, length: int) -> None:
-        """``length`` zero bytes that the decoder did not write out (a zstd block of zeros)."""
+        """``length`` zero bytes, not handed on as bytes: a zstd block of zeros that was
+        never written out, or a piece of zeros taken off the socket."""
         self._hole += length
         self._count(ZEROS[: min(length, HEAD_BYTES)], length)
 
@@ -342,7 +343,7 @@ class VersionReceiver:
             datamap=replace(mapped, sha256=sha256, zstd_checksums=checksums),
         )
 
-    def _pending_digest(self, zstd_checksums) -> DataMap:
+    def _pending_digest(self, zstd_checksums: tuple[tuple[int, int, int], ...] | None) -> DataMap:
         """The map and SHA-256 of the raw image in the pending file (read back: mostly cached),
         with what the ranges of ``zstd_checksums`` hash to."""
         compression = self.encoding if self._store_compressed else Compression.NONE
