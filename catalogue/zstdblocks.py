@@ -21,12 +21,16 @@ through ctypes, the way libzstd's own stream decoder does:
 
 Any number of frames, and skippable frames, are accepted, as ``zstd -d``
 accepts them. The ring takes at most ``MAX_WINDOW`` plus two blocks however
-large the output: a small "bomb" cannot expand in memory.
+large the output, in pages taken only as they are written: a small "bomb"
+cannot expand in memory.
 
 ``checksum=False`` leaves the frames' content checksums (XXH64 of every
-output byte, zeros included: a third of this decoder's time on a mostly
-empty image) unchecked, for a caller that checks the content in another
-way.
+output byte, zeros included: most of the time a mostly empty image takes)
+to the caller, in :attr:`BlockZstdDecoder.checksums`. Then a run of zero
+blocks is not even decoded: they are recognised in the compressed bytes,
+and libzstd is given only what a later block may copy from — the last
+window's worth of zeros, as history (``ZSTD_insertBlock``) in pages that are
+never written — with the frame's content size checked here instead.
 
 The shared library is the system's ``libzstd.so.1`` (Debian's ``libzstd1``,
 which the ``zstd`` tool depends on); :func:`available` tells whether it was
@@ -171,6 +175,8 @@ class BlockZstdDecoder:
     # --- Input ---------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
+        if not self._free.alive:
+            raise ZstdBlockError("The decoder was closed.")
         if not isinstance(data, bytes):
             data = bytes(data)
         position, end = 0, len(data)

@@ -139,6 +139,11 @@ def test_corrupt_truncated_and_foreign_input_is_refused():
         decode(b"")
     with pytest.raises(ZstdBlockError, match="not zstd"):
         decode(b"this is not zstd at all")
+    finished = BlockZstdDecoder(lambda data: None, lambda length: None)
+    finished.write(zstd_cli(b"one frame"))
+    finished.finish()
+    with pytest.raises(ZstdBlockError, match="closed"):  # libzstd's context is gone
+        finished.write(packed)
     damaged = bytearray(packed)
     damaged[len(damaged) // 2 : len(damaged) // 2 + 64] = bytes(64)
     with pytest.raises(ZstdBlockError, match="corrupt"):
