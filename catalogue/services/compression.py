@@ -262,6 +262,7 @@ def _target_file(version: Version, target: str) -> StoredFile:
 
 def _rewrite(version: Version, target: str) -> StoredFile:
     """Transcode the stored file to ``target``, verified, and commit it beside the old one."""
+    from catalogue.services.datamaps import version_map
     from catalogue.services.digests import DigestingMapper
 
     storage = get_storage()
@@ -270,7 +271,10 @@ def _rewrite(version: Version, target: str) -> StoredFile:
     sparse = target == Compression.NONE
     # A large upload's SHA-256 is not recorded yet: this pass computes it, on the way
     # (and checks the frame checksums of a zstd upload, which wait for it too).
-    scanner = DigestingMapper(_zstd_checksums(version)) if not version.sha256 else None
+    scanner = uploaded = None
+    if not version.sha256:
+        uploaded = version_map(version)
+        scanner = DigestingMapper(uploaded.zstd_checksums if uploaded is not None else None)
     with (
         raw_reader(source, version.stored_compression) as raw,
         storage.open_write(version.image_id, sparse=sparse) as pending,
@@ -284,7 +288,7 @@ def _rewrite(version: Version, target: str) -> StoredFile:
             storage.delete_map(version.image_id, version.number)
             raise ConcurrentChange(f"Version {version.pk}: {exc}") from exc
         if scanner is not None:
-            _record_digest(version, scanner)
+            _record_digest(version, scanner, uploaded)
         try:
             return pending.commit(version.number, target)
         except VersionExists:
@@ -292,20 +296,12 @@ def _rewrite(version: Version, target: str) -> StoredFile:
             return storage.stat(version.image_id, version.number, target)
 
 
-def _zstd_checksums(version: Version) -> tuple[tuple[int, int, int], ...] | None:
-    from catalogue.services.datamaps import version_map
-
-    uploaded = version_map(version)
-    return uploaded.zstd_checksums if uploaded is not None else None
-
-
-def _record_digest(version: Version, scanner: Any) -> None:
+def _record_digest(version: Version, scanner: Any, uploaded: DataMap | None) -> None:
     """Record the SHA-256 this pass computed, checked against the upload's map (or raise
     VersionCorrupt, the version recorded as damaged); set it on ``version``."""
-    from catalogue.services.datamaps import version_map
     from catalogue.services.digests import version_digest_record
 
-    digest = version_digest_record(version, scanner.finish(), version_map(version), compress=False)
+    digest = version_digest_record(version, scanner.finish(), uploaded, compress=False)
     if digest is None:
         raise ConcurrentChange(f"Version {version.pk} was deleted while it was compressed.")
     version.sha256 = digest
