@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import zstandard
 
-from catalogue import zstdblocks
+from catalogue import sparseimage, zstdblocks
 
 CHUNK = 1 << 20
 ZEROS = memoryview(bytes(CHUNK))  # read-only zeros, to hash a hole without allocating
@@ -310,6 +310,39 @@ class HoleZstdDecoder:
             raise DecodeError(str(exc)) from exc
 
 
+class SparseDecoder:
+    """An Android sparse image (:mod:`catalogue.sparseimage`): the raw image without its holes.
+
+    Its zeros reach ``on_hole`` as lengths, or ``sink`` as zero bytes without one.
+    ``crc_checks`` lists the CRC-32 chunks it carried, for the caller to check.
+    """
+
+    def __init__(self, sink: Sink, on_hole: Callable[[int], None] | None = None):
+        self._decoder = sparseimage.SparseImageDecoder(sink, on_hole or self._zeros)
+        self._sink = sink
+
+    @property
+    def crc_checks(self) -> list[tuple[int, int]]:
+        return self._decoder.crc_checks
+
+    def _zeros(self, length: int) -> None:
+        for start in range(0, length, CHUNK):
+            self._sink(ZEROS.obj[: min(CHUNK, length - start)])
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._decoder.write(data)
+        except sparseimage.SparseImageError as exc:
+            raise DecodeError(str(exc)) from exc
+
+    def finish(self) -> None:
+        try:
+            self._decoder.finish()
+        except sparseimage.SparseImageError as exc:
+            raise DecodeError(str(exc)) from exc
+
+
+SPARSE = "sparse"  # the encoding of an Android sparse image (not a compression)
 DECODERS = {"none": IdentityDecoder, "gzip": GzipDecoder, "zstd": ZstdDecoder}
 
 
@@ -329,11 +362,16 @@ def decoder_for(
     """
     if encoding == "zstd" and on_hole is not None and zstdblocks.available():
         return HoleZstdDecoder(sink, on_hole, checksum=checksum)
+    if encoding == SPARSE:
+        return SparseDecoder(sink, on_hole)
     return DECODERS[encoding](sink)
 
 
 def sniff_encoding(head: bytes) -> str:
-    """``zstd``/``gzip`` if ``head`` starts like one (a disk image never does), else ``none``."""
+    """``zstd``/``gzip``/``sparse`` if ``head`` starts like one (a disk image never does),
+    else ``none``."""
+    if sparseimage.is_sparse_image(head):
+        return SPARSE
     if head.startswith(ZSTD_MAGIC):
         return "zstd"
     if head.startswith(GZIP_MAGIC):

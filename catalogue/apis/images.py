@@ -242,7 +242,8 @@ UPLOAD_HEADERS = [
 ]
 UPLOAD_SCHEMA = extend_schema(
     summary="Upload the next version",
-    description="The body is the image (raw, or zstd/gzip compressed), or a multipart "
+    description="The body is the image (raw, zstd/gzip compressed, or an Android sparse "
+    "image as img2simg writes it: the raw image without its holes), or a multipart "
     "form with the field 'file'. Answers with the new version; nothing is stored on error. "
     "The answer to an upload larger than BAAS_UPLOAD_INLINE_SHA256_MAX (1 GiB by default) "
     "comes as soon as its data is stored, with sha256 null: a background job records it "
@@ -254,6 +255,7 @@ UPLOAD_SCHEMA = extend_schema(
         "application/octet-stream": OpenApiTypes.BINARY,
         "application/zstd": OpenApiTypes.BINARY,
         "application/gzip": OpenApiTypes.BINARY,
+        "application/vnd.android.sparse-image": OpenApiTypes.BINARY,
     },
     parameters=UPLOAD_HEADERS,
     responses={201: VersionUploadedSerializer},

@@ -17,7 +17,9 @@ Accepted forms:
 
 Compression is taken from ``Content-Encoding`` (zstd, gzip), a
 ``Content-Type`` of ``application/zstd``/``application/gzip``, a file name
-ending in ``.zst``/``.gz``, or else recognised from the first bytes. The
+ending in ``.zst``/``.gz``, or else recognised from the first bytes. So is an
+Android sparse image (``img2simg``'s format, a raw image without its holes:
+``Content-Type: application/vnd.android.sparse-image``, a ``.simg`` file). The
 expected digest comes from ``Content-Digest``/``Repr-Digest``
 (``sha-256=:<base64>:``, RFC 9530) or the form field ``sha256``; it may be
 the digest of the bytes as sent or of the raw image.
@@ -49,10 +51,11 @@ from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
 
 from accounts import rules
+from catalogue import sparseimage
 from catalogue.exceptions import BadUpload, ClientDisconnected, LengthRequired, UploadTooLarge
 from catalogue.models import Image, ImageType, Version
 from catalogue.services.uploads import VersionReceiver, version_upload
-from catalogue.streaming import CHUNK
+from catalogue.streaming import CHUNK, SPARSE
 
 # Room for multipart boundaries and fields, and for compression that does not compress.
 ENVELOPE = 1 << 20
@@ -62,8 +65,10 @@ CONTENT_TYPES = {
     "application/x-zstd": "zstd",
     "application/gzip": "gzip",
     "application/x-gzip": "gzip",
+    sparseimage.MEDIA_TYPE: SPARSE,
 }
 FILE_SUFFIXES = {".zst": "zstd", ".zstd": "zstd", ".gz": "gzip"}
+FILE_SUFFIXES.update(dict.fromkeys(sparseimage.FILE_SUFFIXES, SPARSE))
 # Bodies of a PUT that are an image, not JSON metadata.
 BINARY_TYPES = {"", "application/octet-stream", *CONTENT_TYPES}
 SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}\Z")

@@ -46,6 +46,7 @@ from rest_framework.exceptions import PermissionDenied
 
 from accounts import rules
 from accounts.services import audit_record
+from catalogue import sparseimage
 from catalogue.datamap import DataMap, DataMapper
 from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
 from catalogue.models import Compression, FileStandard, Image, ImageType, Version
@@ -64,6 +65,7 @@ from catalogue.storage import (
 from catalogue.streaming import (
     CHUNK,
     QCOW2_HEADER,
+    SPARSE,
     ZEROS,
     BackgroundHasher,
     BackgroundWorker,
@@ -178,6 +180,12 @@ class VersionReceiver:
     def _start(self, head: bytes) -> None:
         if self.encoding is None:
             self.encoding = sniff_encoding(head)
+        announced = sparseimage.declared_size(head) if self.encoding == SPARSE else None
+        if announced is not None and announced > self.max_size:
+            raise UploadTooLarge(
+                f"The sparse image's header announces {announced} bytes, more than the "
+                f"{self.max_size}-byte limit; nothing was stored."
+            )
         # gzip comes stored as sent; zstd is stored raw first, for the compression job
         # to write it in frames of its data map (catalogue.seekable).
         self._store_compressed = self.encoding == Compression.GZIP == self.image.compression
@@ -209,6 +217,8 @@ class VersionReceiver:
         if self.encoding == Compression.ZSTD:  # the frame's content size, checked when decoded
             with contextlib.suppress(zstandard.ZstdError):
                 declared = zstandard.frame_content_size(head)
+        elif self.encoding == SPARSE:  # the header's, checked when decoded
+            declared = sparseimage.declared_size(head) or 0
         return max(self._raw_at_least, declared) > self._digest_limit
 
     def _receive(self, data: bytes) -> None:
@@ -292,6 +302,11 @@ class VersionReceiver:
                 "This is a raw image, but the data is a qcow2 file: convert it with "
                 "'qemu-img convert -O raw', or create a qcow2 image."
             )
+        elif sparseimage.is_sparse_image(self._raw_head):
+            raise BadUpload(
+                "This is a raw image, but the data decodes to an Android sparse image: send "
+                "the sparse image itself, uncompressed (it has no holes to compress)."
+            )
 
     # --- Ending ------------------------------------------------------------------
 
@@ -319,6 +334,7 @@ class VersionReceiver:
             self.pending.extend_to(self.size)  # trailing zeros: a hole
         if not self._standard_checked:
             self._check_standard()
+        self._check_crc32(mapped)
         self._check_quota()
         sha256 = self._hasher.hexdigest() if self._hasher is not None else ""
         wire_sha256 = self._wire_hasher.hexdigest() if self._wire_hasher is not None else ""
@@ -342,6 +358,20 @@ class VersionReceiver:
             virtual_size=self._virtual_size if self._virtual_size else self.size,
             datamap=replace(mapped, sha256=sha256, zstd_checksums=checksums),
         )
+
+    def _check_crc32(self, mapped: DataMap) -> None:
+        """A sparse image's CRC-32 chunks, checked against what was stored (its data alone)."""
+        checks = getattr(self._decoder, "crc_checks", None)
+        if not checks:
+            return
+        ranges = [(start, end) for start, end, _ in mapped.ranges]
+        found = sparseimage.image_crc32(self.pending.path, ranges, [at for at, _ in checks])
+        for at, expected in checks:
+            if found[at] != expected:
+                raise BadUpload(
+                    f"The sparse image's CRC-32 of its first {at} bytes is {expected:08x}, but "
+                    f"they are {found[at]:08x}: it was damaged on the way. Nothing was stored."
+                )
 
     def _pending_digest(self, zstd_checksums: tuple[tuple[int, int, int], ...] | None) -> DataMap:
         """The map and SHA-256 of the raw image in the pending file (read back: mostly cached),
