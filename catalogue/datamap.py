@@ -122,24 +122,26 @@ class DataMapper:
         self._end = 0  # where the open range ends
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data).cast("B")
-        if not view:
+        if isinstance(data, memoryview):  # searched in place when it is a whole object
+            data = data.obj if _whole(data) else bytes(data)
+        length = len(data)
+        if not length:
             return
         offset = self.size - len(self._carry)  # the image offset of the carry's first byte
-        self.size += len(view)
+        self.size += length
+        start = 0  # where the first whole block of ``data`` begins
         if self._carry:
-            take = BLOCK - len(self._carry)
-            self._carry += bytes(view[:take])
-            view = view[take:]
+            start = BLOCK - len(self._carry)
+            self._carry += bytes(data[:start])
             if len(self._carry) < BLOCK:
                 return
-            self._scan(self._carry, offset)
+            self._scan(self._carry, 0, BLOCK, offset)
             offset += BLOCK
             self._carry = b""
-        whole = len(view) // BLOCK * BLOCK
-        if whole:
-            self._scan(view[:whole], offset)
-        self._carry = bytes(view[whole:])
+        end = start + (length - start) // BLOCK * BLOCK
+        if end > start:
+            self._scan(data, start, end, offset)
+        self._carry = bytes(data[end:])
 
     def skip(self, length: int) -> None:
         """``length`` zero bytes (a hole), not looked at but where they share a block with data."""
@@ -164,37 +166,39 @@ class DataMapper:
             size=self.size, sha256=sha256, ranges=tuple(self._ranges), blake3=tuple(self._fast)
         )
 
-    def _scan(self, view: bytes | memoryview, offset: int) -> None:
-        """Map whole blocks: data runs are hashed into ranges, zero blocks end them.
+    def _scan(self, data: bytes | bytearray, start: int, end: int, offset: int) -> None:
+        """Map the whole blocks of ``data[start:end]``, at ``offset`` in the image: data
+        runs are hashed into ranges, zero blocks end them.
 
         In C but for one turn per run of zero blocks: an all-zero piece is one
-        comparison; ``find`` jumps over data that holds no block of zeros.
+        comparison; ``find`` jumps over data that holds no block of zeros. The
+        piece is searched where it lies, never copied (a piece that does not
+        start on a block of the image is the common case of a sparse upload).
         """
-        size = len(view)
-        if size <= len(_ZEROS) and _ZEROS.startswith(view):
+        view = memoryview(data)
+        if end - start <= len(_ZEROS) and _ZEROS.startswith(view[start:end]):
             self._close()
             return
-        data = view if isinstance(view, bytes) else view.obj if _whole(view) else bytes(view)
-        position = 0
-        while position < size:
-            found = data.find(_ZERO_BLOCK, position, size)
+        position = start
+        while position < end:
+            found = data.find(_ZERO_BLOCK, position, end)
             if found < 0:
-                self._data(memoryview(data)[position:size], offset + position)
+                self._data(view[position:end], offset + position - start)
                 return
-            hole = found + (-found) % BLOCK  # the first block boundary at or after it
+            hole = found + (start - found) % BLOCK  # the first block boundary at or after it
             zeros = hole
-            while zeros < size and _ZEROS.startswith(memoryview(data)[zeros : zeros + BLOCK]):
+            while zeros < end and _ZEROS.startswith(view[zeros : zeros + BLOCK]):
                 zeros += BLOCK
             if zeros == hole:  # zeros straddling blocks: not a zero block
-                if hole >= size:
-                    self._data(memoryview(data)[position:size], offset + position)
+                if hole >= end:
+                    self._data(view[position:end], offset + position - start)
                     return
                 continue_at = hole + BLOCK
-                self._data(memoryview(data)[position:continue_at], offset + position)
+                self._data(view[position:continue_at], offset + position - start)
                 position = continue_at
                 continue
             if hole > position:
-                self._data(memoryview(data)[position:hole], offset + position)
+                self._data(view[position:hole], offset + position - start)
             self._close()
             position = zeros
 

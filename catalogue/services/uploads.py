@@ -142,6 +142,7 @@ class VersionReceiver:
         self._digest_limit = None if digest else settings.BAAS_UPLOAD_INLINE_SHA256_MAX
         self._raw_at_least = raw_at_least
         self._mapping: BackgroundWorker | None = None
+        self._writing: BackgroundWorker | None = None
         self._hole = 0  # zeros decoded as a hole since the last data, not handed on yet
         self._mapper = DataMapper()
         self._store_compressed = False
@@ -205,6 +206,9 @@ class VersionReceiver:
             sha256=self._hasher is not None,
         )
         self._mapping = BackgroundWorker(self._map, name="map", depth=8)
+        # Writing has a thread of its own: the scan and the range hashes of one piece
+        # overlap the copy of the one before into the page cache.
+        self._writing = BackgroundWorker(self._write, name="write", depth=8)
         self.pending = _storage_call(
             get_storage().open_write, self.image.uuid, sparse=not self._store_compressed
         )
@@ -285,7 +289,12 @@ class VersionReceiver:
             self._check_quota()  # per decoded piece: a small body may unpack to gigabytes
 
     def _write_data(self, piece: memoryview, offset: int) -> None:
-        _storage_call(self.pending.write_at, piece, offset)
+        """On the mapping thread: hand a piece of data on to the writing thread (it is a
+        view of bytes that never change: the received ones, or the mapper's own)."""
+        self._writing.put((piece, offset))
+
+    def _write(self, item: tuple[memoryview, int]) -> None:
+        _storage_call(self.pending.write_at, *item)
 
     def _check_standard(self) -> None:
         """A qcow2 image takes qcow2 data without a backing file; a raw one never qcow2."""
@@ -330,6 +339,7 @@ class VersionReceiver:
             self._flush_hole()
         self._mapping.join()
         mapped = self._mapper.finish("")  # writes the last piece of data
+        self._writing.join()
         if not self._store_compressed:
             self.pending.extend_to(self.size)  # trailing zeros: a hole
         if not self._standard_checked:
@@ -403,7 +413,7 @@ class VersionReceiver:
 
     def abort(self) -> None:
         self._done = True
-        for worker in (self._mapping, self._hasher, self._wire_hasher):
+        for worker in (self._mapping, self._writing, self._hasher, self._wire_hasher):
             if worker is not None:
                 worker.close()
         if self.pending is not None:

@@ -302,3 +302,23 @@ def test_a_hole_maps_as_its_zeros_would_wherever_it_falls(pieces):
             skipping.update(piece)
             feeding.update(piece)
     assert skipping.finish("") == feeding.finish("")
+
+
+@pytest.mark.parametrize("step", [4095, 4097, MiB + 12, 3 * MiB - 28])
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_pieces_that_do_not_start_on_a_block_map_the_same(step, kind):
+    """A sparse upload's pieces start anywhere in a block (after a chunk header): the map,
+    and the data handed on for writing, are those of the image, whatever the cuts."""
+    data = disk_image()
+    image = bytearray(len(data))
+
+    def write(piece: memoryview, offset: int) -> None:
+        image[offset : offset + len(piece)] = piece
+
+    mapper = DataMapper(on_data=write)
+    for start in range(0, len(data), step):
+        mapper.update(kind(data[start : start + step]))
+    mapped = mapper.finish("")
+    assert [list(r) for r in mapped.ranges] == expected_ranges(data)
+    assert list(mapped.blake3) == [blake3(data[s:e]).hexdigest() for s, e, _ in mapped.ranges]
+    assert bytes(image) == data
