@@ -14,6 +14,7 @@ import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import zstandard
 
@@ -283,11 +284,32 @@ class ZstdFrameTracker:
         self._expect("magic", 4)
 
 
-class HoleZstdDecoder:
+class _ForeignErrors:
+    """A decoder of another module, whose errors (``_error``) are raised as DecodeError."""
+
+    _decoder: Any
+    _error: type[Exception]
+
+    def write(self, data: bytes) -> None:
+        try:
+            self._decoder.write(data)
+        except self._error as exc:
+            raise DecodeError(str(exc)) from exc
+
+    def finish(self) -> None:
+        try:
+            self._decoder.finish()
+        except self._error as exc:
+            raise DecodeError(str(exc)) from exc
+
+
+class HoleZstdDecoder(_ForeignErrors):
     """zstd decoded block by block: blocks of zeros reach ``on_hole`` as lengths only.
 
     See :mod:`catalogue.zstdblocks`; the errors are :class:`DecodeError`s here.
     """
+
+    _error = zstdblocks.ZstdBlockError
 
     def __init__(self, sink: Sink, on_hole: Callable[[int], None], *, checksum: bool = True):
         self._decoder = zstdblocks.BlockZstdDecoder(sink, on_hole, checksum=checksum)
@@ -297,25 +319,15 @@ class HoleZstdDecoder:
         """The frame checksums left to check (``checksum=False``), see BlockZstdDecoder."""
         return tuple(self._decoder.checksums)
 
-    def write(self, data: bytes) -> None:
-        try:
-            self._decoder.write(data)
-        except zstdblocks.ZstdBlockError as exc:
-            raise DecodeError(str(exc)) from exc
 
-    def finish(self) -> None:
-        try:
-            self._decoder.finish()
-        except zstdblocks.ZstdBlockError as exc:
-            raise DecodeError(str(exc)) from exc
-
-
-class SparseDecoder:
+class SparseDecoder(_ForeignErrors):
     """An Android sparse image (:mod:`catalogue.sparseimage`): the raw image without its holes.
 
     Its zeros reach ``on_hole`` as lengths, or ``sink`` as zero bytes without one.
     ``crc_checks`` lists the CRC-32 chunks it carried, for the caller to check.
     """
+
+    _error = sparseimage.SparseImageError
 
     def __init__(self, sink: Sink, on_hole: Callable[[int], None] | None = None):
         self._decoder = sparseimage.SparseImageDecoder(sink, on_hole or self._zeros)
@@ -328,18 +340,6 @@ class SparseDecoder:
     def _zeros(self, length: int) -> None:
         for start in range(0, length, CHUNK):
             self._sink(ZEROS.obj[: min(CHUNK, length - start)])
-
-    def write(self, data: bytes) -> None:
-        try:
-            self._decoder.write(data)
-        except sparseimage.SparseImageError as exc:
-            raise DecodeError(str(exc)) from exc
-
-    def finish(self) -> None:
-        try:
-            self._decoder.finish()
-        except sparseimage.SparseImageError as exc:
-            raise DecodeError(str(exc)) from exc
 
 
 SPARSE = "sparse"  # the encoding of an Android sparse image (not a compression)
