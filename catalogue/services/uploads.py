@@ -325,18 +325,7 @@ class VersionReceiver:
         ``need_digest``: the SHA-256 is needed now; if it was left to later, the
         pending file is read back for it.
         """
-        if self._decoder is None:
-            if not self._head:
-                raise BadUpload("The upload is empty.")
-            head, self._head = self._head, b""
-            self._start(head)
-            self._receive(head)
-        try:
-            self._decoder.finish()
-        except DecodeError as exc:
-            raise BadUpload(f"{exc} Nothing was stored.") from exc
-        if self._hole:
-            self._flush_hole()
+        self._end_of_input()
         self._mapping.join()
         mapped = self._mapper.finish("")  # writes the last piece of data
         self._writing.join()
@@ -368,6 +357,23 @@ class VersionReceiver:
             virtual_size=self._virtual_size if self._virtual_size else self.size,
             datamap=replace(mapped, sha256=sha256, zstd_checksums=checksums),
         )
+
+    def _end_of_input(self) -> None:
+        """No more bytes come: decode what is held back, and refuse an empty image."""
+        if self._decoder is None:
+            if not self._head:
+                raise BadUpload("The upload is empty.")
+            head, self._head = self._head, b""
+            self._start(head)
+            self._receive(head)
+        try:
+            self._decoder.finish()
+        except DecodeError as exc:
+            raise BadUpload(f"{exc} Nothing was stored.") from exc
+        if not self.size:
+            raise BadUpload("The upload is empty: it decodes to an image of 0 bytes.")
+        if self._hole:
+            self._flush_hole()
 
     def _check_crc32(self, mapped: DataMap) -> None:
         """A sparse image's CRC-32 chunks, checked against what was stored (its data alone)."""

@@ -191,3 +191,18 @@ def test_the_client_reports_a_refusal_and_fails(live_server, user, secret, tmp_p
     result = client(url, tmp_path / "disk.img")
     assert result.returncode == 2
     assert "No token" in result.stderr
+
+
+def test_a_sparse_image_of_nothing_is_refused_like_an_empty_upload(user_client, image):
+    response = post_raw(user_client, image, sparse([]), content_type=MEDIA_TYPE)
+    assert response.status_code == 400
+    assert "empty" in response.json()["detail"]
+    assert_nothing_stored(image)
+
+
+def test_compressed_nothing_is_refused_too(user_client, image):
+    packed = zstandard.ZstdCompressor().compress(b"")
+    response = post_raw(user_client, image, packed, HTTP_CONTENT_ENCODING="zstd")
+    assert response.status_code == 400
+    assert "0 bytes" in response.json()["detail"]
+    assert_nothing_stored(image)
