@@ -12,6 +12,7 @@ urlpatterns = [
     path("images/<uuid:image_id>/", views.image_detail, name="image"),
     path("images/<uuid:image_id>/edit/", views.image_edit, name="image-edit"),
     path("images/<uuid:image_id>/delete/", views.image_delete, name="image-delete"),
+    path("client/baas-upload", views.upload_client, name="upload-client"),
     path("setups/", views.setup_list, name="setups"),
     path("setups/new/", views.setup_create, name="setup-new"),
     path("setups/<uuid:setup_id>/", views.setup_detail, name="setup"),

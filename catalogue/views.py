@@ -18,9 +18,9 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import Paginator
-from django.http import HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_POST, require_safe
 from rest_framework import exceptions as api_errors
 
 from accounts import rules
@@ -100,8 +100,26 @@ def image_detail(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
         "can_write": rules.can_write_image(request.user, image),
         "can_delete": rules.can_delete_image(request.user, image),
         "max_size": settings.BAAS_MAX_IMAGE_SIZE,
+        "upload_url": request.build_absolute_uri(f"/api/image/{image.uuid}"),
+        "client_url": request.build_absolute_uri("/client/baas-upload"),
     }
     return render(request, "catalogue/image_detail.html", context)
+
+
+UPLOAD_CLIENT = settings.BASE_DIR / "contrib" / "upload" / "baas-upload"
+
+
+@require_safe
+def upload_client(request: HttpRequest) -> FileResponse:
+    """The upload client (``contrib/upload/baas-upload``), for researchers to fetch from
+    their own BAAS. Open to all, like the source it is: it holds nothing of this site."""
+    try:
+        script = UPLOAD_CLIENT.open("rb")
+    except FileNotFoundError:
+        raise Http404("This installation does not carry the upload client.") from None
+    return FileResponse(
+        script, as_attachment=True, filename="baas-upload", content_type="text/x-python"
+    )
 
 
 @login_required

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -141,6 +142,25 @@ def test_the_detail_page_shows_metadata_versions_and_download_links(signed_in, o
     assert html.index(">v1 ") < html.index(">v0<")  # newest first
     assert 'id="upload"' in html
     assert f'action="/api/image/{own_image.pk}"' in html
+
+
+def test_the_upload_section_tells_how_to_send_only_the_data(signed_in, own_image, other_user):
+    html = signed_in.get(_url("image", own_image)).content.decode()
+    assert "curl -O http://testserver/client/baas-upload" in html
+    assert f"python3 baas-upload http://testserver/api/image/{own_image.pk} disk.img" in html
+    system = ImageFactory(owner=other_user, type=ImageType.SYSTEM)
+    VersionFactory(image=system, number=0)
+    assert b"baas-upload" not in signed_in.get(_url("image", system)).content  # no upload
+
+
+def test_anyone_may_fetch_the_upload_client_and_it_is_the_one_in_the_tree(client):
+    response = client.get(reverse("upload-client"))
+    assert response.status_code == 200
+    assert response["Content-Disposition"] == 'attachment; filename="baas-upload"'
+    body = b"".join(response.streaming_content)
+    assert body == (settings.BASE_DIR / "contrib" / "upload" / "baas-upload").read_bytes()
+    assert body.startswith(b"#!/usr/bin/env python3")
+    assert client.post(reverse("upload-client")).status_code == 405
 
 
 def test_a_compressed_version_downloads_decompressed(signed_in, own_image):
