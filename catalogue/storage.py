@@ -208,8 +208,12 @@ class PendingFile:
         """The logical size is ``size``: what follows the last write is a hole."""
         self.position = max(self.position, size)
 
-    def commit(self, number: int, compression: str = "none") -> StoredFile:
-        """Make the file version ``number``: durable, complete, in place. Never overwrites."""
+    def commit(
+        self, number: int, compression: str = "none", *, replace: bool = False
+    ) -> StoredFile:
+        """Make the file version ``number``: durable, complete, in place. Never overwrites,
+        unless ``replace``: the same bytes rewritten in the same compression (laid out in
+        frames), renamed over the old file, which readers that have it open keep."""
         final = self.storage.version_path(self.image_uuid, number, compression)
         try:
             self._write_all(memoryview(self._carry))
@@ -217,7 +221,10 @@ class PendingFile:
             self._file.truncate(self.position)
             os.fsync(self._file.fileno())
             self._file.close()
-            os.link(self.path, final)
+            if replace:
+                os.replace(self.path, final)
+            else:
+                os.link(self.path, final)
         except FileExistsError as exc:
             self.abort()
             raise VersionExists(f"{final.name} already exists") from exc
@@ -226,7 +233,8 @@ class PendingFile:
             if is_disk_full(exc):
                 raise StorageFull("No space left in the image store.") from exc
             raise
-        os.unlink(self.path)
+        if not replace:
+            os.unlink(self.path)
         _fsync_dir(final.parent)
         self._done = True
         return _stored(final)

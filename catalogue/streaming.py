@@ -303,6 +303,41 @@ class _ForeignErrors:
             raise DecodeError(str(exc)) from exc
 
 
+class ZstdFrameSizes(ZstdFrameTracker):
+    """Follows a zstd stream without decoding it, for one stored as sent: each frame's
+    content size goes to ``on_size`` as its header arrives; ``unknown`` tells whether a
+    frame did not say. ``finish`` raises DecodeError if the stream ends inside a frame."""
+
+    def __init__(self, on_size: Callable[[int], None]):
+        super().__init__()
+        self._on_size = on_size
+        self._size_bytes = 0
+        self.unknown = False
+
+    def write(self, data: bytes) -> None:
+        self.feed(data)
+
+    def finish(self) -> None:
+        if not self.complete:
+            raise DecodeError("The zstd data ends in the middle of a frame: is it complete?")
+
+    def _on_descriptor(self, field: bytes) -> None:
+        descriptor = field[0]
+        single_segment = bool(descriptor & 0x20)
+        self._checksum = bool(descriptor & 0x04)
+        dictionary = (0, 1, 2, 4)[descriptor & 0x03]
+        self._size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        self._expect("header_rest", (0 if single_segment else 1) + dictionary + self._size_bytes)
+
+    def _on_header_rest(self, field: bytes) -> None:
+        if not self._size_bytes:
+            self.unknown = True
+        else:
+            size = int.from_bytes(field[len(field) - self._size_bytes :], "little")
+            self._on_size(size + 256 if self._size_bytes == 2 else size)  # RFC 8878, 3.1.1.1.4
+        self._expect("block", 3)
+
+
 class HoleZstdDecoder(_ForeignErrors):
     """zstd decoded block by block: blocks of zeros reach ``on_hole`` as lengths only.
 

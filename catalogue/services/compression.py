@@ -40,7 +40,7 @@ from django.db import transaction
 
 from catalogue.datamap import DataMap
 from catalogue.models import Compression, Image, Version
-from catalogue.seekable import FramedZstdEncoder
+from catalogue.seekable import FramedZstdEncoder, read_seek_table
 from catalogue.storage import StoredFile, VersionExists, get_storage
 
 logger = logging.getLogger(__name__)
@@ -165,9 +165,17 @@ def version_compress(*, version_id: int) -> CompressionOutcome | None:
         if version is None:
             return None
         target = version.image.compression
-        if version.stored_compression == target:
+        if version.stored_compression == target and not needs_frames(version):
             _remove_leftovers(version)
             return CompressionOutcome(version_id, target, changed)
+        if version.stored_compression == target:  # zstd as uploaded: rewritten in frames
+            try:
+                stored = _rewrite(version, target, replace=True)
+            except VersionCorrupt as exc:
+                raise version_damaged(version, str(exc)) from exc
+            _swap_in_place(version, stored)
+            changed = True
+            continue
         try:
             stored = _target_file(version, target)
         except (OSError, ConcurrentChange):
@@ -215,12 +223,13 @@ def image_recompress(*, image_uuid: uuid.UUID | str) -> list[int]:
 
 
 def compression_schedule_for_version(version: Version) -> bool:
-    """Call after a version's row is created: compress it in the background if needed.
+    """Call after a version's row is created, or its map recorded: compress it in the
+    background if needed (or lay a zstd file out in frames, see :func:`needs_frames`).
 
     The task is sent once the current transaction commits (so the worker sees
     the row). Returns whether a job was scheduled.
     """
-    if version.stored_compression == version.image.compression:
+    if version.stored_compression == version.image.compression and not needs_frames(version):
         return False
     _fire_version_task(version.pk)
     return True
@@ -260,8 +269,28 @@ def _target_file(version: Version, target: str) -> StoredFile:
     return _rewrite(version, target)
 
 
-def _rewrite(version: Version, target: str) -> StoredFile:
-    """Transcode the stored file to ``target``, verified, and commit it beside the old one."""
+def needs_frames(version: Version) -> bool:
+    """Whether the version is stored zstd, as its image wants, but not in frames of its data
+    map (a large zstd upload is stored as sent): then agents cannot be sent its data alone,
+    and the compression job rewrites it. Known once it has a map."""
+    from catalogue.services.datamaps import version_map
+
+    if version.stored_compression != Compression.ZSTD or version.image.compression != (
+        Compression.ZSTD
+    ):
+        return False
+    if version_map(version) is None:
+        return False
+    try:
+        with get_storage().open_read(version.image_id, version.number, Compression.ZSTD) as f:
+            return read_seek_table(f.fileno()) is None
+    except FileNotFoundError:
+        return False
+
+
+def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredFile:
+    """Transcode the stored file to ``target``, verified, and commit it beside the old one
+    (``replace``: over it, the same bytes in the same compression, laid out anew)."""
     from catalogue.services.datamaps import version_map
     from catalogue.services.digests import DigestingMapper
 
@@ -290,7 +319,7 @@ def _rewrite(version: Version, target: str) -> StoredFile:
         if scanner is not None:
             _record_digest(version, scanner, uploaded)
         try:
-            return pending.commit(version.number, target)
+            return pending.commit(version.number, target, replace=replace)
         except VersionExists:
             # A concurrent run committed the same verified bytes first.
             return storage.stat(version.image_id, version.number, target)
@@ -382,6 +411,19 @@ def _swap(version: Version, target: str, stored: StoredFile) -> None:
             partial(_delete_unless_referenced, row.pk, version.image_id, version.number, old)
         )
     logger.info("Version %s is now stored as %s (%s bytes)", version.pk, target, stored.allocated)
+
+
+def _swap_in_place(version: Version, stored: StoredFile) -> None:
+    """Record the size of a file rewritten in place (same path, same bytes in frames)."""
+    with transaction.atomic():
+        row = Version.objects.select_for_update().filter(pk=version.pk).first()
+        if row is None:
+            _discard_orphan(stored.path, version.image_id)
+            return
+        if row.stored_compression != version.stored_compression:
+            raise ConcurrentChange(f"Version {version.pk} changed while it was being framed.")
+        Version.objects.filter(pk=row.pk).update(stored_size=stored.allocated)
+    logger.info("Version %s is now stored in frames (%s bytes)", version.pk, stored.allocated)
 
 
 def _discard_orphan(path: Path, image_uuid: uuid.UUID) -> None:

@@ -29,7 +29,7 @@ from django.db import transaction
 
 from catalogue.datamap import DataMap, DataMapper
 from catalogue.models import Compression, Version
-from catalogue.services.compression import VersionCorrupt, version_damaged
+from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
 from catalogue.storage import get_storage
 from catalogue.streaming import CHUNK, ZEROS, BackgroundHasher, BackgroundWorker
@@ -198,6 +198,14 @@ def version_digest_complete(*, version_id: int) -> str | None:
         if not Version.objects.filter(pk=version_id).exists():
             return None
         raise
+    except VersionCorrupt as exc:  # more bytes than the row says (a zstd header that lied)
+        raise version_damaged(version, str(exc)) from exc
+    except DECODE_ERRORS as exc:  # a compressed upload stored as sent, damaged on the way
+        raise version_damaged(
+            version,
+            f"Version {version.number} does not decode ({exc}): the upload was damaged on "
+            "the way; upload it again.",
+        ) from exc
     return version_digest_record(version, found, uploaded)
 
 

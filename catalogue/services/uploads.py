@@ -32,6 +32,7 @@ that is removed at once (or, after a crash, by the stale-upload purge).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
@@ -51,6 +52,7 @@ from catalogue.datamap import DataMap, DataMapper
 from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
 from catalogue.models import Compression, FileStandard, Image, ImageType, Version
 from catalogue.services.bootfiles import BootImageError, boot_files_extract
+from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt
 from catalogue.services.datamaps import version_map_store
 from catalogue.services.digests import file_digest, version_digest_ensure, version_digest_schedule
 from catalogue.services.lifecycle import quota_guard_for, versions_prune_schedule
@@ -70,12 +72,14 @@ from catalogue.streaming import (
     BackgroundHasher,
     BackgroundWorker,
     DecodeError,
+    ZstdFrameSizes,
     decoder_for,
     qcow2_header,
     sniff_encoding,
 )
 
 QEMU_IMG = "qemu-img"
+PROBE_MAX = 1 << 20  # bytes as sent decoded for the first raw bytes of a zstd stored as sent
 HEAD_BYTES = QCOW2_HEADER.size  # enough to recognise compression and read a qcow2 header
 # qemu-img check: 0 clean, 3 only leaked clusters (harmless); anything else is a broken image.
 QEMU_CHECK_OK = (0, 3)
@@ -95,7 +99,7 @@ class ReceivedUpload:
     encoding: str
     stored_compression: str
     virtual_size: int
-    datamap: DataMap
+    datamap: DataMap | None  # None: stored as sent, mapped by the digest job
 
 
 class VersionReceiver:
@@ -146,6 +150,9 @@ class VersionReceiver:
         self._hole = 0  # zeros decoded as a hole since the last data, not handed on yet
         self._mapper = DataMapper()
         self._store_compressed = False
+        self._as_sent = False  # a large zstd upload stored as sent (see _start)
+        self._probe = b""  # its first bytes as sent, to decode its first raw bytes from
+        self._decoded: DataMap | None = None  # it, decoded back (see _decode_back)
         self._done = False
         self._quota = quota_guard_for(image)  # None: the owner has no quota
 
@@ -194,11 +201,19 @@ class VersionReceiver:
             self._hasher = BackgroundHasher()
         if self._wire_digest and self.encoding != Compression.NONE:
             self._wire_hasher = BackgroundHasher()
-        # Not hashing it all now, the decoder leaves the frame checksums (XXH64 of every
-        # byte, zeros included) to the job that hashes it all later, and skips the zeros.
-        self._decoder = decoder_for(
-            self.encoding, self._on_raw, self._on_hole, checksum=self._hasher is not None
-        )
+        # A large zstd upload of a raw image, whose SHA-256 is left to a job anyway, is stored
+        # as sent: that job decodes it (checking its frame checksums), maps it, and has it
+        # laid out in frames. Only its frame headers are read now, for its size.
+        self._as_sent = self._hasher is None and self._zstd_as_sent(head)
+        if self._as_sent:
+            self._store_compressed = True
+            self._decoder = ZstdFrameSizes(self._on_frame_size)
+        else:
+            # Not hashing it all now, the decoder leaves the frame checksums (XXH64 of every
+            # byte, zeros included) to the job that hashes it all later, and skips the zeros.
+            self._decoder = decoder_for(
+                self.encoding, self._on_raw, self._on_hole, checksum=self._hasher is not None
+            )
         # The map's scan for zero blocks also tells the sparse writer where the data is.
         # Without the whole-image hash now, the ranges' SHA-256s wait for the digest job.
         self._mapper = DataMapper(
@@ -212,6 +227,38 @@ class VersionReceiver:
         self.pending = _storage_call(
             get_storage().open_write, self.image.uuid, sparse=not self._store_compressed
         )
+
+    def _zstd_as_sent(self, head: bytes) -> bool:
+        """Whether this upload can be stored as sent: zstd for a raw image, its first frame
+        telling its size (a frame that does not is decoded back at the end)."""
+        if self.encoding != Compression.ZSTD or self.image.file_standard != FileStandard.RAW:
+            return False
+        try:
+            return zstandard.frame_content_size(head) > 0
+        except zstandard.ZstdError:
+            return False
+
+    def _on_frame_size(self, size: int) -> None:
+        """A stored-as-sent zstd frame's content size, from its header (checked by the job)."""
+        self.size += size
+        if self.size > self.max_size:
+            raise UploadTooLarge(
+                f"The image is larger than the {self.max_size}-byte limit; nothing was stored."
+            )
+
+    def _probe_raw_head(self, data: bytes) -> None:
+        """Decode the first raw bytes of a zstd upload stored as sent, for the file standard
+        check: only as many as needed, from at most PROBE_MAX bytes as sent."""
+        self._probe += data[: PROBE_MAX - len(self._probe)]
+        reader = zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(self._probe), read_across_frames=True
+        )
+        try:
+            self._raw_head = reader.read(HEAD_BYTES)
+        except zstandard.ZstdError as exc:
+            raise BadUpload(f"The zstd data is corrupt: {exc} Nothing was stored.") from exc
+        if len(self._raw_head) >= HEAD_BYTES or len(self._probe) >= PROBE_MAX:
+            self._check_standard()
 
     def _too_large_to_hash(self, head: bytes) -> bool:
         """Whether the image is known to exceed the inline hashing limit from the start."""
@@ -231,6 +278,8 @@ class VersionReceiver:
                 self._wire_hasher.update(data)
             if self._store_compressed:
                 _storage_call(self.pending.write, data)
+            if self._as_sent and not self._standard_checked:
+                self._probe_raw_head(data)
         try:
             self._decoder.write(data)
         except DecodeError as exc:
@@ -338,6 +387,8 @@ class VersionReceiver:
         sha256 = self._hasher.hexdigest() if self._hasher is not None else ""
         wire_sha256 = self._wire_hasher.hexdigest() if self._wire_hasher is not None else ""
         checksums = getattr(self._decoder, "checksums", None) or None
+        if self._decoded is not None:
+            mapped, sha256 = self._decoded, self._decoded.sha256
         if need_digest and not sha256:
             mapped = self._pending_digest(checksums)
             if mapped.zstd_checksums != checksums:
@@ -355,7 +406,10 @@ class VersionReceiver:
             encoding=self.encoding,
             stored_compression=self.encoding if self._store_compressed else Compression.NONE,
             virtual_size=self._virtual_size if self._virtual_size else self.size,
-            datamap=replace(mapped, sha256=sha256, zstd_checksums=checksums),
+            # Stored as sent and not decoded yet: the digest job maps it.
+            datamap=None
+            if self._as_sent and not sha256
+            else replace(mapped, sha256=sha256, zstd_checksums=checksums),
         )
 
     def _end_of_input(self) -> None:
@@ -370,10 +424,27 @@ class VersionReceiver:
             self._decoder.finish()
         except DecodeError as exc:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
+        if self._as_sent and not self._standard_checked:
+            self._check_standard()  # an image of fewer than HEAD_BYTES bytes
+        if self._as_sent and self._decoder.unknown:
+            self._decode_back()
         if not self.size:
             raise BadUpload("The upload is empty: it decodes to an image of 0 bytes.")
         if self._hole:
             self._flush_hole()
+
+    def _decode_back(self) -> None:
+        """A zstd upload stored as sent had a frame that did not tell its size: decode the
+        stored file now, for its size (and so its map and SHA-256 too)."""
+        try:
+            self._decoded = file_digest(self.pending.path, Compression.ZSTD, self.max_size)
+        except VersionCorrupt as exc:
+            raise UploadTooLarge(
+                f"The image is larger than the {self.max_size}-byte limit; nothing was stored."
+            ) from exc
+        except DECODE_ERRORS as exc:
+            raise BadUpload(f"The zstd data is corrupt: {exc} Nothing was stored.") from exc
+        self.size = self._decoded.size
 
     def _check_crc32(self, mapped: DataMap) -> None:
         """A sparse image's CRC-32 chunks, checked against what was stored (its data alone)."""
@@ -393,7 +464,19 @@ class VersionReceiver:
         """The map and SHA-256 of the raw image in the pending file (read back: mostly cached),
         with what the ranges of ``zstd_checksums`` hash to."""
         compression = self.encoding if self._store_compressed else Compression.NONE
-        return file_digest(self.pending.path, compression, self.size, zstd_checksums)
+        try:
+            found = file_digest(self.pending.path, compression, self.size, zstd_checksums)
+        except (VersionCorrupt, *DECODE_ERRORS) as exc:  # only data stored as sent
+            raise BadUpload(
+                f"The data does not decode to the image its headers announce ({exc}): it was "
+                "damaged on the way. Nothing was stored."
+            ) from exc
+        if found.size != self.size:
+            raise BadUpload(
+                f"The zstd frames announce {self.size} bytes but hold {found.size}: the data "
+                "was damaged on the way. Nothing was stored."
+            )
+        return found
 
     def _qemu_check(self) -> int:
         """qemu-img's verdict on the pending qcow2 file: its virtual size, or BadUpload."""
@@ -491,7 +574,8 @@ def version_upload(
             placed = receiver.commit(number, received.stored_compression)
             _check_boot_image(locked, placed, received)
             version = _version_row(locked, number, received, placed, actor, note)
-            _storage_call(version_map_store, version, received.datamap)
+            if received.datamap is not None:
+                _storage_call(version_map_store, version, received.datamap)
     except BaseException:
         if placed is not None:  # the row never became visible: neither may the file
             placed.path.unlink(missing_ok=True)
