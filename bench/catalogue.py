@@ -428,7 +428,9 @@ class Baas:
         return float(seconds), digest
 
     def version_file(self, uuid: str, number: int) -> Path:
-        return self.disk / uuid / f"{number}.img"
+        """The version's file as stored: raw, or zstd as a large zstd upload leaves it."""
+        found = sorted((self.disk / uuid).glob(f"{number}.img*"))
+        return found[0] if found else self.disk / uuid / f"{number}.img"
 
     def upload(
         self,
@@ -792,7 +794,7 @@ def measure_uploads(baas: Baas, image: TestImage, workdir: Path, repeat: int) ->
             f"worker VmHWM; master+workers RSS peak {tree / MiB:.0f} MiB",
             {"worker_hwm": hwm, "tree_rss_peak": tree}),
         _blocks_row("stored blocks, raw upload", raw_blocks, data, cp_blocks, True),
-        _blocks_row("stored blocks, zstd upload", zst_blocks, data, cp_blocks, False),
+        _blocks_row("stored blocks, zstd upload (as sent)", zst_blocks, data, cp_blocks, False),
         _blocks_row("stored blocks, sparse upload", sparse_blocks, data, cp_blocks, False),
     ]  # fmt: skip
     return rows, keep_uuid

@@ -248,8 +248,10 @@ UPLOAD_SCHEMA = extend_schema(
     "The answer to an upload larger than BAAS_UPLOAD_INLINE_SHA256_MAX (1 GiB by default) "
     "comes as soon as its data is stored, with sha256 null: a background job records it "
     "seconds later, and checks a zstd upload's frame checksums in the same pass (the "
-    "version shows damaged if they differ). Send Content-Digest or Want-Repr-Digest to "
-    "wait for both instead.",
+    "version shows damaged if they differ). A large zstd upload of a raw image is stored "
+    "as sent, its size from its frame headers, and decoded by that job, which marks it "
+    "damaged if it does not decode to what they announce. Send Content-Digest or "
+    "Want-Repr-Digest to wait for all of it instead.",
     request={
         "multipart/form-data": UploadFormSerializer,
         "application/octet-stream": OpenApiTypes.BINARY,

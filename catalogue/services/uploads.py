@@ -3,8 +3,14 @@
 The HTTP layer (``catalogue.apis.uploads``) feeds the bytes as they arrive into
 a :class:`VersionReceiver`, which
 
+* stores a large zstd upload of a raw image as sent (past the inline hashing
+  limit, with no digest wanted now): only its frame headers are read, for its
+  size, and its first bytes decoded, for the file standard check; the digest
+  job decodes, checks and maps it, and the compression job lays it out in
+  frames (``compression.needs_frames``);
 * decodes them if they come compressed (zstd or gzip, declared or recognised
-  by their magic), in pieces of at most 1 MiB whatever the ratio; zstd block
+  by their magic, or an Android sparse image, ``catalogue.sparseimage``), in
+  pieces of at most 1 MiB whatever the ratio; zstd block
   by block (``catalogue.zstdblocks``), its blocks of zeros reaching the map
   and the sparse writer as holes, never as bytes. Its frame checksums are
   checked at once when the whole image is hashed now, else left to the job
@@ -20,7 +26,8 @@ a :class:`VersionReceiver`, which
   never qcow2 data), data larger than BAAS_MAX_IMAGE_SIZE, and data that
   would take its owner past their storage quota (``lifecycle.QuotaGuard``);
 * writes into a pending file in the image's directory: the upload's own
-  gzip bytes for a gzip image, else the raw bytes, sparse. A compression job
+  bytes for a gzip image sent gzip or a zstd upload stored as sent, else the
+  raw bytes, sparse. A compression job
   rewrites the latter later (zstd in frames of the version's data map).
 
 :func:`version_upload` then checks the expected digest, fsyncs, and — under a
