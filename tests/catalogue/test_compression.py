@@ -21,8 +21,10 @@ from catalogue.services.compression import (
     compression_schedule_for_image,
     compression_schedule_for_version,
     encoder_for,
+    needs_frames,
     version_compress,
 )
+from catalogue.services.datamaps import version_map
 from catalogue.storage import MAP_SUFFIX, get_storage
 from catalogue.tasks import version_compress_task
 from tests.catalogue.factories import ImageFactory, VersionFactory
@@ -312,15 +314,21 @@ def test_the_worker_compresses_a_new_version_while_a_download_runs(
     head = early.read(65536)
 
     assert compression_schedule_for_version(version)
-    wait_for(lambda: stored_as(version, Compression.ZSTD), what="the compression job")
 
+    def framed() -> bool:  # compressed; then, its map built, laid out in frames (rewritten)
+        return stored_as(version, Compression.ZSTD) and (
+            version_map(version) is not None and not needs_frames(version)
+        )
+
+    wait_for(framed, what="the compression job, the map job, then the compression job again")
     assert files_of(version) == {"0.img.zst"}
     assert head + early.read() == content  # opened before the swap: the old bytes, whole
     with open_download(live_server, user, f"/api/image/{image.uuid}/0?decompress=1") as raw:
         assert raw.read() == content
     with open_download(live_server, user, f"/api/image/{image.uuid}/latest") as stored:
         assert stored.headers["Content-Type"] == "application/zstd"
-        assert zstandard.ZstdDecompressor().decompressobj().decompress(stored.read()) == content
+        frames = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
+        assert frames.read() == content  # in frames of its map: all of them
 
 
 @pytest.mark.worker

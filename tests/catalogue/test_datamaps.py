@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import subprocess
 import time
 
 import pytest
@@ -13,6 +14,7 @@ from blake3 import blake3
 
 from catalogue.datamap import BLOCK, RANGE_MAX, DataMapper
 from catalogue.models import Compression, ImageType, Version
+from catalogue.seekable import read_seek_table
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import (
     MapMismatch,
@@ -141,6 +143,34 @@ def test_a_version_without_a_map_gets_one_built_from_its_file(
     version_map_build(version_id=version.pk)
     assert storage.map_read(image.uuid, number) == built_at_upload
     assert get_map(user_client, image, number).json()["ranges"] == expected_ranges(data)
+
+
+def test_a_zstd_file_written_before_its_map_is_framed_once_the_map_is_built(
+    user, user_client, django_capture_on_commit_callbacks
+):
+    image = ImageFactory(owner=user, compression=Compression.ZSTD)
+    data = disk_image()
+    number = upload(user_client, image, data)["version"]
+    version = Version.objects.get(image=image, number=number)
+    storage = get_storage()
+    storage.delete_map(image.uuid, number)  # as for a version from before data maps
+    with django_capture_on_commit_callbacks():
+        version_compress(version_id=version.pk)  # no map: one frame, no seek table
+    path = storage.version_path(image.uuid, number, "zstd")
+    with path.open("rb") as file:
+        assert read_seek_table(file.fileno()) is None
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        version_map_build(version_id=version.pk)
+    assert len(callbacks) == 1  # the compression job, queued to lay it out in frames
+    version_compress(version_id=version.pk)
+    with path.open("rb") as file:
+        assert read_seek_table(file.fileno()) is not None
+    unpacked = subprocess.run(["zstd", "-dc", str(path)], capture_output=True, check=True)
+    assert unpacked.stdout == data
+    response = user_client.get(f"/api/image/{image.uuid}/{number}/data")
+    assert response.status_code == 200
+    response.close()
 
 
 def test_a_map_of_other_bytes_is_never_served(user, user_client):
