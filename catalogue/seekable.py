@@ -52,6 +52,18 @@ def zero_frame(length: int) -> bytes:
     return _FRAME_HEADER.pack(ZSTD_MAGIC, 0xC0, 0x38, length) + bytes(blocks)
 
 
+def zeros_in_frames(length: int) -> bytes:
+    """``length`` zero bytes as :class:`FramedZstdEncoder` writes an image without data:
+    zero frames and their seek table (a few hundred KiB for 6 GiB, made at once)."""
+    out, frames = bytearray(), []
+    for start in range(0, length, ZERO_FRAME_MAX):
+        size = min(ZERO_FRAME_MAX, length - start)
+        frame = zero_frame(size)
+        frames.append((len(frame), size))
+        out += frame
+    return bytes(out) + seek_table(frames)
+
+
 def seek_table(frames: list[tuple[int, int]]) -> bytes:
     """The seekable format's skippable frame for ``(compressed, decompressed)`` sizes."""
     body = b"".join(ENTRY.pack(c, d) for c, d in frames)

@@ -15,7 +15,9 @@ import urllib.request
 import pytest
 import zstandard
 
+from catalogue.datamap import empty_map
 from catalogue.models import Compression, Version
+from catalogue.seekable import FramedZstdEncoder, read_seek_table, zeros_in_frames
 from catalogue.services.compression import (
     VersionCorrupt,
     compression_schedule_for_image,
@@ -347,3 +349,39 @@ def test_the_worker_recompresses_every_version_when_the_image_changes(celery_wor
         assert files_of(version) >= {f"{n}.img.gz"}
         assert decode(path_of(version, Compression.GZIP), Compression.GZIP) == CONTENT + bytes([n])
     assert not any(path_of(v, Compression.NONE).exists() for v in versions)
+
+
+# --- Version 0 of a zstd image ---------------------------------------------------------------
+
+
+def test_zero_frames_are_what_the_framed_encoder_writes_for_an_image_without_data():
+    size = 5 * 1024 * 1024 + 3
+    encoder = FramedZstdEncoder(empty_map(size, ""), level=3)
+    assert zeros_in_frames(size) == encoder.compress(bytes(size)) + encoder.flush()
+
+
+@pytest.mark.django_db
+def test_a_zstd_image_is_created_with_version_0_in_frames_and_no_job(
+    user, user_client, django_capture_on_commit_callbacks, settings, tmp_path
+):
+    settings.BAAS_NEW_IMAGE_SIZE = (2 << 30) + 4096  # three frames, the last a short one
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = user_client.post(
+            f"/api/user/{user.username}/image",
+            {"name": "zeros", "compression": "zstd", "target_disk": "/dev/sda"},
+            format="json",
+        )
+    assert response.status_code == 201, response.json()
+    assert response.json()["versions"][0]["size"] == settings.BAAS_NEW_IMAGE_SIZE
+    version = Version.objects.get(image_id=response.json()["uuid"], number=0)
+    assert version.stored_compression == Compression.ZSTD
+    assert not compression_schedule_for_version(version)  # nothing left for a worker
+    assert callbacks == []
+    path = path_of(version, Compression.ZSTD)
+    assert path.stat().st_size < 300 * 1024  # 2 GiB of zeros
+    with path.open("rb") as file:
+        frames = read_seek_table(file.fileno())
+    assert [frame.size for frame in frames] == [1 << 30, 1 << 30, 4096]
+    head = zstandard.ZstdDecompressor().stream_reader(path.open("rb"), read_across_frames=True)
+    with head:
+        assert head.read(1 << 20) == bytes(1 << 20)
