@@ -195,8 +195,7 @@ class ZstdDecoder:
             raise DecodeError(f"The zstd data is corrupt: {exc}") from exc
 
     def finish(self) -> None:
-        if not self._frames.complete:
-            raise DecodeError("The zstd data ends in the middle of a frame: is it complete?")
+        self._frames.finish()
 
 
 class ZstdFrameTracker:
@@ -204,20 +203,31 @@ class ZstdFrameTracker:
 
     ``complete`` is true when the bytes fed so far end exactly after a whole
     frame. It reads only headers — a few bytes per 128 KiB block — so it costs
-    nothing next to decoding.
+    nothing next to decoding. Each frame's content size goes to ``on_size`` as
+    its header arrives; ``unknown`` tells whether a frame did not say. With
+    ``write`` (``feed``) and ``finish`` it stands in for a decoder where nothing
+    is decoded (a zstd upload stored as sent).
     """
 
-    def __init__(self):
+    def __init__(self, on_size: Callable[[int], None] | None = None):
         self._frames = 0
         self._state = "magic"
         self._need = 4  # bytes of the current field still to collect
         self._field = b""
         self._skip = 0  # bytes of content still to pass over
         self._checksum = False
+        self._on_size = on_size
+        self._size_bytes = 0  # width of the current frame's content size field
+        self.unknown = False
 
     @property
     def complete(self) -> bool:
         return self._frames > 0 and self._state == "magic" and not self._field and not self._skip
+
+    def finish(self) -> None:
+        """The stream ended: DecodeError unless it ended right after a whole frame."""
+        if not self.complete:
+            raise DecodeError("The zstd data ends in the middle of a frame: is it complete?")
 
     def feed(self, data: bytes) -> None:
         pos = 0
@@ -233,6 +243,8 @@ class ZstdFrameTracker:
             if len(self._field) == self._need:
                 field, self._field = self._field, b""
                 self._on_field(field)
+
+    write = feed
 
     def _expect(self, state: str, need: int) -> None:
         self._state, self._need = state, need
@@ -259,8 +271,16 @@ class ZstdFrameTracker:
         single_segment = bool(descriptor & 0x20)
         self._checksum = bool(descriptor & 0x04)
         dictionary = (0, 1, 2, 4)[descriptor & 0x03]
-        content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
-        self._skip = (0 if single_segment else 1) + dictionary + content_size
+        self._size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
+        # Window descriptor, dictionary id, content size: at least one byte in all.
+        self._expect("header_rest", (0 if single_segment else 1) + dictionary + self._size_bytes)
+
+    def _on_header_rest(self, field: bytes) -> None:
+        if not self._size_bytes:
+            self.unknown = True
+        elif self._on_size is not None:
+            size = int.from_bytes(field[len(field) - self._size_bytes :], "little")
+            self._on_size(size + 256 if self._size_bytes == 2 else size)  # RFC 8878, 3.1.1.1.4
         self._expect("block", 3)
 
     def _on_block(self, field: bytes) -> None:
@@ -301,41 +321,6 @@ class _ForeignErrors:
             self._decoder.finish()
         except self._error as exc:
             raise DecodeError(str(exc)) from exc
-
-
-class ZstdFrameSizes(ZstdFrameTracker):
-    """Follows a zstd stream without decoding it, for one stored as sent: each frame's
-    content size goes to ``on_size`` as its header arrives; ``unknown`` tells whether a
-    frame did not say. ``finish`` raises DecodeError if the stream ends inside a frame."""
-
-    def __init__(self, on_size: Callable[[int], None]):
-        super().__init__()
-        self._on_size = on_size
-        self._size_bytes = 0
-        self.unknown = False
-
-    def write(self, data: bytes) -> None:
-        self.feed(data)
-
-    def finish(self) -> None:
-        if not self.complete:
-            raise DecodeError("The zstd data ends in the middle of a frame: is it complete?")
-
-    def _on_descriptor(self, field: bytes) -> None:
-        descriptor = field[0]
-        single_segment = bool(descriptor & 0x20)
-        self._checksum = bool(descriptor & 0x04)
-        dictionary = (0, 1, 2, 4)[descriptor & 0x03]
-        self._size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
-        self._expect("header_rest", (0 if single_segment else 1) + dictionary + self._size_bytes)
-
-    def _on_header_rest(self, field: bytes) -> None:
-        if not self._size_bytes:
-            self.unknown = True
-        else:
-            size = int.from_bytes(field[len(field) - self._size_bytes :], "little")
-            self._on_size(size + 256 if self._size_bytes == 2 else size)  # RFC 8878, 3.1.1.1.4
-        self._expect("block", 3)
 
 
 class HoleZstdDecoder(_ForeignErrors):

@@ -235,6 +235,15 @@ def compression_schedule_for_version(version: Version) -> bool:
     return True
 
 
+def frames_schedule_for_version(version: Version) -> bool:
+    """Call after a version's map is built: have a zstd file written before it laid out
+    in frames (see :func:`needs_frames`), and nothing else. Returns whether it was queued."""
+    if not needs_frames(version):
+        return False
+    _fire_version_task(version.pk)
+    return True
+
+
 def compression_schedule_for_image(image: Image) -> None:
     """Call after an image's compression changed: rewrite every version to match.
 

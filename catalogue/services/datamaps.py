@@ -114,10 +114,10 @@ def version_map_build(*, version_id: int) -> DataMap | None:
         datamap.data_bytes,
     )
     if version.sha256:  # (else the digest job does this once it records the SHA-256)
-        from catalogue.services.compression import compression_schedule_for_version
+        from catalogue.services.compression import frames_schedule_for_version
 
         # A zstd file written before its map existed can now be laid out in frames.
-        compression_schedule_for_version(version)
+        frames_schedule_for_version(version)
     return datamap
 
 

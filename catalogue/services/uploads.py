@@ -79,7 +79,7 @@ from catalogue.streaming import (
     BackgroundHasher,
     BackgroundWorker,
     DecodeError,
-    ZstdFrameSizes,
+    ZstdFrameTracker,
     decoder_for,
     qcow2_header,
     sniff_encoding,
@@ -214,7 +214,7 @@ class VersionReceiver:
         self._as_sent = self._hasher is None and self._zstd_as_sent(head)
         if self._as_sent:
             self._store_compressed = True
-            self._decoder = ZstdFrameSizes(self._on_frame_size)
+            self._decoder = ZstdFrameTracker(self._on_frame_size)
         else:
             # Not hashing it all now, the decoder leaves the frame checksums (XXH64 of every
             # byte, zeros included) to the job that hashes it all later, and skips the zeros.
