@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 from django.http import HttpRequest, JsonResponse
@@ -58,9 +60,42 @@ def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonR
     return page_not_found(request, exception)
 
 
+log = logging.getLogger("django.request")
+
+
+def is_api(request: HttpRequest) -> bool:
+    """Whether ``request`` is for the API, whose every answer is JSON."""
+    return request.path.startswith("/api/")
+
+
+def api_server_error(request: HttpRequest, exception: BaseException | None = None) -> JsonResponse:
+    """The API's answer to a failure of its own: JSON 500, a plain message and a reference.
+
+    The reference is logged with the request (and the exception's traceback,
+    when given) so an administrator can find what happened; the answer never
+    carries the traceback or an HTML page.
+    """
+    reference = uuid.uuid4().hex[:12]
+    if exception is not None:
+        log.error(
+            "Internal Server Error: %s (reference %s)",
+            request.path,
+            reference,
+            exc_info=(type(exception), exception, exception.__traceback__),
+            extra={"status_code": 500, "request": request},
+        )
+    else:
+        log.error("Internal Server Error: %s (reference %s, logged above)", request.path, reference)
+    message = (
+        f"The server failed to answer this request (reference {reference}). It has been "
+        "logged; try again later, or give the reference to an administrator."
+    )
+    return JsonResponse({"detail": message, "reference": reference}, status=500)
+
+
 def server_error(request: HttpRequest) -> JsonResponse:
-    if request.path.startswith("/api/"):
-        return JsonResponse({"detail": "Internal server error; it has been logged."}, status=500)
+    if is_api(request):
+        return api_server_error(request)
     from django.views.defaults import server_error as django_server_error
 
     return django_server_error(request)

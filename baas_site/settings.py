@@ -70,6 +70,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "baas_site.middleware.ApiErrorMiddleware",  # outermost: no HTML error answers under /api/
+    "csp.middleware.CSPMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -192,6 +194,26 @@ SPECTACULAR_SETTINGS = {
         "NetworkMountStateEnum": "flashing.models.NetworkMountState",
     },
 }
+
+# --- Content-Security-Policy and the API's documentation -------------------------
+# Scripts and styles come only from BAAS's own static files: no inline script,
+# no inline style, no eval (the templates pass data in data- attributes and
+# json_script). Swagger UI's icons are data: images.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# /api/schema/ and /api/docs/ for anyone, or only for signed-in users and tokens
+# (the default in production, DEBUG off).
+BAAS_PUBLIC_API_DOCS = env.bool("BAAS_PUBLIC_API_DOCS", default=DEBUG)
 
 # --- Celery ----------------------------------------------------------------------
 BROKER_DIR = VAR_DIR / "broker"

@@ -3,10 +3,10 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from accounts.urls import api_urlpatterns as accounts_api
 from baas_site import views
+from baas_site.docs import DocsView, SchemaView
 from baas_site.health import healthz
 
 handler404 = "baas_site.errors.not_found"
@@ -14,8 +14,8 @@ handler500 = "baas_site.errors.server_error"
 
 api_urlpatterns = [
     *accounts_api,
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("schema/", SchemaView.as_view(), name="schema"),
+    path("docs/", DocsView.as_view(url_name="schema"), name="api-docs"),
 ]
 
 urlpatterns = [

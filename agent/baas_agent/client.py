@@ -16,6 +16,7 @@ Contracts:
 
 from __future__ import annotations
 
+import html
 import http.client
 import json
 import logging
@@ -33,6 +34,11 @@ USER_AGENT = f"baas-agent/{__version__}"
 RETRYABLE_STATUSES = frozenset({409, 429})
 NETWORK_ERRORS = (OSError, http.client.HTTPException)
 CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
+# Error answers that are not JSON are summarised (error_message), never passed on whole.
+MESSAGE_LIMIT = 300
+_HIDDEN = re.compile(r"<(script|style|head)\b.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]*>")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,24 +69,47 @@ class _BodyError(Exception):
     """The request body's own source failed (not the network): never retried."""
 
 
-def error_message(payload: bytes) -> str:
-    """The human message of an error answer: JSON ``detail``/``message``/``error``, else text."""
+def error_message(payload: bytes, *, url: str = "", content_type: str | None = None) -> str:
+    """The human message of an error answer, one plain line of at most ~300 characters.
+
+    JSON: its ``detail``/``message``/``error``/``reason``. Anything else (an
+    HTML error page, a proxy's text) is never passed on as it is: it becomes
+    "not JSON (<type>) from <url without query>: <its first words>", with tags,
+    scripts and styles removed.
+    """
     try:
         data = json.loads(payload)
     except ValueError:
-        return payload[:300].decode("utf-8", "replace").strip() or "(empty answer)"
+        return _summary(payload, url, content_type)
     if isinstance(data, dict):
         for key in ("detail", "message", "error", "reason"):
             if key in data:
-                return str(data[key])
-    return json.dumps(data)[:300]
+                return _one_line(str(data[key]))
+    return _one_line(json.dumps(data))
 
 
-def check_status(status: int, payload: bytes) -> None:
+def _summary(payload: bytes, url: str, content_type: str | None) -> str:
+    kind = (content_type or "no type").split(";")[0].strip() or "no type"
+    parts = urlsplit(url)
+    where = f" from {parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else ""
+    text = _TAGS.sub(" ", _HIDDEN.sub(" ", payload[:65536].decode("utf-8", "replace")))
+    words = _one_line(html.unescape(text), MESSAGE_LIMIT // 2) or "(empty answer)"
+    return f"not JSON ({kind}){where}: {words}"
+
+
+def _one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
+    """``text`` on one line (control characters dropped), cut to ``limit`` with "…"."""
+    text = " ".join(_CONTROL.sub(" ", text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def check_status(
+    status: int, payload: bytes, *, url: str = "", content_type: str | None = None
+) -> None:
     """Raise TransientError or ApiError unless ``status`` is a success."""
     if status < 300:
         return
-    message = f"HTTP {status}: {error_message(payload)}"
+    message = f"HTTP {status}: {error_message(payload, url=url, content_type=content_type)}"
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise TransientError(message, status)
     raise ApiError(message, status)
@@ -184,7 +213,7 @@ class Client:
             raise exc.__cause__ from None  # type: ignore[misc]
         finally:
             conn.close()
-        check_status(resp.status, payload)
+        check_status(resp.status, payload, url=url, content_type=resp.getheader("Content-Type"))
         return json.loads(payload) if payload.strip() else None
 
     @staticmethod
@@ -298,7 +327,12 @@ class Client:
             conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
             if resp.status not in (200, 206):
-                check_status(resp.status, resp.read())
+                check_status(
+                    resp.status,
+                    resp.read(),
+                    url=url,
+                    content_type=resp.getheader("Content-Type"),
+                )
                 raise DownloadError(f"GET {url}: unexpected HTTP {resp.status}", resp.status)
             skip = self._accept(resp, transfer)
             yield from _body(resp, transfer, chunk_size, skip)

@@ -112,8 +112,11 @@ class Stub:
                     body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 stub.requests.append({"path": self.path, "headers": self.headers, "body": body})
                 status, answer = stub.answers.pop(0)
-                data = json.dumps(answer).encode()
+                raw = isinstance(answer, bytes)  # a page, as proxies and debug servers send
+                data = answer if raw else json.dumps(answer).encode()
                 self.send_response(status)
+                if raw:
+                    self.send_header("Content-Type", "text/html; charset=utf-8")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
@@ -224,3 +227,39 @@ def test_a_failing_upload_source_is_not_retried(stub):
     with pytest.raises(OSError, match="read error on /dev/sdb"):
         client.upload("/u", body, headers={})
     assert client.sleeps == []
+
+
+DEBUG_PAGE = (
+    b"""<!DOCTYPE html>
+<html lang="en"><head><title>KeyError at /api/image/0f3c/1</title>
+<style>html * { padding: 0; margin: 0; }</style>
+<script>function hideAll(elems) { for (var e = 0; e < elems.length; e++) {} }</script>
+</head><body><div id="summary"><h1>KeyError at /api/image/0f3c/1</h1>
+<pre class="exception_value">&#x27;mount&#x27;</pre>
+<table class="meta"><tr><th>Request Method:</th><td>GET</td></tr></table></div>
+<div id="traceback">"""
+    + b"<p>frame</p>" * 5000
+    + b"""</div></body></html>"""
+)
+
+
+def test_an_html_error_page_becomes_one_plain_line_naming_status_and_url(stub):
+    server = stub((404, DEBUG_PAGE))
+    with pytest.raises(ApiError) as caught:
+        fast_client(server.url).get_json("/api/image/0f3c/1?token=abc")
+    message = str(caught.value)
+    where = f"{server.url}/api/image/0f3c/1"
+    assert message.startswith(f"HTTP 404: not JSON (text/html) from {where}: ")
+    assert "KeyError at /api/image/0f3c/1 'mount'" in message
+    assert "<" not in message and "\n" not in message and "hideAll" not in message
+    assert "token=abc" not in message
+    assert len(message) < 300
+
+
+def test_a_server_error_page_is_summarised_too_after_the_retries(stub):
+    server = stub((500, DEBUG_PAGE), (500, DEBUG_PAGE))
+    with pytest.raises(ApiError) as caught:
+        fast_client(server.url, retries=1).post_json("/api/agent/progress", {})
+    message = str(caught.value)
+    assert "HTTP 500: not JSON (text/html)" in message and "gave up after 2 attempts" in message
+    assert "<" not in message and len(message) < 400
