@@ -144,8 +144,8 @@ class UserDetailApi(APIView):
 
 
 class TokenOutputSerializer(serializers.ModelSerializer):
-    expires = serializers.DateTimeField(source="expires_at")
-    last_used = serializers.DateTimeField(source="last_used_at")
+    expires = serializers.DateTimeField(source="expires_at", allow_null=True)
+    last_used = serializers.DateTimeField(source="last_used_at", allow_null=True)
     created = serializers.DateTimeField(source="created_at")
 
     class Meta:

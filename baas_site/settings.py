@@ -214,6 +214,11 @@ CONTENT_SECURITY_POLICY = {
 # /api/schema/ and /api/docs/ for anyone, or only for signed-in users and tokens
 # (the default in production, DEBUG off).
 BAAS_PUBLIC_API_DOCS = env.bool("BAAS_PUBLIC_API_DOCS", default=DEBUG)
+# Every operation documents the shared error answer (baas_site.schema).
+SPECTACULAR_SETTINGS["POSTPROCESSING_HOOKS"] = [
+    "drf_spectacular.hooks.postprocess_schema_enums",
+    "baas_site.schema.add_error_answers",
+]
 
 # --- Celery ----------------------------------------------------------------------
 BROKER_DIR = VAR_DIR / "broker"

@@ -22,7 +22,9 @@ class BootScriptApi(APIView):
     @extend_schema(
         tags=["boot"],
         auth=[],
-        responses={200: OpenApiResponse(OpenApiTypes.STR, description="An iPXE script")},
+        responses={
+            (200, "text/plain"): OpenApiResponse(OpenApiTypes.STR, description="An iPXE script")
+        },
         description="The iPXE script for a machine booting from the network: the management "
         "OS (with a one-time token) while a deployment runs on it, else its local disk. "
         "Unknown MACs boot from their disk and are recorded for the administrators.",

@@ -214,7 +214,7 @@ class DeploymentOutputSerializer(serializers.ModelSerializer):
     machine = serializers.CharField(source="machine.name")
     mac = serializers.SerializerMethodField()
     setup = serializers.UUIDField(source="setup_id", allow_null=True)
-    setup_name = serializers.CharField(source="setup.name", default=None)
+    setup_name = serializers.CharField(source="setup.name", default=None, allow_null=True)
     requested_by = serializers.CharField(source="requested_by.username", default=None)
     position = serializers.SerializerMethodField()
     images = DeploymentImageSerializer(many=True, read_only=True)
