@@ -90,7 +90,9 @@ def api_server_error(request: HttpRequest, exception: BaseException | None = Non
         f"The server failed to answer this request (reference {reference}). It has been "
         "logged; try again later, or give the reference to an administrator."
     )
-    return JsonResponse({"detail": message, "reference": reference}, status=500)
+    response = JsonResponse({"detail": message, "reference": reference}, status=500)
+    response._has_been_logged = True  # type: ignore[attr-defined]  # not again by Django
+    return response
 
 
 def server_error(request: HttpRequest) -> JsonResponse:
