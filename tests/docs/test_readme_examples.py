@@ -1,7 +1,8 @@
 """The README's examples, run as written against a live server.
 
-The ```sh blocks of the README's "From a script" section are run in order, in
-one bash (so the variables one block sets are there for the next), the way a
+The ```sh blocks of the README's "From a script" section, then those of
+docs/lab.md's "One computer, one virtual machine", are run in order, in one
+bash (so the variables one block sets are there for the next), the way a
 person would type them after ``./dev up``:
 
 * the one administrator ``./dev up`` makes (``admin`` with a printed password)
@@ -35,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 # (file, heading): every ```sh block under that heading, up to the next heading
 # of the same or a higher level.
-SOURCES = [("README.md", "From a script")]
+SOURCES = [("README.md", "From a script"), ("docs/lab.md", "One computer, one virtual machine")]
 DEFAULT_BAAS = "BAAS=http://127.0.0.1:8000"
 ADMIN_PASSWORD = "printed-by-dev-up"
 # What a person would have to replace: <uuid>, "…", baas_… (comments may show them).
@@ -74,7 +75,7 @@ def _headings(lines: list[str]) -> list[tuple[int, int, str]]:
     """(index, level, title) of the Markdown headings, outside fenced blocks."""
     found, fenced = [], False
     for index, line in enumerate(lines):
-        if line.startswith("```"):
+        if line.lstrip().startswith("```"):
             fenced = not fenced
         elif not fenced and (match := re.match(r"^(#+) (.*)$", line)):
             found.append((index, len(match[1]), match[2].strip()))
