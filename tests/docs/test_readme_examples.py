@@ -13,7 +13,7 @@ person would type them after ``./dev up``:
 * ``curl`` fails on an HTTP error (``--fail-with-body``) and every answer is
   echoed, so a failing example shows what the server said.
 
-A real Celery worker processes the versions and starts the network mount.
+A real Celery worker processes the versions (compression, digests) and the deployment.
 New images are small here (``BAAS_NEW_IMAGE_SIZE``), so downloading one does
 not write gigabytes.
 """
