@@ -421,6 +421,9 @@ def _lost(version: Version) -> Any:
     Version.objects.filter(pk=version.pk).update(raw_state=RawState.PENDING, raw_sha256="")
     from catalogue.tasks import version_raw_task
 
-    version_raw_task.delay(version.pk)
+    try:
+        version_raw_task.delay(version.pk)
+    except Exception:  # a broker outage: the periodic sweep queues it later
+        logger.exception("Could not queue the raw rendition of version %s", version.pk)
     version.raw_state = RawState.PENDING
     rendition_check(version)

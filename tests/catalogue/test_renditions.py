@@ -187,6 +187,27 @@ def test_format_raw_serves_the_raw_disk_of_a_qcow2_version_not_its_file(
 
 
 @pytest.mark.django_db
+def test_the_image_page_shows_each_versions_raw_disk_and_offers_its_download(
+    user_client, signed_in, qcow2_image, tmp_path, settings
+):
+    raw = raw_disk()
+    upload(user_client, qcow2_image, as_qcow2(tmp_path, raw))
+    upload(user_client, qcow2_image, empty_qcow2(tmp_path, "64M"))
+    page = signed_in.get(f"/images/{qcow2_image.uuid}/").content.decode()
+    assert page.count("Raw disk: being made from the qcow2 file") == 2
+    make_rendition(qcow2_image, 1)
+    settings.BAAS_MAX_IMAGE_SIZE = 32 * MiB
+    make_rendition(qcow2_image, 2)
+
+    page = signed_in.get(f"/images/{qcow2_image.uuid}/").content.decode()
+
+    assert hashlib.sha256(raw).hexdigest() in page
+    assert f'/api/image/{qcow2_image.uuid}/1?format=raw"' in page
+    assert "No raw disk: Its virtual size of 67108864 bytes is more than" in page
+    assert f'/api/image/{qcow2_image.uuid}/2?format=raw"' not in page
+
+
+@pytest.mark.django_db
 def test_format_raw_answers_409_with_retry_after_while_the_raw_disk_is_being_made(
     user_client, qcow2_image, tmp_path
 ):
