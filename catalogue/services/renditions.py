@@ -57,6 +57,8 @@ RAW_MAP_SUFFIX = ".raw.map.json"
 INFO_TIMEOUT = 60  # seconds for qemu-img info: it reads only the header and tables
 READ = 1 << 20
 RETRY_AFTER = 30  # seconds a client waits before asking again for a rendition being made
+# qemu-img check: 0 clean, 3 only leaked clusters (harmless); anything else is a broken image.
+QEMU_CHECK_OK = (0, 3)
 
 
 class RenditionNotReady(APIException):
@@ -280,7 +282,7 @@ def _qcow2_source(version: Version) -> Iterator[tuple[str, tuple[int, ...]]]:
 
 
 def _inspect(source: str, fds: tuple[int, ...]) -> int:
-    """The qcow2 file's virtual size, once qemu-img reads it and it stands alone."""
+    """The qcow2 file's virtual size, once qemu-img reads and checks it and it stands alone."""
     info = _qemu_img(["info", "--output=json", "-f", "qcow2", source], fds, INFO_TIMEOUT)
     if info.returncode != 0:
         raise _Refused(f"qemu-img cannot read its qcow2 file: {_stderr(info)}")
@@ -294,21 +296,29 @@ def _inspect(source: str, fds: tuple[int, ...]) -> int:
         raise _Refused(
             f"Its virtual size of {virtual} bytes is more than this server's {limit}-byte limit."
         )
+    check = _run_bounded(["check", "-q", "-f", "qcow2", source], fds, "check")
+    if check.returncode not in QEMU_CHECK_OK:
+        raise _Refused(f"qemu-img check finds its qcow2 file broken: {_stderr(check)}")
     return virtual
 
 
 def _qemu_img_convert(source: str, fds: tuple[int, ...], target: Path) -> None:
     """``qemu-img convert -O raw``, sparse, within BAAS_RAW_RENDITION_TIMEOUT seconds."""
-    limit = settings.BAAS_RAW_RENDITION_TIMEOUT
     args = ["convert", "-q", "-f", "qcow2", "-O", "raw", "-S", "4k", source, str(target)]
-    try:
-        result = _qemu_img(args, fds, limit)
-    except subprocess.TimeoutExpired as exc:
-        raise _Refused(f"qemu-img took more than {limit} seconds to convert it.") from exc
+    result = _run_bounded(args, fds, "convert")
     if result.returncode != 0:
         if "No space left" in (result.stderr or ""):
             raise StorageFull("No space left in the image store.")
         raise _Refused(f"qemu-img could not convert its qcow2 file: {_stderr(result)}")
+
+
+def _run_bounded(args: list[str], fds: tuple[int, ...], what: str) -> subprocess.CompletedProcess:
+    """qemu-img stopped after BAAS_RAW_RENDITION_TIMEOUT seconds (then _Refused)."""
+    limit = settings.BAAS_RAW_RENDITION_TIMEOUT
+    try:
+        return _qemu_img(args, fds, limit)
+    except subprocess.TimeoutExpired as exc:
+        raise _Refused(f"qemu-img took more than {limit} seconds to {what} it.") from exc
 
 
 def _qemu_img(args: list[str], fds: tuple[int, ...], timeout: int) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ worker (``@pytest.mark.worker``).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import re
@@ -239,6 +240,47 @@ def test_a_qcow2_that_cannot_be_converted_says_why_and_is_not_served_or_flashed(
     assert raw["reason"] in refused.json()["detail"]
     assert not Deployment.objects.exists()
     assert not (get_storage().image_dir(qcow2_image.uuid) / "1.raw").exists()
+
+
+@pytest.mark.django_db
+def test_a_gzip_qcow2_stored_as_sent_that_qemu_img_refuses_gets_the_reason_not_a_raw_disk(
+    user_client, user, tmp_path
+):
+    image = ImageFactory(owner=user, file_standard=FileStandard.QCOW2, compression="gzip")
+    data = bytearray(empty_qcow2(tmp_path, "64M"))
+    data[48:56] = (2**40).to_bytes(8, "big")  # the L1 table far beyond the file
+    response = user_client.generic(
+        "POST",
+        f"/api/image/{image.uuid}",
+        gzip.compress(bytes(data)),
+        content_type="application/gzip",
+    )
+    assert response.status_code == 201, response.content  # stored as sent: not checked yet
+
+    make_rendition(image)
+
+    raw = version_json(user_client, image)["raw"]
+    assert raw["state"] == "failed"
+    assert raw["reason"].startswith("qemu-img check finds its qcow2 file broken: ")
+    assert "Traceback" not in raw["reason"]
+
+
+@pytest.mark.django_db
+def test_a_conversion_that_takes_too_long_is_stopped_and_says_so(
+    user_client, qcow2_image, tmp_path, settings
+):
+    upload(user_client, qcow2_image, as_qcow2(tmp_path, raw_disk()))
+    settings.BAAS_RAW_RENDITION_TIMEOUT = 0
+
+    make_rendition(qcow2_image)
+
+    raw = version_json(user_client, qcow2_image)["raw"]
+    assert (raw["state"], raw["reason"]) == (
+        "failed",
+        "qemu-img took more than 0 seconds to check it.",
+    )
+    directory = get_storage().image_dir(qcow2_image.uuid)
+    assert sorted(p.name for p in directory.iterdir()) == ["1.img", "1.map.json"]
 
 
 @pytest.mark.django_db
