@@ -169,6 +169,33 @@ def test_a_qcow2_version_gets_a_sparse_raw_disk_with_the_bytes_and_map_it_descri
 
 
 @pytest.mark.django_db
+def test_a_new_qcow2_images_empty_version_gets_an_empty_raw_disk_of_its_virtual_size(
+    user_client, user, settings
+):
+    from catalogue.services.images import zeros_sha256
+
+    settings.BAAS_NEW_IMAGE_SIZE = 64 * MiB
+    response = user_client.post(
+        f"/api/user/{user.username}/image", {"name": "vm", "file_standard": "qcow2"}, format="json"
+    )
+    assert response.status_code == 201, response.content
+    image = Version.objects.get(number=0).image
+    assert response.json()["versions"][0]["raw"]["state"] == "pending"
+
+    make_rendition(image, 0)
+
+    raw = version_json(user_client, image, 0)["raw"]
+    assert raw == {
+        "state": "ready",
+        "size": 64 * MiB,
+        "sha256": zeros_sha256(64 * MiB),
+        "reason": None,
+    }
+    # Holes all along (qemu-img allocates the first block, to learn the alignment).
+    assert (get_storage().image_dir(image.uuid) / "0.raw").stat().st_blocks * 512 <= BLOCK
+
+
+@pytest.mark.django_db
 def test_format_raw_serves_the_raw_disk_of_a_qcow2_version_not_its_file(
     user_client, qcow2_image, tmp_path
 ):
