@@ -208,14 +208,20 @@ def version_raw_ensure(version: Version) -> Version:
     """``version`` with its rendition ready, made now if it is not (the flashing pipeline,
     before a deployment starts, like the SHA-256 of a large upload).
 
-    Raises RenditionFailed with the reason if it cannot be made, and
-    Version.DoesNotExist if the version was deleted meanwhile. Does nothing
-    for a raw image's version.
+    Raises RenditionFailed with the reason if it cannot be made (now, for a full
+    image store), and Version.DoesNotExist if the version was deleted meanwhile.
+    Does nothing for a raw image's version.
     """
     if not is_qcow2(version) or version.raw_state == RawState.READY:
         return version
     if version.raw_state != RawState.FAILED:
-        made = version_raw_make(version_id=version.pk)
+        try:
+            made = version_raw_make(version_id=version.pk)
+        except StorageFull as exc:
+            raise RenditionFailed(
+                f"The image store is full: the raw disk of version {version.number} cannot "
+                "be made now. Ask an administrator."
+            ) from exc
         if made is None:
             raise Version.DoesNotExist(f"Version {version.pk} was deleted.")
         for field in ("raw_state", "raw_sha256", "raw_reason", "virtual_size"):
