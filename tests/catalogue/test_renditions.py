@@ -443,3 +443,28 @@ def test_a_worker_makes_the_raw_disk_after_a_qcow2_upload(
     assert raw_of(user_client, image, route="/map").json()["ranges"] == expected_ranges(raw)
     path = get_storage().image_dir(image.uuid) / "1.raw"
     assert path.stat().st_blocks * 512 < 2 * MiB
+
+
+@pytest.fixture
+def rig(celery_worker, live_server, tmp_path, administrator):
+    from tests.flashing.e2e import make_rig
+
+    yield from make_rig(live_server, tmp_path, administrator)
+
+
+@pytest.mark.worker
+def test_the_real_agent_flashes_the_disk_a_qcow2_image_describes(rig, tmp_path):
+    image = ImageFactory(
+        owner=rig.admin, file_standard=FileStandard.QCOW2, target_disk="/dev/sda", name="vm"
+    )
+    raw = raw_disk()
+    upload(rig.client, image, as_qcow2(tmp_path, raw))
+    version = Version.objects.get(image=image, number=1)
+
+    deployment = rig.wait(rig.deploy(rig.setup(version)))
+
+    assert deployment.state == "done", deployment.failure_reason
+    disk = rig.disk("/dev/sda")
+    assert disk.stat().st_size == len(raw)
+    assert disk.read_bytes() == raw
+    assert "writing its" in rig.agent_logs()  # only the raw disk's data travelled
