@@ -251,6 +251,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "flashing.network_mounts_reconcile",
         "schedule": float(env.int("BAAS_NBD_RECONCILE_INTERVAL", default=60)),
     },
+    # Makes the raw disks of qcow2 versions whose conversion job was lost.
+    "catalogue-versions-raw-missing": {
+        "task": "catalogue.versions_raw_missing",
+        "schedule": 900.0,
+    },
     # Deletes versions beyond each image's keep_versions (also run after each upload).
     "catalogue-versions-prune": {
         "task": "catalogue.versions_prune",
@@ -262,6 +267,8 @@ CELERY_BEAT_SCHEDULE = {
 BAAS_DISK_ROOT = Path(env.str("BAAS_DISK_ROOT", default=str(VAR_DIR / "disk")))
 BAAS_NEW_IMAGE_SIZE = env.int("BAAS_NEW_IMAGE_SIZE", default=6 * 1024**3)
 BAAS_MAX_IMAGE_SIZE = env.int("BAAS_MAX_IMAGE_SIZE", default=64 * 1024**3)
+# Seconds qemu-img may take to convert a qcow2 version into the raw disk agents write.
+BAAS_RAW_RENDITION_TIMEOUT = env.int("BAAS_RAW_RENDITION_TIMEOUT", default=3600)
 # An upload hashes the whole raw image (SHA-256, zeros included) while it streams
 # up to this many raw bytes; past it, the answer comes once the data is stored and
 # checked, and a background job records the SHA-256 (catalogue.services.digests).

@@ -15,9 +15,10 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
 
-from catalogue.models import ImageType, Version
+from catalogue.models import Compression, ImageType, Version
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.digests import version_digest_ensure
+from catalogue.services.renditions import RenditionFailed, version_raw_ensure
 from catalogue.storage import get_storage
 from flashing.models import (
     RUNNING_STATES,
@@ -123,21 +124,25 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         raise Conflict(f"Image {version.image_id} v{version.number} is damaged: {version.damaged}")
     try:  # computed before the start, unless the deployment was started another way
         version_digest_ensure(version)
+        version_raw_ensure(version)  # a qcow2 version: the disk it describes is written
     except Version.DoesNotExist as exc:
         raise Conflict(deleted) from exc
     except VersionCorrupt as exc:
         raise Conflict(str(exc)) from exc
+    except RenditionFailed as exc:
+        raise Conflict(str(exc.detail)) from exc
+    raw = "?format=raw" if version.raw_sha256 else ""
     return {
         "image": str(row.image_id),
         "version": version.number,
         "disk": row.disk,
-        "url": f"/api/image/{row.image_id}/{version.number}",
-        "size": version.size,
-        "stored_size": _stored_size(version),
-        "sha256": version.sha256,
-        "compression": version.stored_compression,
-        "map_url": _map_url(version),
-        "data_url": f"/api/image/{version.image_id}/{version.number}/data",
+        "url": f"/api/image/{row.image_id}/{version.number}{raw}",
+        "size": version.virtual_size if raw else version.size,
+        "stored_size": version.virtual_size if raw else _stored_size(version),
+        "sha256": version.raw_sha256 or version.sha256,
+        "compression": Compression.NONE if raw else version.stored_compression,
+        "map_url": _map_url(version) + raw,
+        "data_url": f"/api/image/{version.image_id}/{version.number}/data{raw}",
     }
 
 
@@ -288,7 +293,7 @@ def _check_written(deployment: Deployment, written: list[dict[str, Any]]) -> str
         if key not in reported:
             label = f"image {row.image_id} v{row.version_number} on {row.disk}"
             return f"the agent did not report {label}"
-        if row.version is None or reported[key] != row.version.sha256:
+        if row.version is None or reported[key] != (row.version.raw_sha256 or row.version.sha256):
             return (
                 f"the agent reported SHA-256 {reported[key]} for image {row.image_id} "
                 f"v{row.version_number} on {row.disk}, which is not that version's"

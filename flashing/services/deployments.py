@@ -16,7 +16,8 @@ from django.db import transaction
 from rest_framework.exceptions import PermissionDenied, ValidationError
 
 from accounts import rules
-from catalogue.models import ImageSetup, ImageType
+from catalogue.models import ImageSetup, ImageType, RawState
+from catalogue.services.renditions import disk_size
 from flashing.models import (
     FINAL_STATES,
     OUT_OF_SERVICE,
@@ -68,6 +69,8 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
     for item in frozen:
         if not rules.can_read_image(setup.owner, item.image):
             raise Conflict(f'{setup.owner} may no longer read "{item.image.name}" of this setup.')
+        if item.version.raw_state == RawState.FAILED and not item.is_network_mount:
+            raise Conflict(f'"{item.image.name}" cannot be flashed: {item.version.raw_reason}')
         if not disks or item.image.type == ImageType.BOOT or item.is_network_mount:
             continue  # served over the network: it takes no disk of the machine
         disk = disk_of(item.disk, disks)
@@ -76,7 +79,7 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
             raise ValidationError(
                 {"setup": [f"{machine.name} has no disk {item.disk} (it has {known})."]}
             )
-        if item.version.size > disks[disk]:
+        if disk_size(item.version) > disks[disk]:  # a qcow2 image fills its virtual size
             raise ValidationError(
                 {"setup": [f'"{item.image.name}" does not fit on {machine.name}:{item.disk}.']}
             )

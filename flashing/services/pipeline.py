@@ -23,9 +23,10 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from catalogue.models import Version
+from catalogue.models import RawState, Version
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.digests import version_digest_ensure
+from catalogue.services.renditions import RenditionFailed, version_raw_ensure
 from flashing.models import (
     OUT_OF_SERVICE,
     RUNNING_STATES,
@@ -194,11 +195,19 @@ def _digests_of_next(machine_id: int) -> None:
     deployment = queued.order_by("created_at", "id").first()
     if deployment is None:
         return
-    pending = Version.objects.filter(sha256="", pk__in=deployment.images.values("version"))
+    versions = deployment.images.values("version")
+    pending = Version.objects.filter(sha256="", pk__in=versions)
     for version in pending:
         try:
             version_digest_ensure(version)
         except (Version.DoesNotExist, VersionCorrupt) as exc:
+            log.error("Version %s of deployment #%s: %s", version.pk, deployment.pk, exc)
+    # A qcow2 version is written as the raw disk it describes: made now if its job is late.
+    unconverted = Version.objects.filter(raw_state=RawState.PENDING, pk__in=versions)
+    for version in unconverted.select_related("image"):
+        try:
+            version_raw_ensure(version)
+        except (Version.DoesNotExist, RenditionFailed) as exc:
             log.error("Version %s of deployment #%s: %s", version.pk, deployment.pk, exc)
 
 
