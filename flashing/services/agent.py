@@ -32,9 +32,9 @@ from flashing.models import (
     normalize_mac,
 )
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
-from flashing.services.deployments import TRANSITIONS, deployment_set_state
 from flashing.services.mounts import mount_entries
 from flashing.services.pipeline import deployment_fail, machine_kick
+from flashing.services.states import TRANSITIONS, deployment_set_state
 from flashing.services.tokens import token_consume, token_mint, tokens_revoke
 
 W, S = DeploymentImage.Direction.WRITE, DeploymentImage.Direction.SYNC
