@@ -63,6 +63,10 @@ boot
 """
 
 
+# Refused boot script fetches recorded per deployment and window (anyone can fetch).
+REFUSALS_RECORDED = 5
+REFUSALS_WINDOW = timedelta(minutes=1)
+
 BOOT_IMAGE = """#!ipxe
 echo BAAS: deployment #{deployment} on {machine}: booting boot image {image} v{version}
 kernel {base}/vmlinuz{initrd_arg} {cmdline}
@@ -124,14 +128,22 @@ def _token_refusal(deployment: Deployment) -> str | None:
 
 
 def _refused(deployment: Deployment, mac: str, ip: str | None, refusal: str) -> str:
-    event_record(
-        deployment=deployment,
-        actor=None,
-        action="boot_refused",
-        message=f"{mac} fetched the management OS boot script from {ip or 'an unknown address'}"
-        f", but {refusal}: it was told to boot its local disk.",
-        address=ip,
-    )
+    """The local disk script for a fetch that gets no token, recorded on the deployment.
+
+    Anyone can fetch, so at most ``REFUSALS_RECORDED`` refusals are recorded per
+    deployment per ``REFUSALS_WINDOW``: the first ones, which matter.
+    """
+    since = timezone.now() - REFUSALS_WINDOW
+    recent = deployment.events.filter(action="boot_refused", created_at__gt=since)
+    if recent.count() < REFUSALS_RECORDED:
+        event_record(
+            deployment=deployment,
+            actor=None,
+            action="boot_refused",
+            message=f"{mac} fetched the management OS boot script from "
+            f"{ip or 'an unknown address'}, but {refusal}: it was told to boot its local disk.",
+            address=ip,
+        )
     return LOCAL_DISK.format(
         reason=f"deployment #{deployment.pk} on {deployment.machine.name}: {refusal}"
     )

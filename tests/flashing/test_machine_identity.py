@@ -85,6 +85,15 @@ def test_only_the_first_boot_script_of_an_attempt_carries_a_token(machine, deplo
     assert "10.0.0.5" in handed.message
 
 
+def test_refused_fetches_are_recorded_boundedly(machine, deployment):
+    armed(machine)
+    assert token_in(fetch_script(machine))
+    for n in range(30):
+        assert token_in(fetch_script(machine, ip=f"10.0.1.{n}")) is None
+    refused = deployment.events.filter(action="boot_refused").order_by("id")
+    assert refused.count() == 5 and "from 10.0.1.0," in refused.first().message
+
+
 def test_a_boot_script_before_the_attempt_is_armed_carries_no_token(machine, deployment):
     script = fetch_script(machine)  # started, but BAAS has not powered the machine yet
     assert token_in(script) is None and "sanboot" in script
