@@ -31,6 +31,7 @@ from flashing.models import (
     DiskContent,
     normalize_mac,
 )
+from flashing.services.boot import refusal_record
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
 from flashing.services.mounts import mount_entries
 from flashing.services.pipeline import deployment_fail, machine_kick
@@ -77,15 +78,15 @@ def agent_checkin(
     The first check-in binds the attempt to that agent. Any further check-in
     for the attempt (the same boot token again) answers 409 and is recorded on
     the deployment's event log and in the audit log, with the caller's
-    ``address``; nothing else changes. 401 for a token that is not a live boot
-    token; 403 when the MAC is not the deployment's machine's.
+    ``address`` (boundedly: ``refusal_record``); nothing else changes. 401
+    for a token that is not a live boot token; 403 when the MAC is not the
+    deployment's machine's.
     """
     try:
         return _checkin(principal, mac, agent_version, address)
     except CheckinRefused as exc:
-        event_record(
+        refusal_record(
             deployment=principal.deployment,
-            actor=None,
             action="checkin_refused",
             message=f"A second check-in for attempt {principal.token.attempt} from "
             f"{address or 'an unknown address'} (MAC {mac[:40]}) was refused: {exc.detail}",

@@ -63,7 +63,7 @@ boot
 """
 
 
-# Refused boot script fetches recorded per deployment and window (anyone can fetch).
+# Refused machine calls recorded per deployment, action and window (anyone can make them).
 REFUSALS_RECORDED = 5
 REFUSALS_WINDOW = timedelta(minutes=1)
 
@@ -127,23 +127,28 @@ def _token_refusal(deployment: Deployment) -> str | None:
     return None
 
 
-def _refused(deployment: Deployment, mac: str, ip: str | None, refusal: str) -> str:
-    """The local disk script for a fetch that gets no token, recorded on the deployment.
+def refusal_record(*, deployment: Deployment, action: str, message: str, **data: Any) -> None:
+    """Record a refused machine call (``boot_refused``, ``checkin_refused``), boundedly.
 
-    Anyone can fetch, so at most ``REFUSALS_RECORDED`` refusals are recorded per
-    deployment per ``REFUSALS_WINDOW``: the first ones, which matter.
+    Anyone can make such calls, so at most ``REFUSALS_RECORDED`` of each
+    ``action`` are recorded per deployment per ``REFUSALS_WINDOW``: the first
+    ones, which matter.
     """
     since = timezone.now() - REFUSALS_WINDOW
-    recent = deployment.events.filter(action="boot_refused", created_at__gt=since)
+    recent = deployment.events.filter(action=action, created_at__gt=since)
     if recent.count() < REFUSALS_RECORDED:
-        event_record(
-            deployment=deployment,
-            actor=None,
-            action="boot_refused",
-            message=f"{mac} fetched the management OS boot script from "
-            f"{ip or 'an unknown address'}, but {refusal}: it was told to boot its local disk.",
-            address=ip,
-        )
+        event_record(deployment=deployment, actor=None, action=action, message=message, **data)
+
+
+def _refused(deployment: Deployment, mac: str, ip: str | None, refusal: str) -> str:
+    """The local disk script for a fetch that gets no token, recorded on the deployment."""
+    refusal_record(
+        deployment=deployment,
+        action="boot_refused",
+        message=f"{mac} fetched the management OS boot script from "
+        f"{ip or 'an unknown address'}, but {refusal}: it was told to boot its local disk.",
+        address=ip,
+    )
     return LOCAL_DISK.format(
         reason=f"deployment #{deployment.pk} on {deployment.machine.name}: {refusal}"
     )
