@@ -80,15 +80,16 @@ def agent_checkin(
     the deployment's event log and in the audit log, with the caller's
     ``address`` (boundedly: ``refusal_record``); nothing else changes. 401
     for a token that is not a live boot token; 403 when the MAC is not the
-    deployment's machine's.
+    deployment's machine's (recorded the same way: the boot token was good).
     """
     try:
         return _checkin(principal, mac, agent_version, address)
-    except CheckinRefused as exc:
+    except (CheckinRefused, PermissionDenied) as exc:
+        what = "A second check-in" if isinstance(exc, CheckinRefused) else "A check-in"
         refusal_record(
             deployment=principal.deployment,
             action="checkin_refused",
-            message=f"A second check-in for attempt {principal.token.attempt} from "
+            message=f"{what} for attempt {principal.token.attempt} from "
             f"{address or 'an unknown address'} (MAC {mac[:40]}) was refused: {exc.detail}",
             address=address,
             mac=mac[:40],

@@ -188,6 +188,18 @@ def test_it_refuses_a_second_checkin_and_records_it(machine, deployment, user_cl
     assert agent.get("/api/agent/instructions").status_code == 200
 
 
+def test_a_check_in_with_another_machines_mac_is_refused_and_recorded(machine, deployment):
+    armed(machine)
+    secret = token_in(fetch_script(machine))
+    response = bearer(secret).post(
+        "/api/agent/checkin", {"mac": "52:54:00:ff:ff:ff"}, REMOTE_ADDR="10.0.0.9"
+    )
+    assert response.status_code == 403
+    refused = deployment.events.get(action="checkin_refused")
+    assert "10.0.0.9" in refused.message and "52:54:00:ff:ff:ff" in refused.message
+    assert check_in(secret, machine).status_code == 200  # the machine itself still can
+
+
 # --- Agent tokens ----------------------------------------------------------------------------
 
 
