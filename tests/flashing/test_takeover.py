@@ -118,6 +118,10 @@ def test_the_takeover_chain_is_refused_at_every_step(running):
         assert http.call("GET", f"{private}/map", token=token)[0] == 401
         upload = http.call("POST", f"/api/image/{data.image_id}", b"planted" * 100, token)
         assert upload[0] == 401
+        forged = {"image": str(system.image_id), "phase": "writing", "bytes_done": 1}
+        forged["bytes_total"] = len(SYSTEM)
+        assert http.call("POST", "/api/agent/progress", forged, token)[0] == 401
+        assert http.call("POST", "/api/log", {"lines": ["planted"]}, token)[0] == 401
         done = {"state": "done", "written": [], "synced": []}
         assert http.call("POST", "/api/agent/result", done, token)[0] == 401
         assert http.call("POST", "/api/agent/result", {"state": "failed"}, token)[0] == 401
