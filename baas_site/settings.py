@@ -307,6 +307,12 @@ BAAS_PROGRESS_TIMEOUT = env.int("BAAS_PROGRESS_TIMEOUT", default=300)
 BAAS_DEPLOY_RETRIES = env.int("BAAS_DEPLOY_RETRIES", default=2)
 # The longest a power driver call (ipmitool, a Redfish request, a command) may take.
 BAAS_POWER_TIMEOUT = env.int("BAAS_POWER_TIMEOUT", default=120)
+# Boot fetches from MACs of no machine (flashing.services.boot, docs/security.md):
+# each MAC's record is updated at most once per interval (seconds), at most
+# NEW_PER_INTERVAL new MACs are recorded per interval, and at most MAX are kept.
+BAAS_UNKNOWN_MAC_INTERVAL = env.int("BAAS_UNKNOWN_MAC_INTERVAL", default=60)
+BAAS_UNKNOWN_MACS_NEW_PER_INTERVAL = env.int("BAAS_UNKNOWN_MACS_NEW_PER_INTERVAL", default=20)
+BAAS_UNKNOWN_MACS_MAX = env.int("BAAS_UNKNOWN_MACS_MAX", default=1000)
 # Network mounts of user data images (flashing.services.mounts): qemu-nbd exports
 # on BAAS_NBD_BIND, one port of BAAS_NBD_PORTS ("first-last") each. NBD has no
 # authentication: bind to the lab network's address only (the default exports

@@ -228,7 +228,11 @@ def _power_system(machine: Machine, deployment: Deployment) -> None:
 
 
 def _claim_power(deployment_id: int, attempt: int) -> tuple[Deployment, BootParams | None] | None:
-    """Mark the attempt's power-on as done (at most once) and mint its boot token."""
+    """Mark the attempt's power-on as done (at most once), which arms the attempt.
+
+    A power driver that takes the boot token gets the attempt's one token here;
+    then no boot script of this attempt carries another (flashing.services.boot).
+    """
     with transaction.atomic():
         deployment = lock(Deployment, deployment_id)
         if (
@@ -244,6 +248,8 @@ def _claim_power(deployment_id: int, attempt: int) -> tuple[Deployment, BootPara
         if driver_for(machine).wants_token:
             mac = machine.mac_addresses.order_by("id").values_list("address", flat=True).first()
             secret = token_mint(deployment=deployment, kind="boot")
+            deployment.boot_token_attempt = attempt
+            deployment.save(update_fields=["boot_token_attempt", "updated_at"])
             params = BootParams(public_url(), mac or "", secret, deployment.pk)
         return deployment, params
 
