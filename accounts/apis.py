@@ -254,7 +254,16 @@ class AuthTokenApi(APIView):
     permission_classes = [AllowAny]
 
     @extend_schema(
-        request=LoginTokenInputSerializer, responses={201: TokenCreatedSerializer}, auth=[]
+        request=LoginTokenInputSerializer,
+        responses={
+            201: TokenCreatedSerializer,
+            401: OpenApiResponse(description="Wrong username or password"),
+            429: OpenApiResponse(
+                description="Locked out after too many failed sign-ins for this username or "
+                "from this address; the message and Retry-After say when to try again"
+            ),
+        },
+        auth=[],
     )
     def post(self, request: Request) -> Response:
         data = LoginTokenInputSerializer(data=request.data)

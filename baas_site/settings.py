@@ -190,6 +190,9 @@ AXES_LOCKOUT_CALLABLE = "accounts.logins.lockout_response"
 # A success does not clear the failures: an attacker with an account of their own
 # would otherwise reset their address's count between guesses.
 AXES_RESET_ON_SUCCESS = False
+# Only failures are kept, each until its cool-off has passed; successful sign-ins
+# are not logged by axes (the table would grow without end).
+AXES_DISABLE_ACCESS_LOG = True
 AXES_VERBOSE = False
 
 # --- REST API ------------------------------------------------------------------
