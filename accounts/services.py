@@ -94,6 +94,9 @@ def _user_update_apply(*, actor: Any, user: User, revoke_tokens: bool, **fields:
     password = fields.pop("password", None)
     if password:
         user.set_password(password)
+        audit_record(
+            actor=actor, action="user.password", target=user, tokens_kept=not revoke_tokens
+        )
         if revoke_tokens:
             tokens_revoke_all(actor=actor, user=user, why="password changed")
     new_role = fields.pop("role", None)

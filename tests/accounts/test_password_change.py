@@ -6,7 +6,7 @@ import pytest
 from django.test import Client
 from rest_framework.test import APIClient
 
-from accounts.models import AccessToken, Role
+from accounts.models import AccessToken, AuditEvent, Role
 from accounts.services import token_create
 from tests.accounts.conftest import client_with_scopes
 from tests.accounts.factories import PASSWORD, UserFactory
@@ -63,6 +63,8 @@ def test_a_new_password_revokes_every_token_and_session(user, anon_client):
     response = change(client, user, password=NEW, current_password=PASSWORD)
     assert response.status_code == 200
     assert not AccessToken.objects.filter(user=user).exists()
+    actions = set(AuditEvent.objects.values_list("action", flat=True))
+    assert {"user.password", "token.revoke_all"} <= actions
     assert client.get("/api/user/me").status_code == 401  # the token that asked, too
     assert bearer(laptop).get("/api/user/me").status_code == 401
     assert browser.get("/tokens/").status_code == 302  # signed out
