@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from axes.models import AccessAttempt
 from django.test import Client
 from rest_framework.test import APIClient
 
@@ -121,4 +122,19 @@ def test_the_lock_out_ends_after_the_cool_off(ada, settings):
         token_login("ada", "guess")
     assert token_login("ada", PASSWORD).status_code == 429
     time.sleep(1.2)
+    assert token_login("ada", PASSWORD).status_code == 201
+
+
+def test_an_administrator_lifts_a_lock_out_in_the_admin(ada, admin_web):
+    for i in range(10):
+        token_login("ada", "guess", forwarded=f"203.0.113.{i}")
+    assert token_login("ada", PASSWORD).status_code == 429
+    listing = admin_web.get("/admin/axes/accessattempt/")
+    assert listing.status_code == 200
+    assert b"ada" in listing.content
+    ids = [str(pk) for pk in AccessAttempt.objects.values_list("pk", flat=True)]
+    admin_web.post(
+        "/admin/axes/accessattempt/",
+        {"action": "delete_selected", "_selected_action": ids, "post": "yes"},
+    )
     assert token_login("ada", PASSWORD).status_code == 201
