@@ -159,6 +159,42 @@ X_FRAME_OPTIONS = "DENY"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
+# --- Logins: one throttle for every sign-in path (django-axes) ------------------
+# The API's POST /api/auth/token, the web form /accounts/login/, the admin's
+# sign-in and a password change's current password all go through Django's
+# authenticate(), which axes watches. Failed attempts are counted per username and,
+# apart, per client address; either reaching BAAS_LOGIN_FAILURE_LIMIT locks that
+# username or address out for BAAS_LOGIN_COOLOFF_MINUTES after its last failure.
+# The counts are kept in the database (axes' database handler), which every
+# gunicorn worker and every web server shares, on the embedded SQLite default as
+# in production; a per-process cache would let each worker count alone.
+INSTALLED_APPS = [*INSTALLED_APPS, "axes"]
+# Last, so it turns a lock-out flagged by the sign-in forms into its page.
+MIDDLEWARE = [*MIDDLEWARE, "axes.middleware.AxesMiddleware"]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses locked-out usernames and addresses
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Proxies (IP addresses or networks) whose X-Forwarded-For names the client. Empty:
+# the address connecting to BAAS is the client and X-Forwarded-For is ignored,
+# since anyone can send one.
+BAAS_TRUSTED_PROXIES = env.list("BAAS_TRUSTED_PROXIES", default=[])
+BAAS_LOGIN_FAILURE_LIMIT = env.int("BAAS_LOGIN_FAILURE_LIMIT", default=10)
+BAAS_LOGIN_COOLOFF_MINUTES = env.float("BAAS_LOGIN_COOLOFF_MINUTES", default=15)
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = BAAS_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = "accounts.logins.cool_off"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "accounts.logins.client_ip"
+AXES_LOCKOUT_CALLABLE = "accounts.logins.lockout_response"
+# A success does not clear the failures: an attacker with an account of their own
+# would otherwise reset their address's count between guesses.
+AXES_RESET_ON_SUCCESS = False
+# Only failures are kept, each until its cool-off has passed; successful sign-ins
+# are not logged by axes (the table would grow without end).
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+
 # --- REST API ------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -167,12 +203,15 @@ REST_FRAMEWORK = {
         "accounts.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # First: a personal access token acts only within its scopes (accounts.scopes).
+    "DEFAULT_PERMISSION_CLASSES": [
+        "accounts.rules.TokenScopes",
+        "rest_framework.permissions.IsAuthenticated",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "baas_site.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"login": env.str("BAAS_LOGIN_THROTTLE", default="10/min")},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
