@@ -53,6 +53,12 @@ class ApiError(Exception):
         self.status = status
 
 
+class DeploymentOver(ApiError):
+    """The server no longer takes this agent's calls: its deployment was cancelled or ended
+    (410), or its token is dead (401: revoked, or another attempt began). The agent stops at
+    once: it writes nothing more and reports nothing (nobody would accept it)."""
+
+
 class DownloadError(ApiError):
     """A download cannot continue: the file changed, or the server broke the protocol."""
 
@@ -106,10 +112,12 @@ def _one_line(text: str, limit: int = MESSAGE_LIMIT) -> str:
 def check_status(
     status: int, payload: bytes, *, url: str = "", content_type: str | None = None
 ) -> None:
-    """Raise TransientError or ApiError unless ``status`` is a success."""
+    """Raise TransientError, DeploymentOver or ApiError unless ``status`` is a success."""
     if status < 300:
         return
     message = f"HTTP {status}: {error_message(payload, url=url, content_type=content_type)}"
+    if status in (401, 410):
+        raise DeploymentOver(message, status)
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise TransientError(message, status)
     raise ApiError(message, status)
