@@ -16,18 +16,21 @@ from django.contrib.auth.views import redirect_to_login
 from django.http import HttpResponseBase
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework import exceptions
-from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from accounts.rules import TokenScopes
 
-class DocsAccess(BasePermission):
-    """Anyone when ``BAAS_PUBLIC_API_DOCS`` is true; otherwise signed-in users and tokens."""
+
+class DocsAccess(TokenScopes):
+    """Anyone when ``BAAS_PUBLIC_API_DOCS`` is true; otherwise signed-in users and tokens
+    (within their scopes)."""
 
     message = "Sign in (or send a token) to read the API's schema."
 
     def has_permission(self, request: Request, view: Any) -> bool:
-        if settings.BAAS_PUBLIC_API_DOCS:
-            return True
+        return settings.BAAS_PUBLIC_API_DOCS or super().has_permission(request, view)
+
+    def allows(self, request: Request, view: Any) -> bool:
         return bool(request.user and request.user.is_authenticated)
 
 
