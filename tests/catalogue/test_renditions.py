@@ -25,6 +25,7 @@ from catalogue.storage import get_storage
 from flashing.models import Deployment, DeploymentState, MachineState
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory
 from tests.flashing.factories import LeaseFactory, MachineDiskFactory, MachineFactory
+from tests.flashing.test_agent_api import armed
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -130,6 +131,8 @@ def enqueue(client: APIClient, machine, image, number: int = 1):
 
 
 def agent_of(machine) -> APIClient:
+    """The agent of the machine's running deployment, once BAAS powered it on (armed)."""
+    armed(machine)
     script = APIClient().get(f"/api/boot/{machine.mac}.ipxe").content.decode()
     secret = re.search(r"baas\.token=(\S+)", script).group(1)
     boot = APIClient()
