@@ -103,10 +103,13 @@ def test_the_map_job_stops_near_the_announced_size_and_marks_it_damaged(user_cli
 
 def test_an_upload_decoded_now_is_refused_as_soon_as_it_passes_its_header(user_client, user):
     image = image_of(user)
-    small = zstd_bomb(512 * 1024, 256 * MiB)  # within the inline limit: decoded while sent
-    response = post_raw(user_client, image, small, HTTP_CONTENT_ENCODING="zstd")
+    bomb = zstd_bomb(ANNOUNCED, 256 * MiB)
+    # A digest asked for: the upload is decoded (and hashed) while it streams.
+    response = post_raw(
+        user_client, image, bomb, HTTP_CONTENT_ENCODING="zstd", HTTP_WANT_REPR_DIGEST="sha-256=1"
+    )
     assert response.status_code == 400, response.json()
-    assert "more than the 524288 bytes its header announces" in response.json()["detail"]
+    assert f"more than the {ANNOUNCED} bytes its header announces" in response.json()["detail"]
     assert not Version.objects.filter(image=image, number=1).exists()
 
 

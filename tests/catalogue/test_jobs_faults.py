@@ -71,17 +71,6 @@ def test_a_part_held_by_a_killed_writer_is_removed_and_a_live_one_kept(settings,
             process.stdout.close()
 
 
-def test_a_part_of_a_dead_writer_is_kept_for_its_short_grace(settings, disk_root):
-    settings.BAAS_STALE_UPLOAD_SECONDS = 60
-    writer, part = start_writer(disk_root, uuid.uuid4())
-    writer.kill()
-    writer.wait()
-    writer.stdout.close()
-    assert purge_stale_uploads_task() == 0  # just written: a writer may be about to lock it
-    os.utime(part, (time.time() - 61, time.time() - 61))
-    assert purge_stale_uploads_task() == 1
-
-
 @pytest.mark.worker
 def test_a_worker_killed_mid_compression_has_its_job_sent_again_and_finished(
     start_worker, user, user_client
