@@ -425,7 +425,7 @@ class LocalStorage:
 
 def _remove_unheld(path: Path) -> bool:
     """Unlink ``path`` if no process holds a lock on it; whether it was removed."""
-    with open(path, "rb") as file:
+    with open(path, "rb+") as file:  # writable: NFS emulates flock with record locks
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
