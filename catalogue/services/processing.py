@@ -33,6 +33,7 @@ from datetime import timedelta
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from catalogue.models import Version
@@ -76,14 +77,14 @@ def _send_now(version_id: int, job: str) -> None:
     if row is None:
         return
     soft, hard = job_budget(stored_size=row["stored_size"], size=row["size"])
-    Version.objects.filter(pk=version_id).update(job_sent_at=timezone.now())
+    Version.objects.filter(pk=version_id).update(job_sent_at=Now())
     task = getattr(tasks, JOBS[job])
     task.apply_async(args=[version_id], soft_time_limit=soft, time_limit=hard)
 
 
 def version_job_resent(version_id: int) -> None:
     """A job of the version was queued again by Celery itself (a retry): it is owed anew."""
-    Version.objects.filter(pk=version_id).update(job_sent_at=timezone.now())
+    Version.objects.filter(pk=version_id).update(job_sent_at=Now())
 
 
 # --- Running -----------------------------------------------------------------------------
@@ -99,10 +100,10 @@ def version_job(version_id: int) -> Iterator[None]:
         yield
         return
     with get_storage().job_lock(row["image_id"], row["number"]):
-        started = timezone.now()
-        Version.objects.filter(pk=version_id).update(job_started_at=started)
+        # The database's clock, as for job_sent_at: web and worker hosts' clocks may differ.
+        Version.objects.filter(pk=version_id).update(job_started_at=Now())
         yield
-        Version.objects.filter(pk=version_id, job_sent_at__lte=started).update(
+        Version.objects.filter(pk=version_id, job_sent_at__lte=F("job_started_at")).update(
             job_sent_at=None, job_resends=0
         )
 
