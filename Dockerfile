@@ -1,7 +1,7 @@
 FROM python:3.11-slim-bookworm
 
 RUN apt-get update \
- && apt-get install -y --no-install-recommends qemu-utils zstd libzstd1 curl mtools e2fsprogs \
+ && apt-get install -y --no-install-recommends qemu-utils zstd libzstd1 curl jq mtools e2fsprogs \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /app

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.forms import UserCreationForm
 from django.db.models import Sum
 from django.template.defaultfilters import filesizeformat
 
+from accounts import ownership
 from accounts.models import AccessToken, AuditEvent, User
-from accounts.services import audit_record
+from accounts.services import audit_record, tokens_revoke_all, user_delete
 from baas_site.admin import AdministratorsOnly
 
 
@@ -87,13 +89,53 @@ class UserAdmin(AdministratorsOnly, DjangoUserAdmin):
             )
         super().save_model(request, obj, form, change)
 
+    def get_deleted_objects(self, objs, request):
+        """Users who own or hold anything are refused, with what they own in plain words.
+
+        Django's delete page lists these "protected" lines and deletes nothing; the
+        API's ``DELETE /api/user/<name>?transfer_to=…`` hands them over instead.
+        """
+        deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
+        refused = [
+            f"{user.username} owns or holds {line}"
+            for user in objs
+            for line in ownership.owned(user)
+        ]
+        return deleted, counts, perms_needed, [*refused, *protected]
+
+    def delete_model(self, request, obj) -> None:
+        user_delete(actor=request.user, user=obj)
+
+    def delete_queryset(self, request, queryset) -> None:
+        for user in queryset:
+            user_delete(actor=request.user, user=user)
+
+    def user_change_password(self, request, id, form_url=""):
+        """Django's page; a new password also revokes all the user's tokens."""
+        user = self.get_object(request, unquote(id))
+        before = user.password if user is not None else None
+        response = super().user_change_password(request, id, form_url)
+        if user is not None and request.method == "POST":
+            user.refresh_from_db(fields=["password"])
+            if user.password != before:
+                tokens_revoke_all(actor=request.user, user=user, why="password changed")
+        return response
+
 
 @admin.register(AccessToken)
 class AccessTokenAdmin(AdministratorsOnly, admin.ModelAdmin):
-    list_display = ["name", "user", "hint", "created_at", "expires_at", "last_used_at"]
+    list_display = ["name", "user", "hint", "scopes", "created_at", "expires_at", "last_used_at"]
     list_filter = ["expires_at"]
     search_fields = ["name", "user__username"]
-    readonly_fields = ["user", "name", "hint", "created_at", "expires_at", "last_used_at"]
+    readonly_fields = [
+        "user",
+        "name",
+        "hint",
+        "scopes",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+    ]
     fields = readonly_fields
 
     def has_add_permission(self, request, obj=None) -> bool:

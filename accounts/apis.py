@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import authenticate
+from django.contrib.auth import update_session_auth_hash
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
-from accounts import rules, selectors, services
+from accounts import logins, rules, scopes, selectors, services
 from accounts.models import AccessToken, Role, User, username_validator
 
 
@@ -71,6 +70,18 @@ class UserUpdateInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=150, required=False, source="display_name")
     role = serializers.ChoiceField(choices=Role.choices, required=False)
     password = serializers.CharField(required=False, write_only=True, min_length=8)
+    current_password = serializers.CharField(
+        required=False,
+        write_only=True,
+        help_text="Needed to change the password or email, unless an administrator "
+        "changes another user.",
+    )
+    revoke_tokens = serializers.BooleanField(
+        required=False,
+        default=True,
+        help_text="With a new password: delete all the user's tokens, the one making this "
+        "request too (default). Web sessions end with any password change.",
+    )
     storage_quota = serializers.IntegerField(
         required=False,
         allow_null=True,
@@ -87,6 +98,7 @@ class UserUpdateInputSerializer(serializers.Serializer):
 
 class UserCreateApi(APIView):
     permission_classes = [rules.IsAdministrator]
+    account_administration = True  # a token needs the admin scope (accounts.scopes)
 
     @extend_schema(request=UserCreateInputSerializer, responses={201: UserOutputSerializer})
     def post(self, request: Request) -> Response:
@@ -116,8 +128,23 @@ class UserMeApi(APIView):
         return Response(UserOutputSerializer(request.user).data)
 
 
+class UserDeleteQuerySerializer(serializers.Serializer):
+    transfer_to = serializers.CharField(
+        required=False,
+        help_text="An administrator's username: hand the user's images, setups and "
+        "deployments to them, ending the user's leases first (administrators only).",
+    )
+
+
+class UserOwnsSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+    owns = serializers.ListField(child=serializers.CharField())
+
+
 class UserDetailApi(APIView):
     """One user: themselves or an administrator; anyone else gets 404."""
+
+    account_administration = True  # changes need a token's admin scope
 
     @extend_schema(responses=UserOutputSerializer)
     def get(self, request: Request, username: str) -> Response:
@@ -129,28 +156,56 @@ class UserDetailApi(APIView):
         user = selectors.user_get_managed(actor=request.user, username=username)
         data = UserUpdateInputSerializer(data=request.data, context={"user": user})
         data.is_valid(raise_exception=True)
-        user = services.user_update(actor=request.user, user=user, **data.validated_data)
+        user = services.user_update(
+            actor=request.user, user=user, request=request, **data.validated_data
+        )
+        if request.auth is None and request.user.pk == user.pk:
+            # The person at this browser just gave their password: keep their session.
+            update_session_auth_hash(request._request, user)
         return Response(UserOutputSerializer(user).data)
 
     @extend_schema(request=UserUpdateInputSerializer, responses=UserOutputSerializer)
     def put(self, request: Request, username: str) -> Response:
         return self.patch(request, username)
 
-    @extend_schema(responses={204: None})
+    @extend_schema(
+        parameters=[UserDeleteQuerySerializer],
+        responses={
+            204: None,
+            409: OpenApiResponse(UserOwnsSerializer, description="What the user still owns"),
+        },
+    )
     def delete(self, request: Request, username: str) -> Response:
         user = selectors.user_get_managed(actor=request.user, username=username)
-        services.user_delete(actor=request.user, user=user)
+        query = UserDeleteQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        heir = query.validated_data.get("transfer_to")
+        services.user_delete(
+            actor=request.user,
+            user=user,
+            transfer_to=selectors.user_get_heir(username=heir) if heir else None,
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class TokenOutputSerializer(serializers.ModelSerializer):
-    expires = serializers.DateTimeField(source="expires_at")
-    last_used = serializers.DateTimeField(source="last_used_at")
+    expires = serializers.DateTimeField(
+        source="expires_at", allow_null=True, help_text="null: never expires"
+    )
+    last_used = serializers.DateTimeField(
+        source="last_used_at", allow_null=True, help_text="null: never used"
+    )
     created = serializers.DateTimeField(source="created_at")
+    scopes = serializers.ListField(
+        source="scope_list",
+        child=serializers.ChoiceField(choices=scopes.ALL),
+        help_text="read: safe methods only; write: everything but account administration; "
+        "admin: password, email, role, tokens and users.",
+    )
 
     class Meta:
         model = AccessToken
-        fields = ["id", "name", "hint", "created", "expires", "last_used"]
+        fields = ["id", "name", "hint", "scopes", "created", "expires", "last_used"]
 
 
 class TokenCreatedSerializer(TokenOutputSerializer):
@@ -163,6 +218,14 @@ class TokenCreatedSerializer(TokenOutputSerializer):
 class TokenCreateInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=100, default="api")
     expires = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    scopes = serializers.MultipleChoiceField(
+        choices=scopes.ALL,
+        required=False,
+        default=scopes.DEFAULT,
+        allow_empty=False,
+        help_text="What the token may do (default: read and write). A token creates "
+        "tokens only with scopes it has itself.",
+    )
 
     def validate_expires(self, value):
         if value is not None and value <= timezone.now():
@@ -181,25 +244,42 @@ class LoginTokenInputSerializer(TokenCreateInputSerializer):
 
 
 class AuthTokenApi(APIView):
-    """Exchange a username and password for a new personal access token."""
+    """Exchange a username and password for a new personal access token, of any scopes.
+
+    Failed attempts count towards the sign-in lock-out shared with the web and
+    admin forms (``accounts.logins``): 429 with a plain message while locked out.
+    """
 
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "login"
 
     @extend_schema(
-        request=LoginTokenInputSerializer, responses={201: TokenCreatedSerializer}, auth=[]
+        request=LoginTokenInputSerializer,
+        responses={
+            201: TokenCreatedSerializer,
+            401: OpenApiResponse(description="Wrong username or password"),
+            429: OpenApiResponse(
+                description="Locked out after too many failed sign-ins for this username or "
+                "from this address; the message and Retry-After say when to try again"
+            ),
+        },
+        auth=[],
     )
     def post(self, request: Request) -> Response:
         data = LoginTokenInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        user = authenticate(request, username=values["username"], password=values["password"])
+        user = logins.password_check(
+            request=request, username=values["username"], password=values["password"]
+        )
         if user is None:
             raise AuthenticationFailed("Wrong username or password.")
         token, secret = services.token_create(
-            actor=user, user=user, name=values["name"], expires_at=values["expires"]
+            actor=user,
+            user=user,
+            name=values["name"],
+            expires_at=values["expires"],
+            scopes_wanted=values["scopes"],
         )
         return _token_created_response(token, secret)
 
@@ -207,7 +287,14 @@ class AuthTokenApi(APIView):
         return 'Bearer realm="api"'
 
 
+def _request_token(request: Request) -> AccessToken | None:
+    """The personal access token authenticating ``request``, if one does."""
+    return request.auth if isinstance(request.auth, AccessToken) else None
+
+
 class TokenListCreateApi(APIView):
+    account_administration = True  # creating tokens needs a token's admin scope
+
     @extend_schema(responses=TokenOutputSerializer(many=True))
     def get(self, request: Request, username: str) -> Response:
         user = selectors.user_get_managed(actor=request.user, username=username)
@@ -223,11 +310,15 @@ class TokenListCreateApi(APIView):
             user=user,
             name=data.validated_data["name"],
             expires_at=data.validated_data["expires"],
+            scopes_wanted=data.validated_data["scopes"],
+            via_token=_request_token(request),
         )
         return _token_created_response(token, secret)
 
 
 class TokenDetailApi(APIView):
+    account_administration = True
+
     @extend_schema(responses={204: None})
     def delete(self, request: Request, username: str, token_id: int) -> Response:
         user = selectors.user_get_managed(actor=request.user, username=username)

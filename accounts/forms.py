@@ -7,10 +7,20 @@ from datetime import datetime, time
 from django import forms
 from django.utils import timezone
 
+from accounts import scopes
+
 
 class TokenCreateForm(forms.Form):
     name = forms.CharField(
         max_length=100, help_text="What the token is for, such as the laptop or script using it."
+    )
+    scopes = forms.MultipleChoiceField(
+        choices=scopes.CHOICES,
+        initial=list(scopes.DEFAULT),
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={"required": "Choose at least one scope."},
+        help_text="What the token may do. Give it admin only if it must change your password, "
+        "email or tokens.",
     )
     expires_on = forms.DateField(
         required=False,

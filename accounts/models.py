@@ -12,6 +12,8 @@ from django.db import models
 from django.db.models.functions import Lower
 from django.utils import timezone
 
+from accounts import scopes as token_scopes
+
 USERNAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,149}"
 
 RESERVED_USERNAMES = frozenset({"me"})
@@ -129,12 +131,22 @@ class AccessToken(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    scopes = models.CharField(
+        max_length=32,
+        default=token_scopes.to_text(token_scopes.DEFAULT),
+        validators=[token_scopes.validate_text],
+        help_text="What the token may do: read, write, admin (accounts.scopes), space-separated.",
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
 
     def __str__(self) -> str:
         return f"{self.user} / {self.name}"
+
+    @property
+    def scope_list(self) -> tuple[str, ...]:
+        return token_scopes.from_text(self.scopes)
 
     def is_expired(self, now=None) -> bool:
         return self.expires_at is not None and self.expires_at <= (now or timezone.now())

@@ -18,6 +18,8 @@ from typing import Any, Protocol
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
+from accounts import scopes
+
 SYSTEM = "system"
 
 
@@ -79,6 +81,17 @@ def can_create_user(actor: Any) -> bool:
 
 
 def can_change_role(actor: Any) -> bool:
+    return is_administrator(actor)
+
+
+def needs_current_password(actor: Any, target: Any) -> bool:
+    """Changing a password or email takes the current one, unless an administrator
+    changes another user (who may have forgotten it)."""
+    return not (is_administrator(actor) and actor.pk != target.pk)
+
+
+def can_hand_over(actor: Any) -> bool:
+    """Hand a deleted user's images, setups and deployments over to an administrator."""
     return is_administrator(actor)
 
 
@@ -161,17 +174,38 @@ def can_assign_maintainers(user: Any) -> bool:
 # --- DRF permission classes ----------------------------------------------------
 
 
-class IsAdministrator(BasePermission):
-    message = "Only administrators may do this."
+class TokenScopes(BasePermission):
+    """A personal access token acts only within its scopes (``accounts.scopes``).
+
+    First of the default permission classes, and the base of every permission
+    class below: a view that declares its own permissions keeps the scope check.
+    Subclasses put their own rule in ``allows``.
+    """
+
+    message = "You may not do this."
 
     def has_permission(self, request: Request, view: Any) -> bool:
+        allowed, why = scopes.request_allowed(request, view)
+        if not allowed:
+            self.message = why
+            return False
+        return self.allows(request, view)
+
+    def allows(self, request: Request, view: Any) -> bool:
+        return True
+
+
+class IsAdministrator(TokenScopes):
+    message = "Only administrators may do this."
+
+    def allows(self, request: Request, view: Any) -> bool:
         return is_administrator(request.user)
 
 
-class IsModerator(BasePermission):
+class IsModerator(TokenScopes):
     message = "Only moderators and administrators may do this."
 
-    def has_permission(self, request: Request, view: Any) -> bool:
+    def allows(self, request: Request, view: Any) -> bool:
         return is_moderator(request.user)
 
 
@@ -244,12 +278,12 @@ def can_cancel_deployment(user: Any, deployment: Any) -> bool:
     return can_read_deployment(user, deployment)
 
 
-class CanManageMachines(BasePermission):
+class CanManageMachines(TokenScopes):
     """Reads for every signed-in user; writes for administrators."""
 
     message = "Only administrators may register, change or remove machines."
 
-    def has_permission(self, request: Request, view: Any) -> bool:
+    def allows(self, request: Request, view: Any) -> bool:
         if request.method in ("GET", "HEAD", "OPTIONS"):
             return can_read_machines(request.user)
         return can_manage_machines(request.user)

@@ -37,6 +37,14 @@ def user_get_managed(*, actor: Any, username: str) -> User:
     return user
 
 
+def user_get_heir(*, username: str) -> User:
+    """The active administrator named ``username``, to hand a deleted user's things to; 400."""
+    user = User.objects.filter(username=username, is_active=True).first()
+    if user is None or not rules.is_administrator(user):
+        raise ValidationError({"transfer_to": [f"{username!r} is not an active administrator."]})
+    return user
+
+
 def token_list(*, user: User) -> QuerySet[AccessToken]:
     return AccessToken.objects.filter(user=user)
 

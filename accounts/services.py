@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from django.db.models import Model
-from rest_framework.exceptions import PermissionDenied
+from django.db.models import Model, ProtectedError, RestrictedError
+from rest_framework import status
+from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 
-from accounts import rules
+from accounts import logins, ownership, rules, scopes
 from accounts.models import AccessToken, AuditEvent, Role, User, token_digest
+
+
+class UserOwnsThings(APIException):
+    """409: a user who still owns or holds something is not deleted; ``owns`` lists it."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "user_owns_things"
+
+    def __init__(self, user: User, owns: list[str]) -> None:
+        message = (
+            f"{user.username} still owns or holds: {'; '.join(owns)}. Delete or hand these "
+            "over first, or let an administrator delete the user with "
+            "?transfer_to=<administrator's username> to hand them all to that administrator "
+            "(a held lease is ended and its machine reset)."
+        )
+        super().__init__({"detail": message, "owns": owns})
 
 
 def audit_record(*, actor: Any, action: str, target: Model, **data: Any) -> AuditEvent:
@@ -47,10 +66,39 @@ def user_create(
     return user
 
 
+def user_update(
+    *,
+    actor: Any,
+    user: User,
+    request: Any = None,
+    current_password: str | None = None,
+    revoke_tokens: bool = True,
+    **fields: Any,
+) -> User:
+    """Change a user's fields; only administrators change roles.
+
+    A new password or email needs ``current_password`` (checked through the
+    sign-in lock-out, with ``request``) unless an administrator changes another
+    user. A new password ends every session of the user (Django's session hash)
+    and, with ``revoke_tokens`` (the default), deletes all their tokens, the one
+    making this request included.
+    """
+    if fields.get("password") or _email_changes(user, fields):
+        # Outside the transaction below: a wrong guess must stay counted when it rolls back.
+        _current_password_check(actor, user, request, current_password)
+    return _user_update_apply(actor=actor, user=user, revoke_tokens=revoke_tokens, **fields)
+
+
 @transaction.atomic
-def user_update(*, actor: Any, user: User, **fields: Any) -> User:
-    """Change a user's fields; only administrators change roles."""
+def _user_update_apply(*, actor: Any, user: User, revoke_tokens: bool, **fields: Any) -> User:
     password = fields.pop("password", None)
+    if password:
+        user.set_password(password)
+        audit_record(
+            actor=actor, action="user.password", target=user, tokens_kept=not revoke_tokens
+        )
+        if revoke_tokens:
+            tokens_revoke_all(actor=actor, user=user, why="password changed")
     new_role = fields.pop("role", None)
     if new_role is not None and new_role != user.role:
         if not rules.can_change_role(actor):
@@ -60,12 +108,35 @@ def user_update(*, actor: Any, user: User, **fields: Any) -> User:
     _quota_change(actor, user, fields)
     for name, value in fields.items():
         setattr(user, name, value)
-    if password:
-        user.set_password(password)
     user.full_clean()
     user.save()
     audit_record(actor=actor, action="user.update", target=user, fields=sorted(fields))
     return user
+
+
+def _email_changes(user: User, fields: dict[str, Any]) -> bool:
+    return "email" in fields and fields["email"].lower() != user.email.lower()
+
+
+def _current_password_check(
+    actor: Any, user: User, request: Any, current_password: str | None
+) -> None:
+    """400 unless ``current_password`` is ``user``'s, or an administrator changes another user."""
+    if not rules.needs_current_password(actor, user):
+        return
+    if not current_password:
+        raise ValidationError(
+            {"current_password": ["Give the current password to change the password or email."]}
+        )
+    if request is None:
+        right = user.check_password(current_password)
+    else:
+        checked = logins.password_check(
+            request=request, username=user.get_username(), password=current_password
+        )
+        right = checked is not None and checked.pk == user.pk
+    if not right:
+        raise ValidationError({"current_password": ["The current password is not right."]})
 
 
 def _quota_change(actor: Any, user: User, fields: dict[str, Any]) -> None:
@@ -82,15 +153,61 @@ def _quota_change(actor: Any, user: User, fields: dict[str, Any]) -> None:
 
 
 @transaction.atomic
-def user_delete(*, actor: Any, user: User) -> None:
+def user_delete(*, actor: Any, user: User, transfer_to: User | None = None) -> None:
+    """Delete ``user``; 409 (``UserOwnsThings``) while they own or hold anything.
+
+    With ``transfer_to`` (an administrator asking, naming an active administrator
+    other than ``user``), their leases end first (deployments cancelled, reset
+    queued) and their images, setups and deployments go to ``transfer_to``.
+    """
+    if transfer_to is not None:
+        _heir_check(actor, user, transfer_to)
+        ownership.hand_over(actor=actor, user=user, to=transfer_to)
+        audit_record(actor=actor, action="user.hand_over", target=user, to=transfer_to.username)
+    owns = ownership.owned(user)
+    if owns:
+        raise UserOwnsThings(user, owns)
     audit_record(actor=actor, action="user.delete", target=user, username=user.username)
-    user.delete()
+    try:
+        user.delete()
+    except (ProtectedError, RestrictedError) as exc:
+        # Something no app registered still points at the user: refuse, never a 500.
+        kinds = sorted({o._meta.verbose_name_plural for o in exc.protected_objects})
+        raise UserOwnsThings(user, [f"{k} (kept by the system)" for k in kinds]) from exc
+
+
+def _heir_check(actor: Any, user: User, heir: User) -> None:
+    if not rules.can_hand_over(actor):
+        raise PermissionDenied("Only administrators hand a user's things over.")
+    if heir.pk == user.pk or not rules.is_administrator(heir):
+        raise ValidationError(
+            {"transfer_to": ["Name an active administrator other than the user being deleted."]}
+        )
 
 
 def token_create(
-    *, actor: Any, user: User, name: str, expires_at: datetime | None = None
+    *,
+    actor: Any,
+    user: User,
+    name: str,
+    expires_at: datetime | None = None,
+    scopes_wanted: Iterable[str] = scopes.DEFAULT,
+    via_token: AccessToken | None = None,
 ) -> tuple[AccessToken, str]:
-    """Create a token; returns it with its secret, which is never stored nor shown again."""
+    """Create a token; returns it with its secret, which is never stored nor shown again.
+
+    ``via_token``: the token making the request, if one is; it creates tokens only
+    with scopes it has itself (403 otherwise). Scopes default to read and write.
+    """
+    try:
+        chosen = scopes.normalize(scopes_wanted)
+    except DjangoValidationError as exc:
+        raise ValidationError({"scopes": exc.messages}) from exc
+    if via_token is not None and not set(chosen) <= set(via_token.scope_list):
+        raise PermissionDenied(
+            "A token creates tokens only with scopes it has itself; this one has: "
+            f"{', '.join(via_token.scope_list)}."
+        )
     secret = AccessToken.PREFIX + secrets.token_urlsafe(32)
     token = AccessToken.objects.create(
         user=user,
@@ -98,14 +215,23 @@ def token_create(
         digest=token_digest(secret),
         hint=secret[: len(AccessToken.PREFIX) + 4],
         expires_at=expires_at,
+        scopes=scopes.to_text(chosen),
     )
-    audit_record(actor=actor, action="token.create", target=token, name=name)
+    audit_record(actor=actor, action="token.create", target=token, name=name, scopes=chosen)
     return token, secret
 
 
 def token_revoke(*, actor: Any, token: AccessToken) -> None:
     audit_record(actor=actor, action="token.revoke", target=token, name=token.name)
     token.delete()
+
+
+def tokens_revoke_all(*, actor: Any, user: User, why: str) -> int:
+    """Delete every token of ``user``; returns how many."""
+    deleted, _ = AccessToken.objects.filter(user=user).delete()
+    if deleted:
+        audit_record(actor=actor, action="token.revoke_all", target=user, why=why, count=deleted)
+    return deleted
 
 
 def tokens_purge_expired(*, now: datetime) -> int:

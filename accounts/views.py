@@ -27,6 +27,7 @@ def token_list(request: HttpRequest) -> HttpResponse:
             user=request.user,
             name=form.cleaned_data["name"],
             expires_at=form.expires_at(),
+            scopes_wanted=form.cleaned_data["scopes"],
         )
         request.session[SESSION_NEW] = {"name": token.name, "secret": secret}
         return redirect("tokens")

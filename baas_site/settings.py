@@ -159,6 +159,42 @@ X_FRAME_OPTIONS = "DENY"
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
+# --- Logins: one throttle for every sign-in path (django-axes) ------------------
+# The API's POST /api/auth/token, the web form /accounts/login/, the admin's
+# sign-in and a password change's current password all go through Django's
+# authenticate(), which axes watches. Failed attempts are counted per username and,
+# apart, per client address; either reaching BAAS_LOGIN_FAILURE_LIMIT locks that
+# username or address out for BAAS_LOGIN_COOLOFF_MINUTES after its last failure.
+# The counts are kept in the database (axes' database handler), which every
+# gunicorn worker and every web server shares, on the embedded SQLite default as
+# in production; a per-process cache would let each worker count alone.
+INSTALLED_APPS = [*INSTALLED_APPS, "axes"]
+# Last, so it turns a lock-out flagged by the sign-in forms into its page.
+MIDDLEWARE = [*MIDDLEWARE, "axes.middleware.AxesMiddleware"]
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # refuses locked-out usernames and addresses
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Proxies (IP addresses or networks) whose X-Forwarded-For names the client. Empty:
+# the address connecting to BAAS is the client and X-Forwarded-For is ignored,
+# since anyone can send one.
+BAAS_TRUSTED_PROXIES = env.list("BAAS_TRUSTED_PROXIES", default=[])
+BAAS_LOGIN_FAILURE_LIMIT = env.int("BAAS_LOGIN_FAILURE_LIMIT", default=10)
+BAAS_LOGIN_COOLOFF_MINUTES = env.float("BAAS_LOGIN_COOLOFF_MINUTES", default=15)
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = BAAS_LOGIN_FAILURE_LIMIT
+AXES_COOLOFF_TIME = "accounts.logins.cool_off"
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_CLIENT_IP_CALLABLE = "accounts.logins.client_ip"
+AXES_LOCKOUT_CALLABLE = "accounts.logins.lockout_response"
+# A success does not clear the failures: an attacker with an account of their own
+# would otherwise reset their address's count between guesses.
+AXES_RESET_ON_SUCCESS = False
+# Only failures are kept, each until its cool-off has passed; successful sign-ins
+# are not logged by axes (the table would grow without end).
+AXES_DISABLE_ACCESS_LOG = True
+AXES_VERBOSE = False
+
 # --- REST API ------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -167,12 +203,15 @@ REST_FRAMEWORK = {
         "accounts.authentication.BearerTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # First: a personal access token acts only within its scopes (accounts.scopes).
+    "DEFAULT_PERMISSION_CLASSES": [
+        "accounts.rules.TokenScopes",
+        "rest_framework.permissions.IsAuthenticated",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
     "EXCEPTION_HANDLER": "baas_site.errors.api_exception_handler",
-    "DEFAULT_THROTTLE_RATES": {"login": env.str("BAAS_LOGIN_THROTTLE", default="10/min")},
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
 }
 SPECTACULAR_SETTINGS = {
@@ -255,6 +294,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "flashing.network_mounts_reconcile",
         "schedule": float(env.int("BAAS_NBD_RECONCILE_INTERVAL", default=60)),
     },
+    # Makes the raw disks of qcow2 versions whose conversion job was lost.
+    "catalogue-versions-raw-missing": {
+        "task": "catalogue.versions_raw_missing",
+        "schedule": 900.0,
+    },
     # Deletes versions beyond each image's keep_versions (also run after each upload).
     "catalogue-versions-prune": {
         "task": "catalogue.versions_prune",
@@ -264,8 +308,8 @@ CELERY_BEAT_SCHEDULE = {
 # Three queues, each served by worker processes of its own (``./dev up``, compose.yaml):
 # the default one (deployments' steps), BAAS_PERIODIC_QUEUE (beat's jobs: the watchdog,
 # lease expiry, pruning, sweeps) and BAAS_LONG_QUEUE (jobs that read a whole image:
-# digests, compression, maps, network mounts' copies), so the first two never wait
-# behind the third. A task beat sends is routed to the periodic queue by its name.
+# digests, compression, maps, qcow2 conversions, network mounts' copies), so the first
+# two never wait behind the third. A task beat sends is routed to the periodic queue by its name.
 CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 BAAS_PERIODIC_QUEUE = env.str("BAAS_PERIODIC_QUEUE", default="periodic")
 BAAS_LONG_QUEUE = env.str("BAAS_LONG_QUEUE", default="long")
@@ -273,6 +317,7 @@ BAAS_LONG_TASKS = (
     "catalogue.version_compress",
     "catalogue.version_digest",
     "catalogue.version_map",
+    "catalogue.version_raw",
     "flashing.network_mount_start",
     "flashing.network_mount_finish",
 )
@@ -298,6 +343,8 @@ BAAS_JOB_MAX_RESENDS = env.int("BAAS_JOB_MAX_RESENDS", default=3)
 BAAS_DISK_ROOT = Path(env.str("BAAS_DISK_ROOT", default=str(VAR_DIR / "disk")))
 BAAS_NEW_IMAGE_SIZE = env.int("BAAS_NEW_IMAGE_SIZE", default=6 * 1024**3)
 BAAS_MAX_IMAGE_SIZE = env.int("BAAS_MAX_IMAGE_SIZE", default=64 * 1024**3)
+# Seconds qemu-img may take to convert a qcow2 version into the raw disk agents write.
+BAAS_RAW_RENDITION_TIMEOUT = env.int("BAAS_RAW_RENDITION_TIMEOUT", default=3600)
 # An upload hashes the whole raw image (SHA-256, zeros included) while it streams
 # up to this many raw bytes; past it, the answer comes once the data is stored and
 # checked, and a background job records the SHA-256 (catalogue.services.digests).
@@ -336,6 +383,12 @@ BAAS_PROGRESS_TIMEOUT = env.int("BAAS_PROGRESS_TIMEOUT", default=300)
 BAAS_DEPLOY_RETRIES = env.int("BAAS_DEPLOY_RETRIES", default=2)
 # The longest a power driver call (ipmitool, a Redfish request, a command) may take.
 BAAS_POWER_TIMEOUT = env.int("BAAS_POWER_TIMEOUT", default=120)
+# Boot fetches from MACs of no machine (flashing.services.boot, docs/security.md):
+# each MAC's record is updated at most once per interval (seconds), at most
+# NEW_PER_INTERVAL new MACs are recorded per interval, and at most MAX are kept.
+BAAS_UNKNOWN_MAC_INTERVAL = env.int("BAAS_UNKNOWN_MAC_INTERVAL", default=60)
+BAAS_UNKNOWN_MACS_NEW_PER_INTERVAL = env.int("BAAS_UNKNOWN_MACS_NEW_PER_INTERVAL", default=20)
+BAAS_UNKNOWN_MACS_MAX = env.int("BAAS_UNKNOWN_MACS_MAX", default=1000)
 # Network mounts of user data images (flashing.services.mounts): qemu-nbd exports
 # on BAAS_NBD_BIND, one port of BAAS_NBD_PORTS ("first-last") each. NBD has no
 # authentication: bind to the lab network's address only (the default exports

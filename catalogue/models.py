@@ -56,6 +56,15 @@ class Compression(models.TextChoices):
     ZSTD = "zstd", "zstd"
 
 
+class RawState(models.TextChoices):
+    """Where a qcow2 version's raw rendition (``catalogue.services.renditions``) stands."""
+
+    NONE = "", "None (a raw image is its own raw disk)"
+    PENDING = "pending", "Being made"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
 class TransferProtocol(models.TextChoices):
     HTTP = "http", "HTTP"
 
@@ -141,7 +150,9 @@ class Version(models.Model):
     ``size`` and ``sha256`` describe the raw (uncompressed) bytes — for a qcow2
     image, the qcow2 file itself — and ``virtual_size`` the disk it fills once
     written (qcow2's virtual size; equal to ``size`` for raw). ``stored_size``
-    and ``stored_compression`` describe the file as it is on disk now.
+    and ``stored_compression`` describe the file as it is on disk now. A qcow2
+    version also has a raw rendition (``raw_*``): what agents write and
+    ``?format=raw`` serves.
     """
 
     image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="versions")
@@ -165,6 +176,21 @@ class Version(models.Model):
         blank=True,
         help_text="Bytes the image fills on a disk: the virtual size of a qcow2 image, "
         "the size of a raw one (empty if unknown)",
+    )
+    # A qcow2 version's raw rendition: the disk it describes, made by qemu-img beside it
+    # (``<n>.raw``, catalogue.services.renditions); ``virtual_size`` bytes long.
+    raw_state = models.CharField(
+        max_length=8,
+        choices=RawState.choices,
+        blank=True,
+        default=RawState.NONE,
+        help_text="qcow2 images only: whether the raw disk the version describes is ready",
+    )
+    raw_sha256 = models.CharField(
+        max_length=64, blank=True, help_text="SHA-256 of the raw rendition, once it is ready"
+    )
+    raw_reason = models.CharField(
+        max_length=500, blank=True, help_text="Why the raw rendition could not be made"
     )
     stored_size = models.PositiveBigIntegerField(help_text="Bytes allocated on disk")
     stored_compression = models.CharField(

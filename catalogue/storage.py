@@ -361,18 +361,31 @@ class LocalStorage:
         return removed
 
     def clear_debris(self, image_uuid: uuid.UUID | str, number: int) -> list[Path]:
-        """Remove the files stored under version ``number`` of an image that has no row for
-        it (left by a crash between putting a file in place and creating its row); return
-        them. The caller holds the lock on the image's row and knows the number is free."""
-        paths = [self.version_path(image_uuid, number, c) for c in SUFFIXES]
-        paths.append(self.map_path(image_uuid, number))
+        """Remove the files stored under version ``number`` (``<n>.img``, its map, any
+        ``<n>.…``) of an image that has no row for it (left by a crash between putting a
+        file in place and creating its row); return them. The caller holds the lock on
+        the image's row and knows the number is free."""
+        self.version_path(image_uuid, number, "none")  # checks the number
         removed = []
-        for path in paths:
+        for path in sorted(self.image_dir(image_uuid).glob(f"{number}.*")):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
                 removed.append(path)
                 logger.warning("Removed %s: a file without a version, left by a crash", path)
         return removed
+
+    @contextlib.contextmanager
+    def held_part(self, directory: Path, suffix: str = "") -> Iterator[Path]:
+        """A new, empty ``.part`` file in ``directory``, locked as a live writer's (see
+        :class:`PendingFile`) while the block runs, for a writer that writes it by path (a
+        program such as qemu-img); removed at the end unless renamed away meanwhile."""
+        path = directory / f".{uuid.uuid4().hex}{suffix}{PART_SUFFIX}"
+        with open(path, "xb") as file:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield path
+            finally:
+                path.unlink(missing_ok=True)
 
     # --- Background jobs' locks ----------------------------------------------------
 

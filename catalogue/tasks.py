@@ -186,3 +186,32 @@ def versions_prune_task(image_uuid: str | None = None) -> dict:
         return lifecycle.versions_prune_all()
     numbers = lifecycle.versions_prune(image_uuid=image_uuid)
     return {image_uuid: numbers} if numbers else {}
+
+
+# --- Raw renditions of qcow2 versions (catalogue.services.renditions) ----------------------
+
+
+@shared_task(
+    name="catalogue.version_raw",
+    acks_late=True,
+    autoretry_for=(OperationalError, InterfaceError, StorageFull),
+    retry_backoff=15,
+    retry_backoff_max=900,
+    max_retries=8,
+)
+def version_raw_task(version_id: int) -> str:
+    """Make the raw disk a qcow2 version describes (qemu-img convert, bounded in time);
+    running it again does nothing more. A file qemu-img refuses fails the rendition, with
+    its reason, without retries."""
+    from catalogue.services import renditions
+
+    version = renditions.version_raw_make(version_id=version_id)
+    return "gone" if version is None else version.raw_state or "raw image"
+
+
+@shared_task(name="catalogue.versions_raw_missing", acks_late=True)
+def versions_raw_missing_task() -> int:
+    """Queue the rendition job of qcow2 versions still without one (their job was lost)."""
+    from catalogue.services import renditions
+
+    return len(renditions.versions_raw_missing())

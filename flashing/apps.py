@@ -5,3 +5,9 @@ from django.apps import AppConfig
 
 class FlashingConfig(AppConfig):
     name = "flashing"
+
+    def ready(self) -> None:
+        # What a user owns here, for deleting users (accounts.ownership).
+        from flashing.services import ownership
+
+        ownership.register()

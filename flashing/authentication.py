@@ -4,6 +4,9 @@
 signed in, but no ``User`` (no ``pk``), no role, and let through only to the
 agent's own routes and the image upload and download routes, where
 ``accounts.rules`` decides per image (its deployment's images only).
+A token of the running attempt passes; one of a finished deployment answers
+410 (stop); any other (unknown, revoked, expired, older attempt) 401
+(docs/security.md).
 """
 
 from __future__ import annotations
@@ -12,12 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import exceptions
+from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
 from flashing.models import AgentToken, AgentTokenKind, Deployment, DeploymentImage
-from flashing.services.tokens import is_agent_secret, token_find
+from flashing.services.tokens import TokenVerdict, is_agent_secret, token_check
 
 # (route name, method) an agent token may use; everything else is refused.
 AGENT_ROUTES = {
@@ -82,14 +85,23 @@ class AgentPrincipal:
         )
 
     def images(self, direction: str) -> set[Any]:
-        """UUIDs of the deployment's images to write (``write``) or bring back (``sync``)."""
+        """UUIDs of the deployment's images to write (``write``), bring back (``sync``)
+        or serve over the network (``mount``); an empty set for any other direction."""
         if self._images is None:
-            found: dict[str, set[Any]] = {"write": set(), "sync": set()}
+            found: dict[str, set[Any]] = {value: set() for value in DeploymentImage.Direction}
             rows = DeploymentImage.objects.filter(deployment=self.deployment, image__isnull=False)
             for direction_, image_id in rows.values_list("direction", "image_id"):
-                found[direction_].add(image_id)
+                found.setdefault(direction_, set()).add(image_id)
             self._images = found
-        return self._images[direction]
+        return self._images.get(direction, set())
+
+
+class DeploymentGone(exceptions.APIException):
+    """410: the token's deployment is over; the agent should stop, not retry."""
+
+    status_code = status.HTTP_410_GONE
+    default_detail = "This deployment is over."
+    default_code = "gone"
 
 
 class AgentTokenAuthentication(BaseAuthentication):
@@ -102,10 +114,16 @@ class AgentTokenAuthentication(BaseAuthentication):
         secret = parts[1].decode("ascii", errors="replace")
         if not is_agent_secret(secret):
             return None
-        token = token_find(secret)
-        if token is None:
+        token, verdict = token_check(secret)
+        if verdict == TokenVerdict.GONE:
+            deployment = token.deployment
+            raise DeploymentGone(
+                f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more "
+                "to do for it; stop."
+            )
+        if token is None or verdict != TokenVerdict.LIVE:
             raise exceptions.AuthenticationFailed(
-                "Invalid, used or revoked agent token, or its deployment is over."
+                "Invalid, revoked or expired agent token, or one of an older boot attempt."
             )
         match = getattr(request._request, "resolver_match", None)
         route = (getattr(match, "url_name", None), request.method)

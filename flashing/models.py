@@ -325,10 +325,15 @@ class Deployment(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # The pipeline's bookkeeping (flashing.services.pipeline): which boot attempt
     # runs, when its power-on was asked for, whether the power driver was called
-    # for it (at most once per attempt), and when the agent last spoke.
+    # for it (at most once per attempt; this arms the attempt), whether its one
+    # boot token was handed out (flashing.services.boot), and when the agent last
+    # spoke.
     attempt = models.PositiveSmallIntegerField(default=0)
     booted_at = models.DateTimeField(null=True, blank=True)
     powered_attempt = models.PositiveSmallIntegerField(default=0)
+    boot_token_attempt = models.PositiveSmallIntegerField(
+        default=0, help_text="The last attempt whose one boot token was handed out"
+    )
     checked_in_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
 
@@ -483,10 +488,11 @@ class AgentTokenKind(models.TextChoices):
 class AgentToken(models.Model):
     """A credential of the management agent; only its SHA-256 is stored.
 
-    A *boot* token is minted for one boot attempt (in the iPXE script or the
-    ``command`` power driver's environment) and accepted once, at check-in,
-    where it is exchanged for an *agent* token bound to the deployment. Both
-    die with the deployment, or when a newer attempt revokes them.
+    A *boot* token is minted once per boot attempt (in the first iPXE script of
+    an armed attempt, or the ``command`` power driver's environment) and
+    accepted once, at check-in, where it is exchanged for an *agent* token
+    bound to the deployment and the attempt. Both die with the deployment, or
+    when a newer attempt revokes them (docs/security.md).
     """
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="tokens")
@@ -506,7 +512,13 @@ class AgentToken(models.Model):
 
 
 class UnknownMac(models.Model):
-    """A MAC address that asked for a boot script but belongs to no machine."""
+    """A MAC address that asked for a boot script but belongs to no machine.
+
+    Anyone can fetch boot scripts, so these rows are bounded: at most
+    ``BAAS_UNKNOWN_MACS_MAX`` of them (the least recently seen dropped first),
+    each updated at most once per ``BAAS_UNKNOWN_MAC_INTERVAL``
+    (``flashing.services.boot.unknown_mac_record``).
+    """
 
     address = models.CharField(max_length=17, unique=True)
     first_seen_at = models.DateTimeField(auto_now_add=True)
@@ -516,6 +528,7 @@ class UnknownMac(models.Model):
 
     class Meta:
         ordering = ["-last_seen_at"]
+        indexes = [models.Index(fields=["last_seen_at"]), models.Index(fields=["first_seen_at"])]
         verbose_name = "unknown MAC address"
         constraints = [
             models.CheckConstraint(

@@ -23,6 +23,11 @@ urlpatterns = [
         deployments.DeploymentCancelApi.as_view(),
         name="deployment-cancel",
     ),
+    path(
+        "deployment/<int:deployment_id>/boot-again",
+        boot.DeploymentBootAgainApi.as_view(),
+        name="deployment-boot-again",
+    ),
     path("boot/mgmt/<str:name>", boot.ManagementOsFileApi.as_view(), name="boot-mgmt-file"),
     path(
         "boot/image/<int:deployment_id>/<str:secret>/<str:name>",

@@ -205,7 +205,7 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
         "events": list(deployment.events.all()),
         "mounts": [(mount, mount_url(mount)) for mount in deployment.network_mounts.all()],
         "finished": deployment.state in FINAL_STATES,
-        "can_cancel": deployment.state == DeploymentState.QUEUED
+        "can_cancel": deployment.state not in FINAL_STATES
         and rules.can_cancel_deployment(request.user, deployment),
     }
     return render(request, "flashing/deployment_detail.html", context)

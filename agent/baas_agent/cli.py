@@ -27,7 +27,7 @@ from types import FrameType
 from typing import Any, TypeVar
 
 from baas_agent import __version__, partitions
-from baas_agent.client import ApiError, Client
+from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import CompressionError
 from baas_agent.disks import DiskError, DiskMap
 from baas_agent.flash import (
@@ -43,6 +43,8 @@ from baas_agent.log import FORMAT, LogShipper
 
 log = logging.getLogger("baas_agent")
 T = TypeVar("T")
+# The exit status when the server ended the deployment under the agent (cancelled).
+OVER = 3
 EXPECTED = (FlashError, DiskError, CompressionError, ApiError, OSError, ValueError)
 PARAMETERS = {"baas.server": "server", "baas.mac": "mac", "baas.token": "token"}
 
@@ -150,12 +152,18 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     log.info("checked in: deployment %s, agent %s", answer.get("deployment"), __version__)
     try:
         result, status = _deploy(client, disks, reporter or Reporter(client))
+    except DeploymentOver as exc:
+        log.error("stopped: the deployment is over for this agent (%s)", exc)
+        return OVER
     finally:
         # The lines go first: once the result is in, the deployment is over.
         log.removeHandler(shipper)
         shipper.close()
     try:
         client.post_json("/api/agent/result", result)
+    except DeploymentOver as exc:
+        log.error("the result was refused: the deployment is over for this agent (%s)", exc)
+        return OVER
     except ApiError as exc:
         log.error("could not report the result: %s", exc)
         return 1
@@ -183,6 +191,8 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[st
         ]
     except Interrupted as exc:
         return _failed(str(exc)), 130
+    except DeploymentOver:
+        raise
     except EXPECTED as exc:
         return _failed(str(exc)), 1
     except Exception as exc:
@@ -237,7 +247,7 @@ def _step(label: str, action: Callable[[], T]) -> T:
     """Run one image's step; a failure's reason names the image."""
     try:
         return action()
-    except FlashError:
+    except (FlashError, DeploymentOver):
         raise
     except EXPECTED as exc:
         raise FlashError(f"{label}: {exc}") from exc

@@ -47,6 +47,12 @@ class ApiError(Exception):
         self.status = status
 
 
+class DeploymentOver(ApiError):
+    """The server no longer takes this agent's calls: its deployment was cancelled or ended
+    (410), or its token is dead (401: revoked, or another attempt began). The agent stops at
+    once: it writes nothing more and reports nothing (nobody would accept it)."""
+
+
 class DownloadError(ApiError):
     """A download cannot continue: the file changed, or the server broke the protocol."""
 
@@ -77,10 +83,12 @@ def error_message(payload: bytes) -> str:
 
 
 def check_status(status: int, payload: bytes) -> None:
-    """Raise TransientError or ApiError unless ``status`` is a success."""
+    """Raise TransientError, DeploymentOver or ApiError unless ``status`` is a success."""
     if status < 300:
         return
     message = f"HTTP {status}: {error_message(payload)}"
+    if status in (401, 410):
+        raise DeploymentOver(message, status)
     if status >= 500 or status in RETRYABLE_STATUSES:
         raise TransientError(message, status)
     raise ApiError(message, status)

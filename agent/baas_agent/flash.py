@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from baas_agent.client import ApiError, Client
+from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
 from baas_agent.datamap import DataMap, Verifier, mismatch
 from baas_agent.disks import (
@@ -165,6 +165,8 @@ class Reporter:
         body = {"image": image, "phase": phase, "bytes_done": done, "bytes_total": total}
         try:
             self.client.call("POST", "/api/agent/progress", body, retries=0)
+        except DeploymentOver:
+            raise  # cancelled: stop writing now
         except ApiError as exc:
             log.debug("progress not sent: %s", exc)
 
@@ -190,6 +192,8 @@ def fetch_map(client: Client, url: str | None, size: int, sha256: str) -> DataMa
         return None
     try:
         return DataMap.from_json(client.get_json(url), size=size, sha256=sha256)
+    except DeploymentOver:
+        raise
     except ApiError as exc:
         log.info("no data map at %s (%s): checking the whole image instead", url, exc)
     except ValueError as exc:

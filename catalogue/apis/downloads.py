@@ -5,6 +5,11 @@ Django's FileResponse, which under gunicorn becomes ``wsgi.file_wrapper`` and
 a zero-copy ``sendfile``; single byte ranges (``Range``, ``If-Range``) answer
 206 so ``curl -C -`` resumes. ``?decompress=1`` streams the raw image decoded
 on the fly (ranges work there too, by decoding and skipping up to the start).
+
+``?format=raw`` asks for the disk the image describes: for a qcow2 version its
+raw rendition (``catalogue.services.renditions``), also for its map and data
+routes; 409 with Retry-After while it is being made, 409 with the reason if
+it could not be made. On a raw image it is ``?decompress=1``.
 """
 
 from __future__ import annotations
@@ -24,15 +29,33 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from catalogue.apis.fields import DigestField
-from catalogue.services import datamaps, datastream, delivery
+from catalogue.models import Version
+from catalogue.services import datamaps, datastream, delivery, renditions
 from catalogue.services.delivery import ByteRange, RangeNotSatisfiable, Representation
 
+FORMAT_HELP = (
+    "raw: the disk the image describes. For a qcow2 image, its raw rendition (made by "
+    "qemu-img after the upload): 409 with Retry-After while it is being made, 409 with the "
+    "reason if it could not be. For a raw image, the raw bytes (as with ?decompress=1)."
+)
 
-class DownloadQuerySerializer(serializers.Serializer):
+
+class FormatQuerySerializer(serializers.Serializer):
+    format = serializers.ChoiceField(choices=["raw"], required=False, help_text=FORMAT_HELP)
+
+
+class DownloadQuerySerializer(FormatQuerySerializer):
     decompress = serializers.BooleanField(
         default=False,
         help_text="Send the raw image, decoded on the fly, instead of the file as stored.",
     )
+
+
+def _wants_raw_rendition(request: Request, version: Version) -> bool:
+    """``?format=raw`` on a qcow2 version: its raw rendition is meant, not its file."""
+    query = FormatQuerySerializer(data=request.query_params)
+    query.is_valid(raise_exception=True)
+    return query.validated_data.get("format") == "raw" and renditions.is_qcow2(version)
 
 
 class ErrorOutputSerializer(serializers.Serializer):
@@ -91,6 +114,11 @@ DOWNLOAD_SCHEMA: dict[str, Any] = {
         400: _ERROR,
         401: _ERROR,
         404: OpenApiResponse(ErrorOutputSerializer, description="Unknown, or not yours."),
+        409: OpenApiResponse(
+            ErrorOutputSerializer,
+            description="?format=raw on a qcow2 version whose raw disk is being made "
+            "(Retry-After) or could not be made (the reason).",
+        ),
         416: OpenApiResponse(ErrorOutputSerializer, description="The range starts past the end."),
     },
 }
@@ -112,11 +140,16 @@ class _DownloadApi(APIView):
         found = delivery.version_for_download(
             user=request.user, image_uuid=image_id, version=version
         )
-        representation = delivery.representation_open(
-            found, decompress=query.validated_data["decompress"]
-        )
+        raw = query.validated_data.get("format") == "raw"
+        if raw and renditions.is_qcow2(found):
+            representation = renditions.rendition_open(found)
+            identity = (found.raw_sha256, representation.size)
+        else:
+            decompress = raw or query.validated_data["decompress"]
+            representation = delivery.representation_open(found, decompress=decompress)
+            identity = None
         try:
-            return _respond(request, representation)
+            return _respond(request, representation, identity)
         except BaseException:
             representation.close()
             raise
@@ -151,9 +184,15 @@ def _parse_uuid(value: str) -> uuid.UUID:
         raise ValidationError({"image_uuid": f"'{value}' is not a valid UUID."}) from None
 
 
-def _respond(request: Request, representation: Representation) -> HttpResponseBase:
-    """The answer for an open representation; it owns (and eventually closes) the stream."""
-    etag = delivery.etag_for(representation)
+def _respond(
+    request: Request, representation: Representation, rendition: tuple[str, int] | None = None
+) -> HttpResponseBase:
+    """The answer for an open representation; it owns (and eventually closes) the stream.
+
+    ``rendition``: the SHA-256 and size of the raw rendition it is (not the version's file).
+    """
+    etag = delivery.etag_for(representation) if rendition is None else f'"{rendition[0]}"'
+
     if delivery.etag_matches(request.headers.get("If-None-Match"), etag):
         representation.close()
         return _not_modified(etag)
@@ -165,7 +204,7 @@ def _respond(request: Request, representation: Representation) -> HttpResponseBa
         representation.close()
         return _not_satisfiable(representation.size)
     response = _body_response(request, representation, byte_range)
-    for name, value in _headers(representation, etag, byte_range).items():
+    for name, value in _headers(representation, etag, byte_range, rendition).items():
         response[name] = value
     return response
 
@@ -183,11 +222,15 @@ def _body_response(
 
 
 def _headers(
-    representation: Representation, etag: str, byte_range: ByteRange | None
+    representation: Representation,
+    etag: str,
+    byte_range: ByteRange | None,
+    rendition: tuple[str, int] | None = None,
 ) -> dict[str, str]:
     version = representation.version
     length = byte_range.length if byte_range else representation.size
     is_raw = representation.compression == "none"
+    raw_sha256, raw_size = rendition or (version.sha256, version.size)
     headers = {
         "Content-Length": str(length),
         "ETag": etag,
@@ -197,11 +240,15 @@ def _headers(
             True, delivery.filename_for(representation)
         ),
         "Content-Location": f"/api/image/{version.image_id}/{version.number}",
-        "BAAS-Raw-Size": str(version.size),
+        "BAAS-Raw-Size": str(raw_size),
     }
-    if version.sha256:  # else a job computes it, seconds after a large upload
-        headers["BAAS-Raw-Digest"] = delivery.sha256_field(version.sha256)
-    if is_raw and version.sha256:
+    if rendition is not None:
+        headers["Content-Disposition"] = content_disposition_header(
+            True, delivery.filename_for(representation).removesuffix(".img") + ".raw.img"
+        )
+    if raw_sha256:  # else a job computes it, seconds after a large upload
+        headers["BAAS-Raw-Digest"] = delivery.sha256_field(raw_sha256)
+    if is_raw and raw_sha256:
         raw_digest = headers["BAAS-Raw-Digest"]
         headers["Repr-Digest"] = raw_digest
         if length == representation.size:
@@ -242,6 +289,12 @@ class DataMapOutputSerializer(serializers.Serializer):
 class VersionMapApi(APIView):
     """Where a version's data is, with a SHA-256 per range (what agents verify)."""
 
+    renderer_classes = [JSONRenderer]
+
+    def perform_content_negotiation(self, request: Request, force: bool = False) -> Any:
+        # ?format=raw names the rendition, not one of DRF's renderers (which would be 404).
+        return super().perform_content_negotiation(request, force=True)
+
     @extend_schema(
         operation_id="image_version_map",
         summary="A version's data map",
@@ -252,13 +305,25 @@ class VersionMapApi(APIView):
             "built at upload; older versions get theirs in the background)."
         ),
         tags=["images"],
-        parameters=[OpenApiParameter("image_uuid", OpenApiTypes.UUID, OpenApiParameter.PATH)],
-        responses={200: DataMapOutputSerializer, 400: _ERROR, 401: _ERROR, 404: _ERROR},
+        parameters=[
+            FormatQuerySerializer,
+            OpenApiParameter("image_uuid", OpenApiTypes.UUID, OpenApiParameter.PATH),
+        ],
+        responses={
+            200: DataMapOutputSerializer,
+            400: _ERROR,
+            401: _ERROR,
+            404: _ERROR,
+            409: _ERROR,
+        },
     )
     def get(self, request: Request, image_uuid: str, number: int) -> HttpResponseBase:
         found = delivery.version_for_download(
             user=request.user, image_uuid=_parse_uuid(image_uuid), version=str(number)
         )
+        if _wants_raw_rendition(request, found):
+            rendition_map = renditions.rendition_map(found)
+            return HttpResponse(rendition_map.dumps(), content_type="application/json")
         datamap = datamaps.version_map(found)
         if datamap is None:
             datamaps.version_map_schedule(found)
@@ -290,6 +355,7 @@ class VersionDataApi(APIView):
         ),
         tags=["images"],
         parameters=[
+            FormatQuerySerializer,
             OpenApiParameter("image_uuid", OpenApiTypes.UUID, OpenApiParameter.PATH),
             _header("Range", "One range: bytes=a-b, bytes=a- or bytes=-n.", []),
             _header("If-Range", "Honour Range only while the ETag is still this one.", []),
@@ -302,6 +368,7 @@ class VersionDataApi(APIView):
             400: _ERROR,
             401: _ERROR,
             404: _ERROR,
+            409: _ERROR,
             416: _ERROR,
         },
     )
@@ -309,7 +376,10 @@ class VersionDataApi(APIView):
         found = delivery.version_for_download(
             user=request.user, image_uuid=_parse_uuid(image_uuid), version=str(number)
         )
-        stream = datastream.data_stream_open(found)
+        if _wants_raw_rendition(request, found):
+            stream: datastream.DataStream | None = renditions.rendition_data_open(found)
+        else:
+            stream = datastream.data_stream_open(found)
         if stream is None:
             return Response(
                 {"detail": "This version has no data stream (yet): download the whole version."},

@@ -43,8 +43,20 @@ from catalogue.selectors import images as selectors
 from catalogue.services import images as services
 from catalogue.services import lifecycle
 from catalogue.services.delivery import sha256_field
+from catalogue.services.renditions import rendition_summary
 
 # --- Serializers ---------------------------------------------------------------------
+
+RAW_RENDITION_SCHEMA = inline_serializer(
+    "RawRendition",
+    {
+        "state": serializers.ChoiceField(choices=["pending", "ready", "failed"]),
+        "size": serializers.IntegerField(allow_null=True),
+        "sha256": serializers.CharField(allow_null=True),
+        "reason": serializers.CharField(allow_null=True),
+    },
+    allow_null=True,
+)
 
 
 class VersionOutputSerializer(serializers.ModelSerializer):
@@ -56,6 +68,11 @@ class VersionOutputSerializer(serializers.ModelSerializer):
         source="stored_compression", help_text="How the file is stored now"
     )
     uploaded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    raw = serializers.SerializerMethodField(
+        help_text="qcow2 images only (else null): the raw disk the version describes, made by "
+        "qemu-img after the upload; what agents write and ?format=raw serves. state: pending, "
+        "ready or failed; size: its bytes (the virtual size); sha256 once ready; reason if failed"
+    )
 
     class Meta:
         model = Version
@@ -64,6 +81,7 @@ class VersionOutputSerializer(serializers.ModelSerializer):
             "size",
             "virtual_size",
             "sha256",
+            "raw",
             "damaged",
             "stored_size",
             "compression",
@@ -71,6 +89,10 @@ class VersionOutputSerializer(serializers.ModelSerializer):
             "created_at",
             "note",
         ]
+
+    @extend_schema_field(RAW_RENDITION_SCHEMA)
+    def get_raw(self, version: Version) -> dict[str, Any] | None:
+        return rendition_summary(version)
 
 
 class VersionUploadedSerializer(VersionOutputSerializer):

@@ -79,6 +79,12 @@ def _datamaps():
     return datamaps
 
 
+def _renditions():
+    from catalogue.services import renditions
+
+    return renditions
+
+
 # --- The empty image's checksum ---------------------------------------------------
 
 
@@ -191,6 +197,7 @@ def _store_empty_version(image: Image, size: int, actor: Any) -> Version:
     datamaps = _datamaps()
     if image.file_standard == FileStandard.QCOW2:
         datamaps.version_map_schedule(version)  # a few hundred KiB of qcow2 metadata
+        _renditions().rendition_schedule(version)  # and the empty disk it describes
     else:
         datamaps.version_map_store(version, empty_map(size, sha256))
     return version

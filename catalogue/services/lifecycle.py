@@ -258,11 +258,14 @@ def _prune(image_uuid: uuid.UUID | str) -> list[int]:
 
 
 def _delete_files(image_uuid: uuid.UUID, numbers: list[int]) -> None:
+    from catalogue.services.renditions import rendition_delete
+
     storage = get_storage()
     for number in numbers:
         for compression in Compression.values:
             storage.delete_version(image_uuid, number, compression)
         storage.delete_map(image_uuid, number)
+        rendition_delete(image_uuid, number)
 
 
 def versions_prune_all() -> dict[str, list[int]]:

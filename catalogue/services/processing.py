@@ -37,7 +37,7 @@ from django.db.models.functions import Now
 from django.utils import timezone
 
 from catalogue.models import Version
-from catalogue.storage import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, get_storage
+from catalogue.storage import PART_SUFFIX, SUFFIXES, get_storage
 
 logger = logging.getLogger(__name__)
 
@@ -190,8 +190,9 @@ def _give_up(version: Version, job: str) -> None:
 
 # --- Audit ------------------------------------------------------------------------------------
 
-_VERSION_FILE = re.compile(r"^(\d+)(" + "|".join(re.escape(s) for s in SUFFIXES.values()) + r")$")
-_MAP_FILE = re.compile(r"^(\d+)" + re.escape(MAP_SUFFIX) + "$")
+# A file of version n: ``<n>.img[.gz|.zst]``, or beside it (``<n>.map.json``, ``<n>.raw``…).
+_NUMBERED = re.compile(r"^(\d+)(\..+)$")
+_VERSION_SUFFIXES = frozenset(SUFFIXES.values())
 
 
 @dataclass(frozen=True)
@@ -215,10 +216,10 @@ class StorageAudit:
 def storage_audit() -> StorageAudit:
     """Compare the files under BAAS_DISK_ROOT with the version rows (reads only).
 
-    A version's file is ``<n>`` with its stored compression's suffix; its data map
-    (``<n>.map.json``) and files an image's boot files may add are not counted
-    stray when their version exists. Call it when no upload or job is running to
-    check the invariant "no leftover ``.part``, no row without its file"."""
+    A version's file is ``<n>`` with its stored compression's suffix; the other files
+    of a version that exists (``<n>.map.json``, a raw rendition ``<n>.raw``…) are
+    not stray; any ``<n>.…`` of a number without a row is. Call it when no upload
+    or job is running, to check "no leftover ``.part``, no row without its file"."""
     rows = {
         (str(image_id), number): compression
         for image_id, number, compression in Version.objects.values_list(
@@ -228,17 +229,18 @@ def storage_audit() -> StorageAudit:
     audit = StorageAudit()
     seen = set()
     for directory, name in get_storage().stored_names():
+        numbered = _NUMBERED.match(name)
+        key = (directory, int(numbered[1])) if numbered else None
         if name.endswith(PART_SUFFIX):
             audit.parts.append(f"{directory}/{name}")
             audit.stray_files.append(f"{directory}/{name}")
-        elif match := _VERSION_FILE.match(name):
-            key = (directory, int(match[1]))
-            if SUFFIXES.get(rows.get(key, "")) == match[2]:
+        elif key is not None and key not in rows:
+            audit.stray_files.append(f"{directory}/{name}")  # of no version: debris
+        elif key is not None and numbered[2] in _VERSION_SUFFIXES:
+            if SUFFIXES[rows[key]] == numbered[2]:
                 seen.add(key)
-            else:
+            else:  # in another compression than the row's: a compression's leftover
                 audit.stray_files.append(f"{directory}/{name}")
-        elif (match := _MAP_FILE.match(name)) and (directory, int(match[1])) not in rows:
-            audit.stray_files.append(f"{directory}/{name}")
     for (image_id, number), compression in sorted(rows.items()):
         if (image_id, number) not in seen:
             audit.missing_files.append((image_id, number, f"{number}{SUFFIXES[compression]}"))

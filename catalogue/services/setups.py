@@ -82,15 +82,21 @@ def _check_rights(owner: Any, image: Image, sync: bool) -> None:
         raise DjangoValidationError({"sync": message})
 
 
-def _check_disk(setup: ImageSetup, image: Image, disk: str, exclude_pk: int | None) -> None:
+def _takes_disk(image: Image, mount: str) -> bool:
+    """A boot image and a network-mounted image take no disk: both are served over the network."""
+    return image.type != ImageType.BOOT and mount != Mount.NETWORK
+
+
+def _check_disk(
+    setup: ImageSetup, image: Image, disk: str, mount: str, exclude_pk: int | None
+) -> None:
     # By id, not the reverse manager: a setup not saved yet (admin add form) has none.
     others = ImageFrozen.objects.filter(setup_id=setup.pk).exclude(pk=exclude_pk)
     others = others.select_related("image")
     for other in others:
         if other.image_id == image.pk:
             raise _conflict("image", f'"{image.name}" is already in setup "{setup.name}".')
-        # A boot image takes no disk: it is served over the network.
-        on_disks = ImageType.BOOT not in (image.type, other.image.type)
+        on_disks = _takes_disk(image, mount) and _takes_disk(other.image, other.mount)
         if on_disks and other.disk == disk:
             raise _conflict(
                 "target_disk",
@@ -184,7 +190,7 @@ def frozen_image_check(
             validate_target_disk(target_disk)
         except DjangoValidationError as exc:
             raise DjangoValidationError({"target_disk": exc.messages}) from exc
-    _check_disk(setup, image, target_disk or image.target_disk, exclude_pk)
+    _check_disk(setup, image, target_disk or image.target_disk, mount, exclude_pk)
     _check_one_of_type(setup, image, exclude_pk)
     if image.type == ImageType.BOOT:
         _check_boot_version(image, version, sync)

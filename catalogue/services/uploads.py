@@ -63,6 +63,7 @@ from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt
 from catalogue.services.datamaps import version_map_store
 from catalogue.services.digests import file_digest, version_digest_ensure, version_digest_schedule
 from catalogue.services.lifecycle import quota_guard_for, versions_prune_schedule
+from catalogue.services.renditions import rendition_schedule
 from catalogue.storage import (
     PendingFile,
     StorageFull,
@@ -361,6 +362,11 @@ class VersionReceiver:
             if header.backing_file_offset:
                 raise BadUpload("qcow2 files with a backing file are not accepted; flatten it.")
             self._virtual_size = header.virtual_size
+            if header.virtual_size > settings.BAAS_MAX_IMAGE_SIZE:
+                raise UploadTooLarge(
+                    f"The qcow2 file describes a disk of {header.virtual_size} bytes, more than "
+                    f"the {settings.BAAS_MAX_IMAGE_SIZE}-byte limit; nothing was stored."
+                )
         elif header is not None:
             raise BadUpload(
                 "This is a raw image, but the data is a qcow2 file: convert it with "
@@ -691,4 +697,5 @@ def _version_row(
     if not compression_schedule_for_version(version) and not version.sha256:
         version_digest_schedule(version)
     versions_prune_schedule(image)
+    rendition_schedule(version)  # a qcow2 version: the raw disk agents write
     return version

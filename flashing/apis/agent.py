@@ -127,13 +127,19 @@ class AgentCheckinApi(AgentApi):
         tags=["agent"],
         request=CheckinInputSerializer,
         responses={200: CheckinOutputSerializer},
-        description="Exchange the one-time boot token (Authorization) for a deployment token. "
-        "A used boot token answers 401.",
+        description="Exchange the boot attempt's one-time boot token (Authorization) for a "
+        "deployment token. The first check-in binds the attempt to that agent: any further "
+        "check-in for it answers 409 and is recorded on the deployment. A token of a finished "
+        "deployment answers 410; an unknown, revoked or older attempt's token 401.",
     )
     def post(self, request: Request) -> Response:
         data = CheckinInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        secret, deployment = services.agent_checkin(principal=request.user, **data.validated_data)
+        secret, deployment = services.agent_checkin(
+            principal=request.user,
+            address=request.META.get("REMOTE_ADDR"),
+            **data.validated_data,
+        )
         return Response({"token": secret, "deployment": deployment.pk})
 
 
@@ -163,7 +169,15 @@ class AgentLogApi(AgentApi):
 
 
 class AgentResultApi(AgentApi):
-    @extend_schema(tags=["agent"], request=ResultInputSerializer, responses=AcceptedSerializer)
+    @extend_schema(
+        tags=["agent"],
+        request=ResultInputSerializer,
+        responses=AcceptedSerializer,
+        description="Finish the deployment. `done` is refused (409, nothing changes) while the "
+        "deployment is booting or before progress was reported for every image to write, and "
+        "with `synced` versions this agent did not upload; a `done` whose `written` list does "
+        "not match the instructions exactly is recorded as `failed`.",
+    )
     def post(self, request: Request) -> Response:
         data = ResultInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)

@@ -15,11 +15,14 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
 
-from catalogue.models import ImageType, Version
+from catalogue.models import Compression, ImageType, Version
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.digests import version_digest_ensure
+from catalogue.services.renditions import RenditionFailed, version_raw_ensure
 from catalogue.storage import get_storage
+from flashing.authentication import DeploymentGone
 from flashing.models import (
+    FINAL_STATES,
     RUNNING_STATES,
     AgentTokenKind,
     Deployment,
@@ -29,10 +32,11 @@ from flashing.models import (
     DiskContent,
     normalize_mac,
 )
+from flashing.services.boot import refusal_record
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
-from flashing.services.deployments import TRANSITIONS, deployment_set_state
 from flashing.services.mounts import mount_entries
 from flashing.services.pipeline import deployment_fail, machine_kick
+from flashing.services.states import TRANSITIONS, deployment_set_state
 from flashing.services.tokens import token_consume, token_mint, tokens_revoke
 
 W, S = DeploymentImage.Direction.WRITE, DeploymentImage.Direction.SYNC
@@ -43,10 +47,18 @@ UNKNOWN_SHA256 = "0" * 64
 
 
 def _locked(principal: Any) -> Deployment:
-    """The principal's deployment, machine then deployment locked; 409 once it is over."""
+    """The principal's deployment, machine then deployment locked.
+
+    410 once the deployment is over; 401 once a newer attempt began.
+    """
     deployment = principal.deployment
     lock_machine(deployment.machine)
     deployment = lock(Deployment, deployment.pk)
+    if deployment.state in FINAL_STATES:
+        raise DeploymentGone(
+            f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more to do "
+            "for it; stop."
+        )
     if deployment.state not in RUNNING_STATES or deployment.attempt != principal.token.attempt:
         raise AuthenticationFailed(f"Deployment #{deployment.pk} is over for this agent.")
     return deployment
@@ -55,14 +67,41 @@ def _locked(principal: Any) -> Deployment:
 # --- Check-in --------------------------------------------------------------------------------
 
 
-@transaction.atomic
-def agent_checkin(*, principal: Any, mac: str, agent_version: str) -> tuple[str, Deployment]:
-    """Exchange the one-time boot token for an agent token bound to the deployment.
+class CheckinRefused(Conflict):
+    """409: the attempt is bound to the agent that checked in first."""
 
-    401 for a token that is not a boot token or was used already; 403 when the
-    MAC is not the deployment's machine's. A newer check-in (the machine
-    rebooted) revokes the agent tokens of older ones.
+
+def agent_checkin(
+    *, principal: Any, mac: str, agent_version: str, address: str | None = None
+) -> tuple[str, Deployment]:
+    """Exchange the attempt's one-time boot token for an agent token bound to the deployment.
+
+    The first check-in binds the attempt to that agent. Any further check-in
+    for the attempt (the same boot token again) answers 409 and is recorded on
+    the deployment's event log and in the audit log, with the caller's
+    ``address`` (boundedly: ``refusal_record``); nothing else changes. 401
+    for a token that is not a live boot token; 403 when the MAC is not the
+    deployment's machine's (recorded the same way: the boot token was good).
     """
+    try:
+        return _checkin(principal, mac, agent_version, address)
+    except (CheckinRefused, PermissionDenied) as exc:
+        what = "A second check-in" if isinstance(exc, CheckinRefused) else "A check-in"
+        refusal_record(
+            deployment=principal.deployment,
+            action="checkin_refused",
+            message=f"{what} for attempt {principal.token.attempt} from "
+            f"{address or 'an unknown address'} (MAC {mac[:40]}) was refused: {exc.detail}",
+            address=address,
+            mac=mac[:40],
+        )
+        raise
+
+
+@transaction.atomic
+def _checkin(
+    principal: Any, mac: str, agent_version: str, address: str | None
+) -> tuple[str, Deployment]:
     if principal.kind != AgentTokenKind.BOOT:
         raise AuthenticationFailed("Check in with the one-time boot token.")
     deployment = _locked(principal)
@@ -73,9 +112,11 @@ def agent_checkin(*, principal: Any, mac: str, agent_version: str) -> tuple[str,
         raise ValidationError({"mac": [f"'{mac}' is not a MAC address."]}) from None
     if mac not in macs:
         raise PermissionDenied(f"{mac} is not a MAC address of {deployment.machine.name}.")
-    if not token_consume(token=principal.token):
-        raise AuthenticationFailed("This boot token was used already.")
-    tokens_revoke(deployment=deployment, kind=AgentTokenKind.AGENT)
+    if deployment.checked_in_at is not None or not token_consume(token=principal.token):
+        raise CheckinRefused(
+            f"attempt {deployment.attempt} of deployment #{deployment.pk} is bound to the agent "
+            "that checked in first; ask for a manual boot to start a new attempt."
+        )
     secret = token_mint(deployment=deployment, kind=AgentTokenKind.AGENT)
     now = timezone.now()
     deployment.checked_in_at = deployment.heartbeat_at = now
@@ -84,8 +125,9 @@ def agent_checkin(*, principal: Any, mac: str, agent_version: str) -> tuple[str,
         deployment=deployment,
         actor=None,
         action="checked_in",
-        message=f"Agent {agent_version or '?'} checked in from {mac} "
-        f"(attempt {deployment.attempt}).",
+        message=f"Agent {agent_version or '?'} checked in from {mac} at "
+        f"{address or 'an unknown address'}: attempt {deployment.attempt} is bound to it.",
+        address=address,
     )
     return secret, deployment
 
@@ -123,21 +165,25 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         raise Conflict(f"Image {version.image_id} v{version.number} is damaged: {version.damaged}")
     try:  # computed before the start, unless the deployment was started another way
         version_digest_ensure(version)
+        version_raw_ensure(version)  # a qcow2 version: the disk it describes is written
     except Version.DoesNotExist as exc:
         raise Conflict(deleted) from exc
     except VersionCorrupt as exc:
         raise Conflict(str(exc)) from exc
+    except RenditionFailed as exc:
+        raise Conflict(str(exc.detail)) from exc
+    raw = "?format=raw" if version.raw_sha256 else ""
     return {
         "image": str(row.image_id),
         "version": version.number,
         "disk": row.disk,
-        "url": f"/api/image/{row.image_id}/{version.number}",
-        "size": version.size,
-        "stored_size": _stored_size(version),
-        "sha256": version.sha256,
-        "compression": version.stored_compression,
-        "map_url": _map_url(version),
-        "data_url": f"/api/image/{version.image_id}/{version.number}/data",
+        "url": f"/api/image/{row.image_id}/{version.number}{raw}",
+        "size": version.virtual_size if raw else version.size,
+        "stored_size": version.virtual_size if raw else _stored_size(version),
+        "sha256": version.raw_sha256 or version.sha256,
+        "compression": Compression.NONE if raw else version.stored_compression,
+        "map_url": _map_url(version) + raw,
+        "data_url": f"/api/image/{version.image_id}/{version.number}/data{raw}",
     }
 
 
@@ -190,8 +236,13 @@ def _row_for(deployment: Deployment, image: str, phase: str) -> DeploymentImage:
     sync row is meant.
     """
     rows = {row.direction: row for row in deployment.images.filter(image_id=image)}
+    rows.pop(DeploymentImage.Direction.MOUNT, None)  # served over the network, not by the agent
+    if W in rows and not disk_writes(deployment).filter(pk=rows[W].pk).exists():
+        del rows[W]  # a boot image: served over the network too
     if not rows:
-        raise ValidationError({"image": [f"Image {image} is not part of this deployment."]})
+        raise ValidationError(
+            {"image": [f"Image {image} is not one this deployment writes or brings back."]}
+        )
     before_writing = RANK.get(deployment.state, 0) < RANK[DeploymentState.WRITING]
     wants_sync = phase == "syncing" or (phase == "verifying" and before_writing)
     return rows.get(S if wants_sync else W) or next(iter(rows.values()))
@@ -274,38 +325,84 @@ def agent_log(*, principal: Any, lines: list[str]) -> int:
     return len(events)
 
 
-# --- Result --------------------------------------------------------------------------
+# --- Result --------------------------------------------------------------------------------
+
+
+def _label(row: DeploymentImage) -> str:
+    return f"image {row.image_id} v{row.version_number} on {row.disk}"
 
 
 def _check_written(deployment: Deployment, written: list[dict[str, Any]]) -> str | None:
-    """Why the reported writes do not match the plan, or None when every image is there."""
+    """Why the reported writes do not match the instructions exactly, or None when they do."""
     reported = {
         (str(item.get("image")), item.get("version"), item.get("disk")): item.get("sha256")
         for item in written
     }
-    for row in disk_writes(deployment).select_related("version"):
+    planned = list(disk_writes(deployment).select_related("version"))
+    for row in planned:
         key = (str(row.image_id), row.version_number, row.disk)
         if key not in reported:
-            label = f"image {row.image_id} v{row.version_number} on {row.disk}"
-            return f"the agent did not report {label}"
-        if row.version is None or reported[key] != row.version.sha256:
+            return f"the agent did not report {_label(row)}"
+        if row.version is None or reported[key] != (row.version.raw_sha256 or row.version.sha256):
             return (
-                f"the agent reported SHA-256 {reported[key]} for image {row.image_id} "
-                f"v{row.version_number} on {row.disk}, which is not that version's"
+                f"the agent reported SHA-256 {reported[key]} for {_label(row)}, "
+                "which is not that version's"
             )
+    extra = set(reported) - {(str(row.image_id), row.version_number, row.disk) for row in planned}
+    if extra:
+        image, version, disk = sorted(extra, key=str)[0]
+        return (
+            f"the agent reported image {image} v{version} on {disk}, which it was not told to write"
+        )
     return None
 
 
-def _record_synced(deployment: Deployment, synced: list[dict[str, Any]]) -> None:
+def _synced_rows(
+    principal: Any, deployment: Deployment, synced: list[dict[str, Any]], *, strict: bool
+) -> list[tuple[DeploymentImage, Version]]:
+    """Each reported ``synced`` item's sync row and the version this agent uploaded for it.
+
+    An image this deployment does not bring back, one it reported no progress
+    for, or a version it did not upload is refused (409) when ``strict``, else
+    left out: it is never recorded.
+    """
+    found = []
+    for item in synced:
+        row = deployment.images.filter(direction=S, image_id=item.get("image")).first()
+        version = None
+        if row is not None and row.progress_at is not None:
+            version = Version.objects.filter(
+                image_id=row.image_id, number=item.get("version")
+            ).first()
+        if version is not None and version.note == principal.upload_note(row.image_id):
+            found.append((row, version))
+        elif strict:
+            raise Conflict(
+                f"The agent reported version {item.get('version')} of image {item.get('image')} "
+                "as brought back, but it reported no progress bringing it back or did not "
+                "upload that version: nothing was recorded."
+            )
+    return found
+
+
+def _done_refusal(deployment: Deployment) -> str | None:
+    """Why ``done`` makes no sense in the deployment's state, or None when it may be checked.
+
+    Done needs the agent to have got on with the work: past ``booting``, and
+    progress reported in this attempt for every image it writes.
+    """
+    if deployment.state == DeploymentState.BOOTING:
+        return "it is still booting: the agent reported no progress yet"
+    for row in disk_writes(deployment):
+        if row.progress_at is None:
+            return f"the agent reported no progress writing {_label(row)}"
+    return None
+
+
+def _record_synced(deployment: Deployment, synced: list[tuple[DeploymentImage, Version]]) -> None:
     """Note each version brought back; a disk not rewritten now holds that version."""
     written_disks = set(disk_writes(deployment).values_list("disk", flat=True))
-    for item in synced:
-        version = Version.objects.filter(
-            image_id=item.get("image"), number=item.get("version")
-        ).first()
-        row = deployment.images.filter(direction=S, image_id=item.get("image")).first()
-        if version is None or row is None:
-            continue
+    for row, version in synced:
         event_record(
             deployment=deployment,
             actor=None,
@@ -330,13 +427,19 @@ def agent_result(
 ) -> Deployment:
     """Finish the deployment: ``done`` records what is on the disks, ``failed`` the reason.
 
-    A ``done`` whose writes do not match the plan (an image missing, another
-    SHA-256) is recorded as ``failed``: nothing unverified is ever recorded as
-    written.
+    ``done`` while it cannot be (still booting, or no progress reported for an
+    image to write) or with ``synced`` items this agent did not bring back
+    answers 409 and changes nothing (with ``failed``, such items are left out).
+    A ``done`` whose writes do not match the instructions exactly (an image
+    missing or extra, another SHA-256) is recorded as ``failed``: nothing
+    unverified is ever recorded as written.
     """
     deployment = _locked(principal)
-    _record_synced(deployment, synced)
-    if state == DeploymentState.DONE:
+    done = state == DeploymentState.DONE
+    if done and (refusal := _done_refusal(deployment)):
+        raise Conflict(f"Deployment #{deployment.pk} cannot be done: {refusal}.")
+    _record_synced(deployment, _synced_rows(principal, deployment, synced, strict=done))
+    if done:
         mismatch = _check_written(deployment, written)
         if mismatch is None:
             deployment.images.filter(direction=W).update(bytes_done=F("bytes_total"), phase="done")

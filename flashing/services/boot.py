@@ -1,8 +1,13 @@
 """Network boot: the iPXE script a machine gets when it boots from the network.
 
-While the machine has a running deployment it boots the management OS, with a
-fresh one-time boot token on its kernel command line (docs/agent-protocol.md
-§1). Once a deployment whose setup names a boot image is done, and while its
+While the machine has a running deployment it boots the management OS. The
+first script of an *armed* boot attempt (BAAS powered the machine on for it, or
+a person asked for a manual boot: ``deployment_boot_again``) carries the
+attempt's one boot token on the kernel command line (docs/agent-protocol.md
+§1, docs/security.md); every later fetch in the same attempt boots the local
+disk instead, and is recorded on the deployment with the caller's address.
+
+Once a deployment whose setup names a boot image is done, and while its
 lease holds, the machine boots that image's kernel, initrd and command line
 (``catalogue.services.bootfiles``), fetched from URLs that carry a secret of
 that deployment (iPXE cannot authenticate; nobody else can read the files).
@@ -12,7 +17,9 @@ are recorded, so administrators can register them.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -22,17 +29,26 @@ from django.http import Http404
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
+from accounts import rules
 from catalogue.services.bootfiles import BootImageError, boot_files_for
 from flashing.models import (
     RUNNING_STATES,
     Deployment,
     DeploymentImage,
     DeploymentState,
+    Lease,
     MacAddress,
     UnknownMac,
     normalize_mac,
 )
-from flashing.services.common import boot_image_row, event_record, lock
+from flashing.services.common import (
+    Conflict,
+    boot_image_row,
+    event_record,
+    lock,
+    lock_machine,
+)
+from flashing.services.pipeline import _begin_attempt, timeouts
 from flashing.services.tokens import token_mint
 
 LOCAL_DISK = """#!ipxe
@@ -47,6 +63,10 @@ boot
 """
 
 
+# Refused machine calls recorded per deployment, action and window (anyone can make them).
+REFUSALS_RECORDED = 5
+REFUSALS_WINDOW = timedelta(minutes=1)
+
 BOOT_IMAGE = """#!ipxe
 echo BAAS: deployment #{deployment} on {machine}: booting boot image {image} v{version}
 kernel {base}/vmlinuz{initrd_arg} {cmdline}
@@ -54,19 +74,94 @@ kernel {base}/vmlinuz{initrd_arg} {cmdline}
 """
 
 
-def unknown_mac_record(*, address: str, ip: str | None) -> None:
+def unknown_mac_record(*, address: str, ip: str | None) -> bool:
+    """Note that ``address`` (registered to no machine) asked for a boot script.
+
+    Anyone can ask, so the writes are bounded: a MAC's row is updated at most
+    once per ``BAAS_UNKNOWN_MAC_INTERVAL`` seconds, at most
+    ``BAAS_UNKNOWN_MACS_NEW_PER_INTERVAL`` new MACs are recorded per interval,
+    and at most ``BAAS_UNKNOWN_MACS_MAX`` rows are kept (the least recently
+    seen dropped). Returns whether anything was written.
+    """
     now = timezone.now()
-    updated = UnknownMac.objects.filter(address=address).update(
-        last_seen_at=now, seen_count=F("seen_count") + 1, last_ip=ip
-    )
-    if not updated:
-        UnknownMac.objects.get_or_create(
-            address=address, defaults={"last_seen_at": now, "last_ip": ip}
+    since = now - timedelta(seconds=max(settings.BAAS_UNKNOWN_MAC_INTERVAL, 0))
+    if UnknownMac.objects.filter(address=address).exists():
+        updated = UnknownMac.objects.filter(address=address, last_seen_at__lte=since).update(
+            last_seen_at=now, seen_count=F("seen_count") + 1, last_ip=ip
         )
+        return bool(updated)
+    limit = max(settings.BAAS_UNKNOWN_MACS_MAX, 0)
+    recent = UnknownMac.objects.filter(first_seen_at__gt=since).count()
+    if limit == 0 or recent >= settings.BAAS_UNKNOWN_MACS_NEW_PER_INTERVAL:
+        return False
+    _unknown_macs_make_room(limit - 1)
+    _, created = UnknownMac.objects.get_or_create(
+        address=address, defaults={"last_seen_at": now, "last_ip": ip}
+    )
+    return created
 
 
-def _management(deployment: Deployment, mac: str, server: str) -> str:
+def _unknown_macs_make_room(keep: int) -> None:
+    """Drop the least recently seen unknown MACs beyond the ``keep`` most recent ones."""
+    stale = UnknownMac.objects.order_by("-last_seen_at", "-id").values_list("pk", flat=True)[keep:]
+    extra = list(stale)
+    if extra:
+        UnknownMac.objects.filter(pk__in=extra).delete()
+
+
+def _token_refusal(deployment: Deployment) -> str | None:
+    """Why this fetch of the boot script gets no boot token, or None when it gets one.
+
+    One boot token per attempt, handed out once the attempt is armed: BAAS
+    powered the machine on for it (``pipeline._claim_power``, which hands it
+    to token-taking power drivers itself) or a person asked for a manual boot.
+    """
+    attempt = deployment.attempt
+    if deployment.boot_token_attempt >= attempt:
+        return (
+            f"the boot token of attempt {attempt} was handed out already "
+            "(ask for a manual boot to start a new attempt)"
+        )
+    if deployment.powered_attempt < attempt:
+        return f"attempt {attempt} is not armed yet: BAAS has not powered the machine on for it"
+    return None
+
+
+def refusal_record(*, deployment: Deployment, action: str, message: str, **data: Any) -> None:
+    """Record a refused machine call (``boot_refused``, ``checkin_refused``), boundedly.
+
+    Anyone can make such calls, so at most ``REFUSALS_RECORDED`` of each
+    ``action`` are recorded per deployment per ``REFUSALS_WINDOW``: the first
+    ones, which matter.
+    """
+    since = timezone.now() - REFUSALS_WINDOW
+    recent = deployment.events.filter(action=action, created_at__gt=since)
+    if recent.count() < REFUSALS_RECORDED:
+        event_record(deployment=deployment, actor=None, action=action, message=message, **data)
+
+
+def _refused(deployment: Deployment, mac: str, ip: str | None, refusal: str) -> str:
+    """The local disk script for a fetch that gets no token, recorded on the deployment."""
+    refusal_record(
+        deployment=deployment,
+        action="boot_refused",
+        message=f"{mac} fetched the management OS boot script from "
+        f"{ip or 'an unknown address'}, but {refusal}: it was told to boot its local disk.",
+        address=ip,
+    )
+    return LOCAL_DISK.format(
+        reason=f"deployment #{deployment.pk} on {deployment.machine.name}: {refusal}"
+    )
+
+
+def _management(deployment: Deployment, mac: str, server: str, ip: str | None) -> str:
+    """The management OS script with the attempt's boot token, if it is not handed out yet."""
+    refusal = _token_refusal(deployment)
+    if refusal is not None:
+        return _refused(deployment, mac, ip, refusal)
     secret = token_mint(deployment=deployment, kind="boot")
+    deployment.boot_token_attempt = deployment.attempt
+    deployment.save(update_fields=["boot_token_attempt", "updated_at"])
     mgmt = f"{server}/api/boot/mgmt"
     words = [
         f"baas.server={server}",
@@ -78,7 +173,10 @@ def _management(deployment: Deployment, mac: str, server: str) -> str:
         deployment=deployment,
         actor=None,
         action="boot_script",
-        message=f"{mac} fetched the management OS boot script (attempt {deployment.attempt}).",
+        message=f"{mac} fetched the management OS boot script from "
+        f"{ip or 'an unknown address'}: the boot token of attempt {deployment.attempt} "
+        "was handed out.",
+        address=ip,
     )
     return MANAGEMENT.format(
         deployment=deployment.pk,
@@ -203,4 +301,56 @@ def boot_script(*, mac: str, server: str, ip: str | None = None) -> str:
     running = Deployment.objects.filter(machine_id=known, state__in=RUNNING_STATES).first()
     if running is None:
         return _not_running(known, address, server)
-    return _management(lock(Deployment, running.pk), address, server)
+    return _management(lock(Deployment, running.pk), address, server, ip)
+
+
+# --- A manual boot: a new attempt, armed by a person ---------------------------------------
+
+
+def deployment_get_bootable(*, actor: Any, deployment_id: int) -> Deployment:
+    """The deployment, if ``actor`` may ask for a manual boot of it; 404 otherwise.
+
+    Its requester, the holder of its machine's active lease, and administrators may.
+    """
+    deployment = Deployment.objects.select_related("machine").filter(pk=deployment_id).first()
+    if deployment is None or not rules.is_authenticated(actor):
+        raise Http404("No such deployment, or not yours.")
+    lessee = Lease.objects.filter(machine=deployment.machine_id, ended_at=None, user=actor.pk)
+    if not (
+        rules.is_administrator(actor) or deployment.requested_by_id == actor.pk or lessee.exists()
+    ):
+        raise Http404("No such deployment, or not yours.")
+    return deployment
+
+
+@transaction.atomic
+def deployment_boot_again(*, actor: Any, deployment: Deployment) -> Deployment:
+    """Start a new boot attempt of a running deployment, armed for a person to boot it.
+
+    The caller read ``deployment`` through ``deployment_get_bootable``. The
+    previous attempt's tokens are revoked (its agent can no longer report);
+    the machine's next network boot gets the new attempt's one boot token.
+    BAAS does not power the machine itself: a person boots it. 409 unless the
+    deployment runs.
+    """
+    lock_machine(deployment.machine)
+    deployment = lock(Deployment, deployment.pk)
+    if deployment.state not in RUNNING_STATES:
+        raise Conflict(
+            f"Deployment #{deployment.pk} is {deployment.state}; only a running deployment "
+            "can be booted again."
+        )
+    _begin_attempt(deployment, timezone.now())
+    deployment.state = DeploymentState.BOOTING
+    deployment.powered_attempt = deployment.attempt  # armed: a person powers it
+    deployment.save(update_fields=["state", "powered_attempt", "updated_at"])
+    boot_timeout = timeouts(deployment.machine)[0]
+    event_record(
+        deployment=deployment,
+        actor=actor,
+        action="boot_again",
+        message=f"{actor} asked for a manual boot: attempt {deployment.attempt} is armed. "
+        f"Boot {deployment.machine.name} from the network within {boot_timeout} s; the "
+        "earlier attempt's agent can no longer report.",
+    )
+    return deployment

@@ -1,9 +1,12 @@
-"""What the flashing services share: the 409 error, the event log, which images go on disks."""
+"""What the flashing services share: the 409 error, the event log, which images go on disks,
+and sending the pipeline's tasks once the transaction commits."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from django.db import transaction
 from django.db.models import Model, QuerySet
 from rest_framework import status
 from rest_framework.exceptions import APIException
@@ -11,6 +14,8 @@ from rest_framework.exceptions import APIException
 from accounts.services import audit_record
 from catalogue.models import ImageType
 from flashing.models import Deployment, DeploymentEvent, DeploymentImage, Machine
+
+log = logging.getLogger(__name__)
 
 
 class Conflict(APIException):
@@ -69,3 +74,25 @@ def boot_image_row(deployment: Deployment) -> DeploymentImage | None:
         direction=DeploymentImage.Direction.WRITE, image__type=ImageType.BOOT
     )
     return rows.select_related("image", "version").first()
+
+
+# --- Firing tasks after commit ------------------------------------------------------
+
+
+def task_send(task_name: str, **kwargs: Any) -> None:
+    """Send a task; a broker outage is logged, not raised: the watchdog catches up."""
+    from flashing import tasks  # tasks import the services: only when a task is sent
+
+    try:
+        getattr(tasks, task_name).apply_async(kwargs=kwargs)
+    except Exception:  # the request that committed must not fail for it
+        log.exception("could not send %s(%s); the watchdog will catch up", task_name, kwargs)
+
+
+def on_commit_send(task_name: str, **kwargs: Any) -> None:
+    transaction.on_commit(lambda: task_send(task_name, **kwargs))
+
+
+def machine_kick(*, machine_id: int) -> None:
+    """After commit, start the machine's next deployment if nothing runs on it."""
+    on_commit_send("machine_advance_task", machine_id=machine_id)

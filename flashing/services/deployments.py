@@ -13,35 +13,24 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.db import transaction
-from django.utils import timezone
 from rest_framework.exceptions import PermissionDenied, ValidationError
 
 from accounts import rules
-from catalogue.models import ImageSetup, ImageType
+from catalogue.models import ImageSetup, ImageType, RawState
+from catalogue.services.renditions import disk_size
 from flashing.models import (
     FINAL_STATES,
     OUT_OF_SERVICE,
-    RUNNING_STATES,
     Deployment,
     DeploymentImage,
     DeploymentState,
     DiskContent,
     Machine,
 )
-from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
+from flashing.services.common import Conflict, lock, lock_machine
 from flashing.services.leases import lease_current
-from flashing.services.machines import disk_contents_record, machine_settle_state
-from flashing.services.queue import finish_deployment, queue_deployment
-
-# Where each state may go next (besides failed, which any running state may reach, and
-# done, which a queued deployment with nothing for the management OS to do goes to).
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    DeploymentState.QUEUED: (DeploymentState.BOOTING, DeploymentState.CANCELLED),
-    DeploymentState.BOOTING: (DeploymentState.SYNCING, DeploymentState.WRITING),
-    DeploymentState.SYNCING: (DeploymentState.WRITING, DeploymentState.DONE),
-    DeploymentState.WRITING: (DeploymentState.VERIFYING,),
-    DeploymentState.VERIFYING: (DeploymentState.WRITING, DeploymentState.DONE),
-}
+from flashing.services.queue import queue_deployment
+from flashing.services.states import deployment_set_state
 
 
 def _check_machine(machine: Machine) -> None:
@@ -80,6 +69,8 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
     for item in frozen:
         if not rules.can_read_image(setup.owner, item.image):
             raise Conflict(f'{setup.owner} may no longer read "{item.image.name}" of this setup.')
+        if item.version.raw_state == RawState.FAILED and not item.is_network_mount:
+            raise Conflict(f'"{item.image.name}" cannot be flashed: {item.version.raw_reason}')
         if not disks or item.image.type == ImageType.BOOT or item.is_network_mount:
             continue  # served over the network: it takes no disk of the machine
         disk = disk_of(item.disk, disks)
@@ -88,7 +79,7 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
             raise ValidationError(
                 {"setup": [f"{machine.name} has no disk {item.disk} (it has {known})."]}
             )
-        if item.version.size > disks[disk]:
+        if disk_size(item.version) > disks[disk]:  # a qcow2 image fills its virtual size
             raise ValidationError(
                 {"setup": [f'"{item.image.name}" does not fit on {machine.name}:{item.disk}.']}
             )
@@ -118,17 +109,25 @@ def deployment_enqueue(
 
 
 @transaction.atomic
-def deployment_cancel(*, actor: Any, deployment: Deployment) -> Deployment:
-    """Cancel a queued deployment; 409 once it has started or finished."""
+def deployment_cancel(*, actor: Any, deployment: Deployment, why: str = "") -> Deployment:
+    """Cancel an unfinished deployment, whatever its state; 409 once it has finished.
+
+    Preconditions: ``rules.can_cancel_deployment(actor, deployment)`` (the
+    caller checked). A running one stops at once for BAAS
+    (``states.deployment_set_state``): its tokens die, so its agent's next call
+    is refused and it stops writing; the machine is powered off unless its
+    next deployment starts (``pipeline.machine_advance``).
+    """
     lock_machine(deployment.machine)
     deployment = lock(Deployment, deployment.pk)
-    if deployment.state != DeploymentState.QUEUED:
-        raise Conflict(
-            f"Deployment #{deployment.pk} is {deployment.state}; "
-            "only queued deployments can be cancelled."
-        )
-    finish_deployment(deployment, DeploymentState.CANCELLED, actor, f"Cancelled by {actor}.")
-    return deployment
+    if deployment.state in FINAL_STATES:
+        raise Conflict(f"Deployment #{deployment.pk} is {deployment.state} already.")
+    return deployment_set_state(
+        actor=actor,
+        deployment=deployment,
+        state=DeploymentState.CANCELLED,
+        message=why or f"Cancelled by {actor}.",
+    )
 
 
 @transaction.atomic
@@ -158,47 +157,3 @@ def deployment_plan_sync(*, deployment: Deployment) -> list[DeploymentImage]:
         )
         for item in on_disks
     )
-
-
-def deployment_needs_management_os(deployment: Deployment) -> bool:
-    """Whether the agent has work: disks to write or bring back (a boot image is neither)."""
-    syncs = deployment.images.filter(direction=DeploymentImage.Direction.SYNC)
-    return syncs.exists() or disk_writes(deployment).exists()
-
-
-def _check_transition(deployment: Deployment, state: str) -> None:
-    allowed = TRANSITIONS.get(deployment.state, ())
-    running_to_failed = deployment.state in RUNNING_STATES and state == DeploymentState.FAILED
-    straight_to_done = (
-        deployment.state == DeploymentState.QUEUED
-        and state == DeploymentState.DONE
-        and not deployment_needs_management_os(deployment)
-    )
-    if state not in allowed and not running_to_failed and not straight_to_done:
-        raise Conflict(f"Deployment #{deployment.pk} cannot go from {deployment.state} to {state}.")
-
-
-@transaction.atomic
-def deployment_set_state(
-    *, actor: Any, deployment: Deployment, state: str, message: str = ""
-) -> Deployment:
-    """Move a deployment to ``state`` (see ``TRANSITIONS``), for the flashing pipeline.
-
-    Records the event, the timestamps and the failure reason (``message``),
-    what is on the disks once done, and keeps the machine's state consistent.
-    """
-    machine = lock_machine(deployment.machine)
-    deployment = lock(Deployment, deployment.pk)
-    _check_transition(deployment, state)
-    if state in FINAL_STATES:
-        deployment.failure_reason = message if state == DeploymentState.FAILED else ""
-        finish_deployment(deployment, state, actor, message)
-    else:
-        deployment.state = state
-        deployment.started_at = deployment.started_at or timezone.now()
-        deployment.save(update_fields=["state", "started_at", "updated_at"])
-        event_record(deployment=deployment, actor=actor, action=state, message=message)
-    if state == DeploymentState.DONE:
-        disk_contents_record(deployment=deployment)
-    machine_settle_state(actor=actor, machine=machine)
-    return deployment

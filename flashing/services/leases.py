@@ -4,7 +4,7 @@ A user leases an available machine for ``hours`` (``BAAS_LEASE_DEFAULT_HOURS``
 when not given); the same call by the holder extends it, as long as the whole
 lease stays within ``BAAS_LEASE_MAX_HOURS`` of its start. When a lease ends —
 released, or expired and found by ``leases_expire`` (Celery beat) or by the
-next request on the machine — its queued deployments are cancelled, a reset
+next request on the machine — its deployments are cancelled, queued or running, a reset
 is queued (sync images back, default setup flashed), its network mounts end
 (their changes stored as new versions) and the machine is free for the next user.
 """
@@ -20,11 +20,19 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from accounts.services import audit_record
-from flashing.models import OUT_OF_SERVICE, Lease, LeaseEndReason, Machine
+from flashing.models import (
+    FINAL_STATES,
+    OUT_OF_SERVICE,
+    DeploymentState,
+    Lease,
+    LeaseEndReason,
+    Machine,
+)
 from flashing.services.common import Conflict, actor_or_none, lock, lock_machine
 from flashing.services.machines import machine_settle_state
 from flashing.services.mounts import network_mounts_end
-from flashing.services.queue import deployment_queue_reset, deployments_cancel_queued
+from flashing.services.queue import deployment_queue_reset
+from flashing.services.states import deployment_set_state
 
 
 def lease_limits() -> tuple[int, int]:
@@ -99,6 +107,21 @@ def lease_acquire(
     return _extend(user=user, lease=lease, hours=hours), False
 
 
+def _cancel_deployments(*, actor: Any, lease: Lease, why: str) -> list[int]:
+    """Cancel every unfinished deployment of ``lease``, queued or running.
+
+    A deployment lives no longer than the lease it was asked for under: its
+    tokens die with it, so the machine serves nothing of it to the next user.
+    """
+    cancelled = []
+    for deployment in lease.deployments.exclude(state__in=FINAL_STATES).order_by("id"):
+        deployment_set_state(
+            actor=actor, deployment=deployment, state=DeploymentState.CANCELLED, message=why
+        )
+        cancelled.append(deployment.pk)
+    return cancelled
+
+
 def _end(*, actor: Any, machine: Machine, lease: Lease, reason: str, now: datetime) -> None:
     lease.ended_at = now
     lease.end_reason = reason
@@ -106,7 +129,7 @@ def _end(*, actor: Any, machine: Machine, lease: Lease, reason: str, now: dateti
     lease.save(update_fields=["ended_at", "end_reason", "ended_by"])
     audit_record(actor=actor, action=f"lease.{reason}", target=lease, machine=machine.name)
     why = f"{lease.user}'s lease ended ({reason})."
-    deployments_cancel_queued(actor=actor, lease=lease, message=why)
+    _cancel_deployments(actor=actor, lease=lease, why=why)
     network_mounts_end(lease=lease, why=why)
     deployment_queue_reset(actor=actor, machine=machine, message=f"Reset: {why}")
     machine_settle_state(actor=actor, machine=machine)
@@ -116,7 +139,7 @@ def _end(*, actor: Any, machine: Machine, lease: Lease, reason: str, now: dateti
 def lease_end(
     *, actor: Any, lease: Lease, reason: str = LeaseEndReason.RELEASED, now: datetime | None = None
 ) -> Lease:
-    """End ``lease`` now: cancel its queued deployments, queue the reset, free the machine.
+    """End ``lease`` now: cancel its deployments, end its mounts, queue the reset, free the machine.
 
     Idempotent: a lease already ended is left as it is.
     """

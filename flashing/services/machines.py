@@ -16,6 +16,7 @@ from flashing.models import (
     RUNNING_STATES,
     SECRET_MASK,
     Deployment,
+    DeploymentState,
     DiskContent,
     Lease,
     MacAddress,
@@ -25,7 +26,7 @@ from flashing.models import (
     NetworkMount,
     is_secret_setting,
 )
-from flashing.services.common import Conflict, disk_writes, lock_machine
+from flashing.services.common import Conflict, disk_writes, event_record, lock_machine
 
 # Fields an administrator sets directly.
 PLAIN_FIELDS = ("name", "architecture", "managed", "power_driver", "description")
@@ -219,3 +220,29 @@ def disk_contents_record(*, deployment: Deployment) -> list[DiskContent]:
         )
         rows.append(row)
     return rows
+
+
+def disk_contents_forget(*, deployment: Deployment) -> list[str]:
+    """A deployment that began writing and did not finish leaves its disks unknown.
+
+    Forget what was recorded on the disks it writes (they hold part of one
+    image and part of another), so no later deployment takes them for what
+    they held: a reset does not bring a half-overwritten disk back as user
+    data. A deployment that never began writing (cancelled while booting or
+    bringing user data back) left its disks as they were: nothing is forgotten.
+    Returns the disks forgotten.
+    """
+    if not deployment.events.filter(action=DeploymentState.WRITING).exists():
+        return []
+    disks = disk_writes(deployment).values("disk")
+    forgotten = DiskContent.objects.filter(machine=deployment.machine, disk__in=disks)
+    names = sorted(forgotten.values_list("disk", flat=True))
+    if names:
+        forgotten.delete()
+        event_record(
+            deployment=deployment,
+            actor=None,
+            action="disks_unknown",
+            message=f"What is on {', '.join(names)} is unknown now: the flash did not finish.",
+        )
+    return names

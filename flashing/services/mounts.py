@@ -202,6 +202,11 @@ def network_mounts_end(*, lease: Lease, why: str) -> int:
     return _end_where(NetworkMount.objects.filter(lease=lease), why)
 
 
+def network_mounts_end_of(*, deployment: Deployment, why: str) -> int:
+    """End the mounts of a deployment that ended without success (failed, cancelled)."""
+    return _end_where(NetworkMount.objects.filter(deployment=deployment), why)
+
+
 def network_mount_end(*, mount: NetworkMount, why: str) -> bool:
     """End one mount now (an administrator, or the beat); False if it was ending or ended."""
     with transaction.atomic():

@@ -23,59 +23,36 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from catalogue.models import Version
+from catalogue.models import RawState, Version
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.digests import version_digest_ensure
+from catalogue.services.renditions import RenditionFailed, version_raw_ensure
 from flashing.models import (
     OUT_OF_SERVICE,
     RUNNING_STATES,
     Deployment,
     DeploymentState,
-    DiskContent,
     Machine,
 )
 from flashing.power import BootParams, PowerError, driver_for
 from flashing.services.common import (
     boot_image_row,
-    disk_writes,
     event_record,
     lock,
     lock_machine,
+    machine_kick,
+    on_commit_send,
+    task_send,
 )
-from flashing.services.deployments import (
-    deployment_needs_management_os,
-    deployment_plan_sync,
-    deployment_set_state,
-)
+from flashing.services.deployments import deployment_plan_sync
 from flashing.services.mounts import network_mounts_plan
+from flashing.services.states import deployment_needs_management_os, deployment_set_state
 from flashing.services.tokens import token_mint, tokens_revoke
 
 log = logging.getLogger(__name__)
 # A power task not done this long after its attempt began was lost: send it again
 # (sooner for machines with a short boot timeout).
 POWER_GRACE = timedelta(seconds=30)
-
-
-# --- Firing tasks after commit ------------------------------------------------------
-
-
-def _send(task_name: str, **kwargs: Any) -> None:
-    """Send a task; a broker outage is logged, not raised: the watchdog catches up."""
-    from flashing import tasks
-
-    try:
-        getattr(tasks, task_name).apply_async(kwargs=kwargs)
-    except Exception:  # the request that committed must not fail for it
-        log.exception("could not send %s(%s); the watchdog will catch up", task_name, kwargs)
-
-
-def on_commit_send(task_name: str, **kwargs: Any) -> None:
-    transaction.on_commit(lambda: _send(task_name, **kwargs))
-
-
-def machine_kick(*, machine_id: int) -> None:
-    """After commit, start the machine's next deployment if nothing runs on it."""
-    on_commit_send("machine_advance_task", machine_id=machine_id)
 
 
 # --- Settings per machine -------------------------------------------------------------
@@ -169,7 +146,8 @@ def _done_without_management_os(deployment: Deployment) -> Deployment:
 
 
 def machine_advance(*, machine_id: int) -> str:
-    """After a deployment ends (or one is queued): start the next, or boot the machine's system.
+    """After a deployment ends (or one is queued): start the next, or boot the machine's system
+    (power it off, when its last deployment was cancelled while running).
 
     Booting into the system happens only when nothing runs and nothing waits.
     """
@@ -182,10 +160,29 @@ def machine_advance(*, machine_id: int) -> str:
     last = machine.deployments.exclude(finished_at=None).order_by("-finished_at").first()
     if last is None or last.finished_at is None or not machine.managed:
         return "idle"
-    if last.state == DeploymentState.CANCELLED or last.events.filter(action="system").exists():
-        return "idle"  # never started, or its machine was booted into its system already
+    if last.state == DeploymentState.CANCELLED:
+        return _power_off_cancelled(machine, last)
+    if last.events.filter(action="system").exists():
+        return "idle"  # its machine was booted into its system already
     _power_system(machine, last)
     return "system"
+
+
+def _power_off_cancelled(machine: Machine, deployment: Deployment) -> str:
+    """A deployment cancelled while running left the machine in the management OS, or
+    half-written: power it off (once), rather than boot what may be half a system.
+
+    Only when nothing else starts (the next deployment power-cycles it anyway).
+    The ``manual`` driver's answer tells a person to do it.
+    """
+    if deployment.started_at is None or deployment.events.filter(action="power_off").exists():
+        return "idle"  # cancelled while queued: the machine was never touched
+    try:
+        message = driver_for(machine).power_off(machine)
+    except PowerError as exc:
+        message = f"Could not power {machine.name} off after the cancellation: {exc}"
+    event_record(deployment=deployment, actor=None, action="power_off", message=message)
+    return "off"
 
 
 def _digests_of_next(machine_id: int) -> None:
@@ -198,11 +195,19 @@ def _digests_of_next(machine_id: int) -> None:
     deployment = queued.order_by("created_at", "id").first()
     if deployment is None:
         return
-    pending = Version.objects.filter(sha256="", pk__in=deployment.images.values("version"))
+    versions = deployment.images.values("version")
+    pending = Version.objects.filter(sha256="", pk__in=versions)
     for version in pending:
         try:
             version_digest_ensure(version)
         except (Version.DoesNotExist, VersionCorrupt) as exc:
+            log.error("Version %s of deployment #%s: %s", version.pk, deployment.pk, exc)
+    # A qcow2 version is written as the raw disk it describes: made now if its job is late.
+    unconverted = Version.objects.filter(raw_state=RawState.PENDING, pk__in=versions)
+    for version in unconverted.select_related("image"):
+        try:
+            version_raw_ensure(version)
+        except (Version.DoesNotExist, RenditionFailed) as exc:
             log.error("Version %s of deployment #%s: %s", version.pk, deployment.pk, exc)
 
 
@@ -223,7 +228,11 @@ def _power_system(machine: Machine, deployment: Deployment) -> None:
 
 
 def _claim_power(deployment_id: int, attempt: int) -> tuple[Deployment, BootParams | None] | None:
-    """Mark the attempt's power-on as done (at most once) and mint its boot token."""
+    """Mark the attempt's power-on as done (at most once), which arms the attempt.
+
+    A power driver that takes the boot token gets the attempt's one token here;
+    then no boot script of this attempt carries another (flashing.services.boot).
+    """
     with transaction.atomic():
         deployment = lock(Deployment, deployment_id)
         if (
@@ -239,6 +248,8 @@ def _claim_power(deployment_id: int, attempt: int) -> tuple[Deployment, BootPara
         if driver_for(machine).wants_token:
             mac = machine.mac_addresses.order_by("id").values_list("address", flat=True).first()
             secret = token_mint(deployment=deployment, kind="boot")
+            deployment.boot_token_attempt = attempt
+            deployment.save(update_fields=["boot_token_attempt", "updated_at"])
             params = BootParams(public_url(), mac or "", secret, deployment.pk)
         return deployment, params
 
@@ -266,32 +277,12 @@ def deployment_power(*, deployment_id: int, attempt: int) -> str:
 # --- Retry, fail, finish ---------------------------------------------------------------
 
 
-def _forget_overwritten(deployment: Deployment) -> None:
-    """A flash that did not finish leaves its disks unknown: forget what was recorded there."""
-    if not deployment.events.filter(action=DeploymentState.WRITING).exists():
-        return
-    disks = disk_writes(deployment).values("disk")
-    forgotten = DiskContent.objects.filter(machine=deployment.machine, disk__in=disks)
-    names = sorted(forgotten.values_list("disk", flat=True))
-    if names:
-        forgotten.delete()
-        event_record(
-            deployment=deployment,
-            actor=None,
-            action="disks_unknown",
-            message=f"What is on {', '.join(names)} is unknown now: the flash did not finish.",
-        )
-
-
 def deployment_fail(*, actor: Any, deployment: Deployment, reason: str) -> Deployment:
     """Fail a running deployment with ``reason``; the machine moves on after commit."""
     with transaction.atomic():
         deployment = deployment_set_state(
             actor=actor, deployment=deployment, state=DeploymentState.FAILED, message=reason
         )
-        _forget_overwritten(deployment)
-        tokens_revoke(deployment=deployment)
-        machine_kick(machine_id=deployment.machine_id)
     return deployment
 
 
@@ -366,7 +357,9 @@ def _watch_running(now: datetime) -> dict[str, int]:
             and now - deployment.booted_at > _power_grace(deployment.machine)
         ):
             # Its power task was lost (a worker crash, a broker outage): send it again.
-            _send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
+            task_send(
+                "deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt
+            )
             counts["repowered"] += 1
     return counts
 

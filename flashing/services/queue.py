@@ -15,12 +15,11 @@ from flashing.models import (
     Deployment,
     DeploymentImage,
     DeploymentKind,
-    DeploymentState,
     DiskContent,
     Lease,
     Machine,
 )
-from flashing.services.common import actor_or_none, event_record
+from flashing.services.common import actor_or_none, event_record, machine_kick
 
 
 def _direction(item: ImageFrozen) -> str:
@@ -83,10 +82,7 @@ def queue_deployment(
         setup=str(setup.pk) if setup else None,
         sync=sync,
     )
-    # The pipeline starts it once committed, if it is the machine's next.
-    from flashing.services.pipeline import machine_kick
-
-    machine_kick(machine_id=machine.pk)
+    machine_kick(machine_id=machine.pk)  # the pipeline starts it if it is the machine's next
     return deployment
 
 
@@ -117,12 +113,3 @@ def finish_deployment(deployment: Deployment, state: str, actor: Any, message: s
     deployment.finished_at = timezone.now()
     deployment.save(update_fields=["state", "finished_at", "updated_at", "failure_reason"])
     event_record(deployment=deployment, actor=actor, action=state, message=message)
-
-
-def deployments_cancel_queued(*, actor: Any, lease: Lease, message: str) -> list[int]:
-    """Cancel the queued deployments of ``lease``; the machine is locked by the caller."""
-    cancelled = []
-    for deployment in lease.deployments.filter(state=DeploymentState.QUEUED):
-        finish_deployment(deployment, DeploymentState.CANCELLED, actor, message)
-        cancelled.append(deployment.pk)
-    return cancelled

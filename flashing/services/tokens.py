@@ -10,13 +10,20 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from accounts.models import token_digest
-from flashing.models import RUNNING_STATES, AgentToken, AgentTokenKind, Deployment
+from flashing.models import (
+    FINAL_STATES,
+    RUNNING_STATES,
+    AgentToken,
+    AgentTokenKind,
+    Deployment,
+)
 
 PREFIXES = {AgentTokenKind.BOOT: "baasboot_", AgentTokenKind.AGENT: "baasagent_"}
 
@@ -29,7 +36,9 @@ def token_mint(*, deployment: Deployment, kind: str) -> str:
     """A new token for the deployment's current attempt; returns the secret (shown once).
 
     Boot tokens expire after ``BAAS_BOOT_TIMEOUT``; agent tokens live as long as
-    the deployment runs (checked at each use).
+    the deployment's attempt runs (checked at each use). The caller decides
+    that a token may be minted at all: one boot token per attempt
+    (``flashing.services.boot``), one agent token per check-in.
     """
     secret = PREFIXES[kind] + secrets.token_urlsafe(32)
     expires_at = None
@@ -45,23 +54,46 @@ def token_mint(*, deployment: Deployment, kind: str) -> str:
     return secret
 
 
-def token_find(secret: str) -> AgentToken | None:
-    """The live token with this secret: not revoked, not expired, its deployment running.
+class TokenVerdict(StrEnum):
+    """What a presented agent secret is worth (``token_check``)."""
 
-    A used boot token is still returned: ``token_consume`` refuses it, once.
+    LIVE = "live"  # a token of the running attempt: let it through
+    GONE = "gone"  # a token of the last attempt of a finished deployment: 410, stop
+    INVALID = "invalid"  # unknown, revoked, expired or of an older attempt: 401
+
+
+def token_check(secret: str) -> tuple[AgentToken | None, TokenVerdict]:
+    """The token with this secret and what it is worth.
+
+    A token is *live* when it is not revoked, not expired, of the deployment's
+    current attempt, and the deployment runs. A token of a finished
+    deployment's last attempt is *gone* (revoked or not): the agent should
+    stop, not retry. Everything else is *invalid*. A used boot token is still
+    live: ``token_consume`` refuses it, once.
     """
     token = (
         AgentToken.objects.select_related("deployment__machine")
-        .filter(digest=token_digest(secret), revoked_at=None)
+        .filter(digest=token_digest(secret))
         .first()
     )
-    if token is None or token.deployment.state not in RUNNING_STATES:
-        return None
+    if token is None:
+        return None, TokenVerdict.INVALID
+    deployment = token.deployment
+    if token.attempt != deployment.attempt:
+        return token, TokenVerdict.INVALID
+    if deployment.state in FINAL_STATES:
+        return token, TokenVerdict.GONE
+    if token.revoked_at is not None or deployment.state not in RUNNING_STATES:
+        return token, TokenVerdict.INVALID
     if token.expires_at is not None and token.expires_at <= timezone.now():
-        return None
-    if token.attempt != token.deployment.attempt:
-        return None
-    return token
+        return token, TokenVerdict.INVALID
+    return token, TokenVerdict.LIVE
+
+
+def token_find(secret: str) -> AgentToken | None:
+    """The live token with this secret (``token_check``), else None."""
+    token, verdict = token_check(secret)
+    return token if verdict == TokenVerdict.LIVE else None
 
 
 def token_consume(*, token: AgentToken) -> bool:

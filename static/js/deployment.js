@@ -112,7 +112,7 @@
     failure.textContent = data.failure_reason || "";
     failure.hidden = !data.failure_reason;
     var cancel = document.getElementById("cancel-form");
-    if (cancel) cancel.hidden = data.state !== "queued";
+    if (cancel) cancel.hidden = FINAL.indexOf(data.state) !== -1;
   }
 
   function render(data) {

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.http import HttpRequest
 
 from accounts.models import AuditEvent, Role
 from tests.accounts.factories import PASSWORD, UserFactory
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.django_db
 )
 def test_administrators_and_moderators_reach_django_admin(client, role, superuser, allowed):
     person = UserFactory(role=role, is_superuser=superuser)
-    assert client.login(username=person.username, password=PASSWORD)
+    assert client.login(request=HttpRequest(), username=person.username, password=PASSWORD)
     response = client.get("/admin/")
     if allowed:
         assert response.status_code == 200
@@ -91,7 +92,7 @@ def test_the_admin_login_form_lets_moderators_in(client):
 def test_an_administrator_changes_a_role_in_admin(client):
     admin = UserFactory(role=Role.ADMINISTRATOR)
     target = UserFactory(role=Role.USER)
-    assert client.login(username=admin.username, password=PASSWORD)
+    assert client.login(request=HttpRequest(), username=admin.username, password=PASSWORD)
     response = client.post(
         f"/admin/accounts/user/{target.pk}/change/",
         {
@@ -126,5 +127,5 @@ def test_dashboard_sign_in_and_out(client):
 )
 def test_the_admin_link_is_shown_to_those_who_may_enter(client, role, shown):
     person = UserFactory(role=role)
-    assert client.login(username=person.username, password=PASSWORD)
+    assert client.login(request=HttpRequest(), username=person.username, password=PASSWORD)
     assert ('href="/admin/"' in client.get("/").content.decode()) is shown

@@ -29,7 +29,9 @@ def test_anonymous_visitors_are_sent_to_sign_in(client, user):
 
 
 def test_a_new_token_is_shown_once_and_only_its_digest_is_kept(signed_in, user):
-    response = signed_in.post(reverse("tokens"), {"name": "laptop"}, follow=True)
+    response = signed_in.post(
+        reverse("tokens"), {"name": "laptop", "scopes": ["read", "write"]}, follow=True
+    )
     assert response.redirect_chain == [(reverse("tokens"), 302)]
     secret = response.context["new_token"]["secret"]
     token = AccessToken.objects.get(user=user, name="laptop")
@@ -44,14 +46,17 @@ def test_a_new_token_is_shown_once_and_only_its_digest_is_kept(signed_in, user):
 
 def test_a_token_can_expire_on_a_future_day(signed_in, user):
     day = timezone.localdate() + timedelta(days=30)
-    signed_in.post(reverse("tokens"), {"name": "ci", "expires_on": day.isoformat()})
+    signed_in.post(
+        reverse("tokens"), {"name": "ci", "expires_on": day.isoformat(), "scopes": ["read"]}
+    )
     token = AccessToken.objects.get(user=user)
     assert timezone.localtime(token.expires_at).date() == day
 
 
 def test_the_token_form_shows_errors(signed_in):
     response = signed_in.post(
-        reverse("tokens"), {"name": "", "expires_on": timezone.localdate().isoformat()}
+        reverse("tokens"),
+        {"name": "", "expires_on": timezone.localdate().isoformat(), "scopes": ["read"]},
     )
     errors = response.context["form"].errors
     assert set(errors) == {"name", "expires_on"}

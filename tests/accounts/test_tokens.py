@@ -144,3 +144,22 @@ def test_a_deactivated_users_tokens_stop_working():
     user.is_active = False
     user.save()
     assert bearer(secret).get("/api/user/me").status_code == 401
+
+
+def test_the_schema_says_null_wherever_the_answers_send_null(user_client, user):
+    """A token never used and never expiring answers null; the schema must allow it."""
+    user_client.post(f"/api/user/{user.username}/tokens", {"name": "ci"}, format="json")
+    schema = user_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+    components = schema["components"]["schemas"]
+    answers = {
+        "TokenOutput": user_client.get(f"/api/user/{user.username}/tokens").json()[0],
+        "UserOutput": user_client.get("/api/user/me").json(),
+    }
+    nulls = 0
+    for component, body in answers.items():
+        properties = components[component]["properties"]
+        for field, value in body.items():
+            if value is None:
+                nulls += 1
+                assert properties[field].get("nullable") is True, (component, field)
+    assert nulls >= 3  # expires, last_used, storage_quota

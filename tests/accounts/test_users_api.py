@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+from django.http import HttpRequest
 
 from accounts.models import AuditEvent, Role, User
 from tests.accounts.factories import UserFactory
@@ -23,7 +24,7 @@ def test_an_administrator_creates_a_user_who_can_then_sign_in(admin_client_api, 
     assert response.status_code == 201, response.content
     assert response.json()["role"] == "moderator"
     assert "password" not in response.json()
-    assert client.login(username="grace", password="a long enough password")
+    assert client.login(request=HttpRequest(), username="grace", password="a long enough password")
 
 
 def test_a_user_cannot_create_users(user_client):

@@ -215,6 +215,7 @@ class FakeBaas:
     cut_after: int | None = None
     cut_path: str | None = None  # cut only the answer for this path (else the first file)
     refuse_chunked: bool = False  # answer 411, as Django's development server must
+    gone_after_progress: int | None = None  # cancelled: 410 to everything after N reports
     checked_in: bool = False
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
@@ -262,6 +263,10 @@ class Handler(BaseHTTPRequestHandler):
         expected = f"Bearer {self.baas.deployment_token}"
         if self.headers.get("Authorization") != expected:
             self._json(401, {"detail": "Invalid token."})
+            return False
+        gone = self.baas.gone_after_progress
+        if gone is not None and len(self.baas.progress) >= gone:
+            self._json(410, {"detail": "Deployment #42 was cancelled."})
             return False
         return True
 

@@ -123,6 +123,22 @@ def test_an_unmapped_disk_fails_without_touching_anything(baas, deployment):
     assert not sda.exists()
 
 
+def test_a_cancelled_deployment_stops_the_agent_at_its_next_call(baas, deployment, image):
+    sda, sdb = deployment
+    first = baas.instructions["write"][0]
+    baas.instructions = {"sync": [], "write": [first, {**first, "disk": "/dev/sdb"}]}
+    baas.gone_after_progress = 1  # cancelled once the first progress report arrived
+
+    assert main(agent_args(baas, sda, sdb)) == 3
+
+    assert sdb.read_bytes() != image.read_bytes()  # the second image was not written
+    assert baas.results == []  # nothing reported: nobody would accept it
+    assert len(baas.progress) == 1
+    paths = [path for _, path, _ in baas.requests]
+    refused = paths[paths.index("/api/agent/progress") + 1 :]
+    assert refused == [f"/api/image/{IMAGE}/4", "/api/log"]  # its download, its last lines
+
+
 def test_a_refused_check_in_ends_with_status_2(baas, deployment):
     sda, sdb = deployment
     args = agent_args(baas, sda, sdb)

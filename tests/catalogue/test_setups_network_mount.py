@@ -115,3 +115,26 @@ def test_the_setup_admin_applies_the_rule(admin_web, user):
     row = {"image": data.image.pk, "version": data.pk, "target_disk": "", "mount": "network"}
     assert admin_web.post(url, setup_form(setup, [row])).status_code == 302
     assert setup.frozen_images.get().mount == Mount.NETWORK
+
+
+@pytest.mark.parametrize("order", ["mount first", "flash first"])
+def test_a_network_mount_takes_no_disk_so_it_sits_beside_a_flashed_image(
+    user_client, user, setup, order
+):
+    # Both images name /dev/sdb: the mount writes nothing there, so they do not conflict.
+    system, data = version_of(user, ImageType.SINGLE), version_of(user, ImageType.USER_DATA)
+    steps = [(data, {"mount": "network"}), (system, {})]
+    for version, fields in steps if order == "mount first" else steps[::-1]:
+        response = pin(user_client, setup, version, **fields)
+        assert response.status_code == 201, response.content
+
+    assert sorted(setup.frozen_images.values_list("mount", flat=True)) == ["flash", "network"]
+
+
+def test_two_flashed_images_on_one_disk_still_conflict(user_client, user, setup):
+    assert pin(user_client, setup, version_of(user, ImageType.SINGLE)).status_code == 201
+
+    response = pin(user_client, setup, version_of(user, ImageType.USER_DATA))
+
+    assert response.status_code == 409
+    assert "already written to /dev/sdb" in response.json()["detail"]

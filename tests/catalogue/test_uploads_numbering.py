@@ -59,6 +59,12 @@ def test_the_audit_finds_stray_files_parts_and_rows_without_files(image):
     assert storage_audit().clean
     storage = get_storage()
     debris = crash_debris(image, 5)
+    rendition = storage.image_dir(image.uuid) / "5.raw"  # a raw rendition of no version
+    rendition.write_bytes(b"left by a crash")
+    debris.append(rendition)
+    leftover = storage.version_path(image.uuid, 0, "zstd")  # a compression's leftover
+    leftover.write_bytes(b"left by a crash")
+    debris.append(leftover)
     pending = storage.open_write(image.uuid)
     lost = Version.objects.create(image=image, number=3, size=10, sha256="0" * 64, stored_size=0)
 

@@ -12,6 +12,7 @@ from catalogue.models import ImageType, Version
 from catalogue.services.datamaps import version_map_build
 from catalogue.storage import get_storage
 from flashing.models import (
+    RUNNING_STATES,
     AgentToken,
     Deployment,
     DeploymentImage,
@@ -19,7 +20,8 @@ from flashing.models import (
     MachineState,
     UnknownMac,
 )
-from flashing.services.pipeline import machine_advance, machine_start_next
+from flashing.services.boot import deployment_boot_again
+from flashing.services.pipeline import deployment_power, machine_advance, machine_start_next
 from tests.catalogue.factories import (
     ImageFactory,
     ImageFrozenFactory,
@@ -56,7 +58,25 @@ def bearer(secret: str) -> APIClient:
     return client
 
 
+def armed(machine) -> Deployment:
+    """The machine's running deployment, its attempt armed and its boot token not handed out.
+
+    As in the lab: BAAS powers the machine on for the attempt (the manual
+    driver); once that attempt's token is handed out, a person asks for a
+    manual boot, which starts a new attempt.
+    """
+    deployment = Deployment.objects.get(machine=machine, state__in=RUNNING_STATES)
+    if deployment.powered_attempt < deployment.attempt:
+        outcome = deployment_power(deployment_id=deployment.pk, attempt=deployment.attempt)
+        assert outcome == "powered"
+    elif deployment.boot_token_attempt >= deployment.attempt:
+        deployment_boot_again(actor=deployment.requested_by, deployment=deployment)
+    return Deployment.objects.get(pk=deployment.pk)
+
+
 def boot_token(machine) -> str:
+    """The boot token of a new armed attempt, from the machine's boot script."""
+    armed(machine)
     script = APIClient().get(f"/api/boot/{machine.mac}.ipxe").content.decode()
     return re.search(r"baas\.token=(\S+)", script).group(1)
 
@@ -72,7 +92,10 @@ def checked_in(machine) -> APIClient:
 # --- Network boot -------------------------------------------------------------------
 
 
-def test_an_unknown_mac_boots_its_disk_and_is_recorded_for_the_administrators(anon_client):
+def test_an_unknown_mac_boots_its_disk_and_is_recorded_for_the_administrators(
+    anon_client, settings
+):
+    settings.BAAS_UNKNOWN_MAC_INTERVAL = 0  # every fetch counts (see test_machine_identity)
     for _ in range(2):
         response = anon_client.get("/api/boot/AA-BB-CC-00-11-22.ipxe")
         assert response.status_code == 200
@@ -93,6 +116,7 @@ def test_a_pending_deployment_boots_the_management_os_with_a_hashed_one_time_tok
 ):
     settings.BAAS_PUBLIC_URL = "http://baas.test:8000"
     settings.BAAS_MGMT_CMDLINE = "console=ttyS0"
+    armed(machine)
     script = anon_client.get(f"/api/boot/{machine.mac}.ipxe").content.decode()
     assert script.startswith("#!ipxe\n")
     kernel = re.search(r"^kernel (\S+) (.*)$", script, re.M)
@@ -124,7 +148,7 @@ def test_a_boot_token_is_accepted_once(machine, deployment):
     assert first.status_code == 200 and first.json()["deployment"] == deployment.pk
     assert first.json()["token"].startswith("baasagent_")
     again = client.post("/api/agent/checkin", {"mac": machine.mac}, format="json")
-    assert again.status_code == 401
+    assert again.status_code == 409  # the attempt is bound to the first agent
 
 
 def test_a_boot_token_of_another_machine_is_refused(machine, deployment):
@@ -249,8 +273,25 @@ def written(deployment, sha256=None):
     ]
 
 
+def report_writing(agent, deployment) -> None:
+    """What the agent reports as it writes: progress for every image it writes."""
+    for row in deployment.images.all():
+        response = agent.post(
+            "/api/agent/progress",
+            {
+                "image": str(row.image_id),
+                "phase": "writing",
+                "bytes_done": row.bytes_total,
+                "bytes_total": row.bytes_total,
+            },
+            format="json",
+        )
+        assert response.status_code == 204, response.content
+
+
 def test_done_records_the_disks_and_ends_the_agents_token(machine, deployment, user_client):
     agent = checked_in(machine)
+    report_writing(agent, deployment)
     response = agent.post(
         "/api/agent/result",
         {"state": "done", "written": written(deployment), "synced": []},
@@ -263,11 +304,13 @@ def test_done_records_the_disks_and_ends_the_agents_token(machine, deployment, u
     ]
     body = user_client.get(f"/api/deployment/{deployment.pk}").json()
     assert all(i["bytes_done"] == i["bytes_total"] for i in body["images"])
-    assert agent.get("/api/agent/instructions").status_code == 401
+    gone = agent.get("/api/agent/instructions")  # the deployment is over: stop (was 401)
+    assert gone.status_code == 410 and "is done" in gone.json()["detail"]
 
 
 def test_done_with_a_wrong_sha256_is_failed_and_records_nothing(machine, deployment):
     agent = checked_in(machine)
+    report_writing(agent, deployment)
     response = agent.post(
         "/api/agent/result",
         {"state": "done", "written": written(deployment, sha256="0" * 64)},

@@ -76,6 +76,12 @@ def flash_done(machine, deployment) -> dict:
         {k: entry[k] for k in ("image", "version", "disk", "sha256")}
         for entry in instructions["write"]
     ]
+    for entry in instructions["write"]:  # done is taken only after progress for each write
+        progress = {"image": entry["image"], "phase": "writing", "bytes_done": entry["size"]}
+        response = agent.post(
+            "/api/agent/progress", {**progress, "bytes_total": entry["size"]}, format="json"
+        )
+        assert response.status_code == 204, response.content
     response = agent.post("/api/agent/result", {"state": "done", "written": written}, format="json")
     assert response.status_code == 200, response.content
     deployment.refresh_from_db()

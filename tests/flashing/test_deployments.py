@@ -7,7 +7,8 @@ import pytest
 from accounts.models import AuditEvent
 from catalogue.models import ImageType
 from flashing.models import Deployment, DiskContent, MachineState
-from flashing.services.deployments import deployment_plan_sync, deployment_set_state
+from flashing.services.deployments import deployment_plan_sync
+from flashing.services.states import deployment_set_state
 from tests.catalogue.factories import (
     ImageFactory,
     ImageFrozenFactory,
@@ -179,14 +180,15 @@ def test_a_queued_deployment_is_cancelled_by_its_requester(user_client, user, ma
     assert [e["action"] for e in body["events"]] == ["queued", "cancelled"]
 
 
-def test_a_started_deployment_is_not_cancelled(user_client, user, machine):
+def test_a_finished_deployment_is_not_cancelled(user_client, user, machine):
     deployment_id = queue(user_client, machine, make_setup(user)).json()["id"]
-    deployment_set_state(
-        actor=None, deployment=Deployment.objects.get(pk=deployment_id), state="booting"
-    )
+    deployment = Deployment.objects.get(pk=deployment_id)
+    deployment_set_state(actor=None, deployment=deployment, state="booting")
+    deployment_set_state(actor=None, deployment=deployment, state="failed", message="no PXE")
     response = user_client.post(f"/api/deployment/{deployment_id}/cancel")
     assert response.status_code == 409
-    assert "booting" in response.json()["detail"]
+    assert response.json()["detail"] == f"Deployment #{deployment_id} is failed already."
+    assert Deployment.objects.get(pk=deployment_id).state == "failed"
 
 
 def test_others_deployments_are_404(user_client, other_client, admin_client_api, user, machine):

@@ -1,0 +1,450 @@
+"""Raw renditions of qcow2 versions: the disk a qcow2 file describes.
+
+A qcow2 file is a container: written as it is onto a machine's disk it is not
+the disk it describes. So every version of a qcow2 image gets, in the
+background, a *raw rendition*: ``qemu-img convert -O raw`` of its file, kept
+beside it as ``<root>/<image uuid>/<n>.raw`` (sparse: zeros stay holes) with
+its data map ``<n>.raw.map.json`` (the same format as any version's,
+``catalogue.datamap``) and its SHA-256 on the row (``Version.raw_sha256``).
+Its size is the version's ``virtual_size``.
+
+The rendition is what agents write (``flashing.services.agent``) and what
+``?format=raw`` serves, with its own map and data stream. It is made by a
+Celery job queued when the version's row is created (:func:`rendition_schedule`),
+by a periodic sweep for the versions whose job was lost, and on the spot by
+the flashing pipeline when a deployment needs it first
+(:func:`version_raw_ensure`). Every write goes to a ``.part`` file in the
+image's directory, fsynced, then renamed into place; the row says ``ready``
+only once the file and its map are in place.
+
+A qcow2 file qemu-img refuses, that refers to other files, whose virtual size
+is past ``BAAS_MAX_IMAGE_SIZE``, or whose conversion takes longer than
+``BAAS_RAW_RENDITION_TIMEOUT`` seconds gets no rendition: the row says
+``failed`` with the reason in plain words, and flashing refuses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from rest_framework import status
+from rest_framework.exceptions import APIException
+
+from catalogue.datamap import DataMap
+from catalogue.models import Compression, FileStandard, RawState, Version
+from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, raw_reader
+from catalogue.services.datastream import DataStream
+from catalogue.services.delivery import Representation, open_stored
+from catalogue.services.digests import file_digest
+from catalogue.storage import PART_SUFFIX, StorageFull, get_storage, is_disk_full
+
+logger = logging.getLogger(__name__)
+
+QEMU_IMG = "qemu-img"
+RAW_SUFFIX = ".raw"
+RAW_MAP_SUFFIX = ".raw.map.json"
+INFO_TIMEOUT = 60  # seconds for qemu-img info: it reads only the header and tables
+READ = 1 << 20
+RETRY_AFTER = 30  # seconds a client waits before asking again for a rendition being made
+# qemu-img check: 0 clean, 3 only leaked clusters (harmless); anything else is a broken image.
+QEMU_CHECK_OK = (0, 3)
+
+
+class RenditionNotReady(APIException):
+    """The raw rendition is still being made: ask again later (409, with Retry-After)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The raw disk of this qcow2 version is still being made; ask again shortly."
+    default_code = "raw_pending"
+    wait = RETRY_AFTER  # DRF's handler sends it as Retry-After
+
+
+class RenditionFailed(APIException):
+    """The raw rendition could not be made; ``detail`` says why (409, no point retrying)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The raw disk of this qcow2 version could not be made."
+    default_code = "raw_failed"
+
+
+class _Refused(Exception):
+    """qemu-img will not make this rendition; the message says why, in plain words."""
+
+
+# --- Where renditions are ------------------------------------------------------------
+
+
+def rendition_path(image_uuid: uuid.UUID | str, number: int) -> Path:
+    """``<root>/<image uuid>/<number>.raw``: the raw rendition of that version."""
+    return _path(image_uuid, number, RAW_SUFFIX)
+
+
+def rendition_map_path(image_uuid: uuid.UUID | str, number: int) -> Path:
+    return _path(image_uuid, number, RAW_MAP_SUFFIX)
+
+
+def _path(image_uuid: uuid.UUID | str, number: int, suffix: str) -> Path:
+    if not isinstance(number, int) or number < 0:
+        raise ValueError(f"bad version number {number!r}")
+    return get_storage().image_dir(image_uuid) / f"{number}{suffix}"
+
+
+def rendition_delete(image_uuid: uuid.UUID | str, number: int) -> None:
+    """Remove version ``number``'s rendition and its map (call with its version's files)."""
+    rendition_path(image_uuid, number).unlink(missing_ok=True)
+    rendition_map_path(image_uuid, number).unlink(missing_ok=True)
+
+
+# --- State ---------------------------------------------------------------------------
+
+
+def is_qcow2(version: Version) -> bool:
+    return version.image.file_standard == FileStandard.QCOW2
+
+
+def disk_size(version: Version) -> int:
+    """Bytes the version fills on a disk: a qcow2 version's virtual size, a raw one's size
+    (which is its virtual size too)."""
+    return version.virtual_size or version.size
+
+
+def rendition_summary(version: Version) -> dict[str, Any] | None:
+    """What the API and pages show of a version's rendition; None for a raw image's."""
+    if not version.raw_state:
+        return None
+    ready = version.raw_state == RawState.READY
+    return {
+        "state": version.raw_state,
+        "size": version.virtual_size,
+        "sha256": version.raw_sha256 if ready else None,
+        "reason": version.raw_reason or None,
+    }
+
+
+def rendition_check(version: Version) -> None:
+    """Raise RenditionFailed (with its reason) or RenditionNotReady unless it is ready."""
+    if version.raw_state == RawState.FAILED:
+        raise RenditionFailed(
+            f"Version {version.number} has no raw disk: {version.raw_reason} "
+            "Upload a qcow2 file that qemu-img converts, or a raw image."
+        )
+    if version.raw_state != RawState.READY:
+        raise RenditionNotReady(
+            f"The raw disk of version {version.number} is still being made from its qcow2 "
+            f"file; ask again in {RETRY_AFTER} seconds."
+        )
+
+
+def rendition_schedule(version: Version) -> None:
+    """Call where a qcow2 version's row is created: it is ``pending``, made after commit.
+
+    Does nothing for a version of a raw image.
+    """
+    if not is_qcow2(version):
+        return
+    version.raw_state = RawState.PENDING
+    Version.objects.filter(pk=version.pk).update(raw_state=RawState.PENDING)
+    from catalogue.tasks import version_raw_task
+
+    version_id = version.pk
+    transaction.on_commit(lambda: version_raw_task.delay(version_id))
+
+
+def versions_raw_missing(*, limit: int = 20) -> list[int]:
+    """Queue the job of up to ``limit`` qcow2 versions whose rendition is not made (a job
+    was lost, or they were stored before renditions existed); their ids."""
+    from catalogue.tasks import version_raw_task
+
+    missing = list(
+        Version.objects.filter(image__file_standard=FileStandard.QCOW2, damaged="")
+        .exclude(raw_state__in=[RawState.READY, RawState.FAILED])
+        .order_by("pk")
+        .values_list("pk", flat=True)[:limit]
+    )
+    for version_id in missing:
+        version_raw_task.delay(version_id)
+    return missing
+
+
+# --- Making one ----------------------------------------------------------------------
+
+
+def version_raw_make(*, version_id: int) -> Version | None:
+    """Make (if it is not made) the rendition of a qcow2 version; the version, or None if
+    it is gone. Idempotent; two runs at once both convert and the rows agree.
+
+    The version comes back ``ready`` or ``failed`` (with its reason). Raises
+    StorageFull when the image store is full (worth retrying later).
+    """
+    version = Version.objects.select_related("image").filter(pk=version_id).first()
+    if version is None or not is_qcow2(version):
+        return version
+    made = version.raw_state == RawState.READY and rendition_path(*_key(version)).exists()
+    if made or version.raw_state == RawState.FAILED:
+        return version
+    if version.damaged:
+        return _record_failure(version, f"Its qcow2 file is damaged: {version.damaged}")
+    try:
+        datamap = _convert(version)
+    except _Refused as exc:
+        return _record_failure(version, str(exc))
+    except (VersionCorrupt, *DECODE_ERRORS) as exc:
+        return _record_failure(version, f"Its stored file does not decode ({exc}).")
+    return _record_ready(version, datamap)
+
+
+def version_raw_ensure(version: Version) -> Version:
+    """``version`` with its rendition ready, made now if it is not (the flashing pipeline,
+    before a deployment starts, like the SHA-256 of a large upload).
+
+    Raises RenditionFailed with the reason if it cannot be made (now, for a full
+    image store), and Version.DoesNotExist if the version was deleted meanwhile.
+    Does nothing for a raw image's version.
+    """
+    if not is_qcow2(version) or version.raw_state == RawState.READY:
+        return version
+    if version.raw_state != RawState.FAILED:
+        try:
+            made = version_raw_make(version_id=version.pk)
+        except StorageFull as exc:
+            raise RenditionFailed(
+                f"The image store is full: the raw disk of version {version.number} cannot "
+                "be made now. Ask an administrator."
+            ) from exc
+        if made is None:
+            raise Version.DoesNotExist(f"Version {version.pk} was deleted.")
+        for field in ("raw_state", "raw_sha256", "raw_reason", "virtual_size"):
+            setattr(version, field, getattr(made, field))
+    rendition_check(version)
+    return version
+
+
+def _key(version: Version) -> tuple[uuid.UUID, int]:
+    return version.image_id, version.number
+
+
+def _convert(version: Version) -> DataMap:
+    """Convert the version's qcow2 file into its rendition, in place, with its map."""
+    directory = get_storage().image_dir(version.image_id)
+    # Held locked while qemu-img writes it: the stale-upload sweep removes only dead ones.
+    with get_storage().held_part(directory, ".raw") as part:
+        return _convert_into(version, directory, part)
+
+
+def _convert_into(version: Version, directory: Path, part: Path) -> DataMap:
+    try:
+        with _qcow2_source(version) as (source, fds):
+            virtual = _inspect(source, fds)
+            _qemu_img_convert(source, fds, part)
+        size = part.stat().st_size
+        if size != virtual:
+            raise _Refused(f"qemu-img wrote {size} bytes, not its virtual size of {virtual}.")
+        datamap = file_digest(part, Compression.NONE, size)
+        _fsync(part)
+        _write_atomic(rendition_map_path(*_key(version)), datamap.dumps())
+        os.replace(part, rendition_path(*_key(version)))
+        _fsync(directory, directory=True)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise StorageFull("No space left in the image store.") from exc
+        raise
+    finally:
+        part.unlink(missing_ok=True)
+    return datamap
+
+
+@contextlib.contextmanager
+def _qcow2_source(version: Version) -> Iterator[tuple[str, tuple[int, ...]]]:
+    """A path qemu-img can open to the version's qcow2 file, and the descriptors it needs.
+
+    A file stored uncompressed is handed over by descriptor, so a compression
+    job swapping it meanwhile changes nothing; a compressed one is decoded into
+    a scratch ``.part`` file first (qemu-img needs to seek).
+    """
+    stored = open_stored(version)
+    if version.stored_compression == Compression.NONE:
+        with stored:
+            yield f"/dev/fd/{stored.fileno()}", (stored.fileno(),)
+        return
+    directory = get_storage().image_dir(version.image_id)
+    scratch = directory / f".{uuid.uuid4().hex}.qcow2{PART_SUFFIX}"
+    try:
+        with raw_reader(stored, version.stored_compression) as raw, open(scratch, "xb") as out:
+            written = 0
+            while chunk := raw.read(READ):
+                written += len(chunk)
+                if written > version.size:
+                    raise VersionCorrupt(f"it holds more than its {version.size} bytes")
+                out.write(chunk)
+        yield str(scratch), ()
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def _inspect(source: str, fds: tuple[int, ...]) -> int:
+    """The qcow2 file's virtual size, once qemu-img reads and checks it and it stands alone."""
+    info = _qemu_img(["info", "--output=json", "-f", "qcow2", source], fds, INFO_TIMEOUT)
+    if info.returncode != 0:
+        raise _Refused(f"qemu-img cannot read its qcow2 file: {_stderr(info)}")
+    details = json.loads(info.stdout)
+    data_file = details.get("format-specific", {}).get("data", {}).get("data-file")
+    if details.get("backing-filename") or data_file:
+        raise _Refused("Its qcow2 file refers to other files (a backing or data file).")
+    virtual = int(details["virtual-size"])
+    limit = settings.BAAS_MAX_IMAGE_SIZE
+    if virtual > limit:
+        raise _Refused(
+            f"Its virtual size of {virtual} bytes is more than this server's {limit}-byte limit."
+        )
+    check = _run_bounded(["check", "-q", "-f", "qcow2", source], fds, "check")
+    if check.returncode not in QEMU_CHECK_OK:
+        raise _Refused(f"qemu-img check finds its qcow2 file broken: {_stderr(check)}")
+    return virtual
+
+
+def _qemu_img_convert(source: str, fds: tuple[int, ...], target: Path) -> None:
+    """``qemu-img convert -O raw``, sparse, within BAAS_RAW_RENDITION_TIMEOUT seconds."""
+    args = ["convert", "-q", "-f", "qcow2", "-O", "raw", "-S", "4k", source, str(target)]
+    result = _run_bounded(args, fds, "convert")
+    if result.returncode != 0:
+        if "No space left" in (result.stderr or ""):
+            raise StorageFull("No space left in the image store.")
+        raise _Refused(f"qemu-img could not convert its qcow2 file: {_stderr(result)}")
+
+
+def _run_bounded(args: list[str], fds: tuple[int, ...], what: str) -> subprocess.CompletedProcess:
+    """qemu-img stopped after BAAS_RAW_RENDITION_TIMEOUT seconds (then _Refused)."""
+    limit = settings.BAAS_RAW_RENDITION_TIMEOUT
+    try:
+        return _qemu_img(args, fds, limit)
+    except subprocess.TimeoutExpired as exc:
+        raise _Refused(f"qemu-img took more than {limit} seconds to {what} it.") from exc
+
+
+def _qemu_img(args: list[str], fds: tuple[int, ...], timeout: int) -> subprocess.CompletedProcess:
+    return subprocess.run(  # noqa: S603 - a fixed program on our own files
+        [QEMU_IMG, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        pass_fds=fds,
+    )
+
+
+def _stderr(result: subprocess.CompletedProcess) -> str:
+    lines = (result.stderr or result.stdout or "").strip().splitlines()
+    return lines[-1] if lines else f"exit status {result.returncode}"
+
+
+def _fsync(path: Path, *, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(final: Path, payload: bytes) -> None:
+    part = final.parent / f".{uuid.uuid4().hex}{PART_SUFFIX}"
+    try:
+        with open(part, "xb") as file:
+            file.write(payload)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(part, final)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _record_ready(version: Version, datamap: DataMap) -> Version | None:
+    with transaction.atomic():
+        row = Version.objects.select_for_update().filter(pk=version.pk).first()
+        if row is None:  # deleted meanwhile: so are its rendition's files
+            transaction.on_commit(lambda: rendition_delete(*_key(version)))
+            return None
+        row.raw_state, row.raw_sha256, row.raw_reason = RawState.READY, datamap.sha256, ""
+        row.virtual_size = datamap.size
+        row.save(update_fields=["raw_state", "raw_sha256", "raw_reason", "virtual_size"])
+    row.image = version.image
+    logger.info("Raw rendition of version %s: %s", row.pk, row.raw_sha256)
+    return row
+
+
+def _record_failure(version: Version, reason: str) -> Version | None:
+    reason = reason[:500]
+    logger.warning("No raw rendition for version %s: %s", version.pk, reason)
+    updated = Version.objects.filter(pk=version.pk).exclude(raw_state=RawState.READY)
+    updated.update(raw_state=RawState.FAILED, raw_sha256="", raw_reason=reason)
+    row = Version.objects.select_related("image").filter(pk=version.pk).first()
+    return row
+
+
+# --- Serving it ----------------------------------------------------------------------
+
+
+def rendition_open(version: Version) -> Representation:
+    """The rendition as a download (raw, seekable); RenditionNotReady/RenditionFailed else."""
+    rendition_check(version)
+    try:
+        stream = open(rendition_path(*_key(version)), "rb")  # noqa: SIM115 - the response closes it
+    except FileNotFoundError:
+        _lost(version)
+    size = os.fstat(stream.fileno()).st_size
+    return Representation(version, stream, size, Compression.NONE, seekable=True)
+
+
+def rendition_map(version: Version) -> DataMap:
+    """The rendition's data map; RenditionNotReady/RenditionFailed while there is none."""
+    rendition_check(version)
+    try:
+        datamap = DataMap.loads(rendition_map_path(*_key(version)).read_bytes())
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        _lost(version)
+    if datamap.sha256 != version.raw_sha256:
+        _lost(version)
+    return datamap
+
+
+@dataclass
+class RenditionDataStream(DataStream):
+    """The data ranges of a rendition: named by the rendition's SHA-256, not the qcow2's."""
+
+    def etag(self) -> str:
+        return f'"{self.version.raw_sha256}.data.none.{self.size}"'
+
+
+def rendition_data_open(version: Version) -> RenditionDataStream:
+    """The bytes of the rendition's data ranges, in order (what agents write)."""
+    datamap = rendition_map(version)
+    try:
+        stream = open(rendition_path(*_key(version)), "rb")  # noqa: SIM115 - the response closes it
+    except FileNotFoundError:
+        _lost(version)
+    pieces = [(start, end - start) for start, end, _ in datamap.ranges]
+    return RenditionDataStream(version, stream, pieces, Compression.NONE)
+
+
+def _lost(version: Version) -> Any:
+    """A rendition whose file or map went missing: made again, and meanwhile not ready."""
+    logger.error("The raw rendition of version %s is missing; making it again", version.pk)
+    Version.objects.filter(pk=version.pk).update(raw_state=RawState.PENDING, raw_sha256="")
+    from catalogue.tasks import version_raw_task
+
+    try:
+        version_raw_task.delay(version.pk)
+    except Exception:  # a broker outage: the periodic sweep queues it later
+        logger.exception("Could not queue the raw rendition of version %s", version.pk)
+    version.raw_state = RawState.PENDING
+    rendition_check(version)
