@@ -286,8 +286,17 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Periodic jobs, defined here in code; each app adds its own entries.
 CELERY_BEAT_SCHEDULE = {
     "tokens-purge-expired": {"task": "accounts.tokens_purge_expired", "schedule": 3600.0},
-    # Removes the .part files of uploads a crash cut short.
-    "catalogue-purge-stale-uploads": {"task": "catalogue.purge_stale_uploads", "schedule": 3600.0},
+    # Removes the .part files of uploads and jobs a crash cut short (no live writer holds them).
+    "catalogue-purge-stale-uploads": {
+        "task": "catalogue.purge_stale_uploads",
+        "schedule": float(env.int("BAAS_STALE_UPLOAD_SWEEP_INTERVAL", default=120)),
+    },
+    # Sends again the processing job (digest, compression, map) of versions whose job
+    # died with its worker or was lost; gives up on a version after a few tries.
+    "catalogue-versions-processing-sweep": {
+        "task": "catalogue.versions_processing_sweep",
+        "schedule": float(env.int("BAAS_JOB_SWEEP_INTERVAL", default=60)),
+    },
     # Ends leases past their end: frees the machine and queues its reset.
     "leases-expire": {"task": "flashing.leases_expire", "schedule": 60.0},
     # Fails or retries deployments whose agent never checked in or went silent,
@@ -306,11 +315,6 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalogue.versions_map_missing",
         "schedule": 3600.0,
     },
-    # Records the SHA-256 of large uploads whose background job was lost.
-    "catalogue-versions-digest-missing": {
-        "task": "catalogue.versions_digest_missing",
-        "schedule": 900.0,
-    },
     # Ends network mounts whose lease or deployment is over, restarts exports that
     # died, and retries mounts whose start or end did not finish.
     "network-mounts-reconcile": {
@@ -328,6 +332,39 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(env.int("BAAS_VERSIONS_PRUNE_INTERVAL", default=3600)),
     },
 }
+# Three queues, each served by worker processes of its own (``./dev up``, compose.yaml):
+# the default one (deployments' steps), BAAS_PERIODIC_QUEUE (beat's jobs: the watchdog,
+# lease expiry, pruning, sweeps) and BAAS_LONG_QUEUE (jobs that read a whole image:
+# digests, compression, maps, qcow2 conversions, network mounts' copies), so the first
+# two never wait behind the third. A task beat sends is routed to the periodic queue by its name.
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
+BAAS_PERIODIC_QUEUE = env.str("BAAS_PERIODIC_QUEUE", default="periodic")
+BAAS_LONG_QUEUE = env.str("BAAS_LONG_QUEUE", default="long")
+BAAS_LONG_TASKS = (
+    "catalogue.version_compress",
+    "catalogue.version_digest",
+    "catalogue.version_map",
+    "catalogue.version_raw",
+    "flashing.network_mount_start",
+    "flashing.network_mount_finish",
+)
+CELERY_TASK_ROUTES = {
+    **{entry["task"]: {"queue": BAAS_PERIODIC_QUEUE} for entry in CELERY_BEAT_SCHEDULE.values()},
+    **{name: {"queue": BAAS_LONG_QUEUE} for name in BAAS_LONG_TASKS},
+}
+# A job that decodes or reads a whole version gets, per call, a soft time limit of
+# BAAS_JOB_TIME_BASE seconds plus one second per BAAS_JOB_MIN_RATE bytes stored and per
+# BAAS_JOB_MIN_RAW_RATE raw bytes (at most CELERY_TASK_SOFT_TIME_LIMIT); the hard limit
+# follows BAAS_JOB_TIME_GRACE seconds later.
+BAAS_JOB_TIME_BASE = env.int("BAAS_JOB_TIME_BASE", default=300)
+BAAS_JOB_MIN_RATE = env.int("BAAS_JOB_MIN_RATE", default=10 * 1024**2)
+BAAS_JOB_MIN_RAW_RATE = env.int("BAAS_JOB_MIN_RAW_RATE", default=100 * 1024**2)
+BAAS_JOB_TIME_GRACE = env.int("BAAS_JOB_TIME_GRACE", default=120)
+# The processing sweep sends a version's job again once its worker died (at once) or
+# once it was queued this long without starting (a message lost with its worker), at
+# most BAAS_JOB_MAX_RESENDS times; then the version is marked damaged, with why.
+BAAS_JOB_LOST_SECONDS = env.int("BAAS_JOB_LOST_SECONDS", default=3600)
+BAAS_JOB_MAX_RESENDS = env.int("BAAS_JOB_MAX_RESENDS", default=3)
 
 # --- BAAS ------------------------------------------------------------------------
 BAAS_DISK_ROOT = Path(env.str("BAAS_DISK_ROOT", default=str(VAR_DIR / "disk")))
@@ -340,8 +377,8 @@ BAAS_RAW_RENDITION_TIMEOUT = env.int("BAAS_RAW_RENDITION_TIMEOUT", default=3600)
 # checked, and a background job records the SHA-256 (catalogue.services.digests).
 # Uploads that send or ask for a digest are always hashed while they stream.
 BAAS_UPLOAD_INLINE_SHA256_MAX = env.int("BAAS_UPLOAD_INLINE_SHA256_MAX", default=1024**3)
-# An upload's .part file untouched for this long belongs to a dead upload.
-BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=24 * 3600)
+# A .part file no live writer holds (its upload or job died) is removed once this old.
+BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=60)
 # Temporal images: kept this many days after they are made temporal, and at
 # most BAAS_TEMPORAL_MAX_DAYS from now when their owners extend them. Set by
 # the administrators of the deployment. Per-user storage quotas and per-image

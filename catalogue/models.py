@@ -205,6 +205,19 @@ class Version(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     note = models.CharField(max_length=500, blank=True)
+    # Background processing (digest, compression, map; catalogue.services.processing):
+    # a job is owed while ``job_sent_at`` is set, and the sweep sends it again if it died.
+    job_sent_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When its processing job was last queued (empty: none owed)",
+    )
+    job_started_at = models.DateTimeField(
+        null=True, blank=True, help_text="When a processing job last began on it"
+    )
+    job_resends = models.PositiveSmallIntegerField(
+        default=0, help_text="Times its processing job was sent again after a worker died"
+    )
 
     class Meta:
         ordering = ["image", "number"]

@@ -11,8 +11,11 @@ the caller create the database row.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
+import fcntl
+import logging
 import os
 import shutil
 import time
@@ -24,6 +27,8 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+logger = logging.getLogger(__name__)
+
 # Holes are detected at this granularity: the page and ext4 block size.
 BLOCK = 4096
 ZERO_BLOCK = bytes(BLOCK)
@@ -34,6 +39,9 @@ SYNC_FILE_RANGE_WRITE = 2
 SUFFIXES = {"none": ".img", "gzip": ".img.gz", "zstd": ".img.zst"}
 MAP_SUFFIX = ".map.json"  # a version's data map (catalogue.datamap), beside its file
 PART_SUFFIX = ".part"
+# One lock file per image, outside the image directories, whose byte n is held (shared)
+# by every background job working on version n: a job whose process died holds nothing.
+LOCKS_DIR = ".locks"
 
 
 class StorageError(Exception):
@@ -101,7 +109,9 @@ class PendingFile:
 
     Used as a context manager, it aborts on any exception, so an interrupted
     write leaves nothing behind but, after a crash, a ``.part`` file that
-    ``purge_stale`` removes.
+    ``purge_stale`` removes. The writer holds an exclusive ``flock`` on its
+    ``.part`` for as long as it has it open: a ``.part`` nobody holds belongs to
+    a writer that died (the kernel drops the lock with the process).
     """
 
     def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, sparse: bool = True):
@@ -112,6 +122,7 @@ class PendingFile:
         directory.mkdir(exist_ok=True)
         self.path = directory / f".{uuid.uuid4().hex}{PART_SUFFIX}"
         self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)  # new and ours: never waits
         self.position = 0  # logical bytes received, holes included
         self._carry = b""  # an unaligned tail not yet written
         self._unsynced = 0  # bytes written since writeback was last started
@@ -220,11 +231,13 @@ class PendingFile:
             # Trailing holes: the size must be the logical size, not the last byte written.
             self._file.truncate(self.position)
             os.fsync(self._file.fileno())
-            self._file.close()
+            # Put in place while the lock is held: the purge never sees it unheld.
             if replace:
                 os.replace(self.path, final)
             else:
                 os.link(self.path, final)
+                os.unlink(self.path)
+            self._file.close()
         except FileExistsError as exc:
             self.abort()
             raise VersionExists(f"{final.name} already exists") from exc
@@ -233,17 +246,15 @@ class PendingFile:
             if is_disk_full(exc):
                 raise StorageFull("No space left in the image store.") from exc
             raise
-        if not replace:
-            os.unlink(self.path)
         _fsync_dir(final.parent)
         self._done = True
         return _stored(final)
 
     def abort(self) -> None:
         self._done = True
+        self.path.unlink(missing_ok=True)  # before the lock goes with the descriptor
         if not self._file.closed:
             self._file.close()
-        self.path.unlink(missing_ok=True)
 
 
 class LocalStorage:
@@ -302,10 +313,11 @@ class LocalStorage:
         part = final.parent / f".{uuid.uuid4().hex}{PART_SUFFIX}"
         try:
             with open(part, "xb") as file:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # see PendingFile
                 file.write(payload)
                 file.flush()
                 os.fsync(file.fileno())
-            os.replace(part, final)
+                os.replace(part, final)
         except OSError as exc:
             part.unlink(missing_ok=True)
             if is_disk_full(exc):
@@ -323,6 +335,7 @@ class LocalStorage:
 
     def delete_image(self, image_uuid: uuid.UUID) -> None:
         shutil.rmtree(self.image_dir(image_uuid), ignore_errors=True)
+        self._lock_path(image_uuid).unlink(missing_ok=True)
 
     def usage(self, image_uuid: uuid.UUID | None = None) -> int:
         """Bytes allocated on disk, for one image or the whole root."""
@@ -332,18 +345,109 @@ class LocalStorage:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    # --- Debris of crashes ---------------------------------------------------------
+
     def purge_stale(self, older_than_seconds: float) -> list[Path]:
-        """Remove ``.part`` files left by writes that died (server killed mid-upload)."""
+        """Remove the ``.part`` files of writers that died (a server or worker killed
+        mid-write): those no process holds locked (see :class:`PendingFile`) and untouched
+        for ``older_than_seconds`` (a grace for a writer between creating and locking it).
+        A live writer's file is kept however old it is."""
         cutoff = time.time() - older_than_seconds
         removed = []
         for path in self.root.glob(f"*/.*{PART_SUFFIX}"):
-            try:
-                if path.stat().st_mtime < cutoff:
-                    path.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                if path.stat().st_mtime < cutoff and _remove_unheld(path):
                     removed.append(path)
-            except FileNotFoundError:
-                continue
         return removed
+
+    def clear_debris(self, image_uuid: uuid.UUID | str, number: int) -> list[Path]:
+        """Remove the files stored under version ``number`` (``<n>.img``, its map, any
+        ``<n>.…``) of an image that has no row for it (left by a crash between putting a
+        file in place and creating its row); return them. The caller holds the lock on
+        the image's row and knows the number is free."""
+        self.version_path(image_uuid, number, "none")  # checks the number
+        removed = []
+        for path in sorted(self.image_dir(image_uuid).glob(f"{number}.*")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed.append(path)
+                logger.warning("Removed %s: a file without a version, left by a crash", path)
+        return removed
+
+    @contextlib.contextmanager
+    def held_part(self, directory: Path, suffix: str = "") -> Iterator[Path]:
+        """A new, empty ``.part`` file in ``directory``, locked as a live writer's (see
+        :class:`PendingFile`) while the block runs, for a writer that writes it by path (a
+        program such as qemu-img); removed at the end unless renamed away meanwhile."""
+        path = directory / f".{uuid.uuid4().hex}{suffix}{PART_SUFFIX}"
+        with open(path, "xb") as file:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX)
+            try:
+                yield path
+            finally:
+                path.unlink(missing_ok=True)
+
+    # --- Background jobs' locks ----------------------------------------------------
+
+    def _lock_path(self, image_uuid: uuid.UUID | str) -> Path:
+        return self.root / LOCKS_DIR / str(uuid.UUID(str(image_uuid)))
+
+    @contextlib.contextmanager
+    def job_lock(self, image_uuid: uuid.UUID | str, number: int) -> Iterator[None]:
+        """Held (shared) by a background job while it works on version ``number``: other
+        jobs may hold it too; :meth:`job_running` sees it. A job whose process dies holds
+        nothing (the kernel drops the lock). Waits while a check holds it an instant."""
+        path = self._lock_path(image_uuid)
+        path.parent.mkdir(exist_ok=True)
+        with open(path, "a+b") as file:  # readable: a shared record lock needs it
+            fcntl.lockf(file.fileno(), fcntl.LOCK_SH, 1, number)
+            yield
+
+    def job_running(self, image_uuid: uuid.UUID | str, number: int) -> bool:
+        """Whether a live process holds :meth:`job_lock` for version ``number``.
+
+        Asked from another process than the jobs' (POSIX record locks never conflict
+        within one process)."""
+        path = self._lock_path(image_uuid)
+        try:
+            file = open(path, "rb+")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return False
+        with file:
+            try:
+                fcntl.lockf(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB, 1, number)
+            except OSError as exc:
+                if exc.errno in (errno.EACCES, errno.EAGAIN):
+                    return True
+                raise
+            fcntl.lockf(file.fileno(), fcntl.LOCK_UN, 1, number)
+            return False
+
+    # --- Audit -----------------------------------------------------------------------
+
+    def stored_names(self) -> Iterator[tuple[str, str]]:
+        """``(image directory, file name)`` of every file under the root but the locks."""
+        if not self.root.is_dir():
+            return
+        for directory in self.root.iterdir():
+            if directory.name == LOCKS_DIR or not directory.is_dir():
+                continue
+            for path in directory.iterdir():
+                yield directory.name, path.name
+
+
+def _remove_unheld(path: Path) -> bool:
+    """Unlink ``path`` if no process holds a lock on it; whether it was removed."""
+    with open(path, "rb+") as file:  # writable: NFS emulates flock with record locks
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False  # a live writer
+        # Still the file we locked (a writer may have put it in place meanwhile)?
+        if os.fstat(file.fileno()).st_ino != path.stat().st_ino:
+            return False
+        path.unlink()
+        return True
 
 
 def _files(top: Path) -> Iterator[Path]:

@@ -182,10 +182,27 @@ class ZstdDecoder:
     """
 
     def __init__(self, sink: Sink):
+        self._sink = sink
         self._writer = zstandard.ZstdDecompressor().stream_writer(
-            _SinkWriter(sink), write_size=CHUNK, closefd=False
+            _SinkWriter(self._bounded), write_size=CHUNK, closefd=False
         )
-        self._frames = ZstdFrameTracker()
+        self._frames = ZstdFrameTracker(self._on_size)
+        self._announced = 0  # raw bytes the frame headers seen so far announce
+        self._decoded = 0
+
+    def _on_size(self, size: int) -> None:
+        self._announced += size
+
+    def _bounded(self, data: bytes) -> None:
+        """Output is refused as soon as it passes what the frames announce (a "bomb" whose
+        headers claim less than it decodes to), unless a frame did not say."""
+        self._decoded += len(data)
+        if self._decoded > self._announced and not self._frames.unknown:
+            raise DecodeError(
+                "The zstd data is corrupt: it decodes to more than the "
+                f"{self._announced} bytes its frame headers announce."
+            )
+        self._sink(data)
 
     def write(self, data: bytes) -> None:
         self._frames.feed(data)

@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import logging
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.db import InterfaceError, OperationalError
 
-from catalogue.services import compression, datamaps, digests
+from catalogue.services import compression, datamaps, digests, processing
 from catalogue.storage import StorageFull
 
 logger = logging.getLogger(__name__)
+
+
+class VersionJobTask(Task):
+    """A job of a version's processing (``catalogue.services.processing``): its first
+    argument is the version's id; a retry Celery sends counts as the job sent anew."""
+
+    def on_retry(self, exc, task_id, args, kwargs, einfo) -> None:
+        version_id = args[0] if args else kwargs.get("version_id")
+        if version_id is not None:
+            processing.version_job_resent(version_id)
+
 
 # --- Compression ----------------------------------------------------------------
 
@@ -25,6 +36,7 @@ COMPRESSION_TRANSIENT = (
 
 @shared_task(
     name="catalogue.version_compress",
+    base=VersionJobTask,
     acks_late=True,
     autoretry_for=COMPRESSION_TRANSIENT,
     retry_backoff=15,
@@ -38,7 +50,8 @@ def version_compress_task(version_id: int) -> str:
     A corrupt version (bytes not matching its SHA-256) fails without retries
     and without touching the stored file.
     """
-    outcome = compression.version_compress(version_id=version_id)
+    with processing.version_job(version_id):
+        outcome = compression.version_compress(version_id=version_id)
     if outcome is None:
         return "gone"
     return f"{outcome.stored_compression}{' (changed)' if outcome.changed else ''}"
@@ -58,6 +71,7 @@ def image_recompress_task(image_uuid: str) -> int:
 
 @shared_task(
     name="catalogue.version_map",
+    base=VersionJobTask,
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError, StorageFull),
     retry_backoff=15,
@@ -65,7 +79,8 @@ def image_recompress_task(image_uuid: str) -> int:
 )
 def version_map_task(version_id: int) -> str:
     """Build a version's data map from its stored file (nothing if it has one)."""
-    datamap = datamaps.version_map_build(version_id=version_id)
+    with processing.version_job(version_id):
+        datamap = datamaps.version_map_build(version_id=version_id)
     if datamap is None:
         return "gone"
     return f"{len(datamap.ranges)} ranges, {datamap.data_bytes} data bytes"
@@ -82,6 +97,7 @@ def versions_map_missing_task() -> int:
 
 @shared_task(
     name="catalogue.version_digest",
+    base=VersionJobTask,
     acks_late=True,
     autoretry_for=(OperationalError, InterfaceError),
     retry_backoff=15,
@@ -93,7 +109,8 @@ def version_digest_task(version_id: int) -> str:
     A stored file that no longer matches its upload's data map fails without
     retries and keeps no digest.
     """
-    digest = digests.version_digest_complete(version_id=version_id)
+    with processing.version_job(version_id):
+        digest = digests.version_digest_complete(version_id=version_id)
     return digest or "gone"
 
 
@@ -103,15 +120,19 @@ def versions_digest_missing_task() -> int:
     return len(digests.versions_digest_missing())
 
 
+@shared_task(name="catalogue.versions_processing_sweep", acks_late=True)
+def versions_processing_sweep_task() -> dict[str, list[int]]:
+    """Send again the processing jobs that died with their worker (beat, every minute)."""
+    return processing.versions_processing_sweep()
+
+
 # --- Stale uploads --------------------------------------------------------------------
 
 
 @shared_task(name="catalogue.purge_stale_uploads", acks_late=True, ignore_result=True)
 def purge_stale_uploads_task() -> int:
-    """Remove ``.part`` files older than BAAS_STALE_UPLOAD_SECONDS: uploads a crash cut short.
-
-    Live uploads keep writing (and so touching) their file; only abandoned ones age.
-    Returns how many files were removed.
+    """Remove the ``.part`` files of uploads and jobs a crash cut short: no live writer holds
+    them, and they are older than BAAS_STALE_UPLOAD_SECONDS. Returns how many were removed.
     """
     from django.conf import settings
 

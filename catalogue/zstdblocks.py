@@ -284,7 +284,7 @@ class BlockZstdDecoder:
         blocks = (found.end() - position) // 4
         length = blocks * frame.block_max
         self._flush()
-        self.size += length
+        self._grow(length)
         self._on_hole(length)
         frame.held_bytes += length
         if frame.held_bytes < frame.window:
@@ -311,7 +311,7 @@ class BlockZstdDecoder:
         zeros = kind == _RLE and data[position] == 0
         if zeros:
             self._flush()
-            self.size += length
+            self._grow(length)
             self._on_hole(length)
             if frame.drops and not last:
                 frame.held_bytes += length
@@ -425,9 +425,23 @@ class BlockZstdDecoder:
             self._pending = self._at
             return
         self._at += out
-        self.size += out
+        self._grow(out)
         if self._at - self._pending >= CHUNK:
             self._flush()
+
+    def _grow(self, length: int) -> None:
+        """``length`` more bytes decoded: refused at once past the frame's announced size
+        (libzstd checks it only at the frame's end: a "bomb" would be decoded whole first)."""
+        self.size += length
+        frame = self._frame
+        if (
+            frame.content_size != _CONTENT_SIZE_UNKNOWN
+            and self.size - frame.start > frame.content_size
+        ):
+            raise ZstdBlockError(
+                "The zstd data is corrupt: a frame decodes to more than the "
+                f"{frame.content_size} bytes its header announces."
+            )
 
     def _flush(self) -> None:
         """Hand on the decoded bytes not handed on yet."""

@@ -116,7 +116,10 @@ def materialise_base(*, directory: Path, version: Version) -> Path:
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the overlay holds user data
     if version.stored_compression == Compression.NONE and _link_stored(version, path):
         return path
-    with _open_stored(version) as stored, raw_reader(stored, version.stored_compression) as raw:
+    with (
+        _open_stored(version) as stored,
+        raw_reader(stored, version.stored_compression, limit=version.size) as raw,
+    ):
         _copy_checked(raw, local, version)
     path.chmod(0o444)
     return path

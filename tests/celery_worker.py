@@ -4,8 +4,9 @@
 ``celery -A baas_site worker --pool solo -Q <queue>``, against:
 
 * Redis at ``BAAS_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/15``), on
-  a queue named for this test session, so parallel runs never take each
-  other's tasks;
+  this session's own version of every queue of the settings (the default,
+  periodic and long queues, ``<session>.<queue>``, routed as the settings
+  route them), so parallel runs never take each other's tasks;
 * the very test database pytest-django created (its name is only known once
   ``django_db_setup`` ran), so tests using it need committed rows:
   ``transactional_db`` is requested for them;
@@ -37,18 +38,35 @@ from django.conf import settings as django_settings
 ROOT = Path(__file__).resolve().parents[1]
 REDIS_URL = os.environ.get("BAAS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 READY_TIMEOUT = 60.0
-# ``celery -A baas_site worker …``, but with the session's queue as the default
-# queue too, so tasks the worker itself sends (image → versions) stay on it.
+# ``celery -A baas_site worker …``, but with every queue renamed for the session
+# (argv[1] is its prefix), so tasks the worker itself sends stay on them.
 WORKER_MAIN = (
-    "import sys; from baas_site.celery import app; "
-    "app.conf.task_default_queue = sys.argv[1]; app.worker_main(sys.argv[2:])"
+    "import sys; from baas_site.celery import app; from tests.celery_worker import "
+    "use_session_queues; use_session_queues(app, sys.argv[1]); app.worker_main(sys.argv[2:])"
 )
 STOP_TIMEOUT = 30.0
 
 
+def session_queues(prefix: str) -> dict[str, str]:
+    """Every queue of the settings (its name in production) and its name in a session."""
+    routed = {route["queue"] for route in django_settings.CELERY_TASK_ROUTES.values()}
+    names = {django_settings.CELERY_TASK_DEFAULT_QUEUE, *routed}
+    return {name: f"{prefix}.{name}" for name in sorted(names)}
+
+
+def use_session_queues(app, prefix: str) -> None:
+    """Have ``app`` send to (and a worker of it take from) the session's queues."""
+    queues = session_queues(prefix)
+    app.conf.task_default_queue = queues[django_settings.CELERY_TASK_DEFAULT_QUEUE]
+    app.conf.task_routes = {
+        name: {**route, "queue": queues[route["queue"]]}
+        for name, route in django_settings.CELERY_TASK_ROUTES.items()
+    }
+
+
 @dataclass(frozen=True)
 class CeleryWorker:
-    queue: str
+    queue: str  # the session's prefix: its queues are session_queues(queue)
     broker_url: str
     disk_root: Path
     logfile: Path
@@ -119,14 +137,28 @@ def _stop(worker: CeleryWorker) -> None:
             worker.process.wait()
 
 
-def _forget_queue(queue: str) -> None:
-    """Remove the session's queue and its bindings from Redis."""
+def _forget_queue(prefix: str) -> None:
+    """Remove the session's queues and their bindings from Redis."""
     client = redis.Redis.from_url(REDIS_URL)
-    client.delete(queue)
+    for queue in session_queues(prefix).values():
+        client.delete(queue)
     for key in client.scan_iter(match="_kombu.binding.*"):
         for member in client.smembers(key):
-            if queue.encode() in member:
+            if prefix.encode() in member:
                 client.srem(key, member)
+
+
+def worker_command(prefix: str, logfile: Path, *, name: str, queues: list[str] | None) -> list:
+    """The command line of a worker of the session ``prefix``, on the session's versions of
+    ``queues`` (production names; None: every queue)."""
+    names = session_queues(prefix)
+    serving = [names[q] for q in queues] if queues is not None else list(names.values())
+    return [
+        *(sys.executable, "-c", WORKER_MAIN, prefix, "worker"),
+        *("--pool", "solo", "--queues", ",".join(serving), "--hostname", f"{name}@%h"),
+        *("--loglevel", "INFO", "--logfile", str(logfile)),
+        *("--without-gossip", "--without-mingle", "--without-heartbeat"),
+    ]
 
 
 @pytest.fixture(scope="session")
@@ -138,12 +170,7 @@ def celery_worker_process(
     queue = f"baas-test-{uuid.uuid4().hex[:12]}"
     disk_root = tmp_path_factory.mktemp("worker-disk")
     logfile = tmp_path_factory.mktemp("worker-log") / "celery.log"
-    command = [
-        *(sys.executable, "-c", WORKER_MAIN, queue, "worker"),
-        *("--pool", "solo", "--queues", queue, "--hostname", f"{queue}@%h"),
-        *("--loglevel", "INFO", "--logfile", str(logfile)),
-        *("--without-gossip", "--without-mingle", "--without-heartbeat"),
-    ]
+    command = worker_command(queue, logfile, name=queue, queues=None)
     with logfile.with_suffix(".out").open("wb") as output:
         process = subprocess.Popen(
             command, cwd=ROOT, env=_worker_env(disk_root), stdout=output, stderr=output
@@ -175,13 +202,10 @@ def celery_worker(celery_worker_process: CeleryWorker, transactional_db, setting
     settings.BAAS_DISK_ROOT = celery_worker_process.disk_root
     saved = {
         key: app.conf[key]
-        for key in ("broker_url", "task_default_queue", "broker_transport_options")
+        for key in ("broker_url", "task_default_queue", "task_routes", "broker_transport_options")
     }
-    app.conf.update(
-        broker_url=REDIS_URL,
-        task_default_queue=celery_worker_process.queue,
-        broker_transport_options={"visibility_timeout": 3600},
-    )
+    app.conf.update(broker_url=REDIS_URL, broker_transport_options={"visibility_timeout": 3600})
+    use_session_queues(app, celery_worker_process.queue)
     _reset_producers(app)
     try:
         yield celery_worker_process
@@ -190,3 +214,41 @@ def celery_worker(celery_worker_process: CeleryWorker, transactional_db, setting
         _reset_producers(app)
         if celery_worker_process.process.poll() is not None:
             pytest.fail(f"The Celery worker died:\n{celery_worker_process.log()}")
+
+
+@pytest.fixture
+def start_worker(celery_worker: CeleryWorker, tmp_path: Path):
+    """Start Celery workers of this test's own (killable), on queues of its own.
+
+    ``start(queues=None)`` starts one serving the test's versions of ``queues``
+    (production names, e.g. ``[settings.BAAS_LONG_QUEUE]``; None: every queue)
+    and returns it once ready. The test's tasks go to its queues meanwhile.
+    """
+    from baas_site.celery import app
+
+    prefix = f"baas-test-{uuid.uuid4().hex[:12]}"
+    use_session_queues(app, prefix)
+    _reset_producers(app)
+    started: list[CeleryWorker] = []
+
+    def start(queues: list[str] | None = None) -> CeleryWorker:
+        logfile = tmp_path / f"worker-{len(started)}.log"
+        command = worker_command(prefix, logfile, name=f"{prefix}-{len(started)}", queues=queues)
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=_worker_env(celery_worker.disk_root),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        worker = CeleryWorker(prefix, REDIS_URL, celery_worker.disk_root, logfile, process)
+        started.append(worker)
+        _wait_ready(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        _stop(worker)
+    use_session_queues(app, celery_worker.queue)
+    _reset_producers(app)
+    _forget_queue(prefix)

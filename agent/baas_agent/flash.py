@@ -170,6 +170,24 @@ class Reporter:
         except ApiError as exc:
             log.debug("progress not sent: %s", exc)
 
+    def announce(self, image: str, phase: str, total: int) -> None:
+        """Tell the server an image's work begins, retried, unlike the routine reports.
+
+        The server records an image as written or brought back only if it saw
+        progress for it, and an empty image (a disk of zeros) may otherwise
+        never produce any.
+        """
+        self._last[image] = self.clock()
+        if self.client is None:
+            return
+        body = {"image": image, "phase": phase, "bytes_done": 0, "bytes_total": total}
+        try:
+            self.client.call("POST", "/api/agent/progress", body)
+        except DeploymentOver:
+            raise
+        except ApiError as exc:
+            log.warning("%s: the server did not take the start of %s: %s", image, phase, exc)
+
     def phase(self, image: str, phase: str, total: int) -> Callable[[int], None]:
         """A ``done -> None`` callback for one image and phase."""
         return lambda done: self(image, phase, done, total)
@@ -235,9 +253,11 @@ def write_image(
     """
     target = disks.target(instruction.disk)
     image, size, sha256 = instruction.image, instruction.size, instruction.sha256
+    fits = _fits(target, size)  # then the disk may hold it already: checked first
+    report.announce(image, "verifying" if fits else "writing", size)
     datamap = fetch_map(client, instruction.map_url, size, sha256)
     verifying = report.phase(image, "verifying", size)
-    if _fits(target, size) and _check(target, size, sha256, datamap, verifying, fast=True) is None:
+    if fits and _check(target, size, sha256, datamap, verifying, fast=True) is None:
         log.info("%s: already there (checked), not rewritten", instruction.label())
         return _written(instruction)
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
@@ -347,6 +367,7 @@ def sync_image(
     """
     target = disks.target(instruction.disk)
     image, size = instruction.image, instruction.size
+    report.announce(image, "verifying", size)  # it checks the disk first
     verifying = report.phase(image, "verifying", size)
     datamap = fetch_map(client, instruction.map_url, size, instruction.sha256)
     unchanged = datamap is not None and not _check(

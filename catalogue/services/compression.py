@@ -103,19 +103,63 @@ class _GzipReader(gzip.GzipFile):
                 source.close()
 
 
-def raw_reader(stored: BinaryIO, compression: str) -> BinaryIO:
+class DecodedTooLarge(VersionCorrupt):
+    """A stored file decodes to more than it may: its version's size (what its headers
+    announced at upload) or BAAS_MAX_IMAGE_SIZE. Decoding stops right there."""
+
+    def __init__(self, limit: int, decoded: int):
+        self.limit, self.decoded = limit, decoded
+        super().__init__(
+            f"The stored data decodes to more than the {limit} bytes it announced: decoding "
+            f"stopped after {decoded} bytes (a compression bomb, or data damaged on the way); "
+            "upload it again."
+        )
+
+
+class _BoundedReader:
+    """A raw reader that raises DecodedTooLarge as soon as its output passes ``limit``:
+    at most one read (``CHUNK``) past it is ever decoded."""
+
+    def __init__(self, raw: BinaryIO, limit: int):
+        self._raw, self._limit, self.decoded = raw, limit, 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(CHUNK if size is None or size < 0 else size)
+        self.decoded += len(data)
+        if self.decoded > self._limit:
+            raise DecodedTooLarge(self._limit, self.decoded)
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+    def __enter__(self) -> _BoundedReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def raw_reader(stored: BinaryIO, compression: str, *, limit: int | None = None) -> BinaryIO:
     """A reader of the raw image bytes inside ``stored``, a file in ``compression``.
 
     Closing the reader closes ``stored``. Reads stream: at most ``CHUNK`` of
     compressed input is held at a time. Corrupt input raises one of
-    ``DECODE_ERRORS`` while reading.
+    ``DECODE_ERRORS`` while reading. With ``limit`` (the raw size the bytes
+    must have), a read that takes the output past it raises DecodedTooLarge:
+    a small file that decodes to far more costs at most ``limit`` bytes of work.
+    A read may return less than asked (never nothing before the end).
     """
     if compression == Compression.ZSTD:
         dctx = zstandard.ZstdDecompressor()
-        return dctx.stream_reader(stored, read_size=CHUNK, read_across_frames=True)  # type: ignore[return-value]
-    if compression == Compression.GZIP:
-        return _GzipReader(fileobj=stored, mode="rb")  # type: ignore[return-value]
-    return stored
+        raw = dctx.stream_reader(stored, read_size=CHUNK, read_across_frames=True)
+    elif compression == Compression.GZIP:
+        raw = _GzipReader(fileobj=stored, mode="rb")
+    else:
+        return stored
+    if limit is None:
+        return raw  # type: ignore[return-value]
+    return _BoundedReader(raw, limit)  # type: ignore[arg-type, return-value]
 
 
 def encoder_for(
@@ -256,9 +300,9 @@ def compression_schedule_for_image(image: Image) -> None:
 
 
 def _fire_version_task(version_id: int) -> None:
-    from catalogue.tasks import version_compress_task
+    from catalogue.services.processing import version_job_send
 
-    transaction.on_commit(lambda: version_compress_task.delay(version_id))
+    version_job_send(version_id=version_id, job="compress")
 
 
 # --- Steps ----------------------------------------------------------------------
@@ -314,7 +358,7 @@ def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredF
         uploaded = version_map(version)
         scanner = DigestingMapper(uploaded.zstd_checksums if uploaded is not None else None)
     with (
-        raw_reader(source, version.stored_compression) as raw,
+        raw_reader(source, version.stored_compression, limit=version.size) as raw,
         storage.open_write(version.image_id, sparse=sparse) as pending,
         contextlib.closing(scanner) if scanner else contextlib.nullcontext(),
     ):
@@ -355,7 +399,7 @@ def _open_stored(version: Version) -> BinaryIO:
 
 def _verify(stored: BinaryIO, compression: str, version: Version) -> None:
     """Decode ``stored`` fully and check it against the row; raise VersionCorrupt if not."""
-    with raw_reader(stored, compression) as raw:
+    with raw_reader(stored, compression, limit=version.size) as raw:
         _transcode(raw, _Identity(), lambda data: None, version)
 
 

@@ -14,11 +14,14 @@ import logging
 import os
 from typing import BinaryIO, Protocol
 
-from django.db import transaction
-
 from catalogue.datamap import BLOCK, DataMap, DataMapper
 from catalogue.models import Compression, Version
-from catalogue.services.compression import raw_reader
+from catalogue.services.compression import (
+    DECODE_ERRORS,
+    VersionCorrupt,
+    raw_reader,
+    version_damaged,
+)
 from catalogue.storage import get_storage
 
 logger = logging.getLogger(__name__)
@@ -54,10 +57,9 @@ def version_map(version: Version) -> DataMap | None:
 
 def version_map_schedule(version: Version) -> None:
     """Build the version's map in the background, once the current transaction commits."""
-    from catalogue.tasks import version_map_task
+    from catalogue.services.processing import version_job_send
 
-    version_id = version.pk
-    transaction.on_commit(lambda: version_map_task.delay(version_id))
+    version_job_send(version_id=version.pk, job="map")
 
 
 def versions_map_missing(*, limit: int = 100) -> list[int]:
@@ -75,10 +77,10 @@ def versions_map_missing(*, limit: int = 100) -> list[int]:
             missing.append(version_id)
             if len(missing) >= limit:
                 break
-    from catalogue.tasks import version_map_task
+    from catalogue.services.processing import version_job_send
 
     for version_id in missing:
-        version_map_task.delay(version_id)
+        version_job_send(version_id=version_id, job="map")
     return missing
 
 
@@ -100,7 +102,13 @@ def version_map_build(*, version_id: int) -> DataMap | None:
     except FileNotFoundError:
         return None  # deleted, or swapped by compression meanwhile: a later run finds it
     mapper = DataMapper()
-    scan_stored(stored, version.stored_compression, mapper)
+    try:
+        scan_stored(stored, version.stored_compression, mapper, limit=version.size)
+    except VersionCorrupt as exc:
+        raise version_damaged(version, str(exc)) from exc
+    except DECODE_ERRORS as exc:
+        reason = f"Version {version.number} does not decode ({exc}); upload it again."
+        raise version_damaged(version, reason) from exc
     if mapper.size != version.size:
         raise MapMismatch(
             f"version {version.pk} is {version.size} bytes, its file holds {mapper.size}"
@@ -129,13 +137,15 @@ class Scanner(Protocol):
     def skip(self, length: int) -> None: ...
 
 
-def scan_stored(stored: BinaryIO, compression: str, mapper: Scanner) -> None:
-    """Feed the raw bytes of ``stored`` (a file in ``compression``) to ``mapper``; close it."""
+def scan_stored(stored: BinaryIO, compression: str, mapper: Scanner, *, limit: int) -> None:
+    """Feed the raw bytes of ``stored`` (a file in ``compression``) to ``mapper``; close it.
+
+    Raises DecodedTooLarge as soon as a compressed file decodes past ``limit`` bytes."""
     with stored:
         if compression == Compression.NONE:
             scan_sparse_file(stored, mapper)
         else:
-            with raw_reader(stored, compression) as raw:
+            with raw_reader(stored, compression, limit=limit) as raw:
                 while chunk := raw.read(READ):
                     mapper.update(chunk)
 

@@ -149,11 +149,12 @@ def file_digest(
     (and the frame checksums of ``zstd_checksums``' ranges, see :class:`DigestingMapper`).
 
     A raw file shorter than ``size`` ends in zeros (an upload not yet put in
-    place has no trailing holes). VersionCorrupt if the file holds more.
+    place has no trailing holes). VersionCorrupt if the file holds more: for a
+    compressed file, DecodedTooLarge as soon as its output passes ``size``.
     """
     scanner = DigestingMapper(zstd_checksums)
     try:
-        scan_stored(open(path, "rb"), compression, scanner)  # noqa: SIM115 - closed by scan_stored
+        scan_stored(open(path, "rb"), compression, scanner, limit=size)  # noqa: SIM115 - closed by scan_stored
         if scanner.size > size:
             raise VersionCorrupt(f"{path} holds {scanner.size} raw bytes, not {size}")
         if compression == Compression.NONE and scanner.size < size:
@@ -165,10 +166,9 @@ def file_digest(
 
 def version_digest_schedule(version: Version) -> None:
     """Compute the version's SHA-256 in the background once the transaction commits."""
-    from catalogue.tasks import version_digest_task
+    from catalogue.services.processing import version_job_send
 
-    version_id = version.pk
-    transaction.on_commit(lambda: version_digest_task.delay(version_id))
+    version_job_send(version_id=version.pk, job="digest")
 
 
 def version_digest_complete(*, version_id: int) -> str | None:
@@ -281,7 +281,7 @@ def version_digest_ensure(version: Version) -> str:
 def versions_digest_missing(*, limit: int = 100) -> list[int]:
     """Queue the digest job of up to ``limit`` versions still without one (a job was lost);
     not of damaged ones, whose file will not get better."""
-    from catalogue.tasks import version_digest_task
+    from catalogue.services.processing import version_job_send
 
     missing = list(
         Version.objects.filter(sha256="", damaged="")
@@ -289,5 +289,5 @@ def versions_digest_missing(*, limit: int = 100) -> list[int]:
         .values_list("pk", flat=True)[:limit]
     )
     for version_id in missing:
-        version_digest_task.delay(version_id)
+        version_job_send(version_id=version_id, job="digest")
     return missing

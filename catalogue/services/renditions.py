@@ -237,7 +237,12 @@ def _key(version: Version) -> tuple[uuid.UUID, int]:
 def _convert(version: Version) -> DataMap:
     """Convert the version's qcow2 file into its rendition, in place, with its map."""
     directory = get_storage().image_dir(version.image_id)
-    part = directory / f".{uuid.uuid4().hex}.raw{PART_SUFFIX}"
+    # Held locked while qemu-img writes it: the stale-upload sweep removes only dead ones.
+    with get_storage().held_part(directory, ".raw") as part:
+        return _convert_into(version, directory, part)
+
+
+def _convert_into(version: Version, directory: Path, part: Path) -> DataMap:
     try:
         with _qcow2_source(version) as (source, fds):
             virtual = _inspect(source, fds)

@@ -82,6 +82,19 @@ def _check_rights(owner: Any, image: Image, sync: bool) -> None:
         raise DjangoValidationError({"sync": message})
 
 
+def _check_sync_back(image: Image, sync: bool, mount: str) -> None:
+    """A flashed disk comes back raw; a qcow2 image stores qcow2 files: it is mounted instead."""
+    if sync and mount != Mount.NETWORK and image.file_standard == FileStandard.QCOW2:
+        raise DjangoValidationError(
+            {
+                "sync": f'"{image.name}" is a qcow2 image: a machine writes the raw disk it '
+                "describes and would bring a raw disk back, which a qcow2 image does not "
+                "store. Mount it over the network instead (mount: network), or sync a raw "
+                "image."
+            }
+        )
+
+
 def _takes_disk(image: Image, mount: str) -> bool:
     """A boot image and a network-mounted image take no disk: both are served over the network."""
     return image.type != ImageType.BOOT and mount != Mount.NETWORK
@@ -183,6 +196,7 @@ def frozen_image_check(
     """
     _check_rights(setup.owner, image, sync)
     validate_mount(image.type, mount)
+    _check_sync_back(image, sync, mount)
     if version is None or version.image_id != image.pk:
         raise DjangoValidationError({"version": f'"{image.name}" has no such version.'})
     if target_disk:

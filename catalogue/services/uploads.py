@@ -65,7 +65,6 @@ from catalogue.services.digests import file_digest, version_digest_ensure, versi
 from catalogue.services.lifecycle import quota_guard_for, versions_prune_schedule
 from catalogue.services.renditions import rendition_schedule
 from catalogue.storage import (
-    SUFFIXES,
     PendingFile,
     StorageFull,
     StoredFile,
@@ -653,12 +652,12 @@ def _fsync_path(path) -> None:
 
 
 def _next_free_number(image: Image) -> int:
-    """max + 1 (never 0: that is the empty image), past any file a crash left without a row."""
+    """max + 1 of the rows (never 0: that is the empty image). Files a crash left under that
+    number without a row are debris: removed (logged), never a reason to skip a number.
+    The caller holds the lock on the image's row."""
     latest = Version.objects.filter(image=image).aggregate(latest=Max("number"))["latest"] or 0
     number = latest + 1
-    storage = get_storage()
-    while any(storage.version_path(image.uuid, number, c).exists() for c in SUFFIXES):
-        number += 1
+    get_storage().clear_debris(image.uuid, number)
     return number
 
 

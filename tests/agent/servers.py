@@ -216,6 +216,7 @@ class FakeBaas:
     cut_path: str | None = None  # cut only the answer for this path (else the first file)
     refuse_chunked: bool = False  # answer 411, as Django's development server must
     gone_after_progress: int | None = None  # cancelled: 410 to everything after N reports
+    progress_failures: int = 0  # answer this many progress reports with 503 first
     checked_in: bool = False
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
@@ -321,7 +322,10 @@ class Handler(BaseHTTPRequestHandler):
         if not self._authorized():
             return
         body = self._body()
-        if self.path == "/api/agent/progress":
+        if self.path == "/api/agent/progress" and self.baas.progress_failures > 0:
+            self.baas.progress_failures -= 1
+            self._json(503, {"detail": "Try again."})
+        elif self.path == "/api/agent/progress":
             self.baas.progress.append(json.loads(body))
             self._json(200, {})
         elif self.path == "/api/log":

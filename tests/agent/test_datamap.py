@@ -370,3 +370,23 @@ def test_a_disk_is_only_left_alone_when_its_blake3_matches(baas, image, tmp_path
     flash(baas, instruction, disks)  # rewritten, then verified by SHA-256: it passes
     assert len(baas.gets(URL)) == 1
     assert disk.read_bytes() == image.read_bytes()
+
+
+@pytest.mark.parametrize("direction", ["write", "sync"])
+def test_the_start_of_each_image_reaches_the_server_even_when_a_report_is_lost(
+    baas, image, tmp_path, disk, disks, direction
+):
+    # The server records an image as written or brought back only if it saw progress for
+    # it; routine reports are best effort, so the first one is sent again until it lands.
+    baas.progress_failures = 1
+    disk.write_bytes(image.read_bytes())  # already there: checked quickly, not rewritten
+    client = agent_client(baas)
+    client.sleep = lambda seconds: None
+    if direction == "write":
+        instruction = serve(baas, image, tmp_path)
+        write_image(client, WriteInstruction.from_json(instruction), disks, Reporter(client))
+    else:
+        entry = sync_entry(baas, image, tmp_path)
+        assert sync_image(client, SyncInstruction.from_json(entry), disks, Reporter(client)) is None
+    assert [(p["image"], p["phase"]) for p in baas.progress][:1] == [(IMAGE, "verifying")]
+    assert baas.gets(URL) == []  # checked, not downloaded

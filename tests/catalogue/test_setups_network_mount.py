@@ -138,3 +138,20 @@ def test_two_flashed_images_on_one_disk_still_conflict(user_client, user, setup)
 
     assert response.status_code == 409
     assert "already written to /dev/sdb" in response.json()["detail"]
+
+
+def test_a_qcow2_user_data_image_is_mounted_over_the_network_not_flashed_and_synced(
+    user_client, user, setup
+):
+    # A flashed disk comes back raw, and a qcow2 image stores only qcow2 files.
+    image = ImageFactory(
+        owner=user, type=ImageType.USER_DATA, file_standard="qcow2", target_disk="/dev/sdb"
+    )
+    version = VersionFactory(image=image, number=0)
+
+    refused = pin(user_client, setup, version)
+
+    assert refused.status_code == 400
+    assert refused.json()["detail"].startswith(f'sync: "{image.name}" is a qcow2 image')
+    assert "mount: network" in refused.json()["detail"]
+    assert pin(user_client, setup, version, mount="network").status_code == 201

@@ -52,16 +52,21 @@ def test_an_aborted_write_leaves_nothing(store):
     assert list(store.image_dir(image).iterdir()) == []
 
 
-def test_stale_part_files_are_purged_and_fresh_ones_kept(store):
+def test_stale_part_files_are_purged_and_fresh_or_held_ones_kept(store):
     image = uuid.uuid4()
     old = store.open_write(image)
     old.write(b"abandoned")
+    old._file.close()  # what the kernel does when the writer dies: its lock goes
     os.utime(old.path, (1, 1))
     fresh = store.open_write(image)
+    fresh._file.close()
+    held = store.open_write(image)  # a slow upload: old, but its writer lives
+    os.utime(held.path, (1, 1))
     assert store.purge_stale(older_than_seconds=3600) == [old.path]
     assert fresh.path.exists()
-    fresh.abort()
-    old.abort()
+    assert held.path.exists()
+    for pending in (fresh, old, held):
+        pending.abort()
 
 
 def test_paths_are_built_only_from_valid_uuids(store):

@@ -345,6 +345,7 @@ def test_the_purge_job_removes_stale_part_files_only(image, settings):
     storage = get_storage()
     stale = storage.open_write(image.uuid)
     stale.write(b"abandoned by a killed server")
+    stale._file.close()  # as the kernel does when the server dies: its lock goes
     os.utime(stale.path, (1, 1))
     fresh = storage.open_write(image.uuid)
     assert purge_stale_uploads_task() == 1
