@@ -15,6 +15,7 @@ from django.db.models import F
 from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
 
+from baas_site.text import plain_text
 from catalogue.models import Compression, ImageType, Version
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.digests import version_digest_ensure
@@ -317,7 +318,10 @@ def agent_log(*, principal: Any, lines: list[str]) -> int:
     deployment.save(update_fields=["heartbeat_at", "updated_at"])
     events = [
         DeploymentEvent(
-            deployment=deployment, action="agent", state=deployment.state, message=line[:MAX_LINE]
+            deployment=deployment,
+            action="agent",
+            state=deployment.state,
+            message=plain_text(line, MAX_LINE),
         )
         for line in lines[:MAX_LOG_LINES]
     ]

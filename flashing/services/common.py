@@ -12,6 +12,7 @@ from rest_framework import status
 from rest_framework.exceptions import APIException
 
 from accounts.services import audit_record
+from baas_site.text import plain_text
 from catalogue.models import ImageType
 from flashing.models import Deployment, DeploymentEvent, DeploymentImage, Machine
 
@@ -32,14 +33,18 @@ def actor_or_none(actor: Any) -> Any:
 def event_record(
     *, deployment: Deployment, actor: Any, action: str, message: str = "", **data: Any
 ) -> DeploymentEvent:
-    """Log ``action`` in the deployment's event log and in the audit log."""
+    """Log ``action`` in the deployment's event log and in the audit log.
+
+    ``message`` is kept as plain text (``baas_site.text.plain_text``): whatever
+    produced it, people read one line, never an HTML page or a traceback.
+    """
     audit_record(actor=actor, action=f"deployment.{action}", target=deployment, **data)
     return DeploymentEvent.objects.create(
         deployment=deployment,
         actor=actor_or_none(actor),
         action=action,
         state=deployment.state,
-        message=message,
+        message=plain_text(message),
     )
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from baas_site.text import plain_text
 from flashing.models import (
     FINAL_STATES,
     RUNNING_STATES,
@@ -79,6 +80,7 @@ def _check_transition(deployment: Deployment, state: str) -> None:
 
 def _finish(deployment: Deployment, state: str, actor: Any, message: str) -> None:
     was_running = deployment.state in RUNNING_STATES
+    message = plain_text(message)
     deployment.failure_reason = message if state in STOPS else ""
     finish_deployment(deployment, state, actor, message)
     tokens_revoke(deployment=deployment)

@@ -75,6 +75,8 @@ def test_the_embedded_default_migrates_and_a_worker_runs_jobs_without_any_server
             "solo",
             "--loglevel",
             "INFO",
+            "--queues",  # as ./dev up's first worker: deployments' steps and beat's jobs
+            "celery,periodic",
         ],
         cwd=ROOT,
         env=env,
