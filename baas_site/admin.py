@@ -40,6 +40,20 @@ class BaasAdminSite(admin.AdminSite):
 
         return can_use_admin(request.user)
 
+    def password_change(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        """Django's page for one's own password; a new password also revokes one's tokens,
+        as every other way of changing a password does (``accounts.services``)."""
+        from accounts.services import tokens_revoke_all
+
+        user = request.user
+        before = getattr(user, "password", None)
+        response = super().password_change(request, extra_context)
+        if request.method == "POST" and user.is_authenticated:
+            user.refresh_from_db(fields=["password"])
+            if user.password != before:
+                tokens_revoke_all(actor=user, user=user, why="password changed")
+        return response
+
 
 class AdministratorsOnly:
     """A ``ModelAdmin`` (or inline) mixin: the page exists for administrators only.

@@ -124,3 +124,18 @@ def test_the_admins_password_page_revokes_the_users_tokens(admin_web, db):
     person.refresh_from_db()
     assert person.check_password(NEW)
     assert bearer(laptop).get("/api/user/me").status_code == 401
+
+
+def test_the_admins_own_password_page_revokes_their_tokens(db):
+    administrator = UserFactory(role=Role.ADMINISTRATOR)
+    _, laptop = token_create(actor=administrator, user=administrator, name="laptop")
+    web = Client()
+    web.force_login(administrator)
+    response = web.post(
+        "/admin/password_change/",
+        {"old_password": PASSWORD, "new_password1": NEW, "new_password2": NEW},
+    )
+    assert response.status_code == 302
+    administrator.refresh_from_db()
+    assert administrator.check_password(NEW)
+    assert bearer(laptop).get("/api/user/me").status_code == 401
