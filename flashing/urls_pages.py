@@ -16,6 +16,11 @@ urlpatterns = [
     path("machines/<str:mac>/deploy", views.machine_deploy, name="deploy"),
     path("deployments/<int:deployment_id>/", views.deployment_detail, name="deployment"),
     path(
+        "deployments/<int:deployment_id>/boot-again",
+        views.deployment_boot,
+        name="deployment-boot-again",
+    ),
+    path(
         "deployments/<int:deployment_id>/cancel",
         views.deployment_cancel,
         name="deployment-cancel",

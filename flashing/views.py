@@ -27,6 +27,7 @@ from flashing import selectors
 from flashing.forms import DeployForm, LeaseForm
 from flashing.models import (
     FINAL_STATES,
+    RUNNING_STATES,
     DeploymentImage,
     DeploymentState,
     DiskContent,
@@ -35,6 +36,7 @@ from flashing.models import (
 )
 from flashing.services import deployments as deployment_services
 from flashing.services import leases as lease_services
+from flashing.services.boot import deployment_boot_again, deployment_get_bootable
 from flashing.services.mounts import mount_url
 
 
@@ -207,8 +209,35 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
         "finished": deployment.state in FINAL_STATES,
         "can_cancel": deployment.state not in FINAL_STATES
         and rules.can_cancel_deployment(request.user, deployment),
+        "can_boot_again": deployment.state in RUNNING_STATES
+        and _may_boot_again(request.user, deployment),
     }
     return render(request, "flashing/deployment_detail.html", context)
+
+
+def _may_boot_again(user: Any, deployment: Any) -> bool:
+    try:
+        deployment_get_bootable(actor=user, deployment_id=deployment.pk)
+    except Http404:
+        return False
+    return True
+
+
+@login_required
+@require_POST
+def deployment_boot(request: HttpRequest, deployment_id: int) -> HttpResponse:
+    """A manual boot: a new attempt, armed for the machine's next network boot."""
+    deployment = deployment_get_bootable(actor=request.user, deployment_id=deployment_id)
+    try:
+        deployment = deployment_boot_again(actor=request.user, deployment=deployment)
+        messages.success(
+            request,
+            f"Attempt {deployment.attempt} is armed: boot {deployment.machine.name} from the "
+            "network now.",
+        )
+    except APIException as exc:
+        messages.error(request, error_text(exc))
+    return redirect("machines:deployment", deployment_id=deployment.pk)
 
 
 @login_required

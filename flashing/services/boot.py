@@ -310,12 +310,15 @@ def boot_script(*, mac: str, server: str, ip: str | None = None) -> str:
 def deployment_get_bootable(*, actor: Any, deployment_id: int) -> Deployment:
     """The deployment, if ``actor`` may ask for a manual boot of it; 404 otherwise.
 
-    Its requester, the holder of its machine's active lease, and administrators may.
+    Its requester, the holder of the (still active) lease it was asked for
+    under, and administrators may. Not whoever leases its machine now: a reset
+    that brings the previous user's data back belongs to no lease, and its
+    boot token must not reach the next user.
     """
     deployment = Deployment.objects.select_related("machine").filter(pk=deployment_id).first()
     if deployment is None or not rules.is_authenticated(actor):
         raise Http404("No such deployment, or not yours.")
-    lessee = Lease.objects.filter(machine=deployment.machine_id, ended_at=None, user=actor.pk)
+    lessee = Lease.objects.filter(pk=deployment.lease_id, ended_at=None, user=actor.pk)
     if not (
         rules.is_administrator(actor) or deployment.requested_by_id == actor.pk or lessee.exists()
     ):

@@ -113,6 +113,8 @@
     failure.hidden = !data.failure_reason;
     var cancel = document.getElementById("cancel-form");
     if (cancel) cancel.hidden = FINAL.indexOf(data.state) !== -1;
+    var again = document.getElementById("boot-again-form");
+    if (again) again.hidden = FINAL.indexOf(data.state) !== -1;
   }
 
   function render(data) {

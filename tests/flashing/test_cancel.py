@@ -208,3 +208,19 @@ def test_the_deployment_page_offers_cancel_while_it_runs(client, user, user_clie
     client.post(f"/deployments/{deployment.pk}/cancel")
     assert Deployment.objects.get(pk=deployment.pk).state == "cancelled"
     assert 'id="cancel-form"' not in client.get(f"/deployments/{deployment.pk}/").content.decode()
+
+
+def test_the_deployment_page_offers_a_manual_boot_while_it_runs(client, user, user_client, machine):
+    deployment, agent = start(user_client, machine, user)
+    client.force_login(user)
+    assert 'id="boot-again-form"' in client.get(f"/deployments/{deployment.pk}/").content.decode()
+
+    response = client.post(f"/deployments/{deployment.pk}/boot-again", follow=True)
+
+    assert f"Attempt 2 is armed: boot {machine.name}" in response.content.decode()
+    deployment.refresh_from_db()
+    assert (deployment.state, deployment.attempt) == ("booting", 2)
+    assert agent.get("/api/agent/instructions").status_code in GONE  # the old attempt's agent
+    user_client.post(f"/api/deployment/{deployment.pk}/cancel")
+    page = client.get(f"/deployments/{deployment.pk}/").content.decode()
+    assert 'id="boot-again-form"' not in page

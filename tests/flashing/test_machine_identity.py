@@ -160,6 +160,18 @@ def test_only_the_requester_the_lessee_or_an_administrator_may_boot_it_again(
     assert admin_client_api.post(f"/api/deployment/{deployment.pk}/boot-again").status_code == 200
 
 
+def test_whoever_leases_the_machine_now_cannot_boot_a_deployment_of_no_lease_of_theirs(
+    machine, deployment, user, administrator
+):
+    # A reset (BAAS's own, bringing the previous user's data back) belongs to no lease:
+    # its boot token must not reach the next user through a manual boot.
+    Deployment.objects.filter(pk=deployment.pk).update(requested_by=None, lease=None)
+    lessee = APIClient()
+    lessee.force_authenticate(user)
+    assert lessee.post(f"/api/deployment/{deployment.pk}/boot-again").status_code == 404
+    assert not deployment.events.filter(action="boot_again").exists()
+
+
 def test_a_finished_deployment_cannot_be_booted_again(machine, deployment, user_client):
     agent = checked_in(machine)
     agent.post("/api/agent/result", {"state": "failed", "reason": "disk on fire"}, format="json")
