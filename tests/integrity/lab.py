@@ -17,7 +17,7 @@ from catalogue.models import Image, ImageType, Version
 from catalogue.storage import get_storage
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
-from tests.integrity.invariants import promise
+from tests.integrity.invariants import promise, seen
 from tests.integrity.world import Agent, after_commit, bearer, content
 
 AGENT_CALLS_REFUSED = (401, 403, 404, 409, 410)
@@ -47,13 +47,21 @@ class Lab:
         with after_commit():
             response = getattr(client, method)(url, body, format="json")
         self.check_response(method, url, response, expected)
+        return self.read(response)
+
+    @staticmethod
+    def read(response: Any) -> Any:
+        """A streamed answer (image bytes) read to its end and closed, as a client does."""
+        if getattr(response, "streaming", False):
+            # Reading to the end closes it (the test client's wrapper), as a WSGI server does.
+            response.body = b"".join(response.streaming_content)
         return response
 
     def post_bytes(self, client: APIClient, url: str, data: bytes, *, ok=()):
         with after_commit():
             response = client.post(url, data, content_type="application/octet-stream")
         self.check_response("post", url, response, tuple(ok))
-        return response
+        return self.read(response)
 
     @staticmethod
     def check_response(method: str, url: str, response: Any, ok: tuple[int, ...]) -> None:
@@ -96,7 +104,8 @@ class Lab:
             "dead-token",
             response.status_code in expected,
             f"The {what} of {agent}, whose token is dead ({describe(agent.deployment_id)}), "
-            f"answered {response.status_code} (expected {' or '.join(map(str, expected))}): {response.content[:300]!r}",
+            f"answered {response.status_code} (expected {' or '.join(map(str, expected))}): "
+            f"{response.content[:300]!r}",
         )
         promise(
             "dead-token",
@@ -131,6 +140,7 @@ class Lab:
                 stored = Version.objects.get(image_id=entry["image"], number=number)
                 assert stored.sha256 == hashlib.sha256(data).hexdigest()
                 del box.dirty[entry["disk"]]
+                seen("an agent brought changed user data back")
                 item["version"] = number
             synced.append(item)
         agent.synced, agent.did_sync = synced, True
@@ -162,6 +172,8 @@ class Lab:
         assert response.status_code == 200, f"{agent}'s result was refused: {response.content!r}"
         state = Deployment.objects.get(pk=agent.deployment_id).state
         assert state == (DeploymentState.DONE if ok else DeploymentState.FAILED), state
+        agent.finished = True
+        seen(f"a deployment is {state}")
         if ok:
             self.machine_uses_its_data(agent)
 
@@ -226,6 +238,7 @@ class Lab:
                     f"Mount #{pk} failed silently.",
                 )
                 continue
+            seen("a changed network mount ended")
             promise(
                 "no-data-lost",
                 mount.result_version is not None,

@@ -21,6 +21,7 @@ from rest_framework.test import APIClient
 from accounts.models import Role, User
 from accounts.services import token_create
 from catalogue.models import Image, ImageSetup, ImageType, Mount
+from catalogue.services.datamaps import version_map_build
 from catalogue.services.setups import setup_image_add
 from flashing.models import MachineDisk
 from tests.accounts.factories import UserFactory
@@ -87,6 +88,8 @@ class Agent:
     instructions: dict[str, Any] | None = None
     synced: list[dict[str, Any]] = field(default_factory=list)
     did_sync: bool = False
+    downloaded: bool = False
+    finished: bool = False
 
     def __str__(self) -> str:
         state = "checked in" if self.secret else "booted"
@@ -146,10 +149,10 @@ class World:
         data = ImageFactory(
             owner=owner, name=f"{name}-data", type=ImageType.USER_DATA, target_disk="/dev/sdb"
         )
-        self.seed += 1
-        write_version(system, 0, content(self.seed))
-        self.seed += 1
-        write_version(data, 0, content(self.seed))
+        for image in (system, data):
+            self.seed += 1
+            version = write_version(image, 0, content(self.seed))
+            version_map_build(version_id=version.pk)  # as the upload's map job does
         self.images[(name, "system")] = system
         self.images[(name, "data")] = data
         for kind in SETUPS:
