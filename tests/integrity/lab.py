@@ -192,17 +192,16 @@ class Lab:
 
     def check_no_data_lost(self, agent: Agent) -> None:
         """Instructions never overwrite changed user data without bringing it back first,
-        unless its owner chose so (no sync) or a deployment said it failed or was cancelled."""
+        unless the deployment was queued without sync, or one said it failed or was cancelled."""
         box = self.world.boxes[agent.machine]
         deployment = Deployment.objects.select_related("requested_by").get(pk=agent.deployment_id)
-        requester = deployment.requested_by.username if deployment.requested_by else "BAAS"
         synced = {entry["disk"] for entry in agent.instructions["sync"]}
         for entry in agent.instructions["write"]:
             if entry["disk"] not in box.dirty or entry["disk"] in synced:
                 continue
             owner, image, since = box.dirty[entry["disk"]]
-            if owner == requester and not deployment.sync:
-                continue
+            if not deployment.sync:
+                continue  # whoever queued it chose not to bring the disks back
             said = Deployment.objects.filter(
                 machine__name=agent.machine,
                 pk__gt=since,
