@@ -160,6 +160,20 @@ def test_a_second_check_in_for_the_same_attempt_is_refused(world):
     assert deployment.events.filter(action="checked_in").count() == 1
 
 
+def test_only_the_agent_bound_to_the_attempt_gets_instructions_and_bytes(world):
+    lease_and_flash(world, "ann", "m0")
+    secrets = [token_of(boot_script(world, "m0")) for _ in range(2)]
+    assert check_in(world, "m0", secrets[0]).status_code == 200
+    second = check_in(world, "m0", secrets[1]) if secrets[1] else None
+    intruder = second.json()["token"] if second and second.status_code == 200 else None
+
+    image = world.images[("ann", "system")]
+    urls = ("/api/agent/instructions", f"/api/image/{image.uuid}/0")
+    answers = [call(world, None, "get", url, secret=intruder).status_code for url in urls]
+
+    assert intruder is None or 200 not in answers, answers
+
+
 # --- Network mounts next to flashed images -----------------------------------------------
 
 
