@@ -8,6 +8,8 @@ tokens, the worker when a step says so.
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 
 from catalogue.storage import get_storage
@@ -177,15 +179,24 @@ def test_only_the_agent_bound_to_the_attempt_gets_instructions_and_bytes(world):
 # --- Network mounts next to flashed images -----------------------------------------------
 
 
+# A crashed download leaves its file open: collected here, not in a later test.
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_the_agent_of_a_setup_with_a_network_mount_downloads_its_flashed_image(world):
     lease_and_flash(world, "ann", "m0", "system+mount")
     agent = check_in(world, "m0", token_of(boot_script(world, "m0"))).json()["token"]
     instructions = call(world, None, "get", "/api/agent/instructions", secret=agent).json()
     write = instructions["write"][0]
 
-    for url in (write["map_url"], write["url"]):
-        response = call(world, None, "get", url, secret=agent)
-        assert response.status_code == 200, (url, response.status_code)
+    answers = [
+        call(world, None, "get", url, secret=agent) for url in (write["map_url"], write["url"])
+    ]
+    for response in answers:
+        if response.streaming:
+            b"".join(response.streaming_content)
+    gc.collect()
+
+    assert [response.status_code for response in answers] == [200, 200]
 
 
 # --- Versions ------------------------------------------------------------------------------
