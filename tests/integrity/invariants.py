@@ -1,0 +1,217 @@
+"""The promises of the lifecycle model, checked on the database and the disk after every step.
+
+Each check raises ``AssertionError`` with a sentence that names the promise and the rows
+that break it. The checks that need to see a request (who got a boot script, a token,
+image bytes) live with the rules of ``test_lifecycle_model``; these look at the state.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from hypothesis import event
+
+from accounts.models import AuditEvent
+from catalogue.models import Image, Version
+from catalogue.storage import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, get_storage
+from flashing.models import (
+    FINAL_STATES,
+    LIVE_MOUNT_STATES,
+    RUNNING_STATES,
+    Deployment,
+    DeploymentEvent,
+    DeploymentImage,
+    DeploymentKind,
+    DeploymentState,
+    NetworkMount,
+)
+
+# Promises not to check, comma-separated (BAAS_MODEL_IGNORE=dead-token,numbering): to
+# look for the failures that a first, frequent one would hide.
+# BAAS_MODEL_ONLY=<name> checks that one alone (to shrink its failing sequence).
+IGNORED = set(os.environ.get("BAAS_MODEL_IGNORE", "").split(","))
+ONLY = os.environ.get("BAAS_MODEL_ONLY", "")
+HTML = re.compile(r"<\s*(!doctype|html|head|body|pre|div|table|title)\b", re.IGNORECASE)
+VERSION_FILE = re.compile(r"^(\d+)(\.img(?:\.gz|\.zst)?|" + re.escape(MAP_SUFFIX) + r")$")
+
+
+def promise(name: str, kept: object, message: str) -> None:
+    """Check the promise ``name``; an ``AssertionError`` that names it when it is broken."""
+    if name not in IGNORED and ONLY in ("", name):
+        assert kept, f"[{name}] {message}"
+
+
+SEEN: Counter[str] = Counter()
+
+
+def seen(what: str) -> None:
+    """Note that an example reached ``what`` (printed by the test: is the model deep enough?)."""
+    event(what)
+    SEEN[what] += 1
+
+
+def plain(text: str) -> bool:
+    """A reason a person can read: words, not a web page or a Python traceback."""
+    return not HTML.search(text) and "Traceback (most recent call last)" not in text
+
+
+def deployment_is_legitimate(deployment: Deployment, admin_requested: set[int]) -> bool:
+    """Whether an unfinished deployment may still go on.
+
+    It belongs to a live lease of the person who asked for it; or it has no lease and
+    BAAS queued it (a reset) or an administrator asked for it on a machine they do not
+    hold. Those run until they finish or someone cancels them: a lease that ends cancels
+    only its own deployments (the model's decision for administrators, see the module
+    docstring of ``test_lifecycle_model``).
+    """
+    lease = deployment.lease
+    if lease is None:
+        return deployment.kind == DeploymentKind.RESET or deployment.pk in admin_requested
+    return lease.ended_at is None and lease.user_id == deployment.requested_by_id
+
+
+def check_one_running_per_machine() -> None:
+    running: dict[int, list[int]] = defaultdict(list)
+    for pk, machine_id in Deployment.objects.filter(state__in=RUNNING_STATES).values_list(
+        "pk", "machine_id"
+    ):
+        running[machine_id].append(pk)
+    crowded = {machine: pks for machine, pks in running.items() if len(pks) > 1}
+    promise(
+        "one-running", not crowded, f"More than one deployment past queued on a machine: {crowded}"
+    )
+
+
+def check_deployments_finished_or_leased(admin_requested: set[int]) -> None:
+    unfinished = Deployment.objects.exclude(state__in=FINAL_STATES).select_related("lease")
+    orphans = [
+        f"#{d.pk} ({d.state}, lease #{d.lease_id} ended {d.lease.ended_at if d.lease else '-'})"
+        for d in unfinished
+        if not deployment_is_legitimate(d, admin_requested)
+    ]
+    promise(
+        "finished-or-leased",
+        not orphans,
+        f"Unfinished deployments whose lease is over: {', '.join(orphans)}",
+    )
+
+
+def check_reasons_are_plain() -> None:
+    for deployment in Deployment.objects.filter(state__in=FINAL_STATES):
+        reason = deployment.failure_reason
+        if deployment.state == DeploymentState.FAILED:
+            promise(
+                "plain-reasons",
+                reason.strip(),
+                f"Deployment #{deployment.pk} failed without a reason.",
+            )
+        if deployment.state != DeploymentState.DONE:
+            last = deployment.events.filter(action=deployment.state).order_by("-id").first()
+            promise(
+                "plain-reasons",
+                last is not None and last.message.strip(),
+                f"Deployment #{deployment.pk} is {deployment.state} without saying why.",
+            )
+        promise(
+            "plain-reasons",
+            plain(reason),
+            f"Deployment #{deployment.pk}'s reason is not plain: {reason[:300]}",
+        )
+    for logged in DeploymentEvent.objects.all():
+        promise(
+            "plain-reasons",
+            plain(logged.message),
+            f"Event {logged.action} of deployment #{logged.deployment_id} is not plain text: "
+            f"{logged.message[:300]}",
+        )
+
+
+def check_pinned_versions_kept() -> None:
+    """Versions an unfinished deployment writes or mounts, or a live mount serves, exist."""
+    rows = DeploymentImage.objects.exclude(deployment__state__in=FINAL_STATES).exclude(
+        direction=DeploymentImage.Direction.SYNC
+    )
+    pinned = [(r.image_id, r.version_number, f"deployment #{r.deployment_id}") for r in rows]
+    mounts = NetworkMount.objects.filter(state__in=LIVE_MOUNT_STATES)
+    pinned += [(m.image_id, m.version_number, f"network mount #{m.pk}") for m in mounts]
+    storage = get_storage()
+    for image_id, number, holder in pinned:
+        version = Version.objects.filter(image_id=image_id, number=number).first()
+        promise(
+            "pinned-kept",
+            image_id is not None and version is not None,
+            f"Version {number} of image {image_id}, pinned by {holder}, was deleted.",
+        )
+        path = storage.version_path(image_id, number, version.stored_compression)
+        promise(
+            "pinned-kept",
+            path.exists(),
+            f"The file of {image_id} v{number}, pinned by {holder}, is gone.",
+        )
+
+
+def check_numbering() -> None:
+    """Each image's uploads are numbered 1, 2, 3… (0 is the first version): none skipped."""
+    numbers: dict[str, list[int]] = defaultdict(list)
+    events = AuditEvent.objects.filter(action="version.upload").order_by("id")
+    for data in events.values_list("data", flat=True):
+        numbers[data["image"]].append(data["number"])
+    for image, seen in numbers.items():
+        expected = list(range(1, len(seen) + 1))
+        promise(
+            "numbering",
+            seen == expected,
+            f"Image {image}'s new versions were numbered {seen}: skipped.",
+        )
+
+
+def check_files_match_rows(strays: Iterable[Path] = ()) -> None:
+    """Every version has its file; every file under the root is a version's (or its map).
+
+    ``strays`` are files the model left on purpose (a crash during an upload); they
+    are allowed as long as no row claims their number with other bytes.
+    """
+    storage = get_storage()
+    root = Path(storage.root)
+    allowed = set(strays)
+    rows = {
+        (str(image), number): compression
+        for image, number, compression in Version.objects.values_list(
+            "image_id", "number", "stored_compression"
+        )
+    }
+    for (image, number), compression in rows.items():
+        path = storage.version_path(image, number, compression)
+        promise(
+            "files-match-rows",
+            path.exists(),
+            f"Version {number} of image {image} has no file ({path.name}).",
+        )
+    images = {str(pk) for pk in Image.objects.values_list("pk", flat=True)}
+    for path in sorted(root.glob("*/*")) + sorted(root.glob("*/.*")):
+        promise(
+            "files-match-rows",
+            not path.name.endswith(PART_SUFFIX),
+            f"A leftover upload file: {path}",
+        )
+        if path in allowed:
+            continue
+        image = path.parent.name
+        promise("files-match-rows", image in images, f"A file of a deleted image is left: {path}")
+        match = VERSION_FILE.match(path.name)
+        promise("files-match-rows", match, f"An unexpected file under the image root: {path}")
+        number = int(match.group(1))
+        compression = rows.get((image, number))
+        promise(
+            "files-match-rows", compression is not None, f"A file without its version row: {path}"
+        )
+        if match.group(2) != MAP_SUFFIX:
+            promise(
+                "files-match-rows",
+                match.group(2) == SUFFIXES[compression],
+                f"A leftover file: {path}",
+            )
