@@ -13,6 +13,7 @@ from typing import Any
 
 from rest_framework.test import APIClient
 
+from accounts.scopes import ALL as ALL_SCOPES
 from catalogue.models import Image, ImageType, Version
 from catalogue.storage import get_storage
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
@@ -149,10 +150,13 @@ class Lab:
         allowed = self.agents.may_get_bytes(agent)
         writes = agent.instructions["write"]
         if ok and allowed:
-            for entry in writes:  # done needs progress for every written image
+            # As the real agent does, every image's start is announced, then its end:
+            # done needs progress for every written image (and leaves booting behind).
+            syncs = [(e, "syncing") for e in agent.instructions["sync"]]
+            for entry, phase in [*syncs, *((e, "verifying") for e in writes)]:
                 body = {
                     "image": entry["image"],
-                    "phase": "verifying",
+                    "phase": phase,
                     "bytes_done": entry["size"],
                     "bytes_total": entry["size"],
                 }
@@ -295,6 +299,8 @@ class Lab:
         self.http(bearer(old), "get", "/api/user/me", ok=(401,))
         from accounts.services import token_create
 
-        token, person.secret = token_create(actor=person.user, user=person.user, name="model")
+        token, person.secret = token_create(
+            actor=person.user, user=person.user, name="model", scopes_wanted=ALL_SCOPES
+        )
         person.token_id = token.pk
         person.dead_secrets.append(old)

@@ -19,6 +19,7 @@ from django.test import TestCase
 from rest_framework.test import APIClient
 
 from accounts.models import Role, User
+from accounts.scopes import ALL as ALL_SCOPES
 from accounts.services import token_create
 from catalogue.models import Image, ImageSetup, ImageType, Mount
 from catalogue.services.datamaps import version_map_build
@@ -116,7 +117,9 @@ class World:
         self.people: dict[str, Person] = {}
         for name, role in (("ann", Role.USER), ("bob", Role.USER), ("root", Role.ADMINISTRATOR)):
             user = UserFactory(username=name, role=role)
-            token, secret = token_create(actor=user, user=user, name="model")
+            token, secret = token_create(
+                actor=user, user=user, name="model", scopes_wanted=ALL_SCOPES
+            )
             self.people[name] = Person(user=user, secret=secret, token_id=token.pk)
         self.boxes = {
             "m0": self._machine("m0", power_driver="manual", power_settings={}),
