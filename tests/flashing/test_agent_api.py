@@ -330,17 +330,23 @@ def test_a_failure_is_recorded_with_its_reason(machine, deployment):
     assert Deployment.objects.get(pk=deployment.pk).machine.state == MachineState.LEASED
 
 
-def test_a_retried_sync_upload_gets_the_version_it_made(machine, deployment):
-    item = deployment.images.get(disk="/dev/sdb")
+def bring_back(deployment: Deployment, disk: str) -> DeploymentImage:
+    """Have ``deployment`` also bring back the image it writes to ``disk`` (a sync row)."""
+    item = deployment.images.get(disk=disk)
     DeploymentImage.objects.create(
         deployment=deployment,
         direction=DeploymentImage.Direction.SYNC,
         image=item.image,
         version=item.version,
         version_number=0,
-        disk="/dev/sdb",
+        disk=disk,
         sync=True,
     )
+    return item
+
+
+def test_a_retried_sync_upload_gets_the_version_it_made(machine, deployment):
+    item = bring_back(deployment, "/dev/sdb")
     agent = checked_in(machine)
     url = f"/api/image/{item.image_id}"
     changed = b"results" * 3000

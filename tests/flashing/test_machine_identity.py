@@ -18,7 +18,6 @@ from catalogue.services.setups import setup_image_add
 from flashing.models import (
     AgentToken,
     Deployment,
-    DeploymentImage,
     DiskContent,
     MachineState,
     UnknownMac,
@@ -31,7 +30,14 @@ from flashing.services.pipeline import (
 )
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
 from tests.flashing.factories import LeaseFactory, MachineFactory
-from tests.flashing.test_agent_api import armed, bearer, checked_in, report_writing, written
+from tests.flashing.test_agent_api import (
+    armed,
+    bearer,
+    bring_back,
+    checked_in,
+    report_writing,
+    written,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -308,16 +314,7 @@ def test_done_with_an_image_it_was_not_told_to_write_is_failed(machine, deployme
 
 def test_a_synced_version_the_agent_did_not_upload_is_refused(machine, deployment, user):
     writes = written(deployment)
-    item = deployment.images.get(disk="/dev/sdb")
-    DeploymentImage.objects.create(
-        deployment=deployment,
-        direction=DeploymentImage.Direction.SYNC,
-        image=item.image,
-        version=item.version,
-        version_number=0,
-        disk="/dev/sdb",
-        sync=True,
-    )
+    item = bring_back(deployment, "/dev/sdb")
     planted = write_version(item.image, 1, b"planted by its owner, not this agent" * 100)
     agent = checked_in(machine)
     syncing = {"image": str(item.image_id), "phase": "syncing", "bytes_done": 1, "bytes_total": 2}
