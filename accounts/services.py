@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
+from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import Model, ProtectedError, RestrictedError
@@ -44,6 +45,15 @@ def audit_record(*, actor: Any, action: str, target: Model, **data: Any) -> Audi
     )
 
 
+def password_check(password: str, user: User) -> None:
+    """The one check of a new password: Django's validators (``AUTH_PASSWORD_VALIDATORS``),
+    as the admin's and the web forms apply them; 400 with their messages."""
+    try:
+        validate_password(password, user)
+    except DjangoValidationError as exc:
+        raise ValidationError({"password": exc.messages}) from exc
+
+
 @transaction.atomic
 def user_create(
     *,
@@ -57,6 +67,7 @@ def user_create(
     """Create a user; without a password they cannot sign in until one is set."""
     user = User(username=username, email=email, display_name=display_name, role=role)
     if password:
+        password_check(password, user)
         user.set_password(password)
     else:
         user.set_unusable_password()
@@ -93,6 +104,7 @@ def user_update(
 def _user_update_apply(*, actor: Any, user: User, revoke_tokens: bool, **fields: Any) -> User:
     password = fields.pop("password", None)
     if password:
+        password_check(password, user)
         user.set_password(password)
         audit_record(
             actor=actor, action="user.password", target=user, tokens_kept=not revoke_tokens

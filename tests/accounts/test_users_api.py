@@ -51,6 +51,30 @@ def test_bad_user_input_is_a_clear_400(admin_client_api, payload, field):
     assert response.json()["detail"].startswith(field)
 
 
+@pytest.mark.parametrize(
+    ("password", "why"),
+    [
+        ("password1", "This password is too common."),
+        ("84310592716", "This password is entirely numeric."),
+        ("ada@example.org", "The password is too similar to the email."),
+    ],
+)
+def test_a_weak_password_is_refused_with_the_reason(
+    admin_client_api, user_client, user, password, why
+):
+    payload = {"username": "ada", "email": "ada@example.org", "password": password}
+    response = admin_client_api.post("/api/user", payload, format="json")
+    assert response.status_code == 400
+    assert why in response.json()["errors"]["password"]
+    assert not type(user).objects.filter(username="ada").exists()
+
+    change = {"password": password, "current_password": "unused"}
+    response = admin_client_api.patch(f"/api/user/{user.username}", change, format="json")
+    assert response.status_code == 400
+    user.refresh_from_db()
+    assert not user.check_password(password)
+
+
 def test_emails_are_unique_whatever_their_case(admin_client_api, user):
     response = admin_client_api.post(
         "/api/user", {"username": "dup", "email": user.email.upper()}, format="json"
