@@ -50,7 +50,7 @@ class UserPublicSerializer(serializers.ModelSerializer):
 class UserCreateInputSerializer(serializers.Serializer):
     username = serializers.CharField(max_length=150, validators=[username_validator])
     email = serializers.EmailField()
-    name = serializers.CharField(max_length=150, required=False, default="")
+    name = serializers.CharField(max_length=150, required=False, allow_blank=True, default="")
     role = serializers.ChoiceField(choices=Role.choices, default=Role.USER)
     password = serializers.CharField(required=False, write_only=True, min_length=8)
 

@@ -31,7 +31,9 @@ class AgentApi(APIView):
 
 class CheckinInputSerializer(serializers.Serializer):
     mac = serializers.CharField(max_length=40)
-    agent_version = serializers.CharField(max_length=40, required=False, default="")
+    agent_version = serializers.CharField(
+        max_length=40, required=False, allow_blank=True, default=""
+    )
 
 
 class CheckinOutputSerializer(serializers.Serializer):
