@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
@@ -334,6 +335,10 @@ class UserImagesByNameApi(APIView):
     )
     def get(self, request: Request, username: str, image_name: str) -> Response:
         owner = user_get_managed(actor=request.user, username=username)
+        try:  # a name no image can have: say so, rather than answer an empty list
+            validate_image_name(image_name)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError({"image_name": exc.messages}) from exc
         images = selectors.image_list_owned(
             owner=owner, name=image_name, type=request.query_params.get("type")
         )

@@ -134,6 +134,13 @@ def test_a_users_images_filter_by_type_and_name(user_client, user):
     assert user_client.get(f"{base}?type=nonsense").status_code == 400
 
 
+@pytest.mark.parametrize("name", ["bad%00name", "%20%20", "tab%09name"])
+def test_a_name_no_image_can_have_is_a_400_not_an_empty_list(user_client, user, name):
+    response = user_client.get(f"/api/user/{user.username}/images/{name}")
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith("image_name: An image name is printable text")
+
+
 def test_image_list_shows_own_and_system_images_paginated(user_client, user, administrator):
     own = ImageFactory(owner=user, name="mine")
     system = ImageFactory(owner=administrator, name="shared", type=ImageType.SYSTEM)
