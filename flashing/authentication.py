@@ -103,6 +103,13 @@ class DeploymentGone(exceptions.APIException):
     default_detail = "This deployment is over."
     default_code = "gone"
 
+    @classmethod
+    def of(cls, deployment: Deployment) -> DeploymentGone:
+        return cls(
+            f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more to do "
+            "for it; stop."
+        )
+
 
 class AgentTokenAuthentication(BaseAuthentication):
     """Agent tokens only; any other bearer token is left to the next class."""
@@ -116,11 +123,7 @@ class AgentTokenAuthentication(BaseAuthentication):
             return None
         token, verdict = token_check(secret)
         if verdict == TokenVerdict.GONE:
-            deployment = token.deployment
-            raise DeploymentGone(
-                f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more "
-                "to do for it; stop."
-            )
+            raise DeploymentGone.of(token.deployment)
         if token is None or verdict != TokenVerdict.LIVE:
             raise exceptions.AuthenticationFailed(
                 "Invalid, revoked or expired agent token, or one of an older boot attempt."

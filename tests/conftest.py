@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
+from accounts import scopes
 from accounts.models import Role
 from accounts.services import token_create
 from catalogue.storage import MAP_SUFFIX, get_storage
@@ -66,11 +68,11 @@ def allocated(image) -> int:
     return sum(p.stat().st_blocks * 512 for p in version_files(image))
 
 
-def client_for(user) -> APIClient:
-    """An API client authenticated the way scripts are: a bearer token."""
+def client_for(user, wanted: Iterable[str] = scopes.DEFAULT) -> APIClient:
+    """An API client authenticated the way scripts are: a bearer token with ``wanted`` scopes."""
     client = APIClient()
     if user is not None:
-        _, secret = token_create(actor=user, user=user, name="tests")
+        _, secret = token_create(actor=user, user=user, name="tests", scopes_wanted=wanted)
         client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
     client.user = user
     return client
@@ -116,20 +118,26 @@ def anon_client():
 
 
 @pytest.fixture
-def user_client(user):
-    return client_for(user)
+def client_scopes() -> tuple[str, ...]:
+    """The scopes of the API clients' tokens (``user_client``…): what new tokens get."""
+    return scopes.DEFAULT
 
 
 @pytest.fixture
-def other_client(other_user):
-    return client_for(other_user)
+def user_client(user, client_scopes):
+    return client_for(user, client_scopes)
 
 
 @pytest.fixture
-def moderator_client(moderator):
-    return client_for(moderator)
+def other_client(other_user, client_scopes):
+    return client_for(other_user, client_scopes)
 
 
 @pytest.fixture
-def admin_client_api(administrator):
-    return client_for(administrator)
+def moderator_client(moderator, client_scopes):
+    return client_for(moderator, client_scopes)
+
+
+@pytest.fixture
+def admin_client_api(administrator, client_scopes):
+    return client_for(administrator, client_scopes)

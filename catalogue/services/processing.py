@@ -234,9 +234,11 @@ def storage_audit() -> StorageAudit:
         if name.endswith(PART_SUFFIX):
             audit.parts.append(f"{directory}/{name}")
             audit.stray_files.append(f"{directory}/{name}")
-        elif key is not None and key not in rows:
+        elif key is None:
+            audit.stray_files.append(f"{directory}/{name}")  # no version's file at all
+        elif key not in rows:
             audit.stray_files.append(f"{directory}/{name}")  # of no version: debris
-        elif key is not None and numbered[2] in _VERSION_SUFFIXES:
+        elif numbered[2] in _VERSION_SUFFIXES:
             if SUFFIXES[rows[key]] == numbered[2]:
                 seen.add(key)
             else:  # in another compression than the row's: a compression's leftover

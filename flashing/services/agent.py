@@ -36,9 +36,9 @@ from flashing.models import (
 from flashing.services.boot import refusal_record
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
 from flashing.services.mounts import mount_entries
-from flashing.services.pipeline import deployment_fail, machine_kick
+from flashing.services.pipeline import deployment_fail
 from flashing.services.states import TRANSITIONS, deployment_set_state
-from flashing.services.tokens import token_consume, token_mint, tokens_revoke
+from flashing.services.tokens import token_consume, token_mint
 
 W, S = DeploymentImage.Direction.WRITE, DeploymentImage.Direction.SYNC
 MAX_LOG_LINES = 500
@@ -56,10 +56,7 @@ def _locked(principal: Any) -> Deployment:
     lock_machine(deployment.machine)
     deployment = lock(Deployment, deployment.pk)
     if deployment.state in FINAL_STATES:
-        raise DeploymentGone(
-            f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more to do "
-            "for it; stop."
-        )
+        raise DeploymentGone.of(deployment)
     if deployment.state not in RUNNING_STATES or deployment.attempt != principal.token.attempt:
         raise AuthenticationFailed(f"Deployment #{deployment.pk} is over for this agent.")
     return deployment
@@ -449,9 +446,7 @@ def agent_result(
             deployment.images.filter(direction=W).update(bytes_done=F("bytes_total"), phase="done")
             deployment = _walk(deployment, DeploymentState.DONE, "The agent reported success.")
             if deployment.state == DeploymentState.DONE:
-                tokens_revoke(deployment=deployment)
-                machine_kick(machine_id=deployment.machine_id)
-                return deployment
+                return deployment  # its tokens died and the machine moved on (states._finish)
             mismatch = f"the deployment could not go from {deployment.state} to done"
         reason = f"The agent reported success, but {mismatch}."
     return deployment_fail(

@@ -48,7 +48,8 @@ from flashing.services.common import (
     lock,
     lock_machine,
 )
-from flashing.services.pipeline import _begin_attempt, timeouts
+from flashing.services.pipeline import timeouts
+from flashing.services.states import attempt_restart
 from flashing.services.tokens import token_mint
 
 LOCAL_DISK = """#!ipxe
@@ -343,10 +344,9 @@ def deployment_boot_again(*, actor: Any, deployment: Deployment) -> Deployment:
             f"Deployment #{deployment.pk} is {deployment.state}; only a running deployment "
             "can be booted again."
         )
-    _begin_attempt(deployment, timezone.now())
-    deployment.state = DeploymentState.BOOTING
+    attempt_restart(deployment, timezone.now())
     deployment.powered_attempt = deployment.attempt  # armed: a person powers it
-    deployment.save(update_fields=["state", "powered_attempt", "updated_at"])
+    deployment.save(update_fields=["powered_attempt", "updated_at"])
     boot_timeout = timeouts(deployment.machine)[0]
     event_record(
         deployment=deployment,

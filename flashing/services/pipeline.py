@@ -46,8 +46,13 @@ from flashing.services.common import (
 )
 from flashing.services.deployments import deployment_plan_sync
 from flashing.services.mounts import network_mounts_plan
-from flashing.services.states import deployment_needs_management_os, deployment_set_state
-from flashing.services.tokens import token_mint, tokens_revoke
+from flashing.services.states import (
+    attempt_begin,
+    attempt_restart,
+    deployment_needs_management_os,
+    deployment_set_state,
+)
+from flashing.services.tokens import token_mint
 
 log = logging.getLogger(__name__)
 # A power task not done this long after its attempt began was lost: send it again
@@ -77,19 +82,6 @@ def attempts_allowed() -> int:
 # --- Start ---------------------------------------------------------------------------
 
 
-def _begin_attempt(deployment: Deployment, now: datetime) -> None:
-    """A new attempt: fresh bookkeeping, old tokens revoked, progress reset."""
-    deployment.attempt += 1
-    deployment.booted_at = now
-    deployment.checked_in_at = None
-    deployment.heartbeat_at = None
-    deployment.save(
-        update_fields=["attempt", "booted_at", "checked_in_at", "heartbeat_at", "updated_at"]
-    )
-    tokens_revoke(deployment=deployment)
-    deployment.images.update(bytes_done=0, phase="", rate=0.0, progress_at=None)
-
-
 @transaction.atomic
 def machine_start_next(*, machine_id: int) -> Deployment | None:
     """Start the machine's next queued deployment (FIFO) unless one runs already.
@@ -111,7 +103,7 @@ def machine_start_next(*, machine_id: int) -> Deployment | None:
     network_mounts_plan(deployment=deployment)
     if not deployment_needs_management_os(deployment):
         return _done_without_management_os(deployment)
-    _begin_attempt(deployment, timezone.now())
+    attempt_begin(deployment, timezone.now())
     deployment = deployment_set_state(
         actor=None,
         deployment=deployment,
@@ -306,9 +298,7 @@ def deployment_retry_or_fail(*, deployment_id: int, attempt: int, reason: str) -
             reason=f"Failed after {attempt} attempt(s); the last one: {reason}",
         )
         return "failed"
-    _begin_attempt(deployment, timezone.now())
-    deployment.state = DeploymentState.BOOTING
-    deployment.save(update_fields=["state", "updated_at"])
+    attempt_restart(deployment, timezone.now())
     event_record(
         deployment=deployment,
         actor=None,

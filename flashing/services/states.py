@@ -16,6 +16,7 @@ owes the rest of BAAS:
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from django.db import transaction
@@ -114,3 +115,33 @@ def deployment_set_state(
         event_record(deployment=deployment, actor=actor, action=state, message=message)
     machine_settle_state(actor=actor, machine=machine)
     return deployment
+
+
+# --- Attempts --------------------------------------------------------------------------
+
+
+def attempt_begin(deployment: Deployment, now: datetime) -> None:
+    """A new attempt: fresh bookkeeping, old tokens revoked, progress reset.
+
+    The deployment is locked by the caller.
+    """
+    deployment.attempt += 1
+    deployment.booted_at = now
+    deployment.checked_in_at = None
+    deployment.heartbeat_at = None
+    deployment.save(
+        update_fields=["attempt", "booted_at", "checked_in_at", "heartbeat_at", "updated_at"]
+    )
+    tokens_revoke(deployment=deployment)
+    deployment.images.update(bytes_done=0, phase="", rate=0.0, progress_at=None)
+
+
+def attempt_restart(deployment: Deployment, now: datetime) -> None:
+    """A running deployment starts over in a new attempt (a retry, a manual boot): booting.
+
+    Outside ``TRANSITIONS``, which describe one attempt. The machine and the
+    deployment are locked by the caller, who records why.
+    """
+    attempt_begin(deployment, now)
+    deployment.state = DeploymentState.BOOTING
+    deployment.save(update_fields=["state", "updated_at"])

@@ -65,6 +65,9 @@ def test_the_audit_finds_stray_files_parts_and_rows_without_files(image):
     leftover = storage.version_path(image.uuid, 0, "zstd")  # a compression's leftover
     leftover.write_bytes(b"left by a crash")
     debris.append(leftover)
+    unnamed = storage.image_dir(image.uuid) / "notes.txt"  # no version's file at all
+    unnamed.write_bytes(b"put there by hand")
+    debris.append(unnamed)
     pending = storage.open_write(image.uuid)
     lost = Version.objects.create(image=image, number=3, size=10, sha256="0" * 64, stored_size=0)
 

@@ -16,8 +16,9 @@ from pathlib import Path
 from hypothesis import event
 
 from accounts.models import AuditEvent
-from catalogue.models import Image, Version
-from catalogue.storage import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, get_storage
+from catalogue.models import Version
+from catalogue.services.processing import storage_audit
+from catalogue.storage import get_storage
 from flashing.models import (
     FINAL_STATES,
     LIVE_MOUNT_STATES,
@@ -36,7 +37,6 @@ from flashing.models import (
 IGNORED = set(os.environ.get("BAAS_MODEL_IGNORE", "").split(","))
 ONLY = os.environ.get("BAAS_MODEL_ONLY", "")
 HTML = re.compile(r"<\s*(!doctype|html|head|body|pre|div|table|title)\b", re.IGNORECASE)
-VERSION_FILE = re.compile(r"^(\d+)(\.img(?:\.gz|\.zst)?|" + re.escape(MAP_SUFFIX) + r")$")
 
 
 def promise(name: str, kept: object, message: str) -> None:
@@ -170,48 +170,21 @@ def check_numbering() -> None:
 
 
 def check_files_match_rows(strays: Iterable[Path] = ()) -> None:
-    """Every version has its file; every file under the root is a version's (or its map).
+    """Every version has its file; every file under the root is a version's (or beside one).
 
     ``strays`` are files the model left on purpose (a crash during an upload); they
-    are allowed as long as no row claims their number with other bytes.
+    are allowed as long as no row claims their number with other bytes. The
+    comparison itself is the catalogue's own (``processing.storage_audit``).
     """
-    storage = get_storage()
-    root = Path(storage.root)
-    allowed = set(strays)
-    rows = {
-        (str(image), number): compression
-        for image, number, compression in Version.objects.values_list(
-            "image_id", "number", "stored_compression"
-        )
-    }
-    for (image, number), compression in rows.items():
-        path = storage.version_path(image, number, compression)
+    root = Path(get_storage().root)
+    allowed = {f"{path.parent.name}/{path.name}" for path in strays}
+    audit = storage_audit()
+    for image, number, name in audit.missing_files:
         promise(
-            "files-match-rows",
-            path.exists(),
-            f"Version {number} of image {image} has no file ({path.name}).",
+            "files-match-rows", False, f"Version {number} of image {image} has no file ({name})."
         )
-    images = {str(pk) for pk in Image.objects.values_list("pk", flat=True)}
-    for path in sorted(root.glob("*/*")) + sorted(root.glob("*/.*")):
-        promise(
-            "files-match-rows",
-            not path.name.endswith(PART_SUFFIX),
-            f"A leftover upload file: {path}",
-        )
-        if path in allowed:
-            continue
-        image = path.parent.name
-        promise("files-match-rows", image in images, f"A file of a deleted image is left: {path}")
-        match = VERSION_FILE.match(path.name)
-        promise("files-match-rows", match, f"An unexpected file under the image root: {path}")
-        number = int(match.group(1))
-        compression = rows.get((image, number))
-        promise(
-            "files-match-rows", compression is not None, f"A file without its version row: {path}"
-        )
-        if match.group(2) != MAP_SUFFIX:
-            promise(
-                "files-match-rows",
-                match.group(2) == SUFFIXES[compression],
-                f"A leftover file: {path}",
-            )
+    for part in audit.parts:
+        promise("files-match-rows", False, f"A leftover upload file: {root / part}")
+    for stray in audit.stray_files:
+        if stray not in allowed and stray not in audit.parts:
+            promise("files-match-rows", False, f"A file without its version row: {root / stray}")

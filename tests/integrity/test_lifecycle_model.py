@@ -19,6 +19,7 @@ Each promise has a name, printed with its failure (``[serving] …``):
 * ``finished-or-leased``: every deployment is finished or belongs to a live lease;
   ``plain-reasons``: with a reason in plain text (no HTML, no traceback);
 * ``cancel-any-state``: its requester or an administrator cancels it in any state;
+  ``manual-boot-owner``: only they, or the holder of its own live lease, boot it again;
 * ``pinned-kept``: a version an unfinished deployment or a live mount uses stays;
 * ``no-data-lost``: changed user data is brought back (sync, network mount) before a
   disk is overwritten, or a deployment says why not; the base version stays untouched;
@@ -241,6 +242,27 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
             )
         if response.status_code == 200:
             assert Deployment.objects.get(pk=deployment.pk).state == "cancelled"
+
+    @precondition(lambda self: Deployment.objects.exists())
+    @rule(who=PEOPLE, index=INDEX)
+    def boot_again(self, who: str, index: int) -> None:
+        """A manual boot: a new armed attempt, only for the deployment's own people."""
+        deployments = list(Deployment.objects.order_by("id"))
+        deployment = deployments[index % len(deployments)]
+        person = self.world.people[who].user
+        person.refresh_from_db()
+        url = f"/api/deployment/{deployment.pk}/boot-again"
+        response = self.http(who, "post", url, ok=(200, 403, 404, 409))
+        own_lease = Lease.objects.filter(pk=deployment.lease_id, ended_at=None, user=person)
+        entitled = person.is_active and (
+            deployment.requested_by_id == person.pk or person.is_administrator or own_lease.exists()
+        )
+        after = Deployment.objects.get(pk=deployment.pk)
+        promise(
+            "manual-boot-owner",
+            entitled or (response.status_code != 200 and after.attempt == deployment.attempt),
+            f"{who} booted #{deployment.pk} again, which is not theirs: {response.status_code}",
+        )
 
     @rule()
     def worker_runs_pending_jobs(self) -> None:
