@@ -64,4 +64,6 @@ class DeployForm(forms.Form):
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["setup"].queryset = setups_usable(user)
+        setup_field = self.fields["setup"]
+        assert isinstance(setup_field, forms.ModelChoiceField)
+        setup_field.queryset = setups_usable(user)

@@ -8,8 +8,9 @@ again; what a crash loses anyway, the watchdog (beat) picks up.
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, Literal, TypedDict
 
-from celery import shared_task
+from celery import Task, shared_task
 from django.utils import timezone
 
 from flashing.services.leases import leases_expire
@@ -21,10 +22,28 @@ from flashing.services.mounts import (
 from flashing.services.pipeline import deployment_power, deployments_watchdog, machine_advance
 from flashing.services.tokens import tokens_purge
 
-LIMITS = {"acks_late": True, "soft_time_limit": 240, "time_limit": 300}
+
+class _Limits(TypedDict):
+    acks_late: bool
+    soft_time_limit: int
+    time_limit: int
+
+
+class _MountRetries(TypedDict):
+    acks_late: bool
+    bind: Literal[True]
+    max_retries: int
+
+
+LIMITS: _Limits = {"acks_late": True, "soft_time_limit": 240, "time_limit": 300}
 # Network mounts decompress and upload whole images: the global (long) limits apply.
-MOUNT_RETRIES = {"acks_late": True, "bind": True, "max_retries": 4}
+MOUNT_RETRIES: _MountRetries = {"acks_late": True, "bind": True, "max_retries": 4}
 MOUNT_RETRY_SECONDS = 30
+
+
+def _may_retry(task: Task[Any, Any]) -> bool:
+    """Whether ``task`` has retries left (Celery reads ``max_retries=None`` as no limit)."""
+    return task.max_retries is None or task.request.retries < task.max_retries
 
 
 @shared_task(name="flashing.leases_expire", **LIMITS)
@@ -54,19 +73,19 @@ def deployments_watchdog_task() -> dict[str, int]:
 
 
 @shared_task(name="flashing.network_mount_start", **MOUNT_RETRIES)
-def network_mount_start_task(self, mount_id: int) -> str:
+def network_mount_start_task(self: Task[Any, str], mount_id: int) -> str:
     """Serve a network mount over NBD, or serve it again if its server died; retried on failure."""
     outcome = network_mount_start(mount_id=mount_id)
-    if outcome == "failed" and self.request.retries < self.max_retries:
+    if outcome == "failed" and _may_retry(self):
         raise self.retry(countdown=MOUNT_RETRY_SECONDS)
     return outcome
 
 
 @shared_task(name="flashing.network_mount_finish", **MOUNT_RETRIES)
-def network_mount_finish_task(self, mount_id: int) -> str:
+def network_mount_finish_task(self: Task[Any, str], mount_id: int) -> str:
     """Stop a network mount's export and store its changes as the next version; retried."""
     outcome = network_mount_finish(mount_id=mount_id)
-    if outcome in ("failed", "busy") and self.request.retries < self.max_retries:
+    if outcome in ("failed", "busy") and _may_retry(self):
         raise self.retry(countdown=MOUNT_RETRY_SECONDS)
     return outcome
 
