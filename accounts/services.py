@@ -184,7 +184,8 @@ def user_delete(*, actor: Any, user: User, transfer_to: User | None = None) -> N
         user.delete()
     except (ProtectedError, RestrictedError) as exc:
         # Something no app registered still points at the user: refuse, never a 500.
-        kinds = sorted({o._meta.verbose_name_plural for o in exc.protected_objects})
+        kept = exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+        kinds = sorted({str(o._meta.verbose_name_plural) for o in kept})
         raise UserOwnsThings(user, [f"{k} (kept by the system)" for k in kinds]) from exc
 
 
