@@ -4,7 +4,7 @@ and sending the pipeline's tasks once the transaction commits."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db import transaction
 from django.db.models import Model, QuerySet
@@ -15,6 +15,8 @@ from accounts.services import audit_record
 from baas_site.text import plain_text
 from catalogue.models import ImageType
 from flashing.models import Deployment, DeploymentEvent, DeploymentImage, Machine
+
+_M = TypeVar("_M", bound=Model)
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +50,9 @@ def event_record(
     )
 
 
-def lock(model: type[Model], pk: Any) -> Any:
+def lock(model: type[_M], pk: Any) -> _M:
     """The row, locked until the end of the transaction (``select_for_update``)."""
-    return model.objects.select_for_update().get(pk=pk)
+    return model._default_manager.select_for_update().get(pk=pk)
 
 
 def lock_machine(machine: Machine) -> Machine:

@@ -41,7 +41,7 @@ from django.utils import timezone
 from rest_framework.exceptions import APIException
 
 from accounts import rules
-from catalogue.models import Compression, Version
+from catalogue.models import Compression, Image, Version
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.digests import version_digest_ensure
 from catalogue.services.uploads import VersionReceiver, version_upload
@@ -83,9 +83,10 @@ def nbd_ports() -> list[int]:
 
 def nbd_host() -> str:
     """The address machines connect to: BAAS_NBD_HOST, else the bind address."""
-    if settings.BAAS_NBD_HOST:
-        return settings.BAAS_NBD_HOST
-    bind = settings.BAAS_NBD_BIND
+    host: str = settings.BAAS_NBD_HOST
+    if host:
+        return host
+    bind: str = settings.BAAS_NBD_BIND
     if bind in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding to it
         return urlsplit(settings.BAAS_PUBLIC_URL).hostname or socket.getfqdn()
     return bind
@@ -393,7 +394,7 @@ def _finish_locked(mount_id: int, directory: Path) -> str:
     elif mount.image is None or mount.version is None:
         outcome = "image_deleted"  # refused while the mount is live: only a forced removal
     elif overlay.exists() and nbd.overlay_changed(overlay):
-        outcome = _store_changes(mount, directory, overlay)
+        outcome = _store_changes(mount, mount.image, directory, overlay)
     else:
         outcome = "unchanged"
     nbd.remove_files(directory)
@@ -402,13 +403,13 @@ def _finish_locked(mount_id: int, directory: Path) -> str:
     return outcome
 
 
-def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
-    standard = mount.image.file_standard
+def _store_changes(mount: NetworkMount, image: Image, directory: Path, overlay: Path) -> str:
+    standard = image.file_standard
     merged = nbd.merge(directory=directory, overlay=overlay, file_standard=standard)
     with transaction.atomic():
         locked = lock(NetworkMount, mount.pk)
         if locked.result_version_id is None:
-            version = _upload(mount, merged)
+            version = _upload(mount, image, merged)
             if version.pk == mount.version_id:
                 return "unchanged"  # written over with the same bytes
             locked.result_version = version
@@ -416,32 +417,32 @@ def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
     return "stored"
 
 
-def _upload(mount: NetworkMount, merged: Path) -> Version:
+def _upload(mount: NetworkMount, image: Image, merged: Path) -> Version:
     """The merged file through the catalogue's upload path: the next version, the pinned one
     if the bytes are the same, or an error."""
     receiver = VersionReceiver(
-        image=mount.image, max_size=settings.BAAS_MAX_IMAGE_SIZE, digest=True, wire_digest=False
+        image=image, max_size=settings.BAAS_MAX_IMAGE_SIZE, digest=True, wire_digest=False
     )
     with open(merged, "rb") as source, receiver:
         receiver.declare_encoding(Compression.NONE)
         while chunk := source.read(nbd.CHUNK):
             receiver.write(chunk)
         return version_upload(
-            actor=_uploader(mount),
-            image=mount.image,
+            actor=_uploader(mount, image),
+            image=image,
             receiver=receiver,
             note=_note(mount),
             same_as=mount.version,
         )
 
 
-def _uploader(mount: NetworkMount) -> Any:
+def _uploader(mount: NetworkMount, image: Image) -> Any:
     """Whose work it is: who deployed it, else the lease holder, else the image's owner."""
     candidates = [mount.deployment.requested_by, mount.lease.user if mount.lease else None]
     for user in candidates:
-        if user is not None and rules.can_write_image(user, mount.image):
+        if user is not None and rules.can_write_image(user, image):
             return user
-    return mount.image.owner
+    return image.owner
 
 
 def _note(mount: NetworkMount) -> str:
@@ -460,8 +461,8 @@ def _ended(mount_id: int, outcome: str) -> None:
     mount.ended_at = timezone.now()
     mount.pid = None
     mount.save(update_fields=["state", "ended_at", "pid", "updated_at"])
-    if mount.result_version_id is not None:
-        result = mount.result_version
+    result = mount.result_version
+    if result is not None:
         what = f"its changes are version {result.number} (SHA-256 {result.sha256})"
     elif outcome == "image_deleted":
         what = "its image or pinned version was deleted, so its changes were dropped"
@@ -514,7 +515,8 @@ def _backoff(attempts: int) -> timedelta:
     Doubles with each failure (up to about two hours), so a mount whose
     changes cannot be stored yet (a full quota) does not flood its event log.
     """
-    return STALE * 2 ** min(attempts, 6)
+    factor: int = 2 ** min(attempts, 6)
+    return STALE * factor
 
 
 def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
