@@ -124,7 +124,7 @@ def _pieces(chunks: Iterable[bytes], encoding: str, datamap: DataMap) -> Iterato
         yield from zstd_frames(chunks)
         return
     lengths = iter([end - start for start, end, _ in datamap.ranges])
-    wanted = next(lengths)
+    wanted: int | None = next(lengths)
     pending = bytearray()
     for chunk in chunks:
         pending += chunk
