@@ -190,7 +190,7 @@ def _expire_one(image_uuid: uuid.UUID, now: datetime, report: ExpiryReport) -> N
         target=image,
         name=image.name,
         owner=image.owner_id,
-        expires_at=image.expires_at.isoformat(),
+        expires_at=image.expires_at.isoformat() if image.expires_at else None,
     )
     image.delete()
     transaction.on_commit(partial(get_storage().delete_image, image_uuid))
