@@ -289,6 +289,13 @@ class LocalStorage:
             pending.position = size
             return pending.commit(number)
 
+    def served_name(self, stream: BinaryIO) -> str:
+        """The name under the root of an open file of this storage, for a front server
+        that serves the root itself (X-Accel-Redirect). Raises ValueError for a file
+        outside the root."""
+        path = Path(os.path.realpath(stream.name))
+        return path.relative_to(os.path.realpath(self.root)).as_posix()
+
     def open_read(self, image_uuid: uuid.UUID, number: int, compression: str) -> BinaryIO:
         return open(self.version_path(image_uuid, number, compression), "rb")
 
