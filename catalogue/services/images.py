@@ -23,6 +23,7 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
+from catalogue import holders
 from catalogue.datamap import empty_map
 from catalogue.exceptions import ImageConflict
 from catalogue.models import (
@@ -35,7 +36,6 @@ from catalogue.models import (
 )
 from catalogue.seekable import zeros_in_frames
 from catalogue.selectors.setups import describe_setups, setups_pinning
-from catalogue.selectors.usage import network_mounts_live
 from catalogue.services.bootfiles import boot_cache_forget
 from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
 
@@ -361,7 +361,8 @@ def image_delete(*, actor: Any, image: Image) -> None:
     """Delete an image, its versions, and (after the commit) its files.
 
     Refused with 409 while a setup pins any of its versions, naming the setups,
-    and while a machine has it mounted over the network.
+    and while an app built on the catalogue holds it (``catalogue.holders``: a machine
+    has it mounted over the network).
     Raises PermissionDenied if ``actor`` may not delete it.
     """
     if not rules.can_delete_image(actor, image):
@@ -388,8 +389,6 @@ def _check_not_pinned(image: Image) -> None:
             f'The image "{image.name}" is pinned in the setup(s) {describe_setups(setups)}: '
             "remove it from them before deleting it."
         )
-    if network_mounts_live().filter(image=image).exists():
-        raise ImageConflict(
-            f'The image "{image.name}" is mounted over the network by a machine; it can be '
-            "deleted once that lease ends and its changes are stored."
-        )
+    refusal = holders.image_delete_refusal(image=image)
+    if refusal:
+        raise ImageConflict(refusal)
