@@ -1,4 +1,5 @@
-"""What flashing holds of the catalogue, told to it through ``catalogue.holders``.
+"""What flashing holds of the catalogue, told to it through ``catalogue.holders``
+(registered with ``catalogue.interface.holder_register``).
 
 The catalogue asks before it prunes, expires or deletes; the answers come from
 flashing's own rows, in flashing's own states, so the catalogue never reads
@@ -11,7 +12,7 @@ import uuid
 
 from django.db.models import Q
 
-from catalogue import holders
+from catalogue.interface import Holder, holder_register
 from catalogue.models import Image, ImageSetup, ImageType
 from flashing.models import (
     ACTIVE_STATES,
@@ -106,8 +107,8 @@ def setup_delete_refusal(setup: ImageSetup) -> str | None:
 
 
 def register() -> None:
-    holders.register(
-        holders.Holder(
+    holder_register(
+        Holder(
             label="flashing",
             image_busy=image_busy,
             versions_held=versions_held,
