@@ -378,6 +378,13 @@ class LocalStorage:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def check_writable(self) -> None:
+        """Raise OSError, naming the root, unless it is a directory this process may write."""
+        if not self.root.is_dir():
+            raise OSError(f"{self.root} does not exist")
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"{self.root} is not writable")
+
     # --- Debris of crashes ---------------------------------------------------------
 
     def purge_stale(self, older_than_seconds: float) -> list[Path]:
@@ -406,6 +413,15 @@ class LocalStorage:
                 removed.append(path)
                 logger.warning("Removed %s: a file without a version, left by a crash", path)
         return removed
+
+    @contextlib.contextmanager
+    def scratch_file(self, image_uuid: uuid.UUID | str, suffix: str = "") -> Iterator[Path]:
+        """A new ``.part`` file in the image's directory for a program that writes by path
+        (qemu-img), held as a live writer's (see :meth:`held_part`) and removed at the end."""
+        directory = self.image_dir(image_uuid)
+        directory.mkdir(exist_ok=True)
+        with self.held_part(directory, suffix) as path:
+            yield path
 
     @contextlib.contextmanager
     def held_part(self, directory: Path, suffix: str = "") -> Iterator[Path]:

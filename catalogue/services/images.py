@@ -37,7 +37,7 @@ from catalogue.models import (
 from catalogue.seekable import zeros_in_frames
 from catalogue.selectors.setups import describe_setups, setups_pinning
 from catalogue.services.bootfiles import boot_cache_forget
-from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
+from catalogue.storage import ZERO_CHUNK, StoredFile, get_storage
 
 EMPTY_NOTE = "Empty image, created with the image."
 QEMU_IMG = "qemu-img"
@@ -220,10 +220,7 @@ def _store_empty_qcow2(image_uuid: uuid.UUID, size: int) -> tuple[StoredFile, st
     version 0 like any upload.
     """
     storage = get_storage()
-    directory = storage.image_dir(image_uuid)
-    directory.mkdir(exist_ok=True)
-    scratch = directory / f".{uuid.uuid4().hex}.qcow2{PART_SUFFIX}"
-    try:
+    with storage.scratch_file(image_uuid, ".qcow2") as scratch:
         subprocess.run(  # noqa: S603 - fixed program, our own path and an int
             [QEMU_IMG, "create", "-q", "-f", "qcow2", str(scratch), str(size)],
             check=True,
@@ -236,8 +233,6 @@ def _store_empty_qcow2(image_uuid: uuid.UUID, size: int) -> tuple[StoredFile, st
                 digest.update(chunk)
                 pending.write(chunk)
             return pending.commit(0), digest.hexdigest()
-    finally:
-        scratch.unlink(missing_ok=True)
 
 
 # --- Update -------------------------------------------------------------------------
