@@ -2,10 +2,10 @@
 
 A mount's directory holds
 
-* a read-only copy of the pinned version, the *base*, at
-  ``<directory>/<image uuid>/<n>.img`` (a hard link to the stored file when it
-  is uncompressed on the same filesystem, else decompressed sparse, its
-  SHA-256 checked against the version);
+* a read-only copy of the pinned version, the *base*, put there by the
+  catalogue (``catalogue.interface.version_copy_raw``: a hard link to the
+  stored file when it can, else decompressed sparse, its SHA-256 checked
+  against the version);
 * the *overlay*, a qcow2 file over the base that takes every write of the
   machine, so the base and the catalogue's version never change;
 * the server's pid file; and, at the end, the merged image to upload.
@@ -40,7 +40,6 @@ TLS_DIR = "tls"
 # The PSK identity clients give; the key itself is each mount's own.
 TLS_PSK_IDENTITY = "baas"
 MERGED = "merged.img"
-CHUNK = 1 << 20
 STOP_TIMEOUT = 30.0
 # Converting a large image takes a while; nothing else we run comes near this.
 LONG_TIMEOUT = 3 * 3600
