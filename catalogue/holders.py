@@ -19,7 +19,7 @@ catalogue alone) nothing is held: every answer is "not in use".
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,5 +71,5 @@ def setup_delete_refusal(*, setup: ImageSetup) -> str | None:
     return _first(holder.setup_delete_refusal(setup) for holder in _registry.values())
 
 
-def _first(reasons) -> str | None:
+def _first(reasons: Iterable[str | None]) -> str | None:
     return next((reason for reason in reasons if reason), None)
