@@ -378,6 +378,11 @@ class LocalStorage:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def capacity(self) -> tuple[int, int]:
+        """``(total, free)``: bytes of the root's file system, and those still free."""
+        usage = shutil.disk_usage(self.root)
+        return usage.total, usage.free
+
     def check_writable(self) -> None:
         """Raise OSError, naming the root, unless it is a directory this process may write."""
         if not self.root.is_dir():
