@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from accounts import rules
-from catalogue.services.bootfiles import BootImageError, boot_files_for
+from catalogue.interface import BootImageError, version_boot_files
 from flashing.models import (
     RUNNING_STATES,
     Deployment,
@@ -227,7 +227,7 @@ def boot_image_secret(deployment: Deployment, row: DeploymentImage) -> str:
 
 def _boot_image(deployment: Deployment, row: DeploymentImage, mac: str, server: str) -> str:
     assert row.version is not None  # boot_image_current skips a row whose version is gone
-    files = boot_files_for(row.version)
+    files = version_boot_files(row.version)
     base = f"{server}/api/boot/image/{deployment.pk}/{boot_image_secret(deployment, row)}"
     has_initrd = files.initrd is not None
     event_record(
@@ -265,7 +265,7 @@ def boot_image_file(*, deployment_id: int, secret: str, name: str) -> Path:
     version = current[1].version
     assert version is not None  # boot_image_current skips a row whose version is gone
     try:
-        path = boot_files_for(version).path(name)
+        path = version_boot_files(version).path(name)
     except BootImageError:
         path = None
     if path is None:
