@@ -28,7 +28,6 @@ from typing import Any
 
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
-from baas_agent.datamap import DataMap, Verifier, mismatch
 from baas_agent.disks import (
     DiskMap,
     RangeWriter,
@@ -39,6 +38,8 @@ from baas_agent.disks import (
     target_size,
 )
 from baas_agent.landing import can_land, land
+from diskimage.datamap import DataMap
+from diskimage.verify import Verifier, mismatch
 
 log = logging.getLogger(__name__)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")

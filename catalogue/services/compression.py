@@ -38,14 +38,14 @@ from typing import Any, BinaryIO, Protocol
 import zstandard
 from django.db import transaction
 
-from catalogue.datamap import DataMap
 from catalogue.models import Compression, Image, Version
-from catalogue.seekable import FramedZstdEncoder, read_seek_table
 from catalogue.storage import StoredFile, VersionExists, get_storage
+from diskimage import CHUNK
+from diskimage.datamap import DataMap
+from diskimage.seekable import FramedZstdEncoder, read_seek_table
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 ZSTD_LEVEL = 3  # zstd's default: far faster than gzip at a better ratio
 GZIP_LEVEL = 6  # zlib's default
 # How often one run follows an image whose compression keeps changing under it.

@@ -23,7 +23,6 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
-from catalogue.datamap import empty_map
 from catalogue.exceptions import ImageConflict
 from catalogue.models import (
     Compression,
@@ -33,11 +32,13 @@ from catalogue.models import (
     TransferProtocol,
     Version,
 )
-from catalogue.seekable import zeros_in_frames
 from catalogue.selectors.setups import describe_setups, setups_pinning
 from catalogue.selectors.usage import network_mounts_live
 from catalogue.services.bootfiles import boot_cache_forget
-from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
+from catalogue.storage import PART_SUFFIX, StoredFile, get_storage
+from diskimage import ZERO_CHUNK
+from diskimage.datamap import empty_map
+from diskimage.seekable import zeros_in_frames
 
 EMPTY_NOTE = "Empty image, created with the image."
 QEMU_IMG = "qemu-img"

@@ -13,9 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from baas_agent import datamap as datamap_module
 from baas_agent import flash as flash_module
-from baas_agent.datamap import DataMap, mismatch
 from baas_agent.disks import DiskError, DiskMap, RangeWriter
 from baas_agent.flash import (
     FlashError,
@@ -27,8 +25,10 @@ from baas_agent.flash import (
 )
 from baas_agent.landing import land
 
-from catalogue.datamap import DataMapper
-from catalogue.seekable import FramedZstdEncoder, data_frames, read_seek_table
+from diskimage import datamap as datamap_module
+from diskimage.datamap import DataMap, DataMapper
+from diskimage.seekable import FramedZstdEncoder, data_frames, read_seek_table
+from diskimage.verify import mismatch
 from tests.agent.conftest import MiB, agent_client
 from tests.agent.servers import FakeBaas
 

@@ -12,9 +12,7 @@ import pytest
 import zstandard
 from blake3 import blake3
 
-from catalogue.datamap import BLOCK, RANGE_MAX, DataMapper
 from catalogue.models import Compression, ImageType, Version
-from catalogue.seekable import read_seek_table
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import (
     MapMismatch,
@@ -24,6 +22,8 @@ from catalogue.services.datamaps import (
 )
 from catalogue.services.lifecycle import versions_prune
 from catalogue.storage import get_storage
+from diskimage.datamap import BLOCK, RANGE_MAX, DataMapper
+from diskimage.seekable import read_seek_table
 from tests.catalogue.factories import ImageFactory, VersionFactory
 
 MiB = 1 << 20

@@ -28,6 +28,8 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable
 
+from diskimage import CHUNK
+
 MAGIC = 0xED26FF3A
 MEDIA_TYPE = "application/vnd.android.sparse-image"
 FILE_SUFFIXES = (".simg", ".sparse.img")
@@ -37,7 +39,6 @@ HEADER = struct.Struct("<IHHHHIIII")
 # type, reserved, blocks of the image it covers, bytes in the file with its header.
 CHUNK_HEADER = struct.Struct("<HHII")
 RAW, FILL, DONT_CARE, CRC32 = 0xCAC1, 0xCAC2, 0xCAC3, 0xCAC4
-PIECE = 1 << 20  # the most handed on at once
 
 Sink = Callable[[bytes], None]
 
@@ -70,7 +71,7 @@ def declared_size(head: bytes) -> int | None:
 class SparseImageDecoder:
     """Decodes a sparse image written to it in pieces of any size.
 
-    Data reaches ``sink`` as immutable ``bytes`` of at most :data:`PIECE`
+    Data reaches ``sink`` as immutable ``bytes`` of at most :data:`~diskimage.CHUNK`
     bytes; zeros (``DONT_CARE`` chunks, ``FILL`` chunks of zeros) reach
     ``on_hole`` as lengths. ``crc_checks`` lists the CRC-32 chunks met, as
     (raw bytes before it, CRC-32 expected), for the caller to check.
@@ -214,9 +215,9 @@ class SparseImageDecoder:
         else:
             piece = self._fills.get(pattern)
             if piece is None:
-                piece = self._fills[pattern] = pattern * (PIECE // 4)
-            for start in range(0, length, PIECE):
-                self._sink(piece if length - start >= PIECE else piece[: length - start])
+                piece = self._fills[pattern] = pattern * (CHUNK // 4)
+            for start in range(0, length, CHUNK):
+                self._sink(piece if length - start >= CHUNK else piece[: length - start])
         self._next_chunk()
 
     def _on_crc(self, field: bytes) -> None:
@@ -232,11 +233,11 @@ class SparseImageDecoder:
         self._expect("chunk", CHUNK_HEADER.size)
 
     def _emit_data(self, data: bytes, pos: int, length: int) -> None:
-        if pos == 0 and length == len(data) <= PIECE:
+        if pos == 0 and length == len(data) <= CHUNK:
             self._sink(data)
             return
-        for start in range(pos, pos + length, PIECE):
-            self._sink(data[start : min(start + PIECE, pos + length)])
+        for start in range(pos, pos + length, CHUNK):
+            self._sink(data[start : min(start + CHUNK, pos + length)])
 
 
 # --- CRC-32 over data ranges and zeros ------------------------------------------------
@@ -302,7 +303,7 @@ def image_crc32(
                 elif span[0] > position:
                     crc, position = crc32_zeros(crc, span[0] - position), span[0]
                 else:
-                    end = min(span[1], offset, position + PIECE)
+                    end = min(span[1], offset, position + CHUNK)
                     crc = zlib.crc32(os.pread(file.fileno(), end - position, position), crc)
                     position = end
             found[offset] = crc
