@@ -14,7 +14,8 @@ sequence of chunks, each covering a whole number of blocks of the output:
 A client that knows where its file's holes are (``SEEK_HOLE``) sends only the
 data, and the zeros cost nothing on the wire: a 6 GiB disk holding 600 MiB is
 a 600 MiB upload. :class:`SparseImageDecoder` hands the data on in pieces of
-at most ``CHUNK`` bytes and the zeros as lengths, like the zstd block decoder.
+at most ``CHUNK`` bytes and the zeros as lengths, like the zstd block decoder;
+:func:`encoded` writes one of an image held in memory.
 
 CRC-32 chunks are checked after the fact against the stored image
 (:func:`image_crc32`), from its data ranges alone: the CRC of a run of zeros
@@ -26,9 +27,10 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
-from diskimage import CHUNK
+from diskimage import BLOCK, CHUNK
+from diskimage.holes import data_runs
 
 MAGIC = 0xED26FF3A
 MEDIA_TYPE = "application/vnd.android.sparse-image"
@@ -238,6 +240,35 @@ class SparseImageDecoder:
             return
         for start in range(pos, pos + length, CHUNK):
             self._sink(data[start : min(start + CHUNK, pos + length)])
+
+
+# --- Encoding ------------------------------------------------------------------------
+
+
+def encoded(image: bytes | bytearray, *, block: int = BLOCK) -> Iterator[bytes]:
+    """``image`` as a sparse image: its data blocks as ``RAW`` chunks, its runs of zero
+    blocks as ``DONT_CARE`` chunks (nothing on the wire). ``len(image)`` must be a
+    whole number of blocks, as the format counts the image in blocks."""
+    if len(image) % block:
+        raise ValueError(f"a sparse image holds whole {block}-byte blocks, not {len(image)} bytes")
+    chunks: list[tuple[int, int, int]] = []  # kind, start, end
+    position = 0
+    for start, end in data_runs(image) if block == BLOCK else [(0, len(image))]:
+        if start > position:
+            chunks.append((DONT_CARE, position, start))
+        chunks.append((RAW, start, end))
+        position = end
+    if position < len(image):
+        chunks.append((DONT_CARE, position, len(image)))
+    yield HEADER.pack(
+        MAGIC, 1, 0, HEADER.size, CHUNK_HEADER.size, block, len(image) // block, len(chunks), 0
+    )
+    view = memoryview(image)
+    for kind, start, end in chunks:
+        payload = end - start if kind == RAW else 0
+        yield CHUNK_HEADER.pack(kind, 0, (end - start) // block, CHUNK_HEADER.size + payload)
+        if payload:
+            yield bytes(view[start:end])
 
 
 # --- CRC-32 over data ranges and zeros ------------------------------------------------

@@ -92,11 +92,7 @@ class _FrameHeader(ctypes.Structure):
 @functools.cache
 def _libzstd() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
     """libzstd twice: calls that let other threads run while they work (decoding a block),
-    and calls that keep the GIL (the quick ones: not worth handing it over and back).
-
-    None where it is missing, or turned off (``BAAS_ZSTD_BLOCK_API=off``)."""
-    if os.environ.get(SWITCH, "").lower() in ("0", "off", "no", "false"):
-        return None
+    and calls that keep the GIL (the quick ones: not worth handing it over and back)."""
     for name in ("libzstd.so.1", ctypes.util.find_library("zstd")):
         if not name:
             continue
@@ -133,9 +129,14 @@ def _declare(lib: ctypes.CDLL) -> bool:
     return lib.ZSTD_versionNumber() >= 10407  # ZSTD_d_forceIgnoreChecksum came with 1.4.7
 
 
+def _switched_off() -> bool:
+    """Whether the environment says to do without the block API (read at every use)."""
+    return os.environ.get(SWITCH, "").lower() in ("0", "off", "no", "false")
+
+
 def available() -> bool:
-    """Whether libzstd's block-level API could be loaded."""
-    return _libzstd() is not None
+    """Whether libzstd's block-level API could be loaded, and is not turned off."""
+    return not _switched_off() and _libzstd() is not None
 
 
 class BlockZstdDecoder:
@@ -160,7 +161,7 @@ class BlockZstdDecoder:
         *,
         checksum: bool = True,
     ):
-        libs = _libzstd()
+        libs = None if _switched_off() else _libzstd()
         if libs is None:
             raise RuntimeError("libzstd's block-level API is not available here")
         self._lib, self._quick = libs
