@@ -6,7 +6,7 @@ Contracts:
   reading it back, or raises :class:`FlashError`: an image whose bytes do not
   match is never reported as written. A target that already holds the image
   (checked, not assumed) is not rewritten. With the version's data map
-  (:mod:`baas_agent.datamap`) both checks read and hash only the data.
+  (:mod:`diskimage.datamap`, :mod:`diskimage.verify`) both checks read and hash only the data.
 - :func:`sync_image` uploads a disk only when its SHA-256 differs from what was
   flashed, zstd-compressed and with a ``Content-Digest`` of the raw bytes;
   returns the new version, or None when the disk is unchanged.

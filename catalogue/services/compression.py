@@ -170,7 +170,7 @@ def encoder_for(
     zstd uses every core (``threads=-1``: the output does not depend on the
     number of workers), records ``raw_size`` in the frame when given, and
     writes a frame checksum; with the version's data map it writes one frame
-    per range and a seek table (``catalogue.seekable``), so that agents can
+    per range and a seek table (``diskimage.seekable``), so that agents can
     be sent the data alone. gzip output carries no timestamp, so the same
     input always gives the same bytes.
     """

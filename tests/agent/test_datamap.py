@@ -1,6 +1,6 @@
 """The agent's data maps: checking a disk against one, and flashing with it.
 
-The maps are made by the server's own builder (``catalogue.datamap``, which
+The maps are made by the server's own builder (``diskimage.datamap``, which
 imports nothing from Django), so both ends agree on the format.
 """
 
