@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from diskimage import CHUNK
 from diskimage.sparse import (
-    CHUNK,
     CHUNK_HEADER,
     CRC32,
     DONT_CARE,
