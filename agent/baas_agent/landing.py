@@ -25,7 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from baas_agent.compress import CompressionError, zstd_frames
-from baas_agent.disks import READ_CHUNK, DiskError, SparseWriter, _pwrite_all, is_block_device
+from baas_agent.disks import DiskError, SparseWriter, _pwrite_all, is_block_device
+from diskimage import READ_CHUNK
 from diskimage.datamap import DataMap
 from diskimage.verify import Verifier, default_workers
 
