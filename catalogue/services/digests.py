@@ -31,8 +31,9 @@ from catalogue.datamap import DataMap, DataMapper
 from catalogue.models import Compression, Version
 from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
+from catalogue.stages import BackgroundHasher, BackgroundWorker
 from catalogue.storage import get_storage
-from catalogue.streaming import CHUNK, ZEROS, BackgroundHasher, BackgroundWorker
+from catalogue.streaming import CHUNK, ZEROS
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The thread that maps and writes an upload's raw bytes beside the socket reads."""
+"""The threads of a stream's stages (catalogue.stages): hand-off, errors, cancellation, join."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from catalogue.streaming import BackgroundWorker
+from catalogue.stages import BackgroundWorker
 
 
 def test_items_are_worked_on_in_order_on_another_thread():
