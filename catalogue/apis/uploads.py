@@ -128,7 +128,7 @@ class BodyReader:
         if self.length is None and not request.META.get("wsgi.input_terminated"):
             raise LengthRequired()
         self._source = request if self.length is not None else request.META["wsgi.input"]
-        if self.length is not None:
+        if self.length is not None and settings.BAAS_UPLOAD_READ_SOCKET:
             self._source = GunicornSocketBody.wrap(request.META["wsgi.input"]) or self._source
         self.received = 0
 
@@ -158,7 +158,9 @@ class GunicornSocketBody:
     gunicorn, then the rest from the socket, and keeps gunicorn's count of the
     unread body (``LengthReader.length``) exact, so keep-alive and the
     discarding of an unread rest work as before. Anything else (another
-    server, another gunicorn, TLS, chunked bodies) keeps the WSGI stream.
+    server, another gunicorn, TLS, chunked bodies, BAAS_UPLOAD_READ_SOCKET
+    off) keeps the WSGI stream. The tests check it against the gunicorn
+    pinned in constraints.txt and fail when its private classes change.
     """
 
     def __init__(self, body: Any):

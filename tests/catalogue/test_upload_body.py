@@ -144,32 +144,40 @@ def test_the_body_gunicorn_hands_the_application_is_read_from_its_socket(pair):
 
 
 @pytest.fixture
-def gunicorn_url(transactional_db, disk_root, tmp_path):
-    """gunicorn as in production (gthread), serving the test database and image root."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url(connection.settings_dict),
-        "BAAS_DISK_ROOT": str(disk_root),
-        "BAAS_BIND": f"127.0.0.1:{port}",
-        "WEB_CONCURRENCY": "1",
-        "BAAS_THREADS": "2",
-    }
-    log = tmp_path / "gunicorn.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "baas_site.wsgi"],
-            cwd=ROOT,
-            env=env,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            _wait_for_port(port, process, log)
-            yield f"http://127.0.0.1:{port}"
-        finally:
-            process.terminate()
-            process.wait(10)
+def start_gunicorn(transactional_db, disk_root, tmp_path):
+    """Starts gunicorn as in production (gthread), serving the test database and image root,
+    with extra environment; stops it at the end of the test."""
+    processes = []
+
+    def start(**extra: str) -> str:
+        port = free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": database_url(connection.settings_dict),
+            "BAAS_DISK_ROOT": str(disk_root),
+            "BAAS_BIND": f"127.0.0.1:{port}",
+            "WEB_CONCURRENCY": "1",
+            "BAAS_THREADS": "2",
+            **extra,
+        }
+        log = tmp_path / f"gunicorn-{port}.log"
+        with log.open("w") as output:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "baas_site.wsgi"],
+                    cwd=ROOT,
+                    env=env,
+                    stdout=output,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+        _wait_for_port(port, processes[-1], log)
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for process in processes:
+        process.terminate()
+        process.wait(10)
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
@@ -202,14 +210,17 @@ def _upload(base: str, image, secret: str, body: bytes) -> dict:
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("server", ["gunicorn", "django"])
+@pytest.mark.parametrize("server", ["gunicorn", "gunicorn, socket reads off", "django"])
 def test_an_upload_is_stored_alike_from_gunicorn_s_socket_and_from_the_plain_wsgi_stream(
     server, request, user
 ):
-    """gunicorn's socket read straight (the fast path), and Django's own server, whose
-    wsgi.input is a plain WSGI stream (the fallback for any other server)."""
-    base = request.getfixturevalue("gunicorn_url" if server == "gunicorn" else "live_server")
-    base = getattr(base, "url", base)
+    """gunicorn's socket read straight (the fast path); the plain WSGI stream, which every
+    other server gets: gunicorn's own with BAAS_UPLOAD_READ_SOCKET off, and Django's."""
+    if server == "django":
+        base = request.getfixturevalue("live_server").url
+    else:
+        off = {"BAAS_UPLOAD_READ_SOCKET": "false"} if "off" in server else {}
+        base = request.getfixturevalue("start_gunicorn")(**off)
     image = ImageFactory(owner=user)
     secret = token_create(actor=user, user=user, name=server)[1]
     body = os.urandom(3 << 20) + bytes(2 << 20) + os.urandom(12345)
