@@ -155,6 +155,7 @@ def start_gunicorn(transactional_db, disk_root, tmp_path):
             **os.environ,
             "DATABASE_URL": database_url(connection.settings_dict),
             "BAAS_DISK_ROOT": str(disk_root),
+            "BAAS_VAR_DIR": str(tmp_path / f"var-{port}"),
             "BAAS_BIND": f"127.0.0.1:{port}",
             "WEB_CONCURRENCY": "1",
             "BAAS_THREADS": "2",
