@@ -20,10 +20,10 @@ from catalogue.services.uploads import (
     plan_upload,
     version_upload,
 )
-from catalogue.sparseimage import DONT_CARE
 from catalogue.storage import get_storage
+from diskimage.sparse import DONT_CARE
 from tests.catalogue.factories import ImageFactory
-from tests.catalogue.test_sparseimage import sparse
+from tests.diskimage.test_sparse import sparse
 
 MiB = 1 << 20
 LIMIT = 64 * MiB

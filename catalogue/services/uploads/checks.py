@@ -15,14 +15,14 @@ from pathlib import Path
 import zstandard
 from django.conf import settings
 
-from catalogue import sparseimage
-from catalogue.datamap import DataMap
 from catalogue.exceptions import BadUpload, UploadTooLarge
 from catalogue.models import Compression, FileStandard
 from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt
 from catalogue.services.digests import file_digest
 from catalogue.services.uploads.plan import HEAD_BYTES
-from catalogue.streaming import qcow2_header
+from diskimage import sparse as sparseimage
+from diskimage.datamap import DataMap
+from diskimage.decoders import qcow2_header
 
 QEMU_IMG = "qemu-img"
 PROBE_MAX = 1 << 20  # bytes as sent decoded for the first raw bytes of a zstd stored as sent

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import zstandard
 
-from catalogue import sparseimage
 from catalogue.exceptions import UploadTooLarge
 from catalogue.models import Compression, FileStandard, Image
-from catalogue.streaming import QCOW2_HEADER, SPARSE, sniff_encoding
+from diskimage import sparse as sparseimage
+from diskimage.decoders import QCOW2_HEADER, SPARSE, sniff_encoding
 
 HEAD_BYTES = QCOW2_HEADER.size  # enough to recognise compression and read a qcow2 header
 

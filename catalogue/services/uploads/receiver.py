@@ -15,7 +15,6 @@ from dataclasses import dataclass, replace
 
 from django.conf import settings
 
-from catalogue.datamap import DataMap
 from catalogue.exceptions import BadUpload
 from catalogue.models import FileStandard, Image
 from catalogue.services.lifecycle import quota_guard_for
@@ -36,6 +35,7 @@ from catalogue.services.uploads.stages import (
 )
 from catalogue.stages import Stages
 from catalogue.storage import PendingFile, StoredFile, get_storage
+from diskimage.datamap import DataMap
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from catalogue.datamap import DataMap, DataMapper
 from catalogue.exceptions import BadUpload, InsufficientStorage
 from catalogue.services.uploads.checks import RawInspector
 from catalogue.services.uploads.plan import HEAD_BYTES, UploadPlan
 from catalogue.stages import BackgroundHasher, Stages
 from catalogue.storage import PendingFile, StorageFull
-from catalogue.streaming import CHUNK, ZEROS, DecodeError, ZstdFrameTracker, decoder_for
+from diskimage import CHUNK, ZEROS, DecodeError
+from diskimage.datamap import DataMap, DataMapper
+from diskimage.decoders import decoder_for
+from diskimage.zstdframes import ZstdFrameWalker
 
 
 def storage_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -174,7 +176,7 @@ class WireStage:
                 plan.encoding, raw.data, raw.hole, checksum=plan.sha256_now
             )
         else:
-            self.decoder = ZstdFrameTracker(inspector.add)
+            self.decoder = ZstdFrameWalker(inspector.add)
 
     def write(self, data: bytes) -> None:
         if self._hasher is not None:

@@ -1,10 +1,11 @@
-"""Building blocks for streaming uploads: bounded decoders, qcow2 headers.
+"""Bounded streaming decoders of an upload's encoding, and the checks of its first bytes.
 
-(Hashing beside I/O and the threads of an upload's stages: :mod:`catalogue.stages`.)
-
-Nothing here holds more than a few chunks in memory, whatever the input: a
-decoder hands its raw output on in pieces of at most ``CHUNK`` bytes, so a
-small compressed "bomb" cannot expand in memory.
+An upload arrives as raw bytes, gzip, zstd or an Android sparse image; each
+decoder takes it in pieces of any size (``write``, then ``finish``) and
+pushes the raw image on to a ``sink``. Nothing here holds more than a few
+chunks in memory, whatever the input: a decoder hands its raw output on in
+pieces of at most ``CHUNK`` bytes, so a small compressed "bomb" cannot expand
+in memory. Invalid input raises :class:`~diskimage.DecodeError`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import zstandard
+from diskimage import CHUNK, ZERO_CHUNK, DecodeError, sparse, zstdblocks
+from diskimage.zstdframes import ZSTD_MAGIC, ZstdFrameWalker
 
-from catalogue import sparseimage, zstdblocks
-
-CHUNK = 1 << 20
-ZEROS = memoryview(bytes(CHUNK))  # read-only zeros, to hash a hole without allocating
-ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 GZIP_MAGIC = b"\x1f\x8b"
 QCOW2_MAGIC = b"QFI\xfb"
 # qcow2 header: magic, version, backing file offset, backing file size, cluster bits, size.
@@ -29,12 +26,7 @@ QCOW2_HEADER = struct.Struct(">4sIQIIQ")
 
 Sink = Callable[[bytes], None]
 
-
-class DecodeError(ValueError):
-    """The uploaded bytes are not valid in the encoding they claim."""
-
-
-# --- Decoders -----------------------------------------------------------------------
+__all__ = ["DecodeError", "decoder_for", "qcow2_header", "sniff_encoding"]
 
 
 class IdentityDecoder:
@@ -96,16 +88,19 @@ class ZstdDecoder:
     """zstd, any number of frames, with output pushed on in pieces of at most CHUNK.
 
     zstandard's streaming writer bounds memory but cannot tell whether the
-    input ended inside a frame, so a :class:`ZstdFrameTracker` follows the
-    frame structure alongside it.
+    input ended inside a frame, so a :class:`~diskimage.zstdframes.ZstdFrameWalker`
+    follows the frame structure alongside it.
     """
 
     def __init__(self, sink: Sink):
+        import zstandard  # only where zstd is decoded: the agent may run without it
+
+        self._error = zstandard.ZstdError
         self._sink = sink
         self._writer = zstandard.ZstdDecompressor().stream_writer(
             _SinkWriter(self._bounded), write_size=CHUNK, closefd=False
         )
-        self._frames = ZstdFrameTracker(self._on_size)
+        self._frames = ZstdFrameWalker(self._on_size)
         self._announced = 0  # raw bytes the frame headers seen so far announce
         self._decoded = 0
 
@@ -127,117 +122,11 @@ class ZstdDecoder:
         self._frames.feed(data)
         try:
             self._writer.write(data)
-        except zstandard.ZstdError as exc:
+        except self._error as exc:
             raise DecodeError(f"The zstd data is corrupt: {exc}") from exc
 
     def finish(self) -> None:
         self._frames.finish()
-
-
-class ZstdFrameTracker:
-    """Follows the zstd frame format (RFC 8878) over a stream, skipping block contents.
-
-    ``complete`` is true when the bytes fed so far end exactly after a whole
-    frame. It reads only headers — a few bytes per 128 KiB block — so it costs
-    nothing next to decoding. Each frame's content size goes to ``on_size`` as
-    its header arrives; ``unknown`` tells whether a frame did not say. With
-    ``write`` (``feed``) and ``finish`` it stands in for a decoder where nothing
-    is decoded (a zstd upload stored as sent).
-    """
-
-    def __init__(self, on_size: Callable[[int], None] | None = None):
-        self._frames = 0
-        self._state = "magic"
-        self._need = 4  # bytes of the current field still to collect
-        self._field = b""
-        self._skip = 0  # bytes of content still to pass over
-        self._checksum = False
-        self._on_size = on_size
-        self._size_bytes = 0  # width of the current frame's content size field
-        self.unknown = False
-
-    @property
-    def complete(self) -> bool:
-        return self._frames > 0 and self._state == "magic" and not self._field and not self._skip
-
-    def finish(self) -> None:
-        """The stream ended: DecodeError unless it ended right after a whole frame."""
-        if not self.complete:
-            raise DecodeError("The zstd data ends in the middle of a frame: is it complete?")
-
-    def feed(self, data: bytes) -> None:
-        pos = 0
-        while pos < len(data):
-            if self._skip:
-                step = min(self._skip, len(data) - pos)
-                self._skip -= step
-                pos += step
-                continue
-            take = min(self._need - len(self._field), len(data) - pos)
-            self._field += data[pos : pos + take]
-            pos += take
-            if len(self._field) == self._need:
-                field, self._field = self._field, b""
-                self._on_field(field)
-
-    write = feed
-
-    def _expect(self, state: str, need: int) -> None:
-        self._state, self._need = state, need
-
-    def _on_field(self, field: bytes) -> None:
-        handler = getattr(self, f"_on_{self._state}")
-        handler(field)
-
-    def _on_magic(self, field: bytes) -> None:
-        if field == ZSTD_MAGIC:
-            self._expect("descriptor", 1)
-        elif field[1:] == b"\x2a\x4d\x18" and field[0] & 0xF0 == 0x50:
-            self._expect("skippable_size", 4)
-        else:
-            raise DecodeError("This is not zstd data (no frame magic where a frame begins).")
-
-    def _on_skippable_size(self, field: bytes) -> None:
-        self._skip = int.from_bytes(field, "little")
-        self._frames += 1
-        self._expect("magic", 4)
-
-    def _on_descriptor(self, field: bytes) -> None:
-        descriptor = field[0]
-        single_segment = bool(descriptor & 0x20)
-        self._checksum = bool(descriptor & 0x04)
-        dictionary = (0, 1, 2, 4)[descriptor & 0x03]
-        self._size_bytes = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
-        # Window descriptor, dictionary id, content size: at least one byte in all.
-        self._expect("header_rest", (0 if single_segment else 1) + dictionary + self._size_bytes)
-
-    def _on_header_rest(self, field: bytes) -> None:
-        if not self._size_bytes:
-            self.unknown = True
-        elif self._on_size is not None:
-            size = int.from_bytes(field[len(field) - self._size_bytes :], "little")
-            self._on_size(size + 256 if self._size_bytes == 2 else size)  # RFC 8878, 3.1.1.1.4
-        self._expect("block", 3)
-
-    def _on_block(self, field: bytes) -> None:
-        header = int.from_bytes(field, "little")
-        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
-        if kind == 3:
-            raise DecodeError("The zstd data is corrupt: a reserved block type.")
-        self._skip = 1 if kind == 1 else size
-        if not last:
-            self._expect("block", 3)
-        elif self._checksum:
-            self._expect("checksum", 4)
-        else:
-            self._end_frame()
-
-    def _on_checksum(self, field: bytes) -> None:
-        self._end_frame()
-
-    def _end_frame(self) -> None:
-        self._frames += 1
-        self._expect("magic", 4)
 
 
 class _ForeignErrors:
@@ -262,7 +151,7 @@ class _ForeignErrors:
 class HoleZstdDecoder(_ForeignErrors):
     """zstd decoded block by block: blocks of zeros reach ``on_hole`` as lengths only.
 
-    See :mod:`catalogue.zstdblocks`; the errors are :class:`DecodeError`s here.
+    See :mod:`diskimage.zstdblocks`; the errors are :class:`DecodeError`s here.
     """
 
     _error = zstdblocks.ZstdBlockError
@@ -277,16 +166,16 @@ class HoleZstdDecoder(_ForeignErrors):
 
 
 class SparseDecoder(_ForeignErrors):
-    """An Android sparse image (:mod:`catalogue.sparseimage`): the raw image without its holes.
+    """An Android sparse image (:mod:`diskimage.sparse`): the raw image without its holes.
 
     Its zeros reach ``on_hole`` as lengths, or ``sink`` as zero bytes without one.
     ``crc_checks`` lists the CRC-32 chunks it carried, for the caller to check.
     """
 
-    _error = sparseimage.SparseImageError
+    _error = sparse.SparseImageError
 
     def __init__(self, sink: Sink, on_hole: Callable[[int], None] | None = None):
-        self._decoder = sparseimage.SparseImageDecoder(sink, on_hole or self._zeros)
+        self._decoder = sparse.SparseImageDecoder(sink, on_hole or self._zeros)
         self._sink = sink
 
     @property
@@ -295,7 +184,7 @@ class SparseDecoder(_ForeignErrors):
 
     def _zeros(self, length: int) -> None:
         for start in range(0, length, CHUNK):
-            self._sink(ZEROS.obj[: min(CHUNK, length - start)])
+            self._sink(ZERO_CHUNK[: min(CHUNK, length - start)])
 
 
 SPARSE = "sparse"  # the encoding of an Android sparse image (not a compression)
@@ -326,7 +215,7 @@ def decoder_for(
 def sniff_encoding(head: bytes) -> str:
     """``zstd``/``gzip``/``sparse`` if ``head`` starts like one (a disk image never does),
     else ``none``."""
-    if sparseimage.is_sparse_image(head):
+    if sparse.is_sparse_image(head):
         return SPARSE
     if head.startswith(ZSTD_MAGIC):
         return "zstd"
@@ -335,7 +224,7 @@ def sniff_encoding(head: bytes) -> str:
     return "none"
 
 
-# --- qcow2 ------------------------------------------------------------------------
+# --- qcow2 ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
