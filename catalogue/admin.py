@@ -29,7 +29,7 @@ from baas_site.admin import AdministratorsOnly
 from baas_site.errors import error_text
 from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Mount, Version
 from catalogue.services import images as image_services
-from catalogue.services.compression import compression_schedule_for_image
+from catalogue.services.pipeline import image_process
 from catalogue.services.setups import effective_sync, frozen_image_check
 
 VERSION_FIELDS = [
@@ -171,7 +171,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
         scheduled = 0
         for image in queryset:
             if rules.can_write_image(request.user, image):
-                compression_schedule_for_image(image)
+                image_process(image)
                 scheduled += 1
         self.message_user(
             request, f"Recompression scheduled for {scheduled} image(s).", messages.SUCCESS
