@@ -39,7 +39,7 @@ from catalogue.selectors.usage import network_mounts_live
 from catalogue.services import lifecycle
 from catalogue.services.bootfiles import boot_cache_forget
 from catalogue.services.datamaps import version_map_store
-from catalogue.services.pipeline import image_process, version_process
+from catalogue.services.pipeline import image_process, version_received
 from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
 
 EMPTY_NOTE = "Empty image, created with the image."
@@ -145,7 +145,7 @@ def image_create_from(*, actor: Any, image: Image) -> Image:
             audit_record(
                 actor=actor, action="image.create", target=image, name=image.name, type=image.type
             )
-            version_process(version.pk)  # a qcow2 one: mapped, and the disk it describes made
+            version_received(version)  # a qcow2 one: mapped, and the disk it describes made
     except BaseException:
         get_storage().delete_image(image.uuid)
         raise
