@@ -268,9 +268,7 @@ def test_a_file_changed_on_disk_before_the_job_is_shown_damaged(
     assert "Damaged: " in page.content.decode()
 
 
-def test_the_sweep_sends_again_the_versions_whose_digest_job_was_lost(
-    user_client, image, settings
-):
+def test_the_sweep_sends_again_the_versions_whose_digest_job_was_lost(user_client, image, settings):
     post_raw(user_client, image, disk_image())
     version = Version.objects.get(image=image, number=1)
     assert version_state(version) == "received"
