@@ -8,6 +8,8 @@ class FlashingConfig(AppConfig):
 
     def ready(self) -> None:
         # What a user owns here, for deleting users (accounts.ownership).
-        from flashing.services import ownership
+        from flashing.services import common, ownership, pipeline
 
         ownership.register()
+        # The pipeline's task, for the modules below it that kick a machine (common).
+        common.machine_advance_task_set(pipeline.machine_advance_task)
