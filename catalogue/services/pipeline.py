@@ -170,16 +170,24 @@ def version_advance(*, version_id: int) -> Advance:
 class VersionJobTask(TransactionAwareTask):
     """A job over a version's whole image: its first argument is the version's id. Each
     send (and each retry) records ``job_sent_at`` (owed) and gets a time budget in
-    proportion to what the job reads (``processing.job_budget``)."""
+    proportion to what the job reads (``processing.job_budget``); a qcow2 version whose
+    raw disk is still to make gets the global limits, as qemu-img has its own
+    (``BAAS_RAW_RENDITION_TIMEOUT``)."""
 
     autoretry_for = (*TRANSIENT, StorageFull, ConcurrentChange)
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         version_id = args[0] if args else (kwargs or {})["version_id"]
-        row = Version.objects.filter(pk=version_id).values("stored_size", "size").first()
+        row = (
+            Version.objects.filter(pk=version_id)
+            .values("stored_size", "size", "raw_state", "image__file_standard")
+            .first()
+        )
         if row is None:
             return None
         soft, hard = job_budget(stored_size=row["stored_size"], size=row["size"])
+        if row["image__file_standard"] == FileStandard.QCOW2 and row["raw_state"] not in RAW_DONE:
+            soft, hard = settings.CELERY_TASK_SOFT_TIME_LIMIT, settings.CELERY_TASK_TIME_LIMIT
         options.setdefault("soft_time_limit", soft)
         options.setdefault("time_limit", hard)
         # The database's clock, as for job_started_at: web and worker hosts' clocks may differ.

@@ -9,7 +9,7 @@ import signal
 
 import pytest
 
-from catalogue.models import Compression, Version
+from catalogue.models import Compression, FileStandard, Version
 from catalogue.services.codecs import VersionCorrupt
 from catalogue.services.compression import needs_frames
 from catalogue.services.datamaps import version_map, version_map_build
@@ -83,6 +83,29 @@ def test_a_zstd_version_is_mapped_before_it_is_stored_so_it_is_written_in_frames
         "nothing: ready",
     ]
     assert stored_as(version, Compression.ZSTD) and not needs_frames(version)
+
+
+# --- Sending --------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_it_is_sent_after_the_commit_with_a_budget_for_what_it_reads(
+    settings, django_capture_on_commit_callbacks
+):
+    settings.BAAS_JOB_TIME_BASE, settings.BAAS_JOB_MIN_RATE = 60, MiB
+    version = VersionFactory(image=ImageFactory(compression=Compression.GZIP), content=CONTENT)
+    with django_capture_on_commit_callbacks() as sent:
+        assert version_process(version.pk)
+        version.refresh_from_db()
+        assert version.job_sent_at is not None  # owed from now on
+    (send,) = sent  # not before the commit
+    assert send.keywords["soft_time_limit"] == 60 + version.stored_size // MiB
+
+    qcow2 = VersionFactory(image=ImageFactory(file_standard=FileStandard.QCOW2), content=CONTENT)
+    version_map_build(version_id=qcow2.pk)
+    with django_capture_on_commit_callbacks() as sent:
+        assert version_process(qcow2.pk)  # its raw disk: qemu-img has its own time limit
+    assert sent[0].keywords["soft_time_limit"] == settings.CELERY_TASK_SOFT_TIME_LIMIT
 
 
 # --- Idempotent -----------------------------------------------------------------------------
