@@ -27,17 +27,16 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from diskimage import BLOCK
+from diskimage.holes import zero_block_runs
+
 logger = logging.getLogger(__name__)
 
-# Holes are detected at this granularity: the page and ext4 block size.
-BLOCK = 4096
-ZERO_BLOCK = bytes(BLOCK)
-ZERO_CHUNK = bytes(1 << 20)
 # Writeback of what a pending file received is started every this many bytes.
 WRITEBACK_EVERY = 32 << 20
 SYNC_FILE_RANGE_WRITE = 2
 SUFFIXES = {"none": ".img", "gzip": ".img.gz", "zstd": ".img.zst"}
-MAP_SUFFIX = ".map.json"  # a version's data map (catalogue.datamap), beside its file
+MAP_SUFFIX = ".map.json"  # a version's data map (diskimage.datamap), beside its file
 PART_SUFFIX = ".part"
 # One lock file per image, outside the image directories, whose byte n is held (shared)
 # by every background job working on version n: a job whose process died holds nothing.
@@ -177,27 +176,13 @@ class PendingFile:
             start_writeback(self._file.fileno())
 
     def _write_sparse(self, data: bytes | bytearray, start: int, end: int) -> None:
-        """Write ``data[start:end]``, whole blocks, seeking over those that are all zeros.
-
-        In C but for one turn per run of zero blocks: ``find`` jumps over data
-        that holds no block of zeros; an all-zero chunk is one comparison.
-        """
+        """Write ``data[start:end]``, whole blocks, seeking over those that are all zeros."""
         view = memoryview(data)
-        if end - start <= len(ZERO_CHUNK) and ZERO_CHUNK.startswith(view[start:end]):
-            self._file.seek(end - start, os.SEEK_CUR)
-            return
         written = start  # what precedes is on disk, or seeked over
-        search = start  # no all-zero block starts (at a block boundary) before this
-        while (found := data.find(ZERO_BLOCK, search, end)) >= 0:
-            hole = found + (start - found) % BLOCK  # the first block boundary at or after it
-            zeros = hole
-            while zeros < end and ZERO_CHUNK.startswith(view[zeros : zeros + BLOCK]):
-                zeros += BLOCK
-            if zeros > hole:
-                self._write_all(view[written:hole])
-                self._file.seek(zeros - hole, os.SEEK_CUR)
-                written = zeros
-            search = max(zeros, hole + BLOCK)
+        for hole, zeros in zero_block_runs(data, start, end):
+            self._write_all(view[written:hole])
+            self._file.seek(zeros - hole, os.SEEK_CUR)
+            written = zeros
         self._write_all(view[written:end])
 
     def write_at(self, data: bytes | memoryview, offset: int) -> None:
@@ -272,6 +257,32 @@ class LocalStorage:
             raise ValueError(f"bad version number {number!r}")
         return self.image_dir(image_uuid) / f"{number}{SUFFIXES[compression]}"
 
+    def version_file(
+        self, image_uuid: uuid.UUID | str, number: int, compression: str
+    ) -> Path | None:
+        """The file of version ``number`` in ``compression``, if this store has it; else None."""
+        path = self.version_path(image_uuid, number, compression)
+        return path if path.exists() else None
+
+    def link_version(
+        self, image_uuid: uuid.UUID | str, number: int, into: LocalStorage
+    ) -> Path | None:
+        """Hard-link the stored raw file of version ``number`` to the same place in the store
+        ``into`` (versions never change in place); its path there, or None when the file is
+        not raw here or the stores are on different filesystems."""
+        source = self.version_path(image_uuid, number, "none")
+        target = into.version_path(image_uuid, number, "none")
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            return target
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOENT):
+                return None
+            raise
+        return target
+
     def open_write(self, image_uuid: uuid.UUID, *, sparse: bool = True) -> PendingFile:
         """A new pending file for ``image_uuid``. Raises StorageError if the root is missing."""
         if not self.root.is_dir():
@@ -289,6 +300,13 @@ class LocalStorage:
             pending.position = size
             return pending.commit(number)
 
+    def served_name(self, stream: BinaryIO) -> str:
+        """The name under the root of an open file of this storage, for a front server
+        that serves the root itself (X-Accel-Redirect). Raises ValueError for a file
+        outside the root."""
+        path = Path(os.path.realpath(stream.name))
+        return path.relative_to(os.path.realpath(self.root)).as_posix()
+
     def open_read(self, image_uuid: uuid.UUID, number: int, compression: str) -> BinaryIO:
         return open(self.version_path(image_uuid, number, compression), "rb")
 
@@ -298,10 +316,17 @@ class LocalStorage:
     def delete_version(self, image_uuid: uuid.UUID, number: int, compression: str) -> None:
         self.version_path(image_uuid, number, compression).unlink(missing_ok=True)
 
-    def map_path(self, image_uuid: uuid.UUID | str, number: int) -> Path:
+    def beside_path(self, image_uuid: uuid.UUID | str, number: int, suffix: str) -> Path:
+        """``<n><suffix>``: a file derived from version ``number`` (its data map, its raw
+        rendition…), beside the version's own file."""
         if not isinstance(number, int) or number < 0:
             raise ValueError(f"bad version number {number!r}")
-        return self.image_dir(image_uuid) / f"{number}{MAP_SUFFIX}"
+        if not suffix.startswith(".") or "/" in suffix:
+            raise ValueError(f"bad suffix {suffix!r}")
+        return self.image_dir(image_uuid) / f"{number}{suffix}"
+
+    def map_path(self, image_uuid: uuid.UUID | str, number: int) -> Path:
+        return self.beside_path(image_uuid, number, MAP_SUFFIX)
 
     def map_write(self, image_uuid: uuid.UUID | str, number: int, payload: bytes) -> None:
         """Store a version's data map: written aside, fsynced, renamed into place.
@@ -345,6 +370,18 @@ class LocalStorage:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def capacity(self) -> tuple[int, int]:
+        """``(total, free)``: bytes of the root's file system, and those still free."""
+        usage = shutil.disk_usage(self.root)
+        return usage.total, usage.free
+
+    def check_writable(self) -> None:
+        """Raise OSError, naming the root, unless it is a directory this process may write."""
+        if not self.root.is_dir():
+            raise OSError(f"{self.root} does not exist")
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"{self.root} is not writable")
+
     # --- Debris of crashes ---------------------------------------------------------
 
     def purge_stale(self, older_than_seconds: float) -> list[Path]:
@@ -373,6 +410,15 @@ class LocalStorage:
                 removed.append(path)
                 logger.warning("Removed %s: a file without a version, left by a crash", path)
         return removed
+
+    @contextlib.contextmanager
+    def scratch_file(self, image_uuid: uuid.UUID | str, suffix: str = "") -> Iterator[Path]:
+        """A new ``.part`` file in the image's directory for a program that writes by path
+        (qemu-img), held as a live writer's (see :meth:`held_part`) and removed at the end."""
+        directory = self.image_dir(image_uuid)
+        directory.mkdir(exist_ok=True)
+        with self.held_part(directory, suffix) as path:
+            yield path
 
     @contextlib.contextmanager
     def held_part(self, directory: Path, suffix: str = "") -> Iterator[Path]:

@@ -36,9 +36,7 @@ from typing import Any, BinaryIO
 
 from django.db import transaction
 
-from catalogue.datamap import DataMap
 from catalogue.models import Compression, Image, Version
-from catalogue.seekable import FramedZstdEncoder, read_seek_table
 from catalogue.services.codecs import (  # (re-exported: what readers of stored files import)
     CHUNK,
     DECODE_ERRORS,
@@ -56,6 +54,8 @@ from catalogue.services.codecs import (  # (re-exported: what readers of stored 
 from catalogue.services.datamaps import version_map
 from catalogue.services.digests import DigestingMapper, version_digest_record
 from catalogue.storage import StoredFile, VersionExists, get_storage
+from diskimage.datamap import DataMap
+from diskimage.seekable import FramedZstdEncoder, read_seek_table
 
 __all__ = [
     "CHUNK",

@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from catalogue.datamap import DataMap
 from catalogue.models import Compression, RawState, Version
 from catalogue.services.datastream import DataStream
 from catalogue.services.delivery import Representation
@@ -23,6 +22,7 @@ from catalogue.services.renditions import (
     rendition_map_path,
     rendition_path,
 )
+from diskimage.datamap import DataMap
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ the disk it describes. So every version of a qcow2 image gets, in the
 background, a *raw rendition*: ``qemu-img convert -O raw`` of its file, kept
 beside it as ``<root>/<image uuid>/<n>.raw`` (sparse: zeros stay holes) with
 its data map ``<n>.raw.map.json`` (the same format as any version's,
-``catalogue.datamap``) and its SHA-256 on the row (``Version.raw_sha256``).
+``diskimage.datamap``) and its SHA-256 on the row (``Version.raw_sha256``).
 Its size is the version's ``virtual_size``.
 
 The rendition is what agents write (``flashing.services.agent``) and what
@@ -41,12 +41,12 @@ from django.db import transaction
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
-from catalogue.datamap import DataMap
 from catalogue.models import Compression, FileStandard, RawState, Version
 from catalogue.services.codecs import DECODE_ERRORS, VersionCorrupt, raw_reader
 from catalogue.services.delivery import open_stored
 from catalogue.services.digests import file_digest
 from catalogue.storage import PART_SUFFIX, StorageFull, get_storage, is_disk_full
+from diskimage.datamap import DataMap
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +94,7 @@ def rendition_map_path(image_uuid: uuid.UUID | str, number: int) -> Path:
 
 
 def _path(image_uuid: uuid.UUID | str, number: int, suffix: str) -> Path:
-    if not isinstance(number, int) or number < 0:
-        raise ValueError(f"bad version number {number!r}")
-    return get_storage().image_dir(image_uuid) / f"{number}{suffix}"
+    return get_storage().beside_path(image_uuid, number, suffix)
 
 
 def rendition_delete(image_uuid: uuid.UUID | str, number: int) -> None:

@@ -15,9 +15,7 @@ import urllib.request
 import pytest
 import zstandard
 
-from catalogue.datamap import empty_map
 from catalogue.models import Compression, Version
-from catalogue.seekable import FramedZstdEncoder, read_seek_table, zeros_in_frames
 from catalogue.services.compression import (
     VersionCorrupt,
     encoder_for,
@@ -28,6 +26,8 @@ from catalogue.services.datamaps import version_map, version_map_build
 from catalogue.services.pipeline import image_process, version_process
 from catalogue.storage import MAP_SUFFIX, get_storage
 from catalogue.tasks import version_advance_task
+from diskimage.datamap import empty_map
+from diskimage.seekable import FramedZstdEncoder, read_seek_table, zeros_in_frames
 from tests.catalogue.factories import ImageFactory, VersionFactory
 from tests.conftest import client_for
 

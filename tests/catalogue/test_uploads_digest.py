@@ -22,7 +22,8 @@ from catalogue.services.compression import VersionCorrupt, version_compress
 from catalogue.services.datamaps import version_map
 from catalogue.services.digests import version_digest_complete, version_digest_ensure
 from catalogue.services.pipeline import version_state, versions_processing_sweep
-from catalogue.storage import BLOCK, get_storage
+from catalogue.storage import get_storage
+from diskimage import BLOCK
 from tests.catalogue.factories import ImageFactory
 from tests.catalogue.test_compression import bearer, stored_as, wait_for
 from tests.catalogue.test_uploads import assert_nothing_stored, disk_image, post_form, post_raw
