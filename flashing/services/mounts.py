@@ -31,7 +31,7 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from celery import shared_task
@@ -128,7 +128,12 @@ def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
 
 
 # Network mounts decompress and upload whole images: the global (long) limits apply.
-MOUNT_RETRIES = {"bind": True, "max_retries": 4}
+class _MountRetries(TypedDict):
+    bind: Literal[True]
+    max_retries: int
+
+
+MOUNT_RETRIES: _MountRetries = {"bind": True, "max_retries": 4}
 MOUNT_RETRY_SECONDS = 30
 
 
@@ -533,19 +538,24 @@ def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
 # --- Its tasks (on the NBD host; declared here, where they are sent) -------------------------
 
 
+def _may_retry(task: TransactionAwareTask) -> bool:
+    """Whether ``task`` has retries left (Celery reads ``max_retries=None`` as no limit)."""
+    return task.max_retries is None or task.request.retries < task.max_retries
+
+
 @shared_task(name="flashing.network_mount_start", base=TransactionAwareTask, **MOUNT_RETRIES)
-def network_mount_start_task(self, mount_id: int) -> str:
+def network_mount_start_task(self: TransactionAwareTask, mount_id: int) -> str:
     """Serve a network mount over NBD, or serve it again if its server died; retried on failure."""
     outcome = network_mount_start(mount_id=mount_id)
-    if outcome == "failed" and self.request.retries < self.max_retries:
+    if outcome == "failed" and _may_retry(self):
         raise self.retry(countdown=MOUNT_RETRY_SECONDS)
     return outcome
 
 
 @shared_task(name="flashing.network_mount_finish", base=TransactionAwareTask, **MOUNT_RETRIES)
-def network_mount_finish_task(self, mount_id: int) -> str:
+def network_mount_finish_task(self: TransactionAwareTask, mount_id: int) -> str:
     """Stop a network mount's export and store its changes as the next version; retried."""
     outcome = network_mount_finish(mount_id=mount_id)
-    if outcome in ("failed", "busy") and self.request.retries < self.max_retries:
+    if outcome in ("failed", "busy") and _may_retry(self):
         raise self.retry(countdown=MOUNT_RETRY_SECONDS)
     return outcome
