@@ -14,10 +14,10 @@ from typing import Any
 
 from django import forms
 from django.template.defaultfilters import filesizeformat
-from rest_framework.exceptions import APIException
 
-from accounts import rules
 from baas_site.errors import error_messages
+from baas_site.exceptions import DomainError
+from catalogue import rules
 from catalogue.models import (
     MOUNT_HELP,
     Compression,
@@ -33,8 +33,8 @@ from catalogue.models import (
 ANY = [("", "Any type")]
 
 
-def add_service_errors(form: forms.Form, exc: APIException) -> None:
-    """Show a service's refusal (DRF ValidationError, PermissionDenied, 409) on ``form``."""
+def add_service_errors(form: forms.Form, exc: DomainError) -> None:
+    """Show a service's refusal (invalid input, not allowed, a conflict) on ``form``."""
     detail = exc.detail
     if not isinstance(detail, dict):
         form.add_error(None, error_messages(detail))

@@ -16,7 +16,7 @@ from flashing.services.leases import lease_limits
 
 
 def setups_usable(user: Any) -> QuerySet[ImageSetup]:
-    """``rules.can_use_setup`` as a query: one's own setups, every setup for administrators."""
+    """``catalogue.rules.can_use_setup`` as a query: one's own setups, all for administrators."""
     setups = ImageSetup.objects.select_related("owner").order_by("owner__username", "name")
     if rules.is_administrator(user):
         return setups

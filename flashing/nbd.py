@@ -31,8 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from django.http import Http404
-
+from baas_site.exceptions import NotFound
 from catalogue.models import Compression, Version
 from catalogue.services.compression import raw_reader
 from catalogue.services.delivery import open_stored
@@ -144,7 +143,7 @@ def _open_stored(version: Version):
     """The stored file (read again from the row if a compression job swapped it)."""
     try:
         return open_stored(version)
-    except (Http404, FileNotFoundError) as exc:
+    except (NotFound, FileNotFoundError) as exc:
         raise NbdError(
             f"The file of version {version.number} of image {version.image_id} is gone."
         ) from exc

@@ -1,5 +1,5 @@
-"""What the flashing services share: the 409 error, the event log, which images go on disks,
-and sending the pipeline's tasks once the transaction commits."""
+"""What the flashing services share: the event log, which images go on disks, and sending
+the pipeline's tasks once the transaction commits."""
 
 from __future__ import annotations
 
@@ -8,21 +8,18 @@ from typing import Any
 
 from django.db import transaction
 from django.db.models import Model, QuerySet
-from rest_framework import status
-from rest_framework.exceptions import APIException
 
 from accounts.services import audit_record
 from baas_site.text import plain_text
 from catalogue.models import ImageType
+from flashing.exceptions import MachineConflict
 from flashing.models import Deployment, DeploymentEvent, DeploymentImage, Machine
 
 log = logging.getLogger(__name__)
 
 
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "This conflicts with the machine's current state."
-    default_code = "conflict"
+# The name the flashing services have raised a 409 by; the class is flashing.exceptions'.
+Conflict = MachineConflict
 
 
 def actor_or_none(actor: Any) -> Any:

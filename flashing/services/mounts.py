@@ -38,9 +38,9 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from rest_framework.exceptions import APIException
 
-from accounts import rules
+from baas_site.exceptions import DomainError
+from catalogue import rules
 from catalogue.models import Compression, Version
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.digests import version_digest_ensure
@@ -373,8 +373,8 @@ def network_mount_finish(*, mount_id: int) -> str:
             return _finish_locked(mount_id, directory)
     except nbd.MountBusy:
         return "busy"  # its start is still at work: try again soon
-    except (nbd.NbdError, APIException, OSError) as exc:
-        reason = str(exc.detail) if isinstance(exc, APIException) else str(exc)
+    except (nbd.NbdError, DomainError, OSError) as exc:
+        reason = str(exc.detail) if isinstance(exc, DomainError) else str(exc)
         _finish_failed(mount_id, reason)
         return "failed"
 
