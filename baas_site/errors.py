@@ -57,15 +57,34 @@ class _Translated(exceptions.APIException):
             self.wait = exc.retry_after  # DRF's handler sends it as Retry-After
 
 
-def api_exception(exc: domain.DomainError) -> exceptions.APIException:
+def api_exception(
+    exc: domain.DomainError, context: dict[str, Any] | None = None
+) -> exceptions.APIException:
     """The DRF exception that answers ``exc``: DRF's own classes where DRF treats one specially.
 
     ``Invalid`` becomes DRF's ``ValidationError`` (whose body the handler below
-    summarises); the others keep their detail (a dict stays the body as it is).
+    summarises). ``NotAuthenticated`` answers as DRF answers a failed
+    authentication: 401 with the view's ``WWW-Authenticate``, or 403 when the
+    view names no scheme. The others keep their detail (a dict stays the body).
     """
     if isinstance(exc, domain.Invalid):
         return exceptions.ValidationError(exc.detail, exc.code)
+    if isinstance(exc, domain.NotAuthenticated):
+        return _authentication_failed(exc, context or {})
     return _Translated(exc)
+
+
+def _authentication_failed(
+    exc: domain.NotAuthenticated, context: dict[str, Any]
+) -> exceptions.APIException:
+    failed = exceptions.AuthenticationFailed(exc.detail, exc.code)
+    view, request = context.get("view"), context.get("request")
+    header = view.get_authenticate_header(request) if view and request else None
+    if header:
+        failed.auth_header = header  # type: ignore[attr-defined]
+    else:
+        failed.status_code = 403
+    return failed
 
 
 def _first_message(detail: Any) -> str:
@@ -100,7 +119,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     also carry ``errors``, the per-field messages.
     """
     if isinstance(exc, domain.DomainError):
-        exc = api_exception(exc)
+        exc = api_exception(exc, context)
     response = exception_handler(exc, context)
     if response is None:
         return None

@@ -6,7 +6,9 @@ kind answers over HTTP and how a page shows it.
 
 from __future__ import annotations
 
-from baas_site.exceptions import Conflict, Forbidden, Invalid, NotFound
+from typing import Any
+
+from baas_site.exceptions import Conflict, Forbidden, Gone, Invalid, NotAuthenticated, NotFound
 
 
 class InvalidInput(Invalid):
@@ -38,3 +40,23 @@ class MachineConflict(Conflict):
 
     default_detail = "This conflicts with the machine's current state."
     default_code = "conflict"
+
+
+class DeploymentOver(Gone):
+    """The agent's deployment is over: it should stop, not retry."""
+
+    default_detail = "This deployment is over."
+    default_code = "gone"
+
+    @classmethod
+    def of(cls, deployment: Any) -> DeploymentOver:
+        return cls(
+            f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more to do "
+            "for it; stop."
+        )
+
+
+class AgentNotAuthenticated(NotAuthenticated):
+    """The agent's token does not (or no longer) stand for a running attempt."""
+
+    default_code = "authentication_failed"
