@@ -7,7 +7,12 @@ from django.contrib.auth.models import AnonymousUser
 
 from accounts.models import Role
 from catalogue import rules
+from catalogue.exceptions import ImageNotFound, NotYours, SetupNotFound
 from catalogue.models import Image, ImageType
+from catalogue.selectors.images import image_get_deletable, image_get_writable
+from catalogue.services.delivery import version_for_download
+from catalogue.services.images import image_create, image_delete, image_update
+from catalogue.services.setups import setup_create, setup_delete, setup_image_add, setup_update
 from tests.accounts.factories import UserFactory
 from tests.catalogue.factories import ImageSetupFactory
 
@@ -150,3 +155,68 @@ def test_setup_rights_follow_the_role_table(people, role):
         rules.can_use_setup(actor, setup),
     )
     assert got == SETUPS[role]
+
+
+# --- Each service checks its rule itself --------------------------------------------------
+
+
+def test_a_setup_is_changed_only_by_whoever_manages_its_owners_setups(people):
+
+    setup = ImageSetupFactory(owner=people["owner"], name="mine")
+    for service, kwargs in [
+        (setup_update, {"name": "theirs"}),
+        (setup_image_add, {"image": None, "version_number": 0}),
+        (setup_delete, {}),
+    ]:
+        with pytest.raises(SetupNotFound):
+            service(actor=people["user"], setup=setup, **kwargs)
+    setup.refresh_from_db()
+    assert setup.name == "mine"
+    assert setup_update(actor=people["moderator"], setup=setup, name="looked-after").pk
+
+
+def test_a_setup_is_created_for_someone_else_only_by_an_administrator(people):
+
+    with pytest.raises(SetupNotFound):
+        setup_create(actor=people["moderator"], owner=people["owner"], name="theirs")
+    assert setup_create(actor=people["administrator"], owner=people["owner"], name="given").pk
+
+
+def test_an_image_is_created_for_someone_else_only_by_an_administrator(people):
+
+    with pytest.raises(NotYours):
+        image_create(actor=people["user"], owner=people["owner"], name="theirs")
+    assert not Image.objects.filter(name="theirs").exists()
+    assert image_create(actor=people["administrator"], owner=people["owner"], name="given").pk
+
+
+def test_an_image_is_changed_and_deleted_only_as_its_rules_say(people):
+
+    people["owner"].role = Role.MODERATOR
+    people["owner"].save()
+    image = make_image(people, ImageType.SYSTEM)
+    with pytest.raises(NotYours):
+        image_update(actor=people["user"], image=image, description="mine now")
+    with pytest.raises(NotYours):
+        image_delete(actor=people["maintainer"], image=image)
+    image.refresh_from_db()
+    assert image.description == ""
+
+
+def test_the_checking_accessors_answer_404_for_the_unseen_and_403_for_the_unchangeable(people):
+
+    private, system = make_image(people, ImageType.SINGLE), make_image(people, ImageType.SYSTEM)
+    with pytest.raises(ImageNotFound):
+        image_get_writable(actor=people["user"], image_id=str(private.pk))
+    with pytest.raises(NotYours, match="not upload to it"):
+        image_get_writable(actor=people["user"], image_id=str(system.pk), doing="upload to")
+    with pytest.raises(NotYours, match="owner or an administrator"):
+        image_get_deletable(actor=people["maintainer"], image_id=str(system.pk))
+    assert image_get_writable(actor=people["maintainer"], image_id=str(system.pk)) == system
+
+
+def test_a_download_of_an_image_one_may_not_read_answers_as_for_no_image(people):
+
+    image = make_image(people, ImageType.SINGLE)
+    with pytest.raises(ImageNotFound):
+        version_for_download(user=people["user"], image_uuid=str(image.pk), version="latest")
