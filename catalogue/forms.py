@@ -2,7 +2,7 @@
 
 Forms only parse input: each field calls the model's own validators
 (``validate_image_name``, ``validate_target_disk``), and every rule about who
-may do what stays in ``accounts.rules`` and the services, whose errors
+may do what stays in ``catalogue.rules`` and the services, whose errors
 ``add_service_errors`` puts back on the form.
 """
 

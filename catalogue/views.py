@@ -2,8 +2,8 @@
 
 Views are thin, like the API's: a form parses the input, one selector or
 service call does the work, and a service's refusal (400, 403, 409) is shown
-on the form or the page. Who may do what is ``accounts.rules``; images a user
-may not read answer 404, as in the API.
+on the form or the page. Who may do what is ``catalogue.rules``, enforced by
+the selectors and services; images a user may not read answer 404, as in the API.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``request.user`` becomes an :class:`AgentPrincipal` bound to one deployment:
 signed in, but no ``User`` (no ``pk``), no role, and let through only to the
 agent's own routes and the image upload and download routes, where
-``accounts.rules`` decides per image (its deployment's images only).
+``catalogue.rules`` decides per image (its deployment's images only).
 A token of the running attempt passes; one of a finished deployment answers
 410 (stop); any other (unknown, revoked, expired, older attempt) 401
 (docs/security.md).

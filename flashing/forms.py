@@ -8,21 +8,10 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.db.models import QuerySet
 
-from accounts import rules
 from catalogue.models import ImageSetup
+from catalogue.selectors.setups import setup_list_usable
 from flashing.services.leases import lease_limits
-
-
-def setups_usable(user: Any) -> QuerySet[ImageSetup]:
-    """``catalogue.rules.can_use_setup`` as a query: one's own setups, all for administrators."""
-    setups = ImageSetup.objects.select_related("owner").order_by("owner__username", "name")
-    if rules.is_administrator(user):
-        return setups
-    if not rules.is_authenticated(user):
-        return setups.none()
-    return setups.filter(owner=user)
 
 
 class LeaseForm(forms.Form):
@@ -64,4 +53,4 @@ class DeployForm(forms.Form):
 
     def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["setup"].queryset = setups_usable(user)
+        self.fields["setup"].queryset = setup_list_usable(user=user)

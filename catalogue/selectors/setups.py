@@ -53,6 +53,16 @@ def setup_get(*, owner: User, setup_uuid: uuid.UUID | str) -> ImageSetup:
     return setup
 
 
+def setup_list_usable(*, user: Actor) -> QuerySet[ImageSetup]:
+    """``rules.can_use_setup`` as a query: one's own setups, every one for administrators."""
+    setups = ImageSetup.objects.select_related("owner").order_by("owner__username", "name")
+    if rules.is_administrator(user):
+        return setups
+    if not rules.is_authenticated(user):
+        return setups.none()
+    return setups.filter(owner=user)
+
+
 def setup_get_usable(*, user: Actor, setup_uuid: uuid.UUID | str) -> ImageSetup | None:
     """A setup ``user`` may flash (``rules.can_use_setup``), or None."""
     setup = (

@@ -1,6 +1,6 @@
 """Writes for images: create (with its empty version 0), update, delete.
 
-Every decision about who may do what is a predicate of ``accounts.rules``.
+Every decision about who may do what is a predicate of ``catalogue.rules``, checked here.
 Files are written before the rows that describe them, and removed only after
 the rows are gone for good (``transaction.on_commit``).
 """

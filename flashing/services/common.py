@@ -9,6 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.db.models import Model, QuerySet
 
+from accounts.rules import Actor
 from accounts.services import audit_record
 from baas_site.text import plain_text
 from catalogue.models import ImageType
@@ -22,13 +23,13 @@ log = logging.getLogger(__name__)
 Conflict = MachineConflict
 
 
-def actor_or_none(actor: Any) -> Any:
+def actor_or_none(actor: Actor | None) -> Any:
     """The user behind a change, or None for BAAS itself (beat, the pipeline)."""
     return actor if getattr(actor, "pk", None) else None
 
 
 def event_record(
-    *, deployment: Deployment, actor: Any, action: str, message: str = "", **data: Any
+    *, deployment: Deployment, actor: Actor | None, action: str, message: str = "", **data: Any
 ) -> DeploymentEvent:
     """Log ``action`` in the deployment's event log and in the audit log.
 

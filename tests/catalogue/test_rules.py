@@ -10,6 +10,7 @@ from catalogue import rules
 from catalogue.exceptions import ImageNotFound, NotYours, SetupNotFound
 from catalogue.models import Image, ImageType
 from catalogue.selectors.images import image_get_deletable, image_get_writable
+from catalogue.selectors.setups import setup_list_usable
 from catalogue.services.delivery import version_for_download
 from catalogue.services.images import image_create, image_delete, image_update
 from catalogue.services.setups import setup_create, setup_delete, setup_image_add, setup_update
@@ -220,3 +221,10 @@ def test_a_download_of_an_image_one_may_not_read_answers_as_for_no_image(people)
     image = make_image(people, ImageType.SINGLE)
     with pytest.raises(ImageNotFound):
         version_for_download(user=people["user"], image_uuid=str(image.pk), version="latest")
+
+
+@pytest.mark.parametrize("role", list(SETUPS))
+def test_the_usable_setups_query_says_what_can_use_setup_says(people, role):
+    mine, theirs = ImageSetupFactory(owner=people["owner"]), ImageSetupFactory(owner=people["user"])
+    usable = set(setup_list_usable(user=people[role]))
+    assert usable == {s for s in (mine, theirs) if rules.can_use_setup(people[role], s)}
