@@ -43,6 +43,15 @@ class Agent(Protocol):
 Actor: TypeAlias = "User | AnonymousUser | Agent"
 
 
+def is_baas(actor: Actor | None) -> bool:
+    """BAAS itself acting (beat ending a lease, the pipeline, a command): ``actor`` is None.
+
+    Services let BAAS do what its schedules, pipeline and commands need; every
+    person and agent goes through the rules.
+    """
+    return actor is None
+
+
 def is_agent(user: Actor | None) -> bool:
     """The management agent of one deployment (``flashing.authentication.AgentPrincipal``)."""
     return bool(getattr(user, "is_agent", False))

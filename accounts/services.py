@@ -13,7 +13,7 @@ from django.db import transaction
 from django.db.models import Model, ProtectedError, RestrictedError
 
 from accounts import logins, ownership, rules, scopes
-from accounts.exceptions import InvalidInput, NotAllowed, UserOwnsThings
+from accounts.exceptions import InvalidInput, NotAllowed, UserNotFound, UserOwnsThings
 from accounts.models import AccessToken, AuditEvent, Role, User, token_digest
 from accounts.rules import Actor
 
@@ -38,17 +38,28 @@ def password_check(password: str, user: User) -> None:
         raise InvalidInput({"password": exc.messages}) from exc
 
 
+def _check_manages(actor: Actor | None, user: User) -> None:
+    """``actor`` manages ``user`` (themselves, or an administrator); the selectors' 404 if not."""
+    if not (rules.is_baas(actor) or rules.can_manage_user(actor, user)):
+        raise UserNotFound()
+
+
 @transaction.atomic
 def user_create(
     *,
-    actor: Actor,
+    actor: Actor | None,
     username: str,
     email: str,
     display_name: str = "",
     role: str = Role.USER,
     password: str | None = None,
 ) -> User:
-    """Create a user; without a password they cannot sign in until one is set."""
+    """Create a user; without a password they cannot sign in until one is set.
+
+    ``NotAllowed`` unless ``actor`` is an administrator (or BAAS itself, ``None``).
+    """
+    if not (rules.is_baas(actor) or rules.can_create_user(actor)):
+        raise NotAllowed("Only administrators may do this.")
     user = User(username=username, email=email, display_name=display_name, role=role)
     if password:
         password_check(password, user)
@@ -76,8 +87,9 @@ def user_update(
     sign-in lock-out, with ``request``) unless an administrator changes another
     user. A new password ends every session of the user (Django's session hash)
     and, with ``revoke_tokens`` (the default), deletes all their tokens, the one
-    making this request included.
+    making this request included. ``UserNotFound`` unless ``actor`` manages ``user``.
     """
+    _check_manages(actor, user)
     if fields.get("password") or _email_changes(user, fields):
         # Outside the transaction below: a wrong guess must stay counted when it rolls back.
         _current_password_check(actor, user, request, current_password)
@@ -155,7 +167,9 @@ def user_delete(*, actor: Actor, user: User, transfer_to: User | None = None) ->
     With ``transfer_to`` (an administrator asking, naming an active administrator
     other than ``user``), their leases end first (deployments cancelled, reset
     queued) and their images, setups and deployments go to ``transfer_to``.
+    ``UserNotFound`` unless ``actor`` manages ``user``.
     """
+    _check_manages(actor, user)
     if transfer_to is not None:
         _heir_check(actor, user, transfer_to)
         ownership.hand_over(actor=actor, user=user, to=transfer_to)
@@ -194,7 +208,9 @@ def token_create(
 
     ``via_token``: the token making the request, if one is; it creates tokens only
     with scopes it has itself (403 otherwise). Scopes default to read and write.
+    ``UserNotFound`` unless ``actor`` manages ``user``.
     """
+    _check_manages(actor, user)
     try:
         chosen = scopes.normalize(scopes_wanted)
     except DjangoValidationError as exc:
@@ -218,6 +234,8 @@ def token_create(
 
 
 def token_revoke(*, actor: Actor, token: AccessToken) -> None:
+    """Delete ``token``; ``UserNotFound`` unless ``actor`` manages its user."""
+    _check_manages(actor, token.user)
     audit_record(actor=actor, action="token.revoke", target=token, name=token.name)
     token.delete()
 

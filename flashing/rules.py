@@ -10,15 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from accounts.rules import Actor, is_administrator, is_authenticated
-
-
-def is_baas(actor: Actor | None) -> bool:
-    """BAAS itself acting (beat ending a lease, the pipeline): ``actor`` is None.
-
-    Services let BAAS do what its schedules and pipeline need; every person or
-    agent goes through the rules below.
-    """
-    return actor is None
+from accounts.rules import is_baas as is_baas  # services ask flashing.rules alone
 
 
 def can_read_machines(user: Actor | None) -> bool:

@@ -10,7 +10,9 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 
 from accounts import rules
+from accounts.exceptions import NotAllowed, UserNotFound
 from accounts.models import Role
+from accounts.services import token_create, token_revoke, user_create, user_delete, user_update
 from tests.accounts.factories import UserFactory
 
 
@@ -77,3 +79,28 @@ def test_an_agent_is_no_person_whatever_it_claims(people):
     assert rules.is_agent(Agent())
     assert not rules.is_authenticated(Agent())
     assert not rules.is_administrator(Agent())
+
+
+# --- Each service checks its rule itself --------------------------------------------------
+
+
+def test_only_administrators_and_baas_itself_create_users(people):
+    with pytest.raises(NotAllowed):
+        user_create(actor=people["moderator"], username="newbie", email="n@example.invalid")
+    assert user_create(actor=None, username="bench", email="b@example.invalid").pk
+    assert user_create(actor=people["administrator"], username="hired", email="h@x.invalid").pk
+
+
+def test_a_user_changed_deleted_or_given_a_token_by_someone_else_answers_as_for_no_user(people):
+    owner, stranger = people["owner"], people["user"]
+    token, _ = token_create(actor=owner, user=owner, name="laptop")
+    for call in (
+        lambda: user_update(actor=stranger, user=owner, display_name="Mallory"),
+        lambda: user_delete(actor=stranger, user=owner),
+        lambda: token_create(actor=stranger, user=owner, name="mine now"),
+        lambda: token_revoke(actor=stranger, token=token),
+    ):
+        with pytest.raises(UserNotFound):
+            call()
+    owner.refresh_from_db()
+    assert owner.display_name != "Mallory" and list(owner.access_tokens.all()) == [token]
