@@ -18,6 +18,7 @@ from catalogue.datamap import BLOCK, DataMap, DataMapper
 from catalogue.models import Compression, Version
 from catalogue.services.compression import (
     DECODE_ERRORS,
+    MapMismatch,
     VersionCorrupt,
     raw_reader,
     version_damaged,
@@ -26,10 +27,6 @@ from catalogue.storage import get_storage
 
 logger = logging.getLogger(__name__)
 READ = 1 << 20
-
-
-class MapMismatch(Exception):
-    """The stored bytes are not the version's size: the map is not stored."""
 
 
 def version_map_store(version: Version, datamap: DataMap) -> None:
