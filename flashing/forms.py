@@ -9,8 +9,8 @@ from typing import Any
 
 from django import forms
 
+from catalogue.interface import setup_list_usable
 from catalogue.models import ImageSetup
-from catalogue.selectors.setups import setup_list_usable
 from flashing.services.leases import lease_limits
 
 

@@ -25,7 +25,7 @@ from django.db import transaction
 from accounts.models import User
 from accounts.rules import Actor
 from accounts.services import audit_record
-from catalogue import rules
+from catalogue import holders, rules
 from catalogue.exceptions import InvalidInput, SetupConflict, SetupNotFound
 from catalogue.models import (
     FileStandard,
@@ -46,8 +46,6 @@ from catalogue.services.bootfiles import (
 )
 
 CONFLICT = "conflict"
-# Deployment states (flashing.models) in which a setup is still needed.
-_WAITING = ["queued", "booting", "syncing", "writing", "verifying"]
 
 
 def raise_api_error(exc: DjangoValidationError) -> None:
@@ -237,18 +235,11 @@ def setup_update(*, actor: Actor, setup: ImageSetup, **fields: Any) -> ImageSetu
 
 
 def _check_deletable(setup: ImageSetup) -> None:
-    # Reverse relations from the flashing app, read by name to keep catalogue
-    # free of a flashing import: a default setup, or one still waiting in a
-    # machine's queue, is not deleted behind the administrators' back.
-    machines = [m.name for m in setup.default_for_machines.all()]
-    if machines:
-        raise SetupConflict(f"This setup is the default setup of {', '.join(machines)}.")
-    waiting = setup.deployments.filter(state__in=_WAITING).values_list("id", flat=True)
-    if waiting:
-        ids = ", ".join(f"#{pk}" for pk in waiting)
-        raise SetupConflict(
-            f"Deployments {ids} of this setup are queued or running; cancel them first."
-        )
+    # What apps built on the catalogue hold (flashing: a machine's default setup, one
+    # still waiting in a queue) is not deleted behind the administrators' back.
+    refusal = holders.setup_delete_refusal(setup=setup)
+    if refusal:
+        raise SetupConflict(refusal)
 
 
 @transaction.atomic

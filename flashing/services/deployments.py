@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from django.db import transaction
 
 from accounts.rules import Actor
+from catalogue.interface import can_read_image, can_use_setup, version_disk_size
 from catalogue.models import ImageSetup, ImageType, RawState
-from catalogue.rules import can_read_image, can_use_setup
-from catalogue.services.renditions import disk_size
 from flashing import rules
 from flashing.exceptions import DeploymentNotFound, InvalidInput, MachineConflict, NotYours
 from flashing.models import (
@@ -84,7 +83,7 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
             raise InvalidInput(
                 {"setup": [f"{machine.name} has no disk {item.disk} (it has {known})."]}
             )
-        if disk_size(item.version) > disks[disk]:  # a qcow2 image fills its virtual size
+        if version_disk_size(item.version) > disks[disk]:  # a qcow2 image fills its virtual size
             raise InvalidInput(
                 {"setup": [f'"{item.image.name}" does not fit on {machine.name}:{item.disk}.']}
             )
