@@ -99,12 +99,8 @@ def _first_message(detail: Any) -> str:
 
 
 def error_messages(detail: Any) -> list[str]:
-    """Every message in a DRF error ``detail`` (a string, list or dict of them), flattened."""
-    if isinstance(detail, list | tuple):
-        return [m for item in detail for m in error_messages(item)]
-    if isinstance(detail, dict):
-        return [m for value in detail.values() for m in error_messages(value)]
-    return [str(detail)]
+    """Every message in an error's ``detail`` (a string, list or dict of them), flattened."""
+    return domain.messages_of(detail)
 
 
 def error_text(exc: domain.DomainError | exceptions.APIException) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from django import forms
 from django.template.defaultfilters import filesizeformat
 
+from accounts.rules import Actor
 from baas_site.errors import error_messages
 from baas_site.exceptions import DomainError
 from catalogue import rules
@@ -73,7 +74,7 @@ class ImageMetadataForm(forms.Form):
     )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
 
-    def __init__(self, *args: Any, user: Any, current_type: str | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, user: Actor, current_type: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["type"].choices = [
             (value, label)
@@ -82,7 +83,7 @@ class ImageMetadataForm(forms.Form):
         ]
 
     @staticmethod
-    def _may_choose(user: Any, current_type: str | None, value: str) -> bool:
+    def _may_choose(user: Actor, current_type: str | None, value: str) -> bool:
         if current_type is None:
             return rules.can_create_image(user, value)
         return rules.can_change_image_type(user, current_type, value)

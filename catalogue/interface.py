@@ -38,6 +38,7 @@ from typing import Any
 
 from django.db.models import QuerySet
 
+from accounts.rules import Actor
 from catalogue.holders import Holder
 from catalogue.holders import register as holder_register
 from catalogue.models import Image, ImageSetup, Version
@@ -119,11 +120,11 @@ def version_store_file(
     )
 
 
-def setup_get_usable(*, user: Any, setup_uuid: Any) -> ImageSetup | None:
+def setup_get_usable(*, user: Actor, setup_uuid: Any) -> ImageSetup | None:
     """A setup ``user`` may flash, or None (not found, or not theirs to use)."""
     return _setups.setup_get_usable(user=user, setup_uuid=setup_uuid)
 
 
-def setup_list_usable(*, user: Any) -> QuerySet[ImageSetup]:
+def setup_list_usable(*, user: Actor) -> QuerySet[ImageSetup]:
     """Every setup ``user`` may flash (``can_use_setup`` as a query)."""
     return _setups.setup_list_usable(user=user)

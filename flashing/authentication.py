@@ -19,6 +19,7 @@ from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from flashing.exceptions import DeploymentOver
 from flashing.models import AgentToken, AgentTokenKind, Deployment, DeploymentImage
 from flashing.services.tokens import TokenVerdict, is_agent_secret, token_check
 
@@ -105,10 +106,8 @@ class DeploymentGone(exceptions.APIException):
 
     @classmethod
     def of(cls, deployment: Deployment) -> DeploymentGone:
-        return cls(
-            f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more to do "
-            "for it; stop."
-        )
+        """The same answer as the agent service's ``DeploymentOver``."""
+        return cls(DeploymentOver.of(deployment).detail)
 
 
 class AgentTokenAuthentication(BaseAuthentication):

@@ -9,6 +9,7 @@ from typing import Any
 
 from django import forms
 
+from accounts.rules import Actor
 from catalogue.interface import setup_list_usable
 from catalogue.models import ImageSetup
 from flashing.services.leases import lease_limits
@@ -51,6 +52,6 @@ class DeployForm(forms.Form):
         help_text="Uploads the disks marked for sync as new versions before writing.",
     )
 
-    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: Actor, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.fields["setup"].queryset = setup_list_usable(user=user)

@@ -29,7 +29,12 @@ from catalogue.exceptions import (
     UploadTooLarge,
 )
 from catalogue.services.renditions import RETRY_AFTER, RenditionNotReady
-from flashing.exceptions import DeploymentOver, InvalidInput, MachineConflict
+from flashing.exceptions import (
+    AgentNotAuthenticated,
+    DeploymentOver,
+    InvalidInput,
+    MachineConflict,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -144,3 +149,15 @@ def test_services_and_selectors_raise_no_http_exception():
         )
     ]
     assert offenders == []
+
+
+def test_a_failed_authentication_answers_401_with_the_views_scheme_else_403():
+    class View:
+        def get_authenticate_header(self, request):
+            return 'Bearer realm="api"'
+
+    failed = AgentNotAuthenticated("Check in with the one-time boot token.")
+    response = api_exception_handler(failed, {"view": View(), "request": object()})
+    assert (response.status_code, response["WWW-Authenticate"]) == (401, 'Bearer realm="api"')
+    assert response.data == {"detail": "Check in with the one-time boot token."}
+    assert api_exception_handler(failed, {}).status_code == 403
