@@ -23,7 +23,6 @@ from accounts.models import User
 from accounts.rules import Actor, can_manage_user
 from accounts.services import audit_record
 from catalogue import holders, rules
-from catalogue.datamap import empty_map
 from catalogue.exceptions import ImageConflict, InvalidInput, NotYours
 from catalogue.models import (
     Compression,
@@ -33,10 +32,12 @@ from catalogue.models import (
     TransferProtocol,
     Version,
 )
-from catalogue.seekable import zeros_in_frames
 from catalogue.selectors.setups import describe_setups, setups_pinning
 from catalogue.services.bootfiles import boot_cache_forget
-from catalogue.storage import ZERO_CHUNK, StoredFile, get_storage
+from catalogue.storage import StoredFile, get_storage
+from diskimage import ZERO_CHUNK
+from diskimage.datamap import empty_map
+from diskimage.seekable import zeros_in_frames
 
 EMPTY_NOTE = "Empty image, created with the image."
 QEMU_IMG = "qemu-img"
