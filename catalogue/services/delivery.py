@@ -26,7 +26,7 @@ from accounts.rules import Actor
 from catalogue import rules
 from catalogue.exceptions import ImageNotFound, VersionNotFound
 from catalogue.models import Compression, Image, Version
-from catalogue.services.compression import raw_reader
+from catalogue.services.codecs import raw_reader
 from catalogue.storage import SUFFIXES, get_storage
 
 logger = logging.getLogger(__name__)
