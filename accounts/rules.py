@@ -13,7 +13,7 @@ predicates here. DRF's permission classes are in ``accounts.permissions``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
@@ -52,7 +52,7 @@ def is_baas(actor: Actor | None) -> bool:
     return actor is None
 
 
-def is_agent(user: Actor | None) -> bool:
+def is_agent(user: Actor | None) -> TypeGuard[Agent]:
     """The management agent of one deployment (``flashing.authentication.AgentPrincipal``)."""
     return bool(getattr(user, "is_agent", False))
 

@@ -42,7 +42,7 @@ def is_maintainer(user: Actor | None, image: _Image) -> bool:
     cache = getattr(image, "_prefetched_objects_cache", {})
     if "maintainers" in cache:
         return any(m.pk == user.pk for m in cache["maintainers"])  # type: ignore[union-attr]
-    return image.maintainers.filter(pk=user.pk).exists()  # type: ignore[union-attr]
+    return bool(image.maintainers.filter(pk=user.pk).exists())  # type: ignore[union-attr]
 
 
 def can_create_image(user: Actor | None, image_type: str) -> bool:
@@ -58,7 +58,7 @@ def can_read_image(user: Actor | None, image: _Image) -> bool:
     An agent reads only the images of its deployment (to write, or to bring back).
     """
     if is_agent(user):
-        return image.pk in user.images("write") or image.pk in user.images("sync")  # type: ignore[union-attr]
+        return image.pk in user.images("write") or image.pk in user.images("sync")
     if not is_authenticated(user):
         return False
     return (
@@ -77,14 +77,14 @@ def can_write_image(user: Actor | None, image: _Image) -> bool:
     deployment's sync images.
     """
     if is_agent(user):
-        return image.pk in user.images("sync")  # type: ignore[union-attr]
+        return image.pk in user.images("sync")
     if not is_authenticated(user):
         return False
     if is_administrator(user):
         return True
     if image.type == SYSTEM:
         return is_maintainer(user, image) or (image.owner_id == user.pk and is_moderator(user))  # type: ignore[union-attr]
-    return image.owner_id == user.pk  # type: ignore[union-attr]
+    return bool(image.owner_id == user.pk)  # type: ignore[union-attr]
 
 
 def can_delete_image(user: Actor | None, image: _Image) -> bool:
