@@ -17,6 +17,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import shutil
 import time
 import uuid
@@ -40,7 +41,13 @@ WRITEBACK_EVERY = 32 << 20
 SYNC_FILE_RANGE_WRITE = 2
 SUFFIXES = {"none": ".img", "gzip": ".img.gz", "zstd": ".img.zst"}
 MAP_SUFFIX = ".map.json"  # a version's data map (diskimage.datamap), beside its file
+# A qcow2 version's raw rendition (catalogue.services.renditions) and its map, beside its file.
+RAW_SUFFIX = ".raw"
+RAW_MAP_SUFFIX = ".raw.map.json"
 PART_SUFFIX = ".part"
+# A file of version n: ``<n>.img[.gz|.zst]``, or beside it (``<n>.map.json``, ``<n>.raw``…).
+_NUMBERED = re.compile(r"^(\d+)(\..+)$")
+_COMPRESSION_OF = {suffix: compression for compression, suffix in SUFFIXES.items()}
 # One lock file per image, outside the image directories, whose byte n is held (shared)
 # by every background job working on version n: a job whose process died holds nothing.
 LOCKS_DIR = ".locks"
@@ -67,6 +74,28 @@ class StoredFile:
     path: Path
     size: int  # bytes in the file (logical, holes included)
     allocated: int  # bytes actually allocated on disk
+
+
+@dataclass(frozen=True)
+class StoredName:
+    """A file under the root, read from its name (see :meth:`LocalStorage.stored_entries`)."""
+
+    image: str  # the name of its image's directory
+    name: str  # its own name
+    number: int | None  # the version it is of or beside (``<n>.…``); None: no version's
+    compression: str | None  # a version's own file (``<n>.img…``): in which compression
+    part: bool  # a ``.part`` file: a write in progress, or a dead writer's debris
+
+
+def _parsed(image: str, name: str) -> StoredName:
+    numbered = _NUMBERED.match(name)
+    return StoredName(
+        image=image,
+        name=name,
+        number=int(numbered[1]) if numbered else None,
+        compression=_COMPRESSION_OF.get(numbered[2]) if numbered else None,
+        part=name.endswith(PART_SUFFIX),
+    )
 
 
 def _stored(path: Path) -> StoredFile:
@@ -256,9 +285,16 @@ class LocalStorage:
         return self.root / str(uuid.UUID(str(image_uuid)))
 
     def version_path(self, image_uuid: uuid.UUID | str, number: int, compression: str) -> Path:
-        if not isinstance(number, int) or number < 0:
+        return self.image_dir(image_uuid) / self.version_name(number, compression)
+
+    @staticmethod
+    def version_name(number: int, compression: str) -> str:
+        """``<n>.img[.gz|.zst]``: the name of version ``number``'s file in ``compression``."""
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise ValueError(f"bad version number {number!r}")
-        return self.image_dir(image_uuid) / f"{number}{SUFFIXES[compression]}"
+        if compression not in SUFFIXES:
+            raise ValueError(f"bad compression {compression!r}")
+        return f"{number}{SUFFIXES[compression]}"
 
     def version_file(
         self, image_uuid: uuid.UUID | str, number: int, compression: str
@@ -322,7 +358,7 @@ class LocalStorage:
     def beside_path(self, image_uuid: uuid.UUID | str, number: int, suffix: str) -> Path:
         """``<n><suffix>``: a file derived from version ``number`` (its data map, its raw
         rendition…), beside the version's own file."""
-        if not isinstance(number, int) or number < 0:
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
             raise ValueError(f"bad version number {number!r}")
         if not suffix.startswith(".") or "/" in suffix:
             raise ValueError(f"bad suffix {suffix!r}")
@@ -331,13 +367,23 @@ class LocalStorage:
     def map_path(self, image_uuid: uuid.UUID | str, number: int) -> Path:
         return self.beside_path(image_uuid, number, MAP_SUFFIX)
 
+    def has_map(self, image_uuid: uuid.UUID | str, number: int) -> bool:
+        """Whether version ``number`` has its data map stored."""
+        return self.map_path(image_uuid, number).exists()
+
     def map_write(self, image_uuid: uuid.UUID | str, number: int, payload: bytes) -> None:
         """Store a version's data map: written aside, fsynced, renamed into place.
 
         A map is derived from the version's bytes, so a newer one replaces an
         older one (a map left by a crashed upload under the same number).
         """
-        final = self.map_path(image_uuid, number)
+        self._write_beside(image_uuid, number, MAP_SUFFIX, payload)
+
+    def _write_beside(
+        self, image_uuid: uuid.UUID | str, number: int, suffix: str, payload: bytes
+    ) -> None:
+        """``<n><suffix>`` holds ``payload``: written to a held ``.part``, fsynced, renamed."""
+        final = self.beside_path(image_uuid, number, suffix)
         part = final.parent / f".{uuid.uuid4().hex}{PART_SUFFIX}"
         try:
             with open(part, "xb") as file:
@@ -360,6 +406,47 @@ class LocalStorage:
 
     def delete_map(self, image_uuid: uuid.UUID | str, number: int) -> None:
         self.map_path(image_uuid, number).unlink(missing_ok=True)
+
+    # --- Raw renditions of qcow2 versions ------------------------------------------
+
+    def rendition_store(
+        self, image_uuid: uuid.UUID | str, number: int, part: Path, map_payload: bytes
+    ) -> None:
+        """Put the raw rendition of version ``number`` in place: its map (``map_payload``)
+        first, then ``part``, a fsynced scratch file of this image (:meth:`scratch_file`),
+        renamed to ``<n>.raw``; the directory is fsynced. Replaces an older rendition."""
+        final = self.beside_path(image_uuid, number, RAW_SUFFIX)
+        if part.parent != final.parent or not part.name.endswith(PART_SUFFIX):
+            raise ValueError(f"{part} is not a scratch file of image {image_uuid}")
+        self._write_beside(image_uuid, number, RAW_MAP_SUFFIX, map_payload)
+        os.replace(part, final)
+        _fsync_dir(final.parent)
+
+    def has_rendition(self, image_uuid: uuid.UUID | str, number: int) -> bool:
+        return self.beside_path(image_uuid, number, RAW_SUFFIX).exists()
+
+    def open_rendition(self, image_uuid: uuid.UUID | str, number: int) -> BinaryIO:
+        """The rendition of version ``number``, open for reading; FileNotFoundError if none."""
+        return open(self.beside_path(image_uuid, number, RAW_SUFFIX), "rb")
+
+    def rendition_map_read(self, image_uuid: uuid.UUID | str, number: int) -> bytes | None:
+        try:
+            return self.beside_path(image_uuid, number, RAW_MAP_SUFFIX).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete_rendition(self, image_uuid: uuid.UUID | str, number: int) -> None:
+        """Remove version ``number``'s rendition and its map (with its version's files)."""
+        self.beside_path(image_uuid, number, RAW_SUFFIX).unlink(missing_ok=True)
+        self.beside_path(image_uuid, number, RAW_MAP_SUFFIX).unlink(missing_ok=True)
+
+    # --- Whole images -------------------------------------------------------------
+
+    def prune_image_dir(self, image_uuid: uuid.UUID | str) -> None:
+        """Remove the image's directory if it is empty (a file written for an image deleted
+        meanwhile was removed): never one that holds a file another row may use."""
+        with contextlib.suppress(OSError):
+            self.image_dir(image_uuid).rmdir()
 
     def delete_image(self, image_uuid: uuid.UUID) -> None:
         shutil.rmtree(self.image_dir(image_uuid), ignore_errors=True)
@@ -484,6 +571,12 @@ class LocalStorage:
                 continue
             for path in directory.iterdir():
                 yield directory.name, path.name
+
+    def stored_entries(self) -> Iterator[StoredName]:
+        """Every file under the root but the locks, read from its name: the version it is
+        of or beside, in which compression if it is the version's own file, a ``.part``."""
+        for image, name in self.stored_names():
+            yield _parsed(image, name)
 
 
 def _remove_unheld(path: Path) -> bool:

@@ -31,7 +31,6 @@ import logging
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.db import transaction
@@ -134,10 +133,10 @@ def version_compress(*, version_id: int) -> CompressionOutcome | None:
 def _target_file(version: Version, target: str) -> StoredFile:
     """The version's bytes committed in ``target``: a past run's file if it verifies, else new."""
     storage = get_storage()
-    path = storage.version_path(version.image_id, version.number, target)
-    if path.exists():
+    path = storage.version_file(version.image_id, version.number, target)
+    if path is not None:
         try:
-            _verify(path.open("rb"), target, version)
+            _verify(storage.open_read(version.image_id, version.number, target), target, version)
             return storage.stat(version.image_id, version.number, target)
         except VersionCorrupt:
             logger.warning("Discarding %s: it does not match version %s", path, version.pk)
@@ -262,13 +261,13 @@ def _swap(version: Version, target: str, stored: StoredFile) -> None:
     with transaction.atomic():
         row = Version.objects.select_for_update().filter(pk=version.pk).first()
         if row is None:
-            _discard_orphan(stored.path, version.image_id)
+            _discard_orphan(version, target)
             return
         if row.stored_compression == target:
             return  # a concurrent run swapped the same file in
         if row.stored_compression != old or row.sha256 != version.sha256:
             raise ConcurrentChange(f"Version {version.pk} changed while it was being compressed.")
-        if not stored.path.exists():
+        if get_storage().version_file(version.image_id, version.number, target) is None:
             raise ConcurrentChange(f"{stored.path} was removed before the swap.")
         Version.objects.filter(pk=row.pk).update(
             stored_compression=target, stored_size=stored.allocated
@@ -284,7 +283,7 @@ def _swap_in_place(version: Version, stored: StoredFile) -> None:
     with transaction.atomic():
         row = Version.objects.select_for_update().filter(pk=version.pk).first()
         if row is None:
-            _discard_orphan(stored.path, version.image_id)
+            _discard_orphan(version, version.stored_compression)
             return
         if row.stored_compression != version.stored_compression:
             raise ConcurrentChange(f"Version {version.pk} changed while it was being framed.")
@@ -292,12 +291,13 @@ def _swap_in_place(version: Version, stored: StoredFile) -> None:
     logger.info("Version %s is now stored in frames (%s bytes)", version.pk, stored.allocated)
 
 
-def _discard_orphan(path: Path, image_uuid: uuid.UUID) -> None:
-    """Remove a file written for a version deleted meanwhile, and its image's directory if gone."""
-    path.unlink(missing_ok=True)
-    if not Image.objects.filter(pk=image_uuid).exists():
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()  # only if empty: never a directory another row uses
+def _discard_orphan(version: Version, compression: str) -> None:
+    """Remove the file written in ``compression`` for a version deleted meanwhile, and its
+    image's directory if the image is gone too."""
+    storage = get_storage()
+    storage.delete_version(version.image_id, version.number, compression)
+    if not Image.objects.filter(pk=version.image_id).exists():
+        storage.prune_image_dir(version.image_id)  # only if empty
 
 
 def _remove_leftovers(version: Version) -> None:
@@ -306,7 +306,7 @@ def _remove_leftovers(version: Version) -> None:
     for compression in Compression.values:
         if compression == version.stored_compression:
             continue
-        if storage.version_path(version.image_id, version.number, compression).exists():
+        if storage.version_file(version.image_id, version.number, compression) is not None:
             _delete_unless_referenced(version.pk, version.image_id, version.number, compression)
 
 

@@ -315,7 +315,7 @@ def versions_map_missing(*, limit: int = 100) -> list[int]:
     missing = []
     rows = Version.objects.filter(damaged="").order_by("pk").values_list("pk", "image_id", "number")
     for version_id, image_id, number in rows:
-        if not storage.map_path(image_id, number).exists() and version_process(version_id):
+        if not storage.has_map(image_id, number) and version_process(version_id):
             missing.append(version_id)
             if len(missing) >= limit:
                 break

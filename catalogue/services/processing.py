@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,7 +27,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 from catalogue.models import Version
-from catalogue.storage import PART_SUFFIX, SUFFIXES, get_storage
+from catalogue.storage import get_storage
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +68,6 @@ def version_job(version_id: int) -> Iterator[None]:
 
 # --- Audit ------------------------------------------------------------------------------------
 
-# A file of version n: ``<n>.img[.gz|.zst]``, or beside it (``<n>.map.json``, ``<n>.raw``…).
-_NUMBERED = re.compile(r"^(\d+)(\..+)$")
-_VERSION_SUFFIXES = frozenset(SUFFIXES.values())
-
 
 @dataclass(frozen=True)
 class StorageAudit:
@@ -107,22 +102,24 @@ def storage_audit() -> StorageAudit:
     }
     audit = StorageAudit()
     seen = set()
-    for directory, name in get_storage().stored_names():
-        numbered = _NUMBERED.match(name)
-        key = (directory, int(numbered[1])) if numbered else None
-        if name.endswith(PART_SUFFIX):
-            audit.parts.append(f"{directory}/{name}")
-            audit.stray_files.append(f"{directory}/{name}")
+    storage = get_storage()
+    for entry in storage.stored_entries():
+        where = f"{entry.image}/{entry.name}"
+        key = (entry.image, entry.number) if entry.number is not None else None
+        if entry.part:
+            audit.parts.append(where)
+            audit.stray_files.append(where)
         elif key is None:
-            audit.stray_files.append(f"{directory}/{name}")  # no version's file at all
+            audit.stray_files.append(where)  # no version's file at all
         elif key not in rows:
-            audit.stray_files.append(f"{directory}/{name}")  # of no version: debris
-        elif numbered and numbered[2] in _VERSION_SUFFIXES:
-            if SUFFIXES[rows[key]] == numbered[2]:
+            audit.stray_files.append(where)  # of no version: debris
+        elif entry.compression is not None:
+            if rows[key] == entry.compression:
                 seen.add(key)
             else:  # in another compression than the row's: a compression's leftover
-                audit.stray_files.append(f"{directory}/{name}")
+                audit.stray_files.append(where)
     for (image_id, number), compression in sorted(rows.items()):
         if (image_id, number) not in seen:
-            audit.missing_files.append((image_id, number, f"{number}{SUFFIXES[compression]}"))
+            name = storage.version_name(number, compression)
+            audit.missing_files.append((image_id, number, name))
     return audit

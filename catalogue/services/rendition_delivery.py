@@ -16,12 +16,8 @@ from catalogue.models import Compression, RawState, Version
 from catalogue.services.datastream import DataStream
 from catalogue.services.delivery import Representation
 from catalogue.services.pipeline import version_process
-from catalogue.services.renditions import (
-    rendition_check,
-    rendition_key,
-    rendition_map_path,
-    rendition_path,
-)
+from catalogue.services.renditions import rendition_check, rendition_key
+from catalogue.storage import get_storage
 from diskimage.datamap import DataMap
 
 logger = logging.getLogger(__name__)
@@ -31,7 +27,7 @@ def rendition_open(version: Version) -> Representation:
     """The rendition as a download (raw, seekable); RenditionNotReady/RenditionFailed else."""
     rendition_check(version)
     try:
-        stream = open(rendition_path(*rendition_key(version)), "rb")  # noqa: SIM115 - the response closes it
+        stream = get_storage().open_rendition(*rendition_key(version))
     except FileNotFoundError:
         _lost(version)
     size = os.fstat(stream.fileno()).st_size
@@ -41,12 +37,13 @@ def rendition_open(version: Version) -> Representation:
 def rendition_map(version: Version) -> DataMap:
     """The rendition's data map; RenditionNotReady/RenditionFailed while there is none."""
     rendition_check(version)
+    payload = get_storage().rendition_map_read(*rendition_key(version))
     try:
-        datamap = DataMap.loads(rendition_map_path(*rendition_key(version)).read_bytes())
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        _lost(version)
-    if datamap.sha256 != version.raw_sha256:
-        _lost(version)
+        datamap = DataMap.loads(payload) if payload is not None else None
+    except (ValueError, KeyError, TypeError):
+        datamap = None
+    if datamap is None or datamap.sha256 != version.raw_sha256:
+        return _lost(version)
     return datamap
 
 
@@ -62,7 +59,7 @@ def rendition_data_open(version: Version) -> RenditionDataStream:
     """The bytes of the rendition's data ranges, in order (what agents write)."""
     datamap = rendition_map(version)
     try:
-        stream = open(rendition_path(*rendition_key(version)), "rb")  # noqa: SIM115 - the response closes it
+        stream = get_storage().open_rendition(*rendition_key(version))
     except FileNotFoundError:
         _lost(version)
     pieces = [(start, end - start) for start, end, _ in datamap.ranges]

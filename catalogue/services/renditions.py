@@ -44,14 +44,12 @@ from catalogue.models import Compression, FileStandard, RawState, Version
 from catalogue.services.codecs import DECODE_ERRORS, VersionCorrupt, raw_reader
 from catalogue.services.delivery import open_stored
 from catalogue.services.digests import file_digest
-from catalogue.storage import PART_SUFFIX, StorageFull, get_storage, is_disk_full
+from catalogue.storage import StorageFull, get_storage, is_disk_full
 from diskimage.datamap import DataMap
 
 logger = logging.getLogger(__name__)
 
 QEMU_IMG = "qemu-img"
-RAW_SUFFIX = ".raw"
-RAW_MAP_SUFFIX = ".raw.map.json"
 INFO_TIMEOUT = 60  # seconds for qemu-img info: it reads only the header and tables
 READ = 1 << 20
 RETRY_AFTER = 30  # seconds a client waits before asking again for a rendition being made
@@ -78,26 +76,12 @@ class _Refused(Exception):
     """qemu-img will not make this rendition; the message says why, in plain words."""
 
 
-# --- Where renditions are ------------------------------------------------------------
-
-
-def rendition_path(image_uuid: uuid.UUID | str, number: int) -> Path:
-    """``<root>/<image uuid>/<number>.raw``: the raw rendition of that version."""
-    return _path(image_uuid, number, RAW_SUFFIX)
-
-
-def rendition_map_path(image_uuid: uuid.UUID | str, number: int) -> Path:
-    return _path(image_uuid, number, RAW_MAP_SUFFIX)
-
-
-def _path(image_uuid: uuid.UUID | str, number: int, suffix: str) -> Path:
-    return get_storage().beside_path(image_uuid, number, suffix)
+# --- Where renditions are: the store's (``<n>.raw`` and ``<n>.raw.map.json``) ---------
 
 
 def rendition_delete(image_uuid: uuid.UUID | str, number: int) -> None:
     """Remove version ``number``'s rendition and its map (call with its version's files)."""
-    rendition_path(image_uuid, number).unlink(missing_ok=True)
-    rendition_map_path(image_uuid, number).unlink(missing_ok=True)
+    get_storage().delete_rendition(image_uuid, number)
 
 
 # --- State ---------------------------------------------------------------------------
@@ -153,7 +137,9 @@ def version_raw_make(*, version_id: int) -> Version | None:
     version = Version.objects.select_related("image").filter(pk=version_id).first()
     if version is None or not is_qcow2(version):
         return version
-    made = version.raw_state == RawState.READY and rendition_path(*rendition_key(version)).exists()
+    made = version.raw_state == RawState.READY and get_storage().has_rendition(
+        *rendition_key(version)
+    )
     if made or version.raw_state == RawState.FAILED:
         return version
     if version.damaged:
@@ -199,13 +185,12 @@ def rendition_key(version: Version) -> tuple[uuid.UUID, int]:
 
 def _convert(version: Version) -> DataMap:
     """Convert the version's qcow2 file into its rendition, in place, with its map."""
-    directory = get_storage().image_dir(version.image_id)
     # Held locked while qemu-img writes it: the stale-upload sweep removes only dead ones.
-    with get_storage().held_part(directory, ".raw") as part:
-        return _convert_into(version, directory, part)
+    with get_storage().scratch_file(version.image_id, ".raw") as part:
+        return _convert_into(version, part)
 
 
-def _convert_into(version: Version, directory: Path, part: Path) -> DataMap:
+def _convert_into(version: Version, part: Path) -> DataMap:
     try:
         with _qcow2_source(version) as (source, fds):
             virtual = _inspect(source, fds)
@@ -215,9 +200,7 @@ def _convert_into(version: Version, directory: Path, part: Path) -> DataMap:
             raise _Refused(f"qemu-img wrote {size} bytes, not its virtual size of {virtual}.")
         datamap = file_digest(part, Compression.NONE, size)
         _fsync(part)
-        _write_atomic(rendition_map_path(*rendition_key(version)), datamap.dumps())
-        os.replace(part, rendition_path(*rendition_key(version)))
-        _fsync(directory, directory=True)
+        get_storage().rendition_store(*rendition_key(version), part, datamap.dumps())
     except OSError as exc:
         if is_disk_full(exc):
             raise StorageFull("No space left in the image store.") from exc
@@ -240,10 +223,8 @@ def _qcow2_source(version: Version) -> Iterator[tuple[str, tuple[int, ...]]]:
         with stored:
             yield f"/dev/fd/{stored.fileno()}", (stored.fileno(),)
         return
-    directory = get_storage().image_dir(version.image_id)
-    scratch = directory / f".{uuid.uuid4().hex}.qcow2{PART_SUFFIX}"
-    try:
-        with raw_reader(stored, version.stored_compression) as raw, open(scratch, "xb") as out:
+    with get_storage().scratch_file(version.image_id, ".qcow2") as scratch:
+        with raw_reader(stored, version.stored_compression) as raw, open(scratch, "wb") as out:
             written = 0
             while chunk := raw.read(READ):
                 written += len(chunk)
@@ -251,8 +232,6 @@ def _qcow2_source(version: Version) -> Iterator[tuple[str, tuple[int, ...]]]:
                     raise VersionCorrupt(f"it holds more than its {version.size} bytes")
                 out.write(chunk)
         yield str(scratch), ()
-    finally:
-        scratch.unlink(missing_ok=True)
 
 
 def _inspect(source: str, fds: tuple[int, ...]) -> int:
@@ -311,24 +290,12 @@ def _stderr(result: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else f"exit status {result.returncode}"
 
 
-def _fsync(path: Path, *, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_atomic(final: Path, payload: bytes) -> None:
-    part = final.parent / f".{uuid.uuid4().hex}{PART_SUFFIX}"
-    try:
-        with open(part, "xb") as file:
-            file.write(payload)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(part, final)
-    finally:
-        part.unlink(missing_ok=True)
 
 
 def _record_ready(version: Version, datamap: DataMap) -> Version | None:

@@ -76,3 +76,93 @@ def test_the_root_must_exist_and_be_writable(store, tmp_path):
     missing = LocalStorage(tmp_path / "nowhere")
     with pytest.raises(OSError, match="does not exist"):
         missing.check_writable()
+
+
+def test_a_versions_file_name_says_its_number_and_compression(store):
+    assert store.version_name(7, "none") == "7.img"
+    assert store.version_name(7, "zstd") == "7.img.zst"
+    assert store.version_name(0, "gzip") == "0.img.gz"
+
+
+@pytest.mark.parametrize(
+    ("number", "compression"), [(-1, "none"), ("1", "none"), (True, "none"), (1, "lz4")]
+)
+def test_no_name_is_made_of_a_bad_number_or_compression(store, number, compression):
+    with pytest.raises(ValueError):
+        store.version_name(number, compression)
+
+
+def test_a_map_is_there_once_written(store):
+    image = uuid.uuid4()
+    store.create_sparse(image, 1, 4096)
+    assert not store.has_map(image, 1)
+    store.map_write(image, 1, b"{}")
+    assert store.has_map(image, 1)
+    assert not store.has_map(image, 2)
+    with pytest.raises(ValueError):
+        store.has_map("../../etc", 1)
+
+
+def test_a_rendition_is_put_in_place_with_its_map_and_read_back(store):
+    image = uuid.uuid4()
+    assert not store.has_rendition(image, 3)
+    assert store.rendition_map_read(image, 3) is None
+    with store.scratch_file(image, ".raw") as part:
+        part.write_bytes(b"raw disk")
+        store.rendition_store(image, 3, part, b'{"map": 1}')
+    assert store.has_rendition(image, 3)
+    assert store.rendition_map_read(image, 3) == b'{"map": 1}'
+    with store.open_rendition(image, 3) as stream:
+        assert stream.read() == b"raw disk"
+    assert sorted(p.name for p in store.image_dir(image).iterdir()) == ["3.raw", "3.raw.map.json"]
+
+    store.delete_rendition(image, 3)
+    assert not store.has_rendition(image, 3)
+    assert list(store.image_dir(image).iterdir()) == []
+    with pytest.raises(FileNotFoundError):
+        store.open_rendition(image, 3)
+
+
+def test_a_rendition_is_stored_only_from_a_scratch_file_of_its_image(store, tmp_path):
+    image = uuid.uuid4()
+    elsewhere = tmp_path / "disk.part"
+    elsewhere.write_bytes(b"raw disk")
+    with pytest.raises(ValueError):
+        store.rendition_store(image, 3, elsewhere, b"{}")
+    with store.scratch_file(uuid.uuid4(), ".raw") as foreign, pytest.raises(ValueError):
+        store.rendition_store(image, 3, foreign, b"{}")
+    with store.scratch_file(image, ".raw") as part, pytest.raises(ValueError):
+        store.rendition_store(image, -3, part, b"{}")
+    assert not store.has_rendition(image, 3)
+
+
+def test_an_image_directory_is_pruned_only_when_empty(store):
+    image = uuid.uuid4()
+    store.prune_image_dir(image)  # none: nothing to do
+    store.create_sparse(image, 0, 4096)
+    store.prune_image_dir(image)
+    assert store.version_file(image, 0, "none") is not None
+    store.delete_version(image, 0, "none")
+    store.prune_image_dir(image)
+    assert not store.image_dir(image).exists()
+    with pytest.raises(ValueError):
+        store.prune_image_dir("..")
+
+
+def test_stored_files_are_read_from_their_names(store):
+    image = uuid.uuid4()
+    store.create_sparse(image, 2, 4096)
+    store.map_write(image, 2, b"{}")
+    (store.image_dir(image) / "notes.txt").write_bytes(b"")
+    (store.image_dir(image) / "5.raw").write_bytes(b"")
+    with store.scratch_file(image, ".qcow2") as scratch:
+        entries = {entry.name: entry for entry in store.stored_entries()}
+    assert set(entries) == {"2.img", "2.map.json", "notes.txt", "5.raw", scratch.name}
+    assert {entry.image for entry in entries.values()} == {str(image)}
+    version = entries["2.img"]
+    assert (version.number, version.compression, version.part) == (2, "none", False)
+    beside = entries["2.map.json"]
+    assert (beside.number, beside.compression, beside.part) == (2, None, False)
+    assert (entries["5.raw"].number, entries["5.raw"].compression) == (5, None)
+    assert (entries["notes.txt"].number, entries["notes.txt"].part) == (None, False)
+    assert (entries[scratch.name].number, entries[scratch.name].part) == (None, True)
