@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import NoReturn
 
 from catalogue.models import Compression, RawState, Version
 from catalogue.services.datastream import DataStream
@@ -43,7 +43,7 @@ def rendition_map(version: Version) -> DataMap:
     except (ValueError, KeyError, TypeError):
         datamap = None
     if datamap is None or datamap.sha256 != version.raw_sha256:
-        return _lost(version)
+        _lost(version)
     return datamap
 
 
@@ -66,7 +66,7 @@ def rendition_data_open(version: Version) -> RenditionDataStream:
     return RenditionDataStream(version, stream, pieces, Compression.NONE)
 
 
-def _lost(version: Version) -> Any:
+def _lost(version: Version) -> NoReturn:
     """A rendition whose file or map went missing: made again, and meanwhile not ready."""
     logger.error("The raw rendition of version %s is missing; making it again", version.pk)
     Version.objects.filter(pk=version.pk).update(raw_state=RawState.PENDING, raw_sha256="")
@@ -75,4 +75,5 @@ def _lost(version: Version) -> Any:
     except Exception:  # a broker outage: the processing sweep sends it later
         logger.exception("Could not queue the raw rendition of version %s", version.pk)
     version.raw_state = RawState.PENDING
-    rendition_check(version)
+    rendition_check(version)  # raises RenditionNotReady: it is pending again
+    raise AssertionError("a pending rendition passed rendition_check")

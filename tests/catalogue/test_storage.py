@@ -7,7 +7,8 @@ import uuid
 
 import pytest
 
-from catalogue.storage import BLOCK, LocalStorage, VersionExists
+from catalogue.storage import LocalStorage, VersionExists
+from diskimage import BLOCK
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Where image bytes live: ``<root>/<image uuid>/<n>.img[.zst|.gz]``.
+"""The local filesystem store: ``<root>/<image uuid>/<n>.img[.zst|.gz]``.
 
 One small interface — open for write, commit, open for read, delete, usage —
 so a second backend can be added without touching views or services. The local
@@ -12,266 +12,42 @@ the caller create the database row.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import logging
 import os
-import re
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from django.conf import settings
 
-from diskimage import BLOCK
-from diskimage.holes import zero_block_runs
-
-if TYPE_CHECKING:
-    from _ctypes import CFuncPtr
+from catalogue.storage.names import (
+    LOCKS_DIR,
+    MAP_SUFFIX,
+    PART_SUFFIX,
+    RAW_MAP_SUFFIX,
+    RAW_SUFFIX,
+    SUFFIXES,
+    StoredName,
+    parsed_name,
+    part_name,
+)
+from catalogue.storage.pending import (
+    PendingFile,
+    StorageError,
+    StorageFull,
+    StoredFile,
+    fsync_dir,
+    is_disk_full,
+    remove_unheld,
+    stored_file,
+)
 
 logger = logging.getLogger(__name__)
-
-# Writeback of what a pending file received is started every this many bytes.
-WRITEBACK_EVERY = 32 << 20
-SYNC_FILE_RANGE_WRITE = 2
-SUFFIXES = {"none": ".img", "gzip": ".img.gz", "zstd": ".img.zst"}
-MAP_SUFFIX = ".map.json"  # a version's data map (diskimage.datamap), beside its file
-# A qcow2 version's raw rendition (catalogue.services.renditions) and its map, beside its file.
-RAW_SUFFIX = ".raw"
-RAW_MAP_SUFFIX = ".raw.map.json"
-PART_SUFFIX = ".part"
-# A file of version n: ``<n>.img[.gz|.zst]``, or beside it (``<n>.map.json``, ``<n>.raw``…).
-_NUMBERED = re.compile(r"^(\d+)(\..+)$")
-_COMPRESSION_OF = {suffix: compression for compression, suffix in SUFFIXES.items()}
-# One lock file per image, outside the image directories, whose byte n is held (shared)
-# by every background job working on version n: a job whose process died holds nothing.
-LOCKS_DIR = ".locks"
-
-
-class StorageError(Exception):
-    """Something went wrong with the image store."""
-
-
-class StorageFull(StorageError):
-    """The image root has no space left (ENOSPC or EDQUOT)."""
-
-
-class VersionExists(StorageError):
-    """A file is already stored for this version; it is never overwritten."""
-
-
-def is_disk_full(exc: OSError) -> bool:
-    return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-@dataclass(frozen=True)
-class StoredFile:
-    path: Path
-    size: int  # bytes in the file (logical, holes included)
-    allocated: int  # bytes actually allocated on disk
-
-
-@dataclass(frozen=True)
-class StoredName:
-    """A file under the root, read from its name (see :meth:`LocalStorage.stored_entries`)."""
-
-    image: str  # the name of its image's directory
-    name: str  # its own name
-    number: int | None  # the version it is of or beside (``<n>.…``); None: no version's
-    compression: str | None  # a version's own file (``<n>.img…``): in which compression
-    part: bool  # a ``.part`` file: a write in progress, or a dead writer's debris
-
-
-def _parsed(image: str, name: str) -> StoredName:
-    numbered = _NUMBERED.match(name)
-    return StoredName(
-        image=image,
-        name=name,
-        number=int(numbered[1]) if numbered else None,
-        compression=_COMPRESSION_OF.get(numbered[2]) if numbered else None,
-        part=name.endswith(PART_SUFFIX),
-    )
-
-
-def _stored(path: Path) -> StoredFile:
-    st = path.stat()
-    return StoredFile(path=path, size=st.st_size, allocated=st.st_blocks * 512)
-
-
-def _sync_file_range() -> CFuncPtr | None:
-    """Linux's sync_file_range(2), which Python's os module lacks; None elsewhere."""
-    try:
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
-    return function
-
-
-_SYNC_FILE_RANGE = _sync_file_range()
-
-
-def start_writeback(fd: int) -> None:
-    """Have the kernel start writing the file's dirty pages, without waiting for them.
-
-    The disk then works while the upload goes on, and the final fsync only
-    waits for the last few megabytes instead of the whole image. Errors are
-    left for that fsync, which reports them (nothing is consumed here).
-    """
-    if _SYNC_FILE_RANGE is not None:
-        _SYNC_FILE_RANGE(fd, 0, 0, SYNC_FILE_RANGE_WRITE)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class PendingFile:
-    """A version being written. ``commit()`` puts it in place; ``abort()`` removes it.
-
-    Used as a context manager, it aborts on any exception, so an interrupted
-    write leaves nothing behind but, after a crash, a ``.part`` file that
-    ``purge_stale`` removes. The writer holds an exclusive ``flock`` on its
-    ``.part`` for as long as it has it open: a ``.part`` nobody holds belongs to
-    a writer that died (the kernel drops the lock with the process).
-    """
-
-    def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, sparse: bool = True):
-        self.storage = storage
-        self.image_uuid = image_uuid
-        self.sparse = sparse
-        directory = storage.image_dir(image_uuid)
-        directory.mkdir(exist_ok=True)
-        self.path = directory / f".{uuid.uuid4().hex}{PART_SUFFIX}"
-        self._file = open(self.path, "xb", buffering=0)  # noqa: SIM115 - closed in commit/abort
-        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)  # new and ours: never waits
-        self.position = 0  # logical bytes received, holes included
-        self._carry = b""  # an unaligned tail not yet written
-        self._unsynced = 0  # bytes written since writeback was last started
-        self._done = False
-
-    def __enter__(self) -> PendingFile:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if not self._done:
-            self.abort()
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append ``data``; all-zero blocks become holes when writing sparse.
-
-        Holes are found at BLOCK boundaries of the file, whatever the chunk
-        sizes: an unaligned tail waits in ``_carry`` for the next chunk, and
-        the next chunk's first bytes complete it. The chunk itself is never
-        copied (only the carry is): a fresh megabyte per chunk costs hundreds
-        of page faults, more than the rest of the work.
-        """
-        self.position += len(data)
-        try:
-            if not self.sparse:
-                self._write_all(memoryview(data))
-                return
-            if isinstance(data, memoryview):
-                data = bytes(data)
-            start = 0
-            if self._carry:
-                start = min(BLOCK - len(self._carry), len(data))
-                self._carry += data[:start]
-                if len(self._carry) < BLOCK:
-                    return
-                self._write_sparse(self._carry, 0, BLOCK)
-            end = start + (len(data) - start) // BLOCK * BLOCK
-            self._carry = data[end:]
-            if end > start:
-                self._write_sparse(data, start, end)
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise StorageFull("No space left in the image store.") from exc
-            raise
-
-    def _write_all(self, view: memoryview) -> None:
-        self._unsynced += len(view)
-        while view:
-            written = self._file.write(view)
-            view = view[written:]
-        if self._unsynced >= WRITEBACK_EVERY:
-            self._unsynced = 0
-            start_writeback(self._file.fileno())
-
-    def _write_sparse(self, data: bytes | bytearray, start: int, end: int) -> None:
-        """Write ``data[start:end]``, whole blocks, seeking over those that are all zeros."""
-        view = memoryview(data)
-        written = start  # what precedes is on disk, or seeked over
-        for hole, zeros in zero_block_runs(data, start, end):
-            self._write_all(view[written:hole])
-            self._file.seek(zeros - hole, os.SEEK_CUR)
-            written = zeros
-        self._write_all(view[written:end])
-
-    def write_at(self, data: bytes | memoryview, offset: int) -> None:
-        """Write ``data`` at ``offset``, at or past everything written so far: what is
-        skipped stays a hole. For a writer told where the data is (a DataMapper's
-        ``on_data``); do not mix with :meth:`write`."""
-        if offset < self.position:
-            raise ValueError(f"write at {offset}, before the {self.position} bytes written")
-        try:
-            self._file.seek(offset)
-            self._write_all(memoryview(data))
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise StorageFull("No space left in the image store.") from exc
-            raise
-        self.position = offset + len(data)
-
-    def extend_to(self, size: int) -> None:
-        """The logical size is ``size``: what follows the last write is a hole."""
-        self.position = max(self.position, size)
-
-    def commit(
-        self, number: int, compression: str = "none", *, replace: bool = False
-    ) -> StoredFile:
-        """Make the file version ``number``: durable, complete, in place. Never overwrites,
-        unless ``replace``: the same bytes rewritten in the same compression (laid out in
-        frames), renamed over the old file, which readers that have it open keep."""
-        final = self.storage.version_path(self.image_uuid, number, compression)
-        try:
-            self._write_all(memoryview(self._carry))
-            # Trailing holes: the size must be the logical size, not the last byte written.
-            self._file.truncate(self.position)
-            os.fsync(self._file.fileno())
-            # Put in place while the lock is held: the purge never sees it unheld.
-            if replace:
-                os.replace(self.path, final)
-            else:
-                os.link(self.path, final)
-                os.unlink(self.path)
-            self._file.close()
-        except FileExistsError as exc:
-            self.abort()
-            raise VersionExists(f"{final.name} already exists") from exc
-        except OSError as exc:
-            self.abort()
-            if is_disk_full(exc):
-                raise StorageFull("No space left in the image store.") from exc
-            raise
-        _fsync_dir(final.parent)
-        self._done = True
-        return _stored(final)
-
-    def abort(self) -> None:
-        self._done = True
-        self.path.unlink(missing_ok=True)  # before the lock goes with the descriptor
-        if not self._file.closed:
-            self._file.close()
 
 
 class LocalStorage:
@@ -350,7 +126,7 @@ class LocalStorage:
         return open(self.version_path(image_uuid, number, compression), "rb")
 
     def stat(self, image_uuid: uuid.UUID, number: int, compression: str) -> StoredFile:
-        return _stored(self.version_path(image_uuid, number, compression))
+        return stored_file(self.version_path(image_uuid, number, compression))
 
     def delete_version(self, image_uuid: uuid.UUID, number: int, compression: str) -> None:
         self.version_path(image_uuid, number, compression).unlink(missing_ok=True)
@@ -384,7 +160,7 @@ class LocalStorage:
     ) -> None:
         """``<n><suffix>`` holds ``payload``: written to a held ``.part``, fsynced, renamed."""
         final = self.beside_path(image_uuid, number, suffix)
-        part = final.parent / f".{uuid.uuid4().hex}{PART_SUFFIX}"
+        part = final.parent / part_name()
         try:
             with open(part, "xb") as file:
                 fcntl.flock(file.fileno(), fcntl.LOCK_EX)  # see PendingFile
@@ -420,7 +196,7 @@ class LocalStorage:
             raise ValueError(f"{part} is not a scratch file of image {image_uuid}")
         self._write_beside(image_uuid, number, RAW_MAP_SUFFIX, map_payload)
         os.replace(part, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
 
     def has_rendition(self, image_uuid: uuid.UUID | str, number: int) -> bool:
         return self.beside_path(image_uuid, number, RAW_SUFFIX).exists()
@@ -483,7 +259,7 @@ class LocalStorage:
         removed = []
         for path in self.root.glob(f"*/.*{PART_SUFFIX}"):
             with contextlib.suppress(FileNotFoundError):
-                if path.stat().st_mtime < cutoff and _remove_unheld(path):
+                if path.stat().st_mtime < cutoff and remove_unheld(path):
                     removed.append(path)
         return removed
 
@@ -515,7 +291,7 @@ class LocalStorage:
         """A new, empty ``.part`` file in ``directory``, locked as a live writer's (see
         :class:`PendingFile`) while the block runs, for a writer that writes it by path (a
         program such as qemu-img); removed at the end unless renamed away meanwhile."""
-        path = directory / f".{uuid.uuid4().hex}{suffix}{PART_SUFFIX}"
+        path = directory / part_name(suffix)
         with open(path, "xb") as file:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX)
             try:
@@ -576,21 +352,7 @@ class LocalStorage:
         """Every file under the root but the locks, read from its name: the version it is
         of or beside, in which compression if it is the version's own file, a ``.part``."""
         for image, name in self.stored_names():
-            yield _parsed(image, name)
-
-
-def _remove_unheld(path: Path) -> bool:
-    """Unlink ``path`` if no process holds a lock on it; whether it was removed."""
-    with open(path, "rb+") as file:  # writable: NFS emulates flock with record locks
-        try:
-            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False  # a live writer
-        # Still the file we locked (a writer may have put it in place meanwhile)?
-        if os.fstat(file.fileno()).st_ino != path.stat().st_ino:
-            return False
-        path.unlink()
-        return True
+            yield parsed_name(image, name)
 
 
 def _files(top: Path) -> Iterator[Path]:

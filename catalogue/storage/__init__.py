@@ -1,0 +1,42 @@
+"""Where image bytes live: ``<root>/<image uuid>/<n>.img[.zst|.gz]``.
+
+One small interface — open for write, commit, open for read, delete, usage —
+so a second backend can be added without touching views or services. The local
+filesystem backend (``local``) writes every version the same way (``pending``):
+into a temporary ``.part`` file in the image's own directory (the same
+filesystem, so nothing is ever copied twice), leaving zero blocks as holes, then
+``fsync`` and an atomic link into place that never overwrites an existing
+version. Only after that may the caller create the database row.
+
+The store is the only code that knows paths under the root (``names`` spells
+them): other code asks it for a version's file, its map, its rendition, a
+scratch file, and never builds a name, takes a ``.parent`` or tests ``.exists()``.
+"""
+
+from __future__ import annotations
+
+from catalogue.storage.local import LocalStorage, get_storage
+from catalogue.storage.names import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, StoredName
+from catalogue.storage.pending import (
+    PendingFile,
+    StorageError,
+    StorageFull,
+    StoredFile,
+    VersionExists,
+    is_disk_full,
+)
+
+__all__ = [
+    "MAP_SUFFIX",
+    "PART_SUFFIX",
+    "SUFFIXES",
+    "LocalStorage",
+    "PendingFile",
+    "StorageError",
+    "StorageFull",
+    "StoredFile",
+    "StoredName",
+    "VersionExists",
+    "get_storage",
+    "is_disk_full",
+]
