@@ -72,3 +72,10 @@ def test_the_slug_is_githubs():
     assert slug("5b. Network mounts: nothing to write") == "5b-network-mounts-nothing-to-write"
     assert slug("An upload's way from URL to file") == "an-uploads-way-from-url-to-file"
     assert slug("`GET /api/boot`: the script") == "get-apiboot-the-script"
+
+
+def test_the_readme_shows_screenshots_small_enough_to_load_fast():
+    images = [t for t in links(ROOT / "README.md") if t.endswith(".png")]
+    assert len(images) >= 2, "The README's tour shows two screenshots"
+    for target in images:
+        assert (ROOT / target).stat().st_size < 1 << 20, f"{target} is over 1 MiB"
