@@ -51,3 +51,27 @@ def post_worker_init(worker):
 
     gc.collect()
     gc.freeze()
+
+
+# /metrics sums what every worker served (baas_site.metrics): prometheus_client's
+# multiprocess mode, in a folder emptied when gunicorn starts. Set before the
+# workers fork, so each one writes its own files there.
+_metrics_dir = os.environ.setdefault(
+    "PROMETHEUS_MULTIPROC_DIR",
+    os.path.join(
+        os.environ.get("BAAS_VAR_DIR", os.path.join(os.path.dirname(__file__), "var")), "metrics"
+    ),
+)
+
+
+def on_starting(server):
+    import shutil
+
+    shutil.rmtree(_metrics_dir, ignore_errors=True)
+    os.makedirs(_metrics_dir, exist_ok=True)
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import environ
 
+from baas_site import observability
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -70,6 +72,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "baas_site.metrics.RequestMetrics",  # counts every answer, errors included
     "baas_site.middleware.ApiErrorMiddleware",  # outermost: no HTML error answers under /api/
     "csp.middleware.CSPMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -433,10 +436,20 @@ BAAS_NBD_QUEUE = env.str("BAAS_NBD_QUEUE", default="")
 # Clients must support NBD over TLS-PSK (qemu-nbd, qemu-img, libnbd's nbdcopy).
 BAAS_NBD_TLS_PSK = env.bool("BAAS_NBD_TLS_PSK", default=False)
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+# Logs and error reports (baas_site.observability): BAAS_LOG_FORMAT text or json;
+# SENTRY_DSN (empty: no reports), SENTRY_ENVIRONMENT, SENTRY_TRACES_SAMPLE_RATE.
+BAAS_LOG_FORMAT = env.str("BAAS_LOG_FORMAT", default="text")
+LOGGING = observability.logging_config(
+    level=env.str("LOG_LEVEL", default="INFO"), fmt=BAAS_LOG_FORMAT
+)
+# In JSON, Celery keeps the logging configured here (one object per line on stderr,
+# its --logfile unused) instead of installing its own text lines.
+CELERY_WORKER_HIJACK_ROOT_LOGGER = BAAS_LOG_FORMAT != "json"
+observability.error_reporting(
+    dsn=env.str("SENTRY_DSN", default=""),
+    environment=env.str("SENTRY_ENVIRONMENT", default="production"),
+    release=env.str("BAAS_RELEASE", default=""),
+    traces=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
+)
+# Who may scrape GET /metrics (baas_site.metrics): client networks, comma-separated.
+BAAS_METRICS_NETWORKS = env.list("BAAS_METRICS_NETWORKS", default=["127.0.0.1/32", "::1/128"])

@@ -8,6 +8,7 @@ from accounts.urls import api_urlpatterns as accounts_api
 from baas_site import views
 from baas_site.docs import DocsView, SchemaView
 from baas_site.health import healthz
+from baas_site.metrics import metrics
 
 handler404 = "baas_site.errors.not_found"
 handler500 = "baas_site.errors.server_error"
@@ -21,6 +22,7 @@ api_urlpatterns = [
 urlpatterns = [
     path("", views.home, name="home"),
     path("healthz", healthz, name="healthz"),
+    path("metrics", metrics, name="metrics"),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("admin/", admin.site.urls),
