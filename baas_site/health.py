@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable
 
-from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+
+from catalogue.storage import get_storage
 
 
 def check_database() -> str:
@@ -32,13 +32,9 @@ def check_broker() -> str:
 
 
 def check_disk_root() -> str:
-    root = settings.BAAS_DISK_ROOT
-    if not root.is_dir():
-        raise OSError(f"{root} does not exist")
-    if not os.access(root, os.W_OK):
-        raise OSError(f"{root} is not writable")
-    free = shutil.disk_usage(root).free
-    return f"ok, {free // 2**20} MiB free"
+    storage = get_storage()
+    storage.check_writable()
+    return f"ok, {storage.free_bytes() // 2**20} MiB free"
 
 
 CHECKS: dict[str, Callable[[], str]] = {

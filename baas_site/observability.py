@@ -31,7 +31,7 @@ def logging_config(*, level: str, fmt: str) -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": formatters,
+        "formatters": {fmt: formatters[fmt]},  # the other's library need not be there
         "handlers": {"console": {"class": "logging.StreamHandler", "formatter": fmt}},
         "root": {"handlers": ["console"], "level": level},
         "loggers": {"django.request": {"level": "ERROR"}},

@@ -451,5 +451,9 @@ observability.error_reporting(
     release=env.str("BAAS_RELEASE", default=""),
     traces=env.float("SENTRY_TRACES_SAMPLE_RATE", default=0.0),
 )
+# Behind nginx (compose.yaml, contrib/nginx/baas.conf.template): the internal location
+# under which nginx serves the image root. Downloads of stored files are then
+# authorised by BAAS and sent by nginx (X-Accel-Redirect). Empty: BAAS sends them.
+BAAS_ACCEL_REDIRECT = env.str("BAAS_ACCEL_REDIRECT", default="")
 # Who may scrape GET /metrics (baas_site.metrics): client networks, comma-separated.
 BAAS_METRICS_NETWORKS = env.list("BAAS_METRICS_NETWORKS", default=["127.0.0.1/32", "::1/128"])

@@ -7,14 +7,13 @@ itself (who may scrape it, the format) is ``baas_site.metrics``.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
-from django.conf import settings
 from django.db.models import Count, Q, Sum
 from prometheus_client.core import GaugeMetricFamily
 
 from catalogue.models import Image, ImageType, Version
+from catalogue.storage import get_storage
 
 
 def _gauge(name: str, help_text: str, label: str, values: dict[str, float]) -> GaugeMetricFamily:
@@ -51,10 +50,10 @@ def gauges() -> Iterator[GaugeMetricFamily]:
         "kind",
         {"logical": counts["logical"] or 0, "stored": counts["stored"] or 0},
     )
-    usage = shutil.disk_usage(settings.BAAS_DISK_ROOT)
+    total, free = get_storage().capacity()
     yield _gauge(
         "baas_image_root_bytes",
         "The image root's file system: its size and what is free.",
         "kind",
-        {"total": usage.total, "free": usage.free},
+        {"total": total, "free": free},
     )

@@ -272,6 +272,32 @@ class LocalStorage:
             raise ValueError(f"bad version number {number!r}")
         return self.image_dir(image_uuid) / f"{number}{SUFFIXES[compression]}"
 
+    def version_file(
+        self, image_uuid: uuid.UUID | str, number: int, compression: str
+    ) -> Path | None:
+        """The file of version ``number`` in ``compression``, if this store has it; else None."""
+        path = self.version_path(image_uuid, number, compression)
+        return path if path.exists() else None
+
+    def link_version(
+        self, image_uuid: uuid.UUID | str, number: int, into: LocalStorage
+    ) -> Path | None:
+        """Hard-link the stored raw file of version ``number`` to the same place in the store
+        ``into`` (versions never change in place); its path there, or None when the file is
+        not raw here or the stores are on different filesystems."""
+        source = self.version_path(image_uuid, number, "none")
+        target = into.version_path(image_uuid, number, "none")
+        target.parent.mkdir(exist_ok=True)
+        try:
+            os.link(source, target)
+        except FileExistsError:
+            return target
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOENT):
+                return None
+            raise
+        return target
+
     def open_write(self, image_uuid: uuid.UUID, *, sparse: bool = True) -> PendingFile:
         """A new pending file for ``image_uuid``. Raises StorageError if the root is missing."""
         if not self.root.is_dir():
@@ -289,6 +315,13 @@ class LocalStorage:
             pending.position = size
             return pending.commit(number)
 
+    def served_name(self, stream: BinaryIO) -> str:
+        """The name under the root of an open file of this storage, for a front server
+        that serves the root itself (X-Accel-Redirect). Raises ValueError for a file
+        outside the root."""
+        path = Path(os.path.realpath(stream.name))
+        return path.relative_to(os.path.realpath(self.root)).as_posix()
+
     def open_read(self, image_uuid: uuid.UUID, number: int, compression: str) -> BinaryIO:
         return open(self.version_path(image_uuid, number, compression), "rb")
 
@@ -298,10 +331,17 @@ class LocalStorage:
     def delete_version(self, image_uuid: uuid.UUID, number: int, compression: str) -> None:
         self.version_path(image_uuid, number, compression).unlink(missing_ok=True)
 
-    def map_path(self, image_uuid: uuid.UUID | str, number: int) -> Path:
+    def beside_path(self, image_uuid: uuid.UUID | str, number: int, suffix: str) -> Path:
+        """``<n><suffix>``: a file derived from version ``number`` (its data map, its raw
+        rendition…), beside the version's own file."""
         if not isinstance(number, int) or number < 0:
             raise ValueError(f"bad version number {number!r}")
-        return self.image_dir(image_uuid) / f"{number}{MAP_SUFFIX}"
+        if not suffix.startswith(".") or "/" in suffix:
+            raise ValueError(f"bad suffix {suffix!r}")
+        return self.image_dir(image_uuid) / f"{number}{suffix}"
+
+    def map_path(self, image_uuid: uuid.UUID | str, number: int) -> Path:
+        return self.beside_path(image_uuid, number, MAP_SUFFIX)
 
     def map_write(self, image_uuid: uuid.UUID | str, number: int, payload: bytes) -> None:
         """Store a version's data map: written aside, fsynced, renamed into place.
@@ -345,6 +385,18 @@ class LocalStorage:
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free
 
+    def capacity(self) -> tuple[int, int]:
+        """``(total, free)``: bytes of the root's file system, and those still free."""
+        usage = shutil.disk_usage(self.root)
+        return usage.total, usage.free
+
+    def check_writable(self) -> None:
+        """Raise OSError, naming the root, unless it is a directory this process may write."""
+        if not self.root.is_dir():
+            raise OSError(f"{self.root} does not exist")
+        if not os.access(self.root, os.W_OK):
+            raise OSError(f"{self.root} is not writable")
+
     # --- Debris of crashes ---------------------------------------------------------
 
     def purge_stale(self, older_than_seconds: float) -> list[Path]:
@@ -373,6 +425,15 @@ class LocalStorage:
                 removed.append(path)
                 logger.warning("Removed %s: a file without a version, left by a crash", path)
         return removed
+
+    @contextlib.contextmanager
+    def scratch_file(self, image_uuid: uuid.UUID | str, suffix: str = "") -> Iterator[Path]:
+        """A new ``.part`` file in the image's directory for a program that writes by path
+        (qemu-img), held as a live writer's (see :meth:`held_part`) and removed at the end."""
+        directory = self.image_dir(image_uuid)
+        directory.mkdir(exist_ok=True)
+        with self.held_part(directory, suffix) as path:
+            yield path
 
     @contextlib.contextmanager
     def held_part(self, directory: Path, suffix: str = "") -> Iterator[Path]:

@@ -8,6 +8,8 @@ class FlashingConfig(AppConfig):
 
     def ready(self) -> None:
         # What a user owns here, for deleting users (accounts.ownership).
-        from flashing.services import ownership
+        from flashing.services import holdings, ownership
 
         ownership.register()
+        # What deployments, disks and mounts hold of images and setups (catalogue.holders).
+        holdings.register()

@@ -283,6 +283,8 @@ RUNNING_STATES = (
     DeploymentState.VERIFYING,
 )
 FINAL_STATES = (DeploymentState.DONE, DeploymentState.FAILED, DeploymentState.CANCELLED)
+# A deployment in these states still needs its setup and images (queued, or running).
+ACTIVE_STATES = (DeploymentState.QUEUED, *RUNNING_STATES)
 
 
 class DeploymentKind(models.TextChoices):

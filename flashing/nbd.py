@@ -2,10 +2,10 @@
 
 A mount's directory holds
 
-* a read-only copy of the pinned version, the *base*, at
-  ``<directory>/<image uuid>/<n>.img`` (a hard link to the stored file when it
-  is uncompressed on the same filesystem, else decompressed sparse, its
-  SHA-256 checked against the version);
+* a read-only copy of the pinned version, the *base*, put there by the
+  catalogue (``catalogue.interface.version_copy_raw``: a hard link to the
+  stored file when it can, else decompressed sparse, its SHA-256 checked
+  against the version);
 * the *overlay*, a qcow2 file over the base that takes every write of the
   machine, so the base and the catalogue's version never change;
 * the server's pid file; and, at the end, the merged image to upload.
@@ -19,9 +19,7 @@ signalled, so a recycled pid is never killed.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -31,12 +29,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from django.http import Http404
-
-from catalogue.models import Compression, Version
-from catalogue.services.compression import raw_reader
-from catalogue.services.delivery import open_stored
-from catalogue.storage import LocalStorage, VersionExists, get_storage
+from catalogue.interface import CopyFailed, version_copy_raw
+from catalogue.models import Version
 
 QEMU_IMG = "qemu-img"
 QEMU_NBD = "qemu-nbd"
@@ -46,7 +40,6 @@ TLS_DIR = "tls"
 # The PSK identity clients give; the key itself is each mount's own.
 TLS_PSK_IDENTITY = "baas"
 MERGED = "merged.img"
-CHUNK = 1 << 20
 STOP_TIMEOUT = 30.0
 # Converting a large image takes a while; nothing else we run comes near this.
 LONG_TIMEOUT = 3 * 3600
@@ -105,67 +98,13 @@ def mount_lock(directory: Path) -> Iterator[None]:
 def materialise_base(*, directory: Path, version: Version) -> Path:
     """The pinned version's bytes as a file of the mount, read-only; reused if present.
 
-    Never holds the image in memory: a compressed version is decoded in
-    pieces into a sparse pending file, hashed on the way, and committed only
-    when its size and SHA-256 are the version's.
+    The catalogue copies it out (``version_copy_raw``): a hard link to the
+    stored file when it can, else decoded and checked, never held in memory.
     """
-    local = LocalStorage(directory)
-    path = local.version_path(version.image_id, version.number, Compression.NONE)
-    if path.exists():
-        return path
-    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # the overlay holds user data
-    if version.stored_compression == Compression.NONE and _link_stored(version, path):
-        return path
-    with (
-        _open_stored(version) as stored,
-        raw_reader(stored, version.stored_compression, limit=version.size) as raw,
-    ):
-        _copy_checked(raw, local, version)
-    path.chmod(0o444)
-    return path
-
-
-def _link_stored(version: Version, path: Path) -> bool:
-    """Hard-link the stored raw file (versions never change in place); False across filesystems."""
-    source = get_storage().version_path(version.image_id, version.number, Compression.NONE)
-    path.parent.mkdir(exist_ok=True)
     try:
-        os.link(source, path)
-    except FileExistsError:
-        return True
-    except OSError as exc:
-        if exc.errno in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOENT):
-            return False
-        raise
-    return True
-
-
-def _open_stored(version: Version):
-    """The stored file (read again from the row if a compression job swapped it)."""
-    try:
-        return open_stored(version)
-    except (Http404, FileNotFoundError) as exc:
-        raise NbdError(
-            f"The file of version {version.number} of image {version.image_id} is gone."
-        ) from exc
-
-
-def _copy_checked(raw, local: LocalStorage, version: Version) -> None:
-    digest = hashlib.sha256()
-    size = 0
-    with local.open_write(version.image_id) as pending:
-        while chunk := raw.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            pending.write(chunk)
-        if size != version.size or digest.hexdigest() != version.sha256:
-            raise NbdError(
-                f"Version {version.number} of image {version.image_id} decodes to {size} bytes "
-                f"with SHA-256 {digest.hexdigest()}, not {version.size} bytes with "
-                f"{version.sha256}: it is not served."
-            )
-        with contextlib.suppress(VersionExists):  # a concurrent run committed it first
-            pending.commit(version.number)
+        return version_copy_raw(version=version, directory=directory)
+    except CopyFailed as exc:
+        raise NbdError(str(exc)) from exc
 
 
 def create_overlay(*, directory: Path, base: Path, base_format: str) -> Path:

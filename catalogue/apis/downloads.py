@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import uuid
 from typing import Any
+from urllib.parse import quote
 
+from django.conf import settings
 from django.http import FileResponse, HttpResponse, HttpResponseBase
 from django.utils.http import content_disposition_header
 from drf_spectacular.types import OpenApiTypes
@@ -32,6 +34,7 @@ from catalogue.apis.fields import DigestField
 from catalogue.models import Version
 from catalogue.services import datamaps, datastream, delivery, renditions
 from catalogue.services.delivery import ByteRange, RangeNotSatisfiable, Representation
+from catalogue.storage import get_storage
 
 FORMAT_HELP = (
     "raw: the disk the image describes. For a qcow2 image, its raw rendition (made by "
@@ -206,7 +209,34 @@ def _respond(
     response = _body_response(request, representation, byte_range)
     for name, value in _headers(representation, etag, byte_range, rendition).items():
         response[name] = value
-    return response
+    return _front_server_sends(response, representation)
+
+
+def _front_server_sends(
+    response: HttpResponseBase, representation: Representation
+) -> HttpResponseBase:
+    """With ``BAAS_ACCEL_REDIRECT`` set, hand a stored file to the front server.
+
+    Django has authorised the request and decided the answer (its status, range,
+    ETag and headers, 304 and 416 included); nginx then sends the file itself
+    with ``X-Accel-Redirect`` (its location re-adds our headers and judges
+    ``Range``/``If-Range`` against our ETag: ``contrib/nginx/baas.conf.template``).
+    Decoded streams (a decompressed download) are sent by Django as before.
+    """
+    prefix = settings.BAAS_ACCEL_REDIRECT
+    if not prefix or not representation.seekable or not isinstance(response, FileResponse):
+        return response
+    try:
+        name = get_storage().served_name(representation.stream)
+    except ValueError:
+        return response
+    response.close()  # closes the representation: nginx opens the file by its name
+    accel = HttpResponse(status=response.status_code, content_type=response["Content-Type"])
+    for header, value in response.items():
+        if header.lower() not in ("content-length", "content-type"):
+            accel[header] = value
+    accel["X-Accel-Redirect"] = prefix.rstrip("/") + "/" + quote(name)
+    return accel
 
 
 def _body_response(

@@ -6,8 +6,8 @@ again when a compression job swaps it), so sparse holes cost nothing and a
 compressed version counts as compressed. Files still being uploaded are not
 counted. An image is charged to its owner, whoever uploaded its versions.
 
-The flashing app's models are looked up by name: flashing imports the
-catalogue, never the other way round.
+What other apps hold (their deployments, disks, mounts) is asked through
+``catalogue.holders``, which they fill: the catalogue imports none of them.
 """
 
 from __future__ import annotations
@@ -15,15 +15,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from django.apps import apps
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, QuerySet, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import User
-from catalogue.models import Image, ImageFrozen, ImageType, Version
-
-# Deployment states (flashing.models) in which a deployment still needs its images.
-ACTIVE_DEPLOYMENT_STATES = ("queued", "booting", "syncing", "writing", "verifying")
+from catalogue import holders
+from catalogue.models import Image, ImageFrozen, Version
 
 
 @dataclass(frozen=True)
@@ -63,71 +60,19 @@ def user_usage(*, user: User) -> UserUsage:
 # --- What is in use ---------------------------------------------------------------------
 
 
-def _active_deployment_images():
-    deployment_image = apps.get_model("flashing", "DeploymentImage")
-    return deployment_image.objects.filter(deployment__state__in=ACTIVE_DEPLOYMENT_STATES)
-
-
 def image_in_active_deployment(*, image_uuid: uuid.UUID) -> bool:
-    """Whether a queued or running deployment writes or brings back this image.
-
-    A deployment that will bring sync images back plans them only when it
-    starts, from what is on its machine's disks: those images count too.
-    """
-    if _active_deployment_images().filter(image_id=image_uuid).exists():
-        return True
-    disk_content = apps.get_model("flashing", "DiskContent")
-    syncing_machines = apps.get_model("flashing", "Deployment").objects.filter(
-        sync=True, state__in=ACTIVE_DEPLOYMENT_STATES
-    )
-    return disk_content.objects.filter(
-        image_id=image_uuid, sync=True, machine__in=syncing_machines.values("machine_id")
-    ).exists()
+    """Whether work in progress in an app built on the catalogue needs this image
+    (flashing: a queued or running deployment writes it or brings it back)."""
+    return holders.image_busy(image_uuid=image_uuid)
 
 
 def versions_kept_of(*, image: Image) -> set[int]:
     """Ids of ``image``'s versions that must not be pruned.
 
-    Pinned by a setup, on a machine's disk now (flashing's record of disk
-    contents), written or brought back by a queued or running deployment, the
-    base of a network mount that is not over, or the boot image a machine
-    boots over the network now.
+    Pinned by a setup, or held by an app built on the catalogue
+    (``catalogue.holders``; flashing: on a machine's disk, written or brought
+    back by a queued or running deployment, the base of a live network mount,
+    the boot image a machine boots over the network now).
     """
-    disk_content = apps.get_model("flashing", "DiskContent")
     pinned = ImageFrozen.objects.filter(image=image).values_list("version_id", flat=True)
-    on_disk = disk_content.objects.filter(
-        Q(image=image) | Q(version__image=image), version__isnull=False
-    ).values_list("version_id", flat=True)
-    deploying = (
-        _active_deployment_images()
-        .filter(version__image=image)
-        .values_list("version_id", flat=True)
-    )
-    mounted = network_mounts_live().filter(image=image).values_list("version_id", flat=True)
-    return set(pinned) | set(on_disk) | set(deploying) | set(mounted) | _booted_now(image)
-
-
-def _booted_now(image: Image) -> set[int]:
-    """Ids of ``image``'s versions that a machine boots over the network now (boot images)."""
-    if image.type != ImageType.BOOT:
-        return set()
-    from flashing.services.boot import boot_image_current  # flashing builds on the catalogue
-
-    deployment_image = apps.get_model("flashing", "DeploymentImage")
-    machines = (
-        deployment_image.objects.filter(version__image=image, deployment__state="done")
-        .values_list("deployment__machine_id", flat=True)
-        .distinct()
-    )
-    booted = set()
-    for machine_id in machines:
-        current = boot_image_current(machine_id=machine_id)
-        if current is not None and current[1].version_id is not None:
-            booted.add(current[1].version_id)
-    return booted
-
-
-def network_mounts_live() -> QuerySet:
-    """Flashing's network mounts that are not over (their image and version are in use)."""
-    network_mount = apps.get_model("flashing", "NetworkMount")
-    return network_mount.objects.filter(state__in=["starting", "ready", "ending"])
+    return set(pinned) | holders.versions_held(image=image)

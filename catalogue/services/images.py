@@ -23,6 +23,7 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
+from catalogue import holders
 from catalogue.datamap import empty_map
 from catalogue.exceptions import ImageConflict
 from catalogue.models import (
@@ -35,9 +36,8 @@ from catalogue.models import (
 )
 from catalogue.seekable import zeros_in_frames
 from catalogue.selectors.setups import describe_setups, setups_pinning
-from catalogue.selectors.usage import network_mounts_live
 from catalogue.services.bootfiles import boot_cache_forget
-from catalogue.storage import PART_SUFFIX, ZERO_CHUNK, StoredFile, get_storage
+from catalogue.storage import ZERO_CHUNK, StoredFile, get_storage
 
 EMPTY_NOTE = "Empty image, created with the image."
 QEMU_IMG = "qemu-img"
@@ -220,10 +220,7 @@ def _store_empty_qcow2(image_uuid: uuid.UUID, size: int) -> tuple[StoredFile, st
     version 0 like any upload.
     """
     storage = get_storage()
-    directory = storage.image_dir(image_uuid)
-    directory.mkdir(exist_ok=True)
-    scratch = directory / f".{uuid.uuid4().hex}.qcow2{PART_SUFFIX}"
-    try:
+    with storage.scratch_file(image_uuid, ".qcow2") as scratch:
         subprocess.run(  # noqa: S603 - fixed program, our own path and an int
             [QEMU_IMG, "create", "-q", "-f", "qcow2", str(scratch), str(size)],
             check=True,
@@ -236,8 +233,6 @@ def _store_empty_qcow2(image_uuid: uuid.UUID, size: int) -> tuple[StoredFile, st
                 digest.update(chunk)
                 pending.write(chunk)
             return pending.commit(0), digest.hexdigest()
-    finally:
-        scratch.unlink(missing_ok=True)
 
 
 # --- Update -------------------------------------------------------------------------
@@ -361,7 +356,8 @@ def image_delete(*, actor: Any, image: Image) -> None:
     """Delete an image, its versions, and (after the commit) its files.
 
     Refused with 409 while a setup pins any of its versions, naming the setups,
-    and while a machine has it mounted over the network.
+    and while an app built on the catalogue holds it (``catalogue.holders``: a machine
+    has it mounted over the network).
     Raises PermissionDenied if ``actor`` may not delete it.
     """
     if not rules.can_delete_image(actor, image):
@@ -388,8 +384,6 @@ def _check_not_pinned(image: Image) -> None:
             f'The image "{image.name}" is pinned in the setup(s) {describe_setups(setups)}: '
             "remove it from them before deleting it."
         )
-    if network_mounts_live().filter(image=image).exists():
-        raise ImageConflict(
-            f'The image "{image.name}" is mounted over the network by a machine; it can be '
-            "deleted once that lease ends and its changes are stored."
-        )
+    refusal = holders.image_delete_refusal(image=image)
+    if refusal:
+        raise ImageConflict(refusal)

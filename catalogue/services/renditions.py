@@ -95,9 +95,7 @@ def rendition_map_path(image_uuid: uuid.UUID | str, number: int) -> Path:
 
 
 def _path(image_uuid: uuid.UUID | str, number: int, suffix: str) -> Path:
-    if not isinstance(number, int) or number < 0:
-        raise ValueError(f"bad version number {number!r}")
-    return get_storage().image_dir(image_uuid) / f"{number}{suffix}"
+    return get_storage().beside_path(image_uuid, number, suffix)
 
 
 def rendition_delete(image_uuid: uuid.UUID | str, number: int) -> None:

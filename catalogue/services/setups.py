@@ -27,6 +27,7 @@ from rest_framework.exceptions import APIException, ValidationError
 from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
+from catalogue import holders
 from catalogue.models import (
     FileStandard,
     Image,
@@ -46,8 +47,6 @@ from catalogue.services.bootfiles import (
 )
 
 CONFLICT = "conflict"
-# Deployment states (flashing.models) in which a setup is still needed.
-_WAITING = ["queued", "booting", "syncing", "writing", "verifying"]
 
 
 class Conflict(APIException):
@@ -234,16 +233,11 @@ def setup_update(*, actor: Any, setup: ImageSetup, **fields: Any) -> ImageSetup:
 
 
 def _check_deletable(setup: ImageSetup) -> None:
-    # Reverse relations from the flashing app, read by name to keep catalogue
-    # free of a flashing import: a default setup, or one still waiting in a
-    # machine's queue, is not deleted behind the administrators' back.
-    machines = [m.name for m in setup.default_for_machines.all()]
-    if machines:
-        raise Conflict(f"This setup is the default setup of {', '.join(machines)}.")
-    waiting = setup.deployments.filter(state__in=_WAITING).values_list("id", flat=True)
-    if waiting:
-        ids = ", ".join(f"#{pk}" for pk in waiting)
-        raise Conflict(f"Deployments {ids} of this setup are queued or running; cancel them first.")
+    # What apps built on the catalogue hold (flashing: a machine's default setup, one
+    # still waiting in a queue) is not deleted behind the administrators' back.
+    refusal = holders.setup_delete_refusal(setup=setup)
+    if refusal:
+        raise Conflict(refusal)
 
 
 @transaction.atomic

@@ -10,7 +10,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import rules
-from catalogue.selectors.setups import setup_get_usable
+from catalogue.interface import setup_get_usable
 from flashing import selectors
 from flashing.apis.serializers import (
     DeploymentDetailSerializer,

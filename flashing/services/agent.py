@@ -16,11 +16,14 @@ from django.utils import timezone
 from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
 
 from baas_site.text import plain_text
+from catalogue.interface import (
+    RenditionFailed,
+    VersionCorrupt,
+    version_digest_ensure,
+    version_raw_ensure,
+    version_stored_size,
+)
 from catalogue.models import Compression, ImageType, Version
-from catalogue.services.compression import VersionCorrupt
-from catalogue.services.digests import version_digest_ensure
-from catalogue.services.renditions import RenditionFailed, version_raw_ensure
-from catalogue.storage import get_storage
 from flashing.authentication import DeploymentGone
 from flashing.models import (
     FINAL_STATES,
@@ -133,14 +136,6 @@ def _checkin(
 # --- Instructions --------------------------------------------------------------------
 
 
-def _stored_size(version: Version) -> int | None:
-    path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
-    try:
-        return path.stat().st_size
-    except OSError:
-        return None
-
-
 def _sync_entry(row: DeploymentImage) -> dict[str, Any]:
     version = row.version
     return {
@@ -177,7 +172,7 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         "disk": row.disk,
         "url": f"/api/image/{row.image_id}/{version.number}{raw}",
         "size": version.virtual_size if raw else version.size,
-        "stored_size": version.virtual_size if raw else _stored_size(version),
+        "stored_size": version.virtual_size if raw else version_stored_size(version),
         "sha256": version.raw_sha256 or version.sha256,
         "compression": Compression.NONE if raw else version.stored_compression,
         "map_url": _map_url(version) + raw,

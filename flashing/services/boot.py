@@ -30,7 +30,7 @@ from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from accounts import rules
-from catalogue.services.bootfiles import BootImageError, boot_files_for
+from catalogue.interface import BootImageError, version_boot_files
 from flashing.models import (
     RUNNING_STATES,
     Deployment,
@@ -225,7 +225,7 @@ def boot_image_secret(deployment: Deployment, row: DeploymentImage) -> str:
 
 
 def _boot_image(deployment: Deployment, row: DeploymentImage, mac: str, server: str) -> str:
-    files = boot_files_for(row.version)
+    files = version_boot_files(row.version)
     base = f"{server}/api/boot/image/{deployment.pk}/{boot_image_secret(deployment, row)}"
     has_initrd = files.initrd is not None
     event_record(
@@ -261,7 +261,7 @@ def boot_image_file(*, deployment_id: int, secret: str, name: str) -> Path:
     if not constant_time_compare(secret, boot_image_secret(*current)):
         raise Http404("No such boot file.")
     try:
-        path = boot_files_for(current[1].version).path(name)
+        path = version_boot_files(current[1].version).path(name)
     except BootImageError:
         path = None
     if path is None:

@@ -16,8 +16,8 @@ from django.db import transaction
 from rest_framework.exceptions import PermissionDenied, ValidationError
 
 from accounts import rules
+from catalogue.interface import version_disk_size
 from catalogue.models import ImageSetup, ImageType, RawState
-from catalogue.services.renditions import disk_size
 from flashing.models import (
     FINAL_STATES,
     OUT_OF_SERVICE,
@@ -79,7 +79,7 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
             raise ValidationError(
                 {"setup": [f"{machine.name} has no disk {item.disk} (it has {known})."]}
             )
-        if disk_size(item.version) > disks[disk]:  # a qcow2 image fills its virtual size
+        if version_disk_size(item.version) > disks[disk]:  # a qcow2 image fills its virtual size
             raise ValidationError(
                 {"setup": [f'"{item.image.name}" does not fit on {machine.name}:{item.disk}.']}
             )

@@ -41,10 +41,8 @@ from django.utils import timezone
 from rest_framework.exceptions import APIException
 
 from accounts import rules
-from catalogue.models import Compression, Version
-from catalogue.services.compression import VersionCorrupt
-from catalogue.services.digests import version_digest_ensure
-from catalogue.services.uploads import VersionReceiver, version_upload
+from catalogue.interface import VersionCorrupt, version_digest_ensure, version_store_file
+from catalogue.models import Version
 from flashing import nbd
 from flashing.models import (
     LIVE_MOUNT_STATES,
@@ -419,20 +417,13 @@ def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
 def _upload(mount: NetworkMount, merged: Path) -> Version:
     """The merged file through the catalogue's upload path: the next version, the pinned one
     if the bytes are the same, or an error."""
-    receiver = VersionReceiver(
-        image=mount.image, max_size=settings.BAAS_MAX_IMAGE_SIZE, digest=True, wire_digest=False
+    return version_store_file(
+        actor=_uploader(mount),
+        image=mount.image,
+        path=merged,
+        note=_note(mount),
+        same_as=mount.version,
     )
-    with open(merged, "rb") as source, receiver:
-        receiver.declare_encoding(Compression.NONE)
-        while chunk := source.read(nbd.CHUNK):
-            receiver.write(chunk)
-        return version_upload(
-            actor=_uploader(mount),
-            image=mount.image,
-            receiver=receiver,
-            note=_note(mount),
-            same_as=mount.version,
-        )
 
 
 def _uploader(mount: NetworkMount) -> Any:

@@ -23,10 +23,13 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from catalogue.interface import (
+    RenditionFailed,
+    VersionCorrupt,
+    version_digest_ensure,
+    version_raw_ensure,
+)
 from catalogue.models import RawState, Version
-from catalogue.services.compression import VersionCorrupt
-from catalogue.services.digests import version_digest_ensure
-from catalogue.services.renditions import RenditionFailed, version_raw_ensure
 from flashing.models import (
     OUT_OF_SERVICE,
     RUNNING_STATES,

@@ -1,0 +1,113 @@
+"""What apps built on the catalogue (flashing) may use of it, besides ``catalogue.models``.
+
+One door, so the catalogue's services and storage can be rearranged behind it:
+an app imports its models (for foreign keys and forms) and this module, nothing
+deeper. Every function here only delegates. The other direction, what the
+catalogue must ask those apps, goes through ``catalogue.holders``.
+
+Versions, before a machine gets them:
+
+* :func:`version_digest_ensure` — the SHA-256, computed now if the upload left it
+  to later (raises ``Version.DoesNotExist``, :class:`VersionCorrupt`);
+* :func:`version_raw_ensure` — the raw rendition of a qcow2 version, made now if
+  need be (raises ``Version.DoesNotExist``, :class:`RenditionFailed`);
+* :func:`version_disk_size` — the bytes it fills on a disk;
+* :func:`version_stored_size` — the bytes of its stored file, None if it is gone;
+* :func:`version_boot_files` — a boot image's kernel, initrd and command line
+  (raises :class:`BootImageError`);
+* :func:`version_copy_raw` — its raw bytes as a read-only file in a directory
+  of the caller's, for a program that needs a file (raises :class:`CopyFailed`).
+
+What a machine sends back: :func:`version_store_file` stores a file (a network
+mount's merged image) as the image's next version, as an upload would.
+
+Setups: :func:`setup_get_usable` — a setup a user may flash, or None.
+
+What the app holds of images, versions and setups, so the catalogue does not
+delete them: :func:`holder_register` with a :class:`Holder` (``catalogue.holders``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from catalogue.holders import Holder
+from catalogue.holders import register as holder_register
+from catalogue.models import Image, ImageSetup, Version
+from catalogue.selectors import setups as _setups
+from catalogue.services import bootfiles as _bootfiles
+from catalogue.services import digests as _digests
+from catalogue.services import files as _files
+from catalogue.services import renditions as _renditions
+from catalogue.services.bootfiles import BootFiles, BootImageError
+from catalogue.services.compression import VersionCorrupt
+from catalogue.services.files import CopyFailed
+from catalogue.services.renditions import RenditionFailed
+from catalogue.storage import get_storage
+
+__all__ = [
+    "BootFiles",
+    "BootImageError",
+    "CopyFailed",
+    "Holder",
+    "RenditionFailed",
+    "VersionCorrupt",
+    "holder_register",
+    "setup_get_usable",
+    "version_boot_files",
+    "version_copy_raw",
+    "version_digest_ensure",
+    "version_disk_size",
+    "version_raw_ensure",
+    "version_store_file",
+    "version_stored_size",
+]
+
+
+def version_digest_ensure(version: Version) -> str:
+    """The version's SHA-256 (hex), computed now if need be; set on ``version`` too."""
+    return _digests.version_digest_ensure(version)
+
+
+def version_raw_ensure(version: Version) -> Version:
+    """``version`` with its raw rendition ready (a qcow2 version), made now if need be."""
+    return _renditions.version_raw_ensure(version)
+
+
+def version_disk_size(version: Version) -> int:
+    """Bytes the version fills on a disk (a qcow2 version: its virtual size)."""
+    return _renditions.disk_size(version)
+
+
+def version_stored_size(version: Version) -> int | None:
+    """Bytes of the version's stored file as it is stored (compressed or not); None if gone."""
+    try:
+        stored = get_storage().stat(version.image_id, version.number, version.stored_compression)
+    except OSError:
+        return None
+    return stored.size
+
+
+def version_boot_files(version: Version) -> BootFiles:
+    """The boot files of a version of a boot image, extracted once and cached."""
+    return _bootfiles.boot_files_for(version)
+
+
+def version_copy_raw(*, version: Version, directory: Path) -> Path:
+    """The version's raw bytes as a read-only file under ``directory``, checked; reused."""
+    return _files.version_copy_raw(version=version, directory=directory)
+
+
+def version_store_file(
+    *, actor: Any, image: Image, path: Path, note: str = "", same_as: Version | None = None
+) -> Version:
+    """The raw file at ``path`` as ``image``'s next version (``same_as`` if unchanged)."""
+    return _files.version_store_file(
+        actor=actor, image=image, path=path, note=note, same_as=same_as
+    )
+
+
+def setup_get_usable(*, user: Any, setup_uuid: Any) -> ImageSetup | None:
+    """A setup ``user`` may flash, or None (not found, or not theirs to use)."""
+    return _setups.setup_get_usable(user=user, setup_uuid=setup_uuid)

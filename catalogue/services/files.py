@@ -1,0 +1,103 @@
+"""Versions as files that another program works on: copied out, and stored back.
+
+A network mount (``flashing``) serves a version through qemu-nbd, which needs
+the raw bytes as a file of its own, and brings the machine's changes back as a
+merged file that becomes the image's next version. Where those files are is
+the storage's business (``catalogue.storage``): here a version is copied out
+into a directory given by the caller, laid out as the store lays out its own
+(``LocalStorage``), and a file is stored through the catalogue's upload path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from django.conf import settings
+from django.http import Http404
+
+from catalogue.models import Compression, Image, Version
+from catalogue.services.compression import raw_reader
+from catalogue.services.delivery import open_stored
+from catalogue.services.uploads import VersionReceiver, version_upload
+from catalogue.storage import LocalStorage, VersionExists, get_storage
+
+CHUNK = 1 << 20
+
+
+class CopyFailed(Exception):
+    """The version could not be copied out; the message says why, for a person."""
+
+
+def version_copy_raw(*, version: Version, directory: Path) -> Path:
+    """The version's raw bytes as a read-only file under ``directory``; reused if present.
+
+    A hard link to the stored file when it is raw on the same filesystem, else
+    decoded into a sparse pending file, hashed on the way, and committed only
+    when its size and SHA-256 are the version's: never held in memory.
+    Raises CopyFailed when the file is gone or decodes to other bytes.
+    """
+    local = LocalStorage(directory)
+    existing = local.version_file(version.image_id, version.number, Compression.NONE)
+    if existing is not None:
+        return existing
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # a copy may hold user data
+    if version.stored_compression == Compression.NONE:
+        linked = get_storage().link_version(version.image_id, version.number, into=local)
+        if linked is not None:
+            return linked
+    with (
+        _open_stored(version) as stored,
+        raw_reader(stored, version.stored_compression, limit=version.size) as raw,
+    ):
+        path = _copy_checked(raw, local, version)
+    path.chmod(0o444)
+    return path
+
+
+def _open_stored(version: Version) -> BinaryIO:
+    """The stored file (read again from the row if a compression job swapped it)."""
+    try:
+        return open_stored(version)
+    except (Http404, FileNotFoundError) as exc:
+        raise CopyFailed(
+            f"The file of version {version.number} of image {version.image_id} is gone."
+        ) from exc
+
+
+def _copy_checked(raw: BinaryIO, local: LocalStorage, version: Version) -> Path:
+    digest = hashlib.sha256()
+    size = 0
+    with local.open_write(version.image_id) as pending:
+        while chunk := raw.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+            pending.write(chunk)
+        if size != version.size or digest.hexdigest() != version.sha256:
+            raise CopyFailed(
+                f"Version {version.number} of image {version.image_id} decodes to {size} bytes "
+                f"with SHA-256 {digest.hexdigest()}, not {version.size} bytes with "
+                f"{version.sha256}: it is not served."
+            )
+        with contextlib.suppress(VersionExists):  # a concurrent run committed it first
+            pending.commit(version.number)
+    return local.version_path(version.image_id, version.number, Compression.NONE)
+
+
+def version_store_file(
+    *, actor: Any, image: Image, path: Path, note: str = "", same_as: Version | None = None
+) -> Version:
+    """The raw file at ``path`` through the catalogue's upload path: ``image``'s next
+    version, or ``same_as`` if the bytes are the same; raises what an upload raises."""
+    receiver = VersionReceiver(
+        image=image, max_size=settings.BAAS_MAX_IMAGE_SIZE, digest=True, wire_digest=False
+    )
+    with open(path, "rb") as source, receiver:
+        receiver.declare_encoding(Compression.NONE)
+        while chunk := source.read(CHUNK):
+            receiver.write(chunk)
+        return version_upload(
+            actor=actor, image=image, receiver=receiver, note=note, same_as=same_as
+        )
