@@ -36,10 +36,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from diskimage import BLOCK
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = REPO / ".venv" / "bin" / "python"
 GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
-BLOCK = 4096
 PIECE = 1 << 20  # generation writes and hashes in pieces of this size, never a whole image
 MiB = 1 << 20
 LAYOUT_VERSION = 1  # bump when the generator changes, so cached test data is rebuilt

@@ -290,7 +290,8 @@ def _local_chunks(path: Path):
 
 def _zero_scan(path: Path) -> None:
     from baas_agent.compress import decompressed
-    from baas_agent.disks import data_runs
+
+    from diskimage.holes import data_runs
 
     for chunk in decompressed(_local_chunks(path), "zstd"):
         data_runs(chunk)
@@ -311,8 +312,10 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client
     from baas_agent.compress import decompressed
-    from baas_agent.datamap import DataMap, mismatch
     from baas_agent.disks import hash_target
+
+    from diskimage.datamap import DataMap
+    from diskimage.verify import mismatch
 
     client = Client(baas.url(""), baas.token)
     url = f"/api/image/{deployments.image_uuid}/0"

@@ -27,17 +27,16 @@ from typing import BinaryIO
 
 from django.conf import settings
 
+from diskimage import BLOCK
+from diskimage.holes import zero_block_runs
+
 logger = logging.getLogger(__name__)
 
-# Holes are detected at this granularity: the page and ext4 block size.
-BLOCK = 4096
-ZERO_BLOCK = bytes(BLOCK)
-ZERO_CHUNK = bytes(1 << 20)
 # Writeback of what a pending file received is started every this many bytes.
 WRITEBACK_EVERY = 32 << 20
 SYNC_FILE_RANGE_WRITE = 2
 SUFFIXES = {"none": ".img", "gzip": ".img.gz", "zstd": ".img.zst"}
-MAP_SUFFIX = ".map.json"  # a version's data map (catalogue.datamap), beside its file
+MAP_SUFFIX = ".map.json"  # a version's data map (diskimage.datamap), beside its file
 PART_SUFFIX = ".part"
 # One lock file per image, outside the image directories, whose byte n is held (shared)
 # by every background job working on version n: a job whose process died holds nothing.
@@ -177,27 +176,13 @@ class PendingFile:
             start_writeback(self._file.fileno())
 
     def _write_sparse(self, data: bytes | bytearray, start: int, end: int) -> None:
-        """Write ``data[start:end]``, whole blocks, seeking over those that are all zeros.
-
-        In C but for one turn per run of zero blocks: ``find`` jumps over data
-        that holds no block of zeros; an all-zero chunk is one comparison.
-        """
+        """Write ``data[start:end]``, whole blocks, seeking over those that are all zeros."""
         view = memoryview(data)
-        if end - start <= len(ZERO_CHUNK) and ZERO_CHUNK.startswith(view[start:end]):
-            self._file.seek(end - start, os.SEEK_CUR)
-            return
         written = start  # what precedes is on disk, or seeked over
-        search = start  # no all-zero block starts (at a block boundary) before this
-        while (found := data.find(ZERO_BLOCK, search, end)) >= 0:
-            hole = found + (start - found) % BLOCK  # the first block boundary at or after it
-            zeros = hole
-            while zeros < end and ZERO_CHUNK.startswith(view[zeros : zeros + BLOCK]):
-                zeros += BLOCK
-            if zeros > hole:
-                self._write_all(view[written:hole])
-                self._file.seek(zeros - hole, os.SEEK_CUR)
-                written = zeros
-            search = max(zeros, hole + BLOCK)
+        for hole, zeros in zero_block_runs(data, start, end):
+            self._write_all(view[written:hole])
+            self._file.seek(zeros - hole, os.SEEK_CUR)
+            written = zeros
         self._write_all(view[written:end])
 
     def write_at(self, data: bytes | memoryview, offset: int) -> None:

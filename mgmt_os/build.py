@@ -6,7 +6,8 @@ Everything comes from Debian packages fetched with ``apt-get download`` (the hos
 apt sources; no root needed): the kernel (``linux-image-cloud-amd64`` by default),
 ``busybox-static`` for the userland, Python 3.11 and the shared libraries it
 needs, ``zstd`` for the agent's decompression fallback, and the CA certificates.
-The agent is this repository's ``agent/baas_agent``, copied as it is at build time.
+The agent is this repository's ``agent/baas_agent`` and ``diskimage``, copied as they
+are at build time.
 
 Writes ``vmlinuz``, ``initrd.img`` (a zstd-compressed newc cpio, byte for byte the
 same for the same inputs) and ``manifest.json`` to the output directory, and
@@ -111,6 +112,10 @@ PRUNE_DYNLOAD = re.compile(
     r"^(_asyncio|_curses|_curses_panel|readline|_sqlite3|_dbm|_gdbm|_crypt|nis|_test\w*|_ctypes_test"
     r"|xxlimited\w*|_xxtestfuzz|_xxsubinterpreters|audioop|ossaudiodev)\."
 )
+
+# The agent's packages: its own, and the disk image formats it shares with the server
+# (``agent/diskimage`` links to the repository's ``diskimage``).
+AGENT_PACKAGES = ("baas_agent", "diskimage")
 
 # Imported in the image at build time, besides the agent itself: what the agent
 # needs from the standard library (and what an operator debugging it uses).
@@ -421,15 +426,18 @@ def agent_entry_point(agent_dir: Path) -> str:
 
 
 def install_agent(agent_dir: Path, root: Path) -> tuple[str, str]:
-    """Copy the agent's sources and write /usr/bin/baas-agent; return (version, entry)."""
+    """Copy the agent's sources (its packages, as its wheel holds them) and write
+    /usr/bin/baas-agent; return (version, entry)."""
+    for package in AGENT_PACKAGES:
+        source = agent_dir / package
+        if not (source / "__init__.py").exists():
+            raise BuildError(f"no agent package at {source}")
+        target = root / "usr/lib/python3/dist-packages" / package
+        for path in sorted(source.rglob("*")):
+            if "__pycache__" in path.parts or not path.is_file() or path.suffix == ".pyc":
+                continue
+            write(target / path.relative_to(source), path.read_bytes())
     source = agent_dir / "baas_agent"
-    if not (source / "__init__.py").exists():
-        raise BuildError(f"no agent package at {source}")
-    target = root / "usr/lib/python3/dist-packages/baas_agent"
-    for path in sorted(source.rglob("*")):
-        if "__pycache__" in path.parts or not path.is_file() or path.suffix == ".pyc":
-            continue
-        write(target / path.relative_to(source), path.read_bytes())
     entry = agent_entry_point(agent_dir)
     module, _, func = entry.partition(":")
     write(
@@ -609,7 +617,7 @@ def write_initrd(root: Path, target: Path, mtime: int) -> None:
 def gather_inputs(kernel: str, modules: tuple[str, ...], agent_dir: Path) -> Inputs:
     if run(["dpkg", "--print-architecture"]).stdout.strip() != "amd64":
         raise BuildError("the management OS is built on an amd64 Debian host")
-    for needed in ("baas_agent/__init__.py", "pyproject.toml"):
+    for needed in (*(f"{package}/__init__.py" for package in AGENT_PACKAGES), "pyproject.toml"):
         if not (agent_dir / needed).is_file():
             raise BuildError(f"no agent at {agent_dir} (missing {needed})")
     kernel_package, packages = resolve_packages(kernel)
@@ -622,7 +630,7 @@ def gather_inputs(kernel: str, modules: tuple[str, ...], agent_dir: Path) -> Inp
         modules=modules,
         init_sha256=init_digest,
         agent_sha256=hashlib.sha256(
-            tree_sha256(agent_dir / "baas_agent").encode()
+            b"".join(tree_sha256(agent_dir / package).encode() for package in AGENT_PACKAGES)
             + sha256_file(agent_dir / "pyproject.toml").encode()
         ).hexdigest(),
         build_sha256=sha256_file(Path(__file__)),

@@ -28,8 +28,8 @@ from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from baas_agent import __version__
+from diskimage import CHUNK
 
-CHUNK = 1 << 20
 USER_AGENT = f"baas-agent/{__version__}"
 RETRYABLE_STATUSES = frozenset({409, 429})
 NETWORK_ERRORS = (OSError, http.client.HTTPException)

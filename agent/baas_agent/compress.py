@@ -23,12 +23,14 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
+from diskimage import CHUNK, DecodeError, TruncatedError
+from diskimage import zstdframes as frames
+
 try:
     import zstandard
 except ImportError:  # pragma: no cover - exercised by forcing the fallback
     zstandard = None  # type: ignore[assignment]
 
-CHUNK = 1 << 20
 COMPRESSIONS = ("none", "gzip", "zstd")
 ZSTD_LEVEL = 3
 
@@ -148,141 +150,28 @@ def _gunzip(source: Iterable[bytes], chunk: int) -> Iterator[bytes]:
 def _unzstd_inprocess(source: Iterable[bytes], chunk: int) -> Iterator[bytes]:
     # zstandard's bounded stream reader stops quietly at a truncated frame:
     # the frame walker sees the headers go by and tells the difference.
-    frames = ZstdFrames()
+    walker = frames.ZstdFrameWalker()
     reader = zstandard.ZstdDecompressor().stream_reader(
-        IterReader(frames.watch(source)), read_size=CHUNK, read_across_frames=True
+        IterReader(walker.watch(source)), read_size=CHUNK, read_across_frames=True
     )
     try:
         while data := _fill(reader.read, chunk):
             yield data
-    except zstandard.ZstdError as exc:
+    except (zstandard.ZstdError, DecodeError) as exc:
         raise CompressionError(f"corrupt zstd stream: {exc}") from exc
-    if not frames.complete():
+    if not walker.complete:
         raise CompressionError("truncated zstd stream")
-
-
-class ZstdFrames:
-    """Follows zstd frame and block headers (RFC 8878) to know if a stream ended whole.
-
-    Only headers are parsed; block contents are skipped, so this costs a few
-    operations per 128 KiB block.
-    """
-
-    MAGIC = 0xFD2FB528
-
-    def __init__(self) -> None:
-        self._buf = bytearray()
-        self._want = 4  # header bytes to collect before the next step
-        self._skip = 0  # content bytes to pass over
-        self._step: Callable[[bytes], None] = self._magic
-        self._checksum = False
-        self.frames = 0
-        self.offset = 0  # stream bytes seen
-        self.ends: list[int] = []  # where each frame (skippable ones too) ended in the stream
-        self._counted = 0  # frames (and skippable frames) whose end is in ``ends``
-        self._skippable = 0
-
-    def watch(self, source: Iterable[bytes]) -> Iterator[bytes]:
-        for data in source:
-            self.feed(data)
-            yield data
-
-    def complete(self) -> bool:
-        return self.frames > 0 and self._step == self._magic and not self._buf and not self._skip
-
-    def feed(self, data: bytes) -> None:
-        pos, size = 0, len(data)
-        while pos < size:
-            if self._skip:
-                taken = min(self._skip, size - pos)
-                self._skip -= taken
-                pos += taken
-            else:
-                taken = min(self._want - len(self._buf), size - pos)
-                self._buf += data[pos : pos + taken]
-                pos += taken
-                if len(self._buf) == self._want:
-                    header = bytes(self._buf)
-                    self._buf.clear()
-                    self._step(header)
-            if self.frames + self._skippable > self._counted and self._between_frames():
-                self._counted = self.frames + self._skippable
-                self.ends.append(self.offset + pos)
-        self.offset += size
-
-    def _between_frames(self) -> bool:
-        return self._step == self._magic and not self._buf and not self._skip
-
-    def _expect(self, want: int, step: Callable[[bytes], None], skip: int = 0) -> None:
-        self._want, self._step, self._skip = want, step, skip
-
-    def _magic(self, header: bytes) -> None:
-        magic = int.from_bytes(header, "little")
-        if magic == self.MAGIC:
-            self._expect(1, self._descriptor)
-        elif magic & 0xFFFFFFF0 == 0x184D2A50:  # a skippable frame
-            self._expect(4, self._skippable_size)
-        else:
-            raise CompressionError("corrupt zstd stream: bad frame magic")
-
-    def _skippable_size(self, header: bytes) -> None:
-        self._skippable += 1
-        self._expect(4, self._magic, _le(header))
-
-    def _descriptor(self, header: bytes) -> None:
-        fhd = header[0]
-        single = bool(fhd & 0x20)
-        fcs = (0, 2, 4, 8)[fhd >> 6] or (1 if single else 0)
-        rest = (0 if single else 1) + (0, 1, 2, 4)[fhd & 3] + fcs
-        self._checksum = bool(fhd & 0x04)
-        if rest:
-            self._expect(rest, lambda _: self._expect(3, self._block))
-        else:
-            self._expect(3, self._block)
-
-    def _block(self, header: bytes) -> None:
-        value = _le(header)
-        last, kind, size = value & 1, (value >> 1) & 3, value >> 3
-        if kind == 3:
-            raise CompressionError("corrupt zstd stream: reserved block type")
-        content = 1 if kind == 1 else size  # an RLE block holds one byte
-        if not last:
-            self._expect(3, self._block, content)
-        elif self._checksum:
-            self._expect(4, self._end, content)
-        else:
-            self.frames += 1
-            self._expect(4, self._magic, content)
-
-    def _end(self, _checksum: bytes) -> None:
-        self.frames += 1
-        self._expect(4, self._magic)
 
 
 def zstd_frames(source: Iterable[bytes]) -> Iterator[bytes]:
-    """The frames of a zstd stream, one ``bytes`` each, as they complete.
-
-    Only headers are parsed (:class:`ZstdFrames`); a stream that ends inside
-    a frame raises CompressionError. Skippable frames are yielded too.
-    """
-    walker = ZstdFrames()
-    parts: list[bytes | memoryview] = []  # what came of the current frame so far
-    for data in source:
-        walker.feed(data)
-        parts.append(data)
-        while walker.ends:
-            end = walker.ends.pop(0)
-            cut = end - (walker.offset - len(data))  # where the frame ends in ``data``
-            frame = b"".join([*parts[:-1], memoryview(data)[:cut]])
-            data = memoryview(data)[cut:]
-            parts = [data] if len(data) else []
-            yield frame
-    if parts or not walker.complete():
-        raise CompressionError("truncated zstd stream")
-
-
-def _le(data: bytes) -> int:
-    return int.from_bytes(data, "little")
+    """The frames of a zstd stream, one ``bytes`` each, as they complete
+    (:func:`diskimage.zstdframes.zstd_frames`, with this module's errors)."""
+    try:
+        yield from frames.zstd_frames(source)
+    except TruncatedError as exc:
+        raise CompressionError("truncated zstd stream") from exc
+    except DecodeError as exc:
+        raise CompressionError(f"corrupt zstd stream: {exc}") from exc
 
 
 def _zstd_inprocess(source: Chunks, level: int) -> Iterator[bytes]:

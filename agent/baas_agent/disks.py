@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import fcntl
 import functools
 import hashlib
@@ -30,17 +29,19 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-BLOCK = 4096  # the unit of holes: page and ext4 block size
-CHUNK = 1 << 20  # the writer's unit (decompressed chunks)
-READ_CHUNK = 4 << 20  # sequential reads
-ZERO_BLOCK = bytes(BLOCK)
-ZERO_CHUNK = bytes(CHUNK)
-ZERO_VIEW = memoryview(ZERO_CHUNK)  # hole bytes fed to hashes, 1 MiB at a time
+from diskimage import BLOCK, CHUNK, READ_CHUNK, ZEROS
+from diskimage.holes import (
+    UNSUPPORTED,
+    ShortRead,
+    data_extents,
+    data_runs,
+    read_pieces,
+    zero_pieces,
+)
 
 FALLOC_FL_KEEP_SIZE = 0x01
 FALLOC_FL_PUNCH_HOLE = 0x02
 BLKZEROOUT = 0x127F  # _IO(0x12, 127): zero a byte range, the device's fastest way
-UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL, errno.ENODEV, errno.ENOSYS})
 
 Progress = Callable[[int], None]
 
@@ -97,39 +98,6 @@ def target_size(path: Path) -> int | None:
         return os.lseek(fd, 0, os.SEEK_END)
     finally:
         os.close(fd)
-
-
-# -- zero detection ----------------------------------------------------------------
-
-
-def data_runs(chunk: bytes) -> list[tuple[int, int]]:
-    """``[start, end)`` runs of ``chunk`` that are not all-zero 4 KiB blocks.
-
-    Blocks are aligned to the chunk's start; a short final block is data
-    unless it is all zeros. Fast paths run in C: an all-zero chunk, then a
-    chunk with no 4 KiB of zeros anywhere; only mixed chunks are walked.
-    """
-    size = len(chunk)
-    if chunk == (ZERO_CHUNK if size == CHUNK else bytes(size)):
-        return []
-    first = chunk.find(ZERO_BLOCK)
-    if first < 0:
-        tail = size % BLOCK
-        if tail and chunk[size - tail :] == bytes(tail):
-            return [(0, size - tail)] if size > tail else []
-        return [(0, size)]
-    runs: list[tuple[int, int]] = []
-    start = first - first % BLOCK  # every block before holds data
-    data_from = 0
-    for offset in range(start, size, BLOCK):
-        block = chunk[offset : offset + BLOCK]
-        if block == ZERO_BLOCK or (len(block) < BLOCK and block == bytes(len(block))):
-            if offset > data_from:
-                runs.append((data_from, offset))
-            data_from = offset + len(block)
-    if data_from < size:
-        runs.append((data_from, size))
-    return runs
 
 
 # -- writing -------------------------------------------------------------------------
@@ -189,7 +157,7 @@ class Zeroer:
         end = offset + length
         while offset < end:
             size = min(CHUNK, end - offset)
-            _pwrite_all(self.fd, ZERO_VIEW[:size], offset)
+            _pwrite_all(self.fd, ZEROS[:size], offset)
             offset += size
 
 
@@ -280,7 +248,7 @@ class SparseWriter:
         if aligned > start:
             self.zeroer.zero(start, aligned - start)
         if end > aligned:  # a short final block: a few bytes, just write them
-            _pwrite_all(self.fd, ZERO_VIEW[: end - aligned], aligned)
+            _pwrite_all(self.fd, ZEROS[: end - aligned], aligned)
 
     def close(self) -> None:
         """Finish: the last zero range, a length check, fsync. Raises DiskError if short."""
@@ -325,42 +293,18 @@ def read_target(
 
 def _read_sparse(fd: int, size: int) -> Iterator[bytes | memoryview]:
     position = 0
-    while position < size:
-        try:
-            data = min(os.lseek(fd, position, os.SEEK_DATA), size)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole up to the end
-                data = size
-            elif exc.errno in UNSUPPORTED:  # no SEEK_DATA here: read it all
-                yield from _read_range(fd, position, size)
-                return
-            else:
-                raise
-        yield from _zeros(data - position)
-        if data >= size:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), size)
-        yield from _read_range(fd, data, hole)
-        position = hole
-
-
-def _zeros(length: int) -> Iterator[memoryview]:
-    while length > 0:
-        size = min(length, CHUNK)
-        yield ZERO_VIEW[:size]
-        length -= size
+    for start, end in data_extents(fd, 0, size):
+        yield from zero_pieces(start - position)
+        yield from _read_range(fd, start, end)
+        position = end
+    yield from zero_pieces(size - position)
 
 
 def _read_range(fd: int, start: int, end: int) -> Iterator[memoryview]:
-    buffer = bytearray(READ_CHUNK)
-    view = memoryview(buffer)
-    position = start
-    while position < end:
-        got = os.preadv(fd, [view[: min(READ_CHUNK, end - position)]], position)
-        if got == 0:
-            raise DiskError(f"unexpected end of the target at byte {position}")
-        yield view[:got]
-        position += got
+    try:
+        yield from read_pieces(fd, start, end, memoryview(bytearray(READ_CHUNK)))
+    except ShortRead as exc:
+        raise DiskError(f"the target is shorter than the image: {exc.strerror}") from exc
 
 
 def hash_target(

@@ -6,7 +6,7 @@ Contracts:
   reading it back, or raises :class:`FlashError`: an image whose bytes do not
   match is never reported as written. A target that already holds the image
   (checked, not assumed) is not rewritten. With the version's data map
-  (:mod:`baas_agent.datamap`) both checks read and hash only the data.
+  (:mod:`diskimage.datamap`, :mod:`diskimage.verify`) both checks read and hash only the data.
 - :func:`sync_image` uploads a disk only when its SHA-256 differs from what was
   flashed, zstd-compressed and with a ``Content-Digest`` of the raw bytes;
   returns the new version, or None when the disk is unchanged.
@@ -28,7 +28,6 @@ from typing import Any
 
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
-from baas_agent.datamap import DataMap, Verifier, mismatch
 from baas_agent.disks import (
     DiskMap,
     RangeWriter,
@@ -39,6 +38,8 @@ from baas_agent.disks import (
     target_size,
 )
 from baas_agent.landing import can_land, land
+from diskimage.datamap import DataMap
+from diskimage.verify import Verifier, mismatch
 
 log = logging.getLogger(__name__)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")

@@ -25,8 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from baas_agent.compress import CompressionError, zstd_frames
-from baas_agent.datamap import DataMap, Verifier, default_workers
 from baas_agent.disks import READ_CHUNK, DiskError, SparseWriter, _pwrite_all, is_block_device
+from diskimage.datamap import DataMap
+from diskimage.verify import Verifier, default_workers
 
 try:
     import zstandard

@@ -51,11 +51,12 @@ from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.request import Request
 
 from accounts import rules
-from catalogue import sparseimage
 from catalogue.exceptions import BadUpload, ClientDisconnected, LengthRequired, UploadTooLarge
 from catalogue.models import Image, ImageType, Version
 from catalogue.services.uploads import VersionReceiver, version_upload
-from catalogue.streaming import CHUNK, SPARSE
+from diskimage import CHUNK
+from diskimage import sparse as sparseimage
+from diskimage.decoders import SPARSE
 
 # Room for multipart boundaries and fields, and for compression that does not compress.
 ENVELOPE = 1 << 20

@@ -38,6 +38,7 @@ from django.conf import settings
 
 from catalogue.models import Compression, Version
 from catalogue.storage import get_storage
+from diskimage import CHUNK
 
 KERNEL_NAMES = ("vmlinuz", "bzImage", "Image", "kernel")
 INITRD_NAMES = ("initrd.img", "initrd", "initramfs.img")
@@ -48,7 +49,6 @@ CMDLINE_MAX = 4096  # bytes; Linux takes at most 2048 on x86, more elsewhere
 # Enough of an image to recognise its filesystem (ISO 9660's descriptor is at 32 KiB).
 HEAD_BYTES = 0x8000 + 8
 TOOL_TIMEOUT = 300  # seconds for one mtools or debugfs run
-CHUNK = 1 << 20
 # Control characters other than tab and newline (which become spaces on a command line).
 _SAFE_TEXT = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 

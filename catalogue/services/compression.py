@@ -38,14 +38,14 @@ from typing import Any, BinaryIO, Protocol
 import zstandard
 from django.db import transaction
 
-from catalogue.datamap import DataMap
 from catalogue.models import Compression, Image, Version
-from catalogue.seekable import FramedZstdEncoder, read_seek_table
 from catalogue.storage import StoredFile, VersionExists, get_storage
+from diskimage import CHUNK
+from diskimage.datamap import DataMap
+from diskimage.seekable import FramedZstdEncoder, read_seek_table
 
 logger = logging.getLogger(__name__)
 
-CHUNK = 1 << 20
 ZSTD_LEVEL = 3  # zstd's default: far faster than gzip at a better ratio
 GZIP_LEVEL = 6  # zlib's default
 # How often one run follows an image whose compression keeps changing under it.
@@ -170,7 +170,7 @@ def encoder_for(
     zstd uses every core (``threads=-1``: the output does not depend on the
     number of workers), records ``raw_size`` in the frame when given, and
     writes a frame checksum; with the version's data map it writes one frame
-    per range and a seek table (``catalogue.seekable``), so that agents can
+    per range and a seek table (``diskimage.seekable``), so that agents can
     be sent the data alone. gzip output carries no timestamp, so the same
     input always gives the same bytes.
     """

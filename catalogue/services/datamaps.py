@@ -1,4 +1,4 @@
-"""Data maps of versions (``catalogue.datamap``): store, read, build.
+"""Data maps of versions (``diskimage.datamap``): store, read, build.
 
 An upload builds its version's map while the bytes stream by; version 0 of a
 raw image has an empty one. For a version without a map (stored before maps
@@ -9,12 +9,10 @@ is read), a compressed one is decoded as a stream.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 from typing import BinaryIO, Protocol
 
-from catalogue.datamap import BLOCK, DataMap, DataMapper
 from catalogue.models import Compression, Version
 from catalogue.services.compression import (
     DECODE_ERRORS,
@@ -23,6 +21,9 @@ from catalogue.services.compression import (
     version_damaged,
 )
 from catalogue.storage import get_storage
+from diskimage import BLOCK
+from diskimage.datamap import DataMap, DataMapper
+from diskimage.holes import data_extents
 
 logger = logging.getLogger(__name__)
 READ = 1 << 20
@@ -151,33 +152,18 @@ def scan_stored(stored: BinaryIO, compression: str, mapper: Scanner, *, limit: i
 
 
 def scan_sparse_file(file: BinaryIO, mapper: Scanner) -> None:
-    """Feed a raw file: holes are skipped without reading, data is read and scanned."""
+    """Feed a raw file: holes are skipped without reading, data is read and scanned
+    (in whole blocks: data found inside one is read whole)."""
     fd = file.fileno()
     size = os.fstat(fd).st_size
     position = 0
-    while position < size:
-        try:
-            data = os.lseek(fd, position, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # a hole to the end (which may end mid-block)
-                mapper.skip(size - position)
-                return
-            elif exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):
-                data = position  # no SEEK_DATA on this filesystem: read everything
-                _map_range(fd, position, size, mapper)
-                return
-            else:
-                raise
-        data -= data % BLOCK  # holes start on blocks; data found inside one is read whole
-        if data > position:
-            mapper.skip(data - position)
-            position = data
-        if position >= size:
-            break
-        hole = os.lseek(fd, position, os.SEEK_HOLE)
-        hole = min(size, hole + (-hole) % BLOCK)
-        _map_range(fd, position, hole, mapper)
-        position = hole
+    for start, end in data_extents(fd, 0, size, align=BLOCK):
+        if start > position:
+            mapper.skip(start - position)
+        _map_range(fd, start, end, mapper)
+        position = end
+    if position < size:  # a hole to the end (which may end mid-block)
+        mapper.skip(size - position)
 
 
 def _map_range(fd: int, position: int, end: int, mapper: Scanner) -> None:

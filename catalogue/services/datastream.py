@@ -2,7 +2,7 @@
 
 What an agent needs to flash a mostly empty disk image is its data, not its
 zeros. For a version stored raw the data stream is the ranges' bytes read
-from the file; for one stored zstd in frames (``catalogue.seekable``) it is
+from the file; for one stored zstd in frames (``diskimage.seekable``) it is
 the frames that hold the ranges, which concatenated are one zstd stream of
 the ranges in order. Either way it is read straight from the stored file, by
 offset, so a compression job swapping the file afterwards does not disturb a
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from catalogue.models import Compression, Version
-from catalogue.seekable import data_frames, read_seek_table
 from catalogue.services.datamaps import version_map, version_map_schedule
 from catalogue.services.delivery import ByteRange, open_stored, version_tag
+from diskimage.seekable import data_frames, read_seek_table
 
 READ = 1 << 20
 

@@ -27,12 +27,13 @@ from pathlib import Path
 import xxhash
 from django.db import transaction
 
-from catalogue.datamap import DataMap, DataMapper
 from catalogue.models import Compression, Version
 from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
 from catalogue.storage import get_storage
-from catalogue.streaming import CHUNK, ZEROS, BackgroundHasher, BackgroundWorker
+from catalogue.streaming import BackgroundHasher, BackgroundWorker
+from diskimage import CHUNK, ZEROS
+from diskimage.datamap import DataMap, DataMapper
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,6 @@ from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
 from catalogue import holders
-from catalogue.datamap import empty_map
 from catalogue.exceptions import ImageConflict
 from catalogue.models import (
     Compression,
@@ -34,10 +33,12 @@ from catalogue.models import (
     TransferProtocol,
     Version,
 )
-from catalogue.seekable import zeros_in_frames
 from catalogue.selectors.setups import describe_setups, setups_pinning
 from catalogue.services.bootfiles import boot_cache_forget
-from catalogue.storage import ZERO_CHUNK, StoredFile, get_storage
+from catalogue.storage import StoredFile, get_storage
+from diskimage import ZERO_CHUNK
+from diskimage.datamap import empty_map
+from diskimage.seekable import zeros_in_frames
 
 EMPTY_NOTE = "Empty image, created with the image."
 QEMU_IMG = "qemu-img"

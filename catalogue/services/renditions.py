@@ -5,7 +5,7 @@ the disk it describes. So every version of a qcow2 image gets, in the
 background, a *raw rendition*: ``qemu-img convert -O raw`` of its file, kept
 beside it as ``<root>/<image uuid>/<n>.raw`` (sparse: zeros stay holes) with
 its data map ``<n>.raw.map.json`` (the same format as any version's,
-``catalogue.datamap``) and its SHA-256 on the row (``Version.raw_sha256``).
+``diskimage.datamap``) and its SHA-256 on the row (``Version.raw_sha256``).
 Its size is the version's ``virtual_size``.
 
 The rendition is what agents write (``flashing.services.agent``) and what
@@ -41,13 +41,13 @@ from django.db import transaction
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
-from catalogue.datamap import DataMap
 from catalogue.models import Compression, FileStandard, RawState, Version
 from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, raw_reader
 from catalogue.services.datastream import DataStream
 from catalogue.services.delivery import Representation, open_stored
 from catalogue.services.digests import file_digest
 from catalogue.storage import PART_SUFFIX, StorageFull, get_storage, is_disk_full
+from diskimage.datamap import DataMap
 
 logger = logging.getLogger(__name__)
 

@@ -54,8 +54,6 @@ from rest_framework.exceptions import PermissionDenied
 
 from accounts import rules
 from accounts.services import audit_record
-from catalogue import sparseimage
-from catalogue.datamap import DataMap, DataMapper
 from catalogue.exceptions import BadUpload, InsufficientStorage, UploadTooLarge
 from catalogue.models import Compression, FileStandard, Image, ImageType, Version
 from catalogue.services.bootfiles import BootImageError, boot_files_extract
@@ -71,19 +69,12 @@ from catalogue.storage import (
     get_storage,
     is_disk_full,
 )
-from catalogue.streaming import (
-    CHUNK,
-    QCOW2_HEADER,
-    SPARSE,
-    ZEROS,
-    BackgroundHasher,
-    BackgroundWorker,
-    DecodeError,
-    ZstdFrameTracker,
-    decoder_for,
-    qcow2_header,
-    sniff_encoding,
-)
+from catalogue.streaming import BackgroundHasher, BackgroundWorker
+from diskimage import CHUNK, ZEROS, DecodeError
+from diskimage import sparse as sparseimage
+from diskimage.datamap import DataMap, DataMapper
+from diskimage.decoders import QCOW2_HEADER, SPARSE, decoder_for, qcow2_header, sniff_encoding
+from diskimage.zstdframes import ZstdFrameWalker
 
 QEMU_IMG = "qemu-img"
 PROBE_MAX = 1 << 20  # bytes as sent decoded for the first raw bytes of a zstd stored as sent
@@ -214,7 +205,7 @@ class VersionReceiver:
         self._as_sent = self._hasher is None and self._zstd_as_sent(head)
         if self._as_sent:
             self._store_compressed = True
-            self._decoder = ZstdFrameTracker(self._on_frame_size)
+            self._decoder = ZstdFrameWalker(self._on_frame_size)
         else:
             # Not hashing it all now, the decoder leaves the frame checksums (XXH64 of every
             # byte, zeros included) to the job that hashes it all later, and skips the zeros.

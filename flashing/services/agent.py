@@ -181,7 +181,7 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
 
 
 def _map_url(version: Version) -> str:
-    """Where the version's data map is (catalogue.datamap): the agent verifies only data."""
+    """Where the version's data map is (diskimage.datamap): the agent verifies only data."""
     return f"/api/image/{version.image_id}/{version.number}/map"
 
 

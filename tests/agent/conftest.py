@@ -6,7 +6,6 @@ None of these needs a database; the agent imports nothing from Django.
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,19 +16,11 @@ from baas_agent.client import Client
 from baas_agent.disks import DiskMap
 
 from tests.agent.servers import CuttingProxy, FakeBaas, Nginx
+from tests.diskimage.layouts import make_image, sample_image
+
+__all__ = ["make_image"]  # the agent's tests take it from here
 
 MiB = 1 << 20
-
-
-def make_image(path: Path, size: int, extents: list[tuple[int, int]], seed: int = 1) -> Path:
-    """A sparse file of ``size`` bytes: random data at ``(offset, length)``, holes elsewhere."""
-    rng = random.Random(seed)  # noqa: S311 - reproducible test data, not a secret
-    with path.open("wb") as file:
-        file.truncate(size)
-        for offset, length in extents:
-            file.seek(offset)
-            file.write(rng.randbytes(length))
-    return path
 
 
 def allocated(path: Path) -> int:
@@ -73,12 +64,7 @@ def disks(disk: Path) -> DiskMap:
 
 @pytest.fixture
 def image(tmp_path: Path) -> Path:
-    """16 MiB: data at the start, unaligned data in the middle, a hole, data at the end."""
-    return make_image(
-        tmp_path / "image.raw",
-        16 * MiB,
-        [(0, 3 * MiB + 4096), (5 * MiB + 1000, 10_000), (9 * MiB, 8192), (15 * MiB, MiB)],
-    )
+    return sample_image(tmp_path)
 
 
 def fill_with_garbage(path: Path, size: int) -> None:

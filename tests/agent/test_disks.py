@@ -14,7 +14,6 @@ from baas_agent.disks import (
     DiskError,
     DiskMap,
     SparseWriter,
-    data_runs,
     hash_target,
     read_target,
 )
@@ -54,20 +53,6 @@ def test_without_mappings_a_device_is_its_own_target():
         DiskMap().target("sda")
     with pytest.raises(ValueError, match="DEVICE=TARGET"):
         DiskMap.parse(["/dev/sda"])
-
-
-def test_zero_detection_finds_the_aligned_zero_blocks():
-    data = os.urandom(BLOCK)
-    assert data_runs(bytes(MiB)) == []
-    assert data_runs(os.urandom(MiB)) == [(0, MiB)]
-    chunk = data + bytes(2 * BLOCK) + data + bytes(BLOCK)
-    assert data_runs(chunk) == [(0, BLOCK), (3 * BLOCK, 4 * BLOCK)]
-    # 4 KiB of zeros straddling two blocks is not a zero block.
-    straddling = data[:100] + bytes(BLOCK) + data[: BLOCK - 100]
-    assert data_runs(straddling) == [(0, 2 * BLOCK)]
-    # A short final block is a hole only when it is all zeros.
-    assert data_runs(data + bytes(100)) == [(0, BLOCK)]
-    assert data_runs(bytes(BLOCK) + data[:100]) == [(BLOCK, BLOCK + 100)]
 
 
 def test_the_sparse_writer_gives_identical_bytes_with_only_data_allocated(tmp_path, image):

@@ -15,9 +15,7 @@ import urllib.request
 import pytest
 import zstandard
 
-from catalogue.datamap import empty_map
 from catalogue.models import Compression, Version
-from catalogue.seekable import FramedZstdEncoder, read_seek_table, zeros_in_frames
 from catalogue.services.compression import (
     VersionCorrupt,
     compression_schedule_for_image,
@@ -29,6 +27,8 @@ from catalogue.services.compression import (
 from catalogue.services.datamaps import version_map
 from catalogue.storage import MAP_SUFFIX, get_storage
 from catalogue.tasks import version_compress_task
+from diskimage.datamap import empty_map
+from diskimage.seekable import FramedZstdEncoder, read_seek_table, zeros_in_frames
 from tests.catalogue.factories import ImageFactory, VersionFactory
 from tests.conftest import client_for
 

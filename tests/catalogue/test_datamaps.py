@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import subprocess
 import time
 
@@ -12,9 +11,7 @@ import pytest
 import zstandard
 from blake3 import blake3
 
-from catalogue.datamap import BLOCK, RANGE_MAX, DataMapper
 from catalogue.models import Compression, ImageType, Version
-from catalogue.seekable import read_seek_table
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import (
     MapMismatch,
@@ -24,7 +21,10 @@ from catalogue.services.datamaps import (
 )
 from catalogue.services.lifecycle import versions_prune
 from catalogue.storage import get_storage
+from diskimage.datamap import BLOCK, DataMapper
+from diskimage.seekable import read_seek_table
 from tests.catalogue.factories import ImageFactory, VersionFactory
+from tests.diskimage.layouts import disk_image, expected_ranges
 
 MiB = 1 << 20
 
@@ -32,31 +32,6 @@ MiB = 1 << 20
 @pytest.fixture(autouse=True)
 def _small_new_images(settings):
     settings.BAAS_NEW_IMAGE_SIZE = 4 * MiB
-
-
-def disk_image() -> bytes:
-    """Data, a zero run, a lone block, zeros that do not fill a block, an unaligned tail."""
-    return (
-        os.urandom(RANGE_MAX + 3 * BLOCK)  # one run longer than a range: cut in two
-        + bytes(3 * MiB)
-        + os.urandom(BLOCK)
-        + bytes(BLOCK - 1)
-        + b"\x01"  # a block that is almost all zeros is data
-        + bytes(2 * MiB)
-        + b"tail"
-    )
-
-
-def expected_ranges(data: bytes) -> list[list]:
-    """The map's ranges, block by block, the slow and obvious way."""
-    runs: list[list[int]] = []
-    for offset in range(0, len(data), BLOCK):
-        if data[offset : offset + BLOCK].strip(b"\0"):
-            if runs and runs[-1][1] == offset and offset - runs[-1][0] < RANGE_MAX:
-                runs[-1][1] = min(offset + BLOCK, len(data))
-            else:
-                runs.append([offset, min(offset + BLOCK, len(data))])
-    return [[s, e, hashlib.sha256(data[s:e]).hexdigest()] for s, e in runs]
 
 
 def upload(client, image, body: bytes, **headers):
@@ -311,44 +286,3 @@ def test_a_framed_zst_downloaded_uploads_back_as_the_same_image(
     assert download["Content-Type"] == "application/zstd"
     again = upload(user_client, image, body_of(download), HTTP_CONTENT_ENCODING="zstd")
     assert (again["version"], again["sha256"]) == (number + 1, hashlib.sha256(data).hexdigest())
-
-
-@pytest.mark.parametrize(
-    "pieces",
-    [
-        [b"x" * 100, 10_000, b"y"],  # a hole that starts and ends inside blocks
-        [BLOCK, b"z" * (BLOCK + 1), 3 * BLOCK - 1, b"w" * 7, 5],  # holes on and off boundaries
-        [b"a" * BLOCK, 1, b"b"],  # one zero byte between data: all one block of data
-    ],
-)
-def test_a_hole_maps_as_its_zeros_would_wherever_it_falls(pieces):
-    """Zeros told as a length (a decoder's hole) map exactly like zero bytes fed."""
-    skipping, feeding = DataMapper(), DataMapper()
-    for piece in pieces:
-        if isinstance(piece, int):
-            skipping.skip(piece)
-            feeding.update(bytes(piece))
-        else:
-            skipping.update(piece)
-            feeding.update(piece)
-    assert skipping.finish("") == feeding.finish("")
-
-
-@pytest.mark.parametrize("step", [4095, 4097, MiB + 12, 3 * MiB - 28])
-@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
-def test_pieces_that_do_not_start_on_a_block_map_the_same(step, kind):
-    """A sparse upload's pieces start anywhere in a block (after a chunk header): the map,
-    and the data handed on for writing, are those of the image, whatever the cuts."""
-    data = disk_image()
-    image = bytearray(len(data))
-
-    def write(piece: memoryview, offset: int) -> None:
-        image[offset : offset + len(piece)] = piece
-
-    mapper = DataMapper(on_data=write)
-    for start in range(0, len(data), step):
-        mapper.update(kind(data[start : start + step]))
-    mapped = mapper.finish("")
-    assert [list(r) for r in mapped.ranges] == expected_ranges(data)
-    assert list(mapped.blake3) == [blake3(data[s:e]).hexdigest() for s, e, _ in mapped.ranges]
-    assert bytes(image) == data

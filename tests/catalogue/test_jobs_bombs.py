@@ -13,8 +13,8 @@ from catalogue.services.compression import VersionCorrupt, version_compress
 from catalogue.services.datamaps import version_map_build
 from catalogue.services.digests import version_digest_complete
 from catalogue.services.processing import job_budget
-from catalogue.streaming import ZstdDecoder
-from catalogue.zstdblocks import BlockZstdDecoder, ZstdBlockError
+from diskimage.decoders import ZstdDecoder
+from diskimage.zstdblocks import BlockZstdDecoder, ZstdBlockError
 from tests.catalogue.test_uploads import post_raw
 from tests.catalogue.test_uploads_as_sent import image_of
 

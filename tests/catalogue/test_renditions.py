@@ -22,6 +22,7 @@ from rest_framework.test import APIClient
 
 from catalogue.models import FileStandard, Version
 from catalogue.storage import get_storage
+from diskimage import BLOCK
 from flashing.models import Deployment, DeploymentState, MachineState
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory
 from tests.flashing.factories import LeaseFactory, MachineDiskFactory, MachineFactory
@@ -29,7 +30,6 @@ from tests.flashing.test_agent_api import armed
 
 MiB = 1 << 20
 GiB = 1 << 30
-BLOCK = 4096
 
 
 # --- Helpers ---------------------------------------------------------------------------

@@ -16,11 +16,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 
 from accounts.models import AuditEvent
 from catalogue.models import Compression, FileStandard, Version
-from catalogue.seekable import data_frames, read_seek_table
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import version_map
-from catalogue.storage import BLOCK, get_storage
+from catalogue.storage import get_storage
 from catalogue.tasks import purge_stale_uploads_task
+from diskimage import BLOCK
+from diskimage.seekable import data_frames, read_seek_table
 from tests.catalogue.factories import ImageFactory
 
 MiB = 1 << 20

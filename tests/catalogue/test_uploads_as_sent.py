@@ -11,11 +11,12 @@ import pytest
 import zstandard
 
 from catalogue.models import Compression, Version
-from catalogue.seekable import read_seek_table
 from catalogue.services.compression import VersionCorrupt, needs_frames, version_compress
 from catalogue.services.datamaps import version_map
 from catalogue.services.digests import version_digest_complete
-from catalogue.storage import BLOCK, get_storage
+from catalogue.storage import get_storage
+from diskimage import BLOCK
+from diskimage.seekable import read_seek_table
 from tests.catalogue.factories import ImageFactory
 from tests.catalogue.test_compression import bearer, wait_for
 from tests.catalogue.test_uploads import assert_nothing_stored, post_raw, qcow2_file

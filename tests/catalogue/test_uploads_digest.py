@@ -25,7 +25,8 @@ from catalogue.services.digests import (
     version_digest_ensure,
     versions_digest_missing,
 )
-from catalogue.storage import BLOCK, get_storage
+from catalogue.storage import get_storage
+from diskimage import BLOCK
 from tests.catalogue.factories import ImageFactory
 from tests.catalogue.test_compression import bearer, stored_as, wait_for
 from tests.catalogue.test_uploads import assert_nothing_stored, disk_image, post_form, post_raw

@@ -17,8 +17,9 @@ import zstandard
 
 from accounts.services import token_create
 from catalogue.models import Image, Version
-from catalogue.storage import BLOCK, get_storage
+from catalogue.storage import get_storage
 from catalogue.tasks import purge_stale_uploads_task
+from diskimage import BLOCK
 from tests.catalogue.factories import ImageFactory
 from tests.conftest import client_for
 

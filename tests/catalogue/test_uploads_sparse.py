@@ -15,11 +15,12 @@ import zstandard
 
 from accounts.services import token_create
 from catalogue.models import Version
-from catalogue.sparseimage import CRC32, DONT_CARE, MEDIA_TYPE, RAW
-from catalogue.storage import BLOCK, get_storage
+from catalogue.storage import get_storage
+from diskimage import BLOCK
+from diskimage.sparse import CRC32, DONT_CARE, MEDIA_TYPE, RAW
 from tests.catalogue.factories import ImageFactory
-from tests.catalogue.test_sparseimage import CLIENT, sparse
 from tests.catalogue.test_uploads import assert_nothing_stored, b64sha, post_form, post_raw
+from tests.diskimage.test_sparse import CLIENT, sparse
 
 MiB = 1 << 20
 

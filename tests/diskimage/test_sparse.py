@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from catalogue.sparseimage import (
+from diskimage import CHUNK
+from diskimage.sparse import (
     CHUNK_HEADER,
     CRC32,
     DONT_CARE,
     FILL,
     HEADER,
     MAGIC,
-    PIECE,
     RAW,
     SparseImageDecoder,
     SparseImageError,
@@ -55,7 +55,7 @@ class Decoded:
         self.decoder = SparseImageDecoder(self.sink, self.hole)
 
     def sink(self, data: bytes) -> None:
-        assert isinstance(data, bytes) and 0 < len(data) <= PIECE
+        assert isinstance(data, bytes) and 0 < len(data) <= CHUNK
         self.out += data
 
     def hole(self, length: int) -> None:

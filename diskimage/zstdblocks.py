@@ -34,7 +34,14 @@ never written — with the frame's content size checked here instead.
 
 The shared library is the system's ``libzstd.so.1`` (Debian's ``libzstd1``,
 which the ``zstd`` tool depends on); :func:`available` tells whether it was
-found.
+found. Recent ``zstd.h`` marks this block-level API deprecated (it stays
+exported from the shared library), so it is held to a contract:
+``tests/diskimage/test_zstdblocks_contract.py`` checks, against the libzstd
+that BAAS installs, every symbol and behaviour used here. Without it —
+missing, too old, or turned off with ``BAAS_ZSTD_BLOCK_API=off`` in the
+environment — callers use zstandard's stream decoder instead
+(:func:`diskimage.decoders.decoder_for`): the same bytes, the zeros written
+out and scanned again, slower.
 """
 
 from __future__ import annotations
@@ -43,11 +50,13 @@ import ctypes
 import ctypes.util
 import functools
 import mmap
+import os
 import re
 import weakref
 from collections.abc import Callable
 
-CHUNK = 1 << 20
+from diskimage import CHUNK
+
 BLOCK_MAX = 128 << 10
 MAX_WINDOW = 1 << 27  # libzstd's default limit for stream decoding (ZSTD_WINDOWLOG_LIMIT_DEFAULT)
 _WILDCOPY = 2 * 32  # libzstd's WILDCOPY_OVERLENGTH, twice, as its stream decoder sizes its ring
@@ -56,6 +65,9 @@ _CONTENT_SIZE_UNKNOWN = (1 << 64) - 1  # ZSTD_CONTENTSIZE_UNKNOWN
 _MAGIC = b"\x28\xb5\x2f\xfd"
 _SINGLE_SEGMENT = 0x20  # in a frame header's descriptor
 _RLE = 1  # block type in a block header
+
+
+SWITCH = "BAAS_ZSTD_BLOCK_API"  # "off": behave as if libzstd had no block-level API
 
 
 class ZstdBlockError(ValueError):
@@ -117,9 +129,14 @@ def _declare(lib: ctypes.CDLL) -> bool:
     return lib.ZSTD_versionNumber() >= 10407  # ZSTD_d_forceIgnoreChecksum came with 1.4.7
 
 
+def _switched_off() -> bool:
+    """Whether the environment says to do without the block API (read at every use)."""
+    return os.environ.get(SWITCH, "").lower() in ("0", "off", "no", "false")
+
+
 def available() -> bool:
-    """Whether libzstd's block-level API could be loaded."""
-    return _libzstd() is not None
+    """Whether libzstd's block-level API could be loaded, and is not turned off."""
+    return not _switched_off() and _libzstd() is not None
 
 
 class BlockZstdDecoder:
@@ -144,7 +161,7 @@ class BlockZstdDecoder:
         *,
         checksum: bool = True,
     ):
-        libs = _libzstd()
+        libs = None if _switched_off() else _libzstd()
         if libs is None:
             raise RuntimeError("libzstd's block-level API is not available here")
         self._lib, self._quick = libs

@@ -5,38 +5,45 @@ files). The map lists the ranges that hold data — 4 KiB blocks that are not
 all zeros, merged, and cut every ``RANGE_MAX`` bytes — each with the SHA-256
 of its bytes (and its BLAKE3, a check as safe and ten times faster, for
 agents asking whether a disk still holds the image); every byte outside them
-is zero. Like a bmap file, it lets the
-agent write, verify and compare only the data: a disk holds the version
-exactly when every range hashes right and everything else reads as zeros,
-and the ranges hash in parallel, where the whole-image SHA-256 is one long
-sequential pass over the zeros too.
+is zero. Like a bmap file, it lets the agent write, verify and compare only
+the data: a disk holds the version exactly when every range hashes right and
+everything else reads as zeros (:mod:`diskimage.verify`), and the ranges hash
+in parallel, where the whole-image SHA-256 is one long sequential pass over
+the zeros too.
 
-The map is built from the raw bytes as they stream by (:class:`DataMapper`),
-at upload, and stored beside the version (``<n>.map.json``). It carries the
-version's size and whole-image SHA-256, so a map never describes other bytes
-than the version it is served for.
+The server builds the map from the raw bytes as they stream by
+(:class:`DataMapper`), at upload, and stores it beside the version. It
+carries the version's size and whole-image SHA-256, so a map never describes
+other bytes than the version it is served for; the agent accepts a map only
+for the image its instruction names (:meth:`DataMap.from_json`, the wire
+format of docs/agent-protocol.md §5).
 
 A large upload's map is taken with the BLAKE3 of each range only: its
 SHA-256s (a range's, and the whole image's) are computed with the version's
-digest by a background job (``catalogue.services.digests``), which rewrites
-the map. Until then both are null, and the map is not handed to agents.
+digest by a background job, which rewrites the map. Until then both are
+null, and the map is not handed to agents.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import blake3 as blake3_module
+from diskimage import BLOCK
+from diskimage.holes import is_zeros, zero_block_runs
 
-BLOCK = 4096
+try:
+    import blake3 as blake3_module
+except ImportError:  # pragma: no cover - an agent without it checks by SHA-256
+    blake3_module = None  # type: ignore[assignment]
+
 RANGE_MAX = 16 << 20  # a range is cut here, so big files hash in parallel
 FORMAT = "baas-datamap/1"
-_ZEROS = bytes(1 << 20)
-_ZERO_BLOCK = bytes(BLOCK)
+SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -95,6 +102,79 @@ class DataMap:
             )
             or None,
         )
+
+    @classmethod
+    def from_json(cls, data: Any, *, size: int, sha256: str) -> DataMap:
+        """Validate a map from the server for the image of ``size`` bytes and ``sha256``.
+
+        Accepts only a well-formed map of exactly that image, else ValueError.
+        """
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} map")
+        if data.get("size") != size or data.get("sha256") != sha256:
+            raise ValueError("the map describes other bytes than the instruction's image")
+        if data.get("block_size") != BLOCK:
+            raise ValueError(f"unsupported block size {data.get('block_size')!r}")
+        checked = _ranges(data.get("ranges"), size)
+        fast = data.get("blake3")
+        if fast is not None and (
+            not isinstance(fast, list)
+            or len(fast) != len(checked)
+            or not all(isinstance(h, str) and SHA256_HEX.fullmatch(h) for h in fast)
+        ):
+            raise ValueError("the map's BLAKE3 list does not match its ranges")
+        return cls(
+            size=size,
+            sha256=sha256,
+            ranges=tuple(checked),
+            blake3=tuple(fast) if fast is not None else None,
+        )
+
+    def can_check_fast(self) -> bool:
+        """Whether ranges can be checked by BLAKE3 (the map has it, and so does this host)."""
+        return self.blake3 is not None and blake3_module is not None
+
+    def gaps(self) -> Iterator[tuple[int, int]]:
+        """The ``[start, end)`` runs between ranges: zeros in the image."""
+        position = 0
+        for start, end, _ in self.ranges:
+            if start > position:
+                yield position, start
+            position = end
+        if position < self.size:
+            yield position, self.size
+
+    def segments(self) -> Iterator[tuple[int, int, bool]]:
+        """``(start, end, holds data)`` covering the whole image, in order."""
+        position = 0
+        for start, end, _ in self.ranges:
+            if start > position:
+                yield position, start, False
+            yield start, end, True
+            position = end
+        if position < self.size:
+            yield position, self.size, False
+
+
+def _ranges(ranges: Any, size: int) -> list[tuple[int, int, str]]:
+    """The map's ranges, checked: sorted, apart, inside the image, on blocks, with SHA-256s."""
+    if not isinstance(ranges, list):
+        raise ValueError("the map has no list of ranges")
+    checked: list[tuple[int, int, str]] = []
+    previous_end = 0
+    for item in ranges:
+        if not (isinstance(item, list) and len(item) == 3):
+            raise ValueError(f"a range is [start, end, sha256], not {item!r}")
+        start, end, digest = item
+        if not (isinstance(start, int) and isinstance(end, int) and isinstance(digest, str)):
+            raise ValueError(f"a range is [start, end, sha256], not {item!r}")
+        if start < previous_end or end <= start or end > size or start % BLOCK:
+            raise ValueError(f"the range {start}-{end} is out of order or out of the image")
+        if not SHA256_HEX.fullmatch(digest):
+            raise ValueError(f"the range {start}-{end} has no SHA-256")
+        checked.append((start, end, digest))
+        previous_end = end
+    return checked
 
 
 class DataMapper:
@@ -158,49 +238,27 @@ class DataMapper:
 
     def finish(self, sha256: str) -> DataMap:
         """The map, given the whole image's SHA-256 (computed alongside)."""
-        if self._carry and self._carry.strip(b"\0"):
+        if self._carry and not is_zeros(self._carry):
             self._data(memoryview(self._carry), self.size - len(self._carry))
         self._carry = b""
         self._close()
-        return DataMap(
-            size=self.size, sha256=sha256, ranges=tuple(self._ranges), blake3=tuple(self._fast)
-        )
+        fast = tuple(self._fast) if blake3_module is not None else None
+        return DataMap(size=self.size, sha256=sha256, ranges=tuple(self._ranges), blake3=fast)
 
     def _scan(self, data: bytes | bytearray, start: int, end: int, offset: int) -> None:
         """Map the whole blocks of ``data[start:end]``, at ``offset`` in the image: data
-        runs are hashed into ranges, zero blocks end them.
-
-        In C but for one turn per run of zero blocks: an all-zero piece is one
-        comparison; ``find`` jumps over data that holds no block of zeros. The
-        piece is searched where it lies, never copied (a piece that does not
-        start on a block of the image is the common case of a sparse upload).
-        """
+        runs are hashed into ranges, zero blocks end them. The piece is searched where
+        it lies, never copied (a piece that does not start on a block of the image is
+        the common case of a sparse upload)."""
         view = memoryview(data)
-        if end - start <= len(_ZEROS) and _ZEROS.startswith(view[start:end]):
-            self._close()
-            return
         position = start
-        while position < end:
-            found = data.find(_ZERO_BLOCK, position, end)
-            if found < 0:
-                self._data(view[position:end], offset + position - start)
-                return
-            hole = found + (start - found) % BLOCK  # the first block boundary at or after it
-            zeros = hole
-            while zeros < end and _ZEROS.startswith(view[zeros : zeros + BLOCK]):
-                zeros += BLOCK
-            if zeros == hole:  # zeros straddling blocks: not a zero block
-                if hole >= end:
-                    self._data(view[position:end], offset + position - start)
-                    return
-                continue_at = hole + BLOCK
-                self._data(view[position:continue_at], offset + position - start)
-                position = continue_at
-                continue
+        for hole, zeros in zero_block_runs(data, start, end):
             if hole > position:
                 self._data(view[position:hole], offset + position - start)
             self._close()
             position = zeros
+        if position < end:
+            self._data(view[position:end], offset + position - start)
 
     def _data(self, view: memoryview, offset: int) -> None:
         while view:
@@ -209,14 +267,15 @@ class DataMapper:
                 self._open = (
                     offset,
                     hashlib.sha256() if self._sha256 else None,
-                    blake3_module.blake3(),
+                    blake3_module.blake3() if blake3_module is not None else None,
                 )
                 self._end = offset
             room = RANGE_MAX - (self._end - self._open[0])
             piece = view[:room]
             if self._open[1] is not None:
                 self._open[1].update(piece)
-            self._open[2].update(piece)
+            if self._open[2] is not None:
+                self._open[2].update(piece)
             if self._on_data is not None:
                 self._on_data(piece, offset)
             self._end += len(piece)
@@ -227,7 +286,8 @@ class DataMapper:
         if self._open is not None:
             start, digest, fast = self._open
             self._ranges.append((start, self._end, digest.hexdigest() if digest else ""))
-            self._fast.append(fast.hexdigest())
+            if fast is not None:
+                self._fast.append(fast.hexdigest())
             self._open = None
 
 

@@ -10,8 +10,8 @@ import pytest
 import xxhash
 import zstandard
 
-from catalogue import zstdblocks
-from catalogue.zstdblocks import BlockZstdDecoder, ZstdBlockError
+from diskimage import zstdblocks
+from diskimage.zstdblocks import BlockZstdDecoder, ZstdBlockError
 
 KiB, MiB = 1 << 10, 1 << 20
 

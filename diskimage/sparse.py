@@ -14,7 +14,8 @@ sequence of chunks, each covering a whole number of blocks of the output:
 A client that knows where its file's holes are (``SEEK_HOLE``) sends only the
 data, and the zeros cost nothing on the wire: a 6 GiB disk holding 600 MiB is
 a 600 MiB upload. :class:`SparseImageDecoder` hands the data on in pieces of
-at most ``CHUNK`` bytes and the zeros as lengths, like the zstd block decoder.
+at most ``CHUNK`` bytes and the zeros as lengths, like the zstd block decoder;
+:func:`encoded` writes one of an image held in memory.
 
 CRC-32 chunks are checked after the fact against the stored image
 (:func:`image_crc32`), from its data ranges alone: the CRC of a run of zeros
@@ -26,7 +27,10 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+
+from diskimage import BLOCK, CHUNK
+from diskimage.holes import data_runs
 
 MAGIC = 0xED26FF3A
 MEDIA_TYPE = "application/vnd.android.sparse-image"
@@ -37,7 +41,6 @@ HEADER = struct.Struct("<IHHHHIIII")
 # type, reserved, blocks of the image it covers, bytes in the file with its header.
 CHUNK_HEADER = struct.Struct("<HHII")
 RAW, FILL, DONT_CARE, CRC32 = 0xCAC1, 0xCAC2, 0xCAC3, 0xCAC4
-PIECE = 1 << 20  # the most handed on at once
 
 Sink = Callable[[bytes], None]
 
@@ -70,7 +73,7 @@ def declared_size(head: bytes) -> int | None:
 class SparseImageDecoder:
     """Decodes a sparse image written to it in pieces of any size.
 
-    Data reaches ``sink`` as immutable ``bytes`` of at most :data:`PIECE`
+    Data reaches ``sink`` as immutable ``bytes`` of at most :data:`~diskimage.CHUNK`
     bytes; zeros (``DONT_CARE`` chunks, ``FILL`` chunks of zeros) reach
     ``on_hole`` as lengths. ``crc_checks`` lists the CRC-32 chunks met, as
     (raw bytes before it, CRC-32 expected), for the caller to check.
@@ -214,9 +217,9 @@ class SparseImageDecoder:
         else:
             piece = self._fills.get(pattern)
             if piece is None:
-                piece = self._fills[pattern] = pattern * (PIECE // 4)
-            for start in range(0, length, PIECE):
-                self._sink(piece if length - start >= PIECE else piece[: length - start])
+                piece = self._fills[pattern] = pattern * (CHUNK // 4)
+            for start in range(0, length, CHUNK):
+                self._sink(piece if length - start >= CHUNK else piece[: length - start])
         self._next_chunk()
 
     def _on_crc(self, field: bytes) -> None:
@@ -232,11 +235,40 @@ class SparseImageDecoder:
         self._expect("chunk", CHUNK_HEADER.size)
 
     def _emit_data(self, data: bytes, pos: int, length: int) -> None:
-        if pos == 0 and length == len(data) <= PIECE:
+        if pos == 0 and length == len(data) <= CHUNK:
             self._sink(data)
             return
-        for start in range(pos, pos + length, PIECE):
-            self._sink(data[start : min(start + PIECE, pos + length)])
+        for start in range(pos, pos + length, CHUNK):
+            self._sink(data[start : min(start + CHUNK, pos + length)])
+
+
+# --- Encoding ------------------------------------------------------------------------
+
+
+def encoded(image: bytes | bytearray, *, block: int = BLOCK) -> Iterator[bytes]:
+    """``image`` as a sparse image: its data blocks as ``RAW`` chunks, its runs of zero
+    blocks as ``DONT_CARE`` chunks (nothing on the wire). ``len(image)`` must be a
+    whole number of blocks, as the format counts the image in blocks."""
+    if len(image) % block:
+        raise ValueError(f"a sparse image holds whole {block}-byte blocks, not {len(image)} bytes")
+    chunks: list[tuple[int, int, int]] = []  # kind, start, end
+    position = 0
+    for start, end in data_runs(image) if block == BLOCK else [(0, len(image))]:
+        if start > position:
+            chunks.append((DONT_CARE, position, start))
+        chunks.append((RAW, start, end))
+        position = end
+    if position < len(image):
+        chunks.append((DONT_CARE, position, len(image)))
+    yield HEADER.pack(
+        MAGIC, 1, 0, HEADER.size, CHUNK_HEADER.size, block, len(image) // block, len(chunks), 0
+    )
+    view = memoryview(image)
+    for kind, start, end in chunks:
+        payload = end - start if kind == RAW else 0
+        yield CHUNK_HEADER.pack(kind, 0, (end - start) // block, CHUNK_HEADER.size + payload)
+        if payload:
+            yield bytes(view[start:end])
 
 
 # --- CRC-32 over data ranges and zeros ------------------------------------------------
@@ -302,7 +334,7 @@ def image_crc32(
                 elif span[0] > position:
                     crc, position = crc32_zeros(crc, span[0] - position), span[0]
                 else:
-                    end = min(span[1], offset, position + PIECE)
+                    end = min(span[1], offset, position + CHUNK)
                     crc = zlib.crc32(os.pread(file.fileno(), end - position, position), crc)
                     position = end
             found[offset] = crc
