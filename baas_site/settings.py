@@ -380,6 +380,10 @@ BAAS_RAW_RENDITION_TIMEOUT = env.int("BAAS_RAW_RENDITION_TIMEOUT", default=3600)
 # checked, and a background job records the SHA-256 (catalogue.services.digests).
 # Uploads that send or ask for a digest are always hashed while they stream.
 BAAS_UPLOAD_INLINE_SHA256_MAX = env.int("BAAS_UPLOAD_INLINE_SHA256_MAX", default=1024**3)
+# Under gunicorn, an upload's body is read straight from the socket (about twice as
+# fast as gunicorn's wsgi.input; catalogue.apis.uploads.GunicornSocketBody). False:
+# the plain WSGI stream, as under any other server.
+BAAS_UPLOAD_READ_SOCKET = env.bool("BAAS_UPLOAD_READ_SOCKET", default=True)
 # A .part file no live writer holds (its upload or job died) is removed once this old.
 BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=60)
 # Temporal images: kept this many days after they are made temporal, and at

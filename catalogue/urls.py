@@ -4,8 +4,25 @@ from __future__ import annotations
 
 from django.urls import path
 
-from catalogue.apis import downloads, setups, usage
-from catalogue.apis.images import urlpatterns as image_urlpatterns
+from catalogue.apis import downloads, images, setups, usage
+
+# The image segment takes any text: the views answer 400 for a malformed UUID.
+# ``image/<id>/versions`` comes before the downloads' ``image/<id>/<int>``.
+# ``image/<id>`` takes the uploads too: POST, or PUT with a binary body
+# (``catalogue.apis.uploads``); its GET, PUT with JSON, PATCH and DELETE are the image's.
+image_urlpatterns = [
+    path("user/<str:username>/image", images.ImageCreateApi.as_view(), name="user-image-create"),
+    path("user/<str:username>/images", images.UserImageListApi.as_view(), name="user-images"),
+    path(
+        "user/<str:username>/images/<str:image_name>",
+        images.UserImagesByNameApi.as_view(),
+        name="user-images-by-name",
+    ),
+    path("images", images.ImageListApi.as_view(), name="image-list"),
+    path("image/<str:image_id>", images.ImageDetailApi.as_view(), name="image-detail"),
+    path("image/<str:image_id>/versions", images.VersionListApi.as_view(), name="image-versions"),
+    path("image/<str:image_id>/extend", images.ImageExtendApi.as_view(), name="image-extend"),
+]
 
 setup_urlpatterns = [
     path("user/<str:username>/image_setup", setups.SetupCreateApi.as_view(), name="setup-create"),

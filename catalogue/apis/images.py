@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.urls import path
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -21,6 +20,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import generics, serializers, status
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -363,11 +363,13 @@ class ImageListApi(generics.ListAPIView):
 class ImageDetailApi(APIView):
     """Read, change, delete an image, and upload its next version (POST, or a binary PUT)."""
 
-    def initialize_request(self, request, *args, **kwargs):
-        drf_request = super().initialize_request(request, *args, **kwargs)
-        if uploads.is_upload(request):
-            uploads.prepare_streaming(drf_request)
-        return drf_request
+    def get_parsers(self) -> list[BaseParser]:
+        # Called while DRF wraps the request: ``self.request`` is still Django's (set by
+        # View.setup); None while the schema is generated.
+        request = getattr(self, "request", None)
+        if request is not None and uploads.is_upload(request):
+            return [uploads.UnreadBodyParser()]
+        return super().get_parsers()
 
     @extend_schema(responses={200: ImageOutputSerializer, 400: ERROR, 404: ERROR})
     def get(self, request: Request, image_id: str) -> Response:
@@ -453,20 +455,3 @@ class VersionListApi(APIView):
         image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
         versions = selectors.version_list(image=image)
         return Response(VersionOutputSerializer(versions, many=True).data)
-
-
-# The image segment takes any text: the views answer 400 for a malformed UUID.
-# ``image/<id>/versions`` comes before the downloads' ``image/<id>/<int>``.
-urlpatterns = [
-    path("user/<str:username>/image", ImageCreateApi.as_view(), name="user-image-create"),
-    path("user/<str:username>/images", UserImageListApi.as_view(), name="user-images"),
-    path(
-        "user/<str:username>/images/<str:image_name>",
-        UserImagesByNameApi.as_view(),
-        name="user-images-by-name",
-    ),
-    path("images", ImageListApi.as_view(), name="image-list"),
-    path("image/<str:image_id>", ImageDetailApi.as_view(), name="image-detail"),
-    path("image/<str:image_id>/versions", VersionListApi.as_view(), name="image-versions"),
-    path("image/<str:image_id>/extend", ImageExtendApi.as_view(), name="image-extend"),
-]

@@ -48,6 +48,7 @@ from django.http import HttpRequest, QueryDict, UnreadablePostError
 from django.http.multipartparser import MultiPartParser, MultiPartParserError
 from django.utils.datastructures import MultiValueDict
 from rest_framework.exceptions import UnsupportedMediaType
+from rest_framework.parsers import BaseParser, DataAndFiles
 from rest_framework.request import Request
 
 from accounts import rules
@@ -92,16 +93,23 @@ def is_upload(request: HttpRequest) -> bool:
     )
 
 
-def prepare_streaming(request: Request) -> Request:
-    """Stop Django and DRF from parsing this body (the CSRF check reads ``request.POST``).
+class UnreadBodyParser(BaseParser):
+    """Leaves an upload's body unread, for the view to stream it into a receiver.
 
-    With empty POST data, a session-authenticated upload must carry its CSRF
-    token in the ``X-CSRFToken`` header, which is how the dashboard sends it.
+    DRF parses a body when something asks for ``request.data`` or
+    ``request.POST``, as the CSRF check of a session-authenticated request
+    does: its multipart and form parsers would read the whole image into
+    memory or temporary files first. The upload view uses this parser alone
+    (``get_parsers``), so the data is empty and the body stays on the socket;
+    DRF then hands the empty form to Django's request too. A
+    session-authenticated upload carries its CSRF token in the
+    ``X-CSRFToken`` header, which is how the dashboard sends it.
     """
-    empty, no_files = QueryDict(), MultiValueDict()
-    request._request._post, request._request._files = empty, no_files
-    request._data, request._files, request._full_data = empty, no_files, empty
-    return request
+
+    media_type = "*/*"
+
+    def parse(self, stream, media_type=None, parser_context=None) -> DataAndFiles:
+        return DataAndFiles(QueryDict(), MultiValueDict())
 
 
 # --- Reading the body ----------------------------------------------------------------
@@ -121,7 +129,7 @@ class BodyReader:
         if self.length is None and not request.META.get("wsgi.input_terminated"):
             raise LengthRequired()
         self._source = request if self.length is not None else request.META["wsgi.input"]
-        if self.length is not None:
+        if self.length is not None and settings.BAAS_UPLOAD_READ_SOCKET:
             self._source = GunicornSocketBody.wrap(request.META["wsgi.input"]) or self._source
         self.received = 0
 
@@ -151,7 +159,9 @@ class GunicornSocketBody:
     gunicorn, then the rest from the socket, and keeps gunicorn's count of the
     unread body (``LengthReader.length``) exact, so keep-alive and the
     discarding of an unread rest work as before. Anything else (another
-    server, another gunicorn, TLS, chunked bodies) keeps the WSGI stream.
+    server, another gunicorn, TLS, chunked bodies, BAAS_UPLOAD_READ_SOCKET
+    off) keeps the WSGI stream. The tests check it against the gunicorn
+    pinned in constraints.txt and fail when its private classes change.
     """
 
     def __init__(self, body: Any):

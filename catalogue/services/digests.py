@@ -30,8 +30,8 @@ from django.db import transaction
 from catalogue.models import Compression, Version
 from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
+from catalogue.stages import BackgroundHasher, BackgroundWorker
 from catalogue.storage import get_storage
-from catalogue.streaming import BackgroundHasher, BackgroundWorker
 from diskimage import CHUNK, ZEROS
 from diskimage.datamap import DataMap, DataMapper
 
