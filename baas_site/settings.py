@@ -294,8 +294,9 @@ CELERY_BEAT_SCHEDULE = {
         "task": "catalogue.purge_stale_uploads",
         "schedule": float(env.int("BAAS_STALE_UPLOAD_SWEEP_INTERVAL", default=120)),
     },
-    # Sends again the processing job (digest, compression, map) of versions whose job
-    # died with its worker or was lost; gives up on a version after a few tries.
+    # Sends again the processing of versions whose job died with its worker or was lost
+    # (a step owed: digest, map, compression, a qcow2 version's raw disk); gives up on a
+    # version after a few tries (catalogue.services.pipeline).
     "catalogue-versions-processing-sweep": {
         "task": "catalogue.versions_processing_sweep",
         "schedule": float(env.int("BAAS_JOB_SWEEP_INTERVAL", default=60)),
@@ -324,11 +325,6 @@ CELERY_BEAT_SCHEDULE = {
         "task": "flashing.network_mounts_reconcile",
         "schedule": float(env.int("BAAS_NBD_RECONCILE_INTERVAL", default=60)),
     },
-    # Makes the raw disks of qcow2 versions whose conversion job was lost.
-    "catalogue-versions-raw-missing": {
-        "task": "catalogue.versions_raw_missing",
-        "schedule": 900.0,
-    },
     # Deletes versions beyond each image's keep_versions (also run after each upload).
     "catalogue-versions-prune": {
         "task": "catalogue.versions_prune",
@@ -344,10 +340,7 @@ CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery
 BAAS_PERIODIC_QUEUE = env.str("BAAS_PERIODIC_QUEUE", default="periodic")
 BAAS_LONG_QUEUE = env.str("BAAS_LONG_QUEUE", default="long")
 BAAS_LONG_TASKS = (
-    "catalogue.version_compress",
-    "catalogue.version_digest",
-    "catalogue.version_map",
-    "catalogue.version_raw",
+    "catalogue.version_advance",
     "flashing.network_mount_start",
     "flashing.network_mount_finish",
 )

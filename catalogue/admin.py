@@ -29,7 +29,7 @@ from baas_site.admin import AdministratorsOnly
 from baas_site.errors import error_text
 from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Mount, Version
 from catalogue.services import images as image_services
-from catalogue.services.compression import compression_schedule_for_image
+from catalogue.services.pipeline import image_process, version_state
 from catalogue.services.setups import effective_sync, frozen_image_check
 
 VERSION_FIELDS = [
@@ -171,7 +171,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
         scheduled = 0
         for image in queryset:
             if rules.can_write_image(request.user, image):
-                compression_schedule_for_image(image)
+                image_process(image)
                 scheduled += 1
         self.message_user(
             request, f"Recompression scheduled for {scheduled} image(s).", messages.SUCCESS
@@ -251,8 +251,15 @@ class VersionAdmin(ImagePermissions, admin.ModelAdmin):
     list_filter = ["stored_compression", "image__type"]
     search_fields = ["image__name", "image__uuid", "sha256"]
     list_select_related = ["image", "uploaded_by"]
-    readonly_fields = [f for f in VERSION_FIELDS if f != "note"] + ["image"]
-    fields = ["image", *VERSION_FIELDS]
+    readonly_fields = [f for f in VERSION_FIELDS if f != "note"] + ["image", "processing"]
+    fields = ["image", "processing", *VERSION_FIELDS]
+
+    @admin.display(description="Processing")
+    def processing(self, obj: Version) -> str:
+        """Where its processing stands (``catalogue.services.pipeline``: derived from its
+        row and files, so shown on its page only, not in the list)."""
+        state = version_state(obj)
+        return f"{state}: {obj.damaged}" if obj.damaged else state
 
     def image_of(self, obj: object) -> Image:
         return obj.image

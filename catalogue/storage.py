@@ -440,13 +440,14 @@ class LocalStorage:
 
     @contextlib.contextmanager
     def job_lock(self, image_uuid: uuid.UUID | str, number: int) -> Iterator[None]:
-        """Held (shared) by a background job while it works on version ``number``: other
-        jobs may hold it too; :meth:`job_running` sees it. A job whose process dies holds
-        nothing (the kernel drops the lock). Waits while a check holds it an instant."""
+        """Held by a background job while it works on version ``number``, by one job at a
+        time (another waits: a version's processing runs one step after the other);
+        :meth:`job_running` sees it. A job whose process dies holds nothing (the kernel
+        drops the lock). Waits while a check holds it an instant."""
         path = self._lock_path(image_uuid)
         path.parent.mkdir(exist_ok=True)
-        with open(path, "a+b") as file:  # readable: a shared record lock needs it
-            fcntl.lockf(file.fileno(), fcntl.LOCK_SH, 1, number)
+        with open(path, "a+b") as file:
+            fcntl.lockf(file.fileno(), fcntl.LOCK_EX, 1, number)
             yield
 
     def job_running(self, image_uuid: uuid.UUID | str, number: int) -> bool:

@@ -32,7 +32,14 @@ from rest_framework.views import APIView
 
 from catalogue.apis.fields import DigestField
 from catalogue.models import Version
-from catalogue.services import datamaps, datastream, delivery, renditions
+from catalogue.services import (
+    datamaps,
+    datastream,
+    delivery,
+    pipeline,
+    rendition_delivery,
+    renditions,
+)
 from catalogue.services.delivery import ByteRange, RangeNotSatisfiable, Representation
 from catalogue.storage import get_storage
 
@@ -145,7 +152,7 @@ class _DownloadApi(APIView):
         )
         raw = query.validated_data.get("format") == "raw"
         if raw and renditions.is_qcow2(found):
-            representation = renditions.rendition_open(found)
+            representation = rendition_delivery.rendition_open(found)
             identity = (found.raw_sha256, representation.size)
         else:
             decompress = raw or query.validated_data["decompress"]
@@ -352,11 +359,11 @@ class VersionMapApi(APIView):
             user=request.user, image_uuid=_parse_uuid(image_uuid), version=str(number)
         )
         if _wants_raw_rendition(request, found):
-            rendition_map = renditions.rendition_map(found)
+            rendition_map = rendition_delivery.rendition_map(found)
             return HttpResponse(rendition_map.dumps(), content_type="application/json")
         datamap = datamaps.version_map(found)
         if datamap is None:
-            datamaps.version_map_schedule(found)
+            pipeline.version_process(found.pk)  # which maps it
             return Response(
                 {"detail": "This version's data map is being built; ask again in a minute."},
                 status=status.HTTP_404_NOT_FOUND,
@@ -407,7 +414,7 @@ class VersionDataApi(APIView):
             user=request.user, image_uuid=_parse_uuid(image_uuid), version=str(number)
         )
         if _wants_raw_rendition(request, found):
-            stream: datastream.DataStream | None = renditions.rendition_data_open(found)
+            stream: datastream.DataStream | None = rendition_delivery.rendition_data_open(found)
         else:
             stream = datastream.data_stream_open(found)
         if stream is None:

@@ -37,6 +37,7 @@ from typing import BinaryIO
 from django.conf import settings
 
 from catalogue.models import Compression, Version
+from catalogue.services.codecs import raw_reader
 from catalogue.storage import get_storage
 from diskimage import CHUNK
 
@@ -76,8 +77,6 @@ def version_head(version: Version) -> bytes:
 
 
 def _raw_open(version: Version) -> BinaryIO:
-    from catalogue.services.compression import raw_reader
-
     stored = get_storage().open_read(version.image_id, version.number, version.stored_compression)
     return raw_reader(stored, version.stored_compression)
 
@@ -333,8 +332,6 @@ def _boot_filesystem(path: Path) -> str:
 
 def _raw_file(path: Path, compression: str, scratch: Path) -> Path:
     """The raw bytes of a stored file as a file: itself, or decompressed (sparse) in scratch."""
-    from catalogue.services.compression import raw_reader
-
     if compression == Compression.NONE:
         return path
     target = scratch / "raw.img"

@@ -17,171 +17,66 @@ committed file that the next run verifies and adopts; a crash before the
 commit leaves a ``.part`` file for the stale-upload purge; a crash after the
 row update leaves the old file, which the next (no-op) run removes.
 
-Others call :func:`compression_schedule_for_version` after storing a version
-and :func:`compression_schedule_for_image` after changing an image's
-compression; both fire Celery tasks once the current transaction commits.
+This is one step of a version's processing (``catalogue.services.pipeline``
+decides when it is owed, and runs it under the version's job lock); it sends no
+task. A version without its SHA-256 yet has it computed and recorded in the same
+pass (``digests``): the image is read once for both.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
 import logging
 import uuid
-import zlib
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
-import zstandard
 from django.db import transaction
 
 from catalogue.models import Compression, Image, Version
+from catalogue.services.codecs import (  # (re-exported: what readers of stored files import)
+    CHUNK,
+    DECODE_ERRORS,
+    CompressionError,
+    ConcurrentChange,
+    DecodedTooLarge,
+    Encoder,
+    Identity,
+    MapMismatch,
+    VersionCorrupt,
+    encoder_for,
+    raw_reader,
+    version_damaged,
+)
+from catalogue.services.datamaps import version_map
+from catalogue.services.digests import DigestingMapper, version_digest_record
 from catalogue.storage import StoredFile, VersionExists, get_storage
-from diskimage import CHUNK
 from diskimage.datamap import DataMap
 from diskimage.seekable import FramedZstdEncoder, read_seek_table
 
+__all__ = [
+    "CHUNK",
+    "DECODE_ERRORS",
+    "CompressionError",
+    "CompressionOutcome",
+    "ConcurrentChange",
+    "DecodedTooLarge",
+    "MapMismatch",
+    "VersionCorrupt",
+    "encoder_for",
+    "needs_frames",
+    "raw_reader",
+    "version_compress",
+    "version_damaged",
+]
+
 logger = logging.getLogger(__name__)
 
-ZSTD_LEVEL = 3  # zstd's default: far faster than gzip at a better ratio
-GZIP_LEVEL = 6  # zlib's default
 # How often one run follows an image whose compression keeps changing under it.
 MAX_ROUNDS = 3
-DECODE_ERRORS = (zstandard.ZstdError, gzip.BadGzipFile, zlib.error, EOFError)
-
-
-class CompressionError(Exception):
-    """A version could not be rewritten."""
-
-
-class VersionCorrupt(CompressionError):
-    """The stored bytes do not decode to the version's raw size and SHA-256.
-
-    Nothing is swapped; retrying cannot help, so the task fails loudly.
-    """
-
-
-class MapMismatch(CompressionError):
-    """The version's data map does not describe its bytes."""
-
-
-class ConcurrentChange(CompressionError):
-    """The version or its files changed while we worked; running again will settle it."""
-
-
-# --- Codecs -------------------------------------------------------------------
-
-
-class Encoder(Protocol):
-    def compress(self, data: bytes, /) -> bytes: ...
-
-    def flush(self) -> bytes: ...
-
-
-class _Identity:
-    """The "none" encoder: raw bytes pass through (and become holes where zero)."""
-
-    def compress(self, data: bytes, /) -> bytes:
-        return data
-
-    def flush(self) -> bytes:
-        return b""
-
-
-class _GzipReader(gzip.GzipFile):
-    """A gzip reader that also closes the file it reads, like zstd's stream reader."""
-
-    def close(self) -> None:
-        source = self.fileobj
-        try:
-            super().close()
-        finally:
-            if source is not None:
-                source.close()
-
-
-class DecodedTooLarge(VersionCorrupt):
-    """A stored file decodes to more than it may: its version's size (what its headers
-    announced at upload) or BAAS_MAX_IMAGE_SIZE. Decoding stops right there."""
-
-    def __init__(self, limit: int, decoded: int):
-        self.limit, self.decoded = limit, decoded
-        super().__init__(
-            f"The stored data decodes to more than the {limit} bytes it announced: decoding "
-            f"stopped after {decoded} bytes (a compression bomb, or data damaged on the way); "
-            "upload it again."
-        )
-
-
-class _BoundedReader:
-    """A raw reader that raises DecodedTooLarge as soon as its output passes ``limit``:
-    at most one read (``CHUNK``) past it is ever decoded."""
-
-    def __init__(self, raw: BinaryIO, limit: int):
-        self._raw, self._limit, self.decoded = raw, limit, 0
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._raw.read(CHUNK if size is None or size < 0 else size)
-        self.decoded += len(data)
-        if self.decoded > self._limit:
-            raise DecodedTooLarge(self._limit, self.decoded)
-        return data
-
-    def close(self) -> None:
-        self._raw.close()
-
-    def __enter__(self) -> _BoundedReader:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-def raw_reader(stored: BinaryIO, compression: str, *, limit: int | None = None) -> BinaryIO:
-    """A reader of the raw image bytes inside ``stored``, a file in ``compression``.
-
-    Closing the reader closes ``stored``. Reads stream: at most ``CHUNK`` of
-    compressed input is held at a time. Corrupt input raises one of
-    ``DECODE_ERRORS`` while reading. With ``limit`` (the raw size the bytes
-    must have), a read that takes the output past it raises DecodedTooLarge:
-    a small file that decodes to far more costs at most ``limit`` bytes of work.
-    A read may return less than asked (never nothing before the end).
-    """
-    if compression == Compression.ZSTD:
-        dctx = zstandard.ZstdDecompressor()
-        raw = dctx.stream_reader(stored, read_size=CHUNK, read_across_frames=True)
-    elif compression == Compression.GZIP:
-        raw = _GzipReader(fileobj=stored, mode="rb")
-    else:
-        return stored
-    if limit is None:
-        return raw  # type: ignore[return-value]
-    return _BoundedReader(raw, limit)  # type: ignore[arg-type, return-value]
-
-
-def encoder_for(
-    compression: str, raw_size: int | None = None, datamap: DataMap | None = None
-) -> Encoder:
-    """A streaming encoder to ``compression``.
-
-    zstd uses every core (``threads=-1``: the output does not depend on the
-    number of workers), records ``raw_size`` in the frame when given, and
-    writes a frame checksum; with the version's data map it writes one frame
-    per range and a seek table (``diskimage.seekable``), so that agents can
-    be sent the data alone. gzip output carries no timestamp, so the same
-    input always gives the same bytes.
-    """
-    if compression == Compression.ZSTD and datamap is not None:
-        return FramedZstdEncoder(datamap, ZSTD_LEVEL)
-    if compression == Compression.ZSTD:
-        cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1, write_checksum=True)
-        return cctx.compressobj(size=-1 if raw_size is None else raw_size)
-    if compression == Compression.GZIP:
-        return zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return _Identity()
 
 
 # --- The job ------------------------------------------------------------------
@@ -233,78 +128,6 @@ def version_compress(*, version_id: int) -> CompressionOutcome | None:
     raise ConcurrentChange(f"The compression of version {version_id} keeps changing.")
 
 
-def version_damaged(version: Version, reason: str) -> VersionCorrupt:
-    """Record that the version's stored file cannot be trusted (shown with the version);
-    return the error to raise."""
-    Version.objects.filter(pk=version.pk).update(damaged=reason[:500])
-    logger.error(
-        "Version %s (id %s) of image %s is damaged: %s",
-        version.number,
-        version.pk,
-        version.image_id,
-        reason,
-    )
-    return VersionCorrupt(reason)
-
-
-def image_recompress(*, image_uuid: uuid.UUID | str) -> list[int]:
-    """Queue a compression job for every version of the image stored otherwise.
-
-    Returns the ids of the queued versions (empty for an unknown image).
-    """
-    image = Image.objects.filter(pk=image_uuid).first()
-    if image is None:
-        return []
-    pending = list(
-        image.versions.exclude(stored_compression=image.compression).values_list("pk", flat=True)
-    )
-    for version_id in pending:
-        _fire_version_task(version_id)
-    return pending
-
-
-# --- Hooks for other services ---------------------------------------------------
-
-
-def compression_schedule_for_version(version: Version) -> bool:
-    """Call after a version's row is created, or its map recorded: compress it in the
-    background if needed (or lay a zstd file out in frames, see :func:`needs_frames`).
-
-    The task is sent once the current transaction commits (so the worker sees
-    the row). Returns whether a job was scheduled.
-    """
-    if version.stored_compression == version.image.compression and not needs_frames(version):
-        return False
-    _fire_version_task(version.pk)
-    return True
-
-
-def frames_schedule_for_version(version: Version) -> bool:
-    """Call after a version's map is built: have a zstd file written before it laid out
-    in frames (see :func:`needs_frames`), and nothing else. Returns whether it was queued."""
-    if not needs_frames(version):
-        return False
-    _fire_version_task(version.pk)
-    return True
-
-
-def compression_schedule_for_image(image: Image) -> None:
-    """Call after an image's compression changed: rewrite every version to match.
-
-    The task is sent once the current transaction commits.
-    """
-    from catalogue.tasks import image_recompress_task
-
-    image_id = str(image.pk)
-    transaction.on_commit(lambda: image_recompress_task.delay(image_id))
-
-
-def _fire_version_task(version_id: int) -> None:
-    from catalogue.services.processing import version_job_send
-
-    version_job_send(version_id=version_id, job="compress")
-
-
 # --- Steps ----------------------------------------------------------------------
 
 
@@ -326,8 +149,6 @@ def needs_frames(version: Version) -> bool:
     """Whether the version is stored zstd, as its image wants, but not in frames of its data
     map (a large zstd upload is stored as sent): then agents cannot be sent its data alone,
     and the compression job rewrites it. Known once it has a map."""
-    from catalogue.services.datamaps import version_map
-
     if version.stored_compression != Compression.ZSTD or version.image.compression != (
         Compression.ZSTD
     ):
@@ -344,9 +165,6 @@ def needs_frames(version: Version) -> bool:
 def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredFile:
     """Transcode the stored file to ``target``, verified, and commit it beside the old one
     (``replace``: over it, the same bytes in the same compression, laid out anew)."""
-    from catalogue.services.datamaps import version_map
-    from catalogue.services.digests import DigestingMapper
-
     storage = get_storage()
     datamap = _datamap_for(version) if target == Compression.ZSTD else None
     source = _open_stored(version)
@@ -381,9 +199,7 @@ def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredF
 def _record_digest(version: Version, scanner: Any, uploaded: DataMap | None) -> None:
     """Record the SHA-256 this pass computed, checked against the upload's map (or raise
     VersionCorrupt, the version recorded as damaged); set it on ``version``."""
-    from catalogue.services.digests import version_digest_record
-
-    digest = version_digest_record(version, scanner.finish(), uploaded, compress=False)
+    digest = version_digest_record(version, scanner.finish(), uploaded)
     if digest is None:
         raise ConcurrentChange(f"Version {version.pk} was deleted while it was compressed.")
     version.sha256 = digest
@@ -400,16 +216,13 @@ def _open_stored(version: Version) -> BinaryIO:
 def _verify(stored: BinaryIO, compression: str, version: Version) -> None:
     """Decode ``stored`` fully and check it against the row; raise VersionCorrupt if not."""
     with raw_reader(stored, compression, limit=version.size) as raw:
-        _transcode(raw, _Identity(), lambda data: None, version)
+        _transcode(raw, Identity(), lambda data: None, version)
 
 
 def _datamap_for(version: Version) -> DataMap | None:
-    from catalogue.services.datamaps import version_map, version_map_schedule
-
-    datamap = version_map(version)
-    if datamap is None:
-        version_map_schedule(version)  # the next compression of it will be framed
-    return datamap
+    """The map to lay zstd frames along (the pipeline maps a version before it stores it
+    zstd); without one, the file is written unframed and framed once it has one."""
+    return version_map(version)
 
 
 def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version, scanner=None) -> None:

@@ -2,9 +2,10 @@
 
 An upload builds its version's map while the bytes stream by; version 0 of a
 raw image has an empty one. For a version without a map (stored before maps
-existed, or whose map was lost) :func:`version_map_schedule` queues a job that
-builds it from the stored file: a raw file is read hole by hole (only its data
-is read), a compressed one is decoded as a stream.
+existed, or whose map was lost) the version's processing
+(``catalogue.services.pipeline``) builds it from the stored file with
+:func:`version_map_build`: a raw file is read hole by hole (only its data is
+read), a compressed one is decoded as a stream.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from typing import BinaryIO, Protocol
 
 from catalogue.models import Compression, Version
-from catalogue.services.compression import (
+from catalogue.services.codecs import (
     DECODE_ERRORS,
     VersionCorrupt,
     raw_reader,
@@ -56,35 +57,6 @@ def version_map(version: Version) -> DataMap | None:
     return datamap
 
 
-def version_map_schedule(version: Version) -> None:
-    """Build the version's map in the background, once the current transaction commits."""
-    from catalogue.services.processing import version_job_send
-
-    version_job_send(version_id=version.pk, job="map")
-
-
-def versions_map_missing(*, limit: int = 100) -> list[int]:
-    """Queue a map build for up to ``limit`` versions that have no map file; their ids.
-
-    Run periodically, it maps the versions stored before maps existed (and any
-    whose map was lost) without waiting for an agent to ask.
-    """
-    storage = get_storage()
-    missing = []
-    for version_id, image_id, number in Version.objects.order_by("pk").values_list(
-        "pk", "image_id", "number"
-    ):
-        if not storage.map_path(image_id, number).exists():
-            missing.append(version_id)
-            if len(missing) >= limit:
-                break
-    from catalogue.services.processing import version_job_send
-
-    for version_id in missing:
-        version_job_send(version_id=version_id, job="map")
-    return missing
-
-
 def version_map_build(*, version_id: int) -> DataMap | None:
     """Build and store the map of a version from its stored file; None if it is gone.
 
@@ -122,11 +94,6 @@ def version_map_build(*, version_id: int) -> DataMap | None:
         len(datamap.ranges),
         datamap.data_bytes,
     )
-    if version.sha256:  # (else the digest job does this once it records the SHA-256)
-        from catalogue.services.compression import frames_schedule_for_version
-
-        # A zstd file written before its map existed can now be laid out in frames.
-        frames_schedule_for_version(version)
     return datamap
 
 

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from catalogue.models import Compression, Version
-from catalogue.services.datamaps import version_map, version_map_schedule
+from catalogue.services.datamaps import version_map
 from catalogue.services.delivery import ByteRange, open_stored, version_tag
+from catalogue.services.pipeline import version_process
 from diskimage.seekable import data_frames, read_seek_table
 
 READ = 1 << 20
@@ -50,7 +51,7 @@ def data_stream_open(version: Version) -> DataStream | None:
     """
     datamap = version_map(version)
     if datamap is None:
-        version_map_schedule(version)
+        version_process(version.pk)  # which maps it
         return None
     stored = open_stored(version)
     if version.stored_compression == Compression.NONE:

@@ -26,7 +26,7 @@ from django.http import Http404
 
 from accounts import rules
 from catalogue.models import Compression, Image, Version
-from catalogue.services.compression import raw_reader
+from catalogue.services.codecs import raw_reader
 from catalogue.storage import SUFFIXES, get_storage
 
 logger = logging.getLogger(__name__)

@@ -9,9 +9,11 @@ as its data is stored and checked against the data map taken while it
 streamed (every range with its own SHA-256); the row's ``sha256`` stays empty
 until :func:`version_digest_complete` — a Celery job queued by the upload —
 has read the stored file back, checked it against that map, and recorded
-the digest. For an image stored compressed, the compression job does it in
-the same pass as it compresses. Uploads that send or ask for a digest, agents' uploads and boot
-images are hashed while they stream, as before.
+the digest with a map of its own (one read for both). For an image stored
+compressed, the compression step does it in the same pass as it compresses.
+Both are steps of the version's processing (``catalogue.services.pipeline``).
+Uploads that send or ask for a digest, agents' uploads and boot images are
+hashed while they stream, as before.
 
 Whatever needs the digest before the job ran calls :func:`version_digest_ensure`
 (flashing before it starts a deployment, compression, network mounts), which
@@ -28,7 +30,7 @@ import xxhash
 from django.db import transaction
 
 from catalogue.models import Compression, Version
-from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, version_damaged
+from catalogue.services.codecs import DECODE_ERRORS, VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
 from catalogue.stages import BackgroundHasher, BackgroundWorker
 from catalogue.storage import get_storage
@@ -165,19 +167,12 @@ def file_digest(
         scanner.close()
 
 
-def version_digest_schedule(version: Version) -> None:
-    """Compute the version's SHA-256 in the background once the transaction commits."""
-    from catalogue.services.processing import version_job_send
-
-    version_job_send(version_id=version.pk, job="digest")
-
-
 def version_digest_complete(*, version_id: int) -> str | None:
     """Record the SHA-256 of a version stored without one; return it (None if it is gone).
 
     Reads the stored file back and checks it against the data map its upload
     took: a file that changed on disk since raises VersionCorrupt and is left
-    without a digest. Then queues the compression the upload left to later.
+    without a digest.
     """
     version = Version.objects.select_related("image").filter(pk=version_id).first()
     if version is None:
@@ -210,14 +205,11 @@ def version_digest_complete(*, version_id: int) -> str | None:
     return version_digest_record(version, found, uploaded)
 
 
-def version_digest_record(
-    version: Version, found: DataMap, uploaded: DataMap | None, *, compress: bool = True
-) -> str | None:
+def version_digest_record(version: Version, found: DataMap, uploaded: DataMap | None) -> str | None:
     """Record ``found`` — the map and SHA-256 of the version's stored bytes, read back — as
     the version's, once checked against the map its upload took (``uploaded``); return the
     digest (None if the version is gone). Raises VersionCorrupt, the version recorded as
-    damaged, if the bytes are not what was uploaded. ``compress``: then queue the
-    compression the upload left to later (not for the compression job's own pass)."""
+    damaged, if the bytes are not what was uploaded."""
     if found.size != version.size:
         reason = f"Version {version.number} is {version.size} bytes, its file {found.size}."
         raise version_damaged(version, reason)
@@ -233,7 +225,7 @@ def version_digest_record(
             f"Version {version.number} does not hold what its zstd upload was compressed "
             "from (a frame checksum differs): the upload was damaged on the way; upload it again.",
         )
-    return _record(version, replace(found, zstd_checksums=None), compress=compress)
+    return _record(version, replace(found, zstd_checksums=None))
 
 
 def _data_differs(uploaded: DataMap, found: DataMap) -> bool:
@@ -246,9 +238,7 @@ def _data_differs(uploaded: DataMap, found: DataMap) -> bool:
     return any(a[2] and a[2] != b[2] for a, b in zip(uploaded.ranges, found.ranges, strict=True))
 
 
-def _record(version: Version, found: DataMap, *, compress: bool) -> str | None:
-    from catalogue.services.compression import compression_schedule_for_version
-
+def _record(version: Version, found: DataMap) -> str | None:
     with transaction.atomic():
         row = Version.objects.select_for_update().select_related("image").filter(pk=version.pk)
         row = row.first()
@@ -259,8 +249,6 @@ def _record(version: Version, found: DataMap, *, compress: bool) -> str | None:
         row.sha256 = found.sha256
         row.save(update_fields=["sha256"])
         version_map_store(row, found)
-        if compress:
-            compression_schedule_for_version(row)
     logger.info("SHA-256 of version %s: %s", row.pk, row.sha256)
     return row.sha256
 
@@ -277,18 +265,3 @@ def version_digest_ensure(version: Version) -> str:
             raise Version.DoesNotExist(f"Version {version.pk} was deleted.")
         version.sha256 = digest
     return version.sha256
-
-
-def versions_digest_missing(*, limit: int = 100) -> list[int]:
-    """Queue the digest job of up to ``limit`` versions still without one (a job was lost);
-    not of damaged ones, whose file will not get better."""
-    from catalogue.services.processing import version_job_send
-
-    missing = list(
-        Version.objects.filter(sha256="", damaged="")
-        .order_by("pk")
-        .values_list("pk", flat=True)[:limit]
-    )
-    for version_id in missing:
-        version_job_send(version_id=version_id, job="digest")
-    return missing

@@ -34,7 +34,10 @@ from catalogue.models import (
     Version,
 )
 from catalogue.selectors.setups import describe_setups, setups_pinning
+from catalogue.services import lifecycle
 from catalogue.services.bootfiles import boot_cache_forget
+from catalogue.services.datamaps import version_map_store
+from catalogue.services.pipeline import image_process, version_received
 from catalogue.storage import StoredFile, get_storage
 from diskimage import ZERO_CHUNK
 from diskimage.datamap import empty_map
@@ -59,31 +62,6 @@ SIMPLE_FIELDS = (
     "transfer_protocol",
     "keep_versions",
 )
-
-
-def _compression_hooks():
-    # Imported late: the compression service imports the Celery tasks module.
-    from catalogue.services import compression
-
-    return compression
-
-
-def _lifecycle():
-    from catalogue.services import lifecycle
-
-    return lifecycle
-
-
-def _datamaps():
-    from catalogue.services import datamaps
-
-    return datamaps
-
-
-def _renditions():
-    from catalogue.services import renditions
-
-    return renditions
 
 
 # --- The empty image's checksum ---------------------------------------------------
@@ -158,7 +136,7 @@ def image_create_from(*, actor: Any, image: Image) -> Image:
     """Save a new, unsaved ``image`` and store its empty version 0 (also used by the admin)."""
     if not rules.can_create_image(actor, image.type):
         raise PermissionDenied("Only moderators and administrators create system images.")
-    _lifecycle().image_expiry_apply(image)
+    lifecycle.image_expiry_apply(image)
     _full_clean(image)
     size = settings.BAAS_NEW_IMAGE_SIZE
     try:
@@ -168,7 +146,7 @@ def image_create_from(*, actor: Any, image: Image) -> Image:
             audit_record(
                 actor=actor, action="image.create", target=image, name=image.name, type=image.type
             )
-            _compression_hooks().compression_schedule_for_version(version)
+            version_received(version)  # a qcow2 one: mapped, and the disk it describes made
     except BaseException:
         get_storage().delete_image(image.uuid)
         raise
@@ -195,12 +173,8 @@ def _store_empty_version(image: Image, size: int, actor: Any) -> Version:
         uploaded_by=actor if getattr(actor, "pk", None) else None,
         note=EMPTY_NOTE,
     )
-    datamaps = _datamaps()
-    if image.file_standard == FileStandard.QCOW2:
-        datamaps.version_map_schedule(version)  # a few hundred KiB of qcow2 metadata
-        _renditions().rendition_schedule(version)  # and the empty disk it describes
-    else:
-        datamaps.version_map_store(version, empty_map(size, sha256))
+    if image.file_standard != FileStandard.QCOW2:  # (a qcow2 one is mapped by its processing)
+        version_map_store(version, empty_map(size, sha256))
     return version
 
 
@@ -265,18 +239,18 @@ def image_update(
             setattr(image, name, fields.pop(name))
     if fields:
         raise TypeError(f"image_update() got unexpected fields {sorted(fields)}")
-    _lifecycle().image_expiry_apply(image, old_type=old_type)
+    lifecycle.image_expiry_apply(image, old_type=old_type)
     _full_clean(image)
     with transaction.atomic():
         image.save()
         changed = _set_relations(actor, image, associated_images, maintainers)
         audit_record(actor=actor, action="image.update", target=image, changed=changed)
         if image.compression != old_compression:
-            _compression_hooks().compression_schedule_for_image(image)
+            image_process(image)  # each version stored anew as it now asks
         if image.keep_versions != old_keep:
-            _lifecycle().versions_prune_schedule(image)
+            lifecycle.versions_prune_schedule(image)
         if image.type != old_type:
-            _lifecycle().user_data_pins_sync(image)
+            lifecycle.user_data_pins_sync(image)
     return image
 
 

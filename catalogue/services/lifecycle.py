@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.db.models import ProtectedError
@@ -49,6 +50,7 @@ from rest_framework.exceptions import PermissionDenied, ValidationError
 from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
+from baas_site.tasks import TransactionAwareTask
 from catalogue.exceptions import ImageConflict, UploadTooLarge
 from catalogue.models import Compression, Image, ImageFrozen, ImageType, Version
 from catalogue.selectors.usage import (
@@ -57,6 +59,7 @@ from catalogue.selectors.usage import (
     versions_kept_of,
 )
 from catalogue.services.bootfiles import boot_cache_forget
+from catalogue.services.renditions import rendition_delete
 from catalogue.storage import get_storage
 
 logger = logging.getLogger(__name__)
@@ -258,8 +261,6 @@ def _prune(image_uuid: uuid.UUID | str) -> list[int]:
 
 
 def _delete_files(image_uuid: uuid.UUID, numbers: list[int]) -> None:
-    from catalogue.services.renditions import rendition_delete
-
     storage = get_storage()
     for number in numbers:
         for compression in Compression.values:
@@ -282,10 +283,20 @@ def versions_prune_schedule(image: Image) -> None:
     """Call after a version is stored or ``keep_versions`` changed: prune after the commit."""
     if image.keep_versions is None:
         return
-    from catalogue.tasks import versions_prune_task
+    versions_prune_task.delay(str(image.pk))  # (after the commit: TransactionAwareTask)
 
-    image_uuid = str(image.pk)
-    transaction.on_commit(lambda: versions_prune_task.delay(image_uuid))
+
+@shared_task(name="catalogue.versions_prune", base=TransactionAwareTask, max_retries=3)
+def versions_prune_task(image_uuid: str | None = None) -> dict:
+    """Delete versions beyond an image's ``keep_versions`` (every image when none is given).
+
+    Sent after each upload commits (beside the rules it applies, which send it), and by
+    beat every BAAS_VERSIONS_PRUNE_INTERVAL seconds for every image; idempotent.
+    """
+    if image_uuid is None:
+        return versions_prune_all()
+    numbers = versions_prune(image_uuid=image_uuid)
+    return {image_uuid: numbers} if numbers else {}
 
 
 # --- Quotas -----------------------------------------------------------------------------------

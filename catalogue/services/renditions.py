@@ -9,13 +9,14 @@ its data map ``<n>.raw.map.json`` (the same format as any version's,
 Its size is the version's ``virtual_size``.
 
 The rendition is what agents write (``flashing.services.agent``) and what
-``?format=raw`` serves, with its own map and data stream. It is made by a
-Celery job queued when the version's row is created (:func:`rendition_schedule`),
-by a periodic sweep for the versions whose job was lost, and on the spot by
-the flashing pipeline when a deployment needs it first
-(:func:`version_raw_ensure`). Every write goes to a ``.part`` file in the
-image's directory, fsynced, then renamed into place; the row says ``ready``
-only once the file and its map are in place.
+``?format=raw`` serves (``rendition_delivery``), with its own map and data
+stream. It is the last step of the version's processing
+(``catalogue.services.pipeline``: made in the background once the version is
+stored, and again by its sweep when a job was lost), or made on the spot by the
+flashing pipeline when a deployment needs it first (:func:`version_raw_ensure`).
+Every write goes to a ``.part`` file in the image's directory, fsynced, then
+renamed into place; the row says ``ready`` only once the file and its map are
+in place.
 
 A qcow2 file qemu-img refuses, that refers to other files, whose virtual size
 is past ``BAAS_MAX_IMAGE_SIZE``, or whose conversion takes longer than
@@ -32,7 +33,6 @@ import os
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +42,8 @@ from rest_framework import status
 from rest_framework.exceptions import APIException
 
 from catalogue.models import Compression, FileStandard, RawState, Version
-from catalogue.services.compression import DECODE_ERRORS, VersionCorrupt, raw_reader
-from catalogue.services.datastream import DataStream
-from catalogue.services.delivery import Representation, open_stored
+from catalogue.services.codecs import DECODE_ERRORS, VersionCorrupt, raw_reader
+from catalogue.services.delivery import open_stored
 from catalogue.services.digests import file_digest
 from catalogue.storage import PART_SUFFIX, StorageFull, get_storage, is_disk_full
 from diskimage.datamap import DataMap
@@ -144,37 +143,6 @@ def rendition_check(version: Version) -> None:
         )
 
 
-def rendition_schedule(version: Version) -> None:
-    """Call where a qcow2 version's row is created: it is ``pending``, made after commit.
-
-    Does nothing for a version of a raw image.
-    """
-    if not is_qcow2(version):
-        return
-    version.raw_state = RawState.PENDING
-    Version.objects.filter(pk=version.pk).update(raw_state=RawState.PENDING)
-    from catalogue.tasks import version_raw_task
-
-    version_id = version.pk
-    transaction.on_commit(lambda: version_raw_task.delay(version_id))
-
-
-def versions_raw_missing(*, limit: int = 20) -> list[int]:
-    """Queue the job of up to ``limit`` qcow2 versions whose rendition is not made (a job
-    was lost, or they were stored before renditions existed); their ids."""
-    from catalogue.tasks import version_raw_task
-
-    missing = list(
-        Version.objects.filter(image__file_standard=FileStandard.QCOW2, damaged="")
-        .exclude(raw_state__in=[RawState.READY, RawState.FAILED])
-        .order_by("pk")
-        .values_list("pk", flat=True)[:limit]
-    )
-    for version_id in missing:
-        version_raw_task.delay(version_id)
-    return missing
-
-
 # --- Making one ----------------------------------------------------------------------
 
 
@@ -188,7 +156,7 @@ def version_raw_make(*, version_id: int) -> Version | None:
     version = Version.objects.select_related("image").filter(pk=version_id).first()
     if version is None or not is_qcow2(version):
         return version
-    made = version.raw_state == RawState.READY and rendition_path(*_key(version)).exists()
+    made = version.raw_state == RawState.READY and rendition_path(*rendition_key(version)).exists()
     if made or version.raw_state == RawState.FAILED:
         return version
     if version.damaged:
@@ -228,7 +196,7 @@ def version_raw_ensure(version: Version) -> Version:
     return version
 
 
-def _key(version: Version) -> tuple[uuid.UUID, int]:
+def rendition_key(version: Version) -> tuple[uuid.UUID, int]:
     return version.image_id, version.number
 
 
@@ -250,8 +218,8 @@ def _convert_into(version: Version, directory: Path, part: Path) -> DataMap:
             raise _Refused(f"qemu-img wrote {size} bytes, not its virtual size of {virtual}.")
         datamap = file_digest(part, Compression.NONE, size)
         _fsync(part)
-        _write_atomic(rendition_map_path(*_key(version)), datamap.dumps())
-        os.replace(part, rendition_path(*_key(version)))
+        _write_atomic(rendition_map_path(*rendition_key(version)), datamap.dumps())
+        os.replace(part, rendition_path(*rendition_key(version)))
         _fsync(directory, directory=True)
     except OSError as exc:
         if is_disk_full(exc):
@@ -370,7 +338,7 @@ def _record_ready(version: Version, datamap: DataMap) -> Version | None:
     with transaction.atomic():
         row = Version.objects.select_for_update().filter(pk=version.pk).first()
         if row is None:  # deleted meanwhile: so are its rendition's files
-            transaction.on_commit(lambda: rendition_delete(*_key(version)))
+            transaction.on_commit(lambda: rendition_delete(*rendition_key(version)))
             return None
         row.raw_state, row.raw_sha256, row.raw_reason = RawState.READY, datamap.sha256, ""
         row.virtual_size = datamap.size
@@ -387,62 +355,3 @@ def _record_failure(version: Version, reason: str) -> Version | None:
     updated.update(raw_state=RawState.FAILED, raw_sha256="", raw_reason=reason)
     row = Version.objects.select_related("image").filter(pk=version.pk).first()
     return row
-
-
-# --- Serving it ----------------------------------------------------------------------
-
-
-def rendition_open(version: Version) -> Representation:
-    """The rendition as a download (raw, seekable); RenditionNotReady/RenditionFailed else."""
-    rendition_check(version)
-    try:
-        stream = open(rendition_path(*_key(version)), "rb")  # noqa: SIM115 - the response closes it
-    except FileNotFoundError:
-        _lost(version)
-    size = os.fstat(stream.fileno()).st_size
-    return Representation(version, stream, size, Compression.NONE, seekable=True)
-
-
-def rendition_map(version: Version) -> DataMap:
-    """The rendition's data map; RenditionNotReady/RenditionFailed while there is none."""
-    rendition_check(version)
-    try:
-        datamap = DataMap.loads(rendition_map_path(*_key(version)).read_bytes())
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        _lost(version)
-    if datamap.sha256 != version.raw_sha256:
-        _lost(version)
-    return datamap
-
-
-@dataclass
-class RenditionDataStream(DataStream):
-    """The data ranges of a rendition: named by the rendition's SHA-256, not the qcow2's."""
-
-    def etag(self) -> str:
-        return f'"{self.version.raw_sha256}.data.none.{self.size}"'
-
-
-def rendition_data_open(version: Version) -> RenditionDataStream:
-    """The bytes of the rendition's data ranges, in order (what agents write)."""
-    datamap = rendition_map(version)
-    try:
-        stream = open(rendition_path(*_key(version)), "rb")  # noqa: SIM115 - the response closes it
-    except FileNotFoundError:
-        _lost(version)
-    pieces = [(start, end - start) for start, end, _ in datamap.ranges]
-    return RenditionDataStream(version, stream, pieces, Compression.NONE)
-
-
-def _lost(version: Version) -> Any:
-    """A rendition whose file or map went missing: made again, and meanwhile not ready."""
-    logger.error("The raw rendition of version %s is missing; making it again", version.pk)
-    Version.objects.filter(pk=version.pk).update(raw_state=RawState.PENDING, raw_sha256="")
-    from catalogue.tasks import version_raw_task
-
-    try:
-        version_raw_task.delay(version.pk)
-    except Exception:  # a broker outage: the periodic sweep queues it later
-        logger.exception("Could not queue the raw rendition of version %s", version.pk)
-    version.raw_state = RawState.PENDING
-    rendition_check(version)

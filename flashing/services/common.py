@@ -1,12 +1,12 @@
 """What the flashing services share: the 409 error, the event log, which images go on disks,
-and sending the pipeline's tasks once the transaction commits."""
+and sending tasks (by reference, after the commit: ``baas_site.tasks.TransactionAwareTask``)."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from django.db import transaction
+from celery import Task
 from django.db.models import Model, QuerySet
 from rest_framework import status
 from rest_framework.exceptions import APIException
@@ -81,23 +81,38 @@ def boot_image_row(deployment: Deployment) -> DeploymentImage | None:
     return rows.select_related("image", "version").first()
 
 
-# --- Firing tasks after commit ------------------------------------------------------
+# --- Sending tasks ----------------------------------------------------------------------
+
+# The time limits of the deployment pipeline's short tasks.
+LIMITS = {"soft_time_limit": 240, "time_limit": 300}
 
 
-def task_send(task_name: str, **kwargs: Any) -> None:
-    """Send a task; a broker outage is logged, not raised: the watchdog catches up."""
-    from flashing import tasks  # tasks import the services: only when a task is sent
-
+def task_send(task: Task, *, queue: str | None = None, **kwargs: Any) -> None:
+    """Send ``task`` with ``kwargs`` (once the transaction commits, if one is open); a broker
+    outage is logged, not raised: the watchdog (or the mounts' reconcile beat) catches up."""
     try:
-        getattr(tasks, task_name).apply_async(kwargs=kwargs)
+        task.apply_async(kwargs=kwargs, queue=queue)
     except Exception:  # the request that committed must not fail for it
-        log.exception("could not send %s(%s); the watchdog will catch up", task_name, kwargs)
+        log.exception("could not send %s(%s); the watchdog will catch up", task.name, kwargs)
 
 
-def on_commit_send(task_name: str, **kwargs: Any) -> None:
-    transaction.on_commit(lambda: task_send(task_name, **kwargs))
+class _Pipeline:
+    """The deployment pipeline's task that starts a machine's next deployment.
+
+    It is declared with the pipeline (``flashing.services.pipeline``), which imports
+    this module, and handed over by ``FlashingConfig.ready()``: the modules below the
+    pipeline (states, the queue) kick a machine without importing it."""
+
+    machine_advance_task: Task | None = None
+
+
+def machine_advance_task_set(task: Task) -> None:
+    _Pipeline.machine_advance_task = task
 
 
 def machine_kick(*, machine_id: int) -> None:
     """After commit, start the machine's next deployment if nothing runs on it."""
-    on_commit_send("machine_advance_task", machine_id=machine_id)
+    task = _Pipeline.machine_advance_task
+    if task is None:
+        raise RuntimeError("flashing.services.pipeline is not loaded (FlashingConfig.ready)")
+    task_send(task, machine_id=machine_id)

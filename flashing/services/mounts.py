@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
@@ -41,6 +42,7 @@ from django.utils import timezone
 from rest_framework.exceptions import APIException
 
 from accounts import rules
+from baas_site.tasks import TransactionAwareTask
 from catalogue.interface import VersionCorrupt, version_digest_ensure, version_store_file
 from catalogue.models import Version
 from flashing import nbd
@@ -53,7 +55,7 @@ from flashing.models import (
     NetworkMount,
     NetworkMountState,
 )
-from flashing.services.common import event_record, lock
+from flashing.services.common import event_record, lock, task_send
 
 log = logging.getLogger(__name__)
 
@@ -124,18 +126,16 @@ def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
 # --- Sending the tasks -------------------------------------------------------------------
 
 
-def _send(task_name: str, **kwargs: Any) -> None:
-    """Send a mount task to the NBD host's queue; a broker outage is left to the beat."""
-    from flashing import tasks
-
-    try:
-        getattr(tasks, task_name).apply_async(kwargs=kwargs, queue=settings.BAAS_NBD_QUEUE or None)
-    except Exception:  # the transaction that committed must not fail for it
-        log.exception("could not send %s(%s); the reconcile beat will catch up", task_name, kwargs)
+# Network mounts decompress and upload whole images: the global (long) limits apply.
+MOUNT_RETRIES = {"bind": True, "max_retries": 4}
+MOUNT_RETRY_SECONDS = 30
 
 
-def _on_commit_send(task_name: str, **kwargs: Any) -> None:
-    transaction.on_commit(lambda: _send(task_name, **kwargs))
+def _send(step: str, **kwargs: Any) -> None:
+    """Send a mount's ``start`` or ``finish`` task to the NBD host's queue (after the commit,
+    if a transaction is open); a broker outage is left to the reconcile beat."""
+    task = network_mount_finish_task if step == "finish" else network_mount_start_task
+    task_send(task, queue=settings.BAAS_NBD_QUEUE or None, **kwargs)
 
 
 def _event(mount: NetworkMount, message: str) -> None:
@@ -190,7 +190,7 @@ def network_mounts_plan(*, deployment: Deployment) -> list[NetworkMount]:
             tls_psk=secrets.token_hex(32) if settings.BAAS_NBD_TLS_PSK else "",
         )
         _event(mount, f"Starting the export for {_label(mount)}: nothing is written to the disk.")
-        _on_commit_send("network_mount_start_task", mount_id=mount.pk)
+        _send("start", mount_id=mount.pk)
         created.append(mount)
     return created
 
@@ -226,7 +226,7 @@ def _begin_end(mount: NetworkMount, why: str) -> None:
     mount.state = ENDING
     mount.save(update_fields=["state", "updated_at"])
     _event(mount, f"{why} Ending {_label(mount)}: its changes become the next version.")
-    _on_commit_send("network_mount_finish_task", mount_id=mount.pk)
+    _send("finish", mount_id=mount.pk)
 
 
 # --- The export (a task, on the NBD host) -----------------------------------------------
@@ -495,7 +495,7 @@ def network_mounts_retry(*, mounts: QuerySet[NetworkMount]) -> int:
     live = list(mounts.filter(state__in=LIVE_MOUNT_STATES).values_list("pk", "state"))
     for pk, state in live:
         step = "finish" if state == ENDING else "start"
-        _send(f"network_mount_{step}_task", mount_id=pk)
+        _send(step, mount_id=pk)
     return len(live)
 
 
@@ -519,10 +519,31 @@ def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
             counts["ended"] += 1
     for mount in NetworkMount.objects.filter(state__in=LIVE_MOUNT_STATES):
         if mount.state == READY:
-            _send("network_mount_start_task", mount_id=mount.pk)  # restarts a dead server
+            _send("start", mount_id=mount.pk)  # restarts a dead server
             counts["checked"] += 1
         elif now - mount.updated_at > _backoff(mount.attempts):
             step = "finish" if mount.state == ENDING else "start"
-            _send(f"network_mount_{step}_task", mount_id=mount.pk)
+            _send(step, mount_id=mount.pk)
             counts["resent"] += 1
     return counts
+
+
+# --- Its tasks (on the NBD host; declared here, where they are sent) -------------------------
+
+
+@shared_task(name="flashing.network_mount_start", base=TransactionAwareTask, **MOUNT_RETRIES)
+def network_mount_start_task(self, mount_id: int) -> str:
+    """Serve a network mount over NBD, or serve it again if its server died; retried on failure."""
+    outcome = network_mount_start(mount_id=mount_id)
+    if outcome == "failed" and self.request.retries < self.max_retries:
+        raise self.retry(countdown=MOUNT_RETRY_SECONDS)
+    return outcome
+
+
+@shared_task(name="flashing.network_mount_finish", base=TransactionAwareTask, **MOUNT_RETRIES)
+def network_mount_finish_task(self, mount_id: int) -> str:
+    """Stop a network mount's export and store its changes as the next version; retried."""
+    outcome = network_mount_finish(mount_id=mount_id)
+    if outcome in ("failed", "busy") and self.request.retries < self.max_retries:
+        raise self.retry(countdown=MOUNT_RETRY_SECONDS)
+    return outcome

@@ -18,11 +18,13 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from baas_site.tasks import TransactionAwareTask
 from catalogue.interface import (
     RenditionFailed,
     VersionCorrupt,
@@ -39,12 +41,12 @@ from flashing.models import (
 )
 from flashing.power import BootParams, PowerError, driver_for
 from flashing.services.common import (
+    LIMITS,
     boot_image_row,
     event_record,
     lock,
     lock_machine,
     machine_kick,
-    on_commit_send,
     task_send,
 )
 from flashing.services.deployments import deployment_plan_sync
@@ -114,7 +116,7 @@ def machine_start_next(*, machine_id: int) -> Deployment | None:
         message=f"Attempt 1 of {attempts_allowed()}: booting {machine.name} into the "
         f"management OS ({machine.power_driver} power driver).",
     )
-    on_commit_send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
+    task_send(deployment_power_task, deployment_id=deployment.pk, attempt=deployment.attempt)
     return deployment
 
 
@@ -309,7 +311,7 @@ def deployment_retry_or_fail(*, deployment_id: int, attempt: int, reason: str) -
         message=f"Attempt {attempt} failed: {reason}. Attempt {deployment.attempt} of "
         f"{attempts_allowed()}: booting the management OS again.",
     )
-    on_commit_send("deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt)
+    task_send(deployment_power_task, deployment_id=deployment.pk, attempt=deployment.attempt)
     return "retried"
 
 
@@ -351,7 +353,7 @@ def _watch_running(now: datetime) -> dict[str, int]:
         ):
             # Its power task was lost (a worker crash, a broker outage): send it again.
             task_send(
-                "deployment_power_task", deployment_id=deployment.pk, attempt=deployment.attempt
+                deployment_power_task, deployment_id=deployment.pk, attempt=deployment.attempt
             )
             counts["repowered"] += 1
     return counts
@@ -372,3 +374,18 @@ def deployments_watchdog(*, now: datetime | None = None) -> dict[str, int]:
         1 for machine_id in list(waiting) if machine_start_next(machine_id=machine_id)
     )
     return counts
+
+
+# --- Its tasks (declared here, where they are sent; ``flashing.tasks`` names them) ----------
+
+
+@shared_task(name="flashing.machine_advance", base=TransactionAwareTask, **LIMITS)
+def machine_advance_task(machine_id: int) -> str:
+    """Start the machine's next deployment, or boot it into its system when idle."""
+    return machine_advance(machine_id=machine_id)
+
+
+@shared_task(name="flashing.deployment_power", base=TransactionAwareTask, **LIMITS)
+def deployment_power_task(deployment_id: int, attempt: int) -> str:
+    """Power the machine into the management OS for ``attempt`` (at most once per attempt)."""
+    return deployment_power(deployment_id=deployment_id, attempt=attempt)

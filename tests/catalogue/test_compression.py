@@ -18,15 +18,14 @@ import zstandard
 from catalogue.models import Compression, Version
 from catalogue.services.compression import (
     VersionCorrupt,
-    compression_schedule_for_image,
-    compression_schedule_for_version,
     encoder_for,
     needs_frames,
     version_compress,
 )
-from catalogue.services.datamaps import version_map
+from catalogue.services.datamaps import version_map, version_map_build
+from catalogue.services.pipeline import image_process, version_process
 from catalogue.storage import MAP_SUFFIX, get_storage
-from catalogue.tasks import version_compress_task
+from catalogue.tasks import version_advance_task
 from diskimage.datamap import empty_map
 from diskimage.seekable import FramedZstdEncoder, read_seek_table, zeros_in_frames
 from tests.catalogue.factories import ImageFactory, VersionFactory
@@ -248,9 +247,10 @@ def decode_stream(response) -> bytes:
 @pytest.mark.django_db
 def test_a_version_already_stored_right_is_not_scheduled(django_capture_on_commit_callbacks):
     version = make_version(Compression.NONE)
+    version_map_build(version_id=version.pk)  # (else it owes its map)
 
     with django_capture_on_commit_callbacks() as callbacks:
-        scheduled = compression_schedule_for_version(version)
+        scheduled = version_process(version.pk)
 
     assert not scheduled
     assert callbacks == []
@@ -261,20 +261,20 @@ def test_scheduling_waits_for_the_commit(django_capture_on_commit_callbacks):
     version = make_version(Compression.ZSTD)
 
     with django_capture_on_commit_callbacks() as callbacks:
-        assert compression_schedule_for_version(version)
-        compression_schedule_for_image(version.image)
+        assert version_process(version.pk)
+        image_process(version.image)
 
     assert len(callbacks) == 2  # sent only once the row is visible to a worker
 
 
 @pytest.mark.django_db
-def test_the_task_compresses_and_reports_what_it_did():
+def test_the_task_maps_then_compresses_one_step_a_run_then_does_nothing():
     version = make_version(Compression.ZSTD)
 
-    first = version_compress_task.apply(args=[version.pk]).get()
-    second = version_compress_task.apply(args=[version.pk]).get()
+    runs = [version_advance_task.apply(args=[version.pk]).get() for _ in range(3)]
 
-    assert (first, second) == ("zstd (changed)", "zstd")
+    assert runs == ["map: mapped", "compress: ready", "nothing: ready"]
+    assert stored_as(version, Compression.ZSTD) and not needs_frames(version)  # in frames, once
 
 
 # --- A real worker on Redis ------------------------------------------------------------
@@ -315,7 +315,7 @@ def test_the_worker_compresses_a_new_version_while_a_download_runs(
     early = open_download(live_server, user, f"/api/image/{image.uuid}/0")
     head = early.read(65536)
 
-    assert compression_schedule_for_version(version)
+    assert version_process(version.pk)
 
     def framed() -> bool:  # compressed; then, its map built, laid out in frames (rewritten)
         return stored_as(version, Compression.ZSTD) and (
@@ -342,7 +342,7 @@ def test_the_worker_recompresses_every_version_when_the_image_changes(celery_wor
     image.compression = Compression.GZIP
     image.save()
 
-    compression_schedule_for_image(image)
+    image_process(image)
     wait_for(lambda: all(stored_as(v, Compression.GZIP) for v in versions), what="recompression")
 
     for n, version in enumerate(versions):
@@ -375,7 +375,7 @@ def test_a_zstd_image_is_created_with_version_0_in_frames_and_no_job(
     assert response.json()["versions"][0]["size"] == settings.BAAS_NEW_IMAGE_SIZE
     version = Version.objects.get(image_id=response.json()["uuid"], number=0)
     assert version.stored_compression == Compression.ZSTD
-    assert not compression_schedule_for_version(version)  # nothing left for a worker
+    assert not version_process(version.pk)  # nothing left for a worker
     assert callbacks == []
     path = path_of(version, Compression.ZSTD)
     assert path.stat().st_size < 300 * 1024  # 2 GiB of zeros

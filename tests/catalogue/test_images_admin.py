@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from catalogue.models import Image, ImageType, Version
+from catalogue.services.datamaps import version_map_build
 from catalogue.storage import get_storage
 from tests.catalogue.factories import ImageFactory, ImageFrozenFactory, VersionFactory
 from tests.conftest import version_files
@@ -33,6 +34,16 @@ def test_lists_and_change_pages_open_and_show_checksums(admin_web, user):
     page = admin_web.get(f"/admin/catalogue/image/{version.image.uuid}/change/").content.decode()
     assert version.sha256 in page
     assert 'name="versions-0-sha256"' not in page  # shown, not editable
+
+
+def test_a_versions_page_shows_where_its_processing_stands(admin_web, user):
+    version = VersionFactory(image=ImageFactory(owner=user), number=1)
+    url = f"/admin/catalogue/version/{version.pk}/change/"
+    assert "digested" in admin_web.get(url).content.decode()  # no data map yet
+    version_map_build(version_id=version.pk)
+    assert ">ready<" in admin_web.get(url).content.decode()
+    Version.objects.filter(pk=version.pk).update(damaged="Its file does not decode.")
+    assert "damaged: Its file does not decode." in admin_web.get(url).content.decode()
 
 
 def test_adding_an_image_in_the_admin_stores_its_empty_version_zero(admin_web, user):

@@ -16,7 +16,8 @@ import pytest
 import redis
 
 from catalogue.models import Compression, Version
-from catalogue.services.processing import storage_audit, versions_processing_sweep
+from catalogue.services.pipeline import versions_processing_sweep
+from catalogue.services.processing import storage_audit
 from catalogue.storage import PART_SUFFIX, get_storage
 from catalogue.tasks import purge_stale_uploads_task
 from tests.catalogue.factories import ImageFactory

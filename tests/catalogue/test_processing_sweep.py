@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from catalogue.models import Version
 from catalogue.services.datamaps import version_map_build
-from catalogue.services.processing import versions_processing_sweep
+from catalogue.services.pipeline import versions_processing_sweep
 from tests.catalogue.factories import ImageFactory, VersionFactory
 from tests.celery_worker import ROOT
 

@@ -20,11 +20,8 @@ import zstandard
 from catalogue.models import Compression, Version
 from catalogue.services.compression import VersionCorrupt, version_compress
 from catalogue.services.datamaps import version_map
-from catalogue.services.digests import (
-    version_digest_complete,
-    version_digest_ensure,
-    versions_digest_missing,
-)
+from catalogue.services.digests import version_digest_complete, version_digest_ensure
+from catalogue.services.pipeline import version_state, versions_processing_sweep
 from catalogue.storage import get_storage
 from diskimage import BLOCK
 from tests.catalogue.factories import ImageFactory
@@ -242,7 +239,9 @@ def test_ensure_computes_it_on_the_spot(user_client, image, django_capture_on_co
     assert version.sha256 == sha(data)
 
 
-def test_a_file_changed_on_disk_before_the_job_is_shown_damaged(user_client, image, signed_in):
+def test_a_file_changed_on_disk_before_the_job_is_shown_damaged(
+    user_client, image, signed_in, settings
+):
     data = disk_image()
     post_raw(user_client, image, data)
     version = Version.objects.get(image=image, number=1)
@@ -263,15 +262,20 @@ def test_a_file_changed_on_disk_before_the_job_is_shown_damaged(user_client, ima
     (shown,) = [v for v in listed if v["number"] == 1]
     assert shown["sha256"] is None
     assert "no longer holds the data its upload sent" in shown["damaged"]
-    assert versions_digest_missing() == []  # its file will not get better: not hashed again
+    assert version_state(version) == "damaged"
+    settings.BAAS_JOB_LOST_SECONDS = 0  # its job counts as lost at once
+    assert versions_processing_sweep()["resent"] == []  # its file will not get better
     page = signed_in.get(f"/images/{image.uuid}/")
     assert "Damaged: " in page.content.decode()
 
 
-def test_the_beat_job_queues_the_versions_still_without_a_digest(user_client, image):
+def test_the_sweep_sends_again_the_versions_whose_digest_job_was_lost(user_client, image, settings):
     post_raw(user_client, image, disk_image())
     version = Version.objects.get(image=image, number=1)
-    assert versions_digest_missing() == [version.pk]
+    assert version_state(version) == "received"
+    assert versions_processing_sweep()["resent"] == []  # sent with the upload: awaited
+    settings.BAAS_JOB_LOST_SECONDS = 0  # now long lost
+    assert versions_processing_sweep()["resent"] == [version.pk]
 
 
 # --- Through a real worker -------------------------------------------------------------

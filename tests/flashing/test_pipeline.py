@@ -109,7 +109,9 @@ def test_the_watchdog_starts_queued_deployments_whose_start_was_lost(user_client
     assert deployment.state == "booting"
 
 
-def test_the_watchdog_powers_an_attempt_whose_power_task_was_lost(user_client, user, machine):
+def test_the_watchdog_powers_an_attempt_whose_power_task_was_lost(
+    user_client, user, machine, django_capture_on_commit_callbacks
+):
     from baas_site.celery import app
 
     (deployment,) = queued(user_client, machine, user)
@@ -118,7 +120,9 @@ def test_the_watchdog_powers_an_attempt_whose_power_task_was_lost(user_client, u
     app.conf.task_always_eager = True
     try:
         later = timezone.now() + timedelta(seconds=31)
-        assert deployments_watchdog(now=later)["repowered"] == 1
+        # (beat runs it outside a transaction: its send leaves at once, as after this commit)
+        with django_capture_on_commit_callbacks(execute=True):
+            assert deployments_watchdog(now=later)["repowered"] == 1
     finally:
         app.conf.task_always_eager = False
     assert machine.env_file.exists()  # the power command ran

@@ -23,9 +23,9 @@ from catalogue.exceptions import BadUpload, InsufficientStorage
 from catalogue.models import FileStandard, Image, ImageType, Version
 from catalogue.services.bootfiles import BootImageError, boot_files_extract
 from catalogue.services.datamaps import version_map_store
-from catalogue.services.digests import version_digest_ensure, version_digest_schedule
+from catalogue.services.digests import version_digest_ensure
 from catalogue.services.lifecycle import versions_prune_schedule
-from catalogue.services.renditions import rendition_schedule
+from catalogue.services.pipeline import version_received
 from catalogue.services.uploads.receiver import ReceivedUpload, VersionReceiver
 from catalogue.services.uploads.stages import storage_call
 from catalogue.storage import StoredFile, get_storage, is_disk_full
@@ -179,12 +179,6 @@ def _version_row(
         sha256=received.sha256,
         encoding=received.encoding,
     )
-    from catalogue.services.compression import compression_schedule_for_version
-
-    # A compression job computes a large upload's SHA-256 in its own pass over the bytes;
-    # without one to run, the digest job does.
-    if not compression_schedule_for_version(version) and not version.sha256:
-        version_digest_schedule(version)
+    version_received(version)  # what it owes (SHA-256, map, compression, raw disk): after commit
     versions_prune_schedule(image)
-    rendition_schedule(version)  # a qcow2 version: the raw disk agents write
     return version
