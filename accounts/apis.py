@@ -12,8 +12,9 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import logins, rules, scopes, selectors, services
+from accounts import logins, scopes, selectors, services
 from accounts.models import AccessToken, Role, User, username_validator
+from accounts.permissions import IsAdministrator
 
 
 class UserOutputSerializer(serializers.ModelSerializer):
@@ -97,7 +98,7 @@ class UserUpdateInputSerializer(serializers.Serializer):
 
 
 class UserCreateApi(APIView):
-    permission_classes = [rules.IsAdministrator]
+    permission_classes = [IsAdministrator]
     account_administration = True  # a token needs the admin scope (accounts.scopes)
 
     @extend_schema(request=UserCreateInputSerializer, responses={201: UserOutputSerializer})

@@ -20,8 +20,8 @@ from django.conf import settings
 from django.contrib.auth import authenticate
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from rest_framework import status
-from rest_framework.exceptions import APIException
+
+from accounts.exceptions import LoginLocked
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -80,17 +80,6 @@ def _retry_after() -> int:
     return math.ceil(cool_off().total_seconds())
 
 
-class LoginLocked(APIException):
-    """429 for the API: a lock-out, with the wait in words and in ``Retry-After``."""
-
-    status_code = status.HTTP_429_TOO_MANY_REQUESTS
-    default_code = "locked_out"
-
-    def __init__(self) -> None:
-        super().__init__(lockout_message())
-        self.wait = _retry_after()
-
-
 def lockout_response(
     request: HttpRequest, original_response: Any = None, credentials: Any = None
 ) -> HttpResponse:
@@ -120,5 +109,5 @@ def password_check(*, request: Any, username: str, password: str) -> Any | None:
     # Even while locked out: axes counts the attempt, which starts the wait again.
     user = authenticate(request, username=username, password=password)
     if locked:
-        raise LoginLocked()
+        raise LoginLocked(lockout_message(), _retry_after())
     return user

@@ -16,7 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from accounts.models import User
+    from accounts.rules import Actor
 
 
 @dataclass(frozen=True)
@@ -43,12 +47,12 @@ def register(
     _registry[label] = Owner(label=label, owned=owned, release=release, transfer=transfer)
 
 
-def owned(user: Any) -> list[str]:
+def owned(user: User) -> list[str]:
     """A plain line for everything ``user`` owns or holds, app by app."""
     return [line for owner in _registry.values() for line in owner.owned(user)]
 
 
-def hand_over(*, actor: Any, user: Any, to: Any) -> None:
+def hand_over(*, actor: Actor | None, user: User, to: User) -> None:
     """End what ``user`` holds, then hand what they own to ``to``. Caller holds a transaction."""
     for owner in _registry.values():
         owner.release(actor, user)

@@ -7,8 +7,8 @@
 
 A scope never widens what the user's role allows. Sessions (the dashboard, the
 admin) are not limited by scopes. API views that administer accounts say so with
-``account_administration = True``; ``rules.TokenScopes`` (a default DRF
-permission, and the base of every permission class in ``accounts.rules``) checks
+``account_administration = True``; ``permissions.TokenScopes`` (a default DRF
+permission, and the base of every permission class in ``accounts.permissions``) checks
 each request with ``request_allowed``: that is the only place scopes are enforced.
 """
 

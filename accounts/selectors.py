@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import QuerySet
-from django.http import Http404
-from rest_framework.exceptions import ValidationError
 
 from accounts import rules
+from accounts.exceptions import InvalidInput, TokenNotFound, UserNotFound
 from accounts.models import AccessToken, User, username_validator
+from accounts.rules import Actor
 
 
 def username_check(username: str) -> str:
@@ -18,7 +16,7 @@ def username_check(username: str) -> str:
     try:
         username_validator(username)
     except DjangoValidationError as exc:
-        raise ValidationError({"username": exc.messages}) from exc
+        raise InvalidInput({"username": exc.messages}) from exc
     return username
 
 
@@ -26,14 +24,14 @@ def user_list() -> QuerySet[User]:
     return User.objects.filter(is_active=True).order_by("username")
 
 
-def user_get_managed(*, actor: Any, username: str) -> User:
+def user_get_managed(*, actor: Actor, username: str) -> User:
     """The user named ``username`` if ``actor`` may manage them; 404 otherwise.
 
     404 rather than 403, so nobody learns more than the public user list says.
     """
     user = User.objects.filter(username=username_check(username)).first()
     if user is None or not rules.can_manage_user(actor, user):
-        raise Http404("No such user, or not yours to manage.")
+        raise UserNotFound()
     return user
 
 
@@ -41,7 +39,7 @@ def user_get_heir(*, username: str) -> User:
     """The active administrator named ``username``, to hand a deleted user's things to; 400."""
     user = User.objects.filter(username=username, is_active=True).first()
     if user is None or not rules.is_administrator(user):
-        raise ValidationError({"transfer_to": [f"{username!r} is not an active administrator."]})
+        raise InvalidInput({"transfer_to": [f"{username!r} is not an active administrator."]})
     return user
 
 
@@ -52,5 +50,5 @@ def token_list(*, user: User) -> QuerySet[AccessToken]:
 def token_get(*, user: User, token_id: int) -> AccessToken:
     token = AccessToken.objects.filter(user=user, pk=token_id).first()
     if token is None:
-        raise Http404("No such token.")
+        raise TokenNotFound()
     return token

@@ -11,30 +11,14 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import Model, ProtectedError, RestrictedError
-from rest_framework import status
-from rest_framework.exceptions import APIException, PermissionDenied, ValidationError
 
 from accounts import logins, ownership, rules, scopes
+from accounts.exceptions import InvalidInput, NotAllowed, UserNotFound, UserOwnsThings
 from accounts.models import AccessToken, AuditEvent, Role, User, token_digest
+from accounts.rules import Actor
 
 
-class UserOwnsThings(APIException):
-    """409: a user who still owns or holds something is not deleted; ``owns`` lists it."""
-
-    status_code = status.HTTP_409_CONFLICT
-    default_code = "user_owns_things"
-
-    def __init__(self, user: User, owns: list[str]) -> None:
-        message = (
-            f"{user.username} still owns or holds: {'; '.join(owns)}. Delete or hand these "
-            "over first, or let an administrator delete the user with "
-            "?transfer_to=<administrator's username> to hand them all to that administrator "
-            "(a held lease is ended and its machine reset)."
-        )
-        super().__init__({"detail": message, "owns": owns})
-
-
-def audit_record(*, actor: Any, action: str, target: Model, **data: Any) -> AuditEvent:
+def audit_record(*, actor: Actor, action: str, target: Model, **data: Any) -> AuditEvent:
     """Record that ``actor`` did ``action`` to ``target``."""
     return AuditEvent.objects.create(
         actor=actor if getattr(actor, "pk", None) else None,
@@ -51,20 +35,31 @@ def password_check(password: str, user: User) -> None:
     try:
         validate_password(password, user)
     except DjangoValidationError as exc:
-        raise ValidationError({"password": exc.messages}) from exc
+        raise InvalidInput({"password": exc.messages}) from exc
+
+
+def _check_manages(actor: Actor | None, user: User) -> None:
+    """``actor`` manages ``user`` (themselves, or an administrator); the selectors' 404 if not."""
+    if not (rules.is_baas(actor) or rules.can_manage_user(actor, user)):
+        raise UserNotFound()
 
 
 @transaction.atomic
 def user_create(
     *,
-    actor: Any,
+    actor: Actor | None,
     username: str,
     email: str,
     display_name: str = "",
     role: str = Role.USER,
     password: str | None = None,
 ) -> User:
-    """Create a user; without a password they cannot sign in until one is set."""
+    """Create a user; without a password they cannot sign in until one is set.
+
+    ``NotAllowed`` unless ``actor`` is an administrator (or BAAS itself, ``None``).
+    """
+    if not (rules.is_baas(actor) or rules.can_create_user(actor)):
+        raise NotAllowed("Only administrators may do this.")
     user = User(username=username, email=email, display_name=display_name, role=role)
     if password:
         password_check(password, user)
@@ -79,7 +74,7 @@ def user_create(
 
 def user_update(
     *,
-    actor: Any,
+    actor: Actor,
     user: User,
     request: Any = None,
     current_password: str | None = None,
@@ -92,8 +87,9 @@ def user_update(
     sign-in lock-out, with ``request``) unless an administrator changes another
     user. A new password ends every session of the user (Django's session hash)
     and, with ``revoke_tokens`` (the default), deletes all their tokens, the one
-    making this request included.
+    making this request included. ``UserNotFound`` unless ``actor`` manages ``user``.
     """
+    _check_manages(actor, user)
     if fields.get("password") or _email_changes(user, fields):
         # Outside the transaction below: a wrong guess must stay counted when it rolls back.
         _current_password_check(actor, user, request, current_password)
@@ -101,7 +97,7 @@ def user_update(
 
 
 @transaction.atomic
-def _user_update_apply(*, actor: Any, user: User, revoke_tokens: bool, **fields: Any) -> User:
+def _user_update_apply(*, actor: Actor, user: User, revoke_tokens: bool, **fields: Any) -> User:
     password = fields.pop("password", None)
     if password:
         password_check(password, user)
@@ -114,7 +110,7 @@ def _user_update_apply(*, actor: Any, user: User, revoke_tokens: bool, **fields:
     new_role = fields.pop("role", None)
     if new_role is not None and new_role != user.role:
         if not rules.can_change_role(actor):
-            raise PermissionDenied("Only administrators change roles.")
+            raise NotAllowed("Only administrators change roles.")
         audit_record(actor=actor, action="user.role", target=user, old=user.role, new=new_role)
         user.role = new_role
     _quota_change(actor, user, fields)
@@ -131,13 +127,13 @@ def _email_changes(user: User, fields: dict[str, Any]) -> bool:
 
 
 def _current_password_check(
-    actor: Any, user: User, request: Any, current_password: str | None
+    actor: Actor, user: User, request: Any, current_password: str | None
 ) -> None:
     """400 unless ``current_password`` is ``user``'s, or an administrator changes another user."""
     if not rules.needs_current_password(actor, user):
         return
     if not current_password:
-        raise ValidationError(
+        raise InvalidInput(
             {"current_password": ["Give the current password to change the password or email."]}
         )
     if request is None:
@@ -148,10 +144,10 @@ def _current_password_check(
         )
         right = checked is not None and checked.pk == user.pk
     if not right:
-        raise ValidationError({"current_password": ["The current password is not right."]})
+        raise InvalidInput({"current_password": ["The current password is not right."]})
 
 
-def _quota_change(actor: Any, user: User, fields: dict[str, Any]) -> None:
+def _quota_change(actor: Actor, user: User, fields: dict[str, Any]) -> None:
     """Only administrators set storage quotas; each change is recorded."""
     if "storage_quota" not in fields:
         return
@@ -159,19 +155,21 @@ def _quota_change(actor: Any, user: User, fields: dict[str, Any]) -> None:
     if new == user.storage_quota:
         return
     if not rules.is_administrator(actor):
-        raise PermissionDenied("Only administrators set storage quotas.")
+        raise NotAllowed("Only administrators set storage quotas.")
     audit_record(actor=actor, action="user.quota", target=user, old=user.storage_quota, new=new)
     user.storage_quota = new
 
 
 @transaction.atomic
-def user_delete(*, actor: Any, user: User, transfer_to: User | None = None) -> None:
+def user_delete(*, actor: Actor, user: User, transfer_to: User | None = None) -> None:
     """Delete ``user``; 409 (``UserOwnsThings``) while they own or hold anything.
 
     With ``transfer_to`` (an administrator asking, naming an active administrator
     other than ``user``), their leases end first (deployments cancelled, reset
     queued) and their images, setups and deployments go to ``transfer_to``.
+    ``UserNotFound`` unless ``actor`` manages ``user``.
     """
+    _check_manages(actor, user)
     if transfer_to is not None:
         _heir_check(actor, user, transfer_to)
         ownership.hand_over(actor=actor, user=user, to=transfer_to)
@@ -188,18 +186,18 @@ def user_delete(*, actor: Any, user: User, transfer_to: User | None = None) -> N
         raise UserOwnsThings(user, [f"{k} (kept by the system)" for k in kinds]) from exc
 
 
-def _heir_check(actor: Any, user: User, heir: User) -> None:
+def _heir_check(actor: Actor, user: User, heir: User) -> None:
     if not rules.can_hand_over(actor):
-        raise PermissionDenied("Only administrators hand a user's things over.")
+        raise NotAllowed("Only administrators hand a user's things over.")
     if heir.pk == user.pk or not rules.is_administrator(heir):
-        raise ValidationError(
+        raise InvalidInput(
             {"transfer_to": ["Name an active administrator other than the user being deleted."]}
         )
 
 
 def token_create(
     *,
-    actor: Any,
+    actor: Actor,
     user: User,
     name: str,
     expires_at: datetime | None = None,
@@ -210,13 +208,15 @@ def token_create(
 
     ``via_token``: the token making the request, if one is; it creates tokens only
     with scopes it has itself (403 otherwise). Scopes default to read and write.
+    ``UserNotFound`` unless ``actor`` manages ``user``.
     """
+    _check_manages(actor, user)
     try:
         chosen = scopes.normalize(scopes_wanted)
     except DjangoValidationError as exc:
-        raise ValidationError({"scopes": exc.messages}) from exc
+        raise InvalidInput({"scopes": exc.messages}) from exc
     if via_token is not None and not set(chosen) <= set(via_token.scope_list):
-        raise PermissionDenied(
+        raise NotAllowed(
             "A token creates tokens only with scopes it has itself; this one has: "
             f"{', '.join(via_token.scope_list)}."
         )
@@ -233,12 +233,14 @@ def token_create(
     return token, secret
 
 
-def token_revoke(*, actor: Any, token: AccessToken) -> None:
+def token_revoke(*, actor: Actor, token: AccessToken) -> None:
+    """Delete ``token``; ``UserNotFound`` unless ``actor`` manages its user."""
+    _check_manages(actor, token.user)
     audit_record(actor=actor, action="token.revoke", target=token, name=token.name)
     token.delete()
 
 
-def tokens_revoke_all(*, actor: Any, user: User, why: str) -> int:
+def tokens_revoke_all(*, actor: Actor, user: User, why: str) -> int:
     """Delete every token of ``user``; returns how many."""
     deleted, _ = AccessToken.objects.filter(user=user).delete()
     if deleted:

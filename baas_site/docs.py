@@ -18,7 +18,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from rest_framework import exceptions
 from rest_framework.request import Request
 
-from accounts.rules import TokenScopes
+from accounts.permissions import TokenScopes
 
 
 class DocsAccess(TokenScopes):

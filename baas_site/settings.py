@@ -83,6 +83,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "baas_site.errors.DomainErrorMiddleware",  # innermost: a page's domain error as 404/403
 ]
 
 ROOT_URLCONF = "baas_site.urls"
@@ -210,7 +211,7 @@ REST_FRAMEWORK = {
     ],
     # First: a personal access token acts only within its scopes (accounts.scopes).
     "DEFAULT_PERMISSION_CLASSES": [
-        "accounts.rules.TokenScopes",
+        "accounts.permissions.TokenScopes",
         "rest_framework.permissions.IsAuthenticated",
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -20,13 +20,13 @@ from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.shortcuts import redirect
 from django.template.defaultfilters import filesizeformat
-from rest_framework.exceptions import APIException
 
-from accounts import rules
 from accounts.models import Role, User
 from accounts.services import audit_record
 from baas_site.admin import AdministratorsOnly
 from baas_site.errors import error_text
+from baas_site.exceptions import DomainError
+from catalogue import rules
 from catalogue.models import Image, ImageFrozen, ImageSetup, ImageType, Mount, Version
 from catalogue.services import images as image_services
 from catalogue.services.pipeline import image_process, version_state
@@ -207,7 +207,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
     def delete_view(self, request, object_id, extra_context=None):
         try:
             return super().delete_view(request, object_id, extra_context)
-        except APIException as exc:
+        except DomainError as exc:
             self.message_user(request, error_text(exc), messages.ERROR)
             return redirect("admin:catalogue_image_change", object_id)
 
@@ -218,7 +218,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
             try:
                 image_services.image_delete(actor=request.user, image=image)
                 deleted += 1
-            except APIException as exc:
+            except DomainError as exc:
                 self.message_user(request, error_text(exc), messages.ERROR)
         if deleted:
             self.message_user(request, f"Deleted {deleted} image(s).", messages.SUCCESS)

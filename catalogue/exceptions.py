@@ -1,23 +1,70 @@
-"""API errors of the image catalogue, each with its HTTP status and a message to act on."""
+"""The catalogue's domain errors, each a kind of ``baas_site.exceptions``.
+
+Services and selectors raise them; ``baas_site.errors`` alone says what each
+kind answers over HTTP and how a page shows it.
+"""
 
 from __future__ import annotations
 
-from rest_framework import status
-from rest_framework.exceptions import APIException
+from baas_site.exceptions import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StorageFull,
+    TooLarge,
+    Unusable,
+)
+from baas_site.exceptions import (
+    LengthRequired as _LengthRequired,
+)
 
 
-class ImageConflict(APIException):
+class ImageNotFound(NotFound):
+    """No such image, or not the actor's to read."""
+
+    default_detail = "No such image."
+
+
+class VersionNotFound(NotFound):
+    """No such version of an image the actor may read."""
+
+    default_detail = "No such version."
+
+
+class SetupNotFound(NotFound):
+    """No such setup, or not the actor's to see."""
+
+    default_detail = "No such setup."
+
+
+class NotYours(Forbidden):
+    """The actor may read the image or setup but not do this to it."""
+
+    default_detail = "You may not do this."
+
+
+class InvalidInput(Invalid):
+    """A field or value of a request about images or setups is wrong."""
+
+
+class ImageConflict(Conflict):
     """The request contradicts the image's state (e.g. it is pinned in a setup)."""
 
-    status_code = status.HTTP_409_CONFLICT
     default_detail = "This conflicts with the image's current state."
     default_code = "conflict"
 
 
-class BadUpload(APIException):
+class SetupConflict(Conflict):
+    """The request contradicts a setup's state (it is in use, its name is taken, …)."""
+
+    default_detail = "This conflicts with the current state."
+    default_code = "conflict"
+
+
+class BadUpload(Unusable):
     """The uploaded bytes are wrong: not the image's format, corrupt, cut short, or mismatched."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
     default_detail = "The upload was refused."
     default_code = "bad_upload"
 
@@ -29,19 +76,16 @@ class ClientDisconnected(BadUpload):
     default_code = "incomplete_upload"
 
 
-class UploadTooLarge(APIException):
-    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+class UploadTooLarge(TooLarge):
     default_detail = "The image is larger than this server accepts."
     default_code = "too_large"
 
 
-class InsufficientStorage(APIException):
-    status_code = status.HTTP_507_INSUFFICIENT_STORAGE
+class InsufficientStorage(StorageFull):
     default_detail = "The image store is full; nothing was stored. Ask an administrator."
     default_code = "storage_full"
 
 
-class LengthRequired(APIException):
-    status_code = status.HTTP_411_LENGTH_REQUIRED
+class LengthRequired(_LengthRequired):
     default_detail = "Send the upload with a Content-Length (or chunked through gunicorn)."
     default_code = "length_required"

@@ -2,7 +2,7 @@
 
 Forms only parse input: each field calls the model's own validators
 (``validate_image_name``, ``validate_target_disk``), and every rule about who
-may do what stays in ``accounts.rules`` and the services, whose errors
+may do what stays in ``catalogue.rules`` and the services, whose errors
 ``add_service_errors`` puts back on the form.
 """
 
@@ -14,10 +14,11 @@ from typing import Any
 
 from django import forms
 from django.template.defaultfilters import filesizeformat
-from rest_framework.exceptions import APIException
 
-from accounts import rules
+from accounts.rules import Actor
 from baas_site.errors import error_messages
+from baas_site.exceptions import DomainError
+from catalogue import rules
 from catalogue.models import (
     MOUNT_HELP,
     Compression,
@@ -33,8 +34,8 @@ from catalogue.models import (
 ANY = [("", "Any type")]
 
 
-def add_service_errors(form: forms.Form, exc: APIException) -> None:
-    """Show a service's refusal (DRF ValidationError, PermissionDenied, 409) on ``form``."""
+def add_service_errors(form: forms.Form, exc: DomainError) -> None:
+    """Show a service's refusal (invalid input, not allowed, a conflict) on ``form``."""
     detail = exc.detail
     if not isinstance(detail, dict):
         form.add_error(None, error_messages(detail))
@@ -73,7 +74,7 @@ class ImageMetadataForm(forms.Form):
     )
     description = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 3}))
 
-    def __init__(self, *args: Any, user: Any, current_type: str | None = None, **kwargs: Any):
+    def __init__(self, *args: Any, user: Actor, current_type: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.fields["type"].choices = [
             (value, label)
@@ -82,7 +83,7 @@ class ImageMetadataForm(forms.Form):
         ]
 
     @staticmethod
-    def _may_choose(user: Any, current_type: str | None, value: str) -> bool:
+    def _may_choose(user: Actor, current_type: str | None, value: str) -> bool:
         if current_type is None:
             return rules.can_create_image(user, value)
         return rules.can_change_image_type(user, current_type, value)

@@ -21,7 +21,11 @@ Versions, before a machine gets them:
 What a machine sends back: :func:`version_store_file` stores a file (a network
 mount's merged image) as the image's next version, as an upload would.
 
-Setups: :func:`setup_get_usable` — a setup a user may flash, or None.
+Setups: :func:`setup_get_usable` — a setup a user may flash, or None;
+:func:`setup_list_usable` — every setup a user may flash.
+
+Who may do what with images and setups (``catalogue.rules``), for the app's own
+checks: :func:`can_read_image`, :func:`can_write_image`, :func:`can_use_setup`.
 
 What the app holds of images, versions and setups, so the catalogue does not
 delete them: :func:`holder_register` with a :class:`Holder` (``catalogue.holders``).
@@ -32,9 +36,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from django.db.models import QuerySet
+
+from accounts.rules import Actor
 from catalogue.holders import Holder
 from catalogue.holders import register as holder_register
 from catalogue.models import Image, ImageSetup, Version
+from catalogue.rules import can_read_image, can_use_setup, can_write_image
 from catalogue.selectors import setups as _setups
 from catalogue.services import bootfiles as _bootfiles
 from catalogue.services import digests as _digests
@@ -53,8 +61,12 @@ __all__ = [
     "Holder",
     "RenditionFailed",
     "VersionCorrupt",
+    "can_read_image",
+    "can_use_setup",
+    "can_write_image",
     "holder_register",
     "setup_get_usable",
+    "setup_list_usable",
     "version_boot_files",
     "version_copy_raw",
     "version_digest_ensure",
@@ -108,6 +120,11 @@ def version_store_file(
     )
 
 
-def setup_get_usable(*, user: Any, setup_uuid: Any) -> ImageSetup | None:
+def setup_get_usable(*, user: Actor, setup_uuid: Any) -> ImageSetup | None:
     """A setup ``user`` may flash, or None (not found, or not theirs to use)."""
     return _setups.setup_get_usable(user=user, setup_uuid=setup_uuid)
+
+
+def setup_list_usable(*, user: Actor) -> QuerySet[ImageSetup]:
+    """Every setup ``user`` may flash (``can_use_setup`` as a query)."""
+    return _setups.setup_list_usable(user=user)

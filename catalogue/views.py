@@ -2,8 +2,8 @@
 
 Views are thin, like the API's: a form parses the input, one selector or
 service call does the work, and a service's refusal (400, 403, 409) is shown
-on the form or the page. Who may do what is ``accounts.rules``; images a user
-may not read answer 404, as in the API.
+on the form or the page. Who may do what is ``catalogue.rules``, enforced by
+the selectors and services; images a user may not read answer 404, as in the API.
 """
 
 from __future__ import annotations
@@ -15,17 +15,16 @@ from typing import Any
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST, require_safe
-from rest_framework import exceptions as api_errors
 
-from accounts import rules
 from baas_site.errors import error_text
-from catalogue.exceptions import ImageConflict
+from baas_site.exceptions import DomainError, Forbidden, Invalid
+from catalogue import rules
+from catalogue.exceptions import ImageConflict, SetupConflict
 from catalogue.forms import (
     FrozenImageForm,
     ImageCreateForm,
@@ -42,7 +41,7 @@ from catalogue.services import setups as setup_services
 
 PAGE_SIZE = 20
 # What services raise when they refuse: bad input (400) or not allowed (403).
-REFUSALS = (api_errors.ValidationError, api_errors.PermissionDenied)
+REFUSALS = (Invalid, Forbidden)
 
 
 # --- Images ---------------------------------------------------------------------------
@@ -124,9 +123,7 @@ def upload_client(request: HttpRequest) -> FileResponse:
 
 @login_required
 def image_edit(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
-    image = _readable(request, image_id)
-    if not rules.can_write_image(request.user, image):
-        raise PermissionDenied("You may read this image but not change it.")
+    image = image_selectors.image_get_writable(actor=request.user, image_id=str(image_id))
     name = image.name
     form = ImageEditForm(
         request.POST or None,
@@ -148,9 +145,9 @@ def image_edit(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
 
 @login_required
 def image_delete(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
-    image = _readable(request, image_id, full=False)
-    if not rules.can_delete_image(request.user, image):
-        raise PermissionDenied("Only the image's owner or an administrator may delete it.")
+    image = image_selectors.image_get_deletable(
+        actor=request.user, image_id=str(image_id), full=False
+    )
     error = ""
     if request.method == "POST":
         try:
@@ -221,7 +218,7 @@ def setup_detail(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
                 target_disk=form.cleaned_data["target_disk"],
                 mount=form.cleaned_data["mount"],
             )
-        except api_errors.APIException as exc:
+        except DomainError as exc:
             add_service_errors(form, exc)
         else:
             messages.success(request, "Image added to the setup.")
@@ -256,7 +253,7 @@ def setup_delete(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
     if request.method == "POST":
         try:
             setup_services.setup_delete(actor=request.user, setup=setup)
-        except setup_services.Conflict as exc:
+        except SetupConflict as exc:
             error = error_text(exc)
         else:
             messages.success(request, f'Setup "{setup.name}" deleted.')

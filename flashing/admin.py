@@ -15,11 +15,12 @@ from django import forms
 from django.contrib import admin, messages
 from django.db.models import Prefetch, QuerySet, Sum
 from django.http import HttpRequest
-from rest_framework.exceptions import APIException
 
 from accounts.services import audit_record
 from baas_site.admin import AdministratorsOnly
 from baas_site.errors import error_text
+from baas_site.exceptions import DomainError
+from flashing.exceptions import MachineConflict
 from flashing.models import (
     Deployment,
     DeploymentEvent,
@@ -35,7 +36,6 @@ from flashing.models import (
     UnknownMac,
     mask_power_settings,
 )
-from flashing.services.common import Conflict
 from flashing.services.deployments import deployment_cancel, deployment_enqueue
 from flashing.services.leases import lease_end
 from flashing.services.machines import machine_set_state, power_settings_merge
@@ -286,7 +286,7 @@ class DeploymentAdmin(AdministratorsOnly, admin.ModelAdmin):
             try:
                 deployment_cancel(actor=request.user, deployment=deployment)
                 cancelled += 1
-            except Conflict as exc:  # it started meanwhile
+            except MachineConflict as exc:  # it started meanwhile
                 self.message_user(request, error_text(exc), messages.WARNING)
         self.message_user(request, f"Cancelled {cancelled} deployment(s).", messages.SUCCESS)
 
@@ -309,7 +309,7 @@ class DeploymentAdmin(AdministratorsOnly, admin.ModelAdmin):
                     sync=deployment.sync,
                 )
                 queued += 1
-            except APIException as exc:
+            except DomainError as exc:
                 self.message_user(request, f"#{deployment.pk}: {error_text(exc)}", messages.WARNING)
         self.message_user(request, f"Queued {queued} deployment(s) again.", messages.SUCCESS)
 

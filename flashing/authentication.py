@@ -3,7 +3,7 @@
 ``request.user`` becomes an :class:`AgentPrincipal` bound to one deployment:
 signed in, but no ``User`` (no ``pk``), no role, and let through only to the
 agent's own routes and the image upload and download routes, where
-``accounts.rules`` decides per image (its deployment's images only).
+``catalogue.rules`` decides per image (its deployment's images only).
 A token of the running attempt passes; one of a finished deployment answers
 410 (stop); any other (unknown, revoked, expired, older attempt) 401
 (docs/security.md).
@@ -19,6 +19,7 @@ from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
+from flashing.exceptions import DeploymentOver
 from flashing.models import AgentToken, AgentTokenKind, Deployment, DeploymentImage
 from flashing.services.tokens import TokenVerdict, is_agent_secret, token_check
 
@@ -105,10 +106,8 @@ class DeploymentGone(exceptions.APIException):
 
     @classmethod
     def of(cls, deployment: Deployment) -> DeploymentGone:
-        return cls(
-            f"Deployment #{deployment.pk} is {deployment.state}: there is nothing more to do "
-            "for it; stop."
-        )
+        """The same answer as the agent service's ``DeploymentOver``."""
+        return cls(DeploymentOver.of(deployment).detail)
 
 
 class AgentTokenAuthentication(BaseAuthentication):

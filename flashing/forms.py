@@ -8,21 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.db.models import QuerySet
 
-from accounts import rules
+from accounts.rules import Actor
+from catalogue.interface import setup_list_usable
 from catalogue.models import ImageSetup
 from flashing.services.leases import lease_limits
-
-
-def setups_usable(user: Any) -> QuerySet[ImageSetup]:
-    """``rules.can_use_setup`` as a query: one's own setups, every setup for administrators."""
-    setups = ImageSetup.objects.select_related("owner").order_by("owner__username", "name")
-    if rules.is_administrator(user):
-        return setups
-    if not rules.is_authenticated(user):
-        return setups.none()
-    return setups.filter(owner=user)
 
 
 class LeaseForm(forms.Form):
@@ -62,6 +52,6 @@ class DeployForm(forms.Form):
         help_text="Uploads the disks marked for sync as new versions before writing.",
     )
 
-    def __init__(self, *args: Any, user: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: Actor, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["setup"].queryset = setups_usable(user)
+        self.fields["setup"].queryset = setup_list_usable(user=user)

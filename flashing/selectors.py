@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
-from django.http import Http404
-from rest_framework.exceptions import ValidationError
 
-from accounts import rules
+from accounts.rules import Actor
+from flashing import rules
+from flashing.exceptions import DeploymentNotFound, InvalidInput, MachineNotFound, NotYours
 from flashing.models import (
     Deployment,
     DeploymentState,
@@ -26,7 +24,7 @@ def mac_check(mac: str) -> str:
     try:
         return normalize_mac(mac)
     except DjangoValidationError as exc:
-        raise ValidationError({"mac": exc.messages}) from exc
+        raise InvalidInput({"mac": exc.messages}) from exc
 
 
 def machine_list(*, state: str | None = None, architecture: str | None = None) -> QuerySet[Machine]:
@@ -58,7 +56,7 @@ def machine_get(*, mac: str) -> Machine:
     address = mac_check(mac)
     machine = machine_list().filter(mac_addresses__address=address).first()
     if machine is None:
-        raise Http404(f"No machine has the MAC address {address}.")
+        raise MachineNotFound(f"No machine has the MAC address {address}.")
     return machine
 
 
@@ -97,7 +95,7 @@ def deployment_queryset() -> QuerySet[Deployment]:
 
 
 def deployment_list(
-    *, user: Any, machine: Machine | None = None, state: str | None = None
+    *, user: Actor, machine: Machine | None = None, state: str | None = None
 ) -> QuerySet[Deployment]:
     """The deployments ``user`` requested (all of them for administrators), newest first."""
     deployments = deployment_queryset()
@@ -110,7 +108,7 @@ def deployment_list(
     return deployments.order_by("-created_at", "-id")
 
 
-def deployment_get(*, user: Any, deployment_id: int) -> Deployment:
+def deployment_get(*, user: Actor, deployment_id: int) -> Deployment:
     """One deployment with its event log, if ``user`` may read it; 404 otherwise."""
     deployment = (
         deployment_queryset()
@@ -123,8 +121,15 @@ def deployment_get(*, user: Any, deployment_id: int) -> Deployment:
         .first()
     )
     if deployment is None or not rules.can_read_deployment(user, deployment):
-        raise Http404("No such deployment, or not yours.")
+        raise DeploymentNotFound()
     return deployment
+
+
+def deployment_next_seen_by(*, actor: Actor, machine: Machine) -> Deployment | None:
+    """``deployment_next``, for the lease holder and administrators; ``NotYours`` otherwise."""
+    if not rules.can_deploy_on(actor, lease_active(machine=machine)):
+        raise NotYours("Only the lease holder or an administrator sees the queue.")
+    return deployment_next(machine=machine)
 
 
 def deployment_next(*, machine: Machine) -> Deployment | None:

@@ -13,21 +13,20 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
-from rest_framework.exceptions import APIException
-from rest_framework.exceptions import ValidationError as ApiValidationError
 
-from accounts import rules
+from accounts.rules import Actor
 from baas_site.errors import error_text
+from baas_site.exceptions import DomainError, Invalid, NotFound
 from catalogue.models import ImageType
-from flashing import selectors
+from flashing import rules, selectors
 from flashing.forms import DeployForm, LeaseForm
 from flashing.models import (
     FINAL_STATES,
     RUNNING_STATES,
+    Deployment,
     DeploymentImage,
     DeploymentState,
     DiskContent,
@@ -44,7 +43,7 @@ def _machine(mac: str) -> Machine:
     """The machine of a page URL; 404 for a malformed MAC too (a page has no 400)."""
     try:
         return selectors.machine_get(mac=mac)
-    except ApiValidationError as exc:
+    except Invalid as exc:
         raise Http404("No such machine.") from exc
 
 
@@ -123,8 +122,6 @@ def _back(machine: Machine) -> HttpResponse:
 def machine_lease(request: HttpRequest, mac: str) -> HttpResponse:
     """Lease the machine, or extend the lease the user holds (the service decides which)."""
     machine = _machine(mac)
-    if not rules.can_lease_machine(request.user):
-        raise PermissionDenied
     form = LeaseForm(request.POST)
     if not form.is_valid():
         context = _detail_context(request, machine, lease_form=form)
@@ -133,7 +130,7 @@ def machine_lease(request: HttpRequest, mac: str) -> HttpResponse:
         lease, created = lease_services.lease_acquire(
             user=request.user, machine=machine, hours=form.cleaned_data["hours"]
         )
-    except APIException as exc:
+    except DomainError as exc:
         messages.error(request, error_text(exc))
         return _back(machine)
     verb = "Leased" if created else "Extended your lease of"
@@ -149,8 +146,6 @@ def machine_release(request: HttpRequest, mac: str) -> HttpResponse:
     if lease is None:
         messages.info(request, f"{machine.name} is not leased.")
         return _back(machine)
-    if not rules.can_end_lease(request.user, lease):
-        raise PermissionDenied
     lease_services.lease_end(actor=request.user, lease=lease)
     messages.success(request, f"Released {machine.name}; it is being reset for the next user.")
     return _back(machine)
@@ -171,7 +166,7 @@ def machine_deploy(request: HttpRequest, mac: str) -> HttpResponse:
             setup=form.cleaned_data["setup"],
             sync=form.cleaned_data["sync"],
         )
-    except APIException as exc:
+    except DomainError as exc:
         messages.error(request, error_text(exc))
         return _back(machine)
     messages.success(request, f"Deployment #{deployment.pk} is queued on {machine.name}.")
@@ -215,10 +210,10 @@ def deployment_detail(request: HttpRequest, deployment_id: int) -> HttpResponse:
     return render(request, "flashing/deployment_detail.html", context)
 
 
-def _may_boot_again(user: Any, deployment: Any) -> bool:
+def _may_boot_again(user: Actor, deployment: Deployment) -> bool:
     try:
         deployment_get_bootable(actor=user, deployment_id=deployment.pk)
-    except Http404:
+    except NotFound:
         return False
     return True
 
@@ -235,7 +230,7 @@ def deployment_boot(request: HttpRequest, deployment_id: int) -> HttpResponse:
             f"Attempt {deployment.attempt} is armed: boot {deployment.machine.name} from the "
             "network now.",
         )
-    except APIException as exc:
+    except DomainError as exc:
         messages.error(request, error_text(exc))
     return redirect("machines:deployment", deployment_id=deployment.pk)
 
@@ -244,11 +239,9 @@ def deployment_boot(request: HttpRequest, deployment_id: int) -> HttpResponse:
 @require_POST
 def deployment_cancel(request: HttpRequest, deployment_id: int) -> HttpResponse:
     deployment = selectors.deployment_get(user=request.user, deployment_id=deployment_id)
-    if not rules.can_cancel_deployment(request.user, deployment):
-        raise PermissionDenied
     try:
         deployment_services.deployment_cancel(actor=request.user, deployment=deployment)
         messages.success(request, f"Deployment #{deployment.pk} is cancelled.")
-    except APIException as exc:
+    except DomainError as exc:
         messages.error(request, error_text(exc))
     return redirect("machines:deployment", deployment_id=deployment.pk)

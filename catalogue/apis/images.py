@@ -1,7 +1,7 @@
 """REST API for images and their versions (paths from the original BAAS, under ``/api/``).
 
 Views are thin: an input serializer, one selector or service call, an output
-serializer. Who may do what is decided by ``accounts.rules`` (in the
+serializer. Who may do what is decided by ``catalogue.rules`` (in the
 selectors and services); unknown images, and images the caller may not read,
 answer 404; malformed UUIDs 400.
 """
@@ -19,13 +19,11 @@ from drf_spectacular.utils import (
     inline_serializer,
 )
 from rest_framework import generics, serializers, status
-from rest_framework.exceptions import PermissionDenied
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import rules
 from accounts.models import User
 from accounts.selectors import user_get_managed
 from catalogue.apis import uploads
@@ -377,9 +375,9 @@ class ImageDetailApi(APIView):
 
     @UPLOAD_SCHEMA
     def post(self, request: Request, image_id: str) -> Response:
-        image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
-        if not rules.can_write_image(request.user, image):
-            raise PermissionDenied("You may read this image but not upload to it.")
+        image = selectors.image_get_writable(
+            actor=request.user, image_id=image_id, full=False, doing="upload to"
+        )
         _quota_check_up_front(request, image)
         version = uploads.upload_version(request, image)
         headers = {"Location": f"/api/image/{version.image_id}/{version.number}"}

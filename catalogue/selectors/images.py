@@ -1,6 +1,6 @@
 """Reads for images and versions, with the permission checks and prefetching they need.
 
-Who may read what is ``accounts.rules.can_read_image``; the querysets here
+Who may read what is ``catalogue.rules.can_read_image``; the querysets here
 express the same rule in SQL (own, system, maintained; everything for
 administrators), so lists never load what they would then hide.
 """
@@ -8,14 +8,13 @@ administrators), so lists never load what they would then hide.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.db.models import Prefetch, Q, QuerySet
-from django.http import Http404
-from rest_framework.exceptions import ValidationError
 
-from accounts import rules
 from accounts.models import User
+from accounts.rules import Actor
+from catalogue import rules
+from catalogue.exceptions import ImageNotFound, InvalidInput, NotYours
 from catalogue.models import Image, ImageType, Version
 
 
@@ -24,7 +23,7 @@ def image_uuid_check(value: str) -> uuid.UUID:
     try:
         return uuid.UUID(value)
     except (ValueError, AttributeError, TypeError):
-        raise ValidationError({"uuid": f"'{value}' is not an image UUID."}) from None
+        raise InvalidInput({"uuid": f"'{value}' is not an image UUID."}) from None
 
 
 def image_queryset() -> QuerySet[Image]:
@@ -39,9 +38,9 @@ def image_queryset() -> QuerySet[Image]:
     )
 
 
-def _readable_q(actor: Any) -> Q:
+def _readable_q(actor: Actor) -> Q:
     """``rules.can_read_image`` as a filter. Callers ensure ``actor`` is signed in."""
-    if actor.is_administrator:
+    if rules.is_administrator(actor):
         return Q()
     readable = Q(type=ImageType.SYSTEM) | Q(owner=actor)
     if rules.is_moderator(actor):
@@ -60,9 +59,7 @@ def _filtered(
 ) -> QuerySet[Image]:
     if type:
         if type not in ImageType.values:
-            raise ValidationError(
-                {"type": f"'{type}' is not one of {', '.join(ImageType.values)}."}
-            )
+            raise InvalidInput({"type": f"'{type}' is not one of {', '.join(ImageType.values)}."})
         images = images.filter(type=type)
     if name:
         images = images.filter(name=name)
@@ -73,7 +70,7 @@ def _filtered(
     return images
 
 
-def image_list_readable(*, actor: Any, **filters: str | None) -> QuerySet[Image]:
+def image_list_readable(*, actor: Actor, **filters: str | None) -> QuerySet[Image]:
     """Every image ``actor`` may read, filtered by ``type``, ``name``, ``search``, ``owner``."""
     if not rules.is_authenticated(actor):
         return Image.objects.none()
@@ -85,7 +82,7 @@ def image_list_owned(*, owner: User, **filters: str | None) -> QuerySet[Image]:
     return _filtered(image_queryset().filter(owner=owner), **filters)
 
 
-def image_get_readable(*, actor: Any, image_id: str, full: bool = True) -> Image:
+def image_get_readable(*, actor: Actor, image_id: str, full: bool = True) -> Image:
     """The image ``image_id`` if ``actor`` may read it: 400 for a malformed UUID, else 404.
 
     404 also for other users' private images, so nobody learns they exist.
@@ -94,7 +91,31 @@ def image_get_readable(*, actor: Any, image_id: str, full: bool = True) -> Image
     images = image_queryset() if full else Image.objects.all()
     image = images.filter(pk=image_uuid_check(image_id)).first()
     if image is None or not rules.can_read_image(actor, image):
-        raise Http404("No such image.")
+        raise ImageNotFound()
+    return image
+
+
+def image_get_writable(
+    *, actor: Actor, image_id: str, full: bool = True, doing: str = "change"
+) -> Image:
+    """The image ``image_id`` if ``actor`` may change it and upload to it.
+
+    As ``image_get_readable`` for an image the actor may not read (400, 404);
+    ``NotYours`` (403) for one they may read but not change (``doing`` names
+    the change in its message). An upload calls this before reading any of the
+    request's body.
+    """
+    image = image_get_readable(actor=actor, image_id=image_id, full=full)
+    if not rules.can_write_image(actor, image):
+        raise NotYours(f"You may read this image but not {doing} it.")
+    return image
+
+
+def image_get_deletable(*, actor: Actor, image_id: str, full: bool = True) -> Image:
+    """The image ``image_id`` if ``actor`` may delete it; as ``image_get_writable`` otherwise."""
+    image = image_get_readable(actor=actor, image_id=image_id, full=full)
+    if not rules.can_delete_image(actor, image):
+        raise NotYours("Only the image's owner or an administrator may delete it.")
     return image
 
 

@@ -7,14 +7,14 @@ pinned by a setup, or an image with such a version, cannot be deleted.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from django.db.models import Prefetch, QuerySet
-from django.http import Http404
 
-from accounts import rules
 from accounts.models import User
+from accounts.rules import Actor
 from accounts.selectors import username_check
+from catalogue import rules
+from catalogue.exceptions import SetupNotFound
 from catalogue.models import Image, ImageFrozen, ImageSetup, Version
 
 
@@ -22,7 +22,7 @@ def _frozen_with_images() -> QuerySet[ImageFrozen]:
     return ImageFrozen.objects.select_related("image", "version").order_by("id")
 
 
-def setup_owner_get(*, actor: Any, username: str, creating: bool = False) -> User:
+def setup_owner_get(*, actor: Actor, username: str, creating: bool = False) -> User:
     """The user named ``username``, if ``actor`` may create (or manage) their setups.
 
     400 for a malformed name, 404 for an unknown user or one whose setups are
@@ -31,7 +31,7 @@ def setup_owner_get(*, actor: Any, username: str, creating: bool = False) -> Use
     owner = User.objects.filter(username=username_check(username)).first()
     allowed = rules.can_create_setup_for if creating else rules.can_manage_setups_of
     if owner is None or not allowed(actor, owner):
-        raise Http404("No such user, or their setups are not yours to see.")
+        raise SetupNotFound("No such user, or their setups are not yours to see.")
     return owner
 
 
@@ -49,11 +49,21 @@ def setup_get(*, owner: User, setup_uuid: uuid.UUID | str) -> ImageSetup:
     """One of ``owner``'s setups (the caller has checked the actor with ``setup_owner_get``)."""
     setup = setup_list(owner=owner).filter(uuid=setup_uuid).first()
     if setup is None:
-        raise Http404("No such setup.")
+        raise SetupNotFound()
     return setup
 
 
-def setup_get_usable(*, user: Any, setup_uuid: uuid.UUID | str) -> ImageSetup | None:
+def setup_list_usable(*, user: Actor) -> QuerySet[ImageSetup]:
+    """``rules.can_use_setup`` as a query: one's own setups, every one for administrators."""
+    setups = ImageSetup.objects.select_related("owner").order_by("owner__username", "name")
+    if rules.is_administrator(user):
+        return setups
+    if not rules.is_authenticated(user):
+        return setups.none()
+    return setups.filter(owner=user)
+
+
+def setup_get_usable(*, user: Actor, setup_uuid: uuid.UUID | str) -> ImageSetup | None:
     """A setup ``user`` may flash (``rules.can_use_setup``), or None."""
     setup = (
         ImageSetup.objects.select_related("owner")
@@ -97,5 +107,5 @@ def frozen_get(*, setup: ImageSetup, image_uuid: uuid.UUID) -> ImageFrozen:
     """The pinned image of ``setup`` with that image UUID; 404 if it is not in the setup."""
     frozen = _frozen_with_images().filter(setup=setup, image_id=image_uuid).first()
     if frozen is None:
-        raise Http404("This image is not in the setup.")
+        raise SetupNotFound("This image is not in the setup.")
     return frozen

@@ -17,6 +17,7 @@ from typing import BinaryIO, Protocol
 from catalogue.models import Compression, Version
 from catalogue.services.codecs import (
     DECODE_ERRORS,
+    MapMismatch,
     VersionCorrupt,
     raw_reader,
     version_damaged,
@@ -28,10 +29,6 @@ from diskimage.holes import data_extents
 
 logger = logging.getLogger(__name__)
 READ = 1 << 20
-
-
-class MapMismatch(Exception):
-    """The stored bytes are not the version's size: the map is not stored."""
 
 
 def version_map_store(version: Version, datamap: DataMap) -> None:

@@ -20,11 +20,11 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from django.http import Http404
-
-from accounts import rules
+from accounts.rules import Actor
+from catalogue import rules
+from catalogue.exceptions import ImageNotFound, VersionNotFound
 from catalogue.models import Compression, Image, Version
 from catalogue.services.codecs import raw_reader
 from catalogue.storage import SUFFIXES, get_storage
@@ -49,23 +49,23 @@ class RangeNotSatisfiable(Exception):
 # --- Which version ----------------------------------------------------------------
 
 
-def version_for_download(*, user: Any, image_uuid: str, version: str) -> Version:
+def version_for_download(*, user: Actor, image_uuid: str, version: str) -> Version:
     """The version ``version`` ("latest" or a number) of an image ``user`` may read.
 
-    ``image_uuid`` must already be a valid UUID. Raises Http404 for an unknown
-    image or version, and for an image the user may not read (never revealing
-    that it exists).
+    ``image_uuid`` must already be a valid UUID. Raises ``ImageNotFound`` or
+    ``VersionNotFound`` for an unknown image or version, and for an image the
+    user may not read (never revealing that it exists).
     """
     image = Image.objects.filter(pk=image_uuid).first()
     if image is None or not rules.can_read_image(user, image):
-        raise Http404("No such image.")
+        raise ImageNotFound()
     versions = Version.objects.filter(image=image)
     if version == "latest":
         found = versions.order_by("-number").first()
     else:
         found = versions.filter(number=int(version)).first()
     if found is None:
-        raise Http404("No such version.")
+        raise VersionNotFound()
     found.image = image
     return found
 
@@ -96,7 +96,7 @@ def representation_open(version: Version, *, decompress: bool) -> Representation
 
     The file is opened before anything is sent, so a compression job swapping
     it afterwards cannot break this download. If the file was swapped between
-    reading the row and opening it, the row is read again. Raises Http404 if
+    reading the row and opening it, the row is read again. Raises ``VersionNotFound`` if
     the version disappeared meanwhile.
     """
     stored = open_stored(version)
@@ -116,7 +116,7 @@ def open_stored(version: Version) -> BinaryIO:
         except FileNotFoundError:
             fresh = Version.objects.filter(pk=version.pk).values("stored_compression").first()
             if fresh is None:
-                raise Http404("No such version.") from None
+                raise VersionNotFound() from None
             version.stored_compression = fresh["stored_compression"]
     path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
     logger.error("The file of version %s is missing: %s", version.pk, path)

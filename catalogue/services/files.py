@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings
-from django.http import Http404
 
+from catalogue.exceptions import VersionNotFound
 from catalogue.models import Compression, Image, Version
 from catalogue.services.compression import raw_reader
 from catalogue.services.delivery import open_stored
@@ -61,7 +61,7 @@ def _open_stored(version: Version) -> BinaryIO:
     """The stored file (read again from the row if a compression job swapped it)."""
     try:
         return open_stored(version)
-    except (Http404, FileNotFoundError) as exc:
+    except (VersionNotFound, FileNotFoundError) as exc:
         raise CopyFailed(
             f"The file of version {version.number} of image {version.image_id} is gone."
         ) from exc

@@ -1,6 +1,6 @@
 """Writes for images: create (with its empty version 0), update, delete.
 
-Every decision about who may do what is a predicate of ``accounts.rules``.
+Every decision about who may do what is a predicate of ``catalogue.rules``, checked here.
 Files are written before the rows that describe them, and removed only after
 the rows are gone for good (``transaction.on_commit``).
 """
@@ -18,13 +18,12 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
 from django.db.models import ProtectedError
-from rest_framework.exceptions import PermissionDenied, ValidationError
 
-from accounts import rules
 from accounts.models import User
+from accounts.rules import Actor, can_manage_user
 from accounts.services import audit_record
-from catalogue import holders
-from catalogue.exceptions import ImageConflict
+from catalogue import holders, rules
+from catalogue.exceptions import ImageConflict, InvalidInput, NotYours
 from catalogue.models import (
     Compression,
     FileStandard,
@@ -101,7 +100,7 @@ def compute_zeros_sha256(size: int) -> str:
 
 def image_create(
     *,
-    actor: Any,
+    actor: Actor,
     owner: User,
     name: str,
     type: str = ImageType.SINGLE,
@@ -114,10 +113,12 @@ def image_create(
 ) -> Image:
     """Create an image owned by ``owner`` with its empty version 0 of BAAS_NEW_IMAGE_SIZE.
 
-    The caller has checked that ``actor`` may act for ``owner``; this checks
-    that ``actor`` may create an image of this type. Raises PermissionDenied
-    or DRF ValidationError.
+    ``actor`` creates images for themselves, an administrator for anyone
+    (``accounts.rules.can_manage_user``), and system images only as a moderator
+    or administrator. Raises ``NotYours`` or ``InvalidInput``.
     """
+    if not can_manage_user(actor, owner):
+        raise NotYours("You may create images only for yourself.")
     image = Image(
         owner=owner,
         name=name,
@@ -132,10 +133,10 @@ def image_create(
     return image_create_from(actor=actor, image=image)
 
 
-def image_create_from(*, actor: Any, image: Image) -> Image:
+def image_create_from(*, actor: Actor, image: Image) -> Image:
     """Save a new, unsaved ``image`` and store its empty version 0 (also used by the admin)."""
     if not rules.can_create_image(actor, image.type):
-        raise PermissionDenied("Only moderators and administrators create system images.")
+        raise NotYours("Only moderators and administrators create system images.")
     lifecycle.image_expiry_apply(image)
     _full_clean(image)
     size = settings.BAAS_NEW_IMAGE_SIZE
@@ -153,7 +154,7 @@ def image_create_from(*, actor: Any, image: Image) -> Image:
     return image
 
 
-def _store_empty_version(image: Image, size: int, actor: Any) -> Version:
+def _store_empty_version(image: Image, size: int, actor: Actor) -> Version:
     compression = Compression.NONE
     if image.file_standard == FileStandard.QCOW2:
         stored, sha256 = _store_empty_qcow2(image.uuid, size)
@@ -215,7 +216,7 @@ def _store_empty_qcow2(image_uuid: uuid.UUID, size: int) -> tuple[StoredFile, st
 
 def image_update(
     *,
-    actor: Any,
+    actor: Actor,
     image: Image,
     associated_images: Iterable[Image] | None = None,
     maintainers: Iterable[User] | None = None,
@@ -226,10 +227,10 @@ def image_update(
     Type changes follow ``rules.can_change_image_type``, maintainers only
     administrators assign (and only moderators can be maintainers); the file
     standard is fixed at creation. A changed compression schedules the
-    rewriting of every version. Raises PermissionDenied or ValidationError.
+    rewriting of every version. Raises ``NotYours`` or ``InvalidInput``.
     """
     if not rules.can_write_image(actor, image):
-        raise PermissionDenied("You may read this image but not change it.")
+        raise NotYours("You may read this image but not change it.")
     old_type, old_keep = image.type, image.keep_versions
     _check_type_change(actor, image, fields.pop("type", None))
     _check_file_standard(image, fields.pop("file_standard", None))
@@ -254,11 +255,11 @@ def image_update(
     return image
 
 
-def _check_type_change(actor: Any, image: Image, new_type: str | None) -> None:
+def _check_type_change(actor: Actor, image: Image, new_type: str | None) -> None:
     if new_type is None or new_type == image.type:
         return
     if not rules.can_change_image_type(actor, image.type, new_type):
-        raise PermissionDenied("Only moderators and administrators make or unmake system images.")
+        raise NotYours("Only moderators and administrators make or unmake system images.")
     special = {ImageType.BOOT, ImageType.CUSTOM_INIT} & {image.type, new_type}
     setups = setups_pinning(image=image)
     if special and setups.exists():
@@ -272,7 +273,7 @@ def _check_type_change(actor: Any, image: Image, new_type: str | None) -> None:
 
 def _check_file_standard(image: Image, new_standard: str | None) -> None:
     if new_standard is not None and new_standard != image.file_standard:
-        raise ValidationError(
+        raise InvalidInput(
             {
                 "file_standard": "The file standard is fixed when an image is created: "
                 "create a new image for a different one."
@@ -281,7 +282,7 @@ def _check_file_standard(image: Image, new_standard: str | None) -> None:
 
 
 def _set_relations(
-    actor: Any,
+    actor: Actor,
     image: Image,
     associated: Iterable[Image] | None,
     maintainers: Iterable[User] | None,
@@ -296,24 +297,22 @@ def _set_relations(
     return changed
 
 
-def _check_associated(actor: Any, image: Image, others: list[Image]) -> list[Image]:
+def _check_associated(actor: Actor, image: Image, others: list[Image]) -> list[Image]:
     for other in others:
         if other.pk == image.pk:
-            raise ValidationError(
-                {"associated_images": "An image cannot be associated with itself."}
-            )
+            raise InvalidInput({"associated_images": "An image cannot be associated with itself."})
         if not rules.can_read_image(actor, other):
-            raise ValidationError({"associated_images": f"No such image: {other.pk}."})
+            raise InvalidInput({"associated_images": f"No such image: {other.pk}."})
     return others
 
 
-def _check_maintainers(actor: Any, users: list[User]) -> list[User]:
+def _check_maintainers(actor: Actor, users: list[User]) -> list[User]:
     if not rules.can_assign_maintainers(actor):
-        raise PermissionDenied("Only administrators assign maintainers.")
+        raise NotYours("Only administrators assign maintainers.")
     for user in users:
         if not rules.is_moderator(user):
             message = f"{user.username} is not a moderator; only moderators maintain images."
-            raise ValidationError({"maintainers": message})
+            raise InvalidInput({"maintainers": message})
     return users
 
 
@@ -321,22 +320,22 @@ def _full_clean(image: Image) -> None:
     try:
         image.full_clean()
     except DjangoValidationError as exc:
-        raise ValidationError(exc.message_dict) from exc
+        raise InvalidInput(exc.message_dict) from exc
 
 
 # --- Delete -------------------------------------------------------------------------
 
 
-def image_delete(*, actor: Any, image: Image) -> None:
+def image_delete(*, actor: Actor, image: Image) -> None:
     """Delete an image, its versions, and (after the commit) its files.
 
     Refused with 409 while a setup pins any of its versions, naming the setups,
     and while an app built on the catalogue holds it (``catalogue.holders``: a machine
     has it mounted over the network).
-    Raises PermissionDenied if ``actor`` may not delete it.
+    Raises ``NotYours`` if ``actor`` may not delete it.
     """
     if not rules.can_delete_image(actor, image):
-        raise PermissionDenied("Only the image's owner or an administrator may delete it.")
+        raise NotYours("Only the image's owner or an administrator may delete it.")
     image_uuid = image.uuid
     with transaction.atomic():
         Image.objects.select_for_update().filter(pk=image_uuid).first()

@@ -45,13 +45,14 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
-from rest_framework.exceptions import PermissionDenied, ValidationError
 
-from accounts import rules
 from accounts.models import User
 from accounts.services import audit_record
 from baas_site.tasks import TransactionAwareTask
+from catalogue import rules
 from catalogue.exceptions import ImageConflict, UploadTooLarge
+from catalogue.exceptions import InvalidInput as ValidationError
+from catalogue.exceptions import NotYours as PermissionDenied
 from catalogue.models import Compression, Image, ImageFrozen, ImageType, Version
 from catalogue.selectors.usage import (
     image_in_active_deployment,

@@ -38,9 +38,8 @@ from typing import Any
 
 from django.conf import settings
 from django.db import transaction
-from rest_framework import status
-from rest_framework.exceptions import APIException
 
+from baas_site.exceptions import Conflict
 from catalogue.models import Compression, FileStandard, RawState, Version
 from catalogue.services.codecs import DECODE_ERRORS, VersionCorrupt, raw_reader
 from catalogue.services.delivery import open_stored
@@ -60,19 +59,17 @@ RETRY_AFTER = 30  # seconds a client waits before asking again for a rendition b
 QEMU_CHECK_OK = (0, 3)
 
 
-class RenditionNotReady(APIException):
+class RenditionNotReady(Conflict):
     """The raw rendition is still being made: ask again later (409, with Retry-After)."""
 
-    status_code = status.HTTP_409_CONFLICT
     default_detail = "The raw disk of this qcow2 version is still being made; ask again shortly."
     default_code = "raw_pending"
-    wait = RETRY_AFTER  # DRF's handler sends it as Retry-After
+    retry_after = RETRY_AFTER
 
 
-class RenditionFailed(APIException):
+class RenditionFailed(Conflict):
     """The raw rendition could not be made; ``detail`` says why (409, no point retrying)."""
 
-    status_code = status.HTTP_409_CONFLICT
     default_detail = "The raw disk of this qcow2 version could not be made."
     default_code = "raw_failed"
 

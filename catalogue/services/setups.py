@@ -21,13 +21,12 @@ from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
-from rest_framework import status
-from rest_framework.exceptions import APIException, ValidationError
 
-from accounts import rules
 from accounts.models import User
+from accounts.rules import Actor
 from accounts.services import audit_record
-from catalogue import holders
+from catalogue import holders, rules
+from catalogue.exceptions import InvalidInput, SetupConflict, SetupNotFound
 from catalogue.models import (
     FileStandard,
     Image,
@@ -49,20 +48,14 @@ from catalogue.services.bootfiles import (
 CONFLICT = "conflict"
 
 
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "This conflicts with the current state."
-    default_code = CONFLICT
-
-
 def raise_api_error(exc: DjangoValidationError) -> None:
     """A model-level ``ValidationError`` as the API answer: 409 for conflicts, else 400."""
     errors = exc.error_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.error_list}
     for items in errors.values():
         for error in items:
             if error.code == CONFLICT:
-                raise Conflict(next(iter(error)))
-    raise ValidationError({field: [m for e in items for m in e] for field, items in errors.items()})
+                raise SetupConflict(next(iter(error)))
+    raise InvalidInput({field: [m for e in items for m in e] for field, items in errors.items()})
 
 
 def _conflict(field: str, message: str) -> DjangoValidationError:
@@ -211,9 +204,17 @@ def frozen_image_check(
         _check_custom_init_version(image, version)
 
 
+def _check_manages(actor: Actor, owner: User, *, creating: bool = False) -> None:
+    """``actor`` may create (or manage) ``owner``'s setups; the same 404 as the selectors."""
+    allowed = rules.can_create_setup_for if creating else rules.can_manage_setups_of
+    if not allowed(actor, owner):
+        raise SetupNotFound("No such user, or their setups are not yours to see.")
+
+
 @transaction.atomic
-def setup_create(*, actor: Any, owner: User, name: str, description: str = "") -> ImageSetup:
-    """Create an empty setup for ``owner`` (the caller has checked ``can_create_setup_for``)."""
+def setup_create(*, actor: Actor, owner: User, name: str, description: str = "") -> ImageSetup:
+    """Create an empty setup for ``owner``; 404 unless ``rules.can_create_setup_for``."""
+    _check_manages(actor, owner, creating=True)
     setup = ImageSetup(owner=owner, name=name, description=description)
     setup.full_clean()
     setup.save()
@@ -222,8 +223,9 @@ def setup_create(*, actor: Any, owner: User, name: str, description: str = "") -
 
 
 @transaction.atomic
-def setup_update(*, actor: Any, setup: ImageSetup, **fields: Any) -> ImageSetup:
-    """Change a setup's ``name`` and ``description``."""
+def setup_update(*, actor: Actor, setup: ImageSetup, **fields: Any) -> ImageSetup:
+    """Change a setup's ``name`` and ``description``; 404 unless ``can_manage_setups_of``."""
+    _check_manages(actor, setup.owner)
     for name, value in fields.items():
         setattr(setup, name, value)
     setup.full_clean()
@@ -237,12 +239,16 @@ def _check_deletable(setup: ImageSetup) -> None:
     # still waiting in a queue) is not deleted behind the administrators' back.
     refusal = holders.setup_delete_refusal(setup=setup)
     if refusal:
-        raise Conflict(refusal)
+        raise SetupConflict(refusal)
 
 
 @transaction.atomic
-def setup_delete(*, actor: Any, setup: ImageSetup) -> None:
-    """Delete a setup, unless it is a machine's default or waits in a queue (409)."""
+def setup_delete(*, actor: Actor, setup: ImageSetup) -> None:
+    """Delete a setup, unless it is a machine's default or waits in a queue (409).
+
+    404 unless ``actor`` manages the owner's setups (``rules.can_manage_setups_of``).
+    """
+    _check_manages(actor, setup.owner)
     _check_deletable(setup)
     audit_record(actor=actor, action="setup.delete", target=setup, name=setup.name)
     setup.delete()
@@ -257,7 +263,7 @@ def _lock(setup: ImageSetup) -> ImageSetup:
 @transaction.atomic
 def setup_image_add(
     *,
-    actor: Any,
+    actor: Actor,
     setup: ImageSetup,
     image: Image | None,
     version_number: int,
@@ -268,11 +274,13 @@ def setup_image_add(
     """Pin ``image`` at ``version_number`` into ``setup``; 400 or 409 when a rule forbids it.
 
     ``image`` is None when the caller found no image by that UUID: it answers
-    the same as an image the owner may not read.
+    the same as an image the owner may not read. 404 unless ``actor`` manages
+    the owner's setups.
     """
+    _check_manages(actor, setup.owner)
     _lock(setup)
     if image is None:
-        raise ValidationError({"image": [f"No such image, or {setup.owner} may not read it."]})
+        raise InvalidInput({"image": [f"No such image, or {setup.owner} may not read it."]})
     version = image.versions.filter(number=version_number).first()
     sync = effective_sync(image, sync)
     try:
@@ -304,8 +312,9 @@ def setup_image_add(
 
 
 @transaction.atomic
-def setup_image_remove(*, actor: Any, setup: ImageSetup, frozen: ImageFrozen) -> None:
-    """Take a pinned image out of its setup."""
+def setup_image_remove(*, actor: Actor, setup: ImageSetup, frozen: ImageFrozen) -> None:
+    """Take a pinned image out of its setup; 404 unless ``actor`` manages the owner's setups."""
+    _check_manages(actor, setup.owner)
     audit_record(
         actor=actor,
         action="setup.image_remove",

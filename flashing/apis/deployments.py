@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
-from rest_framework.exceptions import PermissionDenied, ValidationError
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import rules
 from catalogue.interface import setup_get_usable
 from flashing import selectors
 from flashing.apis.serializers import (
@@ -37,9 +36,7 @@ class MachineBootApi(APIView):
     )
     def get(self, request: Request, mac: str) -> Response:
         machine = selectors.machine_get(mac=mac)
-        if not rules.can_deploy_on(request.user, selectors.lease_active(machine=machine)):
-            raise PermissionDenied("Only the lease holder or an administrator sees the queue.")
-        deployment = selectors.deployment_next(machine=machine)
+        deployment = selectors.deployment_next_seen_by(actor=request.user, machine=machine)
         if deployment is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(DeploymentOutputSerializer(deployment).data)
@@ -87,7 +84,5 @@ class DeploymentCancelApi(APIView):
     @extend_schema(request=None, responses=DeploymentDetailSerializer)
     def post(self, request: Request, deployment_id: int) -> Response:
         deployment = selectors.deployment_get(user=request.user, deployment_id=deployment_id)
-        if not rules.can_cancel_deployment(request.user, deployment):
-            raise PermissionDenied("You may not cancel this deployment.")
         services.deployment_cancel(actor=request.user, deployment=deployment)
         return _detail(request, deployment_id)

@@ -12,10 +12,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from accounts import rules
+from accounts.permissions import IsAdministrator
 from flashing import selectors
 from flashing.apis.serializers import MachineInputSerializer, MachineOutputSerializer
 from flashing.models import Architecture, MachineState
+from flashing.permissions import CanManageMachines
 from flashing.services import machines as services
 
 
@@ -25,7 +26,7 @@ def _machine_response(request: Request, mac: str, code: int = status.HTTP_200_OK
 
 
 class MachineListApi(APIView):
-    permission_classes = [rules.CanManageMachines]
+    permission_classes = [CanManageMachines]
 
     @extend_schema(
         parameters=[
@@ -45,7 +46,7 @@ class MachineListApi(APIView):
 
 
 class MachineCreateApi(APIView):
-    permission_classes = [rules.IsAdministrator]
+    permission_classes = [IsAdministrator]
 
     @extend_schema(request=MachineInputSerializer, responses={201: MachineOutputSerializer})
     def post(self, request: Request) -> Response:
@@ -60,7 +61,7 @@ class MachineCreateApi(APIView):
 
 
 class MachineDetailApi(APIView):
-    permission_classes = [rules.CanManageMachines]
+    permission_classes = [CanManageMachines]
 
     @extend_schema(responses=MachineOutputSerializer)
     def get(self, request: Request, mac: str) -> Response:

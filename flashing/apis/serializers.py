@@ -9,8 +9,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from accounts import rules
 from catalogue.models import ImageSetup, validate_target_disk
+from flashing import rules
 from flashing.models import (
     SERVICE_STATES,
     Architecture,

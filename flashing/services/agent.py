@@ -13,7 +13,6 @@ from typing import Any
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
-from rest_framework.exceptions import AuthenticationFailed, PermissionDenied, ValidationError
 
 from baas_site.text import plain_text
 from catalogue.interface import (
@@ -24,7 +23,7 @@ from catalogue.interface import (
     version_stored_size,
 )
 from catalogue.models import Compression, ImageType, Version
-from flashing.authentication import DeploymentGone
+from flashing.exceptions import AgentNotAuthenticated, DeploymentOver, InvalidInput, NotYours
 from flashing.models import (
     FINAL_STATES,
     RUNNING_STATES,
@@ -59,9 +58,9 @@ def _locked(principal: Any) -> Deployment:
     lock_machine(deployment.machine)
     deployment = lock(Deployment, deployment.pk)
     if deployment.state in FINAL_STATES:
-        raise DeploymentGone.of(deployment)
+        raise DeploymentOver.of(deployment)
     if deployment.state not in RUNNING_STATES or deployment.attempt != principal.token.attempt:
-        raise AuthenticationFailed(f"Deployment #{deployment.pk} is over for this agent.")
+        raise AgentNotAuthenticated(f"Deployment #{deployment.pk} is over for this agent.")
     return deployment
 
 
@@ -86,7 +85,7 @@ def agent_checkin(
     """
     try:
         return _checkin(principal, mac, agent_version, address)
-    except (CheckinRefused, PermissionDenied) as exc:
+    except (CheckinRefused, NotYours) as exc:
         what = "A second check-in" if isinstance(exc, CheckinRefused) else "A check-in"
         refusal_record(
             deployment=principal.deployment,
@@ -104,15 +103,15 @@ def _checkin(
     principal: Any, mac: str, agent_version: str, address: str | None
 ) -> tuple[str, Deployment]:
     if principal.kind != AgentTokenKind.BOOT:
-        raise AuthenticationFailed("Check in with the one-time boot token.")
+        raise AgentNotAuthenticated("Check in with the one-time boot token.")
     deployment = _locked(principal)
     macs = set(deployment.machine.mac_addresses.values_list("address", flat=True))
     try:
         mac = normalize_mac(mac)
     except Exception:
-        raise ValidationError({"mac": [f"'{mac}' is not a MAC address."]}) from None
+        raise InvalidInput({"mac": [f"'{mac}' is not a MAC address."]}) from None
     if mac not in macs:
-        raise PermissionDenied(f"{mac} is not a MAC address of {deployment.machine.name}.")
+        raise NotYours(f"{mac} is not a MAC address of {deployment.machine.name}.")
     if deployment.checked_in_at is not None or not token_consume(token=principal.token):
         raise CheckinRefused(
             f"attempt {deployment.attempt} of deployment #{deployment.pk} is bound to the agent "
@@ -233,7 +232,7 @@ def _row_for(deployment: Deployment, image: str, phase: str) -> DeploymentImage:
     if W in rows and not disk_writes(deployment).filter(pk=rows[W].pk).exists():
         del rows[W]  # a boot image: served over the network too
     if not rows:
-        raise ValidationError(
+        raise InvalidInput(
             {"image": [f"Image {image} is not one this deployment writes or brings back."]}
         )
     before_writing = RANK.get(deployment.state, 0) < RANK[DeploymentState.WRITING]

@@ -25,11 +25,11 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import F
-from django.http import Http404
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from accounts import rules
+from baas_site.exceptions import NotFound
 from catalogue.interface import BootImageError, version_boot_files
 from flashing.models import (
     RUNNING_STATES,
@@ -250,22 +250,22 @@ def _boot_image(deployment: Deployment, row: DeploymentImage, mac: str, server: 
 def boot_image_file(*, deployment_id: int, secret: str, name: str) -> Path:
     """The file ``name`` (``vmlinuz``, ``initrd.img``) of the boot image a machine boots now.
 
-    Http404 unless ``secret`` is that deployment's and the deployment is still
+    ``NotFound`` unless ``secret`` is that deployment's and the deployment is still
     the one its machine boots (``boot_image_current``): a wrong secret, an
     ended lease and a later deployment all look alike.
     """
     deployment = Deployment.objects.filter(pk=deployment_id).only("machine_id").first()
     current = boot_image_current(machine_id=deployment.machine_id) if deployment else None
     if current is None or current[0].pk != deployment_id:
-        raise Http404("No such boot file.")
+        raise NotFound("No such boot file.")
     if not constant_time_compare(secret, boot_image_secret(*current)):
-        raise Http404("No such boot file.")
+        raise NotFound("No such boot file.")
     try:
         path = version_boot_files(current[1].version).path(name)
     except BootImageError:
         path = None
     if path is None:
-        raise Http404("No such boot file.")
+        raise NotFound("No such boot file.")
     return path
 
 
@@ -318,12 +318,12 @@ def deployment_get_bootable(*, actor: Any, deployment_id: int) -> Deployment:
     """
     deployment = Deployment.objects.select_related("machine").filter(pk=deployment_id).first()
     if deployment is None or not rules.is_authenticated(actor):
-        raise Http404("No such deployment, or not yours.")
+        raise NotFound("No such deployment, or not yours.")
     lessee = Lease.objects.filter(pk=deployment.lease_id, ended_at=None, user=actor.pk)
     if not (
         rules.is_administrator(actor) or deployment.requested_by_id == actor.pk or lessee.exists()
     ):
-        raise Http404("No such deployment, or not yours.")
+        raise NotFound("No such deployment, or not yours.")
     return deployment
 
 

@@ -1,5 +1,5 @@
-"""What the flashing services share: the 409 error, the event log, which images go on disks,
-and sending tasks (by reference, after the commit: ``baas_site.tasks.TransactionAwareTask``)."""
+"""What the flashing services share: the event log, which images go on disks, and sending
+tasks (by reference, after the commit: ``baas_site.tasks.TransactionAwareTask``)."""
 
 from __future__ import annotations
 
@@ -8,30 +8,28 @@ from typing import Any
 
 from celery import Task
 from django.db.models import Model, QuerySet
-from rest_framework import status
-from rest_framework.exceptions import APIException
 
+from accounts.rules import Actor
 from accounts.services import audit_record
 from baas_site.text import plain_text
 from catalogue.models import ImageType
+from flashing.exceptions import MachineConflict
 from flashing.models import Deployment, DeploymentEvent, DeploymentImage, Machine
 
 log = logging.getLogger(__name__)
 
 
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "This conflicts with the machine's current state."
-    default_code = "conflict"
+# The name the flashing services have raised a 409 by; the class is flashing.exceptions'.
+Conflict = MachineConflict
 
 
-def actor_or_none(actor: Any) -> Any:
+def actor_or_none(actor: Actor | None) -> Any:
     """The user behind a change, or None for BAAS itself (beat, the pipeline)."""
     return actor if getattr(actor, "pk", None) else None
 
 
 def event_record(
-    *, deployment: Deployment, actor: Any, action: str, message: str = "", **data: Any
+    *, deployment: Deployment, actor: Actor | None, action: str, message: str = "", **data: Any
 ) -> DeploymentEvent:
     """Log ``action`` in the deployment's event log and in the audit log.
 

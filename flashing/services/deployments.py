@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from typing import Any
 
 from django.db import transaction
-from rest_framework.exceptions import PermissionDenied, ValidationError
 
-from accounts import rules
-from catalogue.interface import version_disk_size
+from accounts.rules import Actor
+from catalogue.interface import can_read_image, can_use_setup, version_disk_size
 from catalogue.models import ImageSetup, ImageType, RawState
+from flashing import rules
+from flashing.exceptions import DeploymentNotFound, InvalidInput, MachineConflict, NotYours
 from flashing.models import (
     FINAL_STATES,
     OUT_OF_SERVICE,
@@ -27,7 +27,7 @@ from flashing.models import (
     DiskContent,
     Machine,
 )
-from flashing.services.common import Conflict, lock, lock_machine
+from flashing.services.common import lock, lock_machine
 from flashing.services.leases import lease_current
 from flashing.services.queue import queue_deployment
 from flashing.services.states import deployment_set_state
@@ -35,9 +35,9 @@ from flashing.services.states import deployment_set_state
 
 def _check_machine(machine: Machine) -> None:
     if machine.state in OUT_OF_SERVICE:
-        raise Conflict(f"{machine.name} is out of service ({machine.state}).")
+        raise MachineConflict(f"{machine.name} is out of service ({machine.state}).")
     if not machine.managed:
-        raise Conflict(f"{machine.name} is not managed by BAAS, so it cannot be flashed.")
+        raise MachineConflict(f"{machine.name} is not managed by BAAS, so it cannot be flashed.")
 
 
 def disk_of(path: str, disks: Iterable[str]) -> str | None:
@@ -64,42 +64,49 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
     """
     frozen = list(setup.frozen_images.all())
     if not frozen:
-        raise ValidationError({"setup": [f'Setup "{setup.name}" has no images to flash.']})
+        raise InvalidInput({"setup": [f'Setup "{setup.name}" has no images to flash.']})
     disks = {d.path: d.size for d in machine.disks.all()}
     for item in frozen:
-        if not rules.can_read_image(setup.owner, item.image):
-            raise Conflict(f'{setup.owner} may no longer read "{item.image.name}" of this setup.')
+        if not can_read_image(setup.owner, item.image):
+            raise MachineConflict(
+                f'{setup.owner} may no longer read "{item.image.name}" of this setup.'
+            )
         if item.version.raw_state == RawState.FAILED and not item.is_network_mount:
-            raise Conflict(f'"{item.image.name}" cannot be flashed: {item.version.raw_reason}')
+            raise MachineConflict(
+                f'"{item.image.name}" cannot be flashed: {item.version.raw_reason}'
+            )
         if not disks or item.image.type == ImageType.BOOT or item.is_network_mount:
             continue  # served over the network: it takes no disk of the machine
         disk = disk_of(item.disk, disks)
         if disk is None:
             known = ", ".join(sorted(disks))
-            raise ValidationError(
+            raise InvalidInput(
                 {"setup": [f"{machine.name} has no disk {item.disk} (it has {known})."]}
             )
         if version_disk_size(item.version) > disks[disk]:  # a qcow2 image fills its virtual size
-            raise ValidationError(
+            raise InvalidInput(
                 {"setup": [f'"{item.image.name}" does not fit on {machine.name}:{item.disk}.']}
             )
 
 
 @transaction.atomic
 def deployment_enqueue(
-    *, actor: Any, machine: Machine, setup: ImageSetup, sync: bool = False
+    *, actor: Actor, machine: Machine, setup: ImageSetup, sync: bool = False
 ) -> Deployment:
     """Queue ``setup`` on ``machine``, behind the deployments already queued.
 
-    Preconditions: ``rules.can_use_setup(actor, setup)`` (the caller checked).
-    403 unless ``actor`` holds the machine's lease or is an administrator; 409
-    when the machine is out of service or unmanaged; 400 when the setup is
-    empty or does not fit the machine's disks.
+    400 (as for a setup that does not exist) unless ``actor`` may flash the
+    setup (``catalogue.rules.can_use_setup``); ``NotYours`` (403) unless they
+    hold the machine's lease or are an administrator; 409 when the machine is
+    out of service or unmanaged; 400 when the setup is empty or does not fit
+    the machine's disks.
     """
+    if not can_use_setup(actor, setup):
+        raise InvalidInput({"setup": ["No such setup, or not yours to flash."]})
     machine = lock_machine(machine)
     lease = lease_current(machine=machine)
     if not rules.can_deploy_on(actor, lease):
-        raise PermissionDenied(
+        raise NotYours(
             "Only the holder of this machine's lease, or an administrator, may queue on it."
         )
     _check_machine(machine)
@@ -109,19 +116,21 @@ def deployment_enqueue(
 
 
 @transaction.atomic
-def deployment_cancel(*, actor: Any, deployment: Deployment, why: str = "") -> Deployment:
+def deployment_cancel(*, actor: Actor, deployment: Deployment, why: str = "") -> Deployment:
     """Cancel an unfinished deployment, whatever its state; 409 once it has finished.
 
-    Preconditions: ``rules.can_cancel_deployment(actor, deployment)`` (the
-    caller checked). A running one stops at once for BAAS
-    (``states.deployment_set_state``): its tokens die, so its agent's next call
-    is refused and it stops writing; the machine is powered off unless its
-    next deployment starts (``pipeline.machine_advance``).
+    ``DeploymentNotFound`` (404, as for one that does not exist) unless
+    ``actor`` may cancel it (``rules.can_cancel_deployment``). A running one
+    stops at once for BAAS (``states.deployment_set_state``): its tokens die,
+    so its agent's next call is refused and it stops writing; the machine is
+    powered off unless its next deployment starts (``pipeline.machine_advance``).
     """
+    if not rules.can_cancel_deployment(actor, deployment):
+        raise DeploymentNotFound()
     lock_machine(deployment.machine)
     deployment = lock(Deployment, deployment.pk)
     if deployment.state in FINAL_STATES:
-        raise Conflict(f"Deployment #{deployment.pk} is {deployment.state} already.")
+        raise MachineConflict(f"Deployment #{deployment.pk} is {deployment.state} already.")
     return deployment_set_state(
         actor=actor,
         deployment=deployment,

@@ -12,14 +12,15 @@ is queued (sync images back, default setup flashed), its network mounts end
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
-from rest_framework.exceptions import ValidationError
 
+from accounts.rules import Actor
 from accounts.services import audit_record
+from flashing import rules
+from flashing.exceptions import InvalidInput, MachineConflict, NotYours
 from flashing.models import (
     FINAL_STATES,
     OUT_OF_SERVICE,
@@ -28,7 +29,7 @@ from flashing.models import (
     LeaseEndReason,
     Machine,
 )
-from flashing.services.common import Conflict, actor_or_none, lock, lock_machine
+from flashing.services.common import actor_or_none, lock, lock_machine
 from flashing.services.machines import machine_settle_state
 from flashing.services.mounts import network_mounts_end
 from flashing.services.queue import deployment_queue_reset
@@ -43,7 +44,7 @@ def lease_limits() -> tuple[int, int]:
 def _check_hours(hours: int) -> None:
     _, maximum = lease_limits()
     if not 1 <= hours <= maximum:
-        raise ValidationError({"hours": [f"A lease lasts from 1 to {maximum} hours."]})
+        raise InvalidInput({"hours": [f"A lease lasts from 1 to {maximum} hours."]})
 
 
 def lease_current(*, machine: Machine, now: datetime | None = None) -> Lease | None:
@@ -59,9 +60,9 @@ def lease_current(*, machine: Machine, now: datetime | None = None) -> Lease | N
     return lease
 
 
-def _start(*, user: Any, machine: Machine, hours: int, now: datetime) -> Lease:
+def _start(*, user: Actor | None, machine: Machine, hours: int, now: datetime) -> Lease:
     if machine.state in OUT_OF_SERVICE:
-        raise Conflict(f"{machine.name} is out of service ({machine.state}).")
+        raise MachineConflict(f"{machine.name} is out of service ({machine.state}).")
     lease = Lease.objects.create(
         machine=machine, user=user, starts_at=now, ends_at=now + timedelta(hours=hours)
     )
@@ -70,14 +71,14 @@ def _start(*, user: Any, machine: Machine, hours: int, now: datetime) -> Lease:
     return lease
 
 
-def _extend(*, user: Any, lease: Lease, hours: int) -> Lease:
+def _extend(*, user: Actor | None, lease: Lease, hours: int) -> Lease:
     _, maximum = lease_limits()
     ends_at = lease.ends_at + timedelta(hours=hours)
     latest = lease.starts_at + timedelta(hours=maximum)
     if ends_at > latest:
         until = f"{latest:%Y-%m-%d %H:%M %Z}"
         message = f"A lease lasts at most {maximum} hours: it can end at {until} at the latest."
-        raise ValidationError({"hours": [message]})
+        raise InvalidInput({"hours": [message]})
     lease.ends_at = ends_at
     lease.save(update_fields=["ends_at"])
     audit_record(actor=user, action="lease.extend", target=lease, ends_at=ends_at.isoformat())
@@ -86,13 +87,16 @@ def _extend(*, user: Any, lease: Lease, hours: int) -> Lease:
 
 @transaction.atomic
 def lease_acquire(
-    *, user: Any, machine: Machine, hours: int | None = None, now: datetime | None = None
+    *, user: Actor | None, machine: Machine, hours: int | None = None, now: datetime | None = None
 ) -> tuple[Lease, bool]:
     """Lease ``machine`` to ``user``, or extend the lease they hold; returns (lease, created).
 
     409 when someone else holds it or it is out of service; 400 for hours
-    outside 1..maximum, or an extension past the maximum.
+    outside 1..maximum, or an extension past the maximum; ``NotYours`` unless
+    ``user`` may lease machines at all (``rules.can_lease_machine``).
     """
+    if not rules.can_lease_machine(user):
+        raise NotYours("Only signed-in users lease machines.")
     now = now or timezone.now()
     hours = lease_limits()[0] if hours is None else hours
     _check_hours(hours)
@@ -101,13 +105,13 @@ def lease_acquire(
     if lease is None:
         return _start(user=user, machine=machine, hours=hours, now=now), True
     if lease.user_id != user.pk:
-        raise Conflict(
+        raise MachineConflict(
             f"{machine.name} is leased by {lease.user} until {lease.ends_at:%Y-%m-%d %H:%M %Z}."
         )
     return _extend(user=user, lease=lease, hours=hours), False
 
 
-def _cancel_deployments(*, actor: Any, lease: Lease, why: str) -> list[int]:
+def _cancel_deployments(*, actor: Actor | None, lease: Lease, why: str) -> list[int]:
     """Cancel every unfinished deployment of ``lease``, queued or running.
 
     A deployment lives no longer than the lease it was asked for under: its
@@ -122,7 +126,9 @@ def _cancel_deployments(*, actor: Any, lease: Lease, why: str) -> list[int]:
     return cancelled
 
 
-def _end(*, actor: Any, machine: Machine, lease: Lease, reason: str, now: datetime) -> None:
+def _end(
+    *, actor: Actor | None, machine: Machine, lease: Lease, reason: str, now: datetime
+) -> None:
     lease.ended_at = now
     lease.end_reason = reason
     lease.ended_by = actor_or_none(actor)
@@ -137,12 +143,20 @@ def _end(*, actor: Any, machine: Machine, lease: Lease, reason: str, now: dateti
 
 @transaction.atomic
 def lease_end(
-    *, actor: Any, lease: Lease, reason: str = LeaseEndReason.RELEASED, now: datetime | None = None
+    *,
+    actor: Actor | None,
+    lease: Lease,
+    reason: str = LeaseEndReason.RELEASED,
+    now: datetime | None = None,
 ) -> Lease:
     """End ``lease`` now: cancel its deployments, end its mounts, queue the reset, free the machine.
 
-    Idempotent: a lease already ended is left as it is.
+    Idempotent: a lease already ended is left as it is. ``NotYours`` unless
+    ``actor`` is the holder or an administrator (``rules.can_end_lease``), or
+    BAAS itself (``actor=None``: the lease expired, its holder was deleted).
     """
+    if not (rules.is_baas(actor) or rules.can_end_lease(actor, lease)):
+        raise NotYours("Only the lease holder or an administrator may release it.")
     machine = lock_machine(lease.machine)
     lease = lock(Lease, lease.pk)
     if lease.ended_at is None:

@@ -8,8 +8,12 @@ from typing import Any
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from accounts.rules import Actor
 from accounts.services import audit_record
 from catalogue.models import ImageSetup
+from flashing import rules
+from flashing.exceptions import MachineConflict as Conflict
+from flashing.exceptions import NotYours
 from flashing.models import (
     LIVE_MOUNT_STATES,
     OUT_OF_SERVICE,
@@ -26,7 +30,7 @@ from flashing.models import (
     NetworkMount,
     is_secret_setting,
 )
-from flashing.services.common import Conflict, disk_writes, event_record, lock_machine
+from flashing.services.common import disk_writes, event_record, lock_machine
 
 # Fields an administrator sets directly.
 PLAIN_FIELDS = ("name", "architecture", "managed", "power_driver", "description")
@@ -100,17 +104,26 @@ def _save_related(machine: Machine, fields: dict[str, Any]) -> None:
         raise Conflict("The name or a MAC address was registered at the same time.") from exc
 
 
+def _check_manages(actor: Actor | None) -> None:
+    if not (rules.is_baas(actor) or rules.can_manage_machines(actor)):
+        raise NotYours("Only administrators may register, change or remove machines.")
+
+
 @transaction.atomic
 def machine_create(
     *,
-    actor: Any,
+    actor: Actor | None,
     name: str,
     mac_addresses: list[str],
     disks: list[DiskSpec] = (),
     default_setup: ImageSetup | None = None,
     **fields: Any,
 ) -> Machine:
-    """Register a machine. MACs are normalised already (``normalize_mac``); 409 if taken."""
+    """Register a machine. MACs are normalised already (``normalize_mac``); 409 if taken.
+
+    ``NotYours`` unless ``actor`` is an administrator (``rules.can_manage_machines``).
+    """
+    _check_manages(actor)
     _check_unique(name=name, macs=mac_addresses, exclude=None)
     machine = Machine()
     values = {
@@ -127,12 +140,14 @@ def machine_create(
 
 
 @transaction.atomic
-def machine_update(*, actor: Any, machine: Machine, **fields: Any) -> Machine:
+def machine_update(*, actor: Actor | None, machine: Machine, **fields: Any) -> Machine:
     """Change the given fields; ``mac_addresses`` and ``disks``, when given, replace the lists.
 
     ``state`` may be set to ``maintenance`` or ``error`` (out of service), or
     back to ``available``, which settles to what the leases and queue say.
+    ``NotYours`` unless ``actor`` is an administrator.
     """
+    _check_manages(actor)
     machine = lock_machine(machine)
     _check_unique(name=fields.get("name"), macs=fields.get("mac_addresses"), exclude=machine.pk)
     _apply(machine, fields)
@@ -144,9 +159,11 @@ def machine_update(*, actor: Any, machine: Machine, **fields: Any) -> Machine:
 
 
 @transaction.atomic
-def machine_delete(*, actor: Any, machine: Machine) -> None:
+def machine_delete(*, actor: Actor | None, machine: Machine) -> None:
     """Remove a machine with its leases and history; 409 while a deployment runs on it,
-    or while one of its network mounts is served or storing its changes."""
+    or while one of its network mounts is served or storing its changes. ``NotYours``
+    unless ``actor`` is an administrator."""
+    _check_manages(actor)
     machine = lock_machine(machine)
     if machine.deployments.filter(state__in=RUNNING_STATES).exists():
         raise Conflict(f"A deployment is running on {machine.name}; wait for it or cancel it.")
@@ -168,7 +185,7 @@ def _settled_state(machine: Machine) -> str:
     return MachineState.AVAILABLE
 
 
-def _change_state(actor: Any, machine: Machine, state: str) -> None:
+def _change_state(actor: Actor | None, machine: Machine, state: str) -> None:
     if state == machine.state:
         return
     old, machine.state = machine.state, state
@@ -176,7 +193,7 @@ def _change_state(actor: Any, machine: Machine, state: str) -> None:
     audit_record(actor=actor, action="machine.state", target=machine, old=old, new=state)
 
 
-def machine_settle_state(*, actor: Any, machine: Machine) -> Machine:
+def machine_settle_state(*, actor: Actor | None, machine: Machine) -> Machine:
     """Set ``state`` from the facts: deploying, leased or available.
 
     Out-of-service machines (error, maintenance) stay so until an
@@ -188,8 +205,12 @@ def machine_settle_state(*, actor: Any, machine: Machine) -> Machine:
     return machine
 
 
-def machine_set_state(*, actor: Any, machine: Machine, state: str) -> Machine:
-    """An administrator takes a machine out of service, or puts it back (``available``)."""
+def machine_set_state(*, actor: Actor | None, machine: Machine, state: str) -> Machine:
+    """An administrator takes a machine out of service, or puts it back (``available``).
+
+    ``NotYours`` for anyone else (BAAS itself, ``actor=None``, may too).
+    """
+    _check_manages(actor)
     if state in OUT_OF_SERVICE:
         _change_state(actor, machine, state)
     else:

@@ -39,11 +39,15 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
-from rest_framework.exceptions import APIException
 
-from accounts import rules
+from baas_site.exceptions import DomainError
 from baas_site.tasks import TransactionAwareTask
-from catalogue.interface import VersionCorrupt, version_digest_ensure, version_store_file
+from catalogue.interface import (
+    VersionCorrupt,
+    can_write_image,
+    version_digest_ensure,
+    version_store_file,
+)
 from catalogue.models import Version
 from flashing import nbd
 from flashing.models import (
@@ -371,8 +375,8 @@ def network_mount_finish(*, mount_id: int) -> str:
             return _finish_locked(mount_id, directory)
     except nbd.MountBusy:
         return "busy"  # its start is still at work: try again soon
-    except (nbd.NbdError, APIException, OSError) as exc:
-        reason = str(exc.detail) if isinstance(exc, APIException) else str(exc)
+    except (nbd.NbdError, DomainError, OSError) as exc:
+        reason = str(exc.detail) if isinstance(exc, DomainError) else str(exc)
         _finish_failed(mount_id, reason)
         return "failed"
 
@@ -430,7 +434,7 @@ def _uploader(mount: NetworkMount) -> Any:
     """Whose work it is: who deployed it, else the lease holder, else the image's owner."""
     candidates = [mount.deployment.requested_by, mount.lease.user if mount.lease else None]
     for user in candidates:
-        if user is not None and rules.can_write_image(user, mount.image):
+        if user is not None and can_write_image(user, mount.image):
             return user
     return mount.image.owner
 

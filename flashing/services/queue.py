@@ -6,10 +6,9 @@ machine row to be locked by its caller (``common.lock_machine``).
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.utils import timezone
 
+from accounts.rules import Actor
 from catalogue.models import ImageFrozen, ImageSetup
 from flashing.models import (
     Deployment,
@@ -50,7 +49,7 @@ def _snapshot(deployment: Deployment, setup: ImageSetup | None) -> None:
 
 def queue_deployment(
     *,
-    actor: Any,
+    actor: Actor | None,
     machine: Machine,
     setup: ImageSetup | None,
     sync: bool,
@@ -86,7 +85,9 @@ def queue_deployment(
     return deployment
 
 
-def deployment_queue_reset(*, actor: Any, machine: Machine, message: str) -> Deployment | None:
+def deployment_queue_reset(
+    *, actor: Actor | None, machine: Machine, message: str
+) -> Deployment | None:
     """Queue the reset that follows a lease: bring sync images back, flash the default setup.
 
     Nothing is queued for an unmanaged machine, nor for one with no default
@@ -107,7 +108,9 @@ def deployment_queue_reset(*, actor: Any, machine: Machine, message: str) -> Dep
     )
 
 
-def finish_deployment(deployment: Deployment, state: str, actor: Any, message: str) -> None:
+def finish_deployment(
+    deployment: Deployment, state: str, actor: Actor | None, message: str
+) -> None:
     """Put a deployment in a final state, with its event. The caller set ``failure_reason``."""
     deployment.state = state
     deployment.finished_at = timezone.now()

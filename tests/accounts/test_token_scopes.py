@@ -10,7 +10,7 @@ from rest_framework.views import APIView
 from accounts import scopes
 from accounts.authentication import BearerTokenAuthentication
 from accounts.models import AccessToken, Role
-from accounts.rules import TokenScopes
+from accounts.permissions import TokenScopes
 from tests.accounts.conftest import client_with_scopes
 from tests.accounts.factories import PASSWORD, UserFactory
 

@@ -119,3 +119,16 @@ def test_the_lease_form_shows_its_errors_accessibly(page, researcher, settings):
     expect(field).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_role("alert")).to_contain_text("less than or equal to 12")
     assert not Lease.objects.exists()
+
+
+def test_a_refusal_of_the_lease_service_is_shown_as_a_message(page, researcher):
+    """The service refuses (the machine went out of service after the page was shown);
+    the page says why in the service's own words, translated once (baas_site.errors)."""
+    machine = MachineFactory(name="epyc-gone")
+    sign_in(page, researcher.username, PASSWORD)
+    page.goto(f"/machines/{machine.mac_addresses.get().address}/")
+    machine.state = "maintenance"
+    machine.save()
+    page.get_by_role("button", name="Lease", exact=True).click()
+    expect(page.get_by_role("status")).to_contain_text("epyc-gone is out of service (maintenance).")
+    assert not Lease.objects.exists()

@@ -15,11 +15,10 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
-from rest_framework.exceptions import PermissionDenied
 
-from accounts import rules
 from accounts.services import audit_record
-from catalogue.exceptions import BadUpload, InsufficientStorage
+from catalogue import rules
+from catalogue.exceptions import BadUpload, InsufficientStorage, NotYours
 from catalogue.models import FileStandard, Image, ImageType, Version
 from catalogue.services.bootfiles import BootImageError, boot_files_extract
 from catalogue.services.datamaps import version_map_store
@@ -49,10 +48,11 @@ def version_upload(
     agent's upload is noted with where it came from, and a retry of it (same
     bytes, same deployment) returns the version already made. Bytes identical
     to ``same_as`` store nothing and return ``same_as``.
-    Raises PermissionDenied if ``actor`` may not write the image.
+    Raises ``NotYours`` if ``actor`` may not write the image (any more: an upload
+    may outlive the right that ``image_get_writable`` checked before it began).
     """
     if not rules.can_write_image(actor, image):
-        raise PermissionDenied("You may read this image but not upload to it.")
+        raise NotYours("You may read this image but not upload to it.")
     if rules.is_agent(actor):
         note = actor.upload_note(image.pk)
     needed_now = bool(expected_sha256) or same_as is not None or rules.is_agent(actor)
