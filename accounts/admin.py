@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, TypedDict
+
 from django.contrib import admin
 from django.contrib.admin.utils import unquote
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
-from django.contrib.auth.forms import UserCreationForm
-from django.db.models import Sum
+from django.contrib.auth.forms import UserCreationForm, UsernameField
+from django.db.models import QuerySet, Sum
+from django.http import HttpRequest
 from django.template.defaultfilters import filesizeformat
 
 from accounts import ownership
@@ -14,11 +17,19 @@ from accounts.models import AccessToken, AuditEvent, User
 from accounts.services import audit_record, tokens_revoke_all, user_delete
 from baas_site.admin import AdministratorsOnly
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class _StorageUsed(TypedDict):
+    bytes_used: int | None
+
 
 class BaasUserCreationForm(UserCreationForm):
-    class Meta(UserCreationForm.Meta):
+    class Meta:  # Django's UserCreationForm.Meta, with our fields
         model = User
         fields = ("username", "email", "display_name", "role")
+        field_classes = {"username": UsernameField}
 
 
 @admin.register(User)
@@ -56,14 +67,13 @@ class UserAdmin(AdministratorsOnly, DjangoUserAdmin):
     ]
     filter_horizontal = []
 
-    def get_queryset(self, request):
+    def get_queryset(self, request: HttpRequest) -> QuerySet[User]:
         # The bytes on disk of every version of the user's images (catalogue.Version.stored_size).
-        return (
-            super().get_queryset(request).annotate(bytes_used=Sum("images__versions__stored_size"))
-        )
+        users: QuerySet[User] = super().get_queryset(request)
+        return users.annotate(bytes_used=Sum("images__versions__stored_size"))
 
     @admin.display(description="Storage used", ordering="bytes_used")
-    def storage_used(self, user: User) -> str:
+    def storage_used(self, user: WithAnnotations[User, _StorageUsed]) -> str:
         return filesizeformat(user.bytes_used or 0)
 
     @admin.display(description="Quota", ordering="storage_quota")
@@ -127,7 +137,7 @@ class AccessTokenAdmin(AdministratorsOnly, admin.ModelAdmin):
     list_display = ["name", "user", "hint", "scopes", "created_at", "expires_at", "last_used_at"]
     list_filter = ["expires_at"]
     search_fields = ["name", "user__username"]
-    readonly_fields = [
+    readonly_fields = (
         "user",
         "name",
         "hint",
@@ -135,7 +145,7 @@ class AccessTokenAdmin(AdministratorsOnly, admin.ModelAdmin):
         "created_at",
         "expires_at",
         "last_used_at",
-    ]
+    )
     fields = readonly_fields
 
     def has_add_permission(self, request, obj=None) -> bool:

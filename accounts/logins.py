@@ -47,7 +47,7 @@ def client_ip(request: HttpRequest) -> str | None:
     a trusted proxy is the client (addresses further left are whatever the client
     sent, so they prove nothing).
     """
-    remote = request.META.get("REMOTE_ADDR")
+    remote: str | None = request.META.get("REMOTE_ADDR")
     if not remote or not _trusted(remote):
         return remote
     forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")

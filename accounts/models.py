@@ -44,7 +44,11 @@ class BaasUserManager(UserManager):
 
     def _create_user(self, username, email, password, **extra_fields):
         extra_fields.pop("is_staff", None)  # derived from the role, not stored
-        return super()._create_user(username, email, password, **extra_fields)
+        # Django's own (private) step of create_user and create_superuser, which the stubs
+        # leave out; create_superuser above skips Django's, which insists on is_staff.
+        return super()._create_user(  # type: ignore[misc]
+            username, email, password, **extra_fields
+        )
 
 
 class User(AbstractBaseUser, PermissionsMixin):
@@ -99,7 +103,7 @@ class User(AbstractBaseUser, PermissionsMixin):
         """
         return self.is_active and (self.is_administrator or self.is_moderator)
 
-    def has_perm(self, perm: str, obj: object = None) -> bool:
+    def has_perm(self, perm: str, obj: models.Model | None = None) -> bool:
         return (self.is_active and self.is_administrator) or super().has_perm(perm, obj)
 
     def has_module_perms(self, app_label: str) -> bool:

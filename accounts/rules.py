@@ -13,7 +13,7 @@ predicates here. DRF's permission classes are in ``accounts.permissions``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, TypeGuard
 
 if TYPE_CHECKING:
     from django.contrib.auth.models import AnonymousUser
@@ -52,25 +52,23 @@ def is_baas(actor: Actor | None) -> bool:
     return actor is None
 
 
-def is_agent(user: Actor | None) -> bool:
+def is_agent(user: Actor | None) -> TypeGuard[Agent]:
     """The management agent of one deployment (``flashing.authentication.AgentPrincipal``)."""
     return bool(getattr(user, "is_agent", False))
 
 
-def is_authenticated(user: Actor | None) -> bool:
+def is_authenticated(user: Actor | None) -> TypeGuard[User]:
     """A signed-in person. Agents are not: only the image rules let them in."""
     return bool(user and user.is_authenticated and user.is_active) and not is_agent(user)
 
 
-def is_administrator(user: Actor | None) -> bool:
-    return is_authenticated(user) and bool(user.is_administrator)  # type: ignore[union-attr]
+def is_administrator(user: Actor | None) -> TypeGuard[User]:
+    return is_authenticated(user) and bool(user.is_administrator)
 
 
-def is_moderator(user: Actor | None) -> bool:
+def is_moderator(user: Actor | None) -> TypeGuard[User]:
     """Moderators and above."""
-    return is_authenticated(user) and bool(
-        user.is_moderator or user.is_administrator  # type: ignore[union-attr]
-    )
+    return is_authenticated(user) and bool(user.is_moderator or user.is_administrator)
 
 
 def can_use_admin(user: Actor | None) -> bool:
@@ -88,9 +86,7 @@ def can_admin_everything(user: Actor | None) -> bool:
 
 def can_manage_user(actor: Actor | None, target: Any) -> bool:
     """Read, change, delete a user, and manage their tokens: themselves or an administrator."""
-    return is_authenticated(actor) and (
-        actor.pk == target.pk or bool(actor.is_administrator)  # type: ignore[union-attr]
-    )
+    return is_authenticated(actor) and (actor.pk == target.pk or bool(actor.is_administrator))
 
 
 def can_create_user(actor: Actor | None) -> bool:
@@ -104,7 +100,7 @@ def can_change_role(actor: Actor | None) -> bool:
 def needs_current_password(actor: Actor | None, target: Any) -> bool:
     """Changing a password or email takes the current one, unless an administrator
     changes another user (who may have forgotten it)."""
-    return not (is_administrator(actor) and actor.pk != target.pk)  # type: ignore[union-attr]
+    return not (is_administrator(actor) and actor.pk != target.pk)
 
 
 def can_hand_over(actor: Actor | None) -> bool:

@@ -18,10 +18,10 @@ from accounts.models import AccessToken, AuditEvent, Role, User, token_digest
 from accounts.rules import Actor
 
 
-def audit_record(*, actor: Actor, action: str, target: Model, **data: Any) -> AuditEvent:
-    """Record that ``actor`` did ``action`` to ``target``."""
+def audit_record(*, actor: Actor | None, action: str, target: Model, **data: Any) -> AuditEvent:
+    """Record that ``actor`` did ``action`` to ``target`` (None: BAAS itself)."""
     return AuditEvent.objects.create(
-        actor=actor if getattr(actor, "pk", None) else None,
+        actor=actor if isinstance(actor, User) and actor.pk else None,
         action=action,
         target_type=target._meta.label_lower,
         target_id=str(target.pk),
@@ -182,7 +182,8 @@ def user_delete(*, actor: Actor, user: User, transfer_to: User | None = None) ->
         user.delete()
     except (ProtectedError, RestrictedError) as exc:
         # Something no app registered still points at the user: refuse, never a 500.
-        kinds = sorted({o._meta.verbose_name_plural for o in exc.protected_objects})
+        kept = exc.protected_objects if isinstance(exc, ProtectedError) else exc.restricted_objects
+        kinds = sorted({str(o._meta.verbose_name_plural) for o in kept})
         raise UserOwnsThings(user, [f"{k} (kept by the system)" for k in kinds]) from exc
 
 

@@ -7,7 +7,7 @@ by ``AdministratorsOnly``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin
@@ -55,7 +55,14 @@ class BaasAdminSite(admin.AdminSite):
         return response
 
 
-class AdministratorsOnly:
+if TYPE_CHECKING:
+    # What the mixin's ``super()`` calls reach: the admin class it is mixed into.
+    _AdminBase = admin.ModelAdmin[Any]
+else:
+    _AdminBase = object
+
+
+class AdministratorsOnly(_AdminBase):
     """A ``ModelAdmin`` (or inline) mixin: the page exists for administrators only.
 
     Django's permissions still apply on top, and a subclass may narrow them

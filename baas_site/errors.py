@@ -43,7 +43,7 @@ def http_status(exc: domain.DomainError) -> int:
     """The status of ``exc``'s kind (the nearest kind in the table); 400 if it has none."""
     for kind in type(exc).__mro__:
         if kind in HTTP_STATUS:
-            return HTTP_STATUS[kind]  # type: ignore[index]
+            return HTTP_STATUS[kind]
     return 400
 
 
@@ -124,7 +124,7 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
-def not_found(request: HttpRequest, exception: Exception | None = None) -> JsonResponse:
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
     """404 as JSON under ``/api/``, Django's page elsewhere."""
     if request.path.startswith("/api/"):
         return JsonResponse({"detail": "Not found."}, status=404)
@@ -168,7 +168,7 @@ def api_server_error(request: HttpRequest, exception: BaseException | None = Non
     return response
 
 
-def server_error(request: HttpRequest) -> JsonResponse:
+def server_error(request: HttpRequest) -> HttpResponse:
     if is_api(request):
         return api_server_error(request)
     from django.views.defaults import server_error as django_server_error

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
+from typing import Any
 
 import environ
 
@@ -28,7 +29,8 @@ def env_secret(name: str, default: str | None = None) -> str | None:
     path = env.str(f"{name}_FILE", default="")
     if path:
         return Path(path).read_text().strip()
-    return env.str(name, default=default)
+    value: str | None = env.str(name, default=default)
+    return value
 
 
 # Where the embedded default keeps its state: database, broker queues, images.
@@ -288,7 +290,7 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600}
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Periodic jobs, defined here in code; each app adds its own entries.
-CELERY_BEAT_SCHEDULE = {
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "tokens-purge-expired": {"task": "accounts.tokens_purge_expired", "schedule": 3600.0},
     # Removes the .part files of uploads and jobs a crash cut short (no live writer holds them).
     "catalogue-purge-stale-uploads": {
@@ -345,7 +347,7 @@ BAAS_LONG_TASKS = (
     "flashing.network_mount_start",
     "flashing.network_mount_finish",
 )
-CELERY_TASK_ROUTES = {
+CELERY_TASK_ROUTES: dict[str, dict[str, str]] = {
     **{entry["task"]: {"queue": BAAS_PERIODIC_QUEUE} for entry in CELERY_BEAT_SCHEDULE.values()},
     **{name: {"queue": BAAS_LONG_QUEUE} for name in BAAS_LONG_TASKS},
 }

@@ -36,10 +36,12 @@ class TransactionAwareTask(Task):
     retry_jitter = True
     max_retries = 8
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
         """Send now outside a transaction (the AsyncResult), else once it commits (None)."""
         if not transaction.get_connection().in_atomic_block:
-            return super().apply_async(args, kwargs, **options)
+            return super().apply_async(args, kwargs, *more, **options)
         # robust: a send that fails after the commit is logged, and the other callbacks run.
-        transaction.on_commit(partial(super().apply_async, args, kwargs, **options), robust=True)
+        transaction.on_commit(
+            partial(super().apply_async, args, kwargs, *more, **options), robust=True
+        )
         return None

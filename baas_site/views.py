@@ -6,9 +6,10 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required
 from django.db.models import Prefetch, QuerySet
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpResponse
 from django.shortcuts import render
 
+from accounts.http import AuthenticatedHttpRequest
 from catalogue.selectors.images import image_list_owned
 from catalogue.selectors.setups import setup_list
 from catalogue.views import with_latest
@@ -36,16 +37,16 @@ def _progress(deployment: Any) -> int | None:
 
 
 @login_required
-def home(request: HttpRequest) -> HttpResponse:
+def home(request: AuthenticatedHttpRequest) -> HttpResponse:
     user = request.user
-    deployments = list(
+    running = (
         deployment_queryset()
         .filter(requested_by=user)
         .exclude(state__in=FINAL_STATES)
         .order_by("created_at", "id")
     )
-    for deployment in deployments:
-        deployment.progress = _progress(deployment)
+    # Each with its progress, for the template.
+    deployments = [(deployment, _progress(deployment)) for deployment in running]
     images = image_list_owned(owner=user).order_by("-updated_at")
     context = {
         "images": with_latest(images[:HOME_IMAGES]),

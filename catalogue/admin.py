@@ -12,8 +12,11 @@ images stay the administrators' business. Setups are for administrators only.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any, TypedDict
+
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ValidationError
 from django.db.models import Count, QuerySet, Sum
 from django.forms.models import BaseInlineFormSet
@@ -32,7 +35,20 @@ from catalogue.services import images as image_services
 from catalogue.services.pipeline import image_process, version_state
 from catalogue.services.setups import effective_sync, frozen_image_check
 
-VERSION_FIELDS = [
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class _ImageUsage(TypedDict):
+    n_versions: int
+    bytes_used: int | None
+
+
+class _SetupSize(TypedDict):
+    n_images: int
+
+
+VERSION_FIELDS = (
     "number",
     "size",
     "virtual_size",
@@ -42,7 +58,7 @@ VERSION_FIELDS = [
     "uploaded_by",
     "created_at",
     "note",
-]
+)
 
 
 class VersionInline(admin.TabularInline):
@@ -69,15 +85,20 @@ class VersionInline(admin.TabularInline):
         return False
 
 
-def maintained_system_images(user: object) -> QuerySet[Image]:
+def maintained_system_images(user: User | AnonymousUser) -> QuerySet[Image]:
     """The images a moderator sees in the admin: the system images assigned to them."""
+    if not isinstance(user, User):
+        return Image.objects.none()
     return Image.objects.filter(type=ImageType.SYSTEM, maintainers=user)
 
 
 class ImagePermissions:
     """``rules.can_admin_image`` for a ``ModelAdmin`` whose rows belong to an image."""
 
-    def image_of(self, obj: object) -> Image:
+    def image_of(self, obj: Any) -> Image:
+        """The image ``obj`` belongs to: ``obj`` itself here, a version's image below."""
+        if not isinstance(obj, Image):
+            raise TypeError(f"not an image: {obj!r}")
         return obj
 
     def has_module_permission(self, request: HttpRequest) -> bool:
@@ -130,7 +151,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
     actions = ["recompress", "delete_selected_images"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Image]:
-        images = (
+        images: QuerySet[Image] = (
             super()
             .get_queryset(request)
             .annotate(n_versions=Count("versions"), bytes_used=Sum("versions__stored_size"))
@@ -140,11 +161,11 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
         return images.filter(pk__in=maintained_system_images(request.user).values("pk"))
 
     @admin.display(description="Versions", ordering="n_versions")
-    def version_count(self, image: Image) -> int:
+    def version_count(self, image: WithAnnotations[Image, _ImageUsage]) -> int:
         return image.n_versions
 
     @admin.display(description="Storage used", ordering="bytes_used")
-    def storage_used(self, image: Image) -> str:
+    def storage_used(self, image: WithAnnotations[Image, _ImageUsage]) -> str:
         return filesizeformat(image.bytes_used or 0)
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -198,7 +219,7 @@ class ImageAdmin(ImagePermissions, admin.ModelAdmin):
     def get_deleted_objects(self, objs, request: HttpRequest):
         deleted, counts, perms_needed, protected = super().get_deleted_objects(objs, request)
         # Versions go with their image (the service decides), though not one by one.
-        perms_needed.discard(Version._meta.verbose_name)
+        perms_needed.discard(str(Version._meta.verbose_name))
         return deleted, counts, perms_needed, protected
 
     def delete_model(self, request: HttpRequest, obj: Image) -> None:
@@ -261,11 +282,13 @@ class VersionAdmin(ImagePermissions, admin.ModelAdmin):
         state = version_state(obj)
         return f"{state}: {obj.damaged}" if obj.damaged else state
 
-    def image_of(self, obj: object) -> Image:
+    def image_of(self, obj: Any) -> Image:
+        if not isinstance(obj, Version):
+            raise TypeError(f"not a version: {obj!r}")
         return obj.image
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Version]:
-        versions = super().get_queryset(request)
+        versions: QuerySet[Version] = super().get_queryset(request)
         if rules.is_administrator(request.user):
             return versions
         return versions.filter(image__in=maintained_system_images(request.user).values("pk"))
@@ -319,8 +342,9 @@ class FrozenImageForm(forms.ModelForm):
         self.setup = setup
         self.fields["mount"].required = False  # not given: the model's default, flashed
 
-    def clean(self) -> dict:
-        data = super().clean()
+    def clean(self) -> dict[str, Any]:
+        super().clean()
+        data = self.cleaned_data
         image = data.get("image")
         if image is None or self.setup is None or data.get("DELETE"):
             return data
@@ -361,10 +385,11 @@ class ImageSetupAdmin(AdministratorsOnly, admin.ModelAdmin):
     inlines = [FrozenImageInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ImageSetup]:
-        return super().get_queryset(request).annotate(n_images=Count("frozen_images"))
+        setups: QuerySet[ImageSetup] = super().get_queryset(request)
+        return setups.annotate(n_images=Count("frozen_images"))
 
     @admin.display(description="Images", ordering="n_images")
-    def image_count(self, setup: ImageSetup) -> int:
+    def image_count(self, setup: WithAnnotations[ImageSetup, _SetupSize]) -> int:
         return setup.n_images
 
     def save_model(self, request: HttpRequest, obj: ImageSetup, form, change: bool) -> None:

@@ -76,7 +76,9 @@ class ImageMetadataForm(forms.Form):
 
     def __init__(self, *args: Any, user: Actor, current_type: str | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields["type"].choices = [
+        type_field = self.fields["type"]
+        assert isinstance(type_field, forms.ChoiceField)
+        type_field.choices = [
             (value, label)
             for value, label in ImageType.choices
             if value == current_type or self._may_choose(user, current_type, value)
@@ -136,7 +138,9 @@ class FrozenImageForm(forms.Form):
 
     def __init__(self, *args: Any, images: Iterable[Image], **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields["version"].choices = [("", "Choose an image version…")] + [
+        version_field = self.fields["version"]
+        assert isinstance(version_field, forms.ChoiceField)
+        version_field.choices = [("", "Choose an image version…")] + [
             (f"{image.name} ({image.owner.username}, {image.get_type_display()})", _options(image))
             for image in images
         ]

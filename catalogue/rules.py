@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from accounts.rules import Actor, is_administrator, is_agent, is_authenticated, is_moderator
+from accounts.rules import Actor
+from accounts.rules import is_administrator as is_administrator  # services ask catalogue.rules
+from accounts.rules import is_agent as is_agent
+from accounts.rules import is_authenticated as is_authenticated
+from accounts.rules import is_moderator as is_moderator
 
 SYSTEM = "system"
 
@@ -37,8 +41,8 @@ def is_maintainer(user: Actor | None, image: _Image) -> bool:
         return False
     cache = getattr(image, "_prefetched_objects_cache", {})
     if "maintainers" in cache:
-        return any(m.pk == user.pk for m in cache["maintainers"])  # type: ignore[union-attr]
-    return image.maintainers.filter(pk=user.pk).exists()  # type: ignore[union-attr]
+        return any(m.pk == user.pk for m in cache["maintainers"])
+    return bool(image.maintainers.filter(pk=user.pk).exists())
 
 
 def can_create_image(user: Actor | None, image_type: str) -> bool:
@@ -54,12 +58,12 @@ def can_read_image(user: Actor | None, image: _Image) -> bool:
     An agent reads only the images of its deployment (to write, or to bring back).
     """
     if is_agent(user):
-        return image.pk in user.images("write") or image.pk in user.images("sync")  # type: ignore[union-attr]
+        return image.pk in user.images("write") or image.pk in user.images("sync")
     if not is_authenticated(user):
         return False
     return (
         image.type == SYSTEM
-        or image.owner_id == user.pk  # type: ignore[union-attr]
+        or image.owner_id == user.pk
         or is_administrator(user)
         or is_maintainer(user, image)
     )
@@ -73,14 +77,14 @@ def can_write_image(user: Actor | None, image: _Image) -> bool:
     deployment's sync images.
     """
     if is_agent(user):
-        return image.pk in user.images("sync")  # type: ignore[union-attr]
+        return image.pk in user.images("sync")
     if not is_authenticated(user):
         return False
     if is_administrator(user):
         return True
     if image.type == SYSTEM:
-        return is_maintainer(user, image) or (image.owner_id == user.pk and is_moderator(user))  # type: ignore[union-attr]
-    return image.owner_id == user.pk  # type: ignore[union-attr]
+        return is_maintainer(user, image) or (image.owner_id == user.pk and is_moderator(user))
+    return bool(image.owner_id == user.pk)
 
 
 def can_delete_image(user: Actor | None, image: _Image) -> bool:
@@ -89,7 +93,7 @@ def can_delete_image(user: Actor | None, image: _Image) -> bool:
         return False
     if is_administrator(user):
         return True
-    if image.owner_id != user.pk:  # type: ignore[union-attr]
+    if image.owner_id != user.pk:
         return False
     return image.type != SYSTEM or is_moderator(user)
 
@@ -116,12 +120,12 @@ def can_assign_maintainers(user: Actor | None) -> bool:
 
 def can_create_setup_for(actor: Actor | None, owner: Any) -> bool:
     """Create a setup owned by ``owner``: the owner themselves or an administrator."""
-    return is_authenticated(actor) and (actor.pk == owner.pk or is_administrator(actor))  # type: ignore[union-attr]
+    return is_authenticated(actor) and (actor.pk == owner.pk or is_administrator(actor))
 
 
 def can_manage_setups_of(actor: Actor | None, owner: Any) -> bool:
     """List, read, change and delete ``owner``'s setups: the owner, moderators, administrators."""
-    return is_authenticated(actor) and (actor.pk == owner.pk or is_moderator(actor))  # type: ignore[union-attr]
+    return is_authenticated(actor) and (actor.pk == owner.pk or is_moderator(actor))
 
 
 def can_use_setup(user: Actor | None, setup: Any) -> bool:
@@ -130,4 +134,4 @@ def can_use_setup(user: Actor | None, setup: Any) -> bool:
     Not moderators: a setup may hold its owner's private images, which only
     the owner and administrators may read.
     """
-    return is_authenticated(user) and (setup.owner_id == user.pk or is_administrator(user))  # type: ignore[union-attr]
+    return is_authenticated(user) and (setup.owner_id == user.pk or is_administrator(user))

@@ -19,13 +19,24 @@ Only the standard library: the stages themselves know nothing of Django.
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import queue
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any, Generic, TypeVar
 
-_END = object()
+_T = TypeVar("_T")
+
+
+class _End(enum.Enum):
+    """What ends a stage's queue (an enum member, so types tell it from the items)."""
+
+    END = enum.auto()
+
+
+_END = _End.END
 
 
 class Stages:
@@ -39,12 +50,12 @@ class Stages:
     """
 
     def __init__(self) -> None:
-        self._stages: list[Stage] = []
+        self._stages: list[Stage[Any]] = []
         self._error: BaseException | None = None
         self._cancelled = False
         self._lock = threading.Lock()
 
-    def start(self, work: Callable[[object], None], *, name: str, depth: int = 8) -> Stage:
+    def start(self, work: Callable[[_T], None], *, name: str, depth: int = 8) -> Stage[_T]:
         """A new stage running ``work(item)`` for each item put, in order, on its own thread."""
         stage = Stage(self, work, name=name, depth=depth)
         self._stages.append(stage)
@@ -92,22 +103,22 @@ class Stages:
             self.cancel()
 
 
-class Stage:
+class Stage(Generic[_T]):
     """One stage of a :class:`Stages` group: a thread and the bounded queue that feeds it.
 
     Items must not change once put (immutable ``bytes``, or views of them):
     the stage reads them later, on its own thread.
     """
 
-    def __init__(self, group: Stages, work: Callable[[object], None], *, name: str, depth: int):
+    def __init__(self, group: Stages, work: Callable[[_T], None], *, name: str, depth: int):
         self._group = group
         self._work = work
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=depth)
+        self._queue: queue.Queue[_T | _End] = queue.Queue(maxsize=depth)
         self._ended = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
-    def put(self, item: object) -> None:
+    def put(self, item: _T) -> None:
         """Hand ``item`` on (waits while the queue is full); raises the group's error."""
         self._group.check()
         if self._ended:
@@ -136,18 +147,18 @@ class Stage:
                 self._group._fail(exc)
 
 
-class BackgroundWorker:
+class BackgroundWorker(Generic[_T]):
     """A group of one stage: ``work(item)`` for each item put, in order, on its own thread.
 
     An exception raised by ``work`` is raised again by the next :meth:`put`
     or by :meth:`join`; the items after it are dropped.
     """
 
-    def __init__(self, work: Callable[[object], None], *, name: str, depth: int = 8):
+    def __init__(self, work: Callable[[_T], None], *, name: str, depth: int = 8):
         self._stages = Stages()
         self._stage = self._stages.start(work, name=name, depth=depth)
 
-    def put(self, item: object) -> None:
+    def put(self, item: _T) -> None:
         self._stage.put(item)
 
     def join(self) -> None:

@@ -23,12 +23,15 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from django.conf import settings
 
 from diskimage import BLOCK
 from diskimage.holes import zero_block_runs
+
+if TYPE_CHECKING:
+    from _ctypes import CFuncPtr
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def _stored(path: Path) -> StoredFile:
     return StoredFile(path=path, size=st.st_size, allocated=st.st_blocks * 512)
 
 
-def _sync_file_range() -> ctypes._CFuncPtr | None:
+def _sync_file_range() -> CFuncPtr | None:
     """Linux's sync_file_range(2), which Python's os module lacks; None elsewhere."""
     try:
         function = ctypes.CDLL(None, use_errno=True).sync_file_range

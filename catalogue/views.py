@@ -9,8 +9,7 @@ the selectors and services; images a user may not read answer 404, as in the API
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 from django.conf import settings
 from django.contrib import messages
@@ -21,6 +20,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST, require_safe
 
+from accounts.http import AuthenticatedHttpRequest
 from baas_site.errors import error_text
 from baas_site.exceptions import DomainError, Forbidden, Invalid
 from catalogue import rules
@@ -33,7 +33,7 @@ from catalogue.forms import (
     SetupForm,
     add_service_errors,
 )
-from catalogue.models import Image, ImageSetup
+from catalogue.models import Image, ImageSetup, Version
 from catalogue.selectors import images as image_selectors
 from catalogue.selectors import setups as setup_selectors
 from catalogue.services import images as image_services
@@ -47,35 +47,40 @@ REFUSALS = (Invalid, Forbidden)
 # --- Images ---------------------------------------------------------------------------
 
 
-def with_latest(images: Iterable[Image]) -> list[Image]:
-    """``images`` with ``latest``, their newest version, from the prefetched versions."""
-    images = list(images)
-    for image in images:
-        image.latest = max(image.versions.all(), key=lambda v: v.number, default=None)
-    return images
+def with_latest(images: Iterable[Image]) -> list[tuple[Image, Version | None]]:
+    """Each of ``images`` with its newest version, from the prefetched versions."""
+    return [
+        (image, max(image.versions.all(), key=lambda v: v.number, default=None)) for image in images
+    ]
 
 
-def _readable(request: HttpRequest, image_id: uuid.UUID, *, full: bool = True) -> Image:
+def _readable(
+    request: AuthenticatedHttpRequest, image_id: uuid.UUID, *, full: bool = True
+) -> Image:
     return image_selectors.image_get_readable(actor=request.user, image_id=str(image_id), full=full)
 
 
 @login_required
-def image_list(request: HttpRequest) -> HttpResponse:
+def image_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     filters = ImageFilterForm(request.GET)
     values = filters.cleaned_data if filters.is_valid() else {}
     images = image_selectors.image_list_readable(
         actor=request.user, **{name: value or None for name, value in values.items()}
     )
     page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
-    page.object_list = with_latest(page.object_list)
     query = request.GET.copy()
     query.pop("page", None)
-    context = {"filters": filters, "page": page, "query": query.urlencode()}
+    context = {
+        "filters": filters,
+        "page": page,
+        "images": with_latest(page.object_list),
+        "query": query.urlencode(),
+    }
     return render(request, "catalogue/image_list.html", context)
 
 
 @login_required
-def image_create(request: HttpRequest) -> HttpResponse:
+def image_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = ImageCreateForm(request.POST or None, user=request.user)
     if request.method == "POST" and form.is_valid():
         try:
@@ -91,7 +96,7 @@ def image_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def image_detail(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
+def image_detail(request: AuthenticatedHttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = _readable(request, image_id)
     context = {
         "image": image,
@@ -122,7 +127,7 @@ def upload_client(request: HttpRequest) -> FileResponse:
 
 
 @login_required
-def image_edit(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
+def image_edit(request: AuthenticatedHttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = image_selectors.image_get_writable(actor=request.user, image_id=str(image_id))
     name = image.name
     form = ImageEditForm(
@@ -144,7 +149,7 @@ def image_edit(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
 
 
 @login_required
-def image_delete(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
+def image_delete(request: AuthenticatedHttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = image_selectors.image_get_deletable(
         actor=request.user, image_id=str(image_id), full=False
     )
@@ -166,11 +171,11 @@ def image_delete(request: HttpRequest, image_id: uuid.UUID) -> HttpResponse:
 # reach other people's through the API and Django admin.
 
 
-def _my_setup(request: HttpRequest, setup_id: uuid.UUID) -> ImageSetup:
+def _my_setup(request: AuthenticatedHttpRequest, setup_id: uuid.UUID) -> ImageSetup:
     return setup_selectors.setup_get(owner=request.user, setup_uuid=setup_id)
 
 
-def _save_setup(form: SetupForm, save: Any) -> ImageSetup | None:
+def _save_setup(form: SetupForm, save: Callable[[], ImageSetup]) -> ImageSetup | None:
     """Run ``save`` (a setup service call); its model errors go on ``form``."""
     try:
         return save()
@@ -180,13 +185,13 @@ def _save_setup(form: SetupForm, save: Any) -> ImageSetup | None:
 
 
 @login_required
-def setup_list(request: HttpRequest) -> HttpResponse:
+def setup_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     setups = setup_selectors.setup_list(owner=request.user)
     return render(request, "catalogue/setup_list.html", {"setups": setups})
 
 
 @login_required
-def setup_create(request: HttpRequest) -> HttpResponse:
+def setup_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     form = SetupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         setup = _save_setup(
@@ -202,7 +207,7 @@ def setup_create(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-def setup_detail(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
+def setup_detail(request: AuthenticatedHttpRequest, setup_id: uuid.UUID) -> HttpResponse:
     setup = _my_setup(request, setup_id)
     images = image_selectors.image_list_readable(actor=setup.owner)
     form = FrozenImageForm(request.POST or None, images=images)
@@ -227,7 +232,7 @@ def setup_detail(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
 
 
 @login_required
-def setup_edit(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
+def setup_edit(request: AuthenticatedHttpRequest, setup_id: uuid.UUID) -> HttpResponse:
     setup = _my_setup(request, setup_id)
     name = setup.name
     initial = {"name": setup.name, "description": setup.description}
@@ -247,7 +252,7 @@ def setup_edit(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
 
 
 @login_required
-def setup_delete(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
+def setup_delete(request: AuthenticatedHttpRequest, setup_id: uuid.UUID) -> HttpResponse:
     setup = _my_setup(request, setup_id)
     error = ""
     if request.method == "POST":
@@ -265,7 +270,7 @@ def setup_delete(request: HttpRequest, setup_id: uuid.UUID) -> HttpResponse:
 @login_required
 @require_POST
 def setup_image_remove(
-    request: HttpRequest, setup_id: uuid.UUID, image_id: uuid.UUID
+    request: AuthenticatedHttpRequest, setup_id: uuid.UUID, image_id: uuid.UUID
 ) -> HttpResponse:
     setup = _my_setup(request, setup_id)
     frozen = setup_selectors.frozen_get(setup=setup, image_uuid=image_id)

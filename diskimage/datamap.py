@@ -203,7 +203,7 @@ class DataMapper:
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         if isinstance(data, memoryview):  # searched in place when it is a whole object
-            data = data.obj if _whole(data) else bytes(data)
+            data = _whole(data) or bytes(data)
         length = len(data)
         if not length:
             return
@@ -291,9 +291,10 @@ class DataMapper:
             self._open = None
 
 
-def _whole(view: memoryview) -> bool:
-    """Whether ``view`` covers all of a bytes object (so it can be searched in place)."""
-    return isinstance(view.obj, bytes) and len(view.obj) == view.nbytes
+def _whole(view: memoryview) -> bytes | None:
+    """The bytes object ``view`` covers all of (so it can be searched in place), if it does."""
+    obj = view.obj
+    return obj if isinstance(obj, bytes) and len(obj) == view.nbytes else None
 
 
 def empty_map(size: int, sha256: str) -> DataMap:

@@ -97,8 +97,11 @@ class ZstdDecoder:
 
         self._error = zstandard.ZstdError
         self._sink = sink
+        # zstandard writes into any object with write(); its stubs ask for a whole IO[bytes].
         self._writer = zstandard.ZstdDecompressor().stream_writer(
-            _SinkWriter(self._bounded), write_size=CHUNK, closefd=False
+            _SinkWriter(self._bounded),  # type: ignore[arg-type]
+            write_size=CHUNK,
+            closefd=False,
         )
         self._frames = ZstdFrameWalker(self._on_size)
         self._announced = 0  # raw bytes the frame headers seen so far announce
@@ -180,7 +183,8 @@ class SparseDecoder(_ForeignErrors):
 
     @property
     def crc_checks(self) -> list[tuple[int, int]]:
-        return self._decoder.crc_checks
+        checks: list[tuple[int, int]] = self._decoder.crc_checks
+        return checks
 
     def _zeros(self, length: int) -> None:
         for start in range(0, length, CHUNK):

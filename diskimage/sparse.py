@@ -54,7 +54,7 @@ def is_sparse_image(head: bytes) -> bool:
     if len(head) < HEADER.size:
         return False
     magic, major, _minor, file_header, chunk_header, *_ = HEADER.unpack_from(head)
-    return (
+    return bool(
         magic == MAGIC
         and major == 1
         and file_header >= HEADER.size
@@ -67,7 +67,8 @@ def declared_size(head: bytes) -> int | None:
     if not is_sparse_image(head):
         return None
     _, _, _, _, _, block_size, blocks, _, _ = HEADER.unpack_from(head)
-    return block_size * blocks
+    size: int = block_size * blocks
+    return size
 
 
 class SparseImageDecoder:

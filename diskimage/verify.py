@@ -19,9 +19,10 @@ import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
+from typing import Protocol
 
 from diskimage import READ_CHUNK
-from diskimage.datamap import DataMap, blake3_module
+from diskimage.datamap import DataMap
 from diskimage.holes import data_extents, is_zeros, read_pieces
 
 MAX_WORKERS = 8
@@ -161,6 +162,19 @@ class _Check:
         raise NotImplementedError
 
 
+class _Hasher(Protocol):
+    def update(self, data: bytes, /) -> object: ...
+    def hexdigest(self) -> str: ...
+
+
+def _hasher(algorithm: str) -> _Hasher:
+    if algorithm == "BLAKE3":
+        import blake3  # a map carries BLAKE3 ranges only where blake3 is installed
+
+        return blake3.blake3()
+    return hashlib.sha256()
+
+
 class _RangeCheck(_Check):
     """Hash ``[start, end)`` and compare it with the map's SHA-256."""
 
@@ -170,7 +184,7 @@ class _RangeCheck(_Check):
         self.algorithm = algorithm
 
     def __call__(self) -> str | None:
-        hasher = blake3_module.blake3() if self.algorithm == "BLAKE3" else hashlib.sha256()
+        hasher = _hasher(self.algorithm)
         for chunk in self._read(self.offset, self.end):
             hasher.update(chunk)
         if hasher.hexdigest() != self.digest:

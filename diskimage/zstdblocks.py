@@ -126,7 +126,8 @@ def _declare(lib: ctypes.CDLL) -> bool:
             function.restype, function.argtypes = restype, argtypes
     except AttributeError:
         return False
-    return lib.ZSTD_versionNumber() >= 10407  # ZSTD_d_forceIgnoreChecksum came with 1.4.7
+    version: int = lib.ZSTD_versionNumber()
+    return version >= 10407  # ZSTD_d_forceIgnoreChecksum came with 1.4.7
 
 
 def _switched_off() -> bool:
@@ -178,7 +179,7 @@ class BlockZstdDecoder:
         self.checksums: list[tuple[int, int, int]] = []
         self.size = 0  # raw bytes decoded so far, holes included
         self._frames = 0
-        self._state = self._on_start
+        self._state: Callable[[bytes, int, int], None] = self._on_start
         self._need = 5  # bytes the state takes next
         self._carry = b""  # the start of those bytes, from an earlier write
         self._frame = _Frame()
@@ -426,7 +427,9 @@ class BlockZstdDecoder:
             self._at = self._pending = 0
         elif self._at - self._pending + frame.block_max > CHUNK:
             self._flush()  # the pieces handed on stay within CHUNK
-        address = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value + position
+        base = ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value
+        assert base is not None  # the buffer of a bytes object is never NULL
+        address = base + position
         out = self._check(
             self._lib.ZSTD_decompressContinue(
                 self._dctx,

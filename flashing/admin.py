@@ -9,7 +9,7 @@ Administrators only (``baas_site.admin.AdministratorsOnly``).
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from django import forms
 from django.contrib import admin, messages
@@ -41,6 +41,14 @@ from flashing.services.leases import lease_end
 from flashing.services.machines import machine_set_state, power_settings_merge
 from flashing.services.mounts import network_mount_end, network_mounts_retry
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
+
+
+class _Progress(TypedDict):
+    done_bytes: int | None
+    total_bytes: int | None
+
 
 class MacAddressInline(admin.TabularInline):
     model = MacAddress
@@ -58,7 +66,7 @@ class DiskContentInline(admin.TabularInline):
 
     model = DiskContent
     extra = 0
-    fields = ["disk", "image", "version_number", "sync", "deployment", "written_at"]
+    fields = ("disk", "image", "version_number", "sync", "deployment", "written_at")
     readonly_fields = fields
     can_delete = False
 
@@ -207,7 +215,7 @@ class LeaseAdmin(AdministratorsOnly, admin.ModelAdmin):
 class DeploymentImageInline(admin.TabularInline):
     model = DeploymentImage
     extra = 0
-    fields = [
+    fields = (
         "direction",
         "image",
         "version_number",
@@ -217,7 +225,7 @@ class DeploymentImageInline(admin.TabularInline):
         "bytes_done",
         "bytes_total",
         "rate",
-    ]
+    )
     readonly_fields = fields
     can_delete = False
 
@@ -228,7 +236,7 @@ class DeploymentImageInline(admin.TabularInline):
 class DeploymentEventInline(admin.TabularInline):
     model = DeploymentEvent
     extra = 0
-    fields = ["created_at", "actor", "action", "state", "message"]
+    fields = ("created_at", "actor", "action", "state", "message")
     readonly_fields = fields
     can_delete = False
 
@@ -260,14 +268,13 @@ class DeploymentAdmin(AdministratorsOnly, admin.ModelAdmin):
     actions = ["cancel_selected", "requeue_selected"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Deployment]:
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(done_bytes=Sum("images__bytes_done"), total_bytes=Sum("images__bytes_total"))
+        deployments: QuerySet[Deployment] = super().get_queryset(request)
+        return deployments.annotate(
+            done_bytes=Sum("images__bytes_done"), total_bytes=Sum("images__bytes_total")
         )
 
     @admin.display(description="Progress")
-    def progress(self, deployment: Deployment) -> str:
+    def progress(self, deployment: WithAnnotations[Deployment, _Progress]) -> str:
         total = getattr(deployment, "total_bytes", None) or 0
         if not total:
             return "—"

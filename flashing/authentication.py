@@ -121,7 +121,7 @@ class AgentTokenAuthentication(BaseAuthentication):
         if not is_agent_secret(secret):
             return None
         token, verdict = token_check(secret)
-        if verdict == TokenVerdict.GONE:
+        if token is not None and verdict == TokenVerdict.GONE:
             raise DeploymentGone.of(token.deployment)
         if token is None or verdict != TokenVerdict.LIVE:
             raise exceptions.AuthenticationFailed(

@@ -54,4 +54,6 @@ class DeployForm(forms.Form):
 
     def __init__(self, *args: Any, user: Actor, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.fields["setup"].queryset = setup_list_usable(user=user)
+        setup_field = self.fields["setup"]
+        assert isinstance(setup_field, forms.ModelChoiceField)
+        setup_field.queryset = setup_list_usable(user=user)

@@ -220,6 +220,8 @@ def server_alive(*, pid: int | None, overlay: Path) -> bool:
 
 def server_stop(*, pid: int | None, overlay: Path, timeout: float = STOP_TIMEOUT) -> None:
     """Stop the server (SIGTERM: it flushes the overlay; SIGKILL if it hangs)."""
+    if not pid:
+        return  # none recorded: nothing runs
     for sig in (signal.SIGTERM, signal.SIGKILL):
         if not server_alive(pid=pid, overlay=overlay):
             return

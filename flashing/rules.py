@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from accounts.rules import Actor, is_administrator, is_authenticated
+from accounts.rules import Actor, is_authenticated
+from accounts.rules import is_administrator as is_administrator  # services ask flashing.rules
 from accounts.rules import is_baas as is_baas  # services ask flashing.rules alone
 
 
@@ -30,20 +31,20 @@ def can_lease_machine(user: Actor | None) -> bool:
 
 def can_end_lease(user: Actor | None, lease: Any) -> bool:
     """Release a lease: its holder or an administrator."""
-    return is_authenticated(user) and (lease.user_id == user.pk or is_administrator(user))  # type: ignore[union-attr]
+    return is_authenticated(user) and (lease.user_id == user.pk or is_administrator(user))
 
 
 def can_deploy_on(user: Actor | None, lease: Any | None) -> bool:
     """Queue deployments on a machine: the holder of its active lease, or an administrator."""
     if not is_authenticated(user):
         return False
-    return is_administrator(user) or (lease is not None and lease.user_id == user.pk)  # type: ignore[union-attr]
+    return is_administrator(user) or (lease is not None and lease.user_id == user.pk)
 
 
 def can_read_deployment(user: Actor | None, deployment: Any) -> bool:
     """A deployment is its requester's, and every administrator's."""
     return is_authenticated(user) and (
-        deployment.requested_by_id == user.pk or is_administrator(user)  # type: ignore[union-attr]
+        deployment.requested_by_id == user.pk or is_administrator(user)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Count, OuterRef, Prefetch, Q, QuerySet, Subquery
 
+from accounts.models import User
 from accounts.rules import Actor
 from flashing import rules
 from flashing.exceptions import DeploymentNotFound, InvalidInput, MachineNotFound, NotYours
@@ -100,7 +101,11 @@ def deployment_list(
     """The deployments ``user`` requested (all of them for administrators), newest first."""
     deployments = deployment_queryset()
     if not rules.is_administrator(user):
-        deployments = deployments.filter(requested_by=user)
+        # Only a person requests deployments; an agent or a visitor has none.
+        if isinstance(user, User):
+            deployments = deployments.filter(requested_by=user)
+        else:
+            deployments = deployments.none()
     if machine is not None:
         deployments = deployments.filter(machine=machine)
     if state:

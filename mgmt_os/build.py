@@ -21,7 +21,6 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
-import io
 import json
 import lzma
 import os
@@ -36,6 +35,7 @@ import tomllib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import zstandard
 
@@ -422,7 +422,10 @@ def install_certificates(root: Path) -> None:
 
 def agent_entry_point(agent_dir: Path) -> str:
     project = tomllib.loads((agent_dir / "pyproject.toml").read_text())
-    return project.get("project", {}).get("scripts", {}).get("baas-agent", "baas_agent.cli:main")
+    entry: str = (
+        project.get("project", {}).get("scripts", {}).get("baas-agent", "baas_agent.cli:main")
+    )
+    return entry
 
 
 def install_agent(agent_dir: Path, root: Path) -> tuple[str, str]:
@@ -595,7 +598,11 @@ def pad4(length: int) -> bytes:
     return b"\0" * (-length % 4)
 
 
-def write_cpio(root: Path, out: io.BufferedIOBase, mtime: int) -> None:
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+def write_cpio(root: Path, out: _Writer, mtime: int) -> None:
     """A newc archive of ``root``: owned by root, one timestamp, stable inode numbers."""
     ino = 0
     for ino, (name, _path, mode, rdev, data) in enumerate(cpio_entries(root), start=1):
@@ -637,9 +644,9 @@ def gather_inputs(kernel: str, modules: tuple[str, ...], agent_dir: Path) -> Inp
     )
 
 
-def up_to_date(out: Path, key: str) -> dict | None:
+def up_to_date(out: Path, key: str) -> dict[str, Any] | None:
     try:
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest: dict[str, Any] = json.loads((out / "manifest.json").read_text())
     except (OSError, ValueError):
         return None
     if manifest.get("cache_key") != key:

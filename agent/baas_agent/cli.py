@@ -22,6 +22,7 @@ import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
@@ -173,7 +174,8 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
 def _checked_in(answer: Any) -> str:
     if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
         raise InstructionError(f"the check-in answer holds no token: {answer!r}")
-    return answer["token"]
+    token: str = answer["token"]
+    return token
 
 
 def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[str, Any], int]:
@@ -183,11 +185,10 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[st
         synced = [
             entry
             for sync in syncs
-            if (entry := _step(sync.label(), lambda s=sync: sync_image(client, s, disks, reporter)))
+            if (entry := _step(sync.label(), partial(sync_image, client, sync, disks, reporter)))
         ]
         written = [
-            _step(item.label(), lambda w=item: _write(client, w, disks, reporter))
-            for item in writes
+            _step(item.label(), partial(_write, client, item, disks, reporter)) for item in writes
         ]
     except Interrupted as exc:
         return _failed(str(exc)), 130

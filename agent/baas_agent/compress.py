@@ -151,8 +151,11 @@ def _unzstd_inprocess(source: Iterable[bytes], chunk: int) -> Iterator[bytes]:
     # zstandard's bounded stream reader stops quietly at a truncated frame:
     # the frame walker sees the headers go by and tells the difference.
     walker = frames.ZstdFrameWalker()
+    # zstandard reads from any object with read(); its stubs ask for a whole IO[bytes].
     reader = zstandard.ZstdDecompressor().stream_reader(
-        IterReader(walker.watch(source)), read_size=CHUNK, read_across_frames=True
+        IterReader(walker.watch(source)),  # type: ignore[arg-type]
+        read_size=CHUNK,
+        read_across_frames=True,
     )
     try:
         while data := _fill(reader.read, chunk):

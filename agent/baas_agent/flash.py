@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
@@ -42,6 +42,7 @@ from diskimage.datamap import DataMap
 from diskimage.verify import Verifier, mismatch
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 
@@ -53,7 +54,7 @@ class InstructionError(FlashError):
     """The server's instructions are malformed."""
 
 
-def _field(data: dict[str, Any], name: str, kind: type) -> Any:
+def _field(data: dict[str, Any], name: str, kind: type[_T]) -> _T:
     value = data.get(name)
     if not isinstance(value, kind) or isinstance(value, bool):
         raise InstructionError(f"instruction field {name!r} is missing or not {kind.__name__}")
@@ -264,7 +265,7 @@ def write_image(
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
     started = time.monotonic()
     writing = report.phase(image, "writing", size)
-    reason = NO_DATA_STREAM
+    reason: str | None = NO_DATA_STREAM
     if datamap is not None and instruction.data_url is not None:
         reason = _write_data(client, instruction, target, datamap, writing, verifying)
     if reason is NO_DATA_STREAM:

@@ -25,7 +25,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from baas_agent.compress import CompressionError, zstd_frames
-from baas_agent.disks import READ_CHUNK, DiskError, SparseWriter, _pwrite_all, is_block_device
+from baas_agent.disks import DiskError, SparseWriter, _pwrite_all, is_block_device
+from diskimage import READ_CHUNK
 from diskimage.datamap import DataMap
 from diskimage.verify import Verifier, default_workers
 
@@ -125,7 +126,7 @@ def _pieces(chunks: Iterable[bytes], encoding: str, datamap: DataMap) -> Iterato
         yield from zstd_frames(chunks)
         return
     lengths = iter([end - start for start, end, _ in datamap.ranges])
-    wanted = next(lengths)
+    wanted: int | None = next(lengths)
     pending = bytearray()
     for chunk in chunks:
         pending += chunk

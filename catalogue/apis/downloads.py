@@ -258,6 +258,11 @@ def _body_response(
     return ImageFileResponse(reader, status=code, content_type=content_type)
 
 
+def _attachment(filename: str) -> str:
+    """``Content-Disposition`` for a download saved as ``filename`` (which is never empty)."""
+    return content_disposition_header(True, filename) or "attachment"
+
+
 def _headers(
     representation: Representation,
     etag: str,
@@ -273,15 +278,13 @@ def _headers(
         "ETag": etag,
         "Accept-Ranges": "bytes",
         "Cache-Control": "private, no-cache",
-        "Content-Disposition": content_disposition_header(
-            True, delivery.filename_for(representation)
-        ),
+        "Content-Disposition": _attachment(delivery.filename_for(representation)),
         "Content-Location": f"/api/image/{version.image_id}/{version.number}",
         "BAAS-Raw-Size": str(raw_size),
     }
     if rendition is not None:
-        headers["Content-Disposition"] = content_disposition_header(
-            True, delivery.filename_for(representation).removesuffix(".img") + ".raw.img"
+        headers["Content-Disposition"] = _attachment(
+            delivery.filename_for(representation).removesuffix(".img") + ".raw.img"
         )
     if raw_sha256:  # else a job computes it, seconds after a large upload
         headers["BAAS-Raw-Digest"] = delivery.sha256_field(raw_sha256)

@@ -66,7 +66,9 @@ class VersionOutputSerializer(serializers.ModelSerializer):
     compression = serializers.CharField(
         source="stored_compression", help_text="How the file is stored now"
     )
-    uploaded_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    uploaded_by: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
     raw = serializers.SerializerMethodField(
         help_text="qcow2 images only (else null): the raw disk the version describes, made by "
         "qemu-img after the upload; what agents write and ?format=raw serves. state: pending, "
@@ -103,9 +105,15 @@ class VersionUploadedSerializer(VersionOutputSerializer):
 
 
 class ImageOutputSerializer(serializers.ModelSerializer):
-    owner = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    maintainers = serializers.SlugRelatedField(slug_field="username", many=True, read_only=True)
-    associated_images = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    owner: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True
+    )
+    maintainers: serializers.SlugRelatedField[User] = serializers.SlugRelatedField(
+        slug_field="username", many=True, read_only=True
+    )
+    associated_images: serializers.PrimaryKeyRelatedField[Image] = (
+        serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+    )
     versions = VersionOutputSerializer(many=True, read_only=True)
     shared = serializers.SerializerMethodField(
         help_text="A system image: the shared base every signed-in user may build on "

@@ -81,7 +81,8 @@ DIGEST_MEMBER = re.compile(r"^\s*([A-Za-z0-9_.*-]+)\s*=\s*:([A-Za-z0-9+/=]*):\s*
 
 
 def _media_type(request: HttpRequest) -> str:
-    return request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower()
+    content_type: str = request.META.get("CONTENT_TYPE", "")
+    return content_type.split(";")[0].strip().lower()
 
 
 def is_upload(request: HttpRequest) -> bool:
@@ -191,7 +192,8 @@ class GunicornSocketBody:
     def read(self, size: int) -> bytes:
         held = self._held()
         if held:  # gunicorn's own path, never asking it for more than it holds
-            return self._body.read(min(size, held))
+            buffered: bytes = self._body.read(min(size, held))
+            return buffered
         size = min(size, self._reader.length)
         if size <= 0:
             return b""
@@ -206,7 +208,8 @@ class GunicornSocketBody:
     def _held(self) -> int:
         """Bytes of this body that gunicorn has already received and buffered."""
         in_unreader = self._unreader.buf.seek(0, os.SEEK_END)  # Unreader.read seeks there too
-        return self._body.buf.tell() + min(in_unreader, self._reader.length)
+        held: int = self._body.buf.tell() + min(in_unreader, self._reader.length)
+        return held
 
     def _recv(self, size: int) -> bytes:
         data = self._sock.recv(size, socket.MSG_WAITALL)
@@ -220,7 +223,7 @@ class GunicornSocketBody:
 
 def _content_length(meta: dict[str, Any]) -> int | None:
     value = meta.get("CONTENT_LENGTH")
-    if value in (None, ""):
+    if value is None or value == "":
         return None
     try:
         length = int(value)
@@ -338,7 +341,9 @@ def _receive_multipart(request: HttpRequest, body: BodyReader, receiver: Version
     if body.length is None:  # chunked: the parser only needs to know the body is not empty
         meta = {**meta, "CONTENT_LENGTH": str(settings.BAAS_MAX_IMAGE_SIZE)}
     try:
-        fields, _files = MultiPartParser(meta, body, [handler], request.encoding).parse()
+        # Django's parser only read()s its stream; its stubs ask for a whole IO[bytes].
+        parser = MultiPartParser(meta, body, [handler], request.encoding)  # type: ignore[arg-type]
+        fields, _files = parser.parse()
     except (MultiPartParserError, RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent) as exc:
         raise BadUpload(f"The multipart body is malformed: {exc}") from exc
     if not handler.seen:

@@ -43,7 +43,7 @@ def _readable_q(actor: Actor) -> Q:
     if rules.is_administrator(actor):
         return Q()
     readable = Q(type=ImageType.SYSTEM) | Q(owner=actor)
-    if rules.is_moderator(actor):
+    if rules.is_moderator(actor) and isinstance(actor, User):
         maintained = Image.maintainers.through.objects.filter(user=actor).values("image_id")
         readable |= Q(pk__in=maintained)
     return readable

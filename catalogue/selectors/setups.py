@@ -58,7 +58,7 @@ def setup_list_usable(*, user: Actor) -> QuerySet[ImageSetup]:
     setups = ImageSetup.objects.select_related("owner").order_by("owner__username", "name")
     if rules.is_administrator(user):
         return setups
-    if not rules.is_authenticated(user):
+    if not rules.is_authenticated(user) or not isinstance(user, User):
         return setups.none()
     return setups.filter(owner=user)
 

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from django.conf import settings
 
@@ -122,7 +122,7 @@ class _Fat:
         done = _run([_tool("mdir"), "-b", "-i", self.path, f"::/{directory}"])
         if done.returncode != 0:
             return {}
-        names = {}
+        names: dict[str, int | None] = {}
         for line in done.stdout.decode("utf-8", "replace").splitlines():
             name = line.rsplit("/", 1)[-1]
             if name and not line.endswith("/"):  # directories end with "/"
@@ -179,7 +179,8 @@ def _copy_out(command: list[str], target: Path, limit: int, expected: int | None
     return copied
 
 
-def _stream(source: BinaryIO, target: Path, limit: int) -> int:
+def _stream(source: IO[bytes] | None, target: Path, limit: int) -> int:
+    assert source is not None  # the tool was started with stdout=PIPE
     copied = 0
     with target.open("xb") as out:
         while chunk := source.read(CHUNK):

@@ -16,7 +16,7 @@ from typing import BinaryIO, Protocol
 import zstandard
 
 from catalogue.models import Compression, Version
-from diskimage import CHUNK
+from diskimage import CHUNK as CHUNK  # re-exported by compression
 from diskimage.datamap import DataMap
 from diskimage.seekable import FramedZstdEncoder
 
@@ -73,8 +73,9 @@ class _GzipReader(gzip.GzipFile):
         try:
             super().close()
         finally:
-            if source is not None:
-                source.close()
+            close = getattr(source, "close", None)  # typeshed's file objects lack close()
+            if close is not None:
+                close()
 
 
 class DecodedTooLarge(VersionCorrupt):
@@ -124,16 +125,19 @@ def raw_reader(stored: BinaryIO, compression: str, *, limit: int | None = None) 
     a small file that decodes to far more costs at most ``limit`` bytes of work.
     A read may return less than asked (never nothing before the end).
     """
+    raw: BinaryIO
     if compression == Compression.ZSTD:
         dctx = zstandard.ZstdDecompressor()
         raw = dctx.stream_reader(stored, read_size=CHUNK, read_across_frames=True)
     elif compression == Compression.GZIP:
-        raw = _GzipReader(fileobj=stored, mode="rb")
+        # A GzipFile reads as a binary file does; typeshed does not call it a BinaryIO.
+        raw = _GzipReader(fileobj=stored, mode="rb")  # type: ignore[assignment]
     else:
         return stored
     if limit is None:
-        return raw  # type: ignore[return-value]
-    return _BoundedReader(raw, limit)  # type: ignore[arg-type, return-value]
+        return raw
+    # read() and close() are all a raw reader's users call.
+    return _BoundedReader(raw, limit)  # type: ignore[return-value]
 
 
 def encoder_for(

@@ -19,6 +19,7 @@ import io
 import logging
 import os
 import re
+import uuid
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -31,7 +32,7 @@ from catalogue.storage import SUFFIXES, get_storage
 
 logger = logging.getLogger(__name__)
 
-CONTENT_TYPES = {
+CONTENT_TYPES: dict[str, str] = {
     Compression.NONE: "application/octet-stream",
     Compression.GZIP: "application/gzip",
     Compression.ZSTD: "application/zstd",
@@ -49,7 +50,7 @@ class RangeNotSatisfiable(Exception):
 # --- Which version ----------------------------------------------------------------
 
 
-def version_for_download(*, user: Actor, image_uuid: str, version: str) -> Version:
+def version_for_download(*, user: Actor, image_uuid: uuid.UUID | str, version: str) -> Version:
     """The version ``version`` ("latest" or a number) of an image ``user`` may read.
 
     ``image_uuid`` must already be a valid UUID. Raises ``ImageNotFound`` or

@@ -119,10 +119,11 @@ class DigestingMapper:
             self._checking.put(length)
         while length > 0:
             piece = min(length, CHUNK)
-            self._hasher.update(ZEROS[:piece])  # type: ignore[arg-type]  # read-only view
+            self._hasher.update(ZEROS[:piece])
             length -= piece
 
     def _check(self, item: bytes | int) -> None:
+        assert self._checksums is not None  # the check runs only when there are checksums
         if isinstance(item, int):
             self._checksums.skip(item)
         else:
@@ -131,7 +132,7 @@ class DigestingMapper:
     def finish(self) -> DataMap:
         """The map, carrying the SHA-256 of all the bytes fed (and their frame checksums)."""
         found = self.mapper.finish(self._hasher.hexdigest())
-        if self._checking is None:
+        if self._checking is None or self._checksums is None:
             return found
         self._checking.join()
         return replace(found, zstd_checksums=self._checksums.finish())
@@ -240,8 +241,8 @@ def _data_differs(uploaded: DataMap, found: DataMap) -> bool:
 
 def _record(version: Version, found: DataMap) -> str | None:
     with transaction.atomic():
-        row = Version.objects.select_for_update().select_related("image").filter(pk=version.pk)
-        row = row.first()
+        rows = Version.objects.select_for_update().select_related("image").filter(pk=version.pk)
+        row = rows.first()
         if row is None:
             return None
         if row.sha256:

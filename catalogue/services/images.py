@@ -171,7 +171,7 @@ def _store_empty_version(image: Image, size: int, actor: Actor) -> Version:
         sha256=sha256,
         stored_size=stored.allocated,
         stored_compression=compression,
-        uploaded_by=actor if getattr(actor, "pk", None) else None,
+        uploaded_by=actor if isinstance(actor, User) and actor.pk else None,
         note=EMPTY_NOTE,
     )
     if image.file_standard != FileStandard.QCOW2:  # (a qcow2 one is mapped by its processing)

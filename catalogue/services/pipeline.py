@@ -176,7 +176,7 @@ class VersionJobTask(TransactionAwareTask):
 
     autoretry_for = (*TRANSIENT, StorageFull, ConcurrentChange)
 
-    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+    def apply_async(self, args: Any = None, kwargs: Any = None, *more: Any, **options: Any) -> Any:
         version_id = args[0] if args else (kwargs or {})["version_id"]
         row = (
             Version.objects.filter(pk=version_id)
@@ -192,7 +192,7 @@ class VersionJobTask(TransactionAwareTask):
         options.setdefault("time_limit", hard)
         # The database's clock, as for job_started_at: web and worker hosts' clocks may differ.
         Version.objects.filter(pk=version_id).update(job_sent_at=Now())
-        return super().apply_async(args, kwargs, **options)
+        return super().apply_async(args, kwargs, *more, **options)
 
 
 @shared_task(name="catalogue.version_advance", base=VersionJobTask, bind=True)

@@ -117,7 +117,7 @@ def storage_audit() -> StorageAudit:
             audit.stray_files.append(f"{directory}/{name}")  # no version's file at all
         elif key not in rows:
             audit.stray_files.append(f"{directory}/{name}")  # of no version: debris
-        elif numbered[2] in _VERSION_SUFFIXES:
+        elif numbered and numbered[2] in _VERSION_SUFFIXES:
             if SUFFIXES[rows[key]] == numbered[2]:
                 seen.add(key)
             else:  # in another compression than the row's: a compression's leftover

@@ -17,10 +17,11 @@ the API (through ``setup_image_add``) and the admin inline form alike:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import transaction
+from django.db.models import QuerySet
 
 from accounts.models import User
 from accounts.rules import Actor
@@ -48,7 +49,7 @@ from catalogue.services.bootfiles import (
 CONFLICT = "conflict"
 
 
-def raise_api_error(exc: DjangoValidationError) -> None:
+def raise_api_error(exc: DjangoValidationError) -> NoReturn:
     """A model-level ``ValidationError`` as the API answer: 409 for conflicts, else 400."""
     errors = exc.error_dict if hasattr(exc, "error_dict") else {"non_field_errors": exc.error_list}
     for items in errors.values():
@@ -92,11 +93,16 @@ def _takes_disk(image: Image, mount: str) -> bool:
     return image.type != ImageType.BOOT and mount != Mount.NETWORK
 
 
+def _excluding(rows: QuerySet[ImageFrozen], pk: int | None) -> QuerySet[ImageFrozen]:
+    """``rows`` without the row being changed (``pk``), if one is."""
+    return rows if pk is None else rows.exclude(pk=pk)
+
+
 def _check_disk(
     setup: ImageSetup, image: Image, disk: str, mount: str, exclude_pk: int | None
 ) -> None:
     # By id, not the reverse manager: a setup not saved yet (admin add form) has none.
-    others = ImageFrozen.objects.filter(setup_id=setup.pk).exclude(pk=exclude_pk)
+    others = _excluding(ImageFrozen.objects.filter(setup_id=setup.pk), exclude_pk)
     others = others.select_related("image")
     for other in others:
         if other.image_id == image.pk:
@@ -110,7 +116,7 @@ def _check_disk(
             )
 
 
-ONE_OF = {ImageType.BOOT: "boot image", ImageType.CUSTOM_INIT: "custom init image"}
+ONE_OF: dict[str, str] = {ImageType.BOOT: "boot image", ImageType.CUSTOM_INIT: "custom init image"}
 
 
 def _check_one_of_type(setup: ImageSetup, image: Image, exclude_pk: int | None) -> None:
@@ -118,7 +124,7 @@ def _check_one_of_type(setup: ImageSetup, image: Image, exclude_pk: int | None) 
     if image.type not in ONE_OF:
         return
     others = ImageFrozen.objects.filter(setup_id=setup.pk, image__type=image.type)
-    other = others.exclude(pk=exclude_pk).exclude(image=image).select_related("image").first()
+    other = _excluding(others, exclude_pk).exclude(image=image).select_related("image").first()
     if other is not None:
         kind = ONE_OF[image.type]
         raise DjangoValidationError(
@@ -294,6 +300,7 @@ def setup_image_add(
         )
     except DjangoValidationError as exc:
         raise_api_error(exc)
+    assert version is not None  # frozen_image_check refuses a version that does not exist
     frozen = ImageFrozen.objects.create(
         setup=setup, image=image, version=version, sync=sync, target_disk=target_disk, mount=mount
     )

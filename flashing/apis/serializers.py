@@ -20,6 +20,7 @@ from flashing.models import (
     DeploymentState,
     DiskContent,
     Lease,
+    MacAddress,
     Machine,
     NetworkMount,
     PowerDriver,
@@ -106,7 +107,9 @@ class LeaseSummarySerializer(serializers.ModelSerializer):
 
 
 class MachineOutputSerializer(serializers.ModelSerializer):
-    mac_addresses = serializers.SlugRelatedField(many=True, read_only=True, slug_field="address")
+    mac_addresses: serializers.SlugRelatedField[MacAddress] = serializers.SlugRelatedField(
+        many=True, read_only=True, slug_field="address"
+    )
     disks = DiskSerializer(many=True, read_only=True)
     disk_contents = DiskContentSerializer(many=True, read_only=True)
     default_setup = serializers.UUIDField(source="default_setup_id", allow_null=True)

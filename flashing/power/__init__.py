@@ -61,7 +61,7 @@ class Driver(Protocol):
 def driver_for(machine: Machine) -> Driver:
     from flashing.power import command, ipmi, manual, qemu, redfish
 
-    drivers: dict[str, type] = {
+    drivers: dict[str, type[Driver]] = {
         PowerDriver.MANUAL: manual.ManualDriver,
         PowerDriver.COMMAND: command.CommandDriver,
         PowerDriver.IPMI: ipmi.IpmiDriver,

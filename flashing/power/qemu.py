@@ -47,7 +47,9 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from io import BufferedIOBase
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from django.conf import settings
@@ -239,18 +241,20 @@ def qmp(machine: Machine, *commands: str) -> list[dict]:
     return answers[1:]
 
 
-def _qmp_read(stream) -> dict:
+def _qmp_read(stream: BufferedIOBase) -> dict[str, Any]:
     line = stream.readline()
     if not line:
         raise OSError("QEMU closed the QMP connection")
-    return json.loads(line)
+    message: dict[str, Any] = json.loads(line)
+    return message
 
 
-def _qmp_answer(stream, command: str) -> dict:
+def _qmp_answer(stream: BufferedIOBase, command: str) -> dict[str, Any]:
     while True:
         message = _qmp_read(stream)
         if "return" in message:
-            return message["return"]
+            answer: dict[str, Any] = message["return"]
+            return answer
         if "error" in message:
             raise OSError(f"{command}: {message['error'].get('desc', message['error'])}")
         # else an asynchronous event (RESET, SHUTDOWN, …): skip it

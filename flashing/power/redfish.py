@@ -59,7 +59,8 @@ class Redfish:
         members = (self.call("GET", "/redfish/v1/Systems") or {}).get("Members") or []
         if not members:
             raise PowerError(f"{self.machine.name}: the BMC lists no ComputerSystem.")
-        return members[0]["@odata.id"]
+        system: str = members[0]["@odata.id"]
+        return system
 
     def boot(self, target: str) -> str:
         system = self.system()

@@ -212,7 +212,7 @@ def agent_instructions(*, principal: Any) -> dict[str, Any]:
 
 # --- Progress ------------------------------------------------------------------------
 
-RANK = {
+RANK: dict[str, int] = {
     DeploymentState.BOOTING: 0,
     DeploymentState.SYNCING: 1,
     DeploymentState.WRITING: 2,
@@ -363,13 +363,12 @@ def _synced_rows(
     """
     found = []
     for item in synced:
-        row = deployment.images.filter(direction=S, image_id=item.get("image")).first()
-        version = None
-        if row is not None and row.progress_at is not None:
-            version = Version.objects.filter(
-                image_id=row.image_id, number=item.get("version")
-            ).first()
-        if version is not None and version.note == principal.upload_note(row.image_id):
+        image_id = item.get("image")
+        row = None
+        if image_id is not None:
+            row = deployment.images.filter(direction=S, image_id=image_id).first()
+        version = _uploaded_version(row, item.get("version"))
+        if row and version and version.note == principal.upload_note(row.image_id):
             found.append((row, version))
         elif strict:
             raise Conflict(
@@ -378,6 +377,13 @@ def _synced_rows(
                 "upload that version: nothing was recorded."
             )
     return found
+
+
+def _uploaded_version(row: DeploymentImage | None, number: Any) -> Version | None:
+    """Version ``number`` of the row's image, once the agent has reported progress on it."""
+    if row is None or row.progress_at is None or row.image_id is None or number is None:
+        return None
+    return Version.objects.filter(image_id=row.image_id, number=number).first()
 
 
 def _done_refusal(deployment: Deployment) -> str | None:

@@ -220,11 +220,13 @@ def boot_image_current(*, machine_id: int) -> tuple[Deployment, DeploymentImage]
 
 def boot_image_secret(deployment: Deployment, row: DeploymentImage) -> str:
     """The secret in the boot image's URLs: unguessable, and this deployment's own."""
+    assert row.version is not None  # boot_image_current skips a row whose version is gone
     value = f"{deployment.pk}:{row.image_id}:{row.version_number}:{row.version.sha256}"
     return salted_hmac("baas.boot-image", value, algorithm="sha256").hexdigest()
 
 
 def _boot_image(deployment: Deployment, row: DeploymentImage, mac: str, server: str) -> str:
+    assert row.version is not None  # boot_image_current skips a row whose version is gone
     files = version_boot_files(row.version)
     base = f"{server}/api/boot/image/{deployment.pk}/{boot_image_secret(deployment, row)}"
     has_initrd = files.initrd is not None
@@ -260,8 +262,10 @@ def boot_image_file(*, deployment_id: int, secret: str, name: str) -> Path:
         raise NotFound("No such boot file.")
     if not constant_time_compare(secret, boot_image_secret(*current)):
         raise NotFound("No such boot file.")
+    version = current[1].version
+    assert version is not None  # boot_image_current skips a row whose version is gone
     try:
-        path = version_boot_files(current[1].version).path(name)
+        path = version_boot_files(version).path(name)
     except BootImageError:
         path = None
     if path is None:
@@ -319,7 +323,7 @@ def deployment_get_bootable(*, actor: Any, deployment_id: int) -> Deployment:
     deployment = Deployment.objects.select_related("machine").filter(pk=deployment_id).first()
     if deployment is None or not rules.is_authenticated(actor):
         raise NotFound("No such deployment, or not yours.")
-    lessee = Lease.objects.filter(pk=deployment.lease_id, ended_at=None, user=actor.pk)
+    lessee = Lease.objects.filter(deployments=deployment, ended_at=None, user=actor.pk)
     if not (
         rules.is_administrator(actor) or deployment.requested_by_id == actor.pk or lessee.exists()
     ):

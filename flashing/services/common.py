@@ -4,7 +4,7 @@ tasks (by reference, after the commit: ``baas_site.tasks.TransactionAwareTask``)
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, TypedDict, TypeVar
 
 from celery import Task
 from django.db.models import Model, QuerySet
@@ -15,6 +15,8 @@ from baas_site.text import plain_text
 from catalogue.models import ImageType
 from flashing.exceptions import MachineConflict
 from flashing.models import Deployment, DeploymentEvent, DeploymentImage, Machine
+
+_M = TypeVar("_M", bound=Model)
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +48,9 @@ def event_record(
     )
 
 
-def lock(model: type[Model], pk: Any) -> Any:
+def lock(model: type[_M], pk: Any) -> _M:
     """The row, locked until the end of the transaction (``select_for_update``)."""
-    return model.objects.select_for_update().get(pk=pk)
+    return model._default_manager.select_for_update().get(pk=pk)
 
 
 def lock_machine(machine: Machine) -> Machine:
@@ -81,15 +83,24 @@ def boot_image_row(deployment: Deployment) -> DeploymentImage | None:
 
 # --- Sending tasks ----------------------------------------------------------------------
 
+
 # The time limits of the deployment pipeline's short tasks.
-LIMITS = {"soft_time_limit": 240, "time_limit": 300}
+class Limits(TypedDict):
+    soft_time_limit: int
+    time_limit: int
+
+
+LIMITS: Limits = {"soft_time_limit": 240, "time_limit": 300}
 
 
 def task_send(task: Task, *, queue: str | None = None, **kwargs: Any) -> None:
     """Send ``task`` with ``kwargs`` (once the transaction commits, if one is open); a broker
     outage is logged, not raised: the watchdog (or the mounts' reconcile beat) catches up."""
     try:
-        task.apply_async(kwargs=kwargs, queue=queue)
+        if queue is None:
+            task.apply_async(kwargs=kwargs)
+        else:
+            task.apply_async(kwargs=kwargs, queue=queue)
     except Exception:  # the request that committed must not fail for it
         log.exception("could not send %s(%s); the watchdog will catch up", task.name, kwargs)
 

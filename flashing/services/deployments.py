@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 from django.db import transaction
 
+from accounts.models import User
 from accounts.rules import Actor
 from catalogue.interface import can_read_image, can_use_setup, version_disk_size
 from catalogue.models import ImageSetup, ImageType, RawState
@@ -111,7 +112,8 @@ def deployment_enqueue(
         )
     _check_machine(machine)
     _check_setup(machine, setup)
-    held = lease if lease is not None and lease.user_id == actor.pk else None
+    mine = lease is not None and isinstance(actor, User) and lease.user_id == actor.pk
+    held = lease if mine else None
     return queue_deployment(actor=actor, machine=machine, setup=setup, sync=sync, lease=held)
 
 

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from accounts.models import User
 from accounts.rules import Actor
 from accounts.services import audit_record
 from flashing import rules
@@ -60,7 +61,7 @@ def lease_current(*, machine: Machine, now: datetime | None = None) -> Lease | N
     return lease
 
 
-def _start(*, user: Actor | None, machine: Machine, hours: int, now: datetime) -> Lease:
+def _start(*, user: User, machine: Machine, hours: int, now: datetime) -> Lease:
     if machine.state in OUT_OF_SERVICE:
         raise MachineConflict(f"{machine.name} is out of service ({machine.state}).")
     lease = Lease.objects.create(
@@ -95,7 +96,7 @@ def lease_acquire(
     outside 1..maximum, or an extension past the maximum; ``NotYours`` unless
     ``user`` may lease machines at all (``rules.can_lease_machine``).
     """
-    if not rules.can_lease_machine(user):
+    if not rules.can_lease_machine(user) or not isinstance(user, User):
         raise NotYours("Only signed-in users lease machines.")
     now = now or timezone.now()
     hours = lease_limits()[0] if hours is None else hours

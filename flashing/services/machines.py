@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,10 +57,13 @@ def power_settings_merge(old: dict | None, new: dict) -> dict:
 
 
 def _check_unique(*, name: str | None, macs: list[str] | None, exclude: int | None) -> None:
-    others = Machine.objects.exclude(pk=exclude)
+    others = Machine.objects.all()
+    taken = MacAddress.objects.filter(address__in=macs or [])
+    if exclude is not None:  # the machine being changed
+        others = others.exclude(pk=exclude)
+        taken = taken.exclude(machine_id=exclude)
     if name is not None and others.filter(name=name).exists():
         raise Conflict(f'A machine named "{name}" is already registered.')
-    taken = MacAddress.objects.filter(address__in=macs or []).exclude(machine_id=exclude)
     for mac in taken.select_related("machine")[:1]:
         raise Conflict(f"MAC address {mac.address} already belongs to {mac.machine.name}.")
 
@@ -115,7 +119,7 @@ def machine_create(
     actor: Actor | None,
     name: str,
     mac_addresses: list[str],
-    disks: list[DiskSpec] = (),
+    disks: Sequence[DiskSpec] = (),
     default_setup: ImageSetup | None = None,
     **fields: Any,
 ) -> Machine:

@@ -31,7 +31,7 @@ import secrets
 import socket
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, TypedDict
 from urllib.parse import urlsplit
 
 from celery import shared_task
@@ -48,7 +48,7 @@ from catalogue.interface import (
     version_digest_ensure,
     version_store_file,
 )
-from catalogue.models import Version
+from catalogue.models import Image, Version
 from flashing import nbd
 from flashing.models import (
     LIVE_MOUNT_STATES,
@@ -87,9 +87,10 @@ def nbd_ports() -> list[int]:
 
 def nbd_host() -> str:
     """The address machines connect to: BAAS_NBD_HOST, else the bind address."""
-    if settings.BAAS_NBD_HOST:
-        return settings.BAAS_NBD_HOST
-    bind = settings.BAAS_NBD_BIND
+    host: str = settings.BAAS_NBD_HOST
+    if host:
+        return host
+    bind: str = settings.BAAS_NBD_BIND
     if bind in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding to it
         return urlsplit(settings.BAAS_PUBLIC_URL).hostname or socket.getfqdn()
     return bind
@@ -131,7 +132,12 @@ def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
 
 
 # Network mounts decompress and upload whole images: the global (long) limits apply.
-MOUNT_RETRIES = {"bind": True, "max_retries": 4}
+class _MountRetries(TypedDict):
+    bind: Literal[True]
+    max_retries: int
+
+
+MOUNT_RETRIES: _MountRetries = {"bind": True, "max_retries": 4}
 MOUNT_RETRY_SECONDS = 30
 
 
@@ -395,7 +401,7 @@ def _finish_locked(mount_id: int, directory: Path) -> str:
     elif mount.image is None or mount.version is None:
         outcome = "image_deleted"  # refused while the mount is live: only a forced removal
     elif overlay.exists() and nbd.overlay_changed(overlay):
-        outcome = _store_changes(mount, directory, overlay)
+        outcome = _store_changes(mount, mount.image, directory, overlay)
     else:
         outcome = "unchanged"
     nbd.remove_files(directory)
@@ -404,13 +410,13 @@ def _finish_locked(mount_id: int, directory: Path) -> str:
     return outcome
 
 
-def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
-    standard = mount.image.file_standard
+def _store_changes(mount: NetworkMount, image: Image, directory: Path, overlay: Path) -> str:
+    standard = image.file_standard
     merged = nbd.merge(directory=directory, overlay=overlay, file_standard=standard)
     with transaction.atomic():
         locked = lock(NetworkMount, mount.pk)
         if locked.result_version_id is None:
-            version = _upload(mount, merged)
+            version = _upload(mount, image, merged)
             if version.pk == mount.version_id:
                 return "unchanged"  # written over with the same bytes
             locked.result_version = version
@@ -418,25 +424,25 @@ def _store_changes(mount: NetworkMount, directory: Path, overlay: Path) -> str:
     return "stored"
 
 
-def _upload(mount: NetworkMount, merged: Path) -> Version:
+def _upload(mount: NetworkMount, image: Image, merged: Path) -> Version:
     """The merged file through the catalogue's upload path: the next version, the pinned one
     if the bytes are the same, or an error."""
     return version_store_file(
-        actor=_uploader(mount),
-        image=mount.image,
+        actor=_uploader(mount, image),
+        image=image,
         path=merged,
         note=_note(mount),
         same_as=mount.version,
     )
 
 
-def _uploader(mount: NetworkMount) -> Any:
+def _uploader(mount: NetworkMount, image: Image) -> Any:
     """Whose work it is: who deployed it, else the lease holder, else the image's owner."""
     candidates = [mount.deployment.requested_by, mount.lease.user if mount.lease else None]
     for user in candidates:
-        if user is not None and can_write_image(user, mount.image):
+        if user is not None and can_write_image(user, image):
             return user
-    return mount.image.owner
+    return image.owner
 
 
 def _note(mount: NetworkMount) -> str:
@@ -455,8 +461,8 @@ def _ended(mount_id: int, outcome: str) -> None:
     mount.ended_at = timezone.now()
     mount.pid = None
     mount.save(update_fields=["state", "ended_at", "pid", "updated_at"])
-    if mount.result_version_id is not None:
-        result = mount.result_version
+    result = mount.result_version
+    if result is not None:
         what = f"its changes are version {result.number} (SHA-256 {result.sha256})"
     elif outcome == "image_deleted":
         what = "its image or pinned version was deleted, so its changes were dropped"
@@ -509,7 +515,8 @@ def _backoff(attempts: int) -> timedelta:
     Doubles with each failure (up to about two hours), so a mount whose
     changes cannot be stored yet (a full quota) does not flood its event log.
     """
-    return STALE * 2 ** min(attempts, 6)
+    factor: int = 2 ** min(attempts, 6)
+    return STALE * factor
 
 
 def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
@@ -535,19 +542,24 @@ def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
 # --- Its tasks (on the NBD host; declared here, where they are sent) -------------------------
 
 
+def _may_retry(task: TransactionAwareTask) -> bool:
+    """Whether ``task`` has retries left (Celery reads ``max_retries=None`` as no limit)."""
+    return task.max_retries is None or task.request.retries < task.max_retries
+
+
 @shared_task(name="flashing.network_mount_start", base=TransactionAwareTask, **MOUNT_RETRIES)
-def network_mount_start_task(self, mount_id: int) -> str:
+def network_mount_start_task(self: TransactionAwareTask, mount_id: int) -> str:
     """Serve a network mount over NBD, or serve it again if its server died; retried on failure."""
     outcome = network_mount_start(mount_id=mount_id)
-    if outcome == "failed" and self.request.retries < self.max_retries:
+    if outcome == "failed" and _may_retry(self):
         raise self.retry(countdown=MOUNT_RETRY_SECONDS)
     return outcome
 
 
 @shared_task(name="flashing.network_mount_finish", base=TransactionAwareTask, **MOUNT_RETRIES)
-def network_mount_finish_task(self, mount_id: int) -> str:
+def network_mount_finish_task(self: TransactionAwareTask, mount_id: int) -> str:
     """Stop a network mount's export and store its changes as the next version; retried."""
     outcome = network_mount_finish(mount_id=mount_id)
-    if outcome in ("failed", "busy") and self.request.retries < self.max_retries:
+    if outcome in ("failed", "busy") and _may_retry(self):
         raise self.retry(countdown=MOUNT_RETRY_SECONDS)
     return outcome

@@ -81,7 +81,8 @@ def public_url() -> str:
 
 
 def attempts_allowed() -> int:
-    return 1 + max(settings.BAAS_DEPLOY_RETRIES, 0)
+    retries: int = settings.BAAS_DEPLOY_RETRIES
+    return 1 + max(retries, 0)
 
 
 # --- Start ---------------------------------------------------------------------------
@@ -130,7 +131,11 @@ def _done_without_management_os(deployment: Deployment) -> Deployment:
     deployment.save(update_fields=["started_at", "updated_at"])
     deployment.images.update(bytes_done=F("bytes_total"), phase="done")
     boot = boot_image_row(deployment)
-    what = f'its boot image "{boot.image.name}" v{boot.version_number}' if boot else "its disk"
+    what = (
+        f'its boot image "{boot.image.name}" v{boot.version_number}'
+        if boot and boot.image
+        else "its disk"
+    )
     deployment = deployment_set_state(
         actor=None,
         deployment=deployment,
@@ -211,7 +216,11 @@ def _digests_of_next(machine_id: int) -> None:
 def _power_system(machine: Machine, deployment: Deployment) -> None:
     """Boot what was deployed: its boot image over the network, else the local disk."""
     boot = boot_image_row(deployment)
-    what = f'the boot image "{boot.image.name}" v{boot.version_number}' if boot else "the system"
+    what = (
+        f'the boot image "{boot.image.name}" v{boot.version_number}'
+        if boot and boot.image
+        else "the system"
+    )
     event_record(deployment=deployment, actor=None, action="system", message=f"Booting {what}.")
     try:
         driver = driver_for(machine)

@@ -25,7 +25,7 @@ from flashing.models import (
     Deployment,
 )
 
-PREFIXES = {AgentTokenKind.BOOT: "baasboot_", AgentTokenKind.AGENT: "baasagent_"}
+PREFIXES: dict[str, str] = {AgentTokenKind.BOOT: "baasboot_", AgentTokenKind.AGENT: "baasagent_"}
 
 
 def is_agent_secret(secret: str) -> bool:

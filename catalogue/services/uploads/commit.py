@@ -63,7 +63,9 @@ def version_upload(
     if same_as is not None and (received.size, received.sha256) == (same_as.size, same_as.sha256):
         receiver.abort()  # the very bytes of that version: nothing new to store
         return same_as
-    _fsync_path(receiver.pending.path)  # the slow part of durability, outside the lock
+    pending = receiver.pending
+    assert pending is not None  # the receiver finished: its upload started
+    _fsync_path(pending.path)  # the slow part of durability, outside the lock
     placed: StoredFile | None = None
     try:
         with transaction.atomic():

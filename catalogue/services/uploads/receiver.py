@@ -115,19 +115,21 @@ class VersionReceiver:
 
     def write(self, data: bytes) -> None:
         """Take the next bytes as sent. Raises BadUpload, UploadTooLarge, InsufficientStorage."""
-        if self._run is None:
+        run = self._run
+        if run is None:
             self._head += data
             if len(self._head) < HEAD_BYTES:
                 return
             data, self._head = self._head, b""
-            self._start(data)
-        self._run.receive(data)
+            run = self._start(data)
+        run.receive(data)
 
-    def _start(self, head: bytes) -> None:
+    def _start(self, head: bytes) -> _Run:
         plan = plan_upload(
             image=self.image, options=self._options, declared=self._declared, head=head
         )
         self._run = _Run(self.image, plan)
+        return self._run
 
     def finish(self, *, need_digest: bool = False) -> ReceivedUpload:
         """All bytes arrived: flush the decoder, run the last checks, return what arrived.
@@ -135,16 +137,19 @@ class VersionReceiver:
         ``need_digest``: the SHA-256 is needed now; if it was left to later, the
         pending file is read back for it.
         """
-        if self._run is None:
+        run = self._run
+        if run is None:
             if not self._head:
                 raise BadUpload("The upload is empty.")
             head, self._head = self._head, b""
-            self._start(head)
-            self._run.receive(head)
-        return self._run.finish(need_digest=need_digest)
+            run = self._start(head)
+            run.receive(head)
+        return run.finish(need_digest=need_digest)
 
     def commit(self, number: int, compression: str) -> StoredFile:
-        stored = storage_call(self.pending.commit, number, compression)
+        pending = self.pending
+        assert pending is not None  # committed after finish, which starts the upload
+        stored = storage_call(pending.commit, number, compression)
         self._done = True
         return stored
 

@@ -17,20 +17,23 @@ group: the next hand-off on the feeding thread raises its error.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from catalogue.exceptions import BadUpload, InsufficientStorage
 from catalogue.services.uploads.checks import RawInspector
 from catalogue.services.uploads.plan import HEAD_BYTES, UploadPlan
 from catalogue.stages import BackgroundHasher, Stages
 from catalogue.storage import PendingFile, StorageFull
-from diskimage import CHUNK, ZEROS, DecodeError
+from diskimage import CHUNK, ZERO_CHUNK, ZEROS, DecodeError
 from diskimage.datamap import DataMap, DataMapper
 from diskimage.decoders import decoder_for
 from diskimage.zstdframes import ZstdFrameWalker
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
-def storage_call(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+
+def storage_call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
     """``function(*args, **kwargs)``, a full disk answered as 507."""
     try:
         return function(*args, **kwargs)
@@ -115,7 +118,7 @@ class RawStage:
         self._hole = 0  # zeros since the last data, not handed on yet
 
     def data(self, data: bytes) -> None:
-        if len(data) <= CHUNK and ZEROS.obj.startswith(data):
+        if len(data) <= CHUNK and ZERO_CHUNK.startswith(data):
             self.hole(len(data))  # the mapping thread gets its length, not bytes to read again
             return
         if self._hole:
