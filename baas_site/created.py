@@ -18,7 +18,7 @@ LOCATION = OpenApiParameter(
     "Location",
     str,
     OpenApiParameter.HEADER,
-    response={201},
+    response=[201],
     description="The URL of what was created",
 )
 

@@ -11,14 +11,18 @@ may see.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from rest_framework.exceptions import ValidationError
-from rest_framework.filters import OrderingFilter
+from rest_framework.filters import BaseFilterBackend, OrderingFilter
 from rest_framework.request import Request
 from rest_framework.views import APIView
+
+if TYPE_CHECKING:  # a protocol of the type stubs only
+    from rest_framework.generics import BaseFilterProtocol
 
 
 class StrictOrderingFilter(OrderingFilter):
@@ -27,8 +31,6 @@ class StrictOrderingFilter(OrderingFilter):
     Views list the fields explicitly in ``ordering_fields`` (DRF would otherwise
     offer every serializer field); a ``-`` before a field orders it descending.
     """
-
-    ordering_description = "Order by these fields, comma-separated; '-name' for descending"
 
     def get_ordering(self, request: Request, queryset: QuerySet, view: APIView) -> Any:
         params = request.query_params.get(self.ordering_param)
@@ -48,13 +50,25 @@ class StrictOrderingFilter(OrderingFilter):
         return super().get_ordering(request, queryset, view)
 
     def get_schema_operation_parameters(self, view: APIView) -> list[dict[str, Any]]:
-        parameters = super().get_schema_operation_parameters(view)
-        fields = getattr(view, "ordering_fields", None) or []
-        for parameter in parameters:
-            parameter["description"] = (
-                f"Order by {', '.join(fields)} (comma-separated; '-' before a field: descending)"
-            )
-        return parameters
+        """``ordering`` as a comma-separated list of the fields offered, each maybe with '-'."""
+        fields = list(getattr(view, "ordering_fields", None) or [])
+        choices = [order for field in fields for order in (field, f"-{field}")]
+        return [
+            {
+                "name": self.ordering_param,
+                "required": False,
+                "in": "query",
+                "description": f"Order by {', '.join(fields)} (comma-separated; "
+                "'-' before a field: descending)",
+                "style": "form",
+                "explode": False,
+                "schema": {"type": "array", "items": {"type": "string", "enum": choices}},
+            }
+        ]
 
 
-FILTER_BACKENDS = [DjangoFilterBackend, StrictOrderingFilter]
+# django-filter's backend is not a BaseFilterBackend: it is typed by DRF's protocol.
+FILTER_BACKENDS: Sequence[type[BaseFilterBackend | BaseFilterProtocol[Any]]] = [
+    DjangoFilterBackend,
+    StrictOrderingFilter,
+]

@@ -313,7 +313,7 @@ class ImageCreateApi(APIView):
         return created(ImageOutputSerializer(image).data, "image-detail", image_id=image.pk)
 
 
-class _ImageListMixin:
+class _ImageListApi(generics.ListAPIView[Image]):
     """Image lists: the FilterSet and the ordering, applied to what the selector allows."""
 
     serializer_class = ImageOutputSerializer
@@ -322,7 +322,7 @@ class _ImageListMixin:
     ordering_fields = ["name", "created_at", "updated_at"]
 
 
-class UserImageListApi(_ImageListMixin, generics.ListAPIView):
+class UserImageListApi(_ImageListApi):
     """A user's images: the user themselves or an administrator."""
 
     filterset_class = filters.OwnedImageFilter
@@ -333,7 +333,7 @@ class UserImageListApi(_ImageListMixin, generics.ListAPIView):
         return selectors.image_list_owned(owner=owner)
 
 
-class UserImagesByNameApi(_ImageListMixin, generics.ListAPIView):
+class UserImagesByNameApi(_ImageListApi):
     """A user's images with this name (names are not unique)."""
 
     filterset_class = filters.ImageTypeFilter
@@ -353,7 +353,7 @@ class UserImagesByNameApi(_ImageListMixin, generics.ListAPIView):
         return super().get(request, *args, **kwargs)
 
 
-class ImageListApi(_ImageListMixin, generics.ListAPIView):
+class ImageListApi(_ImageListApi):
     """Every image the caller may read: their own, system images, those they maintain."""
 
     filterset_class = filters.ImageFilter
