@@ -163,3 +163,20 @@ def test_users_and_tokens_are_ordered_as_asked(user_client, user):
     tokens = [t["name"] for t in user_client.get(f"{url}?ordering=name").json()]
     assert tokens == sorted(tokens)
     assert tokens.index("a") < tokens.index("b")
+
+
+def test_the_schema_names_each_lists_filters_with_their_choices(user_client):
+    schema = user_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
+
+    def parameters(path):
+        return {p["name"]: p["schema"] for p in schema["paths"][path]["get"]["parameters"]}
+
+    machines = parameters("/api/machines")
+    assert set(machines["state"]["enum"]) == set(MachineState.values)
+    assert set(machines["architecture"]["enum"]) == set(Architecture.values)
+    assert machines["ordering"]["items"]["enum"][:2] == ["name", "-name"]
+    assert set(parameters("/api/deployments")["state"]["enum"]) == set(DeploymentState.values)
+    images = parameters("/api/images")
+    assert set(images["type"]["enum"]) == set(ImageType.values)
+    assert {"name", "search", "owner", "limit", "offset", "ordering"} <= set(images)
+    assert "-password" not in parameters("/api/users")["ordering"]["items"]["enum"]
