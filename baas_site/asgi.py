@@ -1,7 +1,7 @@
 """ASGI entry point, for completeness only.
 
 Django under ASGI spools whole request bodies, so image uploads and downloads
-must be served through WSGI (gunicorn); see the README.
+must be served through WSGI (gunicorn); see docs/operations.md.
 """
 
 from __future__ import annotations

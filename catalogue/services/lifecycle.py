@@ -50,9 +50,7 @@ from accounts.models import User
 from accounts.services import audit_record
 from baas_site.tasks import TransactionAwareTask
 from catalogue import rules
-from catalogue.exceptions import ImageConflict, UploadTooLarge
-from catalogue.exceptions import InvalidInput as ValidationError
-from catalogue.exceptions import NotYours as PermissionDenied
+from catalogue.exceptions import ImageConflict, InvalidInput, NotYours, UploadTooLarge
 from catalogue.models import Compression, Image, ImageFrozen, ImageType, Version
 from catalogue.selectors.usage import (
     image_in_active_deployment,
@@ -110,11 +108,11 @@ def image_extend(*, actor: Any, image: Image, days: int) -> Image:
     """Keep the temporal ``image`` ``days`` days longer, up to BAAS_TEMPORAL_MAX_DAYS from now.
 
     Extends from its current expiry (or from now, if that has passed).
-    Whoever may write the image may extend it. Raises PermissionDenied or
-    ValidationError (not temporal, or beyond the maximum).
+    Whoever may write the image may extend it. Raises NotYours or
+    InvalidInput (not temporal, or beyond the maximum).
     """
     if not rules.can_write_image(actor, image):
-        raise PermissionDenied("You may read this image but not extend it.")
+        raise NotYours("You may read this image but not extend it.")
     with transaction.atomic():
         image = Image.objects.select_for_update().get(pk=image.pk)
         if image.type != ImageType.TEMPORAL:
@@ -124,7 +122,7 @@ def image_extend(*, actor: Any, image: Image, days: int) -> Image:
         limit = temporal_max_expiry(now)
         if new > limit:
             room = max((limit - max(image.expires_at or now, now)).days, 0)
-            raise ValidationError(
+            raise InvalidInput(
                 {
                     "days": f"A temporal image is kept at most {settings.BAAS_TEMPORAL_MAX_DAYS} "
                     f"days from now (until {limit:%Y-%m-%d %H:%M} UTC): extend it by at most "

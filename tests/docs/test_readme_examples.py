@@ -1,12 +1,13 @@
 """The README's examples, run as written against a live server.
 
 The ```sh blocks of the README's "From a script" section, then those of
+docs/api.md's "A session from a script", docs/uploads.md's "Examples" and
 docs/lab.md's "One computer, one virtual machine", are run in order, in one
 bash (so the variables one block sets are there for the next), the way a
 person would type them after ``./dev up``:
 
 * the one administrator ``./dev up`` makes (``admin`` with a printed password)
-  is made the same way, and its password is typed at the block's ``read``;
+  is made the same way, and its password is typed at each block's ``read``;
 * the line ``BAAS=http://127.0.0.1:8000`` points at the live server instead;
 * a ``# $ command`` comment, a stand-in the README gives for a person's step
   (installing an OS in a VM), is run;
@@ -36,9 +37,17 @@ ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
 # (file, heading): every ```sh block under that heading, up to the next heading
 # of the same or a higher level.
-SOURCES = [("README.md", "From a script"), ("docs/lab.md", "One computer, one virtual machine")]
+SOURCES = [
+    ("README.md", "From a script"),
+    ("docs/api.md", "A session from a script"),
+    ("docs/uploads.md", "Examples"),
+    ("docs/lab.md", "One computer, one virtual machine"),
+]
+# How many ```sh blocks each source held when the README held them all: none may be lost.
+FEWEST_EXAMPLES = 7
 DEFAULT_BAAS = "BAAS=http://127.0.0.1:8000"
 ADMIN_PASSWORD = "printed-by-dev-up"
+PASSWORD_PROMPT = re.compile(r"^read -rsp 'Password of admin: '", re.MULTILINE)
 # What a person would have to replace: <uuid>, "…", baas_… (comments may show them).
 PLACEHOLDER = re.compile(r"<[a-z][a-z ]*>|…")
 COMMENT = re.compile(r"(^|\s)#.*$")
@@ -135,7 +144,15 @@ def dev_up_admin(monkeypatch):
 def test_the_examples_are_found_and_start_where_dev_up_leaves_off():
     found = examples()
     assert found, "No ```sh block under the README's 'From a script'"
+    assert found[0].source.startswith("README.md:"), "The README's own examples come first"
     assert DEFAULT_BAAS in found[0].text, "The first example must set BAAS as ./dev up serves it"
+
+
+def test_every_source_has_examples_and_none_were_lost():
+    found = examples()
+    for name, _heading in SOURCES:
+        assert any(e.source.startswith(f"{name}:") for e in found), f"No example in {name}"
+    assert len(found) >= FEWEST_EXAMPLES, f"Only {len(found)} examples are tested"
 
 
 def test_the_examples_have_no_placeholders_to_fill_in():
@@ -158,7 +175,7 @@ def test_the_readme_examples_run_as_written(
     )
     result = subprocess.run(
         ["bash", "-c", script],
-        input=ADMIN_PASSWORD + "\n",
+        input=(ADMIN_PASSWORD + "\n") * len(PASSWORD_PROMPT.findall(script)),
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
