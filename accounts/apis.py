@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from django.contrib.auth import update_session_auth_hash
+from django.db.models import QuerySet
 from django.utils import timezone
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import serializers, status
+from rest_framework import generics, serializers, status
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -15,6 +16,8 @@ from rest_framework.views import APIView
 from accounts import logins, scopes, selectors, services
 from accounts.models import AccessToken, Role, User, username_validator
 from accounts.permissions import IsAdministrator
+from baas_site.created import LOCATION, created
+from baas_site.filters import FILTER_BACKENDS
 
 
 class UserOutputSerializer(serializers.ModelSerializer):
@@ -101,7 +104,11 @@ class UserCreateApi(APIView):
     permission_classes = [IsAdministrator]
     account_administration = True  # a token needs the admin scope (accounts.scopes)
 
-    @extend_schema(request=UserCreateInputSerializer, responses={201: UserOutputSerializer})
+    @extend_schema(
+        request=UserCreateInputSerializer,
+        responses={201: UserOutputSerializer},
+        parameters=[LOCATION],
+    )
     def post(self, request: Request) -> Response:
         data = UserCreateInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -114,13 +121,18 @@ class UserCreateApi(APIView):
             role=values["role"],
             password=values.get("password"),
         )
-        return Response(UserOutputSerializer(user).data, status=status.HTTP_201_CREATED)
+        return created(UserOutputSerializer(user).data, "user-detail", username=user.username)
 
 
-class UserListApi(APIView):
-    @extend_schema(responses=UserPublicSerializer(many=True))
-    def get(self, request: Request) -> Response:
-        return Response(UserPublicSerializer(selectors.user_list(), many=True).data)
+class UserListApi(generics.ListAPIView):
+    serializer_class = UserPublicSerializer
+    queryset = User.objects.none()  # the model, for the schema; ``get_queryset`` reads
+    pagination_class = None  # a bare array, as it always was
+    filter_backends = FILTER_BACKENDS
+    ordering_fields = ["username", "date_joined"]
+
+    def get_queryset(self) -> QuerySet[User]:
+        return selectors.user_list()
 
 
 class UserMeApi(APIView):
@@ -238,8 +250,9 @@ class TokenCreateInputSerializer(serializers.Serializer):
 
 def _token_created_response(token: AccessToken, secret: str) -> Response:
     # The secret is only in this response, never stored (``TokenCreatedSerializer`` in the schema).
+    # Location: the token's URL, which revokes it (DELETE); a token has no GET of its own.
     body = {**TokenOutputSerializer(token).data, "token": secret}
-    return Response(body, status=status.HTTP_201_CREATED)
+    return created(body, "user-token-detail", username=token.user.username, token_id=token.pk)
 
 
 class LoginTokenInputSerializer(TokenCreateInputSerializer):
@@ -268,6 +281,7 @@ class AuthTokenApi(APIView):
             ),
         },
         auth=[],
+        parameters=[LOCATION],
     )
     def post(self, request: Request) -> Response:
         data = LoginTokenInputSerializer(data=request.data)
@@ -296,15 +310,24 @@ def _request_token(request: Request) -> AccessToken | None:
     return request.auth if isinstance(request.auth, AccessToken) else None
 
 
-class TokenListCreateApi(APIView):
+class TokenListCreateApi(generics.GenericAPIView):
     account_administration = True  # creating tokens needs a token's admin scope
+    queryset = AccessToken.objects.none()  # the model, for the schema; the methods read
+    pagination_class = None  # a bare array, as it always was
+    filter_backends = FILTER_BACKENDS
+    ordering_fields = ["name", "created_at", "expires_at", "last_used_at"]
 
     @extend_schema(responses=TokenOutputSerializer(many=True))
     def get(self, request: Request, username: str) -> Response:
         user = selectors.user_get_managed(actor=request.user, username=username)
-        return Response(TokenOutputSerializer(selectors.token_list(user=user), many=True).data)
+        tokens = self.filter_queryset(selectors.token_list(user=user))
+        return Response(TokenOutputSerializer(tokens, many=True).data)
 
-    @extend_schema(request=TokenCreateInputSerializer, responses={201: TokenCreatedSerializer})
+    @extend_schema(
+        request=TokenCreateInputSerializer,
+        responses={201: TokenCreatedSerializer},
+        parameters=[LOCATION],
+    )
     def post(self, request: Request, username: str) -> Response:
         user = selectors.user_get_managed(actor=request.user, username=username)
         data = TokenCreateInputSerializer(data=request.data)

@@ -47,7 +47,7 @@ def add_service_errors(form: forms.Form, exc: DomainError) -> None:
 
 
 class ImageFilterForm(forms.Form):
-    """The image list's filters; all optional, all passed to ``image_list_readable``."""
+    """The image list's filters; all optional, applied by ``catalogue.filters.ImageFilter``."""
 
     search = forms.CharField(required=False, max_length=200, label="Name contains")
     type = forms.ChoiceField(required=False, choices=ANY + ImageType.choices)

@@ -25,6 +25,7 @@ from baas_site.errors import error_text
 from baas_site.exceptions import DomainError, Forbidden, Invalid
 from catalogue import rules
 from catalogue.exceptions import ImageConflict, SetupConflict
+from catalogue.filters import ImageFilter
 from catalogue.forms import (
     FrozenImageForm,
     ImageCreateForm,
@@ -64,9 +65,8 @@ def _readable(
 def image_list(request: AuthenticatedHttpRequest) -> HttpResponse:
     filters = ImageFilterForm(request.GET)
     values = filters.cleaned_data if filters.is_valid() else {}
-    images = image_selectors.image_list_readable(
-        actor=request.user, **{name: value or None for name, value in values.items()}
-    )
+    readable = image_selectors.image_list_readable(actor=request.user)
+    images = ImageFilter(values, queryset=readable).qs
     page = Paginator(images, PAGE_SIZE).get_page(request.GET.get("page"))
     query = request.GET.copy()
     query.pop("page", None)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import QuerySet
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import (
     OpenApiParameter,
@@ -26,6 +27,9 @@ from rest_framework.views import APIView
 
 from accounts.models import User
 from accounts.selectors import user_get_managed
+from baas_site.created import LOCATION, created, location
+from baas_site.filters import FILTER_BACKENDS
+from catalogue import filters
 from catalogue.apis import uploads
 from catalogue.apis.fields import DigestField
 from catalogue.models import (
@@ -242,15 +246,6 @@ class UploadFormSerializer(serializers.Serializer):
     note = serializers.CharField(required=False, max_length=500)
 
 
-FILTERS = [
-    OpenApiParameter("type", str, enum=ImageType.values, description="Only images of this type"),
-    OpenApiParameter("name", str, description="Only images with exactly this name"),
-]
-LIST_FILTERS = [
-    *FILTERS,
-    OpenApiParameter("search", str, description="Only images whose name contains this"),
-    OpenApiParameter("owner", str, description="Only images owned by this username"),
-]
 UPLOAD_HEADERS = [
     OpenApiParameter(
         "Content-Digest",
@@ -288,7 +283,7 @@ UPLOAD_SCHEMA = extend_schema(
         "application/gzip": OpenApiTypes.BINARY,
         "application/vnd.android.sparse-image": OpenApiTypes.BINARY,
     },
-    parameters=UPLOAD_HEADERS,
+    parameters=[*UPLOAD_HEADERS, LOCATION],
     responses={201: VersionUploadedSerializer},
 )
 ERROR = inline_serializer("Error", {"detail": serializers.CharField()})
@@ -296,10 +291,6 @@ ERROR = inline_serializer("Error", {"detail": serializers.CharField()})
 
 def _image_response(image: Image, status_code: int = status.HTTP_200_OK) -> Response:
     return Response(ImageOutputSerializer(image).data, status=status_code)
-
-
-def _filters(request: Request, names: list[OpenApiParameter]) -> dict[str, Any]:
-    return {p.name: request.query_params.get(p.name) for p in names}
 
 
 # --- Views -------------------------------------------------------------------------------
@@ -311,6 +302,7 @@ class ImageCreateApi(APIView):
     @extend_schema(
         request=ImageCreateInputSerializer,
         responses={201: ImageOutputSerializer, 403: ERROR, 404: ERROR},
+        parameters=[LOCATION],
     )
     def post(self, request: Request, username: str) -> Response:
         owner = user_get_managed(actor=request.user, username=username)
@@ -318,52 +310,56 @@ class ImageCreateApi(APIView):
         data.is_valid(raise_exception=True)
         image = services.image_create(actor=request.user, owner=owner, **data.validated_data)
         image = selectors.image_queryset().get(pk=image.pk)
-        return _image_response(image, status.HTTP_201_CREATED)
+        return created(ImageOutputSerializer(image).data, "image-detail", image_id=image.pk)
 
 
-class UserImageListApi(APIView):
+class _ImageListApi(generics.ListAPIView[Image]):
+    """Image lists: the FilterSet and the ordering, applied to what the selector allows."""
+
+    serializer_class = ImageOutputSerializer
+    queryset = Image.objects.none()  # the model, for the schema; ``get_queryset`` reads
+    filter_backends = FILTER_BACKENDS
+    ordering_fields = ["name", "created_at", "updated_at"]
+
+
+class UserImageListApi(_ImageListApi):
     """A user's images: the user themselves or an administrator."""
 
-    @extend_schema(parameters=FILTERS, responses=ImageOutputSerializer(many=True))
-    def get(self, request: Request, username: str) -> Response:
-        owner = user_get_managed(actor=request.user, username=username)
-        images = selectors.image_list_owned(owner=owner, **_filters(request, FILTERS))
-        return Response(ImageOutputSerializer(images, many=True).data)
+    filterset_class = filters.OwnedImageFilter
+    pagination_class = None  # a bare array, as it always was
+
+    def get_queryset(self) -> QuerySet[Image]:
+        owner = user_get_managed(actor=self.request.user, username=self.kwargs["username"])
+        return selectors.image_list_owned(owner=owner)
 
 
-class UserImagesByNameApi(APIView):
+class UserImagesByNameApi(_ImageListApi):
     """A user's images with this name (names are not unique)."""
 
-    @extend_schema(
-        operation_id="user_images_by_name",
-        parameters=FILTERS[:1],
-        responses=ImageOutputSerializer(many=True),
-    )
-    def get(self, request: Request, username: str, image_name: str) -> Response:
-        owner = user_get_managed(actor=request.user, username=username)
+    filterset_class = filters.ImageTypeFilter
+    pagination_class = None
+
+    def get_queryset(self) -> QuerySet[Image]:
+        owner = user_get_managed(actor=self.request.user, username=self.kwargs["username"])
+        image_name = self.kwargs["image_name"]
         try:  # a name no image can have: say so, rather than answer an empty list
             validate_image_name(image_name)
         except DjangoValidationError as exc:
             raise serializers.ValidationError({"image_name": exc.messages}) from exc
-        images = selectors.image_list_owned(
-            owner=owner, name=image_name, type=request.query_params.get("type")
-        )
-        return Response(ImageOutputSerializer(images, many=True).data)
+        return selectors.image_list_owned(owner=owner).filter(name=image_name)
 
-
-class ImageListApi(generics.ListAPIView):
-    """Every image the caller may read: their own, system images, those they maintain."""
-
-    serializer_class = ImageOutputSerializer
-
-    def get_queryset(self):
-        return selectors.image_list_readable(
-            actor=self.request.user, **_filters(self.request, LIST_FILTERS)
-        )
-
-    @extend_schema(parameters=LIST_FILTERS)
+    @extend_schema(operation_id="user_images_by_name")
     def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().get(request, *args, **kwargs)
+
+
+class ImageListApi(_ImageListApi):
+    """Every image the caller may read: their own, system images, those they maintain."""
+
+    filterset_class = filters.ImageFilter
+
+    def get_queryset(self) -> QuerySet[Image]:
+        return selectors.image_list_readable(actor=self.request.user)
 
 
 class ImageDetailApi(APIView):
@@ -388,7 +384,11 @@ class ImageDetailApi(APIView):
         )
         _quota_check_up_front(request, image)
         version = uploads.upload_version(request, image)
-        headers = {"Location": f"/api/image/{version.image_id}/{version.number}"}
+        headers = {
+            "Location": location(
+                "image-download", image_uuid=version.image_id, number=version.number
+            )
+        }
         if version.sha256:  # RFC 9530: the digest of the image now stored
             headers["Repr-Digest"] = sha256_field(version.sha256)
         return Response(
@@ -401,7 +401,7 @@ class ImageDetailApi(APIView):
             "application/json": ImageUpdateInputSerializer,
             "application/octet-stream": OpenApiTypes.BINARY,
         },
-        parameters=UPLOAD_HEADERS,
+        parameters=[*UPLOAD_HEADERS, LOCATION],
         responses={200: ImageOutputSerializer, 201: VersionUploadedSerializer, 403: ERROR},
     )
     def put(self, request: Request, image_id: str) -> Response:
@@ -453,11 +453,21 @@ class ImageExtendApi(APIView):
         return _image_response(selectors.image_queryset().get(pk=image.pk))
 
 
-class VersionListApi(APIView):
+class VersionListApi(generics.ListAPIView):
     """An image's versions, oldest first."""
 
+    serializer_class = VersionOutputSerializer
+    queryset = Version.objects.none()  # the model, for the schema; ``get_queryset`` reads
+    pagination_class = None  # a bare array, as it always was
+    filter_backends = FILTER_BACKENDS
+    ordering_fields = ["number", "created_at"]
+
+    def get_queryset(self) -> QuerySet[Version]:
+        image = selectors.image_get_readable(
+            actor=self.request.user, image_id=self.kwargs["image_id"], full=False
+        )
+        return selectors.version_list(image=image)
+
     @extend_schema(responses={200: VersionOutputSerializer(many=True), 404: ERROR})
-    def get(self, request: Request, image_id: str) -> Response:
-        image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
-        versions = selectors.version_list(image=image)
-        return Response(VersionOutputSerializer(versions, many=True).data)
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)

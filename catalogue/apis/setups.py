@@ -7,12 +7,15 @@ and administrators. Anyone else gets 404, as if the user had no setups.
 
 from __future__ import annotations
 
+from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers, status
+from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from baas_site.created import LOCATION, created
+from baas_site.filters import FILTER_BACKENDS
 from catalogue.models import MOUNT_HELP, Image, ImageFrozen, ImageSetup, Mount
 from catalogue.selectors import setups as selectors
 from catalogue.services import setups as services
@@ -86,21 +89,33 @@ def _setup_response(setup: ImageSetup, status_code: int = status.HTTP_200_OK) ->
 
 
 class SetupCreateApi(APIView):
-    @extend_schema(request=SetupInputSerializer, responses={201: SetupOutputSerializer})
+    @extend_schema(
+        request=SetupInputSerializer, responses={201: SetupOutputSerializer}, parameters=[LOCATION]
+    )
     def post(self, request: Request, username: str) -> Response:
         owner = selectors.setup_owner_get(actor=request.user, username=username, creating=True)
         data = SetupInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         setup = services.setup_create(actor=request.user, owner=owner, **data.validated_data)
-        return _setup_response(selectors.setup_get(owner=owner, setup_uuid=setup.uuid), 201)
+        setup = selectors.setup_get(owner=owner, setup_uuid=setup.uuid)
+        return created(
+            SetupOutputSerializer(setup).data,
+            "setup-detail",
+            username=owner.username,
+            setup_uuid=setup.uuid,
+        )
 
 
-class SetupListApi(APIView):
-    @extend_schema(responses=SetupOutputSerializer(many=True))
-    def get(self, request: Request, username: str) -> Response:
-        owner = selectors.setup_owner_get(actor=request.user, username=username)
-        setups = selectors.setup_list(owner=owner)
-        return Response(SetupOutputSerializer(setups, many=True).data)
+class SetupListApi(generics.ListAPIView):
+    serializer_class = SetupOutputSerializer
+    queryset = ImageSetup.objects.none()  # the model, for the schema; ``get_queryset`` reads
+    pagination_class = None  # a bare array, as it always was
+    filter_backends = FILTER_BACKENDS
+    ordering_fields = ["name", "created_at", "updated_at"]
+
+    def get_queryset(self) -> QuerySet[ImageSetup]:
+        owner = selectors.setup_owner_get(actor=self.request.user, username=self.kwargs["username"])
+        return selectors.setup_list(owner=owner)
 
 
 class SetupDetailApi(APIView):
@@ -146,7 +161,11 @@ class SetupImagesApi(APIView):
         setup = self._get(request, username, setup_uuid)
         return Response(FrozenImageOutputSerializer(setup.frozen_images.all(), many=True).data)
 
-    @extend_schema(request=FrozenImageInputSerializer, responses={201: FrozenImageOutputSerializer})
+    @extend_schema(
+        request=FrozenImageInputSerializer,
+        responses={201: FrozenImageOutputSerializer},
+        parameters=[LOCATION],
+    )
     def post(self, request: Request, username: str, setup_uuid: str) -> Response:
         setup = self._get(request, username, setup_uuid)
         data = FrozenImageInputSerializer(data=request.data)
@@ -161,7 +180,13 @@ class SetupImagesApi(APIView):
             target_disk=values["target_disk"],
             mount=values["mount"],
         )
-        return Response(FrozenImageOutputSerializer(frozen).data, status=status.HTTP_201_CREATED)
+        # A pinned image has no URL of its own: the setup's image list shows it.
+        return created(
+            FrozenImageOutputSerializer(frozen).data,
+            "setup-images",
+            username=setup.owner.username,
+            setup_uuid=setup.uuid,
+        )
 
     @extend_schema(
         request=FrozenImageRemoveInputSerializer,

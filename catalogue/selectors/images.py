@@ -49,37 +49,16 @@ def _readable_q(actor: Actor) -> Q:
     return readable
 
 
-def _filtered(
-    images: QuerySet[Image],
-    *,
-    type: str | None = None,
-    name: str | None = None,
-    search: str | None = None,
-    owner: str | None = None,
-) -> QuerySet[Image]:
-    if type:
-        if type not in ImageType.values:
-            raise InvalidInput({"type": f"'{type}' is not one of {', '.join(ImageType.values)}."})
-        images = images.filter(type=type)
-    if name:
-        images = images.filter(name=name)
-    if search:
-        images = images.filter(name__icontains=search)
-    if owner:
-        images = images.filter(owner__username=owner)
-    return images
-
-
-def image_list_readable(*, actor: Actor, **filters: str | None) -> QuerySet[Image]:
-    """Every image ``actor`` may read, filtered by ``type``, ``name``, ``search``, ``owner``."""
+def image_list_readable(*, actor: Actor) -> QuerySet[Image]:
+    """Every image ``actor`` may read (``catalogue.filters`` narrows it for a list)."""
     if not rules.is_authenticated(actor):
         return Image.objects.none()
-    return _filtered(image_queryset().filter(_readable_q(actor)), **filters)
+    return image_queryset().filter(_readable_q(actor))
 
 
-def image_list_owned(*, owner: User, **filters: str | None) -> QuerySet[Image]:
+def image_list_owned(*, owner: User) -> QuerySet[Image]:
     """``owner``'s images; the caller has checked the actor may see them."""
-    return _filtered(image_queryset().filter(owner=owner), **filters)
+    return image_queryset().filter(owner=owner)
 
 
 def image_get_readable(*, actor: Actor, image_id: str, full: bool = True) -> Image:

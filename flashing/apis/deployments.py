@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import status
+from typing import Any
+
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics, status
 from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from baas_site.created import LOCATION, location
+from baas_site.filters import FILTER_BACKENDS
 from catalogue.interface import setup_get_usable
 from flashing import selectors
 from flashing.apis.serializers import (
@@ -16,7 +21,8 @@ from flashing.apis.serializers import (
     DeploymentInputSerializer,
     DeploymentOutputSerializer,
 )
-from flashing.models import DeploymentState
+from flashing.filters import DeploymentFilter
+from flashing.models import Deployment
 from flashing.services import deployments as services
 
 
@@ -41,7 +47,11 @@ class MachineBootApi(APIView):
             return Response(status=status.HTTP_204_NO_CONTENT)
         return Response(DeploymentOutputSerializer(deployment).data)
 
-    @extend_schema(request=DeploymentInputSerializer, responses={201: DeploymentDetailSerializer})
+    @extend_schema(
+        request=DeploymentInputSerializer,
+        responses={201: DeploymentDetailSerializer},
+        parameters=[LOCATION],
+    )
     def post(self, request: Request, mac: str) -> Response:
         machine = selectors.machine_get(mac=mac)
         data = DeploymentInputSerializer(data=request.data)
@@ -52,26 +62,25 @@ class MachineBootApi(APIView):
         deployment = services.deployment_enqueue(
             actor=request.user, machine=machine, setup=setup, sync=data.validated_data["sync"]
         )
-        return _detail(request, deployment.pk, status.HTTP_201_CREATED)
+        response = _detail(request, deployment.pk, status.HTTP_201_CREATED)
+        response["Location"] = location("deployment-detail", deployment_id=deployment.pk)
+        return response
 
 
-class DeploymentListApi(APIView):
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("machine", str, description="A MAC address of the machine"),
-            OpenApiParameter("state", str, enum=DeploymentState.values),
-        ],
-        responses=DeploymentOutputSerializer(many=True),
-        description="Your deployments, newest first; administrators see everyone's.",
-    )
-    def get(self, request: Request) -> Response:
-        mac = request.query_params.get("machine")
-        deployments = selectors.deployment_list(
-            user=request.user,
-            machine=selectors.machine_get(mac=mac) if mac else None,
-            state=request.query_params.get("state"),
-        )
-        return Response(DeploymentOutputSerializer(deployments, many=True).data)
+class DeploymentListApi(generics.ListAPIView):
+    serializer_class = DeploymentOutputSerializer
+    queryset = Deployment.objects.none()  # the model, for the schema; ``get_queryset`` reads
+    pagination_class = None  # a bare array, as it always was
+    filter_backends = FILTER_BACKENDS
+    filterset_class = DeploymentFilter
+    ordering_fields = ["created_at", "state"]
+
+    def get_queryset(self) -> QuerySet[Deployment]:
+        return selectors.deployment_list(user=self.request.user)
+
+    @extend_schema(description="Your deployments, newest first; administrators see everyone's.")
+    def get(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().get(request, *args, **kwargs)
 
 
 class DeploymentDetailApi(APIView):

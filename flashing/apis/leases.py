@@ -9,6 +9,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from baas_site.created import LOCATION
+from baas_site.created import created as created_response
 from flashing import selectors
 from flashing.apis.serializers import LeaseInputSerializer, LeaseOutputSerializer
 from flashing.services import leases as services
@@ -18,7 +20,9 @@ class MachineLeaseApi(APIView):
     @extend_schema(
         request=LeaseInputSerializer,
         responses={201: LeaseOutputSerializer, 200: LeaseOutputSerializer},
-        description="Lease an available machine (201), or extend the lease you hold (200).",
+        description="Lease an available machine (201), or extend the lease you hold (200). "
+        "A lease has no URL of its own: Location is the machine's, which shows its lease.",
+        parameters=[LOCATION],
     )
     def post(self, request: Request, mac: str) -> Response:
         machine = selectors.machine_get(mac=mac)
@@ -27,8 +31,9 @@ class MachineLeaseApi(APIView):
         lease, created = services.lease_acquire(
             user=request.user, machine=machine, hours=data.validated_data["hours"]
         )
-        code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-        return Response(LeaseOutputSerializer(lease).data, status=code)
+        if not created:
+            return Response(LeaseOutputSerializer(lease).data)
+        return created_response(LeaseOutputSerializer(lease).data, "machine-detail", mac=mac)
 
     @extend_schema(
         responses={204: None},

@@ -6,16 +6,20 @@ A machine is addressed by any of its MAC addresses, in any common form
 
 from __future__ import annotations
 
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from django.db.models import QuerySet
+from drf_spectacular.utils import extend_schema
+from rest_framework import generics, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsAdministrator
+from baas_site.created import LOCATION, location
+from baas_site.filters import FILTER_BACKENDS
 from flashing import selectors
 from flashing.apis.serializers import MachineInputSerializer, MachineOutputSerializer
-from flashing.models import Architecture, MachineState
+from flashing.filters import MachineFilter
+from flashing.models import Machine
 from flashing.permissions import CanManageMachines
 from flashing.services import machines as services
 
@@ -25,30 +29,27 @@ def _machine_response(request: Request, mac: str, code: int = status.HTTP_200_OK
     return Response(MachineOutputSerializer(machine, context={"request": request}).data, code)
 
 
-class MachineListApi(APIView):
+class MachineListApi(generics.ListAPIView):
     permission_classes = [CanManageMachines]
+    serializer_class = MachineOutputSerializer
+    queryset = Machine.objects.none()  # the model, for the schema; ``get_queryset`` reads
+    pagination_class = None  # a bare array, as it always was
+    filter_backends = FILTER_BACKENDS
+    filterset_class = MachineFilter
+    ordering_fields = ["name", "state", "architecture"]
 
-    @extend_schema(
-        parameters=[
-            OpenApiParameter("state", str, enum=MachineState.values),
-            OpenApiParameter("architecture", str, enum=Architecture.values),
-        ],
-        responses=MachineOutputSerializer(many=True),
-    )
-    def get(self, request: Request) -> Response:
-        machines = selectors.machine_list(
-            state=request.query_params.get("state"),
-            architecture=request.query_params.get("architecture"),
-        )
-        return Response(
-            MachineOutputSerializer(machines, many=True, context={"request": request}).data
-        )
+    def get_queryset(self) -> QuerySet[Machine]:
+        return selectors.machine_list()
 
 
 class MachineCreateApi(APIView):
     permission_classes = [IsAdministrator]
 
-    @extend_schema(request=MachineInputSerializer, responses={201: MachineOutputSerializer})
+    @extend_schema(
+        request=MachineInputSerializer,
+        responses={201: MachineOutputSerializer},
+        parameters=[LOCATION],
+    )
     def post(self, request: Request) -> Response:
         data = MachineInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -57,7 +58,9 @@ class MachineCreateApi(APIView):
         machine = services.machine_create(actor=request.user, **values)
         if state is not None:
             services.machine_update(actor=request.user, machine=machine, state=state)
-        return _machine_response(request, values["mac_addresses"][0], status.HTTP_201_CREATED)
+        response = _machine_response(request, values["mac_addresses"][0], status.HTTP_201_CREATED)
+        response["Location"] = location("machine-detail", mac=values["mac_addresses"][0])
+        return response
 
 
 class MachineDetailApi(APIView):

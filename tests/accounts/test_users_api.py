@@ -68,9 +68,13 @@ def test_a_weak_password_is_refused_with_the_reason(
     assert why in response.json()["errors"]["password"]
     assert not type(user).objects.filter(username="ada").exists()
 
+    # The same rules when a password changes (an email of the user's own, as above:
+    # the factory's numbered emails are less or more similar depending on the count).
+    type(user).objects.filter(pk=user.pk).update(email="ada@example.org")
     change = {"password": password, "current_password": "unused"}
     response = admin_client_api.patch(f"/api/user/{user.username}", change, format="json")
     assert response.status_code == 400
+    assert why in response.json()["errors"]["password"]
     user.refresh_from_db()
     assert not user.check_password(password)
 
