@@ -127,7 +127,6 @@ class UserCreateApi(APIView):
 class UserListApi(generics.ListAPIView):
     serializer_class = UserPublicSerializer
     queryset = User.objects.none()  # the model, for the schema; ``get_queryset`` reads
-    pagination_class = None  # a bare array, as it always was
     filter_backends = FILTER_BACKENDS
     ordering_fields = ["username", "date_joined"]
 
@@ -310,18 +309,16 @@ def _request_token(request: Request) -> AccessToken | None:
     return request.auth if isinstance(request.auth, AccessToken) else None
 
 
-class TokenListCreateApi(generics.GenericAPIView):
+class TokenListCreateApi(generics.ListCreateAPIView):
     account_administration = True  # creating tokens needs a token's admin scope
-    queryset = AccessToken.objects.none()  # the model, for the schema; the methods read
-    pagination_class = None  # a bare array, as it always was
+    queryset = AccessToken.objects.none()  # the model, for the schema; ``get_queryset`` reads
+    serializer_class = TokenOutputSerializer
     filter_backends = FILTER_BACKENDS
     ordering_fields = ["name", "created_at", "expires_at", "last_used_at"]
 
-    @extend_schema(responses=TokenOutputSerializer(many=True))
-    def get(self, request: Request, username: str) -> Response:
-        user = selectors.user_get_managed(actor=request.user, username=username)
-        tokens = self.filter_queryset(selectors.token_list(user=user))
-        return Response(TokenOutputSerializer(tokens, many=True).data)
+    def get_queryset(self) -> QuerySet[AccessToken]:
+        user = selectors.user_get_managed(actor=self.request.user, username=self.kwargs["username"])
+        return selectors.token_list(user=user)
 
     @extend_schema(
         request=TokenCreateInputSerializer,

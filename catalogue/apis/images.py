@@ -326,7 +326,6 @@ class UserImageListApi(_ImageListApi):
     """A user's images: the user themselves or an administrator."""
 
     filterset_class = filters.OwnedImageFilter
-    pagination_class = None  # a bare array, as it always was
 
     def get_queryset(self) -> QuerySet[Image]:
         owner = user_get_managed(actor=self.request.user, username=self.kwargs["username"])
@@ -337,7 +336,6 @@ class UserImagesByNameApi(_ImageListApi):
     """A user's images with this name (names are not unique)."""
 
     filterset_class = filters.ImageTypeFilter
-    pagination_class = None
 
     def get_queryset(self) -> QuerySet[Image]:
         owner = user_get_managed(actor=self.request.user, username=self.kwargs["username"])
@@ -458,7 +456,6 @@ class VersionListApi(generics.ListAPIView):
 
     serializer_class = VersionOutputSerializer
     queryset = Version.objects.none()  # the model, for the schema; ``get_queryset`` reads
-    pagination_class = None  # a bare array, as it always was
     filter_backends = FILTER_BACKENDS
     ordering_fields = ["number", "created_at"]
 

@@ -109,7 +109,6 @@ class SetupCreateApi(APIView):
 class SetupListApi(generics.ListAPIView):
     serializer_class = SetupOutputSerializer
     queryset = ImageSetup.objects.none()  # the model, for the schema; ``get_queryset`` reads
-    pagination_class = None  # a bare array, as it always was
     filter_backends = FILTER_BACKENDS
     ordering_fields = ["name", "created_at", "updated_at"]
 

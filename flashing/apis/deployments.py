@@ -70,7 +70,6 @@ class MachineBootApi(APIView):
 class DeploymentListApi(generics.ListAPIView):
     serializer_class = DeploymentOutputSerializer
     queryset = Deployment.objects.none()  # the model, for the schema; ``get_queryset`` reads
-    pagination_class = None  # a bare array, as it always was
     filter_backends = FILTER_BACKENDS
     filterset_class = DeploymentFilter
     ordering_fields = ["created_at", "state"]

@@ -33,7 +33,6 @@ class MachineListApi(generics.ListAPIView):
     permission_classes = [CanManageMachines]
     serializer_class = MachineOutputSerializer
     queryset = Machine.objects.none()  # the model, for the schema; ``get_queryset`` reads
-    pagination_class = None  # a bare array, as it always was
     filter_backends = FILTER_BACKENDS
     filterset_class = MachineFilter
     ordering_fields = ["name", "state", "architecture"]

@@ -68,7 +68,7 @@ def test_only_a_hash_of_the_token_is_stored(user_client, user):
 
 def test_the_list_shows_no_secrets(user_client, user):
     user_client.post(f"/api/user/{user.username}/tokens", {"name": "ci"}, format="json")
-    listing = user_client.get(f"/api/user/{user.username}/tokens").json()
+    listing = user_client.get(f"/api/user/{user.username}/tokens").json()["results"]
     assert {t["name"] for t in listing} == {"tests", "ci"}
     assert all("token" not in t and "digest" not in t for t in listing)
 
@@ -152,7 +152,7 @@ def test_the_schema_says_null_wherever_the_answers_send_null(user_client, user):
     schema = user_client.get("/api/schema/", HTTP_ACCEPT="application/json").json()
     components = schema["components"]["schemas"]
     answers = {
-        "TokenOutput": user_client.get(f"/api/user/{user.username}/tokens").json()[0],
+        "TokenOutput": user_client.get(f"/api/user/{user.username}/tokens").json()["results"][0],
         "UserOutput": user_client.get("/api/user/me").json(),
     }
     nulls = 0

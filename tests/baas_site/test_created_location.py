@@ -132,7 +132,7 @@ def test_a_new_tokens_location_revokes_it(admin, administrator, anon_client):
     assert signed_in["Location"].endswith(f"/tokens/{signed_in.json()['id']}")
     assert admin.delete(where).status_code == 204
     assert admin.delete(signed_in["Location"]).status_code == 204
-    left = admin.get(f"/api/user/{administrator.username}/tokens").json()
+    left = admin.get(f"/api/user/{administrator.username}/tokens").json()["results"]
     assert {token["id"] for token in left}.isdisjoint(
         {response.json()["id"], signed_in.json()["id"]}
     )

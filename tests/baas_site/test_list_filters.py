@@ -78,7 +78,7 @@ def test_every_list_refuses_to_order_by_a_field_it_does_not_offer(user_client, l
 
 def test_an_empty_filter_value_filters_nothing(user_client, lists):
     MachineFactory(name="a", state=MachineState.AVAILABLE)
-    assert len(user_client.get("/api/machines?state=").json()) == 1
+    assert len(user_client.get("/api/machines?state=").json()["results"]) == 1
     assert user_client.get("/api/images?type=").json()["count"] == 1
 
 
@@ -87,7 +87,9 @@ def test_images_are_ordered_as_asked(user_client, user):
         ImageFactory(owner=user, name=name)
     names = [i["name"] for i in user_client.get("/api/images?ordering=-name").json()["results"]]
     assert names == ["c", "b", "a"]
-    mine = user_client.get(f"/api/user/{user.username}/images?ordering=-created_at").json()
+    mine = user_client.get(f"/api/user/{user.username}/images?ordering=-created_at").json()[
+        "results"
+    ]
     assert [i["name"] for i in mine] == ["a", "c", "b"]
 
 
@@ -99,7 +101,7 @@ def test_image_filters_narrow_only_what_the_caller_may_read(user_client, user, o
     assert [i["name"] for i in by_owner["results"]] == ["shared"]
     assert user_client.get("/api/images?name=secret").json()["count"] == 0
     assert user_client.get("/api/images?search=ecre").json()["count"] == 0
-    boot = user_client.get(f"/api/user/{user.username}/images?type=boot").json()
+    boot = user_client.get(f"/api/user/{user.username}/images?type=boot").json()["results"]
     assert [i["name"] for i in boot] == ["mine"]
 
 
@@ -108,25 +110,33 @@ def test_versions_are_ordered_as_asked(user_client, user):
     for number in (0, 1, 2):
         VersionFactory(image=image, number=number)
     url = f"/api/image/{image.uuid}/versions"
-    assert [v["number"] for v in user_client.get(url).json()] == [0, 1, 2]
-    assert [v["number"] for v in user_client.get(f"{url}?ordering=-number").json()] == [2, 1, 0]
+    assert [v["number"] for v in user_client.get(url).json()["results"]] == [0, 1, 2]
+    assert [v["number"] for v in user_client.get(f"{url}?ordering=-number").json()["results"]] == [
+        2,
+        1,
+        0,
+    ]
 
 
 def test_setups_are_ordered_as_asked(user_client, user):
     for name in ("b", "a", "c"):
         ImageSetupFactory(owner=user, name=name)
     url = f"/api/user/{user.username}/image_setups"
-    assert [s["name"] for s in user_client.get(url).json()] == ["a", "b", "c"]
-    assert [s["name"] for s in user_client.get(f"{url}?ordering=-name").json()] == ["c", "b", "a"]
+    assert [s["name"] for s in user_client.get(url).json()["results"]] == ["a", "b", "c"]
+    assert [s["name"] for s in user_client.get(f"{url}?ordering=-name").json()["results"]] == [
+        "c",
+        "b",
+        "a",
+    ]
 
 
 def test_machines_filter_by_architecture_and_order_as_asked(user_client):
     MachineFactory(name="a", architecture=Architecture.X86_64)
     MachineFactory(name="b", architecture=Architecture.AARCH64, state=MachineState.MAINTENANCE)
     MachineFactory(name="c", architecture=Architecture.AARCH64)
-    arm = user_client.get("/api/machines?architecture=aarch64&ordering=-name").json()
+    arm = user_client.get("/api/machines?architecture=aarch64&ordering=-name").json()["results"]
     assert [m["name"] for m in arm] == ["c", "b"]
-    both = user_client.get("/api/machines?architecture=aarch64&state=maintenance").json()
+    both = user_client.get("/api/machines?architecture=aarch64&state=maintenance").json()["results"]
     assert [m["name"] for m in both] == ["b"]
 
 
@@ -135,15 +145,17 @@ def test_deployments_filter_by_machine_and_state_and_order_as_asked(user_client,
     a = DeploymentFactory(requested_by=user, machine=first)
     b = DeploymentFactory(requested_by=user, machine=second, state=DeploymentState.CANCELLED)
     DeploymentFactory(machine=first)  # someone else's: never listed
-    ids = [d["id"] for d in user_client.get("/api/deployments").json()]
+    ids = [d["id"] for d in user_client.get("/api/deployments").json()["results"]]
     assert ids == [b.pk, a.pk]
-    assert [d["id"] for d in user_client.get("/api/deployments?ordering=created_at").json()] == [
+    assert [
+        d["id"] for d in user_client.get("/api/deployments?ordering=created_at").json()["results"]
+    ] == [
         a.pk,
         b.pk,
     ]
-    on_first = user_client.get(f"/api/deployments?machine={first.mac.upper()}").json()
+    on_first = user_client.get(f"/api/deployments?machine={first.mac.upper()}").json()["results"]
     assert [d["id"] for d in on_first] == [a.pk]
-    cancelled = user_client.get("/api/deployments?state=cancelled").json()
+    cancelled = user_client.get("/api/deployments?state=cancelled").json()["results"]
     assert [d["id"] for d in cancelled] == [b.pk]
 
 
@@ -154,13 +166,18 @@ def test_deployments_for_a_malformed_or_unknown_machine_are_400_and_404(user_cli
 
 def test_users_and_tokens_are_ordered_as_asked(user_client, user):
     UserFactory(username="zed")
-    names = [u["username"] for u in user_client.get("/api/users?ordering=-username").json()]
+    names = [
+        u["username"] for u in user_client.get("/api/users?ordering=-username").json()["results"]
+    ]
     assert names == sorted(names, reverse=True)
     for name in ("b", "a"):
         token_create(actor=user, user=user, name=name)
     url = f"/api/user/{user.username}/tokens"
-    assert [t["name"] for t in user_client.get(url).json()][:2] == ["a", "b"]  # newest first
-    tokens = [t["name"] for t in user_client.get(f"{url}?ordering=name").json()]
+    assert [t["name"] for t in user_client.get(url).json()["results"]][:2] == [
+        "a",
+        "b",
+    ]  # newest first
+    tokens = [t["name"] for t in user_client.get(f"{url}?ordering=name").json()["results"]]
     assert tokens == sorted(tokens)
     assert tokens.index("a") < tokens.index("b")
 

@@ -126,10 +126,10 @@ def test_a_users_images_filter_by_type_and_name(user_client, user):
     ImageFactory(owner=user, name="b", type=ImageType.SINGLE)
     ImageFactory(name="b")  # someone else's
     base = f"/api/user/{user.username}/images"
-    assert len(user_client.get(base).json()) == 3
-    assert [i["name"] for i in user_client.get(f"{base}?type=boot").json()] == ["b"]
-    assert len(user_client.get(f"{base}?name=b").json()) == 2
-    by_name = user_client.get(f"{base}/b?type=single").json()
+    assert len(user_client.get(base).json()["results"]) == 3
+    assert [i["name"] for i in user_client.get(f"{base}?type=boot").json()["results"]] == ["b"]
+    assert len(user_client.get(f"{base}?name=b").json()["results"]) == 2
+    by_name = user_client.get(f"{base}/b?type=single").json()["results"]
     assert [(i["name"], i["type"]) for i in by_name] == [("b", "single")]
     assert user_client.get(f"{base}?type=nonsense").status_code == 400
 
@@ -198,9 +198,9 @@ def test_a_users_image_list_takes_the_same_queries_however_many_images(
 ):
     populate(user, count)
     user_client.get(f"/api/user/{user.username}/images")
-    # token, user, images with owners, versions, maintainers, associated images
-    with django_assert_num_queries(6):
-        body = user_client.get(f"/api/user/{user.username}/images").json()
+    # token, user, the count, images with owners, versions, maintainers, associated images
+    with django_assert_num_queries(7):
+        body = user_client.get(f"/api/user/{user.username}/images").json()["results"]
     assert len(body) == count
 
 
@@ -211,7 +211,7 @@ def test_an_image_reads_with_its_versions(user_client, user):
     body = user_client.get(f"/api/image/{image.uuid}").json()
     assert [v["number"] for v in body["versions"]] == [0, 1]
     assert body["versions"][1]["sha256"] == hashlib.sha256(b"new" * 1000).hexdigest()
-    versions = user_client.get(f"/api/image/{image.uuid}/versions").json()
+    versions = user_client.get(f"/api/image/{image.uuid}/versions").json()["results"]
     assert [(v["number"], v["size"]) for v in versions] == [(0, 65536), (1, 3000)]
 
 

@@ -81,7 +81,7 @@ def test_a_new_temporal_image_expires_after_the_default_period(user_client, user
     )
     assert response.status_code == 201
     assert before + timedelta(days=7) <= expires_at(response) <= timezone.now() + timedelta(days=7)
-    listed = user_client.get(f"/api/user/{user.username}/images").json()
+    listed = user_client.get(f"/api/user/{user.username}/images").json()["results"]
     assert listed[0]["expires_at"] == response.json()["expires_at"]
 
 

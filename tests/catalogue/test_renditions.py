@@ -87,7 +87,7 @@ def body(response) -> bytes:
 
 
 def version_json(client: APIClient, image, number: int = 1) -> dict:
-    versions = client.get(f"/api/image/{image.uuid}/versions").json()
+    versions = client.get(f"/api/image/{image.uuid}/versions").json()["results"]
     return next(v for v in versions if v["number"] == number)
 
 

@@ -103,7 +103,7 @@ def test_a_malformed_username_is_400_and_an_unknown_one_404(user_client):
 def test_the_list_holds_the_users_setups_with_their_images(user_client, user, setup, own_image):
     ImageFrozenFactory(setup=setup, version=own_image.versions.get(number=0))
     ImageSetupFactory(owner=UserFactory(), name="someone else's")
-    listing = user_client.get(f"/api/user/{user.username}/image_setups").json()
+    listing = user_client.get(f"/api/user/{user.username}/image_setups").json()["results"]
     assert [s["name"] for s in listing] == ["my setup"]
     assert listing[0]["images"][0]["image"] == str(own_image.uuid)
     assert listing[0]["images"][0]["disk"] == "/dev/sdb"
@@ -118,11 +118,11 @@ def test_listing_setups_takes_the_same_queries_for_one_or_many(
         setup = ImageSetupFactory(owner=user)
         ImageFrozenFactory(setup=setup, version=own_image.versions.get(number=0))
         ImageFrozenFactory(setup=setup, version=system_image.versions.get(number=n % 2))
-    # token+user, owner, setups, their frozen images with image and version
-    with django_assert_num_queries(4):
+    # token+user, owner, the count, setups, their frozen images with image and version
+    with django_assert_num_queries(5):
         response = user_client.get(url)
-    assert len(response.json()) == 5
-    assert all(len(s["images"]) == 2 for s in response.json())
+    assert len(response.json()["results"]) == 5
+    assert all(len(s["images"]) == 2 for s in response.json()["results"])
 
 
 def test_a_setup_is_renamed_with_patch_and_replaced_with_put(user_client, setup):

@@ -79,7 +79,7 @@ def test_a_large_upload_is_stored_and_answered_without_its_sha256(
     assert {digest for _, _, digest in served["ranges"]} == {None}
     assert len(served["blake3"]) == len(served["ranges"]) >= 1  # the upload's own check
 
-    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
+    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()["results"]
     assert [v["sha256"] for v in listed if v["number"] == 1] == [None]
 
 
@@ -100,7 +100,7 @@ def test_the_digest_job_records_the_sha256_in_the_row_and_the_map(
     assert answer["sha256"] == sha(data)
     for start, end, digest in answer["ranges"]:
         assert digest == sha(data[start:end])
-    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
+    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()["results"]
     assert [v["sha256"] for v in listed if v["number"] == 1] == [sha(data)]
     # Running it again changes nothing.
     assert version_digest_complete(version_id=version.pk) == sha(data)
@@ -258,7 +258,7 @@ def test_a_file_changed_on_disk_before_the_job_is_shown_damaged(
         version_digest_ensure(version)
     version.refresh_from_db()
     assert version.sha256 == ""
-    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
+    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()["results"]
     (shown,) = [v for v in listed if v["number"] == 1]
     assert shown["sha256"] is None
     assert "no longer holds the data its upload sent" in shown["damaged"]
@@ -394,7 +394,7 @@ def test_a_zstd_upload_damaged_on_the_way_is_found_damaged_by_the_job(
         version_digest_complete(version_id=version.pk)
     version.refresh_from_db()
     assert version.sha256 == "" and "damaged on the way" in version.damaged
-    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()
+    listed = user_client.get(f"/api/image/{image.uuid}/versions").json()["results"]
     assert "damaged on the way" in next(v for v in listed if v["number"] == 1)["damaged"]
 
 

@@ -78,7 +78,7 @@ def test_the_designs_sequence_end_to_end_over_http(live_server, user, secret, tm
         secret=secret,
     )  # fmt: skip
     assert (two["version"], two["sha256"], two["size"]) == (2, one["sha256"], len(data))
-    versions = curl(f"{live_server.url}/api/image/{uuid}/versions", secret=secret)
+    versions = curl(f"{live_server.url}/api/image/{uuid}/versions", secret=secret)["results"]
     assert [v["number"] for v in versions] == [0, 1, 2]
 
 

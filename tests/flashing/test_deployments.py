@@ -138,7 +138,7 @@ def test_the_queue_is_first_in_first_out(user_client, user, machine):
     assert next_one.json()["id"] == ids[0]
     positions = {
         d["id"]: d["position"]
-        for d in user_client.get(f"/api/deployments?machine={machine.mac}").json()
+        for d in user_client.get(f"/api/deployments?machine={machine.mac}").json()["results"]
     }
     assert positions == {ids[0]: 1, ids[1]: 2, ids[2]: 3}
     user_client.post(f"/api/deployment/{ids[0]}/cancel")
@@ -205,10 +205,13 @@ def test_the_list_is_mine_and_everyones_for_administrators(
 ):
     mine = queue(user_client, machine, make_setup(user)).json()["id"]
     theirs = queue(admin_client_api, MachineFactory(), make_setup(administrator)).json()["id"]
-    assert [d["id"] for d in user_client.get("/api/deployments").json()] == [mine]
-    assert other_client.get("/api/deployments").json() == []
-    assert [d["id"] for d in admin_client_api.get("/api/deployments").json()] == [theirs, mine]
-    listing = admin_client_api.get("/api/deployments?state=cancelled").json()
+    assert [d["id"] for d in user_client.get("/api/deployments").json()["results"]] == [mine]
+    assert other_client.get("/api/deployments").json()["results"] == []
+    assert [d["id"] for d in admin_client_api.get("/api/deployments").json()["results"]] == [
+        theirs,
+        mine,
+    ]
+    listing = admin_client_api.get("/api/deployments?state=cancelled").json()["results"]
     assert listing == []
 
 
@@ -222,11 +225,11 @@ def test_listing_deployments_takes_the_same_queries_for_one_or_many(
             MachineFactory(),
             make_setup(administrator, disks=("/dev/sda", "/dev/sdb")),
         )
-    # token+user, deployments with machine/setup/requester/position, MACs, images
-    with django_assert_num_queries(4):
+    # token+user, the count, deployments with machine/setup/requester/position, MACs, images
+    with django_assert_num_queries(5):
         response = admin_client_api.get("/api/deployments")
     assert len(response.json()) == 4
-    assert all(len(d["images"]) == 2 and d["mac"] for d in response.json())
+    assert all(len(d["images"]) == 2 and d["mac"] for d in response.json()["results"])
 
 
 # --- The hooks the flashing pipeline calls -------------------------------------------------

@@ -219,13 +219,15 @@ def test_the_list_shows_state_lease_and_disk_contents(user_client, user):
         written_at=machine.created_at,
     )
     MachineFactory(name="b", state=MachineState.MAINTENANCE)
-    listing = user_client.get("/api/machines").json()
+    listing = user_client.get("/api/machines").json()["results"]
     assert [m["name"] for m in listing] == ["a", "b"]
     assert listing[0]["lease"]["user"] == user.username
     assert listing[0]["disk_contents"][0]["image"] == str(version.image.uuid)
     assert listing[0]["disk_contents"][0]["version"] == version.number
     assert listing[1]["lease"] is None
-    assert [m["name"] for m in user_client.get("/api/machines?state=maintenance").json()] == ["b"]
+    assert [
+        m["name"] for m in user_client.get("/api/machines?state=maintenance").json()["results"]
+    ] == ["b"]
 
 
 def test_listing_machines_takes_the_same_queries_for_one_or_many(
@@ -246,8 +248,9 @@ def test_listing_machines_takes_the_same_queries_for_one_or_many(
             version_number=version.number,
             written_at=machine.created_at,
         )
-    # token+user, machines with default setup, MACs, disks, disk contents+images, leases+users
-    with django_assert_num_queries(6):
+    # token+user, the count, machines with default setup, MACs, disks,
+    # disk contents+images, leases+users
+    with django_assert_num_queries(7):
         response = user_client.get("/api/machines")
     assert len(response.json()) == 4
-    assert all(m["lease"] and len(m["mac_addresses"]) == 2 for m in response.json())
+    assert all(m["lease"] and len(m["mac_addresses"]) == 2 for m in response.json()["results"])
