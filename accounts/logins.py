@@ -31,12 +31,17 @@ def _networks(proxies: tuple[str, ...]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(p.strip(), strict=False) for p in proxies if p.strip())
 
 
-def _trusted(address: str) -> bool:
+def address_in(address: str | None, networks: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``address`` is an IP address inside one of ``networks`` (CIDR strings)."""
     try:
-        ip = ipaddress.ip_address(address.strip())
+        ip = ipaddress.ip_address((address or "").strip())
     except ValueError:
         return False
-    return any(ip in net for net in _networks(tuple(settings.BAAS_TRUSTED_PROXIES)))
+    return any(ip in net for net in _networks(tuple(networks)))
+
+
+def _trusted(address: str) -> bool:
+    return address_in(address, settings.BAAS_TRUSTED_PROXIES)
 
 
 def client_ip(request: HttpRequest) -> str | None:

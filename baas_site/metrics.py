@@ -20,7 +20,6 @@ the figures name no user, but say how busy and how full the lab is.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -40,7 +39,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from accounts.logins import client_ip
+from accounts.logins import address_in, client_ip
 from catalogue import metrics as catalogue_metrics
 from flashing import metrics as flashing_metrics
 
@@ -74,18 +73,7 @@ def _served_registry() -> CollectorRegistry:
 
 
 def allowed(request: HttpRequest) -> bool:
-    address = client_ip(request)
-    if not address:
-        return False
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(
-        ip in ipaddress.ip_network(net.strip(), strict=False)
-        for net in settings.BAAS_METRICS_NETWORKS
-        if net.strip()
-    )
+    return address_in(client_ip(request), settings.BAAS_METRICS_NETWORKS)
 
 
 @never_cache

@@ -17,6 +17,7 @@ from django.db import connection
 from django.test import Client
 
 from catalogue.models import ImageType
+from tests.agent.servers import free_port
 from tests.catalogue.factories import ImageFactory
 from tests.celery_worker import ROOT, database_url
 from tests.flashing.factories import LeaseFactory, MachineFactory
@@ -102,15 +103,9 @@ def test_behind_a_trusted_proxy_the_real_client_is_checked(settings):
 # --- Under gunicorn: every worker's requests in one answer --------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def gunicorn_server(transactional_db, disk_root, tmp_path):
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "BAAS_BIND": f"127.0.0.1:{port}",
