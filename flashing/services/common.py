@@ -49,8 +49,14 @@ def event_record(
 
 
 def lock(model: type[_M], pk: Any) -> _M:
-    """The row, locked until the end of the transaction (``select_for_update``)."""
-    return model._default_manager.select_for_update().get(pk=pk)
+    """The row, locked until the end of the transaction.
+
+    ``FOR NO KEY UPDATE``: it serialises every change to the row, yet lets
+    another transaction insert a row that refers to it (an event of a locked
+    deployment), which a plain ``FOR UPDATE`` would make wait. None of our
+    changes touch a primary key, and a deletion takes the stronger lock itself.
+    """
+    return model._default_manager.select_for_update(no_key=True).get(pk=pk)
 
 
 def lock_machine(machine: Machine) -> Machine:

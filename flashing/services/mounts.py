@@ -56,10 +56,11 @@ from flashing.models import (
     DeploymentImage,
     DeploymentState,
     Lease,
+    Machine,
     NetworkMount,
     NetworkMountState,
 )
-from flashing.services.common import event_record, lock, task_send
+from flashing.services.common import event_record, lock, lock_machine, task_send
 
 log = logging.getLogger(__name__)
 
@@ -218,15 +219,26 @@ def network_mounts_end_of(*, deployment: Deployment, why: str) -> int:
 def network_mount_end(*, mount: NetworkMount, why: str) -> bool:
     """End one mount now (an administrator, or the beat); False if it was ending or ended."""
     with transaction.atomic():
-        mount = lock(NetworkMount, mount.pk)
+        mount = _lock_mount(mount.pk)
         if mount.state not in SERVED:
             return False
         _begin_end(mount, why)
     return True
 
 
+def _lock_mount(mount_id: int) -> NetworkMount:
+    """The mount, locked after its machine: the order every change to a machine's work takes
+    (machine, deployment, mount), so a step of the export never deadlocks with a release, a
+    cancel or the next deployment, which hold the machine and the deployment when they end
+    the machine's mounts."""
+    machine = Machine.objects.filter(deployments__network_mounts__pk=mount_id).get()
+    lock_machine(machine)
+    return lock(NetworkMount, mount_id)
+
+
 def _end_where(mounts: QuerySet[NetworkMount], why: str) -> int:
-    ending = list(mounts.select_for_update().filter(state__in=SERVED))
+    """For callers holding the machine's lock (the order ``_lock_mount`` describes)."""
+    ending = list(mounts.select_for_update(no_key=True).filter(state__in=SERVED))
     for mount in ending:
         _begin_end(mount, why)
     return len(ending)
@@ -331,7 +343,7 @@ def _listen(mount: NetworkMount, directory: Path, overlay: Path) -> tuple[int, i
 
 @transaction.atomic
 def _started(mount_id: int, pid: int, port: int) -> str:
-    mount = lock(NetworkMount, mount_id)
+    mount = _lock_mount(mount_id)
     restarted = mount.ready_at is not None
     moved = restarted and mount.port != port
     mount.pid, mount.port, mount.error, mount.attempts = pid, port, "", 0
@@ -351,7 +363,7 @@ def _started(mount_id: int, pid: int, port: int) -> str:
 @transaction.atomic
 def _start_failed(mount_id: int, reason: str, *, counts: bool = True) -> str:
     """Record a failed start; after START_ATTEMPTS counted ones, the mount is given up."""
-    mount = lock(NetworkMount, mount_id)
+    mount = _lock_mount(mount_id)
     mount.attempts += 1 if counts else 0
     mount.error = reason
     mount.save(update_fields=["attempts", "error", "updated_at"])
@@ -456,7 +468,7 @@ def _note(mount: NetworkMount) -> str:
 
 @transaction.atomic
 def _ended(mount_id: int, outcome: str) -> None:
-    mount = lock(NetworkMount, mount_id)
+    mount = _lock_mount(mount_id)
     mount.state = DONE if mount.ready_at else FAILED
     mount.ended_at = timezone.now()
     mount.pid = None
@@ -473,7 +485,7 @@ def _ended(mount_id: int, outcome: str) -> None:
 
 @transaction.atomic
 def _finish_failed(mount_id: int, reason: str) -> None:
-    mount = lock(NetworkMount, mount_id)
+    mount = _lock_mount(mount_id)
     mount.attempts += 1
     mount.error = reason
     mount.save(update_fields=["attempts", "error", "updated_at"])
