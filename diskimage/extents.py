@@ -37,10 +37,10 @@ FICLONERANGE = 0x4020940D  # _IOW(0x94, 13, struct file_clone_range)
 FIDEDUPERANGE = 0xC0189436  # _IOWR(0x94, 54, struct file_dedupe_range)
 FS_IOC_FIEMAP = 0xC020660B  # _IOWR('f', 11, struct fiemap)
 _CLONE = struct.Struct("=qQQQ")  # src_fd, src_offset, src_length, dest_offset
-_DEDUPE_HEAD = struct.Struct("=QQHHI")  # src_offset, src_length, dest_count, reserved×2
+_DEDUPE_HEAD = struct.Struct("=QQHHI")  # src_offset, src_length, dest_count, reserved, reserved
 _DEDUPE_INFO = struct.Struct("=qQQiI")  # dest_fd, dest_offset, bytes_deduped, status, reserved
 _FIEMAP_HEAD = struct.Struct("=QQIIII")  # start, length, flags, mapped, count, reserved
-_FIEMAP_EXTENT = struct.Struct("=QQQQQI12x")  # logical, physical, length, reserved×2, flags
+_FIEMAP_EXTENT = struct.Struct("=QQQQQI12x")  # logical, physical, length, reserved, reserved, flags
 FIEMAP_FLAG_SYNC = 0x1
 FIEMAP_EXTENT_LAST = 0x1
 FIEMAP_EXTENT_UNKNOWN = 0x2  # no physical address (yet): not counted as held
@@ -201,7 +201,9 @@ def _in_pieces(src: int, dst: int, candidate: Candidate, start: int, size: int) 
         if got == length:
             continue
         if size > MIN_PIECE:
-            piece = Candidate(candidate.src + offset, candidate.dst + offset, length, candidate.kind)
+            piece = Candidate(
+                candidate.src + offset, candidate.dst + offset, length, candidate.kind
+            )
             shared += _in_pieces(src, dst, piece, got, MIN_PIECE)
         if candidate.kind == "prefix":
             break  # what follows a difference in a zstd frame is shifted: never equal
@@ -260,7 +262,8 @@ def extents(fd: int) -> Iterator[Extent]:
     """The file's extents in order (FIEMAP, synced first); ExtentsUnsupported without it."""
     start = 0
     while True:
-        head = _FIEMAP_HEAD.pack(start, (1 << 64) - 1 - start, FIEMAP_FLAG_SYNC, 0, _FIEMAP_BATCH, 0)
+        rest = (1 << 64) - 1 - start
+        head = _FIEMAP_HEAD.pack(start, rest, FIEMAP_FLAG_SYNC, 0, _FIEMAP_BATCH, 0)
         buffer = bytearray(head + bytes(_FIEMAP_EXTENT.size * _FIEMAP_BATCH))
         try:
             fcntl.ioctl(fd, FS_IOC_FIEMAP, buffer)

@@ -36,10 +36,10 @@ version, runs its next step under the version's job lock
 sends itself again if more remains. It is safe to run twice or at once: the lock
 serialises runs, each step does nothing when its work is done, and a run that
 finds nothing owed ends. The steps (``digests``, ``datamaps``, ``compression``,
-``renditions``, ``sharing``) are plain functions that send nothing. :func:`versions_processing_sweep`
-(beat, every minute) sends it again for a version that owes work and has no live
-job (its worker died, its message was lost); after ``BAAS_JOB_MAX_RESENDS`` times
-the version is marked damaged, with why.
+``renditions``, ``sharing``) are plain functions that send nothing.
+:func:`versions_processing_sweep` (beat, every minute) sends it again for a version
+that owes work and has no live job (its worker died, its message was lost); after
+``BAAS_JOB_MAX_RESENDS`` times the version is marked damaged, with why.
 
 Imports run one way: ``catalogue.tasks`` → this module → the steps →
 ``codecs``/models/storage. Whatever must have a version processed (an upload, an

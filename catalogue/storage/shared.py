@@ -102,9 +102,7 @@ def version_share(
                 source = None
             if source is not None:
                 with source:
-                    shared = extents.dedupe_candidates(
-                        source.fileno(), target.fileno(), candidates
-                    )
+                    shared = extents.dedupe_candidates(source.fileno(), target.fileno(), candidates)
         record = json.dumps({"base": base, "shared": shared}).encode()
         os.setxattr(target.fileno(), SHARE_XATTR, record)
     return shared
