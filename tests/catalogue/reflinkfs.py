@@ -62,7 +62,9 @@ def filefrag(path: Path) -> list[tuple[int, int, bool]]:
 
 
 def shared_blocks(path: Path) -> int:
-    """Bytes of ``path`` in extents ``filefrag -v`` flags as shared."""
+    """Bytes of ``path`` in extents ``filefrag -v`` flags as shared (after a sync: XFS
+    frees an unlinked file's blocks in the background)."""
+    os.sync()
     return sum(blocks for _, blocks, shared in filefrag(path) if shared) * 4096
 
 
