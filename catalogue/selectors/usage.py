@@ -21,6 +21,7 @@ What other apps hold (their deployments, disks, mounts) is asked through
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from django.db.models import Count, QuerySet, Sum
@@ -77,13 +78,13 @@ def user_usage(*, user: User) -> UserUsage:
     )
 
 
-def image_storage(*, image: Image) -> tuple[int, int]:
+def image_storage(*, image: Image, versions: Iterable[Version] | None = None) -> tuple[int, int]:
     """``(logical, held)``: the bytes ``image``'s versions take counted one by one, and
-    those the disk holds for them, shared blocks once."""
-    versions = Version.objects.filter(image=image)
-    logical = versions.aggregate(used=Coalesce(Sum("stored_size"), 0))["used"]
-    files = _version_files(versions).get(image.pk, [])
-    return int(logical), get_storage().held_bytes(files)
+    those the disk holds for them, shared blocks once. ``versions``: its versions, when
+    the caller has them already (no query then)."""
+    rows = list(Version.objects.filter(image=image) if versions is None else versions)
+    files = [(image.pk, v.number, v.stored_compression) for v in rows]
+    return sum(v.stored_size for v in rows), get_storage().held_bytes(files)
 
 
 def _version_files(versions: QuerySet[Version]) -> dict[uuid.UUID, list[tuple]]:

@@ -243,3 +243,18 @@ def test_a_filesystem_without_extents_counts_allocated_bytes(user):
     usage = client_for(user).get(f"/api/user/{user.username}/usage").json()
     assert 0 < usage["held"] <= usage["used"]
     assert os.path.exists(get_storage().root)
+
+
+def test_the_image_page_shows_the_bytes_held_and_the_logical_size(xfs_root, user, client):
+    image = new_image(user, "none")
+    api = client_for(user)
+    first = disk()
+    versions = [upload(api, image, bytes(first)), upload(api, image, changed(first, [9]))]
+    logical = sum(v.stored_size for v in versions)
+    held = get_storage().held_bytes([(image.uuid, v.number, "none") for v in versions])
+    assert held < logical * 0.6
+    client.force_login(user)
+    page = client.get(f"/images/{image.uuid}/").content.decode()
+    assert f'title="{held} bytes"' in page
+    assert f'title="{logical} bytes"' in page
+    assert "share their unchanged blocks" in page
