@@ -502,6 +502,7 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
         invariants.check_pinned_versions_kept()
         invariants.check_numbering()
         invariants.check_files_match_rows(self.strays)
+        invariants.check_versions_read_back()
         self.check_mount_outcomes()
         self.probe_dead_tokens()
 
