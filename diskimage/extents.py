@@ -171,6 +171,7 @@ class Candidate:
     kind: str = "whole"
 
 
+_BUFFER = bytearray(4 << 20)  # (its bytes are never used: reads only fill the page cache)
 PIECE = 1 << 20  # a candidate that differs is tried again in pieces of this size…
 MIN_PIECE = 64 << 10  # …and those that differ in these: smaller runs are not worth an extent
 
@@ -181,7 +182,22 @@ def dedupe_candidates(src: int, dst: int, candidates: Iterable[Candidate]) -> in
     return sum(_dedupe_one(src, dst, candidate) or 0 for candidate in candidates)
 
 
+def _warm(fd: int, offset: int, length: int, buffer: memoryview) -> None:
+    """Read ``[offset, offset + length)`` into the page cache, in large sequential reads:
+    the kernel's comparison reads page by page without read-ahead (on a cold XFS, 25 MB/s
+    against 300 MB/s here)."""
+    end = offset + length
+    while offset < end:
+        got = os.preadv(fd, [buffer[: min(len(buffer), end - offset)]], offset)
+        if got <= 0:
+            return
+        offset += got
+
+
 def _dedupe_one(src: int, dst: int, candidate: Candidate) -> int | None:
+    buffer = memoryview(_BUFFER)
+    _warm(src, candidate.src, candidate.length, buffer)
+    _warm(dst, candidate.dst, candidate.length, buffer)
     got = dedupe_range(src, candidate.src, dst, candidate.dst, candidate.length)
     if got is None or got == candidate.length or candidate.kind == "whole":
         return got
