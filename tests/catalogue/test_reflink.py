@@ -146,6 +146,8 @@ def test_a_new_version_shares_its_unchanged_blocks_and_survives_the_old_ones_pru
     assert new.stored_compression == compression == old.stored_compression
 
     assert version_state(new) == "ready"
+    if compression == "none":  # XFS's preallocation in the holes seeked over was given back
+        assert old.stored_size <= version_map(old).data_bytes + MiB
     record = get_storage().share_record(image.uuid, new.number, compression)
     assert record["base"] == old.number and record["shared"] > 0
     common = common_bytes(path_of(old), path_of(new))
