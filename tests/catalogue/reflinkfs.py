@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,17 @@ def shared_blocks(path: Path) -> int:
     frees an unlinked file's blocks in the background)."""
     os.sync()
     return sum(blocks for _, blocks, shared in filefrag(path) if shared) * 4096
+
+
+def unshared(path: Path, seconds: float = 10.0) -> bool:
+    """Whether ``path`` shares no block any more, waiting for XFS to free an unlinked
+    file's blocks (its background inode work, which a sync does not always wait for)."""
+    deadline = time.monotonic() + seconds
+    while shared_blocks(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def common_bytes(first: Path, second: Path) -> int:

@@ -21,7 +21,12 @@ from diskimage.datamap import DataMap, DataMapper
 from diskimage.extents import clone_range, dedupe_candidates, dedupe_range, held_bytes
 from diskimage.seekable import FramedZstdEncoder, data_frames, read_seek_table
 from diskimage.sharing import raw_candidates, zstd_candidates
-from tests.catalogue.reflinkfs import common_bytes, fresh_dir, mounted, shared_blocks
+from tests.catalogue.reflinkfs import (
+    common_bytes,
+    fresh_dir,
+    mounted,
+    unshared,
+)
 
 pytestmark = pytest.mark.root
 
@@ -143,7 +148,7 @@ def test_whatever_changes_each_file_keeps_its_bytes_and_the_rest_is_shared(
 
     old.unlink()
     assert read_back(new, compression) == bytes(second)
-    assert shared_blocks(new) == 0
+    assert unshared(new)
 
 
 def test_aligned_zstd_frames_start_and_end_on_blocks_and_decode_as_before(tmp_path):
