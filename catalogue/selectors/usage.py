@@ -20,7 +20,7 @@ from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from catalogue import holders
-from catalogue.models import Image, ImageFrozen, Version
+from catalogue.models import Image, ImageFrozen, ResumableUpload, UploadState, Version
 
 
 @dataclass(frozen=True)
@@ -39,12 +39,16 @@ def images_with_usage(images: QuerySet[Image]) -> QuerySet[Image]:
 
 
 def user_storage_used(*, user: User | int) -> int:
-    """Bytes on disk taken by every version of every image ``user`` owns."""
+    """Bytes on disk taken by every version of every image ``user`` owns, and by the bytes
+    of their images' unfinished resumable uploads."""
     owner_id = getattr(user, "pk", user)
     total = Version.objects.filter(image__owner_id=owner_id).aggregate(
         used=Coalesce(Sum("stored_size"), 0)
     )
-    return int(total["used"])
+    receiving = ResumableUpload.objects.filter(
+        image__owner_id=owner_id, state=UploadState.RECEIVING
+    ).aggregate(used=Coalesce(Sum("stored"), 0))
+    return int(total["used"]) + int(receiving["used"])
 
 
 def user_usage(*, user: User) -> UserUsage:
