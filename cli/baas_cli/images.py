@@ -179,9 +179,7 @@ def remove(
 def push(
     image: ImageArg,
     file: Annotated[Path, typer.Argument(help="The raw disk image file")],
-    note: Annotated[
-        str, typer.Option(help="A note on the version (sent in one request, not resumable)")
-    ] = "",
+    note: Annotated[str, typer.Option(help="A note on the version")] = "",
     digest: Annotated[
         bool,
         typer.Option(help="Send the SHA-256 (one read first): checked before anything is stored"),
@@ -191,6 +189,13 @@ def push(
     ] = "auto",
     limit_rate: Annotated[str, typer.Option(help="At most this many bytes/s, e.g. 50M")] = "0",
     restart: Annotated[bool, typer.Option(help="Do not resume an earlier attempt")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Send it as a resumable upload (--no-resume: one request, which the server "
+            "stores without a second pass)"
+        ),
+    ] = True,
     as_json: Json = False,
 ) -> None:
     """Upload FILE as the image's next version: only its data, resumable."""
@@ -207,6 +212,7 @@ def push(
         compress=compress,
         limit_rate=parse_rate(limit_rate),
         restart=restart,
+        resumable=resume,
     )
     with Transfer(f"push {file.name}", quiet=as_json) as transfer:
         report = transfer.push_report()
@@ -240,6 +246,7 @@ def pull(
         ),
     ] = False,
     zst: Annotated[bool, typer.Option("--zst", help="The stored .zst file itself")] = False,
+    limit_rate: Annotated[str, typer.Option(help="At most this many bytes/s, e.g. 50M")] = "0",
     as_json: Json = False,
 ) -> None:
     """Download a version as a sparse file: only its data is moved, each range checked."""
@@ -256,7 +263,9 @@ def pull(
         if raw or zst:
             result = pull_stored(api, found, number, file, raw=raw, report=report)
         else:
-            result = Pull(api, found, number, file, report).run()
+            puller = Pull(api, found, number, file, report)
+            puller.limit_rate = parse_rate(limit_rate)
+            result = puller.run()
     output.done(
         f"{file}: {found['name']} version {number} ({output.size(result['size'])}, "
         f"{output.size(result['received'])} received).",

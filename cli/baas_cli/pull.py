@@ -62,6 +62,7 @@ class Pull:
         self.base = f"/api/image/{image['uuid']}/{number}"
         self.state_file = state_path(target)
         self.received = 0
+        self.limit_rate = 0  # bytes per second, 0: as fast as the link goes
 
     # --- State ----------------------------------------------------------------------------
 
@@ -192,9 +193,14 @@ class Pull:
         return None
 
     def _counted(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        began = time.monotonic()
         for chunk in chunks:
             self.received += len(chunk)
             self.report.on_received(len(chunk))
+            if self.limit_rate:
+                ahead = self.received / self.limit_rate - (time.monotonic() - began)
+                if ahead > 0:
+                    time.sleep(ahead)
             yield chunk
 
     def _write_ranges(

@@ -48,6 +48,7 @@ class PushOptions:
     compress: str = "auto"
     limit_rate: int = 0
     restart: bool = False
+    resumable: bool = True
 
 
 @dataclass
@@ -112,7 +113,7 @@ class Push:
         encoding = (state or {}).get("encoding") or encoding or self._choose_encoding()
         self.report.encoding = encoding
         self.frame_lengths: list[int] = list((state or {}).get("frames", []))
-        if self.options.note:  # resumable uploads carry no note: one request does
+        if not self.options.resumable:
             return self._plain(encoding)
         if state is None:
             state = self._create(encoding)
@@ -250,11 +251,14 @@ class Push:
             "Upload-Draft-Interop-Version": INTEROP,
             "Upload-Complete": "?0",
         }
+        if self.options.note:
+            headers["BAAS-Note"] = urllib.parse.quote(self.options.note)
         if encoding == bodies.SPARSE:
             headers["Upload-Length"] = str(_total(bodies.sparse_pieces(self.layout)))
         answer = self.sender.request("POST", f"/api/image/{self.uuid}", headers, length=0)
         location = answer.header("location") or ""
         if answer.status == 201 and "/api/uploads/" in location:
+            self.report.extra["resumable"] = True
             state = {
                 "upload": location,
                 "image": self.uuid,
@@ -292,6 +296,7 @@ class Push:
 
     def _send(self, state: dict[str, Any]) -> dict[str, Any]:
         upload = state["upload"]
+        self.report.extra["resumable"] = True
         offset = self._offset(upload) if state.get("started") else 0
         if not state.get("started"):
             state["started"] = True

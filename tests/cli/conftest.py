@@ -69,6 +69,12 @@ class Baas:
             text=True,
         )
 
+    def token(self, profile: str = "default") -> str:
+        import tomllib
+
+        text = (self.home / "config" / "baas" / "config.toml").read_text()
+        return tomllib.loads(text)["profiles"][profile]["token"]
+
     def login(self, username: str, password: str = PASSWORD) -> dict:
         return self.json(
             "login", self.url, "--user", username, "--password-stdin", stdin=password + "\n"
