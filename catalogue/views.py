@@ -116,14 +116,20 @@ UPLOAD_CLIENT = settings.BASE_DIR / "contrib" / "upload" / "baas-upload"
 @require_safe
 def upload_client(request: HttpRequest) -> FileResponse:
     """The upload client (``contrib/upload/baas-upload``), for researchers to fetch from
-    their own BAAS. Open to all, like the source it is: it holds nothing of this site."""
+    their own BAAS. Open to all, like the source it is: it holds nothing of this site.
+
+    Deprecated for the ``baas`` client (``cli/``, docs/cli.md): served for one more
+    release; the script says so each time it runs, and so does this answer's
+    ``Deprecation`` header (RFC 9745)."""
     try:
         script = UPLOAD_CLIENT.open("rb")
     except FileNotFoundError:
         raise Http404("This installation does not carry the upload client.") from None
-    return FileResponse(
+    response = FileResponse(
         script, as_attachment=True, filename="baas-upload", content_type="text/x-python"
     )
+    response["Deprecation"] = "@1796428800"  # RFC 9745: since 2026-12-05
+    return response
 
 
 @login_required

@@ -142,3 +142,30 @@ def test_pull_raw_and_zst_fetch_the_stored_bytes(baas_ada, celery_worker, tmp_pa
     assert raw.stat().st_blocks * 512 < 8 * MiB
     result = baas_ada("image", "pull", "disk", str(tmp_path / "x.zst"), "--zst", code=2)
     assert "not stored zstd" in result.stderr
+
+
+def test_the_served_upload_client_still_works_and_points_at_baas(live_server, ada, tmp_path):
+    """``/client/baas-upload`` is kept for one release: it uploads, and says what replaces it."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from tests.conftest import client_for
+
+    image = Image.objects.create(name="old", owner=ada, type="single")
+    with urllib.request.urlopen(f"{live_server.url}/client/baas-upload") as answer:  # noqa: S310
+        assert answer.headers["Deprecation"]
+        script = tmp_path / "baas-upload"
+        script.write_bytes(answer.read())
+    token = client_for(ada)._credentials["HTTP_AUTHORIZATION"].split()[1]
+    disk = _disk(tmp_path, 8 * MiB)
+    result = subprocess.run(
+        [sys.executable, str(script), f"{live_server.url}/api/image/{image.uuid}", str(disk)],
+        env={"BAAS_TOKEN": token, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "baas image push" in result.stderr
+    assert [v.size for v in image.versions.all()] == [disk.stat().st_size]
