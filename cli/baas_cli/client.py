@@ -48,6 +48,12 @@ class Api:
         check(response)
         return response
 
+    def get_object(self, path: str, **params: Any) -> dict[str, Any]:
+        answer = self.get(path, **params)
+        if not isinstance(answer, dict):
+            raise LocalError(f"The server's answer to {path} is not an object.")
+        return answer
+
     def get(self, path: str, **params: Any) -> Any:
         return self.request("GET", path, params=_params(params)).json()
 
@@ -74,13 +80,13 @@ class Api:
 
     def me(self) -> dict[str, Any]:
         if self._me is None:
-            self._me = self.get("/api/user/me")
+            self._me = self.get_object("/api/user/me")
         return self._me
 
     def image(self, reference: str) -> dict[str, Any]:
         """An image by UUID, name, or owner/name; an ambiguous name lists the candidates."""
         if _is_uuid(reference):
-            return self.get(f"/api/image/{reference}")
+            return self.get_object(f"/api/image/{reference}")
         owner, _, name = reference.rpartition("/")
         params = {"name": name, **({"owner": owner} if owner else {})}
         found = list(self.pages("/api/images", **params))
@@ -98,7 +104,7 @@ class Api:
         """One of your setups by UUID or name."""
         username = self.me()["username"]
         if _is_uuid(reference):
-            return self.get(f"/api/user/{username}/image_setup/{reference}")
+            return self.get_object(f"/api/user/{username}/image_setup/{reference}")
         found = [
             s for s in self.pages(f"/api/user/{username}/image_setups") if s["name"] == reference
         ]
@@ -107,7 +113,7 @@ class Api:
     def machine(self, reference: str) -> dict[str, Any]:
         """A machine by MAC address or name."""
         if re.fullmatch(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}", reference):
-            return self.get(f"/api/machine/{reference}")
+            return self.get_object(f"/api/machine/{reference}")
         found = [m for m in self.pages("/api/machines") if m["name"] == reference]
         return _one(found, reference, "machine", lambda m: f"{m['name']}  {m['mac_addresses']}")
 

@@ -96,7 +96,11 @@ def _toml_value(value: Any) -> str:
 
 def save(profile: Profile) -> Path:
     profiles = read_all()
-    entry = {"url": profile.url, "token": profile.token, "username": profile.username}
+    entry: dict[str, Any] = {
+        "url": profile.url,
+        "token": profile.token,
+        "username": profile.username,
+    }
     if profile.token_id is not None:
         entry["token_id"] = profile.token_id
     profiles[profile.name] = entry

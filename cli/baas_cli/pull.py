@@ -73,7 +73,7 @@ class Pull:
             return None
         if {k: state.get(k) for k in identity} != identity or not self.target.exists():
             return None
-        return state
+        return dict(state)
 
     def _save(self, state: dict[str, Any]) -> None:
         temporary = self.state_file.with_name(self.state_file.name + ".tmp")
@@ -425,4 +425,4 @@ def latest_number(image: dict[str, Any]) -> int:
     numbers = [v["number"] for v in image.get("versions") or []]
     if not numbers:
         raise ApiError(404, f"The image {image['name']} has no version.")
-    return max(numbers)
+    return int(max(numbers))

@@ -20,7 +20,7 @@ import os
 import socket
 import time
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +153,7 @@ class Push:
             self.report.restarted = message
             self._forget(abandon=True, state=state)
             return None
-        return state
+        return dict(state)
 
     def _save(self, state: dict[str, Any]) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -312,7 +312,7 @@ class Push:
         self,
         upload: str,
         offset: int,
-        pieces: list[Piece] | Iterator[Piece],
+        pieces: Iterable[Piece],
         length: int,
         *,
         complete: bool,
@@ -346,19 +346,19 @@ class Push:
             answer = self._patch(
                 upload, offset, pieces_from(pieces, offset), total - offset, complete=True
             )
-            moved = self._moved_offset(answer, offset)
+            moved = self._moved_offset(answer, offset, upload)
             if moved is None:
                 return self._finished(answer)
             offset = moved
             self.report.set_total(total - offset)
 
-    def _moved_offset(self, answer: Answer, offset: int) -> int | None:
+    def _moved_offset(self, answer: Answer, offset: int, upload: str) -> int | None:
         """None when the answer ends the upload; else the offset to continue from."""
         if answer.status == 409 and answer.header("upload-offset") is not None:
             server = int(answer.header("upload-offset") or 0)
-            if answer.header("retry-after"):
+            if answer.header("retry-after"):  # another request still appends: wait, ask again
                 time.sleep(min(30, int(answer.header("retry-after") or 5)))
-                return self._offset_after_wait(answer)
+                return self._offset(upload)
             self.report.say(
                 f"The server holds {server} bytes, not {offset}: continuing from byte {server}."
             )
@@ -368,9 +368,6 @@ class Push:
         if answer.status >= 500 and answer.header("upload-complete") != "?1":
             raise Interrupted(f"The server answered {answer.status} {answer.reason}")
         return None
-
-    def _offset_after_wait(self, answer: Answer) -> int:
-        return int(answer.header("upload-offset") or 0)
 
     def _finished(self, answer: Answer) -> dict[str, Any]:
         if answer.status in (200, 201):
@@ -396,7 +393,7 @@ class Push:
             if answer.status == 204 and not last:
                 position = int(answer.header("upload-offset") or position + length)
                 continue
-            moved = self._moved_offset(answer, position)
+            moved = self._moved_offset(answer, position, upload)
             if moved is None:
                 return self._finished(answer)
             return self._send_zstd(state, upload, moved)  # continue from where the server is
@@ -539,7 +536,7 @@ def _loopback(url: str) -> bool:
     host = urllib.parse.urlsplit(url).hostname or ""
     try:
         addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-        return all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addresses)
+        return all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
     except (OSError, ValueError):
         return False
 

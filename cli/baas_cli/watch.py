@@ -62,7 +62,7 @@ def watch(
         tasks: dict[int, Any] = {}
         state_task = progress.add_task("deployment", total=None, phase="", visible=not quiet)
         while True:
-            deployment = api.get(f"/api/deployment/{deployment_id}")
+            deployment = api.get_object(f"/api/deployment/{deployment_id}")
             events = deployment.get("events") or []
             for event in events[seen_events:]:
                 if not quiet:

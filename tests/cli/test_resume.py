@@ -143,7 +143,7 @@ def test_an_offset_the_server_does_not_hold_continues_from_the_servers(
             source=file,
         )  # fmt: skip
     assert answer.status == 409
-    assert push._moved_offset(answer, 0) == len(pieces[0])
+    assert push._moved_offset(answer, 0, created.header("location")) == len(pieces[0])
     assert "continuing from byte" in said[0]
 
 
