@@ -6,15 +6,16 @@ from __future__ import annotations
 import re
 import uuid as uuidlib
 from collections.abc import Iterator
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from baas_cli import __version__
 from baas_cli.config import Profile
 from baas_cli.errors import ApiError, LocalError, message_of
 
-TIMEOUT = httpx.Timeout(60.0, connect=15.0)
+if TYPE_CHECKING:
+    import httpx
+
+TIMEOUT_SECONDS, CONNECT_SECONDS = 60.0, 15.0
 IMAGE_REF = re.compile(r"^(?P<image>.+?)(?:@(?P<version>\d+|latest))?$")
 
 
@@ -29,18 +30,32 @@ class Api:
                 f"Not logged in to {profile.url}: run `baas login`, or set BAAS_TOKEN."
             )
         self.profile = profile
-        headers = {"User-Agent": f"baas-cli/{__version__}", "Accept": "application/json"}
-        if profile.token:
-            headers["Authorization"] = f"Bearer {profile.token}"
-        self.http = httpx.Client(base_url=profile.url, headers=headers, timeout=TIMEOUT)
+        self._http: httpx.Client | None = None
         self._me: dict[str, Any] | None = None
 
+    @property
+    def http(self) -> httpx.Client:
+        """The HTTP client, made (and httpx imported) only when a command needs one: an
+        upload's bytes go out through :mod:`baas_cli.wire`, and start-up counts there."""
+        if self._http is None:
+            import httpx
+
+            headers = {"User-Agent": f"baas-cli/{__version__}", "Accept": "application/json"}
+            if self.profile.token:
+                headers["Authorization"] = f"Bearer {self.profile.token}"
+            timeout = httpx.Timeout(TIMEOUT_SECONDS, connect=CONNECT_SECONDS)
+            self._http = httpx.Client(base_url=self.profile.url, headers=headers, timeout=timeout)
+        return self._http
+
     def close(self) -> None:
-        self.http.close()
+        if self._http is not None:
+            self._http.close()
 
     # --- Requests ----------------------------------------------------------------------
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        import httpx
+
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
@@ -85,7 +100,7 @@ class Api:
 
     def image(self, reference: str) -> dict[str, Any]:
         """An image by UUID, name, or owner/name; an ambiguous name lists the candidates."""
-        if _is_uuid(reference):
+        if is_uuid(reference):
             return self.get_object(f"/api/image/{reference}")
         owner, _, name = reference.rpartition("/")
         params = {"name": name, **({"owner": owner} if owner else {})}
@@ -103,7 +118,7 @@ class Api:
     def setup(self, reference: str) -> dict[str, Any]:
         """One of your setups by UUID or name."""
         username = self.me()["username"]
-        if _is_uuid(reference):
+        if is_uuid(reference):
             return self.get_object(f"/api/user/{username}/image_setup/{reference}")
         found = [
             s for s in self.pages(f"/api/user/{username}/image_setups") if s["name"] == reference
@@ -141,7 +156,7 @@ def _params(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _is_uuid(text: str) -> bool:
+def is_uuid(text: str) -> bool:
     try:
         uuidlib.UUID(text)
     except ValueError:

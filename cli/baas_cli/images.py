@@ -10,6 +10,7 @@ import typer
 
 from baas_cli import output
 from baas_cli.app import Json, Session
+from baas_cli.client import is_uuid
 from baas_cli.errors import LocalError
 
 app = typer.Typer(help="Images and their versions: list, create, push, pull.", no_args_is_help=True)
@@ -205,7 +206,8 @@ def push(
     if compress not in ("auto", "zstd", "none"):
         raise LocalError("--compress is auto, zstd or none.")
     api = Session.api()
-    found = api.image(image)
+    # A UUID needs no question to the server: the upload's own requests are the first ones.
+    found = {"uuid": image, "name": image} if is_uuid(image) else api.image(image)
     options = PushOptions(
         note=note,
         digest=digest,

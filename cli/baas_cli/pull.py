@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from baas_cli.client import Api, check
 from baas_cli.errors import ApiError, LocalError
 from diskimage.datamap import DataMap
@@ -399,7 +397,9 @@ def pull_stored(
                     last = time.monotonic()
             os.ftruncate(fd, offset)
             os.fsync(fd)
-        except httpx.HTTPError as exc:
+        except Exception as exc:
+            if not _is_http_error(exc):
+                raise
             state["offset"] = offset
             _write_state(state_file, state)
             raise LocalError(f"The download broke ({exc}): run it again to resume.") from exc
@@ -426,3 +426,9 @@ def latest_number(image: dict[str, Any]) -> int:
     if not numbers:
         raise ApiError(404, f"The image {image['name']} has no version.")
     return int(max(numbers))
+
+
+def _is_http_error(exc: BaseException) -> bool:
+    import httpx
+
+    return isinstance(exc, httpx.HTTPError)

@@ -122,6 +122,10 @@ def test_machines_leases_and_a_watched_deployment(baas, rig, administrator):
     assert "events" in baas("deployment", "show", str(deployment_id)).stdout
     assert baas.json("deployment", "watch", str(deployment_id))["state"] == "done"
 
+    # A machine that no longer boots an agent: the next deployment waits until cancelled.
+    machine.refresh_from_db()
+    machine.power_settings = {**machine.power_settings, "command": "true", "boot_timeout": 120}
+    machine.save()
     queued = baas.json("deploy", machine.name, setup.name)
     cancelled = baas.json("deployment", "cancel", str(queued["id"]))
     assert cancelled["state"] == "cancelled"
