@@ -14,10 +14,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import ipaddress
 import json
 import os
-import socket
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -176,7 +174,7 @@ class Push:
         wanted = self.options.compress
         if wanted == "zstd" or not self.layout.sparse_possible():
             return bodies.ZSTD
-        if wanted == "none" or _loopback(self.api.profile.url) or not self.layout.extents:
+        if wanted == "none" or not self.layout.extents:
             return bodies.SPARSE
         self._sample_compression()
         return bodies.SPARSE  # until the link proves slower than compression (_watch_link)
@@ -530,15 +528,6 @@ def _total(pieces: list[Piece]) -> int:
 def _refusal(answer: Answer) -> ApiError:
     text = answer.body.decode("utf-8", "replace")
     return ApiError(answer.status, message_of(answer.status, answer.json(), text), answer.json())
-
-
-def _loopback(url: str) -> bool:
-    host = urllib.parse.urlsplit(url).hostname or ""
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
-        return all(ipaddress.ip_address(str(a).split("%")[0]).is_loopback for a in addresses)
-    except (OSError, ValueError):
-        return False
 
 
 def _multipart(

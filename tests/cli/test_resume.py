@@ -171,3 +171,27 @@ def test_a_pull_killed_midway_resumes_from_the_ranges_it_has(baas_ada, celery_wo
     assert _sha256(target) == _sha256(disk)
     assert target.stat().st_blocks * 512 < 2 * DATA
     assert not state.exists()
+
+
+def test_auto_compresses_when_the_link_is_slower_than_compression(baas_ada, tmp_path):
+    """--compress auto on a slow link (--limit-rate) with data that compresses: zstd."""
+    text = b"".join(b"line %d of a log file that compresses well\n" % i for i in range(400_000))
+    disk = sparse_disk(tmp_path / "logs.img", 64 * MiB, [(MiB, text[: 16 * MiB])])
+    baas_ada("image", "create", "logs")
+    result = baas_ada("image", "push", "logs", str(disk), "--limit-rate", "3M", "--json")
+    transfer = json.loads(result.stdout)["transfer"]
+    assert transfer["encoding"] == "zstd", transfer
+    assert "slower than compression" in result.stderr
+    assert transfer["sent"] < 16 * MiB  # the sampled seconds, then the compressed data
+    target = tmp_path / "back.img"
+    baas_ada("image", "pull", "logs", str(target))
+    assert _sha256(target) == _sha256(disk)
+
+
+def test_auto_keeps_sending_data_that_does_not_compress_as_it_is(baas_ada, tmp_path):
+    disk = sparse_disk(tmp_path / "random.img", 32 * MiB, [(MiB, random_bytes(12 * MiB, 7))])
+    baas_ada("image", "create", "random")
+    pushed = baas_ada.json("image", "push", "random", str(disk), "--limit-rate", "4M")
+    assert pushed["transfer"]["encoding"] == "sparse"
+    assert pushed["transfer"]["compression_sample"]["ratio"] > 0.95
+    assert pushed["transfer"]["link_rate"] < 6 * MiB
