@@ -842,6 +842,7 @@ class Cli:
 
     def __init__(self, baas: Baas, home: Path):
         self.baas, self.home = baas, home
+        home.mkdir(parents=True, exist_ok=True)
         self.env = {**os.environ, "BAAS_URL": baas.url(""), "BAAS_TOKEN": baas.token,
                     "XDG_CONFIG_HOME": str(home / "config"),
                     "XDG_STATE_HOME": str(home / "state")}  # fmt: skip
@@ -854,22 +855,29 @@ class Cli:
         return json.loads(out.stdout)
 
     def push(self, uuid: str, path: Path, *extra: str) -> tuple[float, dict]:
-        return timed(lambda: self.run("image", "push", uuid, str(path), *extra))
+        """``baas image push`` as a sparse image (--compress none): auto would measure the link
+        and may compress, which is another comparison than cp's."""
+        return timed(
+            lambda: self.run("image", "push", uuid, str(path), "--compress", "none", *extra)
+        )
 
     def push_killed_at_half(self, uuid: str, path: Path) -> int:
         """Start a push, SIGKILL it once the server holds half its body; the server's offset."""
-        process = subprocess.Popen(
-            [str(BAAS_CLI), "image", "push", uuid, str(path), "--limit-rate", "200M", "--json"],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        errors = self.home / "killed-push.err"
+        with errors.open("w") as stderr:
+            process = subprocess.Popen(
+                [str(BAAS_CLI), "image", "push", uuid, str(path), "--limit-rate", "200M",
+                 "--compress", "none"],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
         try:
             offset, length = 0, 0
             deadline = time.monotonic() + 120
             while (not length or offset < length // 2) and time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise SystemExit(f"the push to kill ended first: {errors.read_text()}")
                 time.sleep(0.05)
                 offset, length = self._upload_offset()
-            if process.poll() is not None:
-                raise SystemExit("the push to be killed at half ended first")
         finally:
             process.kill()
             process.wait()
@@ -926,6 +934,15 @@ def _pushed_once(cli: Cli, baas: Baas, image: TestImage, name: str, *extra: str)
     return {"uuid": created["uuid"], "seconds": seconds, "answer": answer}
 
 
+def _phases(answer: dict) -> str:
+    """Where a push's time went, as the client saw it: sending, then the server's answer."""
+    transfer = answer.get("transfer", {})
+    return (
+        f"sending {transfer.get('seconds_sending', 0):.2f} s, answer after "
+        f"{transfer.get('seconds_waiting', 0):.2f} s"
+    )
+
+
 def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> list[Row]:
     """baas image push vs cp+sync, a resumed push vs a fresh one, baas image pull vs curl."""
     read_through(image.raw)
@@ -939,7 +956,8 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         fresh = _pushed_once(cli, baas, image, f"bench-cli-{i}")
         push_t.append(fresh["seconds"])
         sent.append(fresh["answer"]["transfer"]["sent"])
-        log(f"  baas image push: {fresh['seconds']:.2f} s ({sent[-1] / MiB:.0f} MiB sent)")
+        log(f"  baas image push: {fresh['seconds']:.2f} s ({sent[-1] / MiB:.0f} MiB sent; "
+            f"{_phases(fresh['answer'])})")  # fmt: skip
         if not checked:  # once: the job records the SHA-256, which must be the image's
             _job, digest = baas.digest_job(fresh["uuid"], fresh["answer"]["version"])
             if digest != image.sha256:
@@ -950,7 +968,7 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         plain = _pushed_once(cli, baas, image, f"bench-cli-plain-{i}", "--no-resume")
         plain_t.append(plain["seconds"])
         baas.delete_image(plain["uuid"])
-        log(f"  baas image push --no-resume: {plain['seconds']:.2f} s")
+        log(f"  baas image push --no-resume: {plain['seconds']:.2f} s ({_phases(plain['answer'])})")
         created = baas.create_image(f"bench-cli-resume-{i}")
         held = cli.push_killed_at_half(created["uuid"], image.raw)
         sync_all()
@@ -961,7 +979,7 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         resumed_sent.append(answer["transfer"]["sent"])
         baas.delete_image(created["uuid"])
         log(f"  baas image push, resumed at {held / MiB:.0f} MiB: {seconds:.2f} s "
-            f"({resumed_sent[-1] / MiB:.0f} MiB sent)")  # fmt: skip
+            f"({resumed_sent[-1] / MiB:.0f} MiB sent; {_phases(answer)})")  # fmt: skip
     number = 1
     stored = baas.version_file(checked, number)
     nginx = Nginx(workdir, stored.parent)

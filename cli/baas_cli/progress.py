@@ -42,6 +42,9 @@ class Transfer:
 
     def advance(self, amount: int) -> None:
         self.done += amount
+        total = self.progress.tasks[0].total if self.progress.tasks else None
+        if total is not None and self.done > total:  # an estimate (zstd) fell short
+            self.progress.update(self.task, total=self.done)
         self.progress.update(self.task, advance=amount)
 
     def set_total(self, total: int) -> None:

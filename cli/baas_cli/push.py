@@ -95,7 +95,7 @@ class Push:
             file = self.path.open("rb")
         except OSError as exc:
             raise LocalError(f"Cannot read {self.path}: {exc.strerror}") from exc
-        with file:
+        with file, self._timings():
             stat = os.fstat(file.fileno())
             self.file, self.stat = file, stat
             self.layout = bodies.Layout.of(file.fileno())
@@ -106,6 +106,14 @@ class Push:
                 self._forget(abandon=True)
                 self.report.say("The link is slower than compression: sending it zstd-compressed.")
                 return self._upload(None, encoding=bodies.ZSTD)
+
+    @contextlib.contextmanager
+    def _timings(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            self.report.extra["seconds_sending"] = round(self.sender.seconds_sending, 3)
+            self.report.extra["seconds_waiting"] = round(self.sender.seconds_waiting, 3)
 
     def _upload(self, state: dict[str, Any] | None, encoding: str | None = None) -> dict[str, Any]:
         encoding = (state or {}).get("encoding") or encoding or self._choose_encoding()

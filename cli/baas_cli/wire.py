@@ -77,6 +77,8 @@ class Sender:
     limit_rate: int = 0  # bytes per second, 0: as fast as the link goes
     on_sent: Callable[[int], None] | None = None
     sent: int = 0
+    seconds_sending: float = 0.0  # the bodies going out
+    seconds_waiting: float = 0.0  # from a body's last byte to the server's answer
     _started: float = field(default_factory=time.monotonic)
 
     def request(
@@ -113,13 +115,18 @@ class Sender:
         lines += [f"{name}: {value}" for name, value in all_headers.items()]
         try:
             with _connect(parts, self.timeout) as sock:
+                began = time.monotonic()
                 sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     for piece in pieces:
                         self._piece(sock, piece, source, chunked=length is None)
                     if length is None:
                         sock.sendall(b"0\r\n\r\n")
-                return _answer(sock, method)
+                sent = time.monotonic()
+                answer = _answer(sock, method)
+                self.seconds_sending += sent - began
+                self.seconds_waiting += time.monotonic() - sent
+                return answer
         except (OSError, http.client.HTTPException) as exc:
             raise Interrupted(f"The connection to {parts.netloc} broke: {exc}") from exc
 
