@@ -15,9 +15,12 @@ The filesystem says where the file's data is (SEEK_DATA/SEEK_HOLE,
 
 from __future__ import annotations
 
+import collections
 import math
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from baas_cli.errors import LocalError
@@ -29,6 +32,7 @@ SPARSE, ZSTD = "sparse", "zstd"
 RAW_MAX = 256 << 20  # data per RAW chunk (its size field is 32 bits)
 FRAME_DATA = 8 << 20  # data per zstd frame
 ZSTD_LEVEL = 3
+BATCH = 32 << 20  # compressed bytes per request (PATCH) of a zstd upload
 
 Segment = tuple[int, int, bool]  # start, end, holds data
 
@@ -144,3 +148,75 @@ class FrameMaker:
 def frames(maker: FrameMaker, segments: list[Segment], first: int = 0) -> Iterator[bytes]:
     for segment in segments[first:]:
         yield maker.frame(segment)
+
+
+class FrameSource:
+    """zstd frames of the segments, made on a few threads ahead of the sending.
+
+    ``lengths`` are the compressed lengths of the frames made so far (kept in
+    the state file), so a resumed upload finds the frame its offset falls in
+    without compressing what came before.
+    """
+
+    def __init__(self, fd: int, segments: list[Segment], lengths: list[int]) -> None:
+        self.fd, self.segments = fd, segments
+        self.lengths = list(lengths[: len(segments)])
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+        self.makers: dict[int, FrameMaker] = {}
+
+    def _frame(self, index: int) -> bytes:
+        ident = threading.get_ident()
+        maker = self.makers.get(ident) or self.makers.setdefault(ident, FrameMaker(self.fd))
+        return maker.frame(self.segments[index])
+
+    def locate(self, offset: int) -> tuple[int, int]:
+        """(frame index, bytes of it already sent) for a body offset."""
+        position = 0
+        for index in range(len(self.segments)):
+            if index >= len(self.lengths):
+                self.lengths.append(len(self._frame(index)))
+            if position + self.lengths[index] > offset:
+                return index, offset - position
+            position += self.lengths[index]
+        return len(self.segments), offset - position
+
+    def batches(self, index: int, skip: int) -> Iterator[tuple[list[bytes], bool]]:
+        """Lists of frames of about BATCH bytes, and whether the list is the last."""
+        ahead = _Ahead(self.pool, self._frame, range(index, len(self.segments)))
+        batch: list[bytes] = []
+        size = 0
+        for number, frame in ahead:
+            if number < len(self.lengths):
+                if self.lengths[number] != len(frame):
+                    raise LocalError("Compressing the file again gave other bytes: use --restart.")
+            else:
+                self.lengths.append(len(frame))
+            if skip:
+                frame, skip = frame[skip:], 0
+            batch.append(frame)
+            size += len(frame)
+            if size >= BATCH:
+                yield batch, number == len(self.segments) - 1
+                batch, size = [], 0
+        if batch or index >= len(self.segments):
+            yield batch, True
+
+
+class _Ahead:
+    """Results of ``work(i)`` for each i, in order, at most LOOKAHEAD computed ahead."""
+
+    LOOKAHEAD = 8
+
+    def __init__(self, pool: ThreadPoolExecutor, work: Callable[[int], bytes], indexes: range):
+        self.pool, self.work, self.indexes = pool, work, indexes
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        pending: collections.deque = collections.deque()
+        for index in self.indexes:
+            pending.append((index, self.pool.submit(self.work, index)))
+            if len(pending) > self.LOOKAHEAD:
+                number, future = pending.popleft()
+                yield number, future.result()
+        while pending:
+            number, future = pending.popleft()
+            yield number, future.result()

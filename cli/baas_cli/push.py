@@ -19,7 +19,6 @@ import os
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from baas_cli.wire import Answer, Interrupted, Piece, Sender, piece_length, piec
 
 INTEROP = "8"
 RETRIES = 5
-BATCH = 32 << 20  # compressed bytes per PATCH of a zstd upload
 SAMPLE_SECONDS = 2.0  # --compress auto: how long the link is watched before choosing
 
 
@@ -72,13 +70,8 @@ class Push:
     def __init__(
         self, api: Any, image: dict[str, Any], path: Path, options: PushOptions, report: Report
     ) -> None:
-        self.api, self.image, self.path, self.options, self.report = (
-            api,
-            image,
-            path,
-            options,
-            report,
-        )
+        self.api, self.image, self.path = api, image, path
+        self.options, self.report = options, report
         self.uuid = str(image["uuid"])
         self.state_path = state_file(api.profile.url, self.uuid, path)
         self.sender = Sender(
@@ -387,7 +380,7 @@ class Push:
 
     def _send_zstd(self, state: dict[str, Any], upload: str, offset: int) -> dict[str, Any]:
         segments = bodies.zstd_segments(self.layout)
-        frames = _FrameSource(self.file.fileno(), segments, state.get("frames", []))
+        frames = bodies.FrameSource(self.file.fileno(), segments, state.get("frames", []))
         self.report.set_total(self._estimate(frames, offset))
         index, skip = frames.locate(offset)
         position = offset
@@ -405,7 +398,7 @@ class Push:
             return self._send_zstd(state, upload, moved)  # continue from where the server is
         raise LocalError("The upload ended without the server's answer.")
 
-    def _estimate(self, frames: _FrameSource, offset: int) -> int:
+    def _estimate(self, frames: bodies.FrameSource, offset: int) -> int:
         ratio = getattr(self, "sample", {}).get("ratio", 0.5)
         guess = int(self.layout.data_bytes * ratio) + 4 * (self.layout.size >> 17)
         self.report.body_length = None
@@ -441,7 +434,7 @@ class Push:
         import tempfile
 
         spool = tempfile.TemporaryFile(prefix="baas-push-")  # noqa: SIM115 -- returned open
-        frames = _FrameSource(self.file.fileno(), bodies.zstd_segments(self.layout), [])
+        frames = bodies.FrameSource(self.file.fileno(), bodies.zstd_segments(self.layout), [])
         for batch, _last in frames.batches(0, 0):
             for frame in batch:
                 spool.write(frame)
@@ -451,82 +444,6 @@ class Push:
 
 class UploadGone(LocalError):
     """The server no longer has the upload (expired, abandoned, finished)."""
-
-
-class _FrameSource:
-    """zstd frames of the segments, made on a few threads ahead of the sending.
-
-    ``lengths`` are the compressed lengths of the frames made so far (kept in
-    the state file), so a resumed upload finds the frame its offset falls in
-    without compressing what came before.
-    """
-
-    def __init__(self, fd: int, segments: list[bodies.Segment], lengths: list[int]) -> None:
-        self.fd, self.segments = fd, segments
-        self.lengths = list(lengths[: len(segments)])
-        self.pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
-        self.makers: dict[int, bodies.FrameMaker] = {}
-
-    def _frame(self, index: int) -> bytes:
-        import threading
-
-        ident = threading.get_ident()
-        maker = self.makers.get(ident) or self.makers.setdefault(ident, bodies.FrameMaker(self.fd))
-        return maker.frame(self.segments[index])
-
-    def locate(self, offset: int) -> tuple[int, int]:
-        """(frame index, bytes of it already sent) for a body offset."""
-        position = 0
-        for index in range(len(self.segments)):
-            if index >= len(self.lengths):
-                self.lengths.append(len(self._frame(index)))
-            if position + self.lengths[index] > offset:
-                return index, offset - position
-            position += self.lengths[index]
-        return len(self.segments), offset - position
-
-    def batches(self, index: int, skip: int) -> Iterator[tuple[list[bytes], bool]]:
-        """Lists of frames of about BATCH bytes, and whether the list is the last."""
-        ahead = _Ahead(self.pool, self._frame, range(index, len(self.segments)))
-        batch: list[bytes] = []
-        size = 0
-        for number, frame in ahead:
-            if number < len(self.lengths):
-                if self.lengths[number] != len(frame):
-                    raise LocalError("Compressing the file again gave other bytes: use --restart.")
-            else:
-                self.lengths.append(len(frame))
-            if skip:
-                frame, skip = frame[skip:], 0
-            batch.append(frame)
-            size += len(frame)
-            if size >= BATCH:
-                yield batch, number == len(self.segments) - 1
-                batch, size = [], 0
-        if batch or index >= len(self.segments):
-            yield batch, True
-
-
-class _Ahead:
-    """Results of ``work(i)`` for each i, in order, at most LOOKAHEAD computed ahead."""
-
-    LOOKAHEAD = 8
-
-    def __init__(self, pool: ThreadPoolExecutor, work: Callable[[int], bytes], indexes: range):
-        self.pool, self.work, self.indexes = pool, work, indexes
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        import collections
-
-        pending: collections.deque = collections.deque()
-        for index in self.indexes:
-            pending.append((index, self.pool.submit(self.work, index)))
-            if len(pending) > self.LOOKAHEAD:
-                number, future = pending.popleft()
-                yield number, future.result()
-        while pending:
-            number, future = pending.popleft()
-            yield number, future.result()
 
 
 def _total(pieces: list[Piece]) -> int:
