@@ -73,14 +73,6 @@ def type_guid(name: str) -> str:
         raise LayoutError(f"'{name}' is not a partition type: use {known} or a GUID.") from None
 
 
-def type_name(guid: str) -> str:
-    """The short name of a type GUID when it has one, else the GUID."""
-    for name, value in TYPES.items():
-        if value == guid.lower():
-            return name
-    return guid.lower()
-
-
 @dataclass(frozen=True)
 class Spec:
     """A partition as a setup declares it: ``size`` in bytes, None for the rest of the disk."""
@@ -108,7 +100,7 @@ class Partition:
         return {
             "number": self.number,
             "label": self.label,
-            "type": type_name(self.type),
+            "type": self.type,
             "start": self.start,
             "size": self.size,
         }
