@@ -184,7 +184,7 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[st
         data = client.get_json("/api/agent/instructions")
         syncs, writes = _instructions(data)
         tables = layout.parse(data.get("layouts"))  # a dict: _instructions checked
-        disks = layout.with_partitions(disks, [item.disk for item in [*syncs, *writes]])
+        disks = layout.with_partitions(disks, [s.disk for s in syncs] + [w.disk for w in writes])
         synced = [
             entry
             for sync in syncs

@@ -48,7 +48,7 @@ class FrozenImageOutputSerializer(serializers.ModelSerializer):
 
 
 class PartitionSerializer(serializers.Serializer):
-    label = serializers.CharField(help_text="The GPT partition name (PARTLABEL)")
+    label = serializers.CharField(help_text="The GPT partition name (PARTLABEL)")  # type: ignore[assignment]
     size = serializers.IntegerField(
         allow_null=True, help_text="Bytes, a whole number of MiB; null: the rest of the disk"
     )

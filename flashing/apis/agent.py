@@ -81,7 +81,7 @@ class MountEntrySerializer(serializers.Serializer):
 
 class LayoutPartitionSerializer(serializers.Serializer):
     number = serializers.IntegerField(help_text="From 1, in the order of the table")
-    label = serializers.CharField(help_text="The GPT partition name")
+    label = serializers.CharField(help_text="The GPT partition name")  # type: ignore[assignment]
     size = serializers.IntegerField(
         allow_null=True, help_text="Bytes; null: the rest of the disk (instructions only)"
     )
