@@ -6,6 +6,7 @@ import pytest
 
 from catalogue.models import ImageType
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, VersionFactory
+from tests.flashing.test_admin import setup_form
 
 pytestmark = pytest.mark.django_db
 
@@ -216,3 +217,20 @@ def test_other_users_cannot_change_the_table(other_client, setup):
     assert response.status_code == 404
     setup.refresh_from_db()
     assert setup.layout == LAYOUT
+
+
+def test_the_setup_admin_pins_to_partitions_by_the_same_rules(admin_web, user, setup):
+    url = f"/admin/catalogue/imagesetup/{setup.uuid}/change/"
+    big = version_of(user, size=9 * MIB)
+    row = {"image": big.image.pk, "version": big.pk, "target_disk": "", "partition": "boot"}
+
+    refused = admin_web.post(url, setup_form(setup, [row]))
+
+    assert refused.status_code == 200
+    assert "partition &#x27;boot&#x27; holds 8388608 bytes" in refused.content.decode()
+    assert not setup.frozen_images.exists()
+    row["partition"] = "home"
+    assert admin_web.post(url, setup_form(setup, [row])).status_code == 302
+    assert setup.frozen_images.get().disk == "/dev/sda3"
+    setup.refresh_from_db()
+    assert setup.layout == LAYOUT  # the admin shows the table, the API changes it
