@@ -77,12 +77,29 @@ def _on_disk(path: str, disk: str) -> bool:
     return rest is not None and re.fullmatch(pattern, rest) is not None
 
 
-def layout_record(deployment: Deployment, reported: list[dict[str, Any]]) -> None:
-    """Note each table in the event log; a new table forgets what the disk held elsewhere.
+def _forget(deployment: Deployment, stale: list[int], why: str) -> None:
+    rows = DiskContent.objects.filter(pk__in=stale)
+    names = sorted(rows.values_list("disk", flat=True))
+    if names:
+        rows.delete()
+        event_record(
+            deployment=deployment,
+            actor=None,
+            action="disks_unknown",
+            message=f"What was recorded on {', '.join(names)} is forgotten: {why}.",
+        )
 
-    For ``agent_result`` once the report matched (``layout_mismatch``).
+
+def layout_record(deployment: Deployment, reported: list[dict[str, Any]]) -> None:
+    """Note each table in the event log, and forget what a write left untrue.
+
+    A table written anew leaves nothing of what the disk held elsewhere; an
+    image written over a whole disk leaves nothing of its partitions (a system
+    image on /dev/sda over the user data recorded on /dev/sda2). For
+    ``agent_result`` once the report matched (``layout_mismatch``).
     """
     written = set(disk_writes(deployment).values_list("disk", flat=True))
+    rows = list(DiskContent.objects.filter(machine=deployment.machine).exclude(disk__in=written))
     for table in reported:
         disk, created = table["disk"], bool(table.get("created"))
         event_record(
@@ -95,6 +112,8 @@ def layout_record(deployment: Deployment, reported: list[dict[str, Any]]) -> Non
             created=created,
         )
         if created:
-            rows = DiskContent.objects.filter(machine=deployment.machine).exclude(disk__in=written)
             stale = [row.pk for row in rows if _on_disk(row.disk, disk)]
-            DiskContent.objects.filter(pk__in=stale).delete()
+            _forget(deployment, stale, f"a new partition table was written on {disk}")
+    for disk in written:
+        stale = [row.pk for row in rows if row.disk != disk and _on_disk(row.disk, disk)]
+        _forget(deployment, stale, f"an image was written over the whole of {disk}")

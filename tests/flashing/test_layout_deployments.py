@@ -184,3 +184,34 @@ def test_done_with_another_table_is_failed_and_records_nothing(machine, deployme
     deployment.refresh_from_db()
     assert why in deployment.failure_reason
     assert not DiskContent.objects.filter(machine=machine).exists()
+
+
+def test_an_image_over_a_whole_disk_forgets_what_its_partitions_held(user_client, user, machine):
+    setup = ImageSetupFactory(owner=user)
+    image = ImageFactory(owner=user, target_disk="/dev/sda")
+    ImageFrozenFactory(setup=setup, version=VersionFactory(image=image, number=0))
+    assert queue(user_client, machine, setup).status_code == 201
+    deployment = machine_start_next(machine_id=machine.pk)
+    for disk in ("/dev/sda2", "/dev/sdb1"):
+        DiskContent.objects.create(
+            machine=machine,
+            disk=disk,
+            version_number=0,
+            sync=True,
+            written_at=deployment.created_at,
+        )
+    agent = checked_in(machine)
+    report_writing(agent, deployment)
+
+    response = agent.post(
+        "/api/agent/result", {"state": "done", "written": written(deployment)}, format="json"
+    )
+
+    assert response.json() == {"state": "done"}
+    disks = DiskContent.objects.filter(machine=machine).values_list("disk", flat=True)
+    assert sorted(disks) == ["/dev/sda", "/dev/sdb1"]  # /dev/sda2 was overwritten, not synced
+    event = deployment.events.get(action="disks_unknown")
+    assert event.message == (
+        "What was recorded on /dev/sda2 is forgotten: an image was written over the whole of "
+        "/dev/sda."
+    )
