@@ -55,7 +55,10 @@ def layout_mismatch(deployment: Deployment, reported: list[dict[str, Any]]) -> s
     if [_key(p) for p in partitions] != [_key(p) for p in table["partitions"]]:
         return f"the partition table the agent reported on {table['disk']} is not the setup's"
     for want, got in zip(table["partitions"], partitions, strict=True):
-        if want["size"] is not None and got.get("size") != want["size"]:
+        start, size = got.get("start"), got.get("size")
+        if not isinstance(start, int) or not isinstance(size, int) or size <= 0 or start < 0:
+            return f"the agent reported no place on {table['disk']} for partition '{want['label']}'"
+        if want["size"] is not None and size != want["size"]:
             return (
                 f"partition '{want['label']}' on {table['disk']} is {got.get('size')} bytes, "
                 f"not {want['size']}"

@@ -215,3 +215,29 @@ def test_an_image_over_a_whole_disk_forgets_what_its_partitions_held(user_client
         "What was recorded on /dev/sda2 is forgotten: an image was written over the whole of "
         "/dev/sda."
     )
+
+
+@pytest.mark.parametrize(
+    "partition",
+    [{"start": None}, {"size": None}, {"size": -1}, {"start": "zero"}],
+)
+def test_a_report_without_the_partitions_places_is_failed_not_a_crash(
+    machine, deployment, partition
+):
+    agent = checked_in(machine)
+    report_writing(agent, deployment)
+    table = reported()
+    table["partitions"][1] = {**table["partitions"][1], **partition}
+
+    response = agent.post(
+        "/api/agent/result",
+        {"state": "done", "written": written(deployment), "layouts": [table]},
+        format="json",
+    )
+
+    assert response.status_code in (200, 400)
+    deployment.refresh_from_db()
+    if response.status_code == 200:
+        assert response.json() == {"state": "failed"}
+        assert "no place on /dev/sda for partition 'home'" in deployment.failure_reason
+    assert not DiskContent.objects.filter(machine=machine).exists()
