@@ -38,7 +38,7 @@ from flashing.models import (
 from flashing.services.boot import refusal_record
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
 from flashing.services.layouts import layout_instructions, layout_mismatch, layout_record
-from flashing.services.mounts import mount_entries
+from flashing.services.mount_urls import mount_entries
 from flashing.services.pipeline import deployment_fail
 from flashing.services.states import TRANSITIONS, deployment_set_state
 from flashing.services.tokens import token_consume, token_mint

@@ -94,7 +94,7 @@ from flashing.models import (
     NetworkMountState,
 )
 from flashing.services.leases import leases_expire
-from flashing.services.mounts import mount_url
+from flashing.services.mount_urls import mount_url
 from flashing.services.pipeline import deployments_watchdog
 from tests.flashing.nbd_client import nbd_write
 from tests.integrity import invariants
