@@ -234,3 +234,21 @@ def test_the_setup_admin_pins_to_partitions_by_the_same_rules(admin_web, user, s
     assert setup.frozen_images.get().disk == "/dev/sda3"
     setup.refresh_from_db()
     assert setup.layout == LAYOUT  # the admin shows the table, the API changes it
+
+
+def test_listing_setups_with_tables_takes_the_same_queries_for_one_or_many(
+    user_client, user, django_assert_num_queries
+):
+    url = f"/api/user/{user.username}/image_setups"
+    user_client.get(url)  # the token's first use records it; later ones do not
+    for _ in range(5):
+        setup = ImageSetupFactory(owner=user, layout=LAYOUT)
+        pin(user_client, setup, version_of(user), partition="root")
+        pin(user_client, setup, version_of(user, ImageType.USER_DATA), partition="home")
+    # token+user, owner, the count, setups, their frozen images with image and version
+    with django_assert_num_queries(5):
+        response = user_client.get(url)
+    assert [i["disk"] for s in response.json()["results"] for i in s["images"]] == [
+        "/dev/sda2",
+        "/dev/sda3",
+    ] * 5
