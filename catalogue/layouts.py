@@ -52,6 +52,12 @@ def parse(layout: Any) -> tuple[str, list[gpt.Spec]]:
         validate_target_disk(disk)
     except ValidationError as exc:
         raise _error(exc.messages[0]) from exc
+    if disk.startswith("/dev/disk/"):
+        # Its partitions' names (…-part2) are udev's, which the management OS lacks.
+        raise _error(
+            f"Name the disk of a partition table by its kernel name (/dev/sda, /dev/nvme0n1), "
+            f"not {disk}: its partitions are found by that name."
+        )
     if not isinstance(items, list):
         raise _error("A partition table's partitions are a list.")
     specs = [_spec(index, item) for index, item in enumerate(items, 1)]

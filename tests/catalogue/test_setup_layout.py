@@ -104,6 +104,13 @@ def test_a_table_on_something_that_is_not_a_disk_is_refused(user_client, user):
     assert "is not a disk" in response.json()["detail"]
 
 
+def test_a_table_names_its_disk_by_the_kernels_name(user_client, user):
+    disk = "/dev/disk/by-id/ata-Samsung_SSD_870"
+    response = create(user_client, user, layout={**LAYOUT, "disk": disk})
+    assert response.status_code == 400
+    assert "by its kernel name" in response.json()["detail"]
+
+
 def test_an_image_is_pinned_to_a_partition_by_label_and_written_to_its_device(
     user_client, user, setup
 ):
