@@ -49,6 +49,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -118,7 +119,7 @@ def resumable_create(
         guard.check_length(length)
     with transaction.atomic():
         # One at a time per user, so that the count below holds.
-        type(actor).objects.select_for_update().filter(pk=actor.pk).first()
+        get_user_model().objects.select_for_update().filter(pk=actor.pk).first()
         open_tokens = list(
             ResumableUpload.objects.filter(owner=actor, state=UploadState.RECEIVING)
             .order_by("created_at")
