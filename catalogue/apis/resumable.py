@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 from urllib.parse import unquote
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -285,12 +285,16 @@ class UploadDetailApi(APIView):
             return _error(self, exc)
         return Response(upload_data(upload), headers=_state_headers(upload))
 
-    def head(self, request: Request, token: str) -> Response:
+    def head(self, request: Request, token: str) -> Response | HttpResponse:
         try:
             upload = resumable.resumable_get(actor=request.user, token=token)
         except DomainError as exc:
-            response = _error(self, exc)
-            response.data = None  # a HEAD answer has no body: GET tells why
+            error = _error(self, exc)
+            # A HEAD answer has no body (GET tells why), but the headers GET would have.
+            response = HttpResponse(status=error.status_code, content_type="application/json")
+            for name, value in error.items():
+                if name.lower() != "content-type":
+                    response[name] = value
             return response
         return Response(status=status.HTTP_204_NO_CONTENT, headers=_state_headers(upload))
 
