@@ -32,6 +32,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts import rules as account_rules
 from baas_site.created import location
 from baas_site.errors import api_exception_handler
 from baas_site.exceptions import DomainError
@@ -223,6 +224,8 @@ def create(request: Request, image: Image) -> Response:
     meta = django_request.META
     try:
         _check_interop(meta, required=True)
+        if account_rules.is_agent(request.user):
+            raise BadUpload("An agent sends its upload in one request, not as a resumable one.")
         if uploads._media_type(django_request) in ("multipart/form-data", PARTIAL_UPLOAD):
             raise UnsupportedMediaType(
                 uploads._media_type(django_request),

@@ -416,3 +416,19 @@ def test_wherever_the_uploads_are_cut_the_version_is_the_file_byte_for_byte(
     version = send_in_parts(user_client, image, wire, cuts, **headers)
     assert stored(image, version["version"]) == data
     assert spool_files(image) == []
+
+
+def test_an_agent_sees_nobodys_uploads(user_client, image):
+    from types import SimpleNamespace
+
+    from catalogue.exceptions import UploadNotFound
+    from catalogue.services.uploads import resumable
+
+    token = create(user_client, image)["Location"].rsplit("/", 1)[1]
+    agent = SimpleNamespace(is_agent=True, is_authenticated=True, pk=image.owner.pk)
+    with pytest.raises(UploadNotFound):
+        resumable.resumable_get(actor=agent, token=token)
+    with pytest.raises(UploadNotFound):
+        resumable.resumable_abandon(actor=agent, token=token)
+    assert list(resumable.resumable_list(actor=agent)) == []
+    assert ResumableUpload.objects.filter(token=token).exists()
