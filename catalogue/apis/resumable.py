@@ -22,7 +22,7 @@ import uuid
 from typing import Any
 from urllib.parse import unquote
 
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
 from rest_framework import status
@@ -32,6 +32,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from accounts import rules as account_rules
 from baas_site.created import location
 from baas_site.errors import api_exception_handler
 from baas_site.exceptions import DomainError
@@ -223,6 +224,8 @@ def create(request: Request, image: Image) -> Response:
     meta = django_request.META
     try:
         _check_interop(meta, required=True)
+        if account_rules.is_agent(request.user):
+            raise BadUpload("An agent sends its upload in one request, not as a resumable one.")
         if uploads._media_type(django_request) in ("multipart/form-data", PARTIAL_UPLOAD):
             raise UnsupportedMediaType(
                 uploads._media_type(django_request),
@@ -285,12 +288,16 @@ class UploadDetailApi(APIView):
             return _error(self, exc)
         return Response(upload_data(upload), headers=_state_headers(upload))
 
-    def head(self, request: Request, token: str) -> Response:
+    def head(self, request: Request, token: str) -> Response | HttpResponse:
         try:
             upload = resumable.resumable_get(actor=request.user, token=token)
         except DomainError as exc:
-            response = _error(self, exc)
-            response.data = None  # a HEAD answer has no body: GET tells why
+            error = _error(self, exc)
+            # A HEAD answer has no body (GET tells why), but the headers GET would have.
+            response = HttpResponse(status=error.status_code, content_type="application/json")
+            for name, value in error.items():
+                if name.lower() != "content-type":
+                    response[name] = value
             return response
         return Response(status=status.HTTP_204_NO_CONTENT, headers=_state_headers(upload))
 

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import itertools
 import os
+import time
 from datetime import timedelta
 
 import pytest
@@ -416,3 +417,47 @@ def test_wherever_the_uploads_are_cut_the_version_is_the_file_byte_for_byte(
     version = send_in_parts(user_client, image, wire, cuts, **headers)
     assert stored(image, version["version"]) == data
     assert spool_files(image) == []
+
+
+def test_an_agent_sees_nobodys_uploads(user_client, image):
+    from types import SimpleNamespace
+
+    from catalogue.exceptions import UploadNotFound
+    from catalogue.services.uploads import resumable
+
+    token = create(user_client, image)["Location"].rsplit("/", 1)[1]
+    agent = SimpleNamespace(is_agent=True, is_authenticated=True, pk=image.owner.pk)
+    with pytest.raises(UploadNotFound):
+        resumable.resumable_get(actor=agent, token=token)
+    with pytest.raises(UploadNotFound):
+        resumable.resumable_abandon(actor=agent, token=token)
+    assert list(resumable.resumable_list(actor=agent)) == []
+    assert ResumableUpload.objects.filter(token=token).exists()
+
+
+def test_the_expiry_is_scheduled_by_beat(settings):
+    entries = {e["task"]: e for e in settings.CELERY_BEAT_SCHEDULE.values()}
+    assert entries["catalogue.resumable_uploads_expire"]["schedule"] > 0
+
+
+@pytest.mark.worker
+def test_a_beat_tick_on_a_real_worker_expires_an_unfinished_upload(celery_worker, user):
+    from catalogue.services.uploads.resumable import resumable_create
+
+    image = ImageFactory(owner=user)
+    upload = resumable_create(
+        actor=user, image=image, encoding=None, length=None, expected_sha256=None,
+        want_digest=False,
+    )  # fmt: skip
+    ResumableUpload.objects.filter(pk=upload.pk).update(
+        expires_at=timezone.now() - timedelta(seconds=1)
+    )
+    assert len(spool_files(image)) == 1
+
+    resumable_uploads_expire_task.delay()  # what beat sends
+
+    deadline = time.monotonic() + 60
+    while spool_files(image) or ResumableUpload.objects.get().state != UploadState.EXPIRED:
+        if time.monotonic() > deadline:
+            pytest.fail(f"The expiry did not happen:\n{celery_worker.log()}")
+        time.sleep(0.1)

@@ -49,6 +49,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -118,7 +119,7 @@ def resumable_create(
         guard.check_length(length)
     with transaction.atomic():
         # One at a time per user, so that the count below holds.
-        type(actor).objects.select_for_update().filter(pk=actor.pk).first()
+        get_user_model().objects.select_for_update().filter(pk=actor.pk).first()
         open_tokens = list(
             ResumableUpload.objects.filter(owner=actor, state=UploadState.RECEIVING)
             .order_by("created_at")
@@ -153,7 +154,7 @@ def resumable_get(*, actor: Any, token: str, finished: bool = True) -> Resumable
     UploadNotFound, saying why for one that expired or failed."""
     upload = (
         ResumableUpload.objects.select_related("image", "version")
-        .filter(token=token, owner_id=getattr(actor, "pk", None))
+        .filter(token=token, owner_id=_person_id(actor))
         .first()
     )
     if upload is None:
@@ -179,10 +180,20 @@ def resumable_get(*, actor: Any, token: str, finished: bool = True) -> Resumable
 
 def resumable_list(*, actor: Any, image_id: str | None = None) -> Any:
     """The actor's unfinished uploads, oldest first."""
-    uploads = ResumableUpload.objects.filter(owner=actor, state=UploadState.RECEIVING)
+    uploads = ResumableUpload.objects.filter(
+        owner_id=_person_id(actor), state=UploadState.RECEIVING
+    )
     if image_id:
         uploads = uploads.filter(image_id=image_id)
     return uploads.order_by("created_at")
+
+
+def _person_id(actor: Any) -> int | None:
+    """The user whose uploads ``actor`` sees: a person's own; an agent's, none."""
+    if account_rules.is_agent(actor) or not getattr(actor, "is_authenticated", False):
+        return None
+    pk: int | None = getattr(actor, "pk", None)
+    return pk
 
 
 def _completed_message(upload: ResumableUpload) -> str:
@@ -392,7 +403,7 @@ def _complete(actor: Any, upload: ResumableUpload, part: ResumablePart) -> Versi
 def resumable_abandon(*, actor: Any, token: str) -> None:
     """Forget the upload and remove its bytes (an append in progress removes them at its
     next checkpoint). A finished one's tombstone goes too."""
-    upload = ResumableUpload.objects.filter(token=token, owner_id=actor.pk).first()
+    upload = ResumableUpload.objects.filter(token=token, owner_id=_person_id(actor)).first()
     if upload is None or upload.state == UploadState.EXPIRED:
         resumable_get(actor=actor, token=token)  # raises, saying why
         return

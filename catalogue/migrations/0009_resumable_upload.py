@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('catalogue', '0007_version_processing_jobs'),
+        ('catalogue', '0008_setup_partition_layout'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
