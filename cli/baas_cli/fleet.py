@@ -24,6 +24,7 @@ PIN_COLUMNS: list[output.Column] = [
     ("disk", lambda p: p["disk"]),
     ("sync", lambda p: p["sync"]),
     ("mount", lambda p: p["mount"]),
+    ("partition", lambda p: p.get("partition") or None),
     ("uuid", lambda p: p["image"]),
 ]
 
@@ -74,6 +75,9 @@ def setup_pin(
     sync: Annotated[bool, typer.Option(help="Bring the disk's data back before flashing")] = False,
     disk: Annotated[str | None, typer.Option(help="Another disk than the image's")] = None,
     mount: Annotated[str | None, typer.Option(help="flash, or network (user data)")] = None,
+    partition: Annotated[
+        str | None, typer.Option(help="Into this partition (label) of the setup's table")
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Pin a version of an image to the setup."""
@@ -88,6 +92,8 @@ def setup_pin(
         body["target_disk"] = disk
     if mount:
         body["mount"] = mount
+    if partition:
+        body["partition"] = partition
     pinned = api.post(
         f"/api/user/{found_setup['owner']}/image_setup/{found_setup['uuid']}/images", body
     )
