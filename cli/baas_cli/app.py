@@ -3,6 +3,7 @@ message printed), 2 on a local error (usage, files, the network)."""
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import socket
@@ -102,8 +103,10 @@ def login(
         "scopes": scope or ["read", "write", "admin"],
     }
     created = api.post("/api/auth/token", body)
+    previous = (profile.token_id, profile.username) if profile.token and profile.url else None
     profile.token, profile.token_id, profile.username = created["token"], created["id"], username
     path = config.save(profile)
+    _revoke_previous(profile, previous)
     shown = {k: v for k, v in created.items() if k != "token"}
     output.done(
         f"Logged in to {profile.url} as {username} (token {token_name!r}, profile "
@@ -111,6 +114,15 @@ def login(
         {**shown, "url": profile.url, "username": username, "profile": profile.name},
         as_json,
     )
+
+
+def _revoke_previous(profile: config.Profile, previous: tuple[int | None, str] | None) -> None:
+    """A second login to the same profile revokes the token it replaces, when it can."""
+    if previous is None or previous[0] is None or previous[0] == profile.token_id:
+        return
+    token_id, username = previous
+    with contextlib.suppress(CliError):  # gone already, or not this user's: nothing to do
+        Api(profile).delete(f"/api/user/{username}/tokens/{token_id}")
 
 
 @app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import stat
 
@@ -169,3 +170,33 @@ def test_the_served_upload_client_still_works_and_points_at_baas(live_server, ad
     assert result.returncode == 0, result.stderr
     assert "baas image push" in result.stderr
     assert [v.size for v in image.versions.all()] == [disk.stat().st_size]
+
+
+def test_login_asks_for_the_password_on_a_terminal_and_replaces_its_token(baas, ada):
+    import os
+    import pty
+    import subprocess
+
+    from tests.cli.conftest import BAAS
+
+    baas.login("ada")
+    first = AccessToken.objects.get(user=ada)
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [str(BAAS), "login", baas.url, "--user", "ada"],
+        stdin=slave, stdout=slave, stderr=slave, env=baas.environ(), close_fds=True,
+    )  # fmt: skip
+    os.close(slave)
+    seen = b""
+    while b"Password of ada" not in seen:
+        seen += os.read(master, 1024)
+    os.write(master, b"correct horse battery staple\n")
+    with contextlib.suppress(OSError):
+        while chunk := os.read(master, 1024):
+            seen += chunk
+    os.close(master)
+    assert process.wait(timeout=30) == 0, seen
+    assert b"correct horse" not in seen  # not echoed
+    assert b"Logged in" in seen
+    assert [t.pk for t in AccessToken.objects.filter(user=ada)] != [first.pk]
+    assert AccessToken.objects.filter(user=ada).count() == 1  # the first one was revoked

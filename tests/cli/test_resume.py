@@ -195,3 +195,37 @@ def test_auto_keeps_sending_data_that_does_not_compress_as_it_is(baas_ada, tmp_p
     assert pushed["transfer"]["encoding"] == "sparse"
     assert pushed["transfer"]["compression_sample"]["ratio"] > 0.95
     assert pushed["transfer"]["link_rate"] < 6 * MiB
+
+
+def test_an_expired_upload_is_said_why_and_started_over(baas_ada, celery_worker, tmp_path):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from catalogue.services.uploads.resumable import resumable_expire
+
+    disk = _disk(tmp_path)
+    baas_ada("image", "create", "disk")
+    upload, length = _kill_push_at_half(baas_ada, disk)
+    ResumableUpload.objects.filter(pk=upload.pk).update(
+        expires_at=timezone.now() - timedelta(minutes=1)
+    )
+    assert resumable_expire()["expired"] == 1
+    result = baas_ada("image", "push", "disk", str(disk), "--json")
+    assert "expired" in result.stderr and "Starting over" in result.stderr
+    transfer = json.loads(result.stdout)["transfer"]
+    assert transfer["resumed_from"] == 0 and transfer["sent"] == length
+    target = tmp_path / "back.img"
+    baas_ada("image", "pull", "disk", str(target))
+    assert _sha256(target) == _sha256(disk)
+
+
+def test_the_server_refusing_the_upload_is_exit_1_and_forgets_it(baas_ada, ada, tmp_path):
+    """A push past the owner's quota: the server's 413 and its words, nothing left to resume."""
+    ada.storage_quota = 8 * MiB
+    ada.save()
+    disk = _disk(tmp_path)
+    baas_ada("image", "create", "disk")
+    result = baas_ada("image", "push", "disk", str(disk), code=1)
+    assert "413" in result.stderr and "quota" in result.stderr.lower()
+    assert not list((baas_ada.home / "state" / "baas" / "push").glob("*.json"))
