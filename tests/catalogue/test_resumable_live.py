@@ -112,6 +112,11 @@ def cut_then_resume(live_server, secret, image, wire: bytes, cut: int, **create_
     sock.sendall(wire[:cut])
     sock.close()  # the cut: the server reads `cut` bytes, then the end of the stream
     assert wait_for_offset(live_server, secret, where, cut) == cut
+    token = where.rsplit("/", 1)[1]
+    deadline = time.monotonic() + 15  # the cut request ends: its bytes count in the quota
+    while cut and not ResumableUpload.objects.get(token=token).stored:
+        assert time.monotonic() < deadline, "the cut upload's bytes are not in the quota"
+        time.sleep(0.05)
     for _ in range(100):  # as a client does: while the cut request is still ending, 409
         status, headers, version = request(
             live_server, secret, "PATCH", where, wire[cut:],

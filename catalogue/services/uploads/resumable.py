@@ -5,12 +5,15 @@ Design: **store the bytes as sent, decode them once, at the end.** Each append w
 the request body verbatim to the upload's ``.part`` file (``ResumablePart``, blocks of
 zeros left as holes), syncs it, and only then records the new offset in the row
 (:class:`~catalogue.models.ResumableUpload`): the offset a client reads back is always
-durable, and it can be *any* byte, whatever the encoding. When the client marks the
-upload complete, that file is fed through the very pipeline a single-request upload
-goes through (:class:`VersionReceiver`: decoding, holes, map, checks, hashing, then
-:func:`version_upload`'s atomic commit), so a resumed version is committed exactly as
-a plain one, and the whole-image SHA-256 of a large one is left to the background digest
-step as today.
+durable, and it can be *any* byte, whatever the encoding. The request that completes the
+upload runs the very pipeline a single-request upload runs (:class:`VersionReceiver`:
+decoding, holes, map, checks, hashing, then :func:`version_upload`'s atomic commit): it
+first feeds it the bytes received before, from the file, then its own bytes as they
+arrive (still appended to the file, so that a cut leaves it resumable). A resumed
+version is thus committed exactly as a plain one, and the whole-image SHA-256 of a large
+one is left to the background digest step as today. A client that creates the upload
+with an empty body and sends everything in one completing PATCH costs about what a plain
+upload costs, plus the copy kept as sent.
 
 Why not decode while the bytes stream and acknowledge offsets at clean decoder points
 (a sparse chunk boundary, a zstd frame end)? That would need the decoder, hashing and
@@ -18,10 +21,10 @@ mapping stages (threads of one :class:`catalogue.stages.Stages` group, with zlib
 zstd's state inside C objects that cannot be saved) to checkpoint and restore their
 state, and would make gzip (one deflate stream, no restart points) restart from 0 and
 zstd resume only at frame ends (a single-frame ``zstd`` file: never). Storing as sent
-resumes all four encodings at any byte, keeps the one version pipeline untouched, and
-costs a second pass over the bytes as sent at completion — a local read of a file the
-size of what was sent (a compressed or sparse upload is small; a raw one's zeros are
-holes), far cheaper than sending them again.
+resumes all four encodings at any byte and keeps the one version pipeline untouched. Its
+cost: the bytes received before a cut are decoded when the upload completes, from a
+local file (a compressed or sparse upload's is small; a raw one's zeros are holes), not
+while they arrived: a resumed upload saves their transfer, not their processing.
 
 Concurrency: an append holds a PostgreSQL advisory lock on the upload for its whole
 request (a second append, or the expiry, gets 409 / skips it); the lock goes with the
@@ -297,17 +300,12 @@ def resumable_append(
             raise UploadOffsetMismatch(expected=upload.offset, provided=offset)
         appender = _start(upload)
         try:
-            _receive(appender, read)
+            if not complete:
+                _receive(appender, read)
+                return upload, None
+            return upload, _complete(actor, upload, appender, read)
         finally:
             appender.part.close()
-        if not complete:
-            return upload, None
-        if upload.length is not None and upload.offset != upload.length:
-            raise UploadLengthMismatch(
-                f"The upload was announced as {upload.length} bytes (Upload-Length) but "
-                f"ends at {upload.offset}."
-            )
-        return upload, _complete(actor, upload, appender.part)
 
 
 def _start(upload: ResumableUpload) -> _Appender:
@@ -320,7 +318,19 @@ def _start(upload: ResumableUpload) -> _Appender:
     )
 
 
-def _receive(appender: _Appender, read: Callable[[int], bytes]) -> None:
+class _Refused(Exception):
+    """The image itself was refused while the last request streamed (not the append)."""
+
+    def __init__(self, error: DomainError):
+        super().__init__(str(error))
+        self.error = error
+
+
+def _receive(
+    appender: _Appender, read: Callable[[int], bytes], tee: Callable[[bytes], None] | None = None
+) -> None:
+    """Append what ``read`` gives to the upload's file (and hand it to ``tee``), syncing and
+    acknowledging it at checkpoints and at the end, a cut or an error included."""
     upload, part = appender.upload, appender.part
     limit = max_size() if upload.length is None else min(upload.length, max_size())
     try:
@@ -339,6 +349,11 @@ def _receive(appender: _Appender, read: Callable[[int], bytes]) -> None:
                 )
             part.append(data)
             appender.check_quota()
+            if tee is not None:
+                try:
+                    tee(data)
+                except DomainError as exc:
+                    raise _Refused(exc) from exc
             due = time.monotonic() - appender.last_sync >= CHECKPOINT_SECONDS
             if part.position - appender.acknowledged >= CHECKPOINT_BYTES or due:
                 appender.checkpoint()
@@ -350,11 +365,14 @@ def _receive(appender: _Appender, read: Callable[[int], bytes]) -> None:
     appender.checkpoint()
 
 
-def _complete(actor: Any, upload: ResumableUpload, part: ResumablePart) -> Version:
-    """Decode and commit what was received, as a plain upload is; the bytes then go."""
+def _complete(
+    actor: Any, upload: ResumableUpload, appender: _Appender, read: Callable[[int], bytes]
+) -> Version:
+    """The last request: what was received before is fed from the file to a receiver (the
+    one a plain upload has), then this request's bytes as they arrive — appended to the file
+    too, so that a cut leaves the upload resumable —, then the version is committed as a
+    plain upload's is. The bytes as sent are removed once it is."""
     image = Image.objects.get(pk=upload.image_id)
-    # While it is being committed, its bytes are counted as the version's, not twice.
-    ResumableUpload.objects.filter(pk=upload.pk).update(stored=0)
     digest_now = (
         bool(upload.expected_sha256)
         or upload.want_digest
@@ -366,28 +384,52 @@ def _complete(actor: Any, upload: ResumableUpload, part: ResumablePart) -> Versi
         max_size=settings.BAAS_MAX_IMAGE_SIZE,
         digest=digest_now,
         wire_digest=bool(upload.expected_sha256),
-        raw_at_least=max(0, upload.offset - ENVELOPE) * 99 // 100,
+        raw_at_least=max(0, max(upload.offset, upload.length or 0) - ENVELOPE) * 99 // 100,
     )
+    part = appender.part
+    # Its bytes count once: as the version the receiver writes, not also as the upload's.
+    ResumableUpload.objects.filter(pk=upload.pk).update(stored=0)
     try:
-        with receiver, part.reader() as source:
+        with receiver:
             receiver.declare_encoding(upload.encoding or None)
-            while data := source.read(CHUNK):
-                receiver.write(data)
-            version = version_upload(
-                actor=actor,
-                image=image,
-                receiver=receiver,
-                expected_sha256=upload.expected_sha256 or None,
-                note=upload.note,
-            )
-    except DomainError as exc:
+            try:
+                with part.reader() as source:  # the file holds exactly what was acknowledged
+                    for data in iter(lambda: source.read(CHUNK), b""):
+                        receiver.write(data)
+            except DomainError as exc:
+                raise _Refused(exc) from exc
+            _receive(appender, read, tee=receiver.write)
+            if upload.length is not None and upload.offset != upload.length:
+                raise UploadLengthMismatch(
+                    f"The upload was announced as {upload.length} bytes (Upload-Length) but "
+                    f"ends at {upload.offset}."
+                )
+            ResumableUpload.objects.filter(pk=upload.pk).update(stored=0)  # as above
+            try:
+                version = version_upload(
+                    actor=actor,
+                    image=image,
+                    receiver=receiver,
+                    expected_sha256=upload.expected_sha256 or None,
+                    note=upload.note,
+                )
+            except DomainError as exc:
+                raise _Refused(exc) from exc
+    except _Refused as refused:
         part.remove()
         ResumableUpload.objects.filter(pk=upload.pk).update(
-            state=UploadState.FAILED, reason=str(exc)[:500], stored=0, updated_at=timezone.now()
+            state=UploadState.FAILED,
+            reason=str(refused.error)[:500],
+            stored=0,
+            updated_at=timezone.now(),
         )
-        raise
-    except BaseException:
-        ResumableUpload.objects.filter(pk=upload.pk).update(stored=upload.stored)
+        raise refused.error from None
+    except BaseException:  # cut, or a length or size refused: it stays resumable
+        with contextlib.suppress(OSError):
+            stored = part.path.stat().st_blocks * 512
+            ResumableUpload.objects.filter(pk=upload.pk, state=UploadState.RECEIVING).update(
+                stored=stored
+            )
         raise
     part.remove()
     ResumableUpload.objects.filter(pk=upload.pk).update(
