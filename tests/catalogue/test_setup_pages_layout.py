@@ -4,6 +4,8 @@ to its partitions, through Django's test client and the same services as the API
 from __future__ import annotations
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from catalogue.models import ImageFrozen, ImageSetup, ImageType
@@ -451,3 +453,42 @@ def test_the_tables_url_leads_to_the_setup_page(signed_in, setup):
     response = signed_in.get(layout_url(setup))
     assert response.status_code == 302
     assert response["Location"] == setup_url(setup) + "#layout-form"
+
+
+def test_the_setup_list_says_which_setups_have_a_table(signed_in, setup, table_setup):
+    page = signed_in.get(reverse("setups")).content.decode()
+    assert page.count("partition table on <code>/dev/sda</code>") == 1
+
+
+def test_the_setup_page_costs_the_same_queries_whatever_its_images(
+    signed_in, user, table_setup, django_assert_max_num_queries
+):
+    """The table, its pins and the images' list come from the setup's prefetched images."""
+    table_setup.layout = {
+        "disk": "/dev/sda",
+        "partitions": [{"label": f"p{n}", "size": MIB, "type": "linux"} for n in range(4)],
+    }
+    table_setup.save()
+    assert pin(signed_in, table_setup, version_of(user), partition="p0").status_code == 302
+    with CaptureQueriesContext(connection) as one:
+        assert signed_in.get(setup_url(table_setup)).status_code == 200
+    queries = len(one)  # now: the next request clears Django's query log
+    assert queries > 0
+    for n in (1, 2, 3):
+        assert pin(signed_in, table_setup, version_of(user), partition=f"p{n}").status_code == 302
+
+    with django_assert_max_num_queries(queries):
+        page = signed_in.get(setup_url(table_setup)).content.decode()
+    assert "/dev/sda4" in page
+
+
+def test_a_flood_of_rows_is_refused_without_building_them(signed_in, setup):
+    data = rows_data(row("root", "2G"))
+    data["partitions-TOTAL_FORMS"] = "100000000"
+
+    response = signed_in.post(layout_url(setup), data)
+
+    assert response.status_code == 200
+    assert "Please submit at most 512 forms." in page_errors(response)
+    setup.refresh_from_db()
+    assert setup.layout is None
