@@ -225,15 +225,18 @@ def _partition_rows(setup: ImageSetup) -> list[dict[str, Any]]:
     ]
 
 
+def _partition_choice(row: dict[str, Any]) -> str:
+    """``root (/dev/sda1, 4 MiB)``, and what the partition already holds."""
+    held = ", ".join(f"{f.image.name} v{f.version.number}" for f in row["images"])
+    return (
+        f"{row['label']} ({row['device']}, {row['size_text'] or 'rest of the disk'}"
+        f"{f'; holds {held}' if held else ''})"
+    )
+
+
 def _image_form(setup: ImageSetup, data: QueryDict | None = None) -> FrozenImageForm:
     """The "add an image" form, with a partition choice when the setup has a table."""
-    choices = [
-        (
-            row["label"],
-            f"{row['label']} ({row['device']}, {row['size_text'] or 'rest of the disk'})",
-        )
-        for row in _partition_rows(setup)
-    ]
+    choices = [(row["label"], _partition_choice(row)) for row in _partition_rows(setup)]
     return FrozenImageForm(
         data,
         images=image_selectors.image_list_readable(actor=setup.owner),

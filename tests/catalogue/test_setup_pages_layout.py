@@ -372,6 +372,15 @@ def test_the_image_form_offers_the_tables_partitions(signed_in, table_setup):
     assert "/dev/sda, the partition table's disk" in form.fields["partition"].help_text
 
 
+def test_the_partition_choice_says_what_a_partition_already_holds(signed_in, user, table_setup):
+    assert (
+        pin(signed_in, table_setup, version_of(user, name="os"), partition="root").status_code
+        == 302
+    )
+    form = signed_in.get(setup_url(table_setup)).context["form"]
+    assert form.fields["partition"].choices[1] == ("root", "root (/dev/sda1, 4 MiB; holds os v0)")
+
+
 def test_a_system_and_a_user_data_image_are_pinned_to_their_partitions(
     signed_in, user, other_user, table_setup
 ):
