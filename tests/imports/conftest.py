@@ -3,6 +3,7 @@ imports reach it (127.0.0.1 is otherwise refused), a work folder per test."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -60,6 +61,7 @@ def images(registry, tmp_path_factory) -> dict[str, str]:
         "device": [Entry_dev("dev/sda")],
         "setuid": [file("bin/tool", "x", mode=0o4755, uid=1000)],
         "bomb": [file("zeros", bytes(48 * 1024 * 1024))],
+        "random": [file("data", os.urandom(6 * 1024 * 1024))],
     }
     for name, entries in bad.items():
         layout.tag(name, layout.image([entries]))
