@@ -31,6 +31,12 @@ def _own_hosts() -> set[str]:
 
 def check_host(host: str, port: int) -> list[str]:
     """The addresses of ``host`` an import may connect to; ImportRefused if none may be."""
+    hint = (
+        "Imports do not reach BAAS itself or private networks unless an administrator "
+        f"lists the host in BAAS_IMPORT_ALLOWED_HOSTS; {host!r} is not listed."
+    )
+    if host.lower() in _own_hosts() and not host_allowed(host):
+        raise ImportRefused(f"{host!r} is this BAAS server. {hint}")
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
@@ -38,12 +44,6 @@ def check_host(host: str, port: int) -> list[str]:
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if host_allowed(host):
         return addresses
-    hint = (
-        "Imports do not reach BAAS itself or private networks unless an administrator "
-        f"lists the host in BAAS_IMPORT_ALLOWED_HOSTS; {host!r} is not listed."
-    )
-    if host.lower() in _own_hosts():
-        raise ImportRefused(f"{host!r} is this BAAS server. {hint}")
     for address in addresses:
         ip = ipaddress.ip_address(address.split("%")[0])
         if not ip.is_global or ip.is_multicast:
