@@ -139,7 +139,10 @@ class Skopeo:
 
     def __init__(self, reference: Reference, ctx: Context):
         self.reference, self.ctx = reference, ctx
-        self.insecure = reference.registry in settings.BAAS_IMPORT_INSECURE_REGISTRIES
+        insecure = settings.BAAS_IMPORT_INSECURE_REGISTRIES
+        self.insecure = bool(reference.registry) and (
+            reference.registry in insecure or reference.registry.split(":")[0] in insecure
+        )
 
     def _args(self, command: str, platform: Platform | None = None) -> list[str]:
         seconds = max(int(self.ctx.deadline - time.monotonic()), 1)

@@ -13,6 +13,11 @@ from catalogue.models import ImageType
 from tests.catalogue.factories import ImageFactory
 from tests.imports.oci import Layout, Registry, directory, file
 
+# For the Celery worker of the session (a subprocess started after this is read):
+# the test registries listen on 127.0.0.1, over plain HTTP.
+os.environ.setdefault("BAAS_IMPORT_ALLOWED_HOSTS", "127.0.0.1")
+os.environ.setdefault("BAAS_IMPORT_INSECURE_REGISTRIES", "127.0.0.1")
+
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory) -> Iterator[Registry]:
