@@ -68,6 +68,16 @@ def images(registry, tmp_path_factory) -> dict[str, str]:
         "bomb": [file("zeros", bytes(48 * 1024 * 1024))],
         "random": [file("data", os.urandom(6 * 1024 * 1024))],
     }
+    fake_boot = [
+        directory("boot"),
+        file("boot/vmlinuz-6.1.0-9-amd64", b"old kernel"),
+        file("boot/vmlinuz-6.1.0-10-amd64", os.urandom(64 * 1024)),
+        file("boot/initrd.img-6.1.0-10-amd64", os.urandom(32 * 1024)),
+        directory("etc"),
+        file("etc/marker", "a bootable root\n"),
+    ]
+    bad["kernel"] = fake_boot
+    bad["kernel-no-initrd"] = [fake_boot[0], fake_boot[2], fake_boot[4], fake_boot[5]]
     for name, entries in bad.items():
         layout.tag(name, layout.image([entries]))
         refs[name] = registry.push(layout, name, f"test/{name}")
