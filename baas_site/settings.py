@@ -474,5 +474,5 @@ BAAS_IMPORT_WORK_DIR = Path(env.str("BAAS_IMPORT_WORK_DIR", default=str(VAR_DIR 
 # The longest an import may take as a whole, and one network read (seconds).
 BAAS_IMPORT_TIMEOUT = env.int("BAAS_IMPORT_TIMEOUT", default=3600)
 BAAS_IMPORT_READ_TIMEOUT = env.int("BAAS_IMPORT_READ_TIMEOUT", default=60)
-BAAS_LONG_TASKS = (*BAAS_LONG_TASKS, "imports.import_run")
+# Imports pull and unpack whole images: the long queue.
 CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "imports.import_run": {"queue": BAAS_LONG_QUEUE}}

@@ -18,15 +18,16 @@ from imports.rules import can_import_image
 from imports.services import jobs
 
 
-class ImportAdminForm(forms.ModelForm, ImportForm):  # type: ignore[misc]
+class ImportAdminForm(forms.ModelForm, ImportForm):
     image = forms.ModelChoiceField(queryset=Image.objects.all())
+    request_user: Any = None
 
     class Meta:
         model = ImportJob
         fields = ["image"]
 
     def clean(self) -> dict[str, Any]:
-        cleaned = super().clean()
+        cleaned = super().clean() or {}
         image = cleaned.get("image")
         if image is not None and not can_import_image(self.request_user, image):
             raise ValidationError("You may not import into this image.")
@@ -43,9 +44,8 @@ class ImportJobAdmin(admin.ModelAdmin):
     def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any):
         if obj is not None:
             return super().get_form(request, obj, change=change, **kwargs)
-        form = ImportAdminForm
-        form.request_user = request.user  # type: ignore[attr-defined]
-        return form
+        # A class per request: the user it checks is never shared between requests.
+        return type("ImportAdminForm", (ImportAdminForm,), {"request_user": request.user})
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         return self.readonly_fields if obj is not None else []

@@ -31,7 +31,9 @@ class ImportInputSerializer(serializers.Serializer):
         choices=Layout.choices, required=False, default=Layout.FILESYSTEM
     )
     size = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
-    label = serializers.CharField(required=False, default="root", max_length=16)
+    label = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.label
+        required=False, default="root", max_length=16
+    )
     username = serializers.CharField(
         required=False, default="", max_length=500, help_text="Registry user: used once, never kept"
     )

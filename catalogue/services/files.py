@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from django.conf import settings

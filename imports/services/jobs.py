@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,14 +38,14 @@ from imports.exceptions import (
     ImportNotFound,
     ImportStopped,
 )
-from imports.models import Kind, Layout, State
 from imports.models import ImportJob as Job
-from imports.services import secrets
-from imports.services.tools import ToolStopped, Watch, tree_size
+from imports.models import Kind, Layout, State
+from imports.services import oci, registry, secrets, urls
+from imports.services.progress import Progress
+from imports.services.tools import ToolStopped
 
 logger = logging.getLogger(__name__)
 
-LOG_MAX = 64 * 1024
 HIDDEN = "{'job_id': …, 'sealed': '(credentials hidden)'}"
 
 
@@ -93,25 +92,21 @@ def import_create(
         )
         if archive is not None:
             _keep_archive(job, archive)
-        audit_record(actor=actor, action="image.import", target=image, job=job.pk, source=job.source)
+        audit_record(
+            actor=actor, action="image.import", target=image, job=job.pk, source=job.source
+        )
         sealed = ""
         if request.username or request.password:
             sealed = secrets.seal({"username": request.username, "password": request.password})
-        import_run_task.apply_async(
-            kwargs={"job_id": job.pk, "sealed": sealed}, kwargsrepr=HIDDEN
-        )
+        import_run_task.apply_async(kwargs={"job_id": job.pk, "sealed": sealed}, kwargsrepr=HIDDEN)
     return job
 
 
 def _validate(image: Image, request: ImportRequest, archive: UploadedFile | None) -> None:
-    from imports.services import oci, urls
-
     if bool(request.oci) == bool(request.url):
         raise ImportInvalid("Send either 'oci' (a registry reference) or 'url', not both.")
     if request.size is not None and not 0 < request.size <= settings.BAAS_MAX_IMAGE_SIZE:
-        raise ImportInvalid(
-            f"'size' is a number of bytes up to {settings.BAAS_MAX_IMAGE_SIZE}."
-        )
+        raise ImportInvalid(f"'size' is a number of bytes up to {settings.BAAS_MAX_IMAGE_SIZE}.")
     if bool(request.username) != bool(request.password):
         raise ImportInvalid("Registry credentials are a username and a password, both.")
     if request.url:
@@ -187,60 +182,6 @@ def import_cancel(*, actor: Any, job_id: int) -> Job:
 # --- On the worker -----------------------------------------------------------------------
 
 
-class Progress:
-    """The running job's side: its log, its counters, and the watch that stops its tools."""
-
-    def __init__(self, job: Job):
-        self.job = job
-        self.deadline = time.monotonic() + settings.BAAS_IMPORT_TIMEOUT
-        self._checked = 0.0
-
-    def log(self, line: str) -> None:
-        stamp = timezone.now().strftime("%H:%M:%S")
-        self.job.log = (self.job.log + f"{stamp} {line}\n")[-LOG_MAX:]
-        Job.objects.filter(pk=self.job.pk).update(log=self.job.log)
-
-    def progress(self, **fields: int) -> None:
-        for name, value in fields.items():
-            setattr(self.job, name, value)
-        Job.objects.filter(pk=self.job.pk).update(**fields)
-
-    def stop_reason(self) -> str | None:
-        """Why the job must stop now (cancelled, out of time), or None; asks the row each second."""
-        if time.monotonic() > self.deadline:
-            return (
-                f"The import took longer than BAAS_IMPORT_TIMEOUT ({settings.BAAS_IMPORT_TIMEOUT} "
-                "s) and was stopped; nothing was stored."
-            )
-        now = time.monotonic()
-        if now - self._checked >= 1.0:
-            self._checked = now
-            if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
-                return "Cancelled."
-        return None
-
-    def watch(self, folder: Path | None, limit: int, what: str) -> Watch:
-        """A watch that also stops once ``folder`` takes more than ``limit`` bytes."""
-
-        def check() -> str | None:
-            reason = self.stop_reason()
-            if reason is not None or folder is None:
-                return reason
-            used = tree_size(folder)
-            if what == "pulled":
-                self.progress(bytes_done=used)
-            if used > limit:
-                return (
-                    f"The image passed {limit} bytes ({self.limit_why}) while it was being "
-                    f"{what} ({used} bytes so far) and was stopped; nothing was stored."
-                )
-            return None
-
-        return check
-
-    limit_why = ""
-
-
 def import_run(*, job_id: int, sealed: str = "") -> Job | None:
     """Run a queued job to its end (done, failed or cancelled); None if it is not queued."""
     with transaction.atomic():
@@ -260,8 +201,13 @@ def import_run(*, job_id: int, sealed: str = "") -> Job | None:
         _end(job, progress, State.FAILED, str(exc))
     except Exception as exc:
         logger.exception("import %s failed", job.pk)
-        _end(job, progress, State.FAILED, f"The import failed on the server ({type(exc).__name__}); "
-             "nothing was stored. An administrator can read the server log.")
+        _end(
+            job,
+            progress,
+            State.FAILED,
+            f"The import failed on the server ({type(exc).__name__}); "
+            "nothing was stored. An administrator can read the server log.",
+        )
     else:
         job.version = version
         _end(job, progress, State.DONE, "")
@@ -271,8 +217,6 @@ def import_run(*, job_id: int, sealed: str = "") -> Job | None:
 
 
 def _run_kind(job: Job, progress: Progress, folder: Path, sealed: str) -> Version:
-    from imports.services import registry, urls
-
     if job.kind == Kind.URL:
         return urls.url_import(job=job, progress=progress)
     credentials = secrets.unseal(sealed) if sealed else None

@@ -250,7 +250,7 @@ def pull(reference: Reference, resolved: Resolved, platform: Platform, ctx: Cont
     """``skopeo copy`` into an OCI layout under the work folder, stopped past the limit."""
     layout = ctx.work / "layout"
     skopeo = Skopeo(reference, ctx)
-    args = skopeo._args("copy", platform) + [resolved.target, f"oci:{layout}:image"]
+    args = [*skopeo._args("copy", platform), resolved.target, f"oci:{layout}:image"]
     ctx.log(f"Pulling {resolved.layers} layers ({resolved.compressed} bytes compressed).")
     skopeo.run(args, watch=ctx.watch(layout, ctx.limit, "pulled"))
     return layout
@@ -276,8 +276,8 @@ def check_layers(layout: Path, ctx: Context) -> layer_checks.Tree:
     """Every layer checked and its unpacked size counted; refused past the limit."""
     tree = layer_checks.Tree()
     _, blobs = layout_layers(layout)
+    stop = ctx.watch(None, 0, "")
     for number, (path, media_type) in enumerate(blobs, start=1):
-        stop = ctx.watch(None, 0, "")
         try:
             with layer_checks.open_layer(path, media_type) as stream:
                 layer_checks.scan_layer(

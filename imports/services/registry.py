@@ -18,7 +18,7 @@ from imports.models import ImportJob, Layout, State
 from imports.services import disk, oci, secrets
 
 if TYPE_CHECKING:
-    from imports.services.jobs import Progress
+    from imports.services.progress import Progress
 
 
 def oci_import(
@@ -52,7 +52,10 @@ def oci_import(
 
 
 def _import(
-    job: ImportJob, progress: Progress, ctx: oci.Context, reference: oci.Reference,
+    job: ImportJob,
+    progress: Progress,
+    ctx: oci.Context,
+    reference: oci.Reference,
     platform: oci.Platform,
 ) -> Version:
     progress.log(f"Resolving {reference.text} for {platform}.")

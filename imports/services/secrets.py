@@ -25,7 +25,7 @@ class SealBroken(Exception):
 
 def _key(purpose: str) -> bytes:
     return hmac.new(
-        settings.SECRET_KEY.encode(), f"baas.imports.{purpose}".encode(), hashlib.sha256
+        str(settings.SECRET_KEY).encode(), f"baas.imports.{purpose}".encode(), hashlib.sha256
     ).digest()
 
 

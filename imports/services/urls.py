@@ -30,7 +30,7 @@ from imports.models import ImportJob
 from imports.services.network import check_host
 
 if TYPE_CHECKING:
-    from imports.services.jobs import Progress
+    from imports.services.progress import Progress
 
 CHUNK = 1 << 20
 MAX_REDIRECTS = 5
@@ -74,8 +74,11 @@ def _open(url: str) -> http.client.HTTPResponse:
         else:
             conn = http.client.HTTPConnection(address, port, timeout=timeout)
         try:
-            conn.request("GET", path, headers={"Host": _host_header(host, port, scheme),
-                                               "User-Agent": "BAAS-import"})
+            conn.request(
+                "GET",
+                path,
+                headers={"Host": _host_header(host, port, scheme), "User-Agent": "BAAS-import"},
+            )
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
             raise ImportRefused(f"{url} cannot be fetched: {exc}. Nothing was stored.") from exc

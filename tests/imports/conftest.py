@@ -84,7 +84,7 @@ def images(registry, tmp_path_factory) -> dict[str, str]:
     return refs
 
 
-def Entry_link(name: str, target: str):  # noqa: N802 - reads like the other makers
+def Entry_link(name: str, target: str):
     import tarfile
 
     from tests.imports.oci import Entry
@@ -92,7 +92,7 @@ def Entry_link(name: str, target: str):  # noqa: N802 - reads like the other mak
     return Entry(name, kind=tarfile.LNKTYPE, linkname=target)
 
 
-def Entry_dev(name: str):  # noqa: N802
+def Entry_dev(name: str):
     import tarfile
 
     from tests.imports.oci import Entry

@@ -157,9 +157,7 @@ class Registry:
             f"http:\n  addr: {self.host}\n{auth}"
         )
         with open(self.root / "registry.log", "wb") as log:
-            self.process = subprocess.Popen(
-                [binary, "serve", str(config)], stdout=log, stderr=log
-            )
+            self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             try:

@@ -11,6 +11,7 @@ import pytest
 from accounts.models import User
 from imports.models import ImportJob, State
 from imports.services import jobs
+from imports.services.progress import Progress
 from tests.imports.helpers import run_import
 
 
@@ -107,7 +108,7 @@ def test_a_filesystem_too_small_for_the_files_is_refused(system_image, moderator
 def test_the_watch_stops_a_pull_once_its_folder_passes_the_limit(system_image, tmp_path):
     """What stops skopeo and umoci mid-way: the folder they write, measured each half second."""
     job = ImportJob.objects.create(image=system_image, kind="oci", source="docker://x/y:z")
-    progress = jobs.Progress(job)
+    progress = Progress(job)
     folder = tmp_path / "layout"
     folder.mkdir()
     watch = progress.watch(folder, 1024 * 1024, "pulled")

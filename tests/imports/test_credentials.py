@@ -12,11 +12,11 @@ from django.core import serializers
 
 from accounts.models import AuditEvent
 from catalogue.models import Version
-from imports.models import ImportJob, State
+from imports.models import ImportJob
 from tests.conftest import client_for
 from tests.imports.oci import Layout, Registry, file
 
-PASSWORD = "pw-that-must-never-show-7f3a9c"  # noqa: S105 - a test secret
+PASSWORD = "pw-that-must-never-show-7f3a9c"
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,9 @@ def test_an_image_with_a_kernel_becomes_a_bootable_disk(system_image, moderator,
     assert "KERNEL /vmlinuz" in config and "INITRD /initrd.img" in config
     assert "root=LABEL=sysroot" in config and "console=ttyS0,115200" in config
     listing = subprocess.run(
-        ["mdir", "-a", "-b", "-i", f"{path}@@{boot_start * 512}", "::"], capture_output=True, text=True
+        ["mdir", "-a", "-b", "-i", f"{path}@@{boot_start * 512}", "::"],
+        capture_output=True,
+        text=True,
     ).stdout
     assert "ldlinux.sys" in listing and "vmlinuz" in listing
     root = tmp_path / "root.ext4"
@@ -77,9 +79,7 @@ def test_without_an_initramfs_the_kernel_finds_the_root_by_partition_uuid(
     assert f"root=PARTUUID={disk_id:08x}-02" in config and "INITRD" not in config
 
 
-def test_an_image_without_a_kernel_is_refused_for_the_disk_layout(
-    system_image, moderator, images
-):
+def test_an_image_without_a_kernel_is_refused_for_the_disk_layout(system_image, moderator, images):
     job = run_import(moderator, system_image, oci=images["simple"], layout="disk")
     assert job.state == State.FAILED
     assert "/boot/vmlinuz-*" in job.reason and "import it as 'filesystem'" in job.reason

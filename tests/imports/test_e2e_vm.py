@@ -105,9 +105,7 @@ def test_an_imported_disk_boots_on_its_own(vm_rig, registry, tmp_path, managemen
     print(f"\nimport {imported_in:.1f} s, boot after the flash {booted_in:.1f} s")
 
 
-def test_an_imported_filesystem_boots_with_a_boot_image(
-    vm_rig, registry, tmp_path, management_os
-):
+def test_an_imported_filesystem_boots_with_a_boot_image(vm_rig, registry, tmp_path, management_os):
     rig = vm_rig
     rig.disk_size = 256 * MiB
     marker = uuid.uuid4().hex[:12]

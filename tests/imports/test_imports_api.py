@@ -19,9 +19,7 @@ def post(client, image, body, **kw):
     return client.post(f"/api/image/{image.uuid}/import", body, format="json", **kw)
 
 
-def test_a_moderator_of_the_system_image_starts_an_import(
-    moderator_api, system_image, images
-):
+def test_a_moderator_of_the_system_image_starts_an_import(moderator_api, system_image, images):
     answer = post(moderator_api, system_image, {"oci": images["simple"], "platform": "linux/amd64"})
     assert answer.status_code == 202, answer.content
     body = answer.json()
@@ -86,9 +84,7 @@ def test_a_malformed_request_is_refused_with_a_reason(body, words, moderator_api
     assert not ImportJob.objects.exists()
 
 
-def test_an_image_page_shows_the_import_form_to_who_may_import(
-    client, moderator, system_image
-):
+def test_an_image_page_shows_the_import_form_to_who_may_import(client, moderator, system_image):
     client.force_login(moderator)
     page = client.get(f"/images/{system_image.uuid}/import/")
     assert page.status_code == 200
