@@ -102,3 +102,38 @@ def test_an_administrator_starts_an_import_from_the_admin(admin_web, system_imag
     assert answer.status_code == 302, answer.content[:2000]
     job = ImportJob.objects.get()
     assert job.image == system_image and job.source == images["simple"]
+
+
+@pytest.mark.parametrize("transport", ["oci-archive", "docker-archive"])
+def test_an_uploaded_archive_is_imported(transport, moderator_api, system_image, tmp_path):
+    import subprocess
+
+    from imports.services import jobs
+    from tests.imports.helpers import ext4_cat, stored_path
+    from tests.imports.oci import Layout, file
+
+    layout = Layout(tmp_path / "oci")
+    layout.tag("v1", layout.image([[file("etc/from-archive", f"{transport}\n")]]))
+    archive = tmp_path / "image.tar"
+    target = f"{transport}:{archive}" + (
+        ":lab/archived:v1" if transport == "docker-archive" else ""
+    )
+    subprocess.run(
+        ["skopeo", "copy", "--quiet", f"oci:{layout.path}:v1", target],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    with archive.open("rb") as upload:
+        answer = moderator_api.post(
+            f"/api/image/{system_image.uuid}/import",
+            {"oci": f"{transport}:", "archive": upload},
+            format="multipart",
+        )
+    assert answer.status_code == 202, answer.content
+    job = jobs.import_run(job_id=answer.json()["id"])
+    assert job.state == State.DONE, job.reason + job.log
+    assert ext4_cat(stored_path(job.version), "/etc/from-archive") == f"{transport}\n"
+
+
+def test_an_archive_reference_without_an_upload_is_refused(moderator_api, system_image):
+    answer = post(moderator_api, system_image, {"oci": "oci-archive:"})
+    assert answer.status_code == 400 and "field 'archive'" in answer.json()["detail"]
