@@ -23,7 +23,7 @@ class Progress:
         self._checked = 0.0
 
     def log(self, line: str) -> None:
-        stamp = timezone.now().strftime("%H:%M:%S")
+        stamp = timezone.now().strftime("%H:%M:%S.%f")[:-3]
         self.job.log = (self.job.log + f"{stamp} {line}\n")[-LOG_MAX:]
         Job.objects.filter(pk=self.job.pk).update(log=self.job.log)
 
