@@ -460,6 +460,8 @@ BAAS_ACCEL_REDIRECT = env.str("BAAS_ACCEL_REDIRECT", default="")
 BAAS_METRICS_NETWORKS = env.list("BAAS_METRICS_NETWORKS", default=["127.0.0.1/32", "::1/128"])
 
 # --- Imports from registries and URLs (imports/) --------------------------------------
+from typing import cast  # noqa: E402 - this block's own
+
 INSTALLED_APPS = [*INSTALLED_APPS, "imports"]
 # An administrator's registry credentials (containers-auth.json, as `skopeo login`
 # writes it); empty: anonymous pulls, unless a request brings credentials of its own.
@@ -476,3 +478,8 @@ BAAS_IMPORT_TIMEOUT = env.int("BAAS_IMPORT_TIMEOUT", default=3600)
 BAAS_IMPORT_READ_TIMEOUT = env.int("BAAS_IMPORT_READ_TIMEOUT", default=60)
 # Imports pull and unpack whole images: the long queue.
 CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "imports.import_run": {"queue": BAAS_LONG_QUEUE}}
+cast(dict, SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).update(
+    ImportKindEnum="imports.models.Kind",
+    ImportStateEnum="imports.models.State",
+    ImportLayoutEnum="imports.models.Layout",
+)

@@ -20,25 +20,35 @@ from imports.services import jobs
 
 class ImportInputSerializer(serializers.Serializer):
     oci = serializers.CharField(
-        required=False, default="", max_length=2000,
+        required=False, default="", allow_blank=True, max_length=2000,
         help_text="A skopeo reference: docker://registry/repository:tag (or @sha256:…), or "
         "'oci-archive:' / 'docker-archive:' with the archive uploaded as 'archive'",
     )  # fmt: skip
-    url = serializers.CharField(required=False, default="", max_length=2000)
-    sha256 = serializers.CharField(required=False, default="", max_length=64)
-    platform = serializers.CharField(required=False, default="linux/amd64", max_length=64)
+    url = serializers.CharField(required=False, default="", allow_blank=True, max_length=2000)
+    sha256 = serializers.CharField(required=False, default="", allow_blank=True, max_length=64)
+    platform = serializers.CharField(
+        required=False, default="linux/amd64", allow_blank=True, max_length=64
+    )
     layout = serializers.ChoiceField(
         choices=Layout.choices, required=False, default=Layout.FILESYSTEM
     )
     size = serializers.IntegerField(required=False, allow_null=True, default=None, min_value=1)
     label = serializers.CharField(  # type: ignore[assignment]  # a field, not Field.label
-        required=False, default="root", max_length=16
+        required=False, default="root", allow_blank=True, max_length=16
     )
     username = serializers.CharField(
-        required=False, default="", max_length=500, help_text="Registry user: used once, never kept"
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=500,
+        help_text="Registry user: used once, never kept",
     )
     password = serializers.CharField(
-        required=False, default="", max_length=5000, help_text="Used once, never kept or logged"
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=5000,
+        help_text="Used once, never kept or logged",
     )
     archive = serializers.FileField(required=False, default=None)
 
@@ -85,6 +95,8 @@ class ImageImportApi(APIView):
         data.is_valid(raise_exception=True)
         values: dict[str, Any] = dict(data.validated_data)
         archive = values.pop("archive")
+        values["platform"] = values["platform"] or "linux/amd64"
+        values["label"] = values["label"] or "root"
         job = jobs.import_create(
             actor=request.user, image=image, request=jobs.ImportRequest(**values), archive=archive
         )

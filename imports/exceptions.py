@@ -14,7 +14,10 @@ class ImportForbidden(Forbidden):
 
 
 class ImportInvalid(Invalid):
-    """The request to import is malformed (fields, reference, URL)."""
+    """The request to import is malformed (fields, reference, URL); ``field`` names the field."""
+
+    def __init__(self, message: str, field: str = "non_field_errors") -> None:
+        super().__init__({field: [message]})
 
 
 class ImportConflict(Conflict):

@@ -106,28 +106,36 @@ def _validate(image: Image, request: ImportRequest, archive: UploadedFile | None
     if bool(request.oci) == bool(request.url):
         raise ImportInvalid("Send either 'oci' (a registry reference) or 'url', not both.")
     if request.size is not None and not 0 < request.size <= settings.BAAS_MAX_IMAGE_SIZE:
-        raise ImportInvalid(f"'size' is a number of bytes up to {settings.BAAS_MAX_IMAGE_SIZE}.")
+        raise ImportInvalid(
+            f"'size' is a number of bytes up to {settings.BAAS_MAX_IMAGE_SIZE}.", "size"
+        )
     if bool(request.username) != bool(request.password):
-        raise ImportInvalid("Registry credentials are a username and a password, both.")
+        raise ImportInvalid("Registry credentials are a username and a password, both.", "password")
     if request.url:
         urls.parse_url(request.url)
         if not request.sha256 or len(request.sha256) != 64 or not _is_hex(request.sha256):
-            raise ImportInvalid("A URL import needs 'sha256': the 64 hex digits of the file.")
+            raise ImportInvalid(
+                "A URL import needs 'sha256': the 64 hex digits of the file.", "sha256"
+            )
         return
     reference = oci.parse_reference(request.oci)
     oci.parse_platform(request.platform)
     oci.check_label(request.label)
     if request.layout not in Layout.values:
-        raise ImportInvalid(f"'layout' is 'filesystem' or 'disk', not {request.layout!r}.")
+        raise ImportInvalid(
+            f"'layout' is 'filesystem' or 'disk', not {request.layout!r}.", "layout"
+        )
     if (reference.transport in oci.ARCHIVES) != (archive is not None):
         raise ImportInvalid(
             "Upload the archive in the field 'archive' with an oci-archive: or "
-            "docker-archive: reference, and only then."
+            "docker-archive: reference, and only then.",
+            "archive",
         )
     if image.file_standard != FileStandard.RAW:
         raise ImportInvalid(
             "A container image becomes a raw filesystem or disk: import it into a raw image, "
-            "not a qcow2 one."
+            "not a qcow2 one.",
+            "oci",
         )
 
 
@@ -142,7 +150,8 @@ def work_dir(job: Job) -> Path:
 def _keep_archive(job: Job, archive: UploadedFile) -> None:
     if archive.size is not None and archive.size > settings.BAAS_MAX_IMAGE_SIZE:
         raise ImportInvalid(
-            f"The archive is {archive.size} bytes, more than {settings.BAAS_MAX_IMAGE_SIZE}."
+            f"The archive is {archive.size} bytes, more than {settings.BAAS_MAX_IMAGE_SIZE}.",
+            "archive",
         )
     folder = work_dir(job)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)

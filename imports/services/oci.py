@@ -63,13 +63,15 @@ def parse_reference(text: str) -> Reference:
                 raise ImportInvalid(
                     f"{transport}: takes the archive you upload with the request (field "
                     "'archive'), never a path on the server: send exactly "
-                    f"'{transport}:' and the file."
+                    f"'{transport}:' and the file.",
+                    "oci",
                 )
             return Reference(text=text, transport=transport)
     if not text.startswith("docker://"):
         raise ImportInvalid(
             "The reference must start with docker:// (a registry), or be 'oci-archive:' or "
-            "'docker-archive:' with the archive uploaded in the request."
+            "'docker-archive:' with the archive uploaded in the request.",
+            "oci",
         )
     rest = text[len("docker://") :]
     name = rest.split("@", 1)[0]
@@ -81,12 +83,13 @@ def parse_reference(text: str) -> Reference:
     ):
         raise ImportInvalid(
             f"{text!r} names no registry: write docker://<registry>/<repository>:<tag>, "
-            "e.g. docker://docker.io/library/debian:bookworm."
+            "e.g. docker://docker.io/library/debian:bookworm.",
+            "oci",
         )
     if ":" in path.rsplit("/", 1)[-1]:
         path = path.rsplit(":", 1)[0]
     if not re.match(r"^[a-z0-9]+([._/-][a-z0-9]+|__[a-z0-9]+)*\Z", path):
-        raise ImportInvalid(f"{path!r} is not a repository name.")
+        raise ImportInvalid(f"{path!r} is not a repository name.", "oci")
     return Reference(text=text, transport="docker", registry=host, repository=path)
 
 
@@ -107,7 +110,9 @@ class Platform:
 def parse_platform(text: str) -> Platform:
     match = PLATFORM_RE.match(text or "")
     if not match:
-        raise ImportInvalid(f"{text!r} is not a platform: write os/architecture, e.g. linux/amd64.")
+        raise ImportInvalid(
+            f"{text!r} is not a platform: write os/architecture, e.g. linux/amd64.", "platform"
+        )
     return Platform(*(g or "" for g in match.groups()))
 
 
@@ -367,6 +372,7 @@ def set_owners(rootfs: Path, tree: layer_checks.Tree, *, path: Path, ctx: Contex
 def check_label(label: str) -> str:
     if not LABEL_RE.match(label):
         raise ImportInvalid(
-            f"{label!r} is not a filesystem label: 1 to 16 letters, digits, '.', '_' or '-'."
+            f"{label!r} is not a filesystem label: 1 to 16 letters, digits, '.', '_' or '-'.",
+            "label",
         )
     return label

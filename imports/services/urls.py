@@ -40,13 +40,13 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
     """(scheme, host, port, path?query) of an http(s) URL; ImportInvalid otherwise."""
     parts = urlsplit(url.strip())
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ImportInvalid("'url' must be an http:// or https:// URL with a host.")
+        raise ImportInvalid("'url' must be an http:// or https:// URL with a host.", "url")
     if parts.username or parts.password:
-        raise ImportInvalid("Put no credentials in the URL: BAAS would have to store them.")
+        raise ImportInvalid("Put no credentials in the URL: BAAS would have to store them.", "url")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as exc:
-        raise ImportInvalid(f"The URL's port is not a port: {exc}.") from exc
+        raise ImportInvalid(f"The URL's port is not a port: {exc}.", "url") from exc
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     return parts.scheme, parts.hostname, port, path
 
