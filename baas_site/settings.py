@@ -476,6 +476,9 @@ BAAS_IMPORT_WORK_DIR = Path(env.str("BAAS_IMPORT_WORK_DIR", default=str(VAR_DIR 
 # The longest an import may take as a whole, and one network read (seconds).
 BAAS_IMPORT_TIMEOUT = env.int("BAAS_IMPORT_TIMEOUT", default=3600)
 BAAS_IMPORT_READ_TIMEOUT = env.int("BAAS_IMPORT_READ_TIMEOUT", default=60)
+# Fails the imports whose worker died, and removes their folders.
+CELERY_BEAT_SCHEDULE["imports-sweep"] = {"task": "imports.imports_sweep", "schedule": 600.0}
+CELERY_TASK_ROUTES["imports.imports_sweep"] = {"queue": BAAS_PERIODIC_QUEUE}
 # Imports pull and unpack whole images: the long queue.
 CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "imports.import_run": {"queue": BAAS_LONG_QUEUE}}
 cast(dict, SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).update(

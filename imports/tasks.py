@@ -2,6 +2,6 @@
 
 from __future__ import annotations
 
-from imports.services.jobs import import_run_task
+from imports.services.jobs import import_run_task, imports_sweep_task
 
-__all__ = ["import_run_task"]
+__all__ = ["import_run_task", "imports_sweep_task"]

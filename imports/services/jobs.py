@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import shutil
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -249,3 +250,23 @@ def _end(job: Job, progress: Progress, state: str, reason: str) -> None:
 def import_run_task(job_id: int, sealed: str = "") -> str | None:
     job = import_run(job_id=job_id, sealed=sealed)
     return job.state if job is not None else None
+
+
+def imports_sweep(*, now: Any = None) -> int:
+    """Fail the jobs whose worker died (running past BAAS_IMPORT_TIMEOUT and a grace), and
+    remove their folders; returns how many. Beat sends it; a job that ended is left alone."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.BAAS_IMPORT_TIMEOUT + 900)
+    stale = list(Job.objects.filter(state=State.RUNNING, started_at__lt=cutoff))
+    for job in stale:
+        reason = "The worker running this import stopped before it ended; nothing was stored."
+        Job.objects.filter(pk=job.pk, state=State.RUNNING).update(
+            state=State.FAILED, reason=reason, finished_at=now
+        )
+        shutil.rmtree(work_dir(job), ignore_errors=True)
+    return len(stale)
+
+
+@shared_task(name="imports.imports_sweep", base=TransactionAwareTask)
+def imports_sweep_task() -> int:
+    return imports_sweep()

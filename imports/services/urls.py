@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 from urllib.parse import urljoin, urlsplit
 
 from django.conf import settings
-from django.db import transaction
 
 from baas_site.exceptions import DomainError
 from catalogue.interface import image_room, version_store_stream
@@ -112,17 +111,17 @@ def url_import(*, job: ImportJob, progress: Progress) -> Version:
             f"{job.source} is {length} bytes, more than {limit} ({why}). Nothing was stored."
         )
     try:
-        with transaction.atomic():
-            version = version_store_stream(
-                actor=job.created_by,
-                image=job.image,
-                chunks=_chunks(response, progress, limit, why),
-                expected_sha256=job.sha256,
-                note=f"Imported from {job.source}"[:500],
-            )
-            Version.objects.filter(pk=version.pk).update(
-                source_url=job.source, source_sha256=job.sha256
-            )
+        # Not in a transaction: the job's progress must be visible while the bytes stream.
+        version = version_store_stream(
+            actor=job.created_by,
+            image=job.image,
+            chunks=_chunks(response, progress, limit, why),
+            expected_sha256=job.sha256,
+            note=f"Imported from {job.source}"[:500],
+        )
+        Version.objects.filter(pk=version.pk).update(
+            source_url=job.source, source_sha256=job.sha256
+        )
     except DomainError as exc:
         if "SHA-256 mismatch" in str(exc):
             raise ImportRefused(

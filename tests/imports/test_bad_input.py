@@ -154,3 +154,28 @@ def test_a_queued_import_cancels_at_once(system_image, moderator, images):
     assert cancelled.state == State.CANCELLED
     assert jobs.import_run(job_id=job.pk).state == State.CANCELLED  # the message still comes
     assert not system_image.versions.exists()
+
+
+def test_an_import_whose_worker_died_is_failed_by_the_sweep(
+    system_image, moderator, images, import_settings, settings
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    job = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["simple"])
+    )
+    long_ago = timezone.now() - timedelta(seconds=settings.BAAS_IMPORT_TIMEOUT + 1000)
+    ImportJob.objects.filter(pk=job.pk).update(state=State.RUNNING, started_at=long_ago)
+    (import_settings / f"job-{job.pk}").mkdir(parents=True)
+    fresh = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["simple"])
+    )
+    ImportJob.objects.filter(pk=fresh.pk).update(state=State.RUNNING, started_at=timezone.now())
+    assert jobs.imports_sweep() == 1
+    job.refresh_from_db()
+    fresh.refresh_from_db()
+    assert job.state == State.FAILED and "worker running this import stopped" in job.reason
+    assert fresh.state == State.RUNNING
+    assert not (import_settings / f"job-{job.pk}").exists()
