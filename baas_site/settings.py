@@ -485,4 +485,5 @@ cast(dict, SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).update(
     ImportKindEnum="imports.models.Kind",
     ImportStateEnum="imports.models.State",
     ImportLayoutEnum="imports.models.Layout",
+    KindEnum="flashing.models.DeploymentKind",  # its name before imports had a kind too
 )
