@@ -10,7 +10,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ('catalogue', '0008_version_provenance'),
+        ('catalogue', '0009_version_provenance'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
