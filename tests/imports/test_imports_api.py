@@ -137,3 +137,39 @@ def test_an_uploaded_archive_is_imported(transport, moderator_api, system_image,
 def test_an_archive_reference_without_an_upload_is_refused(moderator_api, system_image):
     answer = post(moderator_api, system_image, {"oci": "oci-archive:"})
     assert answer.status_code == 400 and "field 'archive'" in answer.json()["detail"]
+
+
+def test_a_moderator_not_assigned_to_the_system_image_may_not_import(system_image, images):
+    from accounts.models import Role
+    from tests.accounts.factories import UserFactory
+
+    stranger = UserFactory(role=Role.MODERATOR)
+    answer = post(client_for(stranger), system_image, {"oci": images["simple"]})
+    assert answer.status_code == 403
+
+
+def test_an_administrator_may_import_into_any_image(administrator, system_image, images):
+    answer = post(client_for(administrator), system_image, {"oci": images["simple"]})
+    assert answer.status_code == 202
+
+
+def test_the_import_page_queues_an_import(client, moderator, system_image, images):
+    client.force_login(moderator)
+    page = client.post(
+        f"/images/{system_image.uuid}/import/",
+        {"oci": images["simple"], "platform": "", "layout": "filesystem", "label": ""},
+        follow=True,
+    )
+    assert page.status_code == 200
+    job = ImportJob.objects.get()
+    assert (job.source, job.platform, job.label) == (images["simple"], "linux/amd64", "root")
+    assert b"queued" in page.content.lower() and images["simple"].encode() in page.content
+
+
+def test_the_import_page_shows_a_refusal_in_the_form(client, moderator, system_image):
+    client.force_login(moderator)
+    page = client.post(
+        f"/images/{system_image.uuid}/import/", {"oci": "dir:/etc", "layout": "disk"}
+    )
+    assert page.status_code == 200 and b"must start with docker://" in page.content
+    assert not ImportJob.objects.exists()
