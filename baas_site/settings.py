@@ -292,6 +292,11 @@ else:
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Periodic jobs, defined here in code; each app adds its own entries.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Removes the bytes of resumable uploads left unfinished for BAAS_UPLOAD_RESUME_HOURS.
+    "catalogue-resumable-uploads-expire": {
+        "task": "catalogue.resumable_uploads_expire",
+        "schedule": float(env.int("BAAS_UPLOAD_RESUME_SWEEP_INTERVAL", default=600)),
+    },
     "tokens-purge-expired": {"task": "accounts.tokens_purge_expired", "schedule": 3600.0},
     # Removes the .part files of uploads and jobs a crash cut short (no live writer holds them).
     "catalogue-purge-stale-uploads": {
@@ -383,6 +388,11 @@ BAAS_UPLOAD_INLINE_SHA256_MAX = env.int("BAAS_UPLOAD_INLINE_SHA256_MAX", default
 BAAS_UPLOAD_READ_SOCKET = env.bool("BAAS_UPLOAD_READ_SOCKET", default=True)
 # A .part file no live writer holds (its upload or job died) is removed once this old.
 BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=60)
+# Resumable uploads (draft-ietf-httpbis-resumable-upload; catalogue.services.uploads.resumable):
+# an unfinished one's bytes are removed this many hours after the last arrived, and a user
+# has at most BAAS_UPLOAD_RESUME_MAX unfinished ones at a time.
+BAAS_UPLOAD_RESUME_HOURS = env.float("BAAS_UPLOAD_RESUME_HOURS", default=24.0)
+BAAS_UPLOAD_RESUME_MAX = env.int("BAAS_UPLOAD_RESUME_MAX", default=8)
 # Temporal images: kept this many days after they are made temporal, and at
 # most BAAS_TEMPORAL_MAX_DAYS from now when their owners extend them. Set by
 # the administrators of the deployment. Per-user storage quotas and per-image
