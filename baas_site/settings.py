@@ -468,3 +468,32 @@ observability.error_reporting(
 BAAS_ACCEL_REDIRECT = env.str("BAAS_ACCEL_REDIRECT", default="")
 # Who may scrape GET /metrics (baas_site.metrics): client networks, comma-separated.
 BAAS_METRICS_NETWORKS = env.list("BAAS_METRICS_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+
+# --- Imports from registries and URLs (imports/) --------------------------------------
+from typing import cast  # noqa: E402 - this block's own
+
+INSTALLED_APPS = [*INSTALLED_APPS, "imports"]
+# An administrator's registry credentials (containers-auth.json, as `skopeo login`
+# writes it); empty: anonymous pulls, unless a request brings credentials of its own.
+BAAS_REGISTRY_AUTH_FILE = env.str("BAAS_REGISTRY_AUTH_FILE", default="")
+# Hosts an import may reach although they resolve to a loopback, private or link-local
+# address (an internal registry or file server); every other such host is refused.
+BAAS_IMPORT_ALLOWED_HOSTS = env.list("BAAS_IMPORT_ALLOWED_HOSTS", default=[])
+# Registries (host[:port]) reached over plain HTTP or without checking TLS certificates.
+BAAS_IMPORT_INSECURE_REGISTRIES = env.list("BAAS_IMPORT_INSECURE_REGISTRIES", default=[])
+# Where import jobs pull and unpack (a directory per job, removed when it ends).
+BAAS_IMPORT_WORK_DIR = Path(env.str("BAAS_IMPORT_WORK_DIR", default=str(VAR_DIR / "imports")))
+# The longest an import may take as a whole, and one network read (seconds).
+BAAS_IMPORT_TIMEOUT = env.int("BAAS_IMPORT_TIMEOUT", default=3600)
+BAAS_IMPORT_READ_TIMEOUT = env.int("BAAS_IMPORT_READ_TIMEOUT", default=60)
+# Fails the imports whose worker died, and removes their folders.
+CELERY_BEAT_SCHEDULE["imports-sweep"] = {"task": "imports.imports_sweep", "schedule": 600.0}
+CELERY_TASK_ROUTES["imports.imports_sweep"] = {"queue": BAAS_PERIODIC_QUEUE}
+# Imports pull and unpack whole images: the long queue.
+CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "imports.import_run": {"queue": BAAS_LONG_QUEUE}}
+cast(dict, SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).update(
+    ImportKindEnum="imports.models.Kind",
+    ImportStateEnum="imports.models.State",
+    ImportLayoutEnum="imports.models.Layout",
+    KindEnum="flashing.models.DeploymentKind",  # its name before imports had a kind too
+)

@@ -207,6 +207,14 @@ class Version(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     note = models.CharField(max_length=500, blank=True)
+    # Provenance of an imported version (imports/): the registry reference and the
+    # digest of the manifest it was made from, with its platform; or the URL and the
+    # SHA-256 it was checked against. Empty for uploads.
+    source_reference = models.CharField(max_length=2000, blank=True)
+    source_digest = models.CharField(max_length=80, blank=True, db_index=True)
+    source_platform = models.CharField(max_length=64, blank=True)
+    source_url = models.CharField(max_length=2000, blank=True)
+    source_sha256 = models.CharField(max_length=64, blank=True)
     # Background processing (digest, compression, map; catalogue.services.processing):
     # a job is owed while ``job_sent_at`` is set, and the sweep sends it again if it died.
     job_sent_at = models.DateTimeField(

@@ -178,7 +178,13 @@
         if (xhr.status === 204 || xhr.status === 200) {
           upload.offset = Number(xhr.getResponseHeader("Upload-Offset"));
           if (xhr.getResponseHeader("Upload-Complete") === "?1") {
-            failed("The upload was completed, but its answer was lost: reload the page.");
+            // It was committed but its answer was lost on the way: show the versions.
+            request.current = null;
+            upload = null;
+            busy(false);
+            setProgress(1);
+            status.textContent = "Uploaded (the server's answer was lost; see the versions).";
+            refreshVersions().catch(function () { window.location.reload(); });
             return;
           }
           append();

@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('catalogue', '0008_setup_partition_layout'),
+        ('catalogue', '0009_version_provenance'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
