@@ -223,6 +223,7 @@ class FakeBaas:
     logs: list[str] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     uploads: list[dict[str, Any]] = field(default_factory=list)
+    served: dict[str, int] = field(default_factory=dict)  # body bytes announced, per path
 
     def start(self) -> FakeBaas:
         self.httpd = QuietServer(("127.0.0.1", 0), Handler)
@@ -233,6 +234,12 @@ class FakeBaas:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def __enter__(self) -> FakeBaas:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def url(self) -> str:
@@ -285,26 +292,31 @@ class Handler(BaseHTTPRequestHandler):
     def _serve(self, path: Path) -> None:
         stat = path.stat()
         etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
-        start = 0
+        start, last = 0, stat.st_size - 1
         wanted = self.headers.get("Range")
-        if wanted and self.headers.get("If-Range", etag) == etag:
-            start = int(wanted.removeprefix("bytes=").rstrip("-"))
-        self.send_response(206 if start else 200)
+        ranged = bool(wanted) and self.headers.get("If-Range", etag) == etag
+        if ranged:  # bytes=a- or bytes=a-b
+            first, _, end = wanted.removeprefix("bytes=").partition("-")
+            start, last = int(first), min(int(end or last), last)
+        self.send_response(206 if ranged else 200)
         self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes")
         zstd = path.suffix == ".zst"
         self.send_header("Content-Type", "application/zstd" if zstd else "application/octet-stream")
-        self.send_header("Content-Length", str(stat.st_size - start))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{stat.st_size - 1}/{stat.st_size}")
+        self.send_header("Content-Length", str(last + 1 - start))
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{last}/{stat.st_size}")
         self.end_headers()
+        self.baas.served[self.path] = self.baas.served.get(self.path, 0) + last + 1 - start
         limit = None
         if self.baas.cut_path in (None, self.path):
             limit, self.baas.cut_after = self.baas.cut_after, None
         with path.open("rb") as file:
             file.seek(start)
             sent = 0
-            while chunk := file.read(1 << 20):
+            while sent < last + 1 - start and (
+                chunk := file.read(min(1 << 20, last + 1 - start - sent))
+            ):
                 if limit is not None and sent + len(chunk) > limit:
                     self.wfile.write(chunk[: limit - sent])
                     self.wfile.flush()
