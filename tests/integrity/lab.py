@@ -18,6 +18,7 @@ from catalogue.models import Image, ImageType, Version
 from catalogue.storage import get_storage
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
+from tests.integrity.disks import check_records_after
 from tests.integrity.invariants import promise, seen
 from tests.integrity.world import Agent, after_commit, bearer, content
 
@@ -178,6 +179,7 @@ class Lab:
         assert state == (DeploymentState.DONE if ok else DeploymentState.FAILED), state
         agent.finished = True
         seen(f"a deployment is {state}")
+        check_records_after(agent.deployment_id, writes)
         if ok:
             self.machine_uses_its_data(agent)
 

@@ -27,6 +27,9 @@ Each promise has a name, printed with its failure (``[serving] …``):
   and the files under the image root are exactly the versions' (no ``.part`` left);
 * ``one-token-per-attempt``, ``one-checkin-per-attempt``, ``bytes-to-bound-agent``: a
   boot attempt mints one boot token, binds one agent, and only that agent gets bytes;
+* ``delta-from-record`` and ``disk-records``: a write carries a delta (a delta re-flash)
+  only from the version recorded on its disk; a done deployment records what it wrote
+  (after a delta, the new version), a failed one forgets it (``disks.py``);
 * ``no-5xx`` and ``no-job-crash``: no request answers 5xx or HTML, no job crashes.
 
 Each Hypothesis example runs in a savepoint of the test's transaction that its
@@ -95,6 +98,7 @@ from flashing.services.pipeline import deployments_watchdog
 from tests.flashing.nbd_client import nbd_write
 from tests.integrity import invariants
 from tests.integrity.agents import Agents, snapshot
+from tests.integrity.disks import check_deltas
 from tests.integrity.changes import Changes
 from tests.integrity.invariants import promise, seen
 from tests.integrity.lab import Lab
@@ -385,6 +389,7 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
             )
             agent.instructions = response.json()
             seen("an agent got its instructions")
+            check_deltas(agent.deployment_id, agent.instructions)
             self.check_no_data_lost(agent)
 
     @precondition(lambda self: any(a.instructions for a in self.agents.all))
