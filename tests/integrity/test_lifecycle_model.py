@@ -98,8 +98,8 @@ from flashing.services.pipeline import deployments_watchdog
 from tests.flashing.nbd_client import nbd_write
 from tests.integrity import invariants
 from tests.integrity.agents import Agents, snapshot
-from tests.integrity.disks import check_deltas
 from tests.integrity.changes import Changes
+from tests.integrity.disks import check_deltas
 from tests.integrity.invariants import promise, seen
 from tests.integrity.lab import Lab
 from tests.integrity.world import (
