@@ -17,6 +17,8 @@ import pytest
 from catalogue.models import ImageType, Version
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import version_map, version_map_build
+from catalogue.services.datastream import data_stream_open
+from catalogue.storage import get_storage
 from flashing.models import DiskContent
 from tests.catalogue.factories import write_version
 from tests.flashing.e2e import MiB, sha256_of
@@ -141,3 +143,32 @@ def test_a_disk_whose_record_was_forgotten_is_flashed_in_full(rig):
     v1 = next_version(v0, first[: SIZE // 2] + bytes(SIZE // 2))
     deployment = flash(rig, v1)
     assert delta_line(rig, deployment.pk) is None
+
+
+def test_a_delta_that_does_not_land_fails_the_flash_and_the_disk_is_forgotten(rig):
+    layout = extents(4)
+    first = disk_bytes(layout, 4)
+    v0 = rig.image(ImageType.SYSTEM, "/dev/sda", bytes(first), compression="zstd")
+    flash(rig, v0)
+    second = bytearray(first)
+    start, end = layout[2]
+    second[start:end] = os.urandom(end - start)
+    v1 = next_version(v0, second)
+    stream = data_stream_open(v1)  # the stored frames: one is damaged on the server's disk
+    index = next(i for i, (s, _, _) in enumerate(version_map(v1).ranges) if s == start)
+    offset, length = stream.pieces[index]
+    stream.close()
+    path = get_storage().version_path(v1.image.uuid, v1.number, v1.stored_compression)
+    with path.open("r+b") as stored:
+        stored.seek(offset + length // 2)
+        byte = stored.read(1)
+        stored.seek(offset + length // 2)
+        stored.write(bytes([byte[0] ^ 0xFF]))
+
+    deployment = rig.wait(rig.deploy(rig.setup(v1)))
+
+    assert deployment.state == "failed"
+    messages = [e["message"] for e in rig.detail(deployment.pk)["events"]]
+    assert any("delta from v0" in m and "did not land" in m for m in messages), messages
+    assert any(m.startswith("What is on /dev/sda is unknown now") for m in messages), messages
+    assert not DiskContent.objects.filter(machine=rig.machine, disk="/dev/sda").exists()
