@@ -16,7 +16,6 @@ Contracts:
 
 from __future__ import annotations
 
-import html
 import http.client
 import json
 import logging
@@ -99,6 +98,8 @@ def _summary(payload: bytes, url: str, content_type: str | None) -> str:
     parts = urlsplit(url)
     where = f" from {parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else ""
     text = _TAGS.sub(" ", _HIDDEN.sub(" ", payload[:65536].decode("utf-8", "replace")))
+    import html  # error answers only: not at start-up
+
     words = _one_line(html.unescape(text), MESSAGE_LIMIT // 2) or "(empty answer)"
     return f"not JSON ({kind}){where}: {words}"
 

@@ -18,8 +18,6 @@ Contracts:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import functools
 import hashlib
@@ -147,6 +145,8 @@ class Zeroer:
     def _punch_hole(self, offset: int, length: int) -> None:
         mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
         if _libc_fallocate(self.fd, mode, offset, length) != 0:
+            import ctypes  # loaded by _fallocate already: not at start-up, which it slows
+
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
 
@@ -163,7 +163,9 @@ class Zeroer:
 
 @functools.cache
 def _fallocate() -> Callable[[int, int, int, int], int]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    import ctypes  # here, not at start-up: a re-flash of an unchanged disk never needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)  # this process: libc is in it already
     function = libc.fallocate
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     function.restype = ctypes.c_int
@@ -179,7 +181,9 @@ SYNC_FILE_RANGE_ALL = 0x1 | 0x2 | 0x4  # WAIT_BEFORE | WRITE | WAIT_AFTER
 
 @functools.cache
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # this process: libc is in it already
     function = getattr(libc, "sync_file_range", None)
     if function is None:  # pragma: no cover - every Linux libc has it
         return None
