@@ -9,9 +9,9 @@ are zeros now. The agent:
 1. checks that the disk still holds the rest of the new version: every range
    the two versions share hashes right (BLAKE3 where it can, as the check of
    an unchanged disk does), every zero they share reads as zero;
-2. downloads the changed ranges alone (one ``Range`` request per run of them
-   in the data stream), writes them, reads them back from the medium and
-   checks their SHA-256;
+2. downloads the changed ranges alone (``GET <data_url>?ranges=1,4-6,9``: one
+   request for all of them, or a few when the list is long), writes them,
+   reads them back from the medium and checks their SHA-256;
 3. zeroes the runs that became zeros and reads them back as zeros.
 
 Contract: :func:`write_delta` returns None when the disk holds the new version
@@ -37,11 +37,12 @@ from baas_agent.compress import CompressionError
 from baas_agent.disks import DiskError, is_block_device
 from baas_agent.landing import can_land, land_delta
 from diskimage.datamap import DataMap
-from diskimage.delta import Delta, spans
+from diskimage.delta import Delta
 from diskimage.verify import Verifier
 
 log = logging.getLogger(__name__)
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+SELECTION_LIMIT = 2500  # characters of ?ranges= per request (request lines stay short)
 
 
 class DeltaError(ValueError):
@@ -99,9 +100,33 @@ class DeltaInstruction:
             position = end
         return Delta(changed=tuple(indices), zeros=self.zeros)
 
-    def spans(self) -> list[tuple[int, int]]:
-        """``(offset, length)`` runs of the data stream to download, touching pieces merged."""
-        return spans([(offset, length) for _, offset, length in self.changed])
+    def selections(self, limit: int = SELECTION_LIMIT) -> list[tuple[str, int]]:
+        """``?ranges=`` values naming the changed ranges, each at most ``limit`` characters,
+        with the bytes each answer holds: one request for many ranges."""
+        out: list[tuple[str, int]] = []
+        items: list[str] = []
+        size = 0
+        for first, last, length in _runs(self.changed):
+            item = str(first) if first == last else f"{first}-{last}"
+            if items and len(",".join([*items, item])) > limit:
+                out.append((",".join(items), size))
+                items, size = [], 0
+            items.append(item)
+            size += length
+        if items:
+            out.append((",".join(items), size))
+        return out
+
+
+def _runs(changed: tuple[tuple[int, int, int], ...]) -> list[tuple[int, int, int]]:
+    """Consecutive indices merged: ``(first, last, bytes)``."""
+    runs: list[tuple[int, int, int]] = []
+    for index, _, length in changed:
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index, runs[-1][2] + length)
+        else:
+            runs.append((index, index, length))
+    return runs
 
 
 def _list(value: Any) -> list[Any]:
@@ -211,15 +236,18 @@ def _land(
     writing: Callable[[int], None],
 ) -> str | None:
     info: dict[str, str] = {}
-    pieces = instruction.spans()
+    selections = instruction.selections()
+    joiner = "&" if "?" in data_url else "?"
     downloads = (
-        client.download(data_url, byte_range=piece, info=info if n == 0 else None)
-        for n, piece in enumerate(pieces)
+        client.download(
+            f"{data_url}{joiner}ranges={spec}", expected_size=size, info=info if n == 0 else None
+        )
+        for n, (spec, size) in enumerate(selections)
     )
     chunks = downloaded.through(itertools.chain.from_iterable(downloads))
     first = next(chunks, b"")  # the first answer says how the stream is encoded
     encoding = "zstd" if info.get("content-type") == "application/zstd" else "none"
-    if pieces and not can_land(encoding):
+    if selections and not can_land(encoding):
         return "this agent cannot decompress zstd frames in place (no zstandard module)"
     stream = itertools.chain([first], chunks)
     return land_delta(stream, encoding, target, datamap, delta, progress=writing)

@@ -224,6 +224,9 @@ class FakeBaas:
     results: list[dict[str, Any]] = field(default_factory=list)
     uploads: list[dict[str, Any]] = field(default_factory=list)
     served: dict[str, int] = field(default_factory=dict)  # body bytes announced, per path
+    # A data stream's pieces (offset, length) per map range, by path: ?ranges= picks some.
+    pieces: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    selections: list[str] = field(default_factory=list)  # the ?ranges= asked, in order
 
     def start(self) -> FakeBaas:
         self.httpd = QuietServer(("127.0.0.1", 0), Handler)
@@ -282,12 +285,38 @@ class Handler(BaseHTTPRequestHandler):
         self.baas.requests.append(("GET", self.path, dict(self.headers)))
         if not self._authorized():
             return
+        path, _, query = self.path.partition("?")
+        selected = query.startswith("ranges=") and path in self.baas.pieces
         if self.path == "/api/agent/instructions":
             self._json(200, {"deployment": 42, **self.baas.instructions})
+        elif selected:  # ?ranges=1,4-6: those pieces of the file, in order
+            self._serve_selection(path, query.removeprefix("ranges="))
         elif self.path in self.baas.files:
             self._serve(self.baas.files[self.path])
         else:
             self._json(404, {"detail": "Not found."})
+
+    def _serve_selection(self, path: str, spec: str) -> None:
+        pieces = self.baas.pieces[path]
+        indices: list[int] = []
+        for item in spec.split(","):
+            first, _, last = item.partition("-")
+            indices.extend(range(int(first), int(last or first) + 1))
+        data = self.baas.files[path].read_bytes()
+        body = b"".join(data[pieces[i][0] : pieces[i][0] + pieces[i][1]] for i in indices)
+        self.baas.selections.append(spec)
+        self.baas.served[path] = self.baas.served.get(path, 0) + len(body)
+        self.send_response(200)
+        self.send_header("ETag", f'"{hash(spec) & 0xFFFFFFFF:x}"')
+        self.send_header(
+            "Content-Type",
+            "application/zstd"
+            if path.endswith(".zst") or self.baas.files[path].suffix == ".zst"
+            else "application/octet-stream",
+        )
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def _serve(self, path: Path) -> None:
         stat = path.stat()

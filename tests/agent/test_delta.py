@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from baas_agent.delta import DeltaInstruction
 from baas_agent.disks import DiskMap
 from baas_agent.flash import Reporter, WriteInstruction, write_image
 from hypothesis import HealthCheck, given, settings
@@ -75,6 +76,7 @@ def serve(baas: FakeBaas, tmp_path: Path, base: bytes, new: bytes, encoding: str
     baas.files[f"/api/image/{IMAGE}/5/data"] = stream
     baas.files[f"/api/image/{IMAGE}/5/map"] = tmp_path / "map.json"
     offsets = [sum(len(f) for f in frames[:i]) for i in range(len(frames))]
+    baas.pieces[f"/api/image/{IMAGE}/5/data"] = list(zip(offsets, map(len, frames), strict=True))
     delta = map_delta(base_map, new_map)
     return {
         "image": IMAGE,
@@ -312,3 +314,21 @@ def test_a_disk_changed_behind_the_device_cache_is_seen_and_rewritten(
     assert baas.served != served, "the agent took the damaged disk for the image"
     with backing.open("rb") as file:
         assert file.read(size) == raw
+
+
+def test_a_long_list_of_changed_ranges_goes_in_several_requests_under_the_limit():
+    changed = [[i, i * 100, 10] for i in range(0, 4000, 2)]  # nothing consecutive: 2000 items
+    delta = DeltaInstruction.from_json(
+        {"image": IMAGE, "version": 4, "sha256": "0" * 64, "ranges": changed, "zeros": []}
+    )
+    selections = delta.selections(limit=500)
+    assert len(selections) > 1
+    assert all(len(spec) <= 500 for spec, _ in selections)
+    named = [int(i) for spec, _ in selections for i in spec.split(",")]
+    assert named == [i for i, _, _ in changed]
+    assert sum(size for _, size in selections) == 10 * len(changed)
+    runs = DeltaInstruction.from_json(
+        {"image": IMAGE, "version": 4, "sha256": "0" * 64, "zeros": [],
+         "ranges": [[1, 0, 5], [2, 5, 5], [3, 10, 5], [7, 15, 1]]}
+    )  # fmt: skip
+    assert runs.selections() == [("1-3,7", 16)]

@@ -119,3 +119,41 @@ def test_a_record_on_another_disk_gives_no_delta(user, user_client, machine, ima
     record(machine, v0, "/dev/sdb")
     _, entry = deploy(user_client, machine, user, v1)
     assert "delta" not in entry
+
+
+def test_the_data_stream_sends_the_chosen_ranges_alone_in_one_answer(
+    user, user_client, machine, image
+):
+    v0, v1 = stored(image, 0, FIRST), stored(image, 1, SECOND)
+    record(machine, v0)
+    agent, entry = deploy(user_client, machine, user, v1)
+    ranges = agent.get(entry["map_url"]).json()["ranges"]
+    response = agent.get(entry["data_url"] + "?ranges=1-2")
+    assert response.status_code == 200
+    body = b"".join(response.streaming_content)
+    assert int(response["Content-Length"]) == len(body)
+    assert len(body) == sum(length for _, _, length in entry["delta"]["ranges"])
+    frames = zstandard.ZstdDecompressor().decompressobj()
+    assert frames.decompress(body) == SECOND[ranges[1][0] : ranges[1][1]]  # the first frame
+    whole = agent.get(entry["data_url"])
+    b"".join(whole.streaming_content)  # read to the end, which closes the file
+    assert response["ETag"] != whole["ETag"]
+    # A resumed answer of the same choice: Range on it.
+    part = agent.get(entry["data_url"] + "?ranges=1-2", HTTP_RANGE="bytes=10-")
+    assert part.status_code == 206
+    assert b"".join(part.streaming_content) == body[10:]
+
+
+@pytest.mark.parametrize("spec", ["", "2-1", "1,1", "0,9", "a", "1;2", "1-", "3" * 3001])
+def test_a_bad_choice_of_ranges_is_a_plain_400(user, user_client, machine, image, spec):
+    v1 = stored(image, 1, SECOND)
+    agent, entry = deploy(user_client, machine, user, v1)
+    response = agent.get(entry["data_url"] + "?ranges=" + spec)
+    assert response.status_code == 400
+    assert "ranges" in response.json()["errors"]
+
+
+def test_another_users_data_stream_is_not_found_whatever_ranges_are_asked(other_client, image):
+    v1 = stored(image, 1, SECOND)
+    response = other_client.get(f"/api/image/{v1.image_id}/1/data?ranges=0")
+    assert response.status_code == 404
