@@ -281,6 +281,25 @@ def fresh(path: Path) -> Path:
     return path
 
 
+def warm(target: Path, size: int) -> None:
+    """Read the target's data once (untimed): it is in the page cache, as a flash left it
+    before the agent dropped what it verified (the earlier figures' condition)."""
+    from baas_agent.disks import read_target
+
+    for _ in read_target(target, size):
+        pass
+
+
+def cold(target: Path, size: int) -> None:
+    """Drop the target from the page cache (untimed): as a machine's disk after a reboot."""
+    fd = os.open(target, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def allocated(path: Path) -> int:
     return path.stat().st_blocks * 512
 
@@ -330,6 +349,22 @@ def _write_ranges(chunks, target: Path, size: int, datamap) -> None:
         writer.close()
 
 
+def _land(chunks, target: Path, datamap, medium: bool) -> None:
+    """``baas_agent.landing.land`` onto a fresh target; ``medium=False`` skips the cache drops."""
+    import baas_agent.landing as landing
+
+    saved = landing.to_medium, landing.drop_cached
+    if not medium:
+        landing.to_medium = lambda fd, offset, length: None
+        landing.drop_cached = lambda path: None
+    try:
+        reason = landing.land(chunks, "zstd", fresh(target), datamap)
+    finally:
+        landing.to_medium, landing.drop_cached = saved
+    if reason is not None:
+        raise SystemExit(f"landing failed: {reason}")
+
+
 def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path) -> dict:
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client
@@ -356,6 +391,11 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
         ),
         "data stream: download + decompress + write ranges + fsync": lambda: _write_ranges(
             client.download(f"{url}/data"), target, image.size, datamap
+        ),
+        "land (the agent's write path: decompress, write, read back, SHA-256), read back "
+        "from the medium": lambda: _land(client.download(f"{url}/data"), target, datamap, True),
+        "land, the same, read back from the page cache (the agent before issue 20)": lambda: _land(
+            client.download(f"{url}/data"), target, datamap, False
         ),
         "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
         "verify: data map (ranges hashed in parallel, holes skipped)": lambda: mismatch(
@@ -481,6 +521,7 @@ def measure(
     rows = {
         "baas": Row("baas", "BAAS agent: full deployment (fresh target)"),
         "reflash": Row("reflash", "BAAS agent: re-flash, image already on disk"),
+        "reflash_cold": Row("reflash_cold", "BAAS agent: re-flash, target not in the cache"),
         "delta": Row("delta", "BAAS agent: re-flash to the next version (1 % changed)"),
         "bmap_zst": Row("bmap_zst", "bmaptool copy --bmap image.zst"),
         "bmap_raw": Row("bmap_raw", "bmaptool copy --bmap image (raw, local)"),
@@ -548,12 +589,15 @@ def one_round(
     if check:
         check_target(target, image.size, image.sha256, "BAAS")
     log(f"  BAAS full flash   {seconds:7.2f} s")
-    seconds, again = deployments.flash(target)
-    if "already there" not in again:
-        raise SystemExit(f"the re-flash rewrote the image:\n{again[-2000:]}")
-    rows["reflash"].seconds.append(seconds)
-    rows["reflash"].allocated = allocated(target)
-    log(f"  BAAS re-flash     {seconds:7.2f} s")
+    for key, cache in (("reflash", warm), ("reflash_cold", cold)):
+        cache(target, image.size)
+        seconds, again = deployments.flash(target)
+        if "already there" not in again:
+            raise SystemExit(f"the re-flash rewrote the image:\n{again[-2000:]}")
+        rows[key].seconds.append(seconds)
+        rows[key].allocated = allocated(target)
+        log(f"  BAAS {key:<13}{seconds:7.2f} s")
+    warm(target, image.size)
     seconds, text_delta = deployments.flash(target, setup=NAME + "-next")
     found = DELTA_LINE.search(text_delta)
     if "delta from v0" not in text_delta or found is None:

@@ -163,11 +163,11 @@ def kept_mismatch(
 class Counted:
     """The bytes that went by."""
 
-    bytes: int = 0
+    total: int = 0
 
     def through(self, chunks: Iterator[bytes]) -> Iterator[bytes]:
         for chunk in chunks:
-            self.bytes += len(chunk)
+            self.total += len(chunk)
             yield chunk
 
 
@@ -216,7 +216,7 @@ def write_delta(
         "(checked in %.2f s, written in %.2f s)",
         label,
         instruction.label(),
-        downloaded.bytes,
+        downloaded.total,
         delta.changed_bytes(datamap),
         delta.zero_bytes(),
         checked - started,
