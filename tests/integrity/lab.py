@@ -19,6 +19,7 @@ from catalogue.storage import get_storage
 from diskimage import gpt
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
+from tests.integrity.disks import check_records_after
 from tests.integrity.invariants import partition_of, promise, seen
 from tests.integrity.world import Agent, GiB, after_commit, bearer, content
 
@@ -180,6 +181,7 @@ class Lab:
         assert state == (DeploymentState.DONE if ok else DeploymentState.FAILED), state
         agent.finished = True
         seen(f"a deployment is {state}")
+        check_records_after(agent.deployment_id, writes)
         if ok:
             self.disks_written(agent)
             self.machine_uses_its_data(agent)
