@@ -16,10 +16,15 @@ Versions, before a machine gets them:
 * :func:`version_boot_files` — a boot image's kernel, initrd and command line
   (raises :class:`BootImageError`);
 * :func:`version_copy_raw` — its raw bytes as a read-only file in a directory
-  of the caller's, for a program that needs a file (raises :class:`CopyFailed`).
+  of the caller's, for a program that needs a file (raises :class:`CopyFailed`);
+* :func:`version_written_map` — the data map of what it puts on a disk, and
+  :func:`version_data_layout` — that map with where each range is in its data
+  stream (for an agent that needs only some ranges).
 
 What a machine sends back: :func:`version_store_file` stores a file (a network
-mount's merged image) as the image's next version, as an upload would.
+mount's merged image) as the image's next version, as an upload would;
+:func:`version_store_stream` stores bytes as a client would send them (an
+import from a URL), and :func:`image_room` says how large a new version may be.
 
 Setups: :func:`setup_get_usable` — a setup a user may flash, or None;
 :func:`setup_list_usable` — every setup a user may flash.
@@ -33,6 +38,7 @@ delete them: :func:`holder_register` with a :class:`Holder` (``catalogue.holders
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +51,7 @@ from catalogue.models import Image, ImageSetup, Version
 from catalogue.rules import can_read_image, can_use_setup, can_write_image
 from catalogue.selectors import setups as _setups
 from catalogue.services import bootfiles as _bootfiles
+from catalogue.services import datalayout as _datalayout
 from catalogue.services import digests as _digests
 from catalogue.services import files as _files
 from catalogue.services import renditions as _renditions
@@ -53,6 +60,7 @@ from catalogue.services.compression import VersionCorrupt
 from catalogue.services.files import CopyFailed
 from catalogue.services.renditions import RenditionFailed
 from catalogue.storage import get_storage
+from diskimage.datamap import DataMap
 
 __all__ = [
     "BootFiles",
@@ -65,15 +73,19 @@ __all__ = [
     "can_use_setup",
     "can_write_image",
     "holder_register",
+    "image_room",
     "setup_get_usable",
     "setup_list_usable",
     "version_boot_files",
     "version_copy_raw",
+    "version_data_layout",
     "version_digest_ensure",
     "version_disk_size",
     "version_raw_ensure",
     "version_store_file",
+    "version_store_stream",
     "version_stored_size",
+    "version_written_map",
 ]
 
 
@@ -111,6 +123,16 @@ def version_copy_raw(*, version: Version, directory: Path) -> Path:
     return _files.version_copy_raw(version=version, directory=directory)
 
 
+def version_written_map(version: Version) -> DataMap | None:
+    """The data map of the bytes the version puts on a disk; None if it has none (yet)."""
+    return _datalayout.written_map(version)
+
+
+def version_data_layout(version: Version) -> tuple[DataMap, list[tuple[int, int]]] | None:
+    """That map and each range's ``(offset, length)`` in the version's data stream, or None."""
+    return _datalayout.data_layout(version)
+
+
 def version_store_file(
     *, actor: Any, image: Image, path: Path, note: str = "", same_as: Version | None = None
 ) -> Version:
@@ -118,6 +140,25 @@ def version_store_file(
     return _files.version_store_file(
         actor=actor, image=image, path=path, note=note, same_as=same_as
     )
+
+
+def version_store_stream(
+    *,
+    actor: Any,
+    image: Image,
+    chunks: Iterable[bytes],
+    expected_sha256: str | None = None,
+    note: str = "",
+) -> Version:
+    """Bytes as an upload sends them (any encoding an upload takes) as ``image``'s next version."""
+    return _files.version_store_stream(
+        actor=actor, image=image, chunks=chunks, expected_sha256=expected_sha256, note=note
+    )
+
+
+def image_room(image: Image) -> tuple[int, str]:
+    """Bytes a new version of ``image`` may take (size limit, owner's quota), and which limit."""
+    return _files.image_room(image)
 
 
 def setup_get_usable(*, user: Actor, setup_uuid: Any) -> ImageSetup | None:

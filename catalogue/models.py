@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from diskimage import gpt
+
 # A block device or partition: /dev/sda, /dev/sda2, /dev/nvme0n1p2, /dev/disk/by-id/…
 TARGET_DISK_RE = re.compile(r"^/dev/[A-Za-z0-9][A-Za-z0-9_.:+-]*(/[A-Za-z0-9][A-Za-z0-9_.:+-]*)*\Z")
 
@@ -205,6 +207,14 @@ class Version(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     note = models.CharField(max_length=500, blank=True)
+    # Provenance of an imported version (imports/): the registry reference and the
+    # digest of the manifest it was made from, with its platform; or the URL and the
+    # SHA-256 it was checked against. Empty for uploads.
+    source_reference = models.CharField(max_length=2000, blank=True)
+    source_digest = models.CharField(max_length=80, blank=True, db_index=True)
+    source_platform = models.CharField(max_length=64, blank=True)
+    source_url = models.CharField(max_length=2000, blank=True)
+    source_sha256 = models.CharField(max_length=64, blank=True)
     # Background processing (digest, compression, map; catalogue.services.processing):
     # a job is owed while ``job_sent_at`` is set, and the sweep sends it again if it died.
     job_sent_at = models.DateTimeField(
@@ -238,6 +248,14 @@ class ImageSetup(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="image_setups"
     )
     description = models.TextField(blank=True)
+    # A GPT for one disk whose partitions the setup's images are pinned to by label
+    # (catalogue.layouts: {"disk": ..., "partitions": [{"label", "size", "type"}]}).
+    layout = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="A partition table for one disk: each partition's label, size in bytes "
+        "(null: the rest of the disk, last partition only) and type (empty: no table).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -246,6 +264,13 @@ class ImageSetup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def partition_device(self, label: str) -> str | None:
+        """The device path of the layout's partition ``label`` (/dev/sda2), or None."""
+        for number, item in enumerate((self.layout or {}).get("partitions") or [], 1):
+            if item.get("label") == label:
+                return gpt.partition_path(self.layout["disk"], number)  # type: ignore[index]
+        return None
 
 
 class ImageFrozen(models.Model):
@@ -265,6 +290,12 @@ class ImageFrozen(models.Model):
     mount = models.CharField(
         max_length=8, choices=Mount.choices, default=Mount.FLASH, help_text=MOUNT_HELP
     )
+    partition = models.CharField(
+        max_length=gpt.MAX_LABEL,
+        blank=True,
+        help_text="The label of the partition of the setup's partition table it is written "
+        "into (empty: its target disk).",
+    )
 
     class Meta:
         ordering = ["setup", "id"]
@@ -277,6 +308,10 @@ class ImageFrozen(models.Model):
 
     @property
     def disk(self) -> str:
+        if self.partition:
+            device = self.setup.partition_device(self.partition)
+            if device is not None:
+                return device
         return self.target_disk or self.image.target_disk
 
     @property
@@ -303,3 +338,54 @@ def validate_mount(image_type: str, mount: str) -> None:
                 "this one is flashed onto the disk."
             }
         )
+
+
+class UploadState(models.TextChoices):
+    RECEIVING = "receiving", "Receiving"
+    COMPLETE = "complete", "Complete"
+    EXPIRED = "expired", "Expired"
+    FAILED = "failed", "Failed"
+
+
+class ResumableUpload(models.Model):
+    """An upload resource (draft-ietf-httpbis-resumable-upload): the bytes of a coming version
+    received over several requests, kept as sent in a ``.part`` file until the last one.
+
+    ``offset`` is what the server acknowledged (synced to that file); ``stored`` the bytes
+    it takes on disk, counted in the owner's quota while ``receiving``. A row outlives its
+    bytes as a tombstone (``complete``, ``expired``, ``failed``) for a while, so a client
+    learns what became of it (catalogue.services.uploads.resumable).
+    """
+
+    token = models.CharField(max_length=64, unique=True)
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="resumable_uploads")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="resumable_uploads"
+    )
+    state = models.CharField(
+        max_length=10, choices=UploadState.choices, default=UploadState.RECEIVING
+    )
+    offset = models.PositiveBigIntegerField(default=0, help_text="Bytes as sent, acknowledged")
+    length = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Upload-Length: all the bytes as sent, if announced"
+    )
+    stored = models.PositiveBigIntegerField(default=0, help_text="Bytes allocated on disk")
+    encoding = models.CharField(
+        max_length=8, blank=True, help_text="As the creation request declared it (empty: sniffed)"
+    )
+    expected_sha256 = models.CharField(max_length=64, blank=True)
+    want_digest = models.BooleanField(default=False)
+    note = models.CharField(max_length=500, blank=True)
+    version = models.ForeignKey(
+        Version, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=500, blank=True, help_text="Why it failed")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField(help_text="When its bytes go if nothing more arrives")
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"upload {self.token[:8]}… to {self.image_id} ({self.state}, {self.offset} bytes)"

@@ -25,6 +25,7 @@ from catalogue.storage.local import LocalStorage, get_storage
 from catalogue.storage.names import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, StoredName
 from catalogue.storage.pending import (
     PendingFile,
+    ResumablePart,
     StorageError,
     StorageFull,
     StoredFile,
@@ -38,6 +39,7 @@ __all__ = [
     "SUFFIXES",
     "LocalStorage",
     "PendingFile",
+    "ResumablePart",
     "StorageError",
     "StorageFull",
     "StoredFile",

@@ -18,6 +18,8 @@
 * :mod:`.receiver` — :class:`VersionReceiver`, what callers feed.
 * :mod:`.commit` — :func:`version_upload`: the expected digest, fsync, the
   next number under a lock on the image row, the row and its data map.
+* :mod:`.resumable` — resumable uploads (draft-ietf-httpbis-resumable-upload): the
+  bytes as sent kept between requests, then fed through a receiver and committed.
 
 Any failure before the commit leaves nothing but a ``.part`` file that is
 removed at once (or, after a crash, by the stale-upload purge).
