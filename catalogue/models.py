@@ -205,6 +205,16 @@ class Version(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     note = models.CharField(max_length=500, blank=True)
+    # A delta upload (catalogue.services.uploads.compose) names the version its changes are
+    # against: this one is that version's bytes plus the changes, whatever came in between.
+    # A number, not a key: the base may be deleted later, and its number is never reused
+    # (this version's is higher).
+    based_on = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The version this one was composed from, by a delta upload of the changes "
+        "against it (empty: uploaded whole)",
+    )
     # Background processing (digest, compression, map; catalogue.services.processing):
     # a job is owed while ``job_sent_at`` is set, and the sweep sends it again if it died.
     job_sent_at = models.DateTimeField(

@@ -93,6 +93,7 @@ class VersionOutputSerializer(serializers.ModelSerializer):
             "uploaded_by",
             "created_at",
             "note",
+            "based_on",
         ]
 
     @extend_schema_field(RAW_RENDITION_SCHEMA)

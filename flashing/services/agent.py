@@ -137,14 +137,17 @@ def _checkin(
 
 def _sync_entry(row: DeploymentImage) -> dict[str, Any]:
     version = row.version
+    # Known bytes (their SHA-256 is in): the agent may send only the changes against them.
+    known = version if version is not None and version.sha256 else None
     return {
         "image": str(row.image_id),
         "disk": row.disk,
         "version": row.version_number,
         "size": version.size if version else row.bytes_total,
-        "sha256": version.sha256 if version else UNKNOWN_SHA256,
+        "sha256": known.sha256 if known else UNKNOWN_SHA256,
         "upload_url": f"/api/image/{row.image_id}",
-        **({"map_url": _map_url(version)} if version else {}),
+        **({"map_url": _map_url(known)} if known else {}),
+        **({"hashes_url": _map_url(known)[: -len("map")] + "hashes"} if known else {}),
     }
 
 

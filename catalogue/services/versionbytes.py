@@ -1,0 +1,112 @@
+"""A version's stored bytes by range: what a delta upload composes from, and block hashes.
+
+:class:`VersionBytes` reads ``[start, end)`` inside the data ranges of a
+version's map, whatever the version's storage, moving forward through the
+image: a raw file by offset (``pread``); a zstd file in frames of its map
+(``diskimage.seekable``) by decoding the one frame that holds the range; any
+other stored form (gzip, zstd not yet laid out in frames) by decoding the
+stored file as a stream, forward only. Every byte outside the ranges is zero
+and is never read. The file is opened once: a compression job that swaps it
+meanwhile does not disturb the reader.
+"""
+
+from __future__ import annotations
+
+import os
+from bisect import bisect_right
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import zstandard
+
+from catalogue.models import Compression, Version
+from catalogue.services.codecs import raw_reader
+from catalogue.services.delivery import open_stored
+from diskimage.datamap import RANGE_MAX, DataMap
+from diskimage.delta import block_hashes
+from diskimage.seekable import Frame, data_frames, read_seek_table
+
+READ = 1 << 20
+
+
+class VersionBytes:
+    """Reads a version's data by range, forward (see the module). Use it as a context manager."""
+
+    def __init__(self, version: Version, datamap: DataMap) -> None:
+        self.version = version
+        self.datamap = datamap
+        self.starts = [start for start, _, _ in datamap.ranges]
+        self.file: BinaryIO = open_stored(version)
+        self.compression = version.stored_compression
+        self.frames: list[Frame] | None = None
+        self._frame: tuple[int, bytes] | None = None  # the range index decoded last, its bytes
+        self._stream: BinaryIO | None = None
+        self._position = 0  # of the stream, in the raw image
+        if self.compression == Compression.ZSTD:
+            table = read_seek_table(self.file.fileno())
+            self.frames = data_frames(table, datamap) if table is not None else None
+        if self.compression != Compression.NONE and self.frames is None:
+            self._stream = raw_reader(self.file, self.compression, limit=version.size)
+
+    def __enter__(self) -> VersionBytes:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        self.file.close()
+
+    def read(self, start: int, end: int) -> bytes:
+        """The bytes ``[start, end)``, inside one range of the map; asked for in order."""
+        if self.compression == Compression.NONE:
+            return self._pread(start, end)
+        if self.frames is not None:
+            return self._from_frame(start, end)
+        return self._from_stream(start, end)
+
+    def _pread(self, start: int, end: int) -> bytes:
+        data = os.pread(self.file.fileno(), end - start, start)
+        if len(data) != end - start:
+            raise OSError(f"the stored file of version {self.version.pk} is short at {start}")
+        return data
+
+    def _from_frame(self, start: int, end: int) -> bytes:
+        index = bisect_right(self.starts, start) - 1
+        if self._frame is None or self._frame[0] != index:
+            assert self.frames is not None
+            frame = self.frames[index]
+            compressed = os.pread(self.file.fileno(), frame.length, frame.offset)
+            data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=RANGE_MAX)
+            self._frame = (index, data)
+        first = self.datamap.ranges[index][0]
+        return self._frame[1][start - first : end - first]
+
+    def _from_stream(self, start: int, end: int) -> bytes:
+        assert self._stream is not None
+        if start < self._position:
+            raise ValueError("a stored stream is read forward only")
+        while self._position < start:
+            skipped = len(self._stream.read(min(READ, start - self._position)))
+            if not skipped:
+                raise OSError(f"the stored file of version {self.version.pk} ends early")
+            self._position += skipped
+        data = self._stream.read(end - start)
+        while len(data) < end - start and (more := self._stream.read(end - start - len(data))):
+            data += more
+        if len(data) != end - start:
+            raise OSError(f"the stored file of version {self.version.pk} ends early")
+        self._position = end
+        return data
+
+
+def block_hashes_of(version: Version, datamap: DataMap, indices: list[int]) -> Iterator[bytes]:
+    """The block hashes (``diskimage.delta.block_hashes``) of the map's ranges ``indices``
+    (increasing), range after range, read from the stored file."""
+    with VersionBytes(version, datamap) as source:
+        for index in indices:
+            start, end, _ = datamap.ranges[index]
+            for at in range(start, end, RANGE_MAX):
+                yield block_hashes(source.read(at, min(end, at + RANGE_MAX)))
