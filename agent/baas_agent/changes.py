@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 URL_INDICES = 300  # range indices per hashes request: its URL stays short
 # Answers after which a whole upload may still work: the delta or its base was refused.
 REFUSALS = frozenset({400, 404, 411, 415})
+# Set (to anything) in the agent's environment: disks always go back whole, as before deltas
+# (bench/syncback.py measures that way against this one).
+WHOLE_SYNC = "BAAS_AGENT_WHOLE_SYNC"
 
 
 class FullSync(Exception):
@@ -54,6 +57,8 @@ def sync_changes(
     block_device: bool,
 ) -> Any | None:
     """Upload ``target``'s changes against ``base``; the answer, or None if unchanged."""
+    if os.environ.get(WHOLE_SYNC):
+        raise FullSync(f"{WHOLE_SYNC} is set")
     if not deltas.available() or base.blake3 is None:
         raise FullSync("this agent or the base's map has no BLAKE3 to compare ranges")
     if base.size % BLOCK:

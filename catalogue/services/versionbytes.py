@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from bisect import bisect_right
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
 import zstandard
@@ -27,19 +28,30 @@ from diskimage.delta import block_hashes
 from diskimage.seekable import Frame, data_frames, read_seek_table
 
 READ = 1 << 20
+# Frames decoded ahead, on threads (zstandard lets go of the GIL): a composed version
+# reads every range of its base in order, and decoding is most of its cost.
+AHEAD = 4
 
 
 class VersionBytes:
     """Reads a version's data by range, forward (see the module). Use it as a context manager."""
 
-    def __init__(self, version: Version, datamap: DataMap) -> None:
+    def __init__(
+        self, version: Version, datamap: DataMap, *, order: list[int] | None = None
+    ) -> None:
+        """``order``: the indices of the ranges that will be read, in order (all by default):
+        the frames decoded ahead follow it."""
         self.version = version
+        self._order = list(range(len(datamap.ranges))) if order is None else order
+        self._place = {index: at for at, index in enumerate(self._order)}
         self.datamap = datamap
         self.starts = [start for start, _, _ in datamap.ranges]
         self.file: BinaryIO = open_stored(version)
         self.compression = version.stored_compression
         self.frames: list[Frame] | None = None
         self._frame: tuple[int, bytes] | None = None  # the range index decoded last, its bytes
+        self._ahead: dict[int, Future[bytes]] = {}
+        self._pool: ThreadPoolExecutor | None = None
         self._stream: BinaryIO | None = None
         self._position = 0  # of the stream, in the raw image
         if self.compression == Compression.ZSTD:
@@ -55,6 +67,10 @@ class VersionBytes:
         self.close()
 
     def close(self) -> None:
+        if self._pool is not None:
+            for future in self._ahead.values():
+                future.cancel()
+            self._pool.shutdown(wait=True)
         if self._stream is not None:
             self._stream.close()
         self.file.close()
@@ -76,13 +92,26 @@ class VersionBytes:
     def _from_frame(self, start: int, end: int) -> bytes:
         index = bisect_right(self.starts, start) - 1
         if self._frame is None or self._frame[0] != index:
-            assert self.frames is not None
-            frame = self.frames[index]
-            compressed = os.pread(self.file.fileno(), frame.length, frame.offset)
-            data = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=RANGE_MAX)
-            self._frame = (index, data)
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    max_workers=min(AHEAD, os.cpu_count() or 1), thread_name_prefix="frames"
+                )
+            at = self._place.get(index, 0)
+            for later in [index, *self._order[at + 1 : at + AHEAD]]:
+                if later not in self._ahead:
+                    self._ahead[later] = self._pool.submit(self._decode, later)
+            for done in [i for i in self._ahead if i < index]:  # skipped: not needed
+                self._ahead.pop(done).cancel()
+            self._frame = (index, self._ahead.pop(index).result())
         first = self.datamap.ranges[index][0]
         return self._frame[1][start - first : end - first]
+
+    def _decode(self, index: int) -> bytes:
+        assert self.frames is not None
+        frame = self.frames[index]
+        compressed = os.pread(self.file.fileno(), frame.length, frame.offset)
+        data: bytes = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=RANGE_MAX)
+        return data
 
     def _from_stream(self, start: int, end: int) -> bytes:
         assert self._stream is not None
@@ -105,7 +134,7 @@ class VersionBytes:
 def block_hashes_of(version: Version, datamap: DataMap, indices: list[int]) -> Iterator[bytes]:
     """The block hashes (``diskimage.delta.block_hashes``) of the map's ranges ``indices``
     (increasing), range after range, read from the stored file."""
-    with VersionBytes(version, datamap) as source:
+    with VersionBytes(version, datamap, order=indices) as source:
         for index in indices:
             start, end, _ = datamap.ranges[index]
             for at in range(start, end, RANGE_MAX):

@@ -40,11 +40,8 @@ def ext4_image(tmp_path: Path) -> bytes:
         (tree / "results" / f"run-{n}.dat").write_bytes(hashlib.sha256(bytes([n])).digest() * 16384)
     (tree / "blob.bin").write_bytes(os.urandom(2 * MiB))
     path = tmp_path / "base.img"
-    subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-b", "4096", "-E", "lazy_itable_init=0,nodiscard",
-         "-d", str(tree), str(path), "64M"],  # fmt: skip
-        check=True,
-    )
+    options = ["-q", "-F", "-b", "4096", "-E", "lazy_itable_init=0,nodiscard"]
+    subprocess.run(["mkfs.ext4", *options, "-d", str(tree), str(path), "64M"], check=True)
     return path.read_bytes()
 
 
@@ -59,7 +56,8 @@ def change_files(disk: Path, tmp_path: Path) -> None:
         f"rm /etc/conf-3.txt\nwrite {rewritten} /etc/conf-3.txt\n"
         f"write {new} /results/new-results.dat\nrm /results/run-5.dat\n"
     )
-    subprocess.run(["debugfs", "-w", "-f", str(commands), str(disk)], check=True, capture_output=True)
+    debugfs = ["debugfs", "-w", "-f", str(commands), str(disk)]
+    subprocess.run(debugfs, check=True, capture_output=True)
     subprocess.run(["e2fsck", "-fn", str(disk)], check=True, capture_output=True)
 
 
