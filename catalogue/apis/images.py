@@ -264,6 +264,21 @@ UPLOAD_HEADERS = [
     OpenApiParameter(
         "Content-Encoding", str, OpenApiParameter.HEADER, enum=["zstd", "gzip", "identity"]
     ),
+    OpenApiParameter(
+        "Upload-Base-Version",
+        int,
+        OpenApiParameter.HEADER,
+        description="A delta upload: the body is an Android sparse image of the changes "
+        "against this version (its DONT_CARE chunks mean 'as in this version'); the new "
+        "version is composed from it and records it as based_on (docs/uploads.md)",
+    ),
+    OpenApiParameter(
+        "Upload-Map-Digest",
+        str,
+        OpenApiParameter.HEADER,
+        description="With Upload-Base-Version: the SHA-256 (hex) of the data map the composed "
+        "image must have (diskimage.delta.map_digest); refused if it differs",
+    ),
 ]
 UPLOAD_SCHEMA = extend_schema(
     summary="Upload the next version",

@@ -139,3 +139,22 @@ def test_an_unchanged_disk_sends_nothing(rig, tmp_path):
     assert second.state == "done", second.failure_reason
     assert not Version.objects.filter(image=data.image, number=1).exists()
     assert not AuditEvent.objects.filter(action="version.delta").exists()
+
+
+def test_a_delta_the_server_refuses_is_followed_by_the_whole_disk(rig, tmp_path):
+    base_bytes = ext4_image(tmp_path)
+    system = rig.image(ImageType.SYSTEM, "/dev/sda", image_bytes(5))
+    data = rig.image(ImageType.USER_DATA, "/dev/sdb", base_bytes)
+    assert rig.wait(rig.deploy(rig.setup(system, data))).state == "done"
+    disk = rig.disk("/dev/sdb")
+    change_files(disk, tmp_path)
+    after = disk.read_bytes()
+    # The base cannot be one any more (its file went bad): the delta is refused (400).
+    Version.objects.filter(pk=data.pk).update(damaged="its file was damaged on the disk")
+    second = rig.wait(rig.deploy(rig.setup(system), sync=True), timeout=40)
+    assert second.state == "done", second.failure_reason
+    back = Version.objects.get(image=data.image, number=1)
+    assert back.based_on is None  # brought back whole
+    assert (back.sha256, stored(back)) == (hashlib.sha256(after).hexdigest(), after)
+    assert "refused the delta" in rig.agent_logs()
+    assert not AuditEvent.objects.filter(action="version.delta").exists()
