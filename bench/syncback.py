@@ -6,8 +6,8 @@ run, interleaved, whole as before (``BAAS_AGENT_WHOLE_SYNC=1``: the disk's
 SHA-256, then the whole disk zstd-compressed, decoded and hashed by the
 server). Both are full deployments, timed like ``bench/flash.py``'s: a
 throwaway BAAS (``bench/catalogue.py``'s ``Baas``: gunicorn, SQLite, DEBUG
-off) holds the image as a zstd-stored version (framed by the compression job,
-untimed), the machine's disk record says the disk holds version 0, a
+off) holds the image as a version stored as ``--compression`` says (zstd:
+framed by the compression job, untimed), the machine's disk record says the disk holds version 0, a
 sync-only deployment is queued and powered (untimed), and the real
 ``baas-agent`` process is timed from its start to its exit — check-in,
 instructions, finding the changes (or hashing the disk), the upload, the
@@ -61,8 +61,8 @@ from catalogue.storage import get_storage
 from flashing.models import DiskContent, MacAddress, Machine, MachineDisk
 spec = json.loads(os.environ["BENCH_SPEC"])
 owner = get_user_model().objects.get(username="bench")
-image = Image.objects.create(name=spec["name"], owner=owner, compression="zstd", type="user_data",
-                             target_disk=spec["disk"])
+image = Image.objects.create(name=spec["name"], owner=owner, compression=spec["compression"],
+                             type="user_data", target_disk=spec["disk"])
 path = get_storage().version_path(image.uuid, 0, "none")
 path.parent.mkdir(parents=True, exist_ok=True)
 try:
@@ -212,6 +212,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument(
+        "--compression", default="zstd", choices=["zstd", "none"], help="the image's storage"
+    )
     return parser.parse_args(argv)
 
 
@@ -245,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
 def measure(baas: Baas, image: TestImage, run_dir: Path, args: argparse.Namespace) -> None:
     command = f"printf '%s' \"$BAAS_TOKEN\" > {run_dir / 'boot-token'}"
     spec = {"name": NAME, "disk": DISK, "mac": MAC, "raw": str(image.raw), "size": image.size,
-            "sha256": image.sha256, "command": command}  # fmt: skip
+            "sha256": image.sha256, "command": command,
+            "compression": args.compression}  # fmt: skip
     found = shell(baas, SETUP_CODE, {"BENCH_SPEC": json.dumps(spec)})
     disk = run_dir / "disk.img"
     subprocess.run(["cp", "--sparse=always", str(image.raw), str(disk)], check=True)
@@ -281,9 +285,12 @@ def measure(baas: Baas, image: TestImage, run_dir: Path, args: argparse.Namespac
         Target("bytes sent / changed bytes", bytes_ratio, "<=", 1.1),
     ]
     print()
-    print(f"Image {image.size / 2**30:.1f} GiB, {image.data / 2**20:.0f} MiB of data in "
-          f"{image.extents} extents; {changed / 2**20:.2f} MiB changed; base stored zstd in "
-          f"frames. Median of {args.repeat}, interleaved. Load: {' | '.join(loads)}")  # fmt: skip
+    print(
+        f"Image {image.size / 2**30:.1f} GiB, {image.data / 2**20:.0f} MiB of data in "
+        f"{image.extents} extents; {changed / 2**20:.2f} MiB changed; base stored "
+        f"{args.compression} (zstd: in frames). Median of {args.repeat}, interleaved."
+    )
+    print(f"Load (1/5/15 min) before and after each round: {' | '.join(loads)}")
     for row in rows.values():
         runs = " ".join(f"{s:.2f}" for s in row.seconds)
         print(f"{row.name:<48} {row.median:7.2f} s   runs {runs}")
