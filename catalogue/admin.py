@@ -325,6 +325,8 @@ class FrozenImageFormSet(BaseInlineFormSet):
                 raise ValidationError(f'"{image.name}" is in this setup twice.')
             images.add(image.pk)
             disk = data.get("target_disk") or image.target_disk
+            if data.get("partition"):
+                disk = self.instance.partition_device(data["partition"]) or disk
             if disk in disks:
                 raise ValidationError(f'"{disks[disk]}" and "{image.name}" both go to {disk}.')
             disks[disk] = image.name
@@ -335,7 +337,7 @@ class FrozenImageForm(forms.ModelForm):
 
     class Meta:
         model = ImageFrozen
-        fields = ["image", "version", "sync", "target_disk", "mount"]
+        fields = ["image", "version", "sync", "target_disk", "mount", "partition"]
 
     def __init__(self, *args, setup: ImageSetup | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -360,6 +362,7 @@ class FrozenImageForm(forms.ModelForm):
             target_disk=data.get("target_disk", ""),
             mount=data.get("mount") or Mount.FLASH,
             exclude_pk=self.instance.pk,
+            partition=data.get("partition", ""),
         )
         return data
 
@@ -368,7 +371,7 @@ class FrozenImageInline(AdministratorsOnly, admin.TabularInline):
     model = ImageFrozen
     form = FrozenImageForm
     formset = FrozenImageFormSet
-    fields = ["image", "version", "sync", "target_disk", "mount"]
+    fields = ["image", "version", "sync", "target_disk", "mount", "partition"]
     raw_id_fields = ["image", "version"]
     extra = 0
 
@@ -380,8 +383,9 @@ class ImageSetupAdmin(AdministratorsOnly, admin.ModelAdmin):
     search_fields = ["name", "uuid", "owner__username", "description"]
     list_select_related = ["owner"]
     raw_id_fields = ["owner"]
-    readonly_fields = ["uuid", "created_at", "updated_at"]
-    fields = ["uuid", "name", "owner", "description", "created_at", "updated_at"]
+    # The partition table is changed through the API, which checks it against the images.
+    readonly_fields = ["uuid", "layout", "created_at", "updated_at"]
+    fields = ["uuid", "name", "owner", "description", "layout", "created_at", "updated_at"]
     inlines = [FrozenImageInline]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ImageSetup]:

@@ -10,6 +10,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 
+from diskimage import gpt
+
 # A block device or partition: /dev/sda, /dev/sda2, /dev/nvme0n1p2, /dev/disk/by-id/…
 TARGET_DISK_RE = re.compile(r"^/dev/[A-Za-z0-9][A-Za-z0-9_.:+-]*(/[A-Za-z0-9][A-Za-z0-9_.:+-]*)*\Z")
 
@@ -248,6 +250,14 @@ class ImageSetup(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="image_setups"
     )
     description = models.TextField(blank=True)
+    # A GPT for one disk whose partitions the setup's images are pinned to by label
+    # (catalogue.layouts: {"disk": ..., "partitions": [{"label", "size", "type"}]}).
+    layout = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="A partition table for one disk: each partition's label, size in bytes "
+        "(null: the rest of the disk, last partition only) and type (empty: no table).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -256,6 +266,13 @@ class ImageSetup(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    def partition_device(self, label: str) -> str | None:
+        """The device path of the layout's partition ``label`` (/dev/sda2), or None."""
+        for number, item in enumerate((self.layout or {}).get("partitions") or [], 1):
+            if item.get("label") == label:
+                return gpt.partition_path(self.layout["disk"], number)  # type: ignore[index]
+        return None
 
 
 class ImageFrozen(models.Model):
@@ -275,6 +292,12 @@ class ImageFrozen(models.Model):
     mount = models.CharField(
         max_length=8, choices=Mount.choices, default=Mount.FLASH, help_text=MOUNT_HELP
     )
+    partition = models.CharField(
+        max_length=gpt.MAX_LABEL,
+        blank=True,
+        help_text="The label of the partition of the setup's partition table it is written "
+        "into (empty: its target disk).",
+    )
 
     class Meta:
         ordering = ["setup", "id"]
@@ -287,6 +310,10 @@ class ImageFrozen(models.Model):
 
     @property
     def disk(self) -> str:
+        if self.partition:
+            device = self.setup.partition_device(self.partition)
+            if device is not None:
+                return device
         return self.target_disk or self.image.target_disk
 
     @property

@@ -14,6 +14,8 @@ change to all and both ends of the wire always agree:
 - :mod:`diskimage.sparse`: Android sparse images;
 - :mod:`diskimage.zstdblocks`: zstd decoded block by block, zeros as holes;
 - :mod:`diskimage.decoders`: bounded streaming decoders of an upload's encoding.
+- :mod:`diskimage.gpt`: GUID partition tables: a setup's layout planned on a disk,
+  written and read back.
 
 Only the standard library is needed to import any of them; ``zstandard`` and
 ``blake3`` are used where present (the agent may run without them).

@@ -39,7 +39,8 @@ from flashing.models import (
 from flashing.services.deployments import deployment_cancel, deployment_enqueue
 from flashing.services.leases import lease_end
 from flashing.services.machines import machine_set_state, power_settings_merge
-from flashing.services.mounts import network_mount_end, network_mounts_retry
+from flashing.services.mount_beat import network_mounts_retry
+from flashing.services.mounts import network_mount_end
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations

@@ -317,6 +317,8 @@ class Deployment(models.Model):
     )
     kind = models.CharField(max_length=8, choices=DeploymentKind.choices, default="user")
     sync = models.BooleanField(default=False)
+    # The setup's partition table when it was queued (catalogue.layouts), for the agent.
+    layout = models.JSONField(null=True, blank=True)
     state = models.CharField(
         max_length=16, choices=DeploymentState.choices, default=DeploymentState.QUEUED
     )

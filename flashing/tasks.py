@@ -19,11 +19,8 @@ from django.utils import timezone
 from baas_site.tasks import TransactionAwareTask
 from flashing.services.common import LIMITS
 from flashing.services.leases import leases_expire
-from flashing.services.mounts import (
-    network_mount_finish_task,
-    network_mount_start_task,
-    network_mounts_reconcile,
-)
+from flashing.services.mount_beat import network_mounts_reconcile
+from flashing.services.mounts import network_mount_finish_task, network_mount_start_task
 from flashing.services.pipeline import (
     deployment_power_task,
     deployments_watchdog,

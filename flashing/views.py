@@ -36,7 +36,7 @@ from flashing.models import (
 from flashing.services import deployments as deployment_services
 from flashing.services import leases as lease_services
 from flashing.services.boot import deployment_boot_again, deployment_get_bootable
-from flashing.services.mounts import mount_url
+from flashing.services.mount_urls import mount_url
 
 
 def _machine(mac: str) -> Machine:

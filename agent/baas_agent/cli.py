@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from baas_agent import __version__, partitions
+from baas_agent import __version__, layout, partitions
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import CompressionError
 from baas_agent.disks import DiskError, DiskMap
@@ -181,12 +181,16 @@ def _checked_in(answer: Any) -> str:
 def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[str, Any], int]:
     """Sync, then write; returns the result to report and the exit status."""
     try:
-        syncs, writes = _instructions(client.get_json("/api/agent/instructions"))
+        data = client.get_json("/api/agent/instructions")
+        syncs, writes = _instructions(data)
+        tables = layout.parse(data.get("layouts"))  # a dict: _instructions checked
+        disks = layout.with_partitions(disks, [s.disk for s in syncs] + [w.disk for w in writes])
         synced = [
             entry
             for sync in syncs
             if (entry := _step(sync.label(), partial(sync_image, client, sync, disks, reporter)))
         ]
+        laid = [_step(table.label(), partial(layout.apply, table, disks)) for table in tables]
         written = [
             _step(item.label(), partial(_write, client, item, disks, reporter)) for item in writes
         ]
@@ -200,7 +204,8 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[st
         log.exception("internal error")
         return _failed(f"internal agent error: {type(exc).__name__}: {exc}"), 1
     log.info("done: %d image(s) written, %d synced", len(written), len(synced))
-    return {"state": "done", "written": written, "synced": synced}, 0
+    result = {"state": "done", "written": written, "synced": synced}
+    return {**result, "layouts": laid} if laid else result, 0
 
 
 def _write(

@@ -9,6 +9,8 @@ device node appear (devtmpfs creates it a moment later).
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import fcntl
 import logging
 import os
@@ -66,3 +68,55 @@ def wait_for(
         if path.exists():
             return True
     return False
+
+
+# -- telling the kernel a partition itself (BLKPG) ---------------------------------------
+
+BLKPG = 0x1269  # _IO(0x12, 105)
+BLKPG_ADD_PARTITION = 1
+
+
+class _BlkpgPartition(ctypes.Structure):
+    _fields_ = [
+        ("start", ctypes.c_longlong),
+        ("length", ctypes.c_longlong),
+        ("pno", ctypes.c_int),
+        ("devname", ctypes.c_char * 64),
+        ("volname", ctypes.c_char * 64),
+    ]
+
+
+class _BlkpgIoctlArg(ctypes.Structure):
+    _fields_ = [
+        ("op", ctypes.c_int),
+        ("flags", ctypes.c_int),
+        ("datalen", ctypes.c_int),
+        ("data", ctypes.c_void_p),
+    ]
+
+
+def add(path: Path, number: int, start: int, length: int) -> bool:
+    """Tell the kernel partition ``number`` of the whole disk ``path`` (bytes), as ``partx -a``.
+
+    For a kernel that does not read GPTs itself (built without
+    ``CONFIG_EFI_PARTITION``): ``BLKRRPART`` then leaves no partitions. True
+    when the kernel knows the partition now (added, or there already: EBUSY).
+    """
+    partition = _BlkpgPartition(start=start, length=length, pno=number)
+    arg = _BlkpgIoctlArg(
+        op=BLKPG_ADD_PARTITION,
+        datalen=ctypes.sizeof(partition),
+        data=ctypes.cast(ctypes.pointer(partition), ctypes.c_void_p),
+    )
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, BLKPG, arg)
+    except OSError as exc:
+        if exc.errno == errno.EBUSY:
+            return True
+        log.warning("%s: partition %d not added: %s", path, number, exc)
+        return False
+    finally:
+        os.close(fd)
+    log.info("%s: partition %d told to the kernel", path, number)
+    return True

@@ -7,8 +7,10 @@ and administrators. Anyone else gets 404, as if the user had no setups.
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field
 from rest_framework import generics, serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -16,6 +18,7 @@ from rest_framework.views import APIView
 
 from baas_site.created import LOCATION, created
 from baas_site.filters import FILTER_BACKENDS
+from catalogue import layouts
 from catalogue.models import MOUNT_HELP, Image, ImageFrozen, ImageSetup, Mount
 from catalogue.selectors import setups as selectors
 from catalogue.services import setups as services
@@ -40,26 +43,72 @@ class FrozenImageOutputSerializer(serializers.ModelSerializer):
             "target_disk",
             "disk",
             "mount",
+            "partition",
         ]
+
+
+class PartitionSerializer(serializers.Serializer):
+    label = serializers.CharField(help_text="The GPT partition name (PARTLABEL)")  # type: ignore[assignment]
+    size = serializers.IntegerField(
+        allow_null=True, help_text="Bytes, a whole number of MiB; null: the rest of the disk"
+    )
+    type = serializers.CharField(
+        help_text="linux, root-x86-64, home, swap, esp, bios, or a type GUID"
+    )
+    number = serializers.IntegerField(read_only=True)
+    device = serializers.CharField(read_only=True, help_text="Its device path: /dev/sda2")
+
+
+class LayoutSerializer(serializers.Serializer):
+    disk = serializers.CharField(help_text="The whole disk the table is written to")
+    partitions = PartitionSerializer(many=True)
+
+
+LAYOUT_HELP = (
+    "A GPT for one disk: partitions one after the other from 1 MiB, the last one may "
+    "take the rest of the disk (size null). The agent writes the table unless the disk "
+    "has it already; images are pinned to its partitions by label. null: no table."
+)
+
+
+@extend_schema_field(LayoutSerializer(allow_null=True))
+class LayoutField(serializers.JSONField):
+    """The layout as sent; its rules are ``catalogue.layouts``' (through the service)."""
 
 
 class SetupOutputSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username")
     images = FrozenImageOutputSerializer(source="frozen_images", many=True)
+    layout = serializers.SerializerMethodField(help_text=LAYOUT_HELP)
 
     class Meta:
         model = ImageSetup
-        fields = ["uuid", "name", "description", "owner", "images", "created_at", "updated_at"]
+        fields = [
+            "uuid",
+            "name",
+            "description",
+            "owner",
+            "layout",
+            "images",
+            "created_at",
+            "updated_at",
+        ]
+
+    @extend_schema_field(LayoutSerializer(allow_null=True))
+    def get_layout(self, setup: ImageSetup) -> dict[str, Any] | None:
+        return layouts.as_json(setup.layout)
 
 
 class SetupInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200)
     description = serializers.CharField(required=False, allow_blank=True, default="")
+    layout = LayoutField(required=False, allow_null=True, default=None, help_text=LAYOUT_HELP)
 
 
 class SetupPatchInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, required=False)
     description = serializers.CharField(required=False, allow_blank=True)
+    layout = LayoutField(required=False, allow_null=True, help_text=LAYOUT_HELP)
 
 
 class FrozenImageInputSerializer(serializers.Serializer):
@@ -77,6 +126,13 @@ class FrozenImageInputSerializer(serializers.Serializer):
     )
     mount = serializers.ChoiceField(
         choices=Mount.choices, default=Mount.FLASH, help_text=MOUNT_HELP
+    )
+    partition = serializers.CharField(
+        max_length=64,
+        required=False,
+        default="",
+        allow_blank=True,
+        help_text="Write it into this partition (by label) of the setup's partition table.",
     )
 
 
@@ -178,6 +234,7 @@ class SetupImagesApi(APIView):
             sync=values["sync"],
             target_disk=values["target_disk"],
             mount=values["mount"],
+            partition=values["partition"],
         )
         # A pinned image has no URL of its own: the setup's image list shows it.
         return created(

@@ -12,7 +12,12 @@ the API (through ``setup_image_add``) and the admin inline form alike:
   with a kernel: ``catalogue.services.bootfiles``), never synced back, and on
   no disk (it is served over the network, not written);
 * at most one custom init image, a version of it that is a filesystem (FAT,
-  ext or ISO 9660) the flashed system's first-boot hook can find.
+  ext or ISO 9660) the flashed system's first-boot hook can find;
+* with a partition table (``catalogue.layouts``): an image pinned to a
+  partition by label, a partition the table has, no larger than the partition
+  when its size is declared, and no image over the whole of the table's disk.
+  Whether the table fits a machine's disk is checked when it is queued there
+  (``flashing.services.deployments``), where the disk is known.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from django.db.models import QuerySet
 from accounts.models import User
 from accounts.rules import Actor
 from accounts.services import audit_record
-from catalogue import holders, rules
+from catalogue import holders, layouts, rules
 from catalogue.exceptions import InvalidInput, SetupConflict, SetupNotFound
 from catalogue.models import (
     FileStandard,
@@ -45,6 +50,7 @@ from catalogue.services.bootfiles import (
     filesystem_kind,
     version_head,
 )
+from catalogue.services.renditions import disk_size
 
 CONFLICT = "conflict"
 
@@ -103,7 +109,7 @@ def _check_disk(
 ) -> None:
     # By id, not the reverse manager: a setup not saved yet (admin add form) has none.
     others = _excluding(ImageFrozen.objects.filter(setup_id=setup.pk), exclude_pk)
-    others = others.select_related("image")
+    others = others.select_related("image", "setup")
     for other in others:
         if other.image_id == image.pk:
             raise _conflict("image", f'"{image.name}" is already in setup "{setup.name}".')
@@ -185,12 +191,14 @@ def frozen_image_check(
     target_disk: str = "",
     mount: str = Mount.FLASH,
     exclude_pk: int | None = None,
+    partition: str = "",
 ) -> None:
     """Raise Django's ``ValidationError`` unless ``image`` at ``version`` may join ``setup``.
 
     Conflicts with the setup's other images carry the code ``"conflict"``.
     ``exclude_pk`` is the row being edited, if any. ``sync`` is taken as given:
-    pass it through ``effective_sync`` first.
+    pass it through ``effective_sync`` first. ``partition`` pins the image to a
+    partition of the setup's table by label.
     """
     _check_rights(setup.owner, image, sync)
     validate_mount(image.type, mount)
@@ -202,12 +210,88 @@ def frozen_image_check(
             validate_target_disk(target_disk)
         except DjangoValidationError as exc:
             raise DjangoValidationError({"target_disk": exc.messages}) from exc
-    _check_disk(setup, image, target_disk or image.target_disk, mount, exclude_pk)
+    disk = target_disk or image.target_disk
+    if partition:
+        if target_disk:
+            raise DjangoValidationError(
+                {
+                    "partition": "Give a partition or a target disk, not both: a partition is on "
+                    "the disk of the setup's partition table."
+                }
+            )
+        disk = _check_partition(setup.layout, image, version, partition, mount)
+    _check_whole_disk(setup.layout, image, disk, mount)
+    _check_disk(setup, image, disk, mount, exclude_pk)
     _check_one_of_type(setup, image, exclude_pk)
     if image.type == ImageType.BOOT:
         _check_boot_version(image, version, sync)
     elif image.type == ImageType.CUSTOM_INIT:
         _check_custom_init_version(image, version)
+
+
+def _check_partition(
+    layout: dict[str, Any] | None, image: Image, version: Version, label: str, mount: str
+) -> str:
+    """The device of partition ``label``, unless ``image`` may not go there (400)."""
+    if not _takes_disk(image, mount):
+        raise DjangoValidationError(
+            {"partition": f'"{image.name}" is served over the network: it goes on no partition.'}
+        )
+    device = layouts.device_of(layout, label)
+    if layout is None or device is None:
+        have = ", ".join(f"'{p['label']}'" for p in (layout or {}).get("partitions", []))
+        raise DjangoValidationError(
+            {
+                "partition": f"This setup's partition table has no partition '{label}'"
+                + (f" (it has {have})." if have else ": it has no partition table.")
+            }
+        )
+    size = layouts.size_of(layout, label)
+    needed = disk_size(version)
+    if size is not None and needed > size:
+        raise DjangoValidationError(
+            {
+                "partition": f'Version {version.number} of "{image.name}" is '
+                f"{layouts.mib(needed)}; partition '{label}' holds {layouts.mib(size)}."
+            }
+        )
+    return device
+
+
+def _check_whole_disk(layout: dict[str, Any] | None, image: Image, disk: str, mount: str) -> None:
+    """Nothing is written over the whole disk that holds the setup's partition table."""
+    if layout is not None and disk == layout["disk"] and _takes_disk(image, mount):
+        raise _conflict(
+            "partition",
+            f'"{image.name}" would be written over the whole of {disk}, which holds this '
+            "setup's partition table: pin it to one of its partitions (partition: a label).",
+        )
+
+
+def _check_layout_fits_images(setup: ImageSetup, layout: dict[str, Any] | None) -> None:
+    """Every image already in ``setup`` still has its place under the new ``layout``."""
+    for frozen in setup.frozen_images.select_related("image", "version"):
+        disk = frozen.target_disk or frozen.image.target_disk
+        try:
+            if frozen.partition:
+                disk = _check_partition(
+                    layout, frozen.image, frozen.version, frozen.partition, frozen.mount
+                )
+            _check_whole_disk(layout, frozen.image, disk, frozen.mount)
+        except DjangoValidationError as exc:
+            message = "; ".join(exc.messages)
+            raise _conflict("layout", f'"{frozen.image.name}" is in this setup: {message}') from exc
+
+
+def _layout_value(setup: ImageSetup | None, layout: Any) -> dict[str, Any] | None:
+    """The layout to store, checked against the setup's images (400 or 409)."""
+    try:
+        value = layouts.normalize(layout)
+        if setup is not None:
+            _check_layout_fits_images(setup, value)
+    except DjangoValidationError as exc:
+        raise_api_error(exc)
+    return value
 
 
 def _check_manages(actor: Actor, owner: User, *, creating: bool = False) -> None:
@@ -218,10 +302,16 @@ def _check_manages(actor: Actor, owner: User, *, creating: bool = False) -> None
 
 
 @transaction.atomic
-def setup_create(*, actor: Actor, owner: User, name: str, description: str = "") -> ImageSetup:
-    """Create an empty setup for ``owner``; 404 unless ``rules.can_create_setup_for``."""
+def setup_create(
+    *, actor: Actor, owner: User, name: str, description: str = "", layout: Any = None
+) -> ImageSetup:
+    """Create an empty setup for ``owner``; 404 unless ``rules.can_create_setup_for``.
+
+    ``layout``: a partition table (``catalogue.layouts``), 400 unless well formed.
+    """
     _check_manages(actor, owner, creating=True)
-    setup = ImageSetup(owner=owner, name=name, description=description)
+    layout = _layout_value(None, layout)
+    setup = ImageSetup(owner=owner, name=name, description=description, layout=layout)
     setup.full_clean()
     setup.save()
     audit_record(actor=actor, action="setup.create", target=setup, name=name, owner=owner.username)
@@ -230,8 +320,15 @@ def setup_create(*, actor: Actor, owner: User, name: str, description: str = "")
 
 @transaction.atomic
 def setup_update(*, actor: Actor, setup: ImageSetup, **fields: Any) -> ImageSetup:
-    """Change a setup's ``name`` and ``description``; 404 unless ``can_manage_setups_of``."""
+    """Change a setup's ``name``, ``description`` and ``layout``.
+
+    404 unless ``can_manage_setups_of``; a layout is 400 unless well formed, 409
+    when an image of the setup would lose its partition or not fit it.
+    """
     _check_manages(actor, setup.owner)
+    if "layout" in fields:
+        _lock(setup)
+        fields["layout"] = _layout_value(setup, fields["layout"])
     for name, value in fields.items():
         setattr(setup, name, value)
     setup.full_clean()
@@ -276,8 +373,11 @@ def setup_image_add(
     sync: bool = False,
     target_disk: str = "",
     mount: str = Mount.FLASH,
+    partition: str = "",
 ) -> ImageFrozen:
     """Pin ``image`` at ``version_number`` into ``setup``; 400 or 409 when a rule forbids it.
+
+    ``partition`` pins it to that partition of the setup's partition table.
 
     ``image`` is None when the caller found no image by that UUID: it answers
     the same as an image the owner may not read. 404 unless ``actor`` manages
@@ -297,12 +397,19 @@ def setup_image_add(
             sync=sync,
             target_disk=target_disk,
             mount=mount,
+            partition=partition,
         )
     except DjangoValidationError as exc:
         raise_api_error(exc)
     assert version is not None  # frozen_image_check refuses a version that does not exist
     frozen = ImageFrozen.objects.create(
-        setup=setup, image=image, version=version, sync=sync, target_disk=target_disk, mount=mount
+        setup=setup,
+        image=image,
+        version=version,
+        sync=sync,
+        target_disk=target_disk,
+        mount=mount,
+        partition=partition,
     )
     audit_record(
         actor=actor,
@@ -313,6 +420,7 @@ def setup_image_add(
         sync=sync,
         disk=frozen.disk,
         mount=mount,
+        partition=partition,
     )
     setup.save(update_fields=["updated_at"])
     return frozen

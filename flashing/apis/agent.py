@@ -79,12 +79,39 @@ class MountEntrySerializer(serializers.Serializer):
     )
 
 
+class LayoutPartitionSerializer(serializers.Serializer):
+    number = serializers.IntegerField(help_text="From 1, in the order of the table")
+    label = serializers.CharField(help_text="The GPT partition name")  # type: ignore[assignment]
+    size = serializers.IntegerField(
+        allow_null=True, help_text="Bytes; null: the rest of the disk (instructions only)"
+    )
+    type = serializers.CharField(help_text="The partition type GUID")
+    start = serializers.IntegerField(required=False, help_text="Byte offset (results only)")
+
+
+class LayoutEntrySerializer(serializers.Serializer):
+    disk = serializers.CharField(help_text="The whole disk that holds the table")
+    partitions = LayoutPartitionSerializer(many=True)
+
+
+class LayoutReportSerializer(LayoutEntrySerializer):
+    created = serializers.BooleanField(
+        default=False, help_text="The agent wrote the table (false: the disk had it already)"
+    )
+    size = serializers.IntegerField(required=False, help_text="The disk's size in bytes")
+
+
 class InstructionsSerializer(serializers.Serializer):
     deployment = serializers.IntegerField()
     sync = SyncEntrySerializer(many=True)
     write = WriteEntrySerializer(many=True)
     mounts = MountEntrySerializer(
         many=True, help_text="User data images served over the network (NBD): not written"
+    )
+    layouts = LayoutEntrySerializer(
+        many=True,
+        help_text="Partition tables to make before writing (unless the disk has them): "
+        "images on their partitions are written to the partitions' devices",
     )
 
 
@@ -118,6 +145,9 @@ class ResultInputSerializer(serializers.Serializer):
     written = WrittenSerializer(many=True, required=False, default=list)
     synced = SyncedSerializer(many=True, required=False, default=list)
     reason = serializers.CharField(required=False, allow_blank=True, default="")
+    layouts = LayoutReportSerializer(
+        many=True, required=False, default=list, help_text="The partition tables on the disks"
+    )
 
 
 class AcceptedSerializer(serializers.Serializer):
@@ -190,5 +220,6 @@ class AgentResultApi(AgentApi):
             written=[{**item, "image": str(item["image"])} for item in values["written"]],
             synced=[{**item, "image": str(item["image"])} for item in values["synced"]],
             reason=values["reason"],
+            layouts=values["layouts"],
         )
         return Response({"state": deployment.state})

@@ -29,7 +29,7 @@ from flashing.models import (
 )
 from flashing.selectors import lease_active
 from flashing.services.machines import DiskSpec
-from flashing.services.mounts import mount_tls, mount_url
+from flashing.services.mount_urls import mount_tls, mount_url
 
 # --- Machines ----------------------------------------------------------------------
 

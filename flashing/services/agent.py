@@ -37,7 +37,8 @@ from flashing.models import (
 )
 from flashing.services.boot import refusal_record
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
-from flashing.services.mounts import mount_entries
+from flashing.services.layouts import layout_instructions, layout_mismatch, layout_record
+from flashing.services.mount_urls import mount_entries
 from flashing.services.pipeline import deployment_fail
 from flashing.services.states import TRANSITIONS, deployment_set_state
 from flashing.services.tokens import token_consume, token_mint
@@ -207,6 +208,7 @@ def agent_instructions(*, principal: Any) -> dict[str, Any]:
             "sync": [_sync_entry(row) for row in rows if row.direction == S and row.image_id],
             "write": [_write_entry(row) for row in writes],
             "mounts": mount_entries(deployment=deployment),
+            "layouts": layout_instructions(deployment),
         }
     except Conflict as exc:
         deployment_fail(actor=None, deployment=deployment, reason=str(exc.detail))
@@ -428,6 +430,7 @@ def agent_result(
     written: list[dict[str, Any]],
     synced: list[dict[str, Any]],
     reason: str,
+    layouts: list[dict[str, Any]] | None = None,
 ) -> Deployment:
     """Finish the deployment: ``done`` records what is on the disks, ``failed`` the reason.
 
@@ -436,7 +439,8 @@ def agent_result(
     answers 409 and changes nothing (with ``failed``, such items are left out).
     A ``done`` whose writes do not match the instructions exactly (an image
     missing or extra, another SHA-256) is recorded as ``failed``: nothing
-    unverified is ever recorded as written.
+    unverified is ever recorded as written, nor a partition table other than
+    the setup's (``services.layouts``).
     """
     deployment = _locked(principal)
     done = state == DeploymentState.DONE
@@ -444,8 +448,9 @@ def agent_result(
         raise Conflict(f"Deployment #{deployment.pk} cannot be done: {refusal}.")
     _record_synced(deployment, _synced_rows(principal, deployment, synced, strict=done))
     if done:
-        mismatch = _check_written(deployment, written)
+        mismatch = _check_written(deployment, written) or layout_mismatch(deployment, layouts or [])
         if mismatch is None:
+            layout_record(deployment, layouts or [])
             deployment.images.filter(direction=W).update(bytes_done=F("bytes_total"), phase="done")
             deployment = _walk(deployment, DeploymentState.DONE, "The agent reported success.")
             if deployment.state == DeploymentState.DONE:

@@ -16,7 +16,8 @@ from django.db import transaction
 from accounts.models import User
 from accounts.rules import Actor
 from catalogue.interface import can_read_image, can_use_setup, version_disk_size
-from catalogue.models import ImageSetup, ImageType, RawState
+from catalogue.models import ImageFrozen, ImageSetup, ImageType, RawState
+from diskimage import gpt
 from flashing import rules
 from flashing.exceptions import DeploymentNotFound, InvalidInput, MachineConflict, NotYours
 from flashing.models import (
@@ -57,6 +58,58 @@ def disk_of(path: str, disks: Iterable[str]) -> str | None:
     return None
 
 
+def _mib(size: int) -> str:
+    return f"{size} bytes ({size / gpt.MIB:.1f} MiB)"
+
+
+def _check_layout(machine: Machine, setup: ImageSetup, frozen: list[ImageFrozen]) -> None:
+    """The setup's partition table fits the machine's disk, and each image its partition.
+
+    The table's own rules and the partitions of a declared size were checked
+    when the setup was saved (``catalogue.services.setups``); here the disk is
+    known: a partition that takes the rest of the disk gets its size.
+    """
+    layout = setup.layout
+    disks = {d.path: d.size for d in machine.disks.all()}
+    if layout is None or not disks:
+        return
+    if layout["disk"] not in disks:
+        known = ", ".join(sorted(disks))
+        raise InvalidInput(
+            {
+                "setup": [
+                    f"{machine.name} has no disk {layout['disk']} for the partition table "
+                    f'of setup "{setup.name}" (it has {known}).'
+                ]
+            }
+        )
+    specs = [gpt.Spec(p["label"], p["size"], p["type"]) for p in layout["partitions"]]
+    try:
+        placed = {p.label: p for p in gpt.plan(disks[layout["disk"]], specs)}
+    except gpt.LayoutError as exc:
+        raise InvalidInput(
+            {
+                "setup": [
+                    f'The partition table of setup "{setup.name}" does not fit '
+                    f"{machine.name}:{layout['disk']}: {exc}"
+                ]
+            }
+        ) from exc
+    for item in frozen:
+        partition = placed.get(item.partition) if item.partition else None
+        if partition is not None and version_disk_size(item.version) > partition.size:
+            raise InvalidInput(
+                {
+                    "setup": [
+                        f'Version {item.version.number} of "{item.image.name}" is '
+                        f"{_mib(version_disk_size(item.version))}; partition "
+                        f"'{partition.label}' on {machine.name}:{layout['disk']} holds "
+                        f"{_mib(partition.size)}."
+                    ]
+                }
+            )
+
+
 def _check_setup(machine: Machine, setup: ImageSetup) -> None:
     """The setup fits the machine's disks, and its owner may still read every image.
 
@@ -66,6 +119,7 @@ def _check_setup(machine: Machine, setup: ImageSetup) -> None:
     frozen = list(setup.frozen_images.all())
     if not frozen:
         raise InvalidInput({"setup": [f'Setup "{setup.name}" has no images to flash.']})
+    _check_layout(machine, setup, frozen)  # first: its refusals give the numbers
     disks = {d.path: d.size for d in machine.disks.all()}
     for item in frozen:
         if not can_read_image(setup.owner, item.image):

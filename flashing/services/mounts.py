@@ -5,7 +5,7 @@ by the agent. When its deployment starts, :func:`network_mounts_plan` creates a
 ``NetworkMount`` and a task starts the export on the NBD host: ``qemu-nbd``
 serving a private qcow2 overlay over a read-only copy of the pinned version
 (``flashing.nbd``). The agent's instructions carry its ``nbd://`` URL
-(:func:`mount_entries`), to that deployment's agent only.
+(``flashing.services.mount_urls``), to that deployment's agent only.
 
 The mount ends when its lease ends, when the next deployment starts on the
 machine, or when its own deployment fails or never starts. Then a task stops
@@ -15,7 +15,7 @@ merged, as the image's next version through the catalogue's upload path
 removed only once that version's row exists. Every step is idempotent and
 serialised per mount (``nbd.mount_lock``); a failure is recorded on the row
 and in the deployment's events, and retried (by the task, then by the
-reconcile beat, :func:`network_mounts_reconcile`).
+reconcile beat, ``flashing.services.mount_beat``).
 
 For users, the trade-off: the machine boots sooner (nothing is written to its
 disk), but every access crosses the network, and the changes become a version
@@ -29,10 +29,9 @@ from __future__ import annotations
 import logging
 import secrets
 import socket
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, TypedDict
-from urllib.parse import urlsplit
 
 from celery import shared_task
 from django.conf import settings
@@ -54,13 +53,13 @@ from flashing.models import (
     LIVE_MOUNT_STATES,
     Deployment,
     DeploymentImage,
-    DeploymentState,
     Lease,
     Machine,
     NetworkMount,
     NetworkMountState,
 )
 from flashing.services.common import event_record, lock, lock_machine, task_send
+from flashing.services.mount_urls import mount_url, nbd_ports
 
 log = logging.getLogger(__name__)
 
@@ -77,58 +76,6 @@ class WrongHost(nbd.NbdError):
     """The mount's files and server are on another host than this worker."""
 
 
-# --- Where machines connect ------------------------------------------------------------
-
-
-def nbd_ports() -> list[int]:
-    """The ports of ``BAAS_NBD_PORTS`` ("first-last", or one port)."""
-    first, _, last = settings.BAAS_NBD_PORTS.partition("-")
-    return list(range(int(first), int(last or first) + 1))
-
-
-def nbd_host() -> str:
-    """The address machines connect to: BAAS_NBD_HOST, else the bind address."""
-    host: str = settings.BAAS_NBD_HOST
-    if host:
-        return host
-    bind: str = settings.BAAS_NBD_BIND
-    if bind in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding to it
-        return urlsplit(settings.BAAS_PUBLIC_URL).hostname or socket.getfqdn()
-    return bind
-
-
-def mount_url(mount: NetworkMount) -> str | None:
-    """``nbd://host:port/export`` while the export is served, else None."""
-    if mount.state != READY or not mount.port:
-        return None
-    host = nbd_host()
-    host = f"[{host}]" if ":" in host else host
-    return f"nbd://{host}:{mount.port}/{mount.export_name}"
-
-
-def mount_tls(mount: NetworkMount) -> dict[str, str] | None:
-    """The TLS pre-shared key a client needs (None when the export is plain NBD)."""
-    if not mount.tls_psk:
-        return None
-    return {"identity": nbd.TLS_PSK_IDENTITY, "psk": mount.tls_psk}
-
-
-def mount_entries(*, deployment: Deployment) -> list[dict[str, Any]]:
-    """The ``mounts`` of the agent's instructions: this deployment's network mounts only."""
-    mounts = deployment.network_mounts.order_by("id")
-    return [
-        {
-            "image": str(mount.image_id),
-            "version": mount.version_number,
-            "disk": mount.disk,
-            "state": mount.state,
-            "url": mount_url(mount),
-            "tls": mount_tls(mount),
-        }
-        for mount in mounts
-    ]
-
-
 # --- Sending the tasks -------------------------------------------------------------------
 
 
@@ -142,7 +89,7 @@ MOUNT_RETRIES: _MountRetries = {"bind": True, "max_retries": 4}
 MOUNT_RETRY_SECONDS = 30
 
 
-def _send(step: str, **kwargs: Any) -> None:
+def send_step(step: str, **kwargs: Any) -> None:
     """Send a mount's ``start`` or ``finish`` task to the NBD host's queue (after the commit,
     if a transaction is open); a broker outage is left to the reconcile beat."""
     task = network_mount_finish_task if step == "finish" else network_mount_start_task
@@ -201,7 +148,7 @@ def network_mounts_plan(*, deployment: Deployment) -> list[NetworkMount]:
             tls_psk=secrets.token_hex(32) if settings.BAAS_NBD_TLS_PSK else "",
         )
         _event(mount, f"Starting the export for {_label(mount)}: nothing is written to the disk.")
-        _send("start", mount_id=mount.pk)
+        send_step("start", mount_id=mount.pk)
         created.append(mount)
     return created
 
@@ -248,7 +195,7 @@ def _begin_end(mount: NetworkMount, why: str) -> None:
     mount.state = ENDING
     mount.save(update_fields=["state", "updated_at"])
     _event(mount, f"{why} Ending {_label(mount)}: its changes become the next version.")
-    _send("finish", mount_id=mount.pk)
+    send_step("finish", mount_id=mount.pk)
 
 
 # --- The export (a task, on the NBD host) -----------------------------------------------
@@ -494,61 +441,6 @@ def _finish_failed(mount_id: int, reason: str) -> None:
         f"Could not end {_label(mount)} (attempt {mount.attempts}): {reason}. "
         "Its overlay is kept, with every change; retrying.",
     )
-
-
-# --- The beat ---------------------------------------------------------------------------
-
-
-def _why_over(mount: NetworkMount) -> str | None:
-    """Why a served mount should end now, or None while its machine may use it."""
-    if mount.lease is not None and mount.lease.ended_at is not None:
-        return f"{mount.lease.user}'s lease ended."
-    deployment = mount.deployment
-    if deployment.state in (DeploymentState.FAILED, DeploymentState.CANCELLED):
-        return f"Deployment #{deployment.pk} is {deployment.state}."
-    later = Deployment.objects.filter(machine_id=deployment.machine_id, pk__gt=deployment.pk)
-    if later.exclude(started_at=None).exists():
-        return f"A later deployment started on {deployment.machine.name}."
-    return None
-
-
-def network_mounts_retry(*, mounts: QuerySet[NetworkMount]) -> int:
-    """Send the step each live mount is in again (an administrator's retry); returns how many."""
-    live = list(mounts.filter(state__in=LIVE_MOUNT_STATES).values_list("pk", "state"))
-    for pk, state in live:
-        step = "finish" if state == ENDING else "start"
-        _send(step, mount_id=pk)
-    return len(live)
-
-
-def _backoff(attempts: int) -> timedelta:
-    """How long a starting or ending mount waits before its step is sent again.
-
-    Doubles with each failure (up to about two hours), so a mount whose
-    changes cannot be stored yet (a full quota) does not flood its event log.
-    """
-    factor: int = 2 ** min(attempts, 6)
-    return STALE * factor
-
-
-def network_mounts_reconcile(*, now: datetime | None = None) -> dict[str, int]:
-    """End the mounts that are over; check the served ones; resend lost starts and ends."""
-    now = now or timezone.now()
-    counts = {"ended": 0, "checked": 0, "resent": 0}
-    served = NetworkMount.objects.filter(state__in=SERVED)
-    for mount in served.select_related("lease__user", "deployment__machine"):
-        why = _why_over(mount)
-        if why is not None and network_mount_end(mount=mount, why=why):
-            counts["ended"] += 1
-    for mount in NetworkMount.objects.filter(state__in=LIVE_MOUNT_STATES):
-        if mount.state == READY:
-            _send("start", mount_id=mount.pk)  # restarts a dead server
-            counts["checked"] += 1
-        elif now - mount.updated_at > _backoff(mount.attempts):
-            step = "finish" if mount.state == ENDING else "start"
-            _send(step, mount_id=mount.pk)
-            counts["resent"] += 1
-    return counts
 
 
 # --- Its tasks (on the NBD host; declared here, where they are sent) -------------------------

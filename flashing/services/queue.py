@@ -70,6 +70,7 @@ def queue_deployment(
         requested_by=requested_by,
         kind=kind,
         sync=sync,
+        layout=setup.layout if setup is not None else None,
     )
     _snapshot(deployment, setup)
     event_record(

@@ -22,12 +22,9 @@ from flashing import nbd
 from flashing.models import Deployment, DeploymentEvent, NetworkMount, NetworkMountState
 from flashing.services.deployments import deployment_enqueue
 from flashing.services.leases import lease_end
-from flashing.services.mounts import (
-    mount_url,
-    network_mount_finish,
-    network_mount_start,
-    network_mounts_reconcile,
-)
+from flashing.services.mount_beat import network_mounts_reconcile
+from flashing.services.mount_urls import mount_url
+from flashing.services.mounts import network_mount_finish, network_mount_start
 from flashing.services.pipeline import deployment_fail, machine_start_next
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
 from tests.flashing.factories import LeaseFactory, MachineFactory

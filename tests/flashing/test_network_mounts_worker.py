@@ -18,7 +18,7 @@ from catalogue.models import ImageType, Mount, Version
 from catalogue.services.setups import setup_image_add
 from flashing import nbd
 from flashing.models import NetworkMount, NetworkMountState
-from flashing.services.mounts import mount_url
+from flashing.services.mount_urls import mount_url
 from flashing.tasks import network_mounts_reconcile_task
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
 from tests.flashing.nbd_client import (

@@ -28,6 +28,7 @@ from flashing.models import (
     DeploymentImage,
     DeploymentKind,
     DeploymentState,
+    DiskContent,
     NetworkMount,
 )
 
@@ -188,3 +189,25 @@ def check_files_match_rows(strays: Iterable[Path] = ()) -> None:
     for stray in audit.stray_files:
         if stray not in allowed and stray not in audit.parts:
             promise("files-match-rows", False, f"A file without its version row: {root / stray}")
+
+
+def partition_of(path: str, disk: str) -> bool:
+    """``path`` is Linux's name of a partition of ``disk`` (/dev/sda2, /dev/nvme0n1p2)."""
+    rest = path[len(disk) :] if path.startswith(disk) else ""
+    return re.fullmatch(r"p\d+" if disk[-1:].isdigit() else r"\d+", rest) is not None
+
+
+def check_disk_records_nest() -> None:
+    """``disk-records-nest``: what a machine's disks hold is recorded once per place: a
+    partition's record and its whole disk's come from the same deployment, or one of them
+    was forgotten when the other was written (a later sync never reads another image)."""
+    rows = list(DiskContent.objects.all())
+    for row in rows:
+        for other in rows:
+            if other.machine_id == row.machine_id and partition_of(row.disk, other.disk):
+                promise(
+                    "disk-records-nest",
+                    row.deployment_id == other.deployment_id,
+                    f"{row.disk} is recorded from deployment #{row.deployment_id}, its whole "
+                    f"disk {other.disk} from #{other.deployment_id}: one of them is untrue.",
+                )

@@ -16,15 +16,15 @@ from rest_framework.test import APIClient
 from accounts.scopes import ALL as ALL_SCOPES
 from catalogue.models import Image, ImageType, Version
 from catalogue.storage import get_storage
-from diskimage import BLOCK
+from diskimage import BLOCK, gpt
 from diskimage.changes import merged
 from diskimage.datamap import DataMapper
 from diskimage.delta import Run, delta_stream, map_digest
 from diskimage.sparse import MEDIA_TYPE
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
-from tests.integrity.invariants import promise, seen
-from tests.integrity.world import Agent, after_commit, bearer, content
+from tests.integrity.invariants import partition_of, promise, seen
+from tests.integrity.world import Agent, GiB, after_commit, bearer, content
 
 AGENT_CALLS_REFUSED = (401, 403, 404, 409, 410)
 
@@ -223,6 +223,7 @@ class Lab:
             "written": [{k: e[k] for k in ("image", "version", "disk", "sha256")} for e in writes],
             "synced": agent.synced,
             "reason": "" if ok else "The disk did not answer.",
+            "layouts": self.agent_tables(agent),
         }
         before = snapshot(agent.deployment_id)
         ok_codes = (200, *AGENT_CALLS_REFUSED)
@@ -236,7 +237,30 @@ class Lab:
         agent.finished = True
         seen(f"a deployment is {state}")
         if ok:
+            self.disks_written(agent)
             self.machine_uses_its_data(agent)
+
+    def agent_tables(self, agent: Agent) -> list[dict[str, Any]]:
+        """The partition tables as the agent reports them: kept when the disk has them."""
+        box, found = self.world.boxes[agent.machine], []
+        for table in agent.instructions.get("layouts") or []:
+            specs = [gpt.Spec(p["label"], p["size"], p["type"]) for p in table["partitions"]]
+            placed = gpt.plan(GiB, specs)  # the model's machines have 1 GiB disks
+            key = [(p.label, p.start, p.size) for p in placed]
+            created = box.tables.get(table["disk"]) != key
+            box.tables[table["disk"]] = key  # the agent writes it before any image
+            seen(f"an agent {'wrote' if created else 'kept'} a partition table")
+            parts = [p.as_json() for p in placed]
+            found.append({"disk": table["disk"], "created": created, "partitions": parts})
+        return found
+
+    def disks_written(self, agent: Agent) -> None:
+        """What a done flash replaced: a whole disk's table and partitions, changed or not."""
+        box = self.world.boxes[agent.machine]
+        for entry in agent.instructions["write"]:
+            box.tables.pop(entry["disk"], None)
+            for disk in [d for d in box.dirty if partition_of(d, entry["disk"])]:
+                del box.dirty[disk]  # judged when the instructions came (no-data-lost)
 
     def machine_uses_its_data(self, agent: Agent) -> None:
         """After a flash, the lessee works on the machine: its user data disks change."""
@@ -258,23 +282,30 @@ class Lab:
         deployment = Deployment.objects.select_related("requested_by").get(pk=agent.deployment_id)
         synced = {entry["disk"] for entry in agent.instructions["sync"]}
         for entry in agent.instructions["write"]:
-            if entry["disk"] not in box.dirty or entry["disk"] in synced:
-                continue
-            owner, image, since = box.dirty[entry["disk"]]
-            if not deployment.sync:
-                continue  # whoever queued it chose not to bring the disks back
-            said = Deployment.objects.filter(
-                machine__name=agent.machine,
-                pk__gt=since,
-                state__in=(DeploymentState.FAILED, DeploymentState.CANCELLED),
-            )
-            promise(
-                "no-data-lost",
-                said.exists(),
-                f"Deployment #{deployment.pk} overwrites {entry['disk']} of {agent.machine}, "
-                f"which holds {owner}'s changed user data (image {image}), without bringing "
-                "it back first, and no deployment said why.",
-            )
+            # A write over a whole disk overwrites what its partitions hold too.
+            under = [d for d in box.dirty if d == entry["disk"] or partition_of(d, entry["disk"])]
+            for disk in under:
+                if disk not in synced:
+                    self.check_overwrite(agent, deployment, entry["disk"], box.dirty[disk])
+
+    def check_overwrite(
+        self, agent: Agent, deployment: Deployment, disk: str, dirty: tuple[str, str, int]
+    ) -> None:
+        owner, image, since = dirty
+        if not deployment.sync:
+            return  # whoever queued it chose not to bring the disks back
+        said = Deployment.objects.filter(
+            machine__name=agent.machine,
+            pk__gt=since,
+            state__in=(DeploymentState.FAILED, DeploymentState.CANCELLED),
+        )
+        promise(
+            "no-data-lost",
+            said.exists(),
+            f"Deployment #{deployment.pk} overwrites {disk} of {agent.machine}, "
+            f"which holds {owner}'s changed user data (image {image}), without bringing "
+            "it back first, and no deployment said why.",
+        )
 
     def check_mount_outcomes(self) -> None:
         """A changed network mount ends as a new version, or says why it could not."""
@@ -343,6 +374,8 @@ class Lab:
         response = self.http(who, "delete", f"{url}?image={image.uuid}", ok=(204, 403, 404, 409))
         if response.status_code == 204:
             body = {"image": str(image.uuid), "version": latest.number}
+            if setup.layout:  # the setup composes one disk: the system is its "root"
+                body["partition"] = "root"
             self.http(who, "post", url, body, ok=(201, 400, 403, 404, 409))
 
     def revoke_token(self, who: str) -> None:

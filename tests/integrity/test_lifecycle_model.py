@@ -29,6 +29,10 @@ Each promise has a name, printed with its failure (``[serving] …``):
   and the files under the image root are exactly the versions' (no ``.part`` left);
 * ``one-token-per-attempt``, ``one-checkin-per-attempt``, ``bytes-to-bound-agent``: a
   boot attempt mints one boot token, binds one agent, and only that agent gets bytes;
+* ``disk-records-nest``: a setup composing one disk (a partition table, the system on
+  one partition, user data on another) is flashed and brought back like the others;
+  a partition's recorded image and its whole disk's come from one deployment, so a
+  write over a whole disk never leaves a stale partition to sync back;
 * ``no-5xx`` and ``no-job-crash``: no request answers 5xx or HTML, no job crashes.
 
 Each Hypothesis example runs in a savepoint of the test's transaction that its
@@ -92,7 +96,7 @@ from flashing.models import (
     NetworkMountState,
 )
 from flashing.services.leases import leases_expire
-from flashing.services.mounts import mount_url
+from flashing.services.mount_urls import mount_url
 from flashing.services.pipeline import deployments_watchdog
 from tests.flashing.nbd_client import nbd_write
 from tests.integrity import invariants
@@ -504,6 +508,7 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
         invariants.check_pinned_versions_kept()
         invariants.check_numbering()
         invariants.check_files_match_rows(self.strays)
+        invariants.check_disk_records_nest()
         self.check_mount_outcomes()
         self.probe_dead_tokens()
 

@@ -23,7 +23,7 @@ from accounts.scopes import ALL as ALL_SCOPES
 from accounts.services import token_create
 from catalogue.models import Image, ImageSetup, ImageType, Mount
 from catalogue.services.datamaps import version_map_build
-from catalogue.services.setups import setup_image_add
+from catalogue.services.setups import setup_image_add, setup_update
 from flashing.models import MachineDisk
 from tests.accounts.factories import UserFactory
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
@@ -34,7 +34,15 @@ GiB = 1024**3
 TOKEN = re.compile(r"baas\.token=(\S+)")
 DEPLOYMENT = re.compile(r"deployment #(\d+)")
 # The setups each person owns: what they flash, and how the user data image takes part.
-SETUPS = ("system", "system+data", "system+mount")
+# "one disk": a partition table on /dev/sda, the system on its "root", user data on "home".
+SETUPS = ("system", "system+data", "system+mount", "one disk")
+LAYOUT = {
+    "disk": "/dev/sda",
+    "partitions": [
+        {"label": "root", "size": 1024 * KiB, "type": "linux"},
+        {"label": "home", "size": None, "type": "home"},
+    ],
+}
 
 
 def content(seed: int, size: int = 64 * KiB) -> bytes:
@@ -106,6 +114,8 @@ class Box:
     pk: int
     # Disk -> (owner username, image uuid): user data the machine changed and nobody synced.
     dirty: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # Disk -> its partition table, as the agent would find it: (label, start, size) each.
+    tables: dict[str, list[tuple[str, int, int]]] = field(default_factory=dict)
 
 
 class World:
@@ -160,6 +170,14 @@ class World:
         self.images[(name, "data")] = data
         for kind in SETUPS:
             setup = ImageSetupFactory(owner=owner, name=f"{name}-{kind}")
+            if kind == "one disk":
+                setup_update(actor=owner, setup=setup, layout=LAYOUT)
+                for image, label in ((system, "root"), (data, "home")):
+                    setup_image_add(
+                        actor=owner, setup=setup, image=image, version_number=0, partition=label
+                    )
+                self.setups[(name, kind)] = setup
+                continue
             setup_image_add(actor=owner, setup=setup, image=system, version_number=0)
             if kind != "system":
                 mount = Mount.NETWORK if kind.endswith("mount") else Mount.FLASH
