@@ -15,6 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from accounts.models import AuditEvent
 from catalogue.models import ImageType, Version
@@ -70,10 +71,10 @@ def changed_bytes(before: bytes, after: bytes) -> int:
 def stored(version: Version) -> bytes:
     version.refresh_from_db()
     path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
-    if version.stored_compression != "none":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes())
+    if version.stored_compression != "none":  # the worker compressed it meanwhile
+        with path.open("rb") as file:
+            reader = zstandard.ZstdDecompressor().stream_reader(file, read_across_frames=True)
+            return reader.read()
     data = path.read_bytes()
     return data + bytes(version.size - len(data))
 
