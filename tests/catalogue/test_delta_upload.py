@@ -13,8 +13,12 @@ import os
 from pathlib import Path
 
 import pytest
+from baas_agent.changes import _spans
+from hypothesis import given
+from hypothesis import strategies as st
 
 from accounts.models import AuditEvent
+from catalogue.apis.hashes import parse_indices
 from catalogue.models import Compression, Version
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import version_map, version_map_build
@@ -241,3 +245,9 @@ def test_block_hashes_are_the_base_s_blocks(user_client, image):
     assert int(answer["Content-Length"]) == len(expected)
     for bad in ("", "1,0", "0-", f"{len(datamap.ranges)}", "a"):
         assert user_client.get(f"/api/image/{image.uuid}/1/hashes?ranges={bad}").status_code == 400
+
+
+@given(st.sets(st.integers(0, 2000), min_size=1, max_size=300))
+def test_the_agent_s_range_lists_are_what_the_server_reads(indices):
+    wanted = sorted(indices)
+    assert parse_indices(_spans(wanted), 2001) == wanted
