@@ -2,12 +2,15 @@
 
 :class:`VersionBytes` reads ``[start, end)`` inside the data ranges of a
 version's map, whatever the version's storage, moving forward through the
-image: a raw file by offset (``pread``); a zstd file in frames of its map
-(``diskimage.seekable``) by decoding the one frame that holds the range; any
-other stored form (gzip, zstd not yet laid out in frames) by decoding the
+image: a raw file range by range (``pread``); a zstd file in frames of its
+map (``diskimage.seekable``) by decoding the one frame that holds the range;
+any other stored form (gzip, zstd not yet laid out in frames) by decoding the
 stored file as a stream, forward only. Every byte outside the ranges is zero
-and is never read. The file is opened once: a compression job that swaps it
-meanwhile does not disturb the reader.
+and is never read. A whole range, read or decoded ahead on threads, is
+checked against the map's BLAKE3 before any of it is handed out: a stored
+file that no longer holds what its map says raises :class:`StoredMismatch`
+instead of passing its damage on to a new version. The file is opened once:
+a compression job that swaps it meanwhile does not disturb the reader.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import BinaryIO
 
+import blake3
 import zstandard
 
 from catalogue.models import Compression, Version
@@ -28,9 +32,13 @@ from diskimage.delta import block_hashes
 from diskimage.seekable import Frame, data_frames, read_seek_table
 
 READ = 1 << 20
-# Frames decoded ahead, on threads (zstandard lets go of the GIL): a composed version
-# reads every range of its base in order, and decoding is most of its cost.
-AHEAD = 4
+# Ranges read (or frames decoded) and checked ahead, on threads (zstandard and blake3 let go
+# of the GIL): a composed version reads every range of its base in order.
+AHEAD = 3
+
+
+class StoredMismatch(Exception):
+    """A range of the stored file does not hash to what the version's map says."""
 
 
 class VersionBytes:
@@ -77,19 +85,11 @@ class VersionBytes:
 
     def read(self, start: int, end: int) -> bytes:
         """The bytes ``[start, end)``, inside one range of the map; asked for in order."""
-        if self.compression == Compression.NONE:
-            return self._pread(start, end)
-        if self.frames is not None:
-            return self._from_frame(start, end)
+        if self._stream is None:
+            return self._from_range(start, end)
         return self._from_stream(start, end)
 
-    def _pread(self, start: int, end: int) -> bytes:
-        data = os.pread(self.file.fileno(), end - start, start)
-        if len(data) != end - start:
-            raise OSError(f"the stored file of version {self.version.pk} is short at {start}")
-        return data
-
-    def _from_frame(self, start: int, end: int) -> bytes:
+    def _from_range(self, start: int, end: int) -> bytes:
         index = bisect_right(self.starts, start) - 1
         if self._frame is None or self._frame[0] != index:
             if self._pool is None:
@@ -99,18 +99,38 @@ class VersionBytes:
             at = self._place.get(index, 0)
             for later in [index, *self._order[at + 1 : at + AHEAD]]:
                 if later not in self._ahead:
-                    self._ahead[later] = self._pool.submit(self._decode, later)
+                    self._ahead[later] = self._pool.submit(self._load, later)
             for done in [i for i in self._ahead if i < index]:  # skipped: not needed
                 self._ahead.pop(done).cancel()
             self._frame = (index, self._ahead.pop(index).result())
         first = self.datamap.ranges[index][0]
         return self._frame[1][start - first : end - first]
 
-    def _decode(self, index: int) -> bytes:
-        assert self.frames is not None
-        frame = self.frames[index]
-        compressed = os.pread(self.file.fileno(), frame.length, frame.offset)
-        data: bytes = zstandard.ZstdDecompressor().decompress(compressed, max_output_size=RANGE_MAX)
+    def _load(self, index: int) -> bytes:
+        """Range ``index`` whole (read, or its frame decoded), checked against the map."""
+        start, end, _ = self.datamap.ranges[index]
+        if self.frames is None:
+            data = os.pread(self.file.fileno(), end - start, start)
+        else:
+            frame = self.frames[index]
+            compressed = os.pread(self.file.fileno(), frame.length, frame.offset)
+            try:
+                data = zstandard.ZstdDecompressor().decompress(
+                    compressed, max_output_size=RANGE_MAX
+                )
+            except zstandard.ZstdError as exc:
+                raise StoredMismatch(
+                    f"the frame of bytes {start}-{end} of version {self.version.number}'s "
+                    f"stored file does not decode ({exc})"
+                ) from exc
+        expected = self.datamap.blake3[index] if self.datamap.blake3 is not None else None
+        if len(data) != end - start or (
+            expected is not None and blake3.blake3(data).hexdigest() != expected
+        ):
+            raise StoredMismatch(
+                f"bytes {start}-{end} of version {self.version.number}'s stored file are not "
+                "those of its data map"
+            )
         return data
 
     def _from_stream(self, start: int, end: int) -> bytes:

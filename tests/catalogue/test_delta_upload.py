@@ -251,3 +251,22 @@ def test_block_hashes_are_the_base_s_blocks(user_client, image):
 def test_the_agent_s_range_lists_are_what_the_server_reads(indices):
     wanted = sorted(indices)
     assert parse_indices(_spans(wanted), 2001) == wanted
+
+
+@pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD])
+def test_a_base_whose_stored_bytes_went_bad_is_refused_and_marked_damaged(
+    user_client, image, tmp_path, compression
+):
+    base = stored_version(image, 1, disk_like(1), compression)
+    delta, digest, _ = delta_for(user_client, tmp_path, base, changed(disk_like(1), EDITS))
+    path = get_storage().version_path(image.uuid, 1, base.stored_compression)
+    with path.open("r+b") as file:  # bit rot in the middle of the stored file
+        file.seek(path.stat().st_size // 2)
+        byte = file.read(1)
+        file.seek(-1, os.SEEK_CUR)
+        file.write(bytes([byte[0] ^ 0x40]))
+    response = refused(user_client, image, delta, 1, digest)
+    assert response.status_code == 400
+    assert "cannot be the base" in response.json()["detail"]
+    base.refresh_from_db()
+    assert base.damaged

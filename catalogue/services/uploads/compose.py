@@ -37,11 +37,12 @@ from django.conf import settings
 from accounts.services import audit_record
 from catalogue.exceptions import BadUpload, VersionNotFound
 from catalogue.models import Compression, FileStandard, Image, Version
+from catalogue.services.codecs import version_damaged
 from catalogue.services.datamaps import version_map
 from catalogue.services.delivery import version_for_download
 from catalogue.services.uploads.commit import version_upload
 from catalogue.services.uploads.receiver import ReceivedUpload, VersionReceiver
-from catalogue.services.versionbytes import VersionBytes
+from catalogue.services.versionbytes import StoredMismatch, VersionBytes
 from diskimage.datamap import DataMap
 from diskimage.delta import DeltaComposer, DeltaError, map_digest
 
@@ -134,6 +135,12 @@ def version_compose(
             composer.finish()
         except DeltaError as exc:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
+        except StoredMismatch as exc:  # the base's file went bad: recorded, never passed on
+            version_damaged(base, f"Version {base.number} is damaged: {exc}.")
+            raise BadUpload(
+                f"Version {base.number} cannot be the base of a delta: {exc} (it is now marked "
+                "damaged). Nothing was stored; upload the whole image."
+            ) from exc
         version = version_upload(
             actor=actor,
             image=image,
