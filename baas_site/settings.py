@@ -292,6 +292,11 @@ else:
 CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 # Periodic jobs, defined here in code; each app adds its own entries.
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    # Removes the bytes of resumable uploads left unfinished for BAAS_UPLOAD_RESUME_HOURS.
+    "catalogue-resumable-uploads-expire": {
+        "task": "catalogue.resumable_uploads_expire",
+        "schedule": float(env.int("BAAS_UPLOAD_RESUME_SWEEP_INTERVAL", default=600)),
+    },
     "tokens-purge-expired": {"task": "accounts.tokens_purge_expired", "schedule": 3600.0},
     # Removes the .part files of uploads and jobs a crash cut short (no live writer holds them).
     "catalogue-purge-stale-uploads": {
@@ -383,6 +388,11 @@ BAAS_UPLOAD_INLINE_SHA256_MAX = env.int("BAAS_UPLOAD_INLINE_SHA256_MAX", default
 BAAS_UPLOAD_READ_SOCKET = env.bool("BAAS_UPLOAD_READ_SOCKET", default=True)
 # A .part file no live writer holds (its upload or job died) is removed once this old.
 BAAS_STALE_UPLOAD_SECONDS = env.int("BAAS_STALE_UPLOAD_SECONDS", default=60)
+# Resumable uploads (draft-ietf-httpbis-resumable-upload; catalogue.services.uploads.resumable):
+# an unfinished one's bytes are removed this many hours after the last arrived, and a user
+# has at most BAAS_UPLOAD_RESUME_MAX unfinished ones at a time.
+BAAS_UPLOAD_RESUME_HOURS = env.float("BAAS_UPLOAD_RESUME_HOURS", default=24.0)
+BAAS_UPLOAD_RESUME_MAX = env.int("BAAS_UPLOAD_RESUME_MAX", default=8)
 # Temporal images: kept this many days after they are made temporal, and at
 # most BAAS_TEMPORAL_MAX_DAYS from now when their owners extend them. Set by
 # the administrators of the deployment. Per-user storage quotas and per-image
@@ -458,3 +468,32 @@ observability.error_reporting(
 BAAS_ACCEL_REDIRECT = env.str("BAAS_ACCEL_REDIRECT", default="")
 # Who may scrape GET /metrics (baas_site.metrics): client networks, comma-separated.
 BAAS_METRICS_NETWORKS = env.list("BAAS_METRICS_NETWORKS", default=["127.0.0.1/32", "::1/128"])
+
+# --- Imports from registries and URLs (imports/) --------------------------------------
+from typing import cast  # noqa: E402 - this block's own
+
+INSTALLED_APPS = [*INSTALLED_APPS, "imports"]
+# An administrator's registry credentials (containers-auth.json, as `skopeo login`
+# writes it); empty: anonymous pulls, unless a request brings credentials of its own.
+BAAS_REGISTRY_AUTH_FILE = env.str("BAAS_REGISTRY_AUTH_FILE", default="")
+# Hosts an import may reach although they resolve to a loopback, private or link-local
+# address (an internal registry or file server); every other such host is refused.
+BAAS_IMPORT_ALLOWED_HOSTS = env.list("BAAS_IMPORT_ALLOWED_HOSTS", default=[])
+# Registries (host[:port]) reached over plain HTTP or without checking TLS certificates.
+BAAS_IMPORT_INSECURE_REGISTRIES = env.list("BAAS_IMPORT_INSECURE_REGISTRIES", default=[])
+# Where import jobs pull and unpack (a directory per job, removed when it ends).
+BAAS_IMPORT_WORK_DIR = Path(env.str("BAAS_IMPORT_WORK_DIR", default=str(VAR_DIR / "imports")))
+# The longest an import may take as a whole, and one network read (seconds).
+BAAS_IMPORT_TIMEOUT = env.int("BAAS_IMPORT_TIMEOUT", default=3600)
+BAAS_IMPORT_READ_TIMEOUT = env.int("BAAS_IMPORT_READ_TIMEOUT", default=60)
+# Fails the imports whose worker died, and removes their folders.
+CELERY_BEAT_SCHEDULE["imports-sweep"] = {"task": "imports.imports_sweep", "schedule": 600.0}
+CELERY_TASK_ROUTES["imports.imports_sweep"] = {"queue": BAAS_PERIODIC_QUEUE}
+# Imports pull and unpack whole images: the long queue.
+CELERY_TASK_ROUTES = {**CELERY_TASK_ROUTES, "imports.import_run": {"queue": BAAS_LONG_QUEUE}}
+cast(dict, SPECTACULAR_SETTINGS["ENUM_NAME_OVERRIDES"]).update(
+    ImportKindEnum="imports.models.Kind",
+    ImportStateEnum="imports.models.State",
+    ImportLayoutEnum="imports.models.Layout",
+    KindEnum="flashing.models.DeploymentKind",  # its name before imports had a kind too
+)

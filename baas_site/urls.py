@@ -29,7 +29,9 @@ urlpatterns = [
     path("api/", include(api_urlpatterns)),
     path("api/", include("catalogue.urls")),
     path("api/", include("flashing.urls")),
+    path("api/", include("imports.urls")),
     path("", include("catalogue.urls_pages")),
     path("", include("accounts.urls_pages")),
     path("", include("flashing.urls_pages")),
+    path("", include("imports.urls_pages")),
 ]

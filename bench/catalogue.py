@@ -832,6 +832,195 @@ def measure_download(baas: Baas, workdir: Path, uuid: str, repeat: int) -> Row:
                {"baas": ours, "baseline": theirs})  # fmt: skip
 
 
+# --- The command-line client (baas image push / pull) ----------------------------------------
+
+BAAS_CLI = Path(sys.executable).parent / "baas"
+
+
+class Cli:
+    """``baas`` run as a researcher runs it: a new process per command, its start-up timed."""
+
+    def __init__(self, baas: Baas, home: Path):
+        self.baas, self.home = baas, home
+        home.mkdir(parents=True, exist_ok=True)
+        self.env = {**os.environ, "BAAS_URL": baas.url(""), "BAAS_TOKEN": baas.token,
+                    "XDG_CONFIG_HOME": str(home / "config"),
+                    "XDG_STATE_HOME": str(home / "state")}  # fmt: skip
+
+    def run(self, *args: str) -> dict:
+        out = subprocess.run([str(BAAS_CLI), *args, "--json"], capture_output=True, text=True,
+                             env=self.env, check=False)  # fmt: skip
+        if out.returncode != 0:
+            raise SystemExit(f"baas {' '.join(args)} exited {out.returncode}: {out.stderr}")
+        return json.loads(out.stdout)
+
+    def push(self, uuid: str, path: Path, *extra: str) -> tuple[float, dict]:
+        """``baas image push`` as a sparse image (--compress none): auto would measure the link
+        and may compress, which is another comparison than cp's."""
+        return timed(
+            lambda: self.run("image", "push", uuid, str(path), "--compress", "none", *extra)
+        )
+
+    def push_killed_at_half(self, uuid: str, path: Path) -> int:
+        """Start a push, SIGKILL it once the server holds half its body; the server's offset."""
+        errors = self.home / "killed-push.err"
+        with errors.open("w") as stderr:
+            process = subprocess.Popen(
+                [str(BAAS_CLI), "image", "push", uuid, str(path), "--limit-rate", "200M",
+                 "--compress", "none"],
+                env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
+            )  # fmt: skip
+        try:
+            offset, length = 0, 0
+            deadline = time.monotonic() + 120
+            while (not length or offset < length // 2) and time.monotonic() < deadline:
+                if process.poll() is not None:
+                    raise SystemExit(f"the push to kill ended first: {errors.read_text()}")
+                time.sleep(0.05)
+                offset, length = self._upload_offset()
+        finally:
+            process.kill()
+            process.wait()
+        while True:  # the server stores what arrived once it sees the socket close
+            time.sleep(0.5)
+            settled, _ = self._upload_offset()
+            if settled == offset:
+                return offset
+            offset = settled
+
+    def _upload_offset(self) -> tuple[int, int]:
+        states = list((self.home / "state" / "baas" / "push").glob("*.json"))
+        if not states:
+            return 0, 0
+        upload = json.loads(states[0].read_text())["upload"]
+        conn = http.client.HTTPConnection("127.0.0.1", self.baas.port, timeout=30)
+        try:
+            conn.request("HEAD", upload, headers={"Authorization": f"Bearer {self.baas.token}",
+                                                  "Upload-Draft-Interop-Version": "8"})  # fmt: skip
+            response = conn.getresponse()
+            response.read()
+            return int(response.getheader("Upload-Offset") or 0), int(
+                response.getheader("Upload-Length") or 0
+            )
+        finally:
+            conn.close()
+
+    def pull(self, ref: str, target: Path) -> tuple[float, dict]:
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+        sync_all()
+        return timed(lambda: self.run("image", "pull", ref, str(target)))
+
+
+def curl_to_file(url: str, target: Path, expected: int) -> float:
+    """``curl -o FILE`` of the whole raw file (every byte, zeros too, written out)."""
+    with contextlib.suppress(FileNotFoundError):
+        target.unlink()
+    sync_all()
+    cmd = ["curl", "-sS", "-o", str(target), "-w", "%{http_code} %{size_download}", url]
+    seconds, out = timed(lambda: run(cmd))
+    code, size = out.stdout.split()
+    if code != "200" or int(size) != expected:
+        raise SystemExit(f"curl of {url} answered {code} with {size} bytes, not {expected}")
+    return seconds
+
+
+def _pushed_once(cli: Cli, baas: Baas, image: TestImage, name: str, *extra: str) -> dict:
+    created = baas.create_image(name)
+    sync_all()
+    seconds, answer = cli.push(created["uuid"], image.raw, *extra)
+    if answer.get("size") != image.size:
+        raise SystemExit(f"baas image push stored something else: {answer}")
+    return {"uuid": created["uuid"], "seconds": seconds, "answer": answer}
+
+
+def _phases(answer: dict) -> str:
+    """Where a push's time went, as the client saw it: sending, then the server's answer."""
+    transfer = answer.get("transfer", {})
+    return (
+        f"sending {transfer.get('seconds_sending', 0):.2f} s, answer after "
+        f"{transfer.get('seconds_waiting', 0):.2f} s"
+    )
+
+
+def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> list[Row]:
+    """baas image push vs cp+sync, a resumed push vs a fresh one, baas image pull vs curl."""
+    read_through(image.raw)
+    cli = Cli(baas, workdir / "cli-home")
+    cp_t, push_t, plain_t, resumed_t, pull_t, curl_t = [], [], [], [], [], []
+    sent, resumed_sent, received = [], [], []
+    checked = ""
+    for i in range(repeat):
+        cp_t.append(baseline_copy(image, workdir)[0])
+        log(f"  cp --sparse=always + sync: {cp_t[-1]:.2f} s")
+        fresh = _pushed_once(cli, baas, image, f"bench-cli-{i}")
+        push_t.append(fresh["seconds"])
+        sent.append(fresh["answer"]["transfer"]["sent"])
+        log(f"  baas image push: {fresh['seconds']:.2f} s ({sent[-1] / MiB:.0f} MiB sent; "
+            f"{_phases(fresh['answer'])})")  # fmt: skip
+        if not checked:  # once: the job records the SHA-256, which must be the image's
+            _job, digest = baas.digest_job(fresh["uuid"], fresh["answer"]["version"])
+            if digest != image.sha256:
+                raise SystemExit(f"baas image push stored other bytes: SHA-256 {digest}")
+            checked = fresh["uuid"]
+        else:
+            baas.delete_image(fresh["uuid"])
+        plain = _pushed_once(cli, baas, image, f"bench-cli-plain-{i}", "--no-resume")
+        plain_t.append(plain["seconds"])
+        baas.delete_image(plain["uuid"])
+        log(f"  baas image push --no-resume: {plain['seconds']:.2f} s ({_phases(plain['answer'])})")
+        created = baas.create_image(f"bench-cli-resume-{i}")
+        held = cli.push_killed_at_half(created["uuid"], image.raw)
+        sync_all()
+        seconds, answer = cli.push(created["uuid"], image.raw)
+        if answer.get("size") != image.size or answer["transfer"]["resumed_from"] != held:
+            raise SystemExit(f"the resumed push did not resume from {held}: {answer}")
+        resumed_t.append(seconds)
+        resumed_sent.append(answer["transfer"]["sent"])
+        baas.delete_image(created["uuid"])
+        log(f"  baas image push, resumed at {held / MiB:.0f} MiB: {seconds:.2f} s "
+            f"({resumed_sent[-1] / MiB:.0f} MiB sent; {_phases(answer)})")  # fmt: skip
+    number = 1
+    stored = baas.version_file(checked, number)
+    nginx = Nginx(workdir, stored.parent)
+    nginx.start()
+    try:
+        read_through(stored)
+        for _ in range(repeat):
+            curl_t.append(curl_to_file(f"http://127.0.0.1:{nginx.port}/{stored.name}",
+                                       workdir / "curl.img", image.size))  # fmt: skip
+            log(f"  curl -o of the raw file from nginx: {curl_t[-1]:.2f} s")
+            seconds, answer = cli.pull(f"{checked}@{number}", workdir / "pulled.img")
+            if not answer.get("verified"):
+                raise SystemExit(f"baas image pull did not check the ranges: {answer}")
+            pull_t.append(seconds)
+            received.append(answer["received"])
+            log(f"  baas image pull: {seconds:.2f} s ({received[-1] / MiB:.0f} MiB received, "
+                f"{allocated(workdir / 'pulled.img') / MiB:.0f} MiB allocated)")  # fmt: skip
+    finally:
+        nginx.stop()
+        for name in ("curl.img", "pulled.img"):
+            with contextlib.suppress(FileNotFoundError):
+                (workdir / name).unlink()
+    cp, pu, pl, rs = median(cp_t), median(push_t), median(plain_t), median(resumed_t)
+    pd, cu = median(pull_t), median(curl_t)
+    return [
+        Row("baas image push vs cp+sync", pu, cp, pu / cp, "<= 1.0", pu / cp <= 1.0,
+            f"a resumable upload of the data alone ({median(sent) / MiB:.0f} MiB sent); "
+            "client start-up included", {"baas": push_t, "baseline": cp_t, "sent": sent}),
+        Row("  baas image push --no-resume vs cp+sync", pl, cp, pl / cp, "-", None,
+            "one request: the server stores it without the second pass a resumable upload "
+            "costs at completion", {"baas": plain_t, "baseline": cp_t}),
+        Row("resumed push after 50% vs fresh push", rs, pu, rs / pu, "<= 0.55", rs / pu <= 0.55,
+            f"{median(resumed_sent) / MiB:.0f} MiB sent after the kill",
+            {"resumed": resumed_t, "fresh": push_t, "sent": resumed_sent}),
+        Row("baas image pull vs curl -o (nginx)", pd, cu, pd / cu, "<= 0.5", pd / cu <= 0.5,
+            f"pull: a sparse file, {median(received) / MiB:.0f} MiB received, each range "
+            "checked, fsynced; curl: the whole raw file written (not synced)",
+            {"baas": pull_t, "baseline": curl_t, "received": received}),
+    ]  # fmt: skip
+
+
 # --- Report --------------------------------------------------------------------------------
 
 
@@ -867,6 +1056,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--repo", type=Path, default=REPO, help="the BAAS checkout to run (default: this one)"
     )
+    parser.add_argument(
+        "--only", choices=["all", "cli"], default="all",
+        help="cli: only the command-line client's push and pull (and create)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     for tool in ("curl", "zstd", "nginx", "cp"):
         if shutil.which(tool) is None and not Path("/usr/sbin", tool).exists():
@@ -900,15 +1093,18 @@ def _measure_all(baas: Baas, workdir: Path, run_dir: Path, size: int, data: int,
     baas.start()
     rows = [measure_create(baas, args.repeat, size)]
     log(f"create: {rows[0].baas:.3f} s")
-    log(f"uploads ({args.repeat}x each, interleaved), load {load_average()}")
-    upload_rows, keep_uuid = measure_uploads(baas, image, run_dir, args.repeat)
-    rows += upload_rows
-    log(f"downloads ({args.repeat}x each), load {load_average()}")
-    try:
-        rows.append(measure_download(baas, run_dir, keep_uuid, args.repeat))
-    except SystemExit as exc:  # e.g. a checkout without downloads: report it, keep the rest
-        rows.append(Row("download vs nginx (throughput)", None, None, None, ">= 0.9", False,
-                        f"not measured: {exc}"))  # fmt: skip
+    if args.only == "all":
+        log(f"uploads ({args.repeat}x each, interleaved), load {load_average()}")
+        upload_rows, keep_uuid = measure_uploads(baas, image, run_dir, args.repeat)
+        rows += upload_rows
+        log(f"downloads ({args.repeat}x each), load {load_average()}")
+        try:
+            rows.append(measure_download(baas, run_dir, keep_uuid, args.repeat))
+        except SystemExit as exc:  # e.g. a checkout without downloads: report it, keep the rest
+            rows.append(Row("download vs nginx (throughput)", None, None, None, ">= 0.9", False,
+                            f"not measured: {exc}"))  # fmt: skip
+    log(f"the command-line client ({args.repeat}x each, interleaved), load {load_average()}")
+    rows += measure_cli(baas, image, run_dir, args.repeat)
     meta = {
         "size": size,
         "data_blocks": image.data,

@@ -89,3 +89,70 @@ class InsufficientStorage(StorageFull):
 class LengthRequired(_LengthRequired):
     default_detail = "Send the upload with a Content-Length (or chunked through gunicorn)."
     default_code = "length_required"
+
+
+# --- Resumable uploads (catalogue.services.uploads.resumable) -----------------------------
+
+
+class UploadNotFound(NotFound):
+    """No such upload resource, or not the actor's, or abandoned; ``state``/``at`` say why
+    when the server still remembers it (expired, failed)."""
+
+    default_detail = "No such upload."
+    default_code = "not_found"
+
+    def __init__(self, detail: str | None = None, *, state: str = "", at: str = ""):
+        super().__init__(detail)
+        self.state = state
+        self.at = at
+
+
+class UploadOffsetMismatch(Conflict):
+    """The append does not start where the upload is (its acknowledged offset)."""
+
+    default_code = "mismatching_upload_offset"
+
+    def __init__(self, *, expected: int, provided: int):
+        super().__init__(
+            f"This upload has {expected} bytes, not {provided}: resume from byte {expected}."
+        )
+        self.expected = expected
+        self.provided = provided
+
+
+class UploadBusy(Conflict):
+    """Another request is appending to this upload right now."""
+
+    default_detail = (
+        "Another request is appending to this upload right now. If it was yours and was cut "
+        "off, the server notices when its connection closes: ask for the offset again in a "
+        "few seconds."
+    )
+    default_code = "upload_busy"
+    retry_after = 5
+
+    def __init__(self, *, offset: int):
+        super().__init__()
+        self.offset = offset
+
+
+class UploadCompleted(BadUpload):
+    """The upload is complete: nothing can be appended any more."""
+
+    default_code = "completed_upload"
+
+
+class UploadLengthMismatch(BadUpload):
+    """The bytes sent contradict the upload's announced length (Upload-Length)."""
+
+    default_code = "inconsistent_upload_length"
+
+
+class TooManyUploads(Conflict):
+    """The user has as many unfinished resumable uploads as allowed."""
+
+    default_code = "too_many_uploads"
+
+    def __init__(self, detail: str, *, tokens: list[str]):
+        super().__init__(detail)
+        self.tokens = tokens

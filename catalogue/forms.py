@@ -113,7 +113,8 @@ class SetupForm(forms.Form):
 
 
 class FrozenImageForm(forms.Form):
-    """Pick one version of one image (``<image uuid>:<number>``), its sync flag, disk and mount."""
+    """Pick one version of one image (``<image uuid>:<number>``), its sync flag, disk and mount,
+    and, when the setup has a partition table, the partition it goes into."""
 
     version = forms.ChoiceField(label="Image and version")
     sync = forms.BooleanField(
@@ -135,9 +136,33 @@ class FrozenImageForm(forms.Form):
         label="How the machine gets it",
         help_text=MOUNT_HELP,
     )
+    partition = forms.ChoiceField(
+        required=False,
+        label="Partition",
+        help_text="An image whose target disk is the partition table's goes into one of its "
+        "partitions.",
+    )
 
-    def __init__(self, *args: Any, images: Iterable[Image], **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        images: Iterable[Image],
+        partitions: Iterable[tuple[str, str]] = (),
+        table_disk: str = "",
+        **kwargs: Any,
+    ):
+        """``partitions``: (label, description) of the setup's table on ``table_disk``, if any."""
         super().__init__(*args, **kwargs)
+        partition_field = self.fields["partition"]
+        assert isinstance(partition_field, forms.ChoiceField)
+        partition_field.choices = [("", "None: a whole disk"), *partitions]
+        if table_disk:
+            partition_field.help_text = (
+                f"An image written to {table_disk}, the partition table's disk, goes into one "
+                "of its partitions."
+            )
+        else:
+            del self.fields["partition"]
         version_field = self.fields["version"]
         assert isinstance(version_field, forms.ChoiceField)
         version_field.choices = [("", "Choose an image version…")] + [

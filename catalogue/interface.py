@@ -19,7 +19,9 @@ Versions, before a machine gets them:
   of the caller's, for a program that needs a file (raises :class:`CopyFailed`).
 
 What a machine sends back: :func:`version_store_file` stores a file (a network
-mount's merged image) as the image's next version, as an upload would.
+mount's merged image) as the image's next version, as an upload would;
+:func:`version_store_stream` stores bytes as a client would send them (an
+import from a URL), and :func:`image_room` says how large a new version may be.
 
 Setups: :func:`setup_get_usable` — a setup a user may flash, or None;
 :func:`setup_list_usable` — every setup a user may flash.
@@ -33,6 +35,7 @@ delete them: :func:`holder_register` with a :class:`Holder` (``catalogue.holders
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +68,7 @@ __all__ = [
     "can_use_setup",
     "can_write_image",
     "holder_register",
+    "image_room",
     "setup_get_usable",
     "setup_list_usable",
     "version_boot_files",
@@ -73,6 +77,7 @@ __all__ = [
     "version_disk_size",
     "version_raw_ensure",
     "version_store_file",
+    "version_store_stream",
     "version_stored_size",
 ]
 
@@ -118,6 +123,25 @@ def version_store_file(
     return _files.version_store_file(
         actor=actor, image=image, path=path, note=note, same_as=same_as
     )
+
+
+def version_store_stream(
+    *,
+    actor: Any,
+    image: Image,
+    chunks: Iterable[bytes],
+    expected_sha256: str | None = None,
+    note: str = "",
+) -> Version:
+    """Bytes as an upload sends them (any encoding an upload takes) as ``image``'s next version."""
+    return _files.version_store_stream(
+        actor=actor, image=image, chunks=chunks, expected_sha256=expected_sha256, note=note
+    )
+
+
+def image_room(image: Image) -> tuple[int, str]:
+    """Bytes a new version of ``image`` may take (size limit, owner's quota), and which limit."""
+    return _files.image_room(image)
 
 
 def setup_get_usable(*, user: Actor, setup_uuid: Any) -> ImageSetup | None:

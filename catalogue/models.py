@@ -217,6 +217,14 @@ class Version(models.Model):
         help_text="The version this one was composed from, by a delta upload of the changes "
         "against it (empty: uploaded whole)",
     )
+    # Provenance of an imported version (imports/): the registry reference and the
+    # digest of the manifest it was made from, with its platform; or the URL and the
+    # SHA-256 it was checked against. Empty for uploads.
+    source_reference = models.CharField(max_length=2000, blank=True)
+    source_digest = models.CharField(max_length=80, blank=True, db_index=True)
+    source_platform = models.CharField(max_length=64, blank=True)
+    source_url = models.CharField(max_length=2000, blank=True)
+    source_sha256 = models.CharField(max_length=64, blank=True)
     # Background processing (digest, compression, map; catalogue.services.processing):
     # a job is owed while ``job_sent_at`` is set, and the sweep sends it again if it died.
     job_sent_at = models.DateTimeField(
@@ -340,3 +348,54 @@ def validate_mount(image_type: str, mount: str) -> None:
                 "this one is flashed onto the disk."
             }
         )
+
+
+class UploadState(models.TextChoices):
+    RECEIVING = "receiving", "Receiving"
+    COMPLETE = "complete", "Complete"
+    EXPIRED = "expired", "Expired"
+    FAILED = "failed", "Failed"
+
+
+class ResumableUpload(models.Model):
+    """An upload resource (draft-ietf-httpbis-resumable-upload): the bytes of a coming version
+    received over several requests, kept as sent in a ``.part`` file until the last one.
+
+    ``offset`` is what the server acknowledged (synced to that file); ``stored`` the bytes
+    it takes on disk, counted in the owner's quota while ``receiving``. A row outlives its
+    bytes as a tombstone (``complete``, ``expired``, ``failed``) for a while, so a client
+    learns what became of it (catalogue.services.uploads.resumable).
+    """
+
+    token = models.CharField(max_length=64, unique=True)
+    image = models.ForeignKey(Image, on_delete=models.CASCADE, related_name="resumable_uploads")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="resumable_uploads"
+    )
+    state = models.CharField(
+        max_length=10, choices=UploadState.choices, default=UploadState.RECEIVING
+    )
+    offset = models.PositiveBigIntegerField(default=0, help_text="Bytes as sent, acknowledged")
+    length = models.PositiveBigIntegerField(
+        null=True, blank=True, help_text="Upload-Length: all the bytes as sent, if announced"
+    )
+    stored = models.PositiveBigIntegerField(default=0, help_text="Bytes allocated on disk")
+    encoding = models.CharField(
+        max_length=8, blank=True, help_text="As the creation request declared it (empty: sniffed)"
+    )
+    expected_sha256 = models.CharField(max_length=64, blank=True)
+    want_digest = models.BooleanField(default=False)
+    note = models.CharField(max_length=500, blank=True)
+    version = models.ForeignKey(
+        Version, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reason = models.CharField(max_length=500, blank=True, help_text="Why it failed")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    expires_at = models.DateTimeField(help_text="When its bytes go if nothing more arrives")
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "expires_at"])]
+
+    def __str__(self) -> str:
+        return f"upload {self.token[:8]}… to {self.image_id} ({self.state}, {self.offset} bytes)"

@@ -19,11 +19,13 @@ from catalogue.models import Image
 from catalogue.services import lifecycle, pipeline
 from catalogue.services.lifecycle import versions_prune_task
 from catalogue.services.pipeline import version_advance_task
+from catalogue.services.uploads import resumable
 from catalogue.storage import get_storage
 
 __all__ = [
     "image_recompress_task",
     "purge_stale_uploads_task",
+    "resumable_uploads_expire_task",
     "temporal_expire_task",
     "version_advance_task",
     "versions_map_missing_task",
@@ -69,6 +71,13 @@ def purge_stale_uploads_task() -> int:
     for path in removed:
         logger.warning("Removed the stale upload %s", path)
     return len(removed)
+
+
+@shared_task(name="catalogue.resumable_uploads_expire", base=TransactionAwareTask)
+def resumable_uploads_expire_task() -> dict[str, int]:
+    """Remove the bytes of resumable uploads left unfinished for BAAS_UPLOAD_RESUME_HOURS
+    (beat, every BAAS_UPLOAD_RESUME_SWEEP_INTERVAL seconds); idempotent."""
+    return resumable.resumable_expire()
 
 
 # --- Lifecycle: temporal images ------------------------------------------------------------

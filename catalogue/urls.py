@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from catalogue.apis import downloads, hashes, images, setups, usage
+from catalogue.apis import downloads, hashes, images, resumable, setups, usage
 
 # The image segment takes any text: the views answer 400 for a malformed UUID.
 # ``image/<id>/versions`` comes before the downloads' ``image/<id>/<int>``.
@@ -73,4 +73,7 @@ urlpatterns = [
     *image_urlpatterns,
     *setup_urlpatterns,
     *download_urlpatterns,
+    # Resumable uploads (draft-ietf-httpbis-resumable-upload), created by an upload to image/<id>.
+    path("uploads", resumable.UploadListApi.as_view(), name="upload-list"),
+    path("uploads/<str:token>", resumable.UploadDetailApi.as_view(), name="upload-detail"),
 ]

@@ -18,6 +18,7 @@ urlpatterns = [
     path("setups/<uuid:setup_id>/", views.setup_detail, name="setup"),
     path("setups/<uuid:setup_id>/edit/", views.setup_edit, name="setup-edit"),
     path("setups/<uuid:setup_id>/delete/", views.setup_delete, name="setup-delete"),
+    path("setups/<uuid:setup_id>/layout/", views.setup_layout, name="setup-layout"),
     path(
         "setups/<uuid:setup_id>/images/<uuid:image_id>/remove/",
         views.setup_image_remove,

@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.paginator import Paginator
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST, require_safe
 
 from accounts.http import AuthenticatedHttpRequest
 from baas_site.errors import error_text
 from baas_site.exceptions import DomainError, Forbidden, Invalid
-from catalogue import rules
+from catalogue import layouts, rules
 from catalogue.exceptions import ImageConflict, SetupConflict
 from catalogue.filters import ImageFilter
 from catalogue.forms import (
@@ -34,6 +36,7 @@ from catalogue.forms import (
     SetupForm,
     add_service_errors,
 )
+from catalogue.forms_setups import PARTITION_TYPES, LayoutForms, size_text
 from catalogue.models import Image, ImageSetup, Version
 from catalogue.selectors import images as image_selectors
 from catalogue.selectors import setups as setup_selectors
@@ -116,14 +119,20 @@ UPLOAD_CLIENT = settings.BASE_DIR / "contrib" / "upload" / "baas-upload"
 @require_safe
 def upload_client(request: HttpRequest) -> FileResponse:
     """The upload client (``contrib/upload/baas-upload``), for researchers to fetch from
-    their own BAAS. Open to all, like the source it is: it holds nothing of this site."""
+    their own BAAS. Open to all, like the source it is: it holds nothing of this site.
+
+    Deprecated for the ``baas`` client (``cli/``, docs/cli.md): served for one more
+    release; the script says so each time it runs, and so does this answer's
+    ``Deprecation`` header (RFC 9745)."""
     try:
         script = UPLOAD_CLIENT.open("rb")
     except FileNotFoundError:
         raise Http404("This installation does not carry the upload client.") from None
-    return FileResponse(
+    response = FileResponse(
         script, as_attachment=True, filename="baas-upload", content_type="text/x-python"
     )
+    response["Deprecation"] = "@1796428800"  # RFC 9745: since 2026-12-05
+    return response
 
 
 @login_required
@@ -206,11 +215,63 @@ def setup_create(request: AuthenticatedHttpRequest) -> HttpResponse:
     return render(request, "catalogue/setup_form.html", {"form": form, "creating": True})
 
 
+def _partition_rows(setup: ImageSetup) -> list[dict[str, Any]]:
+    """The setup's partition table as shown: each partition with its device and its images."""
+    table = layouts.as_json(setup.layout)
+    if table is None:
+        return []
+    pinned = setup.frozen_images.all()
+    return [
+        {
+            **item,
+            "size_text": None if item["size"] is None else size_text(item["size"]),
+            "images": [frozen for frozen in pinned if frozen.partition == item["label"]],
+        }
+        for item in table["partitions"]
+    ]
+
+
+def _partition_choice(row: dict[str, Any]) -> str:
+    """``root (/dev/sda1, 4 MiB)``, and what the partition already holds."""
+    held = ", ".join(f"{f.image.name} v{f.version.number}" for f in row["images"])
+    return (
+        f"{row['label']} ({row['device']}, {row['size_text'] or 'rest of the disk'}"
+        f"{f'; holds {held}' if held else ''})"
+    )
+
+
+def _image_form(setup: ImageSetup, data: QueryDict | None = None) -> FrozenImageForm:
+    """The "add an image" form, with a partition choice when the setup has a table."""
+    choices = [(row["label"], _partition_choice(row)) for row in _partition_rows(setup)]
+    return FrozenImageForm(
+        data,
+        images=image_selectors.image_list_readable(actor=setup.owner),
+        partitions=choices,
+        table_disk=(setup.layout or {}).get("disk", ""),
+    )
+
+
+def _setup_page(
+    request: AuthenticatedHttpRequest,
+    setup: ImageSetup,
+    *,
+    form: FrozenImageForm | None = None,
+    layout_forms: LayoutForms | None = None,
+) -> HttpResponse:
+    context = {
+        "setup": setup,
+        "form": form or _image_form(setup),
+        "partitions": _partition_rows(setup),
+        "layout_forms": layout_forms or LayoutForms(layout=setup.layout),
+        "partition_types": PARTITION_TYPES,
+    }
+    return render(request, "catalogue/setup_detail.html", context)
+
+
 @login_required
 def setup_detail(request: AuthenticatedHttpRequest, setup_id: uuid.UUID) -> HttpResponse:
     setup = _my_setup(request, setup_id)
-    images = image_selectors.image_list_readable(actor=setup.owner)
-    form = FrozenImageForm(request.POST or None, images=images)
+    form = _image_form(setup, request.POST or None)
     if request.method == "POST" and form.is_valid():
         image_id, number = form.cleaned_data["version"]
         try:
@@ -222,13 +283,39 @@ def setup_detail(request: AuthenticatedHttpRequest, setup_id: uuid.UUID) -> Http
                 sync=form.cleaned_data["sync"],
                 target_disk=form.cleaned_data["target_disk"],
                 mount=form.cleaned_data["mount"],
+                partition=form.cleaned_data.get("partition", ""),
             )
         except DomainError as exc:
             add_service_errors(form, exc)
         else:
             messages.success(request, "Image added to the setup.")
             return redirect("setup", setup_id=setup.pk)
-    return render(request, "catalogue/setup_detail.html", {"setup": setup, "form": form})
+    return _setup_page(request, setup, form=form)
+
+
+@login_required
+def setup_layout(request: AuthenticatedHttpRequest, setup_id: uuid.UUID) -> HttpResponse:
+    """Declare, change (``more``: one row more, nothing saved) or ``remove`` the partition table.
+
+    Posted from the setup page, which shows the form again with the refusal.
+    """
+    setup = _my_setup(request, setup_id)
+    if request.method != "POST":
+        return redirect(reverse("setup", kwargs={"setup_id": setup.pk}) + "#layout-form")
+    more, remove = "more" in request.POST, "remove" in request.POST
+    # A refused removal shows the table as it stays; anything else, the rows as sent.
+    editor = LayoutForms(None if remove else request.POST, layout=setup.layout, more=more)
+    if not more and (remove or editor.is_valid()):
+        layout = None if remove else editor.layout()
+        try:
+            setup_services.setup_update(actor=request.user, setup=setup, layout=layout)
+        except (DomainError, DjangoValidationError) as exc:
+            editor.add_service_errors(exc)
+        else:
+            done = "removed" if layout is None else "saved"
+            messages.success(request, f'The partition table of "{setup.name}" is {done}.')
+            return redirect(reverse("setup", kwargs={"setup_id": setup.pk}) + "#layout")
+    return _setup_page(request, setup, layout_forms=editor)
 
 
 @login_required

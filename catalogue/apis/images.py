@@ -30,7 +30,7 @@ from accounts.selectors import user_get_managed
 from baas_site.created import LOCATION, created, location
 from baas_site.filters import FILTER_BACKENDS
 from catalogue import filters
-from catalogue.apis import uploads
+from catalogue.apis import resumable, uploads
 from catalogue.apis.fields import DigestField
 from catalogue.models import (
     Compression,
@@ -396,18 +396,10 @@ class ImageDetailApi(APIView):
         image = selectors.image_get_writable(
             actor=request.user, image_id=image_id, full=False, doing="upload to"
         )
+        if resumable.is_resumable_creation(request._request):  # Upload-Complete: ?0
+            return resumable.create(request, image)
         _quota_check_up_front(request, image)
-        version = uploads.upload_version(request, image)
-        headers = {
-            "Location": location(
-                "image-download", image_uuid=version.image_id, number=version.number
-            )
-        }
-        if version.sha256:  # RFC 9530: the digest of the image now stored
-            headers["Repr-Digest"] = sha256_field(version.sha256)
-        return Response(
-            VersionUploadedSerializer(version).data, status=status.HTTP_201_CREATED, headers=headers
-        )
+        return version_created_response(uploads.upload_version(request, image))
 
     @extend_schema(
         summary="Change metadata (JSON), or upload the next version (binary body, as curl -T)",
@@ -438,6 +430,18 @@ class ImageDetailApi(APIView):
         image = selectors.image_get_readable(actor=request.user, image_id=image_id, full=False)
         services.image_delete(actor=request.user, image=image)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+def version_created_response(version: Version) -> Response:
+    """The answer to an upload: 201, the new version, where to download it, its digest."""
+    headers = {
+        "Location": location("image-download", image_uuid=version.image_id, number=version.number)
+    }
+    if version.sha256:  # RFC 9530: the digest of the image now stored
+        headers["Repr-Digest"] = sha256_field(version.sha256)
+    return Response(
+        VersionUploadedSerializer(version).data, status=status.HTTP_201_CREATED, headers=headers
+    )
 
 
 def _quota_check_up_front(request: Request, image: Image) -> None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 
-from django.db.models import Count, QuerySet, Sum
+from django.db.models import BigIntegerField, Count, F, Func, QuerySet, Subquery, Sum
 from django.db.models.functions import Coalesce
 
 from accounts.models import User
 from catalogue import holders
-from catalogue.models import Image, ImageFrozen, Version
+from catalogue.models import Image, ImageFrozen, ResumableUpload, UploadState, Version
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,17 @@ def images_with_usage(images: QuerySet[Image]) -> QuerySet[Image]:
 
 
 def user_storage_used(*, user: User | int) -> int:
-    """Bytes on disk taken by every version of every image ``user`` owns."""
+    """Bytes on disk taken by every version of every image ``user`` owns, and by the bytes
+    of their images' unfinished resumable uploads."""
     owner_id = getattr(user, "pk", user)
+    receiving = (
+        ResumableUpload.objects.filter(image__owner_id=owner_id, state=UploadState.RECEIVING)
+        .annotate(total=Func(F("stored"), function="SUM"))
+        .values("total")
+    )
     total = Version.objects.filter(image__owner_id=owner_id).aggregate(
         used=Coalesce(Sum("stored_size"), 0)
+        + Coalesce(Subquery(receiving, output_field=BigIntegerField()), 0)
     )
     return int(total["used"])
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -21,6 +22,7 @@ from catalogue.exceptions import VersionNotFound
 from catalogue.models import Compression, Image, Version
 from catalogue.services.compression import raw_reader
 from catalogue.services.delivery import open_stored
+from catalogue.services.lifecycle import quota_guard_for
 from catalogue.services.uploads import VersionReceiver, version_upload
 from catalogue.storage import LocalStorage, VersionExists, get_storage
 
@@ -101,3 +103,39 @@ def version_store_file(
         return version_upload(
             actor=actor, image=image, receiver=receiver, note=note, same_as=same_as
         )
+
+
+def version_store_stream(
+    *,
+    actor: Any,
+    image: Image,
+    chunks: Iterable[bytes],
+    expected_sha256: str | None = None,
+    note: str = "",
+) -> Version:
+    """Bytes as a client would upload them (raw, qcow2, gzip, zstd, Android sparse: recognised
+    from the first bytes) through the catalogue's upload path: ``image``'s next version.
+    ``expected_sha256`` must match the raw bytes or the bytes as sent; raises what an upload
+    raises, and nothing is stored."""
+    receiver = VersionReceiver(
+        image=image, max_size=settings.BAAS_MAX_IMAGE_SIZE, digest=True, wire_digest=True
+    )
+    with receiver:
+        for chunk in chunks:
+            receiver.write(chunk)
+        return version_upload(
+            actor=actor,
+            image=image,
+            receiver=receiver,
+            expected_sha256=expected_sha256,
+            note=note,
+        )
+
+
+def image_room(image: Image) -> tuple[int, str]:
+    """Bytes a new version of ``image`` may take, and which limit that is, in words."""
+    room, why = settings.BAAS_MAX_IMAGE_SIZE, "the largest image this server accepts"
+    guard = quota_guard_for(image)
+    if guard is not None and guard.room < room:
+        room, why = max(guard.room, 0), f"what is left of {image.owner}'s storage quota"
+    return room, why

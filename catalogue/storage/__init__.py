@@ -19,6 +19,7 @@ from catalogue.storage.local import LocalStorage, get_storage
 from catalogue.storage.names import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, StoredName
 from catalogue.storage.pending import (
     PendingFile,
+    ResumablePart,
     StorageError,
     StorageFull,
     StoredFile,
@@ -32,6 +33,7 @@ __all__ = [
     "SUFFIXES",
     "LocalStorage",
     "PendingFile",
+    "ResumablePart",
     "StorageError",
     "StorageFull",
     "StoredFile",

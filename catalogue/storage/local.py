@@ -31,6 +31,7 @@ from catalogue.storage.names import (
     PART_SUFFIX,
     RAW_MAP_SUFFIX,
     RAW_SUFFIX,
+    RESUMABLE_PREFIX,
     SUFFIXES,
     StoredName,
     parsed_name,
@@ -38,6 +39,7 @@ from catalogue.storage.names import (
 )
 from catalogue.storage.pending import (
     PendingFile,
+    ResumablePart,
     StorageError,
     StorageFull,
     StoredFile,
@@ -108,6 +110,10 @@ class LocalStorage:
             if is_disk_full(exc):
                 raise StorageFull("No space left in the image store.") from exc
             raise
+
+    def resumable_part(self, image_uuid: uuid.UUID, token: str) -> ResumablePart:
+        """The bytes received so far of the resumable upload ``token`` to the image."""
+        return ResumablePart(self, image_uuid, token)
 
     def create_sparse(self, image_uuid: uuid.UUID, number: int, size: int) -> StoredFile:
         """An empty raw version of ``size`` bytes: instant, no blocks allocated."""
@@ -258,9 +264,25 @@ class LocalStorage:
         cutoff = time.time() - older_than_seconds
         removed = []
         for path in self.root.glob(f"*/.*{PART_SUFFIX}"):
+            if path.name.startswith(RESUMABLE_PREFIX):
+                continue  # a resumable upload's: its row says when it goes
             with contextlib.suppress(FileNotFoundError):
                 if path.stat().st_mtime < cutoff and remove_unheld(path):
                     removed.append(path)
+        return removed
+
+    def remove_resumable_parts(self, *, keep: set[str], older_than_seconds: float) -> list[Path]:
+        """Remove the files of resumable uploads (:class:`ResumablePart`) whose token is not
+        in ``keep`` (their row is gone) and untouched for ``older_than_seconds``."""
+        cutoff = time.time() - older_than_seconds
+        removed = []
+        for path in self.root.glob(f"*/{RESUMABLE_PREFIX}*{PART_SUFFIX}"):
+            token = path.name[len(RESUMABLE_PREFIX) : -len(PART_SUFFIX)]
+            with contextlib.suppress(FileNotFoundError):
+                if token not in keep and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+                    logger.warning("Removed %s: a resumable upload's bytes without a row", path)
         return removed
 
     def clear_debris(self, image_uuid: uuid.UUID | str, number: int) -> list[Path]:

@@ -26,6 +26,17 @@ _COMPRESSION_OF = {suffix: compression for compression, suffix in SUFFIXES.items
 LOCKS_DIR = ".locks"
 
 
+# A resumable upload's bytes as sent (``catalogue.storage.pending.ResumablePart``):
+# ``.upload-<token>.part``, owned by its row, not by a live writer: the stale purge skips it.
+RESUMABLE_PREFIX = ".upload-"
+
+
+def resumable_part_name(token: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,64}", token):
+        raise ValueError(f"not an upload token: {token!r}")
+    return f"{RESUMABLE_PREFIX}{token}{PART_SUFFIX}"
+
+
 def part_name(suffix: str = "") -> str:
     """A new name for a file being written (``suffix``: what it will be, for a person)."""
     return f".{uuid.uuid4().hex}{suffix}{PART_SUFFIX}"

@@ -12,9 +12,9 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
-from catalogue.storage.names import part_name
+from catalogue.storage.names import part_name, resumable_part_name
 from diskimage import BLOCK
 from diskimage.holes import zero_block_runs
 
@@ -240,3 +240,65 @@ def remove_unheld(path: Path) -> bool:
             return False
         path.unlink()
         return True
+
+
+class ResumablePart:
+    """The bytes as sent of a resumable upload, kept between its requests.
+
+    ``<image dir>/.upload-<token>.part``: unlike a :class:`PendingFile` it belongs
+    to its row (``catalogue.models.ResumableUpload``), not to a live writer, so the
+    stale purge leaves it; the row's expiry removes it. Appends start at the row's
+    acknowledged offset (anything past it, written before a crash, is cut off) and
+    blocks of zeros stay holes. ``sync`` makes what was appended durable before the
+    row acknowledges it.
+    """
+
+    def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, token: str):
+        self.path = storage.image_dir(image_uuid) / resumable_part_name(token)
+        self._file: BinaryIO | None = None
+        self.position = 0
+
+    def open(self, offset: int) -> None:
+        """Open for appending at ``offset`` (created empty at 0)."""
+        self.path.parent.mkdir(exist_ok=True)
+        if offset and not self.path.exists():
+            raise StorageError(f"{self.path.name} is missing: its bytes were lost")
+        self._file = open(self.path, "r+b" if self.path.exists() else "xb", buffering=0)  # noqa: SIM115
+        if os.fstat(self._file.fileno()).st_size < offset:
+            raise StorageError(f"{self.path.name} holds fewer bytes than were acknowledged")
+        self._file.truncate(offset)
+        self._file.seek(offset)
+        self.position = offset
+
+    def append(self, data: bytes) -> None:
+        assert self._file is not None
+        try:
+            if data.count(0) == len(data):
+                self._file.seek(len(data), os.SEEK_CUR)  # zeros: a hole (sized by sync)
+            else:
+                view = memoryview(data)
+                while view:
+                    view = view[self._file.write(view) :]
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+        self.position += len(data)
+
+    def sync(self) -> int:
+        """Make every appended byte durable; return the bytes the file takes on disk."""
+        assert self._file is not None
+        self._file.truncate(self.position)  # trailing zeros seeked over: a hole
+        os.fsync(self._file.fileno())
+        return os.fstat(self._file.fileno()).st_blocks * 512
+
+    def close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.close()
+
+    def reader(self) -> BinaryIO:
+        return open(self.path, "rb")
+
+    def remove(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)

@@ -21,8 +21,10 @@ not write gigabytes.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +175,13 @@ def test_the_readme_examples_run_as_written(
         f"printf '\\n%s\\n' '{MARKER.format(i)}'\n{example.script(live_server.url)}"
         for i, example in enumerate(runnable)
     )
+    # `baas` (cli/) as `./dev up` installs it, beside this Python; its login in tmp_path.
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"}
+    env.update(XDG_CONFIG_HOME=str(tmp_path / "config"), XDG_STATE_HOME=str(tmp_path / "state"))
     result = subprocess.run(
         ["bash", "-c", script],
+        env=env,
         input=(ADMIN_PASSWORD + "\n") * len(PASSWORD_PROMPT.findall(script)),
         cwd=tmp_path,
         stdout=subprocess.PIPE,

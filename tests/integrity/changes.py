@@ -6,17 +6,28 @@ its rules ``catalogue_change`` and ``people_change`` pick one of these.
 
 from __future__ import annotations
 
+import hashlib
+from datetime import timedelta
 from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
 
 from accounts.models import Role
 from accounts.services import user_update
 from catalogue.models import Version
+from catalogue.services.uploads.resumable import resumable_expire
 from catalogue.storage import get_storage
+from tests.integrity.invariants import promise, seen
+from tests.integrity.world import after_commit, content
+
+DRAFT = {"HTTP_UPLOAD_DRAFT_INTEROP_VERSION": "8"}
 
 
 class Changes:
     world: Any
     strays: set
+    resumables: list  # [who, upload URL, the whole content, bytes sent] of resumable uploads
 
     # --- The catalogue -----------------------------------------------------------------
 
@@ -42,6 +53,89 @@ class Changes:
     def setup_edit(self, who: str, owner: str, kind: str) -> None:
         """Pin the setup's system image at its latest version (out, then in again)."""
         self.repin(who, owner, kind)
+
+    # --- Resumable uploads (draft-ietf-httpbis-resumable-upload) ------------------------
+
+    def resumable(self, who: str, owner: str, which: str, action: str, index: int) -> None:
+        """A resumable upload is started (part of its bytes in the creation), appended to,
+        completed, abandoned, poked by someone else, or beat expires the unfinished ones."""
+        if action == "start" or (action != "expire" and not self.resumables):
+            self._resumable_start(who, self.world.images[(owner, which)])
+        elif action == "expire":
+            hours = settings.BAAS_UPLOAD_RESUME_HOURS
+            resumable_expire(now=timezone.now() + timedelta(hours=hours, minutes=1))
+        elif self.resumables:
+            upload = self.resumables[index % len(self.resumables)]
+            if action == "intrude":
+                self._resumable_intrude(who, upload)
+            else:
+                self._resumable_send(upload, action)
+
+    def _resumable_request(self, who: str, method: str, url: str, body: bytes, ok, **headers):
+        person = self.world.people[who]
+        person.user.refresh_from_db()
+        if not person.user.is_active:
+            ok = (401, 403)
+        kind = headers.pop("content_type", "application/partial-upload")
+        with after_commit():
+            response = person.client.generic(method, url, body, content_type=kind, **headers)
+        self.check_response(method, url, response, tuple(ok))
+        return response
+
+    def _resumable_start(self, who: str, image: Any) -> None:
+        self.world.seed += 1
+        data = content(self.world.seed)
+        first = len(data) // 3 + self.world.seed % 977
+        response = self._resumable_request(
+            who, "POST", f"/api/image/{image.uuid}", data[:first], (201, 403, 404, 409, 413),
+            content_type="application/octet-stream", HTTP_UPLOAD_COMPLETE="?0", **DRAFT,
+        )  # fmt: skip
+        if response.status_code == 201:
+            seen("resumable started")
+            self.resumables.append([who, response["Location"], data, first])
+
+    def _resumable_send(self, upload: list, action: str) -> None:
+        who, url, data, sent = upload
+        if action == "abandon":
+            self._resumable_request(who, "DELETE", url, b"", (204, 404))
+            self.resumables.remove(upload)
+            return
+        complete = action == "complete"
+        end = len(data) if complete else min(len(data), sent + len(data) // 4 + 4099)
+        response = self._resumable_request(
+            who, "PATCH", url, data[sent:end], (201, 204, 400, 403, 404, 409, 413),
+            HTTP_UPLOAD_OFFSET=str(sent), HTTP_UPLOAD_COMPLETE="?1" if complete else "?0", **DRAFT,
+        )  # fmt: skip
+        if response.status_code == 204:
+            upload[3] = end
+        elif response.status_code == 201:
+            seen("resumable completed")
+            version = response.json()
+            promise(
+                "resumed-is-the-file",
+                version["size"] == len(data)
+                and version["sha256"] in ("", None, hashlib.sha256(data).hexdigest()),
+                f"A resumed upload became {version}, not the {len(data)} bytes sent.",
+            )
+            self.resumables.remove(upload)
+        elif response.status_code == 404:  # expired, abandoned, or its image deleted
+            self.resumables.remove(upload)
+
+    def _resumable_intrude(self, who: str, upload: list) -> None:
+        owner, url, _data, sent = upload
+        if who == owner:
+            return
+        for method, body, extra in (
+            ("HEAD", b"", {}),
+            ("PATCH", b"x", {"HTTP_UPLOAD_OFFSET": str(sent), "HTTP_UPLOAD_COMPLETE": "?1"}),
+            ("DELETE", b"", {}),
+        ):
+            response = self._resumable_request(who, method, url, body, (401, 403, 404), **extra)
+            promise(
+                "uploads-private",
+                response.status_code in (401, 403, 404),
+                f"{who} {method} {owner}'s upload {url}: {response.status_code}",
+            )
 
     # --- People ----------------------------------------------------------------------------
 

@@ -16,7 +16,8 @@ from pathlib import Path
 from hypothesis import event
 
 from accounts.models import AuditEvent
-from catalogue.models import Version
+from catalogue.models import ResumableUpload, UploadState, Version
+from catalogue.selectors.usage import user_storage_used
 from catalogue.services.processing import storage_audit
 from catalogue.storage import get_storage
 from flashing.models import (
@@ -179,16 +180,78 @@ def check_files_match_rows(strays: Iterable[Path] = ()) -> None:
     """
     root = Path(get_storage().root)
     allowed = {f"{path.parent.name}/{path.name}" for path in strays}
+    # An unfinished resumable upload's bytes are a .part its row owns (check_resumable_uploads).
+    receiving = ResumableUpload.objects.filter(state=UploadState.RECEIVING)
+    allowed |= {
+        f"{image}/.upload-{token}.part" for image, token in receiving.values_list("image", "token")
+    }
     audit = storage_audit()
     for image, number, name in audit.missing_files:
         promise(
             "files-match-rows", False, f"Version {number} of image {image} has no file ({name})."
         )
     for part in audit.parts:
-        promise("files-match-rows", False, f"A leftover upload file: {root / part}")
+        if part not in allowed:
+            promise("files-match-rows", False, f"A leftover upload file: {root / part}")
     for stray in audit.stray_files:
         if stray not in allowed and stray not in audit.parts:
             promise("files-match-rows", False, f"A file without its version row: {root / stray}")
+
+
+def check_resumable_uploads() -> None:
+    """An unfinished resumable upload's bytes are on disk, as many as it acknowledged, and
+    count in its image owner's quota; a finished one (complete, expired, failed) or an
+    abandoned one (no row) leaves no bytes and counts for nothing."""
+    storage = get_storage()
+    for upload in ResumableUpload.objects.all():
+        part = storage.resumable_part(upload.image_id, upload.token).path
+        if upload.state == UploadState.RECEIVING:
+            size = part.stat().st_size if part.exists() else None
+            promise(
+                "resumable-bytes",
+                size == upload.offset,
+                f"Upload {upload.token} acknowledged {upload.offset} bytes; its file has {size}.",
+            )
+            on_disk = part.stat().st_blocks * 512 if part.exists() else 0
+            promise(
+                "resumable-quota",
+                upload.stored == on_disk,
+                f"Upload {upload.token} counts {upload.stored} bytes in the quota; it takes "
+                f"{on_disk} on disk.",
+            )
+        else:
+            promise(
+                "resumable-bytes",
+                not part.exists() and upload.stored == 0,
+                f"Upload {upload.token} is {upload.state} but its bytes are still there.",
+            )
+        if upload.state == UploadState.COMPLETE:
+            promise(
+                "resumable-bytes",
+                upload.version_id is None or Version.objects.filter(pk=upload.version_id).exists(),
+                f"Upload {upload.token} is complete without its version.",
+            )
+    tokens = set(ResumableUpload.objects.filter(state=UploadState.RECEIVING).values_list("token"))
+    for path in Path(storage.root).glob("*/.upload-*.part"):
+        token = path.name[len(".upload-") : -len(".part")]
+        promise("resumable-bytes", (token,) in tokens, f"Bytes of no unfinished upload: {path}")
+    owners = {
+        upload.image.owner for upload in ResumableUpload.objects.select_related("image__owner")
+    }
+    for owner in owners:
+        versions = sum(
+            Version.objects.filter(image__owner=owner).values_list("stored_size", flat=True)
+        )
+        unfinished = sum(
+            ResumableUpload.objects.filter(
+                image__owner=owner, state=UploadState.RECEIVING
+            ).values_list("stored", flat=True)
+        )
+        promise(
+            "resumable-quota",
+            user_storage_used(user=owner) == versions + unfinished,
+            f"{owner.username}'s usage leaves out or double-counts unfinished uploads.",
+        )
 
 
 def partition_of(path: str, disk: str) -> bool:

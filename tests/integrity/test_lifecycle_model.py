@@ -33,7 +33,12 @@ Each promise has a name, printed with its failure (``[serving] …``):
   one partition, user data on another) is flashed and brought back like the others;
   a partition's recorded image and its whole disk's come from one deployment, so a
   write over a whole disk never leaves a stale partition to sync back;
-* ``no-5xx`` and ``no-job-crash``: no request answers 5xx or HTML, no job crashes.
+* ``no-5xx`` and ``no-job-crash``: no request answers 5xx or HTML, no job crashes;
+* ``resumable-bytes``, ``resumable-quota``, ``resumed-is-the-file``, ``uploads-private``:
+  an unfinished resumable upload's acknowledged bytes are on disk and count in its owner's
+  quota; expiry (beat), abandoning and completing leave no bytes and count for nothing; a
+  completed one is a normal version (numbered, its file matching its row) of the very bytes
+  sent; another person's upload answers 404 and does not change.
 
 Each Hypothesis example runs in a savepoint of the test's transaction that its
 ``teardown`` rolls back, with its own image root: examples do not see each other.
@@ -140,6 +145,9 @@ USERS = st.sampled_from(["ann", "bob"])
 BOXES = st.sampled_from(["m0", "m1"])
 WHICH = st.sampled_from(["system", "data"])
 INDEX = st.integers(min_value=0, max_value=15)
+RESUMABLE = st.sampled_from(
+    ["start", "append", "complete", "complete", "abandon", "intrude", "expire"]
+)
 
 
 class Lifecycle(Lab, Changes, RuleBasedStateMachine):
@@ -174,6 +182,7 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
         self.agents = Agents(self.admin_requested)
         self.strays: set[Path] = set()
         self.changed_mounts: dict[int, str] = {}  # mount -> base version's SHA-256
+        self.resumables: list = []
 
     def teardown(self) -> None:
         for mount in NetworkMount.objects.exclude(pid=None):
@@ -487,6 +496,12 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
         """Someone uploads, a crash leaves a file, retention changes, a setup is edited."""
         getattr(self, change[0])(*change[1:])
 
+    @rule(who=PEOPLE, owner=USERS, which=WHICH, action=RESUMABLE, index=INDEX)
+    def resumable_upload(self, who: str, owner: str, which: str, action: str, index: int) -> None:
+        """A resumable upload starts, goes on, completes, is abandoned or poked by someone
+        else, or beat expires the unfinished ones (``Changes.resumable``)."""
+        self.resumable(who, owner, which, action, index)
+
     @rule(
         change=st.one_of(
             st.tuples(st.just("role_change"), st.booleans()),
@@ -508,6 +523,7 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
         invariants.check_pinned_versions_kept()
         invariants.check_numbering()
         invariants.check_files_match_rows(self.strays)
+        invariants.check_resumable_uploads()
         invariants.check_disk_records_nest()
         self.check_mount_outcomes()
         self.probe_dead_tokens()

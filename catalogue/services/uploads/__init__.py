@@ -21,6 +21,8 @@
 * :mod:`.compose` — a delta upload: a base version's data plus a disk's
   changes (a sparse image whose "don't care" chunks mean "as in the base"),
   fed to a receiver and committed like any upload, ``based_on`` recorded.
+* :mod:`.resumable` — resumable uploads (draft-ietf-httpbis-resumable-upload): the
+  bytes as sent kept between requests, then fed through a receiver and committed.
 
 Any failure before the commit leaves nothing but a ``.part`` file that is
 removed at once (or, after a crash, by the stale-upload purge).

@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('catalogue', '0008_setup_partition_layout'),
+        ('catalogue', '0010_resumable_upload'),
     ]
 
     operations = [

@@ -1,0 +1,5 @@
+import sys
+
+from baas_cli.app import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Imports: system images from container registries (skopeo, umoci, mke2fs) and from URLs."""
