@@ -397,6 +397,7 @@ class ImageDetailApi(APIView):
             actor=request.user, image_id=image_id, full=False, doing="upload to"
         )
         if resumable.is_resumable_creation(request._request):  # Upload-Complete: ?0
+            uploads.refuse_resumable_delta(request._request)
             return resumable.create(request, image)
         _quota_check_up_front(request, image)
         return version_created_response(uploads.upload_version(request, image))

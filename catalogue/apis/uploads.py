@@ -428,3 +428,13 @@ def _upload_delta(request: Request, image: Image, base_number: int, body: BodyRe
         delta=iter(lambda: body.read(CHUNK), b""),
         expected_map=expected,
     )
+
+
+def refuse_resumable_delta(request: HttpRequest) -> None:
+    """A delta is composed as it arrives, in one request: never kept as a resumable upload
+    (whose bytes would be stored as a whole image, its "as in the base" chunks as zeros)."""
+    if "HTTP_UPLOAD_BASE_VERSION" in request.META:
+        raise BadUpload(
+            "A delta upload (Upload-Base-Version) is sent in one request, not as a resumable "
+            "upload: send it without Upload-Complete: ?0."
+        )

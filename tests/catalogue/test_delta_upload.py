@@ -270,3 +270,11 @@ def test_a_base_whose_stored_bytes_went_bad_is_refused_and_marked_damaged(
     assert "cannot be the base" in response.json()["detail"]
     base.refresh_from_db()
     assert base.damaged
+
+
+def test_a_delta_is_never_kept_as_a_resumable_upload(user_client, image):
+    stored_version(image, 1, disk_like(1))
+    delta = b"".join(delta_stream([], len(disk_like(1)), lambda s, e: b""))
+    response = refused(user_client, image, delta, 1, HTTP_UPLOAD_COMPLETE="?0")
+    assert response.status_code == 400
+    assert "resumable" in response.json()["detail"]
