@@ -108,7 +108,7 @@ def image_detail(request: AuthenticatedHttpRequest, image_id: uuid.UUID) -> Http
         "can_delete": rules.can_delete_image(request.user, image),
         "max_size": settings.BAAS_MAX_IMAGE_SIZE,
         "upload_url": request.build_absolute_uri(f"/api/image/{image.uuid}"),
-        "client_url": request.build_absolute_uri("/client/baas-upload"),
+        "site_url": request.build_absolute_uri("/").rstrip("/"),
     }
     return render(request, "catalogue/image_detail.html", context)
 

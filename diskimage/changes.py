@@ -5,13 +5,13 @@ Given the base version's data map (its ranges and their BLAKE3s) and the disk:
 1. :func:`disk_map` maps the disk with the mapper the server uses
    (:class:`~diskimage.datamap.DataMapper`, BLAKE3 only), reading only its
    data on a file (SEEK_DATA) — what the composed version's map must be, and
-   so its digest is sent with the delta (:func:`diskimage.delta.map_digest`);
+   so its digest is sent with the delta (:func:`diskimage.sparsedelta.map_digest`);
 2. :func:`suspects` lists the base's ranges that the disk does not hold as
    they were (no range of the disk's map with the same bounds and BLAKE3);
 3. :func:`changed_runs` finds the runs to send: every block of the disk's
    data outside the base's ranges (data where the base had zeros), and in
    each suspect range, the blocks now zero and the blocks whose BLAKE3
-   differs from the base's (:func:`diskimage.delta.block_hashes`, which the
+   differs from the base's (:func:`diskimage.sparsedelta.block_hashes`, which the
    server computes from the base's bytes). Without the base's block hashes
    of a range, all of its data is sent: more bytes, the same result.
 
@@ -28,8 +28,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from diskimage import BLOCK, READ_CHUNK
 from diskimage.datamap import DataMap, DataMapper
-from diskimage.delta import HASH_BYTES, Run, block_hashes
 from diskimage.holes import ShortRead, data_extents, is_zeros
+from diskimage.sparsedelta import HASH_BYTES, Run, block_hashes
 
 Progress = Callable[[int], None]
 

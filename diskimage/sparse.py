@@ -79,7 +79,7 @@ class SparseImageDecoder:
     ``on_hole`` as lengths. ``crc_checks`` lists the CRC-32 chunks met, as
     (raw bytes before it, CRC-32 expected), for the caller to check.
     ``chunk_begins(kind, first block, blocks)``, when given, hears of each chunk
-    as it begins, before its bytes: a delta (:mod:`diskimage.delta`) tells a
+    as it begins, before its bytes: a delta (:mod:`diskimage.sparsedelta`) tells a
     ``DONT_CARE`` chunk ("as in the base") from a ``FILL`` of zeros that way.
     """
 

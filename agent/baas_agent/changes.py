@@ -4,7 +4,7 @@ The disk held version ``b`` of the image when it was flashed (the sync
 instruction's ``version``, with its ``map_url`` and ``hashes_url``). The agent
 maps the disk (:func:`diskimage.changes.disk_map`), asks the server for the
 block hashes of the base ranges that no longer match, and uploads only the
-blocks that differ, as a delta (:mod:`diskimage.delta`) with
+blocks that differ, as a delta (:mod:`diskimage.sparsedelta`) with
 ``Upload-Base-Version: b`` and ``Upload-Map-Digest`` — the map the server's
 composed version must have, or it stores nothing (docs/agent-protocol.md §4).
 
@@ -25,10 +25,10 @@ from typing import Any
 from baas_agent.client import ApiError, Client, DeploymentOver
 from diskimage import BLOCK
 from diskimage import changes as diskchanges
-from diskimage import delta as deltas
+from diskimage import sparsedelta as deltas
 from diskimage.datamap import DataMap
-from diskimage.delta import HASH_BYTES
 from diskimage.sparse import MEDIA_TYPE
+from diskimage.sparsedelta import HASH_BYTES
 
 log = logging.getLogger(__name__)
 URL_INDICES = 300  # range indices per hashes request: its URL stays short

@@ -7,6 +7,9 @@ Contracts:
   match is never reported as written. A target that already holds the image
   (checked, not assumed) is not rewritten. With the version's data map
   (:mod:`diskimage.datamap`, :mod:`diskimage.verify`) both checks read and hash only the data.
+  With a ``delta`` (:mod:`baas_agent.delta`), a disk that still holds the
+  recorded version gets only the ranges that differ; one that does not is
+  flashed in full, and the log says why.
 - :func:`sync_image` uploads a disk only when it differs from what was
   flashed: when the server takes them, only the changes against the flashed
   version (:mod:`baas_agent.changes`); else the whole disk, zstd-compressed and
@@ -31,14 +34,17 @@ from typing import Any, TypeVar
 from baas_agent.changes import FullSync, sync_changes
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
+from baas_agent.delta import DeltaError, DeltaInstruction, write_delta
 from baas_agent.disks import (
     DiskMap,
     RangeWriter,
     SparseWriter,
+    drop_cached,
     hash_target,
     is_block_device,
     read_target,
     target_size,
+    to_medium,
 )
 from baas_agent.landing import can_land, land
 from diskimage.datamap import DataMap
@@ -90,6 +96,7 @@ class WriteInstruction:
     stored_size: int | None = None
     map_url: str | None = None
     data_url: str | None = None
+    delta: DeltaInstruction | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WriteInstruction:
@@ -97,6 +104,12 @@ class WriteInstruction:
         if compression not in COMPRESSIONS:
             raise InstructionError(f"unknown compression {compression!r}")
         stored = data.get("stored_size")
+        delta = None
+        if data.get("delta") is not None:
+            try:
+                delta = DeltaInstruction.from_json(data["delta"])
+            except DeltaError as exc:  # the disk is then flashed in full: nothing is lost
+                log.warning("image %s: its delta is unusable (%s)", data.get("image"), exc)
         return cls(
             image=_field(data, "image", str),
             version=_field(data, "version", int),
@@ -108,6 +121,7 @@ class WriteInstruction:
             stored_size=stored if isinstance(stored, int) else None,
             map_url=_optional_str(data, "map_url"),
             data_url=_optional_str(data, "data_url"),
+            delta=delta,
         )
 
     def label(self) -> str:
@@ -264,12 +278,27 @@ def write_image(
     report.announce(image, "verifying" if fits else "writing", size)
     datamap = fetch_map(client, instruction.map_url, size, sha256)
     verifying = report.phase(image, "verifying", size)
-    if fits and _check(target, size, sha256, datamap, verifying, fast=True) is None:
+    writing = report.phase(image, "writing", size)
+    delta, data_url = instruction.delta, instruction.data_url
+    if fits and datamap is not None and delta is not None and data_url is not None:
+        why = write_delta(
+            client,
+            data_url,
+            target,
+            datamap,
+            delta,
+            label=instruction.label(),
+            writing=writing,
+            verifying=verifying,
+        )
+        if why is None:
+            return _written(instruction)
+        log.warning("%s: %s: writing it in full", instruction.label(), why)
+    elif fits and _check(target, size, sha256, datamap, verifying, fast=True) is None:
         log.info("%s: already there (checked), not rewritten", instruction.label())
         return _written(instruction)
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
     started = time.monotonic()
-    writing = report.phase(image, "writing", size)
     reason: str | None = NO_DATA_STREAM
     if datamap is not None and instruction.data_url is not None:
         reason = _write_data(client, instruction, target, datamap, writing, verifying)
@@ -278,6 +307,7 @@ def write_image(
         # download as surely as hashing the stream would, and hashing is the costliest
         # step of a flash, so it is done once, not twice.
         _stream_to(client, instruction, target, writing)
+        drop_cached(target)  # what is checked is the medium, not the page cache
         reason = _check(target, size, sha256, datamap, verifying)
     if reason is not None:
         raise FlashError(
@@ -325,7 +355,13 @@ def _write_data(
     ranges = [(start, end) for start, end, _ in datamap.ranges]
     writer = RangeWriter(target, instruction.size, ranges)
     with writer, Verifier(target, datamap, sparse=not block_device) as verifier:
-        writer.on_range = verifier.check_range
+
+        def landed(index: int) -> None:
+            start, end, _ = datamap.ranges[index]
+            to_medium(writer.fd, start, end - start)  # read back from the disk, not memory
+            verifier.check_range(index)
+
+        writer.on_range = landed
         for chunk in decompressed(stream, encoding):
             writer.write(chunk)
             writing(writer.position)

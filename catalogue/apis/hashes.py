@@ -3,7 +3,7 @@
 A client holding a disk that was flashed with version n — and not n's bytes —
 asks which 4 KiB blocks of the ranges whose BLAKE3 no longer matches it
 changed: the answer is HASH_BYTES of BLAKE3 per block of each range asked
-for, concatenated, computed from the stored version (``diskimage.delta``).
+for, concatenated, computed from the stored version (``diskimage.sparsedelta``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from catalogue.exceptions import VersionNotFound
 from catalogue.services import datamaps, delivery
 from catalogue.services.versionbytes import block_hashes_of
 from diskimage import BLOCK
-from diskimage.delta import HASH_BYTES
+from diskimage.sparsedelta import HASH_BYTES
 
 RANGES = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
 MAX_INDICES = 1 << 16

@@ -277,7 +277,7 @@ UPLOAD_HEADERS = [
         str,
         OpenApiParameter.HEADER,
         description="With Upload-Base-Version: the SHA-256 (hex) of the data map the composed "
-        "image must have (diskimage.delta.map_digest); refused if it differs",
+        "image must have (diskimage.sparsedelta.map_digest); refused if it differs",
     ),
 ]
 UPLOAD_SCHEMA = extend_schema(

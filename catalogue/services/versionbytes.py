@@ -28,8 +28,8 @@ from catalogue.models import Compression, Version
 from catalogue.services.codecs import raw_reader
 from catalogue.services.delivery import open_stored
 from diskimage.datamap import RANGE_MAX, DataMap
-from diskimage.delta import block_hashes
 from diskimage.seekable import Frame, data_frames, read_seek_table
+from diskimage.sparsedelta import block_hashes
 
 READ = 1 << 20
 # Ranges read (or frames decoded) and checked ahead, on threads (zstandard and blake3 let go
@@ -152,7 +152,7 @@ class VersionBytes:
 
 
 def block_hashes_of(version: Version, datamap: DataMap, indices: list[int]) -> Iterator[bytes]:
-    """The block hashes (``diskimage.delta.block_hashes``) of the map's ranges ``indices``
+    """The block hashes (``diskimage.sparsedelta.block_hashes``) of the map's ranges ``indices``
     (increasing), range after range, read from the stored file."""
     with VersionBytes(version, datamap, order=indices) as source:
         for index in indices:

@@ -37,6 +37,7 @@ from flashing.models import (
 )
 from flashing.services.boot import refusal_record
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
+from flashing.services.deltas import delta_entry
 from flashing.services.layouts import layout_instructions, layout_mismatch, layout_record
 from flashing.services.mount_urls import mount_entries
 from flashing.services.pipeline import deployment_fail
@@ -173,6 +174,7 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
     except RenditionFailed as exc:
         raise Conflict(str(exc.detail)) from exc
     raw = "?format=raw" if version.raw_sha256 else ""
+    delta = delta_entry(row=row, version=version)
     return {
         "image": str(row.image_id),
         "version": version.number,
@@ -184,6 +186,7 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         "compression": Compression.NONE if raw else version.stored_compression,
         "map_url": _map_url(version) + raw,
         "data_url": f"/api/image/{version.image_id}/{version.number}/data{raw}",
+        **({"delta": delta} if delta is not None else {}),
     }
 
 

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from diskimage import BLOCK
 from diskimage.changes import changed_runs, disk_map, merged, suspects
 from diskimage.datamap import RANGE_MAX, DataMap, DataMapper
-from diskimage.delta import (
+from diskimage.sparse import CHUNK_HEADER, CRC32, HEADER, MAGIC, RAW
+from diskimage.sparsedelta import (
     DeltaComposer,
     DeltaError,
     Run,
@@ -26,7 +27,6 @@ from diskimage.delta import (
     delta_stream,
     map_digest,
 )
-from diskimage.sparse import CHUNK_HEADER, CRC32, HEADER, MAGIC, RAW
 
 BLOCKS = 96  # a small disk: 384 KiB
 

@@ -25,8 +25,8 @@ from catalogue.services.datamaps import version_map, version_map_build
 from catalogue.storage import get_storage
 from diskimage import BLOCK
 from diskimage.changes import changed_runs, disk_map, suspects
-from diskimage.delta import HASH_BYTES, Run, block_hashes, delta_stream, map_digest
 from diskimage.sparse import MEDIA_TYPE
+from diskimage.sparsedelta import HASH_BYTES, Run, block_hashes, delta_stream, map_digest
 from tests.catalogue.factories import ImageFactory, write_version
 
 MiB = 1 << 20

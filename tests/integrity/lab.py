@@ -19,10 +19,11 @@ from catalogue.storage import get_storage
 from diskimage import BLOCK, gpt
 from diskimage.changes import merged
 from diskimage.datamap import DataMapper
-from diskimage.delta import Run, delta_stream, map_digest
 from diskimage.sparse import MEDIA_TYPE
+from diskimage.sparsedelta import Run, delta_stream, map_digest
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
+from tests.integrity.disks import check_records_after
 from tests.integrity.invariants import partition_of, promise, seen
 from tests.integrity.world import Agent, GiB, after_commit, bearer, content
 
@@ -236,6 +237,7 @@ class Lab:
         assert state == (DeploymentState.DONE if ok else DeploymentState.FAILED), state
         agent.finished = True
         seen(f"a deployment is {state}")
+        check_records_after(agent.deployment_id, writes)
         if ok:
             self.disks_written(agent)
             self.machine_uses_its_data(agent)

@@ -3,7 +3,7 @@
 An agent bringing a disk back (or any client that knows what a disk held)
 sends only what changed since the disk held version ``b`` of the image: an
 Android sparse image of the whole disk whose ``DONT_CARE`` chunks mean "as in
-version b" (``diskimage.delta``), with ``Upload-Base-Version: b``. The
+version b" (``diskimage.sparsedelta``), with ``Upload-Base-Version: b``. The
 composed image — version b's bytes where the delta says so, the delta's
 elsewhere — goes through the upload path like any other upload
 (:class:`~catalogue.services.uploads.VersionReceiver`, then
@@ -21,7 +21,7 @@ The new version is always the image's next number, even when ``b`` is no
 longer its latest: it is b plus the changes, and says so (``based_on``);
 versions that came after b are neither lost nor merged into it. With
 ``Upload-Map-Digest`` the sender names the data map the result must have
-(``diskimage.delta.map_digest``): a composed image with another map is
+(``diskimage.sparsedelta.map_digest``): a composed image with another map is
 refused, so a delta built against the wrong bytes never becomes a version.
 """
 
@@ -44,7 +44,7 @@ from catalogue.services.uploads.commit import version_upload
 from catalogue.services.uploads.receiver import ReceivedUpload, VersionReceiver
 from catalogue.services.versionbytes import StoredMismatch, VersionBytes
 from diskimage.datamap import DataMap
-from diskimage.delta import DeltaComposer, DeltaError, map_digest
+from diskimage.sparsedelta import DeltaComposer, DeltaError, map_digest
 
 BASE_HEADER = "Upload-Base-Version"
 MAP_HEADER = "Upload-Map-Digest"
