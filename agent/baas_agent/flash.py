@@ -10,9 +10,11 @@ Contracts:
   With a ``delta`` (:mod:`baas_agent.delta`), a disk that still holds the
   recorded version gets only the ranges that differ; one that does not is
   flashed in full, and the log says why.
-- :func:`sync_image` uploads a disk only when its SHA-256 differs from what was
-  flashed, zstd-compressed and with a ``Content-Digest`` of the raw bytes;
-  returns the new version, or None when the disk is unchanged.
+- :func:`sync_image` uploads a disk only when it differs from what was
+  flashed: when the server takes them, only the changes against the flashed
+  version (:mod:`baas_agent.changes`); else the whole disk, zstd-compressed and
+  with a ``Content-Digest`` of the raw bytes. Returns the new version, or None
+  when the disk is unchanged.
 - Progress goes to the server at most once a second per image.
 """
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from baas_agent.changes import FullSync, sync_changes
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
 from baas_agent.delta import DeltaError, DeltaInstruction, write_delta
@@ -134,6 +137,7 @@ class SyncInstruction:
     sha256: str
     upload_url: str
     map_url: str | None = None
+    hashes_url: str | None = None  # the server takes the changes against ``version``
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SyncInstruction:
@@ -145,6 +149,7 @@ class SyncInstruction:
             sha256=_sha256(data),
             upload_url=_field(data, "upload_url", str),
             map_url=_optional_str(data, "map_url"),
+            hashes_url=_optional_str(data, "hashes_url"),
         )
 
     def label(self) -> str:
@@ -408,6 +413,23 @@ def sync_image(
     report.announce(image, "verifying", size)  # it checks the disk first
     verifying = report.phase(image, "verifying", size)
     datamap = fetch_map(client, instruction.map_url, size, instruction.sha256)
+    if datamap is not None and instruction.hashes_url:
+        try:  # only the changes against the flashed version (agent/baas_agent/changes.py)
+            answer = sync_changes(
+                client,
+                target=target,
+                base=datamap,
+                base_version=instruction.version,
+                upload_url=instruction.upload_url,
+                hashes_url=instruction.hashes_url,
+                label=instruction.label(),
+                verifying=verifying,
+                syncing=report.phase(image, "syncing", size),
+                block_device=is_block_device(target),
+            )
+            return None if answer is None else _synced(instruction, answer, None)
+        except FullSync as exc:
+            log.warning("%s: %s; bringing the whole disk back", instruction.label(), exc)
     unchanged = datamap is not None and not _check(
         target, size, instruction.sha256, datamap, verifying, fast=True
     )
@@ -444,10 +466,12 @@ def sync_image(
     return _synced(instruction, answer, digest.hexdigest())
 
 
-def _synced(instruction: SyncInstruction, answer: Any, sha256: str) -> dict[str, Any]:
+def _synced(instruction: SyncInstruction, answer: Any, sha256: str | None) -> dict[str, Any]:
+    """The ``synced`` entry of an upload's answer; ``sha256`` (None for a delta, which the
+    server checked against the disk's data map) must be what the server recorded."""
     if not isinstance(answer, dict) or not isinstance(answer.get("version"), int):
         raise FlashError(f"the upload of {instruction.label()} got no version back: {answer!r}")
-    if answer.get("sha256", sha256) != sha256:
+    if sha256 is not None and answer.get("sha256", sha256) != sha256:
         raise FlashError(
             f"the server recorded SHA-256 {answer['sha256']} for {instruction.label()}, "
             f"the disk has {sha256}"

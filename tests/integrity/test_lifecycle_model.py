@@ -23,6 +23,8 @@ Each promise has a name, printed with its failure (``[serving] …``):
 * ``pinned-kept``: a version an unfinished deployment or a live mount uses stays;
 * ``no-data-lost``: changed user data is brought back (sync, network mount) before a
   disk is overwritten, or a deployment says why not; the base version stays untouched;
+* ``synced-is-the-disk``: user data brought back as its changes against the disk's base
+  version (a delta upload) is a version holding the disk's bytes, its base recorded;
 * ``numbering`` and ``files-match-rows``: versions 1, 2, 3… whatever a crash left,
   and the files under the image root are exactly the versions' (no ``.part`` left);
 * ``one-token-per-attempt``, ``one-checkin-per-attempt``, ``bytes-to-bound-agent``: a
