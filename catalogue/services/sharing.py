@@ -2,8 +2,9 @@
 
 The last step of a version's processing (``catalogue.services.pipeline``), on a
 filesystem that can share blocks (XFS with ``reflink=1``, btrfs): the
-version's data map is compared with its base's — the newest older version of
-the image stored in the same compression — and every range that may hold the
+version's data map is compared with its base's — the version it was made from
+(a delta sync-back's base), else the newest older version of the image stored
+in the same compression — and every range that may hold the
 same bytes is handed to the store, which has the kernel compare them and share
 the equal ones (``FIDEDUPERANGE``). Raw files share any equal run of 64 KiB and
 more; zstd files, whose frames follow the data map on block boundaries
@@ -53,8 +54,9 @@ def share_owed(version: Version) -> bool:
 
 
 def share_base(version: Version) -> Version | None:
-    """The version it shares with: the newest older one stored in the same compression,
-    not damaged, with its data map."""
+    """The version it shares with: the one it was made from (a delta sync-back's base) if
+    that one qualifies, else the newest older one stored in the same compression, not
+    damaged, with its data map."""
     older = (
         Version.objects.filter(
             image_id=version.image_id,
@@ -65,7 +67,8 @@ def share_base(version: Version) -> Version | None:
         .exclude(sha256="")
         .order_by("-number")
     )
-    for candidate in older[:3]:
+    made_from = list(older.filter(number=version.based_on)) if version.based_on is not None else []
+    for candidate in [*made_from, *older[:3]]:
         if version_map(candidate) is not None:
             return candidate
     return None

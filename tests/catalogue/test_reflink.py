@@ -178,6 +178,27 @@ def test_a_new_version_shares_its_unchanged_blocks_and_survives_the_old_ones_pru
     assert unshared(path_of(new))  # nobody shares them any more
 
 
+def test_a_version_made_from_an_older_base_shares_with_that_base(xfs_root, user):
+    """A delta sync-back whose base is no longer the latest: its version is made from that
+    base, so it shares with that base, not with the newest version (which differs)."""
+    image = new_image(user, "none")
+    client = client_for(user)
+    first = disk()
+    base = upload(client, image, bytes(first))
+    upload(client, image, bytes(disk(seed=5)))  # the latest: other data altogether
+    third = changed(first, [300, 7000])
+    response = post_raw(client, image, third)
+    assert response.status_code == 201, response.content
+    made = Version.objects.get(image=image, number=response.json()["version"])
+    Version.objects.filter(pk=made.pk).update(based_on=base.number)  # as compose records it
+    processed(made)
+
+    record = get_storage().share_record(image.uuid, made.number, "none")
+    assert record["base"] == base.number and record["shared"] > 0
+    assert common_bytes(path_of(base), path_of(made)) >= 16 * MiB
+    assert raw_bytes(made) == third
+
+
 def test_the_data_stream_and_the_map_check_still_hold_on_shared_blocks(xfs_root, user):
     image = new_image(user, "none")
     client = client_for(user)
