@@ -27,6 +27,7 @@ from diskimage import BLOCK
 from diskimage import changes as diskchanges
 from diskimage import sparsedelta as deltas
 from diskimage.datamap import DataMap
+from diskimage.selection import format_selection
 from diskimage.sparse import MEDIA_TYPE
 from diskimage.sparsedelta import HASH_BYTES
 
@@ -113,7 +114,7 @@ def fetch_hashes(client: Client, url: str, base: DataMap, indices: list[int]) ->
     for batch in _batches(indices):
         sizes = [-(-(base.ranges[i][1] - base.ranges[i][0]) // BLOCK) * HASH_BYTES for i in batch]
         try:
-            data = b"".join(client.download(f"{url}?ranges={_spans(batch)}"))
+            data = b"".join(client.download(f"{url}?ranges={format_selection(batch)}"))
         except DeploymentOver:
             raise
         except ApiError as exc:
@@ -132,20 +133,6 @@ def fetch_hashes(client: Client, url: str, base: DataMap, indices: list[int]) ->
 def _batches(indices: list[int]) -> Iterator[list[int]]:
     for at in range(0, len(indices), URL_INDICES):
         yield indices[at : at + URL_INDICES]
-
-
-def _spans(indices: list[int]) -> str:
-    """[0, 1, 2, 3, 7] → ``0-3,7``."""
-    parts: list[str] = []
-    first = 0
-    while first < len(indices):
-        last = first
-        while last + 1 < len(indices) and indices[last + 1] == indices[last] + 1:
-            last += 1
-        low, high = indices[first], indices[last]
-        parts.append(f"{low}" if low == high else f"{low}-{high}")
-        first = last + 1
-    return ",".join(parts)
 
 
 def _reader(fd: int) -> Callable[[int, int], bytes]:

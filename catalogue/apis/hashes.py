@@ -8,7 +8,6 @@ for, concatenated, computed from the stored version (``diskimage.sparsedelta``).
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Any
 
@@ -25,28 +24,8 @@ from catalogue.exceptions import VersionNotFound
 from catalogue.services import datamaps, delivery
 from catalogue.services.versionbytes import block_hashes_of
 from diskimage import BLOCK
+from diskimage.selection import parse_selection
 from diskimage.sparsedelta import HASH_BYTES
-
-RANGES = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
-MAX_INDICES = 1 << 16
-
-
-def parse_indices(text: str, count: int) -> list[int]:
-    """``0-3,7`` → [0, 1, 2, 3, 7]: increasing, each below ``count``; 400 otherwise."""
-    if not RANGES.fullmatch(text or ""):
-        raise ValidationError({"ranges": ["Give range indices of the map: 0-3,7,9 (increasing)."]})
-    indices: list[int] = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        low, high = int(first), int(last or first)
-        if high < low or (indices and low <= indices[-1]) or high >= count:
-            raise ValidationError(
-                {"ranges": [f"Indices increase and stay below the map's {count} ranges."]}
-            )
-        if len(indices) + high - low + 1 > MAX_INDICES:
-            raise ValidationError({"ranges": [f"At most {MAX_INDICES} ranges at once."]})
-        indices.extend(range(low, high + 1))
-    return indices
 
 
 class VersionHashesApi(APIView):
@@ -93,7 +72,10 @@ class VersionHashesApi(APIView):
         datamap = datamaps.version_map(found)
         if datamap is None:
             raise VersionNotFound("This version's data map is being built; ask again in a minute.")
-        indices = parse_indices(request.query_params.get("ranges", ""), len(datamap.ranges))
+        try:
+            indices = parse_selection(request.query_params.get("ranges", ""), len(datamap.ranges))
+        except ValueError as exc:
+            raise ValidationError({"ranges": [str(exc)]}) from None
         blocks = sum(-(-(datamap.ranges[i][1] - datamap.ranges[i][0]) // BLOCK) for i in indices)
         response = StreamingHttpResponse(
             block_hashes_of(found, datamap, indices), content_type="application/octet-stream"

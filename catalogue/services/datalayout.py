@@ -10,7 +10,6 @@ byte range of the whole stream; :func:`data_layout` says which bytes those are.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 from catalogue.models import Version
@@ -18,6 +17,7 @@ from catalogue.services import datastream, rendition_delivery, renditions
 from catalogue.services.datamaps import version_map
 from catalogue.services.renditions import RenditionFailed, RenditionNotReady
 from diskimage.datamap import DataMap
+from diskimage.selection import parse_selection
 
 
 def written_map(version: Version) -> DataMap | None:
@@ -56,27 +56,6 @@ def data_layout(version: Version) -> tuple[DataMap, list[tuple[int, int]]] | Non
         layout.append((offset, length))
         offset += length
     return datamap, layout
-
-
-SELECTION = re.compile(r"\d+(-\d+)?(,\d+(-\d+)?)*")
-MAX_SELECTION = 3000  # characters: the request line must stay under gunicorn's 4094
-
-
-def parse_selection(spec: str, count: int) -> list[int]:
-    """The indices of ``1,4-6,9`` (ascending, each below ``count``); ValueError otherwise."""
-    if len(spec) > MAX_SELECTION or not SELECTION.fullmatch(spec):
-        raise ValueError(
-            f"ranges is a list of map indices and runs such as 1,4-6,9, "
-            f"at most {MAX_SELECTION} characters"
-        )
-    indices: list[int] = []
-    for item in spec.split(","):
-        first, _, last = item.partition("-")
-        start, end = int(first), int(last or first)
-        if end < start or (indices and start <= indices[-1]) or end >= count:
-            raise ValueError(f"ranges must ascend and stay below {count}: {item!r}")
-        indices.extend(range(start, end + 1))
-    return indices
 
 
 @dataclass

@@ -13,18 +13,17 @@ import os
 from pathlib import Path
 
 import pytest
-from baas_agent.changes import _spans
 from hypothesis import given
 from hypothesis import strategies as st
 
 from accounts.models import AuditEvent
-from catalogue.apis.hashes import parse_indices
 from catalogue.models import Compression, Version
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import version_map, version_map_build
 from catalogue.storage import get_storage
 from diskimage import BLOCK
 from diskimage.changes import changed_runs, disk_map, suspects
+from diskimage.selection import format_selection, parse_selection
 from diskimage.sparse import MEDIA_TYPE
 from diskimage.sparsedelta import HASH_BYTES, Run, block_hashes, delta_stream, map_digest
 from tests.catalogue.factories import ImageFactory, write_version
@@ -250,7 +249,7 @@ def test_block_hashes_are_the_base_s_blocks(user_client, image):
 @given(st.sets(st.integers(0, 2000), min_size=1, max_size=300))
 def test_the_agent_s_range_lists_are_what_the_server_reads(indices):
     wanted = sorted(indices)
-    assert parse_indices(_spans(wanted), 2001) == wanted
+    assert parse_selection(format_selection(wanted), 2001) == wanted
 
 
 @pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD])
