@@ -134,11 +134,18 @@ def version_data_layout(version: Version) -> tuple[DataMap, list[tuple[int, int]
 
 
 def version_store_file(
-    *, actor: Any, image: Image, path: Path, note: str = "", same_as: Version | None = None
+    *,
+    actor: Any,
+    image: Image,
+    path: Path,
+    note: str = "",
+    same_as: Version | None = None,
+    move: bool = False,
 ) -> Version:
-    """The raw file at ``path`` as ``image``'s next version (``same_as`` if unchanged)."""
+    """The raw file at ``path`` as ``image``'s next version (``same_as`` if unchanged);
+    ``move``: the file is given up, moved into the store instead of copied where it can."""
     return _files.version_store_file(
-        actor=actor, image=image, path=path, note=note, same_as=same_as
+        actor=actor, image=image, path=path, note=note, same_as=same_as, move=move
     )
 
 

@@ -89,12 +89,26 @@ def _copy_checked(raw: BinaryIO, local: LocalStorage, version: Version) -> Path:
 
 
 def version_store_file(
-    *, actor: Any, image: Image, path: Path, note: str = "", same_as: Version | None = None
+    *,
+    actor: Any,
+    image: Image,
+    path: Path,
+    note: str = "",
+    same_as: Version | None = None,
+    move: bool = False,
 ) -> Version:
     """The raw file at ``path`` through the catalogue's upload path: ``image``'s next
-    version, or ``same_as`` if the bytes are the same; raises what an upload raises."""
+    version, or ``same_as`` if the bytes are the same; raises what an upload raises.
+
+    ``move``: the caller gives the file up. On the store's filesystem it is moved in
+    as the pending file rather than copied (still read, mapped, hashed and checked as
+    an upload); ``path`` is then gone, stored or, on failure, removed."""
     receiver = VersionReceiver(
-        image=image, max_size=settings.BAAS_MAX_IMAGE_SIZE, digest=True, wire_digest=False
+        image=image,
+        max_size=settings.BAAS_MAX_IMAGE_SIZE,
+        digest=True,
+        wire_digest=False,
+        adopt=path if move else None,
     )
     with open(path, "rb") as source, receiver:
         receiver.declare_encoding(Compression.NONE)

@@ -39,6 +39,7 @@ from catalogue.storage.names import (
     part_name,
 )
 from catalogue.storage.pending import (
+    AdoptedFile,
     PendingFile,
     ResumablePart,
     StorageError,
@@ -101,6 +102,19 @@ class LocalStorage:
                 return None
             raise
         return target
+
+    def adopt(self, image_uuid: uuid.UUID, source: Path) -> PendingFile | None:
+        """``source``, a finished raw file, moved in as ``image_uuid``'s pending file
+        (:class:`AdoptedFile`: its bytes are not copied); None when it cannot be moved
+        (another filesystem: the caller copies it as any upload)."""
+        if not self.root.is_dir():
+            raise StorageError(f"The image root {self.root} does not exist.")
+        try:
+            return AdoptedFile(self, image_uuid, source)
+        except OSError as exc:
+            if exc.errno in (errno.EXDEV, errno.EPERM, errno.EACCES, errno.EWOULDBLOCK):
+                return None
+            raise
 
     def open_write(self, image_uuid: uuid.UUID, *, sparse: bool = True) -> PendingFile:
         """A new pending file for ``image_uuid``. Raises StorageError if the root is missing."""

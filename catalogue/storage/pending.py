@@ -262,6 +262,61 @@ class PendingFile:
             self._file.close()
 
 
+class AdoptedFile(PendingFile):
+    """A finished raw file moved into the image's directory as its pending file.
+
+    For a file made on the same filesystem (an import's ``mke2fs`` output): it is
+    renamed in, locked before the rename so the stale purge never sees it unheld,
+    and its bytes stay where they are. The upload path then reads, maps and hashes
+    it as it would any upload; ``write`` and ``write_at`` only count what they are
+    given (those very bytes, read from this file), and ``commit`` puts it in place
+    as any pending file (``fsync``, atomic link). ``abort`` removes it.
+    """
+
+    def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, source: Path):
+        self.storage = storage
+        self.image_uuid = image_uuid
+        self.sparse = True
+        directory = storage.image_dir(image_uuid)
+        directory.mkdir(exist_ok=True)
+        self.path = directory / part_name()
+        self._file = open(source, "r+b", buffering=0)  # noqa: SIM115 - closed in commit/abort
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(source, self.path)
+        except OSError:
+            self._file.close()
+            raise
+        self.position = 0
+        self._carry = b""
+        self._unsynced = 0
+        # What it holds was written by its maker: no preallocation of ours to give back.
+        self._written = os.fstat(self._file.fileno()).st_blocks * 512
+        self._done = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.position += len(data)
+
+    def write_at(self, data: bytes | memoryview, offset: int) -> None:
+        if offset < self.position:
+            raise ValueError(f"write at {offset}, before the {self.position} bytes written")
+        self.position = offset + len(data)
+
+    def share_from(
+        self, source: BinaryIO, offset: int, length: int, *, at: int | None = None
+    ) -> int:
+        raise ValueError("an adopted file already holds its bytes")
+
+    def commit(
+        self, number: int, compression: str = "none", *, replace: bool = False
+    ) -> StoredFile:
+        size = os.fstat(self._file.fileno()).st_size
+        if self.position != size:  # never cut or grow the bytes that were mapped and hashed
+            self.abort()
+            raise StorageError(f"{self.path.name} holds {size} bytes, not {self.position}")
+        return super().commit(number, compression, replace=replace)
+
+
 def remove_unheld(path: Path) -> bool:
     """Unlink ``path`` if no process holds a lock on it; whether it was removed."""
     with open(path, "rb+") as file:  # writable: NFS emulates flock with record locks

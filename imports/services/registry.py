@@ -118,7 +118,7 @@ def _store(
     actor = job.created_by
     note = f"Imported from {reference.text} ({digest})"[:500]
     with transaction.atomic():
-        version = version_store_file(actor=actor, image=job.image, path=path, note=note)
+        version = version_store_file(actor=actor, image=job.image, path=path, note=note, move=True)
         Version.objects.filter(pk=version.pk).update(
             source_reference=reference.text,
             source_digest=digest,

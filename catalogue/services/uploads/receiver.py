@@ -12,6 +12,7 @@ without a commit cancels the stages and removes the pending file.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from django.conf import settings
 
@@ -69,6 +70,11 @@ class VersionReceiver:
     (a multipart field after the file) and may be of the compressed bytes.
     ``raw_at_least``: a lower bound of the raw size, from the request's length:
     past the inline limit, the whole-image hash is not even started.
+    ``adopt``: a raw file on the store's filesystem holding these very bytes, moved in
+    as the pending file (``LocalStorage.adopt``) instead of written again: the bytes
+    fed are still read, checked, mapped and hashed, and the file is removed if the
+    upload fails. Where it cannot be moved, or the plan keeps bytes as sent, the bytes
+    are written as in any upload.
     """
 
     def __init__(
@@ -79,6 +85,7 @@ class VersionReceiver:
         digest: bool = False,
         wire_digest: bool = True,
         raw_at_least: int = 0,
+        adopt: Path | None = None,
     ):
         self.image = image
         self.max_size = max_size
@@ -89,6 +96,7 @@ class VersionReceiver:
             raw_at_least=raw_at_least,
         )
         self._declared: str | None = None
+        self._adopt = adopt
         self._head = b""  # bytes as sent held back until the plan is chosen
         self._run: _Run | None = None
         self._done = False
@@ -128,7 +136,7 @@ class VersionReceiver:
         plan = plan_upload(
             image=self.image, options=self._options, declared=self._declared, head=head
         )
-        self._run = _Run(self.image, plan)
+        self._run = _Run(self.image, plan, adopt=self._adopt)
         return self._run
 
     def finish(self, *, need_digest: bool = False) -> ReceivedUpload:
@@ -162,7 +170,7 @@ class VersionReceiver:
 class _Run:
     """One upload following its plan: the pending file, the stages, the inspector."""
 
-    def __init__(self, image: Image, plan: UploadPlan):
+    def __init__(self, image: Image, plan: UploadPlan, *, adopt: Path | None = None):
         self.plan = plan
         self._image = image
         self._quota = quota_guard_for(image)  # None: the owner has no quota
@@ -170,7 +178,10 @@ class _Run:
             file_standard=image.file_standard, max_size=plan.max_size
         )
         self._stages = Stages()
-        self.pending = storage_call(
+        adopted = None
+        if adopt is not None and not plan.keeps_as_sent:
+            adopted = storage_call(get_storage().adopt, image.uuid, adopt)
+        self.pending = adopted or storage_call(
             get_storage().open_write, image.uuid, sparse=not plan.keeps_as_sent
         )
         try:
