@@ -54,6 +54,8 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
+from django.db.models import F, Value
+from django.db.models.functions import Greatest
 from django.utils import timezone
 
 from accounts import rules as account_rules
@@ -77,15 +79,21 @@ from diskimage import CHUNK
 logger = logging.getLogger(__name__)
 
 INTEROP_VERSION = 8
-# An append syncs and acknowledges what it received every this many bytes or seconds.
-CHECKPOINT_BYTES = 16 << 20
-CHECKPOINT_SECONDS = 1.0
+# An append syncs and acknowledges what it received every this many bytes or seconds (and
+# when the request ends, and whenever HEAD or GET asks): what a crash of the machine loses.
+CHECKPOINT_BYTES = 1 << 30
+CHECKPOINT_SECONDS = 10.0
+# Between checkpoints, an append records the bytes it takes (the quota) and notices an
+# abandoned upload every this many seconds: a cheap UPDATE, no sync.
+TICK_SECONDS = 1.0
 # Room for compression that does not compress, as for a plain upload's body.
 ENVELOPE = 1 << 20
 # How long a finished upload's row is kept to say what became of it.
 TOMBSTONE_DAYS = 7
 # pg_try_advisory_lock(class, id): the class of these locks (any constant of our own).
 LOCK_CLASS = 0x19B
+# Held by an append once its file is cut to the acknowledged offset (see resumable_probe).
+LIVE_CLASS = LOCK_CLASS + 1
 
 
 def max_size() -> int:
@@ -211,14 +219,14 @@ def _part(upload: ResumableUpload) -> ResumablePart:
 # --- Appending ------------------------------------------------------------------------
 
 
-_local_locks: dict[int, threading.Lock] = {}
+_local_locks: dict[tuple[int, int], threading.Lock] = {}
 
 
 @contextlib.contextmanager
-def _exclusive(upload: ResumableUpload) -> Iterator[bool]:
+def _exclusive(upload: ResumableUpload, lock_class: int = LOCK_CLASS) -> Iterator[bool]:
     """Hold the upload's append lock while the block runs; yields whether it was had."""
     if connection.vendor != "postgresql":  # a test database without advisory locks
-        lock = _local_locks.setdefault(upload.pk, threading.Lock())
+        lock = _local_locks.setdefault((lock_class, upload.pk), threading.Lock())
         got = lock.acquire(blocking=False)
         try:
             yield got
@@ -226,7 +234,7 @@ def _exclusive(upload: ResumableUpload) -> Iterator[bool]:
             if got:
                 lock.release()
         return
-    key = (LOCK_CLASS, upload.pk & 0x7FFFFFFF)
+    key = (lock_class, upload.pk & 0x7FFFFFFF)
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(%s, %s)", key)
         got = bool(cursor.fetchone()[0])
@@ -238,6 +246,22 @@ def _exclusive(upload: ResumableUpload) -> Iterator[bool]:
                 cursor.execute("SELECT pg_advisory_unlock(%s, %s)", key)
 
 
+def _appending(upload: ResumableUpload) -> bool:
+    """Whether an append of ``upload`` runs now, its file already cut to the acknowledged
+    offset (so that every byte the file holds was received by it or acknowledged)."""
+    if connection.vendor != "postgresql":
+        lock = _local_locks.get((LIVE_CLASS, upload.pk))
+        return lock is not None and lock.locked()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            " AND classid = %s::int::oid AND objid = %s::int::oid AND objsubid = 2)",
+            (LIVE_CLASS, upload.pk & 0x7FFFFFFF),
+        )
+        return bool(cursor.fetchone()[0])
+
+
 @dataclass
 class _Appender:
     upload: ResumableUpload
@@ -245,25 +269,40 @@ class _Appender:
     room: int | None  # bytes on disk the owner's quota leaves this upload; None: no quota
     acknowledged: int
     last_sync: float = 0.0
+    last_tick: float = 0.0
 
     def checkpoint(self) -> None:
         """Sync what arrived, then acknowledge it; UploadNotFound if it was abandoned."""
         stored = self.part.sync()
         position = self.part.position
+        # Greatest: a HEAD may have acknowledged more meanwhile (resumable_probe).
+        self._record(offset=Greatest(F("offset"), Value(position)), stored=stored)
+        self.upload.offset = self.acknowledged = position
+        self.upload.stored = stored
+        self.last_sync = self.last_tick = time.monotonic()
+
+    def appended(self) -> None:
+        """After each piece: a checkpoint, or a tick, when one is due."""
+        now = time.monotonic()
+        due = now - self.last_sync >= CHECKPOINT_SECONDS
+        if self.part.position - self.acknowledged >= CHECKPOINT_BYTES or due:
+            self.checkpoint()
+        elif now - self.last_tick >= TICK_SECONDS:
+            self.tick()
+
+    def tick(self) -> None:
+        """Record the bytes the file takes and move the expiry on, without a sync."""
+        self.upload.stored = stored = self.part.allocated()
+        self._record(stored=stored)
+        self.last_tick = time.monotonic()
+
+    def _record(self, **fields: Any) -> None:
         updated = ResumableUpload.objects.filter(
             pk=self.upload.pk, state=UploadState.RECEIVING
-        ).update(
-            offset=position,
-            stored=stored,
-            expires_at=timezone.now() + lifetime(),
-            updated_at=timezone.now(),
-        )
+        ).update(**fields, expires_at=timezone.now() + lifetime(), updated_at=timezone.now())
         if not updated:  # DELETEd meanwhile: its bytes go too
             self.part.remove()
             raise UploadNotFound("This upload was abandoned while this request appended to it.")
-        self.upload.offset = self.acknowledged = position
-        self.upload.stored = stored
-        self.last_sync = time.monotonic()
 
     def check_quota(self) -> None:
         if self.room is not None and self.part.path.stat().st_blocks * 512 > self.room:
@@ -300,10 +339,11 @@ def resumable_append(
             raise UploadOffsetMismatch(expected=upload.offset, provided=offset)
         appender = _start(upload)
         try:
-            if not complete:
-                _receive(appender, read)
-                return upload, None
-            return upload, _complete(actor, upload, appender, read)
+            with _exclusive(upload, LIVE_CLASS):  # HEAD may now sync and acknowledge the file
+                if not complete:
+                    _receive(appender, read)
+                    return upload, None
+                return upload, _complete(actor, upload, appender, read)
         finally:
             appender.part.close()
 
@@ -313,9 +353,32 @@ def _start(upload: ResumableUpload) -> _Appender:
     room = None if guard is None else guard.room + upload.stored  # its own bytes are in `used`
     part = _part(upload)
     part.open(upload.offset)
+    now = time.monotonic()
     return _Appender(
-        upload=upload, part=part, room=room, acknowledged=upload.offset, last_sync=time.monotonic()
+        upload=upload,
+        part=part,
+        room=room,
+        acknowledged=upload.offset,
+        last_sync=now,
+        last_tick=now,
     )
+
+
+def resumable_probe(*, actor: Any, token: str) -> ResumableUpload:
+    """The actor's upload ``token`` (as :func:`resumable_get`), with, while a request
+    appends to it, every byte its file holds synced and acknowledged first: the offset a
+    client may resume from is made durable when it is asked for, not at every checkpoint
+    of the append (which only a crash of the machine needs)."""
+    upload = resumable_get(actor=actor, token=token)
+    if upload.state != UploadState.RECEIVING or not _appending(upload):
+        return upload
+    held = _part(upload).flush()
+    if held is not None and held > upload.offset:
+        ResumableUpload.objects.filter(
+            pk=upload.pk, state=UploadState.RECEIVING, offset__lt=held
+        ).update(offset=held)
+        upload.refresh_from_db()
+    return upload
 
 
 class _Refused(Exception):
@@ -330,7 +393,8 @@ def _receive(
     appender: _Appender, read: Callable[[int], bytes], tee: Callable[[bytes], None] | None = None
 ) -> None:
     """Append what ``read`` gives to the upload's file (and hand it to ``tee``), syncing and
-    acknowledging it at checkpoints and at the end, a cut or an error included."""
+    acknowledging it at checkpoints, and at the end when it ends with an error (a cut
+    included) or has no ``tee`` (with one, the caller commits or checkpoints)."""
     upload, part = appender.upload, appender.part
     limit = max_size() if upload.length is None else min(upload.length, max_size())
     try:
@@ -354,15 +418,14 @@ def _receive(
                     tee(data)
                 except DomainError as exc:
                     raise _Refused(exc) from exc
-            due = time.monotonic() - appender.last_sync >= CHECKPOINT_SECONDS
-            if part.position - appender.acknowledged >= CHECKPOINT_BYTES or due:
-                appender.checkpoint()
+            appender.appended()
     except BaseException:
         if part.position != appender.acknowledged:
             with contextlib.suppress(Exception):  # keep what arrived; the error says the rest
                 appender.checkpoint()
         raise
-    appender.checkpoint()
+    if tee is None:
+        appender.checkpoint()
 
 
 def _complete(
@@ -399,10 +462,10 @@ def _complete(
             except DomainError as exc:
                 raise _Refused(exc) from exc
             _receive(appender, read, tee=receiver.write)
-            if upload.length is not None and upload.offset != upload.length:
+            if upload.length is not None and part.position != upload.length:
                 raise UploadLengthMismatch(
                     f"The upload was announced as {upload.length} bytes (Upload-Length) but "
-                    f"ends at {upload.offset}."
+                    f"ends at {part.position}."
                 )
             ResumableUpload.objects.filter(pk=upload.pk).update(stored=0)  # as above
             try:
@@ -425,15 +488,24 @@ def _complete(
         )
         raise refused.error from None
     except BaseException:  # cut, or a length or size refused: it stays resumable
+        with contextlib.suppress(Exception):  # (a cut was acknowledged by _receive already)
+            if part.position != appender.acknowledged:
+                appender.checkpoint()
         with contextlib.suppress(OSError):
             stored = part.path.stat().st_blocks * 512
             ResumableUpload.objects.filter(pk=upload.pk, state=UploadState.RECEIVING).update(
                 stored=stored
             )
         raise
+    # The version is durable (version_upload synced it): the bytes as sent, never synced
+    # since the last checkpoint, go unwritten if the kernel has not written them yet.
     part.remove()
     ResumableUpload.objects.filter(pk=upload.pk).update(
-        state=UploadState.COMPLETE, version=version, stored=0, updated_at=timezone.now()
+        state=UploadState.COMPLETE,
+        version=version,
+        offset=part.position,
+        stored=0,
+        updated_at=timezone.now(),
     )
     upload.refresh_from_db()
     return version
