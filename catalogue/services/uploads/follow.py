@@ -7,6 +7,10 @@ hands it to the :class:`~catalogue.services.uploads.receiver.VersionReceiver`. T
 socket is thus never held up by the decoder (nor the decoder by the socket), and what a
 resumed upload received before is decoded while the rest arrives, not before.
 
+While the thread keeps up, the appending thread hands it each piece it appended as well
+(up to QUEUE_BYTES of them), so that it need not read them back; what it missed (it fell
+behind, or the bytes were there before) it reads from the file.
+
 The receiver's first bytes are fed on the appending thread (they choose the plan, which
 reads the database: a query belongs to the request's own connection and transaction);
 the thread then follows from there. Only the thread calls ``write`` after that, and the
@@ -17,12 +21,16 @@ thread; the next :meth:`Follower.advance` or :meth:`Follower.finish` raises it.
 
 from __future__ import annotations
 
+import collections
 import os
 import threading
 from collections.abc import Callable
 from typing import BinaryIO
 
 from diskimage import CHUNK
+
+# The most bytes handed over in memory and not yet fed; past that, they are read back.
+QUEUE_BYTES = 32 << 20
 
 
 class Follower:
@@ -39,9 +47,12 @@ class Follower:
         self._stopped = False
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        self._queue: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._queued = 0
 
-    def advance(self, written: int) -> None:
-        """The file now holds ``written`` bytes (zeros seeked over past its end included)."""
+    def advance(self, written: int, data: bytes | None = None) -> None:
+        """The file now holds ``written`` bytes (zeros seeked over past its end included),
+        ``data`` being the last of them if given."""
         self._raise()
         if self._thread is None:
             if written < CHUNK:
@@ -52,6 +63,9 @@ class Follower:
             self._thread.start()
             return
         with self._cond:
+            if data is not None and self._queued + len(data) <= QUEUE_BYTES:
+                self._queue.append((written - len(data), data))
+                self._queued += len(data)
             self._written = written
             self._cond.notify()
 
@@ -89,6 +103,17 @@ class Follower:
                     if self._stopped or position >= self._written:
                         return
                     end = self._written
+                    handed = list(self._queue)
+                    self._queue.clear()
+                    self._queued = 0
+                for start, data in handed:  # each ends where an advance said the file did
+                    if start + len(data) <= position:
+                        continue
+                    position = self._feed(position, start)  # those it missed
+                    if self._stopped:
+                        return
+                    self._write(data[position - start :] if start < position else data)
+                    position = start + len(data)
                 position = self._feed(position, end)
         except BaseException as exc:  # handed to the appending thread
             self._error = exc

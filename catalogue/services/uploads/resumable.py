@@ -421,7 +421,9 @@ class _Refused(Exception):
 
 
 def _receive(
-    appender: _Appender, read: Callable[[int], bytes], tee: Callable[[int], None] | None = None
+    appender: _Appender,
+    read: Callable[[int], bytes],
+    tee: Callable[[int, bytes], None] | None = None,
 ) -> None:
     """Append what ``read`` gives to the upload's file (telling ``tee`` how far the file
     goes after each piece), syncing and acknowledging it at checkpoints, and at the end
@@ -447,7 +449,7 @@ def _receive(
             appender.check_quota()
             if tee is not None:
                 try:
-                    tee(part.position)
+                    tee(part.position, data)
                 except DomainError as exc:
                     raise _Refused(exc) from exc
             appender.appended()
