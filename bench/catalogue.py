@@ -1057,6 +1057,17 @@ def main(argv: list[str] | None = None) -> int:
         "--repo", type=Path, default=REPO, help="the BAAS checkout to run (default: this one)"
     )
     parser.add_argument(
+        "--part",
+        choices=("all", "uploads", "versions"),
+        default="all",
+        help="uploads and downloads, ten versions on XFS (bench/versions.py), or both",
+    )
+    parser.add_argument(
+        "--versions-models",
+        default="files,scattered",
+        help="how the versions change 1 %% of the data: files (gated), scattered (information)",
+    )
+    parser.add_argument(
         "--only", choices=["all", "cli"], default="all",
         help="cli: only the command-line client's push and pull (and create)",
     )  # fmt: skip
@@ -1088,11 +1099,22 @@ def main(argv: list[str] | None = None) -> int:
 
 def _measure_all(baas: Baas, workdir: Path, run_dir: Path, size: int, data: int, args) -> tuple:
     image = test_image(workdir / "data", size, data, args.seed)
+    rows = []
+    if args.part in ("all", "versions"):
+        import versions  # bench/versions.py, beside this script
+
+        models = [m for m in args.versions_models.split(",") if m]
+        lib = sys.modules[__name__]
+        rows += versions.measure_versions(lib, image, run_dir, args.repo.resolve(), args.seed,
+                                          models)  # fmt: skip
+        if args.part == "versions":
+            return rows, {"seed": args.seed, "load_average_end": load_average(),
+                          "cpus": os.cpu_count()}  # fmt: skip
     log(f"BAAS on 127.0.0.1:{baas.port} ({baas.database}, DEBUG off, gunicorn.conf.py)")
     baas.setup()
     baas.start()
-    rows = [measure_create(baas, args.repeat, size)]
-    log(f"create: {rows[0].baas:.3f} s")
+    rows.append(measure_create(baas, args.repeat, size))
+    log(f"create: {rows[-1].baas:.3f} s")
     if args.only == "all":
         log(f"uploads ({args.repeat}x each, interleaved), load {load_average()}")
         upload_rows, keep_uuid = measure_uploads(baas, image, run_dir, args.repeat)

@@ -16,7 +16,10 @@ Versions, before a machine gets them:
 * :func:`version_boot_files` — a boot image's kernel, initrd and command line
   (raises :class:`BootImageError`);
 * :func:`version_copy_raw` — its raw bytes as a read-only file in a directory
-  of the caller's, for a program that needs a file (raises :class:`CopyFailed`).
+  of the caller's, for a program that needs a file (raises :class:`CopyFailed`);
+* :func:`version_written_map` — the data map of what it puts on a disk, and
+  :func:`version_data_layout` — that map with where each range is in its data
+  stream (for an agent that needs only some ranges).
 
 What a machine sends back: :func:`version_store_file` stores a file (a network
 mount's merged image) as the image's next version, as an upload would;
@@ -48,6 +51,7 @@ from catalogue.models import Image, ImageSetup, Version
 from catalogue.rules import can_read_image, can_use_setup, can_write_image
 from catalogue.selectors import setups as _setups
 from catalogue.services import bootfiles as _bootfiles
+from catalogue.services import datalayout as _datalayout
 from catalogue.services import digests as _digests
 from catalogue.services import files as _files
 from catalogue.services import renditions as _renditions
@@ -56,6 +60,7 @@ from catalogue.services.compression import VersionCorrupt
 from catalogue.services.files import CopyFailed
 from catalogue.services.renditions import RenditionFailed
 from catalogue.storage import get_storage
+from diskimage.datamap import DataMap
 
 __all__ = [
     "BootFiles",
@@ -73,12 +78,14 @@ __all__ = [
     "setup_list_usable",
     "version_boot_files",
     "version_copy_raw",
+    "version_data_layout",
     "version_digest_ensure",
     "version_disk_size",
     "version_raw_ensure",
     "version_store_file",
     "version_store_stream",
     "version_stored_size",
+    "version_written_map",
 ]
 
 
@@ -114,6 +121,16 @@ def version_boot_files(version: Version) -> BootFiles:
 def version_copy_raw(*, version: Version, directory: Path) -> Path:
     """The version's raw bytes as a read-only file under ``directory``, checked; reused."""
     return _files.version_copy_raw(version=version, directory=directory)
+
+
+def version_written_map(version: Version) -> DataMap | None:
+    """The data map of the bytes the version puts on a disk; None if it has none (yet)."""
+    return _datalayout.written_map(version)
+
+
+def version_data_layout(version: Version) -> tuple[DataMap, list[tuple[int, int]]] | None:
+    """That map and each range's ``(offset, length)`` in the version's data stream, or None."""
+    return _datalayout.data_layout(version)
 
 
 def version_store_file(

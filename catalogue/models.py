@@ -207,6 +207,16 @@ class Version(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     note = models.CharField(max_length=500, blank=True)
+    # A delta upload (catalogue.services.uploads.compose) names the version its changes are
+    # against: this one is that version's bytes plus the changes, whatever came in between.
+    # A number, not a key: the base may be deleted later, and its number is never reused
+    # (this version's is higher).
+    based_on = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The version this one was composed from, by a delta upload of the changes "
+        "against it (empty: uploaded whole)",
+    )
     # Provenance of an imported version (imports/): the registry reference and the
     # digest of the manifest it was made from, with its platform; or the URL and the
     # SHA-256 it was checked against. Empty for uploads.

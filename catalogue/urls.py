@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from catalogue.apis import downloads, images, resumable, setups, usage
+from catalogue.apis import downloads, hashes, images, resumable, setups, usage
 
 # The image segment takes any text: the views answer 400 for a malformed UUID.
 # ``image/<id>/versions`` comes before the downloads' ``image/<id>/<int>``.
@@ -60,6 +60,11 @@ download_urlpatterns = [
         "image/<str:image_uuid>/<int:number>/data",
         downloads.VersionDataApi.as_view(),
         name="image-version-data",
+    ),
+    path(
+        "image/<str:image_uuid>/<int:number>/hashes",
+        hashes.VersionHashesApi.as_view(),
+        name="image-version-hashes",
     ),
 ]
 

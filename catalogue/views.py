@@ -40,6 +40,7 @@ from catalogue.forms_setups import PARTITION_TYPES, LayoutForms, size_text
 from catalogue.models import Image, ImageSetup, Version
 from catalogue.selectors import images as image_selectors
 from catalogue.selectors import setups as setup_selectors
+from catalogue.selectors.usage import image_storage
 from catalogue.services import images as image_services
 from catalogue.services import setups as setup_services
 
@@ -101,14 +102,18 @@ def image_create(request: AuthenticatedHttpRequest) -> HttpResponse:
 @login_required
 def image_detail(request: AuthenticatedHttpRequest, image_id: uuid.UUID) -> HttpResponse:
     image = _readable(request, image_id)
+    versions = sorted(image.versions.all(), key=lambda v: -v.number)
+    logical, held = image_storage(image=image, versions=versions)
     context = {
         "image": image,
-        "versions": sorted(image.versions.all(), key=lambda v: -v.number),
+        "versions": versions,
+        "storage_logical": logical,
+        "storage_held": held,
         "can_write": rules.can_write_image(request.user, image),
         "can_delete": rules.can_delete_image(request.user, image),
         "max_size": settings.BAAS_MAX_IMAGE_SIZE,
         "upload_url": request.build_absolute_uri(f"/api/image/{image.uuid}"),
-        "client_url": request.build_absolute_uri("/client/baas-upload"),
+        "site_url": request.build_absolute_uri("/").rstrip("/"),
     }
     return render(request, "catalogue/image_detail.html", context)
 

@@ -9,6 +9,13 @@ server can send an agent just the frames that hold data — concatenated, they
 are a zstd stream of the data ranges in order — so neither the network nor
 the agent's CPU ever sees the zeros.
 
+Each data frame begins and ends on a 4 KiB block of the file (``align``):
+skippable frames of zeros fill the rest of a block, listed in the seek table
+as frames of no raw bytes. So a range whose bytes did not change from one
+version to the next is the same frame, at a block boundary, in both files,
+and the filesystem can hold it once for both (:mod:`diskimage.extents`); it
+costs ~4 KiB per range.
+
 Zero frames are written by hand, not compressed: RLE blocks of 128 KiB of
 zero bytes (RFC 8878 §3.1.1.2), four bytes each, so a gigabyte of zeros costs
 32 KiB and no CPU. Frames hold at most ``ZERO_FRAME_MAX`` bytes, as the seek
@@ -30,11 +37,13 @@ import os
 import struct
 from dataclasses import dataclass
 
+from diskimage import BLOCK
 from diskimage.datamap import DataMap
 from diskimage.holes import is_zeros
 
 ZSTD_MAGIC = 0xFD2FB528
 SKIPPABLE_MAGIC = 0x184D2A5E  # the seekable format's skippable frame
+PADDING_MAGIC = 0x184D2A50  # another skippable frame: padding to a block boundary
 SEEKABLE_MAGIC = 0x8F92EAB1
 FOOTER = struct.Struct("<IBI")  # number of frames, descriptor, seekable magic
 ENTRY = struct.Struct("<II")  # compressed size, decompressed size
@@ -43,6 +52,18 @@ ZERO_FRAME_MAX = 1 << 30
 # Frame header: magic; descriptor 0xC0 (8-byte content size, not single segment,
 # no checksum, no dictionary); window descriptor 0x38 (2**(10+7) = 128 KiB).
 _FRAME_HEADER = struct.Struct("<IBBQ")
+
+
+def padding(position: int, align: int) -> bytes:
+    """A skippable frame taking the file from ``position`` to the next multiple of
+    ``align`` (nothing when it is on one; a block more when less than its 8-byte header
+    is left)."""
+    gap = -position % align
+    if gap == 0:
+        return b""
+    if gap < 8:
+        gap += align
+    return struct.pack("<II", PADDING_MAGIC, gap - 8) + bytes(gap - 8)
 
 
 def zero_frame(length: int) -> bytes:
@@ -113,8 +134,9 @@ def read_seek_table(fd: int) -> list[Frame] | None:
 
 
 def data_frames(frames: list[Frame], datamap: DataMap) -> list[Frame] | None:
-    """The frames that hold exactly the map's ranges, in order; None if they do not match."""
-    by_start = {frame.start: frame for frame in frames}
+    """The frames that hold exactly the map's ranges, in order; None if they do not match.
+    (Padding, frames of no raw bytes, is never one of them.)"""
+    by_start = {frame.start: frame for frame in frames if frame.size}
     chosen = []
     for start, end, _ in datamap.ranges:
         frame = by_start.get(start)
@@ -132,9 +154,13 @@ class FramedZstdEncoder:
     Fed the raw image in order, in pieces of any size. Each range becomes one
     frame (compressed on every core), each run between ranges zero frames; a
     run that is not all zeros means the map is not of these bytes: ValueError.
+    Each range's frame starts and ends on a multiple of ``align`` in the output
+    (0: packed, as before).
     """
 
-    def __init__(self, datamap: DataMap, level: int, write_checksum: bool = True) -> None:
+    def __init__(
+        self, datamap: DataMap, level: int, write_checksum: bool = True, align: int = BLOCK
+    ) -> None:
         import zstandard  # only where a version is compressed: the agent may run without it
 
         self.compressor = zstandard.ZstdCompressor(
@@ -145,6 +171,8 @@ class FramedZstdEncoder:
         self.index = 0  # the segment being filled
         self.pending = bytearray()  # the current range's bytes so far
         self.frames: list[tuple[int, int]] = []
+        self.align = align
+        self.written = 0  # bytes of output so far
 
     def compress(self, data: bytes | memoryview) -> bytes:
         out = bytearray()
@@ -174,8 +202,11 @@ class FramedZstdEncoder:
         if is_data:
             frame = self.compressor.compress(bytes(self.pending))
             self.pending.clear()
+            before = self._pad(self.written)
             self.frames.append((len(frame), end - start))
-            return frame
+            after = self._pad(self.written + len(before) + len(frame))
+            self.written += len(before) + len(frame) + len(after)
+            return before + frame + after
         out = bytearray()
         while start < end:
             size = min(ZERO_FRAME_MAX, end - start)
@@ -183,4 +214,14 @@ class FramedZstdEncoder:
             self.frames.append((len(frame), size))
             out += frame
             start += size
+        self.written += len(out)
         return bytes(out)
+
+    def _pad(self, position: int) -> bytes:
+        """Padding from ``position`` to the next boundary, listed in the seek table."""
+        if not self.align:
+            return b""
+        pad = padding(position, self.align)
+        if pad:
+            self.frames.append((len(pad), 0))
+        return pad

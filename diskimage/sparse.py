@@ -78,11 +78,20 @@ class SparseImageDecoder:
     bytes; zeros (``DONT_CARE`` chunks, ``FILL`` chunks of zeros) reach
     ``on_hole`` as lengths. ``crc_checks`` lists the CRC-32 chunks met, as
     (raw bytes before it, CRC-32 expected), for the caller to check.
+    ``chunk_begins(kind, first block, blocks)``, when given, hears of each chunk
+    as it begins, before its bytes: a delta (:mod:`diskimage.sparsedelta`) tells a
+    ``DONT_CARE`` chunk ("as in the base") from a ``FILL`` of zeros that way.
     """
 
-    def __init__(self, sink: Sink, on_hole: Callable[[int], None]):
+    def __init__(
+        self,
+        sink: Sink,
+        on_hole: Callable[[int], None],
+        chunk_begins: Callable[[int, int, int], None] | None = None,
+    ):
         self._sink = sink
         self._on_hole = on_hole
+        self._chunk_begins = chunk_begins
         self._state = "header"
         self._need = HEADER.size  # bytes of the field being collected
         self._field = b""
@@ -198,6 +207,8 @@ class SparseImageDecoder:
 
     def _start_chunk(self) -> None:
         kind, blocks = self._chunk
+        if self._chunk_begins is not None:
+            self._chunk_begins(kind, self._blocks_seen, blocks)
         length = blocks * self.block_size
         if kind == RAW:
             self._data = length

@@ -108,7 +108,11 @@ class Verifier:
 
     def check_gaps(self) -> None:
         for start, end in self.datamap.gaps():
-            self._submit(_ZerosCheck(self.fd, start, end, self.sparse))
+            self.check_zeros(start, end)
+
+    def check_zeros(self, start: int, end: int) -> None:
+        """Check that ``[start, end)`` reads as zeros (a gap, or a part of one)."""
+        self._submit(_ZerosCheck(self.fd, start, end, self.sparse))
 
     def _submit(self, check: _Check) -> None:
         self.pending[self.pool.submit(check)] = check.end - check.offset

@@ -37,6 +37,7 @@ AGENT_ROUTES = {
     ("image-download-latest", "HEAD"),
     ("image-version-map", "GET"),
     ("image-version-data", "GET"),
+    ("image-version-hashes", "GET"),  # a delta sync-back's base block hashes
 }
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -56,6 +55,8 @@ class Interrupted(Exception):
 
 def kernel_parameters(text: str) -> dict[str, str]:
     """``server``/``mac``/``token`` from ``baas.*=…`` words of a kernel command line."""
+    import shlex  # only without --server/--mac/--token: not at start-up
+
     try:
         words = shlex.split(text)
     except ValueError:

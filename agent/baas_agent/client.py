@@ -16,7 +16,6 @@ Contracts:
 
 from __future__ import annotations
 
-import html
 import http.client
 import json
 import logging
@@ -99,6 +98,8 @@ def _summary(payload: bytes, url: str, content_type: str | None) -> str:
     parts = urlsplit(url)
     where = f" from {parts.scheme}://{parts.netloc}{parts.path}" if parts.netloc else ""
     text = _TAGS.sub(" ", _HIDDEN.sub(" ", payload[:65536].decode("utf-8", "replace")))
+    import html  # error answers only: not at start-up
+
     words = _one_line(html.unescape(text), MESSAGE_LIMIT // 2) or "(empty answer)"
     return f"not JSON ({kind}){where}: {words}"
 
@@ -129,6 +130,7 @@ class _Transfer:
 
     received: int = 0
     total: int | None = None
+    first: int | None = None  # a byte range of the file was asked for: where it starts
     etag: str | None = None  # strong ETags only: If-Range forbids weak ones
     last_modified: str | None = None
     info: dict[str, str] | None = None  # the caller's, to learn the first answer's headers
@@ -288,8 +290,13 @@ class Client:
         expected_size: int | None = None,
         chunk_size: int = CHUNK,
         info: dict[str, str] | None = None,
+        byte_range: tuple[int, int] | None = None,
     ) -> Iterator[bytes]:
         """Yield the body of ``GET path``, resuming broken transfers.
+
+        ``byte_range`` = ``(offset, length)`` asks for those bytes of the file
+        alone (``Range: bytes=a-b``); a server that answers anything but them
+        (a 200 with the whole file) raises DownloadError.
 
         A broken connection (reset, timeout, early close) resumes at the bytes
         received so far with ``Range``/``If-Range``; each resume that makes no
@@ -300,6 +307,8 @@ class Client:
         """
         url = self.url(path)
         transfer = _Transfer(total=expected_size, info=info)
+        if byte_range is not None:
+            transfer.first, transfer.total = byte_range
         failures = 0
         while True:
             try:
@@ -327,10 +336,13 @@ class Client:
 
     def _download_part(self, url: str, transfer: _Transfer, chunk_size: int) -> Iterator[bytes]:
         conn, target, headers = self._connection(url)
-        if transfer.received:
+        if transfer.first is not None and transfer.total is not None:
+            start = transfer.first + transfer.received
+            headers["Range"] = f"bytes={start}-{transfer.first + transfer.total - 1}"
+        elif transfer.received:
             headers["Range"] = f"bytes={transfer.received}-"
-            if transfer.validator():
-                headers["If-Range"] = transfer.validator() or ""
+        if transfer.received and transfer.validator():
+            headers["If-Range"] = transfer.validator() or ""
         try:
             conn.request("GET", target, headers=headers)
             resp = conn.getresponse()
@@ -352,7 +364,15 @@ class Client:
         """Check an answer against what was received; returns bytes to skip."""
         if resp.status == 206:
             _check_content_range(resp.getheader("Content-Range"), transfer)
+            if transfer.received == 0:
+                etag = resp.getheader("ETag")
+                transfer.etag = None if etag is None or etag.startswith("W/") else etag
+                transfer.last_modified = resp.getheader("Last-Modified")
+                if transfer.info is not None:
+                    transfer.info["content-type"] = resp.getheader("Content-Type") or ""
             return 0
+        if transfer.first is not None:
+            raise DownloadError(f"asked for bytes from {transfer.first}, got the whole file")
         if resp.length is None and not resp.chunked and transfer.total is None:
             # Only a closed connection would end this body: truncation could not be told.
             raise TransientError("an answer without Content-Length (headers cut short?)")
@@ -380,8 +400,15 @@ def _check_content_range(header: str | None, transfer: _Transfer) -> None:
     if not match:
         raise DownloadError(f"a 206 answer with a bad Content-Range: {header!r}")
     start, total = int(match[1]), match[3]
-    if start != transfer.received:
-        raise DownloadError(f"asked to resume at byte {transfer.received}, got {header}")
+    wanted = (transfer.first or 0) + transfer.received
+    if start != wanted:
+        raise DownloadError(f"asked for the bytes from {wanted}, got {header}")
+    if transfer.first is not None:
+        if int(match[2]) != transfer.first + (transfer.total or 0) - 1:
+            raise DownloadError(
+                f"asked for bytes up to {transfer.first + (transfer.total or 0) - 1}, got {header}"
+            )
+        return
     if total != "*" and transfer.total is not None and int(total) != transfer.total:
         raise DownloadError(f"the file's size changed: {header}, {transfer.total} expected")
 

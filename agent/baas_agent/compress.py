@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import shutil
-import subprocess
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -191,6 +189,8 @@ def _zstd_inprocess(source: Chunks, level: int) -> Iterator[bytes]:
 
 
 def _zstd_command(*args: str) -> list[str]:
+    import shutil  # the command is the fallback: not imported at start-up
+
     path = shutil.which("zstd")
     if path is None:
         raise CompressionError("zstd needs the zstandard module or the zstd command")
@@ -201,6 +201,8 @@ class _Pipe:
     """A subprocess fed by a thread; read its output with :meth:`read`."""
 
     def __init__(self, command: list[str], source: Chunks) -> None:
+        import subprocess  # the command is the fallback: not imported at start-up
+
         self.proc = subprocess.Popen(  # noqa: S603 - a fixed command, no shell
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )

@@ -18,8 +18,6 @@ Contracts:
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import functools
 import hashlib
@@ -147,6 +145,8 @@ class Zeroer:
     def _punch_hole(self, offset: int, length: int) -> None:
         mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
         if _libc_fallocate(self.fd, mode, offset, length) != 0:
+            import ctypes  # loaded by _fallocate already: not at start-up, which it slows
+
             code = ctypes.get_errno()
             raise OSError(code, os.strerror(code))
 
@@ -163,7 +163,9 @@ class Zeroer:
 
 @functools.cache
 def _fallocate() -> Callable[[int, int, int, int], int]:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    import ctypes  # here, not at start-up: a re-flash of an unchanged disk never needs it
+
+    libc = ctypes.CDLL(None, use_errno=True)  # this process: libc is in it already
     function = libc.fallocate
     function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
     function.restype = ctypes.c_int
@@ -172,6 +174,76 @@ def _fallocate() -> Callable[[int, int, int, int], int]:
 
 def _libc_fallocate(fd: int, mode: int, offset: int, length: int) -> int:
     return _fallocate()(fd, mode, offset, length)
+
+
+SYNC_FILE_RANGE_ALL = 0x1 | 0x2 | 0x4  # WAIT_BEFORE | WRITE | WAIT_AFTER
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # this process: libc is in it already
+    function = getattr(libc, "sync_file_range", None)
+    if function is None:  # pragma: no cover - every Linux libc has it
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return function  # type: ignore[no-any-return]
+
+
+def to_medium(fd: int, offset: int, length: int) -> None:
+    """Put ``[offset, offset + length)`` on the medium and drop it from the page cache.
+
+    What is read there next comes from the disk, not from memory: the
+    read-back of a write checks the medium. ``sync_file_range`` writes the
+    range's dirty pages and waits for them (only that range, so threads
+    landing other ranges do not wait for each other), ``fdatasync`` where it
+    is refused; then ``POSIX_FADV_DONTNEED`` drops the now clean pages, on a
+    file as on a block device (whose pages are the device's own cache).
+    """
+    function = _sync_file_range()
+    if function is None or function(fd, offset, length, SYNC_FILE_RANGE_ALL) != 0:
+        os.fdatasync(fd)
+    os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+
+
+def drop_cached(path: Path) -> None:
+    """Sync ``path`` and drop all of its pages from the cache (see :func:`to_medium`)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fdatasync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def open_in_place(path: Path, size: int) -> int:
+    """A write descriptor on a target that keeps what it holds (a delta is written into it).
+
+    A block device is opened exclusively and must hold ``size`` bytes; a file
+    must be exactly ``size`` bytes long.
+    """
+    if is_block_device(path):
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_EXCL)
+    elif str(path).startswith("/dev/"):
+        raise DiskError(f"{path} is not a block device")
+    else:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    available = os.lseek(fd, 0, os.SEEK_END)
+    if available < size or (available != size and not is_block_device(path)):
+        os.close(fd)
+        raise DiskError(f"{path} holds {available} bytes, the image {size}")
+    return fd
+
+
+def zero_run(zeroer: Zeroer, start: int, end: int) -> None:
+    """Zero ``[start, end)`` the device's (or file system's) way; a short tail by writing."""
+    aligned = start + (end - start) // BLOCK * BLOCK
+    if aligned > start:
+        zeroer.zero(start, aligned - start)
+    if end > aligned:
+        _pwrite_all(zeroer.fd, ZEROS[: end - aligned], aligned)
 
 
 class SparseWriter:

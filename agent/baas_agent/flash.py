@@ -7,9 +7,14 @@ Contracts:
   match is never reported as written. A target that already holds the image
   (checked, not assumed) is not rewritten. With the version's data map
   (:mod:`diskimage.datamap`, :mod:`diskimage.verify`) both checks read and hash only the data.
-- :func:`sync_image` uploads a disk only when its SHA-256 differs from what was
-  flashed, zstd-compressed and with a ``Content-Digest`` of the raw bytes;
-  returns the new version, or None when the disk is unchanged.
+  With a ``delta`` (:mod:`baas_agent.delta`), a disk that still holds the
+  recorded version gets only the ranges that differ; one that does not is
+  flashed in full, and the log says why.
+- :func:`sync_image` uploads a disk only when it differs from what was
+  flashed: when the server takes them, only the changes against the flashed
+  version (:mod:`baas_agent.changes`); else the whole disk, zstd-compressed and
+  with a ``Content-Digest`` of the raw bytes. Returns the new version, or None
+  when the disk is unchanged.
 - Progress goes to the server at most once a second per image.
 """
 
@@ -26,16 +31,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from baas_agent.changes import FullSync, sync_changes
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
+from baas_agent.delta import DeltaError, DeltaInstruction, write_delta
 from baas_agent.disks import (
     DiskMap,
     RangeWriter,
     SparseWriter,
+    drop_cached,
     hash_target,
     is_block_device,
     read_target,
     target_size,
+    to_medium,
 )
 from baas_agent.landing import can_land, land
 from diskimage.datamap import DataMap
@@ -87,6 +96,7 @@ class WriteInstruction:
     stored_size: int | None = None
     map_url: str | None = None
     data_url: str | None = None
+    delta: DeltaInstruction | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WriteInstruction:
@@ -94,6 +104,12 @@ class WriteInstruction:
         if compression not in COMPRESSIONS:
             raise InstructionError(f"unknown compression {compression!r}")
         stored = data.get("stored_size")
+        delta = None
+        if data.get("delta") is not None:
+            try:
+                delta = DeltaInstruction.from_json(data["delta"])
+            except DeltaError as exc:  # the disk is then flashed in full: nothing is lost
+                log.warning("image %s: its delta is unusable (%s)", data.get("image"), exc)
         return cls(
             image=_field(data, "image", str),
             version=_field(data, "version", int),
@@ -105,6 +121,7 @@ class WriteInstruction:
             stored_size=stored if isinstance(stored, int) else None,
             map_url=_optional_str(data, "map_url"),
             data_url=_optional_str(data, "data_url"),
+            delta=delta,
         )
 
     def label(self) -> str:
@@ -120,6 +137,7 @@ class SyncInstruction:
     sha256: str
     upload_url: str
     map_url: str | None = None
+    hashes_url: str | None = None  # the server takes the changes against ``version``
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SyncInstruction:
@@ -131,6 +149,7 @@ class SyncInstruction:
             sha256=_sha256(data),
             upload_url=_field(data, "upload_url", str),
             map_url=_optional_str(data, "map_url"),
+            hashes_url=_optional_str(data, "hashes_url"),
         )
 
     def label(self) -> str:
@@ -259,12 +278,27 @@ def write_image(
     report.announce(image, "verifying" if fits else "writing", size)
     datamap = fetch_map(client, instruction.map_url, size, sha256)
     verifying = report.phase(image, "verifying", size)
-    if fits and _check(target, size, sha256, datamap, verifying, fast=True) is None:
+    writing = report.phase(image, "writing", size)
+    delta, data_url = instruction.delta, instruction.data_url
+    if fits and datamap is not None and delta is not None and data_url is not None:
+        why = write_delta(
+            client,
+            data_url,
+            target,
+            datamap,
+            delta,
+            label=instruction.label(),
+            writing=writing,
+            verifying=verifying,
+        )
+        if why is None:
+            return _written(instruction)
+        log.warning("%s: %s: writing it in full", instruction.label(), why)
+    elif fits and _check(target, size, sha256, datamap, verifying, fast=True) is None:
         log.info("%s: already there (checked), not rewritten", instruction.label())
         return _written(instruction)
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
     started = time.monotonic()
-    writing = report.phase(image, "writing", size)
     reason: str | None = NO_DATA_STREAM
     if datamap is not None and instruction.data_url is not None:
         reason = _write_data(client, instruction, target, datamap, writing, verifying)
@@ -273,6 +307,7 @@ def write_image(
         # download as surely as hashing the stream would, and hashing is the costliest
         # step of a flash, so it is done once, not twice.
         _stream_to(client, instruction, target, writing)
+        drop_cached(target)  # what is checked is the medium, not the page cache
         reason = _check(target, size, sha256, datamap, verifying)
     if reason is not None:
         raise FlashError(
@@ -320,7 +355,13 @@ def _write_data(
     ranges = [(start, end) for start, end, _ in datamap.ranges]
     writer = RangeWriter(target, instruction.size, ranges)
     with writer, Verifier(target, datamap, sparse=not block_device) as verifier:
-        writer.on_range = verifier.check_range
+
+        def landed(index: int) -> None:
+            start, end, _ = datamap.ranges[index]
+            to_medium(writer.fd, start, end - start)  # read back from the disk, not memory
+            verifier.check_range(index)
+
+        writer.on_range = landed
         for chunk in decompressed(stream, encoding):
             writer.write(chunk)
             writing(writer.position)
@@ -372,6 +413,23 @@ def sync_image(
     report.announce(image, "verifying", size)  # it checks the disk first
     verifying = report.phase(image, "verifying", size)
     datamap = fetch_map(client, instruction.map_url, size, instruction.sha256)
+    if datamap is not None and instruction.hashes_url:
+        try:  # only the changes against the flashed version (agent/baas_agent/changes.py)
+            answer = sync_changes(
+                client,
+                target=target,
+                base=datamap,
+                base_version=instruction.version,
+                upload_url=instruction.upload_url,
+                hashes_url=instruction.hashes_url,
+                label=instruction.label(),
+                verifying=verifying,
+                syncing=report.phase(image, "syncing", size),
+                block_device=is_block_device(target),
+            )
+            return None if answer is None else _synced(instruction, answer, None)
+        except FullSync as exc:
+            log.warning("%s: %s; bringing the whole disk back", instruction.label(), exc)
     unchanged = datamap is not None and not _check(
         target, size, instruction.sha256, datamap, verifying, fast=True
     )
@@ -408,10 +466,12 @@ def sync_image(
     return _synced(instruction, answer, digest.hexdigest())
 
 
-def _synced(instruction: SyncInstruction, answer: Any, sha256: str) -> dict[str, Any]:
+def _synced(instruction: SyncInstruction, answer: Any, sha256: str | None) -> dict[str, Any]:
+    """The ``synced`` entry of an upload's answer; ``sha256`` (None for a delta, which the
+    server checked against the disk's data map) must be what the server recorded."""
     if not isinstance(answer, dict) or not isinstance(answer.get("version"), int):
         raise FlashError(f"the upload of {instruction.label()} got no version back: {answer!r}")
-    if answer.get("sha256", sha256) != sha256:
+    if sha256 is not None and answer.get("sha256", sha256) != sha256:
         raise FlashError(
             f"the server recorded SHA-256 {answer['sha256']} for {instruction.label()}, "
             f"the disk has {sha256}"

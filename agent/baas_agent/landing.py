@@ -12,7 +12,13 @@ Contract: :func:`land` returns None when every range is on the disk and
 matches its SHA-256, every other byte of the image reads as zero and the
 disk is fsynced; else what differs, as a sentence. A stream of other ranges
 than the map's raises :class:`~baas_agent.disks.DiskError` or
-:class:`~baas_agent.compress.CompressionError`.
+:class:`~baas_agent.compress.CompressionError`. :func:`land_delta` does the
+same for a delta: the changed ranges alone are in the stream and written, the
+runs that became zeros are zeroed, and both are verified.
+
+What is read back is the medium, not the page cache: each range is synced
+and dropped from the cache before it is read (:func:`~baas_agent.disks.to_medium`),
+and dropped again once hashed, so nothing the agent wrote stays cached.
 """
 
 from __future__ import annotations
@@ -25,9 +31,20 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from baas_agent.compress import CompressionError, zstd_frames
-from baas_agent.disks import DiskError, SparseWriter, _pwrite_all, is_block_device
+from baas_agent.disks import (
+    DiskError,
+    SparseWriter,
+    Zeroer,
+    _pwrite_all,
+    drop_cached,
+    is_block_device,
+    open_in_place,
+    to_medium,
+    zero_run,
+)
 from diskimage import READ_CHUNK
 from diskimage.datamap import DataMap
+from diskimage.delta import Delta
 from diskimage.verify import Verifier, default_workers
 
 try:
@@ -68,8 +85,56 @@ def land(
         if reason is not None:
             return reason
         os.fsync(writer.fd)
+    drop_cached(target)  # the gaps are read from the medium too
     with Verifier(target, datamap, workers=workers, sparse=not block_device) as verifier:
         verifier.check_gaps()
+        return verifier.result()
+
+
+def land_delta(
+    chunks: Iterable[bytes],
+    encoding: str,
+    target: Path,
+    datamap: DataMap,
+    delta: Delta,
+    *,
+    workers: int | None = None,
+    progress: Progress | None = None,
+) -> str | None:
+    """Turn a disk holding a delta's base into ``datamap``'s image, in place.
+
+    ``chunks`` is the data stream of the changed ranges alone (``delta.changed``,
+    in order); they are written and verified as :func:`land` does, and the runs
+    of ``delta.zeros`` are zeroed (punched on a file, ``BLKZEROOUT`` or written
+    zeros on a device) and read back as zeros. The caller has checked that the
+    disk holds the rest (:meth:`Delta.kept`, :meth:`Delta.kept_zeros`).
+    """
+    workers = workers or default_workers()
+    changed = DataMap(
+        size=datamap.size,
+        sha256=datamap.sha256,
+        ranges=tuple(datamap.ranges[index] for index in delta.changed),
+    )
+    fd = open_in_place(target, datamap.size)
+    try:
+        zeroer = Zeroer(fd)
+        for start, end in delta.zeros:
+            zero_run(zeroer, start, end)
+        read_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            reason = _land_all(chunks, encoding, fd, read_fd, changed, workers, progress)
+        finally:
+            os.close(read_fd)
+        if reason is not None:
+            return reason
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    drop_cached(target)
+    sparse = not is_block_device(target)
+    with Verifier(target, datamap, workers=workers, sparse=sparse) as verifier:
+        for start, end in delta.zeros:
+            verifier.check_zeros(start, end)
         return verifier.result()
 
 
@@ -155,6 +220,7 @@ def _land_one(
         return f"bytes {start}-{end} came as {len(data)} bytes"
     _pwrite_all(fd, data, start)
     del data
+    to_medium(fd, start, end - start)  # the read-back below reads the disk, not memory
     sha = hashlib.sha256()
     buffer = bytearray(min(READ_CHUNK, end - start))
     view = memoryview(buffer)
@@ -165,6 +231,7 @@ def _land_one(
             return f"the disk ended at byte {position}, inside bytes {start}-{end}"
         sha.update(view[:got])
         position += got
+    os.posix_fadvise(read_fd, start, end - start, os.POSIX_FADV_DONTNEED)
     if sha.hexdigest() != digest:
         return f"bytes {start}-{end} differ from the image (SHA-256 mismatch)"
     return None

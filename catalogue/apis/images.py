@@ -93,6 +93,7 @@ class VersionOutputSerializer(serializers.ModelSerializer):
             "uploaded_by",
             "created_at",
             "note",
+            "based_on",
         ]
 
     @extend_schema_field(RAW_RENDITION_SCHEMA)
@@ -263,6 +264,21 @@ UPLOAD_HEADERS = [
     OpenApiParameter(
         "Content-Encoding", str, OpenApiParameter.HEADER, enum=["zstd", "gzip", "identity"]
     ),
+    OpenApiParameter(
+        "Upload-Base-Version",
+        int,
+        OpenApiParameter.HEADER,
+        description="A delta upload: the body is an Android sparse image of the changes "
+        "against this version (its DONT_CARE chunks mean 'as in this version'); the new "
+        "version is composed from it and records it as based_on (docs/uploads.md)",
+    ),
+    OpenApiParameter(
+        "Upload-Map-Digest",
+        str,
+        OpenApiParameter.HEADER,
+        description="With Upload-Base-Version: the SHA-256 (hex) of the data map the composed "
+        "image must have (diskimage.sparsedelta.map_digest); refused if it differs",
+    ),
 ]
 UPLOAD_SCHEMA = extend_schema(
     summary="Upload the next version",
@@ -381,6 +397,7 @@ class ImageDetailApi(APIView):
             actor=request.user, image_id=image_id, full=False, doing="upload to"
         )
         if resumable.is_resumable_creation(request._request):  # Upload-Complete: ?0
+            uploads.refuse_resumable_delta(request._request)
             return resumable.create(request, image)
         _quota_check_up_front(request, image)
         return version_created_response(uploads.upload_version(request, image))

@@ -24,8 +24,8 @@ from urllib.parse import unquote
 
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
-from rest_framework import status
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.exceptions import UnsupportedMediaType
 from rest_framework.parsers import BaseParser
 from rest_framework.request import Request
@@ -33,7 +33,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts import rules as account_rules
-from baas_site.created import location
+from baas_site.created import LOCATION, location
 from baas_site.errors import api_exception_handler
 from baas_site.exceptions import DomainError
 from catalogue.apis import uploads
@@ -259,10 +259,39 @@ def create(request: Request, image: Image) -> Response:
 # --- The upload resource -------------------------------------------------------------------
 
 
+class UploadOutputSerializer(serializers.Serializer):
+    """What ``upload_data`` answers (the schema's description of it)."""
+
+    upload = serializers.CharField(help_text="The upload's URL: HEAD, PATCH, DELETE it.")
+    image = serializers.UUIDField()
+    state = serializers.ChoiceField(choices=UploadState.choices)
+    offset = serializers.IntegerField(help_text="Bytes received and kept, as sent.")
+    length = serializers.IntegerField(allow_null=True, help_text="Upload-Length, if announced.")
+    complete = serializers.BooleanField()
+    encoding = serializers.CharField(allow_null=True)
+    created = serializers.DateTimeField()
+    expires = serializers.DateTimeField()
+    version = serializers.IntegerField(allow_null=True, help_text="The version it became.")
+
+
+class UploadListOutputSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.CharField(allow_null=True)
+    previous = serializers.CharField(allow_null=True)
+    results = UploadOutputSerializer(many=True)
+
+
+ERROR = inline_serializer("UploadError", {"detail": serializers.CharField()})
+
+
 class UploadListApi(APIView):
     """Your unfinished resumable uploads (``?image=<uuid>`` for one image's)."""
 
-    @extend_schema(summary="Your unfinished resumable uploads")
+    @extend_schema(
+        summary="Your unfinished resumable uploads",
+        operation_id="uploads_list",
+        responses={200: UploadListOutputSerializer},
+    )
     def get(self, request: Request) -> Response:
         image_id = request.query_params.get("image")
         try:
@@ -280,7 +309,10 @@ class UploadDetailApi(APIView):
     def get_parsers(self) -> list[BaseParser]:
         return [uploads.UnreadBodyParser()]
 
-    @extend_schema(summary="The state of a resumable upload")
+    @extend_schema(
+        summary="The state of a resumable upload",
+        responses={200: UploadOutputSerializer, 404: ERROR},
+    )
     def get(self, request: Request, token: str) -> Response:
         try:
             upload = resumable.resumable_probe(actor=request.user, token=token)
@@ -301,7 +333,18 @@ class UploadDetailApi(APIView):
             return response
         return Response(status=status.HTTP_204_NO_CONTENT, headers=_state_headers(upload))
 
-    @extend_schema(summary="Append to a resumable upload (application/partial-upload)")
+    @extend_schema(
+        summary="Append to a resumable upload (application/partial-upload)",
+        request={"application/partial-upload": bytes},
+        parameters=[LOCATION],
+        responses={
+            201: OpenApiResponse(description="Complete: the new version, as a plain upload's 201."),
+            204: None,
+            400: ERROR,
+            404: ERROR,
+            409: ERROR,
+        },
+    )
     def patch(self, request: Request, token: str) -> Response:
         django_request = request._request
         meta = django_request.META
@@ -329,7 +372,9 @@ class UploadDetailApi(APIView):
             return _version_created(upload, version)
         return Response(status=status.HTTP_204_NO_CONTENT, headers=_state_headers(upload))
 
-    @extend_schema(summary="Abandon a resumable upload")
+    @extend_schema(
+        summary="Abandon a resumable upload", responses={204: None, 404: ERROR, 409: ERROR}
+    )
     def delete(self, request: Request, token: str) -> Response:
         try:
             resumable.resumable_abandon(actor=request.user, token=token)

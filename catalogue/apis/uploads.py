@@ -54,7 +54,7 @@ from rest_framework.request import Request
 from accounts import rules
 from catalogue.exceptions import BadUpload, ClientDisconnected, LengthRequired, UploadTooLarge
 from catalogue.models import Image, ImageType, Version
-from catalogue.services.uploads import VersionReceiver, version_upload
+from catalogue.services.uploads import VersionReceiver, compose, version_upload
 from diskimage import CHUNK
 from diskimage import sparse as sparseimage
 from diskimage.decoders import SPARSE
@@ -370,6 +370,9 @@ def upload_version(request: Request, image: Image) -> Version:
     django_request = request._request
     max_size = settings.BAAS_MAX_IMAGE_SIZE
     body = BodyReader(django_request)
+    base = compose.delta_base_number(django_request.META.get("HTTP_UPLOAD_BASE_VERSION"))
+    if base is not None:
+        return _upload_delta(request, image, base, body)
     if body.length is not None and body.length > max_size + max_size // 128 + ENVELOPE:
         raise UploadTooLarge(
             f"The upload ({body.length} bytes) is larger than the {max_size}-byte limit."
@@ -401,4 +404,37 @@ def upload_version(request: Request, image: Image) -> Version:
             receiver=receiver,
             expected_sha256=expected or fields["sha256"],
             note=fields["note"],
+        )
+
+
+def _upload_delta(request: Request, image: Image, base_number: int, body: BodyReader) -> Version:
+    """A delta upload (``Upload-Base-Version``): the changes against that version, as an
+    Android sparse image whose "don't care" chunks mean "as in the base"
+    (``catalogue.services.uploads.compose``)."""
+    meta = request._request.META
+    if _media_type(request._request) == "multipart/form-data":
+        raise BadUpload("Send a delta as the request body itself, not in a form.")
+    if declared_encoding(meta) not in (None, SPARSE):
+        raise BadUpload(
+            f"A delta is an Android sparse image ({sparseimage.MEDIA_TYPE}), sent as is."
+        )
+    expected = compose.map_digest_expected(meta.get("HTTP_UPLOAD_MAP_DIGEST"))
+    base, base_map = compose.delta_base_get(actor=request.user, image=image, number=base_number)
+    return compose.version_compose(
+        actor=request.user,
+        image=image,
+        base=base,
+        base_map=base_map,
+        delta=iter(lambda: body.read(CHUNK), b""),
+        expected_map=expected,
+    )
+
+
+def refuse_resumable_delta(request: HttpRequest) -> None:
+    """A delta is composed as it arrives, in one request: never kept as a resumable upload
+    (whose bytes would be stored as a whole image, its "as in the base" chunks as zeros)."""
+    if "HTTP_UPLOAD_BASE_VERSION" in request.META:
+        raise BadUpload(
+            "A delta upload (Upload-Base-Version) is sent in one request, not as a resumable "
+            "upload: send it without Upload-Complete: ?0."
         )

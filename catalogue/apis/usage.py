@@ -14,16 +14,37 @@ from catalogue.selectors.usage import user_usage
 
 
 class ImageUsageSerializer(serializers.ModelSerializer):
-    storage_used = serializers.IntegerField(help_text="Bytes its versions take on disk")
+    storage_used = serializers.IntegerField(
+        help_text="Bytes its versions take on disk, each counted whole (logical)"
+    )
+    storage_held = serializers.IntegerField(
+        help_text="Bytes the disk actually holds for its versions: blocks that versions share "
+        "(reflinks, on XFS or btrfs) counted once; equal to storage_used where nothing is shared"
+    )
     versions = serializers.IntegerField(source="version_count", help_text="How many versions")
 
     class Meta:
         model = Image
-        fields = ["uuid", "name", "type", "versions", "storage_used", "keep_versions", "expires_at"]
+        fields = [
+            "uuid",
+            "name",
+            "type",
+            "versions",
+            "storage_used",
+            "storage_held",
+            "keep_versions",
+            "expires_at",
+        ]
 
 
 class UsageOutputSerializer(serializers.Serializer):
-    used = serializers.IntegerField(help_text="Bytes on disk taken by every image the user owns")
+    used = serializers.IntegerField(
+        help_text="Bytes on disk taken by every image the user owns, each version counted "
+        "whole (logical; what the quota counts)"
+    )
+    held = serializers.IntegerField(
+        help_text="Bytes the disk actually holds for them: blocks shared by versions counted once"
+    )
     quota = serializers.IntegerField(
         allow_null=True, help_text="Bytes the user's images may take; null: no limit"
     )

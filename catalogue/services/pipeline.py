@@ -11,7 +11,9 @@ image. Its state says what it has::
 * ``digested``: it has its SHA-256 but no data map of its bytes;
 * ``mapped``: it is not stored as its image asks (another compression, or a zstd
   file not laid out in frames of its map);
-* ``stored``: a qcow2 version whose raw rendition is not made yet;
+* ``stored``: a qcow2 version whose raw rendition is not made yet, or a version
+  whose file does not share its unchanged blocks with its base yet (only where
+  the filesystem can share blocks: ``sharing``);
 * ``ready``: nothing more to do (a failed rendition is recorded on its own and
   leaves the version ready: flashing refuses it, downloads serve its qcow2 file).
 
@@ -34,10 +36,10 @@ version, runs its next step under the version's job lock
 sends itself again if more remains. It is safe to run twice or at once: the lock
 serialises runs, each step does nothing when its work is done, and a run that
 finds nothing owed ends. The steps (``digests``, ``datamaps``, ``compression``,
-``renditions``) are plain functions that send nothing. :func:`versions_processing_sweep`
-(beat, every minute) sends it again for a version that owes work and has no live
-job (its worker died, its message was lost); after ``BAAS_JOB_MAX_RESENDS`` times
-the version is marked damaged, with why.
+``renditions``, ``sharing``) are plain functions that send nothing.
+:func:`versions_processing_sweep` (beat, every minute) sends it again for a version
+that owes work and has no live job (its worker died, its message was lost); after
+``BAAS_JOB_MAX_RESENDS`` times the version is marked damaged, with why.
 
 Imports run one way: ``catalogue.tasks`` → this module → the steps →
 ``codecs``/models/storage. Whatever must have a version processed (an upload, an
@@ -68,6 +70,7 @@ from catalogue.services.datamaps import version_map, version_map_build
 from catalogue.services.digests import version_digest_complete
 from catalogue.services.processing import job_budget, version_job
 from catalogue.services.renditions import is_qcow2, version_raw_make
+from catalogue.services.sharing import share_owed, version_share
 from catalogue.storage import StorageFull, get_storage
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,7 @@ STEPS: dict[str, Callable[..., Any]] = {
     "map": version_map_build,
     "compress": version_compress,
     "raw": version_raw_make,
+    "share": version_share,
 }
 RAW_DONE = (RawState.READY, RawState.FAILED)
 
@@ -117,6 +121,8 @@ def version_owed(version: Version) -> Owed:
         return Owed(MAPPED, "compress")
     if is_qcow2(version) and version.raw_state not in RAW_DONE:
         return Owed(STORED, "raw")
+    if share_owed(version):
+        return Owed(STORED, "share")
     return Owed(READY, None)
 
 

@@ -8,6 +8,12 @@ filesystem, so nothing is ever copied twice), leaving zero blocks as holes, then
 ``fsync`` and an atomic link into place that never overwrites an existing
 version. Only after that may the caller create the database row.
 
+Where the filesystem has reflinks (XFS ``reflink=1``, btrfs), versions share
+their unchanged blocks (``shared``): ``PendingFile.share_from`` puts an older
+version's bytes into a file being written (a reflink, else a copy), and
+``LocalStorage.version_share`` has a stored version share equal ranges with an
+older one (the kernel compares first); ``held_bytes`` counts what is held.
+
 The store is the only code that knows paths under the root (``names`` spells
 them): other code asks it for a version's file, its map, its rendition, a
 scratch file, and never builds a name, takes a ``.parent`` or tests ``.exists()``.

@@ -19,12 +19,13 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from django.conf import settings
 
+from catalogue.storage import shared
 from catalogue.storage.names import (
     LOCKS_DIR,
     MAP_SUFFIX,
@@ -48,6 +49,7 @@ from catalogue.storage.pending import (
     remove_unheld,
     stored_file,
 )
+from diskimage.extents import Candidate
 
 logger = logging.getLogger(__name__)
 
@@ -238,6 +240,43 @@ class LocalStorage:
         """Bytes allocated on disk, for one image or the whole root."""
         top = self.image_dir(image_uuid) if image_uuid else self.root
         return sum(path.stat().st_blocks * 512 for path in _files(top))
+
+    # --- Shared blocks (reflinks): see catalogue.storage.shared ------------------------
+
+    def can_share(self) -> bool:
+        """Whether versions under this root can share blocks (XFS reflink=1, btrfs)."""
+        return shared.can_share(self)
+
+    def version_share(
+        self,
+        image_uuid: uuid.UUID | str,
+        number: int,
+        compression: str,
+        *,
+        base: int | None,
+        candidates: Iterable[Candidate],
+    ) -> int:
+        """Version ``number`` shares with version ``base`` the candidates the kernel finds
+        equal (``FIDEDUPERANGE``), recorded on its file; the bytes shared. The caller
+        holds the version's job lock. See :func:`catalogue.storage.shared.version_share`."""
+        return shared.version_share(
+            self, image_uuid, number, compression, base=base, candidates=candidates
+        )
+
+    def share_record(
+        self, image_uuid: uuid.UUID | str, number: int, compression: str
+    ) -> dict[str, Any] | None:
+        """What :meth:`version_share` recorded on the version's file, or None."""
+        return shared.share_record(self, image_uuid, number, compression)
+
+    def held_bytes(self, files: Iterable[tuple[uuid.UUID | str, int, str]]) -> int:
+        """Bytes the versions' files ``(image, number, compression)`` hold on the disk
+        together, each shared block once."""
+        return shared.held_bytes(self, files)
+
+    def shared_bytes(self, image_uuid: uuid.UUID | str, number: int, compression: str) -> int:
+        """Bytes of the version's file that other files hold too."""
+        return shared.shared_bytes(self, image_uuid, number, compression)
 
     def free_bytes(self) -> int:
         return shutil.disk_usage(self.root).free

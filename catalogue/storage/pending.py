@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from catalogue.storage.names import part_name, resumable_part_name
 from diskimage import BLOCK
+from diskimage.extents import clone_range, release_holes
 from diskimage.holes import is_zeros, zero_block_runs
 
 if TYPE_CHECKING:
@@ -111,6 +112,7 @@ class PendingFile:
         self.position = 0  # logical bytes received, holes included
         self._carry = b""  # an unaligned tail not yet written
         self._unsynced = 0  # bytes written since writeback was last started
+        self._written = 0  # bytes written in all (not seeked over)
         self._done = False
 
     def __enter__(self) -> PendingFile:
@@ -154,6 +156,7 @@ class PendingFile:
 
     def _write_all(self, view: memoryview) -> None:
         self._unsynced += len(view)
+        self._written += len(view)
         while view:
             written = self._file.write(view)
             view = view[written:]
@@ -186,6 +189,28 @@ class PendingFile:
             raise
         self.position = offset + len(data)
 
+    def share_from(
+        self, source: BinaryIO, offset: int, length: int, *, at: int | None = None
+    ) -> int:
+        """Put ``source``'s bytes ``[offset, offset + length)`` at ``at`` (default: the same
+        offset) of this file, at or past everything written so far, as :meth:`write_at`:
+        by sharing ``source``'s blocks where the filesystem can (a reflink, for a version
+        composed from an older one: ``storage.open_read`` of the base's raw file), else
+        by copying them in the kernel. Returns the bytes shared (0: copied)."""
+        at = offset if at is None else at
+        if at < self.position:
+            raise ValueError(f"share at {at}, before the {self.position} bytes written")
+        if self._carry:
+            raise ValueError("share_from after write(): use write_at() to compose a file")
+        try:
+            done = clone_range(source.fileno(), offset, self._file.fileno(), at, length)
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise StorageFull("No space left in the image store.") from exc
+            raise
+        self.position = at + length
+        return done
+
     def extend_to(self, size: int) -> None:
         """The logical size is ``size``: what follows the last write is a hole."""
         self.position = max(self.position, size)
@@ -201,6 +226,7 @@ class PendingFile:
             self._write_all(memoryview(self._carry))
             # Trailing holes: the size must be the logical size, not the last byte written.
             self._file.truncate(self.position)
+            self._release_preallocation()
             os.fsync(self._file.fileno())
             # Put in place while the lock is held: the purge never sees it unheld.
             if replace:
@@ -220,6 +246,14 @@ class PendingFile:
         fsync_dir(final.parent)
         self._done = True
         return stored_file(final)
+
+    def _release_preallocation(self) -> None:
+        """A sparse file holding more blocks than were written to it (XFS preallocates in
+        the holes seeked over) gives the extra back; elsewhere this costs one fstat."""
+        if self.sparse and os.fstat(self._file.fileno()).st_blocks * 512 > self._written + (
+            1 << 20
+        ):
+            release_holes(self._file.fileno())
 
     def abort(self) -> None:
         self._done = True

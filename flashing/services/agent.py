@@ -22,7 +22,7 @@ from catalogue.interface import (
     version_raw_ensure,
     version_stored_size,
 )
-from catalogue.models import Compression, ImageType, Version
+from catalogue.models import Compression, FileStandard, ImageType, Version
 from flashing.exceptions import AgentNotAuthenticated, DeploymentOver, InvalidInput, NotYours
 from flashing.models import (
     FINAL_STATES,
@@ -37,6 +37,7 @@ from flashing.models import (
 )
 from flashing.services.boot import refusal_record
 from flashing.services.common import Conflict, disk_writes, event_record, lock, lock_machine
+from flashing.services.deltas import delta_entry
 from flashing.services.layouts import layout_instructions, layout_mismatch, layout_record
 from flashing.services.mount_urls import mount_entries
 from flashing.services.pipeline import deployment_fail
@@ -138,14 +139,21 @@ def _checkin(
 
 def _sync_entry(row: DeploymentImage) -> dict[str, Any]:
     version = row.version
+    # Known bytes (their SHA-256 is in): the agent may send only the changes against them
+    # (a raw image's: a qcow2 image takes whole qcow2 files only).
+    known = version if version is not None and version.sha256 else None
+    delta = (
+        known is not None and row.image is not None and row.image.file_standard == FileStandard.RAW
+    )
     return {
         "image": str(row.image_id),
         "disk": row.disk,
         "version": row.version_number,
         "size": version.size if version else row.bytes_total,
-        "sha256": version.sha256 if version else UNKNOWN_SHA256,
+        "sha256": known.sha256 if known else UNKNOWN_SHA256,
         "upload_url": f"/api/image/{row.image_id}",
-        **({"map_url": _map_url(version)} if version else {}),
+        **({"map_url": _map_url(known)} if known else {}),
+        **({"hashes_url": _map_url(known)[: -len("map")] + "hashes"} if known and delta else {}),
     }
 
 
@@ -166,6 +174,7 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
     except RenditionFailed as exc:
         raise Conflict(str(exc.detail)) from exc
     raw = "?format=raw" if version.raw_sha256 else ""
+    delta = delta_entry(row=row, version=version)
     return {
         "image": str(row.image_id),
         "version": version.number,
@@ -177,6 +186,7 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         "compression": Compression.NONE if raw else version.stored_compression,
         "map_url": _map_url(version) + raw,
         "data_url": f"/api/image/{version.image_id}/{version.number}/data{raw}",
+        **({"delta": delta} if delta is not None else {}),
     }
 
 
@@ -197,7 +207,7 @@ def agent_instructions(*, principal: Any) -> dict[str, Any]:
     A boot image is not written (it is served over the network, not put on a disk).
     """
     deployment = principal.deployment
-    rows = list(deployment.images.select_related("version").order_by("id"))
+    rows = list(deployment.images.select_related("version", "image").order_by("id"))
     writes = sorted(disk_writes(deployment).select_related("version", "image"), key=_write_order)
     try:
         return {

@@ -223,6 +223,10 @@ class FakeBaas:
     logs: list[str] = field(default_factory=list)
     results: list[dict[str, Any]] = field(default_factory=list)
     uploads: list[dict[str, Any]] = field(default_factory=list)
+    served: dict[str, int] = field(default_factory=dict)  # body bytes announced, per path
+    # A data stream's pieces (offset, length) per map range, by path: ?ranges= picks some.
+    pieces: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    selections: list[str] = field(default_factory=list)  # the ?ranges= asked, in order
 
     def start(self) -> FakeBaas:
         self.httpd = QuietServer(("127.0.0.1", 0), Handler)
@@ -233,6 +237,12 @@ class FakeBaas:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+    def __enter__(self) -> FakeBaas:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     @property
     def url(self) -> str:
@@ -275,36 +285,67 @@ class Handler(BaseHTTPRequestHandler):
         self.baas.requests.append(("GET", self.path, dict(self.headers)))
         if not self._authorized():
             return
+        path, _, query = self.path.partition("?")
+        selected = query.startswith("ranges=") and path in self.baas.pieces
         if self.path == "/api/agent/instructions":
             self._json(200, {"deployment": 42, **self.baas.instructions})
+        elif selected:  # ?ranges=1,4-6: those pieces of the file, in order
+            self._serve_selection(path, query.removeprefix("ranges="))
         elif self.path in self.baas.files:
             self._serve(self.baas.files[self.path])
         else:
             self._json(404, {"detail": "Not found."})
 
+    def _serve_selection(self, path: str, spec: str) -> None:
+        pieces = self.baas.pieces[path]
+        indices: list[int] = []
+        for item in spec.split(","):
+            first, _, last = item.partition("-")
+            indices.extend(range(int(first), int(last or first) + 1))
+        data = self.baas.files[path].read_bytes()
+        body = b"".join(data[pieces[i][0] : pieces[i][0] + pieces[i][1]] for i in indices)
+        self.baas.selections.append(spec)
+        self.baas.served[path] = self.baas.served.get(path, 0) + len(body)
+        self.send_response(200)
+        self.send_header("ETag", f'"{hash(spec) & 0xFFFFFFFF:x}"')
+        self.send_header(
+            "Content-Type",
+            "application/zstd"
+            if path.endswith(".zst") or self.baas.files[path].suffix == ".zst"
+            else "application/octet-stream",
+        )
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def _serve(self, path: Path) -> None:
         stat = path.stat()
         etag = f'"{stat.st_size:x}-{stat.st_mtime_ns:x}"'
-        start = 0
+        start, last = 0, stat.st_size - 1
         wanted = self.headers.get("Range")
-        if wanted and self.headers.get("If-Range", etag) == etag:
-            start = int(wanted.removeprefix("bytes=").rstrip("-"))
-        self.send_response(206 if start else 200)
+        ranged = bool(wanted) and self.headers.get("If-Range", etag) == etag
+        if ranged:  # bytes=a- or bytes=a-b
+            first, _, end = wanted.removeprefix("bytes=").partition("-")
+            start, last = int(first), min(int(end or last), last)
+        self.send_response(206 if ranged else 200)
         self.send_header("ETag", etag)
         self.send_header("Accept-Ranges", "bytes")
         zstd = path.suffix == ".zst"
         self.send_header("Content-Type", "application/zstd" if zstd else "application/octet-stream")
-        self.send_header("Content-Length", str(stat.st_size - start))
-        if start:
-            self.send_header("Content-Range", f"bytes {start}-{stat.st_size - 1}/{stat.st_size}")
+        self.send_header("Content-Length", str(last + 1 - start))
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{last}/{stat.st_size}")
         self.end_headers()
+        self.baas.served[self.path] = self.baas.served.get(self.path, 0) + last + 1 - start
         limit = None
         if self.baas.cut_path in (None, self.path):
             limit, self.baas.cut_after = self.baas.cut_after, None
         with path.open("rb") as file:
             file.seek(start)
             sent = 0
-            while chunk := file.read(1 << 20):
+            while sent < last + 1 - start and (
+                chunk := file.read(min(1 << 20, last + 1 - start - sent))
+            ):
                 if limit is not None and sent + len(chunk) > limit:
                     self.wfile.write(chunk[: limit - sent])
                     self.wfile.flush()

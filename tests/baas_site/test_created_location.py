@@ -48,6 +48,22 @@ def version_upload_by_put(admin, administrator):
     return response, lambda found: found == b"more bytes"
 
 
+def resumable_upload_complete(admin, administrator):
+    image = ImageFactory(owner=administrator)
+    VersionFactory(image=image, number=0)
+    draft = {"HTTP_UPLOAD_DRAFT_INTEROP_VERSION": "8"}
+    started = admin.generic(
+        "POST", f"/api/image/{image.uuid}", b"", content_type="application/octet-stream",
+        HTTP_UPLOAD_COMPLETE="?0", **draft,
+    )  # fmt: skip
+    assert started.status_code == 201, started.content
+    response = admin.generic(
+        "PATCH", started["Location"], b"resumed bytes", content_type="application/partial-upload",
+        HTTP_UPLOAD_OFFSET="0", HTTP_UPLOAD_COMPLETE="?1", **draft,
+    )  # fmt: skip
+    return response, lambda found: found == b"resumed bytes"
+
+
 def setup_create(admin, administrator):
     url = f"/api/user/{administrator.username}/image_setup"
     response = admin.post(url, {"name": "lab"}, "json")
@@ -96,6 +112,7 @@ OPERATIONS = {
     ("/api/user/{username}/image", "post"): image_create,
     ("/api/image/{image_id}", "post"): version_upload,
     ("/api/image/{image_id}", "put"): version_upload_by_put,
+    ("/api/uploads/{token}", "patch"): resumable_upload_complete,
     ("/api/user/{username}/image_setup", "post"): setup_create,
     ("/api/user/{username}/image_setup/{setup_uuid}/images", "post"): setup_image_pin,
     ("/api/machine", "post"): machine_create,

@@ -54,6 +54,9 @@ CHECKS = [
     status_code_conformance,
 ]
 
+# A resumable upload's append sends bytes, as an octet-stream body does.
+schemathesis.serializer.alias("application/partial-upload", "application/octet-stream")
+
 
 class _Rollback(Exception):
     """Ends an example's savepoint: nothing it did stays."""

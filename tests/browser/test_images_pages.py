@@ -6,11 +6,11 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
-from accounts.services import token_create
 from catalogue.models import Image, ImageFrozen, ImageSetup, Version
 from tests.accounts.factories import PASSWORD, UserFactory
 from tests.browser.conftest import sign_in
@@ -196,32 +196,34 @@ def test_an_image_is_created_with_the_keyboard_alone(page, person):
     assert Image.objects.filter(name="typed", owner=person).exists()
 
 
-def test_the_command_shown_on_the_page_uploads_only_the_data(page, person, screenshot, tmp_path):
-    """The upload section's hint: the client downloads from the page, and the command it
-    shows, with a token in place of the dots, stores the disk as the next version."""
+def test_the_commands_shown_on_the_page_upload_only_the_data(page, person, screenshot, tmp_path):
+    """The upload section's hint: the ``baas`` commands it shows, run as shown (the password
+    on standard input), store the disk as the next version; the older client still downloads."""
     image = ImageFactory(owner=person, name="big-disk")
     VersionFactory(image=image, number=0)
     sign_in(page, person.username, PASSWORD)
     page.goto(f"/images/{image.pk}/")
     page.get_by_text("A large disk file? Send only its data").click()
-    command = page.locator("#upload-client pre").inner_text()
+    commands = page.locator("#upload-client pre").inner_text().splitlines()
     screenshot(page, "image-detail-upload-client")
     with page.expect_download() as download:
         page.get_by_role("link", name="upload client").click()
-    client = tmp_path / download.value.suggested_filename
-    download.value.save_as(client)
-    assert client.name == "baas-upload"
+    assert download.value.suggested_filename == "baas-upload"
 
     disk = tmp_path / "disk.img"
     data = os.urandom(64 * 1024) + bytes(8 << 20) + os.urandom(4096)
     disk.write_bytes(data)
-    secret = token_create(actor=person, user=person, name="terminal")[1]
-    run = command.splitlines()[-1].replace("…", secret).replace("python3 baas-upload", "")
-    env_part, url, file_name = run.split()
-    result = subprocess.run(
-        [sys.executable, client, url, file_name], cwd=tmp_path, capture_output=True, text=True,
-        env={**os.environ, env_part.split("=")[0]: env_part.split("=", 1)[1]}, check=False,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+    baas = Path(sys.executable).with_name("baas")
+    env = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config")}
+    env.pop("BAAS_URL", None), env.pop("BAAS_TOKEN", None)
+    for command, stdin in zip(commands, [PASSWORD + "\n", ""], strict=True):
+        words = command.split()
+        assert words[0] == "baas"
+        extra = ["--password-stdin"] if words[1] == "login" else []
+        result = subprocess.run(
+            [str(baas), *words[1:], *extra], input=stdin, cwd=tmp_path, env=env,
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
     version = Version.objects.get(image=image, number=1)
     assert version.sha256 == hashlib.sha256(data).hexdigest()

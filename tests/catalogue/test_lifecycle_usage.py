@@ -77,6 +77,7 @@ def test_an_administrator_sees_anyones_usage_and_nobody_else_does(
 def test_a_user_without_images_uses_nothing(user_client, user):
     assert user_client.get(f"/api/user/{user.username}/usage").json() == {
         "used": 0,
+        "held": 0,
         "quota": None,
         "images": [],
     }
@@ -89,8 +90,8 @@ def test_usage_takes_the_same_queries_for_one_image_or_many(
     user_client.get(url)  # the token's first use records it; later ones do not
     for n in range(5):
         VersionFactory(image=ImageFactory(owner=user), number=0, content=bytes([n + 1]) * 4096)
-    # token+user, the user, the total, the images with their totals
-    with django_assert_num_queries(4):
+    # token+user, the user, the total, the images with their totals, their versions' files
+    with django_assert_num_queries(5):
         response = user_client.get(url)
     assert len(response.json()["images"]) == 5
 

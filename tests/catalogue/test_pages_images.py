@@ -146,11 +146,14 @@ def test_the_detail_page_shows_metadata_versions_and_download_links(signed_in, o
 
 def test_the_upload_section_tells_how_to_send_only_the_data(signed_in, own_image, other_user):
     html = signed_in.get(_url("image", own_image)).content.decode()
-    assert "curl -O http://testserver/client/baas-upload" in html
+    assert f"baas login http://testserver --user {own_image.owner.username}" in html
+    assert f"baas image push {own_image.pk} disk.img" in html
+    assert 'href="/client/baas-upload"' in html  # the older client, for this release
     assert f"python3 baas-upload http://testserver/api/image/{own_image.pk} disk.img" in html
     system = ImageFactory(owner=other_user, type=ImageType.SYSTEM)
     VersionFactory(image=system, number=0)
-    assert b"baas-upload" not in signed_in.get(_url("image", system)).content  # no upload
+    page = signed_in.get(_url("image", system)).content
+    assert b"baas image push" not in page and b"baas-upload" not in page  # no upload
 
 
 def test_anyone_may_fetch_the_upload_client_and_it_is_the_one_in_the_tree(client):

@@ -28,6 +28,7 @@ from catalogue.storage import get_storage
 from flashing.models import DiskContent
 from tests.catalogue.filesystems import fat_image
 from tests.flashing.e2e import MiB, sha256_of, wait_for
+from tests.flashing.test_e2e_delta import next_version
 from tests.flashing.vm import (
     MGMT_OUT,
     VmRig,
@@ -133,9 +134,29 @@ def test_a_vm_network_boots_is_flashed_and_runs_what_was_flashed(vm_rig, tmp_pat
     # The system image was on /dev/vda already, verified by reading it: not written again.
     assert any(e["action"] == "agent" and "not rewritten" in e["message"] for e in events)
     assert sha256_of(rig.disk("/dev/vda"), system.size) == system.sha256
+
+    # 4. The system image's next version (a new initramfs): only the ranges that differ
+    # are written onto the disk that holds version 0, and the machine boots it.
+    marker = uuid.uuid4().hex[:12]
+    next_file = tmp_path / "system-v1.img"
+    system_disk(next_file, tmp_path, size=24 * MiB, marker=marker, proof=proof)
+    system_v1 = next_version(system, next_file.read_bytes())
+    started = time.monotonic()
+    third = rig.wait(rig.deploy(rig.setup(system_v1)), timeout=FLASH_TIMEOUT)
+    delta_in = time.monotonic() - started
+    assert third.state == "done", third.failure_reason
+    assert sha256_of(rig.disk("/dev/vda"), system_v1.size) == system_v1.sha256
+    events = rig.detail(third.pk)["events"]
+    delta = [
+        e["message"] for e in events if e["action"] == "agent" and "delta from v0" in e["message"]
+    ]
+    assert delta and "written and verified" in delta[-1], [e["message"] for e in events]
+    wait_for(lambda: third.events.filter(action="system").exists(), "the system boot", 30)
+    rig.wait_console(f"BAAS-SYSTEM: {marker} running", timeout=BOOT_TIMEOUT)
     print(
         f"\nflash {flashed_in:.1f} s, boot into the system {booted_in:.1f} s, "
-        f"sync + re-flash {synced_in:.1f} s\n{rig.timeline()}"
+        f"sync + re-flash {synced_in:.1f} s, delta re-flash to v1 {delta_in:.1f} s "
+        f"({delta[-1]})\n{rig.timeline()}"
     )
     print("\n".join(line for line in rig.console().splitlines() if "BAAS-" in line))
 

@@ -16,13 +16,25 @@ from rest_framework.test import APIClient
 from accounts.scopes import ALL as ALL_SCOPES
 from catalogue.models import Image, ImageType, Version
 from catalogue.storage import get_storage
-from diskimage import gpt
+from diskimage import BLOCK, gpt
+from diskimage.changes import merged
+from diskimage.datamap import DataMapper
+from diskimage.sparse import MEDIA_TYPE
+from diskimage.sparsedelta import Run, delta_stream, map_digest
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
+from tests.integrity.disks import check_records_after
 from tests.integrity.invariants import partition_of, promise, seen
 from tests.integrity.world import Agent, GiB, after_commit, bearer, content
 
 AGENT_CALLS_REFUSED = (401, 403, 404, 409, 410)
+
+
+def stored_bytes(version: Version) -> bytes:
+    """A raw version's bytes as stored (a small one: the model's)."""
+    path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
+    data = path.read_bytes() if version.stored_compression == "none" else b""
+    return data + bytes(version.size - len(data))
 
 
 class Lab:
@@ -125,9 +137,15 @@ class Lab:
             if entry["disk"] in box.dirty:
                 self.world.seed += 1
                 data = content(self.world.seed)
-                response = self.post_bytes(
-                    bearer(agent.secret), entry["upload_url"], data, ok=(201, *AGENT_CALLS_REFUSED)
-                )
+                delta = entry.get("hashes_url") and self.world.seed % 2
+                response = self.delta_sync(agent, entry, data) if delta else None
+                if response is None:  # no delta (or refused): the whole disk, as the agent does
+                    response = self.post_bytes(
+                        bearer(agent.secret),
+                        entry["upload_url"],
+                        data,
+                        ok=(201, *AGENT_CALLS_REFUSED),
+                    )
                 if response.status_code != 201:
                     assert not allowed, (
                         f"{agent} could not bring {entry['disk']} back: {response.content!r}"
@@ -141,11 +159,50 @@ class Lab:
                 number = response.json()["number"]
                 stored = Version.objects.get(image_id=entry["image"], number=number)
                 assert stored.sha256 == hashlib.sha256(data).hexdigest()
+                if response.json()["based_on"] is not None:
+                    promise(
+                        "synced-is-the-disk",
+                        stored.based_on == entry["version"] and stored_bytes(stored) == data,
+                        f"{agent} sent {entry['disk']}'s changes against v{entry['version']}; "
+                        f"v{number} is based on {stored.based_on} and holds other bytes.",
+                    )
+                    seen("an agent brought user data back as its changes")
                 del box.dirty[entry["disk"]]
                 seen("an agent brought changed user data back")
                 item["version"] = number
             synced.append(item)
         agent.synced, agent.did_sync = synced, True
+
+    def delta_sync(self, agent: Agent, entry: dict[str, Any], data: bytes) -> Any | None:
+        """``data`` sent as its changes against the disk's base version, as the real agent
+        does; None when that cannot be done (no base bytes, the delta refused)."""
+        client = bearer(agent.secret)
+        got = self.read(client.get(f"/api/image/{entry['image']}/{entry['version']}"))
+        if got.status_code != 200:
+            return None
+        base = getattr(got, "body", b"") or got.content
+        if len(base) != len(data) or len(data) % BLOCK:
+            return None
+        runs = [
+            Run(at, at + BLOCK, zeros=not any(data[at : at + BLOCK]))
+            for at in range(0, len(data), BLOCK)
+            if data[at : at + BLOCK] != base[at : at + BLOCK]
+        ]
+        mapper = DataMapper(sha256=False)
+        mapper.update(data)
+        headers = {
+            "HTTP_UPLOAD_BASE_VERSION": str(entry["version"]),
+            "HTTP_UPLOAD_MAP_DIGEST": map_digest(mapper.finish("")),
+        }
+        body = b"".join(delta_stream(merged(runs), len(data), lambda s, e: data[s:e]))
+        with after_commit():
+            response = client.generic(
+                "POST", entry["upload_url"], body, content_type=MEDIA_TYPE, **headers
+            )
+        self.check_response("post", entry["upload_url"], response, (201, 400, *AGENT_CALLS_REFUSED))
+        if response.status_code in (400, 404):
+            return None  # the base went meanwhile (pruned, damaged): the whole disk goes
+        return response
 
     def agent_result(self, agent: Agent, ok: bool) -> None:
         allowed = self.agents.may_get_bytes(agent)
@@ -180,6 +237,7 @@ class Lab:
         assert state == (DeploymentState.DONE if ok else DeploymentState.FAILED), state
         agent.finished = True
         seen(f"a deployment is {state}")
+        check_records_after(agent.deployment_id, writes)
         if ok:
             self.disks_written(agent)
             self.machine_uses_its_data(agent)

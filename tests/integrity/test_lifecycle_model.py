@@ -23,10 +23,15 @@ Each promise has a name, printed with its failure (``[serving] …``):
 * ``pinned-kept``: a version an unfinished deployment or a live mount uses stays;
 * ``no-data-lost``: changed user data is brought back (sync, network mount) before a
   disk is overwritten, or a deployment says why not; the base version stays untouched;
+* ``synced-is-the-disk``: user data brought back as its changes against the disk's base
+  version (a delta upload) is a version holding the disk's bytes, its base recorded;
 * ``numbering`` and ``files-match-rows``: versions 1, 2, 3… whatever a crash left,
   and the files under the image root are exactly the versions' (no ``.part`` left);
 * ``one-token-per-attempt``, ``one-checkin-per-attempt``, ``bytes-to-bound-agent``: a
   boot attempt mints one boot token, binds one agent, and only that agent gets bytes;
+* ``delta-from-record`` and ``disk-records``: a write carries a delta (a delta re-flash)
+  only from the version recorded on its disk; a done deployment records what it wrote
+  (after a delta, the new version), a failed one forgets it (``disks.py``);
 * ``disk-records-nest``: a setup composing one disk (a partition table, the system on
   one partition, user data on another) is flashed and brought back like the others;
   a partition's recorded image and its whole disk's come from one deployment, so a
@@ -105,6 +110,7 @@ from tests.flashing.nbd_client import nbd_write
 from tests.integrity import invariants
 from tests.integrity.agents import Agents, snapshot
 from tests.integrity.changes import Changes
+from tests.integrity.disks import check_deltas
 from tests.integrity.invariants import promise, seen
 from tests.integrity.lab import Lab
 from tests.integrity.world import (
@@ -398,6 +404,7 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
             )
             agent.instructions = response.json()
             seen("an agent got its instructions")
+            check_deltas(agent.deployment_id, agent.instructions)
             self.check_no_data_lost(agent)
 
     @precondition(lambda self: any(a.instructions for a in self.agents.all))
@@ -523,6 +530,7 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
         invariants.check_files_match_rows(self.strays)
         invariants.check_resumable_uploads()
         invariants.check_disk_records_nest()
+        invariants.check_versions_read_back()
         self.check_mount_outcomes()
         self.probe_dead_tokens()
 

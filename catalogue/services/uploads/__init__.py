@@ -18,6 +18,9 @@
 * :mod:`.receiver` — :class:`VersionReceiver`, what callers feed.
 * :mod:`.commit` — :func:`version_upload`: the expected digest, fsync, the
   next number under a lock on the image row, the row and its data map.
+* :mod:`.compose` — a delta upload: a base version's data plus a disk's
+  changes (a sparse image whose "don't care" chunks mean "as in the base"),
+  fed to a receiver and committed like any upload, ``based_on`` recorded.
 * :mod:`.resumable` — resumable uploads (draft-ietf-httpbis-resumable-upload): the
   bytes as sent kept between requests, then fed through a receiver and committed.
 

@@ -10,6 +10,7 @@ the stale-upload purge).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -21,7 +22,7 @@ from catalogue import rules
 from catalogue.exceptions import BadUpload, InsufficientStorage, NotYours
 from catalogue.models import FileStandard, Image, ImageType, Version
 from catalogue.services.bootfiles import BootImageError, boot_files_extract
-from catalogue.services.datamaps import version_map_store
+from catalogue.services.datamaps import version_map, version_map_store
 from catalogue.services.digests import version_digest_ensure
 from catalogue.services.lifecycle import versions_prune_schedule
 from catalogue.services.pipeline import version_received
@@ -38,6 +39,8 @@ def version_upload(
     expected_sha256: str | None = None,
     note: str = "",
     same_as: Version | None = None,
+    based_on: Version | None = None,
+    check: Callable[[ReceivedUpload], None] | None = None,
 ) -> Version:
     """Finish ``receiver`` and store it as ``image``'s next version; return the version.
 
@@ -47,7 +50,9 @@ def version_upload(
     chosen and the file put in place under a lock on the image's row. An
     agent's upload is noted with where it came from, and a retry of it (same
     bytes, same deployment) returns the version already made. Bytes identical
-    to ``same_as`` store nothing and return ``same_as``.
+    to ``same_as`` store nothing and return ``same_as``. ``based_on``: the base of
+    a delta upload (:mod:`.compose`), recorded on the version; ``check`` is called
+    with what arrived before anything is stored, and refuses it by raising.
     Raises ``NotYours`` if ``actor`` may not write the image (any more: an upload
     may outlive the right that ``image_get_writable`` checked before it began).
     """
@@ -55,9 +60,13 @@ def version_upload(
         raise NotYours("You may read this image but not upload to it.")
     if rules.is_agent(actor):
         note = actor.upload_note(image.pk)
-    needed_now = bool(expected_sha256) or same_as is not None or rules.is_agent(actor)
+    # An agent's whole upload is hashed now, to know a retry; a delta is known by its map.
+    agent_whole = rules.is_agent(actor) and based_on is None
+    needed_now = bool(expected_sha256) or same_as is not None or agent_whole
     received = receiver.finish(need_digest=needed_now or image.type == ImageType.BOOT)
     _check_digest(received, expected_sha256)
+    if check is not None:
+        check(received)
     if same_as is not None:
         version_digest_ensure(same_as)
     if same_as is not None and (received.size, received.sha256) == (same_as.size, same_as.sha256):
@@ -70,13 +79,13 @@ def version_upload(
     try:
         with transaction.atomic():
             locked = Image.objects.select_for_update().get(pk=image.pk)
-            if rules.is_agent(actor) and (same := _same_sync(locked, received, note)):
+            if rules.is_agent(actor) and (same := _same_sync(locked, received, note, based_on)):
                 receiver.abort()
                 return same
             number = _next_free_number(locked)
             placed = receiver.commit(number, received.stored_compression)
             _check_boot_image(locked, placed, received)
-            version = _version_row(locked, number, received, placed, actor, note)
+            version = _version_row(locked, number, received, placed, actor, note, based_on)
             if received.datamap is not None:
                 storage_call(version_map_store, version, received.datamap)
     except BaseException:
@@ -86,13 +95,29 @@ def version_upload(
     return version
 
 
-def _same_sync(image: Image, received: ReceivedUpload, note: str) -> Version | None:
+def _same_sync(
+    image: Image, received: ReceivedUpload, note: str, based_on: Version | None = None
+) -> Version | None:
     """The version an agent already uploaded with these bytes, if this is a retry.
 
     An agent whose answer was lost (the connection broke after the commit)
     sends the same disk again: it gets the version it made, not a duplicate.
+    A large delta's SHA-256 comes later: it is known by its base and data map.
     """
-    return Version.objects.filter(image=image, sha256=received.sha256, note=note).first()
+    if received.sha256:
+        return Version.objects.filter(image=image, sha256=received.sha256, note=note).first()
+    if based_on is None or received.datamap is None:
+        return None
+    wanted = _map_key(received.datamap)
+    for version in Version.objects.filter(image=image, note=note, based_on=based_on.number):
+        found = version_map(version)
+        if found is not None and _map_key(found) == wanted:
+            return version
+    return None
+
+
+def _map_key(datamap: Any) -> tuple[Any, ...]:
+    return (datamap.size, [r[:2] for r in datamap.ranges], datamap.blake3)
 
 
 def _check_boot_image(image: Image, placed: StoredFile, received: ReceivedUpload) -> None:
@@ -159,6 +184,7 @@ def _version_row(
     placed: StoredFile,
     actor: Any,
     note: str,
+    based_on: Version | None = None,
 ) -> Version:
     version = Version.objects.create(
         image=image,
@@ -170,6 +196,7 @@ def _version_row(
         stored_compression=received.stored_compression,
         uploaded_by=actor if getattr(actor, "pk", None) else None,
         note=note,
+        based_on=based_on.number if based_on is not None else None,
     )
     audit_record(
         actor=actor,
@@ -180,6 +207,7 @@ def _version_row(
         size=received.size,
         sha256=received.sha256,
         encoding=received.encoding,
+        **({"based_on": based_on.number} if based_on is not None else {}),
     )
     version_received(version)  # what it owes (SHA-256, map, compression, raw disk): after commit
     versions_prune_schedule(image)
