@@ -315,14 +315,14 @@ class UploadDetailApi(APIView):
     )
     def get(self, request: Request, token: str) -> Response:
         try:
-            upload = resumable.resumable_get(actor=request.user, token=token)
+            upload = resumable.resumable_probe(actor=request.user, token=token)
         except DomainError as exc:
             return _error(self, exc)
         return Response(upload_data(upload), headers=_state_headers(upload))
 
     def head(self, request: Request, token: str) -> Response | HttpResponse:
         try:
-            upload = resumable.resumable_get(actor=request.user, token=token)
+            upload = resumable.resumable_probe(actor=request.user, token=token)
         except DomainError as exc:
             error = _error(self, exc)
             # A HEAD answer has no body (GET tells why), but the headers GET would have.

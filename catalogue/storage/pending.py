@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from catalogue.storage.names import part_name, resumable_part_name
 from diskimage import BLOCK
 from diskimage.extents import clone_range, release_holes
-from diskimage.holes import zero_block_runs
+from diskimage.holes import is_zeros, zero_block_runs
 
 if TYPE_CHECKING:
     from _ctypes import CFuncPtr
@@ -284,7 +284,8 @@ class ResumablePart:
     stale purge leaves it; the row's expiry removes it. Appends start at the row's
     acknowledged offset (anything past it, written before a crash, is cut off) and
     blocks of zeros stay holes. ``sync`` makes what was appended durable before the
-    row acknowledges it.
+    row acknowledges it; :meth:`flush` does the same from another process, for the
+    prefix the file holds while its appender goes on.
     """
 
     def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, token: str):
@@ -307,7 +308,7 @@ class ResumablePart:
     def append(self, data: bytes) -> None:
         assert self._file is not None
         try:
-            if data.count(0) == len(data):
+            if is_zeros(data):  # a memcmp: bytes.count(0) costs ~1 s of a core per GiB
                 self._file.seek(len(data), os.SEEK_CUR)  # zeros: a hole (sized by sync)
             else:
                 view = memoryview(data)
@@ -323,8 +324,28 @@ class ResumablePart:
         """Make every appended byte durable; return the bytes the file takes on disk."""
         assert self._file is not None
         self._file.truncate(self.position)  # trailing zeros seeked over: a hole
-        os.fsync(self._file.fileno())
+        os.fdatasync(self._file.fileno())  # the data and the size; no timestamps
+        return self.allocated()
+
+    def allocated(self) -> int:
+        """The bytes the file takes on disk now (synced or not)."""
+        assert self._file is not None
         return os.fstat(self._file.fileno()).st_blocks * 512
+
+    def flush(self) -> int | None:
+        """Make the bytes the file holds durable, whoever is appending to it; return how
+        many (every byte below the size its appender has written: trailing zeros it
+        seeked over are not counted), or None if the file is gone."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            size = os.fstat(fd).st_size  # before the sync: all of it is then durable
+            os.fdatasync(fd)
+            return size
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
         if self._file is not None and not self._file.closed:

@@ -181,7 +181,7 @@ def test_wherever_the_connection_is_cut_the_resumed_version_is_the_file(
 
 def start_appending(live_server, secret, where, body_length: int, complete: bool):
     """A PATCH that has sent 2 MiB and whose first bytes the server acknowledged: it holds
-    the upload. (The server acknowledges at its checkpoints: every 16 MiB, or at the first
+    the upload. (The server acknowledges at its checkpoints: on a link this slow, at the first
     chunk it reads after a second; where its reads end depends on the server.)"""
     sock = open_patch(live_server, secret, where, 0, body_length, complete)
     sock.sendall(os.urandom(MiB))
