@@ -16,7 +16,7 @@ from accounts.services import token_create
 from catalogue.storage import MAP_SUFFIX, get_storage
 from tests.accounts.factories import UserFactory
 
-pytest_plugins = ["tests.celery_worker"]
+pytest_plugins = ["tests.celery_worker", "tests.imports.fixtures"]
 
 
 @pytest.fixture(scope="session", autouse=True)

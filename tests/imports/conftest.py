@@ -1,32 +1,17 @@
-"""Fixtures of the import tests: a local registry with test images, settings that let
-imports reach it (127.0.0.1 is otherwise refused), a work folder per test."""
+"""Fixtures of the import tests: test images in the local registry (``registry``, of
+tests/imports/fixtures.py), settings that let imports reach it (127.0.0.1 is otherwise
+refused), a work folder per test."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from catalogue.models import ImageType
 from tests.catalogue.factories import ImageFactory
-from tests.imports.oci import Layout, Registry, directory, file
-
-# For the Celery worker of the session (a subprocess started after this is read):
-# the test registries listen on 127.0.0.1, over plain HTTP.
-os.environ.setdefault("BAAS_IMPORT_ALLOWED_HOSTS", "127.0.0.1")
-os.environ.setdefault("BAAS_IMPORT_INSECURE_REGISTRIES", "127.0.0.1")
-
-
-@pytest.fixture(scope="session")
-def registry(tmp_path_factory) -> Iterator[Registry]:
-    reg = Registry(tmp_path_factory.mktemp("registry"))
-    reg.start()
-    try:
-        yield reg
-    finally:
-        reg.stop()
+from tests.imports.oci import Layout, directory, file
 
 
 @pytest.fixture(scope="session")

@@ -16,11 +16,12 @@ import uuid
 
 import pytest
 
-from catalogue.models import Image, ImageType, Version
+from catalogue.models import ImageType
 from tests.catalogue.filesystems import fat_image
 from tests.flashing.e2e import MiB
 from tests.flashing.test_e2e_vm import BOOT_TIMEOUT, FLASH_TIMEOUT, lease, management_os, vm_rig
 from tests.flashing.vm import MGMT_OUT, system_initrd
+from tests.imports.helpers import import_version, new_system_image
 from tests.imports.oci import Layout, directory, file
 
 __all__ = ["management_os", "vm_rig"]  # fixtures of the flashing end-to-end tests
@@ -63,25 +64,6 @@ def container_image(registry, tmp_path, marker: str, manifest: dict) -> str:
     return registry.push(layout, "boot", f"lab/bootable-{marker}")
 
 
-def import_version(rig, image: Image, body: dict, timeout: float = 120) -> Version:
-    answer = rig.client.post(f"/api/image/{image.uuid}/import", body, format="json")
-    assert answer.status_code == 202, answer.content
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = rig.client.get(answer["Location"]).json()
-        if job["state"] not in ("queued", "running"):
-            break
-        time.sleep(0.5)
-    assert job["state"] == "done", job
-    return Version.objects.get(image=image, number=job["version"])
-
-
-def system_image(rig, name: str) -> Image:
-    return Image.objects.create(
-        name=name, owner=rig.admin, type=ImageType.SYSTEM, target_disk="/dev/vda"
-    )
-
-
 def test_an_imported_disk_boots_on_its_own(vm_rig, registry, tmp_path, management_os):
     rig = vm_rig
     rig.disk_size = 256 * MiB
@@ -89,7 +71,7 @@ def test_an_imported_disk_boots_on_its_own(vm_rig, registry, tmp_path, managemen
     reference = container_image(registry, tmp_path, marker, management_os)
     started = time.monotonic()
     version = import_version(
-        rig, system_image(rig, "imported-disk"),
+        rig.client, new_system_image(rig.admin, "imported-disk"),
         {"oci": reference, "layout": "disk", "label": "sysroot"},
     )  # fmt: skip
     imported_in = time.monotonic() - started
@@ -111,7 +93,9 @@ def test_an_imported_filesystem_boots_with_a_boot_image(vm_rig, registry, tmp_pa
     marker = uuid.uuid4().hex[:12]
     reference = container_image(registry, tmp_path, marker, management_os)
     system = import_version(
-        rig, system_image(rig, "imported-fs"), {"oci": reference, "label": "fsroot"}
+        rig.client,
+        new_system_image(rig.admin, "imported-fs"),
+        {"oci": reference, "label": "fsroot"},
     )
     initrd = tmp_path / "boot-initrd.img"
     system_initrd(initrd, tmp_path / "boot", ROOT_INIT.format(marker=marker))
