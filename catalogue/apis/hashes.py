@@ -14,12 +14,12 @@ from typing import Any
 from django.http import HttpResponseBase, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
-from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from catalogue.apis.downloads import ErrorOutputSerializer
 from catalogue.exceptions import VersionNotFound
 from catalogue.services import datamaps, delivery
 from catalogue.services.versionbytes import block_hashes_of
@@ -56,9 +56,9 @@ class VersionHashesApi(APIView):
             (200, "application/octet-stream"): OpenApiResponse(
                 OpenApiTypes.BINARY, description="The block hashes, concatenated."
             ),
-            400: serializers.DictField(),
-            401: serializers.DictField(),
-            404: serializers.DictField(),
+            400: ErrorOutputSerializer,
+            401: ErrorOutputSerializer,
+            404: ErrorOutputSerializer,
         },
     )
     def get(self, request: Request, image_uuid: str, number: int) -> HttpResponseBase:
