@@ -15,6 +15,7 @@ import os
 import re
 import socket
 import threading
+import time
 from urllib.parse import urlsplit
 
 import pytest
@@ -29,6 +30,7 @@ from tests.catalogue.factories import ImageFactory
 pytestmark = pytest.mark.django_db(transaction=True)
 
 MiB = 1 << 20
+STALL = 2.0  # seconds the proxy holds a PATCH before it cuts it
 OFFSET = re.compile(rb"\r\nUpload-Offset: (\d+)\r\n", re.IGNORECASE)
 
 
@@ -85,6 +87,11 @@ class CuttingProxy:
                         if cut:
                             self.cuts += 1
                     if cut:
+                        # A cut after a stall, as a dropped link does: the server's request has
+                        # begun and holds what went through. (Cut at once, Chromium may resend
+                        # the PATCH from 0 on a new connection before the server's first request
+                        # even starts, and nothing would be left to resume.)
+                        time.sleep(STALL)
                         self._cut(client, upstream)
                         return
                 upstream.sendall(data)
