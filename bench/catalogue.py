@@ -834,21 +834,24 @@ def measure_download(baas: Baas, workdir: Path, uuid: str, repeat: int) -> Row:
 
 # --- The command-line client (baas image push / pull) ----------------------------------------
 
-BAAS_CLI = Path(sys.executable).parent / "baas"
-
-
 class Cli:
-    """``baas`` run as a researcher runs it: a new process per command, its start-up timed."""
+    """``baas`` run as a researcher runs it: a new process per command, its start-up timed.
+
+    The client is the one of the checkout under test (``--repo``: its ``cli/`` and
+    ``diskimage/`` first on the path), so that a run against an older checkout measures
+    that checkout's client too."""
 
     def __init__(self, baas: Baas, home: Path):
         self.baas, self.home = baas, home
         home.mkdir(parents=True, exist_ok=True)
+        self.command = [sys.executable, "-m", "baas_cli"]
         self.env = {**os.environ, "BAAS_URL": baas.url(""), "BAAS_TOKEN": baas.token,
                     "XDG_CONFIG_HOME": str(home / "config"),
-                    "XDG_STATE_HOME": str(home / "state")}  # fmt: skip
+                    "XDG_STATE_HOME": str(home / "state"),
+                    "PYTHONPATH": os.pathsep.join([str(baas.repo / "cli"), str(baas.repo)])}  # fmt: skip
 
     def run(self, *args: str) -> dict:
-        out = subprocess.run([str(BAAS_CLI), *args, "--json"], capture_output=True, text=True,
+        out = subprocess.run([*self.command, *args, "--json"], capture_output=True, text=True,
                              env=self.env, check=False)  # fmt: skip
         if out.returncode != 0:
             raise SystemExit(f"baas {' '.join(args)} exited {out.returncode}: {out.stderr}")
@@ -866,7 +869,7 @@ class Cli:
         errors = self.home / "killed-push.err"
         with errors.open("w") as stderr:
             process = subprocess.Popen(
-                [str(BAAS_CLI), "image", "push", uuid, str(path), "--limit-rate", "200M",
+                [*self.command, "image", "push", uuid, str(path), "--limit-rate", "200M",
                  "--compress", "none"],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip

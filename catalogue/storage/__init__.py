@@ -24,6 +24,7 @@ from __future__ import annotations
 from catalogue.storage.local import LocalStorage, get_storage
 from catalogue.storage.names import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, StoredName
 from catalogue.storage.pending import (
+    DecodedPart,
     PendingFile,
     ResumablePart,
     StorageError,
@@ -35,6 +36,7 @@ from catalogue.storage.pending import (
 
 __all__ = [
     "MAP_SUFFIX",
+    "DecodedPart",
     "PART_SUFFIX",
     "SUFFIXES",
     "LocalStorage",
