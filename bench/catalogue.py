@@ -834,6 +834,7 @@ def measure_download(baas: Baas, workdir: Path, uuid: str, repeat: int) -> Row:
 
 # --- The command-line client (baas image push / pull) ----------------------------------------
 
+
 class Cli:
     """``baas`` run as a researcher runs it: a new process per command, its start-up timed.
 
@@ -848,7 +849,7 @@ class Cli:
         self.env = {**os.environ, "BAAS_URL": baas.url(""), "BAAS_TOKEN": baas.token,
                     "XDG_CONFIG_HOME": str(home / "config"),
                     "XDG_STATE_HOME": str(home / "state"),
-                    "PYTHONPATH": os.pathsep.join([str(baas.repo / "cli"), str(baas.repo)])}  # fmt: skip
+                    "PYTHONPATH": f"{baas.repo / 'cli'}{os.pathsep}{baas.repo}"}  # fmt: skip
 
     def run(self, *args: str) -> dict:
         out = subprocess.run([*self.command, *args, "--json"], capture_output=True, text=True,
@@ -869,7 +870,7 @@ class Cli:
         errors = self.home / "killed-push.err"
         with errors.open("w") as stderr:
             process = subprocess.Popen(
-                [*self.command, "image", "push", uuid, str(path), "--limit-rate", "200M",
+                [*self.command, "image", "push", uuid, str(path), "--limit-rate", "100M",
                  "--compress", "none"],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip

@@ -36,9 +36,9 @@ from catalogue.storage.pending import (
 
 __all__ = [
     "MAP_SUFFIX",
-    "DecodedPart",
     "PART_SUFFIX",
     "SUFFIXES",
+    "DecodedPart",
     "LocalStorage",
     "PendingFile",
     "ResumablePart",

@@ -180,6 +180,7 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command, through typer (``baas_cli.entry`` runs a plain push before it)."""
     _register()
     try:
         app(args=argv, standalone_mode=False, prog_name="baas")

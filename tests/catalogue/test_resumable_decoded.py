@@ -22,7 +22,7 @@ from catalogue.services.uploads import resumable_base
 from catalogue.storage import get_storage
 from diskimage import BLOCK
 from diskimage.sparse import CHUNK_HEADER, MEDIA_TYPE, encoded
-from tests.catalogue.test_resumable import create, image, patch, spool_files, stored  # noqa: F401
+from tests.catalogue.test_resumable import create, patch, spool_files, stored
 from tests.catalogue.test_resumable_live import (
     answer_of,
     new_image,
@@ -39,6 +39,11 @@ MiB = 1 << 20
 @pytest.fixture(autouse=True)
 def _small_new_images(settings):
     settings.BAAS_NEW_IMAGE_SIZE = 4 * MiB
+
+
+@pytest.fixture
+def image(user):
+    return new_image(user)
 
 
 def raw_disk(data_mib: int = 3, seed: int = 1) -> bytes:
@@ -165,10 +170,10 @@ def test_head_during_an_append_gets_a_checkpoint_from_the_appender(
     the appender answering it, with the decoder's state recorded beside it."""
     monkeypatch.setattr(resumable_base, "TICK_SECONDS", 600.0)
     monkeypatch.setattr(resumable_base, "CHECKPOINT_SECONDS", 600.0)
-    image = new_image(user)
+    target = new_image(user)
     wire = sparse(raw_disk())
     status, headers, _ = request(
-        live_server, secret, "POST", f"/api/image/{image.uuid}",
+        live_server, secret, "POST", f"/api/image/{target.uuid}",
         **{"Upload-Draft-Interop-Version": "8", "Upload-Complete": "?0",
            "Content-Type": MEDIA_TYPE},
     )  # fmt: skip
@@ -233,11 +238,11 @@ def test_a_worker_killed_mid_patch_resumes_from_its_last_checkpoint_byte_for_byt
 ):
     base = start_gunicorn()
     live = SimpleNamespace(url=base)
-    image = new_image(user)
+    target = new_image(user)
     data = raw_disk(data_mib=6, seed=2)
     wire = sparse(data)
     status, headers, _ = request(
-        live, secret, "POST", f"/api/image/{image.uuid}",
+        live, secret, "POST", f"/api/image/{target.uuid}",
         **{"Upload-Draft-Interop-Version": "8", "Upload-Complete": "?0",
            "Content-Type": MEDIA_TYPE, "Upload-Length": str(len(wire))},
     )  # fmt: skip
@@ -276,5 +281,5 @@ def test_a_worker_killed_mid_patch_resumes_from_its_last_checkpoint_byte_for_byt
         time.sleep(0.1)
     assert status == 201, version
     assert version["sha256"] == hashlib.sha256(data).hexdigest()
-    assert stored(image, version["version"]) == data
-    assert spool_files(image) == []
+    assert stored(target, version["version"]) == data
+    assert spool_files(target) == []
