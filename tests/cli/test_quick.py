@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import typer
-
 from baas_cli import app as cli_app
 from baas_cli import quick
 
