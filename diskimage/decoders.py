@@ -188,7 +188,8 @@ class SparseDecoder(_ForeignErrors):
 
     def state(self) -> dict[str, Any]:
         """Where it is in the stream (:meth:`diskimage.sparse.SparseImageDecoder.state`)."""
-        return self._decoder.state()
+        state: dict[str, Any] = self._decoder.state()
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         self._decoder.restore(state)
