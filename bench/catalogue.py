@@ -947,12 +947,15 @@ def _phases(answer: dict) -> str:
     )
 
 
-def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> list[Row]:
-    """baas image push vs cp+sync, a resumed push vs a fresh one, baas image pull vs curl."""
+def measure_cli(
+    baas: Baas, image: TestImage, workdir: Path, repeat: int, pull: bool = True
+) -> list[Row]:
+    """baas image push vs cp+sync, a resumed push vs a fresh one, baas image pull vs curl
+    (``pull=False``: the pushes alone)."""
     read_through(image.raw)
     cli = Cli(baas, workdir / "cli-home")
-    cp_t, push_t, plain_t, resumed_t, pull_t, curl_t = [], [], [], [], [], []
-    sent, resumed_sent, received = [], [], []
+    cp_t, push_t, plain_t, resumed_t = [], [], [], []
+    sent, resumed_sent = [], []
     checked = ""
     for i in range(repeat):
         cp_t.append(baseline_copy(image, workdir)[0])
@@ -984,6 +987,30 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         baas.delete_image(created["uuid"])
         log(f"  baas image push, resumed at {held / MiB:.0f} MiB: {seconds:.2f} s "
             f"({resumed_sent[-1] / MiB:.0f} MiB sent; {_phases(answer)})")  # fmt: skip
+    rows = _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent)
+    if pull:
+        rows.append(_measure_pull(baas, cli, workdir, checked, image.size, repeat))
+    return rows
+
+
+def _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent) -> list[Row]:
+    cp, pu, pl, rs = median(cp_t), median(push_t), median(plain_t), median(resumed_t)
+    return [
+        Row("baas image push vs cp+sync", pu, cp, pu / cp, "<= 1.0", pu / cp <= 1.0,
+            f"a resumable upload of the data alone ({median(sent) / MiB:.0f} MiB sent); "
+            "client start-up included", {"baas": push_t, "baseline": cp_t, "sent": sent}),
+        Row("  baas image push --no-resume vs cp+sync", pl, cp, pl / cp, "-", None,
+            "one plain request (the server decodes both the same way)",
+            {"baas": plain_t, "baseline": cp_t}),
+        Row("resumed push after 50% vs fresh push", rs, pu, rs / pu, "<= 0.55", rs / pu <= 0.55,
+            f"{median(resumed_sent) / MiB:.0f} MiB sent after the kill",
+            {"resumed": resumed_t, "fresh": push_t, "sent": resumed_sent}),
+    ]  # fmt: skip
+
+
+def _measure_pull(baas: Baas, cli: Cli, workdir: Path, checked: str, size: int,
+                  repeat: int) -> Row:  # fmt: skip
+    pull_t, curl_t, received = [], [], []
     number = 1
     stored = baas.version_file(checked, number)
     nginx = Nginx(workdir, stored.parent)
@@ -992,7 +1019,7 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         read_through(stored)
         for _ in range(repeat):
             curl_t.append(curl_to_file(f"http://127.0.0.1:{nginx.port}/{stored.name}",
-                                       workdir / "curl.img", image.size))  # fmt: skip
+                                       workdir / "curl.img", size))  # fmt: skip
             log(f"  curl -o of the raw file from nginx: {curl_t[-1]:.2f} s")
             seconds, answer = cli.pull(f"{checked}@{number}", workdir / "pulled.img")
             if not answer.get("verified"):
@@ -1006,23 +1033,11 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         for name in ("curl.img", "pulled.img"):
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
-    cp, pu, pl, rs = median(cp_t), median(push_t), median(plain_t), median(resumed_t)
     pd, cu = median(pull_t), median(curl_t)
-    return [
-        Row("baas image push vs cp+sync", pu, cp, pu / cp, "<= 1.0", pu / cp <= 1.0,
-            f"a resumable upload of the data alone ({median(sent) / MiB:.0f} MiB sent); "
-            "client start-up included", {"baas": push_t, "baseline": cp_t, "sent": sent}),
-        Row("  baas image push --no-resume vs cp+sync", pl, cp, pl / cp, "-", None,
-            "one request: the server stores it without the second pass a resumable upload "
-            "costs at completion", {"baas": plain_t, "baseline": cp_t}),
-        Row("resumed push after 50% vs fresh push", rs, pu, rs / pu, "<= 0.55", rs / pu <= 0.55,
-            f"{median(resumed_sent) / MiB:.0f} MiB sent after the kill",
-            {"resumed": resumed_t, "fresh": push_t, "sent": resumed_sent}),
-        Row("baas image pull vs curl -o (nginx)", pd, cu, pd / cu, "<= 0.5", pd / cu <= 0.5,
-            f"pull: a sparse file, {median(received) / MiB:.0f} MiB received, each range "
-            "checked, fsynced; curl: the whole raw file written (not synced)",
-            {"baas": pull_t, "baseline": curl_t, "received": received}),
-    ]  # fmt: skip
+    return Row("baas image pull vs curl -o (nginx)", pd, cu, pd / cu, "<= 0.5", pd / cu <= 0.5,
+               f"pull: a sparse file, {median(received) / MiB:.0f} MiB received, each range "
+               "checked, fsynced; curl: the whole raw file written (not synced)",
+               {"baas": pull_t, "baseline": curl_t, "received": received})  # fmt: skip
 
 
 # --- Report --------------------------------------------------------------------------------
@@ -1072,8 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
         help="how the versions change 1 %% of the data: files (gated), scattered (information)",
     )
     parser.add_argument(
-        "--only", choices=["all", "cli"], default="all",
-        help="cli: only the command-line client's push and pull (and create)",
+        "--only", choices=["all", "cli", "push"], default="all",
+        help="cli: only the command-line client's push and pull (and create); push: its pushes",
     )  # fmt: skip
     args = parser.parse_args(argv)
     for tool in ("curl", "zstd", "nginx", "cp"):
@@ -1130,7 +1145,7 @@ def _measure_all(baas: Baas, workdir: Path, run_dir: Path, size: int, data: int,
             rows.append(Row("download vs nginx (throughput)", None, None, None, ">= 0.9", False,
                             f"not measured: {exc}"))  # fmt: skip
     log(f"the command-line client ({args.repeat}x each, interleaved), load {load_average()}")
-    rows += measure_cli(baas, image, run_dir, args.repeat)
+    rows += measure_cli(baas, image, run_dir, args.repeat, pull=args.only != "push")
     meta = {
         "size": size,
         "data_blocks": image.data,
