@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "accounts",
     "catalogue",
     "flashing",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
