@@ -84,6 +84,7 @@ class _Decoding:
         self.last_checkpoint = self.last_tick = self.last_look = now
         self.ticked_at = upload.offset
         self.answered = upload.probes_answered
+        self.broken = False  # the receiver raised: its state may be past ``position``
 
     def receive(self, read: Callable[[int], bytes]) -> None:
         limit = base.stream_limit(self.upload)
@@ -100,6 +101,7 @@ class _Decoding:
         try:
             self.receiver.write(data)
         except RESUMABLE_ERRORS:
+            self.broken = True  # some of ``data`` may be decoded: the last checkpoint stands
             raise
         except DomainError as exc:
             raise base.Refused(exc) from exc
@@ -131,7 +133,9 @@ class _Decoding:
 
     def checkpoint(self, asked: int | None = None) -> None:
         """Everything received so far made durable (decoded, written, synced), then
-        acknowledged with the state to go on from it."""
+        acknowledged with the state to go on from it. Never after the receiver raised."""
+        if self.broken:
+            raise RuntimeError("The receiver failed mid-piece: its last checkpoint stands.")
         state = self.receiver.checkpoint()
         stored = storage_call(self.pending.sync)
         fields: dict[str, Any] = {"offset": self.position, "decoded": state, "stored": stored}
