@@ -24,7 +24,7 @@ from django.conf import settings
 from imports.exceptions import ImportInvalid, ImportRefused, ImportTooLarge
 from imports.services import layers as layer_checks
 from imports.services.network import check_host
-from imports.services.tools import ToolFailed, ToolStopped, Watch, run_tool, tree_size
+from imports.services.tools import ToolFailed, Watch, run_tool, tree_size
 
 MiB = 1024**2
 INDEX_TYPES = (
@@ -275,45 +275,6 @@ def _blob(layout: Path, digest: str) -> Path:
     if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ImportRefused(f"The image names a blob {digest!r} BAAS cannot read.")
     return layout / "blobs" / "sha256" / value
-
-
-def check_layers(layout: Path, ctx: Context) -> layer_checks.Tree:
-    """Every layer checked and its unpacked size counted; refused past the limit."""
-    tree = layer_checks.Tree()
-    _, blobs = layout_layers(layout)
-    stop = ctx.watch(None, 0, "")
-    for number, (path, media_type) in enumerate(blobs, start=1):
-        try:
-            with layer_checks.open_layer(path, media_type) as stream:
-                layer_checks.scan_layer(
-                    stream, tree, limit=ctx.limit, progress=lambda: _check(stop)
-                )
-        except layer_checks.LayerRefused as exc:
-            raise ImportRefused(f"Layer {number} {exc}. Nothing was stored.") from exc
-        except layer_checks.LayersTooLarge as exc:
-            raise ImportTooLarge(
-                f"The layers unpack to more than {ctx.limit} bytes ({ctx.limit_why}): "
-                f"{exc.size} bytes by layer {number}. Stopped before unpacking; nothing "
-                "was stored."
-            ) from exc
-        ctx.progress(layers_done=number)
-    return tree
-
-
-def _check(stop: Watch) -> None:
-    reason = stop()
-    if reason is not None:
-        raise ToolStopped(reason)
-
-
-def unpack(layout: Path, ctx: Context) -> Path:
-    """``umoci raw unpack --rootless``: the root tree, whiteouts applied, watched for size."""
-    rootfs = ctx.work / "rootfs"
-    run_tool(
-        ["umoci", "raw", "unpack", "--rootless", "--image", f"{layout}:image", rootfs],
-        watch=ctx.watch(rootfs, ctx.limit, "unpacked"),
-    )
-    return rootfs
 
 
 def fitted_size(rootfs: Path) -> int:

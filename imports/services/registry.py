@@ -15,7 +15,7 @@ from catalogue.interface import image_room, version_store_file
 from catalogue.models import Version
 from imports.exceptions import ImportTooLarge
 from imports.models import ImportJob, Layout, State
-from imports.services import disk, oci, secrets
+from imports.services import disk, oci, secrets, unpack
 
 if TYPE_CHECKING:
     from imports.services.progress import Progress
@@ -69,10 +69,9 @@ def _import(
         progress.log(f"Already imported as version {existing.number}: nothing new to store.")
         return existing
     layout = oci.pull(reference, resolved, platform, ctx)
-    progress.log("Checking the layers.")
-    tree = oci.check_layers(layout, ctx)
-    progress.log(f"Unpacking ({tree.unpacked} bytes at most).")
-    rootfs = oci.unpack(layout, ctx)
+    progress.log("Checking the layers while they are unpacked (used once all passed).")
+    tree, rootfs = unpack.check_and_unpack(layout, ctx)
+    progress.log(f"Every layer passed the checks; unpacked ({tree.unpacked} bytes at most).")
     shutil.rmtree(layout, ignore_errors=True)  # the layers are no longer needed
     size = job.size or oci.fitted_size(rootfs)
     if size > ctx.limit:

@@ -46,8 +46,10 @@ def run_tool(
     watch: Watch,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    poll: float = POLL,
 ) -> str:
-    """Run ``args``; return its standard output (bounded). Raises ToolFailed, ToolStopped."""
+    """Run ``args``; return its standard output (bounded). Raises ToolFailed, ToolStopped.
+    ``watch`` is asked every ``poll`` seconds."""
     proc = subprocess.Popen(  # noqa: S603 - fixed programs, arguments we built
         [str(a) for a in args],
         stdin=subprocess.DEVNULL,
@@ -65,7 +67,7 @@ def run_tool(
                 _stop(proc)
                 raise ToolStopped(reason)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=POLL)
+                proc.wait(timeout=poll)
     except BaseException:
         _stop(proc)
         raise

@@ -75,16 +75,18 @@ def test_a_registry_on_a_private_address_is_refused_unless_allowed(
     assert "non-public address" in job.reason and "BAAS_IMPORT_ALLOWED_HOSTS" in job.reason
 
 
-def test_layers_unpacking_past_the_quota_stop_before_they_are_unpacked(
+def test_layers_unpacking_past_the_quota_are_stopped_by_their_check(
     system_image, moderator, images, import_settings
 ):
+    """The check reads the layers' headers while umoci unpacks: the first header past the
+    quota stops both, and the job says why (not umoci's folder size, found later)."""
     User.objects.filter(pk=moderator.pk).update(storage_quota=8 * 1024 * 1024)
     system_image.owner.refresh_from_db()
     job = run_import(moderator, system_image, oci=images["bomb"])
     assert job.state == State.FAILED
     assert "unpack to more than" in job.reason and "storage quota" in job.reason
-    assert "Stopped before unpacking" in job.reason
-    assert "Unpacking" not in job.log
+    assert "Stopped while checking them" in job.reason
+    assert "Every layer passed" not in job.log and "Making" not in job.log
     assert_nothing_stored(system_image, import_settings)
 
 
