@@ -33,6 +33,7 @@ def test_umoci_writes_a_hostile_layer_inside_its_folder_only(tmp_path):
     layout = Layout(tmp_path / "layout")
     layout.tag("bad", layout.image([hostile(outside)]))
     rootfs = tmp_path / "work" / "rootfs"
+    rootfs.parent.mkdir()
     subprocess.run(
         ["umoci", "raw", "unpack", "--rootless", "--image", f"{layout.path}:bad", str(rootfs)],
         check=True,
@@ -41,8 +42,7 @@ def test_umoci_writes_a_hostile_layer_inside_its_folder_only(tmp_path):
     assert list(outside.iterdir()) == []
     inside = rootfs / str(outside).lstrip("/")
     names = {p.name for p in inside.iterdir()}
-    assert {"through-a-symlink", "through-a-relative-symlink", "absolute"} <= names
-    assert (rootfs / "escaping").is_file()
+    assert names == {"through-a-symlink", "through-a-relative-symlink", "absolute", "escaping"}
     assert (rootfs / "dev" / "sda").is_file(), "a device node becomes an empty file"
 
 
