@@ -222,6 +222,7 @@ def import_run(*, job_id: int, sealed: str = "") -> Job | None:
         job.version = version
         _end(job, progress, State.DONE, "")
     finally:
+        progress.remover.wait()
         shutil.rmtree(folder, ignore_errors=True)
     return job
 

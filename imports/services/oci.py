@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,6 +130,7 @@ class Context:
     deadline: float  # time.monotonic() by which the whole job must end
     auth_file: Path | None = None
     archive: Path | None = None
+    discard: Callable[[Path], None] = lambda path: shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from imports.models import ImportJob as Job
-from imports.services.tools import Watch, tree_size
+from imports.services.tools import Remover, Watch, tree_size
 
 LOG_MAX = 64 * 1024
 
@@ -21,6 +21,7 @@ class Progress:
         self.job = job
         self.deadline = time.monotonic() + settings.BAAS_IMPORT_TIMEOUT
         self._checked = 0.0
+        self.remover = Remover()  # what the job no longer needs, removed while it goes on
 
     def log(self, line: str) -> None:
         stamp = timezone.now().strftime("%H:%M:%S.%f")[:-3]

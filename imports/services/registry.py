@@ -4,7 +4,6 @@ store (through ``catalogue.interface``, the upload path), with its provenance.""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +42,7 @@ def oci_import(
         deadline=progress.deadline,
         auth_file=_auth_file(folder, reference, credentials),
         archive=folder / "archive.tar" if reference.transport in oci.ARCHIVES else None,
+        discard=progress.remover.later,
     )
     try:
         return _import(job, progress, ctx, reference, platform)
@@ -72,7 +72,7 @@ def _import(
     progress.log("Checking the layers while they are unpacked (used once all passed).")
     tree, rootfs = unpack.check_and_unpack(layout, ctx)
     progress.log(f"Every layer passed the checks; unpacked ({tree.unpacked} bytes at most).")
-    shutil.rmtree(layout, ignore_errors=True)  # the layers are no longer needed
+    ctx.discard(layout)  # the layers are no longer needed: removed while mke2fs runs
     size = job.size or oci.fitted_size(rootfs)
     if size > ctx.limit:
         raise ImportTooLarge(
@@ -86,7 +86,7 @@ def _import(
     else:
         progress.log(f"Making an ext4 filesystem of {size} bytes labelled {job.label}.")
         oci.make_filesystem(rootfs, tree, path=built, size=size, label=job.label, ctx=ctx)
-    shutil.rmtree(rootfs, ignore_errors=True)
+    ctx.discard(rootfs)  # removed while the store reads the filesystem
     progress.log("Storing it as the image's next version.")
     return _store(job, built, reference, platform, resolved.digest)
 
