@@ -93,9 +93,8 @@ def import_create(
         )
         if archive is not None:
             _keep_archive(job, archive)
-        audit_record(
-            actor=actor, action="image.import", target=image, job=job.pk, source=job.source
-        )
+        shown = urls.shown_url(job.source) if job.kind == Kind.URL else job.source
+        audit_record(actor=actor, action="image.import", target=image, job=job.pk, source=shown)
         sealed = ""
         if request.username or request.password:
             sealed = secrets.seal({"username": request.username, "password": request.password})
