@@ -181,3 +181,53 @@ def test_an_import_whose_worker_died_is_failed_by_the_sweep(
     assert job.state == State.FAILED and "worker running this import stopped" in job.reason
     assert fresh.state == State.RUNNING
     assert not (import_settings / f"job-{job.pk}").exists()
+
+
+def test_an_uploaded_archive_whose_job_no_worker_took_is_removed_by_the_sweep(
+    system_image, moderator, import_settings
+):
+    from datetime import timedelta
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.utils import timezone
+
+    job = jobs.import_create(
+        actor=moderator,
+        image=system_image,
+        request=jobs.ImportRequest(oci="oci-archive:"),
+        archive=SimpleUploadedFile("image.tar", b"x" * 4096),
+    )
+    archive = import_settings / f"job-{job.pk}" / "archive.tar"
+    assert archive.is_file()
+    assert jobs.imports_sweep() == 0 and archive.is_file(), "a job that waits keeps it"
+    ImportJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(days=2))
+    assert jobs.imports_sweep() == 1
+    job.refresh_from_db()
+    assert job.state == State.FAILED and "No worker started this import" in job.reason
+    assert not archive.parent.exists()
+    assert jobs.import_run(job_id=job.pk).state == State.FAILED  # a late message does nothing
+
+
+def test_the_sweep_removes_folders_left_by_jobs_that_ended_or_are_gone(
+    system_image, moderator, images, import_settings
+):
+    ended = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["simple"])
+    )
+    ImportJob.objects.filter(pk=ended.pk).update(state=State.FAILED)
+    waiting = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["simple"])
+    )
+    folders = {
+        name: import_settings / f"job-{pk}"
+        for name, pk in [("ended", ended.pk), ("waiting", waiting.pk), ("new", 10**8),
+                         ("gone", 10**8 + 1)]
+    }  # fmt: skip
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    old = time.time() - 2 * 3600
+    os.utime(folders["gone"], (old, old))
+    assert jobs.imports_sweep() == 0
+    assert not folders["ended"].exists() and not folders["gone"].exists()
+    assert folders["waiting"].exists(), "the folder of a job that may still run stays"
+    assert folders["new"].exists(), "a row not committed yet may own it"
