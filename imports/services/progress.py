@@ -33,15 +33,16 @@ class Progress:
             setattr(self.job, name, value)
         Job.objects.filter(pk=self.job.pk).update(**fields)
 
-    def stop_reason(self) -> str | None:
-        """Why the job must stop now (cancelled, out of time), or None; asks the row each second."""
+    def stop_reason(self, *, fresh: bool = False) -> str | None:
+        """Why the job must stop now (cancelled, out of time), or None; asks the row each
+        second, or at once if ``fresh``."""
         if time.monotonic() > self.deadline:
             return (
                 f"The import took longer than BAAS_IMPORT_TIMEOUT ({settings.BAAS_IMPORT_TIMEOUT} "
                 "s) and was stopped; nothing was stored."
             )
         now = time.monotonic()
-        if now - self._checked >= 1.0:
+        if fresh or now - self._checked >= 1.0:
             self._checked = now
             if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
                 return "Cancelled."

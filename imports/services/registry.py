@@ -4,6 +4,7 @@ store (through ``catalogue.interface``, the upload path), with its provenance.""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ from django.db import transaction
 
 from catalogue.interface import image_room, version_store_file
 from catalogue.models import Version
-from imports.exceptions import ImportTooLarge
+from imports.exceptions import ImportStopped, ImportTooLarge
 from imports.models import ImportJob, Layout, State
 from imports.services import disk, oci, secrets, unpack
 
@@ -88,7 +89,7 @@ def _import(
         oci.make_filesystem(rootfs, tree, path=built, size=size, label=job.label, ctx=ctx)
     ctx.discard(rootfs)  # removed while the store reads the filesystem
     progress.log("Storing it as the image's next version.")
-    return _store(job, built, reference, platform, resolved.digest)
+    return _store(job, built, reference, platform, resolved.digest, _stopper(progress))
 
 
 def _already_imported(job: ImportJob) -> Version | None:
@@ -111,13 +112,36 @@ def _already_imported(job: ImportJob) -> Version | None:
     return earlier.version if earlier is not None else None
 
 
+def _stopper(progress: Progress) -> Callable[[], None]:
+    """What the store calls as it reads the file: raises ImportStopped once the job is
+    cancelled (or out of time), asking the row at once, then each second. A cancel that
+    comes after the whole file was read is too late: the version is kept."""
+    asked = False
+
+    def stop() -> None:
+        nonlocal asked
+        reason = progress.stop_reason(fresh=not asked)
+        asked = True
+        if reason is not None:
+            raise ImportStopped(reason)
+
+    return stop
+
+
 def _store(
-    job: ImportJob, path: Path, reference: oci.Reference, platform: oci.Platform, digest: str
+    job: ImportJob,
+    path: Path,
+    reference: oci.Reference,
+    platform: oci.Platform,
+    digest: str,
+    stop: Callable[[], None],
 ) -> Version:
     actor = job.created_by
     note = f"Imported from {reference.text} ({digest})"[:500]
     with transaction.atomic():
-        version = version_store_file(actor=actor, image=job.image, path=path, note=note, move=True)
+        version = version_store_file(
+            actor=actor, image=job.image, path=path, note=note, move=True, stop=stop
+        )
         Version.objects.filter(pk=version.pk).update(
             source_reference=reference.text,
             source_digest=digest,

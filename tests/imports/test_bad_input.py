@@ -231,3 +231,29 @@ def test_the_sweep_removes_folders_left_by_jobs_that_ended_or_are_gone(
     assert not folders["ended"].exists() and not folders["gone"].exists()
     assert folders["waiting"].exists(), "the folder of a job that may still run stays"
     assert folders["new"].exists(), "a row not committed yet may own it"
+
+
+def test_a_cancel_during_the_store_stops_it_and_stores_nothing(
+    system_image, moderator, images, monkeypatch, import_settings
+):
+    """The last step reads the whole filesystem; a cancel that comes meanwhile stops it."""
+    from catalogue.storage import get_storage
+    from imports.services import registry
+
+    job = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["random"])
+    )
+    real = registry.version_store_file
+
+    def cancelled_while_storing(**kw):
+        jobs.import_cancel(actor=moderator, job_id=job.pk)  # as the API does, while it stores
+        return real(**kw)
+
+    monkeypatch.setattr(registry, "version_store_file", cancelled_while_storing)
+    jobs.import_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.state == State.CANCELLED, job.reason
+    assert "Storing it" in job.log
+    assert_nothing_stored(system_image, import_settings)
+    image_dir = get_storage().image_dir(system_image.uuid)
+    assert not image_dir.exists() or not list(image_dir.iterdir()), "no pending file left"

@@ -17,7 +17,7 @@ from pathlib import Path
 from django.conf import settings
 
 from catalogue.exceptions import BadUpload
-from catalogue.models import FileStandard, Image
+from catalogue.models import Compression, FileStandard, Image
 from catalogue.services.lifecycle import quota_guard_for
 from catalogue.services.uploads import checks
 from catalogue.services.uploads.plan import (
@@ -36,6 +36,7 @@ from catalogue.services.uploads.stages import (
 )
 from catalogue.stages import Stages
 from catalogue.storage import PendingFile, StoredFile, get_storage
+from diskimage import CHUNK
 from diskimage.datamap import DataMap
 
 
@@ -132,6 +133,19 @@ class VersionReceiver:
             run = self._start(data)
         run.receive(data)
 
+    def write_zeros(self, length: int) -> None:
+        """``length`` zero bytes of a raw upload that were never read (a hole of the file
+        they come from): counted, hashed and mapped as zeros, left a hole in the pending
+        file. Where the plan takes bytes only (not chosen yet, or not a raw upload stored
+        raw), they are written as bytes."""
+        while length and (self._run is None or not self._run.takes_zeros):
+            piece = min(length, CHUNK)
+            self.write(bytes(piece))
+            length -= piece
+        if length:
+            assert self._run is not None
+            self._run.receive_zeros(length)
+
     def _start(self, head: bytes) -> _Run:
         plan = plan_upload(
             image=self.image, options=self._options, declared=self._declared, head=head
@@ -201,6 +215,20 @@ class _Run:
 
     def receive(self, data: bytes) -> None:
         self._wire.write(data)
+        self.check_quota()
+
+    @property
+    def takes_zeros(self) -> bool:
+        """Whether :meth:`receive_zeros` may be used: raw bytes as sent, stored raw."""
+        plan = self.plan
+        return (
+            plan.encoding == Compression.NONE
+            and plan.storing is Storing.RAW
+            and not plan.wire_sha256
+        )
+
+    def receive_zeros(self, length: int) -> None:
+        self._raw.hole(length)
         self.check_quota()
 
     def finish(self, *, need_digest: bool) -> ReceivedUpload:
