@@ -34,6 +34,7 @@ import itertools
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -170,10 +171,20 @@ def run(*args: str | Path) -> None:
 # --- The two contenders ---------------------------------------------------------------
 
 
-def by_hand(reference: str, work: Path, size: int) -> float:
-    """skopeo copy + umoci unpack + mke2fs -d, as typed at a shell."""
+def cpu_seconds() -> float:
+    """CPU time (user and system) of this process and of its children that ended."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def by_hand(reference: str, work: Path, size: int) -> tuple[float, float]:
+    """skopeo copy + umoci unpack + mke2fs -d, as typed at a shell: seconds, CPU seconds."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    cpu = cpu_seconds()
     started = time.monotonic()
     run(
         "skopeo", "copy", "--quiet", "--src-tls-verify=false", reference, f"oci:{work}/layout:image"
@@ -185,8 +196,9 @@ def by_hand(reference: str, work: Path, size: int) -> float:
     run("mke2fs", "-q", "-F", "-t", "ext4", "-d", work / "bundle" / "rootfs", "-L", "root",
         image, f"{size // 1024}k")  # fmt: skip
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds() - cpu
     shutil.rmtree(work, ignore_errors=True)
-    return elapsed
+    return elapsed, cpu
 
 
 # --- BAAS, in a process of its own per checkout --------------------------------------
@@ -251,12 +263,14 @@ def by_baas(reference: str, size: int, number: int) -> dict:
         image=image, created_by=owner, kind=Kind.OCI, source=reference,
         platform="linux/amd64", layout="filesystem", label="root", size=size,
     )  # fmt: skip
+    cpu = cpu_seconds()
     started = time.monotonic()
     done = jobs.import_run(job_id=job.pk)
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds() - cpu
     if done is None or done.state != "done":
         raise SystemExit(f"the import failed: {done and done.reason}\n{done and done.log}")
-    return {"elapsed": elapsed, "steps": steps(done.log, elapsed), "log": done.log}
+    return {"elapsed": elapsed, "cpu": cpu, "steps": steps(done.log, elapsed), "log": done.log}
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -299,7 +313,7 @@ def report(name: str, hand: float, result: dict) -> tuple[float, float]:
     baas = result["elapsed"]
     store = dict(result["steps"]).get("store", 0.0)
     parts = "  ".join(f"{k} {v:.2f}" for k, v in result["steps"])
-    print(f"  {name:>12}: {baas:6.2f} s  ratio {baas / hand:.2f}x  "
+    print(f"  {name:>12}: {baas:6.2f} s  (CPU {result['cpu']:5.2f} s)  ratio {baas / hand:.2f}x  "
           f"up to the store {(baas - store) / hand:.2f}x   [{parts}]")  # fmt: skip
     if os.environ.get("BENCH_VERBOSE"):
         print(result["log"])
@@ -344,8 +358,9 @@ def main() -> int:
         before_store: dict[str, list[float]] = {c.name: [] for c in contenders}
         for number in range(1, args.repeat + 1):
             load = os.getloadavg()
-            hand = by_hand(reference, work / "hand", fs_size)
-            print(f"run {number} (load {load[0]:.2f} {load[1]:.2f}): by hand {hand:6.2f} s")
+            hand, hand_cpu = by_hand(reference, work / "hand", fs_size)
+            print(f"run {number} (load {load[0]:.2f} {load[1]:.2f}): by hand {hand:6.2f} s  "
+                  f"(CPU {hand_cpu:5.2f} s)")  # fmt: skip
             order = contenders if number % 2 else contenders[::-1]
             for contender in order:
                 ratio, early = report(contender.name, hand, contender.run(number))
