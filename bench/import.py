@@ -232,13 +232,27 @@ def _stamp(line: str) -> float:
     return int(h) * 3600 + int(m) * 60 + float(sec)
 
 
+STEP_NAMES = {"Resolving": "resolve", "Manifest": "resolve", "Pulling": "pull",
+              "Checking": "check", "Unpacking": "unpack", "Every": "-", "Making": "mke2fs",
+              "Set": "owners", "Storing": "store"}  # fmt: skip
+
+
+def cpu_steps(log: str, marks: list[float]) -> list[tuple[str, float]]:
+    """CPU seconds of each step (this process and the tools it ran), as :func:`steps`."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    out: dict[str, float] = {}
+    for line, (before, after) in zip(lines, itertools.pairwise(marks), strict=False):
+        name = STEP_NAMES.get(line.split(" ", 2)[1], "other")
+        out[name] = out.get(name, 0.0) + after - before
+    out.pop("-", None)
+    return list(out.items())
+
+
 def steps(log: str, elapsed: float) -> list[tuple[str, float]]:
     """Seconds of each step, from the job's log (a step lasts until the next line); the
     last, "cleanup", from "Done" to the end of ``import_run``."""
     lines = [line for line in log.splitlines() if line.strip()]
-    names = {"Resolving": "resolve", "Manifest": "resolve", "Pulling": "pull",
-             "Checking": "check", "Unpacking": "unpack", "Every": "-", "Making": "mke2fs",
-             "Set": "owners", "Storing": "store"}  # fmt: skip
+    names = STEP_NAMES
     out: dict[str, float] = {}
     for line, after in itertools.pairwise(lines):
         name = names.get(line.split(" ", 2)[1], "other")
@@ -254,6 +268,7 @@ def by_baas(reference: str, size: int, number: int) -> dict:
     from catalogue.models import Image, ImageType
     from imports.models import ImportJob, Kind
     from imports.services import jobs
+    from imports.services.progress import Progress
 
     owner = User.objects.filter(username="bench").first() or User.objects.create_user(
         "bench", role=Role.ADMINISTRATOR
@@ -263,14 +278,32 @@ def by_baas(reference: str, size: int, number: int) -> dict:
         image=image, created_by=owner, kind=Kind.OCI, source=reference,
         platform="linux/amd64", layout="filesystem", label="root", size=size,
     )  # fmt: skip
+    marks: list[float] = []  # CPU seconds at each line of the job's log
+    log = Progress.log
+
+    def log_with_cpu(self: Progress, line: str) -> None:
+        marks.append(cpu_seconds())
+        log(self, line)
+
+    Progress.log = log_with_cpu  # type: ignore[method-assign]
     cpu = cpu_seconds()
     started = time.monotonic()
-    done = jobs.import_run(job_id=job.pk)
+    try:
+        done = jobs.import_run(job_id=job.pk)
+    finally:
+        Progress.log = log  # type: ignore[method-assign]
     elapsed = time.monotonic() - started
-    cpu = cpu_seconds() - cpu
+    marks.append(cpu_seconds())
+    cpu = marks[-1] - cpu
     if done is None or done.state != "done":
         raise SystemExit(f"the import failed: {done and done.reason}\n{done and done.log}")
-    return {"elapsed": elapsed, "cpu": cpu, "steps": steps(done.log, elapsed), "log": done.log}
+    return {
+        "elapsed": elapsed,
+        "cpu": cpu,
+        "steps": steps(done.log, elapsed),
+        "cpu_steps": cpu_steps(done.log, marks),
+        "log": done.log,
+    }
 
 
 def worker(args: argparse.Namespace) -> int:
@@ -313,6 +346,7 @@ def report(name: str, hand: float, result: dict) -> tuple[float, float]:
     baas = result["elapsed"]
     store = dict(result["steps"]).get("store", 0.0)
     parts = "  ".join(f"{k} {v:.2f}" for k, v in result["steps"])
+    parts += "; CPU: " + "  ".join(f"{k} {v:.2f}" for k, v in result["cpu_steps"])
     print(f"  {name:>12}: {baas:6.2f} s  (CPU {result['cpu']:5.2f} s)  ratio {baas / hand:.2f}x  "
           f"up to the store {(baas - store) / hand:.2f}x   [{parts}]")  # fmt: skip
     if os.environ.get("BENCH_VERBOSE"):
