@@ -170,8 +170,8 @@ def import_get_visible(*, actor: Any, job_id: int) -> Job:
 
 
 def import_cancel(*, actor: Any, job_id: int) -> Job:
-    """Cancel the job: at once if queued, within a second if running (its tools stopped).
-    ImportConflict if it already ended."""
+    """Cancel the job: at once if queued, within a second if running (its tools stopped, or
+    its store given up). ImportConflict if it already ended."""
     import_get_visible(actor=actor, job_id=job_id)
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)

@@ -1,6 +1,7 @@
 """Container images: resolved with ``skopeo inspect``, pulled with ``skopeo copy`` into an OCI
-layout, checked layer by layer (:mod:`.layers`), unpacked with ``umoci raw unpack
---rootless`` (whiteouts applied) and made into an ext4 filesystem with ``mke2fs -d``.
+layout, checked layer by layer (:mod:`.layers`) while ``umoci raw unpack --rootless``
+unpacks them (whiteouts applied; :mod:`.unpack`), and made into an ext4 filesystem with
+``mke2fs -d``.
 
 Every step runs under the job's watch (:mod:`.tools`): a cancel, the deadline, or the
 work folder passing the size limit stops the tool at once, so a too large image is
