@@ -69,3 +69,30 @@ def test_layers_that_pass_are_unpacked_and_counted(registry, system_image, moder
     assert job.state == State.DONE, job.reason
     assert job.layers_done == job.layers_total == 2
     assert "Every layer passed the checks" in job.log
+
+
+def test_a_cancel_while_the_layers_are_checked_and_unpacked_stops_both(
+    registry, system_image, moderator, images, monkeypatch, import_settings
+):
+    import time
+
+    from imports.models import ImportJob
+    from imports.services import jobs, unpack
+
+    job = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["random"])
+    )
+    real = unpack.run_tool
+
+    def slow_umoci(args, *, watch, **kw):
+        ImportJob.objects.filter(pk=job.pk).update(cancel_requested=True)
+        return real(["sleep", "30"], watch=watch, **kw)  # a long unpack: the cancel comes
+
+    monkeypatch.setattr(unpack, "run_tool", slow_umoci)
+    began = time.monotonic()
+    jobs.import_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.state == State.CANCELLED, job.reason
+    assert time.monotonic() - began < 15, "umoci was stopped, not waited for"
+    assert not system_image.versions.exists()
+    assert not list(import_settings.glob("job-*"))
