@@ -20,7 +20,7 @@ from typing import Any
 from django.conf import settings
 
 from catalogue.exceptions import BadUpload
-from catalogue.models import FileStandard, Image
+from catalogue.models import Compression, FileStandard, Image
 from catalogue.services.lifecycle import quota_guard_for
 from catalogue.services.uploads import checks
 from catalogue.services.uploads.plan import (
@@ -141,6 +141,19 @@ class VersionReceiver:
             data, self._head = self._head, b""
             run = self._start(data)
         run.receive(data)
+
+    def write_zeros(self, length: int) -> None:
+        """``length`` zero bytes of a raw upload that were never read (a hole of the file
+        they come from): counted, hashed and mapped as zeros, left a hole in the pending
+        file. Where the plan takes bytes only (not chosen yet, or not a raw upload stored
+        raw), they are written as bytes."""
+        while length and (self._run is None or not self._run.takes_zeros):
+            piece = min(length, CHUNK)
+            self.write(bytes(piece))
+            length -= piece
+        if length:
+            assert self._run is not None
+            self._run.receive_zeros(length)
 
     def _start(self, head: bytes) -> _Run:
         plan = plan_upload(
@@ -274,6 +287,20 @@ class _Run:
                 data += bytes(min(CHUNK, end - start) - len(data))  # past its end: zeros
                 yield data
                 start += len(data)
+
+    @property
+    def takes_zeros(self) -> bool:
+        """Whether :meth:`receive_zeros` may be used: raw bytes as sent, stored raw."""
+        plan = self.plan
+        return (
+            plan.encoding == Compression.NONE
+            and plan.storing is Storing.RAW
+            and not plan.wire_sha256
+        )
+
+    def receive_zeros(self, length: int) -> None:
+        self._raw.hole(length)
+        self.check_quota()
 
     def finish(self, *, need_digest: bool) -> ReceivedUpload:
         decoded = self._end_of_input()
