@@ -212,10 +212,15 @@ def check_resumable_uploads() -> None:
         part = storage.resumable_part(upload.image_id, upload.token).path
         if upload.state == UploadState.RECEIVING:
             size = part.stat().st_size if part.exists() else None
+            # Kept as sent, the file is the bytes acknowledged; decoded as they arrive, it is
+            # the raw image up to where the checkpoint at the acknowledged offset had written.
+            expected = upload.offset if upload.decoded is None else upload.decoded.get("written")
             promise(
                 "resumable-bytes",
-                size == upload.offset,
-                f"Upload {upload.token} acknowledged {upload.offset} bytes; its file has {size}.",
+                size == expected or (size is None and not expected),
+                f"Upload {upload.token} acknowledged {upload.offset} bytes (decoded: "
+                f"{upload.decoded is not None}, {expected} expected in its file); its file has "
+                f"{size}.",
             )
             on_disk = part.stat().st_blocks * 512 if part.exists() else 0
             promise(

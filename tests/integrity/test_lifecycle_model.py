@@ -38,8 +38,9 @@ Each promise has a name, printed with its failure (``[serving] …``):
   write over a whole disk never leaves a stale partition to sync back;
 * ``no-5xx`` and ``no-job-crash``: no request answers 5xx or HTML, no job crashes;
 * ``resumable-bytes``, ``resumable-quota``, ``resumed-is-the-file``, ``uploads-private``:
-  an unfinished resumable upload's acknowledged bytes are on disk and count in its owner's
-  quota; expiry (beat), abandoning and completing leave no bytes and count for nothing; a
+  an unfinished resumable upload's acknowledged bytes are on disk (as sent, or for an
+  Android sparse image decoded into the raw image up to its checkpoint) and count in its
+  owner's quota; expiry (beat), abandoning and completing leave no bytes and count for nothing; a
   completed one is a normal version (numbered, its file matching its row) of the very bytes
   sent; another person's upload answers 404 and does not change.
 
@@ -153,6 +154,8 @@ CI_REACHES = {
     "a deployment is done",
     "a deployment is failed",
     "resumable completed",
+    "resumable started, sparse",
+    "resumable completed, sparse: decoded as it arrived",
     "a version read back",
 }
 
