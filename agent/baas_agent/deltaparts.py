@@ -17,14 +17,17 @@ the disk already. For each range, in order, the agent:
 3. writes the runs, puts them on the medium (out of the page cache) and reads
    them back: they must be the bytes downloaded.
 
-At most one range (16 MiB) and its runs are in memory at a time.
+Ranges are landed on a pool of threads beside the download; at most two ranges (16
+MiB each) and their runs per thread are in memory at a time.
 """
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,7 @@ from diskimage import BLOCK
 from diskimage.datamap import DataMap
 from diskimage.selection import format_part
 from diskimage.sparsedelta import block_hashes, hashes_digest
+from diskimage.verify import default_workers
 
 try:
     import blake3
@@ -118,34 +122,61 @@ def land_parts(
     datamap: DataMap,
     parts: tuple[Part, ...],
     progress: Callable[[int], None] | None = None,
+    *,
+    workers: int | None = None,
 ) -> None:
     """Write ``parts`` (their bytes are ``chunks``, in order) onto ``target``, range by range,
-    as the module says. Raises :class:`NotHeld` or :class:`NotLanded`."""
+    as the module says, the ranges on a pool of threads beside the download. Raises
+    :class:`NotHeld` or :class:`NotLanded`."""
+    workers = workers or default_workers()
     reader = _Reader(iter(chunks))
     fd = open_in_place(target, datamap.size)
     read_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    inflight: collections.deque[tuple[Future[None], int]] = collections.deque()
     try:
-        for index, runs in _by_range(parts):
-            got = [
-                (start, end, _checked(reader.take(end - start), start, end, digest))
-                for (start, end, digest) in runs
-            ]
-            _check_range(read_fd, datamap, index, got)
-            for start, _, data in got:
-                _pwrite_all(fd, data, start)
-            for start, end, data in got:
-                to_medium(fd, start, end - start)
-                if _pread(read_fd, start, end) != data:
-                    raise NotLanded(f"bytes {start}-{end} did not read back as written")
-                os.posix_fadvise(read_fd, start, end - start, os.POSIX_FADV_DONTNEED)
-            if progress is not None:
-                progress(datamap.ranges[index][1])
-        if reader.pending or next(reader.chunks, b""):
-            raise NotLanded("the download holds more than the delta's parts")
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parts") as pool:
+            try:
+                for index, runs in _by_range(parts):
+                    got = [
+                        (a, b, _checked(reader.take(b - a), a, b, digest)) for a, b, digest in runs
+                    ]
+                    task = pool.submit(_land_range, fd, read_fd, datamap, index, got)
+                    inflight.append((task, datamap.ranges[index][1]))
+                    while len(inflight) >= 2 * workers:  # bounded memory: a few ranges each
+                        _done(inflight.popleft(), progress)
+                if reader.pending or next(reader.chunks, b""):
+                    raise NotLanded("the download holds more than the delta's parts")
+                while inflight:
+                    _done(inflight.popleft(), progress)
+            finally:
+                for task, _ in inflight:
+                    task.cancel()
         os.fsync(fd)
     finally:
         os.close(read_fd)
         os.close(fd)
+
+
+def _done(item: tuple[Future[None], int], progress: Callable[[int], None] | None) -> None:
+    task, end = item
+    task.result()
+    if progress is not None:
+        progress(end)
+
+
+def _land_range(
+    fd: int, read_fd: int, datamap: DataMap, index: int, runs: list[tuple[int, int, bytes]]
+) -> None:
+    """Check the range with ``runs`` in place, write them, and read them back from the medium."""
+    _check_range(read_fd, datamap, index, runs)
+    for start, _, data in runs:
+        _pwrite_all(fd, data, start)
+    first, last = runs[0][0], runs[-1][1]
+    to_medium(fd, first, last - first)  # one wait for the range's writes
+    for start, end, data in runs:
+        if _pread(read_fd, start, end) != data:
+            raise NotLanded(f"bytes {start}-{end} did not read back as written")
+    os.posix_fadvise(read_fd, first, last - first, os.POSIX_FADV_DONTNEED)
 
 
 def _by_range(parts: tuple[Part, ...]) -> Iterator[tuple[int, list[tuple[int, int, str]]]]:
