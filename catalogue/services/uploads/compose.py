@@ -27,7 +27,9 @@ refused, so a delta built against the wrong bytes never becomes a version.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -46,6 +48,7 @@ from catalogue.services.versionbytes import StoredMismatch, VersionBytes
 from diskimage.datamap import DataMap
 from diskimage.sparsedelta import DeltaComposer, DeltaError, map_digest
 
+logger = logging.getLogger(__name__)
 BASE_HEADER = "Upload-Base-Version"
 MAP_HEADER = "Upload-Map-Digest"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -121,6 +124,7 @@ def version_compose(
         wire_digest=False,
         raw_at_least=base.size,  # the whole image's SHA-256 as for any upload of its size
     )
+    started = time.monotonic()
     with VersionBytes(base, base_map) as source, receiver:
         receiver.declare_encoding(Compression.NONE)
         composer = DeltaComposer(
@@ -141,6 +145,7 @@ def version_compose(
                 f"Version {base.number} cannot be the base of a delta: {exc} (it is now marked "
                 "damaged). Nothing was stored; upload the whole image."
             ) from exc
+        composed = time.monotonic()
         version = version_upload(
             actor=actor,
             image=image,
@@ -148,6 +153,16 @@ def version_compose(
             based_on=base,
             check=partial(_check_map, expected_map),
         )
+    logger.info(
+        "Version %s of image %s composed from v%s and a %d-byte delta in %.2f s, "
+        "committed in %.2f s",
+        version.number,
+        image.pk,
+        base.number,
+        composer.received,
+        composed - started,
+        time.monotonic() - composed,
+    )
     audit_record(
         actor=actor,
         action="version.delta",
