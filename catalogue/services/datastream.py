@@ -142,17 +142,31 @@ class DecodedDataStream(DataStream):
         if offset + length > end:
             raise ValueError(f"bytes {offset}-{offset + length} are not in one range")
         if self._decoded is None or self._decoded[0] != index:
-            frame_offset, frame_length = self.frames[index]
-            compressed = os.pread(self.file.fileno(), frame_length, frame_offset)
-            try:
-                data = zstandard.ZstdDecompressor().decompress(
-                    compressed, max_output_size=end - start
-                )
-            except zstandard.ZstdError as exc:
-                raise OSError(
-                    f"a frame of version {self.version.pk}'s stored file does not decode"
-                ) from exc
-            if len(data) != end - start:
-                raise OSError(f"a frame of version {self.version.pk}'s stored file is short")
-            self._decoded = (index, data)
-        return self._decoded[1][offset - start : offset - start + length]
+            self._decoded = (index, self._decode(index, self._needed(index)))
+        data = self._decoded[1][offset - start : offset - start + length]
+        if len(data) != length:
+            raise OSError(f"a frame of version {self.version.pk}'s stored file is short")
+        return data
+
+    def _needed(self, index: int) -> int:
+        """How far into range ``index`` the pieces reach (its frame is decoded that far)."""
+        start, end = self.bounds[index]
+        return max(
+            (offset + length - start for offset, length in self.pieces if start <= offset < end),
+            default=end - start,
+        )
+
+    def _decode(self, index: int, length: int) -> bytes:
+        frame_offset, frame_length = self.frames[index]
+        compressed = os.pread(self.file.fileno(), frame_length, frame_offset)
+        try:
+            with zstandard.ZstdDecompressor().stream_reader(compressed) as reader:
+                pieces, have = [], 0  # decoded as far as the pieces reach, no further
+                while have < length and (piece := reader.read(length - have)):
+                    pieces.append(piece)
+                    have += len(piece)
+                return b"".join(pieces)
+        except zstandard.ZstdError as exc:
+            raise OSError(
+                f"a frame of version {self.version.pk}'s stored file does not decode"
+            ) from exc

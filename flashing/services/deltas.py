@@ -34,6 +34,7 @@ from flashing.models import DeploymentImage, DiskContent
 
 logger = logging.getLogger(__name__)
 MAX_PARTS = 64  # runs of blocks per range; past that the range goes whole
+MAX_ALL_PARTS = 4096  # runs in one instruction (its JSON stays small); the rest go whole
 
 
 def delta_entry(*, row: DeploymentImage, version: Version) -> dict[str, Any] | None:
@@ -87,14 +88,18 @@ def _parts(
     """The changed ranges that go as some of their blocks: index → runs (start, end, BLAKE3);
     no runs for a range whose bytes the disk holds already (the maps cut it otherwise)."""
     found: dict[int, list[tuple[int, int, str]]] = {}
+    total = 0
     try:
         for index, runs in version_blocks_changed(
             base=base, base_map=base_map, new=version, new_map=new_map, indices=changed
         ):
             size = sum(end - start for start, end, _ in runs)
             start, end, _ = new_map.ranges[index]
-            if len(runs) <= MAX_PARTS and size < min(pieces[index][1], (end - start) * 3 // 4):
+            if len(runs) > MAX_PARTS or total + len(runs) > MAX_ALL_PARTS:
+                continue
+            if size < min(pieces[index][1], (end - start) * 3 // 4):
                 found[index] = runs  # none: the same bytes, cut otherwise; kept as it is
+                total += len(runs)
     except (StoredMismatch, OSError, ValueError) as exc:
         logger.warning(
             "Changed ranges of version %s go whole (comparing with version %s: %s)",
