@@ -14,6 +14,10 @@ are zeros now. The agent:
    reads them back from the medium and checks their SHA-256;
 3. zeroes the runs that became zeros and reads them back as zeros.
 
+Before 2, the delta's ``parts`` — changed ranges of which only some blocks
+differ — are downloaded as those blocks and landed range by range, each range
+checked whole with its blocks in place (:mod:`baas_agent.deltaparts`).
+
 Contract: :func:`write_delta` returns None when the disk holds the new version
 (verified as above), or why the delta could not be used — the disk does not
 hold the base as recorded, or the delta's data did not land — and then the
