@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('catalogue', '0011_version_based_on'),
+        ('catalogue', '0012_resumable_decoded'),
     ]
 
     operations = [
