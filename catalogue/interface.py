@@ -19,7 +19,9 @@ Versions, before a machine gets them:
   of the caller's, for a program that needs a file (raises :class:`CopyFailed`);
 * :func:`version_written_map` — the data map of what it puts on a disk, and
   :func:`version_data_layout` — that map with where each range is in its data
-  stream (for an agent that needs only some ranges).
+  stream (for an agent that needs only some ranges), and
+  :func:`version_blocks_changed` — which blocks of some ranges differ from
+  another version's bytes there (for an agent that needs only some blocks).
 
 What a machine sends back: :func:`version_store_file` stores a file (a network
 mount's merged image) as the image's next version, as an upload would;
@@ -38,7 +40,7 @@ delete them: :func:`holder_register` with a :class:`Holder` (``catalogue.holders
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -55,10 +57,12 @@ from catalogue.services import datalayout as _datalayout
 from catalogue.services import digests as _digests
 from catalogue.services import files as _files
 from catalogue.services import renditions as _renditions
+from catalogue.services import versionbytes as _versionbytes
 from catalogue.services.bootfiles import BootFiles, BootImageError
 from catalogue.services.compression import VersionCorrupt
 from catalogue.services.files import CopyFailed
 from catalogue.services.renditions import RenditionFailed
+from catalogue.services.versionbytes import StoredMismatch
 from catalogue.storage import get_storage
 from diskimage.datamap import DataMap
 
@@ -68,6 +72,7 @@ __all__ = [
     "CopyFailed",
     "Holder",
     "RenditionFailed",
+    "StoredMismatch",
     "VersionCorrupt",
     "can_read_image",
     "can_use_setup",
@@ -76,6 +81,7 @@ __all__ = [
     "image_room",
     "setup_get_usable",
     "setup_list_usable",
+    "version_blocks_changed",
     "version_boot_files",
     "version_copy_raw",
     "version_data_layout",
@@ -131,6 +137,16 @@ def version_written_map(version: Version) -> DataMap | None:
 def version_data_layout(version: Version) -> tuple[DataMap, list[tuple[int, int]]] | None:
     """That map and each range's ``(offset, length)`` in the version's data stream, or None."""
     return _datalayout.data_layout(version)
+
+
+def version_blocks_changed(
+    *, base: Version, base_map: DataMap, new: Version, new_map: DataMap, indices: list[int]
+) -> Iterator[tuple[int, list[tuple[int, int, str]]]]:
+    """Per range of ``new_map`` in ``indices``, the runs of blocks that differ from ``base``
+    (raises :class:`StoredMismatch` when a stored file disagrees with its map)."""
+    return _versionbytes.blocks_changed(
+        base=base, base_map=base_map, new=new, new_map=new_map, indices=indices
+    )
 
 
 def version_store_file(

@@ -407,3 +407,27 @@ class ResumableUpload(models.Model):
 
     def __str__(self) -> str:
         return f"upload {self.token[:8]}… to {self.image_id} ({self.state}, {self.offset} bytes)"
+
+
+class RangeHashes(models.Model):
+    """The block hashes of one range of a version's data map: a cache, made again when lost.
+
+    ``hashes`` holds HASH_BYTES of BLAKE3 per 4 KiB block of the range
+    (``diskimage.sparsedelta.block_hashes``), computed from the stored file, so that
+    which blocks two versions do not share is a comparison of these, not of their
+    bytes (a delta re-flash, a delta upload). ``blake3`` is the range's own, as the map
+    said when they were computed: a map made again (other ranges) makes them stale.
+    """
+
+    version = models.ForeignKey(Version, on_delete=models.CASCADE, related_name="range_hashes")
+    index = models.PositiveIntegerField()
+    blake3 = models.CharField(max_length=64)
+    hashes = models.BinaryField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["version", "index"], name="range_hashes_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"block hashes of range {self.index} of version {self.version_id}"

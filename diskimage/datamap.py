@@ -201,17 +201,19 @@ class DataMapper:
         self._open: tuple[int, Any, Any] | None = None  # start, SHA-256, BLAKE3 of the open range
         self._end = 0  # where the open range ends
 
-    def update(self, data: bytes | bytearray | memoryview) -> None:
+    def update(self, data: bytes | bytearray | memoryview, length: int | None = None) -> None:
+        """Feed ``data``, or its first ``length`` bytes: a buffer read into again and again
+        is then searched in place, not copied."""
         if isinstance(data, memoryview):  # searched in place when it is a whole object
             data = _whole(data) or bytes(data)
-        length = len(data)
+        length = len(data) if length is None else min(length, len(data))
         if not length:
             return
         offset = self.size - len(self._carry)  # the image offset of the carry's first byte
         self.size += length
         start = 0  # where the first whole block of ``data`` begins
         if self._carry:
-            start = BLOCK - len(self._carry)
+            start = min(length, BLOCK - len(self._carry))
             self._carry += bytes(data[:start])
             if len(self._carry) < BLOCK:
                 return
@@ -221,7 +223,7 @@ class DataMapper:
         end = start + (length - start) // BLOCK * BLOCK
         if end > start:
             self._scan(data, start, end, offset)
-        self._carry = bytes(data[end:])
+        self._carry = bytes(data[end:length])
 
     def skip(self, length: int) -> None:
         """``length`` zero bytes (a hole), not looked at but where they share a block with data."""

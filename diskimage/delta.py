@@ -25,6 +25,9 @@ from diskimage.datamap import DataMap
 class Delta:
     changed: tuple[int, ...]  # indices of the new map's ranges that differ
     zeros: tuple[tuple[int, int], ...]  # [start, end) that held data and are zeros now
+    # Indices of changed ranges written by some of their blocks (the rest is kept, and
+    # checked with them): neither kept whole nor written whole.
+    parted: tuple[int, ...] = ()
 
     def changed_bytes(self, new: DataMap) -> int:
         return sum(new.ranges[i][1] - new.ranges[i][0] for i in self.changed)
@@ -34,7 +37,7 @@ class Delta:
 
     def kept(self, new: DataMap) -> list[int]:
         """The indices of ``new``'s ranges the disk already holds (if it holds the base)."""
-        changed = set(self.changed)
+        changed = set(self.changed) | set(self.parted)
         return [i for i in range(len(new.ranges)) if i not in changed]
 
     def kept_zeros(self, new: DataMap) -> Iterator[tuple[int, int]]:

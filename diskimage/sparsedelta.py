@@ -12,7 +12,8 @@ disk and by the receiver from what it composed.
   what the sender and the receiver compare (``Upload-Map-Digest``).
 - :func:`block_hashes`: 16 bytes of BLAKE3 per 4 KiB block of a piece of an
   image, so a sender holding only the disk can tell which blocks of a range
-  changed without the base's bytes (the server hashes the base's).
+  changed without the base's bytes (the server hashes the base's); and
+  :func:`hashes_digest`, one digest of a run's block hashes.
 - :func:`delta_length` and :func:`delta_stream`: the delta of a list of
   changed runs, its length known before the first byte (no chunked upload).
 - :class:`DeltaComposer`: the receiver's side. Fed the delta in pieces of any
@@ -83,6 +84,12 @@ def block_hashes(data: bytes | bytearray | memoryview) -> bytes:
         blake3_module.blake3(view[at : at + BLOCK]).digest(HASH_BYTES)
         for at in range(0, len(view), BLOCK)
     )
+
+
+def hashes_digest(hashes: bytes | bytearray | memoryview) -> str:
+    """Hex BLAKE3 of a run's block hashes: what the run's bytes are, told in 32 bytes by a
+    server that keeps block hashes, checked by a client that has the bytes."""
+    return str(blake3_module.blake3(hashes).hexdigest())
 
 
 # --- The sender's side: changed runs as a delta ------------------------------------------

@@ -14,6 +14,10 @@ are zeros now. The agent:
    reads them back from the medium and checks their SHA-256;
 3. zeroes the runs that became zeros and reads them back as zeros.
 
+Before 2, the delta's ``parts`` — changed ranges of which only some blocks
+differ — are downloaded as those blocks and landed range by range, each range
+checked whole with its blocks in place (:mod:`baas_agent.deltaparts`).
+
 Contract: :func:`write_delta` returns None when the disk holds the new version
 (verified as above), or why the delta could not be used — the disk does not
 hold the base as recorded, or the delta's data did not land — and then the
@@ -34,6 +38,8 @@ from typing import Any
 
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import CompressionError
+from baas_agent.deltaparts import NotHeld, NotLanded, Part, check_parts, land_parts
+from baas_agent.deltaparts import selections as part_selections
 from baas_agent.disks import DiskError, is_block_device
 from baas_agent.landing import can_land, land_delta
 from diskimage.datamap import DataMap
@@ -64,6 +70,7 @@ class DeltaInstruction:
     sha256: str
     changed: tuple[tuple[int, int, int], ...]  # map index, offset and length in the data stream
     zeros: tuple[tuple[int, int], ...]  # [start, end) to zero
+    parts: tuple[Part, ...] = ()  # map index, [start, end) of changed blocks, their BLAKE3
 
     @classmethod
     def from_json(cls, data: Any) -> DeltaInstruction:
@@ -76,7 +83,8 @@ class DeltaInstruction:
             raise DeltaError(f"the delta's base SHA-256 is not one: {sha256!r}")
         changed = tuple(_triple(item) for item in _list(data.get("ranges")))
         zeros = tuple(_pair(item) for item in _list(data.get("zeros")))
-        return cls(image, _int(data.get("version")), sha256, changed, zeros)
+        parts = tuple(_part(item) for item in _list(data.get("parts", [])))
+        return cls(image, _int(data.get("version")), sha256, changed, zeros, parts)
 
     def label(self) -> str:
         return f"v{self.version} of image {self.image}"
@@ -98,7 +106,13 @@ class DeltaInstruction:
             if not any(g_start <= start and end <= g_end for g_start, g_end in gaps):
                 raise DeltaError(f"bytes {start}-{end} hold data in the new version")
             position = end
-        return Delta(changed=tuple(indices), zeros=self.zeros)
+        if reason := check_parts(self.parts, datamap, set(indices)):
+            raise DeltaError(reason)
+        parted = tuple(sorted({index for index, _, _, _ in self.parts}))
+        return Delta(changed=tuple(indices), zeros=self.zeros, parted=parted)
+
+    def part_bytes(self) -> int:
+        return sum(end - start for _, start, end, _ in self.parts)
 
     def selections(self, limit: int = SELECTION_LIMIT) -> list[tuple[str, int]]:
         """``?ranges=`` values naming the changed ranges, each at most ``limit`` characters,
@@ -139,6 +153,12 @@ def _triple(item: Any) -> tuple[int, int, int]:
     if not isinstance(item, list) or len(item) != 3:
         raise DeltaError(f"a changed range is [index, offset, length], not {item!r}")
     return _int(item[0]), _int(item[1]), _int(item[2])
+
+
+def _part(item: Any) -> Part:
+    if not isinstance(item, list) or len(item) != 4 or not isinstance(item[3], str):
+        raise DeltaError(f"a part is [index, start, end, blake3], not {item!r}")
+    return _int(item[0]), _int(item[1]), _int(item[2]), item[3]
 
 
 def _pair(item: Any) -> tuple[int, int]:
@@ -193,21 +213,26 @@ def write_delta(
         return f"the disk does not hold {instruction.label()} as recorded ({reason})"
     checked = time.monotonic()
     log.info(
-        "%s: the disk holds %s as recorded: writing the %d of %d ranges that differ "
-        "(%d bytes) and zeroing %d bytes",
+        "%s: the disk holds what %s keeps: writing the %d of %d ranges that differ "
+        "(%d bytes), %d bytes of %d more, and zeroing %d bytes",
         label,
         instruction.label(),
         len(delta.changed),
         len(datamap.ranges),
         delta.changed_bytes(datamap),
+        instruction.part_bytes(),
+        len(delta.parted),
         delta.zero_bytes(),
     )
     downloaded = Counted()
     try:
+        _land_parts(client, data_url, target, datamap, instruction, downloaded, writing)
         reason = _land(client, data_url, target, datamap, delta, instruction, downloaded, writing)
+    except NotHeld as exc:
+        return f"the disk does not hold {instruction.label()} as recorded ({exc})"
     except DeploymentOver:
         raise
-    except (ApiError, DiskError, CompressionError, OSError) as exc:
+    except (ApiError, DiskError, CompressionError, OSError, NotLanded) as exc:
         reason = str(exc)
     if reason is not None:
         return f"its delta from {instruction.label()} did not land ({reason})"
@@ -217,12 +242,33 @@ def write_delta(
         label,
         instruction.label(),
         downloaded.total,
-        delta.changed_bytes(datamap),
+        delta.changed_bytes(datamap) + instruction.part_bytes(),
         delta.zero_bytes(),
         checked - started,
         time.monotonic() - checked,
     )
     return None
+
+
+def _land_parts(
+    client: Client,
+    data_url: str,
+    target: Path,
+    datamap: DataMap,
+    instruction: DeltaInstruction,
+    downloaded: Counted,
+    writing: Callable[[int], None],
+) -> None:
+    """Download the delta's parts (raw, in one request or a few) and land them (deltaparts)."""
+    if not instruction.parts:
+        return
+    joiner = "&" if "?" in data_url else "?"
+    downloads = (
+        client.download(f"{data_url}{joiner}ranges={spec}", expected_size=size)
+        for spec, size in part_selections(instruction.parts, datamap, SELECTION_LIMIT)
+    )
+    chunks = downloaded.through(itertools.chain.from_iterable(downloads))
+    land_parts(chunks, target, datamap, instruction.parts, writing)
 
 
 def _land(
@@ -237,6 +283,8 @@ def _land(
 ) -> str | None:
     info: dict[str, str] = {}
     selections = instruction.selections()
+    if not selections and not delta.zeros:
+        return None
     joiner = "&" if "?" in data_url else "?"
     downloads = (
         client.download(

@@ -403,7 +403,9 @@ class VersionDataApi(APIView):
                 str,
                 OpenApiParameter.QUERY,
                 description="Only these ranges of the data map, by index, ascending: 1,4-6,9 "
-                "(at most 3000 characters). 400 when malformed or past the map's end.",
+                "(at most 3000 characters). 400 when malformed or past the map's end. An item "
+                "i/a-b names 4 KiB blocks a to b of range i alone; with one, the answer is raw "
+                "bytes (application/octet-stream) whatever the version's storage.",
             ),
             _header("Range", "One range: bytes=a-b, bytes=a- or bytes=-n.", []),
             _header("If-Range", "Honour Range only while the ETag is still this one.", []),

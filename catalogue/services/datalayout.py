@@ -3,7 +3,8 @@
 The data stream (``catalogue.services.datastream``) is the bytes of the map's
 ranges in order: raw, or one zstd frame per range. An agent that needs only
 some ranges (a delta re-flash, ``flashing.services.deltas``) asks for them with
-``?ranges=`` (:func:`data_stream_select`: one request for many ranges), or by
+``?ranges=`` (:func:`data_stream_select`: one request for many ranges, or
+blocks of ranges), or by
 byte range of the whole stream; :func:`data_layout` says which bytes those are.
 """
 
@@ -12,12 +13,12 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from catalogue.models import Version
+from catalogue.models import Compression, Version
 from catalogue.services import datastream, rendition_delivery, renditions
 from catalogue.services.datamaps import version_map
 from catalogue.services.renditions import RenditionFailed, RenditionNotReady
 from diskimage.datamap import DataMap
-from diskimage.selection import parse_selection
+from diskimage.selection import parse_pieces, parse_selection
 
 
 def written_map(version: Version) -> DataMap | None:
@@ -73,16 +74,52 @@ class SelectedDataStream(datastream.DataStream):
 def data_stream_select(stream: datastream.DataStream, spec: str | None) -> datastream.DataStream:
     """``stream`` reduced to the map ranges ``spec`` names (None: all of it).
 
-    Raises ValueError for a malformed or out-of-range ``spec``.
+    Whole ranges alone (``1,4-6,9``) come as the stream holds them; a selection
+    that names blocks of a range (``4/0-3``) comes raw, every piece of it (a
+    zstd stream's frames decoded on the way). Raises ValueError for a malformed
+    or out-of-range ``spec``.
     """
     if spec is None:
         return stream
-    indices = parse_selection(spec, len(stream.pieces))
-    return SelectedDataStream(
+    if "/" not in spec:
+        indices = parse_selection(spec, len(stream.pieces))
+        return SelectedDataStream(
+            stream.version,
+            stream.file,
+            [stream.pieces[index] for index in indices],
+            stream.compression,
+            whole_etag=stream.etag(),
+            selection=spec,
+        )
+    bounds = _bounds(stream)
+    pieces = parse_pieces(spec, [end - start for start, end in bounds])
+    chosen = [(bounds[index][0] + start, end - start) for index, start, end in pieces]
+    if stream.compression == Compression.NONE:  # the pieces are where the image's bytes are
+        return SelectedDataStream(
+            stream.version,
+            stream.file,
+            chosen,
+            Compression.NONE,
+            whole_etag=stream.etag(),
+            selection=spec,
+        )
+    return datastream.DecodedDataStream(
         stream.version,
         stream.file,
-        [stream.pieces[index] for index in indices],
-        stream.compression,
+        chosen,
+        Compression.NONE,
+        bounds=bounds,
+        frames=stream.pieces,
         whole_etag=stream.etag(),
         selection=spec,
     )
+
+
+def _bounds(stream: datastream.DataStream) -> list[tuple[int, int]]:
+    """``[start, end)`` in the image of each piece (range) of a whole data stream."""
+    if stream.compression == Compression.NONE:  # a raw file: offsets are the image's
+        return [(offset, offset + length) for offset, length in stream.pieces]
+    datamap = version_map(stream.version)
+    if datamap is None or len(datamap.ranges) != len(stream.pieces):
+        raise ValueError("this version's map is being rebuilt: ask again in a minute")
+    return [(start, end) for start, end, _ in datamap.ranges]

@@ -1,4 +1,6 @@
-"""A version's stored bytes by range: what a delta upload composes from, and block hashes.
+"""A version's stored bytes by range: what a delta upload composes from, block hashes, and
+which blocks of a range differ between two versions (:func:`blocks_changed`, for a delta
+re-flash).
 
 :class:`VersionBytes` reads ``[start, end)`` inside the data ranges of a
 version's map, whatever the version's storage, moving forward through the
@@ -24,17 +26,20 @@ from typing import BinaryIO
 import blake3
 import zstandard
 
-from catalogue.models import Compression, Version
+from catalogue.models import Compression, FileStandard, RangeHashes, Version
 from catalogue.services.codecs import raw_reader
 from catalogue.services.delivery import open_stored
+from diskimage import BLOCK
 from diskimage.datamap import RANGE_MAX, DataMap
 from diskimage.seekable import Frame, data_frames, read_seek_table
-from diskimage.sparsedelta import block_hashes
+from diskimage.sparsedelta import HASH_BYTES, block_hashes, hashes_digest
 
 READ = 1 << 20
 # Ranges read (or frames decoded) and checked ahead, on threads (zstandard and blake3 let go
 # of the GIL): a composed version reads every range of its base in order.
 AHEAD = 3
+COMPARE = 64 << 10  # bytes whose hashes are compared at once before block by block
+HASH_BATCH = 32  # ranges whose block hashes are in memory at once (2 MiB at most)
 
 
 class StoredMismatch(Exception):
@@ -45,11 +50,19 @@ class VersionBytes:
     """Reads a version's data by range, forward (see the module). Use it as a context manager."""
 
     def __init__(
-        self, version: Version, datamap: DataMap, *, order: list[int] | None = None
+        self,
+        version: Version,
+        datamap: DataMap,
+        *,
+        order: list[int] | None = None,
+        check: bool = True,
     ) -> None:
         """``order``: the indices of the ranges that will be read, in order (all by default):
-        the frames decoded ahead follow it."""
+        the frames decoded ahead follow it. ``check=False`` skips the BLAKE3 of each range
+        (a frame that does not decode, or decodes short, still raises): only for a reader
+        whose result is checked otherwise, as a composed version is against its map."""
         self.version = version
+        self._check = check
         self._order = list(range(len(datamap.ranges))) if order is None else order
         self._place = {index: at for at, index in enumerate(self._order)}
         self.datamap = datamap
@@ -123,7 +136,7 @@ class VersionBytes:
                     f"the frame of bytes {start}-{end} of version {self.version.number}'s "
                     f"stored file does not decode ({exc})"
                 ) from exc
-        expected = self.datamap.blake3[index] if self.datamap.blake3 is not None else None
+        expected = self.datamap.blake3[index] if self._check and self.datamap.blake3 else None
         if len(data) != end - start or (
             expected is not None and blake3.blake3(data).hexdigest() != expected
         ):
@@ -151,11 +164,130 @@ class VersionBytes:
         return data
 
 
+def version_bytes_check(version: Version, datamap: DataMap) -> None:
+    """Read every range of the version's stored file against its map: StoredMismatch if not."""
+    with VersionBytes(version, datamap) as source:
+        for start, end, _ in datamap.ranges:
+            for at in range(start, end, RANGE_MAX):
+                source.read(at, min(end, at + RANGE_MAX))
+
+
 def block_hashes_of(version: Version, datamap: DataMap, indices: list[int]) -> Iterator[bytes]:
     """The block hashes (``diskimage.sparsedelta.block_hashes``) of the map's ranges ``indices``
-    (increasing), range after range, read from the stored file."""
-    with VersionBytes(version, datamap, order=indices) as source:
-        for index in indices:
+    (increasing), range after range: cached ones as they are, the others read from the
+    stored file (and cached), a few ranges at a time."""
+    for at in range(0, len(indices), HASH_BATCH):
+        batch = indices[at : at + HASH_BATCH]
+        found = range_hashes(version, datamap, batch)
+        for index in batch:
+            yield found[index]
+
+
+def range_hashes(version: Version, datamap: DataMap, indices: list[int]) -> dict[int, bytes]:
+    """The block hashes of the map's ranges ``indices`` (increasing), by index: from the cache
+    (``RangeHashes``) where it holds them for these very ranges, else computed from the
+    stored file — each range checked against the map on its way (:class:`StoredMismatch`)
+    — and cached."""
+    fast = datamap.blake3
+    found: dict[int, bytes] = {}
+    if fast is not None:
+        for index, digest, hashes in RangeHashes.objects.filter(
+            version=version, index__in=indices
+        ).values_list("index", "blake3", "hashes"):
             start, end, _ = datamap.ranges[index]
-            for at in range(start, end, RANGE_MAX):
-                yield block_hashes(source.read(at, min(end, at + RANGE_MAX)))
+            if digest == fast[index] and len(hashes) == _blocks(end - start) * HASH_BYTES:
+                found[index] = bytes(hashes)
+    missing = [index for index in indices if index not in found]
+    if not missing:
+        return found
+    with VersionBytes(version, datamap, order=missing) as source:
+        for index in missing:
+            start, end, _ = datamap.ranges[index]
+            found[index] = b"".join(
+                block_hashes(source.read(at, min(end, at + RANGE_MAX)))
+                for at in range(start, end, RANGE_MAX)
+            )
+    if fast is not None:  # a map without BLAKE3s cannot tell stale hashes: none kept
+        RangeHashes.objects.filter(version=version, index__in=missing).delete()
+        RangeHashes.objects.bulk_create(
+            [
+                RangeHashes(version=version, index=i, blake3=fast[i], hashes=found[i])
+                for i in missing
+            ],
+            ignore_conflicts=True,  # another request cached them meanwhile
+        )
+    return found
+
+
+def _blocks(length: int) -> int:
+    return -(-length // BLOCK)
+
+
+def blocks_changed(
+    *, base: Version, base_map: DataMap, new: Version, new_map: DataMap, indices: list[int]
+) -> Iterator[tuple[int, list[tuple[int, int, str]]]]:
+    """For each of ``new_map``'s ranges ``indices`` (increasing), the runs of it whose bytes
+    differ from what a disk holding ``base`` holds there: ``(index, [(start, end, digest)])``,
+    image offsets on BLOCKs (a run may end at the range's end), ``digest`` being
+    :func:`~diskimage.sparsedelta.hashes_digest` of the new blocks' hashes.
+
+    Compared by the two versions' block hashes (:func:`range_hashes`); where the base
+    holds zeros, by the hash of a zero block. Nothing for a qcow2 version (what it
+    writes is its rendition's bytes, not its stored file's).
+    """
+    if FileStandard.QCOW2 in (base.image.file_standard, new.image.file_standard):
+        return
+    base_starts = [start for start, _, _ in base_map.ranges]
+    wanted = [_overlapping(base_map, base_starts, *new_map.ranges[i][:2]) for i in indices]
+    new_hashes = range_hashes(new, new_map, indices)
+    base_hashes = range_hashes(base, base_map, sorted({i for found in wanted for i in found}))
+    zero = block_hashes(bytes(BLOCK))
+    for index, overlapping in zip(indices, wanted, strict=True):
+        start, end, _ = new_map.ranges[index]
+        held = bytearray(zero * _blocks(end - start))
+        for other in overlapping:  # block-aligned both: the base's hashes drop in place
+            other_start, other_end, _ = base_map.ranges[other]
+            low, high = max(start, other_start), min(end, other_end)
+            piece = base_hashes[other][
+                (low - other_start) // BLOCK * HASH_BYTES : _blocks(high - other_start) * HASH_BYTES
+            ]
+            at = (low - start) // BLOCK * HASH_BYTES
+            held[at : at + len(piece)] = piece
+        yield index, _differing(new_hashes[index], bytes(held), start, end)
+
+
+def _overlapping(datamap: DataMap, starts: list[int], start: int, end: int) -> list[int]:
+    """Indices of ``datamap``'s ranges that overlap ``[start, end)``."""
+    index = max(0, bisect_right(starts, start) - 1)
+    found = []
+    while index < len(starts) and starts[index] < end:
+        if datamap.ranges[index][1] > start:
+            found.append(index)
+        index += 1
+    return found
+
+
+def _differing(new: bytes, held: bytes, start: int, end: int) -> list[tuple[int, int, str]]:
+    """The runs of blocks whose hashes differ, at ``start`` in the image, each with the digest
+    of its new hashes. Compared a coarse step at a time, then block by block."""
+    runs: list[tuple[int, int]] = []  # in blocks
+    step = COMPARE // BLOCK * HASH_BYTES
+    for coarse in range(0, len(new), step):
+        if new[coarse : coarse + step] == held[coarse : coarse + step]:
+            continue
+        for at in range(coarse, min(len(new), coarse + step), HASH_BYTES):
+            if new[at : at + HASH_BYTES] == held[at : at + HASH_BYTES]:
+                continue
+            block = at // HASH_BYTES
+            if runs and runs[-1][1] == block:
+                runs[-1] = (runs[-1][0], block + 1)
+            else:
+                runs.append((block, block + 1))
+    return [
+        (
+            start + low * BLOCK,
+            min(end, start + high * BLOCK),
+            hashes_digest(new[low * HASH_BYTES : high * HASH_BYTES]),
+        )
+        for low, high in runs
+    ]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from baas_agent.delta import DeltaInstruction
+from baas_agent.delta import DeltaError, DeltaInstruction
 from baas_agent.disks import DiskMap
 from baas_agent.flash import Reporter, WriteInstruction, write_image
 from hypothesis import HealthCheck, given, settings
@@ -332,3 +332,32 @@ def test_a_long_list_of_changed_ranges_goes_in_several_requests_under_the_limit(
          "ranges": [[1, 0, 5], [2, 5, 5], [3, 10, 5], [7, 15, 1]]}
     )  # fmt: skip
     assert runs.selections() == [("1-3,7", 16)]
+
+
+PARTED = mapped(os.urandom(8 * BLOCK) + bytes(4 * BLOCK) + os.urandom(4 * BLOCK))
+
+
+@pytest.mark.parametrize(
+    ("parts", "why"),
+    [
+        ([[0, 0, BLOCK, "a" * 64], [0, BLOCK, 2 * BLOCK]], "is \\[index, start, end"),
+        ([[2, 0, BLOCK, "a" * 64]], "not a range that changes by parts"),
+        ([[1, 12 * BLOCK, 13 * BLOCK, "a" * 64]], "not a range that changes by parts"),  # whole
+        ([[0, 100, BLOCK, "a" * 64]], "not blocks of the range"),
+        ([[0, 0, 9 * BLOCK, "a" * 64]], "not blocks of the range"),
+        ([[0, 4 * BLOCK, 5 * BLOCK, "a" * 64], [0, 0, BLOCK, "a" * 64]], "out of order"),
+        ([[0, 0, 2 * BLOCK, "a" * 64], [0, BLOCK, 3 * BLOCK, "a" * 64]], "out of order"),
+        ([[0, 0, BLOCK, "short"]], "no digest"),
+    ],
+)
+def test_parts_that_do_not_fit_the_map_make_the_delta_unusable(parts, why):
+    data = {
+        "image": IMAGE,
+        "version": 1,
+        "sha256": "0" * 64,
+        "ranges": [[1, 0, 100]],
+        "zeros": [],
+        "parts": parts,
+    }
+    with pytest.raises(DeltaError, match=why):
+        DeltaInstruction.from_json(data).delta(PARTED)

@@ -252,9 +252,10 @@ def test_the_agent_s_range_lists_are_what_the_server_reads(indices):
     assert parse_selection(format_selection(wanted), 2001) == wanted
 
 
+@pytest.mark.parametrize("with_digest", [True, False])  # the base read unchecked, or checked
 @pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD])
 def test_a_base_whose_stored_bytes_went_bad_is_refused_and_marked_damaged(
-    user_client, image, tmp_path, compression
+    user_client, image, tmp_path, compression, with_digest
 ):
     base = stored_version(image, 1, disk_like(1), compression)
     delta, digest, _ = delta_for(user_client, tmp_path, base, changed(disk_like(1), EDITS))
@@ -264,7 +265,7 @@ def test_a_base_whose_stored_bytes_went_bad_is_refused_and_marked_damaged(
         byte = file.read(1)
         file.seek(-1, os.SEEK_CUR)
         file.write(bytes([byte[0] ^ 0x40]))
-    response = refused(user_client, image, delta, 1, digest)
+    response = refused(user_client, image, delta, 1, digest if with_digest else None)
     assert response.status_code == 400
     assert "cannot be the base" in response.json()["detail"]
     base.refresh_from_db()

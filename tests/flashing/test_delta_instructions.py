@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import random
 
 import pytest
 import zstandard
@@ -10,6 +11,7 @@ from django.utils import timezone
 
 from catalogue.services.compression import version_compress
 from catalogue.services.datamaps import version_map_build
+from diskimage.sparsedelta import block_hashes, hashes_digest
 from flashing.models import DiskContent
 from flashing.services.pipeline import machine_start_next
 from tests.catalogue.factories import (
@@ -157,3 +159,65 @@ def test_another_users_data_stream_is_not_found_whatever_ranges_are_asked(other_
     v1 = stored(image, 1, SECOND)
     response = other_client.get(f"/api/image/{v1.image_id}/1/data?ranges=0")
     assert response.status_code == 404
+
+
+def noise(blocks: int, seed: int) -> bytes:
+    """Incompressible blocks: their zstd frame is no smaller than their bytes."""
+    return random.Random(seed).randbytes(blocks * BLOCK)  # noqa: S311 - test data
+
+
+# One range of 32 blocks of incompressible data, then zeros; the next version changes
+# its blocks 5 and 20-21.
+NOISY = noise(32, 1) + bytes(32 * BLOCK)
+NOISY_NEXT = NOISY[: 5 * BLOCK] + noise(1, 2) + NOISY[6 * BLOCK : 20 * BLOCK] + noise(2, 3)
+NOISY_NEXT += NOISY[22 * BLOCK :]
+
+
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_a_range_of_which_a_few_blocks_changed_goes_as_those_blocks(
+    user, user_client, machine, compression
+):
+    image = ImageFactory(owner=user, target_disk="/dev/sda", compression=compression)
+    v0, v1 = stored(image, 0, NOISY), stored(image, 1, NOISY_NEXT)
+    record(machine, v0)
+    agent, entry = deploy(user_client, machine, user, v1)
+    delta = entry["delta"]
+    assert delta["ranges"] == []  # the range is not sent whole
+    runs = [(5 * BLOCK, 6 * BLOCK), (20 * BLOCK, 22 * BLOCK)]
+    assert delta["parts"] == [
+        [0, start, end, hashes_digest(block_hashes(NOISY_NEXT[start:end]))] for start, end in runs
+    ]
+    assert delta["changed_bytes"] == 3 * BLOCK
+    # The data stream sends those blocks raw, in one answer, resumable.
+    response = agent.get(entry["data_url"] + "?ranges=0/5,0/20-21")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/octet-stream"
+    body = b"".join(response.streaming_content)
+    assert body == NOISY_NEXT[5 * BLOCK : 6 * BLOCK] + NOISY_NEXT[20 * BLOCK : 22 * BLOCK]
+    assert int(response["Content-Length"]) == len(body)
+    part = agent.get(entry["data_url"] + "?ranges=0/5,0/20-21", HTTP_RANGE="bytes=5000-")
+    assert part.status_code == 206
+    assert b"".join(part.streaming_content) == body[5000:]
+    whole = agent.get(entry["data_url"] + "?ranges=0")
+    b"".join(whole.streaming_content)
+    assert part["ETag"] != whole["ETag"]
+
+
+def test_a_range_that_changed_throughout_goes_whole(user, user_client, machine):
+    image = ImageFactory(owner=user, target_disk="/dev/sda", compression="zstd")
+    v0 = stored(image, 0, NOISY)
+    v1 = stored(image, 1, noise(32, 9) + bytes(32 * BLOCK))
+    record(machine, v0)
+    _, entry = deploy(user_client, machine, user, v1)
+    assert [index for index, _, _ in entry["delta"]["ranges"]] == [0]
+    assert entry["delta"]["parts"] == []
+
+
+@pytest.mark.parametrize("spec", ["0/32", "0/3,0/2", "0/2-1", "0/1,0", "0,0/1", "1/0", "0/1/2"])
+def test_a_bad_choice_of_blocks_is_a_plain_400(user, user_client, machine, spec):
+    image = ImageFactory(owner=user, target_disk="/dev/sda", compression="zstd")
+    v1 = stored(image, 1, NOISY)
+    agent, entry = deploy(user_client, machine, user, v1)
+    response = agent.get(entry["data_url"] + "?ranges=" + spec)
+    assert response.status_code == 400
+    assert "ranges" in response.json()["errors"]

@@ -172,3 +172,50 @@ def test_a_delta_that_does_not_land_fails_the_flash_and_the_disk_is_forgotten(ri
     assert any("delta from v0" in m and "did not land" in m for m in messages), messages
     assert any(m.startswith("What is on /dev/sda is unknown now") for m in messages), messages
     assert not DiskContent.objects.filter(machine=rig.machine, disk="/dev/sda").exists()
+
+
+def big_range_disk(seed: int) -> bytearray:
+    """20 MiB: 17 MiB of incompressible data from 1 MiB on (a 16 MiB range, then one of 1 MiB)."""
+    content = bytearray(20 * MiB)
+    content[MiB : 18 * MiB] = random.Random(seed).randbytes(17 * MiB)  # noqa: S311
+    return content
+
+
+def test_one_changed_block_of_a_16_mib_range_downloads_about_that_block(rig):
+    first = big_range_disk(5)
+    v0 = rig.image(ImageType.SYSTEM, "/dev/sda", bytes(first), compression="zstd")
+    flash(rig, v0)
+    assert version_map(v0).ranges[0][:2] == (MiB, 17 * MiB)
+    second = bytearray(first)
+    second[9 * MiB : 9 * MiB + BLOCK] = os.urandom(BLOCK)
+    v1 = next_version(v0, second)
+
+    deployment = flash(rig, v1)
+
+    downloaded, written, zeroed = delta_line(rig, deployment.pk) or pytest.fail(
+        f"no delta line in the events:\n{rig.agent_logs()[-3000:]}"
+    )
+    assert (written, zeroed) == (BLOCK, 0)
+    assert BLOCK <= downloaded <= 1.1 * BLOCK  # the block, raw, and not its 16 MiB range
+    assert DiskContent.objects.get(machine=rig.machine, disk="/dev/sda").version_number == 1
+
+
+def test_a_tampered_block_beside_the_changed_ones_flashes_the_disk_in_full(rig):
+    first = big_range_disk(6)
+    v0 = rig.image(ImageType.SYSTEM, "/dev/sda", bytes(first), compression="zstd")
+    flash(rig, v0)
+    second = bytearray(first)
+    second[9 * MiB : 9 * MiB + BLOCK] = os.urandom(BLOCK)
+    v1 = next_version(v0, second)
+    tampered = 12 * MiB + 5  # same range, a block the delta keeps
+    with rig.disk("/dev/sda").open("r+b") as disk:
+        disk.seek(tampered)
+        disk.write(bytes([first[tampered] ^ 0xFF]))
+
+    deployment = flash(rig, v1)  # the disk holds v1 byte for byte all the same
+
+    assert delta_line(rig, deployment.pk) is None
+    messages = [e["message"] for e in rig.detail(deployment.pk)["events"]]
+    why = [m for m in messages if "does not hold v0" in m and "writing it in full" in m]
+    assert why, messages
+    assert f"bytes {MiB}-{17 * MiB} differ from the image outside the changed blocks" in why[0]

@@ -3,6 +3,10 @@
 * ``delta-from-record``: a write instruction carries a ``delta`` only from the
   version recorded on that very disk (``DiskContent``), never from the version it
   writes, and never from a disk whose record was forgotten;
+* ``delta-is-the-difference``: a disk holding the recorded version, with the delta's
+  ranges and blocks (``parts``) written and its runs zeroed, holds the version the
+  instruction writes byte for byte — what a delta keeps, the two versions share —
+  and each part's digest is that of the new version's blocks;
 * ``disk-records``: once a deployment is done, each disk it wrote is recorded as
   holding the version it wrote (a delta re-flash included: the disk holds the new
   version); once one fails after it began writing, what its disks hold is forgotten.
@@ -12,8 +16,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from catalogue.models import Version
+from catalogue.services.datamaps import version_map
+from catalogue.storage import get_storage
+from diskimage.sparsedelta import block_hashes, hashes_digest
 from flashing.models import Deployment, DeploymentState, DiskContent
 from tests.integrity.invariants import promise, seen
+
+
+def stored_bytes(version: Version) -> bytes:
+    """A raw version's bytes as stored (a small one: the model's)."""
+    path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
+    data = path.read_bytes() if version.stored_compression == "none" else b""
+    return data + bytes(version.size - len(data))
 
 
 def check_deltas(deployment_id: int, instructions: dict[str, Any]) -> None:
@@ -38,6 +53,38 @@ def check_deltas(deployment_id: int, instructions: dict[str, Any]) -> None:
             (delta["image"], delta["version"]) != (entry["image"], entry["version"]),
             f"The write of image {entry['image']} v{entry['version']} carries a delta from itself.",
         )
+        check_difference(entry, delta)
+
+
+def check_difference(entry: dict[str, Any], delta: dict[str, Any]) -> None:
+    """The recorded version with the delta applied is the version written (raw ones)."""
+    base = Version.objects.get(image_id=delta["image"], number=delta["version"])
+    new = Version.objects.get(image_id=entry["image"], number=entry["version"])
+    datamap = version_map(new)
+    if datamap is None or {base.stored_compression, new.stored_compression} != {"none"}:
+        return
+    before, after = stored_bytes(base), stored_bytes(new)
+    disk = bytearray(before)
+    for index, _, _ in delta["ranges"]:
+        start, end, _ = datamap.ranges[index]
+        disk[start:end] = after[start:end]
+    for _, start, end, digest in delta.get("parts", []):
+        promise(
+            "delta-is-the-difference",
+            digest == hashes_digest(block_hashes(after[start:end])),
+            f"The delta to image {entry['image']} v{entry['version']} sends bytes "
+            f"{start}-{end} with a digest that is not theirs.",
+        )
+        disk[start:end] = after[start:end]
+        seen("a delta sent some blocks of a range")
+    for start, end in delta["zeros"]:
+        disk[start:end] = bytes(end - start)
+    promise(
+        "delta-is-the-difference",
+        bytes(disk) == after,
+        f"A disk holding v{base.number} with the delta applied is not v{new.number} of image "
+        f"{entry['image']}: the delta keeps bytes the two versions do not share.",
+    )
 
 
 def check_records_after(deployment_id: int, writes: list[dict[str, Any]]) -> None:

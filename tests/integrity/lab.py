@@ -23,18 +23,11 @@ from diskimage.sparse import MEDIA_TYPE
 from diskimage.sparsedelta import Run, delta_stream, map_digest
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
-from tests.integrity.disks import check_records_after
+from tests.integrity.disks import check_records_after, stored_bytes
 from tests.integrity.invariants import partition_of, promise, seen
 from tests.integrity.world import Agent, GiB, after_commit, bearer, content
 
 AGENT_CALLS_REFUSED = (401, 403, 404, 409, 410)
-
-
-def stored_bytes(version: Version) -> bytes:
-    """A raw version's bytes as stored (a small one: the model's)."""
-    path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
-    data = path.read_bytes() if version.stored_compression == "none" else b""
-    return data + bytes(version.size - len(data))
 
 
 class Lab:

@@ -32,6 +32,8 @@ Each promise has a name, printed with its failure (``[serving] …``):
 * ``delta-from-record`` and ``disk-records``: a write carries a delta (a delta re-flash)
   only from the version recorded on its disk; a done deployment records what it wrote
   (after a delta, the new version), a failed one forgets it (``disks.py``);
+* ``delta-is-the-difference``: the recorded version with a delta's ranges, blocks and
+  zeros applied is the version written, byte for byte (``disks.py``);
 * ``disk-records-nest``: a setup composing one disk (a partition table, the system on
   one partition, user data on another) is flashed and brought back like the others;
   a partition's recorded image and its whole disk's come from one deployment, so a

@@ -15,7 +15,11 @@ pipeline, and nothing stored if anything fails.
 The base's unchanged data is copied (sparse) into the new version: versions
 do not share blocks here. It is read through
 :class:`~catalogue.services.versionbytes.VersionBytes`, whatever the base's
-storage (raw, zstd in frames, or any compressed form, decoded forward).
+storage (raw, zstd in frames, or any compressed form, decoded forward). With
+``Upload-Map-Digest`` the base's ranges are not hashed as they are read (the
+composed image's map, checked against the digest, covers them: a damaged base
+composes another map); when that check fails the base is read again, checked,
+and marked damaged if its stored file disagrees with its map.
 
 The new version is always the image's next number, even when ``b`` is no
 longer its latest: it is b plus the changes, and says so (``based_on``);
@@ -27,7 +31,9 @@ refused, so a delta built against the wrong bytes never becomes a version.
 
 from __future__ import annotations
 
+import logging
 import re
+import time
 from collections.abc import Iterable
 from functools import partial
 from typing import Any
@@ -42,10 +48,11 @@ from catalogue.services.datamaps import version_map
 from catalogue.services.delivery import version_for_download
 from catalogue.services.uploads.commit import version_upload
 from catalogue.services.uploads.receiver import ReceivedUpload, VersionReceiver
-from catalogue.services.versionbytes import StoredMismatch, VersionBytes
+from catalogue.services.versionbytes import StoredMismatch, VersionBytes, version_bytes_check
 from diskimage.datamap import DataMap
 from diskimage.sparsedelta import DeltaComposer, DeltaError, map_digest
 
+logger = logging.getLogger(__name__)
 BASE_HEADER = "Upload-Base-Version"
 MAP_HEADER = "Upload-Map-Digest"
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
@@ -121,7 +128,11 @@ def version_compose(
         wire_digest=False,
         raw_at_least=base.size,  # the whole image's SHA-256 as for any upload of its size
     )
-    with VersionBytes(base, base_map) as source, receiver:
+    started = time.monotonic()
+    # With the map the result must have, the base's ranges are not hashed as they are read:
+    # a damaged base composes another map, which is refused (and the base then checked).
+    checked = expected_map is None
+    with VersionBytes(base, base_map, check=checked) as source, receiver:
         receiver.declare_encoding(Compression.NONE)
         composer = DeltaComposer(
             size=base.size,
@@ -136,18 +147,30 @@ def version_compose(
         except DeltaError as exc:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
         except StoredMismatch as exc:  # the base's file went bad: recorded, never passed on
-            version_damaged(base, f"Version {base.number} is damaged: {exc}.")
-            raise BadUpload(
-                f"Version {base.number} cannot be the base of a delta: {exc} (it is now marked "
-                "damaged). Nothing was stored; upload the whole image."
-            ) from exc
-        version = version_upload(
-            actor=actor,
-            image=image,
-            receiver=receiver,
-            based_on=base,
-            check=partial(_check_map, expected_map),
-        )
+            raise _base_damaged(base, exc) from exc
+        composed = time.monotonic()
+        try:
+            version = version_upload(
+                actor=actor,
+                image=image,
+                receiver=receiver,
+                based_on=base,
+                check=partial(_check_map, expected_map),
+            )
+        except BadUpload:
+            if not checked:  # was it the base's stored bytes?
+                _base_check(base, base_map)
+            raise
+    logger.info(
+        "Version %s of image %s composed from v%s and a %d-byte delta in %.2f s, "
+        "committed in %.2f s",
+        version.number,
+        image.pk,
+        base.number,
+        composer.received,
+        composed - started,
+        time.monotonic() - composed,
+    )
     audit_record(
         actor=actor,
         action="version.delta",
@@ -160,6 +183,23 @@ def version_compose(
         carried_bytes=composer.carried,
     )
     return version
+
+
+def _base_damaged(base: Version, exc: StoredMismatch) -> BadUpload:
+    """Record that ``base``'s stored file went bad; the refusal to raise."""
+    version_damaged(base, f"Version {base.number} is damaged: {exc}.")
+    return BadUpload(
+        f"Version {base.number} cannot be the base of a delta: {exc} (it is now marked "
+        "damaged). Nothing was stored; upload the whole image."
+    )
+
+
+def _base_check(base: Version, base_map: DataMap) -> None:
+    """Raise the refusal of a damaged base if its stored file disagrees with its map."""
+    try:
+        version_bytes_check(base, base_map)
+    except StoredMismatch as exc:
+        raise _base_damaged(base, exc) from exc
 
 
 def _check_map(expected: str | None, received: ReceivedUpload) -> None:
