@@ -233,9 +233,18 @@ class Deployments:
         ]
 
     def flash(
-        self, target: Path, *, profile: Path | None = None, setup: str = NAME
+        self,
+        target: Path,
+        *,
+        profile: Path | None = None,
+        setup: str = NAME,
+        code: Path | None = None,
     ) -> tuple[float, str]:
-        """One deployment: the agent process timed from start to exit. (seconds, its log)."""
+        """One deployment: the agent process timed from start to exit. (seconds, its log).
+
+        ``code``: a checkout (``--before``) whose agent runs instead of this tree's, by the
+        same command (its ``agent`` directory first on ``PYTHONPATH``).
+        """
         token = self.start(setup)
         self.count += 1
         log_path = self.run_dir / f"agent-{self.count}.log"
@@ -243,10 +252,13 @@ class Deployments:
         if profile is not None:
             command = [str(PYTHON), "-m", "cProfile", "-o", str(profile), "-m", "baas_agent"]
             command += self.agent_command(token, target)[1:]
+        env = None
+        if code is not None:
+            env = {**os.environ, "PYTHONPATH": str(code / "agent")}
         os.sync()
         with open(log_path, "wb") as out:
             start = time.perf_counter()
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
             try:
                 code = proc.wait(timeout=3600)
             finally:
@@ -444,6 +456,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--keep", action="store_true", help="keep test data, BAAS and targets")
     parser.add_argument("--no-profile", action="store_true", help="skip phases and cProfile")
     parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of the code to compare with (e.g. `git archive main agent diskimage`"
+        " unpacked): its agent's full flash and re-flash run in every round too, interleaved",
+    )
+    parser.add_argument(
         "--images",
         default="generated,ext4",
         help="which test images, in order: generated (catalogue.py's), ext4 (mkfs.ext4 -d "
@@ -523,6 +541,14 @@ def measure(
         "reflash": Row("reflash", "BAAS agent: re-flash, image already on disk"),
         "reflash_cold": Row("reflash_cold", "BAAS agent: re-flash, target not in the cache"),
         "delta": Row("delta", "BAAS agent: re-flash to the next version (1 % changed)"),
+        **(
+            {
+                "before_baas": Row("before_baas", "--before agent: full deployment"),
+                "before_reflash": Row("before_reflash", "--before agent: re-flash, in the cache"),
+            }
+            if args.before
+            else {}
+        ),
         "bmap_zst": Row("bmap_zst", "bmaptool copy --bmap image.zst"),
         "bmap_raw": Row("bmap_raw", "bmaptool copy --bmap image (raw, local)"),
         "dd": Row("dd", "zstd -dc | dd bs=4M iflag=fullblock conv=fsync"),
@@ -548,6 +574,8 @@ def measure(
         agent_logs.append(
             one_round(deployments, target, image, following, baselines, rows, deltas, round_ == 0)
         )
+        if args.before:
+            before_round(deployments, target, image, rows, args.before, round_)
         loads.append(load_average())
     states = deployments.states()
     bad = [s for s in states if s[1] != "done"]
@@ -619,6 +647,25 @@ def one_round(
     return text
 
 
+def before_round(
+    deployments: Deployments, target: Path, image: TestImage, rows: dict, code: Path, round_: int
+) -> None:
+    """The ``--before`` agent's full flash and re-flash (target warm), as ``one_round``'s."""
+    seconds, text = deployments.flash(fresh(target), code=code)
+    if "already there" in text:
+        raise SystemExit("a fresh target was reported as already holding the image")
+    rows["before_baas"].seconds.append(seconds)
+    if round_ == 0:
+        check_target(target, image.size, image.sha256, "--before BAAS")
+    log(f"  before full flash {seconds:7.2f} s")
+    warm(target, image.size)
+    seconds, again = deployments.flash(target, code=code)
+    if "already there" not in again:
+        raise SystemExit(f"the --before re-flash rewrote the image:\n{again[-2000:]}")
+    rows["before_reflash"].seconds.append(seconds)
+    log(f"  before reflash    {seconds:7.2f} s")
+
+
 def profile_agent(deployments: Deployments, target: Path, run_dir: Path) -> dict:
     """The agent under cProfile: a full flash onto a fresh target, then a re-flash."""
     out = {}
@@ -634,7 +681,19 @@ def profile_agent(deployments: Deployments, target: Path, run_dir: Path) -> dict
 def targets(rows: dict[str, Row], extra: dict, following: NextVersion) -> list[Target]:
     m = {key: row.median for key, row in rows.items()}
     downloaded = max(d for d, _, _ in extra["delta_bytes"])
+    before = []
+    if "before_baas" in m:
+        before = [
+            Target(
+                "--before / bmaptool copy (raw, local)", m["before_baas"] / m["bmap_raw"], "<=", 1.0
+            ),
+            Target("--before (zstd -dc | dd) / BAAS", m["dd"] / m["before_baas"], ">=", 5.0),
+            Target(
+                "--before re-flash / full flash", m["before_reflash"] / m["before_baas"], "<=", 0.1
+            ),
+        ]
     return [
+        *before,
         Target("BAAS / bmaptool copy (compressed)", m["baas"] / m["bmap_zst"], "<=", 1.0),
         Target("BAAS / bmaptool copy (raw, local)", m["baas"] / m["bmap_raw"], "<=", 1.0),
         Target("(zstd -dc | dd) / BAAS", m["dd"] / m["baas"], ">=", 5.0),

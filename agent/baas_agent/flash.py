@@ -29,12 +29,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from baas_agent.changes import FullSync, sync_changes
 from baas_agent.client import ApiError, Client, DeploymentOver
-from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
-from baas_agent.delta import DeltaError, DeltaInstruction, write_delta
+from baas_agent.compress import COMPRESSIONS
 from baas_agent.disks import (
     DiskMap,
     RangeWriter,
@@ -46,9 +44,15 @@ from baas_agent.disks import (
     target_size,
     to_medium,
 )
-from baas_agent.landing import can_land, land
 from diskimage.datamap import DataMap
 from diskimage.verify import Verifier, mismatch
+
+if TYPE_CHECKING:
+    from baas_agent.delta import DeltaInstruction
+
+# landing, delta, changes and compress's functions are imported where they are used,
+# not at start-up: a re-flash of an unchanged disk needs none of them, and the agent's
+# start-up is a large part of that re-flash.
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -106,6 +110,8 @@ class WriteInstruction:
         stored = data.get("stored_size")
         delta = None
         if data.get("delta") is not None:
+            from baas_agent.delta import DeltaError, DeltaInstruction
+
             try:
                 delta = DeltaInstruction.from_json(data["delta"])
             except DeltaError as exc:  # the disk is then flashed in full: nothing is lost
@@ -281,6 +287,8 @@ def write_image(
     writing = report.phase(image, "writing", size)
     delta, data_url = instruction.delta, instruction.data_url
     if fits and datamap is not None and delta is not None and data_url is not None:
+        from baas_agent.delta import write_delta
+
         why = write_delta(
             client,
             data_url,
@@ -320,6 +328,13 @@ def write_image(
 NO_DATA_STREAM = "no data stream"
 
 
+def can_land(encoding: str) -> bool:
+    """Whether the data stream lands range by range on every core (baas_agent.landing)."""
+    from baas_agent.landing import can_land as landing_can_land
+
+    return landing_can_land(encoding)
+
+
 def _write_data(
     client: Client,
     instruction: WriteInstruction,
@@ -350,7 +365,11 @@ def _write_data(
     log.info("%s: writing its %d data bytes", instruction.label(), datamap.data_bytes)
     stream = itertools.chain([first], chunks)
     if can_land(encoding):  # range by range, on every core
+        from baas_agent.landing import land
+
         return land(stream, encoding, target, datamap, progress=writing)
+    from baas_agent.compress import decompressed
+
     block_device = is_block_device(target)
     ranges = [(start, end) for start, end, _ in datamap.ranges]
     writer = RangeWriter(target, instruction.size, ranges)
@@ -374,6 +393,8 @@ def _stream_to(
     client: Client, instruction: WriteInstruction, target: Path, progress: Callable[[int], None]
 ) -> None:
     """Download, decompress and write sparse (the caller verifies what was written)."""
+    from baas_agent.compress import decompressed
+
     download = client.download(instruction.url, expected_size=instruction.stored_size)
     with SparseWriter(target, instruction.size) as writer:
         for chunk in decompressed(download, instruction.compression):
@@ -414,6 +435,8 @@ def sync_image(
     verifying = report.phase(image, "verifying", size)
     datamap = fetch_map(client, instruction.map_url, size, instruction.sha256)
     if datamap is not None and instruction.hashes_url:
+        from baas_agent.changes import FullSync, sync_changes
+
         try:  # only the changes against the flashed version (agent/baas_agent/changes.py)
             answer = sync_changes(
                 client,
@@ -448,6 +471,8 @@ def sync_image(
     headers = {"Content-Type": "application/octet-stream", "Content-Digest": content_digest(digest)}
 
     def compressed() -> Iterator[bytes]:
+        from baas_agent.compress import zstd_compressed
+
         return zstd_compressed(_reporting(read_target(target, size), syncing))
 
     def raw() -> Iterator[bytes | memoryview]:
