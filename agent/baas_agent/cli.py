@@ -152,17 +152,20 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     shipper = LogShipper(client)
     log.addHandler(shipper)
     log.info("checked in: deployment %s, agent %s", answer.get("deployment"), __version__)
+    given = answer.get("instructions")  # a server that gives them with the check-in
     try:
-        result, status = _deploy(client, disks, reporter or Reporter(client))
+        result, status = _deploy(client, disks, reporter or Reporter(client), given)
     except DeploymentOver as exc:
         log.error("stopped: the deployment is over for this agent (%s)", exc)
-        return OVER
-    finally:
-        # The lines go first: once the result is in, the deployment is over.
         log.removeHandler(shipper)
         shipper.close()
+        return OVER
+    # The lines go first, with the result: once the result is in, the deployment is over.
+    log.removeHandler(shipper)
+    lines = shipper.take()
+    shipper.close()
     try:
-        client.post_json("/api/agent/result", result)
+        client.post_json("/api/agent/result", {**result, **({"lines": lines} if lines else {})})
     except DeploymentOver as exc:
         log.error("the result was refused: the deployment is over for this agent (%s)", exc)
         return OVER
@@ -179,10 +182,15 @@ def _checked_in(answer: Any) -> str:
     return token
 
 
-def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[str, Any], int]:
-    """Sync, then write; returns the result to report and the exit status."""
+def _deploy(
+    client: Client, disks: DiskMap, reporter: Reporter, given: Any = None
+) -> tuple[dict[str, Any], int]:
+    """Sync, then write; returns the result to report and the exit status.
+
+    ``given``: the instructions the check-in's answer held, if any (else they are asked for).
+    """
     try:
-        data = client.get_json("/api/agent/instructions")
+        data = given if isinstance(given, dict) else client.get_json("/api/agent/instructions")
         syncs, writes = _instructions(data)
         tables, disks = _layouts(data, disks, [s.disk for s in syncs] + [w.disk for w in writes])
         synced = [

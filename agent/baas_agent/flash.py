@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -215,9 +216,39 @@ class Reporter:
         except ApiError as exc:
             log.warning("%s: the server did not take the start of %s: %s", image, phase, exc)
 
+    def announcing(self, image: str, phase: str, total: int) -> _Beside:
+        """:meth:`announce` on a thread of its own, beside the work that follows (the
+        data map's download, the disk's check): join the result before the work's end."""
+        self._last[image] = self.clock()  # no routine report before it, from now on
+        return _Beside(lambda: self.announce(image, phase, total))
+
     def phase(self, image: str, phase: str, total: int) -> Callable[[int], None]:
         """A ``done -> None`` callback for one image and phase."""
         return lambda done: self(image, phase, done, total)
+
+
+class _Beside:
+    """A call run on a thread beside the caller's work; :meth:`join` waits for it and
+    raises what it raised."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._call = call
+        self._thread = threading.Thread(target=self._run, name="beside", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._call()
+        except BaseException as exc:  # handed to the joining thread
+            self._error = exc
+
+    def join(self) -> None:
+        """Wait for the call (again: at once) and raise what it raised (once)."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 # -- write ---------------------------------------------------------------------------
@@ -279,9 +310,26 @@ def write_image(
     without it, the whole image is hashed.
     """
     target = disks.target(instruction.disk)
-    image, size, sha256 = instruction.image, instruction.size, instruction.sha256
+    image, size = instruction.image, instruction.size
     fits = _fits(target, size)  # then the disk may hold it already: checked first
-    report.announce(image, "verifying" if fits else "writing", size)
+    # The start is announced beside the map's download and the check of the disk, and
+    # known to the server before anything is downloaded or written, or the result sent.
+    announced = report.announcing(image, "verifying" if fits else "writing", size)
+    try:
+        return _write_image(client, instruction, target, report, fits, announced)
+    finally:
+        announced.join()
+
+
+def _write_image(
+    client: Client,
+    instruction: WriteInstruction,
+    target: Path,
+    report: Reporter,
+    fits: bool,
+    announced: _Beside,
+) -> dict[str, Any]:
+    image, size, sha256 = instruction.image, instruction.size, instruction.sha256
     datamap = fetch_map(client, instruction.map_url, size, sha256)
     verifying = report.phase(image, "verifying", size)
     writing = report.phase(image, "writing", size)
@@ -289,6 +337,7 @@ def write_image(
     if fits and datamap is not None and delta is not None and data_url is not None:
         from baas_agent.delta import write_delta
 
+        announced.join()
         why = write_delta(
             client,
             data_url,
@@ -305,6 +354,7 @@ def write_image(
     elif fits and _check(target, size, sha256, datamap, verifying, fast=True) is None:
         log.info("%s: already there (checked), not rewritten", instruction.label())
         return _written(instruction)
+    announced.join()
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
     started = time.monotonic()
     reason: str | None = NO_DATA_STREAM
