@@ -271,10 +271,11 @@ def _land_one(
     bytes read back, the hash of record.
     """
     start, end, digest = item
-    if disk.can_go_direct(start, end):
-        data: bytes | memoryview = _aligned("data", RANGE_MAX + BLOCK)
-        got = _decode_into(payload, encoding, data[: end - start + 1], start, end)
-        data = data[:got]
+    data: bytes | memoryview
+    if disk.can_go_direct(start, end):  # into an aligned buffer, as O_DIRECT wants
+        buffer = _aligned("data", RANGE_MAX + BLOCK)
+        got = _decode_into(payload, encoding, buffer[: end - start + 1], start, end)
+        data = buffer[:got]
     else:
         data = _decode(payload, encoding, start, end)
         got = len(data)
