@@ -30,6 +30,7 @@ import json
 import os
 import pstats
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,7 @@ AGENT = REPO / ".venv" / "bin" / "baas-agent"
 MAC = "52:54:00:be:ec:01"
 DISK = "/dev/sda"
 NAME = "bench-flash"
+CPU_FIELDS = ("ru_utime", "ru_stime")
 
 SETUP_CODE = """\
 import json, os, shutil
@@ -145,6 +147,7 @@ class Row:
     key: str
     name: str
     seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # the agent's CPU seconds, per run
     allocated: int | None = None  # bytes allocated on the target after the run
     note: str = ""
 
@@ -186,6 +189,7 @@ class Deployments:
         self.run_dir = run_dir
         self.token_file = run_dir / "boot-token"
         self.count = 0
+        self.last_cpu = 0.0  # CPU seconds of the last agent run
         command = f"printf '%s' \"$BAAS_TOKEN\" > {self.token_file}"
         spec = {
             "name": NAME,
@@ -257,18 +261,22 @@ class Deployments:
             env = {**os.environ, "PYTHONPATH": str(code / "agent")}
         os.sync()
         with open(log_path, "wb") as out:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
             proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
             try:
-                code = proc.wait(timeout=3600)
+                status = proc.wait(timeout=3600)
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
             seconds = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The agent's own CPU time (user + system): what a loaded machine does not inflate.
+        self.last_cpu = sum(getattr(after, f) - getattr(before, f) for f in CPU_FIELDS)
         text = log_path.read_text(errors="replace")
-        if code != 0:
-            raise SystemExit(f"the agent exited with {code}:\n{text[-3000:]}")
+        if status != 0:
+            raise SystemExit(f"the agent exited with {status}:\n{text[-3000:]}")
         return seconds, text
 
     def states(self) -> list:
@@ -627,24 +635,27 @@ def one_round(
     if "already there" in text:
         raise SystemExit("a fresh target was reported as already holding the image")
     rows["baas"].seconds.append(seconds)
+    rows["baas"].cpu.append(deployments.last_cpu)
     rows["baas"].allocated = allocated(target)
     if check:
         check_target(target, image.size, image.sha256, "BAAS")
-    log(f"  BAAS full flash   {seconds:7.2f} s")
+    log(f"  BAAS full flash   {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
     for key, cache in (("reflash", warm), ("reflash_cold", cold)):
         cache(target, image.size)
         seconds, again = deployments.flash(target)
         if "already there" not in again:
             raise SystemExit(f"the re-flash rewrote the image:\n{again[-2000:]}")
         rows[key].seconds.append(seconds)
+        rows[key].cpu.append(deployments.last_cpu)
         rows[key].allocated = allocated(target)
-        log(f"  BAAS {key:<13}{seconds:7.2f} s")
+        log(f"  BAAS {key:<13}{seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
     warm(target, image.size)
     seconds, text_delta = deployments.flash(target, setup=NAME + "-next")
     found = DELTA_LINE.search(text_delta)
     if "delta from v0" not in text_delta or found is None:
         raise SystemExit(f"the re-flash to the next version was no delta:\n{text_delta[-2000:]}")
     rows["delta"].seconds.append(seconds)
+    rows["delta"].cpu.append(deployments.last_cpu)
     rows["delta"].allocated = allocated(target)
     deltas.append((int(found[1]), int(found[2]), int(found[3])))
     if check:
@@ -669,15 +680,17 @@ def before_round(
     if "already there" in text:
         raise SystemExit("a fresh target was reported as already holding the image")
     rows["before_baas"].seconds.append(seconds)
+    rows["before_baas"].cpu.append(deployments.last_cpu)
     if round_ == 0:
         check_target(target, image.size, image.sha256, "--before BAAS")
-    log(f"  before full flash {seconds:7.2f} s")
+    log(f"  before full flash {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
     warm(target, image.size)
     seconds, again = deployments.flash(target, code=code)
     if "already there" not in again:
         raise SystemExit(f"the --before re-flash rewrote the image:\n{again[-2000:]}")
     rows["before_reflash"].seconds.append(seconds)
-    log(f"  before reflash    {seconds:7.2f} s")
+    rows["before_reflash"].cpu.append(deployments.last_cpu)
+    log(f"  before reflash    {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
 
 
 def profile_agent(deployments: Deployments, target: Path, run_dir: Path) -> dict:
@@ -756,6 +769,10 @@ def report(
             f"{alloc:>10}  {runs}"
         )
     print(f"(MB/s: raw image size / time; bmaptool create, once: {extra['bmap_create_s']:.2f} s)")
+    print("The agent's CPU time (user + system, s), per run:")
+    for row in rows.values():
+        if row.cpu:
+            print(f"  {row.name:<55} {' '.join(f'{c:.2f}' for c in row.cpu)}")
     print()
     checks = targets(rows, extra, following)
     for check in checks:

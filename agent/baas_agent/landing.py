@@ -4,21 +4,26 @@ The data stream (docs/agent-protocol.md §5) is the bytes of the data map's
 ranges, in order: raw, or one zstd frame per range. Ranges are independent,
 so each is *landed* on a pool of threads — decompressed, written at its
 offset, read back from the disk and hashed against the map — while the
-download goes on; ``zstandard`` and ``hashlib`` release the GIL, so the pool
-keeps every core busy. At most two ranges per thread (and two more) are in
-memory at a time, each at most 16 MiB, whatever the image's size.
+download goes on; ``zstandard``, ``blake3`` and ``hashlib`` release the GIL,
+so the pool keeps every core busy. At most two ranges per thread (and two
+more) are in memory at a time, each at most 16 MiB, whatever the image's
+size, and each thread reuses its buffers.
 
 Contract: :func:`land` returns None when every range is on the disk and
-matches its SHA-256, every other byte of the image reads as zero and the
-disk is fsynced; else what differs, as a sentence. A stream of other ranges
+matches the map — its BLAKE3 when the map has one and this agent has the
+``blake3`` module, else (and on a BLAKE3 mismatch) its SHA-256, the hash of
+record — every other byte of the image reads as zero and the disk is
+fsynced; else what differs, as a sentence. A stream of other ranges
 than the map's raises :class:`~baas_agent.disks.DiskError` or
 :class:`~baas_agent.compress.CompressionError`. :func:`land_delta` does the
 same for a delta: the changed ranges alone are in the stream and written, the
 runs that became zeros are zeroed, and both are verified.
 
-What is read back is the medium, not the page cache: each range is synced
-and dropped from the cache before it is read (:func:`~baas_agent.disks.to_medium`),
-and dropped again once hashed, so nothing the agent wrote stays cached.
+What is read back is the medium, not the page cache: where the target takes
+``O_DIRECT``, whole-block ranges are written and read back with it (nothing
+goes through the cache); otherwise each range is synced and dropped from the
+cache before it is read (:func:`~baas_agent.disks.to_medium`), and dropped
+again once hashed. Either way nothing the agent wrote stays cached.
 """
 
 from __future__ import annotations
