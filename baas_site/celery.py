@@ -6,11 +6,14 @@ import os
 
 from celery import Celery
 
+from baas_site import logcontext
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "baas_site.settings")
 
 app = Celery("baas")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+logcontext.connect_celery()  # each task's log lines name what it works on
 
 
 def _make_broker_folders() -> None:

@@ -42,6 +42,7 @@ from prometheus_client.registry import Collector
 from accounts.logins import address_in, client_ip
 from catalogue import metrics as catalogue_metrics
 from flashing import metrics as flashing_metrics
+from monitoring import metrics as monitoring_metrics
 
 REQUESTS = Counter(
     "baas_http_requests",
@@ -54,6 +55,12 @@ DURATION = Histogram(
     ["route", "method"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 120),
 )
+BODY_BYTES = Counter(
+    "baas_http_body_bytes",
+    "Bytes of request bodies received (uploads) and answer bodies sent (downloads), by route, "
+    "as their Content-Length says, for successful answers.",
+    ["route", "direction"],
+)
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
 
 
@@ -61,6 +68,7 @@ class _Database(Collector):
     def collect(self) -> Iterator:
         yield from catalogue_metrics.gauges()
         yield from flashing_metrics.gauges()
+        yield from monitoring_metrics.counters()
 
 
 def _served_registry() -> CollectorRegistry:
@@ -102,4 +110,23 @@ class RequestMetrics:
         method = request.method if request.method in METHODS else "other"
         DURATION.labels(route, method).observe(time.perf_counter() - start)
         REQUESTS.labels(route, method, str(response.status_code)).inc()
+        if 200 <= response.status_code < 300:
+            _count_bodies(request, response, route)
         return response
+
+
+def _count_bodies(request: HttpRequest, response: HttpResponseBase, route: str) -> None:
+    """A successful answer consumed its request's body and sends its own whole (one a
+    client cuts short is counted whole). Chunked bodies, without a Content-Length, and
+    files nginx sends (X-Accel-Redirect: its own log counts them) are not counted."""
+    received = _length(request.META.get("CONTENT_LENGTH"))
+    if received:
+        BODY_BYTES.labels(route, "received").inc(received)
+    if request.method != "HEAD" and not response.has_header("X-Accel-Redirect"):
+        sent = _length(response.get("Content-Length"))
+        if sent:
+            BODY_BYTES.labels(route, "sent").inc(sent)
+
+
+def _length(value: str | None) -> int:
+    return int(value) if value and value.isdigit() else 0

@@ -72,6 +72,7 @@ INSTALLED_APPS = [
     "accounts",
     "catalogue",
     "flashing",
+    "monitoring",
 ]
 
 MIDDLEWARE = [
@@ -84,6 +85,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "baas_site.logcontext.LogContextMiddleware",  # the user, image, deployment of each log line
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "baas_site.errors.DomainErrorMiddleware",  # innermost: a page's domain error as 404/403
@@ -447,15 +449,14 @@ BAAS_NBD_QUEUE = env.str("BAAS_NBD_QUEUE", default="")
 # Clients must support NBD over TLS-PSK (qemu-nbd, qemu-img, libnbd's nbdcopy).
 BAAS_NBD_TLS_PSK = env.bool("BAAS_NBD_TLS_PSK", default=False)
 
-# Logs and error reports (baas_site.observability): BAAS_LOG_FORMAT text or json;
-# SENTRY_DSN (empty: no reports), SENTRY_ENVIRONMENT, SENTRY_TRACES_SAMPLE_RATE.
-BAAS_LOG_FORMAT = env.str("BAAS_LOG_FORMAT", default="text")
-LOGGING = observability.logging_config(
-    level=env.str("LOG_LEVEL", default="INFO"), fmt=BAAS_LOG_FORMAT
-)
+# Logs and error reports (baas_site.observability): LOG_FORMAT text or json (its first
+# name, BAAS_LOG_FORMAT, is still read); SENTRY_DSN (empty: no reports),
+# SENTRY_ENVIRONMENT, SENTRY_TRACES_SAMPLE_RATE.
+LOG_FORMAT = env.str("LOG_FORMAT", default=env.str("BAAS_LOG_FORMAT", default="text"))
+LOGGING = observability.logging_config(level=env.str("LOG_LEVEL", default="INFO"), fmt=LOG_FORMAT)
 # In JSON, Celery keeps the logging configured here (one object per line on stderr,
 # its --logfile unused) instead of installing its own text lines.
-CELERY_WORKER_HIJACK_ROOT_LOGGER = BAAS_LOG_FORMAT != "json"
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
 observability.error_reporting(
     dsn=env.str("SENTRY_DSN", default=""),
     environment=env.str("SENTRY_ENVIRONMENT", default="production"),

@@ -266,3 +266,23 @@ def version_digest_ensure(version: Version) -> str:
             raise Version.DoesNotExist(f"Version {version.pk} was deleted.")
         version.sha256 = digest
     return version.sha256
+
+
+def version_read_back(version: Version) -> str | None:
+    """Read the stored file of ``version`` back whole and compare its SHA-256 with the row's:
+    None when they agree (or there is nothing to compare yet: no digest recorded, or the
+    version is known damaged), else why not, in plain words. Reads only."""
+    if not version.sha256 or version.damaged:
+        return None
+    path = get_storage().version_file(version.image_id, version.number, version.stored_compression)
+    if path is None:
+        return f"its file {version.number}.{version.stored_compression} is missing"
+    try:
+        found = file_digest(path, version.stored_compression, version.size)
+    except (VersionCorrupt, *DECODE_ERRORS) as exc:
+        return f"its file does not decode to {version.size} bytes ({exc})"
+    if found.size != version.size:
+        return f"its file holds {found.size} bytes, not {version.size}"
+    if found.sha256 != version.sha256:
+        return f"its file's SHA-256 is {found.sha256}, not {version.sha256}"
+    return None

@@ -10,17 +10,21 @@ import subprocess
 import sys
 import time
 import urllib.request
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.db import connection
 from django.test import Client
+from django.utils import timezone
 
 from catalogue.models import ImageType
+from catalogue.tasks import image_recompress_task, version_advance_task
+from flashing.models import Deployment
 from tests.agent.servers import free_port
-from tests.catalogue.factories import ImageFactory
+from tests.catalogue.factories import ImageFactory, VersionFactory
 from tests.celery_worker import ROOT, database_url
-from tests.flashing.factories import LeaseFactory, MachineFactory
+from tests.flashing.factories import DeploymentFactory, LeaseFactory, MachineFactory
 from tests.flashing.test_deployments import make_setup, queue
 
 pytestmark = pytest.mark.django_db
@@ -68,6 +72,52 @@ def test_an_upload_and_a_deployment_move_the_figures(user_client, user):
     )
     assert after["baas_leases_active"] == 1
     assert after['baas_image_root_bytes{kind="free"}'] > 0
+    assert after[f'baas_machine_queue{{machine="{machine.name}"}}'] == 1
+    upload = 'baas_http_body_bytes_total{direction="received",route="/api/image/<str:image_id>"}'
+    assert after[upload] - before.get(upload, 0) == len(body)
+
+    number = response.json()["number"]
+    download = user_client.get(f"/api/image/{image.uuid}/{number}")
+    assert download.status_code == 200
+    assert b"".join(download.streaming_content) == body
+    route = "/api/image/<str:image_uuid>/<int:number>"
+    sent = f'baas_http_body_bytes_total{{direction="sent",route="{route}"}}'
+    assert scrape()[sent] - after.get(sent, 0) == len(body)
+
+
+def test_finished_deployments_durations_by_how_they_ended(user):
+    machine = MachineFactory()
+    setup = make_setup(user)
+    start = timezone.now() - timedelta(hours=1)
+    for took, state in ((90, "done"), (400, "done"), (5000, "failed")):
+        deployment = DeploymentFactory(machine=machine, setup=setup, state=state)
+        Deployment.objects.filter(pk=deployment.pk).update(
+            started_at=start, finished_at=start + timedelta(seconds=took)
+        )
+    DeploymentFactory(machine=machine, setup=setup, state="queued")  # not finished: not counted
+
+    samples = scrape()
+    done = 'baas_deployment_duration_seconds_bucket{le="%s",state="done"}'
+    assert samples[done % "60"] == 0
+    assert samples[done % "120"] == 1
+    assert samples[done % "600"] == 2
+    assert samples[done % "+Inf"] == 2
+    assert samples['baas_deployment_duration_seconds_sum{state="done"}'] == 490
+    assert samples['baas_deployment_duration_seconds_count{state="failed"}'] == 1
+    assert samples['baas_deployment_duration_seconds_count{state="cancelled"}'] == 0
+    assert samples[f'baas_machine_queue{{machine="{machine.name}"}}'] == 1
+
+
+def test_celery_tasks_are_counted_by_outcome(user):
+    succeeded = 'baas_celery_tasks_total{outcome="succeeded",task="catalogue.version_advance"}'
+    before = scrape().get(succeeded, 0)
+    version = VersionFactory(image=ImageFactory(owner=user), number=0)
+    version_advance_task.apply(args=[version.pk]).get()
+    assert scrape()[succeeded] == before + 1
+
+    failed = 'baas_celery_tasks_total{outcome="failed",task="catalogue.image_recompress"}'
+    image_recompress_task.apply(args=["not a uuid"])
+    assert scrape()[failed] == 1
 
 
 def test_requests_are_counted_by_route_never_by_path(user_client, user):

@@ -35,7 +35,7 @@ def manage_shell(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_json_logs_are_one_object_per_line_with_the_traceback():
-    result = manage_shell(RAISE_AND_LOG, BAAS_LOG_FORMAT="json")
+    result = manage_shell(RAISE_AND_LOG, LOG_FORMAT="json")
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     (record,) = [r for r in records if r["logger"] == "baas.test"]
@@ -51,10 +51,18 @@ def test_text_logs_stay_for_people():
     assert not any(line.startswith("{") for line in result.stderr.splitlines())
 
 
+def test_the_first_name_of_the_setting_is_still_read():
+    result = manage_shell(RAISE_AND_LOG, BAAS_LOG_FORMAT="json")
+    assert result.returncode == 0, result.stderr
+    assert any(line.startswith("{") for line in result.stderr.splitlines())
+    result = manage_shell(RAISE_AND_LOG, BAAS_LOG_FORMAT="json", LOG_FORMAT="text")
+    assert not any(line.startswith("{") for line in result.stderr.splitlines())
+
+
 def test_an_unknown_log_format_is_refused_in_plain_words():
-    result = manage_shell("pass", BAAS_LOG_FORMAT="xml")
+    result = manage_shell("pass", LOG_FORMAT="xml")
     assert result.returncode != 0
-    assert "BAAS_LOG_FORMAT must be text or json, not 'xml'" in result.stderr
+    assert "LOG_FORMAT must be text or json, not 'xml'" in result.stderr
 
 
 @pytest.fixture

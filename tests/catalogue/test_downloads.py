@@ -7,10 +7,7 @@ import hashlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -22,8 +19,9 @@ from catalogue.models import Compression, ImageType
 from catalogue.services.compression import version_compress
 from tests.accounts.factories import UserFactory
 from tests.catalogue.factories import ImageFactory, VersionFactory
-from tests.celery_worker import ROOT, database_url
+from tests.celery_worker import database_url
 from tests.conftest import client_for
+from tests.gunicorn import gunicorn
 
 CURL = shutil.which("curl")
 CONTENT = bytes(range(256)) * 4096 + os.urandom(100_000)  # 1 MiB of a pattern, then noise
@@ -473,54 +471,16 @@ def test_curl_resumes_after_being_killed_midway(live_server, big_version, user, 
 # --- The same under gunicorn, where the bytes go out with sendfile ---------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def gunicorn_url(transactional_db, disk_root, tmp_path):
     """gunicorn (sync worker, sendfile on) serving the test database and image root."""
-    port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": database_url(connection.settings_dict),
         "BAAS_DISK_ROOT": str(disk_root),
         "SENDFILE": "1",
     }
-    log = (tmp_path / "gunicorn.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--graceful-timeout",
-            "2",
-            "baas_site.wsgi:application",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert process.poll() is None, (tmp_path / "gunicorn.log").read_text()
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield base
-    process.terminate()
-    process.wait(10)
-    log.close()
+    with gunicorn(env, tmp_path / "gunicorn.log") as url:
+        yield url
 
 
 @pytest.mark.skipif(CURL is None, reason="needs the curl binary")
