@@ -383,17 +383,19 @@ def _write_ranges(chunks, target: Path, size: int, datamap) -> None:
 
 
 def _land(chunks, target: Path, datamap, medium: bool) -> None:
-    """``baas_agent.landing.land`` onto a fresh target; ``medium=False`` skips the cache drops."""
+    """``baas_agent.landing.land`` onto a fresh target; ``medium=False`` writes through the
+    page cache and reads back from it (no ``O_DIRECT``, no cache drops)."""
     import baas_agent.landing as landing
 
-    saved = landing.to_medium, landing.drop_cached
+    saved = landing.to_medium, landing.drop_cached, landing._Disk.can_go_direct
     if not medium:
         landing.to_medium = lambda fd, offset, length: None
         landing.drop_cached = lambda path: None
+        landing._Disk.can_go_direct = lambda self, start, end: False  # type: ignore[method-assign]
     try:
         reason = landing.land(chunks, "zstd", fresh(target), datamap)
     finally:
-        landing.to_medium, landing.drop_cached = saved
+        landing.to_medium, landing.drop_cached, landing._Disk.can_go_direct = saved
     if reason is not None:
         raise SystemExit(f"landing failed: {reason}")
 
@@ -425,9 +427,11 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
         "data stream: download + decompress + write ranges + fsync": lambda: _write_ranges(
             client.download(f"{url}/data"), target, image.size, datamap
         ),
-        "land (the agent's write path: decompress, write, read back, SHA-256), read back "
-        "from the medium": lambda: _land(client.download(f"{url}/data"), target, datamap, True),
-        "land, the same, read back from the page cache (the agent before issue 20)": lambda: _land(
+        "land (the agent's write path: decompress, write, read back, BLAKE3), read back "
+        "from the medium (O_DIRECT)": lambda: _land(
+            client.download(f"{url}/data"), target, datamap, True
+        ),
+        "land, the same through the page cache, read back from it (no medium)": lambda: _land(
             client.download(f"{url}/data"), target, datamap, False
         ),
         "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
