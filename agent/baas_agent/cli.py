@@ -153,17 +153,21 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     log.addHandler(shipper)
     log.info("checked in: deployment %s, agent %s", answer.get("deployment"), __version__)
     given = answer.get("instructions")  # a server that gives them with the check-in
+    lines: list[str] = []
+    finished = False
     try:
         result, status = _deploy(client, disks, reporter or Reporter(client), given)
+        finished = True
     except DeploymentOver as exc:
         log.error("stopped: the deployment is over for this agent (%s)", exc)
-        log.removeHandler(shipper)
-        shipper.close()
         return OVER
-    # The lines go first, with the result: once the result is in, the deployment is over.
-    log.removeHandler(shipper)
-    lines = shipper.take()
-    shipper.close()
+    finally:
+        # The lines go first — with the result, kept before it: once the result is in,
+        # the deployment is over. Without a result to send, on their own.
+        log.removeHandler(shipper)
+        if finished:
+            lines = shipper.take()
+        shipper.close()
     try:
         client.post_json("/api/agent/result", {**result, **({"lines": lines} if lines else {})})
     except DeploymentOver as exc:
