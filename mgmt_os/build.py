@@ -555,7 +555,9 @@ def check_and_compile(root: Path, entry: str, work: Path) -> None:
         "LD_DEBUG_OUTPUT": str(debug),
         "LANG": "C.UTF-8",
     }
-    result = run(command, env=env)
+    # Not from the repository: its diskimage/ would shadow the image's, which would then be
+    # neither checked nor byte-compiled.
+    result = run(command, env=env, cwd=work)
     if result.returncode != 0:
         raise BuildError(
             "the image's Python cannot run the agent:\n"
