@@ -30,8 +30,8 @@ from catalogue.apis.uploads import GunicornSocketBody
 from catalogue.models import Version
 from catalogue.storage import get_storage
 from tests.catalogue.factories import ImageFactory
-from tests.catalogue.test_downloads import free_port
 from tests.celery_worker import ROOT, database_url
+from tests.gunicorn import free_port
 
 NEXT_REQUEST = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
