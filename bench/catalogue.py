@@ -834,21 +834,25 @@ def measure_download(baas: Baas, workdir: Path, uuid: str, repeat: int) -> Row:
 
 # --- The command-line client (baas image push / pull) ----------------------------------------
 
-BAAS_CLI = Path(sys.executable).parent / "baas"
-
 
 class Cli:
-    """``baas`` run as a researcher runs it: a new process per command, its start-up timed."""
+    """``baas`` run as a researcher runs it: a new process per command, its start-up timed.
+
+    The client is the one of the checkout under test (``--repo``: its ``cli/`` and
+    ``diskimage/`` first on the path), so that a run against an older checkout measures
+    that checkout's client too."""
 
     def __init__(self, baas: Baas, home: Path):
         self.baas, self.home = baas, home
         home.mkdir(parents=True, exist_ok=True)
+        self.command = [sys.executable, "-m", "baas_cli"]
         self.env = {**os.environ, "BAAS_URL": baas.url(""), "BAAS_TOKEN": baas.token,
                     "XDG_CONFIG_HOME": str(home / "config"),
-                    "XDG_STATE_HOME": str(home / "state")}  # fmt: skip
+                    "XDG_STATE_HOME": str(home / "state"),
+                    "PYTHONPATH": f"{baas.repo / 'cli'}{os.pathsep}{baas.repo}"}  # fmt: skip
 
     def run(self, *args: str) -> dict:
-        out = subprocess.run([str(BAAS_CLI), *args, "--json"], capture_output=True, text=True,
+        out = subprocess.run([*self.command, *args, "--json"], capture_output=True, text=True,
                              env=self.env, check=False)  # fmt: skip
         if out.returncode != 0:
             raise SystemExit(f"baas {' '.join(args)} exited {out.returncode}: {out.stderr}")
@@ -866,7 +870,7 @@ class Cli:
         errors = self.home / "killed-push.err"
         with errors.open("w") as stderr:
             process = subprocess.Popen(
-                [str(BAAS_CLI), "image", "push", uuid, str(path), "--limit-rate", "200M",
+                [*self.command, "image", "push", uuid, str(path), "--limit-rate", "100M",
                  "--compress", "none"],
                 env=self.env, stdout=subprocess.DEVNULL, stderr=stderr,
             )  # fmt: skip
@@ -943,12 +947,15 @@ def _phases(answer: dict) -> str:
     )
 
 
-def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> list[Row]:
-    """baas image push vs cp+sync, a resumed push vs a fresh one, baas image pull vs curl."""
+def measure_cli(
+    baas: Baas, image: TestImage, workdir: Path, repeat: int, pull: bool = True
+) -> list[Row]:
+    """baas image push vs cp+sync, a resumed push vs a fresh one, baas image pull vs curl
+    (``pull=False``: the pushes alone)."""
     read_through(image.raw)
     cli = Cli(baas, workdir / "cli-home")
-    cp_t, push_t, plain_t, resumed_t, pull_t, curl_t = [], [], [], [], [], []
-    sent, resumed_sent, received = [], [], []
+    cp_t, push_t, plain_t, resumed_t = [], [], [], []
+    sent, resumed_sent = [], []
     checked = ""
     for i in range(repeat):
         cp_t.append(baseline_copy(image, workdir)[0])
@@ -980,6 +987,30 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         baas.delete_image(created["uuid"])
         log(f"  baas image push, resumed at {held / MiB:.0f} MiB: {seconds:.2f} s "
             f"({resumed_sent[-1] / MiB:.0f} MiB sent; {_phases(answer)})")  # fmt: skip
+    rows = _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent)
+    if pull:
+        rows.append(_measure_pull(baas, cli, workdir, checked, image.size, repeat))
+    return rows
+
+
+def _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent) -> list[Row]:
+    cp, pu, pl, rs = median(cp_t), median(push_t), median(plain_t), median(resumed_t)
+    return [
+        Row("baas image push vs cp+sync", pu, cp, pu / cp, "<= 1.0", pu / cp <= 1.0,
+            f"a resumable upload of the data alone ({median(sent) / MiB:.0f} MiB sent); "
+            "client start-up included", {"baas": push_t, "baseline": cp_t, "sent": sent}),
+        Row("  baas image push --no-resume vs cp+sync", pl, cp, pl / cp, "-", None,
+            "one plain request (the server decodes both the same way)",
+            {"baas": plain_t, "baseline": cp_t}),
+        Row("resumed push after 50% vs fresh push", rs, pu, rs / pu, "<= 0.55", rs / pu <= 0.55,
+            f"{median(resumed_sent) / MiB:.0f} MiB sent after the kill",
+            {"resumed": resumed_t, "fresh": push_t, "sent": resumed_sent}),
+    ]  # fmt: skip
+
+
+def _measure_pull(baas: Baas, cli: Cli, workdir: Path, checked: str, size: int,
+                  repeat: int) -> Row:  # fmt: skip
+    pull_t, curl_t, received = [], [], []
     number = 1
     stored = baas.version_file(checked, number)
     nginx = Nginx(workdir, stored.parent)
@@ -988,7 +1019,7 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         read_through(stored)
         for _ in range(repeat):
             curl_t.append(curl_to_file(f"http://127.0.0.1:{nginx.port}/{stored.name}",
-                                       workdir / "curl.img", image.size))  # fmt: skip
+                                       workdir / "curl.img", size))  # fmt: skip
             log(f"  curl -o of the raw file from nginx: {curl_t[-1]:.2f} s")
             seconds, answer = cli.pull(f"{checked}@{number}", workdir / "pulled.img")
             if not answer.get("verified"):
@@ -1002,23 +1033,11 @@ def measure_cli(baas: Baas, image: TestImage, workdir: Path, repeat: int) -> lis
         for name in ("curl.img", "pulled.img"):
             with contextlib.suppress(FileNotFoundError):
                 (workdir / name).unlink()
-    cp, pu, pl, rs = median(cp_t), median(push_t), median(plain_t), median(resumed_t)
     pd, cu = median(pull_t), median(curl_t)
-    return [
-        Row("baas image push vs cp+sync", pu, cp, pu / cp, "<= 1.0", pu / cp <= 1.0,
-            f"a resumable upload of the data alone ({median(sent) / MiB:.0f} MiB sent); "
-            "client start-up included", {"baas": push_t, "baseline": cp_t, "sent": sent}),
-        Row("  baas image push --no-resume vs cp+sync", pl, cp, pl / cp, "-", None,
-            "one request: the server stores it without the second pass a resumable upload "
-            "costs at completion", {"baas": plain_t, "baseline": cp_t}),
-        Row("resumed push after 50% vs fresh push", rs, pu, rs / pu, "<= 0.55", rs / pu <= 0.55,
-            f"{median(resumed_sent) / MiB:.0f} MiB sent after the kill",
-            {"resumed": resumed_t, "fresh": push_t, "sent": resumed_sent}),
-        Row("baas image pull vs curl -o (nginx)", pd, cu, pd / cu, "<= 0.5", pd / cu <= 0.5,
-            f"pull: a sparse file, {median(received) / MiB:.0f} MiB received, each range "
-            "checked, fsynced; curl: the whole raw file written (not synced)",
-            {"baas": pull_t, "baseline": curl_t, "received": received}),
-    ]  # fmt: skip
+    return Row("baas image pull vs curl -o (nginx)", pd, cu, pd / cu, "<= 0.5", pd / cu <= 0.5,
+               f"pull: a sparse file, {median(received) / MiB:.0f} MiB received, each range "
+               "checked, fsynced; curl: the whole raw file written (not synced)",
+               {"baas": pull_t, "baseline": curl_t, "received": received})  # fmt: skip
 
 
 # --- Report --------------------------------------------------------------------------------
@@ -1068,8 +1087,8 @@ def main(argv: list[str] | None = None) -> int:
         help="how the versions change 1 %% of the data: files (gated), scattered (information)",
     )
     parser.add_argument(
-        "--only", choices=["all", "cli"], default="all",
-        help="cli: only the command-line client's push and pull (and create)",
+        "--only", choices=["all", "cli", "push"], default="all",
+        help="cli: only the command-line client's push and pull (and create); push: its pushes",
     )  # fmt: skip
     args = parser.parse_args(argv)
     for tool in ("curl", "zstd", "nginx", "cp"):
@@ -1126,7 +1145,7 @@ def _measure_all(baas: Baas, workdir: Path, run_dir: Path, size: int, data: int,
             rows.append(Row("download vs nginx (throughput)", None, None, None, ">= 0.9", False,
                             f"not measured: {exc}"))  # fmt: skip
     log(f"the command-line client ({args.repeat}x each, interleaved), load {load_average()}")
-    rows += measure_cli(baas, image, run_dir, args.repeat)
+    rows += measure_cli(baas, image, run_dir, args.repeat, pull=args.only != "push")
     meta = {
         "size": size,
         "data_blocks": image.data,

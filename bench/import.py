@@ -15,8 +15,12 @@ and builds its own throwaway BAAS (SQLite, a fresh image root) in the work
 directory, removed at the end unless ``--keep``.
 
     .venv/bin/python bench/import.py [--size 256M] [--repeat 3] [--seed 1]
-        [--workdir DIR] [--keep]
+        [--workdir DIR] [--keep] [--against CHECKOUT]
 
+Each BAAS runs in a process of its own (its checkout's interpreter, its own
+database and image root), started once; each run prints the time of every step
+of the job, from its log. ``--against`` times another checkout of BAAS (with its
+``.venv``) in the same runs, interleaved: before and after a change.
 It exits 0 once it has measured; a missed target is printed as FAIL.
 """
 
@@ -26,9 +30,11 @@ import argparse
 import gzip
 import hashlib
 import io
+import itertools
 import json
 import os
 import random
+import resource
 import shutil
 import socket
 import statistics
@@ -165,10 +171,20 @@ def run(*args: str | Path) -> None:
 # --- The two contenders ---------------------------------------------------------------
 
 
-def by_hand(reference: str, work: Path, size: int) -> float:
-    """skopeo copy + umoci unpack + mke2fs -d, as typed at a shell."""
+def cpu_seconds() -> float:
+    """CPU time (user and system) of this process and of its children that ended."""
+    me, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+def by_hand(reference: str, work: Path, size: int) -> tuple[float, float]:
+    """skopeo copy + umoci unpack + mke2fs -d, as typed at a shell: seconds, CPU seconds."""
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
+    cpu = cpu_seconds()
     started = time.monotonic()
     run(
         "skopeo", "copy", "--quiet", "--src-tls-verify=false", reference, f"oci:{work}/layout:image"
@@ -180,11 +196,15 @@ def by_hand(reference: str, work: Path, size: int) -> float:
     run("mke2fs", "-q", "-F", "-t", "ext4", "-d", work / "bundle" / "rootfs", "-L", "root",
         image, f"{size // 1024}k")  # fmt: skip
     elapsed = time.monotonic() - started
+    cpu = cpu_seconds() - cpu
     shutil.rmtree(work, ignore_errors=True)
-    return elapsed
+    return elapsed, cpu
 
 
-def setup_django(work: Path, registry: str) -> None:
+# --- BAAS, in a process of its own per checkout --------------------------------------
+
+
+def setup_django(repo: Path, work: Path, registry: str) -> None:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="baas_site.settings",
         DATABASE_URL=f"sqlite:///{work / 'db.sqlite3'}",
@@ -197,8 +217,8 @@ def setup_django(work: Path, registry: str) -> None:
         SECRET_KEY=os.urandom(24).hex(),
         LOG_LEVEL="WARNING",
     )
-    (work / "disk").mkdir(exist_ok=True)
-    sys.path.insert(0, str(REPO))
+    (work / "disk").mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(repo))
     import django
 
     django.setup()
@@ -212,20 +232,43 @@ def _stamp(line: str) -> float:
     return int(h) * 3600 + int(m) * 60 + float(sec)
 
 
-def store_seconds(log: str) -> float:
-    """From the job's log: seconds from "Storing it" to "Done" (hash, map, copy into the root)."""
-    lines = log.splitlines()
-    start = next(line for line in lines if "Storing it" in line)
-    end = next(line for line in lines if " Done:" in line)
-    return _stamp(end) - _stamp(start)
+STEP_NAMES = {"Resolving": "resolve", "Manifest": "resolve", "Pulling": "pull",
+              "Checking": "check", "Unpacking": "unpack", "Every": "-", "Making": "mke2fs",
+              "Set": "owners", "Storing": "store"}  # fmt: skip
 
 
-def by_baas(reference: str, size: int, number: int) -> tuple[float, float]:
+def cpu_steps(log: str, marks: list[float]) -> list[tuple[str, float]]:
+    """CPU seconds of each step (this process and the tools it ran), as :func:`steps`."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    out: dict[str, float] = {}
+    for line, (before, after) in zip(lines, itertools.pairwise(marks), strict=False):
+        name = STEP_NAMES.get(line.split(" ", 2)[1], "other")
+        out[name] = out.get(name, 0.0) + after - before
+    out.pop("-", None)
+    return list(out.items())
+
+
+def steps(log: str, elapsed: float) -> list[tuple[str, float]]:
+    """Seconds of each step, from the job's log (a step lasts until the next line); the
+    last, "cleanup", from "Done" to the end of ``import_run``."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    names = STEP_NAMES
+    out: dict[str, float] = {}
+    for line, after in itertools.pairwise(lines):
+        name = names.get(line.split(" ", 2)[1], "other")
+        out[name] = out.get(name, 0.0) + _stamp(after) - _stamp(line)
+    out.pop("-", None)
+    out["cleanup"] = elapsed - (_stamp(lines[-1]) - _stamp(lines[0]))
+    return list(out.items())
+
+
+def by_baas(reference: str, size: int, number: int) -> dict:
     """The worker's part of an import, into a fresh system image, timed to the stored version."""
     from accounts.models import Role, User
     from catalogue.models import Image, ImageType
     from imports.models import ImportJob, Kind
     from imports.services import jobs
+    from imports.services.progress import Progress
 
     owner = User.objects.filter(username="bench").first() or User.objects.create_user(
         "bench", role=Role.ADMINISTRATOR
@@ -235,14 +278,80 @@ def by_baas(reference: str, size: int, number: int) -> tuple[float, float]:
         image=image, created_by=owner, kind=Kind.OCI, source=reference,
         platform="linux/amd64", layout="filesystem", label="root", size=size,
     )  # fmt: skip
+    marks: list[float] = []  # CPU seconds at each line of the job's log
+    log = Progress.log
+
+    def log_with_cpu(self: Progress, line: str) -> None:
+        marks.append(cpu_seconds())
+        log(self, line)
+
+    Progress.log = log_with_cpu  # type: ignore[method-assign]
+    cpu = cpu_seconds()
     started = time.monotonic()
-    done = jobs.import_run(job_id=job.pk)
+    try:
+        done = jobs.import_run(job_id=job.pk)
+    finally:
+        Progress.log = log  # type: ignore[method-assign]
     elapsed = time.monotonic() - started
+    marks.append(cpu_seconds())
+    cpu = marks[-1] - cpu
     if done is None or done.state != "done":
         raise SystemExit(f"the import failed: {done and done.reason}\n{done and done.log}")
+    return {
+        "elapsed": elapsed,
+        "cpu": cpu,
+        "steps": steps(done.log, elapsed),
+        "cpu_steps": cpu_steps(done.log, marks),
+        "log": done.log,
+    }
+
+
+def worker(args: argparse.Namespace) -> int:
+    """``--worker``: set up BAAS from ``--repo``, then import once per line read."""
+    setup_django(args.repo, args.workdir, args.registry)
+    for line in sys.stdin:
+        result = by_baas(args.reference, args.fs_size, int(line))
+        print(json.dumps(result), flush=True)
+    return 0
+
+
+class Contender:
+    """A BAAS checkout's worker process."""
+
+    def __init__(self, repo: Path, work: Path, registry: str, reference: str, fs_size: int):
+        python = repo / ".venv" / "bin" / "python"
+        self.name = "BAAS" if repo == REPO else f"BAAS {repo.name}"
+        self.process = subprocess.Popen(
+            [str(python), __file__, "--worker", "--repo", str(repo), "--workdir", str(work),
+             "--registry", registry, "--reference", reference, "--fs-size", str(fs_size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=repo,
+        )  # fmt: skip
+
+    def run(self, number: int) -> dict:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(f"{number}\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.name}: the worker ended")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def report(name: str, hand: float, result: dict) -> tuple[float, float]:
+    baas = result["elapsed"]
+    store = dict(result["steps"]).get("store", 0.0)
+    parts = "  ".join(f"{k} {v:.2f}" for k, v in result["steps"])
+    parts += "; CPU: " + "  ".join(f"{k} {v:.2f}" for k, v in result["cpu_steps"])
+    print(f"  {name:>12}: {baas:6.2f} s  (CPU {result['cpu']:5.2f} s)  ratio {baas / hand:.2f}x  "
+          f"up to the store {(baas - store) / hand:.2f}x   [{parts}]")  # fmt: skip
     if os.environ.get("BENCH_VERBOSE"):
-        print(done.log)
-    return elapsed, store_seconds(done.log)
+        print(result["log"])
+    return baas / hand, (baas - store) / hand
 
 
 def main() -> int:
@@ -252,10 +361,19 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--keep", action="store_true")
+    parser.add_argument("--against", type=Path, help="another checkout of BAAS, timed too")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--registry", help=argparse.SUPPRESS)
+    parser.add_argument("--reference", help=argparse.SUPPRESS)
+    parser.add_argument("--fs-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        return worker(args)
     work = args.workdir or Path(tempfile.mkdtemp(prefix="baas-bench-import-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
     registry_process = None
+    contenders: list[Contender] = []
     try:
         size = parse_size(args.size)
         layers = test_layers(size, args.seed)
@@ -265,32 +383,40 @@ def main() -> int:
         run("skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{work / 'oci'}:bench",
             reference)  # fmt: skip
         fs_size = (size * 13 // 10 // MiB + 64) * MiB  # the same filesystem size for both
-        setup_django(work, registry)
+        repos = [REPO] + ([args.against.resolve()] if args.against else [])
+        for i, repo in enumerate(repos):
+            contenders.append(Contender(repo, work / f"baas{i}", registry, reference, fs_size))
         print(f"test image: {size / MiB:.0f} MiB of files in 2 layers, filesystem "
               f"{fs_size / MiB:.0f} MiB; {args.repeat} runs, alternating")  # fmt: skip
-        ratios, before_store = [], []
+        ratios: dict[str, list[float]] = {c.name: [] for c in contenders}
+        before_store: dict[str, list[float]] = {c.name: [] for c in contenders}
         for number in range(1, args.repeat + 1):
-            hand = by_hand(reference, work / "hand", fs_size)
-            baas, store = by_baas(reference, fs_size, number)
-            ratios.append(baas / hand)
-            before_store.append((baas - store) / hand)
-            print(f"run {number}: by hand {hand:6.2f} s   BAAS import {baas:6.2f} s "
-                  f"(storing {store:5.2f} s)   ratio {baas / hand:.2f}x   "
-                  f"up to the store {(baas - store) / hand:.2f}x")  # fmt: skip
+            load = os.getloadavg()
+            hand, hand_cpu = by_hand(reference, work / "hand", fs_size)
+            print(f"run {number} (load {load[0]:.2f} {load[1]:.2f}): by hand {hand:6.2f} s  "
+                  f"(CPU {hand_cpu:5.2f} s)")  # fmt: skip
+            order = contenders if number % 2 else contenders[::-1]
+            for contender in order:
+                ratio, early = report(contender.name, hand, contender.run(number))
+                ratios[contender.name].append(ratio)
+                before_store[contender.name].append(early)
         image = work / "sha.img"
         with image.open("wb") as f:
             f.write(os.urandom(64 * MiB))
         sha = time.monotonic()
         subprocess.run(["sha256sum", str(image)], check=True, capture_output=True)
         rate = 64 / (time.monotonic() - sha)
-        median = statistics.median(ratios)
-        verdict = "ok" if median <= TARGET else "FAIL  <<<"
-        print(f"median ratio {median:.2f}x (target ≤ {TARGET}x)  {verdict}")
-        print(
-            f"median ratio up to the store {statistics.median(before_store):.2f}x "
-            f"(the store hashes and maps every byte: SHA-256 runs at {rate:.0f} MiB/s here)"
-        )
+        for name, values in ratios.items():
+            worst = max(values)
+            verdict = "ok" if worst <= TARGET else "FAIL  <<<"
+            print(f"{name}: ratios {' '.join(f'{r:.2f}' for r in values)}; median "
+                  f"{statistics.median(values):.2f}x, worst {worst:.2f}x (target ≤ {TARGET}x "
+                  f"every run)  {verdict}; up to the store, median "
+                  f"{statistics.median(before_store[name]):.2f}x")  # fmt: skip
+        print(f"(SHA-256 runs at {rate:.0f} MiB/s here)")
     finally:
+        for contender in contenders:
+            contender.close()
         if registry_process is not None:
             registry_process.terminate()
             registry_process.wait(timeout=10)

@@ -38,7 +38,7 @@ delete them: :func:`holder_register` with a :class:`Holder` (``catalogue.holders
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +141,13 @@ def version_store_file(
     note: str = "",
     same_as: Version | None = None,
     move: bool = False,
+    stop: Callable[[], None] | None = None,
 ) -> Version:
     """The raw file at ``path`` as ``image``'s next version (``same_as`` if unchanged);
-    ``move``: the file is given up, moved into the store instead of copied where it can."""
+    ``move``: the file is given up, moved into the store instead of copied where it can;
+    ``stop``: called as the file is read, may raise to give the store up (nothing stored)."""
     return _files.version_store_file(
-        actor=actor, image=image, path=path, note=note, same_as=same_as, move=move
+        actor=actor, image=image, path=path, note=note, same_as=same_as, move=move, stop=stop
     )
 
 

@@ -359,10 +359,13 @@ class UploadState(models.TextChoices):
 
 class ResumableUpload(models.Model):
     """An upload resource (draft-ietf-httpbis-resumable-upload): the bytes of a coming version
-    received over several requests, kept as sent in a ``.part`` file until the last one.
+    received over several requests, in a ``.part`` file until the last one: kept as sent, or
+    (``decoded`` not null: an Android sparse image) decoded as it arrives into the raw image.
 
     ``offset`` is what the server acknowledged (synced to that file); ``stored`` the bytes
-    it takes on disk, counted in the owner's quota while ``receiving``. A row outlives its
+    it takes on disk, counted in the owner's quota while ``receiving``. ``decoded`` holds the
+    decoder's, map's and checks' state at ``offset`` (a checkpoint), ``probes_asked`` and
+    ``probes_answered`` let a HEAD ask a running append for one. A row outlives its
     bytes as a tombstone (``complete``, ``expired``, ``failed``) for a while, so a client
     learns what became of it (catalogue.services.uploads.resumable).
     """
@@ -390,6 +393,11 @@ class ResumableUpload(models.Model):
         Version, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     reason = models.CharField(max_length=500, blank=True, help_text="Why it failed")
+    decoded = models.JSONField(
+        null=True, blank=True, help_text="Decoded as it arrives: the state at the offset"
+    )
+    probes_asked = models.PositiveIntegerField(default=0)
+    probes_answered = models.PositiveIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     expires_at = models.DateTimeField(help_text="When its bytes go if nothing more arrives")

@@ -245,6 +245,40 @@ class DataMapper:
         fast = tuple(self._fast) if blake3_module is not None else None
         return DataMap(size=self.size, sha256=sha256, ranges=tuple(self._ranges), blake3=fast)
 
+    def state(self) -> dict[str, Any]:
+        """Where the map is, as plain values (JSON), for :meth:`restore`. The hashes of the
+        open range are not in it: :meth:`restore` is given that range's bytes again."""
+        return {
+            "size": self.size,
+            "carry": self._carry.hex(),
+            "ranges": [list(item) for item in self._ranges],
+            "blake3": list(self._fast),
+            "open": None if self._open is None else [self._open[0], self._end],
+        }
+
+    def restore(self, state: dict[str, Any], read: Callable[[int, int], Iterator[bytes]]) -> None:
+        """Go on from where :meth:`state` was taken; ``read(start, end)`` gives the bytes of
+        the image between those offsets (the open range's, hashed again; none are handed to
+        ``on_data``)."""
+        self.size, self._carry = int(state["size"]), bytes.fromhex(state["carry"])
+        self._ranges = [
+            (int(start), int(end), str(digest)) for start, end, digest in state["ranges"]
+        ]
+        self._fast = [str(digest) for digest in state["blake3"]]
+        self._open = None
+        if state["open"] is not None:
+            start, end = (int(value) for value in state["open"])
+            self._open = (
+                start,
+                hashlib.sha256() if self._sha256 else None,
+                blake3_module.blake3() if blake3_module is not None else None,
+            )
+            for piece in read(start, end):
+                for digest in self._open[1:]:
+                    if digest is not None:
+                        digest.update(piece)
+            self._end = end
+
     def _scan(self, data: bytes | bytearray, start: int, end: int, offset: int) -> None:
         """Map the whole blocks of ``data[start:end]``, at ``offset`` in the image: data
         runs are hashed into ranges, zero blocks end them. The piece is searched where

@@ -186,6 +186,14 @@ class SparseDecoder(_ForeignErrors):
         checks: list[tuple[int, int]] = self._decoder.crc_checks
         return checks
 
+    def state(self) -> dict[str, Any]:
+        """Where it is in the stream (:meth:`diskimage.sparse.SparseImageDecoder.state`)."""
+        state: dict[str, Any] = self._decoder.state()
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._decoder.restore(state)
+
     def _zeros(self, length: int) -> None:
         for start in range(0, length, CHUNK):
             self._sink(ZERO_CHUNK[: min(CHUNK, length - start)])

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Iterable
+import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -25,6 +26,7 @@ from catalogue.services.delivery import open_stored
 from catalogue.services.lifecycle import quota_guard_for
 from catalogue.services.uploads import VersionReceiver, version_upload
 from catalogue.storage import LocalStorage, VersionExists, get_storage
+from diskimage.holes import data_extents
 
 CHUNK = 1 << 20
 
@@ -96,9 +98,14 @@ def version_store_file(
     note: str = "",
     same_as: Version | None = None,
     move: bool = False,
+    stop: Callable[[], None] | None = None,
 ) -> Version:
     """The raw file at ``path`` through the catalogue's upload path: ``image``'s next
     version, or ``same_as`` if the bytes are the same; raises what an upload raises.
+
+    Only the file's data is read: its holes (SEEK_DATA) are given as runs of zeros,
+    which are hashed and mapped as zeros, never read. ``stop``, called after each chunk
+    read, may raise to give the store up: nothing is then stored.
 
     ``move``: the caller gives the file up. On the store's filesystem it is moved in
     as the pending file rather than copied (still read, mapped, hashed and checked as
@@ -110,13 +117,32 @@ def version_store_file(
         wire_digest=False,
         adopt=path if move else None,
     )
-    with open(path, "rb") as source, receiver:
+    with open(path, "rb", buffering=0) as source, receiver:
         receiver.declare_encoding(Compression.NONE)
-        while chunk := source.read(CHUNK):
-            receiver.write(chunk)
+        _feed(source.fileno(), receiver, stop)
         return version_upload(
             actor=actor, image=image, receiver=receiver, note=note, same_as=same_as
         )
+
+
+def _feed(fd: int, receiver: VersionReceiver, stop: Callable[[], None] | None) -> None:
+    """The file's bytes to ``receiver``: its data read, its holes as zeros."""
+    size = os.fstat(fd).st_size
+    position = 0
+    for start, end in data_extents(fd, 0, size):
+        if start > position:
+            receiver.write_zeros(start - position)
+        position = start
+        while position < end:
+            chunk = os.pread(fd, min(CHUNK, end - position), position)
+            if not chunk:
+                return  # the file was cut short: the upload's checks see the size
+            receiver.write(chunk)
+            position += len(chunk)
+            if stop is not None:
+                stop()
+    if size > position:
+        receiver.write_zeros(size - position)
 
 
 def version_store_stream(

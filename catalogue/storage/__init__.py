@@ -24,6 +24,7 @@ from __future__ import annotations
 from catalogue.storage.local import LocalStorage, get_storage
 from catalogue.storage.names import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, StoredName
 from catalogue.storage.pending import (
+    DecodedPart,
     PendingFile,
     ResumablePart,
     StorageError,
@@ -37,6 +38,7 @@ __all__ = [
     "MAP_SUFFIX",
     "PART_SUFFIX",
     "SUFFIXES",
+    "DecodedPart",
     "LocalStorage",
     "PendingFile",
     "ResumablePart",

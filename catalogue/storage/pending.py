@@ -345,8 +345,14 @@ class ResumablePart:
 
     def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, token: str):
         self.path = storage.image_dir(image_uuid) / resumable_part_name(token)
+        self._storage, self._image_uuid = storage, image_uuid
         self._file: BinaryIO | None = None
         self.position = 0
+
+    def decoded(self, position: int) -> DecodedPart:
+        """The file as the raw image decoded so far (an upload decoded as it arrives), for
+        writing at ``position`` on: whatever lies past it is cut off."""
+        return DecodedPart(self._storage, self._image_uuid, self.path, position)
 
     def open(self, offset: int) -> None:
         """Open for appending at ``offset`` (created empty at 0)."""
@@ -411,4 +417,56 @@ class ResumablePart:
 
     def remove(self) -> None:
         self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class DecodedPart(PendingFile):
+    """A resumable upload's raw image, decoded as its bytes arrived: a pending file that
+    outlives its request (its :class:`ResumablePart`'s path, which its row owns).
+
+    Opened at the position its last checkpoint recorded, with everything past it cut off
+    (bytes a crashed request wrote after it, which the next requests would otherwise leave
+    where holes belong). :meth:`sync` makes what was written durable before the row
+    records a checkpoint; ``commit`` puts it in place as any pending file; ``abort`` only
+    closes it (the bytes stay for the next request); :meth:`remove` removes them.
+    """
+
+    def __init__(self, storage: LocalStorage, image_uuid: uuid.UUID, path: Path, position: int):
+        self.storage = storage
+        self.image_uuid = image_uuid
+        self.sparse = True
+        self.path = path
+        path.parent.mkdir(exist_ok=True)
+        if position and not path.exists():
+            raise StorageError(f"{path.name} is missing: its bytes were lost")
+        self._file = open(path, "r+b" if path.exists() else "xb", buffering=0)  # noqa: SIM115
+        try:
+            if os.fstat(self._file.fileno()).st_size < position:
+                raise StorageError(f"{path.name} holds fewer bytes than were acknowledged")
+            self._file.truncate(position)
+        except BaseException:
+            self._file.close()
+            raise
+        self.position = position
+        self._carry = b""
+        self._unsynced = 0
+        self._written = os.fstat(self._file.fileno()).st_blocks * 512
+        self._done = False
+
+    def sync(self) -> int:
+        """Make every byte written durable (the size too); return the bytes it takes."""
+        self._file.truncate(self.position)
+        os.fdatasync(self._file.fileno())
+        return self.allocated()
+
+    def allocated(self) -> int:
+        return os.fstat(self._file.fileno()).st_blocks * 512
+
+    def abort(self) -> None:
+        self._done = True
+        if not self._file.closed:
+            self._file.close()
+
+    def remove(self) -> None:
+        self.abort()
         self.path.unlink(missing_ok=True)

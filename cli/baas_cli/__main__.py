@@ -1,5 +1,5 @@
 import sys
 
-from baas_cli.app import main
+from baas_cli.entry import main
 
 sys.exit(main())

@@ -10,8 +10,12 @@ import socket
 import sys
 from typing import Annotated, Any
 
-import click
 import typer
+
+try:  # typer 0.2x carries its own copy of click, whose usage errors it raises
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - an older typer, on click itself
+    from click import ClickException  # type: ignore[assignment]
 
 from baas_cli import config, output
 from baas_cli.client import Api
@@ -176,18 +180,19 @@ def _register() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Every command, through typer (``baas_cli.entry`` runs a plain push before it)."""
     _register()
     try:
         app(args=argv, standalone_mode=False, prog_name="baas")
     except CliError as exc:
         output.errors.print(f"baas: {exc}", markup=False, highlight=False)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.ClickException as exc:
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except ClickException as exc:
         exc.show()
         return LOCAL
-    except click.exceptions.Abort:
+    except typer.Abort:
         output.errors.print("baas: interrupted")
         return LOCAL
     except OSError as exc:

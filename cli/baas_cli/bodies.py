@@ -20,13 +20,15 @@ import math
 import os
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from baas_cli.errors import LocalError
 from diskimage import sparse
 from diskimage.holes import data_extents
-from diskimage.seekable import ZERO_FRAME_MAX, zero_frame
+
+if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
 
 SPARSE, ZSTD = "sparse", "zstd"
 RAW_MAX = 256 << 20  # data per RAW chunk (its size field is 32 bits)
@@ -113,6 +115,8 @@ def _merge_small(pieces: list[bytes | tuple[int, int]]) -> list[bytes | tuple[in
 
 def zstd_segments(layout: Layout) -> list[Segment]:
     """The file cut where frames are: holes (up to a zero frame each) and data pieces."""
+    from diskimage.seekable import ZERO_FRAME_MAX  # zstd only: a sparse push never needs it
+
     segments: list[Segment] = []
     position = 0
     for start, end in [*layout.extents, (layout.size, layout.size)]:
@@ -138,6 +142,8 @@ class FrameMaker:
     def frame(self, segment: Segment) -> bytes:
         start, end, data = segment
         if not data:
+            from diskimage.seekable import zero_frame
+
             return zero_frame(end - start)
         raw = os.pread(self.fd, end - start, start)
         if len(raw) != end - start:
@@ -159,6 +165,8 @@ class FrameSource:
     """
 
     def __init__(self, fd: int, segments: list[Segment], lengths: list[int]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self.fd, self.segments = fd, segments
         self.lengths = list(lengths[: len(segments)])
         self.pool = ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))

@@ -10,7 +10,6 @@ import typer
 
 from baas_cli import output
 from baas_cli.app import Json, Session
-from baas_cli.client import is_uuid
 from baas_cli.errors import LocalError
 
 app = typer.Typer(help="Images and their versions: list, create, push, pull.", no_args_is_help=True)
@@ -200,39 +199,19 @@ def push(
     as_json: Json = False,
 ) -> None:
     """Upload FILE as the image's next version: only its data, resumable."""
-    from baas_cli.progress import Transfer
-    from baas_cli.push import Push, PushOptions
+    from baas_cli.quick import push_file
 
-    if compress not in ("auto", "zstd", "none"):
-        raise LocalError("--compress is auto, zstd or none.")
-    api = Session.api()
-    # A UUID needs no question to the server: the upload's own requests are the first ones.
-    found = {"uuid": image, "name": image} if is_uuid(image) else api.image(image)
-    options = PushOptions(
+    push_file(
+        image=image,
+        file=file,
         note=note,
         digest=digest,
         compress=compress,
-        limit_rate=parse_rate(limit_rate),
+        limit_rate=limit_rate,
         restart=restart,
-        resumable=resume,
-    )
-    with Transfer(f"push {file.name}", quiet=as_json) as transfer:
-        report = transfer.push_report()
-        version = Push(api, found, file, options, report).run()
-        sent = transfer.done
-    summary = {
-        "encoding": report.encoding,
-        "sent": sent,
-        "resumed_from": report.resumed_from,
-        "body_length": report.body_length,
-        "restarted": report.restarted or None,
-        **report.extra,
-    }
-    output.done(
-        f"{found['name']} version {version.get('version')} stored "
-        f"({output.size(version.get('size'))}; {output.size(sent)} sent, {report.encoding}).",
-        {**version, "transfer": summary},
-        as_json,
+        resume=resume,
+        as_json=as_json,
+        profile=Session.profile_name,
     )
 
 
@@ -254,6 +233,7 @@ def pull(
     """Download a version as a sparse file: only its data is moved, each range checked."""
     from baas_cli.progress import Transfer
     from baas_cli.pull import Pull, latest_number, pull_stored
+    from baas_cli.quick import parse_rate
 
     if raw and zst:
         raise LocalError("Choose --raw or --zst, not both.")
@@ -274,13 +254,3 @@ def pull(
         result,
         as_json,
     )
-
-
-def parse_rate(text: str) -> int:
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    unit = text[-1:] if text[-1:] in units else ""
-    try:
-        return int(float(text[: len(text) - len(unit)]) * units[unit])
-    except ValueError as exc:
-        raise LocalError(f"Not a rate: {text!r} (e.g. 50M)") from exc

@@ -5,13 +5,32 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
 
-console = Console()
-errors = Console(stderr=True)
+    console: Console  # standard output
+    errors: Console  # standard error
+
+_consoles: dict[str, Any] = {}
+
+
+def _console(name: str) -> Any:
+    """``console`` or ``errors``, made (and rich imported) when first printed to: a push
+    with ``--json`` prints its answer without them."""
+    if name not in _consoles:
+        from rich.console import Console
+
+        _consoles[name] = Console(stderr=name == "errors")
+    return _consoles[name]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in ("console", "errors"):
+        raise AttributeError(name)
+    return _console(name)
+
 
 Column = tuple[str, Callable[[dict[str, Any]], Any]]
 
@@ -37,16 +56,20 @@ def when(value: str | None) -> str:
 
 
 def table(rows: Iterable[dict[str, Any]], columns: Sequence[Column], title: str = "") -> None:
+    from rich.table import Table
+
     grid = Table(title=title or None, show_edge=False, header_style="bold")
     for name, _ in columns:
         grid.add_column(name)
     for row in rows:
         grid.add_row(*("-" if (v := get(row)) is None else str(v) for _, get in columns))
-    console.print(grid)
+    _console("console").print(grid)
 
 
 def fields(data: dict[str, Any], keys: Sequence[str] | None = None) -> None:
     """One object as ``key  value`` lines (nested lists and objects as compact JSON)."""
+    from rich.table import Table
+
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold")
     grid.add_column()
@@ -55,7 +78,7 @@ def fields(data: dict[str, Any], keys: Sequence[str] | None = None) -> None:
         if isinstance(value, dict | list):
             value = json.dumps(value, default=str)
         grid.add_row(key, "-" if value is None else str(value))
-    console.print(grid)
+    _console("console").print(grid)
 
 
 def show(data: Any, as_json: bool, render: Callable[[], None]) -> None:
@@ -69,4 +92,4 @@ def done(message: str, data: Any, as_json: bool) -> None:
     if as_json:
         emit_json(data)
     else:
-        console.print(message)
+        _console("console").print(message)

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -177,11 +178,14 @@ class Push:
             return bodies.ZSTD
         if wanted == "none" or not self.layout.extents:
             return bodies.SPARSE
-        self._sample_compression()
+        # Beside the sending, not before it: the choice comes SAMPLE_SECONDS later.
+        self.sampling = threading.Thread(target=self._sample_compression, daemon=True)
+        self.sampling.start()
         return bodies.SPARSE  # until the link proves slower than compression (_watch_link)
 
     def _sample_compression(self) -> None:
-        """How fast one core compresses the file's first data, and how small it gets."""
+        """How fast one core compresses the file's first data, and how small it gets (on a
+        thread: zstd releases the GIL, and its import and sample cost no time of the push)."""
         start, end = self.layout.extents[0]
         end = min(end, start + bodies.FRAME_DATA)
         maker = bodies.FrameMaker(self.file.fileno())
@@ -194,17 +198,17 @@ class Push:
 
     def _watch_link(self) -> Callable[[int], None] | None:
         """For --compress auto: a counter that stops the sparse upload when zstd would win."""
-        sample = getattr(self, "sample", None)
-        if sample is None:
+        if getattr(self, "sampling", None) is None:
             return None
-        began, seen = time.monotonic(), [0]
+        began, seen, decided = time.monotonic(), [0], [False]
 
         def watch(amount: int) -> None:
             seen[0] += amount
             elapsed = time.monotonic() - began
-            if elapsed < SAMPLE_SECONDS or sample.get("decided"):
+            sample = getattr(self, "sample", None)
+            if elapsed < SAMPLE_SECONDS or decided[0] or sample is None:
                 return
-            sample["decided"] = True
+            decided[0] = True
             link = seen[0] / elapsed
             left = self.layout.data_bytes - seen[0]
             plain = left / link

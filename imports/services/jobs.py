@@ -25,6 +25,7 @@ from celery import shared_task
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from accounts.services import audit_record
@@ -93,9 +94,8 @@ def import_create(
         )
         if archive is not None:
             _keep_archive(job, archive)
-        audit_record(
-            actor=actor, action="image.import", target=image, job=job.pk, source=job.source
-        )
+        shown = urls.shown_url(job.source) if job.kind == Kind.URL else job.source
+        audit_record(actor=actor, action="image.import", target=image, job=job.pk, source=shown)
         sealed = ""
         if request.username or request.password:
             sealed = secrets.seal({"username": request.username, "password": request.password})
@@ -170,8 +170,8 @@ def import_get_visible(*, actor: Any, job_id: int) -> Job:
 
 
 def import_cancel(*, actor: Any, job_id: int) -> Job:
-    """Cancel the job: at once if queued, within a second if running (its tools stopped).
-    ImportConflict if it already ended."""
+    """Cancel the job: at once if queued, within a second if running (its tools stopped, or
+    its store given up). ImportConflict if it already ended."""
     import_get_visible(actor=actor, job_id=job_id)
     with transaction.atomic():
         job = Job.objects.select_for_update().get(pk=job_id)
@@ -222,6 +222,7 @@ def import_run(*, job_id: int, sealed: str = "") -> Job | None:
         job.version = version
         _end(job, progress, State.DONE, "")
     finally:
+        progress.remover.wait()
         shutil.rmtree(folder, ignore_errors=True)
     return job
 
@@ -252,19 +253,56 @@ def import_run_task(job_id: int, sealed: str = "") -> str | None:
     return job.state if job is not None else None
 
 
+QUEUED_AT_MOST = timedelta(days=1)  # a job no worker took by then lost its message
+
+
 def imports_sweep(*, now: Any = None) -> int:
-    """Fail the jobs whose worker died (running past BAAS_IMPORT_TIMEOUT and a grace), and
-    remove their folders; returns how many. Beat sends it; a job that ended is left alone."""
+    """Fail the jobs whose worker died (running past BAAS_IMPORT_TIMEOUT and a grace) and
+    those no worker took within QUEUED_AT_MOST (their message was lost), and remove their
+    folders, an uploaded archive with them; returns how many. Folders left by jobs that
+    ended, or whose job is gone, are removed too. Beat sends it; a job that ended is left
+    alone."""
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.BAAS_IMPORT_TIMEOUT + 900)
-    stale = list(Job.objects.filter(state=State.RUNNING, started_at__lt=cutoff))
-    for job in stale:
-        reason = "The worker running this import stopped before it ended; nothing was stored."
-        Job.objects.filter(pk=job.pk, state=State.RUNNING).update(
-            state=State.FAILED, reason=reason, finished_at=now
+    grace = timedelta(seconds=settings.BAAS_IMPORT_TIMEOUT + 900)
+    dead = [
+        (State.RUNNING, Q(started_at__lt=now - grace),
+         "The worker running this import stopped before it ended; nothing was stored."),
+        (State.QUEUED, Q(created_at__lt=now - QUEUED_AT_MOST),
+         "No worker started this import within a day (its message was lost); nothing was "
+         "stored. Import again."),
+    ]  # fmt: skip
+    failed = 0
+    for state, old, reason in dead:
+        for job in Job.objects.filter(old, state=state):
+            failed += Job.objects.filter(pk=job.pk, state=state).update(
+                state=State.FAILED, reason=reason, finished_at=now
+            )
+            shutil.rmtree(work_dir(job), ignore_errors=True)
+    _remove_left_folders(now)
+    return failed
+
+
+def _remove_left_folders(now: Any) -> None:
+    """Folders of jobs that ended (a worker killed in its last step) or that no longer exist
+    (an hour old at least: a job being created has its folder before its row is committed)."""
+    root = Path(settings.BAAS_IMPORT_WORK_DIR)
+    folders = {int(p.name[4:]): p for p in root.glob("job-*") if p.name[4:].isdigit()}
+    if not folders:
+        return
+    live = set(
+        Job.objects.filter(pk__in=folders, state__in=[State.QUEUED, State.RUNNING]).values_list(
+            "pk", flat=True
         )
-        shutil.rmtree(work_dir(job), ignore_errors=True)
-    return len(stale)
+    )
+    known = set(Job.objects.filter(pk__in=folders).values_list("pk", flat=True))
+    hour_ago = (now - timedelta(hours=1)).timestamp()
+    for pk, folder in folders.items():
+        try:
+            recent = folder.stat().st_mtime > hour_ago
+        except FileNotFoundError:
+            continue
+        if pk not in live and (pk in known or not recent):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 @shared_task(name="imports.imports_sweep", base=TransactionAwareTask)

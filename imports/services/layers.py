@@ -24,6 +24,7 @@ import zstandard
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
+READ = 1 << 20  # read, and skip file contents, a MiB at a time (not tarfile's 10 KiB)
 
 
 class LayerRefused(Exception):
@@ -107,7 +108,7 @@ def scan_layer(
 ) -> None:
     """Check one layer and apply it to ``tree``; raises LayerRefused, LayersTooLarge."""
     try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
+        with tarfile.open(fileobj=stream, mode="r|", bufsize=READ) as tar:
             for count, member in enumerate(tar):
                 _apply(member, tree)
                 if tree.unpacked > limit:

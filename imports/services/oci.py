@@ -1,6 +1,7 @@
 """Container images: resolved with ``skopeo inspect``, pulled with ``skopeo copy`` into an OCI
-layout, checked layer by layer (:mod:`.layers`), unpacked with ``umoci raw unpack
---rootless`` (whiteouts applied) and made into an ext4 filesystem with ``mke2fs -d``.
+layout, checked layer by layer (:mod:`.layers`) while ``umoci raw unpack --rootless``
+unpacks them (whiteouts applied; :mod:`.unpack`), and made into an ext4 filesystem with
+``mke2fs -d``.
 
 Every step runs under the job's watch (:mod:`.tools`): a cancel, the deadline, or the
 work folder passing the size limit stops the tool at once, so a too large image is
@@ -14,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from django.conf import settings
 from imports.exceptions import ImportInvalid, ImportRefused, ImportTooLarge
 from imports.services import layers as layer_checks
 from imports.services.network import check_host
-from imports.services.tools import ToolFailed, ToolStopped, Watch, run_tool, tree_size
+from imports.services.tools import ToolFailed, Watch, run_tool, tree_size
 
 MiB = 1024**2
 INDEX_TYPES = (
@@ -129,6 +131,7 @@ class Context:
     deadline: float  # time.monotonic() by which the whole job must end
     auth_file: Path | None = None
     archive: Path | None = None
+    discard: Callable[[Path], None] = lambda path: shutil.rmtree(path, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -275,45 +278,6 @@ def _blob(layout: Path, digest: str) -> Path:
     if algorithm != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", value):
         raise ImportRefused(f"The image names a blob {digest!r} BAAS cannot read.")
     return layout / "blobs" / "sha256" / value
-
-
-def check_layers(layout: Path, ctx: Context) -> layer_checks.Tree:
-    """Every layer checked and its unpacked size counted; refused past the limit."""
-    tree = layer_checks.Tree()
-    _, blobs = layout_layers(layout)
-    stop = ctx.watch(None, 0, "")
-    for number, (path, media_type) in enumerate(blobs, start=1):
-        try:
-            with layer_checks.open_layer(path, media_type) as stream:
-                layer_checks.scan_layer(
-                    stream, tree, limit=ctx.limit, progress=lambda: _check(stop)
-                )
-        except layer_checks.LayerRefused as exc:
-            raise ImportRefused(f"Layer {number} {exc}. Nothing was stored.") from exc
-        except layer_checks.LayersTooLarge as exc:
-            raise ImportTooLarge(
-                f"The layers unpack to more than {ctx.limit} bytes ({ctx.limit_why}): "
-                f"{exc.size} bytes by layer {number}. Stopped before unpacking; nothing "
-                "was stored."
-            ) from exc
-        ctx.progress(layers_done=number)
-    return tree
-
-
-def _check(stop: Watch) -> None:
-    reason = stop()
-    if reason is not None:
-        raise ToolStopped(reason)
-
-
-def unpack(layout: Path, ctx: Context) -> Path:
-    """``umoci raw unpack --rootless``: the root tree, whiteouts applied, watched for size."""
-    rootfs = ctx.work / "rootfs"
-    run_tool(
-        ["umoci", "raw", "unpack", "--rootless", "--image", f"{layout}:image", rootfs],
-        watch=ctx.watch(rootfs, ctx.limit, "unpacked"),
-    )
-    return rootfs
 
 
 def fitted_size(rootfs: Path) -> int:

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from imports.models import ImportJob as Job
-from imports.services.tools import Watch, tree_size
+from imports.services.tools import Remover, Watch, tree_size
 
 LOG_MAX = 64 * 1024
 
@@ -21,6 +21,7 @@ class Progress:
         self.job = job
         self.deadline = time.monotonic() + settings.BAAS_IMPORT_TIMEOUT
         self._checked = 0.0
+        self.remover = Remover()  # what the job no longer needs, removed while it goes on
 
     def log(self, line: str) -> None:
         stamp = timezone.now().strftime("%H:%M:%S.%f")[:-3]
@@ -32,15 +33,16 @@ class Progress:
             setattr(self.job, name, value)
         Job.objects.filter(pk=self.job.pk).update(**fields)
 
-    def stop_reason(self) -> str | None:
-        """Why the job must stop now (cancelled, out of time), or None; asks the row each second."""
+    def stop_reason(self, *, fresh: bool = False) -> str | None:
+        """Why the job must stop now (cancelled, out of time), or None; asks the row each
+        second, or at once if ``fresh``."""
         if time.monotonic() > self.deadline:
             return (
                 f"The import took longer than BAAS_IMPORT_TIMEOUT ({settings.BAAS_IMPORT_TIMEOUT} "
                 "s) and was stopped; nothing was stored."
             )
         now = time.monotonic()
-        if now - self._checked >= 1.0:
+        if fresh or now - self._checked >= 1.0:
             self._checked = now
             if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
                 return "Cancelled."

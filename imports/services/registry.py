@@ -4,7 +4,7 @@ store (through ``catalogue.interface``, the upload path), with its provenance.""
 from __future__ import annotations
 
 import os
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,9 +13,9 @@ from django.db import transaction
 
 from catalogue.interface import image_room, version_store_file
 from catalogue.models import Version
-from imports.exceptions import ImportTooLarge
+from imports.exceptions import ImportStopped, ImportTooLarge
 from imports.models import ImportJob, Layout, State
-from imports.services import disk, oci, secrets
+from imports.services import disk, oci, secrets, unpack
 
 if TYPE_CHECKING:
     from imports.services.progress import Progress
@@ -43,6 +43,7 @@ def oci_import(
         deadline=progress.deadline,
         auth_file=_auth_file(folder, reference, credentials),
         archive=folder / "archive.tar" if reference.transport in oci.ARCHIVES else None,
+        discard=progress.remover.later,
     )
     try:
         return _import(job, progress, ctx, reference, platform)
@@ -69,11 +70,10 @@ def _import(
         progress.log(f"Already imported as version {existing.number}: nothing new to store.")
         return existing
     layout = oci.pull(reference, resolved, platform, ctx)
-    progress.log("Checking the layers.")
-    tree = oci.check_layers(layout, ctx)
-    progress.log(f"Unpacking ({tree.unpacked} bytes at most).")
-    rootfs = oci.unpack(layout, ctx)
-    shutil.rmtree(layout, ignore_errors=True)  # the layers are no longer needed
+    progress.log("Checking the layers while they are unpacked (used once all passed).")
+    tree, rootfs = unpack.check_and_unpack(layout, ctx)
+    progress.log(f"Every layer passed the checks; unpacked ({tree.unpacked} bytes at most).")
+    ctx.discard(layout)  # the layers are no longer needed: removed while mke2fs runs
     size = job.size or oci.fitted_size(rootfs)
     if size > ctx.limit:
         raise ImportTooLarge(
@@ -87,9 +87,9 @@ def _import(
     else:
         progress.log(f"Making an ext4 filesystem of {size} bytes labelled {job.label}.")
         oci.make_filesystem(rootfs, tree, path=built, size=size, label=job.label, ctx=ctx)
-    shutil.rmtree(rootfs, ignore_errors=True)
+    ctx.discard(rootfs)  # removed while the store reads the filesystem
     progress.log("Storing it as the image's next version.")
-    return _store(job, built, reference, platform, resolved.digest)
+    return _store(job, built, reference, platform, resolved.digest, _stopper(progress))
 
 
 def _already_imported(job: ImportJob) -> Version | None:
@@ -112,13 +112,36 @@ def _already_imported(job: ImportJob) -> Version | None:
     return earlier.version if earlier is not None else None
 
 
+def _stopper(progress: Progress) -> Callable[[], None]:
+    """What the store calls as it reads the file: raises ImportStopped once the job is
+    cancelled (or out of time), asking the row at once, then each second. A cancel that
+    comes after the whole file was read is too late: the version is kept."""
+    asked = False
+
+    def stop() -> None:
+        nonlocal asked
+        reason = progress.stop_reason(fresh=not asked)
+        asked = True
+        if reason is not None:
+            raise ImportStopped(reason)
+
+    return stop
+
+
 def _store(
-    job: ImportJob, path: Path, reference: oci.Reference, platform: oci.Platform, digest: str
+    job: ImportJob,
+    path: Path,
+    reference: oci.Reference,
+    platform: oci.Platform,
+    digest: str,
+    stop: Callable[[], None],
 ) -> Version:
     actor = job.created_by
     note = f"Imported from {reference.text} ({digest})"[:500]
     with transaction.atomic():
-        version = version_store_file(actor=actor, image=job.image, path=path, note=note, move=True)
+        version = version_store_file(
+            actor=actor, image=job.image, path=path, note=note, move=True, stop=stop
+        )
         Version.objects.filter(pk=version.pk).update(
             source_reference=reference.text,
             source_digest=digest,

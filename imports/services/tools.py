@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -46,8 +47,10 @@ def run_tool(
     watch: Watch,
     cwd: Path | None = None,
     env: dict[str, str] | None = None,
+    poll: float = POLL,
 ) -> str:
-    """Run ``args``; return its standard output (bounded). Raises ToolFailed, ToolStopped."""
+    """Run ``args``; return its standard output (bounded). Raises ToolFailed, ToolStopped.
+    ``watch`` is asked every ``poll`` seconds."""
     proc = subprocess.Popen(  # noqa: S603 - fixed programs, arguments we built
         [str(a) for a in args],
         stdin=subprocess.DEVNULL,
@@ -65,7 +68,7 @@ def run_tool(
                 _stop(proc)
                 raise ToolStopped(reason)
             with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=POLL)
+                proc.wait(timeout=poll)
     except BaseException:
         _stop(proc)
         raise
@@ -135,3 +138,24 @@ def tree_size(path: Path) -> int:
                 if entry.is_dir(follow_symlinks=False):
                     stack.append(Path(entry.path))
     return total
+
+
+class Remover:
+    """Folders a job no longer needs, removed on threads of their own: unlinking every file
+    of an unpacked tree waits on the disk's journal, and the next step need not wait for it.
+    :meth:`wait` before the job's work folder itself is removed."""
+
+    def __init__(self) -> None:
+        self._threads: list[threading.Thread] = []
+
+    def later(self, path: Path) -> None:
+        thread = threading.Thread(
+            target=shutil.rmtree, args=(path,), kwargs={"ignore_errors": True}, daemon=True
+        )
+        thread.start()
+        self._threads.append(thread)
+
+    def wait(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        self._threads.clear()

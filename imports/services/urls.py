@@ -7,6 +7,10 @@ catalogue's upload path (``catalogue.interface.version_store_stream``: raw,
 qcow2, gzip, zstd or Android sparse, recognised from the first bytes) with the
 SHA-256 it must match; a mismatch, the size limit, a cancel or a stalled read
 stores nothing.
+
+A URL may carry a token (a signed URL's query): what is kept beyond the job's own
+row — the audit event, the job's log and reasons, the version's note and
+provenance — names it by :func:`shown_url`, without query, fragment or userinfo.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import ssl
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 from django.conf import settings
 
@@ -50,6 +54,14 @@ def parse_url(url: str) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port, path
 
 
+def shown_url(url: str) -> str:
+    """``url`` as it may be recorded: scheme, host, port and path; no query, fragment or
+    userinfo (a signed URL's token, credentials)."""
+    parts = urlsplit(url.strip())
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 class _PinnedHTTPS(http.client.HTTPSConnection):
     """HTTPS to an address already checked, with the certificate checked for the host name."""
 
@@ -80,7 +92,9 @@ def _open(url: str) -> http.client.HTTPResponse:
             )
             response = conn.getresponse()
         except (OSError, http.client.HTTPException) as exc:
-            raise ImportRefused(f"{url} cannot be fetched: {exc}. Nothing was stored.") from exc
+            raise ImportRefused(
+                f"{shown_url(url)} cannot be fetched: {exc}. Nothing was stored."
+            ) from exc
         if response.status in (301, 302, 303, 307, 308) and response.getheader("Location"):
             url = urljoin(url, response.getheader("Location", ""))
             conn.close()
@@ -88,10 +102,13 @@ def _open(url: str) -> http.client.HTTPResponse:
         if response.status != 200:
             conn.close()
             raise ImportRefused(
-                f"{url} answered {response.status} {response.reason}. Nothing was stored."
+                f"{shown_url(url)} answered {response.status} {response.reason}. "
+                "Nothing was stored."
             )
         return response
-    raise ImportRefused(f"{url} redirects more than {MAX_REDIRECTS} times. Nothing was stored.")
+    raise ImportRefused(
+        f"{shown_url(url)} redirects more than {MAX_REDIRECTS} times. Nothing was stored."
+    )
 
 
 def _host_header(host: str, port: int, scheme: str) -> str:
@@ -102,13 +119,14 @@ def _host_header(host: str, port: int, scheme: str) -> str:
 
 def url_import(*, job: ImportJob, progress: Progress) -> Version:
     limit, why = image_room(job.image)
-    progress.log(f"Fetching {job.source}.")
+    shown = shown_url(job.source)
+    progress.log(f"Fetching {shown}.")
     response = _open(job.source)
     length = response.getheader("Content-Length")
     if length and length.isdigit() and int(length) > limit:
         response.close()
         raise ImportTooLarge(
-            f"{job.source} is {length} bytes, more than {limit} ({why}). Nothing was stored."
+            f"{shown} is {length} bytes, more than {limit} ({why}). Nothing was stored."
         )
     try:
         # Not in a transaction: the job's progress must be visible while the bytes stream.
@@ -117,15 +135,13 @@ def url_import(*, job: ImportJob, progress: Progress) -> Version:
             image=job.image,
             chunks=_chunks(response, progress, limit, why),
             expected_sha256=job.sha256,
-            note=f"Imported from {job.source}"[:500],
+            note=f"Imported from {shown}"[:500],
         )
-        Version.objects.filter(pk=version.pk).update(
-            source_url=job.source, source_sha256=job.sha256
-        )
+        Version.objects.filter(pk=version.pk).update(source_url=shown, source_sha256=job.sha256)
     except DomainError as exc:
         if "SHA-256 mismatch" in str(exc):
             raise ImportRefused(
-                f"The file at {job.source} does not have the SHA-256 given ({job.sha256}). "
+                f"The file at {shown} does not have the SHA-256 given ({job.sha256}). "
                 "Nothing was stored."
             ) from exc
         raise

@@ -9,7 +9,7 @@ import pytest
 
 from accounts.services import token_create
 from catalogue.models import ResumableUpload
-from catalogue.services.uploads import resumable
+from catalogue.services.uploads import resumable_base
 from catalogue.storage import get_storage
 from tests.catalogue.test_resumable_live import (
     MiB,
@@ -38,8 +38,8 @@ def test_head_during_an_append_syncs_and_acknowledges_what_arrived(
     """No checkpoint comes during this append (ticks and checkpoints pushed far away): the
     offset HEAD reports can only come from HEAD syncing the file itself, and it is recorded
     (a crash after the answer keeps it)."""
-    monkeypatch.setattr(resumable, "TICK_SECONDS", 600.0)
-    monkeypatch.setattr(resumable, "CHECKPOINT_SECONDS", 600.0)
+    monkeypatch.setattr(resumable_base, "TICK_SECONDS", 600.0)
+    monkeypatch.setattr(resumable_base, "CHECKPOINT_SECONDS", 600.0)
     image = new_image(user)
     where = create(live_server, secret, image)
     sock = open_patch(live_server, secret, where, 0, 4 * MiB, complete=False)

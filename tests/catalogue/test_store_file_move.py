@@ -106,3 +106,49 @@ def test_a_file_on_another_filesystem_is_not_adopted(tmp_path):
         assert source.read_bytes() == b"x" * BLOCK
     finally:
         source.unlink()
+
+
+@pytest.mark.parametrize("move", [True, False])
+def test_a_file_that_starts_and_ends_with_holes_is_read_where_it_has_data_only(
+    image, user, settings, move
+):
+    """Holes at the start (before the upload's plan is chosen), inside a block of data and
+    at the end: hashed and mapped as the zeros they read as, never read."""
+    source = Path(settings.BAAS_DISK_ROOT).parent / f"made-{uuid.uuid4().hex}.img"
+    data = bytes(3 * MiB) + os.urandom(2 * BLOCK + 100) + bytes(MiB) + os.urandom(BLOCK)
+    data += bytes(2 * MiB)
+    with source.open("wb") as out:
+        out.seek(3 * MiB)
+        out.write(data[3 * MiB : 3 * MiB + 2 * BLOCK + 100])
+        out.seek(4 * MiB + 2 * BLOCK + 100)
+        out.write(data[4 * MiB + 2 * BLOCK + 100 : 4 * MiB + 3 * BLOCK + 100])
+        out.truncate(len(data))
+    version = version_store_file(actor=user, image=image, path=source, move=move)
+    assert version.size == len(data)
+    assert version.sha256 == hashlib.sha256(data).hexdigest()
+    stored = LocalStorage(Path(settings.BAAS_DISK_ROOT)).version_file(
+        image.uuid, version.number, "none"
+    )
+    assert stored is not None and stored.read_bytes() == data
+    ranges = version_map(version).ranges
+    first = (3 * MiB, 3 * MiB + 3 * BLOCK)  # the data, to the end of its last block
+    assert (ranges[0][0], ranges[0][1]) == first
+    assert ranges[0][2] == hashlib.sha256(data[first[0] : first[1]]).hexdigest()
+    assert ranges[-1][1] <= 4 * MiB + 4 * BLOCK
+
+
+def test_a_store_given_up_by_its_stop_callback_leaves_nothing(image, user, settings):
+    source = Path(settings.BAAS_DISK_ROOT).parent / f"made-{uuid.uuid4().hex}.img"
+    source.write_bytes(os.urandom(3 * MiB))
+    calls = []
+
+    def stop() -> None:
+        calls.append(1)
+        if len(calls) == 2:
+            raise InterruptedError("cancelled")
+
+    with pytest.raises(InterruptedError):
+        version_store_file(actor=user, image=image, path=source, move=True, stop=stop)
+    assert len(calls) == 2, "called after each chunk read, and nothing read after it raised"
+    assert not source.exists()
+    assert_nothing_stored(image)

@@ -20,7 +20,7 @@ def test_the_wheel_carries_the_shared_formats_and_the_command(tmp_path):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "baas = baas_cli.app:main" in archive.read(entry_points).decode()
+        assert "baas = baas_cli.entry:main" in archive.read(entry_points).decode()
     for module in ("datamap", "sparse", "seekable", "verify", "holes"):
         assert f"diskimage/{module}.py" in names
     assert "baas_cli/push.py" in names and "baas_cli/pull.py" in names

@@ -75,16 +75,18 @@ def test_a_registry_on_a_private_address_is_refused_unless_allowed(
     assert "non-public address" in job.reason and "BAAS_IMPORT_ALLOWED_HOSTS" in job.reason
 
 
-def test_layers_unpacking_past_the_quota_stop_before_they_are_unpacked(
+def test_layers_unpacking_past_the_quota_are_stopped_by_their_check(
     system_image, moderator, images, import_settings
 ):
+    """The check reads the layers' headers while umoci unpacks: the first header past the
+    quota stops both, and the job says why (not umoci's folder size, found later)."""
     User.objects.filter(pk=moderator.pk).update(storage_quota=8 * 1024 * 1024)
     system_image.owner.refresh_from_db()
     job = run_import(moderator, system_image, oci=images["bomb"])
     assert job.state == State.FAILED
     assert "unpack to more than" in job.reason and "storage quota" in job.reason
-    assert "Stopped before unpacking" in job.reason
-    assert "Unpacking" not in job.log
+    assert "Stopped while checking them" in job.reason
+    assert "Every layer passed" not in job.log and "Making" not in job.log
     assert_nothing_stored(system_image, import_settings)
 
 
@@ -179,3 +181,79 @@ def test_an_import_whose_worker_died_is_failed_by_the_sweep(
     assert job.state == State.FAILED and "worker running this import stopped" in job.reason
     assert fresh.state == State.RUNNING
     assert not (import_settings / f"job-{job.pk}").exists()
+
+
+def test_an_uploaded_archive_whose_job_no_worker_took_is_removed_by_the_sweep(
+    system_image, moderator, import_settings
+):
+    from datetime import timedelta
+
+    from django.core.files.uploadedfile import SimpleUploadedFile
+    from django.utils import timezone
+
+    job = jobs.import_create(
+        actor=moderator,
+        image=system_image,
+        request=jobs.ImportRequest(oci="oci-archive:"),
+        archive=SimpleUploadedFile("image.tar", b"x" * 4096),
+    )
+    archive = import_settings / f"job-{job.pk}" / "archive.tar"
+    assert archive.is_file()
+    assert jobs.imports_sweep() == 0 and archive.is_file(), "a job that waits keeps it"
+    ImportJob.objects.filter(pk=job.pk).update(created_at=timezone.now() - timedelta(days=2))
+    assert jobs.imports_sweep() == 1
+    job.refresh_from_db()
+    assert job.state == State.FAILED and "No worker started this import" in job.reason
+    assert not archive.parent.exists()
+    assert jobs.import_run(job_id=job.pk).state == State.FAILED  # a late message does nothing
+
+
+def test_the_sweep_removes_folders_left_by_jobs_that_ended_or_are_gone(
+    system_image, moderator, images, import_settings
+):
+    ended = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["simple"])
+    )
+    ImportJob.objects.filter(pk=ended.pk).update(state=State.FAILED)
+    waiting = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["simple"])
+    )
+    folders = {
+        name: import_settings / f"job-{pk}"
+        for name, pk in [("ended", ended.pk), ("waiting", waiting.pk), ("new", 10**8),
+                         ("gone", 10**8 + 1)]
+    }  # fmt: skip
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    old = time.time() - 2 * 3600
+    os.utime(folders["gone"], (old, old))
+    assert jobs.imports_sweep() == 0
+    assert not folders["ended"].exists() and not folders["gone"].exists()
+    assert folders["waiting"].exists(), "the folder of a job that may still run stays"
+    assert folders["new"].exists(), "a row not committed yet may own it"
+
+
+def test_a_cancel_during_the_store_stops_it_and_stores_nothing(
+    system_image, moderator, images, monkeypatch, import_settings
+):
+    """The last step reads the whole filesystem; a cancel that comes meanwhile stops it."""
+    from catalogue.storage import get_storage
+    from imports.services import registry
+
+    job = jobs.import_create(
+        actor=moderator, image=system_image, request=jobs.ImportRequest(oci=images["random"])
+    )
+    real = registry.version_store_file
+
+    def cancelled_while_storing(**kw):
+        jobs.import_cancel(actor=moderator, job_id=job.pk)  # as the API does, while it stores
+        return real(**kw)
+
+    monkeypatch.setattr(registry, "version_store_file", cancelled_while_storing)
+    jobs.import_run(job_id=job.pk)
+    job.refresh_from_db()
+    assert job.state == State.CANCELLED, job.reason
+    assert "Storing it" in job.log
+    assert_nothing_stored(system_image, import_settings)
+    image_dir = get_storage().image_dir(system_image.uuid)
+    assert not image_dir.exists() or not list(image_dir.iterdir()), "no pending file left"

@@ -110,3 +110,31 @@ def test_a_download_past_the_quota_is_stopped(served, image, user):
     assert job.state == State.FAILED
     assert "storage quota" in job.reason
     assert not image.versions.exists()
+
+
+def test_a_signed_urls_token_is_kept_nowhere_but_in_the_job(served, image, user):
+    """The audit event, the log, the version's note and provenance name the file without
+    the query (a signed URL's token) or the fragment."""
+    from accounts.models import AuditEvent
+
+    signed = f"{served}/disk.img?X-Amz-Signature=secret-token&X-Amz-Expires=60#part"
+    job = run_import(user, image, url=signed, sha256=SHA)
+    assert job.state == State.DONE, job.reason
+    version = job.version
+    assert version.source_url == f"{served}/disk.img"
+    assert "secret-token" not in version.note and f"{served}/disk.img" in version.note
+    assert "secret-token" not in job.log and f"Fetching {served}/disk.img." in job.log
+    event = AuditEvent.objects.get(action="image.import", target_id=str(image.pk))
+    assert event.data["source"] == f"{served}/disk.img"
+    refused = run_import(user, image, url=signed.replace("disk.img", "nope.img"), sha256=SHA)
+    assert refused.state == State.FAILED and f"{served}/nope.img answered 404" in refused.reason
+    assert "secret-token" not in refused.reason + refused.log
+
+
+def test_a_shown_url_keeps_host_port_and_path_only():
+    from imports.services.urls import shown_url
+
+    assert (
+        shown_url("https://u:p@h.example:8443/a/b.img?sig=1#f") == "https://h.example:8443/a/b.img"
+    )
+    assert shown_url("http://[::1]/x?y") == "http://[::1]/x"

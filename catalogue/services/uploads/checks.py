@@ -52,6 +52,21 @@ class RawInspector:
             if len(self._raw_head) >= HEAD_BYTES:
                 self.check_standard()
 
+    def state(self) -> dict[str, object]:
+        """What was counted and checked, as plain values (an upload decoded over several
+        requests: :mod:`.decoded`)."""
+        return {
+            "size": self.size,
+            "virtual_size": self.virtual_size,
+            "raw_head": self._raw_head.hex(),
+            "standard_checked": self.standard_checked,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.size, self.virtual_size = int(state["size"]), int(state["virtual_size"])
+        self._raw_head = bytes.fromhex(state["raw_head"])
+        self.standard_checked = bool(state["standard_checked"])
+
     def add(self, length: int) -> None:
         """``length`` more raw bytes (a zstd frame's content size, from its header)."""
         self.size += length

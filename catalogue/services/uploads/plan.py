@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import enum
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import zstandard
 
@@ -82,6 +83,15 @@ class UploadPlan:
     @property
     def stored_compression(self) -> str:
         return self.encoding if self.keeps_as_sent else Compression.NONE
+
+    def state(self) -> dict[str, Any]:
+        """The plan as plain values: an upload decoded over several requests keeps the plan
+        its first bytes chose (:meth:`from_state`)."""
+        return {**asdict(self), "storing": self.storing.value}
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> UploadPlan:
+        return cls(**{**state, "storing": Storing(state["storing"])})
 
 
 def plan_upload(

@@ -11,13 +11,16 @@ without a commit cancels the stages and removes the pending file.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 
 from catalogue.exceptions import BadUpload
-from catalogue.models import FileStandard, Image
+from catalogue.models import Compression, FileStandard, Image
 from catalogue.services.lifecycle import quota_guard_for
 from catalogue.services.uploads import checks
 from catalogue.services.uploads.plan import (
@@ -28,6 +31,7 @@ from catalogue.services.uploads.plan import (
     plan_upload,
 )
 from catalogue.services.uploads.stages import (
+    Drain,
     MapStage,
     RawStage,
     WireStage,
@@ -36,6 +40,7 @@ from catalogue.services.uploads.stages import (
 )
 from catalogue.stages import Stages
 from catalogue.storage import PendingFile, StoredFile, get_storage
+from diskimage import CHUNK
 from diskimage.datamap import DataMap
 
 
@@ -75,6 +80,9 @@ class VersionReceiver:
     fed are still read, checked, mapped and hashed, and the file is removed if the
     upload fails. Where it cannot be moved, or the plan keeps bytes as sent, the bytes
     are written as in any upload.
+    ``pending``: the pending file to write the raw image into, owned by the caller (a
+    resumable upload decoded over several requests, :mod:`.decoded`): :meth:`checkpoint`
+    and :meth:`restore` then carry the receiver's state from one request to the next.
     """
 
     def __init__(
@@ -86,6 +94,7 @@ class VersionReceiver:
         wire_digest: bool = True,
         raw_at_least: int = 0,
         adopt: Path | None = None,
+        pending: PendingFile | None = None,
     ):
         self.image = image
         self.max_size = max_size
@@ -97,6 +106,7 @@ class VersionReceiver:
         )
         self._declared: str | None = None
         self._adopt = adopt
+        self._pending = pending
         self._head = b""  # bytes as sent held back until the plan is chosen
         self._run: _Run | None = None
         self._done = False
@@ -132,12 +142,43 @@ class VersionReceiver:
             run = self._start(data)
         run.receive(data)
 
+    def write_zeros(self, length: int) -> None:
+        """``length`` zero bytes of a raw upload that were never read (a hole of the file
+        they come from): counted, hashed and mapped as zeros, left a hole in the pending
+        file. Where the plan takes bytes only (not chosen yet, or not a raw upload stored
+        raw), they are written as bytes."""
+        while length and (self._run is None or not self._run.takes_zeros):
+            piece = min(length, CHUNK)
+            self.write(bytes(piece))
+            length -= piece
+        if length:
+            assert self._run is not None
+            self._run.receive_zeros(length)
+
     def _start(self, head: bytes) -> _Run:
         plan = plan_upload(
             image=self.image, options=self._options, declared=self._declared, head=head
         )
-        self._run = _Run(self.image, plan, adopt=self._adopt)
+        self._run = _Run(self.image, plan, adopt=self._adopt, pending=self._pending)
         return self._run
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The state after every byte written so far, as plain values, once the pending file
+        holds the raw image they decode to (up to the map's last whole block). The caller
+        syncs the file, then records the state with the offset; :meth:`restore` goes on
+        from it. Only for a plan that decodes to raw and keeps nothing as sent."""
+        if self._run is None:
+            return {"head": self._head.hex()}
+        return self._run.checkpoint()
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Go on from a :meth:`checkpoint` (of a receiver given the same pending file, now
+        cut to the checkpoint's ``written``)."""
+        if "plan" not in state:
+            self._head = bytes.fromhex(state.get("head", ""))
+            return
+        self._run = _Run(self.image, UploadPlan.from_state(state["plan"]), pending=self._pending)
+        self._run.restore(state)
 
     def finish(self, *, need_digest: bool = False) -> ReceivedUpload:
         """All bytes arrived: flush the decoder, run the last checks, return what arrived.
@@ -170,7 +211,14 @@ class VersionReceiver:
 class _Run:
     """One upload following its plan: the pending file, the stages, the inspector."""
 
-    def __init__(self, image: Image, plan: UploadPlan, *, adopt: Path | None = None):
+    def __init__(
+        self,
+        image: Image,
+        plan: UploadPlan,
+        *,
+        adopt: Path | None = None,
+        pending: PendingFile | None = None,
+    ):
         self.plan = plan
         self._image = image
         self._quota = quota_guard_for(image)  # None: the owner has no quota
@@ -178,7 +226,7 @@ class _Run:
             file_standard=image.file_standard, max_size=plan.max_size
         )
         self._stages = Stages()
-        adopted = None
+        adopted = pending
         if adopt is not None and not plan.keeps_as_sent:
             adopted = storage_call(get_storage().adopt, image.uuid, adopt)
         self.pending = adopted or storage_call(
@@ -201,6 +249,57 @@ class _Run:
 
     def receive(self, data: bytes) -> None:
         self._wire.write(data)
+        self.check_quota()
+
+    def checkpoint(self) -> dict[str, Any]:
+        decoder = self._wire.state()  # refuses a plan that cannot be checkpointed
+        drain = Drain()
+        self._mapping.put(drain)
+        drain.wait(self._stages)  # the map and the writer are idle: their state is whole
+        return {
+            "plan": self.plan.state(),
+            "decoder": decoder,
+            "inspector": self.inspector.state(),
+            "raw": self._raw.state(),
+            "map": self._mapping.state(),
+            "written": self.pending.position,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._wire.restore(state["decoder"])
+        self.inspector.restore(state["inspector"])
+        mapped = state["map"]
+        carry = bytes.fromhex(mapped["carry"])
+        end = int(mapped["size"]) - len(carry)  # what the map was handed is in the file
+
+        def handed() -> Iterator[bytes]:
+            yield from self._read(0, end)
+            yield carry
+
+        self._raw.restore(state["raw"], handed())
+        self._mapping.restore(mapped, self._read)
+
+    def _read(self, start: int, end: int) -> Iterator[bytes]:
+        """The raw image's bytes ``[start, end)`` from the pending file (holes as zeros)."""
+        with open(self.pending.path, "rb") as file:
+            while start < end:
+                data = os.pread(file.fileno(), min(CHUNK, end - start), start)
+                data += bytes(min(CHUNK, end - start) - len(data))  # past its end: zeros
+                yield data
+                start += len(data)
+
+    @property
+    def takes_zeros(self) -> bool:
+        """Whether :meth:`receive_zeros` may be used: raw bytes as sent, stored raw."""
+        plan = self.plan
+        return (
+            plan.encoding == Compression.NONE
+            and plan.storing is Storing.RAW
+            and not plan.wire_sha256
+        )
+
+    def receive_zeros(self, length: int) -> None:
+        self._raw.hole(length)
         self.check_quota()
 
     def finish(self, *, need_digest: bool) -> ReceivedUpload:

@@ -16,7 +16,8 @@ group: the next hand-off on the feeding thread raises its error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, ParamSpec, TypeVar
 
 from catalogue.exceptions import BadUpload, InsufficientStorage
@@ -26,11 +27,29 @@ from catalogue.stages import BackgroundHasher, Stages
 from catalogue.storage import PendingFile, StorageFull
 from diskimage import CHUNK, ZERO_CHUNK, ZEROS, DecodeError
 from diskimage.datamap import DataMap, DataMapper
-from diskimage.decoders import decoder_for
+from diskimage.decoders import IdentityDecoder, decoder_for
 from diskimage.zstdframes import ZstdFrameWalker
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+class Drain:
+    """Put through the map and write stages: set once every item put before it was done
+    (a checkpoint of an upload decoded over several requests waits for it)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+
+    def done(self) -> None:
+        self._done.set()
+
+    def wait(self, stages: Stages) -> None:
+        """Return once done; raise what a stage raised if one failed meanwhile."""
+        while not self._done.wait(0.05):
+            stages.check()
+            if not stages.running:
+                raise RuntimeError("The upload's stages were cancelled during a checkpoint.")
 
 
 def storage_call(function: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> _R:
@@ -53,13 +72,19 @@ class WriteStage:
         """On the "map" thread: a view of bytes that never change (received, or the mapper's)."""
         self._stage.put((piece, offset))
 
+    def drain(self, drain: Drain) -> None:
+        self._stage.put(drain)
+
     def append(self, data: bytes) -> None:
         storage_call(self._pending.write, data)
 
     def join(self) -> None:
         self._stage.join()
 
-    def _write(self, item: tuple[memoryview, int]) -> None:
+    def _write(self, item: tuple[memoryview, int] | Drain) -> None:
+        if isinstance(item, Drain):
+            item.done()
+            return
         storage_call(self._pending.write_at, *item)
 
 
@@ -76,14 +101,15 @@ class MapStage:
     ):
         self._plan = plan
         self._check_quota = check_quota
+        self._writer = writer
         # Without the whole-image hash now, the ranges' SHA-256s wait for the digest job.
         self._mapper = DataMapper(
             on_data=None if plan.keeps_as_sent else writer.put_at, sha256=plan.sha256_now
         )
         self._stage = stages.start(self._map, name="map")
 
-    def put(self, item: bytes | int) -> None:
-        """Raw bytes, or the length of a run of zeros."""
+    def put(self, item: bytes | int | Drain) -> None:
+        """Raw bytes, the length of a run of zeros, or a :class:`Drain`."""
         self._stage.put(item)
 
     def finish(self) -> DataMap:
@@ -91,7 +117,20 @@ class MapStage:
         self._stage.join()
         return self._mapper.finish("")
 
-    def _map(self, item: bytes | int) -> None:
+    def state(self) -> dict[str, Any]:
+        """The map's state; only once a :class:`Drain` put last is done."""
+        return self._mapper.state()
+
+    def restore(self, state: dict[str, Any], read: Callable[[int, int], Iterator[bytes]]) -> None:
+        self._mapper.restore(state, read)
+
+    def _map(self, item: bytes | int | Drain) -> None:
+        if isinstance(item, Drain):
+            if self._plan.keeps_as_sent:
+                item.done()
+            else:
+                self._writer.drain(item)  # done once what this stage handed on is written
+            return
         if isinstance(item, int):
             self._mapper.skip(item)
             return
@@ -148,6 +187,21 @@ class RawStage:
         """The whole image's SHA-256; empty when it was left to the digest job."""
         return self._hasher.hexdigest() if self._hasher is not None else ""
 
+    def state(self) -> dict[str, Any]:
+        """Zeros not handed on yet, and whether the whole image is still being hashed."""
+        return {"hole": self._hole, "hashing": self._hasher is not None}
+
+    def restore(self, state: dict[str, Any], hashed: Iterator[bytes]) -> None:
+        """Go on from :meth:`state`; ``hashed``: the bytes the map was handed before it (the
+        hash's state is not kept: it is computed again from them, when it still runs)."""
+        self._hole = int(state["hole"])
+        if not state["hashing"] and self._hasher is not None:
+            self._hasher.close()
+            self._hasher = None
+        if self._hasher is not None:
+            for piece in hashed:
+                self._hasher.update(piece)
+
     def _count(self, head: bytes | memoryview, length: int | None = None) -> None:
         self._inspector.count(head, length)
         limit = self._plan.sha256_limit
@@ -192,6 +246,23 @@ class WireStage:
             self.decoder.write(data)
         except DecodeError as exc:
             raise BadUpload(f"{exc} Nothing was stored.") from exc
+
+    def state(self) -> dict[str, Any]:
+        """The decoder's state, for a checkpoint of an upload decoded over several requests:
+        only a plan that keeps nothing as sent and hashes nothing as sent has one."""
+        if self._plan.keeps_as_sent or self._hasher is not None:
+            raise ValueError("This upload keeps or hashes its bytes as sent: no checkpoint.")
+        if isinstance(self.decoder, IdentityDecoder):
+            return {}
+        take = getattr(self.decoder, "state", None)
+        if take is None:  # zlib's and zstd's states live in C objects that cannot be saved
+            raise ValueError(f"A {self._plan.encoding} stream cannot be checkpointed.")
+        state: dict[str, Any] = take()
+        return state
+
+    def restore(self, state: dict[str, Any]) -> None:
+        if state:
+            self.decoder.restore(state)
 
     def finish(self) -> None:
         try:
