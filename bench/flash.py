@@ -30,6 +30,7 @@ import json
 import os
 import pstats
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -61,6 +62,7 @@ AGENT = REPO / ".venv" / "bin" / "baas-agent"
 MAC = "52:54:00:be:ec:01"
 DISK = "/dev/sda"
 NAME = "bench-flash"
+CPU_FIELDS = ("ru_utime", "ru_stime")
 
 SETUP_CODE = """\
 import json, os, shutil
@@ -145,6 +147,7 @@ class Row:
     key: str
     name: str
     seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)  # the agent's CPU seconds, per run
     allocated: int | None = None  # bytes allocated on the target after the run
     note: str = ""
 
@@ -186,6 +189,7 @@ class Deployments:
         self.run_dir = run_dir
         self.token_file = run_dir / "boot-token"
         self.count = 0
+        self.last_cpu = 0.0  # CPU seconds of the last agent run
         command = f"printf '%s' \"$BAAS_TOKEN\" > {self.token_file}"
         spec = {
             "name": NAME,
@@ -233,9 +237,18 @@ class Deployments:
         ]
 
     def flash(
-        self, target: Path, *, profile: Path | None = None, setup: str = NAME
+        self,
+        target: Path,
+        *,
+        profile: Path | None = None,
+        setup: str = NAME,
+        code: Path | None = None,
     ) -> tuple[float, str]:
-        """One deployment: the agent process timed from start to exit. (seconds, its log)."""
+        """One deployment: the agent process timed from start to exit. (seconds, its log).
+
+        ``code``: a checkout (``--before``) whose agent runs instead of this tree's, by the
+        same command (its ``agent`` directory first on ``PYTHONPATH``).
+        """
         token = self.start(setup)
         self.count += 1
         log_path = self.run_dir / f"agent-{self.count}.log"
@@ -243,20 +256,27 @@ class Deployments:
         if profile is not None:
             command = [str(PYTHON), "-m", "cProfile", "-o", str(profile), "-m", "baas_agent"]
             command += self.agent_command(token, target)[1:]
+        env = None
+        if code is not None:
+            env = {**os.environ, "PYTHONPATH": str(code / "agent")}
         os.sync()
         with open(log_path, "wb") as out:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
-            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
             try:
-                code = proc.wait(timeout=3600)
+                status = proc.wait(timeout=3600)
             finally:
                 if proc.poll() is None:
                     proc.kill()
                     proc.wait()
             seconds = time.perf_counter() - start
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        # The agent's own CPU time (user + system): what a loaded machine does not inflate.
+        self.last_cpu = sum(getattr(after, f) - getattr(before, f) for f in CPU_FIELDS)
         text = log_path.read_text(errors="replace")
-        if code != 0:
-            raise SystemExit(f"the agent exited with {code}:\n{text[-3000:]}")
+        if status != 0:
+            raise SystemExit(f"the agent exited with {status}:\n{text[-3000:]}")
         return seconds, text
 
     def states(self) -> list:
@@ -264,6 +284,19 @@ class Deployments:
 
 
 # --- Baselines ------------------------------------------------------------------------------
+
+
+def byte_compile(*checkouts: Path | None) -> None:
+    """Byte-compile the agents' packages (untimed), as the management OS ships them.
+
+    Its image holds the agent's ``.pyc`` files (``mgmt_os/build.py``); without
+    them, and with ``PYTHONDONTWRITEBYTECODE`` set (as in some shells), each
+    agent run would compile its sources again, which no machine does.
+    """
+    for checkout in checkouts:
+        if checkout is not None:
+            packages = [checkout / "agent" / "baas_agent", checkout / "diskimage"]
+            run([str(PYTHON), "-m", "compileall", "-q", *map(str, packages)])
 
 
 def timed_cmd(cmd: list[str] | str, *, shell_: bool = False) -> float:
@@ -350,17 +383,19 @@ def _write_ranges(chunks, target: Path, size: int, datamap) -> None:
 
 
 def _land(chunks, target: Path, datamap, medium: bool) -> None:
-    """``baas_agent.landing.land`` onto a fresh target; ``medium=False`` skips the cache drops."""
+    """``baas_agent.landing.land`` onto a fresh target; ``medium=False`` writes through the
+    page cache and reads back from it (no ``O_DIRECT``, no cache drops)."""
     import baas_agent.landing as landing
 
-    saved = landing.to_medium, landing.drop_cached
+    saved = landing.to_medium, landing.drop_cached, landing._Disk.can_go_direct
     if not medium:
         landing.to_medium = lambda fd, offset, length: None
         landing.drop_cached = lambda path: None
+        landing._Disk.can_go_direct = lambda self, start, end: False  # type: ignore[method-assign]
     try:
         reason = landing.land(chunks, "zstd", fresh(target), datamap)
     finally:
-        landing.to_medium, landing.drop_cached = saved
+        landing.to_medium, landing.drop_cached, landing._Disk.can_go_direct = saved
     if reason is not None:
         raise SystemExit(f"landing failed: {reason}")
 
@@ -392,9 +427,11 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
         "data stream: download + decompress + write ranges + fsync": lambda: _write_ranges(
             client.download(f"{url}/data"), target, image.size, datamap
         ),
-        "land (the agent's write path: decompress, write, read back, SHA-256), read back "
-        "from the medium": lambda: _land(client.download(f"{url}/data"), target, datamap, True),
-        "land, the same, read back from the page cache (the agent before issue 20)": lambda: _land(
+        "land (the agent's write path: decompress, write, read back, BLAKE3), read back "
+        "from the medium (O_DIRECT)": lambda: _land(
+            client.download(f"{url}/data"), target, datamap, True
+        ),
+        "land, the same through the page cache, read back from it (no medium)": lambda: _land(
             client.download(f"{url}/data"), target, datamap, False
         ),
         "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
@@ -443,6 +480,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--keep", action="store_true", help="keep test data, BAAS and targets")
     parser.add_argument("--no-profile", action="store_true", help="skip phases and cProfile")
+    parser.add_argument(
+        "--before",
+        type=Path,
+        help="a checkout of the code to compare with (e.g. `git archive main agent diskimage`"
+        " unpacked): its agent's full flash and re-flash run in every round too, interleaved",
+    )
     parser.add_argument(
         "--images",
         default="generated,ext4",
@@ -512,6 +555,7 @@ def measure(
     baas: Baas, image: TestImage, following: NextVersion, run_dir: Path, args: argparse.Namespace
 ) -> dict:
     deployments = Deployments(baas, image, following, run_dir)
+    byte_compile(REPO, args.before)
     bmap = run_dir / "disk.bmap"
     start = time.perf_counter()
     run(["bmaptool", "create", "-o", str(bmap), str(image.raw)])
@@ -523,6 +567,14 @@ def measure(
         "reflash": Row("reflash", "BAAS agent: re-flash, image already on disk"),
         "reflash_cold": Row("reflash_cold", "BAAS agent: re-flash, target not in the cache"),
         "delta": Row("delta", "BAAS agent: re-flash to the next version (1 % changed)"),
+        **(
+            {
+                "before_baas": Row("before_baas", "--before agent: full deployment"),
+                "before_reflash": Row("before_reflash", "--before agent: re-flash, in the cache"),
+            }
+            if args.before
+            else {}
+        ),
         "bmap_zst": Row("bmap_zst", "bmaptool copy --bmap image.zst"),
         "bmap_raw": Row("bmap_raw", "bmaptool copy --bmap image (raw, local)"),
         "dd": Row("dd", "zstd -dc | dd bs=4M iflag=fullblock conv=fsync"),
@@ -548,6 +600,8 @@ def measure(
         agent_logs.append(
             one_round(deployments, target, image, following, baselines, rows, deltas, round_ == 0)
         )
+        if args.before:
+            before_round(deployments, target, image, rows, args.before, round_)
         loads.append(load_average())
     states = deployments.states()
     bad = [s for s in states if s[1] != "done"]
@@ -585,24 +639,27 @@ def one_round(
     if "already there" in text:
         raise SystemExit("a fresh target was reported as already holding the image")
     rows["baas"].seconds.append(seconds)
+    rows["baas"].cpu.append(deployments.last_cpu)
     rows["baas"].allocated = allocated(target)
     if check:
         check_target(target, image.size, image.sha256, "BAAS")
-    log(f"  BAAS full flash   {seconds:7.2f} s")
+    log(f"  BAAS full flash   {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
     for key, cache in (("reflash", warm), ("reflash_cold", cold)):
         cache(target, image.size)
         seconds, again = deployments.flash(target)
         if "already there" not in again:
             raise SystemExit(f"the re-flash rewrote the image:\n{again[-2000:]}")
         rows[key].seconds.append(seconds)
+        rows[key].cpu.append(deployments.last_cpu)
         rows[key].allocated = allocated(target)
-        log(f"  BAAS {key:<13}{seconds:7.2f} s")
+        log(f"  BAAS {key:<13}{seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
     warm(target, image.size)
     seconds, text_delta = deployments.flash(target, setup=NAME + "-next")
     found = DELTA_LINE.search(text_delta)
     if "delta from v0" not in text_delta or found is None:
         raise SystemExit(f"the re-flash to the next version was no delta:\n{text_delta[-2000:]}")
     rows["delta"].seconds.append(seconds)
+    rows["delta"].cpu.append(deployments.last_cpu)
     rows["delta"].allocated = allocated(target)
     deltas.append((int(found[1]), int(found[2]), int(found[3])))
     if check:
@@ -617,6 +674,27 @@ def one_round(
             check_target(target, image.size, image.sha256, key)
         log(f"  {key:<17} {seconds:7.2f} s")
     return text
+
+
+def before_round(
+    deployments: Deployments, target: Path, image: TestImage, rows: dict, code: Path, round_: int
+) -> None:
+    """The ``--before`` agent's full flash and re-flash (target warm), as ``one_round``'s."""
+    seconds, text = deployments.flash(fresh(target), code=code)
+    if "already there" in text:
+        raise SystemExit("a fresh target was reported as already holding the image")
+    rows["before_baas"].seconds.append(seconds)
+    rows["before_baas"].cpu.append(deployments.last_cpu)
+    if round_ == 0:
+        check_target(target, image.size, image.sha256, "--before BAAS")
+    log(f"  before full flash {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
+    warm(target, image.size)
+    seconds, again = deployments.flash(target, code=code)
+    if "already there" not in again:
+        raise SystemExit(f"the --before re-flash rewrote the image:\n{again[-2000:]}")
+    rows["before_reflash"].seconds.append(seconds)
+    rows["before_reflash"].cpu.append(deployments.last_cpu)
+    log(f"  before reflash    {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
 
 
 def profile_agent(deployments: Deployments, target: Path, run_dir: Path) -> dict:
@@ -634,7 +712,19 @@ def profile_agent(deployments: Deployments, target: Path, run_dir: Path) -> dict
 def targets(rows: dict[str, Row], extra: dict, following: NextVersion) -> list[Target]:
     m = {key: row.median for key, row in rows.items()}
     downloaded = max(d for d, _, _ in extra["delta_bytes"])
+    before = []
+    if "before_baas" in m:
+        before = [
+            Target(
+                "--before / bmaptool copy (raw, local)", m["before_baas"] / m["bmap_raw"], "<=", 1.0
+            ),
+            Target("--before (zstd -dc | dd) / BAAS", m["dd"] / m["before_baas"], ">=", 5.0),
+            Target(
+                "--before re-flash / full flash", m["before_reflash"] / m["before_baas"], "<=", 0.1
+            ),
+        ]
     return [
+        *before,
         Target("BAAS / bmaptool copy (compressed)", m["baas"] / m["bmap_zst"], "<=", 1.0),
         Target("BAAS / bmaptool copy (raw, local)", m["baas"] / m["bmap_raw"], "<=", 1.0),
         Target("(zstd -dc | dd) / BAAS", m["dd"] / m["baas"], ">=", 5.0),
@@ -683,6 +773,10 @@ def report(
             f"{alloc:>10}  {runs}"
         )
     print(f"(MB/s: raw image size / time; bmaptool create, once: {extra['bmap_create_s']:.2f} s)")
+    print("The agent's CPU time (user + system, s), per run:")
+    for row in rows.values():
+        if row.cpu:
+            print(f"  {row.name:<55} {' '.join(f'{c:.2f}' for c in row.cpu)}")
     print()
     checks = targets(rows, extra, following)
     for check in checks:

@@ -498,6 +498,15 @@ try:
     getattr(importlib.import_module(module), func)
 except (ImportError, AttributeError) as error:
     missing.append(f"agent entry point {entry}: {error!r}")
+# The agent imports some of its modules only when it needs them: all are imported (and so
+# byte-compiled below) here, so that none is compiled on the machine.
+for package in ("baas_agent", "diskimage"):
+    for name in sorted(os.listdir(os.path.join(root, "usr/lib/python3/dist-packages", package))):
+        if name.endswith(".py") and name != "__main__.py":
+            try:
+                importlib.import_module(f"{package}.{name[:-3]}")
+            except ImportError as error:
+                missing.append(f"{package}.{name[:-3]}: {error}")
 import hashlib, ssl
 hashlib.sha256(b"").hexdigest()
 ssl.create_default_context()
@@ -546,7 +555,9 @@ def check_and_compile(root: Path, entry: str, work: Path) -> None:
         "LD_DEBUG_OUTPUT": str(debug),
         "LANG": "C.UTF-8",
     }
-    result = run(command, env=env)
+    # Not from the repository: its diskimage/ would shadow the image's, which would then be
+    # neither checked nor byte-compiled.
+    result = run(command, env=env, cwd=work)
     if result.returncode != 0:
         raise BuildError(
             "the image's Python cannot run the agent:\n"

@@ -26,10 +26,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TypeVar
 
-from baas_agent import __version__, layout, partitions
+from baas_agent import __version__
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import CompressionError
-from baas_agent.disks import DiskError, DiskMap
+from baas_agent.disks import DiskError, DiskMap, is_block_device
 from baas_agent.flash import (
     FlashError,
     InstructionError,
@@ -152,17 +152,24 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     shipper = LogShipper(client)
     log.addHandler(shipper)
     log.info("checked in: deployment %s, agent %s", answer.get("deployment"), __version__)
+    given = answer.get("instructions")  # a server that gives them with the check-in
+    lines: list[str] = []
+    finished = False
     try:
-        result, status = _deploy(client, disks, reporter or Reporter(client))
+        result, status = _deploy(client, disks, reporter or Reporter(client), given)
+        finished = True
     except DeploymentOver as exc:
         log.error("stopped: the deployment is over for this agent (%s)", exc)
         return OVER
     finally:
-        # The lines go first: once the result is in, the deployment is over.
+        # The lines go first — with the result, kept before it: once the result is in,
+        # the deployment is over. Without a result to send, on their own.
         log.removeHandler(shipper)
+        if finished:
+            lines = shipper.take()
         shipper.close()
     try:
-        client.post_json("/api/agent/result", result)
+        client.post_json("/api/agent/result", {**result, **({"lines": lines} if lines else {})})
     except DeploymentOver as exc:
         log.error("the result was refused: the deployment is over for this agent (%s)", exc)
         return OVER
@@ -179,19 +186,23 @@ def _checked_in(answer: Any) -> str:
     return token
 
 
-def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[str, Any], int]:
-    """Sync, then write; returns the result to report and the exit status."""
+def _deploy(
+    client: Client, disks: DiskMap, reporter: Reporter, given: Any = None
+) -> tuple[dict[str, Any], int]:
+    """Sync, then write; returns the result to report and the exit status.
+
+    ``given``: the instructions the check-in's answer held, if any (else they are asked for).
+    """
     try:
-        data = client.get_json("/api/agent/instructions")
+        data = given if isinstance(given, dict) else client.get_json("/api/agent/instructions")
         syncs, writes = _instructions(data)
-        tables = layout.parse(data.get("layouts"))  # a dict: _instructions checked
-        disks = layout.with_partitions(disks, [s.disk for s in syncs] + [w.disk for w in writes])
+        tables, disks = _layouts(data, disks, [s.disk for s in syncs] + [w.disk for w in writes])
         synced = [
             entry
             for sync in syncs
             if (entry := _step(sync.label(), partial(sync_image, client, sync, disks, reporter)))
         ]
-        laid = [_step(table.label(), partial(layout.apply, table, disks)) for table in tables]
+        laid = [_step(table.label(), partial(_lay, table, disks)) for table in tables]
         written = [
             _step(item.label(), partial(_write, client, item, disks, reporter)) for item in writes
         ]
@@ -209,14 +220,40 @@ def _deploy(client: Client, disks: DiskMap, reporter: Reporter) -> tuple[dict[st
     return {**result, "layouts": laid} if laid else result, 0
 
 
+def _layouts(data: dict[str, Any], disks: DiskMap, paths: list[str]) -> tuple[list[Any], DiskMap]:
+    """The partition tables to make, and ``disks`` with the partitions of mapped disks.
+
+    :mod:`baas_agent.layout` (and the GPT code) is imported only when there is a table
+    to make or a path that may be a partition of a mapped disk: not at start-up.
+    """
+    mapped = not disks.mapping or all(path in disks.mapping for path in paths)
+    if not data.get("layouts") and mapped:
+        return [], disks  # what layout.with_partitions would leave as it is
+    from baas_agent import layout
+
+    tables = layout.parse(data.get("layouts"))  # a dict: _instructions checked
+    return tables, layout.with_partitions(disks, paths)
+
+
+def _lay(table: Any, disks: DiskMap) -> dict[str, Any]:
+    from baas_agent import layout
+
+    return layout.apply(table, disks)
+
+
 def _write(
     client: Client, item: WriteInstruction, disks: DiskMap, reporter: Reporter
 ) -> dict[str, Any]:
     """Write one image; a partition of a disk written before it is written once it appears."""
     target = disks.target(item.disk)
-    partitions.wait_for(target)
+    device = str(target).startswith("/dev/") or is_block_device(target)
+    if device:  # a node to wait for, a table to re-read: not for a file (a test's, a VM's)
+        from baas_agent import partitions
+
+        partitions.wait_for(target)
     entry = write_image(client, item, disks, reporter)
-    partitions.reread(target)
+    if device:
+        partitions.reread(target)
     return entry
 
 

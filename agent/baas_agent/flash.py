@@ -25,16 +25,15 @@ import hashlib
 import itertools
 import logging
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from baas_agent.changes import FullSync, sync_changes
 from baas_agent.client import ApiError, Client, DeploymentOver
-from baas_agent.compress import COMPRESSIONS, decompressed, zstd_compressed
-from baas_agent.delta import DeltaError, DeltaInstruction, write_delta
+from baas_agent.compress import COMPRESSIONS
 from baas_agent.disks import (
     DiskMap,
     RangeWriter,
@@ -46,9 +45,15 @@ from baas_agent.disks import (
     target_size,
     to_medium,
 )
-from baas_agent.landing import can_land, land
 from diskimage.datamap import DataMap
 from diskimage.verify import Verifier, mismatch
+
+if TYPE_CHECKING:
+    from baas_agent.delta import DeltaInstruction
+
+# landing, delta, changes and compress's functions are imported where they are used,
+# not at start-up: a re-flash of an unchanged disk needs none of them, and the agent's
+# start-up is a large part of that re-flash.
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -106,6 +111,8 @@ class WriteInstruction:
         stored = data.get("stored_size")
         delta = None
         if data.get("delta") is not None:
+            from baas_agent.delta import DeltaError, DeltaInstruction
+
             try:
                 delta = DeltaInstruction.from_json(data["delta"])
             except DeltaError as exc:  # the disk is then flashed in full: nothing is lost
@@ -209,9 +216,39 @@ class Reporter:
         except ApiError as exc:
             log.warning("%s: the server did not take the start of %s: %s", image, phase, exc)
 
+    def announcing(self, image: str, phase: str, total: int) -> _Beside:
+        """:meth:`announce` on a thread of its own, beside the work that follows (the
+        data map's download, the disk's check): join the result before the work's end."""
+        self._last[image] = self.clock()  # no routine report before it, from now on
+        return _Beside(lambda: self.announce(image, phase, total))
+
     def phase(self, image: str, phase: str, total: int) -> Callable[[int], None]:
         """A ``done -> None`` callback for one image and phase."""
         return lambda done: self(image, phase, done, total)
+
+
+class _Beside:
+    """A call run on a thread beside the caller's work; :meth:`join` waits for it and
+    raises what it raised."""
+
+    def __init__(self, call: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._call = call
+        self._thread = threading.Thread(target=self._run, name="beside", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self._call()
+        except BaseException as exc:  # handed to the joining thread
+            self._error = exc
+
+    def join(self) -> None:
+        """Wait for the call (again: at once) and raise what it raised (once)."""
+        self._thread.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 # -- write ---------------------------------------------------------------------------
@@ -273,14 +310,34 @@ def write_image(
     without it, the whole image is hashed.
     """
     target = disks.target(instruction.disk)
-    image, size, sha256 = instruction.image, instruction.size, instruction.sha256
+    image, size = instruction.image, instruction.size
     fits = _fits(target, size)  # then the disk may hold it already: checked first
-    report.announce(image, "verifying" if fits else "writing", size)
+    # The start is announced beside the map's download and the check of the disk, and
+    # known to the server before anything is downloaded or written, or the result sent.
+    announced = report.announcing(image, "verifying" if fits else "writing", size)
+    try:
+        return _write_image(client, instruction, target, report, fits, announced)
+    finally:
+        announced.join()
+
+
+def _write_image(
+    client: Client,
+    instruction: WriteInstruction,
+    target: Path,
+    report: Reporter,
+    fits: bool,
+    announced: _Beside,
+) -> dict[str, Any]:
+    image, size, sha256 = instruction.image, instruction.size, instruction.sha256
     datamap = fetch_map(client, instruction.map_url, size, sha256)
     verifying = report.phase(image, "verifying", size)
     writing = report.phase(image, "writing", size)
     delta, data_url = instruction.delta, instruction.data_url
     if fits and datamap is not None and delta is not None and data_url is not None:
+        from baas_agent.delta import write_delta
+
+        announced.join()
         why = write_delta(
             client,
             data_url,
@@ -297,6 +354,7 @@ def write_image(
     elif fits and _check(target, size, sha256, datamap, verifying, fast=True) is None:
         log.info("%s: already there (checked), not rewritten", instruction.label())
         return _written(instruction)
+    announced.join()
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
     started = time.monotonic()
     reason: str | None = NO_DATA_STREAM
@@ -318,6 +376,13 @@ def write_image(
 
 
 NO_DATA_STREAM = "no data stream"
+
+
+def can_land(encoding: str) -> bool:
+    """Whether the data stream lands range by range on every core (baas_agent.landing)."""
+    from baas_agent.landing import can_land as landing_can_land
+
+    return landing_can_land(encoding)
 
 
 def _write_data(
@@ -350,7 +415,11 @@ def _write_data(
     log.info("%s: writing its %d data bytes", instruction.label(), datamap.data_bytes)
     stream = itertools.chain([first], chunks)
     if can_land(encoding):  # range by range, on every core
+        from baas_agent.landing import land
+
         return land(stream, encoding, target, datamap, progress=writing)
+    from baas_agent.compress import decompressed
+
     block_device = is_block_device(target)
     ranges = [(start, end) for start, end, _ in datamap.ranges]
     writer = RangeWriter(target, instruction.size, ranges)
@@ -374,6 +443,8 @@ def _stream_to(
     client: Client, instruction: WriteInstruction, target: Path, progress: Callable[[int], None]
 ) -> None:
     """Download, decompress and write sparse (the caller verifies what was written)."""
+    from baas_agent.compress import decompressed
+
     download = client.download(instruction.url, expected_size=instruction.stored_size)
     with SparseWriter(target, instruction.size) as writer:
         for chunk in decompressed(download, instruction.compression):
@@ -414,6 +485,8 @@ def sync_image(
     verifying = report.phase(image, "verifying", size)
     datamap = fetch_map(client, instruction.map_url, size, instruction.sha256)
     if datamap is not None and instruction.hashes_url:
+        from baas_agent.changes import FullSync, sync_changes
+
         try:  # only the changes against the flashed version (agent/baas_agent/changes.py)
             answer = sync_changes(
                 client,
@@ -448,6 +521,8 @@ def sync_image(
     headers = {"Content-Type": "application/octet-stream", "Content-Digest": content_digest(digest)}
 
     def compressed() -> Iterator[bytes]:
+        from baas_agent.compress import zstd_compressed
+
         return zstd_compressed(_reporting(read_target(target, size), syncing))
 
     def raw() -> Iterator[bytes | memoryview]:

@@ -4,28 +4,36 @@ The data stream (docs/agent-protocol.md §5) is the bytes of the data map's
 ranges, in order: raw, or one zstd frame per range. Ranges are independent,
 so each is *landed* on a pool of threads — decompressed, written at its
 offset, read back from the disk and hashed against the map — while the
-download goes on; ``zstandard`` and ``hashlib`` release the GIL, so the pool
-keeps every core busy. At most two ranges per thread (and two more) are in
-memory at a time, each at most 16 MiB, whatever the image's size.
+download goes on; ``zstandard``, ``blake3`` and ``hashlib`` release the GIL,
+so the pool keeps every core busy. At most two ranges per thread (and two
+more) are in memory at a time, each at most 16 MiB, whatever the image's
+size, and each thread reuses its buffers.
 
 Contract: :func:`land` returns None when every range is on the disk and
-matches its SHA-256, every other byte of the image reads as zero and the
-disk is fsynced; else what differs, as a sentence. A stream of other ranges
+matches the map — its BLAKE3 when the map has one and this agent has the
+``blake3`` module, else (and on a BLAKE3 mismatch) its SHA-256, the hash of
+record — every other byte of the image reads as zero and the disk is
+fsynced; else what differs, as a sentence. A stream of other ranges
 than the map's raises :class:`~baas_agent.disks.DiskError` or
 :class:`~baas_agent.compress.CompressionError`. :func:`land_delta` does the
 same for a delta: the changed ranges alone are in the stream and written, the
 runs that became zeros are zeroed, and both are verified.
 
-What is read back is the medium, not the page cache: each range is synced
-and dropped from the cache before it is read (:func:`~baas_agent.disks.to_medium`),
-and dropped again once hashed, so nothing the agent wrote stays cached.
+What is read back is the medium, not the page cache: where the target takes
+``O_DIRECT``, whole-block ranges are written and read back with it (nothing
+goes through the cache); otherwise each range is synced and dropped from the
+cache before it is read (:func:`~baas_agent.disks.to_medium`), and dropped
+again once hashed. Either way nothing the agent wrote stays cached.
 """
 
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
+import mmap
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -42,8 +50,8 @@ from baas_agent.disks import (
     to_medium,
     zero_run,
 )
-from diskimage import READ_CHUNK
-from diskimage.datamap import DataMap
+from diskimage import BLOCK, READ_CHUNK
+from diskimage.datamap import RANGE_MAX, DataMap
 from diskimage.delta import Delta
 from diskimage.verify import Verifier, default_workers
 
@@ -51,6 +59,10 @@ try:
     import zstandard
 except ImportError:  # pragma: no cover - the caller then writes sequentially
     zstandard = None  # type: ignore[assignment]
+try:
+    import blake3
+except ImportError:  # pragma: no cover - then writes are verified by SHA-256 alone
+    blake3 = None  # type: ignore[assignment]
 
 Progress = Callable[[int], None]
 
@@ -77,11 +89,8 @@ def land(
             for start, end in datamap.gaps():
                 writer._zero_from = start
                 writer._flush_zeros(end)
-        read_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            reason = _land_all(chunks, encoding, writer.fd, read_fd, datamap, workers, progress)
-        finally:
-            os.close(read_fd)
+        with _Disk(target, writer.fd) as disk:
+            reason = _land_all(chunks, encoding, disk, datamap, workers, progress)
         if reason is not None:
             return reason
         os.fsync(writer.fd)
@@ -114,17 +123,19 @@ def land_delta(
         size=datamap.size,
         sha256=datamap.sha256,
         ranges=tuple(datamap.ranges[index] for index in delta.changed),
+        blake3=(
+            tuple(datamap.blake3[index] for index in delta.changed)
+            if datamap.blake3 is not None
+            else None
+        ),
     )
     fd = open_in_place(target, datamap.size)
     try:
         zeroer = Zeroer(fd)
         for start, end in delta.zeros:
             zero_run(zeroer, start, end)
-        read_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            reason = _land_all(chunks, encoding, fd, read_fd, changed, workers, progress)
-        finally:
-            os.close(read_fd)
+        with _Disk(target, fd) as disk:
+            reason = _land_all(chunks, encoding, disk, changed, workers, progress)
         if reason is not None:
             return reason
         os.fsync(fd)
@@ -141,13 +152,13 @@ def land_delta(
 def _land_all(
     chunks: Iterable[bytes],
     encoding: str,
-    fd: int,
-    read_fd: int,
+    disk: _Disk,
     datamap: DataMap,
     workers: int,
     progress: Progress | None,
 ) -> str | None:
     ranges = datamap.ranges
+    blake3s = datamap.blake3 if datamap.can_check_fast() else None
     landed = 0
     inflight: collections.deque[tuple[Future[str | None], int]] = collections.deque()
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="land") as pool:
@@ -155,7 +166,8 @@ def _land_all(
             for index, payload in enumerate(_pieces(chunks, encoding, datamap)):
                 if index >= len(ranges):
                     raise DiskError("the data stream holds more than the image's ranges")
-                task = pool.submit(_land_one, fd, read_fd, ranges[index], payload, encoding)
+                fast = blake3s[index] if blake3s is not None else None
+                task = pool.submit(_land_one, disk, ranges[index], payload, encoding, fast)
                 inflight.append((task, ranges[index][1]))
                 while len(inflight) >= 2 * workers + 2:  # bounded memory: a few ranges each
                     if reason := _done(inflight.popleft(), progress):
@@ -205,33 +217,153 @@ def _pieces(chunks: Iterable[bytes], encoding: str, datamap: DataMap) -> Iterato
         raise DiskError("the data stream ended inside a range")
 
 
-def _land_one(
-    fd: int, read_fd: int, item: tuple[int, int, str], payload: bytes, encoding: str
-) -> str | None:
-    """Decompress one range, write it at its offset, read it back and check its SHA-256."""
-    start, end, digest = item
-    data = payload
-    if encoding == "zstd":
+class _Disk:
+    """The descriptors a landing writes and reads the target through.
+
+    ``fd`` (the caller's) writes through the page cache; ``read_fd`` reads back
+    what a range left on the medium once :func:`~baas_agent.disks.to_medium`
+    dropped it from the cache. Where the target takes ``O_DIRECT`` (a block
+    device, most file systems; not tmpfs), whole-block ranges are written and read
+    back with it instead: nothing goes through the page cache, so nothing needs
+    syncing or dropping, and no byte is copied into it or out of it.
+    """
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.fd = fd
+        self.read_fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.direct: tuple[int, int] | None = None
         try:
-            data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=end - start)
-        except zstandard.ZstdError as exc:
-            raise CompressionError(f"corrupt zstd frame for bytes {start}-{end}: {exc}") from exc
-    if len(data) != end - start:
-        return f"bytes {start}-{end} came as {len(data)} bytes"
-    _pwrite_all(fd, data, start)
+            write = os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError:  # tmpfs and a few others refuse it: the page cache it is
+            return
+        try:
+            read = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+        except OSError:
+            os.close(write)
+            return
+        self.direct = self._direct_fds = (write, read)
+
+    def __enter__(self) -> _Disk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.read_fd)
+        for fd in getattr(self, "_direct_fds", ()):
+            os.close(fd)
+
+    def refused(self, exc: OSError) -> None:
+        """An ``O_DIRECT`` call was refused (``EINVAL``): the page cache from now on."""
+        if exc.errno != errno.EINVAL:
+            raise exc
+        self.direct = None
+
+    def can_go_direct(self, start: int, end: int) -> bool:
+        return (
+            self.direct is not None
+            and start % BLOCK == 0
+            and (end - start) % BLOCK == 0
+            and end - start <= RANGE_MAX
+        )
+
+
+def _land_one(
+    disk: _Disk, item: tuple[int, int, str], payload: bytes, encoding: str, fast: str | None
+) -> str | None:
+    """Decompress one range, write it at its offset, read it back from the disk and check it.
+
+    The read-back is hashed by BLAKE3 when ``fast`` (the map's BLAKE3 of the range) is
+    given, else by SHA-256; a BLAKE3 mismatch is decided by the map's SHA-256 of the
+    bytes read back, the hash of record.
+    """
+    start, end, digest = item
+    data: bytes | memoryview
+    if disk.can_go_direct(start, end):  # into an aligned buffer, as O_DIRECT wants
+        buffer = _aligned("data", RANGE_MAX + BLOCK)
+        got = _decode_into(payload, encoding, buffer[: end - start + 1], start, end)
+        data = buffer[:got]
+    else:
+        data = _decode(payload, encoding, start, end)
+        got = len(data)
+    if got != end - start:
+        return f"bytes {start}-{end} came as {got} bytes"
+    direct = disk.direct if isinstance(data, memoryview) else None
+    if direct is not None:
+        try:
+            _pwrite_all(direct[0], data, start)  # on the medium when it returns
+        except OSError as exc:
+            disk.refused(exc)
+            direct = None
+    if direct is None:
+        _pwrite_all(disk.fd, data, start)
+        to_medium(disk.fd, start, end - start)  # the read-back below reads the disk
     del data
-    to_medium(fd, start, end - start)  # the read-back below reads the disk, not memory
-    sha = hashlib.sha256()
-    buffer = bytearray(min(READ_CHUNK, end - start))
-    view = memoryview(buffer)
+    if direct is not None:
+        try:
+            return _check(direct[1], start, end, digest, fast)
+        except OSError as exc:
+            disk.refused(exc)  # then read through the cache, which O_DIRECT left empty
+    try:
+        return _check(disk.read_fd, start, end, digest, fast)
+    finally:
+        os.posix_fadvise(disk.read_fd, start, end - start, os.POSIX_FADV_DONTNEED)
+
+
+def _check(fd: int, start: int, end: int, digest: str, fast: str | None) -> str | None:
+    if fast is not None and _read_hash(fd, start, end, "BLAKE3") == fast:
+        return None
+    if _read_hash(fd, start, end, "SHA-256") == digest:
+        return None
+    return f"bytes {start}-{end} differ from the image (SHA-256 mismatch)"
+
+
+def _decode(payload: bytes, encoding: str, start: int, end: int) -> bytes:
+    if encoding != "zstd":
+        return payload
+    try:
+        return zstandard.ZstdDecompressor().decompress(payload, max_output_size=end - start)
+    except zstandard.ZstdError as exc:
+        raise CompressionError(f"corrupt zstd frame for bytes {start}-{end}: {exc}") from exc
+
+
+def _decode_into(payload: bytes, encoding: str, into: memoryview, start: int, end: int) -> int:
+    """Decode ``payload`` into ``into``; the bytes it made (up to ``len(into)``: one more
+    than the range's length tells a range that came too long)."""
+    if encoding != "zstd":
+        size = min(len(payload), len(into))
+        into[:size] = memoryview(payload)[:size]
+        return len(payload)
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(payload)
+        got = 0
+        while got < len(into) and (count := reader.readinto(into[got:])):
+            got += count
+        return got
+    except zstandard.ZstdError as exc:
+        raise CompressionError(f"corrupt zstd frame for bytes {start}-{end}: {exc}") from exc
+
+
+_buffers = threading.local()
+
+
+def _aligned(name: str, size: int) -> memoryview:
+    """This thread's buffer ``name``: page-aligned (as ``O_DIRECT`` wants), reused, so no
+    range faults in fresh pages."""
+    view: memoryview | None = getattr(_buffers, name, None)
+    if view is None:
+        view = memoryview(mmap.mmap(-1, size))
+        setattr(_buffers, name, view)
+    return view
+
+
+def _read_hash(fd: int, start: int, end: int, algorithm: str) -> str:
+    """The hash of ``[start, end)`` of ``fd``, read in pieces that stay in the CPU's cache."""
+    view = _aligned("read", READ_CHUNK)
+    hasher = blake3.blake3() if algorithm == "BLAKE3" else hashlib.sha256()
     position = start
     while position < end:
-        got = os.preadv(read_fd, [view[: min(len(view), end - position)]], position)
+        got = os.preadv(fd, [view[: min(len(view), end - position)]], position)
         if got == 0:
-            return f"the disk ended at byte {position}, inside bytes {start}-{end}"
-        sha.update(view[:got])
+            raise DiskError(f"the disk ended at byte {position}, inside bytes {start}-{end}")
+        hasher.update(view[:got])
         position += got
-    os.posix_fadvise(read_fd, start, end - start, os.POSIX_FADV_DONTNEED)
-    if sha.hexdigest() != digest:
-        return f"bytes {start}-{end} differ from the image (SHA-256 mismatch)"
-    return None
+    return hasher.hexdigest()

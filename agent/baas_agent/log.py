@@ -6,7 +6,8 @@ waited ``max_wait`` seconds (checked as lines arrive), and on ``flush()`` /
 ``close()``. Sending is best effort: a failure keeps the lines (at most
 ``keep`` of them, oldest dropped first) for the next attempt and never raises
 into the code that logged. Lines logged while sending are not sent again
-recursively.
+recursively. :meth:`take` hands the lines not sent yet to the caller (the agent
+sends its last lines with its result).
 """
 
 from __future__ import annotations
@@ -79,6 +80,14 @@ class LogShipper(logging.Handler):
                 self._oldest = self.clock()
         finally:
             self._sending.active = False
+
+    def take(self) -> list[str]:
+        """The lines not sent yet, which are then the caller's to send (with the result)."""
+        with self.lock:  # type: ignore[union-attr]
+            lines = list(self.lines)
+            self.lines.clear()
+            self._oldest = None
+        return lines
 
     def close(self) -> None:
         self.flush()

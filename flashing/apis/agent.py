@@ -36,11 +36,6 @@ class CheckinInputSerializer(serializers.Serializer):
     )
 
 
-class CheckinOutputSerializer(serializers.Serializer):
-    token = serializers.CharField(help_text="The deployment token: the credential from now on")
-    deployment = serializers.IntegerField()
-
-
 class SyncEntrySerializer(serializers.Serializer):
     image = serializers.UUIDField()
     disk = serializers.CharField()
@@ -115,6 +110,16 @@ class InstructionsSerializer(serializers.Serializer):
     )
 
 
+class CheckinOutputSerializer(serializers.Serializer):
+    token = serializers.CharField(help_text="The deployment token: the credential from now on")
+    deployment = serializers.IntegerField()
+    instructions = InstructionsSerializer(
+        required=False,
+        help_text="What GET /api/agent/instructions answers, saving the agent that call "
+        "(absent when they cannot be given yet: the agent then asks for them)",
+    )
+
+
 class ProgressInputSerializer(serializers.Serializer):
     image = serializers.UUIDField()
     phase = serializers.ChoiceField(choices=["syncing", "writing", "verifying"])
@@ -148,6 +153,14 @@ class ResultInputSerializer(serializers.Serializer):
     layouts = LayoutReportSerializer(
         many=True, required=False, default=list, help_text="The partition tables on the disks"
     )
+    lines = serializers.ListField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        max_length=1000,
+        required=False,
+        default=list,
+        help_text="The agent's last log lines, kept (as POST /api/agent/log would) before the "
+        "result: saves the agent that call",
+    )
 
 
 class AcceptedSerializer(serializers.Serializer):
@@ -172,7 +185,11 @@ class AgentCheckinApi(AgentApi):
             address=request.META.get("REMOTE_ADDR"),
             **data.validated_data,
         )
-        return Response({"token": secret, "deployment": deployment.pk})
+        answer: dict[str, Any] = {"token": secret, "deployment": deployment.pk}
+        instructions = services.agent_checkin_instructions(principal=request.user)
+        if instructions is not None:  # else GET /api/agent/instructions says why
+            answer["instructions"] = instructions
+        return Response(answer)
 
 
 class AgentInstructionsApi(AgentApi):
@@ -221,5 +238,6 @@ class AgentResultApi(AgentApi):
             synced=[{**item, "image": str(item["image"])} for item in values["synced"]],
             reason=values["reason"],
             layouts=values["layouts"],
+            lines=values["lines"],
         )
         return Response({"state": deployment.state})

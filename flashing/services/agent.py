@@ -207,19 +207,33 @@ def agent_instructions(*, principal: Any) -> dict[str, Any]:
     A boot image is not written (it is served over the network, not put on a disk).
     """
     deployment = principal.deployment
-    rows = list(deployment.images.select_related("version", "image").order_by("id"))
-    writes = sorted(disk_writes(deployment).select_related("version", "image"), key=_write_order)
     try:
-        return {
-            "deployment": deployment.pk,
-            "sync": [_sync_entry(row) for row in rows if row.direction == S and row.image_id],
-            "write": [_write_entry(row) for row in writes],
-            "mounts": mount_entries(deployment=deployment),
-            "layouts": layout_instructions(deployment),
-        }
+        return _instructions(deployment)
     except Conflict as exc:
         deployment_fail(actor=None, deployment=deployment, reason=str(exc.detail))
         raise
+
+
+def agent_checkin_instructions(*, principal: Any) -> dict[str, Any] | None:
+    """The instructions for the check-in's answer (one call less for the agent), or None
+    when they cannot be given: the agent then asks for them, and that call fails the
+    deployment and says why, as :func:`agent_instructions` does."""
+    try:
+        return _instructions(principal.deployment)
+    except Conflict:
+        return None
+
+
+def _instructions(deployment: Deployment) -> dict[str, Any]:
+    rows = list(deployment.images.select_related("version", "image").order_by("id"))
+    writes = sorted(disk_writes(deployment).select_related("version", "image"), key=_write_order)
+    return {
+        "deployment": deployment.pk,
+        "sync": [_sync_entry(row) for row in rows if row.direction == S and row.image_id],
+        "write": [_write_entry(row) for row in writes],
+        "mounts": mount_entries(deployment=deployment),
+        "layouts": layout_instructions(deployment),
+    }
 
 
 # --- Progress ------------------------------------------------------------------------
@@ -319,6 +333,10 @@ def agent_log(*, principal: Any, lines: list[str]) -> int:
     deployment = _locked(principal)
     deployment.heartbeat_at = timezone.now()
     deployment.save(update_fields=["heartbeat_at", "updated_at"])
+    return _log_lines(deployment, lines)
+
+
+def _log_lines(deployment: Deployment, lines: list[str]) -> int:
     events = [
         DeploymentEvent(
             deployment=deployment,
@@ -438,6 +456,7 @@ def agent_result(
     synced: list[dict[str, Any]],
     reason: str,
     layouts: list[dict[str, Any]] | None = None,
+    lines: list[str] | None = None,
 ) -> Deployment:
     """Finish the deployment: ``done`` records what is on the disks, ``failed`` the reason.
 
@@ -447,9 +466,11 @@ def agent_result(
     A ``done`` whose writes do not match the instructions exactly (an image
     missing or extra, another SHA-256) is recorded as ``failed``: nothing
     unverified is ever recorded as written, nor a partition table other than
-    the setup's (``services.layouts``).
+    the setup's (``services.layouts``). ``lines``, the agent's last log lines, are
+    kept first, as :func:`agent_log` keeps them (and not when the result is refused).
     """
     deployment = _locked(principal)
+    _log_lines(deployment, lines or [])
     done = state == DeploymentState.DONE
     if done and (refusal := _done_refusal(deployment)):
         raise Conflict(f"Deployment #{deployment.pk} cannot be done: {refusal}.")

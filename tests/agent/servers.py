@@ -218,6 +218,7 @@ class FakeBaas:
     gone_after_progress: int | None = None  # cancelled: 410 to everything after N reports
     progress_failures: int = 0  # answer this many progress reports with 503 first
     checked_in: bool = False
+    instructions_at_checkin: bool = False  # the check-in's answer holds the instructions
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
     logs: list[str] = field(default_factory=list)
@@ -373,7 +374,9 @@ class Handler(BaseHTTPRequestHandler):
             self.baas.logs.extend(json.loads(body)["lines"])
             self._json(200, {})
         elif self.path == "/api/agent/result":
-            self.baas.results.append(json.loads(body))
+            result = json.loads(body)
+            self.baas.logs.extend(result.pop("lines", []))  # kept before the result, as /api/log
+            self.baas.results.append(result)
             self._json(200, {})
         else:
             self._upload(body)
@@ -386,7 +389,10 @@ class Handler(BaseHTTPRequestHandler):
             self._json(401, {"detail": "Invalid token."})
             return
         self.baas.checked_in = True
-        self._json(200, {"token": self.baas.deployment_token, "deployment": 42, "mac": body["mac"]})
+        answer = {"token": self.baas.deployment_token, "deployment": 42, "mac": body["mac"]}
+        if self.baas.instructions_at_checkin:
+            answer["instructions"] = {"deployment": 42, **self.baas.instructions}
+        self._json(200, answer)
 
     def _upload(self, body: bytes) -> None:
         if self.baas.refuse_chunked and "Content-Length" not in self.headers:

@@ -87,9 +87,22 @@ def test_a_deployment_syncs_then_writes_then_reports_done(baas, deployment, imag
     assert checkin["Authorization"] == f"Bearer {baas.boot_token}"
     paths = [path for _, path, _ in baas.requests if not path.startswith("/api/agent/progress")]
     assert paths[:3] == ["/api/agent/checkin", "/api/agent/instructions", f"/api/image/{USER_DATA}"]
-    assert paths[-2:] == ["/api/log", "/api/agent/result"]  # the last lines, then the result
+    assert paths[-1] == "/api/agent/result"  # the last lines come with it, kept first
+    assert "/api/log" not in paths  # every line fitted in the result's
+    assert baas.logs[-1].endswith("done: 1 image(s) written, 1 synced")
     assert any("uploaded as version 4" in line for line in baas.logs)
     assert any("written and verified" in line for line in baas.logs)
+
+
+def test_instructions_given_with_the_check_in_are_not_asked_for_again(baas, deployment, image):
+    sda, sdb = deployment
+    baas.instructions_at_checkin = True
+    assert main(agent_args(baas, sda, sdb)) == 0
+    assert sda.read_bytes() == image.read_bytes()
+    assert baas.results[0]["state"] == "done"
+    paths = [path for _, path, _ in baas.requests if not path.startswith("/api/agent/progress")]
+    assert paths[:2] == ["/api/agent/checkin", f"/api/image/{USER_DATA}"]  # the sync's upload
+    assert "/api/agent/instructions" not in paths
 
 
 def test_a_wrong_sha256_fails_the_deployment_with_a_clear_reason(baas, deployment):

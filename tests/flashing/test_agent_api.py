@@ -206,6 +206,32 @@ def test_instructions_list_the_images_to_write(machine, deployment):
         }
 
 
+def test_the_check_in_answer_holds_the_instructions(machine, deployment):
+    response = bearer(boot_token(machine)).post(
+        "/api/agent/checkin", {"mac": machine.mac, "agent_version": "test"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    asked = bearer(body["token"]).get("/api/agent/instructions")
+    assert asked.status_code == 200
+    assert body["instructions"] == asked.json()  # one call the agent can skip
+    assert len(body["instructions"]["write"]) == 2
+
+
+def test_a_check_in_stands_when_its_instructions_cannot_be_given(machine, deployment):
+    row = deployment.images.get(disk="/dev/sda")
+    Version.objects.filter(pk=row.version_id).update(damaged="bit rot")
+    response = bearer(boot_token(machine)).post(
+        "/api/agent/checkin", {"mac": machine.mac, "agent_version": "test"}, format="json"
+    )
+    assert response.status_code == 200, response.content
+    assert "instructions" not in response.json()
+    again = bearer(response.json()["token"]).get("/api/agent/instructions")
+    assert again.status_code == 409 and "damaged" in again.json()["detail"]  # it says why
+    deployment.refresh_from_db()
+    assert deployment.state == "failed" and "damaged" in deployment.failure_reason
+
+
 def test_the_agent_reads_the_maps_and_data_of_its_deployments_images_only(
     machine, deployment, user
 ):
@@ -306,6 +332,24 @@ def test_done_records_the_disks_and_ends_the_agents_token(machine, deployment, u
     assert all(i["bytes_done"] == i["bytes_total"] for i in body["images"])
     gone = agent.get("/api/agent/instructions")  # the deployment is over: stop (was 401)
     assert gone.status_code == 410 and "is done" in gone.json()["detail"]
+
+
+def test_the_last_log_lines_come_with_the_result_and_are_kept_before_it(
+    machine, deployment, user_client
+):
+    agent = checked_in(machine)
+    report_writing(agent, deployment)
+    lines = ["written and verified", "done: 2 image(s) written"]
+    response = agent.post(
+        "/api/agent/result",
+        {"state": "done", "written": written(deployment), "synced": [], "lines": lines},
+        format="json",
+    )
+    assert (response.status_code, response.json()) == (200, {"state": "done"})
+    events = user_client.get(f"/api/deployment/{deployment.pk}").json()["events"]
+    kept = [e for e in events if e["action"] == "agent"]
+    assert [e["message"] for e in kept] == lines
+    assert all(e["state"] != "done" for e in kept)  # kept while the deployment ran
 
 
 def test_done_with_a_wrong_sha256_is_failed_and_records_nothing(machine, deployment):
