@@ -64,21 +64,9 @@ DISK = "/dev/sda"
 NAME = "bench-flash"
 CPU_FIELDS = ("ru_utime", "ru_stime")
 
-SETUP_CODE = """\
-import json, os, shutil
-from pathlib import Path
-from django.contrib.auth import get_user_model
-from catalogue.models import Image, ImageFrozen, ImageSetup, Version
-from catalogue.services.compression import version_compress
-from catalogue.services.datamaps import version_map_build
-from catalogue.storage import get_storage
-from flashing.models import MacAddress, Machine, MachineDisk
-spec = json.loads(os.environ["BENCH_SPEC"])
-owner = get_user_model().objects.get(username="bench")
-image = Image.objects.create(name=spec["name"], owner=owner, compression="zstd",
-                             target_disk=spec["disk"])
-# Version 0 as an upload leaves it (the raw image, sparse, and its data map), then
-# stored the way BAAS stores zstd versions, by the compression job itself.
+# Version 0 of ``image`` as an upload leaves it (the raw image, sparse, and its data map),
+# then stored as its image asks by the compression job itself (syncback.py's set-up too).
+VERSION_ZERO_CODE = """\
 path = get_storage().version_path(image.uuid, 0, "none")
 path.parent.mkdir(parents=True, exist_ok=True)
 try:
@@ -91,6 +79,24 @@ version = Version.objects.create(
 version_map_build(version_id=version.pk)
 version_compress(version_id=version.pk)
 version.refresh_from_db()
+"""
+SETUP_CODE = (
+    """\
+import json, os, shutil
+from pathlib import Path
+from django.contrib.auth import get_user_model
+from catalogue.models import Image, ImageFrozen, ImageSetup, Version
+from catalogue.services.compression import version_compress
+from catalogue.services.datamaps import version_map_build
+from catalogue.storage import get_storage
+from flashing.models import MacAddress, Machine, MachineDisk
+spec = json.loads(os.environ["BENCH_SPEC"])
+owner = get_user_model().objects.get(username="bench")
+image = Image.objects.create(name=spec["name"], owner=owner, compression="zstd",
+                             target_disk=spec["disk"])
+"""
+    + VERSION_ZERO_CODE
+    + """\
 path = get_storage().version_path(image.uuid, 0, version.stored_compression)
 setup = ImageSetup.objects.create(name=spec["name"], owner=owner)
 ImageFrozen.objects.create(setup=setup, image=image, version=version, sync=False)
@@ -115,6 +121,7 @@ MachineDisk.objects.create(machine=machine, path=spec["disk"], size=spec["size"]
 print("IMAGE=" + str(image.uuid))
 print("STORED=" + str(path))
 """
+)
 
 DEPLOY_CODE = """\
 import os

@@ -43,14 +43,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flash import AGENT, DISK, MAC, Row, Target, shell
+from flash import AGENT, DISK, MAC, VERSION_ZERO_CODE, Row, Target, shell
 
 from catalogue import Baas, TestImage, load_average, log, parse_size, read_through, test_image
 
 NAME = "bench-sync"
 BLOCK = 4096
 
-SETUP_CODE = """\
+SETUP_CODE = (
+    """\
 import json, os, shutil
 from django.contrib.auth import get_user_model
 from django.utils import timezone
@@ -63,18 +64,9 @@ spec = json.loads(os.environ["BENCH_SPEC"])
 owner = get_user_model().objects.get(username="bench")
 image = Image.objects.create(name=spec["name"], owner=owner, compression=spec["compression"],
                              type="user_data", target_disk=spec["disk"])
-path = get_storage().version_path(image.uuid, 0, "none")
-path.parent.mkdir(parents=True, exist_ok=True)
-try:
-    os.link(spec["raw"], path)
-except OSError:
-    shutil.copyfile(spec["raw"], path)
-version = Version.objects.create(
-    image=image, number=0, size=spec["size"], sha256=spec["sha256"], virtual_size=spec["size"],
-    stored_size=path.stat().st_blocks * 512, stored_compression="none", uploaded_by=owner)
-version_map_build(version_id=version.pk)
-version_compress(version_id=version.pk)
-version.refresh_from_db()
+"""
+    + VERSION_ZERO_CODE
+    + """\
 machine = Machine.objects.create(name=spec["name"], power_driver="command", power_settings={
     "command": spec["command"], "boot_timeout": 3600, "progress_timeout": 3600})
 MacAddress.objects.create(machine=machine, address=spec["mac"])
@@ -84,6 +76,7 @@ DiskContent.objects.create(machine=machine, disk=spec["disk"], image=image, vers
 print("IMAGE=" + str(image.uuid))
 print("STORED=" + str(get_storage().version_path(image.uuid, 0, version.stored_compression)))
 """
+)
 
 # The disk holds version 0 again; versions made by earlier runs go (untimed).
 RESET_CODE = """\

@@ -127,10 +127,17 @@ class ProgressInputSerializer(serializers.Serializer):
     bytes_total = serializers.IntegerField(min_value=0)
 
 
-class LogInputSerializer(serializers.Serializer):
-    lines = serializers.ListField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False), max_length=1000
+def log_lines(**options: Any) -> serializers.ListField:
+    """An agent's log lines, as the log call and the result take them (at most 1000)."""
+    return serializers.ListField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        max_length=1000,
+        **options,
     )
+
+
+class LogInputSerializer(serializers.Serializer):
+    lines = log_lines()
 
 
 class WrittenSerializer(serializers.Serializer):
@@ -153,9 +160,7 @@ class ResultInputSerializer(serializers.Serializer):
     layouts = LayoutReportSerializer(
         many=True, required=False, default=list, help_text="The partition tables on the disks"
     )
-    lines = serializers.ListField(
-        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
-        max_length=1000,
+    lines = log_lines(
         required=False,
         default=list,
         help_text="The agent's last log lines, kept (as POST /api/agent/log would) before the "

@@ -71,7 +71,7 @@ def empty_database():
 
 
 @pytest.fixture
-def catalogue(transactional_db, user):
+def kept_image(transactional_db, user):
     """An image of two zstd versions, one mostly holes: (image, token, {number: sha256})."""
     image = ImageFactory(owner=user, name="kept", compression="zstd")
     first = bytearray(8 * MiB)
@@ -88,9 +88,9 @@ def catalogue(transactional_db, user):
 
 
 def test_a_backup_restored_serves_every_version_to_the_old_token(
-    catalogue, empty_database, disk_root, tmp_path
+    kept_image, empty_database, disk_root, tmp_path
 ):
-    image, token, digests = catalogue
+    image, token, digests = kept_image
     backup = tmp_path / "backup"
     here = {
         "DATABASE_URL": database_url(connection.settings_dict),
@@ -122,8 +122,8 @@ def check_storage(env: dict[str, str], *flags: str) -> subprocess.CompletedProce
     return run(f"python manage.py check_storage {' '.join(flags)}", env)
 
 
-def test_check_storage_names_a_missing_file_and_changed_bytes(catalogue, disk_root):
-    image, _, _ = catalogue
+def test_check_storage_names_a_missing_file_and_changed_bytes(kept_image, disk_root):
+    image, _, _ = kept_image
     env = {"DATABASE_URL": database_url(connection.settings_dict), "BAAS_DISK_ROOT": str(disk_root)}
     assert check_storage(env, "--verify").returncode == 0
 
