@@ -14,6 +14,7 @@ bytes are the image, else the first difference it found, as a sentence.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -147,9 +148,12 @@ _buffers = threading.local()
 
 
 def _buffer() -> memoryview:
+    """This thread's read buffer: an anonymous mapping, whose pages the kernel fills as the
+    first read lands in them. A ``bytearray`` is zeroed by the process first: that cost a
+    fresh agent's check of an unchanged disk ~25 ms of CPU in 566 MiB (``bench/flash.py``)."""
     view = getattr(_buffers, "view", None)
     if view is None:
-        view = _buffers.view = memoryview(bytearray(READ_CHUNK))
+        view = _buffers.view = memoryview(mmap.mmap(-1, READ_CHUNK))
     return view
 
 
