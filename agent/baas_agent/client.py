@@ -22,8 +22,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from baas_agent import __version__
@@ -40,8 +38,12 @@ _TAGS = re.compile(r"<[^>]*>")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Body = Iterable[bytes] | IO[bytes]
+TYPE_CHECKING = False  # typing is not imported at start-up (its own ~2 ms)
+if TYPE_CHECKING:
+    from typing import IO, Any, TypeVar
+
+    T = TypeVar("T")
+    Body = Iterable[bytes] | IO[bytes]
 
 
 class ApiError(Exception):
@@ -124,16 +126,20 @@ def check_status(
     raise ApiError(message, status)
 
 
-@dataclass
 class _Transfer:
-    """What a download knows about its file so far."""
+    """What a download knows about its file so far.
 
-    received: int = 0
-    total: int | None = None
-    first: int | None = None  # a byte range of the file was asked for: where it starts
-    etag: str | None = None  # strong ETags only: If-Range forbids weak ones
-    last_modified: str | None = None
-    info: dict[str, str] | None = None  # the caller's, to learn the first answer's headers
+    A plain class: ``dataclasses`` (and the ``inspect`` it imports) would weigh on the
+    agent's start-up before its first call, which this module is imported for.
+    """
+
+    def __init__(self, *, total: int | None = None, info: dict[str, str] | None = None):
+        self.received = 0
+        self.total = total
+        self.first: int | None = None  # a byte range of the file was asked for: where it starts
+        self.etag: str | None = None  # strong ETags only: If-Range forbids weak ones
+        self.last_modified: str | None = None
+        self.info = info  # the caller's, to learn the first answer's headers
 
     def validator(self) -> str | None:
         return self.etag or self.last_modified
