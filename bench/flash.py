@@ -491,7 +491,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--before",
         type=Path,
         help="a checkout of the code to compare with (e.g. `git archive main agent diskimage`"
-        " unpacked): its agent's full flash and re-flash run in every round too, interleaved",
+        " unpacked): its agent's full flash, re-flash and delta run in every round too, "
+        "interleaved",
     )
     parser.add_argument(
         "--images",
