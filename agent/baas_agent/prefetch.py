@@ -69,6 +69,8 @@ class Prefetch:
                 self._items.put(NotStarted("the downloads did not start"))
                 return
             for source in self._sources:
+                if self._closed:
+                    return
                 chunks = source()
                 try:
                     for chunk in chunks:
