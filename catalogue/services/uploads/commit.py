@@ -41,6 +41,7 @@ def version_upload(
     same_as: Version | None = None,
     based_on: Version | None = None,
     check: Callable[[ReceivedUpload], None] | None = None,
+    recorded: Callable[[Version], None] | None = None,
 ) -> Version:
     """Finish ``receiver`` and store it as ``image``'s next version; return the version.
 
@@ -52,7 +53,9 @@ def version_upload(
     bytes, same deployment) returns the version already made. Bytes identical
     to ``same_as`` store nothing and return ``same_as``. ``based_on``: the base of
     a delta upload (:mod:`.compose`), recorded on the version; ``check`` is called
-    with what arrived before anything is stored, and refuses it by raising.
+    with what arrived before anything is stored, and refuses it by raising; ``recorded``
+    with the version returned, inside the transaction that creates its row (a resumable
+    upload marks itself complete there: one commit of the database, not two).
     Raises ``NotYours`` if ``actor`` may not write the image (any more: an upload
     may outlive the right that ``image_get_writable`` checked before it began).
     """
@@ -71,6 +74,9 @@ def version_upload(
         version_digest_ensure(same_as)
     if same_as is not None and (received.size, received.sha256) == (same_as.size, same_as.sha256):
         receiver.abort()  # the very bytes of that version: nothing new to store
+        if recorded is not None:
+            with transaction.atomic():
+                recorded(same_as)
         return same_as
     pending = receiver.pending
     assert pending is not None  # the receiver finished: its upload started
@@ -81,6 +87,8 @@ def version_upload(
             locked = Image.objects.select_for_update().get(pk=image.pk)
             if rules.is_agent(actor) and (same := _same_sync(locked, received, note, based_on)):
                 receiver.abort()
+                if recorded is not None:
+                    recorded(same)
                 return same
             number = _next_free_number(locked)
             placed = receiver.commit(number, received.stored_compression)
@@ -88,6 +96,8 @@ def version_upload(
             version = _version_row(locked, number, received, placed, actor, note, based_on)
             if received.datamap is not None:
                 storage_call(version_map_store, version, received.datamap)
+            if recorded is not None:
+                recorded(version)
     except BaseException:
         if placed is not None:  # the row never became visible: neither may the file
             placed.path.unlink(missing_ok=True)
