@@ -82,6 +82,7 @@ def version_upload(
     assert pending is not None  # the receiver finished: its upload started
     _fsync_path(pending.path)  # the slow part of durability, outside the lock
     placed: StoredFile | None = None
+    mapped: int | None = None  # the number whose map was written
     try:
         with transaction.atomic():
             locked = Image.objects.select_for_update().get(pk=image.pk)
@@ -95,12 +96,15 @@ def version_upload(
             _check_boot_image(locked, placed, received)
             version = _version_row(locked, number, received, placed, actor, note, based_on)
             if received.datamap is not None:
+                mapped = number
                 storage_call(version_map_store, version, received.datamap)
             if recorded is not None:
                 recorded(version)
     except BaseException:
         if placed is not None:  # the row never became visible: neither may the file
             placed.path.unlink(missing_ok=True)
+        if mapped is not None:  # nor its map
+            get_storage().delete_map(image.uuid, mapped)
         raise
     return version
 
