@@ -81,6 +81,21 @@ def version_upload(
     pending = receiver.pending
     assert pending is not None  # the receiver finished: its upload started
     _fsync_path(pending.path)  # the slow part of durability, outside the lock
+    record = recorded or (lambda version: None)
+    return _store(actor, image, receiver, received, note, based_on, record)
+
+
+def _store(
+    actor: Any,
+    image: Image,
+    receiver: VersionReceiver,
+    received: ReceivedUpload,
+    note: str,
+    based_on: Version | None,
+    recorded: Callable[[Version], None],
+) -> Version:
+    """Under a lock on the image's row: the next number, the file in place, the row, its map,
+    and what the caller records with them; a failure leaves none of them."""
     placed: StoredFile | None = None
     mapped: int | None = None  # the number whose map was written
     try:
@@ -88,8 +103,7 @@ def version_upload(
             locked = Image.objects.select_for_update().get(pk=image.pk)
             if rules.is_agent(actor) and (same := _same_sync(locked, received, note, based_on)):
                 receiver.abort()
-                if recorded is not None:
-                    recorded(same)
+                recorded(same)
                 return same
             number = _next_free_number(locked)
             placed = receiver.commit(number, received.stored_compression)
@@ -98,8 +112,7 @@ def version_upload(
             if received.datamap is not None:
                 mapped = number
                 storage_call(version_map_store, version, received.datamap)
-            if recorded is not None:
-                recorded(version)
+            recorded(version)
     except BaseException:
         if placed is not None:  # the row never became visible: neither may the file
             placed.path.unlink(missing_ok=True)
