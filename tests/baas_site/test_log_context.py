@@ -110,4 +110,5 @@ def test_a_text_format_worker_s_lines_name_what_the_task_works_on(celery_worker,
     ):
         assert time.monotonic() < deadline, celery_worker.log()[-3000:]
         time.sleep(0.1)
+    assert any("now ready" in line for line in lines), lines  # the task's own lines
     assert "--- Logging error ---" not in celery_worker.log()
