@@ -45,6 +45,7 @@ from baas_agent.disks import (
     SparseWriter,
     Zeroer,
     _pwrite_all,
+    allocate,
     drop_cached,
     is_block_device,
     open_in_place,
@@ -67,10 +68,10 @@ except ImportError:  # pragma: no cover - then writes are verified by SHA-256 al
 
 Progress = Callable[[int], None]
 # Threads beyond one per core: while some wait for the disk, the others decode and hash.
-IO_THREADS = int(os.environ.get("BAAS_IO_THREADS", "2"))
+IO_THREADS = 2
 FRAME_MAX = RANGE_MAX + (1 << 20)  # above zstd's bound for a range's frame
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-AHEAD = int(os.environ.get("BAAS_AHEAD", "2"))  # ranges downloaded ahead of the threads
+AHEAD = 2  # ranges downloaded ahead of the threads
 
 
 def can_land(encoding: str) -> bool:
@@ -95,6 +96,8 @@ def land(
             for start, end in datamap.gaps():
                 writer._zero_from = start
                 writer._flush_zeros(end)
+        else:  # a file, all holes: the ranges' blocks allocated at once
+            allocate(writer.fd, ((start, end) for start, end, _ in datamap.ranges))
         with _Disk(target, writer.fd) as disk:
             reason = _land_all(chunks, encoding, disk, datamap, workers, progress)
         if reason is not None:
@@ -165,8 +168,7 @@ def _land_all(
 ) -> str | None:
     ranges = datamap.ranges
     blake3s = datamap.blake3 if datamap.can_check_fast() else None
-    if os.environ.get("BAAS_MALLOPT", "1") == "1":
-        _keep_freed_memory()
+    _keep_freed_memory()
     threads = workers + IO_THREADS
     landed = 0
     inflight: collections.deque[tuple[Future[str | None], int]] = collections.deque()
