@@ -4,10 +4,19 @@ The data stream (docs/agent-protocol.md §5) is the bytes of the data map's
 ranges, in order: raw, or one zstd frame per range. Ranges are independent,
 so each is *landed* on a pool of threads — decompressed, written at its
 offset, read back from the disk and hashed against the map — while the
-download goes on; ``zstandard``, ``blake3`` and ``hashlib`` release the GIL,
-so the pool keeps every core busy. At most two ranges per thread (and two
-more) are in memory at a time, each at most 16 MiB, whatever the image's
-size, and each thread reuses its buffers.
+download goes on; ``zstandard``, ``blake3``, ``hashlib`` and the disk's calls
+release the GIL, so the pool keeps every core busy, and with two threads
+more than cores the disk has work while ranges decode. At most one range
+per thread (and two more) is in memory at a time, each at most 16 MiB,
+whatever the image's size.
+
+Fresh memory is what costs most after decoding and hashing: on a VM each page
+faulted in costs as much as copying a dozen. So nothing is copied that need
+not be: a range travels as views of the download's chunks (a frame in
+several chunks is copied once, into the thread's input buffer, and decoded in
+one pass), is decoded into the thread's page-aligned buffer, written from it
+and read back into it; each thread keeps its buffers and decompressor, and
+the C allocator is told to keep the chunks' memory for the next ones.
 
 Contract: :func:`land` returns None when every range is on the disk and
 matches the map — its BLAKE3 when the map has one and this agent has the
