@@ -11,6 +11,8 @@ Contracts:
   ``size`` bytes of holes first and only data blocks are written; on a block
   device zero ranges are zeroed by the device itself (see :class:`Zeroer`).
   ``close()`` fsyncs.
+- :func:`allocate` gives a regular file the blocks of the runs about to be
+  written, before they are (never by writing zeros; false where it cannot).
 - :func:`read_target` streams the first ``size`` bytes of a target without
   reading holes from disk (SEEK_DATA/SEEK_HOLE on files; 4 MiB sequential
   reads on block devices); :func:`hash_target` is its SHA-256.

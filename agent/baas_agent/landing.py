@@ -6,9 +6,11 @@ so each is *landed* on a pool of threads — decompressed, written at its
 offset, read back from the disk and hashed against the map — while the
 download goes on; ``zstandard``, ``blake3``, ``hashlib`` and the disk's calls
 release the GIL, so the pool keeps every core busy, and with two threads
-more than cores the disk has work while ranges decode. At most one range
-per thread (and two more) is in memory at a time, each at most 16 MiB,
-whatever the image's size.
+more than cores the disk has work while ranges decode. Whatever the image's
+size, at most one range per thread, and two more, are in flight (each at
+most 16 MiB, compressed), and each thread holds a buffer of 16 MiB for the
+range it decodes and one for a frame that came in several chunks, touched
+only as far as the longest range or frame it had.
 
 Fresh memory is what costs most after decoding and hashing: on a VM each page
 faulted in costs as much as copying a dozen. So nothing is copied that need
