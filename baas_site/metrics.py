@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
@@ -58,7 +59,8 @@ DURATION = Histogram(
 BODY_BYTES = Counter(
     "baas_http_body_bytes",
     "Bytes of request bodies received (uploads) and answer bodies sent (downloads), by route, "
-    "as their Content-Length says, for successful answers.",
+    "as their Content-Length says (chunked uploads: as many as were read), for successful "
+    "answers.",
     ["route", "direction"],
 )
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -104,6 +106,7 @@ class RequestMetrics:
 
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         start = time.perf_counter()
+        _CountedInput.wrap(request)
         response = self.get_response(request)
         match = getattr(request, "resolver_match", None)
         route = f"/{match.route}" if match is not None and match.route else "unmatched"
@@ -115,11 +118,43 @@ class RequestMetrics:
         return response
 
 
+class _CountedInput:
+    """A chunked request body (no Content-Length; gunicorn decodes it and says so with
+    ``wsgi.input_terminated``), counting what the view reads of it."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.count = 0
+
+    @classmethod
+    def wrap(cls, request: HttpRequest) -> None:
+        meta = request.META
+        if meta.get("CONTENT_LENGTH") in (None, "") and meta.get("wsgi.input_terminated"):
+            meta["wsgi.input"] = cls(meta["wsgi.input"])
+
+    def read(self, size: int | None = -1) -> bytes:
+        data: bytes = self._stream.read(size)
+        self.count += len(data)
+        return data
+
+    def readline(self, size: int | None = -1) -> bytes:
+        data: bytes = self._stream.readline(size)
+        self.count += len(data)
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def _count_bodies(request: HttpRequest, response: HttpResponseBase, route: str) -> None:
     """A successful answer consumed its request's body and sends its own whole (one a
-    client cuts short is counted whole). Chunked bodies, without a Content-Length, and
-    files nginx sends (X-Accel-Redirect: its own log counts them) are not counted."""
-    received = _length(request.META.get("CONTENT_LENGTH"))
+    client cuts short is counted whole); a chunked body counts what the view read of it.
+    Files nginx sends (X-Accel-Redirect: its own log counts them) are not counted."""
+    stream = request.META.get("wsgi.input")
+    if isinstance(stream, _CountedInput):
+        received = stream.count
+    else:
+        received = _length(request.META.get("CONTENT_LENGTH"))
     if received:
         BODY_BYTES.labels(route, "received").inc(received)
     if request.method != "HEAD" and not response.has_header("X-Accel-Redirect"):

@@ -5,9 +5,10 @@
 Everything comes from Debian packages fetched with ``apt-get download`` (the host's
 apt sources; no root needed): the kernel (``linux-image-cloud-amd64`` by default),
 ``busybox-static`` for the userland, Python 3.11 and the shared libraries it
-needs, ``zstd`` for the agent's decompression fallback, and the CA certificates.
-The agent is this repository's ``agent/baas_agent`` and ``diskimage``, copied as they
-are at build time.
+needs, ``python3-zstandard`` (the agent decompresses ranges on every core),
+``zstd`` for its decompression fallback, and the CA certificates. The agent is this
+repository's ``agent/baas_agent`` and ``diskimage``, copied as they are at build time,
+with ``blake3``, which Debian 12 lacks, from the build's own Python (``mgmt_os/wheels.py``).
 
 Writes ``vmlinuz``, ``initrd.img`` (a zstd-compressed newc cpio, byte for byte the
 same for the same inputs) and ``manifest.json`` to the output directory, and
@@ -39,6 +40,8 @@ from typing import Any, Protocol
 
 import zstandard
 
+from mgmt_os import wheels
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 FORMAT = 1  # bump when the layout of the image changes in a way the inputs do not show
@@ -64,6 +67,8 @@ PACKAGES = (
     "libuuid1",
     "libzstd1",
     "liblz4-1",
+    "libgcc-s1",  # blake3's Rust extension links libgcc_s
+    "python3-zstandard",
     "zstd",
     "ca-certificates",
 )
@@ -116,6 +121,11 @@ PRUNE_DYNLOAD = re.compile(
 # The agent's packages: its own, and the disk image formats it shares with the server
 # (``agent/diskimage`` links to the repository's ``diskimage``).
 AGENT_PACKAGES = ("baas_agent", "diskimage")
+# Its Python packages Debian 12 does not ship, copied from the build's own environment.
+AGENT_WHEELS = ("blake3",)
+# What the agent runs faster with (landing.py and verify.py fall back without them): the
+# build fails if the image's Python cannot import them, and the manifest names their versions.
+AGENT_ACCELERATORS = ("zstandard", "blake3")
 
 # Imported in the image at build time, besides the agent itself: what the agent
 # needs from the standard library (and what an operator debugging it uses).
@@ -142,7 +152,7 @@ PYTHON_CHECK_IMPORTS = (
     "urllib.request",
     "uuid",
     "zlib",
-    "zstandard",  # absent: the agent falls back to the zstd binary
+    *AGENT_ACCELERATORS,
     "concurrent.futures",
 )
 
@@ -160,6 +170,7 @@ class Inputs:
     modules: tuple[str, ...]
     init_sha256: str
     agent_sha256: str
+    wheels: dict[str, str]  # name -> "version sha256" of what is copied from the build's Python
     build_sha256: str
 
     def key(self) -> str:
@@ -171,6 +182,7 @@ class Inputs:
                 "modules": self.modules,
                 "init": self.init_sha256,
                 "agent": self.agent_sha256,
+                "wheels": self.wheels,
                 "build": self.build_sha256,
             },
             sort_keys=True,
@@ -477,15 +489,14 @@ def install_base(root: Path, release_line: str) -> None:
 # --- checking the image on the build host ----------------------------------------
 
 CHECK_SCRIPT = r"""
-import importlib, importlib.util, os, py_compile, sys
-root, entry, *names = sys.argv[1:]
+import importlib, importlib.util, json, os, py_compile, sys
+root, entry, accelerators, *names = sys.argv[1:]
 missing = []
 for name in names:
     try:
         importlib.import_module(name)
     except ImportError as error:
-        if name != "zstandard":
-            missing.append(f"{name}: {error}")
+        missing.append(f"{name}: {error}")
 dynload = os.path.join(sys.prefix, "lib", "python3.11", "lib-dynload")
 for so in sorted(os.listdir(dynload)):
     name = so.split(".")[0]
@@ -512,6 +523,7 @@ hashlib.sha256(b"").hexdigest()
 ssl.create_default_context()
 if missing:
     sys.exit("\n".join(missing))
+print(json.dumps({n: sys.modules[n].__version__ for n in accelerators.split(",")}))
 for mod in list(sys.modules.values()):
     path = getattr(mod, "__file__", None) or ""
     if path.startswith(root) and path.endswith(".py"):
@@ -522,17 +534,18 @@ for mod in list(sys.modules.values()):
 """
 
 
-def check_and_compile(root: Path, entry: str, work: Path) -> None:
+def check_and_compile(root: Path, entry: str, work: Path) -> dict[str, str]:
     """Run the image's own Python on this host (through the image's dynamic loader).
 
     Imports the agent, the standard library modules it needs and every extension
     module left in the image, fails if any shared library came from the host,
     and byte-compiles what was imported (deterministic, hash-based .pyc files)
-    so that the agent starts fast under emulation.
+    so that the agent starts fast under emulation. Returns the version of each of
+    the agent's accelerators, as the image's Python imports them.
     """
     if platform.machine() != "x86_64" or sys.platform != "linux":
         log("not an x86_64 Linux host: skipping the check of the image's Python")
-        return
+        return {}
     libdirs = [root / "lib/x86_64-linux-gnu", root / "usr/lib/x86_64-linux-gnu"]
     debug = work / "ld-debug"
     command = [
@@ -545,6 +558,7 @@ def check_and_compile(root: Path, entry: str, work: Path) -> None:
         CHECK_SCRIPT,
         str(root),
         entry,
+        ",".join(AGENT_ACCELERATORS),
         *PYTHON_CHECK_IMPORTS,
     ]
     env = {
@@ -575,6 +589,8 @@ def check_and_compile(root: Path, entry: str, work: Path) -> None:
             + ", ".join(sorted(leaked))
             + ". Add their Debian packages to PACKAGES in mgmt_os/build.py."
         )
+    versions: dict[str, str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return versions
 
 
 # --- the initramfs -----------------------------------------------------------------
@@ -651,8 +667,16 @@ def gather_inputs(kernel: str, modules: tuple[str, ...], agent_dir: Path) -> Inp
             b"".join(tree_sha256(agent_dir / package).encode() for package in AGENT_PACKAGES)
             + sha256_file(agent_dir / "pyproject.toml").encode()
         ).hexdigest(),
+        wheels=wheels_digest(),
         build_sha256=sha256_file(Path(__file__)),
     )
+
+
+def wheels_digest() -> dict[str, str]:
+    try:
+        return wheels.digest(AGENT_WHEELS)
+    except wheels.WheelError as exc:
+        raise BuildError(str(exc)) from exc
 
 
 def up_to_date(out: Path, key: str) -> dict[str, Any] | None:
@@ -679,14 +703,15 @@ def assemble(inputs: Inputs, debs: dict[str, Path], agent_dir: Path, work: Path)
     release, vmlinuz = install_kernel(kernel_tree, root, inputs.modules)
     install_busybox(root)
     agent_version, entry = install_agent(agent_dir, root)
+    wheels.install(AGENT_WHEELS, root / "usr/lib/python3/dist-packages")
     install_base(root, f"BAAS management OS (agent {agent_version}, {inputs.key()[:12]})")
-    check_and_compile(root, entry, work)
+    accelerators = check_and_compile(root, entry, work)
     modules = (root / "etc/baas/modules").read_text().split()
     return {
         "release": release,
         "vmlinuz": vmlinuz,
         "root": root,
-        "agent": {"version": agent_version, "entry_point": entry},
+        "agent": {"version": agent_version, "entry_point": entry, "accelerators": accelerators},
         "modules": [Path(m).name.removesuffix(".ko") for m in modules],
     }
 

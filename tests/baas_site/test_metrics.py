@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import signal
@@ -18,6 +19,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from accounts.services import token_create
 from catalogue.models import ImageType
 from catalogue.tasks import image_recompress_task, version_advance_task
 from flashing.models import Deployment
@@ -215,3 +217,27 @@ def test_every_gunicorn_worker_is_counted_even_once_gone(gunicorn_server):
     key = 'baas_http_requests_total{method="GET",route="/accounts/login/",status="200"}'
     assert served[key] == 20, text  # both workers' requests, the gone one's included
     assert re.search(r"^baas_images\{", text, re.M)
+
+
+def test_a_chunked_upload_counts_the_bytes_that_arrived(gunicorn_server, user):
+    """No Content-Length: gunicorn decodes the chunks, and the figure is what the view read."""
+    url, _master = gunicorn_server
+    image = ImageFactory(owner=user, type=ImageType.SINGLE)
+    secret = token_create(actor=user, user=user, name="metrics")[1]
+    body = b"\x5a" * 8192 + bytes(3 * 65536)
+    upload = http.client.HTTPConnection(url.removeprefix("http://"), timeout=60)
+    upload.request(
+        "POST",
+        f"/api/image/{image.uuid}",
+        body=iter([body[:5000], body[5000:100000], body[100000:]]),
+        headers={"Authorization": f"Bearer {secret}", "Content-Type": "application/octet-stream"},
+        encode_chunked=True,
+    )
+    answer = upload.getresponse()
+    assert answer.status == 201, answer.read()
+    answer.read()
+    upload.close()
+
+    served = parse(_get(f"{url}/metrics").decode())
+    key = 'baas_http_body_bytes_total{direction="received",route="/api/image/<str:image_id>"}'
+    assert served[key] == len(body)

@@ -9,6 +9,7 @@ the BAAS server, records the agent's check-in and refuses it, so the agent exits
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shutil
@@ -167,6 +168,14 @@ def test_manifest_describes_the_outputs(mgmt_os):
     assert mgmt_os["kernel"]["package"] in mgmt_os["packages"]
     on_disk = json.loads((OUT / "manifest.json").read_text())
     assert on_disk == mgmt_os
+
+
+def test_the_agent_in_the_image_has_its_accelerators(mgmt_os):
+    """zstandard (landing on every core) and blake3 (its checks and read-backs) import in
+    the image's own Python: Debian's zstandard, and the blake3 the tests run, copied in."""
+    accelerators = mgmt_os["agent"]["accelerators"]
+    assert accelerators["blake3"] == importlib.metadata.version("blake3")
+    assert accelerators["zstandard"] == mgmt_os["packages"]["python3-zstandard"].split("-")[0]
 
 
 def test_an_unchanged_build_is_not_redone(mgmt_os):
