@@ -32,7 +32,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from django.db import transaction
 
@@ -209,7 +209,7 @@ def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredF
             return storage.stat(version.image_id, version.number, target)
 
 
-def _record_digest(version: Version, scanner: Any, uploaded: DataMap | None) -> DataMap:
+def _record_digest(version: Version, scanner: DigestingMapper, uploaded: DataMap | None) -> DataMap:
     """Record the SHA-256 this pass computed, checked against the upload's map (or raise
     VersionCorrupt, the version recorded as damaged); set it on ``version``. Returns the
     map of the bytes read."""

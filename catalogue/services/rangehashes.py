@@ -77,9 +77,8 @@ class BlockHasher:
     def data(self, piece: bytes | bytearray | memoryview, offset: int) -> None:
         """Data at ``offset`` in the image (hashed later, on the thread: a piece of a buffer
         that will be read into again is copied)."""
-        if isinstance(piece, memoryview) and not isinstance(piece.obj, bytes):
-            piece = bytes(piece)
-        elif isinstance(piece, bytearray):
+        borrowed = isinstance(piece, memoryview) and not isinstance(piece.obj, bytes)
+        if borrowed or isinstance(piece, bytearray):
             piece = bytes(piece)
         if piece:
             self._worker.put((piece, offset))

@@ -66,9 +66,7 @@ def every_range(version, content: bytes) -> dict[int, bytes]:
 
 
 @pytest.mark.parametrize("compression", [Compression.NONE, Compression.ZSTD, Compression.GZIP])
-def test_a_stored_version_has_every_ranges_hashes_kept_by_the_pass_that_read_it(
-    image, compression
-):
+def test_a_stored_version_has_every_ranges_hashes_kept_by_the_pass_that_read_it(image, compression):
     version = stored_version(image, 1, disk_like(1), compression)
     assert len(version_map(version).ranges) == 3
     assert kept(version) == every_range(version, disk_like(1))
@@ -106,7 +104,8 @@ def test_the_compression_step_hashes_a_version_mapped_before_hashes_were_kept(im
 def test_the_digest_step_of_a_large_upload_keeps_them_in_its_read(image):
     version = write_version(image, 1, disk_like(2))
     Version.objects.filter(pk=version.pk).update(sha256="")  # left to the job
-    assert version_digest_complete(version_id=version.pk) == hashlib.sha256(disk_like(2)).hexdigest()
+    digest = version_digest_complete(version_id=version.pk)
+    assert digest == hashlib.sha256(disk_like(2)).hexdigest()
     version.refresh_from_db()
     assert kept(version) == every_range(version, disk_like(2))
 
@@ -149,7 +148,7 @@ def test_a_qcow2_version_has_none(image):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_hasher_gives_each_ranges_block_hashes_whatever_pieces_it_is_fed(seed):
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - test data
     image = bytearray(8 * MiB + 1234)  # a short last block
     for _ in range(6):
         start = rng.randrange(0, len(image) // BLOCK) * BLOCK
@@ -238,7 +237,7 @@ def test_a_pruned_version_takes_its_hashes_and_leaves_the_others(
 
 def test_the_spool_of_a_large_pass_goes_to_a_file_not_memory(monkeypatch):
     monkeypatch.setattr("catalogue.services.rangehashes.SPOOL", 1024)
-    data = random.Random(5).randbytes(MiB)
+    data = random.Random(5).randbytes(MiB)  # noqa: S311 - test data
     with BlockHasher() as hasher:
         hasher.data(data, 0)
         spool = hasher.finish()
