@@ -193,11 +193,13 @@ def sync_once(baas: Baas, run_dir: Path, disk: Path, *, whole: bool, count: int)
     log_path = run_dir / f"agent-{count}.log"
     os.sync()
     with open(log_path, "wb") as out:
+        runs_from = datetime.datetime.now()  # local time, as the agent logs
         start = time.perf_counter()
         code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
         seconds = time.perf_counter() - start
     if code != 0:
         raise SystemExit(f"the agent exited with {code}:\n{log_path.read_text()[-3000:]}")
+    STARTED[log_path] = runs_from
     return seconds
 
 
@@ -211,14 +213,23 @@ DELTA_LINE = re.compile(
 STAMP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
+STARTED: dict[Path, datetime.datetime] = {}  # when each agent run started, by its log
+
+
 def delta_phases(log_path: Path) -> dict[str, float]:
-    """The delta's phases from the agent's log (empty if it logged none)."""
+    """The delta's phases from the agent's log (empty if it logged none); ``start``: from
+    the agent's start to its first line (start-up, check-in, instructions)."""
     lines = log_path.read_text(errors="replace").splitlines()
+    first = next((m for m in map(STAMP.match, lines) if m), None)
+    start = {}
+    if first is not None and log_path in STARTED:
+        start = {"start": (_stamp(first[1]) - STARTED[log_path]).total_seconds()}
     for at, line in enumerate(lines):
         found = DELTA_LINE.match(line)
         if found is None:
             continue
-        phases = {"map": float(found[2]), "hashes": float(found[3]), "compare": float(found[4])}
+        phases = {**start, "map": float(found[2]), "hashes": float(found[3])}
+        phases["compare"] = float(found[4])
         later = next((m for m in map(STAMP.match, lines[at + 1 :]) if m), None)
         if later is not None:
             phases["upload"] = (_stamp(later[1]) - _stamp(found[1])).total_seconds()
@@ -352,7 +363,7 @@ def report(runs: Runs, image: TestImage, changed: int, args: argparse.Namespace)
     print(f"delta / whole by round: {' '.join(f'{r:.3f}' for r in rounds)}")
     print(f"bytes sent by the delta (server's count): {max(runs.sent)} for {changed} changed")
     print(f"(info) the delta version's SHA-256, left to its job: {max(runs.digest_jobs):.2f} s")
-    for name in ("map", "hashes", "compare", "upload"):
+    for name in ("start", "map", "hashes", "compare", "upload"):
         times = " ".join(f"{p[name]:.2f}" if name in p else "-" for p in runs.phases)
         print(f"(info) delta: {name:<8} (agent's log) runs {times} s")
     for check in checks:

@@ -202,9 +202,12 @@ class Lab:
         writes = agent.instructions["write"]
         if ok and allowed:
             # As the real agent does, every image's start is announced, then its end:
-            # done needs progress for every written image (and leaves booting behind).
+            # done needs progress for every written image (and leaves booting behind). An
+            # image brought back and then written is told apart by the phase: its write
+            # is announced ("writing") before it is verified.
             syncs = [(e, "syncing") for e in agent.instructions["sync"]]
-            for entry, phase in [*syncs, *((e, "verifying") for e in writes)]:
+            ends = [(e, phase) for phase in ("writing", "verifying") for e in writes]
+            for entry, phase in [*syncs, *ends]:
                 body = {
                     "image": entry["image"],
                     "phase": phase,
