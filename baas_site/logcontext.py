@@ -17,7 +17,8 @@ by :class:`ContextFilter`, which the console handler of
   ``machine``, ``mount_id`` → ``mount``, ``job_id`` → ``import``…).
 
 JSON lines get the keys that are known (``user``, ``image``, ``deployment``…);
-text lines end with them in brackets: ``… [user=ada image=1f0c…]``.
+text lines end with them in brackets: ``… [user=ada image=1f0c…]``, the lines of a
+text-format Celery worker too (:func:`celery_handlers`).
 """
 
 from __future__ import annotations
@@ -149,9 +150,20 @@ def task_ended(task_id: str, **_: Any) -> None:
         _fields.reset(token)
 
 
+def celery_handlers(logger: logging.Logger, **_: Any) -> None:
+    """A text-format worker logs through the handlers Celery installs (its own line format,
+    ``CELERY_WORKER_LOG_FORMAT`` and ``…_TASK_LOG_FORMAT`` in the settings, which end with
+    the fields): each gets the filter that puts them on its records."""
+    for handler in logger.handlers:
+        if not any(isinstance(f, ContextFilter) for f in handler.filters):
+            handler.addFilter(ContextFilter())
+
+
 def connect_celery() -> None:
     """Bind each task's arguments to the lines it logs (called by ``baas_site.celery``)."""
     from celery import signals
 
     signals.task_prerun.connect(task_started, weak=False)
     signals.task_postrun.connect(task_ended, weak=False)
+    signals.after_setup_logger.connect(celery_handlers, weak=False)
+    signals.after_setup_task_logger.connect(celery_handlers, weak=False)

@@ -457,6 +457,12 @@ LOGGING = observability.logging_config(level=env.str("LOG_LEVEL", default="INFO"
 # In JSON, Celery keeps the logging configured here (one object per line on stderr,
 # its --logfile unused) instead of installing its own text lines.
 CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT != "json"
+# In text, Celery's own lines, followed by what they are about (baas_site.logcontext).
+CELERY_WORKER_LOG_FORMAT = "[%(asctime)s: %(levelname)s/%(processName)s] %(message)s%(context)s"
+CELERY_WORKER_TASK_LOG_FORMAT = (
+    "[%(asctime)s: %(levelname)s/%(processName)s] %(task_name)s[%(task_id)s]: "
+    "%(message)s%(context)s"
+)
 observability.error_reporting(
     dsn=env.str("SENTRY_DSN", default=""),
     environment=env.str("SENTRY_ENVIRONMENT", default="production"),

@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import random
+import resource
 import secrets
 import shutil
 import socket
@@ -860,10 +861,16 @@ class Cli:
 
     def push(self, uuid: str, path: Path, *extra: str) -> tuple[float, dict]:
         """``baas image push`` as a sparse image (--compress none): auto would measure the link
-        and may compress, which is another comparison than cp's."""
-        return timed(
-            lambda: self.run("image", "push", uuid, str(path), "--compress", "none", *extra)
-        )
+        and may compress, which is another comparison than cp's. The answer gets ``cpu``:
+        the seconds of CPU the client and gunicorn's workers used meanwhile (on a loaded
+        machine the figure the load does not inflate)."""
+        server = _workers_cpu(self.baas)
+        with cpu_of_children() as client:
+            seconds, answer = timed(
+                lambda: self.run("image", "push", uuid, str(path), "--compress", "none", *extra)
+            )
+        answer["cpu"] = {"client": client[0], "server": _workers_cpu(self.baas) - server}
+        return seconds, answer
 
     def push_killed_at_half(self, uuid: str, path: Path) -> int:
         """Start a push, SIGKILL it once the server holds half its body; the server's offset."""
@@ -916,6 +923,29 @@ class Cli:
         return timed(lambda: self.run("image", "pull", ref, str(target)))
 
 
+@contextlib.contextmanager
+def cpu_of_children() -> Iterator[list[float]]:
+    """The CPU seconds (user + system) of the child processes waited for in the block,
+    in the list yielded once the block ends."""
+    used = [0.0]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield used
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    used[0] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
+def _workers_cpu(baas: Baas) -> float:
+    """The CPU seconds gunicorn's workers have used so far (from /proc)."""
+    if baas.proc is None:
+        return 0.0
+    total = 0
+    for pid in MemorySampler(baas.proc.pid).pids():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def curl_to_file(url: str, target: Path, expected: int) -> float:
     """``curl -o FILE`` of the whole raw file (every byte, zeros too, written out)."""
     with contextlib.suppress(FileNotFoundError):
@@ -939,11 +969,13 @@ def _pushed_once(cli: Cli, baas: Baas, image: TestImage, name: str, *extra: str)
 
 
 def _phases(answer: dict) -> str:
-    """Where a push's time went, as the client saw it: sending, then the server's answer."""
-    transfer = answer.get("transfer", {})
+    """Where a push's time went, as the client saw it: sending, then the server's answer;
+    and the CPU it took, the client's and the server's."""
+    transfer, cpu = answer.get("transfer", {}), answer.get("cpu", {})
     return (
         f"sending {transfer.get('seconds_sending', 0):.2f} s, answer after "
-        f"{transfer.get('seconds_waiting', 0):.2f} s"
+        f"{transfer.get('seconds_waiting', 0):.2f} s; CPU client {cpu.get('client', 0):.2f} s, "
+        f"server {cpu.get('server', 0):.2f} s"
     )
 
 
@@ -957,11 +989,15 @@ def measure_cli(
     cp_t, push_t, plain_t, resumed_t = [], [], [], []
     sent, resumed_sent = [], []
     checked = ""
+    cpu: dict[str, list[float]] = {"cp": [], "push": [], "resumed": []}
     for i in range(repeat):
-        cp_t.append(baseline_copy(image, workdir)[0])
-        log(f"  cp --sparse=always + sync: {cp_t[-1]:.2f} s")
+        with cpu_of_children() as used:
+            cp_t.append(baseline_copy(image, workdir)[0])
+        cpu["cp"].append(used[0])
+        log(f"  cp --sparse=always + sync: {cp_t[-1]:.2f} s (CPU {used[0]:.2f} s)")
         fresh = _pushed_once(cli, baas, image, f"bench-cli-{i}")
         push_t.append(fresh["seconds"])
+        cpu["push"].append(sum(fresh["answer"]["cpu"].values()))
         sent.append(fresh["answer"]["transfer"]["sent"])
         log(f"  baas image push: {fresh['seconds']:.2f} s ({sent[-1] / MiB:.0f} MiB sent; "
             f"{_phases(fresh['answer'])})")  # fmt: skip
@@ -984,21 +1020,26 @@ def measure_cli(
             raise SystemExit(f"the resumed push did not resume from {held}: {answer}")
         resumed_t.append(seconds)
         resumed_sent.append(answer["transfer"]["sent"])
+        cpu["resumed"].append(sum(answer["cpu"].values()))
         baas.delete_image(created["uuid"])
         log(f"  baas image push, resumed at {held / MiB:.0f} MiB: {seconds:.2f} s "
             f"({resumed_sent[-1] / MiB:.0f} MiB sent; {_phases(answer)})")  # fmt: skip
-    rows = _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent)
+    rows = _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent, cpu)
     if pull:
         rows.append(_measure_pull(baas, cli, workdir, checked, image.size, repeat))
     return rows
 
 
-def _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent) -> list[Row]:
+def _push_rows(cp_t, push_t, plain_t, resumed_t, sent, resumed_sent, cpu) -> list[Row]:
     cp, pu, pl, rs = median(cp_t), median(push_t), median(plain_t), median(resumed_t)
     return [
         Row("baas image push vs cp+sync", pu, cp, pu / cp, "<= 1.0", pu / cp <= 1.0,
             f"a resumable upload of the data alone ({median(sent) / MiB:.0f} MiB sent); "
             "client start-up included", {"baas": push_t, "baseline": cp_t, "sent": sent}),
+        Row("  CPU: push (client + server) vs cp+sync", median(cpu["push"]), median(cpu["cp"]),
+            median(cpu["push"]) / max(median(cpu["cp"]), 1e-3), "-", None,
+            "seconds of CPU, what a loaded machine does not inflate",
+            {"baas": cpu["push"], "baseline": cpu["cp"], "resumed": cpu["resumed"]}),
         Row("  baas image push --no-resume vs cp+sync", pl, cp, pl / cp, "-", None,
             "one plain request (the server decodes both the same way)",
             {"baas": plain_t, "baseline": cp_t}),

@@ -10,6 +10,7 @@ from typer.core import TyperGroup
 from baas_cli import output
 from baas_cli.app import Json, Session, set_exit
 from baas_cli.client import machine_mac
+from baas_cli.errors import LocalError
 from baas_cli.watch import FINISHED, outcome, watch
 
 # --- Setups --------------------------------------------------------------------------
@@ -26,6 +27,13 @@ PIN_COLUMNS: list[output.Column] = [
     ("mount", lambda p: p["mount"]),
     ("partition", lambda p: p.get("partition") or None),
     ("uuid", lambda p: p["image"]),
+]
+PARTITION_COLUMNS: list[output.Column] = [
+    ("number", lambda p: p["number"]),
+    ("label", lambda p: p["label"]),
+    ("size", lambda p: "rest of the disk" if p["size"] is None else output.size(p["size"])),
+    ("type", lambda p: p["type"]),
+    ("device", lambda p: p["device"]),
 ]
 
 
@@ -49,6 +57,9 @@ def setup_show(setup: SetupArg, as_json: Json = False) -> None:
 
     def render() -> None:
         output.fields(data, ["name", "uuid", "owner", "description", "created_at"])
+        if data.get("layout"):
+            title = f"partition table on {data['layout']['disk']}"
+            output.table(data["layout"]["partitions"], PARTITION_COLUMNS, title=title)
         output.table(data["images"], PIN_COLUMNS, title="images")
 
     output.show(data, as_json, render)
@@ -66,6 +77,44 @@ def setup_create(
         f"/api/user/{api.me()['username']}/image_setup", {"name": name, "description": description}
     )
     output.done(f"Created the setup {created['name']} ({created['uuid']}).", created, as_json)
+
+
+@setup_app.command("layout")
+def setup_layout(
+    setup: SetupArg,
+    disk: Annotated[
+        str | None, typer.Option(help="The whole disk the table is written to, e.g. /dev/sda")
+    ] = None,
+    part: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="LABEL:SIZE[:TYPE], in order (repeat it): SIZE like 512M or 8G, or 'rest' for "
+            "the last one; TYPE linux (default), root-x86-64, home, swap, esp, bios or a GUID"
+        ),
+    ] = None,
+    none: Annotated[bool, typer.Option("--none", help="Remove its partition table")] = False,
+    as_json: Json = False,
+) -> None:
+    """Declare the setup's partition table (a GPT the agent writes), or remove it."""
+    from baas_cli import partitions
+
+    if none == bool(disk or part):
+        raise LocalError("Give --disk with --part LABEL:SIZE[:TYPE]…, or --none.")
+    if not none and not disk:
+        raise LocalError("Give the disk the partition table goes on with --disk.")
+    body = None if none else partitions.layout(disk or "", part or [])
+    api = Session.api()
+    found = api.setup(setup)
+    changed = api.patch(f"/api/user/{found['owner']}/image_setup/{found['uuid']}", {"layout": body})
+    if changed.get("layout") is None:
+        message = f"The setup {changed['name']} has no partition table now."
+    else:
+        shown = ", ".join(
+            f"{p['label']} {'the rest' if p['size'] is None else output.size(p['size'])}"
+            for p in changed["layout"]["partitions"]
+        )
+        message = f"The setup {changed['name']} has a GPT on {changed['layout']['disk']}: {shown}."
+    output.done(message, changed, as_json)
 
 
 @setup_app.command("pin")

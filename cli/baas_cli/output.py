@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -16,13 +17,20 @@ if TYPE_CHECKING:
 _consoles: dict[str, Any] = {}
 
 
+# Lines read by a program (a pipe, a file) are not wrapped at 80 columns: each row of a
+# table stays one line, for grep and awk. A terminal, or COLUMNS, sets the width.
+UNWRAPPED = 4096
+
+
 def _console(name: str) -> Any:
     """``console`` or ``errors``, made (and rich imported) when first printed to: a push
     with ``--json`` prints its answer without them."""
     if name not in _consoles:
         from rich.console import Console
 
-        _consoles[name] = Console(stderr=name == "errors")
+        stream = sys.stderr if name == "errors" else sys.stdout
+        piped = not stream.isatty() and not os.environ.get("COLUMNS", "").isdigit()
+        _consoles[name] = Console(stderr=name == "errors", width=UNWRAPPED if piped else None)
     return _consoles[name]
 
 

@@ -181,7 +181,8 @@ def import_cancel(*, actor: Any, job_id: int) -> Job:
         fields = ["cancel_requested"]
         if job.state == State.QUEUED:
             job.state, job.finished_at, job.reason = State.CANCELLED, timezone.now(), "Cancelled."
-            fields += ["state", "finished_at", "reason"]
+            job.source = ended_source(job)
+            fields += ["state", "finished_at", "reason", "source"]
         job.save(update_fields=fields)
         audit_record(actor=actor, action="image.import_cancel", target=job.image, job=job.pk)
     if job.state == State.CANCELLED:
@@ -234,11 +235,22 @@ def _run_kind(job: Job, progress: Progress, folder: Path, sealed: str) -> Versio
     return registry.oci_import(job=job, progress=progress, folder=folder, credentials=credentials)
 
 
+def ended_source(job: Job) -> str:
+    """What an ended job keeps of its source: a URL without its query, fragment or userinfo
+    (a signed URL's token is needed only while the worker downloads)."""
+    return urls.shown_url(job.source) if job.kind == Kind.URL else job.source
+
+
 def _end(job: Job, progress: Progress, state: str, reason: str) -> None:
     progress.log(reason or f"Done: version {job.version.number if job.version else '?'}.")
     job.state, job.reason, job.finished_at = state, reason[:1000], timezone.now()
+    job.source = ended_source(job)
     Job.objects.filter(pk=job.pk).update(
-        state=state, reason=job.reason, finished_at=job.finished_at, version=job.version
+        state=state,
+        reason=job.reason,
+        finished_at=job.finished_at,
+        version=job.version,
+        source=job.source,
     )
 
 
@@ -275,7 +287,7 @@ def imports_sweep(*, now: Any = None) -> int:
     for state, old, reason in dead:
         for job in Job.objects.filter(old, state=state):
             failed += Job.objects.filter(pk=job.pk, state=state).update(
-                state=State.FAILED, reason=reason, finished_at=now
+                state=State.FAILED, reason=reason, finished_at=now, source=ended_source(job)
             )
             shutil.rmtree(work_dir(job), ignore_errors=True)
     _remove_left_folders(now)

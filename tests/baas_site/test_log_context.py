@@ -96,3 +96,19 @@ def test_a_task_s_log_lines_name_what_it_works_on(db, user):
     (after,) = [r for r in kept.records if r.name == "catalogue.after"]
     assert not hasattr(after, "version")  # the task's context ended with it
     assert after.context == ""
+
+
+@pytest.mark.worker
+def test_a_text_format_worker_s_lines_name_what_the_task_works_on(celery_worker, user):
+    """Celery's own text lines (its handlers, its format) end with the task's fields."""
+    image = ImageFactory(owner=user, name="processed")
+    version = VersionFactory(image=image, number=0, content=b"\2" * 8192)
+    version_advance_task.delay(version.pk)
+    deadline = time.monotonic() + 30
+    while not (
+        lines := [x for x in celery_worker.log().splitlines() if f"[version={version.pk}]" in x]
+    ):
+        assert time.monotonic() < deadline, celery_worker.log()[-3000:]
+        time.sleep(0.1)
+    assert any("now ready" in line for line in lines), lines  # the task's own lines
+    assert "--- Logging error ---" not in celery_worker.log()

@@ -283,3 +283,37 @@ def test_a_worker_killed_mid_patch_resumes_from_its_last_checkpoint_byte_for_byt
     assert version["sha256"] == hashlib.sha256(data).hexdigest()
     assert stored(target, version["version"]) == data
     assert spool_files(target) == []
+
+
+def test_a_fast_link_records_what_its_file_takes_every_few_seconds_not_every_tick(user, image):
+    """Between checkpoints an append on a fast link records the bytes its file takes only
+    every RECORD_SECONDS: each record is a commit of the database, which under SQLite syncs
+    its journal and waited tens of milliseconds for the upload's own data, each second."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from catalogue.services.uploads import decoded
+    from catalogue.services.uploads.resumable import resumable_create
+
+    upload = resumable_create(
+        actor=user, image=image, encoding="sparse", length=None, expected_sha256=None,
+        want_digest=False,
+    )  # fmt: skip
+    pending = resumable_base.part_of(upload).decoded(0)
+    try:
+        pending.write_at(os.urandom(MiB), 0)
+        appending = decoded._Decoding(upload, receiver=None, pending=pending)  # type: ignore[arg-type]
+        began = appending.last_tick
+        updates = []
+        for second in range(1, 7):  # 100 MiB a second: a fast link, no checkpoint due
+            appending.position += 100 * MiB
+            with CaptureQueriesContext(connection) as queries:
+                appending._look(began + second + 0.01)
+            if any(q["sql"].startswith("UPDATE") for q in queries.captured_queries):
+                updates.append(second)
+        assert updates == [int(decoded.RECORD_SECONDS)]
+        upload.refresh_from_db()
+        assert upload.stored == pending.allocated() >= MiB
+        assert upload.offset == 0  # recorded, not acknowledged: no checkpoint came
+    finally:
+        pending.remove()

@@ -134,3 +134,31 @@ def test_a_client_gone_mid_stream_leaves_no_part_file_and_no_thread(image):
         raise ClientDisconnected()
     assert _files(image) == []
     assert set(threading.enumerate()) == before
+
+
+def test_what_the_caller_records_with_the_version_commits_or_fails_with_it(image, user):
+    """``recorded`` runs in the version's transaction (a resumable upload marks itself
+    complete there): whatever it writes lands with the row, and a failure in it leaves no
+    row, no map and no file."""
+    data = os.urandom(MiB)
+    receiver = VersionReceiver(image=image, max_size=1 << 40)
+    with pytest.raises(RuntimeError, match="refused"), receiver:
+        receiver.write(data)
+
+        def refuse(version: Version) -> None:
+            assert Version.objects.filter(pk=version.pk).exists()  # inside, before commit
+            raise RuntimeError("refused")
+
+        version_upload(actor=user, image=image, receiver=receiver, recorded=refuse)
+    assert not Version.objects.filter(image=image).exists()
+    assert _files(image) == []
+
+    noted: list[int] = []
+    receiver = VersionReceiver(image=image, max_size=1 << 40)
+    with receiver:
+        receiver.write(data)
+        version = version_upload(
+            actor=user, image=image, receiver=receiver, recorded=lambda v: noted.append(v.pk)
+        )
+    assert noted == [version.pk]
+    assert version.number == 1 and version.size == MiB

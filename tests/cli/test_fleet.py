@@ -41,6 +41,44 @@ def test_setup_create_pin_show_ls_unpin(baas_ada, ada):
     assert "No setup named" in baas_ada("setup", "show", "nope", code=2).stderr
 
 
+def test_setup_layout_declares_the_partition_table_and_pins_go_into_it(baas_ada, ada):
+    baas_ada.json("image", "create", "rootfs", "--target-disk", "/dev/sda")
+    baas_ada.json("setup", "create", "parted")
+    laid = baas_ada.json(
+        "setup", "layout", "parted", "--disk", "/dev/sda",
+        "--part", "boot:512M:esp", "--part", "root:8G", "--part", "home:rest:home",
+    )  # fmt: skip
+    assert laid["layout"]["disk"] == "/dev/sda"
+    parts = laid["layout"]["partitions"]
+    assert [(p["label"], p["size"], p["type"], p["device"]) for p in parts] == [
+        ("boot", 512 << 20, "esp", "/dev/sda1"),
+        ("root", 8 << 30, "linux", "/dev/sda2"),
+        ("home", None, "home", "/dev/sda3"),
+    ]
+    pinned = baas_ada.json("setup", "pin", "parted", "rootfs@0", "--partition", "root")
+    assert (pinned["partition"], pinned["disk"]) == ("root", "/dev/sda2")
+    shown = baas_ada("setup", "show", "parted").stdout
+    assert "partition table on /dev/sda" in shown and "rest of the disk" in shown
+    assert "/dev/sda3" in shown
+
+    # The server's rules, its words, exit 1; nothing changes.
+    refused = baas_ada("setup", "layout", "parted", "--disk", "/dev/sda",
+                       "--part", "a:rest", "--part", "b:1G", code=1)  # fmt: skip
+    assert "rest" in refused.stderr.lower() and "Traceback" not in refused.stderr
+    assert ImageSetup.objects.get(name="parted").layout["partitions"][0]["label"] == "boot"
+    # What the client cannot read, exit 2, before any request.
+    for bad in (["--part", "root:8X"], ["--part", "root"]):
+        error = baas_ada("setup", "layout", "parted", "--disk", "/dev/sda", *bad, code=2).stderr
+        assert "Not a partition" in error
+    assert "or --none" in baas_ada("setup", "layout", "parted", code=2).stderr
+
+    gone = baas_ada("setup", "layout", "parted", "--none", code=1).stderr  # a pin is in it
+    assert "partition" in gone.lower()
+    baas_ada("setup", "unpin", "parted", "rootfs")
+    cleared = baas_ada.json("setup", "layout", "parted", "--none")
+    assert cleared["layout"] is None and ImageSetup.objects.get(name="parted").layout is None
+
+
 def test_tokens_ls_create_revoke(baas_ada, ada):
     made = baas_ada.json("token", "create", "ci", "--scope", "read")
     assert made["token"].startswith("baas_") and made["scopes"] == ["read"]

@@ -59,6 +59,13 @@ def test_profiles_and_the_environment_choose_the_server(baas, ada, live_server):
     assert "401" in baas("whoami", code=1).stderr
 
 
+def test_a_table_read_by_a_program_keeps_each_row_on_one_line(baas_ada):
+    created = baas_ada.json("image", "create", "a-rather-long-image-name-in-a-table")
+    baas_ada.env["COLUMNS"] = ""  # no terminal and no width: a pipe, as scripts read it
+    rows = baas_ada("image", "ls").stdout.splitlines()
+    assert any(created["uuid"] in row and created["name"] in row for row in rows), rows
+
+
 def test_image_create_ls_show_edit_versions_rm(baas_ada):
     created = baas_ada.json(
         "image", "create", "debian", "--compression", "zstd", "--target-disk", "/dev/sda"

@@ -112,9 +112,9 @@ def test_a_download_past_the_quota_is_stopped(served, image, user):
     assert not image.versions.exists()
 
 
-def test_a_signed_urls_token_is_kept_nowhere_but_in_the_job(served, image, user):
+def test_a_signed_urls_token_is_kept_only_while_the_job_runs(served, image, user):
     """The audit event, the log, the version's note and provenance name the file without
-    the query (a signed URL's token) or the fragment."""
+    the query (a signed URL's token) or the fragment; the job's row, once it ended, too."""
     from accounts.models import AuditEvent
 
     signed = f"{served}/disk.img?X-Amz-Signature=secret-token&X-Amz-Expires=60#part"
@@ -129,6 +129,34 @@ def test_a_signed_urls_token_is_kept_nowhere_but_in_the_job(served, image, user)
     refused = run_import(user, image, url=signed.replace("disk.img", "nope.img"), sha256=SHA)
     assert refused.state == State.FAILED and f"{served}/nope.img answered 404" in refused.reason
     assert "secret-token" not in refused.reason + refused.log
+    for ended in (job, refused):  # the row needed the token only while the worker downloaded
+        ended.refresh_from_db()
+        assert ended.source == f"{served}/{'disk' if ended is job else 'nope'}.img"
+
+
+def test_a_url_job_that_ends_without_running_forgets_its_token_too(served, image, user):
+    """Cancelled while queued, or failed by the sweep because no worker took it."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from imports.models import ImportJob
+    from imports.services import jobs
+
+    signed = f"{served}/disk.img?sig=secret-token"
+    ended = []
+    for _ in range(2):
+        job = jobs.import_create(
+            actor=user, image=image, request=jobs.ImportRequest(url=signed, sha256=SHA)
+        )
+        assert job.source == signed  # the worker needs it to download
+        ended.append(job)
+    jobs.import_cancel(actor=user, job_id=ended[0].pk)
+    ImportJob.objects.filter(pk=ended[1].pk).update(created_at=timezone.now() - timedelta(days=2))
+    assert jobs.imports_sweep() == 1
+    for job in ended:
+        job.refresh_from_db()
+        assert job.is_final and job.source == f"{served}/disk.img"
 
 
 def test_a_shown_url_keeps_host_port_and_path_only():

@@ -41,6 +41,7 @@ def version_upload(
     same_as: Version | None = None,
     based_on: Version | None = None,
     check: Callable[[ReceivedUpload], None] | None = None,
+    recorded: Callable[[Version], None] | None = None,
 ) -> Version:
     """Finish ``receiver`` and store it as ``image``'s next version; return the version.
 
@@ -52,7 +53,9 @@ def version_upload(
     bytes, same deployment) returns the version already made. Bytes identical
     to ``same_as`` store nothing and return ``same_as``. ``based_on``: the base of
     a delta upload (:mod:`.compose`), recorded on the version; ``check`` is called
-    with what arrived before anything is stored, and refuses it by raising.
+    with what arrived before anything is stored, and refuses it by raising; ``recorded``
+    with the version returned, inside the transaction that creates its row (a resumable
+    upload marks itself complete there: one commit of the database, not two).
     Raises ``NotYours`` if ``actor`` may not write the image (any more: an upload
     may outlive the right that ``image_get_writable`` checked before it began).
     """
@@ -71,26 +74,50 @@ def version_upload(
         version_digest_ensure(same_as)
     if same_as is not None and (received.size, received.sha256) == (same_as.size, same_as.sha256):
         receiver.abort()  # the very bytes of that version: nothing new to store
+        if recorded is not None:
+            with transaction.atomic():
+                recorded(same_as)
         return same_as
     pending = receiver.pending
     assert pending is not None  # the receiver finished: its upload started
     _fsync_path(pending.path)  # the slow part of durability, outside the lock
+    record = recorded or (lambda version: None)
+    return _store(actor, image, receiver, received, note, based_on, record)
+
+
+def _store(
+    actor: Any,
+    image: Image,
+    receiver: VersionReceiver,
+    received: ReceivedUpload,
+    note: str,
+    based_on: Version | None,
+    recorded: Callable[[Version], None],
+) -> Version:
+    """Under a lock on the image's row: the next number, the file in place, the row, its map,
+    and what the caller records with them; a failure leaves none of them."""
     placed: StoredFile | None = None
+    mapped: int | None = None  # the number whose map was written
     try:
         with transaction.atomic():
             locked = Image.objects.select_for_update().get(pk=image.pk)
             if rules.is_agent(actor) and (same := _same_sync(locked, received, note, based_on)):
                 receiver.abort()
+                recorded(same)
                 return same
             number = _next_free_number(locked)
             placed = receiver.commit(number, received.stored_compression)
             _check_boot_image(locked, placed, received)
             version = _version_row(locked, number, received, placed, actor, note, based_on)
             if received.datamap is not None:
+                mapped = number
                 storage_call(version_map_store, version, received.datamap)
+            recorded(version)
     except BaseException:
         if placed is not None:  # the row never became visible: neither may the file
             placed.path.unlink(missing_ok=True)
+        if mapped is not None:  # nor its map
+            get_storage().delete_map(image.uuid, mapped)
         raise
     return version
 

@@ -57,6 +57,11 @@ from diskimage.decoders import SPARSE
 ASK_SECONDS = 0.1
 # How long a HEAD waits for that checkpoint before it answers the last one.
 PROBE_WAIT_SECONDS = 3.0
+# On a fast link, how often a running append records the bytes its file takes (the quota of
+# the owner's other uploads counts them). An UPDATE commits, and a commit of SQLite syncs
+# its journal, which on ext4 waits for the data written so far: tens of milliseconds of
+# this request's thread, each second. An abandoned upload is noticed at every look anyway.
+RECORD_SECONDS = 5.0
 # Refusals that leave the upload resumable (from its last checkpoint): not of the image.
 RESUMABLE_ERRORS = (UploadTooLarge, InsufficientStorage, UploadLengthMismatch, UploadNotFound)
 
@@ -81,7 +86,7 @@ class _Decoding:
         self.upload, self.receiver, self.pending = upload, receiver, pending
         self.position = self.acknowledged = upload.offset
         now = time.monotonic()
-        self.last_checkpoint = self.last_tick = self.last_look = now
+        self.last_checkpoint = self.last_tick = self.last_look = self.last_record = now
         self.ticked_at = upload.offset
         self.answered = upload.probes_answered
         self.broken = False  # the receiver raised: its state may be past ``position``
@@ -127,9 +132,11 @@ class _Decoding:
         elif now - self.last_tick >= base.TICK_SECONDS:
             if self.position - self.ticked_at <= (now - self.last_tick) * base.SLOW_RATE:
                 self.checkpoint(asked)  # a slow link: the sync is cheap
-            else:
+                return
+            if now - self.last_record >= RECORD_SECONDS:
                 base.record(self.upload, stored=self.pending.allocated())
-                self.last_tick, self.ticked_at = now, self.position
+                self.last_record = now
+            self.last_tick, self.ticked_at = now, self.position
 
     def checkpoint(self, asked: int | None = None) -> None:
         """Everything received so far made durable (decoded, written, synced), then
@@ -145,7 +152,7 @@ class _Decoding:
         base.record(self.upload, **fields)
         self.upload.offset = self.acknowledged = self.position
         self.upload.stored = stored
-        self.last_checkpoint = self.last_tick = time.monotonic()
+        self.last_checkpoint = self.last_tick = self.last_record = time.monotonic()
         self.ticked_at = self.position
 
 
@@ -157,8 +164,10 @@ def append_decoded(
     image = Image.objects.get(pk=upload.image_id)
     state: dict[str, Any] = upload.decoded or {}
     pending = storage_call(base.part_of(upload).decoded, int(state.get("written", 0)))
-    # While it runs, its file counts in the quota through the receiver, as a plain upload's.
-    ResumableUpload.objects.filter(pk=upload.pk).update(stored=0)
+    # While it runs, its file counts in the quota through the receiver, as a plain upload's
+    # (a fresh upload's row says 0 already: no write, no commit).
+    if upload.stored:
+        ResumableUpload.objects.filter(pk=upload.pk).update(stored=0)
     receiver = VersionReceiver(
         image=image,
         max_size=settings.BAAS_MAX_IMAGE_SIZE,
@@ -187,17 +196,6 @@ def append_decoded(
         raise
     finally:
         pending.abort()  # closes it; the bytes stay (or were committed, or removed)
-    if version is None:
-        upload.refresh_from_db()
-        return None
-    ResumableUpload.objects.filter(pk=upload.pk).update(
-        state=UploadState.COMPLETE,
-        version=version,
-        offset=decoding.position,
-        decoded=None,
-        stored=0,
-        updated_at=timezone.now(),
-    )
     upload.refresh_from_db()
     return version
 
@@ -230,8 +228,21 @@ def _run(
                 if decoding.position != decoding.acknowledged:
                     decoding.checkpoint()
         raise
+
+    def completed(version: Version) -> None:  # in the version's own transaction
+        ResumableUpload.objects.filter(pk=upload.pk).update(
+            state=UploadState.COMPLETE,
+            version=version,
+            offset=decoding.position,
+            decoded=None,
+            stored=0,
+            updated_at=timezone.now(),
+        )
+
     try:
-        return version_upload(actor=actor, image=image, receiver=receiver, note=upload.note)
+        return version_upload(
+            actor=actor, image=image, receiver=receiver, note=upload.note, recorded=completed
+        )
     except RESUMABLE_ERRORS:
         raise
     except DomainError as exc:

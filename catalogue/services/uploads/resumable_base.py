@@ -24,9 +24,11 @@ INTEROP_VERSION = 8
 CHECKPOINT_BYTES = 1 << 30
 CHECKPOINT_SECONDS = 10.0
 # Every this many seconds an append records the bytes it takes (the quota) and notices an
-# abandoned upload: a cheap UPDATE. If fewer than TICK_SECONDS * SLOW_RATE bytes arrived
-# since the last tick, it syncs and acknowledges them too (a checkpoint): on a link that
-# slow a sync costs little, so a crash loses at most about a second of transfer there.
+# abandoned upload: a cheap UPDATE (an upload decoded as it arrives looks for abandonment
+# more often and records only every decoded.RECORD_SECONDS on a fast link). If fewer than
+# TICK_SECONDS * SLOW_RATE bytes arrived since the last tick, it syncs and acknowledges
+# them too (a checkpoint): on a link that slow a sync costs little, so a crash loses at
+# most about a second of transfer there.
 TICK_SECONDS = 1.0
 SLOW_RATE = 64 << 20
 # Room for compression that does not compress, as for a plain upload's body.

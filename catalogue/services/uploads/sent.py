@@ -190,6 +190,16 @@ def complete(
                     f"ends at {part.position}."
                 )
             ResumableUpload.objects.filter(pk=upload.pk).update(stored=0)  # as above
+
+            def completed(version: Version) -> None:  # in the version's own transaction
+                ResumableUpload.objects.filter(pk=upload.pk).update(
+                    state=UploadState.COMPLETE,
+                    version=version,
+                    offset=part.position,
+                    stored=0,
+                    updated_at=timezone.now(),
+                )
+
             try:
                 version = version_upload(
                     actor=actor,
@@ -197,6 +207,7 @@ def complete(
                     receiver=receiver,
                     expected_sha256=upload.expected_sha256 or None,
                     note=upload.note,
+                    recorded=completed,
                 )
             except DomainError as exc:
                 raise base.Refused(exc) from exc
@@ -217,13 +228,6 @@ def complete(
     # The version is durable (version_upload synced it): the bytes as sent, never synced
     # since the last checkpoint, go unwritten if the kernel has not written them yet.
     part.remove()
-    ResumableUpload.objects.filter(pk=upload.pk).update(
-        state=UploadState.COMPLETE,
-        version=version,
-        offset=part.position,
-        stored=0,
-        updated_at=timezone.now(),
-    )
     upload.refresh_from_db()
     return version
 
