@@ -175,7 +175,10 @@ def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredF
     sparse = target == Compression.NONE
     # A large upload's SHA-256 is not recorded yet: this pass computes it, on the way
     # (and checks the frame checksums of a zstd upload, which wait for it too).
-    hasher = BlockHasher() if hashes_wanted(version, known) else None
+    # Its block hashes too, if no earlier pass kept them (with a map to key them by, or one
+    # this pass makes).
+    hashing = (known is not None or not version.sha256) and hashes_wanted(version, known)
+    hasher = BlockHasher() if hashing else None
     scanner = feed = None
     if not version.sha256:
         scanner = DigestingMapper(

@@ -3,8 +3,8 @@
 A delta re-flash and a delta sync-back compare versions by the block hashes
 of their ranges (``diskimage.sparsedelta.block_hashes``: 16 bytes of BLAKE3
 per 4 KiB block). Computed on first use, they cost a read (and a decode) of
-every range of the version: on a 6 GiB disk holding 600 MiB, the first delta
-against a version took twice as long as the next. So the passes that
+every range asked for, at the moment a delta waits for them (0.2 to 0.5 s for the
+33 touched ranges of the sync-back bench's disk). So the passes that
 already read all of a version's data when it is stored — the map step
 (``datamaps``), the digest step (``digests``) and the compression step
 (``compression``) — hash its blocks on the way with a :class:`BlockHasher`,
