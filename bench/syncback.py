@@ -242,7 +242,10 @@ def _stamp(text: str) -> datetime.datetime:
 
 
 def result(baas: Baas) -> dict:
-    return json.loads(shell(baas, RESULT_CODE, {"BENCH_NAME": NAME})["RESULT"])
+    try:
+        return json.loads(shell(baas, RESULT_CODE, {"BENCH_NAME": NAME})["RESULT"])
+    except subprocess.CalledProcessError as exc:  # say why, not only that it failed
+        raise SystemExit(f"reading the result failed:\n{(exc.stderr or '')[-3000:]}") from exc
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
