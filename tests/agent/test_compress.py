@@ -127,3 +127,21 @@ def test_stopping_early_ends_the_zstd_command(monkeypatch):
 def test_an_unknown_compression_is_refused():
     with pytest.raises(CompressionError, match="unknown compression"):
         decompressed([b""], "lz4")
+
+
+def test_zstd_frames_come_as_views_of_the_chunks_whatever_their_size():
+    frames = [zstandard.ZstdCompressor().compress(bytes([n]) * 5000 * n) for n in range(1, 6)]
+    stream = b"".join(frames)
+    for size in (1, 7, 4096, 9000, len(stream)):
+        chunks = [stream[at : at + size] for at in range(0, len(stream), size)]
+        found = list(compress.zstd_frames(chunks))
+        assert [b"".join(parts) for parts in found] == frames
+        assert all(isinstance(part, memoryview) and len(part) for p in found for part in p)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "no frame"])
+def test_zstd_frames_of_a_broken_stream_are_an_error(damage):
+    stream = zstandard.ZstdCompressor(write_checksum=True).compress(RAW[:100_000])
+    broken = stream[:-3] if damage == "truncated" else b"\0" * 64 + stream
+    with pytest.raises(CompressionError, match=damage if damage == "truncated" else "corrupt"):
+        list(compress.zstd_frames(pieces(broken, 1000)))

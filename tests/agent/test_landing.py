@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 from baas_agent import landing
+from baas_agent.disks import allocate
 from baas_agent.landing import land
 
 from diskimage.datamap import DataMap
+from diskimage.holes import data_extents
 from tests.agent.conftest import MiB, make_image
 from tests.agent.test_delta import resident
 from tests.diskimage.layouts import parsed
@@ -115,3 +117,59 @@ def test_an_image_that_ends_inside_a_block_is_landed(tmp_path):
     target = tmp_path / "disk.img"
     assert land(raw_stream(image, datamap), "none", target, datamap, workers=2) is None
     assert target.read_bytes() == image.read_bytes()
+
+
+def test_what_is_hashed_is_what_the_disk_holds_not_what_was_written(image, tmp_path, monkeypatch):
+    # A range is read back into the buffer it was written from: a disk that stored other
+    # bytes than it was given must fail the range, however right the buffer was.
+    real_pwrite = os.pwrite
+    datamap = parsed(image)
+    start, end, _ = datamap.ranges[1]
+
+    def flipping(fd, data, offset):
+        view = memoryview(data)
+        if offset <= start + 100 < offset + len(view):
+            changed = bytearray(view)
+            changed[start + 100 - offset] ^= 1
+            return real_pwrite(fd, changed, offset)
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(os, "pwrite", flipping)
+    reason = land(raw_stream(image, datamap), "none", tmp_path / "disk.img", datamap, workers=2)
+    assert reason == f"bytes {start}-{end} differ from the image (SHA-256 mismatch)"
+
+
+def test_a_file_target_gets_its_ranges_allocated_and_its_gaps_left_holes(image, tmp_path):
+    datamap = parsed(image)
+    target = tmp_path / "disk.img"
+    assert land(raw_stream(image, datamap), "none", target, datamap, workers=2) is None
+    with target.open("rb") as file:
+        assert list(data_extents(file.fileno(), 0, datamap.size)) == [
+            (start, end) for start, end in merged(datamap)
+        ]
+    assert target.read_bytes() == image.read_bytes()
+
+
+def merged(datamap: DataMap) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for start, end, _ in datamap.ranges:
+        if runs and runs[-1][1] == start:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((start, end))
+    return runs
+
+
+def test_allocate_allocates_unwritten_blocks_that_read_as_zeros(tmp_path):
+    target = tmp_path / "disk.img"
+    with target.open("wb") as file:
+        file.truncate(8 * MiB)
+        assert allocate(file.fileno(), [(MiB, 2 * MiB), (5 * MiB, 5 * MiB + 4096)])
+    if os.major(os.stat(tmp_path).st_dev) != 0:  # tmpfs reports no holes
+        with target.open("rb") as file:
+            assert list(data_extents(file.fileno(), 0, 8 * MiB)) in (
+                [],  # unwritten extents are holes to SEEK_DATA on some file systems
+                [(MiB, 2 * MiB), (5 * MiB, 5 * MiB + 4096)],
+            )
+    assert target.stat().st_blocks * 512 >= MiB + 4096
+    assert target.read_bytes() == bytes(8 * MiB)
