@@ -20,7 +20,8 @@ row update leaves the old file, which the next (no-op) run removes.
 This is one step of a version's processing (``catalogue.services.pipeline``
 decides when it is owed, and runs it under the version's job lock); it sends no
 task. A version without its SHA-256 yet has it computed and recorded in the same
-pass (``digests``): the image is read once for both.
+pass (``digests``): the image is read once for both; so are its block hashes, if no
+earlier pass kept them (``rangehashes``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from django.db import transaction
 
@@ -52,6 +53,7 @@ from catalogue.services.codecs import (  # (re-exported: what readers of stored 
 )
 from catalogue.services.datamaps import version_map
 from catalogue.services.digests import DigestingMapper, version_digest_record
+from catalogue.services.rangehashes import BlockHasher, MappedFeed, hashes_store, hashes_wanted
 from catalogue.storage import StoredFile, VersionExists, get_storage
 from diskimage.datamap import DataMap
 from diskimage.seekable import FramedZstdEncoder, read_seek_table
@@ -165,29 +167,44 @@ def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredF
     """Transcode the stored file to ``target``, verified, and commit it beside the old one
     (``replace``: over it, the same bytes in the same compression, laid out anew)."""
     storage = get_storage()
-    datamap = _datamap_for(version) if target == Compression.ZSTD else None
+    known = version_map(version)
+    # zstd frames follow the map (the pipeline maps a version before it stores it zstd);
+    # without one, the file is written unframed and framed once it has one.
+    datamap = known if target == Compression.ZSTD else None
     source = _open_stored(version)
     sparse = target == Compression.NONE
     # A large upload's SHA-256 is not recorded yet: this pass computes it, on the way
     # (and checks the frame checksums of a zstd upload, which wait for it too).
-    scanner = uploaded = None
+    # Its block hashes too, if no earlier pass kept them (with a map to key them by, or one
+    # this pass makes).
+    hashing = (known is not None or not version.sha256) and hashes_wanted(version, known)
+    hasher = BlockHasher() if hashing else None
+    scanner = feed = None
     if not version.sha256:
-        uploaded = version_map(version)
-        scanner = DigestingMapper(uploaded.zstd_checksums if uploaded is not None else None)
+        scanner = DigestingMapper(
+            known.zstd_checksums if known is not None else None,
+            on_data=hasher.data if hasher is not None else None,
+        )
+    elif hasher is not None and known is not None:
+        feed = MappedFeed(known, hasher)  # the block hashes too, in the same pass
     with (
         raw_reader(source, version.stored_compression, limit=version.size) as raw,
         storage.open_write(version.image_id, sparse=sparse) as pending,
         contextlib.closing(scanner) if scanner else contextlib.nullcontext(),
+        hasher if hasher is not None else contextlib.nullcontext(),
     ):
         encoder = encoder_for(target, version.size, datamap)
         try:
-            _transcode(raw, encoder, pending.write, version, scanner)
+            _transcode(raw, encoder, pending.write, version, scanner, feed)
         except MapMismatch as exc:
             # The map is not of these bytes: drop it (a job rebuilds it), retry unframed.
             storage.delete_map(version.image_id, version.number)
             raise ConcurrentChange(f"Version {version.pk}: {exc}") from exc
+        checked = known
         if scanner is not None:
-            _record_digest(version, scanner, uploaded)
+            checked = _record_digest(version, scanner, known)
+        if hasher is not None and checked is not None:  # of bytes now checked
+            hashes_store(version, checked, hasher.finish())
         try:
             return pending.commit(version.number, target, replace=replace)
         except VersionExists:
@@ -195,13 +212,16 @@ def _rewrite(version: Version, target: str, *, replace: bool = False) -> StoredF
             return storage.stat(version.image_id, version.number, target)
 
 
-def _record_digest(version: Version, scanner: Any, uploaded: DataMap | None) -> None:
+def _record_digest(version: Version, scanner: DigestingMapper, uploaded: DataMap | None) -> DataMap:
     """Record the SHA-256 this pass computed, checked against the upload's map (or raise
-    VersionCorrupt, the version recorded as damaged); set it on ``version``."""
-    digest = version_digest_record(version, scanner.finish(), uploaded)
+    VersionCorrupt, the version recorded as damaged); set it on ``version``. Returns the
+    map of the bytes read."""
+    found = scanner.finish()
+    digest = version_digest_record(version, found, uploaded)
     if digest is None:
         raise ConcurrentChange(f"Version {version.pk} was deleted while it was compressed.")
     version.sha256 = digest
+    return found
 
 
 def _open_stored(version: Version) -> BinaryIO:
@@ -218,17 +238,13 @@ def _verify(stored: BinaryIO, compression: str, version: Version) -> None:
         _transcode(raw, Identity(), lambda data: None, version)
 
 
-def _datamap_for(version: Version) -> DataMap | None:
-    """The map to lay zstd frames along (the pipeline maps a version before it stores it
-    zstd); without one, the file is written unframed and framed once it has one."""
-    return version_map(version)
-
-
-def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version, scanner=None) -> None:
+def _transcode(
+    raw: BinaryIO, encoder: Encoder, write, version: Version, scanner=None, feed=None
+) -> None:
     """Stream ``raw`` through ``encoder`` into ``write``, checking size and SHA-256 on the way.
 
     With a ``scanner`` (a version without its SHA-256 yet), the bytes are fed to it
-    instead, and the caller checks and records what it found.
+    instead, and the caller checks and records what it found. A ``feed`` is fed them too.
     """
     digest = hashlib.sha256()
     size = 0
@@ -238,6 +254,8 @@ def _transcode(raw: BinaryIO, encoder: Encoder, write, version: Version, scanner
                 digest.update(chunk)
             else:
                 scanner.update(chunk)
+            if feed is not None:
+                feed.update(chunk)
             size += len(chunk)
             if out := encoder.compress(chunk):
                 write(out)

@@ -5,11 +5,13 @@ raw image has an empty one. For a version without a map (stored before maps
 existed, or whose map was lost) the version's processing
 (``catalogue.services.pipeline``) builds it from the stored file with
 :func:`version_map_build`: a raw file is read hole by hole (only its data is
-read), a compressed one is decoded as a stream.
+read), a compressed one is decoded as a stream; the version's block hashes are
+computed in the same read (``rangehashes``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import BinaryIO, Protocol
@@ -22,6 +24,7 @@ from catalogue.services.codecs import (
     raw_reader,
     version_damaged,
 )
+from catalogue.services.rangehashes import BlockHasher, hashes_store, hashes_wanted
 from catalogue.storage import get_storage
 from diskimage import BLOCK
 from diskimage.datamap import DataMap, DataMapper
@@ -60,7 +63,7 @@ def version_map_build(*, version_id: int) -> DataMap | None:
     Running it again rebuilds the same map. Raises MapMismatch if the stored
     bytes are not the version's size.
     """
-    version = Version.objects.filter(pk=version_id).first()
+    version = Version.objects.select_related("image").filter(pk=version_id).first()
     if version is None:
         return None
     existing = version_map(version)
@@ -71,20 +74,23 @@ def version_map_build(*, version_id: int) -> DataMap | None:
         stored = storage.open_read(version.image_id, version.number, version.stored_compression)
     except FileNotFoundError:
         return None  # deleted, or swapped by compression meanwhile: a later run finds it
-    mapper = DataMapper()
-    try:
-        scan_stored(stored, version.stored_compression, mapper, limit=version.size)
-    except VersionCorrupt as exc:
-        raise version_damaged(version, str(exc)) from exc
-    except DECODE_ERRORS as exc:
-        reason = f"Version {version.number} does not decode ({exc}); upload it again."
-        raise version_damaged(version, reason) from exc
-    if mapper.size != version.size:
-        raise MapMismatch(
-            f"version {version.pk} is {version.size} bytes, its file holds {mapper.size}"
-        )
-    datamap = mapper.finish(version.sha256)
-    version_map_store(version, datamap)
+    with BlockHasher() if hashes_wanted(version, None) else contextlib.nullcontext() as hasher:
+        mapper = DataMapper(hasher.data if hasher is not None else None)  # block hashes too
+        try:
+            scan_stored(stored, version.stored_compression, mapper, limit=version.size)
+        except VersionCorrupt as exc:
+            raise version_damaged(version, str(exc)) from exc
+        except DECODE_ERRORS as exc:
+            reason = f"Version {version.number} does not decode ({exc}); upload it again."
+            raise version_damaged(version, reason) from exc
+        if mapper.size != version.size:
+            raise MapMismatch(
+                f"version {version.pk} is {version.size} bytes, its file holds {mapper.size}"
+            )
+        datamap = mapper.finish(version.sha256)
+        version_map_store(version, datamap)
+        if hasher is not None:
+            hashes_store(version, datamap, hasher.finish())
     logger.info(
         "Data map of version %s: %d ranges, %d data bytes",
         version.pk,

@@ -9,8 +9,9 @@ as its data is stored and checked against the data map taken while it
 streamed (every range with its own SHA-256); the row's ``sha256`` stays empty
 until :func:`version_digest_complete` — a Celery job queued by the upload —
 has read the stored file back, checked it against that map, and recorded
-the digest with a map of its own (one read for both). For an image stored
-compressed, the compression step does it in the same pass as it compresses.
+the digest with a map of its own, and the version's block hashes
+(``rangehashes``): one read for all three. For an image stored compressed, the
+compression step does it in the same pass as it compresses.
 Both are steps of the version's processing (``catalogue.services.pipeline``).
 Uploads that send or ask for a digest, agents' uploads and boot images are
 hashed while they stream, as before.
@@ -22,7 +23,9 @@ computes it on the spot. Running the job twice records the same digest once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -32,6 +35,7 @@ from django.db import transaction
 from catalogue.models import Compression, Version
 from catalogue.services.codecs import DECODE_ERRORS, VersionCorrupt, version_damaged
 from catalogue.services.datamaps import scan_stored, version_map, version_map_store
+from catalogue.services.rangehashes import BlockHasher, hashes_store, hashes_wanted
 from catalogue.stages import BackgroundHasher, BackgroundWorker
 from catalogue.storage import get_storage
 from diskimage import CHUNK, ZEROS
@@ -92,11 +96,16 @@ class DigestingMapper:
 
     ``zstd_checksums``: the frame checksums a large zstd upload left to check
     (``DataMap.zstd_checksums``); the map returned by :meth:`finish` carries
-    what the bytes hash to instead, for the caller to compare.
+    what the bytes hash to instead, for the caller to compare. ``on_data``: as
+    :class:`~diskimage.datamap.DataMapper`'s (a ``rangehashes.BlockHasher``'s).
     """
 
-    def __init__(self, zstd_checksums: tuple[tuple[int, int, int], ...] | None = None) -> None:
-        self.mapper = DataMapper()
+    def __init__(
+        self,
+        zstd_checksums: tuple[tuple[int, int, int], ...] | None = None,
+        on_data: Callable[[memoryview, int], None] | None = None,
+    ) -> None:
+        self.mapper = DataMapper(on_data)
         self._hasher = BackgroundHasher()
         self._checksums = FrameChecksums(zstd_checksums) if zstd_checksums else None
         self._checking = (
@@ -148,15 +157,17 @@ def file_digest(
     compression: str,
     size: int,
     zstd_checksums: tuple[tuple[int, int, int], ...] | None = None,
+    on_data: Callable[[memoryview, int], None] | None = None,
 ) -> DataMap:
     """The data map and SHA-256 of ``size`` raw bytes stored at ``path`` in ``compression``
-    (and the frame checksums of ``zstd_checksums``' ranges, see :class:`DigestingMapper`).
+    (and the frame checksums of ``zstd_checksums``' ranges, see :class:`DigestingMapper`;
+    the data handed to ``on_data`` too).
 
     A raw file shorter than ``size`` ends in zeros (an upload not yet put in
     place has no trailing holes). VersionCorrupt if the file holds more: for a
     compressed file, DecodedTooLarge as soon as its output passes ``size``.
     """
-    scanner = DigestingMapper(zstd_checksums)
+    scanner = DigestingMapper(zstd_checksums, on_data)
     try:
         scan_stored(open(path, "rb"), compression, scanner, limit=size)  # noqa: SIM115 - closed by scan_stored
         if scanner.size > size:
@@ -184,26 +195,31 @@ def version_digest_complete(*, version_id: int) -> str | None:
         raise VersionCorrupt(version.damaged)
     uploaded = version_map(version)
     path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
-    try:
-        found = file_digest(
-            path,
-            version.stored_compression,
-            version.size,
-            uploaded.zstd_checksums if uploaded is not None else None,
-        )
-    except FileNotFoundError:
-        if not Version.objects.filter(pk=version_id).exists():
-            return None
-        raise
-    except VersionCorrupt as exc:  # more bytes than the row says (a zstd header that lied)
-        raise version_damaged(version, str(exc)) from exc
-    except DECODE_ERRORS as exc:  # a compressed upload stored as sent, damaged on the way
-        raise version_damaged(
-            version,
-            f"Version {version.number} does not decode ({exc}): the upload was damaged on "
-            "the way; upload it again.",
-        ) from exc
-    return version_digest_record(version, found, uploaded)
+    with BlockHasher() if hashes_wanted(version, uploaded) else contextlib.nullcontext() as hasher:
+        try:
+            found = file_digest(
+                path,
+                version.stored_compression,
+                version.size,
+                uploaded.zstd_checksums if uploaded is not None else None,
+                on_data=hasher.data if hasher is not None else None,
+            )
+        except FileNotFoundError:
+            if not Version.objects.filter(pk=version_id).exists():
+                return None
+            raise
+        except VersionCorrupt as exc:  # more bytes than the row says (a zstd header that lied)
+            raise version_damaged(version, str(exc)) from exc
+        except DECODE_ERRORS as exc:  # a compressed upload stored as sent, damaged on the way
+            raise version_damaged(
+                version,
+                f"Version {version.number} does not decode ({exc}): the upload was damaged on "
+                "the way; upload it again.",
+            ) from exc
+        digest = version_digest_record(version, found, uploaded)
+        if digest is not None and hasher is not None:  # the bytes checked: their block hashes
+            hashes_store(version, found, hasher.finish())
+    return digest
 
 
 def version_digest_record(version: Version, found: DataMap, uploaded: DataMap | None) -> str | None:

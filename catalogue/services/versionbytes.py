@@ -26,9 +26,10 @@ from typing import BinaryIO
 import blake3
 import zstandard
 
-from catalogue.models import Compression, FileStandard, RangeHashes, Version
+from catalogue.models import Compression, FileStandard, Version
 from catalogue.services.codecs import raw_reader
 from catalogue.services.delivery import open_stored
+from catalogue.services.rangehashes import blocks, cache_hashes, cached_hashes
 from diskimage import BLOCK
 from diskimage.datamap import RANGE_MAX, DataMap
 from diskimage.seekable import Frame, data_frames, read_seek_table
@@ -184,43 +185,24 @@ def block_hashes_of(version: Version, datamap: DataMap, indices: list[int]) -> I
 
 
 def range_hashes(version: Version, datamap: DataMap, indices: list[int]) -> dict[int, bytes]:
-    """The block hashes of the map's ranges ``indices`` (increasing), by index: from the cache
-    (``RangeHashes``) where it holds them for these very ranges, else computed from the
-    stored file — each range checked against the map on its way (:class:`StoredMismatch`)
-    — and cached."""
-    fast = datamap.blake3
-    found: dict[int, bytes] = {}
-    if fast is not None:
-        for index, digest, hashes in RangeHashes.objects.filter(
-            version=version, index__in=indices
-        ).values_list("index", "blake3", "hashes"):
-            start, end, _ = datamap.ranges[index]
-            if digest == fast[index] and len(hashes) == _blocks(end - start) * HASH_BYTES:
-                found[index] = bytes(hashes)
+    """The block hashes of the map's ranges ``indices`` (increasing), by index: kept since the
+    version was stored (``rangehashes``) where they are of these very ranges, else — a
+    version stored before they were kept — computed from the stored file, each range
+    checked against the map on its way (:class:`StoredMismatch`), and kept."""
+    found = cached_hashes(version, datamap, indices)
     missing = [index for index in indices if index not in found]
     if not missing:
         return found
+    computed: dict[int, bytes] = {}
     with VersionBytes(version, datamap, order=missing) as source:
         for index in missing:
             start, end, _ = datamap.ranges[index]
-            found[index] = b"".join(
+            computed[index] = b"".join(
                 block_hashes(source.read(at, min(end, at + RANGE_MAX)))
                 for at in range(start, end, RANGE_MAX)
             )
-    if fast is not None:  # a map without BLAKE3s cannot tell stale hashes: none kept
-        RangeHashes.objects.filter(version=version, index__in=missing).delete()
-        RangeHashes.objects.bulk_create(
-            [
-                RangeHashes(version=version, index=i, blake3=fast[i], hashes=found[i])
-                for i in missing
-            ],
-            ignore_conflicts=True,  # another request cached them meanwhile
-        )
-    return found
-
-
-def _blocks(length: int) -> int:
-    return -(-length // BLOCK)
+    cache_hashes(version, datamap, computed)
+    return found | computed
 
 
 def blocks_changed(
@@ -244,12 +226,12 @@ def blocks_changed(
     zero = block_hashes(bytes(BLOCK))
     for index, overlapping in zip(indices, wanted, strict=True):
         start, end, _ = new_map.ranges[index]
-        held = bytearray(zero * _blocks(end - start))
+        held = bytearray(zero * blocks(end - start))
         for other in overlapping:  # block-aligned both: the base's hashes drop in place
             other_start, other_end, _ = base_map.ranges[other]
             low, high = max(start, other_start), min(end, other_end)
             piece = base_hashes[other][
-                (low - other_start) // BLOCK * HASH_BYTES : _blocks(high - other_start) * HASH_BYTES
+                (low - other_start) // BLOCK * HASH_BYTES : blocks(high - other_start) * HASH_BYTES
             ]
             at = (low - start) // BLOCK * HASH_BYTES
             held[at : at + len(piece)] = piece

@@ -34,6 +34,7 @@ class Lab:
     world: Any
     agents: Any
     changed_mounts: dict[int, str]
+    deltas = False  # changed user data always goes back as its changes (else one time in two)
 
     # --- HTTP ------------------------------------------------------------------------
 
@@ -130,7 +131,7 @@ class Lab:
             if entry["disk"] in box.dirty:
                 self.world.seed += 1
                 data = content(self.world.seed)
-                delta = entry.get("hashes_url") and self.world.seed % 2
+                delta = entry.get("hashes_url") and (self.deltas or self.world.seed % 2)
                 response = self.delta_sync(agent, entry, data) if delta else None
                 if response is None:  # no delta (or refused): the whole disk, as the agent does
                     response = self.post_bytes(
@@ -163,7 +164,7 @@ class Lab:
                 del box.dirty[entry["disk"]]
                 seen("an agent brought changed user data back")
                 item["version"] = number
-            synced.append(item)
+                synced.append(item)  # as the real agent: a disk it did not upload is not named
         agent.synced, agent.did_sync = synced, True
 
     def delta_sync(self, agent: Agent, entry: dict[str, Any], data: bytes) -> Any | None:
@@ -202,9 +203,12 @@ class Lab:
         writes = agent.instructions["write"]
         if ok and allowed:
             # As the real agent does, every image's start is announced, then its end:
-            # done needs progress for every written image (and leaves booting behind).
+            # done needs progress for every written image (and leaves booting behind). An
+            # image brought back and then written is told apart by the phase: its write
+            # is announced ("writing") before it is verified.
             syncs = [(e, "syncing") for e in agent.instructions["sync"]]
-            for entry, phase in [*syncs, *((e, "verifying") for e in writes)]:
+            ends = [(e, phase) for phase in ("writing", "verifying") for e in writes]
+            for entry, phase in [*syncs, *ends]:
                 body = {
                     "image": entry["image"],
                     "phase": phase,

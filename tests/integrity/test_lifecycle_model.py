@@ -159,6 +159,8 @@ CI_REACHES = {
     "resumable started, sparse",
     "resumable completed, sparse: decoded as it arrived",
     "a version read back",
+    "an instruction carried a delta",  # a delta re-flash
+    "an agent brought user data back as its changes",  # a delta sync-back
 }
 
 PEOPLE = st.sampled_from(["ann", "bob", "root"])
@@ -340,6 +342,39 @@ class Lifecycle(Lab, Changes, RuleBasedStateMachine):
         """The machine's management OS takes its next ``steps`` steps, in the order a real
         agent does: boot, check in, instructions, bring user data back, read, report."""
         for _ in range(steps):
+            self.agent_step(box, ok)
+
+    @rule(who=USERS, box=BOXES, ok=st.booleans())
+    def a_researchers_day(self, who: str, box: str, ok: bool) -> None:
+        """The day issue 20 is about, on one machine. It starts clean, without sync (the
+        researcher's choice, whatever other setups left there): the system and data laid
+        out on one disk (a partition table), then the system and user data on two disks.
+        They work (the data changes), rebuild the system (a new version, pinned in the
+        setup) and flash again with sync: the data comes back as its changes (a delta
+        sync-back) and the new system goes over the old (a delta re-flash); the last agent
+        reports ``ok`` or a failure. Each deployment runs through as the worker and the
+        agent take their steps; whatever else the example did (a lease held by someone
+        else, a cancelled deployment) may cut it short."""
+        self.lease(who, box, hours=2)
+        for kind in ("one disk", "system+data"):
+            self.enqueue(who, box, who, kind, sync=False)
+            self.runs_through(box, True)
+        self.upload_version(who, self.world.images[(who, "system")])
+        self.repin(who, who, "system+data")
+        self.enqueue(who, box, who, "system+data", sync=True)
+        self.deltas = True
+        try:
+            self.runs_through(box, ok)
+        finally:
+            self.deltas = False
+
+    def runs_through(self, box: str, ok: bool, steps: int = 12) -> None:
+        """The worker and the machine's agent take turns until its last deployment ends."""
+        for _ in range(steps):
+            self.worker_runs_pending_jobs()
+            last = Deployment.objects.filter(machine__name=box).order_by("-id").first()
+            if last is None or last.state in FINAL_STATES:
+                return
             self.agent_step(box, ok)
 
     @rule(ok=st.booleans(), steps=st.integers(min_value=1, max_value=4))
