@@ -491,7 +491,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--before",
         type=Path,
         help="a checkout of the code to compare with (e.g. `git archive main agent diskimage`"
-        " unpacked): its agent's full flash and re-flash run in every round too, interleaved",
+        " unpacked): its agent's full flash, re-flash and delta run in every round too, "
+        "interleaved",
     )
     parser.add_argument(
         "--images",
@@ -578,6 +579,7 @@ def measure(
             {
                 "before_baas": Row("before_baas", "--before agent: full deployment"),
                 "before_reflash": Row("before_reflash", "--before agent: re-flash, in the cache"),
+                "before_delta": Row("before_delta", "--before agent: delta re-flash (1 % changed)"),
             }
             if args.before
             else {}
@@ -686,7 +688,7 @@ def one_round(
 def before_round(
     deployments: Deployments, target: Path, image: TestImage, rows: dict, code: Path, round_: int
 ) -> None:
-    """The ``--before`` agent's full flash and re-flash (target warm), as ``one_round``'s."""
+    """The ``--before`` agent's full flash, re-flash and delta (target warm), as ``one_round``'s."""
     seconds, text = deployments.flash(fresh(target), code=code)
     if "already there" in text:
         raise SystemExit("a fresh target was reported as already holding the image")
@@ -702,6 +704,13 @@ def before_round(
     rows["before_reflash"].seconds.append(seconds)
     rows["before_reflash"].cpu.append(deployments.last_cpu)
     log(f"  before reflash    {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
+    warm(target, image.size)
+    seconds, text = deployments.flash(target, setup=NAME + "-next", code=code)
+    if "delta from v0" not in text:
+        raise SystemExit(f"the --before re-flash to the next version was no delta:\n{text[-2000:]}")
+    rows["before_delta"].seconds.append(seconds)
+    rows["before_delta"].cpu.append(deployments.last_cpu)
+    log(f"  before delta      {seconds:7.2f} s  (cpu {deployments.last_cpu:.2f} s)")
 
 
 def profile_agent(deployments: Deployments, target: Path, run_dir: Path) -> dict:
@@ -729,6 +738,7 @@ def targets(rows: dict[str, Row], extra: dict, following: NextVersion) -> list[T
             Target(
                 "--before re-flash / full flash", m["before_reflash"] / m["before_baas"], "<=", 0.1
             ),
+            Target("--before delta / full flash", m["before_delta"] / m["before_baas"], "<=", 0.25),
         ]
     return [
         *before,

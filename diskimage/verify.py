@@ -14,6 +14,7 @@ bytes are the image, else the first difference it found, as a sentence.
 from __future__ import annotations
 
 import hashlib
+import mmap
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -146,10 +147,13 @@ class Verifier:
 _buffers = threading.local()
 
 
-def _buffer() -> memoryview:
+def read_buffer() -> memoryview:
+    """This thread's read buffer: an anonymous mapping, whose pages the kernel fills as the
+    first read lands in them. A ``bytearray`` is zeroed by the process first: that cost a
+    fresh agent's check of an unchanged disk ~25 ms of CPU in 566 MiB (``bench/flash.py``)."""
     view = getattr(_buffers, "view", None)
     if view is None:
-        view = _buffers.view = memoryview(bytearray(READ_CHUNK))
+        view = _buffers.view = memoryview(mmap.mmap(-1, READ_CHUNK))
     return view
 
 
@@ -160,7 +164,7 @@ class _Check:
         self.fd, self.offset, self.end = fd, start, end
 
     def _read(self, start: int, end: int) -> Iterator[memoryview]:
-        return read_pieces(self.fd, start, end, _buffer())
+        return read_pieces(self.fd, start, end, read_buffer())
 
     def __call__(self) -> str | None:
         raise NotImplementedError

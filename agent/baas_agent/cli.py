@@ -18,35 +18,43 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar
 
 from baas_agent import __version__
 from baas_agent.client import ApiError, Client, DeploymentOver
-from baas_agent.compress import CompressionError
 from baas_agent.disks import DiskError, DiskMap, is_block_device
-from baas_agent.flash import (
-    FlashError,
-    InstructionError,
-    Reporter,
-    SyncInstruction,
-    WriteInstruction,
-    sync_image,
-    write_image,
-)
 from baas_agent.log import FORMAT, LogShipper
 
+TYPE_CHECKING = False  # typing is not imported at start-up
+if TYPE_CHECKING:
+    from typing import Any, TypeVar
+
+    from baas_agent.flash import Reporter, SyncInstruction, WriteInstruction
+
+    T = TypeVar("T")
+
+# baas_agent.flash (and what it imports: data maps, the check, compression) is imported
+# once the check-in is sent, while the server works on it: off the path of a re-flash,
+# which the agent's start-up weighs on.
+
 log = logging.getLogger("baas_agent")
-T = TypeVar("T")
 # The exit status when the server ended the deployment under the agent (cancelled).
 OVER = 3
-EXPECTED = (FlashError, DiskError, CompressionError, ApiError, OSError, ValueError)
 PARAMETERS = {"baas.server": "server", "baas.mac": "mac", "baas.token": "token"}
+
+
+def expected() -> tuple[type[Exception], ...]:
+    """The failures of a step that fail the deployment with their message (not a crash)."""
+    from baas_agent.compress import CompressionError
+    from baas_agent.flash import FlashError
+
+    return (FlashError, DiskError, CompressionError, ApiError, OSError, ValueError)
 
 
 class Interrupted(Exception):
@@ -118,6 +126,25 @@ def resolve_identity(args: argparse.Namespace) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the agent; returns its exit status. Without ``argv`` (the process's own command
+    line, as ``baas-agent`` runs it) the process ends there, see :func:`_end`."""
+    status = _main(argv)
+    if argv is None:
+        _end(status)
+    return status
+
+
+def _end(status: int) -> None:
+    """End the process now, its output flushed: the work is done and reported, and the
+    interpreter's tear-down (every module and object freed) would add ~10 ms to each
+    re-flash, where the agent's start and end are a large part of the time."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(status)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=FORMAT)
     try:
@@ -141,9 +168,21 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None = None) -> int:
     """The whole deployment with ``client`` holding the boot token. Returns the exit status."""
     try:
-        answer = client.post_json("/api/agent/checkin", {"mac": mac, "agent_version": __version__})
+        checked_in = client.call_begun(
+            "POST", "/api/agent/checkin", {"mac": mac, "agent_version": __version__}
+        )
+    except ApiError as exc:
+        log.error("check-in refused: %s", exc)
+        return 2
+    except Interrupted as exc:
+        log.error("%s", exc)
+        return 130
+    from baas_agent import flash  # while the server works on the check-in
+
+    try:
+        answer = checked_in()
         client.token = _checked_in(answer)
-    except (ApiError, InstructionError) as exc:
+    except (ApiError, flash.InstructionError) as exc:
         log.error("check-in refused: %s", exc)
         return 2
     except Interrupted as exc:
@@ -156,7 +195,7 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     lines: list[str] = []
     finished = False
     try:
-        result, status = _deploy(client, disks, reporter or Reporter(client), given)
+        result, status = _deploy(client, disks, reporter or flash.Reporter(client), given)
         finished = True
     except DeploymentOver as exc:
         log.error("stopped: the deployment is over for this agent (%s)", exc)
@@ -180,6 +219,8 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
 
 
 def _checked_in(answer: Any) -> str:
+    from baas_agent.flash import InstructionError
+
     if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
         raise InstructionError(f"the check-in answer holds no token: {answer!r}")
     token: str = answer["token"]
@@ -193,6 +234,8 @@ def _deploy(
 
     ``given``: the instructions the check-in's answer held, if any (else they are asked for).
     """
+    from baas_agent.flash import sync_image
+
     try:
         data = given if isinstance(given, dict) else client.get_json("/api/agent/instructions")
         syncs, writes = _instructions(data)
@@ -210,7 +253,7 @@ def _deploy(
         return _failed(str(exc)), 130
     except DeploymentOver:
         raise
-    except EXPECTED as exc:
+    except expected() as exc:
         return _failed(str(exc)), 1
     except Exception as exc:
         log.exception("internal error")
@@ -251,6 +294,8 @@ def _write(
         from baas_agent import partitions
 
         partitions.wait_for(target)
+    from baas_agent.flash import write_image
+
     entry = write_image(client, item, disks, reporter)
     if device:
         partitions.reread(target)
@@ -263,6 +308,8 @@ def _failed(reason: str) -> dict[str, Any]:
 
 
 def _instructions(data: Any) -> tuple[list[SyncInstruction], list[WriteInstruction]]:
+    from baas_agent.flash import InstructionError, SyncInstruction, WriteInstruction
+
     if not isinstance(data, dict):
         raise InstructionError(f"the instructions are not an object: {data!r}")
     syncs = [SyncInstruction.from_json(item) for item in data.get("sync") or []]
@@ -289,11 +336,13 @@ def _log_mounts(mounts: list[Any]) -> None:
 
 def _step(label: str, action: Callable[[], T]) -> T:
     """Run one image's step; a failure's reason names the image."""
+    from baas_agent.flash import FlashError
+
     try:
         return action()
     except (FlashError, DeploymentOver):
         raise
-    except EXPECTED as exc:
+    except expected() as exc:
         raise FlashError(f"{label}: {exc}") from exc
 
 

@@ -22,8 +22,6 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
-from typing import IO, Any, TypeVar
 from urllib.parse import urlsplit
 
 from baas_agent import __version__
@@ -40,8 +38,12 @@ _TAGS = re.compile(r"<[^>]*>")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
-Body = Iterable[bytes] | IO[bytes]
+TYPE_CHECKING = False  # typing is not imported at start-up (its own ~2 ms)
+if TYPE_CHECKING:
+    from typing import IO, Any, TypeVar
+
+    T = TypeVar("T")
+    Body = Iterable[bytes] | IO[bytes]
 
 
 class ApiError(Exception):
@@ -124,16 +126,20 @@ def check_status(
     raise ApiError(message, status)
 
 
-@dataclass
 class _Transfer:
-    """What a download knows about its file so far."""
+    """What a download knows about its file so far.
 
-    received: int = 0
-    total: int | None = None
-    first: int | None = None  # a byte range of the file was asked for: where it starts
-    etag: str | None = None  # strong ETags only: If-Range forbids weak ones
-    last_modified: str | None = None
-    info: dict[str, str] | None = None  # the caller's, to learn the first answer's headers
+    A plain class: ``dataclasses`` (and the ``inspect`` it imports) would weigh on the
+    agent's start-up before its first call, which this module is imported for.
+    """
+
+    def __init__(self, *, total: int | None = None, info: dict[str, str] | None = None):
+        self.received = 0
+        self.total = total
+        self.first: int | None = None  # a byte range of the file was asked for: where it starts
+        self.etag: str | None = None  # strong ETags only: If-Range forbids weak ones
+        self.last_modified: str | None = None
+        self.info = info  # the caller's, to learn the first answer's headers
 
     def validator(self) -> str | None:
         return self.etag or self.last_modified
@@ -207,20 +213,41 @@ class Client:
         self, method: str, url: str, body: Body | bytes | None, headers: dict[str, str]
     ) -> Any:
         """One request, its whole (small) answer parsed as JSON. Raises per check_status."""
+        return self._receive(url, *self._send(method, url, body, headers))
+
+    def _send(
+        self, method: str, url: str, body: Body | bytes | None, headers: dict[str, str]
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse | None]:
+        """Send a request: its open connection, and its answer if the server sent one early."""
         conn, target, base = self._connection(url)
         try:
             try:
                 conn.request(method, target, body=body, headers={**base, **headers})
             except NETWORK_ERRORS as exc:
                 # The server may have answered early (401, 413) and closed: read that.
-                resp = self._early_response(conn, exc)
-            else:
-                resp = conn.getresponse()
-            payload = resp.read()
+                return conn, self._early_response(conn, exc)
+            return conn, None
         except NETWORK_ERRORS as exc:
+            conn.close()
             raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         except _BodyError as exc:
+            conn.close()
             raise exc.__cause__ from None  # type: ignore[misc]
+        except BaseException:
+            conn.close()
+            raise
+
+    def _receive(
+        self, url: str, conn: http.client.HTTPConnection, resp: http.client.HTTPResponse | None
+    ) -> Any:
+        """The answer of a request :meth:`_send` sent, parsed as JSON; the connection closed."""
+        try:
+            try:
+                if resp is None:
+                    resp = conn.getresponse()
+                payload = resp.read()
+            except NETWORK_ERRORS as exc:
+                raise TransientError(f"{type(exc).__name__}: {exc}") from exc
         finally:
             conn.close()
         check_status(resp.status, payload, url=url, content_type=resp.getheader("Content-Type"))
@@ -241,14 +268,40 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None, *, retries: int | None = None) -> Any:
         """A JSON request with retries; returns the parsed answer (None when empty)."""
+        return self.call_begun(method, path, body, retries=retries)()
+
+    def call_begun(
+        self, method: str, path: str, body: Any = None, *, retries: int | None = None
+    ) -> Callable[[], Any]:
+        """:meth:`call`, its request sent now: the returned function reads the answer.
+
+        What the caller does in between (the agent imports what it needs next) overlaps
+        the server's work on the request. Retries start over from the request, as
+        :meth:`call`'s do.
+        """
         data = None if body is None else json.dumps(body).encode()
         headers = {"Accept": "application/json"}
         if data is not None:
             headers["Content-Type"] = "application/json"
         url = self.url(path)
-        return self._retrying(
-            f"{method} {path}", lambda: self._exchange(method, url, data, headers), retries
-        )
+        sent: tuple[http.client.HTTPConnection, http.client.HTTPResponse | None] | None = None
+        failure: TransientError | None = None
+        try:
+            sent = self._send(method, url, data, headers)
+        except TransientError as exc:
+            failure = exc
+
+        def attempt() -> Any:  # the first reads what was sent; retries send again
+            nonlocal sent, failure
+            first_failure, first_sent = failure, sent
+            failure = sent = None
+            if first_failure is not None:
+                raise first_failure
+            if first_sent is not None:
+                return self._receive(url, *first_sent)
+            return self._exchange(method, url, data, headers)
+
+        return lambda: self._retrying(f"{method} {path}", attempt, retries)
 
     def get_json(self, path: str) -> Any:
         return self.call("GET", path)

@@ -9,19 +9,23 @@ are zeros now. The agent:
 1. checks that the disk still holds the rest of the new version: every range
    the two versions share hashes right (BLAKE3 where it can, as the check of
    an unchanged disk does), every zero they share reads as zero;
-2. downloads the changed ranges alone (``GET <data_url>?ranges=1,4-6,9``: one
-   request for all of them, or a few when the list is long), writes them,
-   reads them back from the medium and checks their SHA-256;
-3. zeroes the runs that became zeros and reads them back as zeros.
+2. meanwhile, downloads the changed data (``GET <data_url>?ranges=1,4-6,9``: one
+   request for all of them, or a few when the list is long) on a thread of
+   its own, holding at most :data:`baas_agent.prefetch.BUDGET` bytes of it in
+   memory until the check has passed (:mod:`baas_agent.prefetch`);
+3. then writes the changed ranges, reads them back from the medium and checks
+   them (BLAKE3, else SHA-256), zeroes the runs that became zeros and reads
+   them back as zeros.
 
-Before 2, the delta's ``parts`` — changed ranges of which only some blocks
-differ — are downloaded as those blocks and landed range by range, each range
-checked whole with its blocks in place (:mod:`baas_agent.deltaparts`).
+Before the changed ranges, the delta's ``parts`` — changed ranges of which only
+some blocks differ — are downloaded as those blocks and landed range by range,
+each range checked whole with its blocks in place (:mod:`baas_agent.deltaparts`).
 
 Contract: :func:`write_delta` returns None when the disk holds the new version
 (verified as above), or why the delta could not be used — the disk does not
 hold the base as recorded, or the delta's data did not land — and then the
-caller flashes the disk in full. Only :class:`~baas_agent.client.DeploymentOver`
+caller flashes the disk in full. Nothing is written before the check of what
+the delta keeps has passed. Only :class:`~baas_agent.client.DeploymentOver`
 escapes.
 """
 
@@ -34,7 +38,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from baas_agent.client import ApiError, Client, DeploymentOver
 from baas_agent.compress import CompressionError
@@ -42,6 +46,7 @@ from baas_agent.deltaparts import NotHeld, NotLanded, Part, check_parts, land_pa
 from baas_agent.deltaparts import selections as part_selections
 from baas_agent.disks import DiskError, is_block_device
 from baas_agent.landing import can_land, land_delta
+from baas_agent.prefetch import Prefetch
 from diskimage.datamap import DataMap
 from diskimage.delta import Delta
 from diskimage.verify import Verifier
@@ -191,6 +196,19 @@ class Counted:
             yield chunk
 
 
+class Announced(Protocol):
+    """The first progress report of the image, sent on a thread of its own
+    (:meth:`baas_agent.flash.Reporter.announcing`)."""
+
+    def wait(self) -> bool:
+        """Wait for its answer; whether the server took it."""
+        ...
+
+    def join(self) -> None:
+        """Wait for its answer and raise what it raised."""
+        ...
+
+
 def write_delta(
     client: Client,
     data_url: str,
@@ -201,39 +219,63 @@ def write_delta(
     label: str,
     writing: Callable[[int], None],
     verifying: Callable[[int], None],
+    announced: Announced | None = None,
 ) -> str | None:
-    """Write the delta onto ``target``; None when done and verified, else why not (see above)."""
+    """Write the delta onto ``target``; None when done and verified, else why not (see above).
+
+    The delta's data is downloaded beside the check of what it keeps, once the server
+    took ``announced`` (:mod:`baas_agent.prefetch`: at most its budget held in memory);
+    nothing is written before the check has passed and ``announced`` was joined.
+    """
     try:
         delta = instruction.delta(datamap)
     except DeltaError as exc:
         return f"its delta from {instruction.label()} is unusable ({exc})"
     started = time.monotonic()
-    reason = kept_mismatch(target, datamap, delta, verifying)
-    if reason is not None:
-        return f"the disk does not hold {instruction.label()} as recorded ({reason})"
-    checked = time.monotonic()
-    log.info(
-        "%s: the disk holds what %s keeps: writing the %d of %d ranges that differ "
-        "(%d bytes), %d bytes of %d more, and zeroing %d bytes",
-        label,
-        instruction.label(),
-        len(delta.changed),
-        len(datamap.ranges),
-        delta.changed_bytes(datamap),
-        instruction.part_bytes(),
-        len(delta.parted),
-        delta.zero_bytes(),
+    info: dict[str, str] = {}  # the content type of the changed ranges' first answer
+    ahead = Prefetch(
+        [
+            lambda: _part_chunks(client, data_url, datamap, instruction),
+            lambda: _range_chunks(client, data_url, instruction, info),
+        ],
+        before=announced.wait if announced is not None else None,
     )
-    downloaded = Counted()
     try:
-        _land_parts(client, data_url, target, datamap, instruction, downloaded, writing)
-        reason = _land(client, data_url, target, datamap, delta, instruction, downloaded, writing)
-    except NotHeld as exc:
-        return f"the disk does not hold {instruction.label()} as recorded ({exc})"
-    except DeploymentOver:
-        raise
-    except (ApiError, DiskError, CompressionError, OSError, NotLanded) as exc:
-        reason = str(exc)
+        reason = kept_mismatch(target, datamap, delta, verifying)
+        if reason is not None:
+            return f"the disk does not hold {instruction.label()} as recorded ({reason})"
+        if announced is not None:
+            announced.join()
+        checked = time.monotonic()
+        log.info(
+            "%s: the disk holds what %s keeps: writing the %d of %d ranges that differ "
+            "(%d bytes), %d bytes of %d more, and zeroing %d bytes",
+            label,
+            instruction.label(),
+            len(delta.changed),
+            len(datamap.ranges),
+            delta.changed_bytes(datamap),
+            instruction.part_bytes(),
+            len(delta.parted),
+            delta.zero_bytes(),
+        )
+        downloaded = Counted()
+        try:
+            parts = downloaded.through(ahead.stream())
+            if instruction.parts:
+                land_parts(parts, target, datamap, instruction.parts, writing)
+            else:
+                _drained(parts)
+            stream = downloaded.through(ahead.stream())
+            reason = _land(stream, info, target, datamap, delta, writing)
+        except NotHeld as exc:
+            return f"the disk does not hold {instruction.label()} as recorded ({exc})"
+        except DeploymentOver:
+            raise
+        except (ApiError, DiskError, CompressionError, OSError, NotLanded) as exc:
+            reason = str(exc)
+    finally:
+        ahead.close()
     if reason is not None:
         return f"its delta from {instruction.label()} did not land ({reason})"
     log.info(
@@ -250,52 +292,50 @@ def write_delta(
     return None
 
 
-def _land_parts(
-    client: Client,
-    data_url: str,
-    target: Path,
-    datamap: DataMap,
-    instruction: DeltaInstruction,
-    downloaded: Counted,
-    writing: Callable[[int], None],
-) -> None:
-    """Download the delta's parts (raw, in one request or a few) and land them (deltaparts)."""
-    if not instruction.parts:
-        return
-    joiner = "&" if "?" in data_url else "?"
-    downloads = (
-        client.download(f"{data_url}{joiner}ranges={spec}", expected_size=size)
-        for spec, size in part_selections(instruction.parts, datamap, SELECTION_LIMIT)
-    )
-    chunks = downloaded.through(itertools.chain.from_iterable(downloads))
-    land_parts(chunks, target, datamap, instruction.parts, writing)
+def _drained(chunks: Iterator[bytes]) -> None:
+    for chunk in chunks:
+        if chunk:
+            raise NotLanded("the download of no parts holds bytes")
+
+
+def _with_query(data_url: str, spec: str) -> str:
+    return f"{data_url}{'&' if '?' in data_url else '?'}ranges={spec}"
+
+
+def _part_chunks(
+    client: Client, data_url: str, datamap: DataMap, instruction: DeltaInstruction
+) -> Iterator[bytes]:
+    """The raw bytes of the delta's parts, in order (one request, or a few: deltaparts)."""
+    for spec, size in part_selections(instruction.parts, datamap, SELECTION_LIMIT):
+        yield from client.download(_with_query(data_url, spec), expected_size=size)
+
+
+def _range_chunks(
+    client: Client, data_url: str, instruction: DeltaInstruction, info: dict[str, str]
+) -> Iterator[bytes]:
+    """The data stream of the changed ranges, in order; ``info`` gets the first answer's
+    content type (the stream's encoding)."""
+    for n, (spec, size) in enumerate(instruction.selections()):
+        yield from client.download(
+            _with_query(data_url, spec), expected_size=size, info=info if n == 0 else None
+        )
 
 
 def _land(
-    client: Client,
-    data_url: str,
+    chunks: Iterator[bytes],
+    info: dict[str, str],
     target: Path,
     datamap: DataMap,
     delta: Delta,
-    instruction: DeltaInstruction,
-    downloaded: Counted,
     writing: Callable[[int], None],
 ) -> str | None:
-    info: dict[str, str] = {}
-    selections = instruction.selections()
-    if not selections and not delta.zeros:
+    """Land the changed ranges' data stream ``chunks`` and zero the runs (landing.land_delta)."""
+    if not delta.changed and not delta.zeros:
+        _drained(chunks)
         return None
-    joiner = "&" if "?" in data_url else "?"
-    downloads = (
-        client.download(
-            f"{data_url}{joiner}ranges={spec}", expected_size=size, info=info if n == 0 else None
-        )
-        for n, (spec, size) in enumerate(selections)
-    )
-    chunks = downloaded.through(itertools.chain.from_iterable(downloads))
     first = next(chunks, b"")  # the first answer says how the stream is encoded
     encoding = "zstd" if info.get("content-type") == "application/zstd" else "none"
-    if selections and not can_land(encoding):
+    if delta.changed and not can_land(encoding):
         return "this agent cannot decompress zstd frames in place (no zstandard module)"
     stream = itertools.chain([first], chunks)
     return land_delta(stream, encoding, target, datamap, delta, progress=writing)

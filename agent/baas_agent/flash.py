@@ -102,6 +102,7 @@ class WriteInstruction:
     map_url: str | None = None
     data_url: str | None = None
     delta: DeltaInstruction | None = None
+    inline_map: dict[str, Any] | None = None  # what map_url answers, sent along ("map")
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> WriteInstruction:
@@ -129,6 +130,7 @@ class WriteInstruction:
             map_url=_optional_str(data, "map_url"),
             data_url=_optional_str(data, "data_url"),
             delta=delta,
+            inline_map=data["map"] if isinstance(data.get("map"), dict) else None,
         )
 
     def label(self) -> str:
@@ -233,6 +235,7 @@ class _Beside:
 
     def __init__(self, call: Callable[[], None]) -> None:
         self._error: BaseException | None = None
+        self._succeeded = False
         self._call = call
         self._thread = threading.Thread(target=self._run, name="beside", daemon=True)
         self._thread.start()
@@ -240,8 +243,14 @@ class _Beside:
     def _run(self) -> None:
         try:
             self._call()
+            self._succeeded = True
         except BaseException as exc:  # handed to the joining thread
             self._error = exc
+
+    def wait(self) -> bool:
+        """Wait for the call; whether it returned (what it raised is left for :meth:`join`)."""
+        self._thread.join()
+        return self._succeeded
 
     def join(self) -> None:
         """Wait for the call (again: at once) and raise what it raised (once)."""
@@ -262,8 +271,19 @@ def _fits(target: Path, size: int) -> bool:
     return available == size or not target.is_file()
 
 
-def fetch_map(client: Client, url: str | None, size: int, sha256: str) -> DataMap | None:
-    """The version's data map, or None (then the whole image is hashed instead)."""
+def fetch_map(
+    client: Client, url: str | None, size: int, sha256: str, given: dict[str, Any] | None = None
+) -> DataMap | None:
+    """The version's data map, or None (then the whole image is hashed instead).
+
+    ``given`` is the map as the instruction carried it: then ``url`` is not asked,
+    unless the map is unusable.
+    """
+    if given is not None:
+        try:
+            return DataMap.from_json(given, size=size, sha256=sha256)
+        except ValueError as exc:
+            log.warning("the instruction's data map is unusable (%s): asking %s", exc, url)
     if url is None:
         return None
     try:
@@ -330,14 +350,13 @@ def _write_image(
     announced: _Beside,
 ) -> dict[str, Any]:
     image, size, sha256 = instruction.image, instruction.size, instruction.sha256
-    datamap = fetch_map(client, instruction.map_url, size, sha256)
+    datamap = fetch_map(client, instruction.map_url, size, sha256, instruction.inline_map)
     verifying = report.phase(image, "verifying", size)
     writing = report.phase(image, "writing", size)
     delta, data_url = instruction.delta, instruction.data_url
     if fits and datamap is not None and delta is not None and data_url is not None:
         from baas_agent.delta import write_delta
 
-        announced.join()
         why = write_delta(
             client,
             data_url,
@@ -347,6 +366,7 @@ def _write_image(
             label=instruction.label(),
             writing=writing,
             verifying=verifying,
+            announced=announced,
         )
         if why is None:
             return _written(instruction)

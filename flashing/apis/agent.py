@@ -15,6 +15,7 @@ from catalogue.models import Compression
 from flashing.authentication import AgentTokenAuthentication, is_agent
 from flashing.models import NetworkMountState
 from flashing.services import agent as services
+from flashing.services.agent import INLINE_MAP_RANGES
 
 
 class IsAgent(BasePermission):
@@ -54,6 +55,13 @@ class WriteEntrySerializer(serializers.Serializer):
     stored_size = serializers.IntegerField(allow_null=True, help_text="Bytes at url")
     sha256 = serializers.CharField(help_text="SHA-256 of the raw bytes")
     compression = serializers.ChoiceField(choices=Compression.choices)
+    map_url = serializers.CharField(help_text="The version's data map (what the agent checks)")
+    map = serializers.DictField(
+        required=False,
+        help_text="What map_url answers, when it is ready and has at most "
+        f"{INLINE_MAP_RANGES} ranges: the agent does not ask for it",
+    )
+    data_url = serializers.CharField(help_text="The bytes of the map's ranges alone, in order")
 
 
 class MountTlsSerializer(serializers.Serializer):

@@ -21,6 +21,7 @@ from catalogue.interface import (
     version_digest_ensure,
     version_raw_ensure,
     version_stored_size,
+    version_written_map,
 )
 from catalogue.models import Compression, FileStandard, ImageType, Version
 from flashing.exceptions import AgentNotAuthenticated, DeploymentOver, InvalidInput, NotYours
@@ -49,6 +50,9 @@ MAX_LOG_LINES = 500
 MAX_LINE = 2000
 # 64 zeros: no disk hashes to it, so a sync whose flashed version is gone always uploads.
 UNKNOWN_SHA256 = "0" * 64
+# A write entry carries its version's data map (the agent's first need) up to this many
+# ranges (~150 bytes each in JSON); a larger one is fetched from map_url.
+INLINE_MAP_RANGES = 4096
 
 
 def _locked(principal: Any) -> Deployment:
@@ -185,9 +189,19 @@ def _write_entry(row: DeploymentImage) -> dict[str, Any]:
         "sha256": version.raw_sha256 or version.sha256,
         "compression": Compression.NONE if raw else version.stored_compression,
         "map_url": _map_url(version) + raw,
+        **({"map": datamap} if (datamap := _inline_map(version)) is not None else {}),
         "data_url": f"/api/image/{version.image_id}/{version.number}/data{raw}",
         **({"delta": delta} if delta is not None else {}),
     }
+
+
+def _inline_map(version: Version) -> dict[str, Any] | None:
+    """What ``map_url`` answers, for the instruction itself: the agent's first call saved
+    (None when there is no such map yet, or it is too large to inline)."""
+    datamap = version_written_map(version)
+    if datamap is None or not datamap.sha256 or len(datamap.ranges) > INLINE_MAP_RANGES:
+        return None
+    return datamap.as_json()
 
 
 def _map_url(version: Version) -> str:

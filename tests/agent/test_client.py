@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 
@@ -152,6 +153,20 @@ def test_server_errors_and_conflicts_are_retried_with_back_off(stub):
     assert client.sleeps == [0.5, 1.0, 2.0]
     assert [json.loads(r["body"]) for r in server.requests] == [{"a": 1}] * 4
     assert server.requests[0]["headers"]["Authorization"] == "Bearer secret"
+
+
+def test_a_call_begun_is_sent_at_once_and_read_later_with_the_same_retries(stub):
+    server = stub((200, {"first": True}), (503, {}), (200, {"again": True}))
+    client = fast_client(server.url, backoff=0.5)
+    answer = client.call_begun("POST", "/api/agent/checkin", {"mac": "m"})
+    deadline = time.monotonic() + 5
+    while not server.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(server.requests) == 1, "the request waited for its answer to be asked"
+    assert answer() == {"first": True}
+    retried = client.call_begun("POST", "/api/agent/checkin", {"mac": "m"})
+    assert retried() == {"again": True} and client.sleeps == [0.5]
+    assert [json.loads(r["body"]) for r in server.requests] == [{"mac": "m"}] * 3
 
 
 def test_other_client_errors_are_final_and_carry_the_servers_message(stub):

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import hashlib
 import logging
 import mmap
 import os
+import time
 from pathlib import Path
 
 import pytest
 import zstandard
+from baas_agent import delta as delta_module
 from baas_agent.delta import DeltaError, DeltaInstruction
-from baas_agent.disks import DiskMap
+from baas_agent.disks import DiskMap, Zeroer
 from baas_agent.flash import Reporter, WriteInstruction, write_image
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -230,8 +233,9 @@ def read_bytes() -> int:
     raise AssertionError("no read_bytes in /proc/self/io")
 
 
-def resident(path: Path) -> int:
-    """Pages of ``path`` in the page cache now (mincore on a private mapping of it)."""
+def resident(path: Path, start: int = 0, end: int | None = None) -> int:
+    """Pages of ``path`` (of its bytes ``start`` to ``end``) in the page cache now (mincore
+    on a private mapping of it)."""
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
     size = path.stat().st_size
@@ -243,7 +247,8 @@ def resident(path: Path) -> int:
             assert libc.mincore(ctypes.addressof(anchor), size, vector) == 0, ctypes.get_errno()
         finally:
             del anchor
-    return sum(byte & 1 for byte in vector.raw)
+    first, last = start // mmap.PAGESIZE, pages if end is None else -(-end // mmap.PAGESIZE)
+    return sum(byte & 1 for byte in vector.raw[first:last])
 
 
 def test_what_was_written_is_read_back_from_the_disk_not_from_memory(baas, tmp_path):
@@ -269,20 +274,37 @@ def test_what_was_written_is_read_back_from_the_disk_not_from_memory(baas, tmp_p
     os.close(fd)
 
 
-def test_nothing_the_agent_wrote_and_verified_stays_in_the_page_cache(baas, tmp_path):
-    base = content([1] * 32 + [0] * 32 + [2] * 32, b"e")
-    new = content([3] * 32 + [0] * 32 + [2] * 32, b"e")
+@pytest.mark.parametrize("punch", [True, False], ids=["holes punched", "zeros written"])
+def test_nothing_the_agent_wrote_and_verified_stays_in_the_page_cache(
+    baas, tmp_path, punch, monkeypatch
+):
+    """What the delta wrote (a range) and zeroed (a run that held data) is not cached once
+    verified; what the check of the kept data read may be (dropping it would cost as much
+    as reading it, and the check reads what is on the disk either way). Without hole
+    punching (a device that has neither it nor BLKZEROOUT) the zeros are written."""
+    if not punch:
+
+        def unsupported(self, offset: int, length: int) -> None:
+            raise OSError(errno.EOPNOTSUPP, "no hole punching here")
+
+        monkeypatch.setattr(Zeroer, "_punch_hole", unsupported)
+    base = content([1] * 32 + [0] * 32 + [2] * 16 + [4] * 16, b"e")
+    new = content([3] * 32 + [0] * 32 + [2] * 16 + [0] * 16, b"e")
     instruction = serve(baas, tmp_path, base, new, "zstd")
+    assert instruction["delta"]["zeros"] == [[80 * BLOCK, 96 * BLOCK]]
     disk = tmp_path / "sda.img"
     lay(disk, base)
-    fd = os.open(disk, os.O_RDONLY)
+    fd = os.open(disk, os.O_RDWR)
     os.fsync(fd)
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.pwrite(fd, base[80 * BLOCK :], 80 * BLOCK)  # the run to zero is cached, and dirty
     os.close(fd)
-    assert resident(disk) == 0
+    assert resident(disk, 0, 32 * BLOCK) == 0
     flash(baas, disk, instruction)
     if os.major(os.stat(tmp_path).st_dev) != 0:  # tmpfs keeps its pages: they are the file
-        assert resident(disk) == 0
+        assert resident(disk, 0, 32 * BLOCK) == 0, "the written range stayed cached"
+        assert resident(disk, 80 * BLOCK, 96 * BLOCK) == 0, "the zeroed run stayed cached"
+    assert disk.read_bytes() == new
 
 
 def test_a_disk_changed_behind_the_device_cache_is_seen_and_rewritten(
@@ -361,3 +383,89 @@ def test_parts_that_do_not_fit_the_map_make_the_delta_unusable(parts, why):
     }
     with pytest.raises(DeltaError, match=why):
         DeltaInstruction.from_json(data).delta(PARTED)
+
+
+def asked_for_data(baas: FakeBaas, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not baas.selections and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return bool(baas.selections)
+
+
+def test_the_changed_ranges_download_while_the_kept_data_is_checked(
+    baas, tmp_path, monkeypatch, caplog
+):
+    """The check of what the delta keeps waits here until the server was asked for the
+    changed ranges: an agent that downloads them only after the check never gets there."""
+    base = content([1] * 32 + [0] * 32 + [2] * 32, b"g")
+    new = content([3] * 32 + [0] * 32 + [2] * 32, b"g")
+    instruction = serve(baas, tmp_path, base, new, "zstd")
+    disk = tmp_path / "sda.img"
+    lay(disk, base)
+    check = delta_module.kept_mismatch
+    during: list[bool] = []
+
+    def slow_check(*args, **kwargs):
+        during.append(asked_for_data(baas))
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(delta_module, "kept_mismatch", slow_check)
+    with caplog.at_level(logging.INFO):
+        flash(baas, disk, instruction)
+    assert during == [True], "the changed ranges were not asked for during the check"
+    assert disk.read_bytes() == new
+    assert "delta from v4" in caplog.text and "written and verified" in caplog.text
+
+
+def test_a_delta_downloaded_ahead_writes_nothing_on_a_disk_that_fails_the_check(
+    baas, tmp_path, monkeypatch
+):
+    base = content([1] * 32 + [0] * 32 + [2] * 32, b"h")
+    new = content([3] * 32 + [0] * 32 + [2] * 32, b"h")
+    instruction = serve(baas, tmp_path, base, new, "zstd")
+    disk = tmp_path / "sda.img"
+    tampered = bytearray(base)
+    tampered[80 * BLOCK] ^= 1  # in the range the delta keeps
+    lay(disk, bytes(tampered))
+    check = delta_module.kept_mismatch
+
+    def slow_check(*args, **kwargs):
+        assert asked_for_data(baas)
+        time.sleep(0.2)  # the download had time to arrive
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(delta_module, "kept_mismatch", slow_check)
+    parsed = WriteInstruction.from_json(instruction)
+    assert parsed.delta is not None
+    why = delta_module.write_delta(
+        agent_client(baas),
+        instruction["data_url"],
+        disk,
+        mapped(new),
+        parsed.delta,
+        label="test",
+        writing=lambda _: None,
+        verifying=lambda _: None,
+    )
+    assert why is not None and "does not hold v4" in why
+    assert disk.read_bytes() == bytes(tampered), "the delta wrote before its check passed"
+
+
+@pytest.mark.parametrize("inline", ["usable", "of other bytes"])
+def test_the_instructions_data_map_saves_asking_for_it(baas, tmp_path, inline, caplog):
+    """An unchanged disk is checked against the map the instruction carries, without a
+    call; a map there that does not fit the instruction is set aside and asked for."""
+    raw = content([1] * 16 + [0] * 16 + [2] * 16, b"i")
+    instruction = serve(baas, tmp_path, raw, raw, "zstd")
+    del instruction["delta"]
+    instruction["map"] = mapped(raw).as_json()
+    if inline != "usable":
+        instruction["map"]["size"] += BLOCK
+    disk = tmp_path / "sda.img"
+    lay(disk, raw)
+    with caplog.at_level(logging.INFO):
+        flash(baas, disk, instruction)
+    assert "already there (checked)" in caplog.text
+    asked = len(baas.gets(instruction["map_url"]))
+    assert asked == (0 if inline == "usable" else 1)
+    assert not baas.gets(instruction["data_url"]) and not baas.selections

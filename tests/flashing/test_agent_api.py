@@ -20,6 +20,7 @@ from flashing.models import (
     MachineState,
     UnknownMac,
 )
+from flashing.services import agent as agent_services
 from flashing.services.boot import deployment_boot_again
 from flashing.services.pipeline import deployment_power, machine_advance, machine_start_next
 from tests.catalogue.factories import (
@@ -491,3 +492,21 @@ def test_a_damaged_version_is_not_handed_to_an_agent(user_client, user, machine,
     version = setup.frozen_images.first().version
     Version.objects.filter(pk=version.pk).update(damaged="Its file was cut short.")
     assert_started_then_failed(machine, "is damaged: Its file was cut short.")
+
+
+def test_a_write_entry_carries_its_data_map_unless_it_is_large(
+    user_client, user, machine, pending_version, django_capture_on_commit_callbacks, monkeypatch
+):
+    """The agent's first need is the version's data map: the instruction holds what
+    ``map_url`` answers, so the agent does not ask; a map of many ranges stays behind it."""
+    queue_setup_of(user_client, user, machine, pending_version)
+    with django_capture_on_commit_callbacks():
+        assert machine_advance(machine_id=machine.pk) == "started"
+    agent = checked_in(machine)
+    (entry,) = agent.get("/api/agent/instructions").json()["write"]
+    served = agent.get(entry["map_url"]).json()
+    assert entry["map"] == served
+    assert entry["map"]["sha256"] == pending_version.expected and served["ranges"]
+    monkeypatch.setattr(agent_services, "INLINE_MAP_RANGES", len(served["ranges"]) - 1)
+    (entry,) = agent.get("/api/agent/instructions").json()["write"]
+    assert "map" not in entry and entry["map_url"]
