@@ -266,8 +266,13 @@ class Lab:
         box = self.world.boxes[agent.machine]
         deployment = Deployment.objects.select_related("requested_by").get(pk=agent.deployment_id)
         owner = deployment.requested_by.username if deployment.requested_by else "BAAS"
-        entries = agent.instructions["write"] + agent.instructions["sync"]
-        for entry in entries:
+        written = [entry["disk"] for entry in agent.instructions["write"]]
+        kept = [  # a disk brought back and then written over holds what was written
+            entry
+            for entry in agent.instructions["sync"]
+            if not any(entry["disk"] == w or partition_of(entry["disk"], w) for w in written)
+        ]
+        for entry in agent.instructions["write"] + kept:
             image = Image.objects.filter(pk=entry["image"]).first()
             if image is not None and image.type == ImageType.USER_DATA:
                 box.dirty[entry["disk"]] = (owner, entry["image"], deployment.pk)
