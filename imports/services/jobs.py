@@ -94,8 +94,9 @@ def import_create(
         )
         if archive is not None:
             _keep_archive(job, archive)
-        shown = urls.shown_url(job.source) if job.kind == Kind.URL else job.source
-        audit_record(actor=actor, action="image.import", target=image, job=job.pk, source=shown)
+        audit_record(
+            actor=actor, action="image.import", target=image, job=job.pk, source=shown_source(job)
+        )
         sealed = ""
         if request.username or request.password:
             sealed = secrets.seal({"username": request.username, "password": request.password})
@@ -181,7 +182,7 @@ def import_cancel(*, actor: Any, job_id: int) -> Job:
         fields = ["cancel_requested"]
         if job.state == State.QUEUED:
             job.state, job.finished_at, job.reason = State.CANCELLED, timezone.now(), "Cancelled."
-            job.source = ended_source(job)
+            job.source = shown_source(job)
             fields += ["state", "finished_at", "reason", "source"]
         job.save(update_fields=fields)
         audit_record(actor=actor, action="image.import_cancel", target=job.image, job=job.pk)
@@ -235,16 +236,17 @@ def _run_kind(job: Job, progress: Progress, folder: Path, sealed: str) -> Versio
     return registry.oci_import(job=job, progress=progress, folder=folder, credentials=credentials)
 
 
-def ended_source(job: Job) -> str:
-    """What an ended job keeps of its source: a URL without its query, fragment or userinfo
-    (a signed URL's token is needed only while the worker downloads)."""
+def shown_source(job: Job) -> str:
+    """The job's source as it may be recorded (the audit event, an ended job's row): a URL
+    without its query, fragment or userinfo (a signed URL's token is needed only while the
+    worker downloads)."""
     return urls.shown_url(job.source) if job.kind == Kind.URL else job.source
 
 
 def _end(job: Job, progress: Progress, state: str, reason: str) -> None:
     progress.log(reason or f"Done: version {job.version.number if job.version else '?'}.")
     job.state, job.reason, job.finished_at = state, reason[:1000], timezone.now()
-    job.source = ended_source(job)
+    job.source = shown_source(job)
     Job.objects.filter(pk=job.pk).update(
         state=state,
         reason=job.reason,
@@ -287,7 +289,7 @@ def imports_sweep(*, now: Any = None) -> int:
     for state, old, reason in dead:
         for job in Job.objects.filter(old, state=state):
             failed += Job.objects.filter(pk=job.pk, state=state).update(
-                state=State.FAILED, reason=reason, finished_at=now, source=ended_source(job)
+                state=State.FAILED, reason=reason, finished_at=now, source=shown_source(job)
             )
             shutil.rmtree(work_dir(job), ignore_errors=True)
     _remove_left_folders(now)

@@ -12,7 +12,7 @@ A URL may carry a token (a signed URL's query): what is kept beyond the job's ow
 row — the audit event, the job's log and reasons, the version's note and
 provenance — names it by :func:`shown_url`, without query, fragment or userinfo,
 and the row itself keeps the whole URL only until the job ends (the worker
-needs it to download; ``jobs.ended_source``).
+needs it to download; ``jobs.shown_source``).
 """
 
 from __future__ import annotations
