@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import pstats
 import signal
 import subprocess
 import sys
@@ -188,3 +189,20 @@ def test_the_installed_command_reads_the_kernel_command_line(baas, deployment, t
 def test_the_installed_command_has_help():
     done = subprocess.run([str(AGENT), "--help"], capture_output=True, text=True, check=True)
     assert "--disk DEVICE=TARGET" in done.stdout
+
+
+def test_the_agent_under_a_profiler_leaves_its_profile(baas, deployment, tmp_path):
+    """The agent ends with os._exit once its work is done, except under a profiler, whose
+    file is written when the interpreter ends (the flash benchmark profiles the agent)."""
+    sda, sdb = deployment
+    args = agent_args(baas, sda, sdb)
+    args[args.index(baas.boot_token)] = "a guessed token"  # the shortest run to its end
+    profile = tmp_path / "agent.prof"
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "baas_agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "check-in refused" in done.stderr  # (cProfile itself exits 0 whatever the status)
+    assert "call_begun" in str(pstats.Stats(str(profile)).stats)  # the agent ran, profiled
