@@ -74,17 +74,13 @@ class AgentPrincipal:
         It also makes a retried upload recognisable (catalogue.services.uploads):
         the same bytes with the same note are the same version.
         """
-        disk = (
-            DeploymentImage.objects.filter(
-                deployment=self.deployment, image_id=image_id, direction="sync"
-            )
-            .values_list("disk", flat=True)
-            .first()
-        )
+        disks = DeploymentImage.objects.filter(
+            deployment=self.deployment, image_id=image_id, direction="sync"
+        ).values_list("disk", flat=True)
+        # The machine may hold the image on several disks; the upload does not say which.
+        disk = " or ".join(disks) or "a disk"
         machine = self.deployment.machine.name
-        return (
-            f"Synced back from {disk or 'a disk'} of {machine} by deployment #{self.deployment.pk}."
-        )
+        return f"Synced back from {disk} of {machine} by deployment #{self.deployment.pk}."
 
     def images(self, direction: str) -> set[Any]:
         """UUIDs of the deployment's images to write (``write``), bring back (``sync``)

@@ -398,22 +398,21 @@ def _check_written(deployment: Deployment, written: list[dict[str, Any]]) -> str
 
 def _synced_rows(
     principal: Any, deployment: Deployment, synced: list[dict[str, Any]], *, strict: bool
-) -> list[tuple[DeploymentImage, Version]]:
-    """Each reported ``synced`` item's sync row and the version this agent uploaded for it.
+) -> list[tuple[list[DeploymentImage], Version]]:
+    """Each reported ``synced`` item's sync rows and the version this agent uploaded for it.
 
     An image this deployment does not bring back, one it reported no progress
     for, or a version it did not upload is refused (409) when ``strict``, else
-    left out: it is never recorded.
+    left out: it is never recorded. The agent's progress reports and ``synced``
+    items name an image, not a disk: when the machine holds one image on several
+    disks, all its sync rows are returned, and a report for any of them counts.
     """
     found = []
     for item in synced:
-        image_id = item.get("image")
-        row = None
-        if image_id is not None:
-            row = deployment.images.filter(direction=S, image_id=image_id).first()
-        version = _uploaded_version(row, item.get("version"))
-        if row and version and version.note == principal.upload_note(row.image_id):
-            found.append((row, version))
+        rows = _sync_rows(deployment, item.get("image"))
+        version = _uploaded_version(rows, item.get("version"))
+        if version and version.note == principal.upload_note(version.image_id):
+            found.append((rows, version))
         elif strict:
             raise Conflict(
                 f"The agent reported version {item.get('version')} of image {item.get('image')} "
@@ -423,11 +422,20 @@ def _synced_rows(
     return found
 
 
-def _uploaded_version(row: DeploymentImage | None, number: Any) -> Version | None:
-    """Version ``number`` of the row's image, once the agent has reported progress on it."""
-    if row is None or row.progress_at is None or row.image_id is None or number is None:
+def _sync_rows(deployment: Deployment, image_id: Any) -> list[DeploymentImage]:
+    """The deployment's sync rows of the image: one per disk that holds it."""
+    if image_id is None:
+        return []
+    return list(deployment.images.filter(direction=S, image_id=image_id))
+
+
+def _uploaded_version(rows: list[DeploymentImage], number: Any) -> Version | None:
+    """Version ``number`` of the rows' image, once the agent has reported progress on it
+    (a report names the image: it lands on one of its rows, whichever disk it was for)."""
+    image_id = rows[0].image_id if rows else None
+    if image_id is None or number is None or not any(row.progress_at for row in rows):
         return None
-    return Version.objects.filter(image_id=row.image_id, number=number).first()
+    return Version.objects.filter(image_id=image_id, number=number).first()
 
 
 def _done_refusal(deployment: Deployment) -> str | None:
@@ -444,19 +452,27 @@ def _done_refusal(deployment: Deployment) -> str | None:
     return None
 
 
-def _record_synced(deployment: Deployment, synced: list[tuple[DeploymentImage, Version]]) -> None:
-    """Note each version brought back; a disk not rewritten now holds that version."""
+def _record_synced(
+    deployment: Deployment, synced: list[tuple[list[DeploymentImage], Version]]
+) -> None:
+    """Note each version brought back; a disk not rewritten now holds that version.
+
+    A version of an image the machine holds on several disks came from one of
+    them, which one the agent does not say: those disks keep their records (the
+    version they were flashed with), so the next sync compares them with it and
+    brings back whatever differs. Nothing is recorded that may be wrong.
+    """
     written_disks = set(disk_writes(deployment).values_list("disk", flat=True))
-    for row, version in synced:
+    for rows, version in synced:
         event_record(
             deployment=deployment,
             actor=None,
             action="synced",
-            message=f"{row.disk} came back as version {version.number} of image "
-            f"{version.image_id} (SHA-256 {version.sha256}).",
+            message=f"{' or '.join(row.disk for row in rows)} came back as version "
+            f"{version.number} of image {version.image_id} (SHA-256 {version.sha256}).",
         )
-        if row.disk not in written_disks:
-            DiskContent.objects.filter(machine=deployment.machine, disk=row.disk).update(
+        if len(rows) == 1 and rows[0].disk not in written_disks:
+            DiskContent.objects.filter(machine=deployment.machine, disk=rows[0].disk).update(
                 version=version, version_number=version.number, written_at=timezone.now()
             )
 
