@@ -29,6 +29,7 @@ class Changes:
     world: Any
     strays: set
     resumables: list  # [who, upload URL, the whole content, bytes sent] of resumable uploads
+    resumable_starts = 0  # how many the example started
 
     # --- The catalogue -----------------------------------------------------------------
 
@@ -84,11 +85,14 @@ class Changes:
         return response
 
     def _resumable_start(self, who: str, image: Any) -> None:
-        """One upload in three is an Android sparse image (what ``baas image push`` sends),
-        which the server decodes as it arrives; the others are raw, kept as sent."""
+        """Every other upload of an example, from its second, is an Android sparse image
+        (what ``baas image push`` sends), which the server decodes as it arrives; the others
+        are raw, kept as sent. Counted among the example's resumable uploads, not from the
+        seed: how many versions other rules made before must not decide which kind is tried."""
         self.world.seed += 1
         data = content(self.world.seed)
-        sparse = self.world.seed % 3 == 2
+        sparse = self.resumable_starts % 2 == 1
+        self.resumable_starts += 1
         wire = b"".join(encoded(data)) if sparse else data
         first = len(wire) // 3 + self.world.seed % 977
         kind = "application/vnd.android.sparse-image" if sparse else "application/octet-stream"

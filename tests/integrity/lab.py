@@ -165,6 +165,8 @@ class Lab:
                 seen("an agent brought changed user data back")
                 item["version"] = number
                 synced.append(item)  # as the real agent: a disk it did not upload is not named
+        if len({item["image"] for item in synced}) < len(synced):
+            seen("an agent brought one image back from two disks")
         agent.synced, agent.did_sync = synced, True
 
     def delta_sync(self, agent: Agent, entry: dict[str, Any], data: bytes) -> Any | None:
