@@ -407,6 +407,42 @@ def _land(chunks, target: Path, datamap, medium: bool) -> None:
         raise SystemExit(f"landing failed: {reason}")
 
 
+def _disk_alone(source: Path, target: Path, datamap) -> None:
+    """What any flash that checks the medium spends on this disk, with nothing decoded or
+    hashed: the map's ranges copied from the (cached) raw image with ``O_DIRECT`` on four
+    threads, as the agent lands them, one fsync, then read back with ``O_DIRECT``."""
+    import mmap
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+    src = os.open(source, os.O_RDONLY)
+    fresh(target)
+    out = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(out, datamap.size)
+    direct = [os.open(target, flags | os.O_DIRECT) for flags in (os.O_WRONLY, os.O_RDONLY)]
+
+    def one(item, write: bool) -> None:
+        start, end, _ = item
+        if not hasattr(local, "buffer"):
+            local.buffer = memoryview(mmap.mmap(-1, 16 << 20))
+        view = local.buffer[: end - start]
+        if write:
+            os.preadv(src, [view], start)
+            os.pwritev(direct[0], [view], start)
+        else:
+            os.preadv(direct[1], [view], start)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda item: one(item, True), datamap.ranges))
+            os.fsync(out)
+            list(pool.map(lambda item: one(item, False), datamap.ranges))
+    finally:
+        for fd in (src, out, *direct):
+            os.close(fd)
+
+
 def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path) -> dict:
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client
@@ -441,6 +477,8 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
         "land, the same through the page cache, read back from it (no medium)": lambda: _land(
             client.download(f"{url}/data"), target, datamap, False
         ),
+        "the disk alone: the ranges written (O_DIRECT), fsynced, read back (O_DIRECT); nothing "
+        "decoded or hashed": lambda: _disk_alone(image.raw, target, datamap),
         "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
         "verify: data map (ranges hashed in parallel, holes skipped)": lambda: mismatch(
             target, datamap
@@ -807,6 +845,15 @@ def report(
         print("Phases of the agent's write path (in-process, one run each, warm cache):")
         for name, seconds in extra["phases_s"].items():
             print(f"  {seconds:7.2f} s  {mb_s(image.size, seconds):6.0f} MB/s  {name}")
+        alone = next((v for k, v in extra["phases_s"].items() if k.startswith("the disk")), None)
+        if alone is not None:
+            floor = alone / rows["bmap_raw"].median
+            print(
+                f"The disk alone / bmaptool copy (raw, local): {floor:.2f}"
+                " (a floor: above 1.0, no flash that reads its writes back from the medium meets"
+                " the raw bmaptool target on this disk; bmaptool writes, syncs and reads nothing"
+                " back)"
+            )
         print("(A full flash hashes its stream on a second thread, which cProfile does not show.)")
         for what in ("full", "reflash"):
             prof = extra[f"profile_{what}"]
