@@ -296,7 +296,7 @@ class Deployments:
 def byte_compile(*checkouts: Path | None) -> None:
     """Byte-compile the agents' packages (untimed), as the management OS ships them.
 
-    Its image holds the agent's ``.pyc`` files (``mgmt_os/build.py``); without
+    Its image holds the agent's ``.pyc`` files (``mgmt_os/check.py``); without
     them, and with ``PYTHONDONTWRITEBYTECODE`` set (as in some shells), each
     agent run would compile its sources again, which no machine does.
     """
