@@ -789,6 +789,26 @@ def targets(rows: dict[str, Row], extra: dict, following: NextVersion) -> list[T
     ]
 
 
+def print_floors(rows: dict[str, Row], phases_s: dict[str, float]) -> None:
+    """What this machine's disk and cores allow, whatever the agent does: the floors under
+    the raw-bmaptool and re-flash ratios (each an in-process phase of one run)."""
+    found = {key: v for key in ("the disk", "verify: data") for k, v in phases_s.items() if
+             k.startswith(key)}  # fmt: skip
+    if "the disk" in found:
+        print(
+            f"The disk alone / bmaptool copy (raw, local): "
+            f"{found['the disk'] / rows['bmap_raw'].median:.2f} (a floor: above 1.0, no flash"
+            " that reads its writes back from the medium meets the raw bmaptool target on this"
+            " disk; bmaptool writes, syncs and reads nothing back)"
+        )
+    if "verify: data" in found:
+        print(
+            f"The check alone / full flash: {found['verify: data'] / rows['baas'].median:.2f} (a"
+            " floor of the re-flash ratios: hashing the data an unchanged disk keeps, on every"
+            " core, before the agent's start-up, check-in and result)"
+        )
+
+
 def report(
     kind: str, results: dict, image: TestImage, following: NextVersion, args: argparse.Namespace
 ) -> dict:
@@ -845,15 +865,7 @@ def report(
         print("Phases of the agent's write path (in-process, one run each, warm cache):")
         for name, seconds in extra["phases_s"].items():
             print(f"  {seconds:7.2f} s  {mb_s(image.size, seconds):6.0f} MB/s  {name}")
-        alone = next((v for k, v in extra["phases_s"].items() if k.startswith("the disk")), None)
-        if alone is not None:
-            floor = alone / rows["bmap_raw"].median
-            print(
-                f"The disk alone / bmaptool copy (raw, local): {floor:.2f}"
-                " (a floor: above 1.0, no flash that reads its writes back from the medium meets"
-                " the raw bmaptool target on this disk; bmaptool writes, syncs and reads nothing"
-                " back)"
-            )
+        print_floors(rows, extra["phases_s"])
         print("(A full flash hashes its stream on a second thread, which cProfile does not show.)")
         for what in ("full", "reflash"):
             prof = extra[f"profile_{what}"]
