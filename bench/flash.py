@@ -296,7 +296,7 @@ class Deployments:
 def byte_compile(*checkouts: Path | None) -> None:
     """Byte-compile the agents' packages (untimed), as the management OS ships them.
 
-    Its image holds the agent's ``.pyc`` files (``mgmt_os/build.py``); without
+    Its image holds the agent's ``.pyc`` files (``mgmt_os/check.py``); without
     them, and with ``PYTHONDONTWRITEBYTECODE`` set (as in some shells), each
     agent run would compile its sources again, which no machine does.
     """
@@ -407,6 +407,42 @@ def _land(chunks, target: Path, datamap, medium: bool) -> None:
         raise SystemExit(f"landing failed: {reason}")
 
 
+def _disk_alone(source: Path, target: Path, datamap) -> None:
+    """What any flash that checks the medium spends on this disk, with nothing decoded or
+    hashed: the map's ranges copied from the (cached) raw image with ``O_DIRECT`` on four
+    threads, as the agent lands them, one fsync, then read back with ``O_DIRECT``."""
+    import mmap
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    local = threading.local()
+    src = os.open(source, os.O_RDONLY)
+    fresh(target)
+    out = os.open(target, os.O_RDWR | os.O_CREAT, 0o600)
+    os.ftruncate(out, datamap.size)
+    direct = [os.open(target, flags | os.O_DIRECT) for flags in (os.O_WRONLY, os.O_RDONLY)]
+
+    def one(item, write: bool) -> None:
+        start, end, _ = item
+        if not hasattr(local, "buffer"):
+            local.buffer = memoryview(mmap.mmap(-1, 16 << 20))
+        view = local.buffer[: end - start]
+        if write:
+            os.preadv(src, [view], start)
+            os.pwritev(direct[0], [view], start)
+        else:
+            os.preadv(direct[1], [view], start)
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            list(pool.map(lambda item: one(item, True), datamap.ranges))
+            os.fsync(out)
+            list(pool.map(lambda item: one(item, False), datamap.ranges))
+    finally:
+        for fd in (src, out, *direct):
+            os.close(fd)
+
+
 def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path) -> dict:
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client
@@ -441,6 +477,8 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
         "land, the same through the page cache, read back from it (no medium)": lambda: _land(
             client.download(f"{url}/data"), target, datamap, False
         ),
+        "the disk alone: the ranges written (O_DIRECT), fsynced, read back (O_DIRECT); nothing "
+        "decoded or hashed": lambda: _disk_alone(image.raw, target, datamap),
         "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
         "verify: data map (ranges hashed in parallel, holes skipped)": lambda: mismatch(
             target, datamap
@@ -751,6 +789,26 @@ def targets(rows: dict[str, Row], extra: dict, following: NextVersion) -> list[T
     ]
 
 
+def print_floors(rows: dict[str, Row], phases_s: dict[str, float]) -> None:
+    """What this machine's disk and cores allow, whatever the agent does: the floors under
+    the raw-bmaptool and re-flash ratios (each an in-process phase of one run)."""
+    found = {key: v for key in ("the disk", "verify: data") for k, v in phases_s.items() if
+             k.startswith(key)}  # fmt: skip
+    if "the disk" in found:
+        print(
+            f"The disk alone / bmaptool copy (raw, local): "
+            f"{found['the disk'] / rows['bmap_raw'].median:.2f} (a floor: above 1.0, no flash"
+            " that reads its writes back from the medium meets the raw bmaptool target on this"
+            " disk; bmaptool writes, syncs and reads nothing back)"
+        )
+    if "verify: data" in found:
+        print(
+            f"The check alone / full flash: {found['verify: data'] / rows['baas'].median:.2f} (a"
+            " floor of the re-flash ratios: hashing the data an unchanged disk keeps, on every"
+            " core, before the agent's start-up, check-in and result)"
+        )
+
+
 def report(
     kind: str, results: dict, image: TestImage, following: NextVersion, args: argparse.Namespace
 ) -> dict:
@@ -807,6 +865,7 @@ def report(
         print("Phases of the agent's write path (in-process, one run each, warm cache):")
         for name, seconds in extra["phases_s"].items():
             print(f"  {seconds:7.2f} s  {mb_s(image.size, seconds):6.0f} MB/s  {name}")
+        print_floors(rows, extra["phases_s"])
         print("(A full flash hashes its stream on a second thread, which cProfile does not show.)")
         for what in ("full", "reflash"):
             prof = extra[f"profile_{what}"]

@@ -6,7 +6,7 @@ plans it on the real disk, compares it with the table already there and
 writes it when it differs. Both use :func:`plan`, so they agree on every byte.
 
 Why the table is written here and not by ``sfdisk``: the management OS is
-busybox and Python alone (``mgmt_os/build.py``), and neither it nor the
+busybox and Python alone (``mgmt_os/debs.py``), and neither it nor the
 development hosts have util-linux's ``sfdisk``; adding it would put libfdisk,
 libsmartcols, libblkid and libuuid on every machine's boot and a second
 parser of the table the agent must read anyway to compare. The format is

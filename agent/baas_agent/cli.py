@@ -35,13 +35,14 @@ TYPE_CHECKING = False  # typing is not imported at start-up
 if TYPE_CHECKING:
     from typing import Any, TypeVar
 
-    from baas_agent.flash import Reporter, SyncInstruction, WriteInstruction
+    from baas_agent.instructions import SyncInstruction, WriteInstruction
+    from baas_agent.progress import Reporter
 
     T = TypeVar("T")
 
-# baas_agent.flash (and what it imports: data maps, the check, compression) is imported
-# once the check-in is sent, while the server works on it: off the path of a re-flash,
-# which the agent's start-up weighs on.
+# The steps (baas_agent.flash, .syncback, and what they import: the instructions, progress,
+# data maps, the check, compression) are imported once the check-in is sent, while the
+# server works on it: off the path of a re-flash, which the agent's start-up weighs on.
 
 log = logging.getLogger("baas_agent")
 # The exit status when the server ended the deployment under the agent (cancelled).
@@ -52,7 +53,7 @@ PARAMETERS = {"baas.server": "server", "baas.mac": "mac", "baas.token": "token"}
 def expected() -> tuple[type[Exception], ...]:
     """The failures of a step that fail the deployment with their message (not a crash)."""
     from baas_agent.compress import CompressionError
-    from baas_agent.flash import FlashError
+    from baas_agent.instructions import FlashError
 
     return (FlashError, DiskError, CompressionError, ApiError, OSError, ValueError)
 
@@ -181,12 +182,13 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     except Interrupted as exc:
         log.error("%s", exc)
         return 130
-    from baas_agent import flash  # while the server works on the check-in
+    # The steps, while the server works on the check-in (the write and the sync: preloaded).
+    from baas_agent import flash, instructions, progress, syncback  # noqa: F401
 
     try:
         answer = checked_in()
         client.token = _checked_in(answer)
-    except (ApiError, flash.InstructionError) as exc:
+    except (ApiError, instructions.InstructionError) as exc:
         log.error("check-in refused: %s", exc)
         return 2
     except Interrupted as exc:
@@ -199,7 +201,7 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
     lines: list[str] = []
     finished = False
     try:
-        result, status = _deploy(client, disks, reporter or flash.Reporter(client), given)
+        result, status = _deploy(client, disks, reporter or progress.Reporter(client), given)
         finished = True
     except DeploymentOver as exc:
         log.error("stopped: the deployment is over for this agent (%s)", exc)
@@ -223,7 +225,7 @@ def run(client: Client, *, mac: str, disks: DiskMap, reporter: Reporter | None =
 
 
 def _checked_in(answer: Any) -> str:
-    from baas_agent.flash import InstructionError
+    from baas_agent.instructions import InstructionError
 
     if not isinstance(answer, dict) or not isinstance(answer.get("token"), str):
         raise InstructionError(f"the check-in answer holds no token: {answer!r}")
@@ -238,7 +240,7 @@ def _deploy(
 
     ``given``: the instructions the check-in's answer held, if any (else they are asked for).
     """
-    from baas_agent.flash import sync_image
+    from baas_agent.syncback import sync_image
 
     try:
         data = given if isinstance(given, dict) else client.get_json("/api/agent/instructions")
@@ -312,7 +314,7 @@ def _failed(reason: str) -> dict[str, Any]:
 
 
 def _instructions(data: Any) -> tuple[list[SyncInstruction], list[WriteInstruction]]:
-    from baas_agent.flash import InstructionError, SyncInstruction, WriteInstruction
+    from baas_agent.instructions import InstructionError, SyncInstruction, WriteInstruction
 
     if not isinstance(data, dict):
         raise InstructionError(f"the instructions are not an object: {data!r}")
@@ -340,7 +342,7 @@ def _log_mounts(mounts: list[Any]) -> None:
 
 def _step(label: str, action: Callable[[], T]) -> T:
     """Run one image's step; a failure's reason names the image."""
-    from baas_agent.flash import FlashError
+    from baas_agent.instructions import FlashError
 
     try:
         return action()

@@ -198,7 +198,7 @@ class Counted:
 
 class Announced(Protocol):
     """The first progress report of the image, sent on a thread of its own
-    (:meth:`baas_agent.flash.Reporter.announcing`)."""
+    (:meth:`baas_agent.progress.Reporter.announcing`)."""
 
     def wait(self) -> bool:
         """Wait for its answer; whether the server took it."""

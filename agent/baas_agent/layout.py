@@ -30,7 +30,7 @@ from typing import Any
 
 from baas_agent import partitions
 from baas_agent.disks import DiskMap, is_block_device
-from baas_agent.flash import FlashError
+from baas_agent.instructions import FlashError
 from diskimage import gpt
 
 log = logging.getLogger(__name__)

@@ -15,15 +15,11 @@ from pathlib import Path
 import pytest
 from baas_agent import flash as flash_module
 from baas_agent.disks import DiskError, DiskMap, RangeWriter
-from baas_agent.flash import (
-    FlashError,
-    Reporter,
-    SyncInstruction,
-    WriteInstruction,
-    sync_image,
-    write_image,
-)
+from baas_agent.flash import write_image
+from baas_agent.instructions import FlashError, SyncInstruction, WriteInstruction
 from baas_agent.landing import land
+from baas_agent.progress import Reporter
+from baas_agent.syncback import sync_image
 
 from diskimage.datamap import DataMapper
 from diskimage.seekable import FramedZstdEncoder, data_frames, read_seek_table

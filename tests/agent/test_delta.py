@@ -24,7 +24,9 @@ import zstandard
 from baas_agent import delta as delta_module
 from baas_agent.delta import DeltaError, DeltaInstruction
 from baas_agent.disks import DiskMap, Zeroer
-from baas_agent.flash import Reporter, WriteInstruction, write_image
+from baas_agent.flash import write_image
+from baas_agent.instructions import WriteInstruction
+from baas_agent.progress import Reporter
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -12,15 +12,15 @@ from pathlib import Path
 import pytest
 from baas_agent import compress
 from baas_agent.client import Client
-from baas_agent.flash import (
+from baas_agent.flash import write_image
+from baas_agent.instructions import (
     FlashError,
     InstructionError,
-    Reporter,
     SyncInstruction,
     WriteInstruction,
-    sync_image,
-    write_image,
 )
+from baas_agent.progress import Reporter
+from baas_agent.syncback import sync_image
 
 from tests.agent.conftest import MiB, agent_client, allocated, data_extents, make_image
 from tests.agent.servers import FakeBaas, sha256_file

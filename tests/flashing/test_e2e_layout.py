@@ -25,7 +25,7 @@ import pytest
 from catalogue.models import ImageSetup, ImageType, Version
 from catalogue.storage import get_storage
 from flashing.models import DiskContent
-from mgmt_os import build as mgmt_build
+from mgmt_os.files import write
 from tests.catalogue.filesystems import fat_image
 from tests.flashing.e2e import MiB, wait_for
 from tests.flashing.test_e2e_vm import (  # noqa: F401 - fixtures
@@ -68,7 +68,7 @@ while :; do sleep 3600; done
 def labelled_ext4(path, work, *, label: str, size: int, files: dict[str, str]):
     tree = work / f"{label}.d"
     for name, text in files.items():
-        mgmt_build.write(tree / name, text)
+        write(tree / name, text)
     mkfs = tool("mkfs.ext4", "e2fsprogs")
     run(mkfs, "-q", "-F", "-L", label, "-d", str(tree), str(path), f"{size // 1024}k")
     return path

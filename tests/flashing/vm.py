@@ -36,6 +36,9 @@ from flashing.models import FINAL_STATES, Deployment, DeploymentEvent, Machine, 
 from flashing.power import qemu
 from flashing.tasks import deployments_watchdog_task
 from mgmt_os import build as mgmt_build
+from mgmt_os.files import write
+from mgmt_os.host import BuildError
+from mgmt_os.initramfs import write_initrd
 from tests.flashing.e2e import Rig
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +97,7 @@ def mgmt_os() -> dict:
     """The management OS (built, or found up to date, in var/mgmt-os)."""
     try:
         return mgmt_build.build(out=MGMT_OUT, cache=MGMT_CACHE)
-    except mgmt_build.BuildError as exc:
+    except BuildError as exc:
         pytest.fail(f"cannot build the management OS: {exc}")
 
 
@@ -126,11 +129,11 @@ def system_initrd(target: Path, work: Path, init: str) -> None:
     root = work / "system-root"
     for name, mode, data in cpio_members(archive):
         if name == "bin/busybox" or (name.startswith("lib/modules/") and name.endswith(".ko")):
-            mgmt_build.write(root / name, data, mode & 0o777)
+            write(root / name, data, mode & 0o777)
         elif name == "etc/baas/modules":
-            mgmt_build.write(root / "etc/modules", data)
-    mgmt_build.write(root / "init", init, 0o755)
-    mgmt_build.write_initrd(root, target, mtime=0)
+            write(root / "etc/modules", data)
+    write(root / "init", init, 0o755)
+    write_initrd(root, target, mtime=0)
 
 
 def system_disk(path: Path, work: Path, *, size: int, marker: str, proof: str) -> None:
@@ -172,7 +175,7 @@ def ext4_image(path: Path, work: Path, *, size: int, files: dict[str, str]) -> N
     mkfs = tool("mkfs.ext4", "e2fsprogs")
     tree = work / f"{path.name}.d"
     for name, text in files.items():
-        mgmt_build.write(tree / name, text)
+        write(tree / name, text)
     run(mkfs, "-q", "-F", "-L", "userdata", "-d", str(tree), str(path), f"{size // 1024}k")
 
 

@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 
 from mgmt_os import build as mgmt_build
+from mgmt_os.files import sha256_file
+from mgmt_os.host import BuildError
+from mgmt_os.initramfs import write_initrd
 
 REPO = Path(__file__).resolve().parents[2]
 OUT = REPO / "var" / "mgmt-os"
@@ -35,7 +38,7 @@ BOOT_TIMEOUT = 120  # seconds, under software emulation
 def mgmt_os() -> dict:
     try:
         return mgmt_build.build(out=OUT, cache=CACHE)
-    except mgmt_build.BuildError as exc:
+    except BuildError as exc:
         pytest.fail(f"cannot build the management OS: {exc}")
 
 
@@ -159,7 +162,7 @@ def test_boots_runs_the_agent_and_powers_off(mgmt_os, refusing_server, tmp_path)
 
 def test_manifest_describes_the_outputs(mgmt_os):
     for name, info in mgmt_os["files"].items():
-        assert mgmt_build.sha256_file(OUT / name) == info["sha256"]
+        assert sha256_file(OUT / name) == info["sha256"]
     for module in ("virtio_pci", "virtio_net", "virtio_blk"):
         assert module in mgmt_os["modules"]
     # Dependencies load first.
@@ -193,7 +196,7 @@ def test_the_initramfs_archive_is_deterministic(tmp_path):
     archives = []
     for _ in range(2):
         path = tmp_path / f"initrd-{len(archives)}.img"
-        mgmt_build.write_initrd(root, path, mtime=0)
+        write_initrd(root, path, mtime=0)
         archives.append(path.read_bytes())
         (root / "bin" / "tool").touch()  # a new mtime changes nothing
     assert archives[0] == archives[1]
