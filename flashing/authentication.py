@@ -11,6 +11,7 @@ A token of the running attempt passes; one of a finished deployment answers
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from rest_framework import exceptions, status
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.request import Request
 
-from flashing.exceptions import DeploymentOver
+from flashing.exceptions import DeploymentOver, MachineConflict
 from flashing.models import AgentToken, AgentTokenKind, Deployment, DeploymentImage
 from flashing.services.tokens import TokenVerdict, is_agent_secret, token_check
 
@@ -55,6 +56,9 @@ class AgentPrincipal:
     is_staff: bool = False
     is_superuser: bool = False
     is_agent: bool = True
+    # The disk an upload says it brings back (``?disk=``), checked to be one of the
+    # deployment's sync rows of the image (:meth:`AgentTokenAuthentication.authenticate`).
+    disk: str | None = None
     _images: dict[str, set[Any]] | None = field(default=None, repr=False)
 
     @property
@@ -68,19 +72,31 @@ class AgentPrincipal:
     def __str__(self) -> str:
         return self.username
 
-    def upload_note(self, image_id: Any) -> str:
+    def upload_note(self, image_id: Any, disk: str | None = None) -> str:
         """The note of a version this agent brings back: where it came from.
 
-        It also makes a retried upload recognisable (catalogue.services.uploads):
-        the same bytes with the same note are the same version.
+        It names ``disk`` (else the disk the upload named, :attr:`disk`) when it is
+        one the deployment brings the image back from; without one, every such disk
+        ("/dev/sda2 or /dev/sdb": an older agent does not say which). It also makes a
+        retried upload recognisable (catalogue.services.uploads): the same bytes with
+        the same note are the same version.
         """
-        disks = DeploymentImage.objects.filter(
-            deployment=self.deployment, image_id=image_id, direction="sync"
-        ).values_list("disk", flat=True)
-        # The machine may hold the image on several disks; the upload does not say which.
-        disk = " or ".join(disks) or "a disk"
+        disks = self.sync_disks(image_id)
+        named = disk or self.disk
+        where = named if named in disks else " or ".join(disks) or "a disk"
         machine = self.deployment.machine.name
-        return f"Synced back from {disk} of {machine} by deployment #{self.deployment.pk}."
+        return f"Synced back from {where} of {machine} by deployment #{self.deployment.pk}."
+
+    def sync_disks(self, image_id: Any) -> list[str]:
+        """The disks the deployment brings image ``image_id`` back from (its sync rows)."""
+        try:
+            image = uuid.UUID(str(image_id))
+        except ValueError:
+            return []
+        rows = DeploymentImage.objects.filter(
+            deployment=self.deployment, image_id=image, direction=DeploymentImage.Direction.SYNC
+        )
+        return list(rows.order_by("id").values_list("disk", flat=True))
 
     def images(self, direction: str) -> set[Any]:
         """UUIDs of the deployment's images to write (``write``), bring back (``sync``)
@@ -130,10 +146,25 @@ class AgentTokenAuthentication(BaseAuthentication):
             raise exceptions.PermissionDenied("An agent token is good only for the agent's calls.")
         if token.kind == AgentTokenKind.BOOT and route[0] != "agent-checkin":
             raise exceptions.AuthenticationFailed("A boot token is good only for the check-in.")
-        return AgentPrincipal(token=token, deployment=token.deployment), token
+        principal = AgentPrincipal(token=token, deployment=token.deployment)
+        if route == ("image-detail", "POST") and "disk" in request.query_params:
+            principal.disk = _sync_disk(principal, match, request.query_params["disk"])
+        return principal, token
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="agent"'
+
+
+def _sync_disk(principal: AgentPrincipal, match: Any, disk: str) -> str:
+    """The disk an upload names (``?disk=``), refused (409) unless the deployment brings
+    the image back from it: the agent token proves the deployment, not the disk."""
+    image_id = match.kwargs.get("image_id") if match is not None else None
+    if disk not in principal.sync_disks(image_id):
+        raise MachineConflict(
+            f"Deployment #{principal.deployment.pk} does not bring image {str(image_id)[:64]} back "
+            f"from {disk[:255]}: nothing was uploaded."
+        )
+    return disk
 
 
 def is_agent(user: Any) -> bool:

@@ -280,6 +280,15 @@ UPLOAD_HEADERS = [
         "image must have (diskimage.sparsedelta.map_digest); refused if it differs",
     ),
 ]
+# A machine's agent bringing user data back names the disk (docs/agent-protocol.md §4).
+SYNC_DISK = OpenApiParameter(
+    "disk",
+    OpenApiTypes.STR,
+    OpenApiParameter.QUERY,
+    required=False,
+    description="Agents only: the disk of the sync entry this upload brings back; 409 unless "
+    "the deployment brings the image back from that disk. The version's note names it.",
+)
 UPLOAD_SCHEMA = extend_schema(
     summary="Upload the next version",
     description="The body is the image (raw, zstd/gzip compressed, or an Android sparse "
@@ -299,7 +308,7 @@ UPLOAD_SCHEMA = extend_schema(
         "application/gzip": OpenApiTypes.BINARY,
         "application/vnd.android.sparse-image": OpenApiTypes.BINARY,
     },
-    parameters=[*UPLOAD_HEADERS, LOCATION],
+    parameters=[*UPLOAD_HEADERS, LOCATION, SYNC_DISK],
     responses={201: VersionUploadedSerializer},
 )
 ERROR = inline_serializer("Error", {"detail": serializers.CharField()})

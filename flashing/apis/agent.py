@@ -128,11 +128,20 @@ class CheckinOutputSerializer(serializers.Serializer):
     )
 
 
+def sync_disk(help_text: str) -> serializers.CharField:
+    """The disk a sync entry names (``disk``): checked against the deployment's sync rows."""
+    return serializers.CharField(required=False, max_length=255, help_text=help_text)
+
+
 class ProgressInputSerializer(serializers.Serializer):
     image = serializers.UUIDField()
     phase = serializers.ChoiceField(choices=["syncing", "writing", "verifying"])
     bytes_done = serializers.IntegerField(min_value=0)
     bytes_total = serializers.IntegerField(min_value=0)
+    disk = sync_disk(
+        "The sync entry's disk, in a report about bringing it back (not while writing): the "
+        "report is for that disk; 409 unless the deployment brings the image back from it"
+    )
 
 
 def log_lines(**options: Any) -> serializers.ListField:
@@ -158,6 +167,10 @@ class WrittenSerializer(serializers.Serializer):
 class SyncedSerializer(serializers.Serializer):
     image = serializers.UUIDField()
     version = serializers.IntegerField()
+    disk = sync_disk(
+        "The sync entry's disk the version came back from; with `done`, 409 unless the "
+        "deployment brings the image back from it and the version was uploaded naming it"
+    )
 
 
 class ResultInputSerializer(serializers.Serializer):

@@ -260,13 +260,17 @@ RANK: dict[str, int] = {
 }
 
 
-def _row_for(deployment: Deployment, image: str, phase: str) -> DeploymentImage:
+def _row_for(deployment: Deployment, image: str, phase: str, disk: str | None) -> DeploymentImage:
     """The progress row: sync rows while bringing back, write rows afterwards.
 
-    An image both brought back and written is ambiguous while verifying (the
-    agent hashes either way); before the deployment reaches ``writing`` the
-    sync row is meant.
+    A report that names its ``disk`` is about bringing that disk back: it lands
+    on that sync row, and is refused (409) unless the deployment brings the image
+    back from that disk. Without a disk (an older agent), an image both brought
+    back and written is ambiguous while verifying (the agent hashes either way);
+    before the deployment reaches ``writing`` the sync row is meant.
     """
+    if disk is not None:
+        return _named_sync_row(deployment, image, phase, disk)
     rows = {row.direction: row for row in deployment.images.filter(image_id=image)}
     rows.pop(DeploymentImage.Direction.MOUNT, None)  # served over the network, not by the agent
     if W in rows and not disk_writes(deployment).filter(pk=rows[W].pk).exists():
@@ -278,6 +282,20 @@ def _row_for(deployment: Deployment, image: str, phase: str) -> DeploymentImage:
     before_writing = RANK.get(deployment.state, 0) < RANK[DeploymentState.WRITING]
     wants_sync = phase == "syncing" or (phase == "verifying" and before_writing)
     return rows.get(S if wants_sync else W) or next(iter(rows.values()))
+
+
+def _named_sync_row(deployment: Deployment, image: str, phase: str, disk: str) -> DeploymentImage:
+    """The sync row of ``image`` on ``disk``. The agent token proves the deployment, not
+    the disk: a disk the deployment does not bring the image back from is refused."""
+    if phase == "writing":
+        raise InvalidInput({"disk": ["Only a report about bringing a disk back names its disk."]})
+    row = deployment.images.filter(direction=S, image_id=image, disk=disk).first()
+    if row is None:
+        raise Conflict(
+            f"Deployment #{deployment.pk} does not bring image {image} back from {disk}: "
+            "nothing was recorded."
+        )
+    return row
 
 
 def _walk(deployment: Deployment, target: str, message: str = "") -> Deployment:
@@ -323,11 +341,20 @@ def _update_row(row: DeploymentImage, phase: str, done: int, total: int, now: da
 
 @transaction.atomic
 def agent_progress(
-    *, principal: Any, image: str, phase: str, bytes_done: int, bytes_total: int
+    *,
+    principal: Any,
+    image: str,
+    phase: str,
+    bytes_done: int,
+    bytes_total: int,
+    disk: str | None = None,
 ) -> DeploymentImage:
-    """Record an image's bytes done and the rate; move the deployment's state along."""
+    """Record an image's bytes done and the rate; move the deployment's state along.
+
+    ``disk``: the disk a report about bringing an image back is for (``_row_for``).
+    """
     deployment = _locked(principal)
-    row = _row_for(deployment, image, phase)
+    row = _row_for(deployment, image, phase, disk)
     now = timezone.now()
     _update_row(row, phase, bytes_done, bytes_total, now)
     deployment.heartbeat_at = now
@@ -403,35 +430,50 @@ def _synced_rows(
 
     An image this deployment does not bring back, one it reported no progress
     for, or a version it did not upload is refused (409) when ``strict``, else
-    left out: it is never recorded. The agent's progress reports and ``synced``
-    items name an image, not a disk: when the machine holds one image on several
-    disks, all its sync rows are returned, and a report for any of them counts.
+    left out: it is never recorded. An item that names its ``disk`` is matched
+    against that disk's sync row alone (its progress, the upload's note naming
+    that disk); a disk the deployment does not bring the image back from is
+    refused likewise. An item without one (an older agent) names an image only:
+    when the machine holds it on several disks, all its sync rows are returned,
+    and a report for any of them counts.
     """
     found = []
     for item in synced:
-        rows = _sync_rows(deployment, item.get("image"))
+        disk = item.get("disk")
+        rows = _sync_rows(deployment, item.get("image"), disk)
         version = _uploaded_version(rows, item.get("version"))
-        if version and version.note == principal.upload_note(version.image_id):
+        if version and version.note == principal.upload_note(version.image_id, disk):
             found.append((rows, version))
         elif strict:
-            raise Conflict(
-                f"The agent reported version {item.get('version')} of image {item.get('image')} "
-                "as brought back, but it reported no progress bringing it back or did not "
-                "upload that version: nothing was recorded."
-            )
+            raise Conflict(_synced_refusal(item, rows))
     return found
 
 
-def _sync_rows(deployment: Deployment, image_id: Any) -> list[DeploymentImage]:
-    """The deployment's sync rows of the image: one per disk that holds it."""
+def _synced_refusal(item: dict[str, Any], rows: list[DeploymentImage]) -> str:
+    what = f"version {item.get('version')} of image {item.get('image')}"
+    if item.get("disk") is not None and not rows:
+        return (
+            f"The agent reported {what} as brought back from {item['disk']}, which this "
+            "deployment does not bring that image back from: nothing was recorded."
+        )
+    return (
+        f"The agent reported {what} as brought back, but it reported no progress bringing it "
+        "back or did not upload that version: nothing was recorded."
+    )
+
+
+def _sync_rows(deployment: Deployment, image_id: Any, disk: str | None) -> list[DeploymentImage]:
+    """The deployment's sync rows of the image: one per disk that holds it; only ``disk``'s
+    when it is named (none when the deployment does not bring the image back from it)."""
     if image_id is None:
         return []
-    return list(deployment.images.filter(direction=S, image_id=image_id))
+    rows = deployment.images.filter(direction=S, image_id=image_id)
+    return list(rows if disk is None else rows.filter(disk=disk))
 
 
 def _uploaded_version(rows: list[DeploymentImage], number: Any) -> Version | None:
-    """Version ``number`` of the rows' image, once the agent has reported progress on it
-    (a report names the image: it lands on one of its rows, whichever disk it was for)."""
+    """Version ``number`` of the rows' image, once the agent has reported progress on one
+    of them (a report without a disk lands on one of its rows, whichever disk it was for)."""
     image_id = rows[0].image_id if rows else None
     if image_id is None or number is None or not any(row.progress_at for row in rows):
         return None
@@ -457,10 +499,11 @@ def _record_synced(
 ) -> None:
     """Note each version brought back; a disk not rewritten now holds that version.
 
-    A version of an image the machine holds on several disks came from one of
-    them, which one the agent does not say: those disks keep their records (the
-    version they were flashed with), so the next sync compares them with it and
-    brings back whatever differs. Nothing is recorded that may be wrong.
+    A version reported without its disk, of an image the machine holds on several
+    disks (an older agent), came from one of them, which one is not known: those
+    disks keep their records (the version they were flashed with), so the next
+    sync compares them with it and brings back whatever differs. Nothing is
+    recorded that may be wrong.
     """
     written_disks = set(disk_writes(deployment).values_list("disk", flat=True))
     for rows, version in synced:
