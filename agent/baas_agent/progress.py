@@ -3,8 +3,9 @@
 Contracts:
 
 - :class:`Reporter` posts ``/api/agent/progress`` at most once a second per
-  image, best effort: a failed routine report is logged and forgotten, never
-  retried, so a slow server cannot stall a flash. Only :class:`DeploymentOver`
+  image (and disk: a sync's reports name the disk it brings back), best effort:
+  a failed routine report is logged and forgotten, never retried, so a slow
+  server cannot stall a flash. Only :class:`DeploymentOver`
   (the deployment was cancelled) goes through, to stop the work at once.
 - :meth:`Reporter.announce` (the start of an image's work) is retried: the server
   records an image as written or brought back only if it saw progress for it.
@@ -18,6 +19,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from baas_agent.client import ApiError, Client, DeploymentOver
 
@@ -41,17 +43,19 @@ class Reporter:
         self.client = client
         self.interval = interval
         self.clock = clock
-        self._last: dict[str, float] = {}
+        self._last: dict[tuple[str, str | None], float] = {}
 
-    def __call__(self, image: str, phase: str, done: int, total: int) -> None:
+    def __call__(
+        self, image: str, phase: str, done: int, total: int, disk: str | None = None
+    ) -> None:
         now = self.clock()
-        last = self._last.get(image)
+        last = self._last.get((image, disk))
         if last is not None and now - last < self.interval:
             return
-        self._last[image] = now
+        self._last[image, disk] = now
         if self.client is None:
             return
-        body = {"image": image, "phase": phase, "bytes_done": done, "bytes_total": total}
+        body = _body(image, phase, done, total, disk)
         try:
             self.client.call("POST", "/api/agent/progress", body, retries=0)
         except DeploymentOver:
@@ -59,17 +63,18 @@ class Reporter:
         except ApiError as exc:
             log.debug("progress not sent: %s", exc)
 
-    def announce(self, image: str, phase: str, total: int) -> None:
+    def announce(self, image: str, phase: str, total: int, disk: str | None = None) -> None:
         """Tell the server an image's work begins, retried, unlike the routine reports.
 
         The server records an image as written or brought back only if it saw
         progress for it, and an empty image (a disk of zeros) may otherwise
-        never produce any.
+        never produce any. ``disk``: the disk a sync brings back (the server
+        records the report for that disk; a machine may hold one image on two).
         """
-        self._last[image] = self.clock()
+        self._last[image, disk] = self.clock()
         if self.client is None:
             return
-        body = {"image": image, "phase": phase, "bytes_done": 0, "bytes_total": total}
+        body = _body(image, phase, 0, total, disk)
         try:
             self.client.call("POST", "/api/agent/progress", body)
         except DeploymentOver:
@@ -80,12 +85,26 @@ class Reporter:
     def announcing(self, image: str, phase: str, total: int) -> Beside:
         """:meth:`announce` on a thread of its own, beside the work that follows (the
         data map's download, the disk's check): join the result before the work's end."""
-        self._last[image] = self.clock()  # no routine report before it, from now on
+        self._last[image, None] = self.clock()  # no routine report before it, from now on
         return Beside(lambda: self.announce(image, phase, total))
 
-    def phase(self, image: str, phase: str, total: int) -> Callable[[int], None]:
-        """A ``done -> None`` callback for one image and phase."""
-        return lambda done: self(image, phase, done, total)
+    def phase(
+        self, image: str, phase: str, total: int, disk: str | None = None
+    ) -> Callable[[int], None]:
+        """A ``done -> None`` callback for one image and phase (and the disk of a sync)."""
+        return lambda done: self(image, phase, done, total, disk)
+
+
+def _body(image: str, phase: str, done: int, total: int, disk: str | None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "image": image,
+        "phase": phase,
+        "bytes_done": done,
+        "bytes_total": total,
+    }
+    if disk is not None:  # a sync's report: for that disk (an older server ignores it)
+        body["disk"] = disk
+    return body
 
 
 class Beside:

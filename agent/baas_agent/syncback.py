@@ -16,6 +16,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 from baas_agent.check import disk_mismatch, fetch_map
 from baas_agent.client import ApiError, Client
@@ -44,9 +45,9 @@ def sync_image(
     Content-Digest), the second streams it compressed.
     """
     target = disks.target(instruction.disk)
-    image, size = instruction.image, instruction.size
-    report.announce(image, "verifying", size)  # it checks the disk first
-    verifying = report.phase(image, "verifying", size)
+    image, size, disk = instruction.image, instruction.size, instruction.disk
+    report.announce(image, "verifying", size, disk)  # it checks the disk first
+    verifying = report.phase(image, "verifying", size, disk)
     datamap = fetch_map(client, instruction.map_url, size, instruction.sha256)
     if datamap is not None and instruction.hashes_url:
         from baas_agent.changes import FullSync, sync_changes
@@ -57,11 +58,11 @@ def sync_image(
                 target=target,
                 base=datamap,
                 base_version=instruction.version,
-                upload_url=instruction.upload_url,
+                upload_url=upload_url(instruction),
                 hashes_url=instruction.hashes_url,
                 label=instruction.label(),
                 verifying=verifying,
-                syncing=report.phase(image, "syncing", size),
+                syncing=report.phase(image, "syncing", size, disk),
                 block_device=is_block_device(target),
             )
             return None if answer is None else _synced(instruction, answer, None)
@@ -81,7 +82,7 @@ def sync_image(
         log.info("%s: skipped, the disk is unchanged", instruction.label())
         return None
     log.info("%s: changed, uploading %d bytes compressed", instruction.label(), size)
-    syncing = report.phase(image, "syncing", size)
+    syncing = report.phase(image, "syncing", size, disk)
     headers = {"Content-Type": "application/octet-stream", "Content-Digest": content_digest(digest)}
 
     def compressed() -> Iterator[bytes]:
@@ -94,14 +95,14 @@ def sync_image(
 
     try:
         answer = client.upload(
-            instruction.upload_url, compressed, headers={**headers, "Content-Encoding": "zstd"}
+            upload_url(instruction), compressed, headers={**headers, "Content-Encoding": "zstd"}
         )
     except ApiError as exc:
         if exc.status != 411:
             raise
         # A server that cannot take a chunked body (no Content-Length): the raw size is known.
         log.warning("%s: chunked upload refused, sending it uncompressed", instruction.label())
-        answer = client.upload(instruction.upload_url, raw, headers=headers, length=size)
+        answer = client.upload(upload_url(instruction), raw, headers=headers, length=size)
     return _synced(instruction, answer, digest.hexdigest())
 
 
@@ -116,7 +117,14 @@ def _synced(instruction: SyncInstruction, answer: Any, sha256: str | None) -> di
             f"the disk has {sha256}"
         )
     log.info("%s: uploaded as version %d", instruction.label(), answer["version"])
-    return {"image": instruction.image, "version": answer["version"]}
+    return {"image": instruction.image, "version": answer["version"], "disk": instruction.disk}
+
+
+def upload_url(instruction: SyncInstruction) -> str:
+    """The entry's ``upload_url`` naming the disk brought back (``?disk=``): the server
+    notes the version as that disk's (an older server ignores the parameter)."""
+    joiner = "&" if "?" in instruction.upload_url else "?"
+    return f"{instruction.upload_url}{joiner}{urlencode({'disk': instruction.disk})}"
 
 
 def _counted(chunks: Iterable[bytes | memoryview]) -> Iterator[tuple[int, bytes | memoryview]]:

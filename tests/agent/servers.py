@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import zstandard
@@ -205,7 +206,8 @@ class FakeBaas:
     strong ETag and If-Range); ``cut_after`` breaks the first file answer
     (for ``cut_path``, if set) after that many body bytes. Uploads are
     decoded (zstd), checked against their Content-Digest and kept in
-    ``uploads``.
+    ``uploads``; one that names its disk (``?disk=``) is matched against the sync
+    entry of that disk, as the server does (409 for a disk no entry names).
     """
 
     instructions: dict[str, Any] = field(default_factory=lambda: {"sync": [], "write": []})
@@ -398,11 +400,15 @@ class Handler(BaseHTTPRequestHandler):
         if self.baas.refuse_chunked and "Content-Length" not in self.headers:
             self._json(411, {"detail": "Length required."})
             return
-        entry = next(
-            (s for s in self.baas.instructions["sync"] if s["upload_url"] == self.path), None
-        )
-        if entry is None:
+        path, _, query = self.path.partition("?")
+        disk = parse_qs(query).get("disk", [None])[0]
+        entries = [s for s in self.baas.instructions["sync"] if s["upload_url"] == path]
+        if not entries:
             self._json(404, {"detail": "Not found."})
+            return
+        entry = next((s for s in entries if disk in (None, s["disk"])), None)
+        if entry is None:
+            self._json(409, {"detail": f"No sync entry of {path} is for {disk}."})
             return
         raw = body
         if self.headers.get("Content-Encoding") == "zstd":
@@ -413,7 +419,8 @@ class Handler(BaseHTTPRequestHandler):
             self._json(400, {"detail": "Content-Digest does not match."})
             return
         version = entry["version"] + 1 + len(self.baas.uploads)
-        self.baas.uploads.append({"path": self.path, "raw": raw, "headers": dict(self.headers)})
+        upload = {"path": path, "disk": disk, "raw": raw, "headers": dict(self.headers)}
+        self.baas.uploads.append(upload)
         self._json(201, {"version": version, "size": len(raw), "sha256": digest.hexdigest()})
 
     def _body(self) -> bytes:

@@ -82,17 +82,45 @@ def test_a_deployment_syncs_then_writes_then_reports_done(baas, deployment, imag
     assert result == {
         "state": "done",
         "written": [{"image": IMAGE, "version": 4, "disk": "/dev/sda", "sha256": write["sha256"]}],
-        "synced": [{"image": USER_DATA, "version": 4}],
+        "synced": [{"image": USER_DATA, "version": 4, "disk": "/dev/sdb"}],
     }
     checkin = next(h for m, p, h in baas.requests if p == "/api/agent/checkin")
     assert checkin["Authorization"] == f"Bearer {baas.boot_token}"
     paths = [path for _, path, _ in baas.requests if not path.startswith("/api/agent/progress")]
-    assert paths[:3] == ["/api/agent/checkin", "/api/agent/instructions", f"/api/image/{USER_DATA}"]
+    upload = f"/api/image/{USER_DATA}?disk=%2Fdev%2Fsdb"  # the disk it brings back
+    assert paths[:3] == ["/api/agent/checkin", "/api/agent/instructions", upload]
     assert paths[-1] == "/api/agent/result"  # the last lines come with it, kept first
     assert "/api/log" not in paths  # every line fitted in the result's
     assert baas.logs[-1].endswith("done: 1 image(s) written, 1 synced")
     assert any("uploaded as version 4" in line for line in baas.logs)
     assert any("written and verified" in line for line in baas.logs)
+
+
+def test_one_image_on_two_disks_is_brought_back_naming_each_disk(baas, deployment, tmp_path):
+    """User data on /dev/sda2 and /dev/sdb (one image): every report about a sync, each
+    upload and each ``synced`` item names its disk, so the server can tell the two apart."""
+    sda, sdb = deployment
+    make_image(sda, 4 * MiB, [(2 * MiB, 5000)], seed=9)  # /dev/sda2 (the test maps it to sda)
+    (entry,) = baas.instructions["sync"]
+    baas.instructions = {"sync": [{**entry, "disk": "/dev/sda"}, entry], "write": []}
+    assert main(agent_args(baas, sda, sdb)) == 0
+
+    (result,) = baas.results
+    assert result["synced"] == [
+        {"image": USER_DATA, "version": 4, "disk": "/dev/sda"},
+        {"image": USER_DATA, "version": 5, "disk": "/dev/sdb"},
+    ]
+    assert [(u["disk"], u["raw"]) for u in baas.uploads] == [
+        ("/dev/sda", sda.read_bytes()),
+        ("/dev/sdb", sdb.read_bytes()),
+    ]
+    # Each sync's start is announced for its disk (the routine reports, at most one a
+    # second per disk, name it too).
+    assert {(p["image"], p["disk"]) for p in baas.progress} == {
+        (USER_DATA, "/dev/sda"),
+        (USER_DATA, "/dev/sdb"),
+    }
+    assert [p["disk"] for p in baas.progress if p["bytes_done"] == 0] == ["/dev/sda", "/dev/sdb"]
 
 
 def test_instructions_given_with_the_check_in_are_not_asked_for_again(baas, deployment, image):
@@ -102,7 +130,8 @@ def test_instructions_given_with_the_check_in_are_not_asked_for_again(baas, depl
     assert sda.read_bytes() == image.read_bytes()
     assert baas.results[0]["state"] == "done"
     paths = [path for _, path, _ in baas.requests if not path.startswith("/api/agent/progress")]
-    assert paths[:2] == ["/api/agent/checkin", f"/api/image/{USER_DATA}"]  # the sync's upload
+    upload = f"/api/image/{USER_DATA}?disk=%2Fdev%2Fsdb"
+    assert paths[:2] == ["/api/agent/checkin", upload]  # the sync's upload
     assert "/api/agent/instructions" not in paths
 
 

@@ -136,7 +136,7 @@ def test_a_disk_changed_in_its_zeros_is_uploaded(baas, image, tmp_path, disk, di
         file.write(b"results")
     client = agent_client(baas)
     synced = sync_image(client, SyncInstruction.from_json(entry), disks, Reporter(None))
-    assert synced == {"image": IMAGE, "version": 5}
+    assert synced == {"image": IMAGE, "version": 5, "disk": entry["disk"]}
     (upload,) = baas.uploads
     assert upload["raw"] == disk.read_bytes()
 

@@ -195,7 +195,7 @@ def test_a_changed_disk_is_uploaded_compressed_with_its_digest(
     instruction = sync_instruction(baas, disk, hashlib.sha256(b"as flashed").hexdigest())
     client = agent_client(baas)
     entry = sync_image(client, SyncInstruction.from_json(instruction), disks, Reporter(client))
-    assert entry == {"image": IMAGE, "version": 4}
+    assert entry == {"image": IMAGE, "version": 4, "disk": "/dev/sda"}
     (upload,) = baas.uploads
     assert upload["raw"] == disk.read_bytes()
     assert upload["headers"]["Content-Encoding"] == "zstd"
@@ -224,7 +224,7 @@ def test_a_server_refusing_chunked_bodies_gets_the_disk_raw_with_its_length(baas
     instruction = sync_instruction(baas, disk, hashlib.sha256(b"old").hexdigest())
     client = agent_client(baas)
     entry = sync_image(client, SyncInstruction.from_json(instruction), disks, Reporter(None))
-    assert entry == {"image": IMAGE, "version": 4}
+    assert entry == {"image": IMAGE, "version": 4, "disk": "/dev/sda"}
     (upload,) = baas.uploads
     assert upload["raw"] == disk.read_bytes()
     assert upload["headers"]["Content-Length"] == str(3 * MiB)
