@@ -9,7 +9,9 @@
   and each part's digest is that of the new version's blocks;
 * ``disk-records``: once a deployment is done, each disk it wrote is recorded as
   holding the version it wrote (a delta re-flash included: the disk holds the new
-  version); once one fails after it began writing, what its disks hold is forgotten.
+  version); once one fails after it began writing, what its disks hold is forgotten;
+  a disk brought back (the agent names it) and not written over, nor on a disk the
+  deployment wrote or partitioned, is recorded as holding the version it came back as.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from catalogue.services.datamaps import version_map
 from catalogue.storage import get_storage
 from diskimage.sparsedelta import block_hashes, hashes_digest
 from flashing.models import Deployment, DeploymentState, DiskContent
-from tests.integrity.invariants import promise, seen
+from tests.integrity.invariants import partition_of, promise, seen
 
 
 def stored_bytes(version: Version) -> bytes:
@@ -113,3 +115,29 @@ def check_records_after(deployment_id: int, writes: list[dict[str, Any]]) -> Non
                 f"recorded as holding {records.get(disk)}.",
             )
             seen("a failed flash forgot its disks")
+
+
+def check_synced_records(
+    deployment_id: int, instructions: dict[str, Any], synced: list[dict[str, Any]]
+) -> None:
+    """After a done result: each disk brought back (its ``synced`` item names it) that the
+    deployment left alone is recorded as holding the version it came back as, exactly,
+    even when the machine holds the image on another disk too."""
+    deployment = Deployment.objects.get(pk=deployment_id)
+    if deployment.state != DeploymentState.DONE:
+        return
+    touched = [e["disk"] for e in instructions["write"]]
+    touched += [t["disk"] for t in instructions.get("layouts") or []]
+    for item in synced:
+        disk = item["disk"]
+        if any(disk == t or partition_of(disk, t) or partition_of(t, disk) for t in touched):
+            continue  # written over, or its disk's partitions were: disk-records says what
+        record = DiskContent.objects.filter(machine_id=deployment.machine_id, disk=disk).first()
+        recorded = (str(record.image_id), record.version_number) if record else None
+        promise(
+            "disk-records",
+            recorded == (item["image"], item["version"]),
+            f"Deployment #{deployment_id} brought {disk} back as image {item['image']} "
+            f"v{item['version']}, but the disk is recorded as holding {recorded}.",
+        )
+        seen("a disk brought back is recorded as holding its version")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
+from urllib.parse import urlencode
 
 from rest_framework.test import APIClient
 
@@ -23,11 +24,16 @@ from diskimage.sparse import MEDIA_TYPE
 from diskimage.sparsedelta import Run, delta_stream, map_digest
 from flashing.models import Deployment, DeploymentState, NetworkMount, NetworkMountState
 from tests.integrity.agents import describe, snapshot
-from tests.integrity.disks import check_records_after, stored_bytes
+from tests.integrity.disks import check_records_after, check_synced_records, stored_bytes
 from tests.integrity.invariants import partition_of, promise, seen
 from tests.integrity.world import Agent, GiB, after_commit, bearer, content
 
 AGENT_CALLS_REFUSED = (401, 403, 404, 409, 410)
+
+
+def upload_url(entry: dict[str, Any]) -> str:
+    """Where the agent uploads a sync entry's disk: its ``upload_url``, naming the disk."""
+    return f"{entry['upload_url']}?{urlencode({'disk': entry['disk']})}"
 
 
 class Lab:
@@ -136,7 +142,7 @@ class Lab:
                 if response is None:  # no delta (or refused): the whole disk, as the agent does
                     response = self.post_bytes(
                         bearer(agent.secret),
-                        entry["upload_url"],
+                        upload_url(entry),
                         data,
                         ok=(201, *AGENT_CALLS_REFUSED),
                     )
@@ -193,9 +199,9 @@ class Lab:
         body = b"".join(delta_stream(merged(runs), len(data), lambda s, e: data[s:e]))
         with after_commit():
             response = client.generic(
-                "POST", entry["upload_url"], body, content_type=MEDIA_TYPE, **headers
+                "POST", upload_url(entry), body, content_type=MEDIA_TYPE, **headers
             )
-        self.check_response("post", entry["upload_url"], response, (201, 400, *AGENT_CALLS_REFUSED))
+        self.check_response("post", upload_url(entry), response, (201, 400, *AGENT_CALLS_REFUSED))
         if response.status_code in (400, 404):
             return None  # the base went meanwhile (pruned, damaged): the whole disk goes
         return response
@@ -207,7 +213,7 @@ class Lab:
             # As the real agent does, every image's start is announced, then its end:
             # done needs progress for every written image (and leaves booting behind). An
             # image brought back and then written is told apart by the phase: its write
-            # is announced ("writing") before it is verified.
+            # is announced ("writing") before it is verified. A sync's reports name its disk.
             syncs = [(e, "syncing") for e in agent.instructions["sync"]]
             ends = [(e, phase) for phase in ("writing", "verifying") for e in writes]
             for entry, phase in [*syncs, *ends]:
@@ -216,6 +222,7 @@ class Lab:
                     "phase": phase,
                     "bytes_done": entry["size"],
                     "bytes_total": entry["size"],
+                    **({"disk": entry["disk"]} if phase == "syncing" else {}),
                 }
                 self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=(204,))
         body = {
@@ -237,6 +244,7 @@ class Lab:
         agent.finished = True
         seen(f"a deployment is {state}")
         check_records_after(agent.deployment_id, writes)
+        check_synced_records(agent.deployment_id, agent.instructions, agent.synced)
         if ok:
             self.disks_written(agent)
             self.machine_uses_its_data(agent)
