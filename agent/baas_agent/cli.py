@@ -242,28 +242,29 @@ def _deploy(
     """
     from baas_agent.syncback import sync_image
 
+    # What came back so far: a failed result says it too, so that the versions uploaded
+    # before the failure are recorded (and the next sync compares with them).
+    synced: list[dict[str, Any]] = []
     try:
         data = given if isinstance(given, dict) else client.get_json("/api/agent/instructions")
         syncs, writes = _instructions(data)
         tables, disks = _layouts(data, disks, [s.disk for s in syncs] + [w.disk for w in writes])
-        synced = [
-            entry
-            for sync in syncs
-            if (entry := _step(sync.label(), partial(sync_image, client, sync, disks, reporter)))
-        ]
+        for sync in syncs:
+            if entry := _step(sync.label(), partial(sync_image, client, sync, disks, reporter)):
+                synced.append(entry)
         laid = [_step(table.label(), partial(_lay, table, disks)) for table in tables]
         written = [
             _step(item.label(), partial(_write, client, item, disks, reporter)) for item in writes
         ]
     except Interrupted as exc:
-        return _failed(str(exc)), 130
+        return _failed(str(exc), synced), 130
     except DeploymentOver:
         raise
     except expected() as exc:
-        return _failed(str(exc)), 1
+        return _failed(str(exc), synced), 1
     except Exception as exc:
         log.exception("internal error")
-        return _failed(f"internal agent error: {type(exc).__name__}: {exc}"), 1
+        return _failed(f"internal agent error: {type(exc).__name__}: {exc}", synced), 1
     log.info("done: %d image(s) written, %d synced", len(written), len(synced))
     result = {"state": "done", "written": written, "synced": synced}
     return {**result, "layouts": laid} if laid else result, 0
@@ -308,9 +309,11 @@ def _write(
     return entry
 
 
-def _failed(reason: str) -> dict[str, Any]:
+def _failed(reason: str, synced: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A failed result; with what was brought back before the failure, if anything."""
     log.error("failed: %s", reason)
-    return {"state": "failed", "reason": reason}
+    result = {"state": "failed", "reason": reason}
+    return {**result, "synced": synced} if synced else result
 
 
 def _instructions(data: Any) -> tuple[list[SyncInstruction], list[WriteInstruction]]:

@@ -143,6 +143,9 @@ def test_a_wrong_sha256_fails_the_deployment_with_a_clear_reason(baas, deploymen
     assert result["state"] == "failed"
     assert "SHA-256 mismatch" in result["reason"] and IMAGE in result["reason"]
     assert "written" not in result
+    # What was brought back before the write failed is in the result, to be recorded.
+    assert result["synced"] == [{"image": USER_DATA, "version": 4, "disk": "/dev/sdb"}]
+    assert baas.uploads[0]["raw"] == sdb.read_bytes()
 
 
 def test_network_mounts_are_logged_and_nothing_is_written_for_them(baas, deployment):
