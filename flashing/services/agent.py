@@ -497,7 +497,13 @@ def _done_refusal(deployment: Deployment) -> str | None:
 def _record_synced(
     deployment: Deployment, synced: list[tuple[list[DeploymentImage], Version]]
 ) -> None:
-    """Note each version brought back; a disk not rewritten now holds that version.
+    """Note each version brought back; the disk it came from now holds that version.
+
+    That holds until the disk is written over, which the end of the deployment
+    settles, after this: ``done`` records what was written there
+    (``disk_contents_record``), a failure after writing began forgets what it
+    holds (``disk_contents_forget``), and a failure before any write leaves it
+    holding what came back, as recorded here.
 
     A version reported without its disk, of an image the machine holds on several
     disks (an older agent), came from one of them, which one is not known: those
@@ -505,7 +511,6 @@ def _record_synced(
     sync compares them with it and brings back whatever differs. Nothing is
     recorded that may be wrong.
     """
-    written_disks = set(disk_writes(deployment).values_list("disk", flat=True))
     for rows, version in synced:
         event_record(
             deployment=deployment,
@@ -514,7 +519,7 @@ def _record_synced(
             message=f"{' or '.join(row.disk for row in rows)} came back as version "
             f"{version.number} of image {version.image_id} (SHA-256 {version.sha256}).",
         )
-        if len(rows) == 1 and rows[0].disk not in written_disks:
+        if len(rows) == 1:
             DiskContent.objects.filter(machine=deployment.machine, disk=rows[0].disk).update(
                 version=version, version_number=version.number, written_at=timezone.now()
             )

@@ -120,14 +120,19 @@ def check_records_after(deployment_id: int, writes: list[dict[str, Any]]) -> Non
 def check_synced_records(
     deployment_id: int, instructions: dict[str, Any], synced: list[dict[str, Any]]
 ) -> None:
-    """After a done result: each disk brought back (its ``synced`` item names it) that the
-    deployment left alone is recorded as holding the version it came back as, exactly,
-    even when the machine holds the image on another disk too."""
+    """After the agent's result: each disk brought back (its ``synced`` item names it) that
+    the deployment left alone is recorded as holding the version it came back as, exactly,
+    even when the machine holds the image on another disk too. A deployment that failed
+    before it began writing left every disk alone, those it was to write too."""
     deployment = Deployment.objects.get(pk=deployment_id)
-    if deployment.state != DeploymentState.DONE:
+    began_writing = deployment.events.filter(action=DeploymentState.WRITING).exists()
+    if deployment.state == DeploymentState.DONE or began_writing:
+        touched = [e["disk"] for e in instructions["write"]]
+        touched += [t["disk"] for t in instructions.get("layouts") or []]
+    elif deployment.state == DeploymentState.FAILED:
+        touched = []
+    else:
         return
-    touched = [e["disk"] for e in instructions["write"]]
-    touched += [t["disk"] for t in instructions.get("layouts") or []]
     for item in synced:
         disk = item["disk"]
         if any(disk == t or partition_of(disk, t) or partition_of(t, disk) for t in touched):
@@ -137,7 +142,9 @@ def check_synced_records(
         promise(
             "disk-records",
             recorded == (item["image"], item["version"]),
-            f"Deployment #{deployment_id} brought {disk} back as image {item['image']} "
-            f"v{item['version']}, but the disk is recorded as holding {recorded}.",
+            f"Deployment #{deployment_id} ({deployment.state}) brought {disk} back as image "
+            f"{item['image']} v{item['version']}, but the disk is recorded as holding {recorded}.",
         )
         seen("a disk brought back is recorded as holding its version")
+        if not began_writing and disk in [e["disk"] for e in instructions["write"]]:
+            seen("a disk brought back, then not written, holds what came back")

@@ -134,6 +134,11 @@ class Lab:
         synced = []
         for entry in agent.instructions["sync"]:
             item = {"image": entry["image"], "disk": entry["disk"], "version": entry["version"]}
+            # As the real agent, a disk's sync is reported (naming it) before anything is sent.
+            body = {"image": entry["image"], "phase": "syncing", "disk": entry["disk"]}
+            body |= {"bytes_done": 0, "bytes_total": entry["size"]}
+            ok = (204, *AGENT_CALLS_REFUSED)
+            self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=ok)
             if entry["disk"] in box.dirty:
                 self.world.seed += 1
                 data = content(self.world.seed)

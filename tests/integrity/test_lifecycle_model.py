@@ -165,6 +165,9 @@ CI_REACHES = {
     # flash left on /dev/sda2 comes back, and the same image's copy an earlier day left
     # on /dev/sdb too, each as a version (one image, two disks, reports that name images).
     "an agent brought one image back from two disks",
+    # A flash that fails after its sync and before it writes: the disks it was to write
+    # hold what came back, and are recorded so.
+    "a disk brought back, then not written, holds what came back",
 }
 # Hypothesis derives the ci profile's fixed seed from the source of ``Lifecycle``: any
 # edit to the class, a docstring included, draws other examples; check CI_REACHES after.

@@ -266,3 +266,28 @@ def test_a_version_uploaded_for_one_disk_is_not_taken_for_the_other(world):  # n
 
     assert response.status_code == 409, response.content
     assert not deployment.events.filter(action="synced").exists()
+
+
+def test_a_disk_brought_back_then_not_written_holds_what_came_back(world):  # noqa: F811
+    """ann's data disk /dev/sdb is brought back, then the flash fails before it writes
+    anything: /dev/sdb still holds what came back, and its record says so. Before, a disk
+    the deployment was to write kept its old record even when nothing was written: the
+    next flash took it for the version it held before the sync, re-flashed it in full and
+    a sync brought the same changes back again as one more version."""
+    agent_finishes(world, "m0", lease_and_flash(world, "ann", "m0", "system+data"))
+    deployment = flash(world, "ann", "m0", "system+data")
+    secret = check_in(world, "m0", token_of(boot_script(world, "m0"))).json()["token"]
+    instructions = call(world, None, "get", "/api/agent/instructions", secret=secret).json()
+    assert [e["disk"] for e in instructions["sync"]] == ["/dev/sdb"]
+    assert "/dev/sdb" in [e["disk"] for e in instructions["write"]]
+    sent = sync_back(world, secret, instructions, named=True)
+    ((item, _),) = sent.values()
+
+    response = finish(world, secret, instructions, "failed", [item])
+
+    assert response.status_code == 200, response.content
+    deployment.refresh_from_db()
+    assert deployment.state == "failed"
+    assert not deployment.events.filter(action="disks_unknown").exists()
+    assert records()["/dev/sdb"] == ("ann-data", item["version"])
+    invariants.check_disk_records_nest()
