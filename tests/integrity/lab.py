@@ -230,6 +230,13 @@ class Lab:
                     **({"disk": entry["disk"]} if phase == "syncing" else {}),
                 }
                 self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=(204,))
+        elif allowed and writes and agent.deployment_id % 2:
+            # Half the failures happen while writing, as a disk that stops answering does:
+            # the first image's write is announced, then the agent gives up.
+            entry = writes[0]
+            body = {"image": entry["image"], "phase": "writing", "bytes_done": 0}
+            body |= {"bytes_total": entry["size"]}
+            self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=(204,))
         body = {
             "state": "done" if ok else "failed",
             "written": [{k: e[k] for k in ("image", "version", "disk", "sha256")} for e in writes],
