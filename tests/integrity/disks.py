@@ -11,7 +11,8 @@
   holding the version it wrote (a delta re-flash included: the disk holds the new
   version); once one fails after it began writing, what its disks hold is forgotten;
   a disk brought back (the agent names it) and not written over, nor on a disk the
-  deployment wrote or partitioned, is recorded as holding the version it came back as.
+  deployment wrote or partitioned, is recorded as holding the version it came back as —
+  every disk brought back, when the deployment failed before it began writing.
 """
 
 from __future__ import annotations

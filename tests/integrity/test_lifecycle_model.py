@@ -31,7 +31,8 @@ Each promise has a name, printed with its failure (``[serving] …``):
   boot attempt mints one boot token, binds one agent, and only that agent gets bytes;
 * ``delta-from-record`` and ``disk-records``: a write carries a delta (a delta re-flash)
   only from the version recorded on its disk; a done deployment records what it wrote
-  (after a delta, the new version), a failed one forgets it (``disks.py``);
+  (after a delta, the new version), one that failed while writing forgets it, and a
+  disk brought back and not written since holds the version it came back as (``disks.py``);
 * ``delta-is-the-difference``: the recorded version with a delta's ranges, blocks and
   zeros applied is the version written, byte for byte (``disks.py``);
 * ``disk-records-nest``: a setup composing one disk (a partition table, the system on
