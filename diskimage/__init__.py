@@ -13,6 +13,8 @@ change to all and both ends of the wire always agree:
 - :mod:`diskimage.seekable`: zstd files in frames of a data map, with a seek table;
 - :mod:`diskimage.sparse`: Android sparse images;
 - :mod:`diskimage.zstdblocks`: zstd decoded block by block, zeros as holes;
+  :mod:`diskimage.zstdlib`, libzstd's block-level API it drives, and
+  :mod:`diskimage.zstdlayout`, the frame format as it reads it;
 - :mod:`diskimage.decoders`: bounded streaming decoders of an upload's encoding.
 - :mod:`diskimage.gpt`: GUID partition tables: a setup's layout planned on a disk,
   written and read back.

@@ -33,111 +33,48 @@ window's worth of zeros, as history (``ZSTD_insertBlock``) in pages that are
 never written — with the frame's content size checked here instead.
 
 The shared library is the system's ``libzstd.so.1`` (Debian's ``libzstd1``,
-which the ``zstd`` tool depends on); :func:`available` tells whether it was
-found. Recent ``zstd.h`` marks this block-level API deprecated (it stays
-exported from the shared library), so it is held to a contract:
-``tests/diskimage/test_zstdblocks_contract.py`` checks, against the libzstd
-that BAAS installs, every symbol and behaviour used here. Without it —
-missing, too old, or turned off with ``BAAS_ZSTD_BLOCK_API=off`` in the
-environment — callers use zstandard's stream decoder instead
+which the ``zstd`` tool depends on), loaded by :mod:`diskimage.zstdlib`;
+:func:`available` tells whether it was found. Recent ``zstd.h`` marks this
+block-level API deprecated (it stays exported from the shared library), so it
+is held to a contract: ``tests/diskimage/test_zstdblocks_contract.py`` checks,
+against the libzstd that BAAS installs, every symbol and behaviour used here.
+Without it — missing, too old, or turned off with ``BAAS_ZSTD_BLOCK_API=off``
+in the environment — callers use zstandard's stream decoder instead
 (:func:`diskimage.decoders.decoder_for`): the same bytes, the zeros written
-out and scanned again, slower.
+out and scanned again, slower. What this module reads of the frame format
+itself (frame and block headers, runs of zero blocks) is
+:mod:`diskimage.zstdlayout`'s.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import mmap
-import os
-import re
 import weakref
 from collections.abc import Callable
 
-from diskimage import CHUNK
+from diskimage import CHUNK, zstdlib
+from diskimage.zstdlayout import (
+    BLOCK_MAX,
+    CONTENT_SIZE_UNKNOWN,
+    MAGIC,
+    RLE,
+    SINGLE_SEGMENT,
+    Frame,
+    header_size,
+    without_content_size,
+    zero_blocks,
+)
+from diskimage.zstdlib import SWITCH, FrameHeader, available
 
-BLOCK_MAX = 128 << 10
+__all__ = ["BLOCK_MAX", "MAX_WINDOW", "SWITCH", "BlockZstdDecoder", "ZstdBlockError", "available"]
+
 MAX_WINDOW = 1 << 27  # libzstd's default limit for stream decoding (ZSTD_WINDOWLOG_LIMIT_DEFAULT)
 _WILDCOPY = 2 * 32  # libzstd's WILDCOPY_OVERLENGTH, twice, as its stream decoder sizes its ring
-_FORCE_IGNORE_CHECKSUM = 1002  # ZSTD_d_forceIgnoreChecksum (ZSTD_d_experimentalParam3)
-_CONTENT_SIZE_UNKNOWN = (1 << 64) - 1  # ZSTD_CONTENTSIZE_UNKNOWN
-_MAGIC = b"\x28\xb5\x2f\xfd"
-_SINGLE_SEGMENT = 0x20  # in a frame header's descriptor
-_RLE = 1  # block type in a block header
-
-
-SWITCH = "BAAS_ZSTD_BLOCK_API"  # "off": behave as if libzstd had no block-level API
 
 
 class ZstdBlockError(ValueError):
     """The input is not valid zstd, or needs more than this decoder allows."""
-
-
-class _FrameHeader(ctypes.Structure):
-    """ZSTD_frameHeader (zstd.h), with room to spare for fields added later."""
-
-    _fields_ = [
-        ("frameContentSize", ctypes.c_ulonglong),
-        ("windowSize", ctypes.c_ulonglong),
-        ("blockSizeMax", ctypes.c_uint),
-        ("frameType", ctypes.c_int),
-        ("headerSize", ctypes.c_uint),
-        ("dictID", ctypes.c_uint),
-        ("checksumFlag", ctypes.c_uint),
-        ("_reserved", ctypes.c_uint * 8),
-    ]
-
-
-@functools.cache
-def _libzstd() -> tuple[ctypes.CDLL, ctypes.CDLL] | None:
-    """libzstd twice: calls that let other threads run while they work (decoding a block),
-    and calls that keep the GIL (the quick ones: not worth handing it over and back)."""
-    for name in ("libzstd.so.1", ctypes.util.find_library("zstd")):
-        if not name:
-            continue
-        try:
-            released, kept = ctypes.CDLL(name), ctypes.PyDLL(name)
-        except OSError:
-            continue
-        return (released, kept) if _declare(released) and _declare(kept) else None
-    return None
-
-
-def _declare(lib: ctypes.CDLL) -> bool:
-    """Declare the functions used; False if this libzstd lacks any, or is too old."""
-    size_t, ptr = ctypes.c_size_t, ctypes.c_void_p
-    signatures = {
-        "ZSTD_versionNumber": (ctypes.c_uint, []),
-        "ZSTD_createDCtx": (ptr, []),
-        "ZSTD_freeDCtx": (size_t, [ptr]),
-        "ZSTD_DCtx_setParameter": (size_t, [ptr, ctypes.c_int, ctypes.c_int]),
-        "ZSTD_decompressBegin": (size_t, [ptr]),
-        "ZSTD_nextSrcSizeToDecompress": (size_t, [ptr]),
-        "ZSTD_decompressContinue": (size_t, [ptr, ptr, size_t, ptr, size_t]),
-        "ZSTD_insertBlock": (size_t, [ptr, ptr, size_t]),
-        "ZSTD_getFrameHeader": (size_t, [ctypes.POINTER(_FrameHeader), ptr, size_t]),
-        "ZSTD_isError": (ctypes.c_uint, [size_t]),
-        "ZSTD_getErrorName": (ctypes.c_char_p, [size_t]),
-    }
-    try:
-        for name, (restype, argtypes) in signatures.items():
-            function = getattr(lib, name)
-            function.restype, function.argtypes = restype, argtypes
-    except AttributeError:
-        return False
-    version: int = lib.ZSTD_versionNumber()
-    return version >= 10407  # ZSTD_d_forceIgnoreChecksum came with 1.4.7
-
-
-def _switched_off() -> bool:
-    """Whether the environment says to do without the block API (read at every use)."""
-    return os.environ.get(SWITCH, "").lower() in ("0", "off", "no", "false")
-
-
-def available() -> bool:
-    """Whether libzstd's block-level API could be loaded, and is not turned off."""
-    return not _switched_off() and _libzstd() is not None
 
 
 class BlockZstdDecoder:
@@ -162,7 +99,7 @@ class BlockZstdDecoder:
         *,
         checksum: bool = True,
     ):
-        libs = None if _switched_off() else _libzstd()
+        libs = None if zstdlib.switched_off() else zstdlib.load()
         if libs is None:
             raise RuntimeError("libzstd's block-level API is not available here")
         self._lib, self._quick = libs
@@ -175,14 +112,14 @@ class BlockZstdDecoder:
         self._free = weakref.finalize(self, lib.ZSTD_freeDCtx, self._dctx)
         self._verify = checksum
         if not checksum:
-            self._check(lib.ZSTD_DCtx_setParameter(self._dctx, _FORCE_IGNORE_CHECKSUM, 1))
+            self._check(lib.ZSTD_DCtx_setParameter(self._dctx, zstdlib.FORCE_IGNORE_CHECKSUM, 1))
         self.checksums: list[tuple[int, int, int]] = []
         self.size = 0  # raw bytes decoded so far, holes included
         self._frames = 0
         self._state: Callable[[bytes, int, int], None] = self._on_start
         self._need = 5  # bytes the state takes next
         self._carry = b""  # the start of those bytes, from an earlier write
-        self._frame = _Frame()
+        self._frame = Frame()
         self._ring: tuple[mmap.mmap, ctypes.c_char] | None = None
         self._zeros: tuple[mmap.mmap, ctypes.c_char] | None = None
         self._ring_address = 0
@@ -238,12 +175,12 @@ class BlockZstdDecoder:
 
     def _on_start(self, data: bytes, position: int, size: int) -> None:
         magic = data[position : position + 4]
-        if magic == _MAGIC:
+        if magic == MAGIC:
             descriptor = data[position + 4]
-            self._frame = _Frame(start=self.size, prefix=data[position : position + 5])
-            self._expect(self._on_header, _header_size(descriptor) - 5)
+            self._frame = Frame(start=self.size, prefix=data[position : position + 5])
+            self._expect(self._on_header, header_size(descriptor) - 5)
         elif magic[1:] == b"\x2a\x4d\x18" and magic[0] & 0xF0 == 0x50:
-            self._frame = _Frame(prefix=data[position + 4 : position + 5])
+            self._frame = Frame(prefix=data[position + 4 : position + 5])
             self._expect(self._on_skip_size, 3)
         else:
             raise ZstdBlockError("This is not zstd data (no frame magic where a frame begins).")
@@ -264,7 +201,7 @@ class BlockZstdDecoder:
     def _on_header(self, data: bytes, position: int, size: int) -> None:
         frame = self._frame
         header = frame.prefix + data[position : position + size]
-        info = _FrameHeader()
+        info = FrameHeader()
         self._check(self._quick.ZSTD_getFrameHeader(ctypes.byref(info), header, len(header)))
         if info.windowSize > MAX_WINDOW:
             raise ZstdBlockError(
@@ -279,14 +216,14 @@ class BlockZstdDecoder:
         descriptor = header[4]
         # Blocks may be left out only where libzstd neither checks the content size (left
         # out of the header it is given) nor the checksum, and a window is declared.
-        frame.drops = not self._verify and not descriptor & _SINGLE_SEGMENT
+        frame.drops = not self._verify and not descriptor & SINGLE_SEGMENT
         if frame.drops:
-            header = _without_content_size(header)
+            header = without_content_size(header)
         self._check(self._quick.ZSTD_decompressBegin(self._dctx))
         self._continue(header[:5])
         self._continue(header[5:])
         self._make_ring(info, frame.drops)
-        frame.zero_blocks = _zero_blocks(frame.block_max)
+        frame.zero_blocks = zero_blocks(frame.block_max)
         self._expect(self._on_block_header, 3)
 
     def _zero_run(self, data: bytes, position: int) -> int:
@@ -318,7 +255,7 @@ class BlockZstdDecoder:
         if length > self._frame.block_max:
             raise ZstdBlockError("The zstd data is corrupt: a block larger than its frame allows.")
         self._frame.block = (header, bool(value & 1), kind, length)
-        body = 1 if kind == _RLE else length
+        body = 1 if kind == RLE else length
         self._expect(self._on_block, body)
         if not body:
             self._on_block(b"", 0, 0)
@@ -326,7 +263,7 @@ class BlockZstdDecoder:
     def _on_block(self, data: bytes, position: int, size: int) -> None:
         frame = self._frame
         header, last, kind, length = frame.block
-        zeros = kind == _RLE and data[position] == 0
+        zeros = kind == RLE and data[position] == 0
         if zeros:
             self._flush()
             self._grow(length)
@@ -363,7 +300,7 @@ class BlockZstdDecoder:
         if self._quick.ZSTD_nextSrcSizeToDecompress(self._dctx) != 0:
             raise ZstdBlockError("The zstd data is corrupt: a frame does not end where it should.")
         decoded = self.size - frame.start
-        if frame.drops and frame.content_size not in (_CONTENT_SIZE_UNKNOWN, decoded):
+        if frame.drops and frame.content_size not in (CONTENT_SIZE_UNKNOWN, decoded):
             raise ZstdBlockError(
                 f"The zstd data is corrupt: a frame holds {decoded} bytes, "
                 f"its header says {frame.content_size}."
@@ -404,9 +341,9 @@ class BlockZstdDecoder:
             self._zeros = _pages(length)
         return ctypes.addressof(self._zeros[1])
 
-    def _make_ring(self, info: _FrameHeader, drops: bool) -> None:
+    def _make_ring(self, info: FrameHeader, drops: bool) -> None:
         """The ring libzstd's stream decoder would use (ZSTD_decodingBufferSize_min)."""
-        content = _CONTENT_SIZE_UNKNOWN if drops else info.frameContentSize
+        content = CONTENT_SIZE_UNKNOWN if drops else info.frameContentSize
         size = info.windowSize + info.blockSizeMax + BLOCK_MAX + _WILDCOPY
         self._frame.wraps = content > size  # and then back to the start as it does
         self._ring_size = max(min(size, content), 1)
@@ -455,7 +392,7 @@ class BlockZstdDecoder:
         self.size += length
         frame = self._frame
         if (
-            frame.content_size != _CONTENT_SIZE_UNKNOWN
+            frame.content_size != CONTENT_SIZE_UNKNOWN
             and self.size - frame.start > frame.content_size
         ):
             raise ZstdBlockError(
@@ -478,48 +415,8 @@ class BlockZstdDecoder:
         return code
 
 
-class _Frame:
-    """What is known of the frame being decoded."""
-
-    def __init__(self, start: int = 0, prefix: bytes = b""):
-        self.start = start  # its first raw byte
-        self.prefix = prefix  # the header's first bytes, until the rest comes
-        self.content_size = _CONTENT_SIZE_UNKNOWN
-        self.checksum = False
-        self.window = 0
-        self.block_max = BLOCK_MAX
-        self.wraps = True
-        self.drops = False
-        self.block: tuple[bytes, bool, int, int] = (b"", False, 0, 0)
-        self.zero_blocks = _zero_blocks(BLOCK_MAX)
-        self.held: list[bytes] = []  # zero blocks not given to libzstd yet, while few
-        self.held_bytes = 0  # the zeros since the last block given to libzstd
-
-
 def _pages(length: int) -> tuple[mmap.mmap, ctypes.c_char]:
     """``length`` bytes of anonymous memory (zeros; pages are taken as they are written),
     and a ctypes view of it for its address."""
     pages = mmap.mmap(-1, length)
     return pages, ctypes.c_char.from_buffer(pages)
-
-
-@functools.cache
-def _zero_blocks(size: int) -> re.Pattern[bytes]:
-    """Matches a run of zstd RLE blocks of ``size`` zero bytes, not the last of their frame."""
-    block = ((size << 3) | (_RLE << 1)).to_bytes(3, "little") + b"\0"
-    return re.compile(b"(?:%s)+" % re.escape(block))
-
-
-def _header_size(descriptor: int) -> int:
-    """A zstd frame header's size in bytes, magic included, from its descriptor."""
-    single_segment = descriptor & _SINGLE_SEGMENT
-    dictionary = (0, 1, 2, 4)[descriptor & 3]
-    content_size = (1 if single_segment else 0, 2, 4, 8)[descriptor >> 6]
-    return 4 + 1 + (0 if single_segment else 1) + dictionary + content_size
-
-
-def _without_content_size(header: bytes) -> bytes:
-    """The same frame header (with a window descriptor) but without its content size."""
-    descriptor = header[4]
-    dictionary = (0, 1, 2, 4)[descriptor & 3]
-    return header[:4] + bytes([descriptor & 0x3F]) + header[5 : 6 + dictionary]

@@ -16,6 +16,7 @@ from flashing.authentication import AgentTokenAuthentication, is_agent
 from flashing.models import NetworkMountState
 from flashing.services import agent as services
 from flashing.services.agent import INLINE_MAP_RANGES
+from flashing.services.results import agent_result
 
 
 class IsAgent(BasePermission):
@@ -257,7 +258,7 @@ class AgentResultApi(AgentApi):
         data = ResultInputSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         values = data.validated_data
-        deployment = services.agent_result(
+        deployment = agent_result(
             principal=request.user,
             state=values["state"],
             written=[{**item, "image": str(item["image"])} for item in values["written"]],

@@ -20,7 +20,7 @@ import sys
 import pytest
 import zstandard
 
-from diskimage import zstdblocks
+from diskimage import zstdblocks, zstdlayout, zstdlib
 from diskimage.zstdblocks import BlockZstdDecoder, ZstdBlockError
 
 # The libzstd releases this contract was checked against: 1.4.7 brought
@@ -29,7 +29,7 @@ from diskimage.zstdblocks import BlockZstdDecoder, ZstdBlockError
 TESTED_FROM, TESTED_BEFORE = 10407, 10600
 
 needs_library = pytest.mark.skipif(
-    zstdblocks._libzstd() is None, reason="libzstd.so.1 (Debian's libzstd1) is not installed"
+    zstdlib.load() is None, reason="libzstd.so.1 (Debian's libzstd1) is not installed"
 )
 
 
@@ -49,7 +49,7 @@ def decoded(stream: bytes, *, checksum: bool = True) -> tuple[bytes, int]:
 
 @needs_library
 def test_the_installed_libzstd_is_a_release_this_contract_was_checked_against():
-    released, _ = zstdblocks._libzstd()
+    released, _ = zstdlib.load()
     assert TESTED_FROM <= released.ZSTD_versionNumber() < TESTED_BEFORE, (
         f"libzstd {released.ZSTD_versionNumber()}: check the block API contract again"
     )
@@ -57,7 +57,7 @@ def test_the_installed_libzstd_is_a_release_this_contract_was_checked_against():
 
 @needs_library
 def test_every_function_the_decoder_calls_is_exported():
-    for lib in zstdblocks._libzstd():
+    for lib in zstdlib.load():
         for name in (
             "ZSTD_createDCtx",
             "ZSTD_freeDCtx",
@@ -75,22 +75,22 @@ def test_every_function_the_decoder_calls_is_exported():
 
 @needs_library
 def test_the_frame_header_struct_reads_as_declared():
-    _, lib = zstdblocks._libzstd()
+    _, lib = zstdlib.load()
     frame = zstandard.ZstdCompressor(write_checksum=True).compress(b"x" * 100_000)
-    info = zstdblocks._FrameHeader()
+    info = zstdlib.FrameHeader()
     assert not lib.ZSTD_isError(lib.ZSTD_getFrameHeader(ctypes.byref(info), frame, len(frame)))
     assert info.frameContentSize == 100_000
-    assert info.headerSize == zstdblocks._header_size(frame[4])
+    assert info.headerSize == zstdlayout.header_size(frame[4])
     assert info.checksumFlag == 1 and info.frameType == 0 and info.dictID == 0
     assert info.windowSize >= info.blockSizeMax > 0
 
 
 @needs_library
 def test_ignoring_checksums_is_the_parameter_number_used():
-    _, lib = zstdblocks._libzstd()
+    _, lib = zstdlib.load()
     dctx = lib.ZSTD_createDCtx()
     try:
-        code = lib.ZSTD_DCtx_setParameter(dctx, zstdblocks._FORCE_IGNORE_CHECKSUM, 1)
+        code = lib.ZSTD_DCtx_setParameter(dctx, zstdlib.FORCE_IGNORE_CHECKSUM, 1)
         assert not lib.ZSTD_isError(code), lib.ZSTD_getErrorName(code)
     finally:
         lib.ZSTD_freeDCtx(dctx)
