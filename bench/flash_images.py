@@ -1,9 +1,10 @@
 """The images of ``flash.py``: the generated one, an ext4 made with ``mkfs.ext4 -d``, and
 each one's next version with 1 % of its data changed.
 
-* ``generated``: ``catalogue.py``'s generator (text, binary-like and random extents
-  with gaps between them). Its next version rewrites whole extents of at most
-  1 MiB (files), picked at random, with random bytes until 1 % of the data changed.
+* ``generated``: ``catalogue.py``'s test disk (``_lib/testimage.py``: text, binary-like
+  and random extents with gaps between them). Its next version rewrites whole extents
+  of at most 1 MiB (files), picked at random, with random bytes until 1 % of the data
+  changed.
 * ``ext4``: ``--data`` of random files (70 % of 4-256 KiB, 25 % up to 4 MiB, 5 % up
   to 32 MiB) in a directory tree, made into an ext4 of ``--size`` by ``mkfs.ext4 -d``
   (fixed UUID, hash seed and time, so that the same tree gives the same bytes).
@@ -27,7 +28,10 @@ import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from catalogue import BLOCK, MiB, TestImage, log, run, test_image, timed
+from _lib.testimage import TestImage, test_image
+from _lib.util import MiB, log, run, timed
+
+from diskimage import BLOCK
 from diskimage.datamap import DataMapper
 from diskimage.holes import data_extents
 

@@ -5,7 +5,7 @@ flashed with (a delta upload, ``agent/baas_agent/changes.py``) and, in the same
 run, interleaved, whole as before (``BAAS_AGENT_WHOLE_SYNC=1``: the disk's
 SHA-256, then the whole disk zstd-compressed, decoded and hashed by the
 server). Both are full deployments, timed like ``bench/flash.py``'s: a
-throwaway BAAS (``bench/catalogue.py``'s ``Baas``: gunicorn, SQLite, DEBUG
+throwaway BAAS (``bench/_lib/baas.py``'s ``Baas``: gunicorn, SQLite, DEBUG
 off) holds the image as a version stored as ``--compression`` says (zstd:
 framed by the compression job, untimed), the machine's disk record says the disk holds version 0, a
 sync-only deployment is queued and powered (untimed), and the real
@@ -53,9 +53,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from flash import AGENT, DISK, MAC, VERSION_ZERO_CODE, Row, Target, shell
-
-from catalogue import REPO, Baas, TestImage, load_average, log, parse_size, read_through, test_image
+from _lib.baas import Baas
+from _lib.deployments import AGENT, DISK, MAC, VERSION_ZERO_CODE, shell
+from _lib.flash_report import Row, Target
+from _lib.testimage import TestImage, test_image
+from _lib.util import REPO, load_average, log, parse_size, read_through
 
 NAME = "bench-sync"
 BLOCK = 4096

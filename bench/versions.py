@@ -35,6 +35,11 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+from _lib.baas import Baas
+from _lib.table import Row
+from _lib.testimage import segment, text_pool
+from _lib.util import USERNAME, load_average, log, median, sync_all
+
 from diskimage import BLOCK
 from diskimage.extents import can_share
 
@@ -217,10 +222,10 @@ def shell(baas, code: str) -> object:
 # --- One series -----------------------------------------------------------------------------
 
 
-def series(lib, baas, image, work: Path, compression: str, model: str, seed: int) -> dict:
+def series(baas, image, work: Path, compression: str, model: str, seed: int) -> dict:
     """Ten versions of one image in ``compression``, changed by ``model``; what they hold."""
     status, created = baas.request(
-        "POST", f"/api/user/{lib.USERNAME}/image",
+        "POST", f"/api/user/{USERNAME}/image",
         {"name": f"versions-{compression}-{model}", "compression": compression},
     )  # fmt: skip
     if status != 201:
@@ -229,19 +234,19 @@ def series(lib, baas, image, work: Path, compression: str, model: str, seed: int
     subprocess.run(["cp", "--sparse=always", "--reflink=never", str(image.raw), str(work)],
                    check=True)  # fmt: skip
     rng = random.Random(seed * 1000 + (model == "scattered"))  # noqa: S311 - test data
-    pool = lib._text_pool(random.Random(seed))  # noqa: S311 - test data
+    pool = text_pool(random.Random(seed))  # noqa: S311 - test data
     extents = data_extents(work)
     budget = int(image.data * CHANGE)
     uploads, steps, maps_ok = [], [], True
     for index in range(COUNT):
         if index:
-            change(work, extents, budget, rng, model, pool, lib._segment)
-        lib.sync_all()
+            change(work, extents, budget, rng, model, pool, segment)
+        sync_all()
         seconds, answer = baas.upload(uuid, work, None, client="sparse")
         uploads.append(seconds)
         steps.append(shell(baas, PROCESS.format(image=uuid, number=answer["version"])))
-        lib.log(f"  {compression} {model} v{answer['version']}: upload {seconds:.2f} s, "
-                f"steps {steps[-1]}")  # fmt: skip
+        log(f"  {compression} {model} v{answer['version']}: upload {seconds:.2f} s, "
+            f"steps {steps[-1]}")  # fmt: skip
         stats = shell(baas, STATS.format(image=uuid))
         maps_ok &= ranges_match(work, stats["versions"][-1]["map"])
     stats = shell(baas, STATS.format(image=uuid))
@@ -251,7 +256,7 @@ def series(lib, baas, image, work: Path, compression: str, model: str, seed: int
             "steps": steps, "maps_ok": maps_ok}  # fmt: skip
 
 
-def rows_of(lib, result: dict, compression: str, model: str, gate: bool) -> list:
+def rows_of(result: dict, compression: str, model: str, gate: bool) -> list:
     stats = result["stats"]
     versions = stats["versions"]
     one = versions[0]["stored_size"]
@@ -264,29 +269,29 @@ def rows_of(lib, result: dict, compression: str, model: str, gate: bool) -> list
     detail = (
         f"held {held / MiB:.0f} MiB, one version {one / MiB:.0f} MiB, each counted whole "
         f"{logical / MiB:.0f} MiB ({logical / one:.2f}x); share step "
-        f"{lib.median(share_s) if share_s else 0:.2f} s/version; maps match the uploads: "
+        f"{median(share_s) if share_s else 0:.2f} s/version; maps match the uploads: "
         f"{result['maps_ok']}; after pruning to {COUNT // 2}: held "
         f"{result['after_prune']['held'] / MiB:.0f} MiB, each reads back its SHA-256: {read_ok}"
     )
     return [
-        lib.Row(f"{name}: held / one (MiB)", held / MiB, one / MiB, held / one,
-                f"<= {TARGET}", ok if gate else None, detail,
-                {"held": held, "one": one, "logical": logical, "share_seconds": share_s,
-                 "uploads": result["uploads"], "steps": result["steps"],
-                 "after_prune": result["after_prune"]}),
-        lib.Row(f"  {name}: logical / one", logical / MiB, one / MiB, logical / one, "-", None,
-                "what the versions hold without reflinks (ext4, or before this change)"),
+        Row(f"{name}: held / one (MiB)", held / MiB, one / MiB, held / one,
+            f"<= {TARGET}", ok if gate else None, detail,
+            {"held": held, "one": one, "logical": logical, "share_seconds": share_s,
+             "uploads": result["uploads"], "steps": result["steps"],
+             "after_prune": result["after_prune"]}),
+        Row(f"  {name}: logical / one", logical / MiB, one / MiB, logical / one, "-", None,
+            "what the versions hold without reflinks (ext4, or before this change)"),
     ]  # fmt: skip
 
 
-def measure_versions(lib, image, run_dir: Path, repo: Path, seed: int, models: list[str]) -> list:
+def measure_versions(image, run_dir: Path, repo: Path, seed: int, models: list[str]) -> list:
     """The rows of the versions benchmark (or one saying why it was not measured)."""
     with reflink_root(run_dir) as root:
         if root is None:
-            return [lib.Row("versions on XFS", None, None, None, f"<= {TARGET}", False,
-                            "not measured: needs root and xfsprogs (mkfs.xfs) to make an XFS "
-                            "with reflinks, or --workdir on one")]  # fmt: skip
-        baas = lib.Baas(root, image.size, repo)
+            return [Row("versions on XFS", None, None, None, f"<= {TARGET}", False,
+                        "not measured: needs root and xfsprogs (mkfs.xfs) to make an XFS "
+                        "with reflinks, or --workdir on one")]  # fmt: skip
+        baas = Baas(root, image.size, repo)
         baas.env.pop("DATABASE_URL", None)  # its own SQLite, beside the main run's database
         baas.database = "SQLite"
         baas.setup()
@@ -295,10 +300,9 @@ def measure_versions(lib, image, run_dir: Path, repo: Path, seed: int, models: l
         try:
             for model in models:
                 for compression in ("none", "zstd"):
-                    lib.log(f"versions: {compression}, 1 % {model}, load {lib.load_average()}")
-                    result = series(lib, baas, image, run_dir / "work.img", compression, model,
-                                    seed)  # fmt: skip
-                    rows += rows_of(lib, result, compression, model, gate=model == "files")
+                    log(f"versions: {compression}, 1 % {model}, load {load_average()}")
+                    result = series(baas, image, run_dir / "work.img", compression, model, seed)
+                    rows += rows_of(result, compression, model, gate=model == "files")
                     baas.delete_image(result["uuid"])
         finally:
             baas.stop()
