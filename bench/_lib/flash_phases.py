@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import os
 import pstats
+import subprocess
 import time
 from pathlib import Path
 
 from _lib.baas import Baas
 from _lib.deployments import Deployments
+from _lib.flash_report import CHECK_ALONE, START_ALONE
 from _lib.flash_rounds import fresh
 from _lib.testimage import TestImage
-from _lib.util import log
+from _lib.util import PYTHON, log
 
 
 def _drain(chunks) -> None:
@@ -100,6 +102,16 @@ def _disk_alone(source: Path, target: Path, datamap) -> None:
             os.close(fd)
 
 
+# What the agent imports before it checks a disk (its start-up).
+START_IMPORTS = (
+    "import baas_agent.cli, baas_agent.flash, baas_agent.check, diskimage.verify, blake3"
+)
+
+
+def _start_alone() -> None:
+    subprocess.run([str(PYTHON), "-c", START_IMPORTS], check=True)
+
+
 def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path) -> dict:
     """The agent's write path taken apart in-process, each phase timed alone (warm cache)."""
     from baas_agent.client import Client
@@ -137,9 +149,11 @@ def phases(baas: Baas, deployments: Deployments, image: TestImage, target: Path)
         "the disk alone: the ranges written (O_DIRECT), fsynced, read back (O_DIRECT); nothing "
         "decoded or hashed": lambda: _disk_alone(image.raw, target, datamap),
         "verify: hash_target (SEEK_DATA, holes hashed)": lambda: hash_target(target, image.size),
-        "verify: data map (ranges hashed in parallel, holes skipped)": lambda: mismatch(
+        "verify: data map, SHA-256 (ranges hashed in parallel, holes skipped)": lambda: mismatch(
             target, datamap
         ),
+        CHECK_ALONE: lambda: mismatch(target, datamap, fast=True),
+        START_ALONE: _start_alone,
     }
     datamap = DataMap.from_json(client.get_json(f"{url}/map"), size=image.size, sha256=image.sha256)
     out: dict[str, float] = {}
