@@ -203,18 +203,17 @@ class World:
 
 
 def job_queues() -> list[str]:
-    """Every queue a job may be sent to: the default one, the long jobs' (compression,
-    maps, network mounts), beat's, and the NBD host's when it has one of its own."""
+    """Every queue a job may be sent to, as the Celery app routes them now: its default
+    queue first, then each route's (the long jobs', beat's), and the NBD host's when it
+    has one of its own. Read from the app, not from the settings: a worker test gives the
+    app the session's queues (``tests.celery_worker.use_session_queues``)."""
     from django.conf import settings
 
     from baas_site.celery import app
 
-    names = [
-        app.conf.task_default_queue,
-        settings.BAAS_LONG_QUEUE,
-        settings.BAAS_PERIODIC_QUEUE,
-        settings.BAAS_NBD_QUEUE,
-    ]
+    routes = app.conf.task_routes
+    routed = [route["queue"] for route in routes.values()] if isinstance(routes, dict) else []
+    names = [app.conf.task_default_queue, *routed, settings.BAAS_NBD_QUEUE]
     return list(dict.fromkeys(name for name in names if name))
 
 
