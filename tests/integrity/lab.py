@@ -134,11 +134,6 @@ class Lab:
         synced = []
         for entry in agent.instructions["sync"]:
             item = {"image": entry["image"], "disk": entry["disk"], "version": entry["version"]}
-            # As the real agent, a disk's sync is reported (naming it) before anything is sent.
-            body = {"image": entry["image"], "phase": "syncing", "disk": entry["disk"]}
-            body |= {"bytes_done": 0, "bytes_total": entry["size"]}
-            ok = (204, *AGENT_CALLS_REFUSED)
-            self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=ok)
             if entry["disk"] in box.dirty:
                 self.world.seed += 1
                 data = content(self.world.seed)
@@ -230,13 +225,6 @@ class Lab:
                     **({"disk": entry["disk"]} if phase == "syncing" else {}),
                 }
                 self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=(204,))
-        elif allowed and writes and self.next_failure_while_writing():
-            # Every other failure happens while writing, as a disk that stops answering
-            # does: the first image's write is announced, then the agent gives up.
-            entry = writes[0]
-            body = {"image": entry["image"], "phase": "writing", "bytes_done": 0}
-            body |= {"bytes_total": entry["size"]}
-            self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=(204,))
         body = {
             "state": "done" if ok else "failed",
             "written": [{k: e[k] for k in ("image", "version", "disk", "sha256")} for e in writes],
@@ -260,14 +248,6 @@ class Lab:
         if ok:
             self.disks_written(agent)
             self.machine_uses_its_data(agent)
-
-    def next_failure_while_writing(self) -> bool:
-        """Whether the example's next failing agent fails while it writes: every other one.
-        Counted in the example, never from a row's id (the database's sequences go on
-        from the tests before, so ids differ from run to run and would draw other
-        examples in CI than here)."""
-        self.failures = getattr(self, "failures", 0) + 1
-        return self.failures % 2 == 0
 
     def agent_tables(self, agent: Agent) -> list[dict[str, Any]]:
         """The partition tables as the agent reports them: kept when the disk has them."""

@@ -202,47 +202,30 @@ class World:
         return pairs
 
 
-def job_queues() -> list[str]:
-    """Every queue a job may be sent to, as the Celery app routes them now: its default
-    queue first, then each route's (the long jobs', beat's), and the NBD host's when it
-    has one of its own. Read from the app, not from the settings: a worker test gives the
-    app the session's queues (``tests.celery_worker.use_session_queues``)."""
-    from django.conf import settings
-
-    from baas_site.celery import app
-
-    routes = app.conf.task_routes
-    routed = [route["queue"] for route in routes.values()] if isinstance(routes, dict) else []
-    names = [app.conf.task_default_queue, *routed, settings.BAAS_NBD_QUEUE]
-    return list(dict.fromkeys(name for name in names if name))
-
-
 def run_pending_jobs(limit: int = 60) -> list[tuple[str, dict[str, Any], Any]]:
-    """The workers take their pending jobs from the broker and run them, queue after
-    queue (the default one first), each queue's in order.
+    """The worker takes its pending jobs from the broker and runs them, in order.
 
     Returns (task name, kwargs, result) for each; a job that raised is returned with
     its exception as the result (the model then checks that it is not a crash).
     """
     from baas_site.celery import app
 
-    ran: list[tuple[str, dict[str, Any], Any]] = []
+    ran = []
     with app.connection_for_write() as connection:
-        for name in job_queues():
-            queue = connection.SimpleQueue(name, no_ack=True)
-            try:
-                while len(ran) < limit:
-                    try:
-                        message = queue.get(block=False)
-                    except queue.Empty:
-                        break
-                    task = message.headers["task"]
-                    args, kwargs, _ = message.payload
-                    with after_commit():
-                        result = app.tasks[task].apply(args=args, kwargs=kwargs)
-                    ran.append((task, kwargs, result))
-            finally:
-                queue.close()
+        queue = connection.SimpleQueue(app.conf.task_default_queue, no_ack=True)
+        try:
+            for _ in range(limit):
+                try:
+                    message = queue.get(block=False)
+                except queue.Empty:
+                    break
+                name = message.headers["task"]
+                args, kwargs, _ = message.payload
+                with after_commit():
+                    result = app.tasks[name].apply(args=args, kwargs=kwargs)
+                ran.append((name, kwargs, result))
+        finally:
+            queue.close()
     return ran
 
 
@@ -251,7 +234,6 @@ def forget_pending_jobs() -> None:
     from baas_site.celery import app
 
     with app.connection_for_write() as connection:
-        for name in job_queues():
-            queue = connection.SimpleQueue(name, no_ack=True)
-            queue.clear()
-            queue.close()
+        queue = connection.SimpleQueue(app.conf.task_default_queue, no_ack=True)
+        queue.clear()
+        queue.close()
