@@ -9,13 +9,11 @@ tokens, the worker when a step says so.
 from __future__ import annotations
 
 import gc
-from pathlib import Path
 
 import pytest
 
 from catalogue.storage import get_storage
-from flashing import nbd
-from flashing.models import Deployment, DeploymentState, NetworkMount
+from flashing.models import Deployment, DeploymentState
 from tests.integrity.world import (
     DEPLOYMENT,
     TOKEN,
@@ -35,12 +33,7 @@ def world(tmp_path, settings):
     settings.BAAS_PUBLIC_URL = "http://baas.test"
     settings.BAAS_NBD_DIR = tmp_path / "nbd"
     with after_commit():
-        made = World(token_file=tmp_path / "power-tokens")
-    yield made
-    # A network mount the worker started has a qemu-nbd of its own, which the rollback of
-    # the test's rows does not stop: it would hold its port after the test.
-    for mount in NetworkMount.objects.exclude(pid=None):
-        nbd.server_stop(pid=mount.pid, overlay=Path(mount.directory) / nbd.OVERLAY)
+        return World(token_file=tmp_path / "power-tokens")
 
 
 def call(world: World, who: str | None, method: str, url: str, body=None, secret=None):
