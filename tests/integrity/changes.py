@@ -62,7 +62,7 @@ class Changes:
         """A resumable upload is started (part of its bytes in the creation), appended to,
         completed, abandoned, poked by someone else, or beat expires the unfinished ones."""
         if action == "start" or (action != "expire" and not self.resumables):
-            self._resumable_start(who, self.world.images[(owner, which)])
+            self.resumable_start(who, self.world.images[(owner, which)])
         elif action == "expire":
             hours = settings.BAAS_UPLOAD_RESUME_HOURS
             resumable_expire(now=timezone.now() + timedelta(hours=hours, minutes=1))
@@ -71,7 +71,7 @@ class Changes:
             if action == "intrude":
                 self._resumable_intrude(who, upload)
             else:
-                self._resumable_send(upload, action)
+                self.resumable_send(upload, action)
 
     def _resumable_request(self, who: str, method: str, url: str, body: bytes, ok, **headers):
         person = self.world.people[who]
@@ -84,14 +84,16 @@ class Changes:
         self.check_response(method, url, response, tuple(ok))
         return response
 
-    def _resumable_start(self, who: str, image: Any) -> None:
+    def resumable_start(self, who: str, image: Any, *, sparse: bool | None = None) -> list | None:
         """Every other upload of an example, from its second, is an Android sparse image
         (what ``baas image push`` sends), which the server decodes as it arrives; the others
         are raw, kept as sent. Counted among the example's resumable uploads, not from the
-        seed: how many versions other rules made before must not decide which kind is tried."""
+        seed: how many versions other rules made before must not decide which kind is tried.
+        Returns the upload (as kept in ``resumables``), or None if it was refused."""
         self.world.seed += 1
         data = content(self.world.seed)
-        sparse = self.resumable_starts % 2 == 1
+        if sparse is None:
+            sparse = self.resumable_starts % 2 == 1
         self.resumable_starts += 1
         wire = b"".join(encoded(data)) if sparse else data
         first = len(wire) // 3 + self.world.seed % 977
@@ -100,11 +102,14 @@ class Changes:
             who, "POST", f"/api/image/{image.uuid}", wire[:first], (201, 403, 404, 409, 413),
             content_type=kind, HTTP_UPLOAD_COMPLETE="?0", **DRAFT,
         )  # fmt: skip
-        if response.status_code == 201:
-            seen("resumable started" + (", sparse" if sparse else ""))
-            self.resumables.append([who, response["Location"], wire, first, data])
+        if response.status_code != 201:
+            return None
+        seen("resumable started" + (", sparse" if sparse else ""))
+        upload = [who, response["Location"], wire, first, data]
+        self.resumables.append(upload)
+        return upload
 
-    def _resumable_send(self, upload: list, action: str) -> None:
+    def resumable_send(self, upload: list, action: str) -> None:
         who, url, data, sent, raw = upload
         if action == "abandon":
             self._resumable_request(who, "DELETE", url, b"", (204, 404))
@@ -122,6 +127,8 @@ class Changes:
             seen("resumable completed")
             if raw is not data:
                 seen("resumable completed, sparse: decoded as it arrived")
+            else:
+                seen("resumable completed, raw: kept as sent")
             version = response.json()
             promise(
                 "resumed-is-the-file",

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import zstandard
+
 from catalogue.models import Version
 from catalogue.services.datamaps import version_map
 from catalogue.storage import get_storage
@@ -27,9 +29,14 @@ from tests.integrity.invariants import partition_of, promise, seen
 
 
 def stored_bytes(version: Version) -> bytes:
-    """A raw version's bytes as stored (a small one: the model's)."""
+    """A version's bytes, raw or decoded from its zstd frames (a small one: the model's)."""
     path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
-    data = path.read_bytes() if version.stored_compression == "none" else b""
+    if version.stored_compression == "zstd":
+        with path.open("rb") as stored:
+            reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
+            data = reader.read(version.size + 1)
+    else:
+        data = path.read_bytes() if version.stored_compression == "none" else b""
     return data + bytes(version.size - len(data))
 
 
@@ -120,18 +127,24 @@ def check_records_after(deployment_id: int, writes: list[dict[str, Any]]) -> Non
 def check_synced_records(
     deployment_id: int, instructions: dict[str, Any], synced: list[dict[str, Any]]
 ) -> None:
-    """After a done result: each disk brought back (its ``synced`` item names it) that the
-    deployment left alone is recorded as holding the version it came back as, exactly,
-    even when the machine holds the image on another disk too."""
+    """After the result: each disk brought back (its ``synced`` item names it) is recorded
+    as holding the version it came back as, exactly, even when the machine holds the
+    image on another disk too; unless the deployment wrote over it (done) or failed after
+    it began writing (the disk is forgotten: ``check_records_after``). A deployment that
+    failed before writing leaves what came back recorded."""
     deployment = Deployment.objects.get(pk=deployment_id)
-    if deployment.state != DeploymentState.DONE:
+    if deployment.state not in (DeploymentState.DONE, DeploymentState.FAILED):
         return
+    began_writing = deployment.events.filter(action=DeploymentState.WRITING).exists()
     touched = [e["disk"] for e in instructions["write"]]
     touched += [t["disk"] for t in instructions.get("layouts") or []]
     for item in synced:
         disk = item["disk"]
-        if any(disk == t or partition_of(disk, t) or partition_of(t, disk) for t in touched):
+        over = any(disk == t or partition_of(disk, t) or partition_of(t, disk) for t in touched)
+        if over and (deployment.state == DeploymentState.DONE or began_writing):
             continue  # written over, or its disk's partitions were: disk-records says what
+        if over:
+            seen("a disk brought back, then not written, holds what came back")
         record = DiskContent.objects.filter(machine_id=deployment.machine_id, disk=disk).first()
         recorded = (str(record.image_id), record.version_number) if record else None
         promise(

@@ -53,11 +53,23 @@ def promise(name: str, kept: object, message: str) -> None:
 
 
 SEEN: Counter[str] = Counter()
+# ``BAAS_MODEL_TRACE=FILE`` writes each request and what each example reached, ids and
+# UUIDs masked: two runs of the ci examples compare line by line (``diff``), which shows
+# where a run that drew other examples first went another way.
+TRACE = os.environ.get("BAAS_MODEL_TRACE", "")
+MASKED = re.compile(r"[0-9a-f]{8}-[0-9a-f-]{27}|\d+")
+
+
+def trace(line: str) -> None:
+    if TRACE:
+        with open(TRACE, "a") as out:
+            out.write(MASKED.sub("#", line) + "\n")
 
 
 def seen(what: str) -> None:
     """Note that an example reached ``what`` (printed by the test: is the model deep enough?)."""
     event(what)
+    trace(f"seen: {what}")
     SEEN[what] += 1
 
 

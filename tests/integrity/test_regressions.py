@@ -9,11 +9,13 @@ tokens, the worker when a step says so.
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
 
 from catalogue.storage import get_storage
-from flashing.models import Deployment, DeploymentState
+from flashing import nbd
+from flashing.models import Deployment, DeploymentState, NetworkMount
 from tests.integrity.world import (
     DEPLOYMENT,
     TOKEN,
@@ -33,7 +35,12 @@ def world(tmp_path, settings):
     settings.BAAS_PUBLIC_URL = "http://baas.test"
     settings.BAAS_NBD_DIR = tmp_path / "nbd"
     with after_commit():
-        return World(token_file=tmp_path / "power-tokens")
+        world = World(token_file=tmp_path / "power-tokens")
+    yield world
+    # The worker runs every queue: a mount it started serves from a qemu-nbd of its own,
+    # which the rolled-back test would leave running (and holding its port).
+    for mount in NetworkMount.objects.exclude(pid=None):
+        nbd.server_stop(pid=mount.pid, overlay=Path(mount.directory) / nbd.OVERLAY)
 
 
 def call(world: World, who: str | None, method: str, url: str, body=None, secret=None):

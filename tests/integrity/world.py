@@ -202,38 +202,50 @@ class World:
         return pairs
 
 
+def job_queues() -> list[str]:
+    """Every queue the Celery app sends to: its default queue and each route's (the
+    periodic and long queues; a worker test may have renamed them for its session)."""
+    from baas_site.celery import app
+
+    routes = app.conf.task_routes or {}
+    return sorted({app.conf.task_default_queue, *(r["queue"] for r in routes.values())})
+
+
 def run_pending_jobs(limit: int = 60) -> list[tuple[str, dict[str, Any], Any]]:
-    """The worker takes its pending jobs from the broker and runs them, in order.
+    """The worker takes its pending jobs from the broker and runs them, in order, queue
+    after queue (as workers on every queue would: a mount's start is on the long queue).
 
     Returns (task name, kwargs, result) for each; a job that raised is returned with
     its exception as the result (the model then checks that it is not a crash).
     """
     from baas_site.celery import app
 
-    ran = []
+    ran: list[tuple[str, dict[str, Any], Any]] = []
     with app.connection_for_write() as connection:
-        queue = connection.SimpleQueue(app.conf.task_default_queue, no_ack=True)
-        try:
-            for _ in range(limit):
-                try:
-                    message = queue.get(block=False)
-                except queue.Empty:
-                    break
-                name = message.headers["task"]
-                args, kwargs, _ = message.payload
-                with after_commit():
-                    result = app.tasks[name].apply(args=args, kwargs=kwargs)
-                ran.append((name, kwargs, result))
-        finally:
-            queue.close()
+        for name in job_queues():
+            queue = connection.SimpleQueue(name, no_ack=True)
+            try:
+                while len(ran) < limit:
+                    try:
+                        message = queue.get(block=False)
+                    except queue.Empty:
+                        break
+                    task = message.headers["task"]
+                    args, kwargs, _ = message.payload
+                    with after_commit():
+                        result = app.tasks[task].apply(args=args, kwargs=kwargs)
+                    ran.append((task, kwargs, result))
+            finally:
+                queue.close()
     return ran
 
 
 def forget_pending_jobs() -> None:
-    """A fresh broker for a fresh example."""
+    """A fresh broker for a fresh example: every queue emptied."""
     from baas_site.celery import app
 
     with app.connection_for_write() as connection:
-        queue = connection.SimpleQueue(app.conf.task_default_queue, no_ack=True)
-        queue.clear()
-        queue.close()
+        for name in job_queues():
+            queue = connection.SimpleQueue(name, no_ack=True)
+            queue.clear()
+            queue.close()
