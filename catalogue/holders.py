@@ -8,7 +8,8 @@ catalogue's questions about what it holds. With no holder registered (the
 catalogue alone) nothing is held: every answer is "not in use".
 
 * ``image_busy(image_uuid) -> bool``: work in progress needs the image (a
-  temporal image's expiry waits for it);
+  temporal image's expiry waits for it): whatever ``image_delete_refusal``
+  refuses a deletion for must count here too, or an expiry deletes it;
 * ``versions_held(image) -> set[int]``: ids of the image's versions in use
   (pruning keeps them, whatever their age);
 * ``image_delete_refusal(image) -> str | None``: why the image may not be

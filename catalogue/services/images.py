@@ -29,6 +29,7 @@ from catalogue.models import (
     FileStandard,
     Image,
     ImageType,
+    Mount,
     TransferProtocol,
     Version,
 )
@@ -267,6 +268,13 @@ def _check_type_change(actor: Actor, image: Image, new_type: str | None) -> None
         raise ImageConflict(
             f'The image "{image.name}" is pinned in the setup(s) {describe_setups(setups)}: '
             f"remove it from them before making it a {new_type} image instead of {image.type}."
+        )
+    mounting = setups.filter(frozen_images__image=image, frozen_images__mount=Mount.NETWORK)
+    if mounting.exists():  # validate_mount's rule, which the pin checked, holds after it
+        raise ImageConflict(
+            f'The image "{image.name}" is mounted over the network by the setup(s) '
+            f"{describe_setups(mounting.distinct())}, and only user data images are: remove "
+            f"it from them before making it a {new_type} image."
         )
     image.type = new_type
 

@@ -4,6 +4,7 @@ tasks (by reference, after the commit: ``baas_site.tasks.TransactionAwareTask``)
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, TypedDict, TypeVar
 
 from celery import Task
@@ -77,6 +78,19 @@ def disk_writes(deployment: Deployment) -> QuerySet[DeploymentImage]:
     return deployment.images.filter(direction=DeploymentImage.Direction.WRITE).exclude(
         image__type=ImageType.BOOT
     )
+
+
+def on_disk(path: str, disk: str) -> bool:
+    """``path`` is ``disk`` or one of its partitions (a disk ending in a digit: ``p`` N)."""
+    rest = path[len(disk) :] if path.startswith(disk) else None
+    pattern = r"(p\d+)?" if disk[-1:].isdigit() else r"\d*"
+    return rest is not None and re.fullmatch(pattern, rest) is not None
+
+
+def overlaps(path: str, other: str) -> bool:
+    """The two places share bytes: the same, or a partition and its whole disk. A write to
+    one leaves what is recorded on the other untrue."""
+    return on_disk(path, other) or on_disk(other, path)
 
 
 def boot_image_row(deployment: Deployment) -> DeploymentImage | None:

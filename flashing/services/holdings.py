@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import uuid
 
-from django.db.models import Q
+from django.db.models import Min, Q
 
 from catalogue.interface import Holder, holder_register
-from catalogue.models import Image, ImageSetup, ImageType
+from catalogue.models import Image, ImageSetup, ImageType, Version
 from flashing.models import (
     ACTIVE_STATES,
     LIVE_MOUNT_STATES,
@@ -32,12 +32,16 @@ def _active_deployment_images():
 
 
 def image_busy(image_uuid: uuid.UUID) -> bool:
-    """Whether a queued or running deployment writes or brings back this image.
+    """Whether a queued or running deployment writes or brings back this image, or a
+    machine has it mounted over the network (its changes are still to come: a temporal
+    image made so while mounted expires once the mount is over, as it is deleted).
 
     A deployment that will bring sync images back plans them only when it
     starts, from what is on its machine's disks: those images count too.
     """
     if _active_deployment_images().filter(image_id=image_uuid).exists():
+        return True
+    if _live_mounts().filter(image_id=image_uuid).exists():
         return True
     syncing = Deployment.objects.filter(sync=True, state__in=ACTIVE_STATES)
     return DiskContent.objects.filter(
@@ -58,7 +62,23 @@ def versions_held(image: Image) -> set[int]:
         set(on_disk.values_list("version_id", flat=True))
         | set(deploying.values_list("version_id", flat=True))
         | set(mounted.values_list("version_id", flat=True))
+        | _brought_back_now(image)
         | _booted_now(image)
+    )
+
+
+def _brought_back_now(image: Image) -> set[int]:
+    """Ids of ``image``'s versions stored since a queued or running deployment that brings
+    it back was queued: what it brought back is recorded on its disks only at its end, and
+    a deployment bringing one image back from two disks uploads two versions (pruned to
+    the latest in between, the first disk's would be gone before it is recorded). A
+    person's upload meanwhile waits too; the next prune, once it ended, removes it."""
+    sync = _active_deployment_images().filter(image=image, direction=DeploymentImage.Direction.SYNC)
+    since = sync.aggregate(first=Min("deployment__created_at"))["first"]
+    if since is None:
+        return set()
+    return set(
+        Version.objects.filter(image=image, created_at__gte=since).values_list("pk", flat=True)
     )
 
 

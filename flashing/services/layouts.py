@@ -11,12 +11,11 @@ what was recorded on them is forgotten.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from diskimage import gpt
 from flashing.models import Deployment, DiskContent
-from flashing.services.common import disk_writes, event_record
+from flashing.services.common import disk_writes, event_record, on_disk
 
 
 def layout_instructions(deployment: Deployment) -> list[dict[str, Any]]:
@@ -73,13 +72,6 @@ def _describe(table: dict[str, Any]) -> str:
     )
 
 
-def _on_disk(path: str, disk: str) -> bool:
-    """``path`` is ``disk`` or one of its partitions (a disk ending in a digit: ``p`` N)."""
-    rest = path[len(disk) :] if path.startswith(disk) else None
-    pattern = r"(p\d+)?" if disk[-1:].isdigit() else r"\d*"
-    return rest is not None and re.fullmatch(pattern, rest) is not None
-
-
 def _forget(deployment: Deployment, stale: list[int], why: str) -> None:
     rows = DiskContent.objects.filter(pk__in=stale)
     names = sorted(rows.values_list("disk", flat=True))
@@ -98,7 +90,9 @@ def layout_record(deployment: Deployment, reported: list[dict[str, Any]]) -> Non
 
     A table written anew leaves nothing of what the disk held elsewhere; an
     image written over a whole disk leaves nothing of its partitions (a system
-    image on /dev/sda over the user data recorded on /dev/sda2). For
+    image on /dev/sda over the user data recorded on /dev/sda2), and one written
+    into a partition leaves the whole disk's record untrue (the table kept, /dev/sda2
+    written: what /dev/sda was recorded as holding, it holds no more). For
     ``agent_result`` once the report matched (``layout_mismatch``).
     """
     written = set(disk_writes(deployment).values_list("disk", flat=True))
@@ -115,8 +109,10 @@ def layout_record(deployment: Deployment, reported: list[dict[str, Any]]) -> Non
             created=created,
         )
         if created:
-            stale = [row.pk for row in rows if _on_disk(row.disk, disk)]
+            stale = [row.pk for row in rows if on_disk(row.disk, disk)]
             _forget(deployment, stale, f"a new partition table was written on {disk}")
     for disk in written:
-        stale = [row.pk for row in rows if row.disk != disk and _on_disk(row.disk, disk)]
+        stale = [row.pk for row in rows if row.disk != disk and on_disk(row.disk, disk)]
         _forget(deployment, stale, f"an image was written over the whole of {disk}")
+        stale = [row.pk for row in rows if row.disk != disk and on_disk(disk, row.disk)]
+        _forget(deployment, stale, f"an image was written into its partition {disk}")

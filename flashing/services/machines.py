@@ -31,7 +31,7 @@ from flashing.models import (
     NetworkMount,
     is_secret_setting,
 )
-from flashing.services.common import disk_writes, event_record, lock_machine
+from flashing.services.common import disk_writes, event_record, lock_machine, overlaps
 
 # Fields an administrator sets directly.
 PLAIN_FIELDS = ("name", "architecture", "managed", "power_driver", "description")
@@ -251,16 +251,20 @@ def disk_contents_forget(*, deployment: Deployment) -> list[str]:
     """A deployment that began writing and did not finish leaves its disks unknown.
 
     Forget what was recorded on the disks it writes (they hold part of one
-    image and part of another), so no later deployment takes them for what
-    they held: a reset does not bring a half-overwritten disk back as user
-    data. A deployment that never began writing (cancelled while booting or
-    bringing user data back) left its disks as they were: nothing is forgotten.
+    image and part of another), on their partitions, and on the whole disk of a
+    partition it writes, so no later deployment takes them for what they held:
+    a reset does not bring a half-overwritten disk back as user data. A deployment
+    that never began writing (cancelled while booting or bringing user data back)
+    left its disks as they were: nothing is forgotten.
     Returns the disks forgotten.
     """
     if not deployment.events.filter(action=DeploymentState.WRITING).exists():
         return []
-    disks = disk_writes(deployment).values("disk")
-    forgotten = DiskContent.objects.filter(machine=deployment.machine, disk__in=disks)
+    disks = list(disk_writes(deployment).values_list("disk", flat=True))
+    recorded = DiskContent.objects.filter(machine=deployment.machine)
+    forgotten = recorded.filter(  # a disk half-written, its partitions, a partition's disk
+        pk__in=[row.pk for row in recorded if any(overlaps(row.disk, disk) for disk in disks)]
+    )
     names = sorted(forgotten.values_list("disk", flat=True))
     if names:
         forgotten.delete()

@@ -184,3 +184,69 @@ def test_with_the_catalogue_alone_an_expired_temporal_image_goes_at_once(
     image = expired_temporal_image_being_written()
     with django_capture_on_commit_callbacks(execute=True):
         assert temporal_expire().deleted == [str(image.uuid)]
+
+
+def test_an_expired_temporal_image_waits_for_the_machine_that_mounts_it(user, user_client):
+    """Made temporal while a machine mounts it over the network (its owner took it out of
+    the setup first), it expires once the mount is over: its changes are still to come."""
+    image = image_with_versions(1, owner=user, type="user_data")
+    live = mount(image, 0)
+    response = user_client.patch(f"/api/image/{image.uuid}", {"type": "temporal"}, format="json")
+    assert response.status_code == 200, response.content
+    Image.objects.filter(pk=image.pk).update(expires_at=timezone.now())
+
+    assert temporal_expire().waiting == [str(image.uuid)]
+    live.refresh_from_db()
+    assert (live.image_id, live.version.number) == (image.uuid, 0)
+
+    NetworkMount.objects.filter(pk=live.pk).update(state="done")
+    assert temporal_expire().deleted == [str(image.uuid)]
+
+
+def test_an_image_a_setup_mounts_over_the_network_stays_user_data(user, user_client):
+    """Only user data is mounted over the network: as long as a setup mounts the image,
+    its type stays; taken out of the setup, it may change."""
+    image = image_with_versions(1, owner=user, type="user_data")
+    setup = ImageSetupFactory(owner=user)
+    url = f"/api/user/{user.username}/image_setup/{setup.uuid}/images"
+    body = {"image": str(image.uuid), "version": 0, "mount": "network", "sync": True}
+    assert user_client.post(url, body, format="json").status_code == 201
+
+    refused = user_client.patch(f"/api/image/{image.uuid}", {"type": "temporal"}, format="json")
+    assert refused.status_code == 409
+    assert "mounted over the network by the setup" in refused.json()["detail"]
+    assert Image.objects.get(pk=image.pk).type == "user_data"
+
+    assert user_client.delete(f"{url}?image={image.uuid}").status_code == 204
+    changed = user_client.patch(f"/api/image/{image.uuid}", {"type": "temporal"}, format="json")
+    assert changed.status_code == 200, changed.content
+
+
+def test_pruning_keeps_what_a_running_deployment_brought_back(
+    user, user_client, django_capture_on_commit_callbacks
+):
+    """One image brought back from two disks, the image keeping one version: the first
+    disk's version stays until the deployment ends (its result records it on that disk),
+    though the second disk's came back after it."""
+    image = image_with_versions(1, owner=user, type="user_data")
+    deployment = DeploymentFactory(state="syncing")
+    for disk in ("/dev/sda2", "/dev/sdb"):
+        DeploymentImage.objects.create(
+            deployment=deployment,
+            image=image,
+            version=image.versions.get(number=0),
+            version_number=0,
+            disk=disk,
+            direction="sync",
+        )
+    for number in (1, 2):  # /dev/sda2's changes, then /dev/sdb's
+        VersionFactory(image=image, number=number, content=bytes([number + 1]) * 4096)
+
+    limit(user_client, image, 1, django_capture_on_commit_callbacks)
+    assert versions_listed(user_client, image) == [0, 1, 2]
+
+    deployment.state = "done"
+    deployment.save()
+    with django_capture_on_commit_callbacks(execute=True):  # beat's prune, its next tick
+        versions_prune(image_uuid=image.uuid)
+    assert versions_listed(user_client, image) == [2]

@@ -9,7 +9,8 @@
   and each part's digest is that of the new version's blocks;
 * ``disk-records``: once a deployment is done, each disk it wrote is recorded as
   holding the version it wrote (a delta re-flash included: the disk holds the new
-  version); once one fails after it began writing, what its disks hold is forgotten;
+  version); once one fails after it began writing, what its disks hold is forgotten (a
+  written disk's partitions and a written partition's whole disk too);
   a disk brought back (the agent names it) and not written over, nor on a disk the
   deployment wrote or partitioned, is recorded as holding the version it came back as.
 """
@@ -115,11 +116,15 @@ def check_records_after(deployment_id: int, writes: list[dict[str, Any]]) -> Non
                 f"{' (written by a delta)' if entry.get('delta') else ''}.",
             )
         elif deployment.state == DeploymentState.FAILED and began_writing:
+            # The disk, its partitions, the whole disk of a partition: none holds its record.
+            stale = [
+                d for d in records if d == disk or partition_of(d, disk) or partition_of(disk, d)
+            ]
             promise(
                 "disk-records",
-                disk not in records,
-                f"Deployment #{deployment_id} failed while writing {disk}, which is still "
-                f"recorded as holding {records.get(disk)}.",
+                not stale,
+                f"Deployment #{deployment_id} failed while writing {disk}, yet "
+                f"{', '.join(f'{d} is still recorded as holding {records[d]}' for d in stale)}.",
             )
             seen("a failed flash forgot its disks")
 

@@ -172,6 +172,7 @@ CI_REACHES = {
     # The worker runs every queue: a mount starts, the machine writes to it, and it ends
     # as a version (the seam of a network mount beside a flashed image).
     "a changed network mount ended",
+    "a mounted image made temporal waited for its mount",
     "a failed flash forgot its disks",  # an agent failed after it began writing
     "a disk brought back, then not written, holds what came back",
 }

@@ -30,8 +30,9 @@ from tests.integrity.world import GiB, after_commit, bearer, content, run_pendin
 pytestmark = pytest.mark.django_db
 
 
-def agent_finishes(world, box: str, deployment) -> dict:  # noqa: F811 - the fixture's name
-    """The agent checks in, reads its instructions, reports progress and success."""
+def agent_finishes(world, box: str, deployment, *, kept: bool = False) -> dict:  # noqa: F811
+    """The agent checks in, reads its instructions, reports progress and success; ``kept``:
+    it found each partition table already on its disk."""
     secret = check_in(world, box, token_of(boot_script(world, box))).json()["token"]
     instructions = call(world, None, "get", "/api/agent/instructions", secret=secret).json()
     for entry in instructions["write"]:
@@ -41,7 +42,7 @@ def agent_finishes(world, box: str, deployment) -> dict:  # noqa: F811 - the fix
     for table in instructions["layouts"]:
         specs = [gpt.Spec(p["label"], p["size"], p["type"]) for p in table["partitions"]]
         placed = [p.as_json() for p in gpt.plan(GiB, specs)]
-        tables.append({"disk": table["disk"], "created": True, "partitions": placed})
+        tables.append({"disk": table["disk"], "created": not kept, "partitions": placed})
     written = [
         {k: e[k] for k in ("image", "version", "disk", "sha256")} for e in instructions["write"]
     ]
@@ -73,6 +74,48 @@ def test_a_whole_disk_flashed_over_a_composed_one_leaves_no_partition_record(wor
 
     assert list(recorded.values_list("disk", flat=True)) == ["/dev/sda"]
     invariants.check_disk_records_nest()
+
+
+def test_images_written_into_a_kept_table_leave_no_whole_disk_record(world):  # noqa: F811
+    """ann's system over the whole of /dev/sda, then her composed disk on it, whose agent
+    finds the partition table already there and keeps it (an earlier flash left it there,
+    or the system image carries the same table): /dev/sda no longer holds the system."""
+    agent_finishes(world, "m0", lease_and_flash(world, "ann", "m0", "system"))
+    recorded = DiskContent.objects.filter(machine__name="m0")
+    assert list(recorded.values_list("disk", flat=True)) == ["/dev/sda"]
+
+    composed = flash(world, "ann", "m0", "one disk")
+    agent_finishes(world, "m0", composed, kept=True)
+
+    assert sorted(recorded.values_list("disk", flat=True)) == ["/dev/sda1", "/dev/sda2"]
+    invariants.check_disk_records_nest()
+    said = composed.events.filter(action="disks_unknown").values_list("message", flat=True)
+    assert list(said) == [
+        "What was recorded on /dev/sda is forgotten: an image was written into its partition "
+        "/dev/sda1."
+    ]
+
+
+def test_a_whole_disk_write_that_failed_forgets_its_partitions(world):  # noqa: F811
+    """The composed disk is recorded (/home holds ann's user data); then a flash of the whole
+    disk begins writing and fails: /dev/sda2 holds part of the system now, never user data
+    to bring back."""
+    agent_finishes(world, "m0", lease_and_flash(world, "ann", "m0", "one disk"))
+    recorded = DiskContent.objects.filter(machine__name="m0")
+    assert sorted(recorded.values_list("disk", flat=True)) == ["/dev/sda1", "/dev/sda2"]
+
+    whole = flash(world, "ann", "m0", "system")
+    secret = check_in(world, "m0", token_of(boot_script(world, "m0"))).json()["token"]
+    instructions = call(world, None, "get", "/api/agent/instructions", secret=secret).json()
+    for entry in instructions["sync"]:  # /home comes back first, unchanged
+        report(world, secret, entry, "syncing", disk=entry["disk"])
+    report(world, secret, instructions["write"][0], "writing")
+    body = {"state": "failed", "written": [], "synced": [], "reason": "The disk did not answer."}
+    assert call(world, None, "post", "/api/agent/result", body, secret=secret).status_code == 200
+
+    whole.refresh_from_db()
+    assert whole.state == DeploymentState.FAILED
+    assert list(recorded.values_list("disk", flat=True)) == []
 
 
 def flash(world, who: str, box: str, kind: str):  # noqa: F811 - the fixture's name
