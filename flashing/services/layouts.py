@@ -111,7 +111,7 @@ def layout_record(deployment: Deployment, reported: list[dict[str, Any]]) -> Non
         if created:
             stale = [row.pk for row in rows if on_disk(row.disk, disk)]
             _forget(deployment, stale, f"a new partition table was written on {disk}")
-    for disk in written:
+    for disk in sorted(written):  # the same events, in the same order, every time
         stale = [row.pk for row in rows if row.disk != disk and on_disk(row.disk, disk)]
         _forget(deployment, stale, f"an image was written over the whole of {disk}")
         stale = [row.pk for row in rows if row.disk != disk and on_disk(disk, row.disk)]
