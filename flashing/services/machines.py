@@ -261,13 +261,14 @@ def disk_contents_forget(*, deployment: Deployment) -> list[str]:
     if not deployment.events.filter(action=DeploymentState.WRITING).exists():
         return []
     disks = list(disk_writes(deployment).values_list("disk", flat=True))
-    recorded = DiskContent.objects.filter(machine=deployment.machine)
-    forgotten = recorded.filter(  # a disk half-written, its partitions, a partition's disk
-        pk__in=[row.pk for row in recorded if any(overlaps(row.disk, disk) for disk in disks)]
-    )
-    names = sorted(forgotten.values_list("disk", flat=True))
+    forgotten = [  # a disk half-written, its partitions, a partition's whole disk
+        row
+        for row in DiskContent.objects.filter(machine=deployment.machine)
+        if any(overlaps(row.disk, disk) for disk in disks)
+    ]
+    names = sorted(row.disk for row in forgotten)
     if names:
-        forgotten.delete()
+        DiskContent.objects.filter(pk__in=[row.pk for row in forgotten]).delete()
         event_record(
             deployment=deployment,
             actor=None,

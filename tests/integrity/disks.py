@@ -12,32 +12,30 @@
   version); once one fails after it began writing, what its disks hold is forgotten (a
   written disk's partitions and a written partition's whole disk too);
   a disk brought back (the agent names it) and not written over, nor on a disk the
-  deployment wrote or partitioned, is recorded as holding the version it came back as.
+  deployment wrote or partitioned, is recorded as holding the version it came back as —
+  every disk brought back, when the deployment failed before it began writing.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import zstandard
-
 from catalogue.models import Version
+from catalogue.services.codecs import raw_reader
 from catalogue.services.datamaps import version_map
 from catalogue.storage import get_storage
+from diskimage import CHUNK
 from diskimage.sparsedelta import block_hashes, hashes_digest
 from flashing.models import Deployment, DeploymentState, DiskContent
 from tests.integrity.invariants import partition_of, promise, seen
 
 
 def stored_bytes(version: Version) -> bytes:
-    """A version's bytes, raw or decoded from its zstd frames (a small one: the model's)."""
-    path = get_storage().version_path(version.image_id, version.number, version.stored_compression)
-    if version.stored_compression == "zstd":
-        with path.open("rb") as stored:
-            reader = zstandard.ZstdDecompressor().stream_reader(stored, read_across_frames=True)
-            data = reader.read(version.size + 1)
-    else:
-        data = path.read_bytes() if version.stored_compression == "none" else b""
+    """A version's raw bytes, decoded as stored (a small one: the model's)."""
+    compression = version.stored_compression
+    stored = get_storage().open_read(version.image_id, version.number, compression)
+    with raw_reader(stored, compression) as raw:
+        data = b"".join(iter(lambda: raw.read(CHUNK), b""))
     return data + bytes(version.size - len(data))
 
 
@@ -132,30 +130,31 @@ def check_records_after(deployment_id: int, writes: list[dict[str, Any]]) -> Non
 def check_synced_records(
     deployment_id: int, instructions: dict[str, Any], synced: list[dict[str, Any]]
 ) -> None:
-    """After the result: each disk brought back (its ``synced`` item names it) is recorded
-    as holding the version it came back as, exactly, even when the machine holds the
-    image on another disk too; unless the deployment wrote over it (done) or failed after
-    it began writing (the disk is forgotten: ``check_records_after``). A deployment that
-    failed before writing leaves what came back recorded."""
+    """After the agent's result: each disk brought back (its ``synced`` item names it) that
+    the deployment left alone is recorded as holding the version it came back as, exactly,
+    even when the machine holds the image on another disk too. A deployment that failed
+    before it began writing left every disk alone, those it was to write too."""
     deployment = Deployment.objects.get(pk=deployment_id)
-    if deployment.state not in (DeploymentState.DONE, DeploymentState.FAILED):
-        return
     began_writing = deployment.events.filter(action=DeploymentState.WRITING).exists()
-    touched = [e["disk"] for e in instructions["write"]]
-    touched += [t["disk"] for t in instructions.get("layouts") or []]
+    if deployment.state == DeploymentState.DONE or began_writing:
+        touched = [e["disk"] for e in instructions["write"]]
+        touched += [t["disk"] for t in instructions.get("layouts") or []]
+    elif deployment.state == DeploymentState.FAILED:
+        touched = []
+    else:
+        return
     for item in synced:
         disk = item["disk"]
-        over = any(disk == t or partition_of(disk, t) or partition_of(t, disk) for t in touched)
-        if over and (deployment.state == DeploymentState.DONE or began_writing):
+        if any(disk == t or partition_of(disk, t) or partition_of(t, disk) for t in touched):
             continue  # written over, or its disk's partitions were: disk-records says what
-        if over:
-            seen("a disk brought back, then not written, holds what came back")
         record = DiskContent.objects.filter(machine_id=deployment.machine_id, disk=disk).first()
         recorded = (str(record.image_id), record.version_number) if record else None
         promise(
             "disk-records",
             recorded == (item["image"], item["version"]),
-            f"Deployment #{deployment_id} brought {disk} back as image {item['image']} "
-            f"v{item['version']}, but the disk is recorded as holding {recorded}.",
+            f"Deployment #{deployment_id} ({deployment.state}) brought {disk} back as image "
+            f"{item['image']} v{item['version']}, but the disk is recorded as holding {recorded}.",
         )
         seen("a disk brought back is recorded as holding its version")
+        if not began_writing and disk in [e["disk"] for e in instructions["write"]]:
+            seen("a disk brought back, then not written, holds what came back")

@@ -138,6 +138,8 @@ class Lab:
         synced = []
         for entry in agent.instructions["sync"]:
             item = {"image": entry["image"], "disk": entry["disk"], "version": entry["version"]}
+            # As the real agent, a disk's sync is reported (naming it) before anything is sent.
+            self.report(agent, entry, "syncing", done=0, ok=(204, *AGENT_CALLS_REFUSED))
             if entry["disk"] in box.dirty:
                 self.world.seed += 1
                 data = content(self.world.seed)
@@ -175,7 +177,6 @@ class Lab:
                 seen("an agent brought changed user data back")
                 item["version"] = number
                 synced.append(item)  # as the real agent: a disk it did not upload is not named
-                self.report(agent, entry, "syncing")  # as it goes: a failure keeps it named
         if len({item["image"] for item in synced}) < len(synced):
             seen("an agent brought one image back from two disks")
         agent.synced, agent.did_sync = synced, True
@@ -232,7 +233,7 @@ class Lab:
             if while_writing is None:
                 while_writing = bool(self.failures % 2)
             if while_writing:
-                self.report(agent, writes[0], "writing", done=1)
+                self.report(agent, writes[0], "writing", done=0)
         body = {
             "state": "done" if ok else "failed",
             "written": [{k: e[k] for k in ("image", "version", "disk", "sha256")} for e in writes],
@@ -257,17 +258,19 @@ class Lab:
             self.disks_written(agent)
             self.machine_uses_its_data(agent)
 
-    def report(self, agent: Agent, entry: dict[str, Any], phase: str, done: int = 0) -> None:
+    def report(
+        self, agent: Agent, entry: dict[str, Any], phase: str, done: int | None = None, ok=(204,)
+    ) -> None:
         """The agent's progress on one image (``done`` bytes, else all), as it reports it:
         a sync's report names its disk."""
         body = {
             "image": entry["image"],
             "phase": phase,
-            "bytes_done": done or entry["size"],
+            "bytes_done": entry["size"] if done is None else done,
             "bytes_total": entry["size"],
             **({"disk": entry["disk"]} if phase == "syncing" else {}),
         }
-        self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=(204,))
+        self.http(bearer(agent.secret), "post", "/api/agent/progress", body, ok=ok)
 
     def agent_tables(self, agent: Agent) -> list[dict[str, Any]]:
         """The partition tables as the agent reports them: kept when the disk has them."""

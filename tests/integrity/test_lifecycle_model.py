@@ -31,7 +31,9 @@ Each promise has a name, printed with its failure (``[serving] …``):
   boot attempt mints one boot token, binds one agent, and only that agent gets bytes;
 * ``delta-from-record`` and ``disk-records``: a write carries a delta (a delta re-flash)
   only from the version recorded on its disk; a done deployment records what it wrote
-  (after a delta, the new version), a failed one forgets it (``disks.py``);
+  (after a delta, the new version), one that failed while writing forgets it (with the
+  partitions of a whole disk and the whole disk of a partition), and a disk brought back
+  and not written since holds the version it came back as (``disks.py``);
 * ``delta-is-the-difference``: the recorded version with a delta's ranges, blocks and
   zeros applied is the version written, byte for byte (``disks.py``);
 * ``disk-records-nest``: a setup composing one disk (a partition table, the system on
@@ -173,8 +175,12 @@ CI_REACHES = {
     # as a version (the seam of a network mount beside a flashed image).
     "a changed network mount ended",
     "a mounted image made temporal waited for its mount",
-    "a failed flash forgot its disks",  # an agent failed after it began writing
+    # A flash that fails while it writes: what its disks held is forgotten.
+    "a failed flash forgot its disks",
+    # A flash that fails after its sync and before it writes: the disks it was to write
+    # hold what came back, and are recorded so.
     "a disk brought back, then not written, holds what came back",
+    "a disk brought back is recorded as holding its version",
 }
 # Hypothesis derives the ci profile's fixed seed from the source of ``Lifecycle``: any
 # edit to the class, a docstring included, draws other examples; check CI_REACHES after.

@@ -203,12 +203,16 @@ class World:
 
 
 def job_queues() -> list[str]:
-    """Every queue the Celery app sends to: its default queue and each route's (the
-    periodic and long queues; a worker test may have renamed them for its session)."""
+    """Every queue a job may be sent to: the Celery app's default queue and each route's
+    (the long and periodic queues; a worker test may have renamed them for its session),
+    and the NBD host's when it has one of its own."""
+    from django.conf import settings
+
     from baas_site.celery import app
 
     routes = app.conf.task_routes or {}
-    return sorted({app.conf.task_default_queue, *(r["queue"] for r in routes.values())})
+    names = {app.conf.task_default_queue, *(r["queue"] for r in routes.values())}
+    return sorted(names | ({settings.BAAS_NBD_QUEUE} if settings.BAAS_NBD_QUEUE else set()))
 
 
 def run_pending_jobs(limit: int = 60) -> list[tuple[str, dict[str, Any], Any]]:
