@@ -33,7 +33,6 @@ most their own sizes.
 from __future__ import annotations
 
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -331,9 +330,9 @@ class QuotaGuard:
         if self.room <= 0 or (length is not None and length > self.room):
             raise self._refuse(length or 0)
 
-    def check_stored(self, path: os.PathLike | str) -> None:
-        """Midway: refuse once the pending file takes more bytes on disk than the room left."""
-        allocated = os.stat(path).st_blocks * 512
+    def check_stored(self, allocated: int) -> None:
+        """Midway: refuse once the pending file takes more bytes on disk (``allocated``)
+        than the room left."""
         if allocated > self.room:
             raise self._refuse(allocated)
 

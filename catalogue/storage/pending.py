@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from catalogue.storage.direct import DirectWriter, open_direct
 from catalogue.storage.names import part_name, resumable_part_name
 from diskimage import BLOCK
 from diskimage.extents import clone_range, release_holes
@@ -114,6 +115,40 @@ class PendingFile:
         self._unsynced = 0  # bytes written since writeback was last started
         self._written = 0  # bytes written in all (not seeked over)
         self._done = False
+        self._open_writer(0)
+
+    def _open_writer(self, offset: int) -> None:
+        """Where the next bytes go (``offset``), and how: past the page cache where the
+        filesystem allows it (:mod:`catalogue.storage.direct`)."""
+        self._offset = offset
+        try:
+            self._direct: DirectWriter | None = open_direct(self.path, self._file.fileno())
+        except BaseException:
+            self._file.close()
+            raise
+
+    @property
+    def direct(self) -> bool:
+        """Whether the data goes to the disk past the page cache (``O_DIRECT``)."""
+        return self._direct is not None and self._direct.direct
+
+    def flush(self) -> None:
+        """Everything written so far is in the file (readable at its path; not yet
+        durable: :meth:`commit` and a resumable part's ``sync`` make it so)."""
+        if self._direct is not None:
+            self._direct.flush()
+
+    def allocated(self) -> int:
+        """The bytes the file takes on disk now, with those written but still staged."""
+        staged = self._direct.staged if self._direct is not None else 0
+        return os.fstat(self._file.fileno()).st_blocks * 512 + staged
+
+    def _close(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
+            self._direct = None
+        if not self._file.closed:
+            self._file.close()
 
     def __enter__(self) -> PendingFile:
         return self
@@ -155,11 +190,17 @@ class PendingFile:
             raise
 
     def _write_all(self, view: memoryview) -> None:
+        """Write ``view`` at the current offset, and move past it."""
         self._unsynced += len(view)
         self._written += len(view)
+        offset, self._offset = self._offset, self._offset + len(view)
+        if self._direct is not None:
+            self._direct.write(view, offset)
+            return
+        fd = self._file.fileno()
         while view:
-            written = self._file.write(view)
-            view = view[written:]
+            written = os.pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
         if self._unsynced >= WRITEBACK_EVERY:
             self._unsynced = 0
             start_writeback(self._file.fileno())
@@ -170,7 +211,7 @@ class PendingFile:
         written = start  # what precedes is on disk, or seeked over
         for hole, zeros in zero_block_runs(data, start, end):
             self._write_all(view[written:hole])
-            self._file.seek(zeros - hole, os.SEEK_CUR)
+            self._offset += zeros - hole
             written = zeros
         self._write_all(view[written:end])
 
@@ -181,7 +222,7 @@ class PendingFile:
         if offset < self.position:
             raise ValueError(f"write at {offset}, before the {self.position} bytes written")
         try:
-            self._file.seek(offset)
+            self._offset = offset
             self._write_all(memoryview(data))
         except OSError as exc:
             if is_disk_full(exc):
@@ -203,12 +244,13 @@ class PendingFile:
         if self._carry:
             raise ValueError("share_from after write(): use write_at() to compose a file")
         try:
+            self.flush()
             done = clone_range(source.fileno(), offset, self._file.fileno(), at, length)
         except OSError as exc:
             if is_disk_full(exc):
                 raise StorageFull("No space left in the image store.") from exc
             raise
-        self.position = at + length
+        self.position = self._offset = at + length
         return done
 
     def extend_to(self, size: int) -> None:
@@ -224,6 +266,7 @@ class PendingFile:
         final = self.storage.version_path(self.image_uuid, number, compression)
         try:
             self._write_all(memoryview(self._carry))
+            self.flush()
             # Trailing holes: the size must be the logical size, not the last byte written.
             self._file.truncate(self.position)
             self._release_preallocation()
@@ -234,7 +277,7 @@ class PendingFile:
             else:
                 os.link(self.path, final)
                 os.unlink(self.path)
-            self._file.close()
+            self._close()
         except FileExistsError as exc:
             self.abort()
             raise VersionExists(f"{final.name} already exists") from exc
@@ -258,8 +301,7 @@ class PendingFile:
     def abort(self) -> None:
         self._done = True
         self.path.unlink(missing_ok=True)  # before the lock goes with the descriptor
-        if not self._file.closed:
-            self._file.close()
+        self._close()
 
 
 class AdoptedFile(PendingFile):
@@ -293,6 +335,7 @@ class AdoptedFile(PendingFile):
         # What it holds was written by its maker: no preallocation of ours to give back.
         self._written = os.fstat(self._file.fileno()).st_blocks * 512
         self._done = False
+        self._offset, self._direct = 0, None  # nothing is written to it
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.position += len(data)
@@ -452,20 +495,18 @@ class DecodedPart(PendingFile):
         self._unsynced = 0
         self._written = os.fstat(self._file.fileno()).st_blocks * 512
         self._done = False
+        self._open_writer(position)
 
     def sync(self) -> int:
         """Make every byte written durable (the size too); return the bytes it takes."""
+        self.flush()
         self._file.truncate(self.position)
         os.fdatasync(self._file.fileno())
         return self.allocated()
 
-    def allocated(self) -> int:
-        return os.fstat(self._file.fileno()).st_blocks * 512
-
     def abort(self) -> None:
         self._done = True
-        if not self._file.closed:
-            self._file.close()
+        self._close()
 
     def remove(self) -> None:
         self.abort()

@@ -21,6 +21,7 @@ from catalogue.storage import get_storage
 from catalogue.tasks import purge_stale_uploads_task
 from diskimage import BLOCK
 from tests.catalogue.factories import ImageFactory
+from tests.catalogue.filesystems import tool
 from tests.conftest import client_for
 
 MiB = 1 << 20
@@ -147,14 +148,22 @@ def test_a_client_gone_mid_upload_leaves_no_version_and_no_file(live_server, use
 # --- A really full disk ---------------------------------------------------------------------
 
 
-@pytest.fixture
-def tiny_disk(settings, tmp_path) -> Path:
-    """An 8 MiB tmpfs as the image root, unmounted afterwards."""
+@pytest.fixture(params=["tmpfs", "ext4"])
+def tiny_disk(request, settings, tmp_path) -> Path:
+    """An 8 MiB image root, unmounted afterwards: a tmpfs, or an ext4 made in a file (where
+    versions are written past the page cache, and the disk fills in a direct write)."""
     if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
+        pytest.skip("mounting a small filesystem needs root")
     root = tmp_path / "tiny"
     root.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], check=True)
+    if request.param == "tmpfs":
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(root)], check=True)
+    else:
+        backing = tmp_path / "tiny.ext4"
+        with backing.open("wb") as handle:
+            handle.truncate(8 * MiB)
+        subprocess.run([tool("mkfs.ext4"), "-q", "-F", backing], check=True)
+        subprocess.run(["mount", "-o", "loop", backing, root], check=True)
     settings.BAAS_DISK_ROOT = root
     yield root
     subprocess.run(["umount", str(root)], check=True)

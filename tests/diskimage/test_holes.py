@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from diskimage import BLOCK, CHUNK
 from diskimage.holes import (
@@ -38,6 +40,37 @@ def test_zero_block_runs_count_blocks_from_where_they_are_told():
     data = b"x" * 100 + bytes(2 * BLOCK) + b"y" * (BLOCK - 100)
     assert list(zero_block_runs(data, 100, 100 + 3 * BLOCK)) == [(100, 100 + 2 * BLOCK)]
     assert list(zero_block_runs(data, 0, 3 * BLOCK)) == [(BLOCK, 2 * BLOCK)]
+
+
+# A block: zeros, zeros but one byte (zeros straddling its edges), or varied bytes.
+BLOCKS = st.one_of(
+    st.just(0),
+    st.integers(1, BLOCK),  # where its one non-zero byte is, counted from 1
+    st.just(-1),
+)
+
+
+def _block(kind: int) -> bytes:
+    if kind > 0:
+        return bytes(kind - 1) + b"\x01" + bytes(BLOCK - kind)
+    return bytes(BLOCK) if kind == 0 else bytes(range(256)) * (BLOCK // 256)
+
+
+@given(head=st.integers(0, BLOCK - 1), kinds=st.lists(BLOCKS, max_size=300))
+def test_zero_block_runs_are_exactly_the_runs_of_all_zero_blocks(head, kinds):
+    """Against the plain definition, block by block, wherever the blocks start and however
+    long the piece (past one CHUNK too, where the all-zero shortcut does not apply)."""
+    data = b"\x02" * head + b"".join(_block(kind) for kind in kinds)
+    expected: list[tuple[int, int]] = []
+    for number, kind in enumerate(kinds):
+        at = head + number * BLOCK
+        if kind == 0:
+            if expected and expected[-1][1] == at:
+                expected[-1] = (expected[-1][0], at + BLOCK)
+            else:
+                expected.append((at, at + BLOCK))
+    assert list(zero_block_runs(data, head, len(data))) == expected
+    assert list(zero_block_runs(bytearray(data), head, len(data))) == expected
 
 
 def test_zeros_of_any_length_are_zeros_and_one_byte_is_not():

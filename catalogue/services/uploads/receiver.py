@@ -245,7 +245,7 @@ class _Run:
     def check_quota(self) -> None:
         """413 as soon as the pending file takes more on disk than the owner's quota leaves."""
         if self._quota is not None:
-            self._quota.check_stored(self.pending.path)
+            self._quota.check_stored(self.pending.allocated())
 
     def receive(self, data: bytes) -> None:
         self._wire.write(data)
@@ -306,6 +306,7 @@ class _Run:
         decoded = self._end_of_input()
         mapped = self._mapping.finish()  # writes the last piece of data
         self._writer.join()
+        self.pending.flush()  # what the checks below read is in the file
         plan, inspector = self.plan, self.inspector
         if not plan.keeps_as_sent:
             self.pending.extend_to(inspector.size)  # trailing zeros: a hole
@@ -350,6 +351,7 @@ class _Run:
         if undecoded and not self.inspector.standard_checked:
             self.inspector.check_standard()  # an image of fewer than HEAD_BYTES bytes
         if undecoded and self._wire.decoder.unknown:
+            self.pending.flush()
             decoded = checks.decode_back(self.pending.path, self.plan.max_size)
             self.inspector.size = decoded.size
         if not self.inspector.size:
