@@ -24,15 +24,14 @@ from __future__ import annotations
 from catalogue.storage.local import LocalStorage, get_storage
 from catalogue.storage.names import MAP_SUFFIX, PART_SUFFIX, SUFFIXES, StoredName
 from catalogue.storage.pending import (
-    DecodedPart,
     PendingFile,
-    ResumablePart,
     StorageError,
     StorageFull,
     StoredFile,
     VersionExists,
     is_disk_full,
 )
+from catalogue.storage.resumable import DecodedPart, ResumablePart
 
 __all__ = [
     "MAP_SUFFIX",

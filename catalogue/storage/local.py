@@ -41,7 +41,6 @@ from catalogue.storage.names import (
 from catalogue.storage.pending import (
     AdoptedFile,
     PendingFile,
-    ResumablePart,
     StorageError,
     StorageFull,
     StoredFile,
@@ -50,6 +49,7 @@ from catalogue.storage.pending import (
     remove_unheld,
     stored_file,
 )
+from catalogue.storage.resumable import ResumablePart
 from diskimage.extents import Candidate
 
 logger = logging.getLogger(__name__)

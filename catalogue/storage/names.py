@@ -26,7 +26,7 @@ _COMPRESSION_OF = {suffix: compression for compression, suffix in SUFFIXES.items
 LOCKS_DIR = ".locks"
 
 
-# A resumable upload's bytes as sent (``catalogue.storage.pending.ResumablePart``):
+# A resumable upload's bytes as sent (``catalogue.storage.resumable.ResumablePart``):
 # ``.upload-<token>.part``, owned by its row, not by a live writer: the stale purge skips it.
 RESUMABLE_PREFIX = ".upload-"
 
