@@ -37,7 +37,7 @@ from pathlib import Path
 
 from diskimage import BLOCK
 
-STAGE = 8 << 20  # bytes staged before a direct write: a few milliseconds of the disk
+STAGE = 4 << 20  # bytes staged before a direct write: a few milliseconds of the disk
 KEEP = 2  # staging buffers a process keeps for its next files (warm memory); more are unmapped
 
 _spare: list[mmap.mmap] = []

@@ -25,8 +25,8 @@ from catalogue.storage import get_storage
 from diskimage import BLOCK
 from flashing.models import Deployment, DeploymentState, MachineState
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory
+from tests.flashing.agentcalls import armed
 from tests.flashing.factories import LeaseFactory, MachineDiskFactory, MachineFactory
-from tests.flashing.test_agent_api import armed
 
 MiB = 1 << 20
 GiB = 1 << 30

@@ -2,32 +2,36 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import pytest
-from rest_framework.test import APIClient
 
 from catalogue.models import ImageType, Version
 from catalogue.services.datamaps import version_map_build
 from catalogue.storage import get_storage
 from flashing.models import (
-    RUNNING_STATES,
     AgentToken,
     Deployment,
-    DeploymentImage,
     DiskContent,
     MachineState,
     UnknownMac,
 )
-from flashing.services import agent as agent_services
-from flashing.services.boot import deployment_boot_again
-from flashing.services.pipeline import deployment_power, machine_advance, machine_start_next
+from flashing.services.pipeline import machine_start_next
 from tests.catalogue.factories import (
     ImageFactory,
     ImageFrozenFactory,
     ImageSetupFactory,
     VersionFactory,
+)
+from tests.flashing.agentcalls import (
+    armed,
+    assert_started_then_failed,
+    bearer,
+    boot_token,
+    bring_back,
+    checked_in,
+    report_writing,
+    written,
 )
 
 pytestmark = pytest.mark.django_db
@@ -51,43 +55,6 @@ def deployment(user_client, machine, setup):
     )
     assert response.status_code == 201, response.content
     return machine_start_next(machine_id=machine.pk)
-
-
-def bearer(secret: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
-    return client
-
-
-def armed(machine) -> Deployment:
-    """The machine's running deployment, its attempt armed and its boot token not handed out.
-
-    As in the lab: BAAS powers the machine on for the attempt (the manual
-    driver); once that attempt's token is handed out, a person asks for a
-    manual boot, which starts a new attempt.
-    """
-    deployment = Deployment.objects.get(machine=machine, state__in=RUNNING_STATES)
-    if deployment.powered_attempt < deployment.attempt:
-        outcome = deployment_power(deployment_id=deployment.pk, attempt=deployment.attempt)
-        assert outcome == "powered"
-    elif deployment.boot_token_attempt >= deployment.attempt:
-        deployment_boot_again(actor=deployment.requested_by, deployment=deployment)
-    return Deployment.objects.get(pk=deployment.pk)
-
-
-def boot_token(machine) -> str:
-    """The boot token of a new armed attempt, from the machine's boot script."""
-    armed(machine)
-    script = APIClient().get(f"/api/boot/{machine.mac}.ipxe").content.decode()
-    return re.search(r"baas\.token=(\S+)", script).group(1)
-
-
-def checked_in(machine) -> APIClient:
-    response = bearer(boot_token(machine)).post(
-        "/api/agent/checkin", {"mac": machine.mac, "agent_version": "test"}, format="json"
-    )
-    assert response.status_code == 200, response.content
-    return bearer(response.json()["token"])
 
 
 # --- Network boot -------------------------------------------------------------------
@@ -288,34 +255,6 @@ def test_log_lines_are_kept_with_the_deployment(machine, deployment, user_client
     assert [e["message"] for e in events if e["action"] == "agent"] == ["one", "two"]
 
 
-def written(deployment, sha256=None):
-    return [
-        {
-            "image": str(row.image_id),
-            "version": row.version_number,
-            "disk": row.disk,
-            "sha256": sha256 or row.version.sha256,
-        }
-        for row in deployment.images.select_related("version")
-    ]
-
-
-def report_writing(agent, deployment) -> None:
-    """What the agent reports as it writes: progress for every image it writes."""
-    for row in deployment.images.all():
-        response = agent.post(
-            "/api/agent/progress",
-            {
-                "image": str(row.image_id),
-                "phase": "writing",
-                "bytes_done": row.bytes_total,
-                "bytes_total": row.bytes_total,
-            },
-            format="json",
-        )
-        assert response.status_code == 204, response.content
-
-
 def test_done_records_the_disks_and_ends_the_agents_token(machine, deployment, user_client):
     agent = checked_in(machine)
     report_writing(agent, deployment)
@@ -375,21 +314,6 @@ def test_a_failure_is_recorded_with_its_reason(machine, deployment):
     assert Deployment.objects.get(pk=deployment.pk).machine.state == MachineState.LEASED
 
 
-def bring_back(deployment: Deployment, disk: str) -> DeploymentImage:
-    """Have ``deployment`` also bring back the image it writes to ``disk`` (a sync row)."""
-    item = deployment.images.get(disk=disk)
-    DeploymentImage.objects.create(
-        deployment=deployment,
-        direction=DeploymentImage.Direction.SYNC,
-        image=item.image,
-        version=item.version,
-        version_number=0,
-        disk=disk,
-        sync=True,
-    )
-    return item
-
-
 def test_a_retried_sync_upload_gets_the_version_it_made(machine, deployment):
     item = bring_back(deployment, "/dev/sdb")
     agent = checked_in(machine)
@@ -410,80 +334,6 @@ def test_a_retried_sync_upload_gets_the_version_it_made(machine, deployment):
     ]
 
 
-# --- Versions whose SHA-256 a large upload left to a background job ----------------------
-
-
-@pytest.fixture
-def pending_version(user_client, user, settings):
-    """Version 1 of an image, uploaded large enough that its SHA-256 waits for the job."""
-    settings.BAAS_UPLOAD_INLINE_SHA256_MAX = 1024
-    image = ImageFactory(owner=user, target_disk="/dev/sda")
-    data = b"installed system " * 4096 + bytes(1 << 20)
-    response = user_client.post(
-        f"/api/image/{image.uuid}", data, content_type="application/octet-stream"
-    )
-    assert response.status_code == 201 and response.json()["sha256"] is None
-    version = Version.objects.get(image=image, number=1)
-    version.expected = hashlib.sha256(data).hexdigest()
-    return version
-
-
-def queue_setup_of(user_client, user, machine, version):
-    setup = ImageSetupFactory(owner=user)
-    ImageFrozenFactory(setup=setup, version=version)
-    response = user_client.post(
-        f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json"
-    )
-    assert response.status_code == 201, response.content
-
-
-def test_a_deployment_starts_once_its_versions_sha256_is_recorded(
-    user_client, user, machine, pending_version, django_capture_on_commit_callbacks
-):
-    queue_setup_of(user_client, user, machine, pending_version)
-    with django_capture_on_commit_callbacks():
-        assert machine_advance(machine_id=machine.pk) == "started"
-    pending_version.refresh_from_db()
-    assert pending_version.sha256 == pending_version.expected
-    (entry,) = checked_in(machine).get("/api/agent/instructions").json()["write"]
-    assert entry["sha256"] == pending_version.expected
-    assert bearer_map(machine, entry)["sha256"] == pending_version.expected
-
-
-def bearer_map(machine, entry) -> dict:
-    return checked_in(machine).get(entry["map_url"]).json()
-
-
-def test_instructions_compute_a_missing_sha256_themselves(
-    user_client, user, machine, pending_version
-):
-    queue_setup_of(user_client, user, machine, pending_version)
-    machine_start_next(machine_id=machine.pk)  # started without the pipeline's step
-    (entry,) = checked_in(machine).get("/api/agent/instructions").json()["write"]
-    assert entry["sha256"] == pending_version.expected
-
-
-def test_a_version_changed_on_disk_before_its_sha256_fails_the_deployment(
-    user_client, user, machine, pending_version
-):
-    queue_setup_of(user_client, user, machine, pending_version)
-    path = get_storage().version_path(pending_version.image_id, 1, "none")
-    with open(path, "r+b") as file:
-        file.write(b"X")
-    assert_started_then_failed(machine, "no longer holds the data its upload sent")
-
-
-def assert_started_then_failed(machine, reason: str) -> None:
-    """The deployment starts, its agent asks for instructions: 409, and it failed for ``reason``."""
-    deployment = machine_start_next(machine_id=machine.pk)
-    answer = checked_in(machine).get("/api/agent/instructions")
-    assert answer.status_code == 409
-    assert reason in answer.json()["detail"]
-    deployment.refresh_from_db()
-    assert deployment.state == "failed"
-    assert reason in deployment.failure_reason
-
-
 def test_a_damaged_version_is_not_handed_to_an_agent(user_client, user, machine, setup):
     response = user_client.post(
         f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json"
@@ -492,21 +342,3 @@ def test_a_damaged_version_is_not_handed_to_an_agent(user_client, user, machine,
     version = setup.frozen_images.first().version
     Version.objects.filter(pk=version.pk).update(damaged="Its file was cut short.")
     assert_started_then_failed(machine, "is damaged: Its file was cut short.")
-
-
-def test_a_write_entry_carries_its_data_map_unless_it_is_large(
-    user_client, user, machine, pending_version, django_capture_on_commit_callbacks, monkeypatch
-):
-    """The agent's first need is the version's data map: the instruction holds what
-    ``map_url`` answers, so the agent does not ask; a map of many ranges stays behind it."""
-    queue_setup_of(user_client, user, machine, pending_version)
-    with django_capture_on_commit_callbacks():
-        assert machine_advance(machine_id=machine.pk) == "started"
-    agent = checked_in(machine)
-    (entry,) = agent.get("/api/agent/instructions").json()["write"]
-    served = agent.get(entry["map_url"]).json()
-    assert entry["map"] == served
-    assert entry["map"]["sha256"] == pending_version.expected and served["ranges"]
-    monkeypatch.setattr(agent_services, "INLINE_MAP_RANGES", len(served["ranges"]) - 1)
-    (entry,) = agent.get("/api/agent/instructions").json()["write"]
-    assert "map" not in entry and entry["map_url"]

@@ -20,7 +20,7 @@ from tests.catalogue.factories import (
     write_version,
 )
 from tests.catalogue.filesystems import INITRD, KERNEL, boot_files, ext4_image, fat_image
-from tests.flashing.test_agent_api import checked_in
+from tests.flashing.agentcalls import checked_in
 
 pytestmark = pytest.mark.django_db
 KERNEL_RE = re.compile(r"^kernel (\S+)/vmlinuz initrd=initrd\.img (.*)$", re.MULTILINE)

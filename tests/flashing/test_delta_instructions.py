@@ -20,7 +20,7 @@ from tests.catalogue.factories import (
     ImageSetupFactory,
     write_version,
 )
-from tests.flashing.test_agent_api import checked_in
+from tests.flashing.agentcalls import checked_in
 
 pytestmark = pytest.mark.django_db
 

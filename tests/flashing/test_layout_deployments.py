@@ -14,8 +14,8 @@ from tests.catalogue.factories import (
     ImageSetupFactory,
     VersionFactory,
 )
+from tests.flashing.agentcalls import checked_in, report_writing, written
 from tests.flashing.factories import MachineDiskFactory
-from tests.flashing.test_agent_api import checked_in, report_writing, written
 
 pytestmark = pytest.mark.django_db
 MIB = gpt.MIB

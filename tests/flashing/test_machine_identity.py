@@ -29,8 +29,7 @@ from flashing.services.pipeline import (
     machine_start_next,
 )
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
-from tests.flashing.factories import LeaseFactory, MachineFactory
-from tests.flashing.test_agent_api import (
+from tests.flashing.agentcalls import (
     armed,
     bearer,
     bring_back,
@@ -38,6 +37,7 @@ from tests.flashing.test_agent_api import (
     report_writing,
     written,
 )
+from tests.flashing.factories import LeaseFactory, MachineFactory
 
 pytestmark = pytest.mark.django_db
 

@@ -27,6 +27,7 @@ from flashing.services.mount_urls import mount_url
 from flashing.services.mounts import network_mount_finish, network_mount_start
 from flashing.services.pipeline import deployment_fail, machine_start_next
 from tests.catalogue.factories import ImageFactory, ImageSetupFactory, write_version
+from tests.flashing.agentcalls import checked_in
 from tests.flashing.factories import LeaseFactory, MachineFactory
 from tests.flashing.nbd_client import (
     MiB,
@@ -37,7 +38,6 @@ from tests.flashing.nbd_client import (
     nbd_write,
     sha256,
 )
-from tests.flashing.test_agent_api import checked_in
 
 pytestmark = pytest.mark.django_db
 
