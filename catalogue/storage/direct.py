@@ -21,7 +21,7 @@ blocks are never also written directly, so the two paths never overlap. Nothing 
 is in the file until :meth:`DirectWriter.flush`, which :class:`PendingFile` calls before
 it syncs, commits, shares ranges into the file or lets its path be read.
 
-Where ``O_DIRECT`` is refused (tmpfs, some network filesystems: the ``open`` fails with
+Where ``O_DIRECT`` is refused (ramfs, some FUSE filesystems: the ``open`` fails with
 ``EINVAL``), or a direct write is (a device whose blocks are larger than
 :data:`~diskimage.BLOCK`), :func:`open_direct` returns None or the writer falls back, and
 the file is written as before.
