@@ -60,7 +60,8 @@ def _give_back(buffer: mmap.mmap) -> None:
     buffer.close()
 
 
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+def pwrite_all(fd: int, view: memoryview, offset: int) -> None:
+    """All of ``view`` at ``offset`` (``pwrite`` may write less than it is given)."""
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
@@ -111,12 +112,12 @@ class DirectWriter:
         if self._length and offset != self._start + self._length:
             self.flush()
         if not self.direct:
-            _pwrite_all(self._fallback, data, offset)
+            pwrite_all(self._fallback, data, offset)
             return
         if not self._length:
             head = min(-offset % BLOCK, len(data))
             if head:  # starts inside a block: that block's part goes through the cache
-                _pwrite_all(self._fallback, data[:head], offset)
+                pwrite_all(self._fallback, data[:head], offset)
                 data, offset = data[head:], offset + head
             self._start = offset
         if self._buffer is None:
@@ -139,14 +140,14 @@ class DirectWriter:
         try:
             if aligned:
                 try:
-                    _pwrite_all(self._fd, staged[:aligned], self._start)
+                    pwrite_all(self._fd, staged[:aligned], self._start)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
                     self.direct = False  # larger blocks than ours: write as before
-                    _pwrite_all(self._fallback, staged[:aligned], self._start)
+                    pwrite_all(self._fallback, staged[:aligned], self._start)
             if aligned < self._length:
-                _pwrite_all(self._fallback, staged[aligned:], self._start + aligned)
+                pwrite_all(self._fallback, staged[aligned:], self._start + aligned)
         finally:
             staged.release()
             self._length = 0

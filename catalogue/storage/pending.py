@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from catalogue.storage.direct import DirectWriter, open_direct
+from catalogue.storage.direct import DirectWriter, open_direct, pwrite_all
 from catalogue.storage.names import part_name
 from diskimage import BLOCK
 from diskimage.extents import clone_range, release_holes
@@ -197,10 +197,7 @@ class PendingFile:
         if self._direct is not None:
             self._direct.write(view, offset)
             return
-        fd = self._file.fileno()
-        while view:
-            written = os.pwrite(fd, view, offset)
-            view, offset = view[written:], offset + written
+        pwrite_all(self._file.fileno(), view, offset)
         if self._unsynced >= WRITEBACK_EVERY:
             self._unsynced = 0
             start_writeback(self._file.fileno())
