@@ -136,7 +136,7 @@ class DirectWriter:
         if not self._length or self._buffer is None:
             return
         staged = memoryview(self._buffer)[: self._length]
-        aligned = self._length // BLOCK * BLOCK
+        aligned = self._length // BLOCK * BLOCK if self.direct else 0
         try:
             if aligned:
                 try:
@@ -145,7 +145,7 @@ class DirectWriter:
                     if exc.errno != errno.EINVAL:
                         raise
                     self.direct = False  # larger blocks than ours: write as before
-                    pwrite_all(self._fallback, staged[:aligned], self._start)
+                    aligned = 0
             if aligned < self._length:
                 pwrite_all(self._fallback, staged[aligned:], self._start + aligned)
         finally:

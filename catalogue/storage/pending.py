@@ -191,13 +191,13 @@ class PendingFile:
 
     def _write_all(self, view: memoryview) -> None:
         """Write ``view`` at the current offset, and move past it."""
-        self._unsynced += len(view)
         self._written += len(view)
         offset, self._offset = self._offset, self._offset + len(view)
         if self._direct is not None:
             self._direct.write(view, offset)
             return
         pwrite_all(self._file.fileno(), view, offset)
+        self._unsynced += len(view)
         if self._unsynced >= WRITEBACK_EVERY:
             self._unsynced = 0
             start_writeback(self._file.fileno())

@@ -10,6 +10,7 @@ from rest_framework.test import APIClient
 from flashing.models import RUNNING_STATES, Deployment, DeploymentImage
 from flashing.services.boot import deployment_boot_again
 from flashing.services.pipeline import deployment_power, machine_start_next
+from tests.catalogue.factories import ImageFrozenFactory, ImageSetupFactory
 
 
 def bearer(secret: str) -> APIClient:
@@ -101,3 +102,13 @@ def assert_started_then_failed(machine, reason: str) -> None:
     deployment.refresh_from_db()
     assert deployment.state == "failed"
     assert reason in deployment.failure_reason
+
+
+def queue_setup_of(user_client, user, machine, version) -> None:
+    """Ask for ``version`` on ``machine`` as ``user``: a setup of it alone, queued."""
+    setup = ImageSetupFactory(owner=user)
+    ImageFrozenFactory(setup=setup, version=version)
+    response = user_client.post(
+        f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json"
+    )
+    assert response.status_code == 201, response.content

@@ -11,8 +11,8 @@ from catalogue.models import Version
 from catalogue.storage import get_storage
 from flashing.services import agent as agent_services
 from flashing.services.pipeline import machine_advance, machine_start_next
-from tests.catalogue.factories import ImageFactory, ImageFrozenFactory, ImageSetupFactory
-from tests.flashing.agentcalls import assert_started_then_failed, checked_in
+from tests.catalogue.factories import ImageFactory
+from tests.flashing.agentcalls import assert_started_then_failed, checked_in, queue_setup_of
 
 pytestmark = pytest.mark.django_db
 
@@ -33,15 +33,6 @@ def pending_version(user_client, user, settings):
     version = Version.objects.get(image=image, number=1)
     version.expected = hashlib.sha256(data).hexdigest()
     return version
-
-
-def queue_setup_of(user_client, user, machine, version):
-    setup = ImageSetupFactory(owner=user)
-    ImageFrozenFactory(setup=setup, version=version)
-    response = user_client.post(
-        f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json"
-    )
-    assert response.status_code == 201, response.content
 
 
 def test_a_deployment_starts_once_its_versions_sha256_is_recorded(

@@ -16,11 +16,9 @@ from flashing.models import DiskContent
 from flashing.services.pipeline import machine_start_next
 from tests.catalogue.factories import (
     ImageFactory,
-    ImageFrozenFactory,
-    ImageSetupFactory,
     write_version,
 )
-from tests.flashing.agentcalls import checked_in
+from tests.flashing.agentcalls import checked_in, queue_setup_of
 
 pytestmark = pytest.mark.django_db
 
@@ -55,12 +53,7 @@ def image(user):
 
 
 def deploy(user_client, machine, user, version):
-    setup = ImageSetupFactory(owner=user)
-    ImageFrozenFactory(setup=setup, version=version)
-    response = user_client.post(
-        f"/api/machine/{machine.mac}/boot", {"setup": str(setup.uuid)}, format="json"
-    )
-    assert response.status_code == 201, response.content
+    queue_setup_of(user_client, user, machine, version)
     machine_start_next(machine_id=machine.pk)
     agent = checked_in(machine)
     return agent, agent.get("/api/agent/instructions").json()["write"][0]
