@@ -110,3 +110,46 @@ def test_a_version_is_written_as_before_where_direct_writes_are_refused(tmp_path
         assert stored.allocated <= 9 * MiB + 2 * BLOCK  # the zero blocks stayed holes
     finally:
         subprocess.run(["umount", str(root)], check=True)
+
+
+def test_a_version_is_finished_as_before_where_a_direct_write_is_refused_midway(tmp_path):
+    """A device with 8 KiB blocks takes ``O_DIRECT`` writes of whole 8 KiB blocks and
+    refuses ours at an offset that is a multiple of 4 KiB only (``EINVAL``): the data
+    before was written directly, the rest goes through the page cache, and the version
+    reads back the same, with its hole."""
+    if os.geteuid() != 0:
+        pytest.skip("loop-mounting a filesystem needs root")
+    backing = tmp_path / "xfs-8k.img"
+    with backing.open("wb") as handle:
+        handle.truncate(512 * MiB)
+    made = subprocess.run(
+        ["losetup", "--find", "--show", "--sector-size", "8192", str(backing)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if made.returncode != 0:
+        pytest.skip(f"no loop device with 8 KiB sectors here: {made.stderr.strip()}")
+    device = made.stdout.strip()
+    root = tmp_path / "mnt"
+    root.mkdir()
+    try:
+        subprocess.run(
+            ["mkfs.xfs", "-q", "-f", "-b", "size=8192", "-s", "size=8192", device], check=True
+        )
+        subprocess.run(["mount", device, str(root)], check=True)
+        try:
+            store = LocalStorage(root)
+            # Data from 0 (whole 8 KiB blocks: direct), a 4 KiB zero block (a hole), then
+            # data from 6 MiB + 4 KiB: the first direct write there is refused.
+            data = os.urandom(6 * MiB) + bytes(BLOCK) + os.urandom(6 * MiB + 100)
+            with store.open_write(uuid.uuid4()) as pending:
+                assert pending.direct
+                for start in range(0, len(data), 1_000_003):
+                    pending.write(data[start : start + 1_000_003])
+                stored = pending.commit(1)
+                assert not pending.direct  # it fell back, midway
+            assert stored.path.read_bytes() == data
+            assert stored.size == len(data)
+        finally:
+            subprocess.run(["umount", str(root)], check=True)
+    finally:
+        subprocess.run(["losetup", "--detach", device], check=False)
