@@ -90,7 +90,7 @@ class Verifier:
         self.pool = ThreadPoolExecutor(
             max_workers=workers or default_workers(), thread_name_prefix="verify"
         )
-        self.pending: dict[Future[str | None], int] = {}
+        self.pending: dict[Future[str | None], _Check] = {}
 
     def __enter__(self) -> Verifier:
         return self
@@ -116,21 +116,23 @@ class Verifier:
         self._submit(_ZerosCheck(self.fd, start, end, self.sparse))
 
     def _submit(self, check: _Check) -> None:
-        self.pending[self.pool.submit(check)] = check.end - check.offset
+        self.pending[self.pool.submit(check)] = check
 
     def result(self, progress: Progress | None = None) -> str | None:
         done = 0
         while self.pending:
             finished, _ = wait(self.pending, return_when=FIRST_EXCEPTION, timeout=0.5)
             for future in finished:
-                length = self.pending.pop(future)
+                check = self.pending.pop(future)
                 try:
                     reason = future.result()
-                except OSError as exc:
-                    reason = f"reading the disk failed: {exc}"
+                except OSError as exc:  # a failing disk: what failed where, in plain words
+                    where = f"bytes {check.offset}-{check.end}"
+                    why = f"{exc.strerror or exc} (errno {exc.errno})"
+                    reason = f"reading {where} failed: {why}"
                 if reason is not None:
                     return reason
-                done += length
+                done += check.end - check.offset
             if progress is not None and finished:
                 progress(done)
         return None

@@ -106,9 +106,12 @@ def _write_image(
         if why is None:
             return _written(instruction)
         log.warning("%s: %s: writing it in full", instruction.label(), why)
-    elif fits and disk_mismatch(target, size, sha256, datamap, verifying, fast=True) is None:
-        log.info("%s: already there (checked), not rewritten", instruction.label())
-        return _written(instruction)
+    elif fits:
+        why = disk_mismatch(target, size, sha256, datamap, verifying, fast=True)
+        if why is None:
+            log.info("%s: already there (checked), not rewritten", instruction.label())
+            return _written(instruction)
+        log.info("%s: not on the disk as it is (%s)", instruction.label(), why)
     announced.join()
     log.info("%s: writing %d bytes to %s", instruction.label(), size, target)
     started = time.monotonic()

@@ -317,16 +317,46 @@ def _land_one(
     if got != length:
         return f"bytes {start}-{end} came as {got} bytes"
     data = buffer[:length]
-    direct = disk.direct if disk.can_go_direct(start, end) else None
+    try:
+        direct = _write(disk, data, start)
+    except OSError as exc:  # a failing disk: say what failed where, in plain words
+        raise _failed("writing", start, end, exc) from exc
+    try:
+        return _read_back(disk, direct, data, start, end, digest, fast)
+    except OSError as exc:
+        raise _failed("reading back", start, end, exc) from exc
+
+
+def _failed(what: str, start: int, end: int, exc: OSError) -> DiskError:
+    reason = exc.strerror or str(exc)
+    return DiskError(f"{what} bytes {start}-{end} failed: {reason} (errno {exc.errno})")
+
+
+def _write(disk: _Disk, data: memoryview, start: int) -> tuple[int, int] | None:
+    """Write ``data`` at ``start``: with ``O_DIRECT`` where the range and the disk allow
+    (the descriptors returned), else through the cache, synced and dropped from it."""
+    direct = disk.direct if disk.can_go_direct(start, start + len(data)) else None
     if direct is not None:
         try:
             _pwrite_all(direct[0], data, start)  # on the medium when it returns
+            return direct
         except OSError as exc:
             disk.refused(exc)
-            direct = None
-    if direct is None:
-        _pwrite_all(disk.fd, data, start)
-        to_medium(disk.fd, start, length)  # the read-back below reads the disk
+    _pwrite_all(disk.fd, data, start)
+    to_medium(disk.fd, start, len(data))  # the read-back below reads the disk
+    return None
+
+
+def _read_back(
+    disk: _Disk,
+    direct: tuple[int, int] | None,
+    data: memoryview,
+    start: int,
+    end: int,
+    digest: str,
+    fast: str | None,
+) -> str | None:
+    """Read ``[start, end)`` back from the medium into ``data`` and check it."""
     if direct is not None:
         try:
             _read_into(direct[1], data, start)
@@ -336,7 +366,7 @@ def _land_one(
     try:
         _read_into(disk.read_fd, data, start)
     finally:
-        os.posix_fadvise(disk.read_fd, start, length, os.POSIX_FADV_DONTNEED)
+        os.posix_fadvise(disk.read_fd, start, end - start, os.POSIX_FADV_DONTNEED)
     return _verdict(data, start, end, digest, fast)
 
 

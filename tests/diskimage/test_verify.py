@@ -9,6 +9,7 @@ import pytest
 from diskimage import datamap as datamap_module
 from diskimage.datamap import DataMap
 from diskimage.verify import mismatch
+from tests.diskimage.faultydisk import faulty_disk
 from tests.diskimage.layouts import MiB, map_of, parsed, sample_image
 
 
@@ -97,3 +98,23 @@ def test_without_the_blake3_module_the_fast_check_is_sha256(image, tmp_path, mon
     copy.write_bytes(changed)
     assert not datamap.can_check_fast()
     assert "SHA-256 mismatch" in mismatch(copy, datamap, fast=True)
+
+
+@pytest.mark.root
+@pytest.mark.parametrize("fast", [True, False], ids=["BLAKE3", "SHA-256"])
+def test_a_disk_that_cannot_read_a_sector_is_reported_with_where_and_why(tmp_path, fast):
+    backing = sample_image(tmp_path)  # data from 0 to 3 MiB + 4 KiB
+    datamap = parsed(backing)
+    with faulty_disk(tmp_path, backing, bad=(2 * MiB, 2 * MiB + 512)) as disk:
+        reason = mismatch(disk, datamap, fast=fast)
+    assert reason is not None and reason.startswith("reading bytes "), reason
+    start, end = (int(n) for n in reason.split()[2].split("-"))
+    assert start <= 2 * MiB < end  # the range that holds the bad sector
+    assert reason.endswith("failed: Input/output error (errno 5)")
+
+
+@pytest.mark.root
+def test_the_same_disk_served_without_a_bad_sector_holds_the_image(tmp_path):
+    backing = sample_image(tmp_path)
+    with faulty_disk(tmp_path, backing, bad=(0, 0)) as disk:
+        assert mismatch(disk, parsed(backing), fast=True) is None
