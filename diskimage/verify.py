@@ -5,7 +5,8 @@ A disk holds the version exactly when each range of its map
 which is what :func:`mismatch` checks, reading only the data of a sparse
 file, and hashing ranges on several threads at once (``hashlib`` and
 ``blake3`` release the GIL), where the whole-image SHA-256 would be one
-sequential pass over the zeros as well.
+sequential pass over the zeros as well. What the page cache does not hold
+is read from the medium itself (:mod:`diskimage.medium`).
 
 Contract: :func:`mismatch` returns None when the target's first ``size``
 bytes are the image, else the first difference it found, as a sentence.
@@ -22,9 +23,9 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
-from diskimage import READ_CHUNK
+from diskimage import READ_CHUNK, medium
 from diskimage.datamap import DataMap
-from diskimage.holes import data_extents, is_zeros, read_pieces
+from diskimage.holes import data_extents, is_zeros
 
 MAX_WORKERS = 8
 
@@ -86,7 +87,8 @@ class Verifier:
     ) -> None:
         self.datamap = datamap
         self.sparse = sparse
-        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.disk = medium.Disk(path)  # read from the cache, or where it misses, the medium
+        self.fd = self.disk.fd
         self.pool = ThreadPoolExecutor(
             max_workers=workers or default_workers(), thread_name_prefix="verify"
         )
@@ -102,9 +104,9 @@ class Verifier:
         start, end, digest = self.datamap.ranges[index]
         if fast and self.datamap.can_check_fast():
             assert self.datamap.blake3 is not None
-            check = _RangeCheck(self.fd, start, end, self.datamap.blake3[index], "BLAKE3")
+            check = _RangeCheck(self, start, end, self.datamap.blake3[index], "BLAKE3")
         else:
-            check = _RangeCheck(self.fd, start, end, digest, "SHA-256")
+            check = _RangeCheck(self, start, end, digest, "SHA-256")
         self._submit(check)
 
     def check_gaps(self) -> None:
@@ -113,7 +115,7 @@ class Verifier:
 
     def check_zeros(self, start: int, end: int) -> None:
         """Check that ``[start, end)`` reads as zeros (a gap, or a part of one)."""
-        self._submit(_ZerosCheck(self.fd, start, end, self.sparse))
+        self._submit(_ZerosCheck(self, start, end))
 
     def _submit(self, check: _Check) -> None:
         self.pending[self.pool.submit(check)] = check
@@ -142,7 +144,7 @@ class Verifier:
             future.cancel()
         self.pool.shutdown(wait=True)
         if self.fd >= 0:
-            os.close(self.fd)
+            self.disk.close()
             self.fd = -1
 
 
@@ -162,11 +164,12 @@ def read_buffer() -> memoryview:
 class _Check:
     """One part of the image to check: ``__call__`` returns None or what differs."""
 
-    def __init__(self, fd: int, start: int, end: int) -> None:
-        self.fd, self.offset, self.end = fd, start, end
+    def __init__(self, verifier: Verifier, start: int, end: int) -> None:
+        self.fd, self.disk = verifier.fd, verifier.disk
+        self.offset, self.end = start, end
 
     def _read(self, start: int, end: int) -> Iterator[memoryview]:
-        return read_pieces(self.fd, start, end, read_buffer())
+        return self.disk.pieces(start, end, read_buffer())
 
     def __call__(self) -> str | None:
         raise NotImplementedError
@@ -188,8 +191,10 @@ def _hasher(algorithm: str) -> _Hasher:
 class _RangeCheck(_Check):
     """Hash ``[start, end)`` and compare it with the map's SHA-256."""
 
-    def __init__(self, fd: int, start: int, end: int, digest: str, algorithm: str) -> None:
-        super().__init__(fd, start, end)
+    def __init__(
+        self, verifier: Verifier, start: int, end: int, digest: str, algorithm: str
+    ) -> None:
+        super().__init__(verifier, start, end)
         self.digest = digest
         self.algorithm = algorithm
 
@@ -207,9 +212,9 @@ class _RangeCheck(_Check):
 class _ZerosCheck(_Check):
     """Check that ``[start, end)`` reads as zeros; on a file, only data is read."""
 
-    def __init__(self, fd: int, start: int, end: int, sparse: bool) -> None:
-        super().__init__(fd, start, end)
-        self.sparse = sparse
+    def __init__(self, verifier: Verifier, start: int, end: int) -> None:
+        super().__init__(verifier, start, end)
+        self.sparse = verifier.sparse
 
     def __call__(self) -> str | None:
         runs = (

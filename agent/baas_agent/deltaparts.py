@@ -35,7 +35,8 @@ from typing import Any
 from baas_agent.disks import _pwrite_all, open_in_place, to_medium
 from diskimage import BLOCK
 from diskimage.datamap import DataMap
-from diskimage.holes import ShortRead, read_pieces
+from diskimage.holes import ShortRead
+from diskimage.medium import Disk
 from diskimage.selection import format_part
 from diskimage.sparsedelta import block_hashes, hashes_digest
 from diskimage.verify import default_workers, read_buffer
@@ -133,7 +134,7 @@ def land_parts(
     workers = workers or default_workers()
     reader = _Reader(iter(chunks))
     fd = open_in_place(target, datamap.size)
-    read_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
+    disk = Disk(target)  # the kept bytes: from the cache if it holds them, else the medium
     inflight: collections.deque[tuple[Future[None], int]] = collections.deque()
     try:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parts") as pool:
@@ -142,7 +143,7 @@ def land_parts(
                     got = [
                         (a, b, _checked(reader.take(b - a), a, b, digest)) for a, b, digest in runs
                     ]
-                    task = pool.submit(_land_range, fd, read_fd, datamap, index, got)
+                    task = pool.submit(_land_range, fd, disk, datamap, index, got)
                     inflight.append((task, datamap.ranges[index][1]))
                     while len(inflight) >= 2 * workers:  # bounded memory: a few ranges each
                         _done(inflight.popleft(), progress)
@@ -155,7 +156,7 @@ def land_parts(
                     task.cancel()
         os.fsync(fd)
     finally:
-        os.close(read_fd)
+        disk.close()
         os.close(fd)
 
 
@@ -167,10 +168,11 @@ def _done(item: tuple[Future[None], int], progress: Callable[[int], None] | None
 
 
 def _land_range(
-    fd: int, read_fd: int, datamap: DataMap, index: int, runs: list[tuple[int, int, bytes]]
+    fd: int, disk: Disk, datamap: DataMap, index: int, runs: list[tuple[int, int, bytes]]
 ) -> None:
     """Check the range with ``runs`` in place, write them, and read them back from the medium."""
-    _check_range(read_fd, datamap, index, runs)
+    _check_range(disk, datamap, index, runs)
+    read_fd = disk.fd
     for start, _, data in runs:
         _pwrite_all(fd, data, start)
     first, last = runs[0][0], runs[-1][1]
@@ -200,7 +202,9 @@ def _checked(data: bytes, start: int, end: int, digest: str) -> bytes:
     return data
 
 
-def _check_range(fd: int, datamap: DataMap, index: int, runs: list[tuple[int, int, bytes]]) -> None:
+def _check_range(
+    disk: Disk, datamap: DataMap, index: int, runs: list[tuple[int, int, bytes]]
+) -> None:
     """The range as the disk holds it with ``runs`` in place must hash as the map says.
 
     The disk's bytes go through this thread's read buffer, the runs' from memory: no copy
@@ -212,7 +216,7 @@ def _check_range(fd: int, datamap: DataMap, index: int, runs: list[tuple[int, in
     position = low
     try:
         for start, end, data in [*runs, (high, high, b"")]:
-            for piece in read_pieces(fd, position, start, read_buffer()):
+            for piece in disk.pieces(position, start, read_buffer()):
                 hasher.update(piece)
             hasher.update(data)
             position = end

@@ -9,8 +9,6 @@ having downloaded only the changed ranges, or flash it in full and say why.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import hashlib
 import logging
@@ -34,6 +32,7 @@ from diskimage.datamap import DataMap, DataMapper
 from diskimage.delta import map_delta, spans, subtract
 from tests.agent.conftest import agent_client
 from tests.agent.servers import FakeBaas
+from tests.diskimage.pagecache import resident
 
 IMAGE = "0b0e5c52-7a4e-4f57-9f4e-2f1d9c1a3b00"
 BLOCK = 4096
@@ -233,24 +232,6 @@ def read_bytes() -> int:
         if line.startswith("read_bytes:"):
             return int(line.split()[1])
     raise AssertionError("no read_bytes in /proc/self/io")
-
-
-def resident(path: Path, start: int = 0, end: int | None = None) -> int:
-    """Pages of ``path`` (of its bytes ``start`` to ``end``) in the page cache now (mincore
-    on a private mapping of it)."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    size = path.stat().st_size
-    pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
-    vector = ctypes.create_string_buffer(pages)
-    with path.open("rb") as file, mmap.mmap(file.fileno(), size, access=mmap.ACCESS_COPY) as mem:
-        anchor = ctypes.c_char.from_buffer(mem)
-        try:
-            assert libc.mincore(ctypes.addressof(anchor), size, vector) == 0, ctypes.get_errno()
-        finally:
-            del anchor
-    first, last = start // mmap.PAGESIZE, pages if end is None else -(-end // mmap.PAGESIZE)
-    return sum(byte & 1 for byte in vector.raw[first:last])
 
 
 def test_what_was_written_is_read_back_from_the_disk_not_from_memory(baas, tmp_path):

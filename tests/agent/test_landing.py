@@ -21,8 +21,8 @@ from baas_agent.landing import land
 from diskimage.datamap import DataMap
 from diskimage.holes import data_extents
 from tests.agent.conftest import MiB, make_image
-from tests.agent.test_delta import resident
 from tests.diskimage.layouts import parsed
+from tests.diskimage.pagecache import resident
 
 WRONG = "0" * 64
 
