@@ -8,7 +8,9 @@ change to all and both ends of the wire always agree:
 - :mod:`diskimage.holes`: which bytes are zeros, in memory and in files
   (``SEEK_DATA``/``SEEK_HOLE``);
 - :mod:`diskimage.datamap`: the data map (format, mapper), and
-  :mod:`diskimage.verify`, a disk checked against one;
+  :mod:`diskimage.verify`, a disk checked against one, read by
+  :mod:`diskimage.medium` from the page cache where it holds the bytes, else
+  from the medium (``O_DIRECT``);
 - :mod:`diskimage.zstdframes`: zstd's frame structure walked without decoding;
 - :mod:`diskimage.seekable`: zstd files in frames of a data map, with a seek table;
 - :mod:`diskimage.sparse`: Android sparse images;
