@@ -28,9 +28,10 @@ fsynced; else what differs, as a sentence. A stream of other ranges
 than the map's raises :class:`~baas_agent.disks.DiskError` or
 :class:`~baas_agent.compress.CompressionError`; a range the disk fails to write
 or to read back (a bad sector: ``EIO``) raises ``DiskError`` saying which, where
-and why ("reading back bytes S-E failed: Input/output error (errno 5)"). :func:`land_delta` does the
-same for a delta: the changed ranges alone are in the stream and written, the
-runs that became zeros are zeroed, and both are verified.
+and why ("reading back bytes S-E failed: Input/output error (errno 5)").
+:func:`land_delta` does the same for a delta: the changed ranges alone are in
+the stream and written, the runs that became zeros are zeroed, and both are
+verified.
 
 What is read back is the medium, not the page cache: where the target takes
 ``O_DIRECT``, whole-block ranges are written and read back with it (nothing

@@ -6,8 +6,6 @@ None of these needs a database; the agent imports nothing from Django.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +15,7 @@ from baas_agent.disks import DiskMap
 
 from tests.agent.servers import CuttingProxy, FakeBaas, Nginx
 from tests.diskimage.layouts import make_image, sample_image
+from tests.diskimage.loopdev import loop_device as attached_loop_device
 
 __all__ = ["make_image"]  # the agent's tests take it from here
 
@@ -78,16 +77,8 @@ def loop_device(tmp_path):
     """A real block device: a loop device over a 16 MiB file (root only)."""
     backing = tmp_path / "backing.img"
     fill_with_garbage(backing, 16 * MiB)
-    if os.geteuid() != 0 or not shutil.which("losetup"):
-        pytest.skip("needs root and losetup")
-    done = subprocess.run(
-        ["losetup", "--find", "--show", str(backing)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"no loop device here: {done.stderr.strip()}")
-    device = Path(done.stdout.strip())
-    yield device, backing
-    subprocess.run(["losetup", "--detach", str(device)], check=False)
+    with attached_loop_device(backing) as device:
+        yield device, backing
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from diskimage import gpt
 from tests.agent.conftest import MiB, make_image
 from tests.agent.test_cli import MAC, USER_DATA
 from tests.agent.test_flash import IMAGE, store
+from tests.diskimage.loopdev import loop_device
 
 HOME = gpt.TYPES["home"]
 LINUX = gpt.TYPES["linux"]
@@ -138,18 +138,8 @@ def scanned_loop(tmp_path):
     with backing.open("wb") as file:
         file.write(os.urandom(MiB))  # an old, unrelated start of disk
         file.truncate(48 * MiB)
-    if os.geteuid() != 0 or not shutil.which("losetup"):
-        pytest.skip("needs root and losetup")
-    done = subprocess.run(
-        ["losetup", "--find", "--show", "--partscan", str(backing)],
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        pytest.skip(f"no loop device here: {done.stderr.strip()}")
-    device = Path(done.stdout.strip())
-    yield device
-    subprocess.run(["losetup", "--detach", str(device)], check=False)
+    with loop_device(backing, partscan=True) as device:
+        yield device
 
 
 def run_agent(baas, device):

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from catalogue.storage import LocalStorage
 from catalogue.storage.direct import open_direct
 from diskimage import BLOCK
+from tests.diskimage.loopdev import loop_device
 
 MiB = 1 << 20
 STAGE = 16 * BLOCK  # a small stage, so that few bytes cross its edges
@@ -117,21 +118,12 @@ def test_a_version_is_finished_as_before_where_a_direct_write_is_refused_midway(
     refuses ours at an offset that is a multiple of 4 KiB only (``EINVAL``): the data
     before was written directly, the rest goes through the page cache, and the version
     reads back the same, with its hole."""
-    if os.geteuid() != 0:
-        pytest.skip("loop-mounting a filesystem needs root")
     backing = tmp_path / "xfs-8k.img"
     with backing.open("wb") as handle:
         handle.truncate(512 * MiB)
-    made = subprocess.run(
-        ["losetup", "--find", "--show", "--sector-size", "8192", str(backing)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"no loop device with 8 KiB sectors here: {made.stderr.strip()}")
-    device = made.stdout.strip()
     root = tmp_path / "mnt"
     root.mkdir()
-    try:
+    with loop_device(backing, sector_size=8192) as device:
         subprocess.run(
             ["mkfs.xfs", "-q", "-f", "-b", "size=8192", "-s", "size=8192", device], check=True
         )
@@ -151,5 +143,3 @@ def test_a_version_is_finished_as_before_where_a_direct_write_is_refused_midway(
             assert stored.size == len(data)
         finally:
             subprocess.run(["umount", str(root)], check=True)
-    finally:
-        subprocess.run(["losetup", "--detach", device], check=False)

@@ -5,7 +5,6 @@ check of a disk nothing had cached leaves nothing cached."""
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from diskimage.holes import ShortRead
 from diskimage.medium import Disk
 from diskimage.verify import mismatch, read_buffer
 from tests.diskimage.layouts import MiB, make_image, parsed
+from tests.diskimage.loopdev import loop_device
 from tests.diskimage.pagecache import resident
 
 SIZE = 12 * MiB + 1234  # a tail that is no whole block
@@ -66,7 +66,8 @@ def test_pieces_are_the_disks_bytes_wherever_they_are_read_from(image, a, b, dro
         pieces = [bytes(piece) for piece in disk.pieces(start, end, read_buffer())]
     finally:
         disk.close()
-    assert b"".join(pieces) == os.pread(os.open(image, os.O_RDONLY), end - start, start)
+    with image.open("rb") as file:
+        assert b"".join(pieces) == os.pread(file.fileno(), end - start, start)
 
 
 def test_a_disk_shorter_than_asked_is_a_short_read(image):
@@ -108,20 +109,11 @@ def test_a_check_of_a_cached_disk_reads_the_cache_and_finds_a_change_there(image
 @pytest.mark.root
 def test_a_disk_that_refuses_direct_reads_of_4_kib_is_read_through_the_cache(image, tmp_path):
     """A device with 8 KiB blocks refuses ``O_DIRECT`` reads at 4 KiB offsets (EINVAL)."""
-    made = subprocess.run(
-        ["losetup", "--find", "--show", "--sector-size", "8192", str(image)],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    if made.returncode != 0:
-        pytest.skip(f"no loop device with 8 KiB sectors here: {made.stderr.strip()}")
-    device = Path(made.stdout.strip())
-    try:
+    with loop_device(image, sector_size=8192) as device:
         disk = Disk(device)
         try:
             drop(device)
             got = b"".join(bytes(p) for p in disk.pieces(BLOCK, 9 * MiB, read_buffer()))
         finally:
             disk.close()
-        assert got == image.read_bytes()[BLOCK : 9 * MiB]
-    finally:
-        subprocess.run(["losetup", "--detach", str(device)], check=False)
+    assert got == image.read_bytes()[BLOCK : 9 * MiB]
