@@ -17,6 +17,7 @@ from flash_images import NextVersion
 from _lib.baas import Baas
 from _lib.testimage import TestImage
 from _lib.util import PYTHON, REPO, log, run
+from _lib.util import byte_compile as compile_packages
 
 AGENT = REPO / ".venv" / "bin" / "baas-agent"
 MAC = "52:54:00:be:ec:01"
@@ -227,5 +228,4 @@ def byte_compile(*checkouts: Path | None) -> None:
     """
     for checkout in checkouts:
         if checkout is not None:
-            packages = [checkout / "agent" / "baas_agent", checkout / "diskimage"]
-            run([str(PYTHON), "-m", "compileall", "-q", *map(str, packages)])
+            compile_packages(checkout / "agent" / "baas_agent", checkout / "diskimage")

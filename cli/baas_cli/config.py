@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +51,16 @@ class Profile:
 def read_all() -> dict[str, dict[str, Any]]:
     path = config_path()
     try:
-        data = tomllib.loads(path.read_text())
+        text = path.read_text()
     except FileNotFoundError:
         return {}
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        raise LocalError(f"Cannot read {path}: {exc}") from exc
+    import tomllib  # only with a file: a script's BAAS_URL and BAAS_TOKEN need no parser
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
         raise LocalError(f"Cannot read {path}: {exc}") from exc
     profiles = data.get("profiles", {})
     return profiles if isinstance(profiles, dict) else {}

@@ -72,6 +72,25 @@ def test_a_push_does_not_import_typer_pydantic_or_rich(tmp_path):
     assert "Cannot read" in out.stderr
 
 
+def test_a_push_run_as_the_program_exits_with_its_code_and_its_whole_output(tmp_path):
+    """The program ends without the interpreter's teardown (baas_cli.entry): its message and
+    exit code must still come out whole, to a pipe as to a terminal's file."""
+    baas = Path(sys.executable).parent / "baas"
+    env = {"BAAS_URL": "http://127.0.0.1:9", "BAAS_TOKEN": "x", "XDG_CONFIG_HOME": str(tmp_path),
+           "XDG_STATE_HOME": str(tmp_path)}  # fmt: skip
+    missing = tmp_path / "missing.img"
+    out = subprocess.run([str(baas), "image", "push", UUID, str(missing), "--json"],
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    assert out.returncode == 2, out
+    assert out.stderr == f"baas: Cannot read {missing}: No such file or directory\n", out
+    (tmp_path / "disk.img").write_bytes(b"x" * 4096)
+    out = subprocess.run([str(baas), "image", "push", UUID, str(tmp_path / "disk.img")],
+                         capture_output=True, text=True, env=env)  # fmt: skip
+    assert out.returncode == 2, out  # nothing listens on port 9
+    assert out.stderr.endswith("baas: The connection to 127.0.0.1:9 broke: [Errno 111] "
+                               "Connection refused\n"), out  # fmt: skip
+
+
 def test_usage_errors_exit_2_with_typers_message(tmp_path):
     baas = Path(sys.executable).parent / "baas"
     env = {"BAAS_URL": "http://127.0.0.1:9", "BAAS_TOKEN": "x", "XDG_CONFIG_HOME": str(tmp_path)}

@@ -214,3 +214,26 @@ def test_a_bad_choice_of_blocks_is_a_plain_400(user, user_client, machine, spec)
     response = agent.get(entry["data_url"] + "?ranges=" + spec)
     assert response.status_code == 400
     assert "ranges" in response.json()["errors"]
+
+
+# Four MiB of incompressible data in one range: blocks asked for at its head, across the
+# decoder's pieces, and at its end are decoded from its one frame, as far as they reach.
+WIDE = noise(1024, 4)
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [[(3, 4)], [(63, 65)], [(0, 1), (64, 128), (700, 701)], [(1023, 1024)], [(3, 4), (1023, 1024)]],
+)
+def test_blocks_of_a_large_range_come_decoded_from_its_frame(user, user_client, machine, runs):
+    image = ImageFactory(owner=user, target_disk="/dev/sda", compression="zstd")
+    v1 = stored(image, 1, WIDE)
+    assert v1.stored_compression == "zstd"
+    agent, entry = deploy(user_client, machine, user, v1)
+    spec = ",".join(
+        f"0/{start}" if end == start + 1 else f"0/{start}-{end - 1}" for start, end in runs
+    )
+    response = agent.get(entry["data_url"] + "?ranges=" + spec)
+    assert response.status_code == 200
+    expected = b"".join(WIDE[start * BLOCK : end * BLOCK] for start, end in runs)
+    assert b"".join(response.streaming_content) == expected
