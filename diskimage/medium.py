@@ -53,6 +53,12 @@ def open_direct(path: os.PathLike[str] | str) -> int | None:
         raise
 
 
+def failed(what: str, start: int, end: int, exc: OSError) -> str:
+    """A disk's failure to read or write ``[start, end)``, in plain words: "reading back
+    bytes S-E failed: Input/output error (errno 5)" (what the check and the landing say)."""
+    return f"{what} bytes {start}-{end} failed: {exc.strerror or exc} (errno {exc.errno})"
+
+
 class Disk:
     """A disk opened to be checked: ``fd`` (through the cache), ``direct`` (``O_DIRECT``,
     None where refused) and what tells whether the cache holds a piece of it.

@@ -129,9 +129,7 @@ class Verifier:
                 try:
                     reason = future.result()
                 except OSError as exc:  # a failing disk: what failed where, in plain words
-                    where = f"bytes {check.offset}-{check.end}"
-                    why = f"{exc.strerror or exc} (errno {exc.errno})"
-                    reason = f"reading {where} failed: {why}"
+                    reason = medium.failed("reading", check.offset, check.end, exc)
                 if reason is not None:
                     return reason
                 done += check.end - check.offset

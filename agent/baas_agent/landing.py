@@ -66,7 +66,7 @@ from baas_agent.disks import (
     to_medium,
     zero_run,
 )
-from diskimage import BLOCK
+from diskimage import BLOCK, medium
 from diskimage.datamap import RANGE_MAX, DataMap
 from diskimage.delta import Delta
 from diskimage.verify import Verifier, default_workers
@@ -331,8 +331,7 @@ def _land_one(
 
 
 def _failed(what: str, start: int, end: int, exc: OSError) -> DiskError:
-    reason = exc.strerror or str(exc)
-    return DiskError(f"{what} bytes {start}-{end} failed: {reason} (errno {exc.errno})")
+    return DiskError(medium.failed(what, start, end, exc))
 
 
 def _write(disk: _Disk, data: memoryview, start: int) -> tuple[int, int] | None:
